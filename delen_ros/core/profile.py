@@ -1,0 +1,202 @@
+"""Per-exit profile of a multi-exit model on one device: latency, energy, accuracy, calibration.
+
+A profile is data, kept apart from policy (as in Dělen's code): the profiler measures it once per
+device (``delen_profile``), policies and feasibility checks only read it. Step ``k`` of a request is
+stage ``k`` followed by head ``k``; cumulative figures to exit ``k`` assume every head on the way ran.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+import pathlib
+import platform
+import re
+from typing import Mapping, Sequence
+
+__all__ = ['ExitProfile', 'Profile', 'device_slug', 'profile_filename']
+
+PROFILE_VERSION = 1
+
+
+def _interp(table: Mapping[int, float], batch: int) -> float:
+    """Linear interpolation of a per-batch-size table; linear extrapolation past its ends."""
+    if batch in table:
+        return table[batch]
+    sizes = sorted(table)
+    if len(sizes) == 1:
+        return table[sizes[0]] * batch / sizes[0]
+    i = bisect.bisect_left(sizes, batch)
+    lo, hi = (sizes[0], sizes[1]) if i == 0 else (sizes[-2], sizes[-1]) if i == len(sizes) else (sizes[i - 1], sizes[i])
+    slope = (table[hi] - table[lo]) / (hi - lo)
+    return max(0.0, table[lo] + slope * (batch - lo))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitProfile:
+    """What one exit costs and delivers on one device.
+
+    Times are per batch (the whole batch), keyed by batch size; energy is per frame.
+    ``calibration`` rows are ``(threshold, accuracy, fraction)``: of held-out inputs whose max-softmax
+    confidence at this exit is >= threshold, ``accuracy`` were right and they are ``fraction`` of all.
+    """
+
+    name: str
+    accuracy: float
+    stage_ms: Mapping[int, float]
+    stage_p99_ms: Mapping[int, float]
+    head_ms: Mapping[int, float]
+    head_p99_ms: Mapping[int, float]
+    stage_energy_mj: Mapping[int, float]
+    calibration: Sequence[tuple[float, float, float]] = ()
+
+    def __post_init__(self):
+        if not 0.0 <= self.accuracy <= 1.0:
+            raise ValueError(f'exit {self.name!r}: accuracy must be in [0, 1], got {self.accuracy!r}')
+        for field in ('stage_ms', 'stage_p99_ms', 'head_ms', 'head_p99_ms', 'stage_energy_mj'):
+            table = getattr(self, field)
+            if not table:
+                raise ValueError(f'exit {self.name!r}: {field} is empty')
+            if any(int(b) < 1 or v < 0 for b, v in table.items()):
+                raise ValueError(f'exit {self.name!r}: {field} needs batch >= 1 and values >= 0, got {dict(table)}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """The per-exit profile of ``model`` on ``device``."""
+
+    model: str
+    device: str
+    exits: tuple[ExitProfile, ...]
+    energy_source: str = 'estimate'
+    energy_includes_idle: bool = False
+    accuracy_note: str = 'top-1 accuracy on the held-out test set'
+    dtype: str = 'float32'
+    meta: Mapping[str, object] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.exits:
+            raise ValueError('a profile needs at least one exit')
+
+    # --- queries ---------------------------------------------------------------------------------
+    @property
+    def num_exits(self) -> int:
+        return len(self.exits)
+
+    @property
+    def final_exit(self) -> int:
+        return len(self.exits) - 1
+
+    def stage_ms(self, k: int, batch: int = 1, *, p99: bool = False) -> float:
+        """Predicted time of stage ``k`` for a whole batch of ``batch`` frames."""
+        e = self.exits[k]
+        return _interp(e.stage_p99_ms if p99 else e.stage_ms, batch)
+
+    def head_ms(self, k: int, batch: int = 1, *, p99: bool = False) -> float:
+        e = self.exits[k]
+        return _interp(e.head_p99_ms if p99 else e.head_ms, batch)
+
+    def step_ms(self, k: int, batch: int = 1, *, p99: bool = False) -> float:
+        """Stage ``k`` plus head ``k``: the work between deciding at exit k-1 and at exit k."""
+        return self.stage_ms(k, batch, p99=p99) + self.head_ms(k, batch, p99=p99)
+
+    def exit_latency_ms(self, k: int, batch: int = 1, *, p99: bool = False) -> float:
+        """Cumulative compute time to a result at exit ``k`` (every head on the way evaluated)."""
+        return sum(self.step_ms(i, batch, p99=p99) for i in range(k + 1))
+
+    def step_energy_mj(self, k: int, batch: int = 1) -> float:
+        """Energy per frame of step ``k`` when it runs in a batch of ``batch`` frames."""
+        return _interp(self.exits[k].stage_energy_mj, batch)
+
+    def exit_energy_mj(self, k: int, batch: int = 1) -> float:
+        return sum(self.step_energy_mj(i, batch) for i in range(k + 1))
+
+    def accuracy(self, k: int) -> float:
+        return self.exits[k].accuracy
+
+    def confidence_threshold(self, k: int, min_accuracy: float) -> float | None:
+        """Lowest confidence threshold at exit ``k`` whose exiting inputs reach ``min_accuracy``.
+
+        ``None`` when no threshold in the calibration table does (or there is no table).
+        """
+        for threshold, acc, fraction in sorted(self.exits[k].calibration):
+            if fraction > 0 and acc >= min_accuracy:
+                return threshold
+        return None
+
+    def expected_accuracy(self, k: int, confidence: float | None = None) -> float:
+        """Calibrated accuracy of a result at exit ``k`` with this confidence.
+
+        The accuracy of held-out inputs at the highest calibration threshold not above
+        ``confidence``; the exit's overall accuracy without a confidence or a table.
+        """
+        rows = sorted(self.exits[k].calibration)
+        if confidence is None or not rows:
+            return self.exits[k].accuracy
+        best = self.exits[k].accuracy
+        for threshold, acc, fraction in rows:
+            if threshold > confidence:
+                break
+            if fraction > 0:
+                best = acc
+        return best
+
+    # --- persistence -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d['version'] = PROFILE_VERSION
+        for e in d['exits']:
+            for field in ('stage_ms', 'stage_p99_ms', 'head_ms', 'head_p99_ms', 'stage_energy_mj'):
+                e[field] = {str(b): float(v) for b, v in sorted(e[field].items())}
+            e['calibration'] = [list(map(float, row)) for row in e['calibration']]
+        d['meta'] = dict(self.meta)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> 'Profile':
+        if d.get('version', PROFILE_VERSION) != PROFILE_VERSION:
+            raise ValueError(f'unsupported profile version {d.get("version")!r} (expected {PROFILE_VERSION})')
+        exits = []
+        for e in d['exits']:
+            tables = {f: {int(b): float(v) for b, v in e[f].items()}
+                      for f in ('stage_ms', 'stage_p99_ms', 'head_ms', 'head_p99_ms', 'stage_energy_mj')}
+            exits.append(ExitProfile(name=e['name'], accuracy=float(e['accuracy']),
+                                     calibration=tuple(tuple(map(float, r)) for r in e.get('calibration', ())),
+                                     **tables))
+        known = {f.name for f in dataclasses.fields(cls)} - {'exits'}
+        return cls(exits=tuple(exits), **{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: str | pathlib.Path) -> pathlib.Path:
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + '\n')
+        return path
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path) -> 'Profile':
+        return cls.from_dict(json.loads(pathlib.Path(path).read_text()))
+
+
+def device_slug(device: str = 'cpu') -> str:
+    """A file-name-safe name of the device a profile was measured on, e.g. ``cuda-nvidia-h200``."""
+    if device.startswith('cuda'):
+        import torch
+        name = torch.cuda.get_device_name(torch.device(device))
+        kind = 'cuda'
+    else:
+        name, kind = _cpu_name(), 'cpu'
+    return kind + '-' + re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')
+
+
+def _cpu_name() -> str:
+    try:
+        for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def profile_filename(model: str, device_slug_: str) -> str:
+    return f'{model}__{device_slug_}.json'
