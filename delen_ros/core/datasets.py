@@ -1,0 +1,360 @@
+"""Offline data sets: Fashion-MNIST, unlabelled real images for distillation, held-out eval sets.
+
+Everything is read from Debian / PyPI packages already on disk; nothing downloads.
+
+* Fashion-MNIST (Debian ``dataset-fashion-mnist``): IDX files, 60 000 train / 10 000 test.
+* Unlabelled real images (for distilling EfficientNet-Lite0's early exits, and as camera streams):
+  opencv-doc's videos (``vtest.avi`` pedestrians, ``Megamind.avi``, ``tree.avi``) and sample
+  photos, the ViSP robot-camera sequences (``visp-images-data``), scikit-image's sample photos.
+
+Distillation sources are split by whole sequence (a held-out sequence has no frame in training) and,
+for still photos, by a fixed hash of the file name; :func:`eval_set` serves the held-out part.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+__all__ = [
+    'EvalSet', 'ImageSource', 'FASHION_MNIST_DIR', 'OPENCV_DATA_DIR', 'VISP_DIR',
+    'read_idx', 'load_fashion_mnist', 'imagenet_labels', 'find_file', 'read_video', 'read_image',
+    'image_sources', 'distillation_sources', 'eval_set', 'camera_sources', 'fashion_mnist_frames_dir',
+]
+
+FASHION_MNIST_DIR = pathlib.Path(os.environ.get('DELEN_FASHION_MNIST_DIR', '/usr/share/datasets/fashion-mnist'))
+OPENCV_DATA_DIR = pathlib.Path('/usr/share/doc/opencv-doc/examples/data')
+VISP_DIR = pathlib.Path('/usr/share/visp-images-data/ViSP-images')
+
+_SPLITS = {'train': 'train', 'test': 't10k'}
+
+
+# --- Fashion-MNIST -----------------------------------------------------------------------------------
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic ``0 0 dtype ndim``, big-endian dims, data."""
+    path = pathlib.Path(path)
+    with (gzip.open(path, 'rb') if path.suffix == '.gz' else open(path, 'rb')) as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f'{path}: not an IDX file (magic {data[:4].hex()!r})')
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
+    if data[2] not in dtypes:
+        raise ValueError(f'{path}: unknown IDX data type 0x{data[2]:02x}')
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+    array = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f'{path}: header says {shape} but holds {array.size} values')
+    return array.reshape(shape)
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion_mnist(split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = pathlib.Path(root) / _SPLITS[split]
+    images = read_idx(f'{prefix}-images-idx3-ubyte.gz')
+    labels = read_idx(f'{prefix}-labels-idx1-ubyte.gz').astype(np.int64)
+    if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
+        raise ValueError(f'{prefix}: unexpected shapes {images.shape} / {labels.shape}')
+    images.flags.writeable = False  # cached and shared: callers copy before modifying
+    labels.flags.writeable = False
+    return images, labels
+
+
+def load_fashion_mnist(split: str, *, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST images (uint8 ``N x 28 x 28``, read-only) and labels (int64 ``N``, 0-9).
+
+    :param split: ``'train'`` (60 000) or ``'test'`` (10 000).
+    :param root: folder with the ``*-ubyte.gz`` files; ``None``: ``$DELEN_FASHION_MNIST_DIR`` or
+        Debian's ``/usr/share/datasets/fashion-mnist``.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f'split must be one of {sorted(_SPLITS)}, got {split!r}')
+    root = pathlib.Path(root) if root is not None else FASHION_MNIST_DIR
+    if not (root / f'{_SPLITS[split]}-images-idx3-ubyte.gz').exists():
+        raise FileNotFoundError(f'Fashion-MNIST not found in {root} (Debian package dataset-fashion-mnist)')
+    return _fashion_mnist(split, str(root))
+
+
+# --- labels ---------------------------------------------------------------------------------------------
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names (opencv-doc's list), else ``class_<i>``."""
+    path = find_file(OPENCV_DATA_DIR / 'dnn' / 'classification_classes_ILSVRC2012.txt')
+    if path is not None:
+        names = [line.strip() for line in _read_bytes(path).decode().splitlines() if line.strip()]
+        if len(names) == 1000:
+            return tuple(names)
+    return tuple(f'class_{i}' for i in range(1000))
+
+
+# --- files, videos, images ---------------------------------------------------------------------------------
+def find_file(path: str | os.PathLike) -> pathlib.Path | None:
+    """``path`` itself, or its gzipped twin ``path.gz`` (Debian compresses some docs), or ``None``."""
+    path = pathlib.Path(path)
+    for candidate in (path, path.with_name(path.name + '.gz')):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_bytes(path: pathlib.Path) -> bytes:
+    return gzip.decompress(path.read_bytes()) if path.suffix == '.gz' else path.read_bytes()
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray | None:
+    """An image file as uint8 RGB ``H x W x 3`` or grey ``H x W``; ``None`` if unreadable."""
+    path = pathlib.Path(path)
+    buf = np.frombuffer(_read_bytes(path), np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return None
+    if image.dtype == np.uint16:  # 16-bit PNGs: keep the top byte
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        return None
+    if image.ndim == 3:
+        if image.shape[2] == 1:
+            image = image[:, :, 0]
+        elif image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+        else:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image)
+
+
+def read_video(path: str | os.PathLike, *, step: int = 1, limit: int | None = None) -> list[np.ndarray]:
+    """Frames of a video file as uint8 RGB arrays.
+
+    :param step: keep every ``step``-th frame.
+    :param limit: at most this many frames; ``None``: all.
+    """
+    return list(iter_video(path, step=step, limit=limit))
+
+
+def iter_video(path: str | os.PathLike, *, step: int = 1, limit: int | None = None) -> Iterator[np.ndarray]:
+    """Like :func:`read_video`, one frame at a time. A ``.gz`` video is unpacked to a temp file first."""
+    if step < 1:
+        raise ValueError(f'step must be >= 1, got {step!r}')
+    path = pathlib.Path(path)
+    tmp = None
+    if path.suffix == '.gz':  # OpenCV needs a seekable plain file
+        tmp = tempfile.NamedTemporaryFile(suffix=path.with_suffix('').suffix, delete=False)
+        with gzip.open(path, 'rb') as src, tmp:
+            shutil.copyfileobj(src, tmp)
+        path = pathlib.Path(tmp.name)
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise OSError(f'cannot open video {path}')
+        index = kept = 0
+        while limit is None or kept < limit:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if index % step == 0:
+                kept += 1
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+    finally:
+        cap.release()
+        if tmp is not None:
+            os.unlink(tmp.name)
+
+
+# --- image sources -------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """A named set of real images: a video file, a numbered frame sequence, or loose stills."""
+
+    name: str
+    kind: str                          # 'video' | 'sequence' | 'stills'
+    paths: tuple[pathlib.Path, ...]    # one video file, or the image files in order
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def frames(self, *, step: int = 1, limit: int | None = None) -> list[np.ndarray]:
+        """The images (uint8 RGB or grey), every ``step``-th, at most ``limit`` (``None``: all)."""
+        if self.kind == 'video':
+            return read_video(self.paths[0], step=step, limit=limit)
+        images = [read_image(p) for p in self.paths[::step]]
+        images = [im for im in images if im is not None and min(im.shape[:2]) >= 32]
+        return images if limit is None else images[:limit]
+
+
+_VISP_SEQUENCES = {  # name -> folder, glob (frames of one moving robot camera each)
+    'visp_mire2': ('mire-2', 'image.*.pgm'),                     # 501 frames 384x288, calibration target
+    'visp_mbt_cube': ('mbt/cube', 'image*.pgm'),                 # 218 frames 640x480, cube on a table
+    'visp_cube': ('cube', 'image.*.pgm'),
+    'visp_ellipse': ('ellipse-1', 'image.*.pgm'),
+    'visp_line': ('line', 'image.*.pgm'),
+    'visp_castle': ('mbt-depth/Castle-simu/Images', 'Image_*.pgm'),
+}
+_VISP_STILLS = ('Klimt/Klimt.ppm', 'Solvay/Solvay_conference_1927_Version2_640x440.jpg', 'mire/mire.jpg',
+                'faces/1280px-Solvay_conference_1927.png', 'mbt/cube.ppm')
+_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.ppm', '.pgm', '.bmp')
+
+
+def _skimage_dir() -> pathlib.Path | None:
+    try:
+        import skimage.data
+    except ImportError:
+        return None
+    return pathlib.Path(skimage.data.__file__).parent
+
+
+@functools.lru_cache(maxsize=1)
+def image_sources() -> dict[str, ImageSource]:
+    """Every real-image source found on this machine, by name (missing packages are skipped)."""
+    sources: dict[str, ImageSource] = {}
+    for name in ('vtest.avi', 'Megamind.avi', 'tree.avi'):
+        path = find_file(OPENCV_DATA_DIR / name)
+        if path is not None:
+            sources[name.split('.')[0].lower()] = ImageSource(name.split('.')[0].lower(), 'video', (path,))
+    for name, (folder, pattern) in _VISP_SEQUENCES.items():
+        paths = tuple(sorted((VISP_DIR / folder).glob(pattern)))
+        if paths:
+            sources[name] = ImageSource(name, 'sequence', paths)
+    stills = [p for p in (VISP_DIR / s for s in _VISP_STILLS) if p.is_file()]
+    stills += [p for p in sorted(OPENCV_DATA_DIR.glob('*')) if p.suffix.lower() in _IMAGE_SUFFIXES]
+    sk = _skimage_dir()
+    if sk is not None:
+        stills += [p for p in sorted(sk.glob('*')) if p.suffix.lower() in _IMAGE_SUFFIXES]
+    if stills:
+        sources['stills'] = ImageSource('stills', 'stills', tuple(stills))
+    return sources
+
+
+# Whole sequences kept out of distillation training; stills are split by name hash (1 in 4 held out).
+HELD_OUT_SEQUENCES = ('vtest', 'visp_mbt_cube', 'visp_line')
+
+
+def _held_out_still(path: pathlib.Path) -> bool:
+    return hashlib.sha1(path.name.encode()).digest()[0] % 4 == 0
+
+
+def distillation_sources(split: str) -> list[ImageSource]:
+    """Unlabelled sources for ``'train'`` (distillation) or ``'test'`` (held-out evaluation).
+
+    No frame of a held-out sequence, and no held-out still, is in the training split.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f'split must be one of {sorted(_SPLITS)}, got {split!r}')
+    held_out = split == 'test'
+    out = []
+    for name, source in image_sources().items():
+        if source.kind == 'stills':
+            paths = tuple(p for p in source.paths if _held_out_still(p) == held_out)
+            if paths:
+                out.append(ImageSource(f'{name}_{split}', 'stills', paths))
+        elif (name in HELD_OUT_SEQUENCES) == held_out:
+            out.append(source)
+    return out
+
+
+# --- evaluation sets ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """Held-out images for profiling a model.
+
+    ``labels`` is ``None`` when no ground truth exists: accuracy then means top-1 agreement with the
+    model's final exit (the caller computes the final exit's answers). ``note`` says which.
+    """
+
+    images: list[np.ndarray]
+    labels: np.ndarray | None
+    note: str
+
+    def __post_init__(self):
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise ValueError(f'{len(self.images)} images but {len(self.labels)} labels')
+
+
+def _subsample(n: int, limit: int | None, seed: int) -> np.ndarray:
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit < 1:
+        raise ValueError(f'limit must be >= 1 or None, got {limit!r}')
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def eval_set(model_name: str, *, limit: int | None = None, seed: int = 0) -> EvalSet:
+    """Held-out data for ``model_name`` (never used in its training).
+
+    :param model_name: ``'fashion_mnist'`` (labelled test set) or ``'efficientnet_lite0'``
+        (held-out real images, no labels).
+    :param limit: at most this many images, a seeded random subset; ``None``: all.
+    :param seed: for the subset.
+    """
+    if model_name == 'fashion_mnist':
+        images, labels = load_fashion_mnist('test')
+        idx = _subsample(len(images), limit, seed)
+        return EvalSet([images[i] for i in idx], labels[idx].copy(),
+                       'top-1 accuracy on the Fashion-MNIST test set (10 000 labelled images)')
+    if model_name == 'efficientnet_lite0':
+        images = held_out_images()
+        idx = _subsample(len(images), limit, seed)
+        return EvalSet([images[i] for i in idx], None,
+                       'top-1 agreement with the final exit on held-out real images (no labels): '
+                       + ', '.join(s.name for s in distillation_sources('test')))
+    raise KeyError(f'no eval set for model {model_name!r}; known: [\'efficientnet_lite0\', \'fashion_mnist\']')
+
+
+# Held-out videos are long and nearly static: every 4th frame is plenty and saves memory.
+HELD_OUT_VIDEO_STEP = 4
+
+
+def held_out_images() -> list[np.ndarray]:
+    """Every held-out real image (videos subsampled by :data:`HELD_OUT_VIDEO_STEP`), fixed order."""
+    images: list[np.ndarray] = []
+    for source in distillation_sources('test'):
+        images += source.frames(step=HELD_OUT_VIDEO_STEP if source.kind == 'video' else 1)
+    return images
+
+
+# --- camera sources ------------------------------------------------------------------------------------------------
+def fashion_mnist_frames_dir(*, count: int = 200, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """A folder of the first ``count`` Fashion-MNIST test images as PNGs named ``<index>_<label>.png``.
+
+    Written once (into ``cache_dir``, default ``$XDG_CACHE_HOME/delen_ros`` or ``~/.cache/delen_ros``),
+    so a camera player can replay images whose true label is known from the file name.
+    """
+    if cache_dir is None:
+        cache_dir = pathlib.Path(os.environ.get('XDG_CACHE_HOME', pathlib.Path.home() / '.cache')) / 'delen_ros'
+    folder = pathlib.Path(cache_dir) / f'fashion_mnist_test_{count}'
+    images, labels = load_fashion_mnist('test')
+    count = min(count, len(images))
+    if len(list(folder.glob('*.png'))) != count:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            cv2.imwrite(str(folder / f'{i:05d}_{labels[i]}.png'), images[i])
+    return folder
+
+
+def camera_sources() -> dict[str, pathlib.Path]:
+    """Shipped image streams a camera player can replay, by name.
+
+    ``vtest`` (pedestrians, colour video), ``visp_mire2`` and ``visp_mbt_cube`` (grey robot-camera
+    frame folders), ``fashion_mnist`` (a folder of test images named ``<index>_<label>.png``). A
+    value is a video file or a folder of frames; sources whose package is missing are left out.
+    """
+    out: dict[str, pathlib.Path] = {}
+    sources = image_sources()
+    if 'vtest' in sources:
+        out['vtest'] = sources['vtest'].paths[0]
+    for name in ('visp_mire2', 'visp_mbt_cube'):
+        if name in sources:
+            out[name] = sources[name].paths[0].parent
+    try:
+        out['fashion_mnist'] = fashion_mnist_frames_dir()
+    except (FileNotFoundError, OSError):
+        pass
+    return out

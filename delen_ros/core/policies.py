@@ -1,0 +1,346 @@
+"""Exit policies: after head ``k`` ran for a request, stop there or go on to stage ``k+1``?
+
+A policy sees an :class:`ExitContext` (the app's bounds, the profile, the exit just evaluated, its
+confidence, the time since the frame arrived, the energy spent so far, the batch size the next step
+would probably run in, and the engine's :class:`LatencyCorrector`) and answers :class:`Decision`.
+The last exit always stops. Policies hold no per-request state; one instance serves every app.
+
+Registered policies (:func:`get_policy`, :func:`available_policies`):
+
+* ``delen`` (default, ours) -- predictive latency, energy budget, calibrated per-input accuracy exit
+  with a static fallback, and the objective for what the bounds leave free.
+* ``always_final`` -- run the whole network.
+* ``static_exit`` -- stop at the static plan's exit (:func:`~delen_ros.core.bounds.plan`).
+* ``check_after_stage`` -- Dělen's public code: run a stage, then stop if the elapsed time (or the
+  energy) already exceeds the bound. It overshoots by up to one stage.
+* ``fixed_confidence`` -- BranchyNet-style: stop when confidence >= a fixed threshold (0.9).
+
+Expected accuracy of a result (:meth:`Policy.expected_accuracy`): policies that stop on confidence
+(``delen``, ``fixed_confidence``) report the calibrated ``profile.expected_accuracy(k, confidence)``;
+the others report exit ``k``'s overall accuracy, since their choice of exit does not depend on the input.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import math
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from .bounds import Bounds, InfeasibleBounds, Objective, plan
+
+if TYPE_CHECKING:
+    from .profile import Profile
+
+__all__ = ['Decision', 'ExitContext', 'LatencyCorrector', 'Policy', 'register_policy', 'get_policy',
+           'available_policies', 'DelenPolicy', 'AlwaysFinalPolicy', 'StaticExitPolicy',
+           'CheckAfterStagePolicy', 'FixedConfidencePolicy', 'static_fallback_exit', 'DEFAULT_POLICY']
+
+DEFAULT_POLICY = 'delen'
+
+
+class Decision(str, enum.Enum):
+    STOP = 'stop'
+    CONTINUE = 'continue'
+
+
+class LatencyCorrector:
+    """Online correction of the profile's step times: EWMA of measured / predicted per (step, batch).
+
+    The engine feeds every measured step (:meth:`update`); policies and the scheduler read
+    :meth:`predict_ms`. A (step, batch) pair never measured borrows the factor of the nearest measured
+    batch size of that step, else 1. Memory is bounded by ``num_exits x max_batch`` entries.
+
+    :param alpha: EWMA weight of a new measurement (0-1].
+    :param safety: where between p50 (0) and p99 (1) of the profile a prediction sits; values above
+        1 extrapolate beyond p99.
+    :param min_factor: lower clamp of a correction factor (a warm cache should not make the policy
+        trust near-zero step times).
+    :param max_factor: upper clamp (one stall must not stop every request at exit 0 for long).
+    """
+
+    def __init__(self, *, alpha: float = 0.1, safety: float = 0.5, min_factor: float = 0.25,
+                 max_factor: float = 8.0):
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f'alpha must be in (0, 1], got {alpha!r}')
+        if not math.isfinite(safety) or safety < 0:
+            raise ValueError(f'safety must be >= 0, got {safety!r}')
+        if not 0.0 < min_factor <= 1.0 <= max_factor:
+            raise ValueError(f'need 0 < min_factor <= 1 <= max_factor, got {min_factor!r}, {max_factor!r}')
+        self.alpha = alpha
+        self.safety = safety
+        self.min_factor = min_factor
+        self.max_factor = max_factor
+        self._factors: dict[tuple[int, int], float] = {}
+
+    def update(self, step: int, batch: int, measured_ms: float, predicted_ms: float) -> None:
+        """Fold one measurement of step ``step`` at ``batch`` frames into the EWMA."""
+        if predicted_ms <= 0 or not math.isfinite(measured_ms) or measured_ms < 0:
+            return
+        ratio = min(self.max_factor, max(self.min_factor, measured_ms / predicted_ms))
+        key = (step, batch)
+        old = self._factors.get(key)
+        self._factors[key] = ratio if old is None else old + self.alpha * (ratio - old)
+
+    def factor(self, step: int, batch: int) -> float:
+        """Current measured/predicted ratio for ``step`` at ``batch`` frames (1 before any measurement)."""
+        f = self._factors.get((step, batch))
+        if f is not None:
+            return f
+        near = [(abs(b - batch), f) for (s, b), f in self._factors.items() if s == step]
+        return min(near)[1] if near else 1.0
+
+    def predict_ms(self, profile: 'Profile', step: int, batch: int = 1) -> float:
+        """Predicted time of step ``step`` (stage + head) for a whole batch: profile x correction."""
+        p50 = profile.step_ms(step, batch)
+        if self.safety:
+            p50 += self.safety * max(0.0, profile.step_ms(step, batch, p99=True) - p50)
+        return p50 * self.factor(step, batch)
+
+    def raw_ms(self, profile: 'Profile', step: int, batch: int = 1) -> float:
+        """The uncorrected p50 prediction the factors are ratios against."""
+        return profile.step_ms(step, batch)
+
+    def snapshot(self) -> dict[str, float]:
+        """Factors as ``{'step/batch': ratio}`` (for logs and benchmarks)."""
+        return {f'{s}/{b}': round(f, 4) for (s, b), f in sorted(self._factors.items())}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitContext:
+    """What a policy knows when head ``exit_index`` has just run for one request.
+
+    :param elapsed_ms: time since the frame arrived at the node, up to now (queueing included).
+    :param energy_mj: energy attributed to this request so far (estimate), millijoules.
+    :param next_batch: the batch size the next step would probably run in (for its predicted time).
+    :param corrector: the engine's online latency correction; ``None``: raw profile (p50).
+    """
+
+    bounds: Bounds
+    profile: 'Profile'
+    exit_index: int
+    confidence: float
+    elapsed_ms: float
+    energy_mj: float = 0.0
+    next_batch: int = 1
+    corrector: LatencyCorrector | None = None
+
+    @property
+    def is_last(self) -> bool:
+        return self.exit_index >= self.profile.num_exits - 1
+
+    def predicted_next_ms(self) -> float:
+        """Predicted time of the next step (stage ``k+1`` + head) at ``next_batch``."""
+        k = self.exit_index + 1
+        if self.corrector is None:
+            return self.profile.step_ms(k, self.next_batch)
+        return self.corrector.predict_ms(self.profile, k, self.next_batch)
+
+    def predicted_next_energy_mj(self) -> float:
+        """Predicted per-frame energy of the next step at ``next_batch``."""
+        return self.profile.step_energy_mj(self.exit_index + 1, self.next_batch)
+
+
+class Policy(abc.ABC):
+    """Decides, at each exit, whether a request stops there. Subclasses implement :meth:`_decide`."""
+
+    #: registry name, set by :func:`register_policy`
+    name: str = ''
+    #: whether the exit depends on the input's confidence (then accuracy is calibrated per result)
+    uses_confidence: bool = False
+
+    def decide(self, ctx: ExitContext) -> Decision:
+        """STOP or CONTINUE after head ``ctx.exit_index``; the last exit always stops."""
+        if ctx.is_last:
+            return Decision.STOP
+        return self._decide(ctx)
+
+    @abc.abstractmethod
+    def _decide(self, ctx: ExitContext) -> Decision:
+        """The decision at a non-final exit."""
+
+    def expected_accuracy(self, profile: 'Profile', exit_index: int, confidence: float | None) -> float:
+        """Accuracy to report for a result at ``exit_index`` with this confidence (0-1)."""
+        if self.uses_confidence:
+            return profile.expected_accuracy(exit_index, confidence)
+        return profile.accuracy(exit_index)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(name={self.name!r})'
+
+
+_REGISTRY: dict[str, type[Policy]] = {}
+_P = TypeVar('_P', bound=type[Policy])
+
+
+def register_policy(name: str) -> Callable[[_P], _P]:
+    """Class decorator registering a policy under ``name``; a duplicate name raises ``ValueError``."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f'policy name must be a non-empty string, got {name!r}')
+
+    def wrap(cls: _P) -> _P:
+        if name in _REGISTRY:
+            raise ValueError(f'policy {name!r} is already registered (known: {available_policies()})')
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def available_policies() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_policy(name: str, **options: Any) -> Policy:
+    """A new instance of the policy registered as ``name``, built with ``options``.
+
+    :raises KeyError: unknown name (the message lists the known ones).
+    """
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f'unknown policy {name!r}; known: {available_policies()}') from None
+    return cls(**options)
+
+
+class _PlanCache:
+    """Static plans per (bounds, profile), small and bounded (policies are asked per request per exit)."""
+
+    def __init__(self, size: int = 256):
+        self._size = size
+        self._plans: dict[tuple[Bounds, int], int | None] = {}
+
+    def exit_for(self, bounds: Bounds, profile: 'Profile') -> int | None:
+        """The planned exit; ``None`` when the bounds are infeasible."""
+        key = (bounds, id(profile))
+        if key not in self._plans:
+            if len(self._plans) >= self._size:
+                self._plans.clear()
+            try:
+                self._plans[key] = plan(bounds, profile).exit_index
+            except InfeasibleBounds:
+                self._plans[key] = None
+        return self._plans[key]
+
+
+def static_fallback_exit(profile: 'Profile', min_accuracy: float | None) -> int:
+    """Earliest exit whose overall accuracy meets ``min_accuracy`` (the final exit if none does)."""
+    if min_accuracy is None:
+        return 0
+    for k in range(profile.num_exits):
+        if profile.accuracy(k) >= min_accuracy:
+            return k
+    return profile.final_exit
+
+
+@register_policy('delen')
+class DelenPolicy(Policy):
+    """Ours: every bound at once, predicted before the step rather than checked after it.
+
+    In order, at exit ``k`` (not the last):
+
+    1. latency: stop when ``elapsed + predicted(step k+1) > max_latency_ms`` (prediction = profile
+       between p50 and p99 by the corrector's ``safety``, times the online correction);
+    2. energy: stop when ``energy so far + predicted energy of step k+1 > max_energy_mj``;
+    3. accuracy met? -- when ``k`` is at or past the fallback exit (earliest exit whose overall
+       accuracy meets ``min_accuracy``), or the confidence reaches the calibrated threshold
+       ``profile.confidence_threshold(k, min_accuracy)``; no accuracy bound: met at once;
+    4. objective: MAX_ACCURACY continues (as deep as 1-2 allow); MIN_LATENCY / MIN_ENERGY stop as
+       soon as 3 holds, and continue otherwise.
+
+    :param calibrated: use the per-input confidence threshold (False: fallback exit only).
+    """
+
+    uses_confidence = True
+
+    def __init__(self, *, calibrated: bool = True):
+        self.calibrated = calibrated
+        self._thresholds: dict[tuple[int, int, float], float | None] = {}
+
+    def _threshold(self, profile: 'Profile', k: int, min_accuracy: float) -> float | None:
+        key = (id(profile), k, min_accuracy)
+        if key not in self._thresholds:
+            if len(self._thresholds) > 4096:
+                self._thresholds.clear()
+            self._thresholds[key] = profile.confidence_threshold(k, min_accuracy)
+        return self._thresholds[key]
+
+    def accuracy_met(self, ctx: ExitContext) -> bool:
+        """Whether stopping at ``ctx.exit_index`` with ``ctx.confidence`` meets the accuracy bound."""
+        b = ctx.bounds.min_accuracy
+        if b is None or ctx.exit_index >= static_fallback_exit(ctx.profile, b):
+            return True
+        if not self.calibrated:
+            return False
+        threshold = self._threshold(ctx.profile, ctx.exit_index, b)
+        return threshold is not None and ctx.confidence >= threshold
+
+    def _decide(self, ctx: ExitContext) -> Decision:
+        bounds = ctx.bounds
+        if bounds.max_latency_ms is not None and ctx.elapsed_ms + ctx.predicted_next_ms() > bounds.max_latency_ms:
+            return Decision.STOP
+        if bounds.max_energy_mj is not None and ctx.energy_mj + ctx.predicted_next_energy_mj() > bounds.max_energy_mj:
+            return Decision.STOP
+        if bounds.objective is Objective.MAX_ACCURACY:
+            return Decision.CONTINUE
+        return Decision.STOP if self.accuracy_met(ctx) else Decision.CONTINUE
+
+
+@register_policy('always_final')
+class AlwaysFinalPolicy(Policy):
+    """Baseline: the whole network for every frame, whatever the bounds."""
+
+    def _decide(self, ctx: ExitContext) -> Decision:
+        return Decision.CONTINUE
+
+
+@register_policy('static_exit')
+class StaticExitPolicy(Policy):
+    """Baseline: stop at the static plan's exit (:func:`~delen_ros.core.bounds.plan`); the final
+    exit when the bounds are infeasible. Ignores the input and the time actually spent."""
+
+    def __init__(self):
+        self._plans = _PlanCache()
+
+    def _decide(self, ctx: ExitContext) -> Decision:
+        planned = self._plans.exit_for(ctx.bounds, ctx.profile)
+        if planned is None:
+            return Decision.CONTINUE
+        return Decision.STOP if ctx.exit_index >= planned else Decision.CONTINUE
+
+
+@register_policy('check_after_stage')
+class CheckAfterStagePolicy(Policy):
+    """Baseline, as in Dělen's public code: after a stage ran, stop if the elapsed time (or energy)
+    already exceeds the bound -- the check comes after the work, so results overshoot by up to
+    one stage. An accuracy bound stops at the fallback exit (earliest exit accurate enough on
+    average) when the objective is MIN_LATENCY / MIN_ENERGY; MAX_ACCURACY goes on."""
+
+    def _decide(self, ctx: ExitContext) -> Decision:
+        bounds = ctx.bounds
+        if bounds.max_latency_ms is not None and ctx.elapsed_ms >= bounds.max_latency_ms:
+            return Decision.STOP
+        if bounds.max_energy_mj is not None and ctx.energy_mj >= bounds.max_energy_mj:
+            return Decision.STOP
+        if bounds.objective is not Objective.MAX_ACCURACY and \
+                ctx.exit_index >= static_fallback_exit(ctx.profile, bounds.min_accuracy):
+            return Decision.STOP
+        return Decision.CONTINUE
+
+
+@register_policy('fixed_confidence')
+class FixedConfidencePolicy(Policy):
+    """Baseline, BranchyNet-style: stop when max-softmax confidence >= ``threshold``; bounds ignored.
+
+    :param threshold: confidence in (0, 1].
+    """
+
+    uses_confidence = True
+
+    def __init__(self, *, threshold: float = 0.9):
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f'threshold must be in (0, 1], got {threshold!r}')
+        self.threshold = threshold
+
+    def _decide(self, ctx: ExitContext) -> Decision:
+        return Decision.STOP if ctx.confidence >= self.threshold else Decision.CONTINUE

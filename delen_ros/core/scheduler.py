@@ -1,0 +1,273 @@
+"""Multi-tenant scheduling of multi-exit inference steps on one accelerator (no ROS, no torch).
+
+Work is a *step*: stage ``k`` plus head ``k`` for a batch of requests that all sit at step ``k``.
+Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever the device is free):
+
+1. drops queued frames that can no longer meet their latency bound (``now + predicted first step >
+   deadline``) -- never run late, counted by the caller;
+2. expires requests in flight whose next step would overrun their deadline: they have a result
+   from their last exit already, and the caller finishes them with it;
+3. picks the request with the earliest deadline (EDF across apps) among queued frames and requests
+   in flight; a request's deadline is ``arrival + max_latency_ms``, or ``arrival +
+   default_deadline_ms`` for an app without a latency bound (so it gets served, not starved);
+4. batches with it other requests at the same step, in deadline order, while the predicted batch
+   time keeps every bounded member's deadline (the head's included), up to ``max_batch``;
+   frames start only while fewer than ``max_in_flight`` requests are in flight.
+
+Memory is bounded under any load: each app keeps at most ``queue_depth`` newest frames (a new frame
+pushes out the oldest, counted), requests in flight are at most ``max_in_flight`` (+ one batch).
+Time is integer nanoseconds from the caller's clock, so tests can drive it with a fake clock.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Any, Callable, Iterable
+
+__all__ = ['Request', 'Batch', 'Schedule', 'AppQueue', 'Scheduler', 'PredictFn']
+
+#: ``predict_ms(step, batch_size) -> ms``: predicted time of one step for a whole batch.
+PredictFn = Callable[[int, int], float]
+
+_NS_PER_MS = 1_000_000
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    """One frame for one app, as the scheduler sees it.
+
+    :param frame: opaque to the scheduler (the engine shares one frame object among the apps on a camera).
+    :param latency_bound_ms: the app's latency bound when the frame arrived; ``None`` = unbounded.
+    :param deadline_ns: EDF priority; a hard deadline only when ``latency_bound_ms`` is set.
+    :param next_step: the step this request runs next (0 = not started).
+    :param state: opaque engine data (features, best result so far).
+    """
+
+    app_id: str
+    frame: Any
+    arrival_ns: int
+    deadline_ns: int
+    latency_bound_ms: float | None = None
+    next_step: int = 0
+    state: Any = None
+    tag: Any = None
+
+    @property
+    def started(self) -> bool:
+        """Ran at least one step: it has a result from exit ``next_step - 1`` to fall back on."""
+        return self.next_step > 0
+
+    @property
+    def hard(self) -> bool:
+        return self.latency_bound_ms is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Requests that run step ``step`` together, deadline order (the EDF head first)."""
+
+    step: int
+    requests: tuple[Request, ...]
+    predicted_ms: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The outcome of one scheduling decision.
+
+    ``batch``: what to run now (``None``: nothing to do); ``dropped``: queued frames that cannot meet
+    their bound (never started); ``expired``: started requests to finish now with their last result.
+    """
+
+    batch: Batch | None
+    dropped: tuple[Request, ...] = ()
+    expired: tuple[Request, ...] = ()
+
+
+class AppQueue:
+    """One app's bounded queue of frames not yet started, newest kept."""
+
+    def __init__(self, app_id: str, *, latency_bound_ms: float | None, queue_depth: int):
+        self.app_id = app_id
+        self.latency_bound_ms = latency_bound_ms
+        self.frames: collections.deque[Request] = collections.deque(maxlen=queue_depth)
+
+
+class Scheduler:
+    """EDF across apps at step granularity, with cross-app batching; see the module docstring.
+
+    :param predict_ms: predicted time (ms) of step ``k`` for a batch of ``n`` (the engine passes
+        profile x online correction, with its safety margin).
+    :param num_steps: the model's number of exits (steps ``0..num_steps-1``).
+    :param max_batch: most requests in one step (1 = per-frame execution).
+    :param queue_depth: newest frames kept per app before they start.
+    :param max_in_flight: most started, unfinished requests; ``None``: ``4 x max_batch``.
+    :param default_deadline_ms: EDF horizon of apps without a latency bound.
+    """
+
+    def __init__(self, predict_ms: PredictFn, *, num_steps: int, max_batch: int = 8, queue_depth: int = 1,
+                 max_in_flight: int | None = None, default_deadline_ms: float = 250.0):
+        if num_steps < 1:
+            raise ValueError(f'num_steps must be >= 1, got {num_steps!r}')
+        if max_batch < 1:
+            raise ValueError(f'max_batch must be >= 1, got {max_batch!r}')
+        if queue_depth < 1:
+            raise ValueError(f'queue_depth must be >= 1, got {queue_depth!r}')
+        max_in_flight = 4 * max_batch if max_in_flight is None else max_in_flight
+        if max_in_flight < 1:
+            raise ValueError(f'max_in_flight must be >= 1, got {max_in_flight!r}')
+        if not math.isfinite(default_deadline_ms) or default_deadline_ms <= 0:
+            raise ValueError(f'default_deadline_ms must be > 0, got {default_deadline_ms!r}')
+        self.predict_ms = predict_ms
+        self.num_steps = num_steps
+        self.max_batch = max_batch
+        self.queue_depth = queue_depth
+        self.max_in_flight = max_in_flight
+        self.default_deadline_ms = default_deadline_ms
+        self._apps: dict[str, AppQueue] = {}
+        self._in_flight: list[Request] = []   # started, waiting for their next step
+        self._running = 0                     # started requests handed out in a batch, not yet back
+
+    # --- apps -----------------------------------------------------------------------------------------
+    def set_app(self, app_id: str, *, latency_bound_ms: float | None) -> None:
+        """Add an app or change its latency bound (queued frames keep the deadline they arrived with)."""
+        queue = self._apps.get(app_id)
+        if queue is None:
+            self._apps[app_id] = AppQueue(app_id, latency_bound_ms=latency_bound_ms, queue_depth=self.queue_depth)
+        else:
+            queue.latency_bound_ms = latency_bound_ms
+
+    def remove_app(self, app_id: str) -> list[Request]:
+        """Forget an app; returns its queued and in-flight requests (the caller counts or finishes them)."""
+        queue = self._apps.pop(app_id, None)
+        if queue is None:
+            return []
+        gone = list(queue.frames)
+        gone += [r for r in self._in_flight if r.app_id == app_id]
+        self._in_flight = [r for r in self._in_flight if r.app_id != app_id]
+        return gone
+
+    def has_app(self, app_id: str) -> bool:
+        return app_id in self._apps
+
+    # --- arrivals -----------------------------------------------------------------------------------
+    def make_request(self, app_id: str, frame: Any, arrival_ns: int, *, tag: Any = None) -> Request:
+        """A request for ``app_id``'s frame with the deadline its current bound gives."""
+        bound = self._apps[app_id].latency_bound_ms
+        horizon = bound if bound is not None else self.default_deadline_ms
+        return Request(app_id=app_id, frame=frame, arrival_ns=arrival_ns,
+                       deadline_ns=arrival_ns + int(horizon * _NS_PER_MS), latency_bound_ms=bound, tag=tag)
+
+    def push(self, request: Request) -> Request | None:
+        """Queue a new frame; returns the oldest frame it pushed out of a full queue, if any.
+
+        :raises KeyError: the app is not registered.
+        """
+        try:
+            queue = self._apps[request.app_id]
+        except KeyError:
+            raise KeyError(f'unknown app {request.app_id!r}; known: {sorted(self._apps)}') from None
+        evicted = queue.frames[0] if len(queue.frames) == queue.frames.maxlen else None
+        queue.frames.append(request)
+        return evicted
+
+    def requeue(self, request: Request) -> None:
+        """Put back a request that ran a step and goes on (its ``next_step`` already advanced)."""
+        self._running = max(0, self._running - 1)
+        if request.app_id in self._apps:
+            self._in_flight.append(request)
+
+    def finished(self, count: int = 1) -> None:
+        """Tell the scheduler that ``count`` started requests of the last batch are done."""
+        self._running = max(0, self._running - count)
+
+    # --- state ----------------------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return sum(len(q.frames) for q in self._apps.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Started, unfinished requests (waiting for a step or running in one)."""
+        return len(self._in_flight) + self._running
+
+    def pending(self) -> bool:
+        return bool(self._in_flight) or any(q.frames for q in self._apps.values())
+
+    def next_deadline_ns(self) -> int | None:
+        """Earliest deadline of anything waiting (for the worker's wait timeout); ``None``: idle."""
+        deadlines = [r.deadline_ns for r in self._candidates_all()]
+        return min(deadlines) if deadlines else None
+
+    def _candidates_all(self) -> Iterable[Request]:
+        yield from self._in_flight
+        for q in self._apps.values():
+            yield from q.frames
+
+    # --- the decision ---------------------------------------------------------------------------------
+    def _fits(self, request: Request, now_ns: int, ms: float) -> bool:
+        return not request.hard or now_ns + ms * _NS_PER_MS <= request.deadline_ns
+
+    def next_batch(self, now_ns: int) -> Schedule:
+        """Decide what runs now (see the module docstring); the returned batch's requests leave the
+        queues, and started ones must come back through :meth:`requeue` or :meth:`finished`."""
+        dropped, expired = [], []
+        first_ms = self.predict_ms(0, 1)
+        for q in self._apps.values():
+            if q.frames and any(r.hard for r in q.frames):
+                keep = [r for r in q.frames if self._fits(r, now_ns, first_ms)]
+                if len(keep) != len(q.frames):
+                    dropped += [r for r in q.frames if r not in keep]
+                    q.frames.clear()
+                    q.frames.extend(keep)
+        if self._in_flight:
+            keep = []
+            for r in self._in_flight:
+                (keep if self._fits(r, now_ns, self.predict_ms(r.next_step, 1)) else expired).append(r)
+            self._in_flight = keep
+
+        can_start = self.max_in_flight - self.in_flight
+        candidates = list(self._in_flight)
+        if can_start > 0:
+            for q in self._apps.values():
+                candidates += q.frames
+        if not candidates:
+            return Schedule(None, tuple(dropped), tuple(expired))
+        candidates.sort(key=lambda r: (r.deadline_ns, r.arrival_ns))
+        head = candidates[0]
+        step = head.next_step
+        limit = self.max_batch if step > 0 else min(self.max_batch, can_start)
+        members = [head]
+        predicted = self.predict_ms(step, 1)
+        for r in candidates[1:]:
+            if len(members) >= limit:
+                break
+            if r.next_step != step:
+                continue
+            ms = self.predict_ms(step, len(members) + 1)
+            # The batch grows only if no bounded member (the EDF head included) would miss its deadline.
+            if self._fits(r, now_ns, ms) and all(self._fits(m, now_ns, ms) for m in members):
+                members.append(r)
+                predicted = ms
+        self._take(members)
+        return Schedule(Batch(step, tuple(members), predicted), tuple(dropped), tuple(expired))
+
+    def _take(self, members: list[Request]) -> None:
+        chosen = {id(r) for r in members}
+        if any(r.started for r in members):
+            self._in_flight = [r for r in self._in_flight if id(r) not in chosen]
+        for r in members:
+            if not r.started:
+                q = self._apps[r.app_id]
+                q.frames.remove(r)
+        self._running += len(members)
+
+    def drain(self) -> list[Request]:
+        """Remove and return everything waiting (on shutdown)."""
+        out = list(self._in_flight)
+        self._in_flight = []
+        for q in self._apps.values():
+            out += q.frames
+            q.frames.clear()
+        return out

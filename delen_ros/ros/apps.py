@@ -1,0 +1,180 @@
+"""Registered applications as the node keeps them: validation, the ``apps`` parameter, the state file.
+
+ROS-free (stdlib + PyYAML + :mod:`delen_ros.core.bounds`), so it is unit-testable without a node.
+An :class:`AppConfig` holds what ``SetBounds`` asked for, with bounds in the service's convention
+(0 = unbounded) and topics already resolved to absolute names by the node.
+
+The state file is YAML, written atomically (temp file in the same folder, fsync, rename), so a
+crash mid-write leaves the previous state, never a torn file::
+
+    version: 1
+    apps:
+    - {app_id: navigation, image_topic: /front_camera/image_raw, result_topic: /delen/navigation/result,
+       max_latency_ms: 40.0, min_accuracy: 0.0, max_energy_mj: 0.0, objective: max_accuracy}
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import pathlib
+import re
+import tempfile
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from delen_ros.core.bounds import Bounds, Objective
+
+__all__ = ['STATE_VERSION', 'AppConfig', 'validate_app_id', 'parse_apps_param', 'load_state', 'save_state']
+
+STATE_VERSION = 1
+
+# The app id becomes a topic name token (~/<app_id>/result): a letter, then letters, digits, '_'.
+_APP_ID = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
+_MAX_APP_ID = 64
+
+
+def validate_app_id(app_id: str) -> str:
+    """``app_id`` if it can name an application (and a topic token); else ``ValueError``."""
+    if not isinstance(app_id, str) or not app_id:
+        raise ValueError(f'app_id must be a non-empty string, got {app_id!r}')
+    if len(app_id) > _MAX_APP_ID or not _APP_ID.match(app_id):
+        raise ValueError(f'app_id must be a letter followed by letters, digits or "_" (at most {_MAX_APP_ID} '
+                         f'characters), got {app_id!r}')
+    return app_id
+
+
+def _check_number(name: str, value: Any, *, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'{name} must be a number, got {value!r}')
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f'{name} must be finite, got {value!r} (0 = unbounded)')
+    if value < 0:
+        raise ValueError(f'{name} must be >= 0 (0 = unbounded), got {value!r}')
+    if upper is not None and value > upper:
+        raise ValueError(f'{name} must be <= {upper:g}, got {value!r}')
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class AppConfig:
+    """One application: where its frames come from, where results go, its bounds (0 = unbounded).
+
+    :param image_topic: camera topic, as given (the node resolves relative names).
+    :param result_topic: ``''`` = the node's ``~/<app_id>/result``.
+    :raises ValueError: bad app id, empty topic, NaN / infinite / negative bound, accuracy above 1,
+        unknown objective.
+    """
+
+    app_id: str
+    image_topic: str
+    max_latency_ms: float = 0.0
+    min_accuracy: float = 0.0
+    max_energy_mj: float = 0.0
+    objective: Objective = Objective.MAX_ACCURACY
+    result_topic: str = ''
+
+    def __post_init__(self):
+        validate_app_id(self.app_id)
+        if not isinstance(self.image_topic, str) or not self.image_topic.strip():
+            raise ValueError(f'image_topic must be a non-empty topic name, got {self.image_topic!r}')
+        if not isinstance(self.result_topic, str):
+            raise ValueError(f'result_topic must be a string, got {self.result_topic!r}')
+        object.__setattr__(self, 'max_latency_ms', _check_number('max_latency_ms', self.max_latency_ms))
+        object.__setattr__(self, 'min_accuracy', _check_number('min_accuracy', self.min_accuracy, upper=1.0))
+        object.__setattr__(self, 'max_energy_mj', _check_number('max_energy_mj', self.max_energy_mj))
+        object.__setattr__(self, 'objective', Objective.parse(self.objective))
+
+    @property
+    def bounds(self) -> Bounds:
+        """The core's :class:`~delen_ros.core.bounds.Bounds` (0 becomes ``None``)."""
+        return Bounds.from_request(self.max_latency_ms, self.min_accuracy, self.max_energy_mj, self.objective)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['objective'] = self.objective.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> 'AppConfig':
+        """From a mapping with the field names; unknown keys raise ``ValueError`` (a typo should not pass)."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f'an app must be a mapping of {[f.name for f in dataclasses.fields(cls)]}, got {d!r}')
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f'unknown app fields {sorted(unknown)}; known: {sorted(known)}')
+        missing = {'app_id', 'image_topic'} - set(d)
+        if missing:
+            raise ValueError(f'app {dict(d)!r} lacks {sorted(missing)}')
+        return cls(**d)
+
+
+def _apps_from(data: Any, where: str) -> list[AppConfig]:
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ValueError(f'{where}: expected a list of apps, got {type(data).__name__}')
+    apps = [AppConfig.from_dict(d) for d in data]
+    ids = [a.app_id for a in apps]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f'{where}: duplicate app ids {duplicates}')
+    return apps
+
+
+def parse_apps_param(text: str) -> list[AppConfig]:
+    """The node's ``apps`` parameter: a YAML list of app mappings; ``''`` = none.
+
+    >>> parse_apps_param("[{app_id: nav, image_topic: /cam, max_latency_ms: 40}]")[0].max_latency_ms
+    40.0
+    """
+    if not text.strip():
+        return []
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f'apps parameter is not valid YAML: {exc}') from exc
+    return _apps_from(data, 'apps parameter')
+
+
+def load_state(path: str | os.PathLike) -> list[AppConfig]:
+    """The apps saved in a state file; ``[]`` when the file does not exist.
+
+    :raises ValueError: unreadable YAML, unknown version, or a malformed app.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f'state file {path} is not valid YAML: {exc}') from exc
+    if data is None:
+        return []
+    if not isinstance(data, dict) or data.get('version') != STATE_VERSION:
+        raise ValueError(f'state file {path}: expected a mapping with version {STATE_VERSION}, got '
+                         f'{data if not isinstance(data, dict) else data.get("version")!r}')
+    return _apps_from(data.get('apps'), f'state file {path}')
+
+
+def save_state(path: str | os.PathLike, apps: Iterable[AppConfig]) -> pathlib.Path:
+    """Write ``apps`` to ``path`` atomically (the folder is created if needed)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump({'version': STATE_VERSION, 'apps': [a.to_dict() for a in apps]}, sort_keys=False)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,30 @@
+"""QoS profiles of delen_ros topics, chosen on purpose rather than left to defaults.
+
+Camera images: keep-last 1 (a server that drops late frames wants only the newest), best effort
+(``sensor_data``, what camera drivers publish) or reliable, named by a string parameter. Results,
+status and diagnostics: reliable, keep-last 10 (small messages that a consumer should not miss).
+"""
+from __future__ import annotations
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+__all__ = ['IMAGE_QOS_NAMES', 'image_qos', 'RESULT_QOS']
+
+_RELIABILITY = {'sensor_data': ReliabilityPolicy.BEST_EFFORT, 'reliable': ReliabilityPolicy.RELIABLE}
+IMAGE_QOS_NAMES: tuple[str, ...] = tuple(_RELIABILITY)
+
+RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+
+
+def image_qos(name: str, *, depth: int = 1) -> QoSProfile:
+    """QoS for camera images: ``'sensor_data'`` (best effort) or ``'reliable'``, keep-last ``depth``.
+
+    A best-effort subscriber also hears reliable publishers; a reliable one hears only reliable ones.
+    """
+    if name not in _RELIABILITY:
+        raise ValueError(f'image QoS must be one of {sorted(_RELIABILITY)}, got {name!r}')
+    if depth < 1:
+        raise ValueError(f'depth must be >= 1, got {depth!r}')
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=_RELIABILITY[name],
+                      durability=DurabilityPolicy.VOLATILE)

@@ -1,0 +1,101 @@
+"""preprocess(): any-size RGB/grey uint8 images -> normalised N x C x H x W float32 batches."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from delen_ros.core.multi_exit import ModelInfo
+from delen_ros.core.preprocess import check_image, preprocess
+
+GREY = ModelInfo(name='grey', input_size=(28, 28), in_channels=1, mean=(72.94,), std=(90.02,),
+                 labels=tuple('abc'), exit_names=('e0',), exit_accuracy=(0.5,), accuracy_note='test')
+RGB = ModelInfo(name='rgb', input_size=(32, 48), in_channels=3, mean=(127.0, 127.0, 127.0),
+                std=(128.0, 128.0, 128.0), labels=tuple('abc'), exit_names=('e0',), exit_accuracy=(0.5,),
+                accuracy_note='test')
+
+
+def _rng_image(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+@pytest.mark.parametrize('info', [GREY, RGB], ids=['grey-model', 'rgb-model'])
+@pytest.mark.parametrize('shape', [(28, 28), (480, 640), (480, 640, 3), (1, 1), (3, 1000), (1000, 3, 3), (5, 7, 1)])
+def test_shapes_and_dtype(info, shape):
+    x = preprocess([_rng_image(shape), _rng_image(shape, 1)], info)
+    assert x.shape == (2, info.in_channels, *info.input_size)
+    assert x.dtype == torch.float32
+    assert x.is_contiguous()
+
+
+@pytest.mark.parametrize('info', [GREY, RGB], ids=['grey-model', 'rgb-model'])
+@pytest.mark.parametrize('pixel', [0, 73, 255])
+def test_constant_image_normalises_to_known_value(info, pixel):
+    image = np.full((50, 70, 3), pixel, np.uint8)
+    x = preprocess([image], info)
+    expected = (pixel - info.mean[0]) / info.std[0]
+    torch.testing.assert_close(x, torch.full_like(x, expected), atol=1e-5, rtol=0)
+
+
+def test_rgb_to_grey_uses_luma():
+    red = np.zeros((28, 28, 3), np.uint8)
+    red[..., 0] = 255  # RGB order: red is channel 0
+    x = preprocess([red], GREY)
+    luma = cv2.cvtColor(red, cv2.COLOR_RGB2GRAY)[0, 0]  # 76: 0.299 * 255
+    assert luma == 76
+    torch.testing.assert_close(x, torch.full_like(x, (76 - 72.94) / 90.02), atol=1e-5, rtol=0)
+
+
+def test_grey_to_rgb_repeats_the_channel():
+    x = preprocess([_rng_image((40, 30))], RGB)
+    torch.testing.assert_close(x[:, 0], x[:, 1])
+    torch.testing.assert_close(x[:, 0], x[:, 2])
+
+
+def test_resize_is_inter_area():
+    image = _rng_image((480, 640, 3))
+    expected = cv2.resize(image, (48, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    expected = torch.from_numpy((expected - 127.0) / 128.0).permute(2, 0, 1)
+    torch.testing.assert_close(preprocess([image], RGB)[0], expected)
+
+
+@pytest.mark.parametrize('info', [GREY, RGB], ids=['grey-model', 'rgb-model'])
+def test_batched_equals_one_by_one(info):
+    images = [_rng_image((480, 640, 3), 0), _rng_image((100, 90), 1), _rng_image((480, 640, 3), 2),
+              _rng_image((28, 28), 3), _rng_image((100, 90), 4)]
+    batch = preprocess(images, info)
+    singles = torch.cat([preprocess([im], info) for im in images])
+    torch.testing.assert_close(batch, singles, atol=0, rtol=0)
+
+
+def test_input_is_not_modified():
+    image = _rng_image((60, 80, 3))
+    before = image.copy()
+    preprocess([image, image], GREY)
+    np.testing.assert_array_equal(image, before)
+
+
+def test_empty_batch():
+    assert preprocess([], RGB).shape == (0, 3, 32, 48)
+
+
+@pytest.mark.parametrize('bad, match', [
+    (np.zeros((10, 10), np.float32), 'float32'),
+    (np.zeros((10, 10, 4), np.uint8), r'\(10, 10, 4\)'),
+    (np.zeros((2, 10, 10, 3), np.uint8), r'\(2, 10, 10, 3\)'),
+    (np.zeros((10,), np.uint8), r'\(10,\)'),
+    (np.zeros((0, 10, 3), np.uint8), r'\(0, 10, 3\)'),
+    (np.zeros((10, 0), np.uint8), r'\(10, 0\)'),
+    ([[1, 2], [3, 4]], 'list'),
+])
+def test_rejects_bad_images(bad, match):
+    with pytest.raises(ValueError, match=match):
+        preprocess([np.zeros((5, 5), np.uint8), bad], GREY)
+
+
+def test_rejects_a_bare_array():
+    with pytest.raises(ValueError, match=r'\(3, 28, 28\)'):
+        preprocess(np.zeros((3, 28, 28), np.uint8), GREY)
+
+
+def test_check_image_squeezes_single_channel():
+    assert check_image(np.zeros((4, 5, 1), np.uint8)).shape == (4, 5)
