@@ -21,7 +21,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 FASTDDS_PROFILE = REPO / 'config' / 'fastdds_loopback.xml'
 
 __all__ = ['REPO', 'FASTDDS_PROFILE', 'unique_domain_id', 'ros_env', 'use_ros_env', 'wait_until',
-           'NodeProcess', 'RosPeer', 'Collector', 'ImageFeeder']
+           'NodeProcess', 'RosPeer', 'Collector', 'ImageFeeder', 'write_test_profile', 'stamp_ns',
+           'TEST_ACCURACY', 'TEST_STEP_ENERGY_MJ']
 
 
 def unique_domain_id() -> int:
@@ -56,6 +57,11 @@ def use_ros_env(domain_id: int) -> None:
     """Make *this* process speak DDS like the node (call before the first ``rclpy.init``)."""
     for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE'):
         os.environ[key] = ros_env(domain_id)[key]
+
+
+def stamp_ns(stamp: Any) -> int:
+    """A ``builtin_interfaces/Time`` in nanoseconds."""
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.05,
@@ -261,3 +267,31 @@ class ImageFeeder:
 
     def stop(self) -> None:
         self.peer.node.destroy_timer(self._timer)
+
+
+def write_test_profile(path: pathlib.Path, *, model: str = 'fashion_mnist') -> pathlib.Path:
+    """A synthetic profile of ``model`` with round figures, so tests know what each bound admits.
+
+    Exit ``k`` (cumulative, batch 1): latency ``0.35 * (k + 1)`` ms, energy ``2 * (k + 1)`` mJ (per
+    frame, independent of batch size), accuracy ``ACCURACY[k]``; calibration rows make confident
+    inputs more accurate (monotonic), so early exits on confidence exist.
+    """
+    from delen_ros.core.profile import ExitProfile, Profile
+    from delen_ros.core.zoo import read_model_json
+
+    names = read_model_json(model)['info']['exit_names']
+    exits = []
+    for k, name in enumerate(names):
+        acc = TEST_ACCURACY[k] if k < len(TEST_ACCURACY) else TEST_ACCURACY[-1]
+        exits.append(ExitProfile(
+            name=name, accuracy=acc,
+            stage_ms={1: 0.3, 8: 1.0}, stage_p99_ms={1: 0.6, 8: 2.0},
+            head_ms={1: 0.05, 8: 0.1}, head_p99_ms={1: 0.1, 8: 0.2},
+            stage_energy_mj={1: TEST_STEP_ENERGY_MJ, 8: TEST_STEP_ENERGY_MJ},
+            calibration=((0.0, acc, 1.0), (0.6, min(0.99, acc + 0.04), 0.7), (0.9, min(0.995, acc + 0.12), 0.4))))
+    return Profile(model=model, device='cpu', exits=tuple(exits), energy_source='estimate',
+                   accuracy_note='synthetic test profile').save(path)
+
+
+TEST_ACCURACY = (0.80, 0.85, 0.90, 0.92)
+TEST_STEP_ENERGY_MJ = 2.0

@@ -4,8 +4,9 @@ Everything is read from Debian / PyPI packages already on disk; nothing download
 
 * Fashion-MNIST (Debian ``dataset-fashion-mnist``): IDX files, 60 000 train / 10 000 test.
 * Unlabelled real images (for distilling EfficientNet-Lite0's early exits, and as camera streams):
-  opencv-doc's videos (``vtest.avi`` pedestrians, ``Megamind.avi``, ``tree.avi``) and sample
-  photos, the ViSP robot-camera sequences (``visp-images-data``), scikit-image's sample photos.
+  opencv-doc's videos (``vtest.avi`` pedestrians, ``Megamind.avi``, ``tree.avi``), sample photos
+  and tutorial pictures, the ViSP robot-camera sequences (``visp-images-data``), scikit-image's
+  sample photos.
 
 Distillation sources are split by whole sequence (a held-out sequence has no frame in training) and,
 for still photos, by a fixed hash of the file name; :func:`eval_set` serves the held-out part.
@@ -26,7 +27,7 @@ import cv2
 import numpy as np
 
 __all__ = [
-    'EvalSet', 'ImageSource', 'FASHION_MNIST_DIR', 'OPENCV_DATA_DIR', 'VISP_DIR',
+    'EvalSet', 'ImageSource', 'FASHION_MNIST_DIR', 'OPENCV_DATA_DIR', 'OPENCV_HTML_DIR', 'VISP_DIR',
     'read_idx', 'load_fashion_mnist', 'imagenet_labels', 'find_file', 'read_video', 'read_image',
     'image_sources', 'distillation_sources', 'eval_set', 'camera_sources', 'fashion_mnist_frames_dir',
 ]
@@ -34,6 +35,7 @@ __all__ = [
 FASHION_MNIST_DIR = pathlib.Path(os.environ.get('DELEN_FASHION_MNIST_DIR', '/usr/share/datasets/fashion-mnist'))
 OPENCV_DATA_DIR = pathlib.Path('/usr/share/doc/opencv-doc/examples/data')
 VISP_DIR = pathlib.Path('/usr/share/visp-images-data/ViSP-images')
+OPENCV_HTML_DIR = pathlib.Path('/usr/share/doc/opencv-doc/opencv4/html')
 
 _SPLITS = {'train': 'train', 'test': 't10k'}
 
@@ -230,6 +232,13 @@ def image_sources() -> dict[str, ImageSource]:
         stills += [p for p in sorted(sk.glob('*')) if p.suffix.lower() in _IMAGE_SUFFIXES]
     if stills:
         sources['stills'] = ImageSource('stills', 'stills', tuple(stills))
+    # The OpenCV tutorials' pictures: mostly photos (JPEG) and their processed versions, some
+    # screenshots and diagrams. Far more varied than the sequences, which matters for distillation.
+    docs = [p for p in sorted(OPENCV_HTML_DIR.rglob('*'))
+            if (p.suffix.lower() in ('.jpg', '.jpeg') and p.stat().st_size >= 10_000)
+            or (p.suffix.lower() == '.png' and p.stat().st_size >= 60_000)]
+    if docs:
+        sources['opencv_doc_pictures'] = ImageSource('opencv_doc_pictures', 'stills', tuple(docs))
     return sources
 
 

@@ -14,19 +14,21 @@ Each measured step feeds the online :class:`~delen_ros.core.policies.LatencyCorr
 
 Energy of a result is its share of each batch it ran in: the profile's estimate of the step's
 energy split evenly among the batch's requests. With a real meter (``meter.measured``), the engine
-reads it over windows of at least the meter's update period spent working and scales the estimates
-by measured / estimated of the last window; such results say ``energy_measured=True``. The measured
-energy is the whole device's over the window, so it *includes idle power* unless ``idle_power_w`` is
-given (then ``idle_power_w x window`` is subtracted first).
+reads it over windows of at least the meter's update period and scales the estimates by measured /
+estimated of the last windows; such results say ``energy_measured=True``. The measured energy is
+the whole device's over the window's wall time, gaps between steps included, so it *includes idle
+power* unless ``idle_power_w`` is given (then ``idle_power_w x window`` is subtracted first).
 """
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import math
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -40,8 +42,9 @@ from .scheduler import Batch, Request, Scheduler
 if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
     from .profile import Profile
+    from .runner import StageRunner
 
-__all__ = ['Result', 'AppStats', 'WorkerStats', 'Engine']
+__all__ = ['Result', 'AppStats', 'WorkerStats', 'Engine', 'make_runner']
 
 _log = logging.getLogger(__name__)
 _NS_PER_MS = 1_000_000
@@ -174,37 +177,12 @@ class _AppState:
         self.results.clear()
 
 
-class _DirectRunner:
-    """Minimal stage runner over ``MultiExitModel`` (used only when ``core.runner`` is unavailable)."""
-
-    def __init__(self, model: 'MultiExitModel', *, device: str = 'cpu', **_: Any):
-        self.model = model
-        self.device = torch.device(device)
-        if model.device != self.device:
-            model.to(self.device)
-        model.eval()
-
-    def to_input(self, cpu_batch: torch.Tensor) -> torch.Tensor:
-        return cpu_batch.to(self.device, non_blocking=True)
-
-    def stage(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        return self.model.run_stage(k, x)
-
-    def head(self, k: int, features: torch.Tensor) -> torch.Tensor:
-        return self.model.run_head(k, features)
-
-    def synchronize(self) -> None:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-
-
-def _make_runner(model: 'MultiExitModel', *, device: str, max_batch: int, options: dict[str, Any]) -> Any:
-    try:
-        from .runner import StageRunner
-    except ImportError:
-        _log.warning('delen_ros.core.runner not available; running stages directly on the model')
-        return _DirectRunner(model, device=device)
-    return StageRunner(model, device=device, max_batch=max_batch, **options)
+def make_runner(model: 'MultiExitModel', *, device: str = 'cpu', max_batch: int = 32,
+                options: dict[str, Any] | None = None) -> 'StageRunner':
+    """The engine's default runner: a ``StageRunner`` for ``model`` (``options``: its extra keyword
+    arguments, e.g. ``half``, ``channels_last``, ``cuda_graphs``)."""
+    from .runner import StageRunner
+    return StageRunner(model, device=device, max_batch=max_batch, **dict(options or {}))
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -229,8 +207,16 @@ class Engine:
     :param runner_options: extra keyword arguments for ``StageRunner`` (``half``, ``cuda_graphs``, ...).
     :param max_in_flight: most started, unfinished requests; ``None``: ``4 x max_batch``.
     :param default_deadline_ms: EDF horizon for apps without a latency bound.
-    :param latency_safety: where predictions sit between the profile's p50 (0) and p99 (1).
+    :param enforce_deadlines: drop frames that cannot meet their latency bound and finish requests
+        at their last exit rather than run a step predicted to overrun; ``None``: as the policy says
+        (``policy.predictive``: on for ``delen``, off for the baselines, which run as their systems do).
+    :param latency_margin: deviations of the measured step-time ratio added to its mean in every
+        prediction (see :class:`~delen_ros.core.policies.LatencyCorrector`); larger: fewer overruns,
+        shallower exits, more drops.
     :param stats_window: results kept per app for percentiles.
+    :param preprocess_workers: threads that preprocess the new frames of a batch in parallel; 1:
+        inline in the worker (best on small CPUs; on a many-core host serving a GPU, a few threads
+        keep preprocessing from capping throughput).
     :param energy_window_s: shortest meter window; ``None``: the meter's ``update_period_s`` or 0.1 s.
     :param idle_power_w: subtracted from measured energy (x window duration) before scaling; 0: idle
         power stays in the measured figures.
@@ -241,30 +227,35 @@ class Engine:
                  max_batch: int = 8, on_result: Callable[[Result], None],
                  clock: Callable[[], int] = time.perf_counter_ns, runner: Any = None,
                  runner_options: dict[str, Any] | None = None, max_in_flight: int | None = None,
-                 default_deadline_ms: float = 250.0, latency_safety: float = 0.5, stats_window: int = 2000,
-                 energy_window_s: float | None = None, idle_power_w: float = 0.0):
+                 default_deadline_ms: float = 250.0, enforce_deadlines: bool | None = None,
+                 latency_margin: float = 2.0, stats_window: int = 2000,
+                 preprocess_workers: int = 1, energy_window_s: float | None = None, idle_power_w: float = 0.0):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, model has {model.num_exits}')
         if not callable(on_result):
             raise ValueError(f'on_result must be callable, got {on_result!r}')
         if stats_window < 1:
             raise ValueError(f'stats_window must be >= 1, got {stats_window!r}')
+        if preprocess_workers < 1:
+            raise ValueError(f'preprocess_workers must be >= 1, got {preprocess_workers!r}')
         if not math.isfinite(idle_power_w) or idle_power_w < 0:
             raise ValueError(f'idle_power_w must be >= 0, got {idle_power_w!r}')
         self.model = model
         self.profile = profile
         self.info = model.info
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
-        self.corrector = LatencyCorrector(safety=latency_safety)
+        self.corrector = LatencyCorrector(margin=latency_margin)
         self.on_result = on_result
         self.clock = clock
         self.max_batch = max_batch
         self.queue_depth = queue_depth
-        self._runner = runner if runner is not None else _make_runner(
-            model, device=device, max_batch=max_batch, options=dict(runner_options or {}))
+        self._runner = runner if runner is not None else make_runner(
+            model, device=device, max_batch=max_batch, options=runner_options)
         self._scheduler = Scheduler(self._predict_ms, num_steps=model.num_exits, max_batch=max_batch,
                                     queue_depth=queue_depth, max_in_flight=max_in_flight,
-                                    default_deadline_ms=default_deadline_ms)
+                                    default_deadline_ms=default_deadline_ms,
+                                    enforce_deadlines=self.policy.predictive if enforce_deadlines is None
+                                    else enforce_deadlines)
         self._stats_window = stats_window
         self._cond = threading.Condition()
         self._apps: dict[str, _AppState] = {}
@@ -272,6 +263,8 @@ class Engine:
         self._stopping = False
         # preprocessing cost per frame (EWMA, ms): part of the first step's predicted time
         self._pre_ms = 0.0
+        self._pre_workers = preprocess_workers
+        self._pre_pool: concurrent.futures.ThreadPoolExecutor | None = None
         # meter
         self._meter = meter if meter is not None and getattr(meter, 'measured', False) else None
         self.energy_source = meter.source if self._meter is not None else 'estimate'
@@ -281,6 +274,9 @@ class Engine:
         self._energy_scale: float | None = None
         self._win_start: tuple[int, float] | None = None   # (ns, meter mJ) where the window began
         self._win_est_mj = 0.0
+        self._last_end_ns = 0
+        # idle longer than this ends a window (its energy would say nothing about inference)
+        self._max_gap_ns = max(10 * self._energy_window_ns, 1_000_000_000)
         self._reset_worker_stats()
 
     # --- apps -----------------------------------------------------------------------------------------
@@ -354,10 +350,47 @@ class Engine:
         return queued
 
     # --- life cycle -----------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the worker thread. :raises RuntimeError: already running."""
+    def warm_up(self, *, reps: int = 3) -> None:
+        """Run every step ``reps`` times on a noise frame at batch 1, before serving.
+
+        The first calls of a stage pay for lazy allocation, kernel selection or graph capture (on
+        CUDA the runner's own ``warmup`` first covers every batch size). The fastest of the later
+        reps, timed as the worker times a step (softmax and transfer included), seeds the latency
+        corrector, so that the first real frames are predicted from this device rather than from
+        the profile alone -- the fastest, because a stall here must not lock tight apps out.
+        """
+        if getattr(self._runner, 'device', torch.device('cpu')).type == 'cuda' and hasattr(self._runner, 'warmup'):
+            self._runner.warmup()   # every batch size: graph capture and kernel choice happen now
+        h, w = self.info.input_size
+        # A noise image, not zeros: all-zero activations can go subnormal and run 100x slower on CPUs.
+        noise = np.random.default_rng(0).integers(0, 256, (h, w) if self.info.in_channels == 1 else (h, w, 3),
+                                                  dtype=np.uint8)
+        x0 = preprocess([noise], self.info)
+        best = [math.inf] * self.profile.num_exits
+        for rep in range(reps):
+            x = self._runner.to_input(x0)
+            for k in range(self.profile.num_exits):
+                t0 = time.perf_counter_ns()
+                x = self._runner.stage(k, x)
+                logits = self._runner.head(k, x)
+                torch.softmax(logits.float(), dim=1).max(dim=1)[0].cpu()
+                self._runner.synchronize()
+                if rep > 0 or reps == 1:
+                    best[k] = min(best[k], (time.perf_counter_ns() - t0) / 1e6)
+        for k, ms in enumerate(best):
+            self.corrector.update(k, 1, ms, self.profile.step_ms(k, 1))
+
+    def start(self, *, warm_up: bool = True) -> None:
+        """Start the worker thread, after :meth:`warm_up` unless ``warm_up`` is false.
+
+        :raises RuntimeError: already running.
+        """
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError('engine already started')
+        if warm_up:
+            self.warm_up()
+        if self._pre_workers > 1 and self._pre_pool is None:
+            self._pre_pool = concurrent.futures.ThreadPoolExecutor(self._pre_workers, thread_name_prefix='delen-pre')
         self._stopping = False
         self._thread = threading.Thread(target=self._worker, name='delen-engine', daemon=True)
         self._thread.start()
@@ -372,6 +405,9 @@ class Engine:
             if self._thread.is_alive():
                 _log.warning('engine worker did not stop within %.1f s', timeout)
             self._thread = None
+        if self._pre_pool is not None:
+            self._pre_pool.shutdown(wait=True)
+            self._pre_pool = None
         with self._cond:
             self._scheduler.drain()
 
@@ -455,7 +491,6 @@ class Engine:
         while True:
             with self._cond:
                 while not self._stopping and not self._scheduler.pending():
-                    self._win_start = None   # an energy window spans busy time only
                     self._cond.wait()
                 if self._stopping:
                     return
@@ -483,24 +518,37 @@ class Engine:
                                 app.failed += 1
                                 app.w_dropped += 1
 
-    def _batch_input(self, batch: Batch, unique: list[Request]) -> torch.Tensor:
-        """The step's input for the unique frames: preprocessed images (step 0) or their features."""
+    def _preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+        """``preprocess`` of the images, split over the pool when there is one and enough images."""
+        pool, workers = self._pre_pool, self._pre_workers
+        if pool is None or len(images) < 2 * workers:
+            return preprocess(images, self.info)
+        size = math.ceil(len(images) / workers)
+        chunks = [images[i:i + size] for i in range(0, len(images), size)]
+        # OpenCV's resize and torch's ops release the GIL: the chunks run in parallel.
+        return torch.cat(list(pool.map(partial(preprocess, info=self.info), chunks)))
+
+    def _batch_input(self, batch: Batch, unique: list[Request]) -> tuple[torch.Tensor, int]:
+        """The step's input for the unique frames: preprocessed images (step 0) or their features;
+        and the nanoseconds spent preprocessing."""
         if batch.step == 0:
             todo = [r.frame for r in unique if r.frame.tensor is None]
+            pre_ns = 0
             if todo:
                 t0 = time.perf_counter_ns()
-                x = preprocess([f.image for f in todo], self.info)
+                x = self._preprocess([f.image for f in todo])
                 for i, f in enumerate(todo):
                     f.tensor = x[i:i + 1]
-                per_frame = (time.perf_counter_ns() - t0) / 1e6 / len(todo)
+                pre_ns = time.perf_counter_ns() - t0
+                per_frame = pre_ns / 1e6 / len(todo)
                 self._pre_ms = per_frame if self._pre_ms == 0 else 0.8 * self._pre_ms + 0.2 * per_frame
             cpu = unique[0].frame.tensor if len(unique) == 1 else torch.cat([r.frame.tensor for r in unique])
-            return self._runner.to_input(cpu)
+            return self._runner.to_input(cpu), pre_ns
         sources = [r.state.features for r in unique]
         first = sources[0][0]
         if all(t is first for t, _ in sources) and [row for _, row in sources] == list(range(first.shape[0])):
-            return first   # the same batch, in the same order, goes on together: no copy
-        return torch.cat([t[row:row + 1] for t, row in sources])
+            return first, 0   # the same batch, in the same order, goes on together: no copy
+        return torch.cat([t[row:row + 1] for t, row in sources]), 0
 
     def _execute(self, batch: Batch, decision_ns: int) -> None:
         step, requests = batch.step, batch.requests
@@ -513,8 +561,7 @@ class Engine:
                 unique.append(r)
         t_start = time.perf_counter_ns()
         start_clock = self.clock()
-        x = self._batch_input(batch, unique)
-        t_run = time.perf_counter_ns()
+        x, pre_ns = self._batch_input(batch, unique)
         features = self._runner.stage(step, x)
         logits = self._runner.head(step, features)
         confidence, class_id = torch.softmax(logits.float(), dim=1).max(dim=1)
@@ -522,7 +569,6 @@ class Engine:
         self._runner.synchronize()
         t_end = time.perf_counter_ns()
         n = len(unique)
-        self.corrector.update(step, n, (t_end - t_run) / 1e6, self.profile.step_ms(step, n))
         step_energy_mj = self.profile.step_energy_mj(step, n) * n
         share_mj = step_energy_mj / len(requests)
         now = self.clock()
@@ -543,7 +589,12 @@ class Engine:
                               elapsed_ms=(now - r.arrival_ns) / _NS_PER_MS, energy_mj=s.energy_est_mj,
                               next_batch=len(requests), corrector=self.corrector)
             (finished if self.policy.decide(ctx) is Decision.STOP else going_on).append(r)
-        decide_ns = time.perf_counter_ns() - t_decide
+        t_decided = time.perf_counter_ns()
+        decide_ns = t_decided - t_decide
+        # What a step really costs a request: scheduling, input, stage, head, softmax, decisions
+        # (preprocessing is predicted separately, per frame).
+        self.corrector.update(step, n, (decision_ns + t_decided - t_start - pre_ns) / 1e6,
+                              self.profile.step_ms(step, n))
 
         with self._cond:
             self._account_energy(step_energy_mj, t_start, t_end)
@@ -560,13 +611,20 @@ class Engine:
             self._finish(r, expired=False)
 
     def _account_energy(self, estimate_mj: float, t_start: int, t_end: int) -> None:
-        """Meter windows: scale = (measured - idle) / estimated over >= one meter period of work."""
+        """Meter windows: scale = (measured - idle) / estimated over >= one meter period.
+
+        A window spans wall time, gaps between steps included (so without ``idle_power_w`` the
+        figures carry the idle draw of those gaps); after a long idle spell a new window starts.
+        """
         if self._meter is None:
             return
+        if self._win_start is not None and t_start - self._last_end_ns > self._max_gap_ns:
+            self._win_start = None
+        self._last_end_ns = t_end
         if self._win_start is None:
             reading = self._meter.energy_mj()
             if reading is not None:
-                self._win_start, self._win_est_mj = (t_start, reading), 0.0
+                self._win_start, self._win_est_mj = (t_start, reading), estimate_mj
             return
         self._win_est_mj += estimate_mj
         if t_end - self._win_start[0] < self._energy_window_ns:

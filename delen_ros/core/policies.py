@@ -25,6 +25,7 @@ import abc
 import dataclasses
 import enum
 import math
+import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .bounds import Bounds, InfeasibleBounds, Objective, plan
@@ -45,65 +46,112 @@ class Decision(str, enum.Enum):
 
 
 class LatencyCorrector:
-    """Online correction of the profile's step times: EWMA of measured / predicted per (step, batch).
+    """Online correction of the profile's step times, per (step, batch size).
 
-    The engine feeds every measured step (:meth:`update`); policies and the scheduler read
-    :meth:`predict_ms`. A (step, batch) pair never measured borrows the factor of the nearest measured
-    batch size of that step, else 1. Memory is bounded by ``num_exits x max_batch`` entries.
+    For each pair it keeps EWMAs of the ratio measured / profile p50 and of that ratio's absolute
+    deviation (Jacobson and Karels' estimator, as TCP's retransmission timeout), and predicts
+    ``p50 x (mean + margin x deviation)``: the profile's shape, this device's level right now, and
+    a margin that grows when step times get jittery. Without a measurement, the prediction is the
+    profile's prior ``p50 + safety x (p99 - p50)``.
 
-    :param alpha: EWMA weight of a new measurement (0-1].
-    :param safety: where between p50 (0) and p99 (1) of the profile a prediction sits; values above
-        1 extrapolate beyond p99.
-    :param min_factor: lower clamp of a correction factor (a warm cache should not make the policy
+    Which measurement: the pair's own while fresh (updated within ``stale_s``), else the nearest
+    fresh batch size of the same step, else the nearest stale one fading into the prior (time
+    constant ``stale_s / 4``). Estimates must age: a frame predicted to overrun is never run, so a
+    few slow outliers could otherwise lock an app out of the device for good.
+
+    The engine feeds every measured step (:meth:`update`); the policy and the scheduler read
+    :meth:`predict_ms`. Memory is bounded by ``num_exits x max_batch`` pairs.
+
+    :param alpha: EWMA weight of a new ratio (0-1].
+    :param beta: EWMA weight of a new absolute deviation (0-1].
+    :param margin: deviations added to the mean ratio (0: predict the mean).
+    :param safety: where between the profile's p50 (0) and p99 (1) the prior sits; above 1
+        extrapolates beyond p99.
+    :param min_factor: lower clamp of a measured ratio (a warm cache should not make the policy
         trust near-zero step times).
-    :param max_factor: upper clamp (one stall must not stop every request at exit 0 for long).
+    :param max_factor: upper clamp (one stall must not move the mean far).
+    :param stale_s: seconds after which a pair's estimate starts fading into the prior.
+    :param clock: monotonic seconds (a fake one in tests).
     """
 
-    def __init__(self, *, alpha: float = 0.1, safety: float = 0.5, min_factor: float = 0.25,
-                 max_factor: float = 8.0):
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f'alpha must be in (0, 1], got {alpha!r}')
-        if not math.isfinite(safety) or safety < 0:
-            raise ValueError(f'safety must be >= 0, got {safety!r}')
+    def __init__(self, *, alpha: float = 0.125, beta: float = 0.25, margin: float = 2.0, safety: float = 1.0,
+                 min_factor: float = 0.25, max_factor: float = 16.0, stale_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic):
+        for name, value in (('alpha', alpha), ('beta', beta)):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f'{name} must be in (0, 1], got {value!r}')
+        for name, value in (('margin', margin), ('safety', safety)):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f'{name} must be >= 0, got {value!r}')
         if not 0.0 < min_factor <= 1.0 <= max_factor:
             raise ValueError(f'need 0 < min_factor <= 1 <= max_factor, got {min_factor!r}, {max_factor!r}')
+        if not math.isfinite(stale_s) or stale_s <= 0:
+            raise ValueError(f'stale_s must be > 0, got {stale_s!r}')
         self.alpha = alpha
+        self.beta = beta
+        self.margin = margin
         self.safety = safety
         self.min_factor = min_factor
         self.max_factor = max_factor
-        self._factors: dict[tuple[int, int], float] = {}
+        self.stale_s = stale_s
+        self.clock = clock
+        # (step, batch) -> (mean ratio, mean |deviation|, clock of the last update)
+        self._stats: dict[tuple[int, int], tuple[float, float, float]] = {}
 
     def update(self, step: int, batch: int, measured_ms: float, predicted_ms: float) -> None:
-        """Fold one measurement of step ``step`` at ``batch`` frames into the EWMA."""
+        """Fold one measured step (``predicted_ms``: the profile's p50 for it) into the estimates."""
         if predicted_ms <= 0 or not math.isfinite(measured_ms) or measured_ms < 0:
             return
         ratio = min(self.max_factor, max(self.min_factor, measured_ms / predicted_ms))
         key = (step, batch)
-        old = self._factors.get(key)
-        self._factors[key] = ratio if old is None else old + self.alpha * (ratio - old)
+        old = self._stats.get(key)
+        now = self.clock()
+        if old is None:
+            self._stats[key] = (ratio, ratio / 4, now)
+        else:
+            mean, dev, _ = old
+            dev += self.beta * (abs(ratio - mean) - dev)
+            self._stats[key] = (mean + self.alpha * (ratio - mean), dev, now)
+
+    def _lookup(self, step: int, batch: int) -> tuple[float, float, float] | None:
+        """(mean, deviation, weight of the measurement against the prior) or ``None``."""
+        now = self.clock()
+        own = self._stats.get((step, batch))
+        if own is not None and now - own[2] <= self.stale_s:
+            return own[0], own[1], 1.0
+        same_step = [(abs(b - batch), b, v) for (s, b), v in self._stats.items() if s == step]
+        fresh = [c for c in same_step if now - c[2][2] <= self.stale_s]
+        if fresh:
+            mean, dev, _ = min(fresh)[2]
+            return mean, dev, 1.0
+        if not same_step:
+            return None
+        mean, dev, t = own if own is not None else min(same_step)[2]
+        return mean, dev, math.exp(-(now - t - self.stale_s) / (self.stale_s / 4))
 
     def factor(self, step: int, batch: int) -> float:
-        """Current measured/predicted ratio for ``step`` at ``batch`` frames (1 before any measurement)."""
-        f = self._factors.get((step, batch))
-        if f is not None:
-            return f
-        near = [(abs(b - batch), f) for (s, b), f in self._factors.items() if s == step]
-        return min(near)[1] if near else 1.0
+        """The mean ratio measured / profile p50 in use for ``step`` at ``batch`` (1: none)."""
+        found = self._lookup(step, batch)
+        return 1.0 if found is None else found[0]
+
+    def deviation(self, step: int, batch: int) -> float:
+        found = self._lookup(step, batch)
+        return 0.0 if found is None else found[1]
 
     def predict_ms(self, profile: 'Profile', step: int, batch: int = 1) -> float:
-        """Predicted time of step ``step`` (stage + head) for a whole batch: profile x correction."""
+        """Predicted time of step ``step`` (stage + head) for a whole batch of ``batch``, ms."""
         p50 = profile.step_ms(step, batch)
-        if self.safety:
-            p50 += self.safety * max(0.0, profile.step_ms(step, batch, p99=True) - p50)
-        return p50 * self.factor(step, batch)
+        prior = p50 + self.safety * max(0.0, profile.step_ms(step, batch, p99=True) - p50)
+        found = self._lookup(step, batch)
+        if found is None:
+            return prior
+        mean, dev, weight = found
+        measured = p50 * (mean + self.margin * dev)
+        return measured if weight >= 1.0 else weight * measured + (1 - weight) * prior
 
-    def raw_ms(self, profile: 'Profile', step: int, batch: int = 1) -> float:
-        """The uncorrected p50 prediction the factors are ratios against."""
-        return profile.step_ms(step, batch)
-
-    def snapshot(self) -> dict[str, float]:
-        """Factors as ``{'step/batch': ratio}`` (for logs and benchmarks)."""
-        return {f'{s}/{b}': round(f, 4) for (s, b), f in sorted(self._factors.items())}
+    def snapshot(self) -> dict[str, list[float]]:
+        """``{'step/batch': [mean ratio, deviation]}`` (for logs and benchmarks)."""
+        return {f'{s}/{b}': [round(m, 4), round(d, 4)] for (s, b), (m, d, _) in sorted(self._stats.items())}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +161,7 @@ class ExitContext:
     :param elapsed_ms: time since the frame arrived at the node, up to now (queueing included).
     :param energy_mj: energy attributed to this request so far (estimate), millijoules.
     :param next_batch: the batch size the next step would probably run in (for its predicted time).
-    :param corrector: the engine's online latency correction; ``None``: raw profile (p50).
+    :param corrector: the engine's online latency correction; ``None``: the profile's p50.
     """
 
     bounds: Bounds
@@ -148,6 +196,9 @@ class Policy(abc.ABC):
     name: str = ''
     #: whether the exit depends on the input's confidence (then accuracy is calibrated per result)
     uses_confidence: bool = False
+    #: whether the engine should enforce deadlines by prediction for this policy (drop frames that
+    #: cannot make it, finish requests early rather than late); baselines run as their systems do
+    predictive: bool = False
 
     def decide(self, ctx: ExitContext) -> Decision:
         """STOP or CONTINUE after head ``ctx.exit_index``; the last exit always stops."""
@@ -239,8 +290,9 @@ class DelenPolicy(Policy):
 
     In order, at exit ``k`` (not the last):
 
-    1. latency: stop when ``elapsed + predicted(step k+1) > max_latency_ms`` (prediction = profile
-       between p50 and p99 by the corrector's ``safety``, times the online correction);
+    1. latency: stop when ``elapsed + predicted(step k+1) > max_latency_ms`` (the corrector's
+       prediction: profile p50 x online mean ratio + a margin of its deviation; profile p99 before
+       any measurement);
     2. energy: stop when ``energy so far + predicted energy of step k+1 > max_energy_mj``;
     3. accuracy met? -- when ``k`` is at or past the fallback exit (earliest exit whose overall
        accuracy meets ``min_accuracy``), or the confidence reaches the calibrated threshold
@@ -252,6 +304,7 @@ class DelenPolicy(Policy):
     """
 
     uses_confidence = True
+    predictive = True
 
     def __init__(self, *, calibrated: bool = True):
         self.calibrated = calibrated

@@ -3,9 +3,9 @@
 Work is a *step*: stage ``k`` plus head ``k`` for a batch of requests that all sit at step ``k``.
 Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever the device is free):
 
-1. drops queued frames that can no longer meet their latency bound (``now + predicted first step >
-   deadline``) -- never run late, counted by the caller;
-2. expires requests in flight whose next step would overrun their deadline: they have a result
+1. (with ``enforce_deadlines``, the default) drops queued frames that can no longer meet their
+   latency bound (``now + predicted first step > deadline``) -- never run late, counted by the caller;
+2. (likewise) expires requests in flight whose next step would overrun their deadline: they have a result
    from their last exit already, and the caller finishes them with it;
 3. picks the request with the earliest deadline (EDF across apps) among queued frames and requests
    in flight; a request's deadline is ``arrival + max_latency_ms``, or ``arrival +
@@ -104,10 +104,14 @@ class Scheduler:
     :param queue_depth: newest frames kept per app before they start.
     :param max_in_flight: most started, unfinished requests; ``None``: ``4 x max_batch``.
     :param default_deadline_ms: EDF horizon of apps without a latency bound.
+    :param enforce_deadlines: drop hopeless frames and expire requests in flight (steps 1-2 above);
+        ``False`` runs everything as the policy says, late or not (the baselines' behaviour: they
+        have no prediction), EDF and batching unchanged.
     """
 
     def __init__(self, predict_ms: PredictFn, *, num_steps: int, max_batch: int = 8, queue_depth: int = 1,
-                 max_in_flight: int | None = None, default_deadline_ms: float = 250.0):
+                 max_in_flight: int | None = None, default_deadline_ms: float = 250.0,
+                 enforce_deadlines: bool = True):
         if num_steps < 1:
             raise ValueError(f'num_steps must be >= 1, got {num_steps!r}')
         if max_batch < 1:
@@ -125,6 +129,7 @@ class Scheduler:
         self.queue_depth = queue_depth
         self.max_in_flight = max_in_flight
         self.default_deadline_ms = default_deadline_ms
+        self.enforce_deadlines = enforce_deadlines
         self._apps: dict[str, AppQueue] = {}
         self._in_flight: list[Request] = []   # started, waiting for their next step
         self._running = 0                     # started requests handed out in a batch, not yet back
@@ -213,20 +218,8 @@ class Scheduler:
         """Decide what runs now (see the module docstring); the returned batch's requests leave the
         queues, and started ones must come back through :meth:`requeue` or :meth:`finished`."""
         dropped, expired = [], []
-        first_ms = self.predict_ms(0, 1)
-        for q in self._apps.values():
-            if q.frames and any(r.hard for r in q.frames):
-                keep = [r for r in q.frames if self._fits(r, now_ns, first_ms)]
-                if len(keep) != len(q.frames):
-                    dropped += [r for r in q.frames if r not in keep]
-                    q.frames.clear()
-                    q.frames.extend(keep)
-        if self._in_flight:
-            keep = []
-            for r in self._in_flight:
-                (keep if self._fits(r, now_ns, self.predict_ms(r.next_step, 1)) else expired).append(r)
-            self._in_flight = keep
-
+        if self.enforce_deadlines:
+            self._enforce(now_ns, dropped, expired)
         can_start = self.max_in_flight - self.in_flight
         candidates = list(self._in_flight)
         if can_start > 0:
@@ -246,12 +239,28 @@ class Scheduler:
             if r.next_step != step:
                 continue
             ms = self.predict_ms(step, len(members) + 1)
-            # The batch grows only if no bounded member (the EDF head included) would miss its deadline.
+            # The batch grows only if no bounded member (the EDF head included) would miss its deadline
+            # (also without enforce_deadlines: batching must not make anyone late).
             if self._fits(r, now_ns, ms) and all(self._fits(m, now_ns, ms) for m in members):
                 members.append(r)
                 predicted = ms
         self._take(members)
         return Schedule(Batch(step, tuple(members), predicted), tuple(dropped), tuple(expired))
+
+    def _enforce(self, now_ns: int, dropped: list[Request], expired: list[Request]) -> None:
+        first_ms = self.predict_ms(0, 1)
+        for q in self._apps.values():
+            if q.frames and any(r.hard for r in q.frames):
+                keep = [r for r in q.frames if self._fits(r, now_ns, first_ms)]
+                if len(keep) != len(q.frames):
+                    dropped += [r for r in q.frames if r not in keep]
+                    q.frames.clear()
+                    q.frames.extend(keep)
+        if self._in_flight:
+            keep = []
+            for r in self._in_flight:
+                (keep if self._fits(r, now_ns, self.predict_ms(r.next_step, 1)) else expired).append(r)
+            self._in_flight = keep
 
     def _take(self, members: list[Request]) -> None:
         chosen = {id(r) for r in members}

@@ -21,15 +21,19 @@ import os
 import pathlib
 import re
 import tempfile
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
 from delen_ros.core.bounds import Bounds, Objective
 
-__all__ = ['STATE_VERSION', 'AppConfig', 'validate_app_id', 'parse_apps_param', 'load_state', 'save_state']
+__all__ = ['STATE_VERSION', 'RELATIVE_FIELDS', 'AppConfig', 'validate_app_id', 'resolve_relative_bounds',
+           'parse_apps_param', 'load_state', 'save_state']
 
 STATE_VERSION = 1
+
+RELATIVE_FIELDS = ('max_latency_ms', 'min_accuracy', 'max_energy_mj')
+_RELATIVE = re.compile(r'^\s*exit:(\d+)\s*(?:\*\s*(\d+(?:\.\d*)?|\.\d+))?\s*$')
 
 # The app id becomes a topic name token (~/<app_id>/result): a letter, then letters, digits, '_'.
 _APP_ID = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
@@ -93,6 +97,13 @@ class AppConfig:
         """The core's :class:`~delen_ros.core.bounds.Bounds` (0 becomes ``None``)."""
         return Bounds.from_request(self.max_latency_ms, self.min_accuracy, self.max_energy_mj, self.objective)
 
+    def describe(self) -> str:
+        """The bounds in a few words, e.g. ``'latency <= 40 ms, max_accuracy'`` (for logs)."""
+        parts = [f'latency <= {self.max_latency_ms:.4g} ms' if self.max_latency_ms else '',
+                 f'accuracy >= {self.min_accuracy:.4g}' if self.min_accuracy else '',
+                 f'energy <= {self.max_energy_mj:.4g} mJ' if self.max_energy_mj else '']
+        return ', '.join([p for p in parts if p] or ['unbounded']) + f', {self.objective.value}'
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d['objective'] = self.objective.value
@@ -126,8 +137,38 @@ def _apps_from(data: Any, where: str) -> list[AppConfig]:
     return apps
 
 
-def parse_apps_param(text: str) -> list[AppConfig]:
+def resolve_relative_bounds(app: Mapping[str, Any], figure: Callable[[str, int], float], *,
+                            num_exits: int) -> dict[str, Any]:
+    """``app`` with bounds written ``'exit:K'`` or ``'exit:K*F'`` replaced by numbers.
+
+    ``'exit:K'`` is exit ``K``'s figure on this device (``figure(field, K)``: the node passes the
+    profile's p99 time to exit K, its accuracy, its cumulative energy); ``*F`` scales it. This lets
+    one configuration mean the same on a CPU and on a GPU, e.g. ``max_energy_mj: exit:1``.
+
+    :raises ValueError: a malformed spec, or ``K`` outside ``0..num_exits-1``.
+    """
+    out = dict(app)
+    for field in RELATIVE_FIELDS:
+        value = out.get(field)
+        if not isinstance(value, str):
+            continue
+        match = _RELATIVE.match(value)
+        if not match:
+            raise ValueError(f'{field} must be a number or "exit:K" / "exit:K*F", got {value!r}')
+        k, factor = int(match.group(1)), float(match.group(2) or 1.0)
+        if not 0 <= k < num_exits:
+            raise ValueError(f'{field} {value!r}: exit {k} does not exist (exits 0..{num_exits - 1})')
+        out[field] = figure(field, k) * factor
+    return out
+
+
+def parse_apps_param(text: str, *, figure: Callable[[str, int], float] | None = None,
+                     num_exits: int = 0) -> list[AppConfig]:
     """The node's ``apps`` parameter: a YAML list of app mappings; ``''`` = none.
+
+    :param figure: resolves ``'exit:K'`` bounds (see :func:`resolve_relative_bounds`); ``None``:
+        such bounds are an error.
+    :param num_exits: exits of the model (with ``figure``).
 
     >>> parse_apps_param("[{app_id: nav, image_topic: /cam, max_latency_ms: 40}]")[0].max_latency_ms
     40.0
@@ -138,6 +179,9 @@ def parse_apps_param(text: str) -> list[AppConfig]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f'apps parameter is not valid YAML: {exc}') from exc
+    if figure is not None and isinstance(data, list):
+        data = [resolve_relative_bounds(d, figure, num_exits=num_exits) if isinstance(d, Mapping) else d
+                for d in data]
     return _apps_from(data, 'apps parameter')
 
 

@@ -8,8 +8,9 @@ Examples::
     delen_client navigation --remove
     delen_client --profile
 
-A bound of 0 means unbounded (as in ``SetBounds``). Results print one line each: class, exit,
-confidence, latency against the bound, energy (``~`` marks an estimate rather than a measurement).
+A bound of 0 means unbounded (as in ``SetBounds``). Results print one line each: class, exit
+(``k/last``, 0 = earliest), confidence, latency against the bound, energy (``~`` marks an estimate
+rather than a measurement), and whether every bound was met.
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def format_result(msg, *, max_latency_ms: float = 0.0) -> str:
     """One line for an ``InferenceResult``: class, exit, confidence, latency vs the bound, energy."""
     bound = f'/{max_latency_ms:g}' if max_latency_ms > 0 else ''
     energy = ('' if msg.energy_measured else '~') + f'{msg.energy_mj:.3f} mJ ({msg.energy_source})'
-    return (f'{msg.app_id}: {msg.label!r:>14} (class {msg.class_id}) exit {msg.exit_index + 1}/{msg.num_exits} '
+    return (f'{msg.app_id}: {msg.label!r:>14} (class {msg.class_id}) exit {msg.exit_index}/{msg.num_exits - 1} '
             f'conf {msg.confidence:.2f} exp.acc {msg.expected_accuracy:.2f} | '
             f'latency {msg.latency_ms:.1f}{bound} ms (stamp {msg.stamp_latency_ms:.1f} ms) | {energy} | '
             f'{"ok" if msg.bounds_met else "MISSED"}')

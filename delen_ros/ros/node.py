@@ -53,6 +53,7 @@ __all__ = ['DelenNode', 'NODE_NAME', 'resolve_device', 'main']
 
 NODE_NAME = 'delen'
 _WARN_PERIOD_NS = 5_000_000_000  # at most one conversion warning per topic per 5 s
+_QUICK_EVAL_IMAGES = 500         # held-out images for a quick profile's accuracy and calibration
 
 
 def resolve_device(device: str) -> str:
@@ -121,6 +122,7 @@ class DelenNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
         super().__init__(node_name, **kwargs)
         self._declare_parameters()
+        # Attribute names must not collide with rclpy.Node's own (it has _services, _timers, ...).
         self._lock = threading.RLock()   # apps, cameras, publishers: services vs transitions vs worker
         self._apps: dict[str, _App] = {}
         self._cameras: dict[str, _Camera] = {}
@@ -132,7 +134,7 @@ class DelenNode(LifecycleNode):
         self._profile_source = ''
         self._meter = None
         self._device = ''
-        self._services: list[Any] = []
+        self._delen_services: list[Any] = []
         self._status_publisher = None
         self._diagnostics_publisher = None
         self._status_timer = None
@@ -169,7 +171,10 @@ class DelenNode(LifecycleNode):
         string('state_file', '', "YAML file where registered apps persist across restarts ('~' expands); "
                "'' = no persistence." + later)
         string('apps', '', 'Apps to register at configure: a YAML list of {app_id, image_topic, max_latency_ms, '
-               'min_accuracy, max_energy_mj, objective, result_topic} (bounds 0 = unbounded).' + later)
+               'min_accuracy, max_energy_mj, objective, result_topic}; a bound is a number (0 = unbounded) or '
+               '"exit:K" / "exit:K*F": exit K\'s p99 time, accuracy or energy on this device (times F).' + later)
+        integer('torch_threads', 0, 'CPU threads for torch (intra-op); 0 = torch\'s default (all cores). A small '
+                'model on a shared CPU is fastest with 1.' + later, 0, 256)
         self.declare_parameter('status_period_s', 1.0, ParameterDescriptor(
             description='Period of ~/status and /diagnostics, seconds.' + later,
             floating_point_range=[FloatingPointRange(from_value=0.1, to_value=60.0, step=0.0)]))
@@ -195,21 +200,25 @@ class DelenNode(LifecycleNode):
         qos = self._param('image_qos')
         if qos not in IMAGE_QOS_NAMES:
             raise ValueError(f'image_qos must be one of {list(IMAGE_QOS_NAMES)}, got {qos!r}')
-        initial = parse_apps_param(self._param('apps'))  # fail early, before the slow part
         self._device = resolve_device(self._param('device'))
+        if self._param('torch_threads') > 0:
+            import torch
+            torch.set_num_threads(self._param('torch_threads'))
         started = time.perf_counter()
         self._model = load_model(self._param('model'), device=self._device)
+        self._meter = make_meter(self._param('energy_meter'), device=self._device)
         self._profile, self._profile_source = self._load_profile()
         if self._profile.num_exits != self._model.num_exits:
             raise ValueError(f'profile {self._profile_source} has {self._profile.num_exits} exits, the model '
                              f'{self._model.num_exits}')
-        self._meter = make_meter(self._param('energy_meter'))
+        initial = parse_apps_param(self._param('apps'), figure=self._profile_figure,
+                                   num_exits=self._profile.num_exits)
         self._engine = Engine(self._model, self._profile, device=self._device, policy=self._param('policy'),
                               meter=self._meter, queue_depth=self._param('queue_depth'),
                               max_batch=self._param('max_batch'), on_result=self._on_result)
         self._status_publisher = self.create_lifecycle_publisher(AppStatus, '~/status', RESULT_QOS)
         self._diagnostics_publisher = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', RESULT_QOS)
-        self._services = [
+        self._delen_services = [
             self.create_service(SetBounds, '~/set_bounds', self._on_set_bounds, callback_group=self._service_group),
             self.create_service(RemoveApp, '~/remove_app', self._on_remove_app, callback_group=self._service_group),
             self.create_service(GetProfile, '~/get_profile', self._on_get_profile,
@@ -219,7 +228,8 @@ class DelenNode(LifecycleNode):
         self.get_logger().info(
             f'configured in {time.perf_counter() - started:.1f} s: model {self._model.info.name} '
             f'({self._model.num_exits} exits) on {self._device}, profile {self._profile_source}, '
-            f'energy {self._meter.source}, policy {self._param("policy")}, {len(self._apps)} app(s)')
+            f'energy {self._meter.source} ({self._meter.detail}), policy {self._param("policy")}, '
+            f'{len(self._apps)} app(s)')
 
     def _load_profile(self):
         """The profile named by the parameter, else the committed one, else a quick measurement."""
@@ -238,23 +248,43 @@ class DelenNode(LifecycleNode):
         from delen_ros.tools.profile import quick_profile
         others = sorted(folder.glob(profile_filename(name, '*')))
         reference = Profile.load(others[0]) if others else None
-        self.get_logger().info(f'no committed profile {committed.name}: measuring a quick one on {self._device}'
-                               + (f' (accuracy and calibration from {others[0].name})' if others else ''))
+        evaluation = None
+        if reference is None:  # accuracy and calibration need held-out data (device-independent otherwise)
+            try:
+                from delen_ros.core.datasets import eval_set
+                evaluation = eval_set(name, limit=_QUICK_EVAL_IMAGES)
+            except (KeyError, OSError, ValueError) as exc:
+                self.get_logger().warning(f'no held-out data for {name} ({exc}): accuracy from the model file, '
+                                          'no confidence calibration (no per-input early exits)')
+        self.get_logger().info(
+            f'no committed profile {committed.name}: measuring a quick one on {self._device}'
+            + (f' (accuracy and calibration from {others[0].name})' if reference is not None else
+               f' (accuracy and calibration on {len(evaluation.images)} held-out images)' if evaluation else ''))
+        started = time.perf_counter()
         profile = quick_profile(self._model, device=self._device, max_batch=self._param('max_batch'),
-                                reference=reference)
-        return profile, f'quick measurement on {self._device}'
+                                reference=reference, eval_set=evaluation,
+                                meter=self._meter if self._meter.measured else None)
+        return profile, f'quick measurement on {self._device} ({time.perf_counter() - started:.1f} s)'
+
+    def _profile_figure(self, field: str, k: int) -> float:
+        """Exit ``k``'s figure for a bound written ``exit:K`` in the ``apps`` parameter."""
+        if field == 'max_latency_ms':
+            return self._profile.exit_latency_ms(k, p99=True)
+        if field == 'min_accuracy':
+            return self._profile.accuracy(k)
+        return self._profile.exit_energy_mj(k)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             with self._lock:
                 self._engine.start()
+                result = super().on_activate(state)  # enables every lifecycle publisher, before frames come
                 self._active = True
                 for camera in self._cameras.values():
                     self._subscribe(camera)
                 self._last_status_ns = time.monotonic_ns()
                 self._status_timer = self.create_timer(self._param('status_period_s'), self._publish_status,
                                                        callback_group=self._timer_group)
-                result = super().on_activate(state)  # enables every lifecycle publisher
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f'activate failed: {type(exc).__name__}: {exc}')
             self._deactivate()
@@ -297,11 +327,13 @@ class DelenNode(LifecycleNode):
         self._release()
 
     def _release(self) -> None:
-        """Undo configure: services, publishers, apps, engine, meter, model (and its CUDA memory)."""
+        """Undo configure: engine, services, publishers, apps, meter, model (and its CUDA memory)."""
+        if self._engine is not None:
+            self._engine.stop()   # first: its worker publishes results on the publishers destroyed below
         with self._lock:
-            for service in self._services:
+            for service in self._delen_services:
                 self.destroy_service(service)
-            self._services = []
+            self._delen_services = []
             for publisher in [*self._result_publishers.values(), self._status_publisher, self._diagnostics_publisher]:
                 if publisher is not None:
                     self.destroy_lifecycle_publisher(publisher)
@@ -312,9 +344,7 @@ class DelenNode(LifecycleNode):
                     self.destroy_subscription(camera.subscription)
             self._apps.clear()
             self._cameras.clear()
-            engine, self._engine = self._engine, None
-        if engine is not None:
-            engine.stop()
+            self._engine = None
         if self._meter is not None:
             self._meter.close()
         self._meter = self._model = self._profile = None
@@ -417,7 +447,8 @@ class DelenNode(LifecycleNode):
         for config in by_id.values():
             try:
                 plan = self._register(self._resolve(config), persist=False)
-                self.get_logger().info(f'app {config.app_id}: {config.image_topic} -> exit {plan.exit_index} planned')
+                self.get_logger().info(f'app {config.app_id} on {config.image_topic}: {config.describe()} -> '
+                                       f'exit {plan.exit_index} planned')
             except ValueError as exc:
                 self.get_logger().error(f'app {config.app_id} not restored: {exc}')
         if path is not None and by_id:
@@ -470,7 +501,7 @@ class DelenNode(LifecycleNode):
             response.expected_accuracy = float(plan.accuracy)
             response.expected_energy_mj = float(plan.energy_mj)
             self.get_logger().info(
-                f'app {config.app_id} on {config.image_topic}: {config.bounds.to_dict()} -> exit {plan.exit_index} '
+                f'app {config.app_id} on {config.image_topic}: {config.describe()} -> exit {plan.exit_index} '
                 f'(~{plan.latency_ms:.2f} ms, accuracy {plan.accuracy:.3f}, {plan.energy_mj:.3f} mJ); '
                 f'results on {config.result_topic}')
             return response
@@ -666,7 +697,8 @@ class DelenNode(LifecycleNode):
             hardware_id=hardware, values=[KeyValue(key=k, value=str(v)) for k, v in {
                 'model': self._model.info.name if self._model is not None else '',
                 'device': self._device, 'policy': self._param('policy'), 'profile': self._profile_source,
-                'energy_source': source, 'apps': len(self._apps), 'cameras': len(cameras)}.items()]))
+                'energy_source': source, 'energy_detail': meter.detail if meter is not None else '',
+                'apps': len(self._apps), 'cameras': len(cameras)}.items()]))
         self._diagnostics_publisher.publish(array)
 
 

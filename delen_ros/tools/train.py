@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import inspect
+import json
 import math
 import pathlib
 import platform
@@ -40,7 +41,7 @@ from ..core.preprocess import preprocess
 from ..core.zoo import models_dir, save_model, with_info
 
 __all__ = ['main', 'train_fashion_mnist', 'train_efficientnet_lite0', 'evaluate_exits', 'random_view',
-           'cache_exit_features', 'distill_heads']
+           'cutmix', 'cache_exit_features', 'distill_heads']
 
 
 def _arch_defaults(builder) -> dict:
@@ -117,9 +118,9 @@ def train_fashion_mnist(args: argparse.Namespace, argv: Sequence[str]) -> pathli
     model = builder(**arch_kwargs).to(device)
     info = model.info
     x_train = preprocess(list(images), info)
-    y_train = torch.from_numpy(np.asarray(labels))
+    y_train = torch.from_numpy(labels.copy())  # the cached arrays are read-only
     x_test = preprocess(list(test_images), info)
-    y_test = torch.from_numpy(np.asarray(test_labels))
+    y_test = torch.from_numpy(test_labels.copy())
     weights = torch.tensor(args.exit_weights or (0.5, 0.6, 0.8, 1.0), dtype=torch.float32)
     if len(weights) != model.num_exits:
         raise ValueError(f'--exit-weights needs {model.num_exits} values, got {weights.tolist()}')
@@ -205,23 +206,52 @@ def random_view(image: np.ndarray, rng: np.random.Generator, *, size: int = 224,
     return np.ascontiguousarray(np.clip(x, 0, 255).astype(np.uint8))
 
 
+def cutmix(base: np.ndarray, other: np.ndarray, rng: np.random.Generator, *,
+           area: tuple[float, float] = (0.15, 0.5)) -> np.ndarray:
+    """``base`` with a random rectangle (``area`` fraction) replaced by the same region of ``other``.
+
+    Both are views of one size; ``other`` is converted to ``base``'s channels. The teacher's answer
+    on such a collage is a new target: more variety than the few source scenes give on their own.
+    """
+    if other.ndim != base.ndim:
+        other = cv2.cvtColor(other, cv2.COLOR_RGB2GRAY) if base.ndim == 2 else np.repeat(other[..., None], 3, axis=2)
+    h, w = base.shape[:2]
+    frac = rng.uniform(*area)
+    ch, cw = max(1, round(h * math.sqrt(frac))), max(1, round(w * math.sqrt(frac)))
+    y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    out = base.copy()
+    out[y0:y0 + ch, x0:x0 + cw] = other[y0:y0 + ch, x0:x0 + cw]
+    return out
+
+
 @torch.no_grad()
 def cache_exit_features(model: MultiExitModel, images: Sequence[np.ndarray], *, views: int, seed: int,
-                        batch_size: int = 32, desc: str = 'cache') -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Run the frozen backbone once over ``views`` augmented views of each image (view 0 = the plain
-    frame, as at inference) and keep what the early heads need.
+                        mix_pool: Sequence[np.ndarray] = (), mix_prob: float = 0.3, batch_size: int = 32,
+                        desc: str = 'cache') -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Run the frozen backbone once over ``views`` views of each image and keep what the early heads
+    need. View 0 is the plain frame (as at inference); the others are :func:`random_view`, a
+    fraction ``mix_prob`` of them collaged with a view of a random image of ``mix_pool``.
 
     Returns the pooled features entering each early head's trainable part (``head[0]`` applied;
     float16 to halve the memory) and the final exit's logits (float32, the distillation targets).
     """
     rng = np.random.default_rng(seed)
+    size = model.info.input_size[0]
     jobs = [(i, v) for i in range(len(images)) for v in range(views)]
     feats: list[list[torch.Tensor]] = [[] for _ in range(model.num_exits - 1)]
     finals = []
     model.eval()
+
+    def view(i: int, v: int) -> np.ndarray:
+        if v == 0:
+            return images[i]
+        out = random_view(images[i], rng, size=size)
+        if len(mix_pool) and rng.random() < mix_prob:
+            out = cutmix(out, random_view(mix_pool[rng.integers(len(mix_pool))], rng, size=size), rng)
+        return out
+
     for start in tqdm(range(0, len(jobs), batch_size), desc=desc, unit='batch'):
-        batch = [images[i] if v == 0 else random_view(images[i], rng) for i, v in jobs[start:start + batch_size]]
-        x = preprocess(batch, model.info)
+        x = preprocess([view(i, v) for i, v in jobs[start:start + batch_size]], model.info)
         for k in range(model.num_exits):
             x = model.run_stage(k, x)
             if k < model.num_exits - 1:
@@ -279,8 +309,8 @@ def distill_heads(model: MultiExitModel, feats: Sequence[torch.Tensor], teacher_
 
 
 def _source_frames(source: datasets.ImageSource, *, short: bool) -> list[np.ndarray]:
-    # Consecutive video frames are near-duplicates: every 2nd is enough next to augmentation.
-    step = 2 if source.kind == 'video' else 1
+    # Consecutive frames of a sequence are near-duplicates: every 4th is plenty next to augmentation.
+    step = 1 if source.kind == 'stills' else 4
     return source.frames(step=step, limit=4 if short else None)
 
 
@@ -301,33 +331,53 @@ def train_efficientnet_lite0(args: argparse.Namespace, argv: Sequence[str]) -> p
         used[source.name] = len(frames)
         (extra if source.kind == 'stills' else images).extend(frames)
     views = 1 if args.short else args.views + 1
+    key = {'sources': used, 'views': views, 'seed': args.seed, 'arch_kwargs': arch_kwargs, 'version': 2}
     t0 = time.perf_counter()
-    feats, teacher = cache_exit_features(model, images, views=views, seed=args.seed, desc='cache frames')
-    if extra:
-        f2, t2 = cache_exit_features(model, extra, views=1 if args.short else 4 * args.views + 1,
-                                     seed=args.seed + 1, desc='cache stills')
-        feats, teacher = [torch.cat([a, b]) for a, b in zip(feats, f2)], torch.cat([teacher, t2])
+    cached = torch.load(args.feature_cache, weights_only=True) if args.feature_cache and \
+        pathlib.Path(args.feature_cache).is_file() else None
+    if cached is not None and cached['key'] == json.dumps(key, sort_keys=True):
+        feats, teacher = cached['feats'], cached['teacher']
+        print(f'reusing {len(teacher)} cached views from {args.feature_cache}')
+    else:
+        pool = images + extra
+        feats, teacher = cache_exit_features(model, images, views=views, seed=args.seed, mix_pool=pool,
+                                             desc='cache frames')
+        if extra:
+            f2, t2 = cache_exit_features(model, extra, views=1 if args.short else 4 * args.views + 1,
+                                         seed=args.seed + 1, mix_pool=pool, desc='cache stills')
+            feats, teacher = [torch.cat([a, b]) for a, b in zip(feats, f2)], torch.cat([teacher, t2])
+        if args.feature_cache:
+            torch.save({'key': json.dumps(key, sort_keys=True), 'feats': feats, 'teacher': teacher},
+                       args.feature_cache)
     cache_s = time.perf_counter() - t0
-    print(f'cached {len(teacher)} views of {len(images) + len(extra)} images in {cache_s:.0f} s')
+    print(f'{len(teacher)} views of {len(images) + len(extra)} images ready in {cache_s:.0f} s')
 
     t0 = time.perf_counter()
     history = distill_heads(model.cpu(), [f.cpu() for f in feats], teacher.cpu(), epochs=epochs, seed=args.seed,
                             temperature=args.temperature)
     train_s = time.perf_counter() - t0
 
-    held_out = datasets.eval_set('efficientnet_lite0', limit=8 if args.short else None, seed=args.seed)
-    x = preprocess(held_out.images, model.info)
-    acc, _ = evaluate_exits(model, x, labels=None, batch_size=32, desc='held-out')
+    # Held-out data exactly as eval_set() serves it to the profiler, scored per source too.
+    per_source, preds = {}, []
+    for source in datasets.distillation_sources('test'):
+        frames = source.frames(step=datasets.HELD_OUT_VIDEO_STEP if source.kind == 'video' else 1,
+                               limit=2 if args.short else None)
+        source_acc, pred = evaluate_exits(model, preprocess(frames, model.info), batch_size=32, desc=source.name)
+        per_source[source.name] = {'images': len(frames), 'agreement': [round(a, 4) for a in source_acc]}
+        preds.append(pred)
+    pred = torch.cat(preds, dim=1)
+    acc = [float((p == pred[-1]).float().mean()) for p in pred]
     note = ('top-1 agreement with the final exit (the pretrained ImageNet classifier) on held-out real images, '
-            f'not ImageNet accuracy: {len(x)} frames/photos of sequences and stills never seen in training')
+            f'not ImageNet accuracy: {pred.shape[1]} frames/photos of sequences and stills never seen in training')
     with_info(model, exit_accuracy=tuple(round(a, 4) for a in acc), accuracy_note=note)
     record = _record(args, argv, epochs=epochs, method='distillation of early heads from the final exit '
                      f'(KL, temperature {args.temperature}) on cached frozen-backbone features',
                      augmentation='random resized crop (area 0.25-1, aspect 3/4-4/3), horizontal flip, '
-                                  'brightness/contrast/saturation jitter 0.3; view 0 of every image un-augmented',
+                                  'brightness/contrast/saturation jitter 0.3, 30 % cutmix with another training '
+                                  'image; view 0 of every image un-augmented; every 4th frame of sequences',
                      train_sources=used, train_views=len(teacher), views_per_frame=views,
                      held_out_sources=[s.name for s in datasets.distillation_sources('test')],
-                     held_out_images=len(x), cache_time_s=round(cache_s, 1), train_time_s=round(train_s, 1),
+                     held_out_images=pred.shape[1], held_out_agreement=per_source, cache_time_s=round(cache_s, 1), train_time_s=round(train_s, 1),
                      history=history)
     pt, _ = save_model(model, pathlib.Path(args.out) / 'efficientnet_lite0', architecture='efficientnet_lite0',
                        arch_kwargs=arch_kwargs, training=record, weights_dtype=torch.float16)
@@ -357,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--views', type=int, default=3,
                         help='efficientnet_lite0: augmented views per video frame, besides the plain one; '
                              'stills get 4x (default: %(default)s)')
+    parser.add_argument('--feature-cache', default=None, metavar='FILE',
+                        help='efficientnet_lite0: keep the cached backbone features in FILE and reuse them '
+                             'when sources, views and seed match (to retrain the heads without re-running the backbone)')
     parser.add_argument('--temperature', type=float, default=2.0,
                         help='efficientnet_lite0: distillation temperature (default: %(default)s)')
     return parser

@@ -1,0 +1,587 @@
+"""``delen_demo``: one delen node, three cameras, three applications with different bounds, live.
+
+Starts the node and three camera players as child processes (loopback DDS only, a ROS domain of
+its own), registers three apps by service call, shows a live table, changes one bound half-way,
+and at the end prints a summary and writes ``demo.png`` and ``demo.json`` into ``--out``:
+
+* **inspection** (Fashion-MNIST frames, whose true labels travel in ``frame_id``): an *accuracy*
+  bound, minimum latency otherwise; the table shows the accuracy measured against the true labels
+  next to the bound.
+* **navigation** (``vtest``, pedestrians, colour 320x240): a *latency* bound, as accurate as that
+  allows. Half-way the bound is tightened to leave room for about half the network (the time
+  spent outside the network is measured first): the exits move earlier.
+* **battery** (a ViSP robot-camera sequence, grey 640x480): an *energy* bound per inference,
+  as accurate as that budget allows.
+
+Bounds are derived from the node's profile on this device (``GetProfile``), so they mean the same
+on a CPU and on a GPU. Children are stopped cleanly at the end, on Ctrl-C and on SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+
+__all__ = ['DemoCamera', 'CAMERAS', 'demo_bounds', 'Record', 'summarize', 'main']
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoCamera:
+    """A camera player and the app it feeds."""
+
+    app_id: str
+    source: str           # a shipped sequence (see ``delen_camera list``)
+    topic: str
+    rate_hz: float
+    size: str             # WxH or 'native'
+    role: str             # what the bound stands for, for the table
+
+
+CAMERAS: tuple[DemoCamera, ...] = (
+    DemoCamera('inspection', 'fashion_mnist', '/inspection/image_raw', 10.0, 'native', 'accuracy bound'),
+    DemoCamera('navigation', 'vtest', '/front_camera/image_raw', 15.0, '320x240', 'latency bound'),
+    DemoCamera('battery', 'visp_mbt_cube', '/rear_camera/image_raw', 10.0, 'native', 'energy bound'),
+)
+_FALLBACK_SOURCES = {'visp_mbt_cube': ('visp_mire2', 'fashion_mnist'), 'vtest': ('visp_mire2', 'fashion_mnist')}
+
+
+def demo_bounds(profile: Any) -> dict[str, dict[str, Any]]:
+    """The three apps' ``SetBounds`` fields from a ``GetProfile`` answer.
+
+    inspection: accuracy half-way between exits 1 and 2 (earlier exits only when confident),
+    minimum latency otherwise; navigation: the final exit's p99 time plus an allowance for what
+    happens outside the network (conversion, queueing, publication), as accurate as that allows;
+    battery: the cumulative energy of exit 1, as accurate as that allows.
+    """
+    acc, lat, lat99, energy = (list(map(float, v)) for v in
+                               (profile.accuracy, profile.latency_ms, profile.latency_p99_ms, profile.energy_mj))
+    n = len(acc)
+    k1, k2 = min(1, n - 1), min(2, n - 1)
+    return {
+        'inspection': {'min_accuracy': round(acc[k1] + 0.5 * (acc[k2] - acc[k1]), 4), 'objective': 1},  # MIN_LATENCY
+        'navigation': {'max_latency_ms': round(lat99[-1] + max(2.0, 2 * lat[-1]), 2), 'objective': 0},
+        'battery': {'max_energy_mj': round(energy[k1] * 1.0001, 6), 'objective': 0},
+    }
+
+
+def tightened_latency_ms(recent: Sequence['Record'], profile: Any, current_ms: float) -> float:
+    """The half-way change: a navigation bound with room for about exit 1, not the final exit.
+
+    What the network does not account for (conversion, queueing, publication) is measured: the
+    median latency of recent results minus the profile's time to the exits they stopped at. The new
+    bound is that overhead plus the time to half-way between exits 1 and 2; without recent results,
+    half the current bound.
+    """
+    lat = list(map(float, profile.latency_ms))
+    if len(recent) < 5:
+        return round(current_ms / 2, 2)
+    overhead = float(np.median([r.latency_ms - lat[r.exit_index] for r in recent]))
+    k1, k2 = min(1, len(lat) - 1), min(2, len(lat) - 1)
+    return round(max(lat[0], overhead + lat[k1] + 0.5 * (lat[k2] - lat[k1])), 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One received result (times in s since the demo started)."""
+
+    t_s: float
+    exit_index: int
+    latency_ms: float
+    stamp_latency_ms: float
+    energy_mj: float
+    energy_measured: bool
+    expected_accuracy: float
+    confidence: float
+    bounds_met: bool
+    correct: bool | None     # None: true label unknown
+
+
+def summarize(records: Sequence[Record], *, num_exits: int, duration_s: float) -> dict[str, Any]:
+    """Figures over ``records``: rate, exit mix, latency p50/p99, energy, accuracy, attainment."""
+    n = len(records)
+    if n == 0:
+        return {'results': 0, 'rate_hz': 0.0}
+    lat = np.array([r.latency_ms for r in records])
+    scored = [r.correct for r in records if r.correct is not None]
+    exits = np.bincount([r.exit_index for r in records], minlength=num_exits)
+    return {
+        'results': n, 'rate_hz': n / duration_s if duration_s > 0 else 0.0,
+        'exit_mix': [float(c) / n for c in exits],
+        'latency_p50_ms': float(np.percentile(lat, 50)), 'latency_p99_ms': float(np.percentile(lat, 99)),
+        'stamp_latency_p50_ms': float(np.percentile([r.stamp_latency_ms for r in records], 50)),
+        'energy_mean_mj': float(np.mean([r.energy_mj for r in records])),
+        'energy_measured': bool(all(r.energy_measured for r in records)),
+        'expected_accuracy_mean': float(np.mean([r.expected_accuracy for r in records])),
+        'accuracy': float(np.mean(scored)) if scored else None, 'scored': len(scored),
+        'attainment': float(np.mean([r.bounds_met for r in records])),
+    }
+
+
+# --- processes ------------------------------------------------------------------------------------------
+def _package_root() -> pathlib.Path:
+    """The folder holding the ``delen_ros`` package that this module was imported from."""
+    return pathlib.Path(__file__).resolve().parents[2]
+
+
+def _config_file(name: str) -> pathlib.Path:
+    """``config/<name>``: from the source tree if present, else the installed share folder."""
+    source = _package_root() / 'config' / name
+    if source.is_file():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return pathlib.Path(get_package_share_directory('delen_ros')) / 'config' / name
+    except Exception:  # noqa: BLE001 - fall back to the source-tree path (may not exist)
+        return source
+
+
+def _child_env(domain_id: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        'ROS_DOMAIN_ID': str(domain_id), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+        'FASTDDS_DEFAULT_PROFILES_FILE': str(_config_file('fastdds_loopback.xml')),
+        'PYTHONPATH': os.pathsep.join([str(_package_root()), *filter(None, [env.get('PYTHONPATH')])]),
+        'PYTHONUNBUFFERED': '1', 'RCUTILS_LOGGING_BUFFERED_STREAM': '0',
+    })
+    return env
+
+
+class Children:
+    """Child processes in their own sessions (a Ctrl-C reaches only the demo, which stops them in order)."""
+
+    def __init__(self, log_dir: pathlib.Path, env: dict[str, str]):
+        self.log_dir, self.env = log_dir, env
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, args: Sequence[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f'{name}.log', 'w')
+        proc = subprocess.Popen([sys.executable, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.procs.items() if p.poll() is not None]
+
+    def stop(self, names: Sequence[str] | None = None, *, timeout: float = 10.0) -> dict[str, int | None]:
+        """SIGINT, then SIGTERM, then SIGKILL; returns the exit codes."""
+        names = list(self.procs) if names is None else names
+        for name in names:
+            if self.procs[name].poll() is None:
+                self.procs[name].send_signal(signal.SIGINT)
+        codes = {}
+        for name in names:
+            p = self.procs[name]
+            for sig, wait_s in ((None, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+                if sig is not None and p.poll() is None:
+                    p.send_signal(sig)
+                try:
+                    p.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            codes[name] = p.returncode
+        return codes
+
+
+# --- the demo's own ROS side ------------------------------------------------------------------------------
+class Watcher:
+    """Registers the apps and collects their results and status (rclpy, spun in a thread)."""
+
+    def __init__(self, domain_id: int, *, t0: float):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        self.t0 = t0
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node('delen_demo', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.lock = threading.Lock()
+        self.records: dict[str, list[Record]] = collections.defaultdict(list)
+        self.status: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - ends when the context shuts down
+            pass
+
+    def call(self, srv_type: type, name: str, request: Any, *, timeout: float) -> Any:
+        """Call a service (its client is made once and kept: no discovery churn mid-demo)."""
+        if name not in self._clients:
+            self._clients[name] = self.node.create_client(srv_type, name)
+        client = self._clients[name]
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f'service {name} did not appear within {timeout:g} s')
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                client.remove_pending_request(future)
+                raise TimeoutError(f'service {name} did not answer within {timeout:g} s')
+            time.sleep(0.01)
+        return future.result()
+
+    def follow(self, app_id: str, topic: str) -> None:
+        from delen_ros.msg import InferenceResult
+        from delen_ros.ros.camera_player import label_from_frame_id
+
+        def on_result(msg: Any) -> None:
+            label = label_from_frame_id(msg.header.frame_id)
+            record = Record(
+                t_s=time.monotonic() - self.t0, exit_index=msg.exit_index, latency_ms=msg.latency_ms,
+                stamp_latency_ms=msg.stamp_latency_ms, energy_mj=msg.energy_mj, energy_measured=msg.energy_measured,
+                expected_accuracy=msg.expected_accuracy, confidence=msg.confidence, bounds_met=msg.bounds_met,
+                correct=None if label is None else label == msg.class_id)
+            with self.lock:
+                self.records[app_id].append(record)
+        self.node.create_subscription(InferenceResult, topic, on_result, 50)
+
+    def follow_status(self, topic: str) -> None:
+        from delen_ros.msg import AppStatus
+
+        def on_status(msg: Any) -> None:
+            with self.lock:
+                self.status[msg.app_id] = msg
+        self.node.create_subscription(AppStatus, topic, on_status, 10)
+
+    def snapshot(self) -> tuple[dict[str, list[Record]], dict[str, Any]]:
+        with self.lock:
+            return {k: list(v) for k, v in self.records.items()}, dict(self.status)
+
+    def close(self) -> None:
+        import rclpy
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+def _bound_text(fields: dict[str, Any]) -> str:
+    parts = []
+    if fields.get('max_latency_ms'):
+        parts.append(f'lat<={fields["max_latency_ms"]:g}ms')
+    if fields.get('min_accuracy'):
+        parts.append(f'acc>={fields["min_accuracy"]:.3f}')
+    if fields.get('max_energy_mj'):
+        parts.append(f'E<={fields["max_energy_mj"]:.3g}mJ')
+    return ' '.join(parts) or 'unbounded'
+
+
+def _fmt(value: float | None, spec: str, missing: str = '-') -> str:
+    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def render_table(records: dict[str, list[Record]], status: dict[str, Any], bounds: dict[str, dict[str, Any]], *,
+                 now_s: float, window_s: float, num_exits: int, header: str) -> str:
+    """The live table: one row per app over the last ``window_s`` seconds."""
+    exits_head = ' '.join(f'e{k}' .rjust(4) for k in range(num_exits))
+    lines = [header,
+             f'{"app":11s} {"bound":22s} {"res/s":>6s} {exits_head}  {"p50 ms":>7s} {"p99 ms":>7s} '
+             f'{"mJ/frame":>9s} {"acc":>6s} {"met":>5s} {"drops":>6s}']
+    for cam in CAMERAS:
+        recent = [r for r in records.get(cam.app_id, []) if r.t_s >= now_s - window_s]
+        s = summarize(recent, num_exits=num_exits, duration_s=min(window_s, max(now_s, 1e-3)))
+        st = status.get(cam.app_id)
+        mix = ' '.join(f'{100 * m:3.0f}%' for m in s.get('exit_mix', [0.0] * num_exits))
+        lines.append(
+            f'{cam.app_id:11s} {_bound_text(bounds.get(cam.app_id, {})):22s} {s["rate_hz"]:6.1f} {mix}  '
+            f'{_fmt(s.get("latency_p50_ms"), "7.2f")} {_fmt(s.get("latency_p99_ms"), "7.2f")} '
+            f'{_fmt(s.get("energy_mean_mj"), "9.4f")} {_fmt(s.get("accuracy"), "6.3f")} '
+            f'{_fmt(s.get("attainment"), "5.0%")} {st.dropped if st is not None else 0:6d}')
+    return '\n'.join(lines)
+
+
+def write_plot(path: pathlib.Path, records: dict[str, list[Record]], bounds_before: dict[str, dict[str, Any]],
+               bounds_after: dict[str, dict[str, Any]], *, change_s: float, duration_s: float, num_exits: int,
+               title: str) -> pathlib.Path:
+    """One row per app: exit mix over time, latency vs bound, energy vs bound, accuracy vs bound."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(CAMERAS), 4, figsize=(18, 3.2 * len(CAMERAS)), squeeze=False)
+    bins = np.arange(0.0, duration_s + 1.0, 1.0)
+    for row, cam in enumerate(CAMERAS):
+        recs = records.get(cam.app_id, [])
+        t = np.array([r.t_s for r in recs])
+        ax_mix, ax_lat, ax_en, ax_acc = axes[row]
+        if len(recs):
+            exits = np.array([r.exit_index for r in recs])
+            counts = np.array([np.histogram(t[exits == k], bins)[0] for k in range(num_exits)], dtype=float)
+            totals = np.maximum(counts.sum(0), 1)
+            ax_mix.stackplot(bins[:-1], counts / totals, labels=[f'exit {k}' for k in range(num_exits)], step='post')
+            ax_lat.plot(t, [r.latency_ms for r in recs], '.', ms=2, alpha=0.5, label='latency')
+            ax_en.plot(t, [r.energy_mj for r in recs], '.', ms=2, alpha=0.5, label='energy / frame')
+            ax_acc.plot(t, [r.expected_accuracy for r in recs], '.', ms=2, alpha=0.3, label='expected accuracy')
+            scored = [(r.t_s, r.correct) for r in recs if r.correct is not None]
+            if scored:
+                st, sc = np.array(scored, dtype=float).T
+                window = max(1, min(50, len(sc) // 4))
+                sums = np.cumsum(np.concatenate([[0.0], sc]))
+                counts = np.minimum(np.arange(1, len(sc) + 1), window)
+                trailing = (sums[1:] - sums[np.maximum(0, np.arange(1, len(sc) + 1) - window)]) / counts
+                ax_acc.plot(st, trailing, '-', lw=1.5, label=f'measured accuracy (last {window} labelled)')
+        for ax, key in ((ax_lat, 'max_latency_ms'), (ax_en, 'max_energy_mj'), (ax_acc, 'min_accuracy')):
+            for (t_a, t_b), fields in (((0.0, change_s), bounds_before), ((change_s, duration_s), bounds_after)):
+                value = fields.get(cam.app_id, {}).get(key)
+                if value:
+                    ax.hlines(value, t_a, t_b, colors='red', linestyles='--', label='bound' if t_a == 0 else None)
+        for ax, name in zip(axes[row], ('exit mix', 'latency (ms)', 'energy (mJ)', 'accuracy')):
+            ax.axvline(change_s, color='grey', lw=0.8, ls=':')
+            ax.set_title(f'{cam.app_id} ({cam.source}): {name}', fontsize=9)
+            ax.set_xlim(0, duration_s)
+            ax.tick_params(labelsize=8)
+            if row == len(CAMERAS) - 1:
+                ax.set_xlabel('time (s)', fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc='lower left')
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- main -----------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='delen_demo', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--duration', type=float, default=40.0, help='seconds of serving')
+    parser.add_argument('--out', default='out/demo', help='folder for demo.png, demo.json and the logs')
+    parser.add_argument('--model', default='fashion_mnist', help='model zoo name')
+    parser.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
+    parser.add_argument('--energy-meter', default='auto', help='auto | jetson | nvml | rapl | estimate')
+    parser.add_argument('--policy', default='delen', help='exit policy of the node')
+    parser.add_argument('--torch-threads', type=int, default=1,
+                        help='CPU threads for torch in the node (0 = all cores; the small model is fastest with 1)')
+    parser.add_argument('--rate-scale', type=float, default=1.0, help='multiply every camera rate')
+    parser.add_argument('--change-at', type=float, default=0.5, help='fraction of the run when a bound changes')
+    parser.add_argument('--startup-timeout', type=float, default=180.0, help='s to wait for the node')
+    parser.add_argument('--domain-id', type=int, default=None, help='ROS domain; default $ROS_DOMAIN_ID or from the pid')
+    parser.add_argument('--no-live', action='store_true', help='no live table (log lines every 5 s instead)')
+    return parser
+
+
+def _pick_sources() -> dict[str, str]:
+    """Each camera's source, or a fallback where a Debian data package is missing."""
+    from delen_ros.core.datasets import camera_sources
+    available = camera_sources()
+    picked = {}
+    for cam in CAMERAS:
+        for name in (cam.source, *_FALLBACK_SOURCES.get(cam.source, ())):
+            if name in available:
+                picked[cam.app_id] = name
+                break
+        else:
+            raise SystemExit(f'delen_demo: no camera source for {cam.app_id} (wanted {cam.source}); '
+                             f'installed: {sorted(available)}')
+    return picked
+
+
+class _Terminate(Exception):
+    pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminate()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from delen_ros.srv import GetProfile, SetBounds
+
+    args = build_parser().parse_args(argv)
+    if args.duration <= 0 or not 0 < args.change_at < 1 or args.rate_scale <= 0:
+        raise SystemExit('delen_demo: need --duration > 0, 0 < --change-at < 1, --rate-scale > 0')
+    out = pathlib.Path(args.out)
+    (out / 'logs').mkdir(parents=True, exist_ok=True)
+    domain_id = args.domain_id if args.domain_id is not None else int(
+        os.environ.get('ROS_DOMAIN_ID') or 1 + os.getpid() % 100)
+    env = _child_env(domain_id)
+    for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE'):
+        os.environ[key] = env[key]
+    sources = _pick_sources()
+    live = sys.stdout.isatty() and not args.no_live
+    print(f'delen_demo: ROS domain {domain_id} (loopback only); logs in {out / "logs"}', flush=True)
+
+    params = {'model': args.model, 'device': args.device, 'energy_meter': args.energy_meter, 'policy': args.policy,
+              'state_file': '', 'status_period_s': 1.0, 'torch_threads': args.torch_threads}
+    params_path = out / 'logs' / 'node_params.yaml'
+    params_path.write_text(yaml.safe_dump({'/**': {'ros__parameters': params}}))
+    children = Children(out / 'logs', env)
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    watcher: Watcher | None = None
+    t0 = time.monotonic()
+    records: dict[str, list[Record]] = {}
+    bounds_before: dict[str, dict[str, Any]] = {}
+    bounds_after: dict[str, dict[str, Any]] = {}
+    change: dict[str, Any] = {}
+    change_s = args.duration * args.change_at
+    num_exits, profile_info, interrupted = 1, {}, False
+    serve_start = t0
+    try:
+        children.start('node', ['-m', 'delen_ros.ros.node', '--ros-args', '--params-file', str(params_path)])
+        for cam in CAMERAS:
+            children.start(f'camera_{cam.app_id}', [
+                '-m', 'delen_ros.ros.camera_player', sources[cam.app_id], '--topic', cam.topic,
+                '--rate', f'{cam.rate_hz * args.rate_scale:g}', '--size', cam.size,
+                '--node-name', f'camera_{cam.app_id}'])
+        watcher = Watcher(domain_id, t0=t0)
+        print(f'waiting for the node (model {args.model}, device {args.device}) ...', flush=True)
+        try:
+            profile = watcher.call(GetProfile, '/delen/get_profile', GetProfile.Request(),
+                                   timeout=args.startup_timeout)
+        except TimeoutError:
+            tail = (out / 'logs' / 'node.log').read_text()[-3000:]
+            raise SystemExit(f'delen_demo: the node did not come up within {args.startup_timeout:g} s; '
+                             f'its log ends:\n{tail}')
+        num_exits = len(profile.accuracy)
+        profile_info = {'model': profile.model, 'device': profile.device, 'energy_source': profile.energy_source,
+                        'accuracy_note': profile.accuracy_note, 'exit_names': list(profile.exit_names),
+                        'latency_ms': list(map(float, profile.latency_ms)),
+                        'energy_mj': list(map(float, profile.energy_mj)),
+                        'accuracy': list(map(float, profile.accuracy))}
+        bounds_before = demo_bounds(profile)
+        bounds_after = bounds_before
+        watcher.follow_status('/delen/status')
+        for cam in CAMERAS:
+            response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
+                app_id=cam.app_id, image_topic=cam.topic, **bounds_before[cam.app_id]), timeout=10.0)
+            if not response.accepted:
+                raise SystemExit(f'delen_demo: {cam.app_id} rejected: {response.message}')
+            watcher.follow(cam.app_id, response.result_topic)
+            print(f'  {cam.app_id:11s} {sources[cam.app_id]:14s} -> {_bound_text(bounds_before[cam.app_id]):22s} '
+                  f'planned exit {response.planned_exit}', flush=True)
+        serve_start = time.monotonic()
+        watcher.t0 = serve_start
+        changed = False
+        last_print = 0.0
+        while True:
+            now = time.monotonic() - serve_start
+            if now >= args.duration:
+                break
+            dead = children.dead()
+            if dead:
+                raise SystemExit(f'delen_demo: {", ".join(dead)} exited early; see {out / "logs"}')
+            snap, status = watcher.snapshot()
+            if not changed and now >= change_s:
+                old_ms = bounds_before['navigation']['max_latency_ms']
+                recent = [r for r in snap.get('navigation', []) if r.t_s >= now - 5.0]
+                new_ms = tightened_latency_ms(recent, profile, old_ms)
+                change = {'app_id': 'navigation', 'fields': {'max_latency_ms': new_ms},
+                          'why': f'navigation tightens its latency bound {old_ms:g} -> {new_ms:g} ms'}
+                bounds_after = {**bounds_before, 'navigation': {**bounds_before['navigation'], 'max_latency_ms': new_ms}}
+                response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
+                    app_id='navigation', image_topic=next(c.topic for c in CAMERAS if c.app_id == 'navigation'),
+                    **bounds_after['navigation']), timeout=10.0)
+                changed = True
+                if not response.accepted:
+                    bounds_after = bounds_before
+                print(f'{now:5.1f} s: {change["why"]}: ' + ('accepted' if response.accepted else response.message),
+                      flush=True)
+            header = (f'delen demo  t={now:5.1f}/{args.duration:g} s  model {profile.model} on {profile.device}, '
+                      f'energy {profile.energy_source}' + (f'   [{change["why"]} at {change_s:.0f} s]' if changed else ''))
+            if live:
+                table = render_table(snap, status, bounds_after if changed else bounds_before, now_s=now,
+                                     window_s=5.0, num_exits=num_exits, header=header)
+                sys.stdout.write('\x1b[H\x1b[2J' + table + '\n')
+                sys.stdout.flush()
+            elif now - last_print >= 5.0:
+                last_print = now
+                print(render_table(snap, status, bounds_after if changed else bounds_before, now_s=now,
+                                   window_s=5.0, num_exits=num_exits, header=header) + '\n', flush=True)
+            time.sleep(0.5)
+    except (KeyboardInterrupt, _Terminate):
+        interrupted = True
+        print('\ndelen_demo: interrupted; stopping ...', flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if watcher is not None:
+            records, status = watcher.snapshot()
+        codes = children.stop([n for n in children.procs if n != 'node'])
+        codes.update(children.stop(['node'] if 'node' in children.procs else []))
+        if watcher is not None:
+            watcher.close()
+    ran_s = min(args.duration, time.monotonic() - serve_start)
+    if not records:
+        print('delen_demo: no results received', file=sys.stderr)
+        return 1
+    summary = _summary(records, bounds_before, bounds_after, change, change_s=change_s, ran_s=ran_s,
+                       num_exits=num_exits, sources=sources)
+    print(_summary_text(summary, change))
+    report = {'args': vars(args), 'domain_id': domain_id, 'profile': profile_info, 'sources': sources,
+              'exit_codes': codes, 'interrupted': interrupted, 'ran_s': ran_s, 'change_at_s': change_s,
+              'change': change, 'bounds_before': bounds_before, 'bounds_after': bounds_after, 'summary': summary,
+              'results': {app: [dataclasses.asdict(r) for r in recs] for app, recs in records.items()}}
+    (out / 'demo.json').write_text(json.dumps(report, indent=1, default=str) + '\n')
+    title = (f'delen_ros demo: {profile_info.get("model")} on {profile_info.get("device")}, energy '
+             f'{profile_info.get("energy_source")}; dotted line: {change.get("why", "")}')
+    write_plot(out / 'demo.png', records, bounds_before, bounds_after, change_s=change_s, duration_s=max(ran_s, 1.0),
+               num_exits=num_exits, title=title)
+    print(f'wrote {out / "demo.png"} and {out / "demo.json"}')
+    bad = {name: code for name, code in codes.items() if code not in (0, None)}
+    if bad:
+        print(f'delen_demo: children exited with {bad}; see {out / "logs"}', file=sys.stderr)
+    return 130 if interrupted else (1 if bad else 0)
+
+
+def _summary(records, bounds_before, bounds_after, change, *, change_s: float, ran_s: float, num_exits: int,
+             sources: dict[str, str]) -> dict[str, Any]:
+    out = {}
+    for cam in CAMERAS:
+        recs = records.get(cam.app_id, [])
+        before = [r for r in recs if r.t_s < change_s]
+        after = [r for r in recs if r.t_s >= change_s]
+        out[cam.app_id] = {
+            'source': sources.get(cam.app_id), 'topic': cam.topic,
+            'all': summarize(recs, num_exits=num_exits, duration_s=ran_s),
+            'before_change': {'bounds': bounds_before.get(cam.app_id),
+                              **summarize(before, num_exits=num_exits, duration_s=min(change_s, ran_s))},
+            'after_change': {'bounds': bounds_after.get(cam.app_id),
+                             **summarize(after, num_exits=num_exits, duration_s=max(0.0, ran_s - change_s))},
+        }
+    return out
+
+
+def _summary_text(summary: dict[str, Any], change: dict[str, Any]) -> str:
+    width = shutil.get_terminal_size((100, 20)).columns
+    lines = ['', '=' * min(width, 100), 'summary' + (f' ({change["why"]} half-way)' if change else '')]
+    for app_id, s in summary.items():
+        for phase in ('before_change', 'after_change'):
+            p = s[phase]
+            if not p.get('results'):
+                lines.append(f'  {app_id:11s} {phase:13s} no results')
+                continue
+            mix = ' '.join(f'{100 * m:.0f}%' for m in p['exit_mix'])
+            acc = f'accuracy {p["accuracy"]:.3f} ({p["scored"]} labelled)' if p.get('accuracy') is not None else \
+                f'exp. accuracy {p["expected_accuracy_mean"]:.3f}'
+            lines.append(f'  {app_id:11s} {phase:13s} {_bound_text(p["bounds"] or {}):22s} {p["results"]:5d} results '
+                         f'({p["rate_hz"]:.1f}/s), exits [{mix}], latency p50 {p["latency_p50_ms"]:.2f} / p99 '
+                         f'{p["latency_p99_ms"]:.2f} ms, {p["energy_mean_mj"]:.4f} mJ/frame'
+                         f'{"" if p["energy_measured"] else " (est.)"}, {acc}, bounds met {p["attainment"]:.1%}')
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,574 @@
+"""``delen_profile``: measure a multi-exit model's per-exit profile on this device.
+
+For every exit ``k`` and batch size ``b``: the time of stage ``k`` and of head ``k`` (warm, p50 and
+p99, CUDA synchronised around each, through the same :class:`~delen_ros.core.runner.StageRunner`
+the engine serves with); the energy per frame of the step (stage + head) where a meter exists;
+the exit's accuracy and confidence calibration on held-out data. Writes
+``models/profiles/<model>__<device_slug>.json`` and two plots beside it (accuracy vs latency,
+accuracy vs energy).
+
+Energy. A meter reads the whole device (idle draw included) and NVML moves only every ~100 ms, so
+each step runs in a loop for ``--energy-window-s`` (at least 5 meter periods), the window aligned
+to the meter's updates at both ends, and energy / iterations / batch size is the step's energy per
+frame. Idle power is measured first (same alignment, the device idle right after one run). The
+profile's ``stage_energy_mj`` *includes* idle power (what the engine's meter windows also see),
+``energy_includes_idle=True``;
+``--subtract-idle`` stores the energy above idle instead. Either way ``meta`` holds the idle power
+and the other table. Without a meter, energy = p50 step time x ``--estimate-power-w`` / batch size,
+``energy_source='estimate'``: the assumed power stands for what computing adds to the idle draw
+(default: 5 W per torch CPU thread, 100 W on a GPU; rough figures, so such profiles say so).
+
+Accuracy on ``delen_ros.core.datasets.eval_set(model)``: top-1 against labels where they exist,
+else agreement with the final exit's answers (``accuracy_note`` says which). Calibration rows per
+exit: ``(threshold, accuracy of inputs with confidence >= threshold, their fraction)``.
+
+Examples::
+
+    delen_profile fashion_mnist efficientnet_lite0 --device cpu --threads 2
+    delen_profile efficientnet_lite0 --device cuda --cuda-graphs --batch-sizes 1,2,4,8,16,32,64
+    delen_profile fashion_mnist --quick --out /tmp/profiles      # seconds; for tests
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import math
+import pathlib
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..core.energy import EnergyMeter, MeterUnavailable, available_meters, make_meter
+from ..core.preprocess import preprocess
+from ..core.profile import ExitProfile, Profile, device_slug, profile_filename
+from ..core.runner import StageRunner
+
+if TYPE_CHECKING:
+    from ..core.multi_exit import MultiExitModel
+
+__all__ = ['profile_model', 'quick_profile', 'quick_batch_sizes', 'measure_energy', 'measure_idle_power_w',
+           'calibration_table', 'plot_profile', 'format_profile', 'default_estimate_power_w',
+           'CALIBRATION_THRESHOLDS', 'DEFAULT_BATCH_SIZES', 'main']
+
+#: confidence thresholds of the calibration table
+CALIBRATION_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20)) + (0.99,)
+DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+#: assumed power above idle while computing, for estimates: per busy CPU thread / for a GPU
+CPU_THREAD_POWER_W = 5.0
+GPU_POWER_W = 100.0
+
+
+def default_estimate_power_w(device: str | torch.device) -> float:
+    """The assumed power (W, above idle) of an energy estimate on ``device``: 5 W per torch CPU
+    thread (a busy server or desktop core), 100 W for a GPU (a data-centre GPU at moderate load)."""
+    if torch.device(device).type == 'cuda':
+        return GPU_POWER_W
+    return CPU_THREAD_POWER_W * torch.get_num_threads()
+
+
+# --- measuring ------------------------------------------------------------------------------------------
+def _now() -> float:
+    return time.perf_counter()
+
+
+def _chain(runner: StageRunner, x0: torch.Tensor) -> None:
+    x = runner.to_input(x0)
+    for k in range(runner.num_exits):
+        x = runner.stage(k, x)
+        runner.head(k, x)
+    runner.synchronize()
+
+
+def _time_steps(runner: StageRunner, x0: torch.Tensor, *, runs: int, min_runs: int, warmup: int,
+                budget_s: float) -> tuple[list[list[float]], list[list[float]]]:
+    """Per exit, the stage and head times (ms) of ``n`` timed runs over the batch ``x0``.
+
+    ``n`` is ``runs``, fewer when one run takes so long that ``n`` runs would exceed ``budget_s``
+    (but at least ``min_runs``). Warm-up stops early (after two runs) once it has taken a quarter
+    of the budget: slow runs are warm after one or two.
+    """
+    t = _now()
+    for i in range(max(1, warmup)):
+        _chain(runner, x0)
+        if i >= 1 and _now() - t > budget_s / 4:
+            break
+    t = _now()
+    _chain(runner, x0)
+    per_run = max(_now() - t, 1e-6)
+    n = max(min_runs, min(runs, int(budget_s / per_run)))
+    stage = [[] for _ in range(runner.num_exits)]
+    head = [[] for _ in range(runner.num_exits)]
+    for _ in range(n):
+        x = runner.to_input(x0)
+        runner.synchronize()
+        for k in range(runner.num_exits):
+            t0 = time.perf_counter_ns()
+            x = runner.stage(k, x)
+            runner.synchronize()
+            t1 = time.perf_counter_ns()
+            runner.head(k, x)
+            runner.synchronize()
+            t2 = time.perf_counter_ns()
+            stage[k].append((t1 - t0) / 1e6)
+            head[k].append((t2 - t1) / 1e6)
+    return stage, head
+
+
+def measure_energy(meter: EnergyMeter, work: Callable[[], None], *, window_s: float,
+                   clock: Callable[[], float] = time.perf_counter) -> tuple[float, float, int]:
+    """Run ``work`` back to back for at least ``window_s`` seconds and read the meter around it.
+
+    Both ends are aligned to a change of the meter's reading (NVML's counter moves every ~100 ms), so
+    the energy and the time cover the same span: the error is about one ``work`` call's duration at
+    each end, not one meter period. Returns ``(mJ per call, s per call, calls)``.
+
+    :param clock: seconds (tests pass a fake one that ``work`` advances).
+    """
+    timeout = 3 * (meter.period_s or 0.1) + 0.5
+    e_prev, t_wait = meter.energy_mj(), clock()
+    while True:   # start right after an update
+        work()
+        e0 = meter.energy_mj()
+        if e0 != e_prev or clock() - t_wait > timeout:
+            break
+    t0, n, e_window = clock(), 0, None
+    while True:
+        work()
+        n += 1
+        t = clock()
+        if t - t0 < window_s:
+            continue
+        e = meter.energy_mj()
+        if e_window is None:
+            e_window = e
+        elif e != e_window or t - t0 > window_s + timeout:   # stop right after an update
+            break
+    return (e - e0) / n, (t - t0) / n, n
+
+
+def _idle_sleep() -> None:
+    time.sleep(0.002)
+
+
+def measure_idle_power_w(meter: EnergyMeter, *, window_s: float) -> float:
+    """The device's power while nothing runs on it, W (meter reading over a quiet window)."""
+    mj, s, _ = measure_energy(meter, _idle_sleep, window_s=window_s)
+    return mj / s / 1000.0 if s > 0 else 0.0
+
+
+def _exit_outputs(runner: StageRunner, images: Sequence[np.ndarray], *, batch: int, progress: bool
+                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per exit, the max-softmax confidence and the predicted class of every image."""
+    info = runner.model.info
+    confs = [[] for _ in range(runner.num_exits)]
+    preds = [[] for _ in range(runner.num_exits)]
+    for i in tqdm(range(0, len(images), batch), desc='accuracy', unit='batch', disable=not progress, leave=False):
+        x = runner.to_input(preprocess(images[i:i + batch], info))
+        for k in range(runner.num_exits):
+            x = runner.stage(k, x)
+            c, p = torch.softmax(runner.head(k, x), dim=1).max(dim=1)
+            confs[k].append(c.cpu().numpy())
+            preds[k].append(p.cpu().numpy())
+    return [np.concatenate(c) for c in confs], [np.concatenate(p) for p in preds]
+
+
+def calibration_table(confidence: np.ndarray, correct: np.ndarray, thresholds: Sequence[float] = CALIBRATION_THRESHOLDS
+                      ) -> tuple[tuple[float, float, float], ...]:
+    """Rows ``(threshold, accuracy of inputs with confidence >= threshold, their fraction)``;
+    thresholds no input reaches are left out."""
+    rows = []
+    for t in thresholds:
+        sel = confidence >= t
+        if sel.any():
+            rows.append((float(t), float(correct[sel].mean()), float(sel.mean())))
+    return tuple(rows)
+
+
+def _as_eval(eval_set: Any) -> tuple[list[np.ndarray], np.ndarray | None, str] | None:
+    """``EvalSet``-like (``images``, ``labels``, ``note``) or ``(images, labels)`` -> a triple."""
+    if eval_set is None:
+        return None
+    if isinstance(eval_set, tuple):
+        images, labels = eval_set
+        note = 'top-1 accuracy on the given labelled images' if labels is not None else \
+            'top-1 agreement with the final exit on the given images'
+    else:
+        images, labels, note = eval_set.images, eval_set.labels, eval_set.note
+    if len(images) == 0:
+        raise ValueError('the eval set is empty')
+    return list(images), (None if labels is None else np.asarray(labels)), note
+
+
+def _sample_batch(info, images: Sequence[np.ndarray] | None, b: int) -> torch.Tensor:
+    """A preprocessed batch of ``b`` (real images if any, else zeros)."""
+    if images:
+        return preprocess([images[i % len(images)] for i in range(b)], info)
+    return torch.zeros(b, info.in_channels, *info.input_size)
+
+
+# --- profiling --------------------------------------------------------------------------------------------
+def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                  runs: int = 100, meter: EnergyMeter | None = None, eval_set: Any = None,
+                  runner: StageRunner | None = None, runner_options: dict[str, Any] | None = None,
+                  warmup: int = 5, min_runs: int = 5, time_budget_s: float = 10.0,
+                  energy_window_s: float = 1.0, idle_window_s: float = 2.0, energy_per_step: bool = True,
+                  subtract_idle: bool = False, estimate_power_w: float | None = None,
+                  thresholds: Sequence[float] = CALIBRATION_THRESHOLDS, eval_batch: int = 64,
+                  progress: bool = True, tool: str = 'delen_profile') -> Profile:
+    """Measure ``model``'s per-exit profile on ``device`` (see the module docstring for the method).
+
+    :param model: the multi-exit model (moved to ``device`` by the runner).
+    :param device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
+    :param batch_sizes: batch sizes to time (each >= 1).
+    :param runs: timed runs per batch size (p50 / p99 over them), fewer where ``time_budget_s`` says.
+    :param meter: an energy meter; ``None`` or one with ``measured=False``: energy is estimated.
+    :param eval_set: held-out data: a ``datasets.EvalSet`` or ``(images, labels)`` (labels ``None``:
+        accuracy = agreement with the final exit); ``None``: accuracies from ``model.info``, no calibration.
+    :param runner: time through this runner; ``None``: a ``StageRunner(model, device=..., max_batch=
+        max(batch_sizes), **runner_options)``.
+    :param warmup: untimed runs per batch size first (CUDA graphs are captured then).
+    :param min_runs: at least this many timed runs, whatever the budget.
+    :param time_budget_s: seconds of timed runs per batch size, roughly.
+    :param energy_window_s: shortest energy loop per step, s (at least 5 meter periods are used).
+    :param idle_window_s: idle-power window, s.
+    :param energy_per_step: loop each step alone (accurate); ``False``: loop the whole chain per
+        batch size and split its energy by the steps' time shares (``num_exits`` times quicker).
+    :param subtract_idle: store energy above idle power in ``stage_energy_mj`` (default: idle included).
+    :param estimate_power_w: assumed power above idle for estimates, W; ``None``:
+        :func:`default_estimate_power_w`.
+    :param thresholds: calibration thresholds.
+    :param eval_batch: batch size of the accuracy pass.
+    :param progress: tqdm bars on stderr.
+    :raises ValueError: bad batch sizes, runs or windows (the value is shown).
+    """
+    batch_sizes = sorted({int(b) for b in batch_sizes})
+    if not batch_sizes or batch_sizes[0] < 1:
+        raise ValueError(f'batch sizes must be >= 1, got {batch_sizes!r}')
+    if runs < 1 or min_runs < 1 or warmup < 0:
+        raise ValueError(f'runs and min_runs must be >= 1 and warmup >= 0, got {runs!r}, {min_runs!r}, {warmup!r}')
+    if energy_window_s <= 0 or idle_window_s <= 0 or time_budget_s <= 0:
+        raise ValueError(f'windows and budgets must be > 0, got energy {energy_window_s!r}, idle {idle_window_s!r}, '
+                         f'budget {time_budget_s!r}')
+    runner = runner or StageRunner(model, device=device, max_batch=max(batch_sizes), **(runner_options or {}))
+    info = model.info
+    n_exits = runner.num_exits
+    data = _as_eval(eval_set)
+    sample_images = data[0][:max(batch_sizes)] if data else None
+    measured = meter is not None and meter.measured
+    power_w = default_estimate_power_w(runner.device) if estimate_power_w is None else float(estimate_power_w)
+    if not math.isfinite(power_w) or power_w < 0:
+        raise ValueError(f'estimate_power_w must be >= 0, got {estimate_power_w!r}')
+    started = _now()
+
+    # Idle power first, right after one run: the device as it sits between frames while serving
+    # (a GPU keeps its clocks up for a while after work; a cold one idles lower).
+    idle_w = 0.0
+    if measured:
+        _chain(runner, _sample_batch(info, sample_images, 1))
+        idle_w = measure_idle_power_w(meter, window_s=idle_window_s)
+    window = max(energy_window_s, 5 * (meter.period_s or 0.0)) if measured else 0.0
+
+    stage_t: dict[tuple[int, int], list[float]] = {}
+    head_t: dict[tuple[int, int], list[float]] = {}
+    energy_total: dict[tuple[int, int], float] = {}   # mJ per frame, idle included
+    energy_above: dict[tuple[int, int], float] = {}   # mJ per frame, above idle
+    runs_done: dict[int, int] = {}
+    bar = tqdm(batch_sizes, desc=f'profile {info.name} on {runner.device}', unit='batch size', disable=not progress)
+    for b in bar:
+        x0 = _sample_batch(info, sample_images, b)
+        stage, head = _time_steps(runner, x0, runs=runs, min_runs=min_runs, warmup=warmup, budget_s=time_budget_s)
+        runs_done[b] = len(stage[0])
+        for k in range(n_exits):
+            stage_t[k, b], head_t[k, b] = stage[k], head[k]
+        p50 = [float(np.median(stage[k]) + np.median(head[k])) for k in range(n_exits)]
+        bar.set_postfix(step0_ms=f'{p50[0]:.2f}', final_ms=f'{sum(p50):.2f}')
+        if not measured:
+            for k in range(n_exits):
+                energy_above[k, b] = p50[k] * power_w / b   # ms x W = mJ
+            continue
+        if energy_per_step:
+            x = runner.to_input(x0)
+            for k in range(n_exits):
+                def step(x=x, k=k) -> None:
+                    runner.head(k, runner.stage(k, x))
+                    runner.synchronize()
+                mj, s, _ = measure_energy(meter, step, window_s=window)
+                energy_total[k, b] = mj / b
+                energy_above[k, b] = max(0.0, mj - idle_w * s * 1000.0) / b
+                x = runner.stage(k, x)
+        else:
+            mj, s, _ = measure_energy(meter, functools.partial(_chain, runner, x0), window_s=window)
+            for k in range(n_exits):
+                share = p50[k] / sum(p50) if sum(p50) > 0 else 1.0 / n_exits
+                energy_total[k, b] = mj * share / b
+                energy_above[k, b] = max(0.0, mj - idle_w * s * 1000.0) * share / b
+
+    # Accuracy and calibration.
+    if data is not None:
+        images, labels, note = data
+        confs, preds = _exit_outputs(runner, images, batch=eval_batch, progress=progress)
+        reference = preds[-1] if labels is None else labels
+        accuracy = [float((preds[k] == reference).mean()) for k in range(n_exits)]
+        calibration = [calibration_table(confs[k], preds[k] == reference, thresholds) for k in range(n_exits)]
+        eval_count = len(images)
+    else:
+        note = info.accuracy_note + ' (from the model file; no eval set given)'
+        accuracy, calibration, eval_count = list(info.exit_accuracy), [()] * n_exits, 0
+
+    includes_idle = measured and not subtract_idle
+    stored, other = (energy_total, energy_above) if includes_idle else (energy_above, energy_total)
+    exits = []
+    for k in range(n_exits):
+        exits.append(ExitProfile(
+            name=info.exit_names[k], accuracy=accuracy[k], calibration=calibration[k],
+            stage_ms={b: float(np.median(stage_t[k, b])) for b in batch_sizes},
+            stage_p99_ms={b: float(np.percentile(stage_t[k, b], 99)) for b in batch_sizes},
+            head_ms={b: float(np.median(head_t[k, b])) for b in batch_sizes},
+            head_p99_ms={b: float(np.percentile(head_t[k, b], 99)) for b in batch_sizes},
+            stage_energy_mj={b: float(stored[k, b]) for b in batch_sizes}))
+    meta: dict[str, Any] = {
+        'tool': tool,
+        'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'torch': torch.__version__,
+        'torch_threads': torch.get_num_threads(),
+        'device_name': str(runner.device),
+        'channels_last': runner.channels_last,
+        'cuda_graphs': runner.cuda_graphs,
+        'runs_per_batch_size': {str(b): n for b, n in runs_done.items()},
+        'warmup_runs': warmup,
+        'eval_images': eval_count,
+        'energy_meter': meter.source if meter is not None else 'none',
+        'energy_meter_detail': meter.detail if meter is not None else '',
+        'seconds': round(_now() - started, 1),
+    }
+    if measured:
+        meta.update({
+            'idle_power_w': idle_w,
+            'energy_window_s': window,
+            'energy_method': 'per step' if energy_per_step else 'whole chain split by time share',
+            'energy_note': ('stage_energy_mj includes idle power; meta.energy_above_idle_mj subtracts it'
+                            if includes_idle else
+                            'stage_energy_mj is above idle power; meta.energy_with_idle_mj includes it'),
+            ('energy_above_idle_mj' if includes_idle else 'energy_with_idle_mj'):
+                {info.exit_names[k]: {str(b): float(other[k, b]) for b in batch_sizes} for k in range(n_exits)},
+        })
+    else:
+        meta.update({'estimate_power_w': power_w,
+                     'energy_note': f'estimate: p50 step time x {power_w:g} W (assumed power above idle) / batch size'})
+    return Profile(model=info.name, device=device_slug(str(runner.device)), exits=tuple(exits),
+                   energy_source=meter.source if measured else 'estimate', energy_includes_idle=includes_idle,
+                   accuracy_note=note, dtype=str(runner.dtype).replace('torch.', ''), meta=meta)
+
+
+def quick_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """Few batch sizes for a quick profile: 1, powers of 4 below ``max_batch``, and ``max_batch``."""
+    if max_batch < 1:
+        raise ValueError(f'max_batch must be >= 1, got {max_batch!r}')
+    sizes = {1, max_batch}
+    b = 4
+    while b < max_batch:
+        sizes.add(b)
+        b *= 4
+    return tuple(sorted(sizes))
+
+
+def quick_profile(model: 'MultiExitModel', *, device: str = 'cpu', max_batch: int = 8,
+                  reference: Profile | None = None, meter: EnergyMeter | None = None, eval_set: Any = None,
+                  runner: StageRunner | None = None, runner_options: dict[str, Any] | None = None,
+                  estimate_power_w: float | None = None, progress: bool = False) -> Profile:
+    """A profile measured in seconds, for a node that finds none for its device.
+
+    Latency is timed (few runs, :func:`quick_batch_sizes`); energy is estimated, or measured over the
+    whole chain per batch size when a measuring ``meter`` is given. Accuracy and calibration do not
+    depend on the device: they come from ``reference`` (a profile of the same model elsewhere) when
+    given, else from ``eval_set``, else from ``model.info`` (no calibration).
+
+    :raises ValueError: a reference of another model or with another number of exits.
+    """
+    if reference is not None and (reference.model != model.info.name or reference.num_exits != model.num_exits):
+        raise ValueError(f'reference profile is of {reference.model!r} with {reference.num_exits} exits, '
+                         f'the model is {model.info.name!r} with {model.num_exits}')
+    profile = profile_model(
+        model, device=device, batch_sizes=quick_batch_sizes(max_batch), runs=10, min_runs=3, warmup=2,
+        time_budget_s=0.5, meter=meter, eval_set=None if reference is not None else eval_set, runner=runner,
+        runner_options=runner_options, energy_window_s=0.5, idle_window_s=0.5, energy_per_step=False,
+        estimate_power_w=estimate_power_w, progress=progress, tool='quick_profile')
+    if reference is None:
+        return profile
+    exits = tuple(ExitProfile(**{**_fields(e), 'accuracy': r.accuracy, 'calibration': r.calibration})
+                  for e, r in zip(profile.exits, reference.exits))
+    meta = {**profile.meta, 'accuracy_from': f'{reference.model}__{reference.device}'}
+    return Profile(**{**_fields(profile), 'exits': exits, 'accuracy_note': reference.accuracy_note, 'meta': meta})
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields, shallow (``dataclasses.asdict`` would turn nested ones into dicts)."""
+    return {f: getattr(obj, f) for f in obj.__dataclass_fields__}
+
+
+# --- reporting --------------------------------------------------------------------------------------------
+def format_profile(profile: Profile) -> str:
+    """A table: per exit, batch-1 step and cumulative latency (p50/p99), energy, accuracy."""
+    sizes = sorted(profile.exits[0].stage_ms)
+    big = sizes[-1]
+    mark = '' if profile.energy_source != 'estimate' else '~'
+    lines = [f'{profile.model} on {profile.device} ({profile.dtype}); energy: {profile.energy_source}'
+             f'{" incl. idle" if profile.energy_includes_idle else ""}; accuracy: {profile.accuracy_note}',
+             f'{"exit":>4} {"name":14s} {"step ms":>8} {"exit ms":>8} {"p99 ms":>8} {f"b{big} ms/fr":>10} '
+             f'{"mJ/frame":>9} {f"b{big} mJ/fr":>10} {"accuracy":>8}']
+    for k, e in enumerate(profile.exits):
+        lines.append(f'{k:>4} {e.name:14s} {profile.step_ms(k):8.3f} {profile.exit_latency_ms(k):8.3f} '
+                     f'{profile.exit_latency_ms(k, p99=True):8.3f} {profile.exit_latency_ms(k, big) / big:10.3f} '
+                     f'{mark + format(profile.exit_energy_mj(k), ".3f"):>9} '
+                     f'{mark + format(profile.exit_energy_mj(k, big), ".4f"):>10} '
+                     f'{e.accuracy:8.4f}')
+    return '\n'.join(lines)
+
+
+def plot_profile(profile: Profile, path: str | pathlib.Path) -> list[pathlib.Path]:
+    """Write ``<stem>.latency.png`` (accuracy vs cumulative latency) and ``<stem>.energy.png``
+    (accuracy vs cumulative energy per frame) next to ``path`` (the profile's JSON); returns them.
+
+    Each plot has a curve for batch 1 and one per frame at the largest profiled batch size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = pathlib.Path(path)
+    sizes = sorted(profile.exits[0].stage_ms)
+    acc = [e.accuracy for e in profile.exits]
+    names = [e.name for e in profile.exits]
+    is_agreement = 'agreement' in profile.accuracy_note
+    ylabel = 'agreement with the final exit' if is_agreement else 'top-1 accuracy'
+    est = ' (estimated)' if profile.energy_source == 'estimate' else f' ({profile.energy_source}' + \
+        (', idle included)' if profile.energy_includes_idle else ', above idle)')
+    curves = {
+        'latency': ('latency to exit, ms', [
+            ('batch 1, p50', [profile.exit_latency_ms(k) for k in range(profile.num_exits)], '-o'),
+            ('batch 1, p99', [profile.exit_latency_ms(k, p99=True) for k in range(profile.num_exits)], ':x'),
+            (f'batch {sizes[-1]}, per frame', [profile.exit_latency_ms(k, sizes[-1]) / sizes[-1]
+                                                 for k in range(profile.num_exits)], '--s')]),
+        'energy': ('energy to exit per frame, mJ' + est, [
+            ('batch 1', [profile.exit_energy_mj(k) for k in range(profile.num_exits)], '-o'),
+            (f'batch {sizes[-1]}', [profile.exit_energy_mj(k, sizes[-1]) for k in range(profile.num_exits)], '--s')]),
+    }
+    out = []
+    for kind, (xlabel, series) in curves.items():
+        fig = Figure(figsize=(6.4, 4.4), tight_layout=True)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for label, xs, style in series:
+            ax.plot(xs, acc, style, label=label)
+        for name, x, y in zip(names, series[0][1], acc):
+            ax.annotate(name, (x, y), textcoords='offset points', xytext=(4, -10), fontsize=8)
+        positive = all(x > 0 for _, xs, _ in series for x in xs)
+        if positive and max(max(xs) for _, xs, _ in series) / min(min(xs) for _, xs, _ in series) > 30:
+            ax.set_xscale('log')
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f'{profile.model} on {profile.device}', fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        target = path.with_name(f'{path.stem}.{kind}.png')
+        fig.savefig(target, dpi=110)
+        out.append(target)
+    return out
+
+
+# --- CLI --------------------------------------------------------------------------------------------------
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f'expected integers >= 1, got {text!r}')
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='delen_profile', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('models', nargs='+', help='model names in the zoo (e.g. fashion_mnist efficientnet_lite0) or paths')
+    p.add_argument('--device', default='cpu', help='auto | cpu | cuda | cuda:N')
+    p.add_argument('--batch-sizes', type=_int_list, default=None,
+                   help=f'comma-separated (default {",".join(map(str, DEFAULT_BATCH_SIZES))}; quick: 1,4,8)')
+    p.add_argument('--runs', type=int, default=100, help='timed runs per batch size (fewer if over --time-budget-s)')
+    p.add_argument('--warmup', type=int, default=5, help='untimed runs per batch size')
+    p.add_argument('--time-budget-s', type=float, default=10.0, help='timed seconds per batch size, roughly')
+    p.add_argument('--meter', default='auto', help='auto | ' + ' | '.join(available_meters()))
+    p.add_argument('--energy-window-s', type=float, default=1.0, help='energy loop per step (>= 5 meter periods)')
+    p.add_argument('--idle-window-s', type=float, default=2.0, help='idle-power window')
+    p.add_argument('--subtract-idle', action='store_true', help='store energy above idle (default: idle included)')
+    p.add_argument('--estimate-power-w', type=float, default=None,
+                   help=f'assumed power above idle without a meter (default {CPU_THREAD_POWER_W:g} W per torch '
+                        f'CPU thread; {GPU_POWER_W:g} W on CUDA)')
+    p.add_argument('--eval-limit', type=int, default=None, help='at most this many eval images (default all; quick 500)')
+    p.add_argument('--no-eval', action='store_true', help='take accuracy from the model file; no calibration')
+    p.add_argument('--half', action=argparse.BooleanOptionalAction, default=None, help='fp16 (default: on CUDA)')
+    p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='(default: on CUDA)')
+    p.add_argument('--cuda-graphs', action='store_true', help='time CUDA-graph replays (as the engine with that option)')
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    p.add_argument('--out', default=None, help='output folder (default: <models dir>/profiles)')
+    p.add_argument('--no-plots', action='store_true')
+    p.add_argument('--quick', action='store_true', help='seconds: few runs and batch sizes, small eval set, short windows')
+    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from ..core import datasets
+    from ..core.zoo import load_model, models_dir
+
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f'--threads must be >= 1, got {args.threads}', file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    batch_sizes = args.batch_sizes or ([1, 4, 8] if quick else list(DEFAULT_BATCH_SIZES))
+    eval_limit = args.eval_limit if args.eval_limit is not None else (500 if quick else None)
+    out_dir = pathlib.Path(args.out) if args.out else models_dir() / 'profiles'
+    try:
+        meter = make_meter(args.meter, device=None if args.device == 'auto' else args.device)
+    except (ValueError, MeterUnavailable) as exc:
+        print(f'delen_profile: {exc}', file=sys.stderr)
+        return 2
+    print(f'energy meter: {meter.source} ({meter.detail})')
+    try:
+        for name in args.models:
+            model = load_model(name)
+            data = None
+            if not args.no_eval:
+                try:
+                    data = datasets.eval_set(model.info.name, limit=eval_limit)
+                except (KeyError, FileNotFoundError) as exc:
+                    print(f'{name}: no eval set ({exc}); accuracy from the model file', file=sys.stderr)
+            options = {'half': args.half, 'channels_last': args.channels_last, 'cuda_graphs': args.cuda_graphs}
+            profile = profile_model(
+                model, device=args.device, batch_sizes=batch_sizes, runs=10 if quick else args.runs,
+                warmup=2 if quick else args.warmup, min_runs=3 if quick else 5,
+                time_budget_s=1.0 if quick else args.time_budget_s, meter=meter, eval_set=data,
+                runner_options=options, energy_window_s=0.5 if quick else args.energy_window_s,
+                idle_window_s=0.5 if quick else args.idle_window_s, energy_per_step=not quick,
+                subtract_idle=args.subtract_idle, estimate_power_w=args.estimate_power_w, progress=not args.quiet,
+                tool='delen_profile --quick' if quick else 'delen_profile')
+            path = profile.save(out_dir / profile_filename(profile.model, profile.device))
+            plots = [] if args.no_plots else plot_profile(profile, path)
+            print(format_profile(profile))
+            print(f'wrote {path}' + ''.join(f', {p.name}' for p in plots))
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        print(f'delen_profile: {exc}', file=sys.stderr)
+        return 1
+    finally:
+        meter.close()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

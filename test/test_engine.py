@@ -1,0 +1,381 @@
+"""The engine end to end with the fake model: results per app, bounds, energy flags, stats, robustness."""
+import contextlib
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from delen_ros.core.bounds import Bounds, InfeasibleBounds
+from delen_ros.core.engine import Engine, Result
+from fakes import FakeRunner, fake_confidence, fake_image, fake_model, synthetic_profile
+
+torch.set_num_threads(1)
+PROFILE = synthetic_profile()
+LOOSE_MS = 5000.0   # bounds tests must not depend on this machine's speed
+
+
+class Collector:
+    def __init__(self):
+        self.results: list[Result] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, result: Result) -> None:
+        with self.lock:
+            self.results.append(result)
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[Result]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                if len(self.results) >= count:
+                    return list(self.results)
+            time.sleep(0.002)
+        raise AssertionError(f'{len(self.results)} results of {count} after {timeout} s')
+
+    def of(self, app_id: str) -> list[Result]:
+        return [r for r in self.results if r.app_id == app_id]
+
+
+class FakeMeter:
+    """A measured meter whose device draws ``power_w`` all the time."""
+
+    source = 'fake'
+    measured = True
+    update_period_s = 0.03
+
+    def __init__(self, power_w: float = 3.0):
+        self.power_w = power_w
+        self.t0 = time.perf_counter_ns()
+
+    def energy_mj(self) -> float:
+        return self.power_w * (time.perf_counter_ns() - self.t0) / 1e6   # W x ms = mJ
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def engine_stopped(engine):
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def make_engine(collector, *, sleep_ms=(0.2, 0.2, 0.2, 0.2), **kwargs):
+    model = fake_model()
+    runner = kwargs.pop('runner', None) or FakeRunner(model, sleep_ms=sleep_ms)
+    engine = Engine(model, PROFILE, on_result=collector, runner=runner, **kwargs)
+    return engine, runner
+
+
+def run_frames(engine, frames, *, gap_s=0.003):
+    for app_ids, image in frames:
+        engine.submit(app_ids, image)
+        time.sleep(gap_s)
+
+
+def test_end_to_end_every_app_gets_results():
+    c = Collector()
+    # deep queues: a slow CI machine must not drop frames; batch 1: per-frame energy is fixed
+    engine, _ = make_engine(c, max_batch=1, queue_depth=32)
+    engine.set_app('nav', Bounds(max_latency_ms=LOOSE_MS))
+    engine.set_app('arm', Bounds(min_accuracy=0.8, objective='min_energy'))
+    engine.set_app('inspect', Bounds(max_energy_mj=4.0, objective='max_accuracy'))
+    with engine:
+        run_frames(engine, [(['nav', 'arm'], fake_image(i % 4, 250)) for i in range(10)] +
+                   [(['inspect'], fake_image(1, 250)) for _ in range(10)])
+        results = c.wait(30)
+    assert {r.app_id for r in results} == {'nav', 'arm', 'inspect'}
+    for app in ('nav', 'arm', 'inspect'):
+        assert len(c.of(app)) == 10
+    for r in results:
+        assert r.bounds_met, r
+        assert r.num_exits == 4 and 0 <= r.exit_index < 4
+        assert r.latency_ms >= r.queue_ms >= 0 and r.compute_ms > 0
+        assert r.finish_ns > r.arrival_ns
+        assert r.label == f'class{r.class_id}'
+        assert not r.energy_measured and r.energy_source == 'estimate'
+    nav = c.of('nav')
+    assert all(r.exit_index == 3 for r in nav)                          # MAX_ACCURACY, loose bound: final exit
+    assert [r.class_id for r in nav] == [i % 4 for i in range(10)]     # right answers, in order
+    assert nav[0].confidence == pytest.approx(fake_confidence(3, 250), abs=1e-5)
+    # sharpness 250 gives confidence 0.73 at exit 0 >= the calibrated 0.7 for accuracy 0.8: stop there
+    assert all(r.exit_index == 0 for r in c.of('arm'))
+    assert all(r.expected_accuracy >= 0.8 for r in c.of('arm'))
+    # energy 4 mJ: exits cost 1.1, 3.2, 6.3 mJ -> exit 1 (before exit 2 would overrun)
+    assert all(r.exit_index == 1 and r.energy_mj <= 4.0 for r in c.of('inspect'))
+
+
+def test_uncertain_frames_go_deeper_for_accuracy():
+    c = Collector()
+    engine, _ = make_engine(c)
+    engine.set_app('arm', Bounds(min_accuracy=0.8, objective='min_energy'))
+    with engine:
+        run_frames(engine, [(['arm'], fake_image(2, 80))])   # confidence 0.39, 0.54 at exits 0, 1
+        result = c.wait(1)[0]
+    assert result.exit_index == 1        # calibrated threshold at exit 1 is 0.5
+    assert result.class_id == 2
+
+
+def test_apps_on_one_camera_share_preprocessing_and_compute():
+    c = Collector()
+    engine, runner = make_engine(c, max_batch=8)
+    for app in ('a', 'b', 'c'):
+        engine.set_app(app, Bounds(max_latency_ms=LOOSE_MS))
+    engine.start(warm_up=False)
+    try:
+        engine.submit(['a', 'b', 'c'], fake_image(3, 200))
+        results = c.wait(3)
+    finally:
+        engine.stop()
+    assert len(results) == 3 and {r.class_id for r in results} == {3}
+    assert [b for _, b in runner.calls] == [1, 1, 1, 1]     # one frame's worth at each step
+    # the step energy is shared: each gets a third of the final exit's estimated energy
+    assert sum(r.energy_mj for r in results) == pytest.approx(PROFILE.exit_energy_mj(3))
+
+
+@pytest.mark.parametrize('preprocess_workers', [1, 2])
+def test_batches_across_apps_and_cameras(preprocess_workers):
+    c = Collector()
+    gate = threading.Event()
+
+    class GatedRunner(FakeRunner):
+        def stage(self, k, x):
+            gate.wait(5)                  # hold the first step until all frames are queued
+            return super().stage(k, x)
+
+    model = fake_model()
+    runner = GatedRunner(model)
+    engine = Engine(model, PROFILE, on_result=c, runner=runner, max_batch=8, queue_depth=1,
+                    preprocess_workers=preprocess_workers)
+    for i in range(6):
+        engine.set_app(f'app{i}', Bounds(max_latency_ms=LOOSE_MS))
+    engine.start(warm_up=False)
+    try:
+        engine.submit(['app0'], fake_image(0))
+        time.sleep(0.05)                  # app0's frame is now running (held at the gate)
+        for i in range(1, 6):
+            engine.submit([f'app{i}'], fake_image(i % 4))
+        gate.set()
+        results = c.wait(6)
+    finally:
+        gate.set()
+        engine.stop()
+    assert (0, 5) in runner.calls         # the five other cameras ran step 0 as one batch
+    assert engine.worker_stats().mean_batch > 1
+    assert {r.app_id: r.class_id for r in results} == {f'app{i}': i % 4 for i in range(6)}
+
+
+def test_stats_counters_and_window():
+    c = Collector()
+    engine, _ = make_engine(c, max_batch=1, queue_depth=32)
+    engine.set_app('a', Bounds(max_latency_ms=LOOSE_MS, min_accuracy=0.6))
+    with engine:
+        run_frames(engine, [(['a'], fake_image(0)) for _ in range(12)])
+        c.wait(12)
+        s = engine.stats('a', reset=True)
+        empty = engine.stats('a')
+    assert (s.frames_in, s.results_out, s.window_results, s.dropped) == (12, 12, 12, 0)
+    assert s.attainment == 1.0 and s.frame_attainment == 1.0 and s.latency_attainment == 1.0
+    assert s.latency_p50_ms <= s.latency_p99_ms <= s.latency_max_ms
+    assert s.mean_energy_mj == pytest.approx(PROFILE.exit_energy_mj(3))
+    assert s.exit_counts == (0, 0, 0, 12) and s.energy_measured_fraction == 0.0
+    assert s.bounds == Bounds(max_latency_ms=LOOSE_MS, min_accuracy=0.6)
+    assert empty.frames_in == 12 and empty.window_results == 0       # counters stay, the window restarts
+    w = engine.worker_stats()
+    assert w.steps >= 4 and w.decision_us_p50 > 0 and w.preprocess_ms_per_frame > 0
+    with pytest.raises(KeyError, match="'a'"):
+        engine.stats('nobody')
+
+
+def test_queue_overflow_is_counted():
+    c = Collector()
+    engine, _ = make_engine(c, queue_depth=1)
+    engine.set_app('a', Bounds())
+    for i in range(5):                    # not started: the queue keeps only the newest frame
+        engine.submit(['a'], fake_image(i % 4))
+    with engine:
+        results = c.wait(1)
+        time.sleep(0.05)
+    s = engine.stats('a')
+    assert s.dropped_overflow == 4 and s.results_out == 1
+    assert results[0].class_id == 4 % 4  # the newest frame survived
+
+
+def test_hopeless_frames_are_dropped():
+    c = Collector()
+    engine, _ = make_engine(c, sleep_ms=(0, 0, 0, 0))
+    engine.set_app('a', Bounds(max_latency_ms=5.0))
+    old = time.perf_counter_ns() - 10_000_000          # arrived 10 ms ago: cannot meet 5 ms any more
+    engine.submit(['a'], fake_image(0), arrival_ns=old)
+    with engine:
+        deadline = time.monotonic() + 5
+        while engine.stats('a').dropped_late == 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+    s = engine.stats('a')
+    assert s.dropped_late == 1 and s.results_out == 0 and c.results == []
+    assert s.frame_attainment == 0.0
+
+
+def test_baselines_run_hopeless_frames_late():
+    c = Collector()
+    engine, _ = make_engine(c, sleep_ms=(0, 0, 0, 0), policy='always_final')
+    engine.set_app('a', Bounds(max_latency_ms=5.0))
+    engine.submit(['a'], fake_image(0), arrival_ns=time.perf_counter_ns() - 10_000_000)
+    with engine:
+        result = c.wait(1)[0]
+    assert result.exit_index == 3 and result.latency_ms > 5.0 and not result.bounds_met
+    assert engine.stats('a').dropped_late == 0
+
+
+def test_measured_energy_is_flagged_and_scaled():
+    c = Collector()
+    engine, _ = make_engine(c, meter=FakeMeter(power_w=3.0), sleep_ms=(1, 1, 1, 1), queue_depth=32)
+    engine.set_app('a', Bounds())
+    with engine:
+        run_frames(engine, [(['a'], fake_image(0)) for _ in range(20)], gap_s=0.006)
+        results = c.wait(20)
+    measured = [r for r in results if r.energy_measured]
+    assert measured, 'no result was scaled by the meter'
+    assert all(r.energy_source == 'fake' for r in measured)
+    assert all(r.energy_source == 'estimate' for r in results if not r.energy_measured)
+    assert not results[0].energy_measured       # before the first full window: estimate only
+    assert engine.worker_stats().energy_scale > 0
+    # the fake profile assumes 1 W; the device draws 3 W (idle included), so the figures grow
+    assert np.mean([r.energy_mj for r in measured]) > PROFILE.exit_energy_mj(3)
+
+
+def test_estimate_meter_keeps_estimates():
+    class EstimateMeter:
+        source, measured = 'estimate', False
+
+        def energy_mj(self):
+            return None
+
+    c = Collector()
+    engine, _ = make_engine(c, meter=EstimateMeter())
+    engine.set_app('a', Bounds())
+    with engine:
+        engine.submit(['a'], fake_image(0))
+        r = c.wait(1)[0]
+    assert not r.energy_measured and r.energy_mj == pytest.approx(PROFILE.exit_energy_mj(3))
+
+
+def test_callback_exception_does_not_kill_the_worker(caplog):
+    seen = []
+
+    def flaky(result):
+        seen.append(result)
+        if len(seen) == 1:
+            raise RuntimeError('subscriber bug')
+
+    engine, _ = make_engine(flaky)
+    engine.set_app('a', Bounds())
+    with engine:
+        engine.submit(['a'], fake_image(0))
+        end = time.monotonic() + 5
+        while not seen and time.monotonic() < end:
+            time.sleep(0.002)
+        engine.submit(['a'], fake_image(1))
+        while len(seen) < 2 and time.monotonic() < end:
+            time.sleep(0.002)
+        assert engine.running
+    assert [r.class_id for r in seen] == [0, 1]
+    assert 'subscriber bug' in caplog.text
+
+
+def test_step_failure_is_counted_and_serving_goes_on():
+    c = Collector()
+    model = fake_model()
+    runner = FakeRunner(model, fail_at=2)
+    engine = Engine(model, PROFILE, on_result=c, runner=runner)
+    engine.set_app('deep', Bounds())                                    # reaches step 2: fails
+    engine.set_app('shallow', Bounds(objective='min_latency'))          # stops at exit 0
+    with pytest.raises(RuntimeError, match='fake failure'):
+        engine.start()                    # the warm-up runs every step: a broken model fails early
+    engine.start(warm_up=False)
+    with engine_stopped(engine):
+        engine.submit(['deep'], fake_image(0))
+        end = time.monotonic() + 5
+        while engine.stats('deep').failed == 0 and time.monotonic() < end:
+            time.sleep(0.002)
+        engine.submit(['shallow'], fake_image(1))
+        result = c.wait(1)[0]
+    assert engine.stats('deep').failed == 1
+    assert result.app_id == 'shallow' and result.exit_index == 0
+
+
+def test_set_app_rejects_infeasible_and_keeps_the_old_bounds():
+    c = Collector()
+    engine, _ = make_engine(c)
+    plan = engine.set_app('a', Bounds(max_latency_ms=5.0))
+    assert plan.exit_index == 1
+    with pytest.raises(InfeasibleBounds) as err:
+        engine.set_app('a', Bounds(max_latency_ms=0.1))
+    assert err.value.feasible == engine.feasible_range()
+    with pytest.raises(InfeasibleBounds):
+        engine.set_app('b', Bounds(min_accuracy=0.99))
+    assert engine.apps() == {'a': Bounds(max_latency_ms=5.0)}
+    with pytest.raises(ValueError, match="''"):
+        engine.set_app('', Bounds())
+
+
+def test_submit_and_remove():
+    c = Collector()
+    engine, _ = make_engine(c)
+    engine.set_app('a', Bounds())
+    assert engine.submit(['a', 'unknown', 'a'], fake_image(0)) == 1      # unknown ids skipped, duplicates once
+    assert engine.remove_app('a') and not engine.remove_app('a')
+    assert engine.submit(['a'], fake_image(0)) == 0
+    with pytest.raises(ValueError, match='uint8'):
+        engine.submit(['a'], np.zeros((8, 8), np.float32))
+    with engine:
+        time.sleep(0.02)
+    assert c.results == []                                               # its queued frame went with it
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'policy': 'nope'}, 'known'),
+    ({'stats_window': 0}, 'stats_window'),
+    ({'idle_power_w': -1.0}, 'idle_power_w'),
+    ({'max_batch': 0}, 'max_batch'),
+    ({'preprocess_workers': 0}, 'preprocess_workers'),
+])
+def test_constructor_validates(kwargs, match):
+    with pytest.raises((ValueError, KeyError), match=match):
+        make_engine(Collector(), **kwargs)
+
+
+def test_profile_must_match_the_model():
+    with pytest.raises(ValueError, match='exits'):
+        Engine(fake_model(), synthetic_profile(3), on_result=Collector(), runner=object())
+
+
+def test_with_the_real_stage_runner():
+    c = Collector()
+    engine = Engine(fake_model(), PROFILE, on_result=c, device='cpu')   # runner=None: a StageRunner
+    engine.set_app('a', Bounds(objective='min_latency'))
+    with engine:
+        engine.submit(['a'], fake_image(2))
+        result = c.wait(1)[0]
+    assert (result.class_id, result.exit_index) == (2, 0)
+
+
+def test_warm_up_seeds_the_latency_corrector():
+    engine, runner = make_engine(Collector())
+    assert engine.corrector.snapshot() == {}
+    engine.warm_up()
+    assert sorted(engine.corrector.snapshot()) == ['0/1', '1/1', '2/1', '3/1']
+    assert [k for k, _ in runner.calls] == [0, 1, 2, 3] * 3
+
+
+def test_start_twice_raises_and_stop_is_clean():
+    engine, _ = make_engine(Collector())
+    engine.start()
+    with pytest.raises(RuntimeError):
+        engine.start()
+    engine.stop()
+    assert not engine.running

@@ -1,0 +1,164 @@
+"""StageRunner: device resolution, staged execution equal to the model's, CUDA graphs where a GPU exists."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from delen_ros.core.multi_exit import ModelInfo, MultiExitModel
+from delen_ros.core.runner import StageRunner, graph_batch_sizes, resolve_device
+from fakes import fake_model
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason='no CUDA device')
+
+
+def conv_model(num_exits: int = 3, *, seed: int = 0) -> MultiExitModel:
+    """A tiny convolutional multi-exit model (batch norm, strides, pooling heads) on 16 x 16 RGB."""
+    torch.manual_seed(seed)
+    info = ModelInfo(name='tiny', input_size=(16, 16), in_channels=3, mean=(0.0,) * 3, std=(1.0,) * 3,
+                     labels=tuple('abcde'), exit_names=tuple(f'e{k}' for k in range(num_exits)),
+                     exit_accuracy=(0.5,) * num_exits, accuracy_note='untrained')
+    stages, heads, c = [], [], 3
+    for k in range(num_exits):
+        stages.append(nn.Sequential(nn.Conv2d(c, 8 * (k + 1), 3, stride=2 if k else 1, padding=1),
+                                    nn.BatchNorm2d(8 * (k + 1)), nn.ReLU()))
+        c = 8 * (k + 1)
+        heads.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 5)))
+    model = MultiExitModel(info, stages, heads)
+    for m in model.modules():   # non-trivial running statistics, so eval-mode batch norm matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.prepare('cpu')
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('cpu', torch.device('cpu')),
+    ('auto', torch.device('cuda', 0) if CUDA else torch.device('cpu')),
+])
+def test_resolve_device(text, expected):
+    assert resolve_device(text) == expected
+
+
+@pytest.mark.parametrize('text', ['gpu', 'cuda:x', 'CPU', 'mps', '', 'cuda:'])
+def test_resolve_device_rejects(text):
+    with pytest.raises(ValueError, match=repr(text).strip("'") or 'device'):
+        resolve_device(text)
+
+
+@pytest.mark.skipif(CUDA, reason='CUDA is available here')
+@pytest.mark.parametrize('text', ['cuda', 'cuda:0'])
+def test_resolve_device_without_cuda(text):
+    with pytest.raises(ValueError, match='not available'):
+        resolve_device(text)
+
+
+@pytest.mark.parametrize('max_batch, expected', [
+    (1, (1,)), (2, (1, 2)), (8, (1, 2, 4, 8)), (12, (1, 2, 4, 8, 12)), (33, (1, 2, 4, 8, 16, 32, 33)),
+])
+def test_graph_batch_sizes(max_batch, expected):
+    assert graph_batch_sizes(max_batch) == expected
+
+
+def test_graph_batch_sizes_rejects_zero():
+    with pytest.raises(ValueError, match='0'):
+        graph_batch_sizes(0)
+
+
+@pytest.mark.parametrize('batch', [1, 3, 8])
+def test_staged_execution_matches_the_model(batch):
+    model = conv_model()
+    x = torch.randn(batch, 3, 16, 16)
+    expected = model(x)
+    runner = StageRunner(model, device='cpu')
+    assert (runner.device, runner.dtype, runner.channels_last, runner.cuda_graphs) == \
+        (torch.device('cpu'), torch.float32, False, False)
+    features = runner.to_input(x)
+    for k in range(model.num_exits):
+        features = runner.stage(k, features)
+        logits = runner.head(k, features)
+        assert logits.dtype == torch.float32 and logits.shape == (batch, 5)
+        assert logits.is_inference()   # ran under inference_mode
+        torch.testing.assert_close(logits, expected[k])
+
+
+def test_cuda_graphs_are_ignored_on_cpu():
+    runner = StageRunner(fake_model(), device='cpu', cuda_graphs=True)
+    assert runner.cuda_graphs is False
+    runner.warmup([1, 2])
+    assert runner.graph_count == 0
+
+
+def test_channels_last_on_cpu_when_asked():
+    model = conv_model()
+    x = torch.randn(2, 3, 16, 16)
+    expected = model(x)
+    runner = StageRunner(model, device='cpu', channels_last=True)
+    x = runner.to_input(x)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    for k in range(model.num_exits):
+        x = runner.stage(k, x)
+    torch.testing.assert_close(runner.head(model.num_exits - 1, x), expected[-1], rtol=1e-4, atol=1e-5)
+
+
+def test_half_on_cpu_is_rejected():
+    with pytest.raises(ValueError, match='CUDA'):
+        StageRunner(fake_model(), device='cpu', half=True)
+
+
+@pytest.mark.parametrize('batch, match', [
+    (torch.zeros(1, 3, 8, 8), 'N x 1 x H x W'),
+    (torch.zeros(8, 8), 'N x 1 x H x W'),
+    (torch.zeros(1, 1, 8, 8, dtype=torch.uint8), 'float'),
+])
+def test_to_input_rejects(batch, match):
+    with pytest.raises(ValueError, match=match):
+        StageRunner(fake_model(), device='cpu').to_input(batch)
+
+
+@pytest.mark.parametrize('k', [-1, 4])
+def test_exit_index_out_of_range(k):
+    runner = StageRunner(fake_model(4), device='cpu')
+    with pytest.raises(IndexError):
+        runner.stage(k, torch.zeros(1, 1, 8, 8))
+    with pytest.raises(IndexError):
+        runner.head(k, torch.zeros(1, 1, 8, 8))
+
+
+# --- CUDA ---------------------------------------------------------------------------------------------
+@needs_cuda
+@pytest.mark.parametrize('half', [False, True])
+def test_cuda_graphs_match_eager(half):
+    eager = StageRunner(conv_model(seed=1), device='cuda', half=half, cuda_graphs=False, max_batch=8)
+    graphs = StageRunner(conv_model(seed=1), device='cuda', half=half, cuda_graphs=True, max_batch=8)
+    assert graphs.channels_last and graphs.dtype == (torch.float16 if half else torch.float32)
+    tol = dict(rtol=2e-2, atol=2e-2) if half else dict(rtol=1e-4, atol=1e-4)
+    for batch in (1, 3, 8, 5, 12):   # 3 and 5 pad up to 4 and 8; 12 > max_batch runs eagerly
+        x = torch.randn(batch, 3, 16, 16)
+        a, b = eager.to_input(x), graphs.to_input(x)
+        for k in range(3):
+            a, b = eager.stage(k, a), graphs.stage(k, b)
+            assert b.shape == a.shape
+            torch.testing.assert_close(graphs.head(k, b), eager.head(k, a), **tol)
+    assert graphs.graph_count == 2 * 3 * 3   # stage and head, 3 exits, batch sizes 1, 4, 8
+
+
+@needs_cuda
+def test_cuda_graph_outputs_survive_later_replays():
+    runner = StageRunner(conv_model(), device='cuda', cuda_graphs=True, max_batch=4)
+    x1, x2 = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    f1 = runner.stage(0, runner.to_input(x1))
+    kept = f1.clone()
+    runner.stage(0, runner.to_input(x2))   # replays the same graph
+    torch.testing.assert_close(f1, kept)
+
+
+@needs_cuda
+def test_to_input_from_pinned_memory():
+    runner = StageRunner(fake_model(), device='cuda')
+    x = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8).pin_memory()
+    y = runner.to_input(x)
+    runner.synchronize()
+    assert y.device.type == 'cuda' and y.dtype == torch.float16
+    torch.testing.assert_close(y.float().cpu(), x)

@@ -1,0 +1,252 @@
+"""The scheduler with a fake clock: EDF, hopeless drops, bounded queues, cross-app batching, expiry."""
+import pytest
+
+from delen_ros.core.scheduler import Request, Scheduler
+from fakes import FakeClock, synthetic_profile
+
+PROFILE = synthetic_profile()   # steps 1.1, 2.1, 3.1, 4.1 ms at batch 1; batch b costs (1 + 0.25 (b-1))x
+
+
+def predict(step: int, batch: int) -> float:
+    return PROFILE.step_ms(step, batch)
+
+
+def make(apps=(), *, clock=None, **kwargs):
+    s = Scheduler(predict, num_steps=PROFILE.num_exits, **kwargs)
+    for app_id, bound in apps:
+        s.set_app(app_id, latency_bound_ms=bound)
+    return s
+
+
+def arrive(s: Scheduler, app_id: str, clock: FakeClock, frame=None) -> Request:
+    r = s.make_request(app_id, frame if frame is not None else object(), clock())
+    s.push(r)
+    return r
+
+
+@pytest.mark.parametrize('kwargs', [
+    {'num_steps': 0}, {'max_batch': 0}, {'queue_depth': 0}, {'max_in_flight': 0}, {'default_deadline_ms': 0.0},
+    {'default_deadline_ms': float('nan')},
+])
+def test_validates(kwargs):
+    options = {'num_steps': 4, **kwargs}
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        Scheduler(predict, **options)
+
+
+def test_deadlines():
+    clock = FakeClock()
+    s = make([('bounded', 20.0), ('free', None)], default_deadline_ms=300.0)
+    a, b = arrive(s, 'bounded', clock), arrive(s, 'free', clock)
+    assert a.deadline_ns - a.arrival_ns == 20_000_000 and a.hard
+    assert b.deadline_ns - b.arrival_ns == 300_000_000 and not b.hard
+
+
+def test_edf_order_across_apps():
+    clock = FakeClock()
+    s = make([('slow', 100.0), ('fast', 10.0), ('mid', 50.0)], max_batch=1)
+    for app in ('slow', 'fast', 'mid'):
+        arrive(s, app, clock)
+    order = []
+    while s.pending():
+        batch = s.next_batch(clock()).batch
+        order.append(batch.requests[0].app_id)
+        s.finished(1)
+    assert order == ['fast', 'mid', 'slow']
+
+
+def test_edf_older_frame_of_looser_app_first_when_its_deadline_is_earlier():
+    clock = FakeClock()
+    s = make([('loose', 30.0), ('tight', 10.0)], max_batch=1)
+    arrive(s, 'loose', clock)            # deadline t + 30
+    clock.advance(25)
+    arrive(s, 'tight', clock)            # deadline t + 35
+    assert s.next_batch(clock()).batch.requests[0].app_id == 'loose'
+
+
+def test_unbounded_app_is_not_starved():
+    clock = FakeClock()
+    s = make([('free', None), ('busy', 10.0)], max_batch=1, default_deadline_ms=100.0)
+    arrive(s, 'free', clock)
+    served = []
+    for _ in range(30):                  # a new bounded frame every 5 ms
+        clock.advance(5)
+        arrive(s, 'busy', clock)
+        batch = s.next_batch(clock()).batch
+        served.append(batch.requests[0].app_id)
+        s.finished(1)
+    assert 'free' in served               # once 'free' has the earliest deadline (t + 100) it runs
+
+
+def test_hopeless_frames_are_dropped_not_run():
+    clock = FakeClock()
+    s = make([('a', 5.0), ('free', None)])
+    late = arrive(s, 'a', clock)
+    ok_free = arrive(s, 'free', clock)
+    clock.advance(4.0)                   # 4 + 1.1 (first step) > 5
+    out = s.next_batch(clock())
+    assert out.dropped == (late,)
+    assert out.batch.requests == (ok_free,)   # unbounded frames are never hopeless
+
+
+def test_frame_that_still_fits_is_kept():
+    clock = FakeClock()
+    s = make([('a', 5.0)])
+    r = arrive(s, 'a', clock)
+    clock.advance(3.9)                   # 3.9 + 1.1 = 5.0: just fits
+    out = s.next_batch(clock())
+    assert out.dropped == () and out.batch.requests == (r,)
+
+
+@pytest.mark.parametrize('depth, pushed', [(1, 5), (2, 5), (3, 2)])
+def test_bounded_queue_keeps_newest(depth, pushed):
+    clock = FakeClock()
+    s = make([('a', None)], queue_depth=depth)
+    requests, evicted = [], []
+    for _ in range(pushed):
+        r = s.make_request('a', object(), clock())
+        requests.append(r)
+        gone = s.push(r)
+        if gone is not None:
+            evicted.append(gone)
+        clock.advance(1)
+    assert evicted == requests[:max(0, pushed - depth)]           # the oldest go
+    assert s.queued == min(depth, pushed)
+    taken = s.next_batch(clock()).batch.requests
+    assert set(map(id, taken)) == set(map(id, requests[-depth:]))  # the newest stay
+
+
+def test_memory_bounded_under_overload():
+    clock = FakeClock()
+    apps = [(f'app{i}', 30.0 if i % 2 else None) for i in range(5)]
+    s = make(apps, queue_depth=2, max_batch=4, max_in_flight=8)
+    for n in range(5000):
+        arrive(s, apps[n % 5][0], clock)
+        clock.advance(0.1)
+        if n % 10 == 0:
+            out = s.next_batch(clock())
+            if out.batch is not None:
+                for r in out.batch.requests:     # half go on, half finish
+                    r.next_step += 1
+                    if r.next_step < PROFILE.num_exits and id(r) % 2:
+                        s.requeue(r)
+                    else:
+                        s.finished(1)
+        assert s.queued <= 5 * 2 and s.in_flight <= 8 + 4
+
+
+def test_batches_across_apps_at_the_same_step():
+    clock = FakeClock()
+    s = make([(f'app{i}', 50.0) for i in range(3)] + [('free', None)], max_batch=8)
+    requests = [arrive(s, a, clock) for a in ('app0', 'app1', 'app2', 'free')]
+    batch = s.next_batch(clock()).batch
+    assert batch.step == 0 and set(map(id, batch.requests)) == set(map(id, requests))
+    assert batch.predicted_ms == pytest.approx(predict(0, 4))
+    assert batch.requests[-1].app_id == 'free'   # deadline order: the unbounded one (t + 250) last
+
+
+def test_per_frame_execution_with_max_batch_one():
+    clock = FakeClock()
+    s = make([(f'app{i}', 50.0) for i in range(3)], max_batch=1)
+    for i in range(3):
+        arrive(s, f'app{i}', clock)
+    sizes = []
+    while s.pending():
+        sizes.append(len(s.next_batch(clock()).batch.requests))
+        s.finished(1)
+    assert sizes == [1, 1, 1]
+
+
+def test_batch_stops_growing_before_a_member_would_miss_its_deadline():
+    clock = FakeClock()
+    s = make([('tight', 1.5), ('b', 50.0), ('c', 50.0)], max_batch=8)   # tight: 1.1 alone fits, 1.375 with 2, 1.65 with 3
+    tight = arrive(s, 'tight', clock)
+    others = [arrive(s, a, clock) for a in ('b', 'c')]
+    batch = s.next_batch(clock()).batch
+    assert batch.requests[0] is tight and len(batch.requests) == 2
+    assert batch.requests[1] is others[0]
+    assert s.queued == 1
+
+
+def test_only_requests_at_the_same_step_join():
+    clock = FakeClock()
+    s = make([('a', 50.0), ('b', 60.0)], max_batch=8)
+    first = arrive(s, 'a', clock)
+    s.next_batch(clock())
+    first.next_step = 1
+    s.requeue(first)                              # at step 1 now
+    arrive(s, 'b', clock)                         # at step 0, later deadline
+    batch = s.next_batch(clock()).batch
+    assert batch.step == 1 and batch.requests == (first,)
+
+
+def test_in_flight_bound_limits_new_starts():
+    clock = FakeClock()
+    s = make([(f'app{i}', 100.0) for i in range(6)], max_batch=8, max_in_flight=2)
+    for i in range(6):
+        arrive(s, f'app{i}', clock)
+    batch = s.next_batch(clock()).batch
+    assert len(batch.requests) == 2 and s.in_flight == 2
+    for r in batch.requests:
+        r.next_step = 1
+        s.requeue(r)
+    batch = s.next_batch(clock()).batch               # full: only requests in flight may run
+    assert batch.step == 1 and len(batch.requests) == 2
+    s.finished(2)
+    assert s.in_flight == 0
+    assert s.next_batch(clock()).batch.step == 0      # room again
+
+
+def test_in_flight_request_expires_instead_of_running_late():
+    clock = FakeClock()
+    s = make([('a', 5.0), ('b', 100.0)], max_batch=1)
+    r = arrive(s, 'a', clock)
+    s.next_batch(clock())
+    clock.advance(1.1)
+    r.next_step = 1
+    s.requeue(r)
+    clock.advance(2.0)                  # waited: 3.1 + 2.1 (step 1) > 5
+    out = s.next_batch(clock())
+    assert out.expired == (r,) and out.batch is None
+    assert s.in_flight == 0
+
+
+def test_remove_app_returns_its_requests():
+    clock = FakeClock()
+    s = make([('a', 50.0), ('b', 50.0)], queue_depth=2)
+    queued = arrive(s, 'a', clock)
+    running = arrive(s, 'a', clock)
+    other = arrive(s, 'b', clock)
+    s.next_batch(clock())                # all three start (step 0 batch)
+    running.next_step = 1
+    s.requeue(running)
+    s.finished(2)
+    again = arrive(s, 'a', clock)
+    gone = s.remove_app('a')
+    assert set(map(id, gone)) == {id(running), id(again)}
+    assert not s.has_app('a') and s.remove_app('a') == []
+    with pytest.raises(KeyError, match="'b'"):
+        s.push(Request('a', None, clock(), clock()))
+    del queued, other
+
+
+def test_updated_bound_applies_to_new_frames():
+    clock = FakeClock()
+    s = make([('a', 50.0)], queue_depth=2)
+    old = arrive(s, 'a', clock)
+    s.set_app('a', latency_bound_ms=None)
+    new = arrive(s, 'a', clock)
+    assert old.hard and not new.hard
+
+
+def test_without_enforcement_late_work_still_runs():
+    clock = FakeClock()
+    s = make([('a', 5.0)], enforce_deadlines=False)
+    r = arrive(s, 'a', clock)
+    clock.advance(10.0)                  # hopeless, but a baseline runs it anyway
+    out = s.next_batch(clock())
+    assert out.dropped == () and out.batch.requests == (r,)
+    r.next_step = 1
+    s.requeue(r)
+    out = s.next_batch(clock())
+    assert out.expired == () and out.batch.step == 1
