@@ -292,9 +292,9 @@ def _state(peer, prefix: str) -> int:
     return peer.call(GetState, f'{prefix}/get_state', GetState.Request()).current_state.id
 
 
-def test_lifecycle_without_autostart_serves_nothing_until_activated(peer, domain_id, workdir, params, feeder):
+def test_lifecycle_without_autostart_serves_nothing_until_activated(peer, domain_id, workdir, params):
     topic = '/test/lc_cam'
-    lc_params = {**params, 'autostart': False, 'state_file': ''}
+    lc_params = {**params, 'autostart': False, 'state_file': '', 'max_apps': 1}
     node = NodeProcess(params=lc_params, domain_id=domain_id, workdir=workdir, namespace='/lc', name='lc').start()
     prefix = node.prefix
     try:
@@ -307,6 +307,8 @@ def test_lifecycle_without_autostart_serves_nothing_until_activated(peer, domain
         peer.wait_for_service(SetBounds, f'{prefix}/set_bounds', timeout=RESULT_TIMEOUT)
         response = peer.call(SetBounds, f'{prefix}/set_bounds', _request('lc_app', image_topic=topic))
         assert response.accepted and response.result_topic == f'{prefix}/lc_app/result'
+        second = peer.call(SetBounds, f'{prefix}/set_bounds', _request('lc_other', image_topic=topic))
+        assert not second.accepted and 'max_apps' in second.message   # registrations stay bounded
         lc_results = peer.subscribe(InferenceResult, response.result_topic)
         lc_feeder = ImageFeeder(peer, {topic: _fashion_frames(4)}, rate_hz=15.0)
         try:

@@ -252,7 +252,8 @@ def test_shipped_demo_config_parses():
 @pytest.mark.parametrize('fields, text', [
     ({}, 'unbounded, max_accuracy'),
     ({'max_latency_ms': 40.0}, 'latency <= 40 ms, max_accuracy'),
-    ({'min_accuracy': 0.9219999, 'max_energy_mj': 0.5, 'objective': 1}, 'accuracy >= 0.922, energy <= 0.5 mJ, min_latency'),
+    ({'min_accuracy': 0.9219999, 'max_energy_mj': 0.5, 'objective': 1},
+     'accuracy >= 0.922, energy <= 0.5 mJ, min_latency'),
 ])
 def test_describe(fields, text):
     assert AppConfig('a', '/c', **fields).describe() == text

@@ -122,7 +122,9 @@ class AppStats:
 class WorkerStats:
     """The worker's own figures since start (or the last reset).
 
-    ``decision_us_*``: scheduler decision plus policy decisions per step, microseconds.
+    ``decision_us_*``: scheduler decision plus policy decisions per step, microseconds;
+    ``step_ms_*``: stage + head + softmax + transfer of a step (the device's part), ms;
+    ``preprocess_ms_per_frame``: EWMA (what predictions use), ``preprocess_ms_p99`` over frames.
     """
 
     steps: int
@@ -131,7 +133,10 @@ class WorkerStats:
     decision_us_mean: float
     decision_us_p50: float
     decision_us_p99: float
+    step_ms_p50: float
+    step_ms_p99: float
     preprocess_ms_per_frame: float
+    preprocess_ms_p99: float
     energy_scale: float | None
     corrections: dict[str, float]
 
@@ -175,6 +180,66 @@ class _AppState:
         self.w_energy = self.w_accuracy = 0.0
         self.w_exits = [0] * self.num_exits
         self.results.clear()
+
+
+class _EnergyScaler:
+    """Scale of measured over estimated energy, from a meter read on its own thread.
+
+    A meter read can take milliseconds (NVML) and the counter only moves every ``period_s``: it is
+    never read on the worker's path. Every ``window_s`` the thread reads the meter and sets
+    ``scale = (measured - idle_power_w x window) / estimated`` for the energy the worker estimated in
+    that window (:meth:`add`); windows without work are skipped. ``scale`` is ``None`` until the
+    first window with work has closed.
+    """
+
+    def __init__(self, meter: Any, *, window_s: float, idle_power_w: float):
+        self.meter = meter
+        self.window_s = window_s
+        self.idle_power_w = idle_power_w
+        self.scale: float | None = None
+        self._lock = threading.Lock()
+        self._estimated_mj = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, estimate_mj: float) -> None:
+        with self._lock:
+            self._estimated_mj += estimate_mj
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name='delen-energy', daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+
+    def _read(self) -> tuple[int, float | None]:
+        try:
+            return time.perf_counter_ns(), self.meter.energy_mj()
+        except Exception:  # noqa: BLE001 -- a flaky sensor must not take serving down
+            _log.exception('energy meter read failed')
+            return time.perf_counter_ns(), None
+
+    def _run(self) -> None:
+        t_prev, e_prev = self._read()
+        with self._lock:
+            self._estimated_mj = 0.0
+        while not self._stop.wait(self.window_s):
+            t, e = self._read()
+            with self._lock:
+                estimated, self._estimated_mj = self._estimated_mj, 0.0
+            if e is None or e_prev is None:
+                t_prev, e_prev = t, e
+                continue
+            measured = e - e_prev - self.idle_power_w * (t - t_prev) / 1e6   # W x ms = mJ
+            t_prev, e_prev = t, e
+            if estimated > 0 and measured >= 0:
+                scale = measured / estimated
+                self.scale = scale if self.scale is None else 0.5 * (self.scale + scale)
 
 
 def make_runner(model: 'MultiExitModel', *, device: str = 'cpu', max_batch: int = 32,
@@ -265,18 +330,16 @@ class Engine:
         self._pre_ms = 0.0
         self._pre_workers = preprocess_workers
         self._pre_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        # meter
-        self._meter = meter if meter is not None and getattr(meter, 'measured', False) else None
-        self.energy_source = meter.source if self._meter is not None else 'estimate'
+        # energy: estimates from the profile, scaled by a meter where one measures
+        measuring = meter is not None and getattr(meter, 'measured', False)
+        self.energy_source = meter.source if measuring else 'estimate'
         period = getattr(meter, 'update_period_s', None) or 0.1
-        self._energy_window_ns = int(max(period, energy_window_s or 0.0) * 1e9)
-        self._idle_power_w = idle_power_w
-        self._energy_scale: float | None = None
-        self._win_start: tuple[int, float] | None = None   # (ns, meter mJ) where the window began
-        self._win_est_mj = 0.0
-        self._last_end_ns = 0
-        # idle longer than this ends a window (its energy would say nothing about inference)
-        self._max_gap_ns = max(10 * self._energy_window_ns, 1_000_000_000)
+        self._energy = _EnergyScaler(meter, window_s=max(period, energy_window_s or 0.0),
+                                     idle_power_w=idle_power_w) if measuring else None
+        # CUDA kernels (cuDNN's above all) are chosen per input shape, and the first call of a new
+        # shape can take long: batches are padded up to a few sizes (the runner's graph sizes).
+        cuda = getattr(self._runner, 'device', torch.device('cpu')).type == 'cuda'
+        self._pad_sizes: tuple[int, ...] = tuple(getattr(self._runner, 'graph_sizes', ())) if cuda else ()
         self._reset_worker_stats()
 
     # --- apps -----------------------------------------------------------------------------------------
@@ -389,6 +452,8 @@ class Engine:
             raise RuntimeError('engine already started')
         if warm_up:
             self.warm_up()
+        if self._energy is not None:
+            self._energy.start()
         if self._pre_workers > 1 and self._pre_pool is None:
             self._pre_pool = concurrent.futures.ThreadPoolExecutor(self._pre_workers, thread_name_prefix='delen-pre')
         self._stopping = False
@@ -405,6 +470,8 @@ class Engine:
             if self._thread.is_alive():
                 _log.warning('engine worker did not stop within %.1f s', timeout)
             self._thread = None
+        if self._energy is not None:
+            self._energy.stop()
         if self._pre_pool is not None:
             self._pre_pool.shutdown(wait=True)
             self._pre_pool = None
@@ -467,12 +534,14 @@ class Engine:
     def worker_stats(self, *, reset: bool = False) -> WorkerStats:
         """The worker's step count, batch sizes, busy time and decision overhead (see :class:`WorkerStats`)."""
         with self._cond:
-            us = list(self._decision_us)
+            us, device, pre = list(self._decision_us), list(self._device_ms), list(self._pre_frame_ms)
             out = WorkerStats(
                 steps=self._steps, mean_batch=self._batched / self._steps if self._steps else math.nan,
                 busy_s=self._busy_ns / 1e9, decision_us_mean=float(np.mean(us)) if us else math.nan,
                 decision_us_p50=_percentile(us, 50), decision_us_p99=_percentile(us, 99),
-                preprocess_ms_per_frame=self._pre_ms, energy_scale=self._energy_scale,
+                step_ms_p50=_percentile(device, 50), step_ms_p99=_percentile(device, 99),
+                preprocess_ms_per_frame=self._pre_ms, preprocess_ms_p99=_percentile(pre, 99),
+                energy_scale=self._energy.scale if self._energy is not None else None,
                 corrections=self.corrector.snapshot())
             if reset:
                 self._reset_worker_stats()
@@ -481,6 +550,8 @@ class Engine:
     def _reset_worker_stats(self) -> None:
         self._steps = self._batched = self._busy_ns = 0
         self._decision_us: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._device_ms: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._pre_frame_ms: collections.deque[float] = collections.deque(maxlen=10_000)
 
     # --- the worker -----------------------------------------------------------------------------------
     def _predict_ms(self, step: int, batch: int) -> float:
@@ -517,6 +588,12 @@ class Engine:
                             if app is not None:
                                 app.failed += 1
                                 app.w_dropped += 1
+
+    def _padded_size(self, n: int) -> int:
+        for size in self._pad_sizes:
+            if size >= n:
+                return size
+        return n
 
     def _preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
         """``preprocess`` of the images, split over the pool when there is one and enough images."""
@@ -562,14 +639,21 @@ class Engine:
         t_start = time.perf_counter_ns()
         start_clock = self.clock()
         x, pre_ns = self._batch_input(batch, unique)
+        n = len(unique)
+        padded = self._padded_size(n)
+        if padded > n:
+            x = torch.cat([x, x.new_zeros((padded - n,) + tuple(x.shape[1:]))])
+        t_run = time.perf_counter_ns()
         features = self._runner.stage(step, x)
         logits = self._runner.head(step, features)
-        confidence, class_id = torch.softmax(logits.float(), dim=1).max(dim=1)
+        confidence, class_id = torch.softmax(logits[:n].float(), dim=1).max(dim=1)
         confidence, class_id = confidence.cpu().tolist(), class_id.cpu().tolist()
         self._runner.synchronize()
         t_end = time.perf_counter_ns()
-        n = len(unique)
+        features = features[:n] if padded > n else features
         step_energy_mj = self.profile.step_energy_mj(step, n) * n
+        if self._energy is not None:
+            self._energy.add(step_energy_mj)
         share_mj = step_energy_mj / len(requests)
         now = self.clock()
         last = step == self.profile.final_exit
@@ -597,11 +681,13 @@ class Engine:
                               self.profile.step_ms(step, n))
 
         with self._cond:
-            self._account_energy(step_energy_mj, t_start, t_end)
             self._steps += 1
             self._batched += len(requests)
             self._busy_ns += t_end - t_start
             self._decision_us.append((decision_ns + decide_ns) / 1e3)
+            self._device_ms.append((t_end - t_run) / 1e6)
+            if pre_ns:
+                self._pre_frame_ms.append(pre_ns / 1e6 / n)
             self._scheduler.finished(len(finished))
             for r in going_on:
                 r.next_step = step + 1
@@ -609,34 +695,6 @@ class Engine:
         for r in finished:
             r.state.features = None
             self._finish(r, expired=False)
-
-    def _account_energy(self, estimate_mj: float, t_start: int, t_end: int) -> None:
-        """Meter windows: scale = (measured - idle) / estimated over >= one meter period.
-
-        A window spans wall time, gaps between steps included (so without ``idle_power_w`` the
-        figures carry the idle draw of those gaps); after a long idle spell a new window starts.
-        """
-        if self._meter is None:
-            return
-        if self._win_start is not None and t_start - self._last_end_ns > self._max_gap_ns:
-            self._win_start = None
-        self._last_end_ns = t_end
-        if self._win_start is None:
-            reading = self._meter.energy_mj()
-            if reading is not None:
-                self._win_start, self._win_est_mj = (t_start, reading), estimate_mj
-            return
-        self._win_est_mj += estimate_mj
-        if t_end - self._win_start[0] < self._energy_window_ns:
-            return
-        reading = self._meter.energy_mj()
-        if reading is None:
-            return
-        measured = reading - self._win_start[1] - self._idle_power_w * (t_end - self._win_start[0]) / 1e6
-        if self._win_est_mj > 0 and measured >= 0:
-            scale = measured / self._win_est_mj
-            self._energy_scale = scale if self._energy_scale is None else 0.5 * (self._energy_scale + scale)
-        self._win_start, self._win_est_mj = (t_end, reading), 0.0
 
     def _finish(self, r: Request, *, expired: bool) -> None:
         s: _State = r.state
@@ -646,7 +704,7 @@ class Engine:
             app = self._apps.get(r.app_id)
             if app is None:
                 return   # removed while running: nobody to deliver to
-            scale = self._energy_scale
+            scale = self._energy.scale if self._energy is not None else None
             measured = scale is not None
             energy = s.energy_est_mj * scale if measured else s.energy_est_mj
             accuracy = self.policy.expected_accuracy(self.profile, s.exit_index, s.confidence)

@@ -33,7 +33,7 @@ __all__ = ['FrameSource', 'open_source', 'label_from_frame_id', 'labelled_frame_
            'CameraPlayer', 'main']
 
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.ppm', '.pgm', '.bmp', '.tif', '.tiff')
-_VIDEO_SUFFIXES = ('.avi', '.mp4', '.mkv', '.mov', '.webm', '.mpg', '.mpeg', '.gz')
+_VIDEO_SUFFIXES = ('.avi', '.mp4', '.mkv', '.mov', '.webm', '.mpg', '.mpeg')
 _LABELLED_NAME = re.compile(r'^\d+_(\d+)$')          # <index>_<class_id>
 _LABEL_SUFFIX = re.compile(r'/label_(\d+)$')
 
@@ -80,7 +80,8 @@ class FrameSource:
             self.labels: tuple[int, ...] | None = (tuple(int(m.group(1)) for m in matches)
                                                    if all(matches) else None)
         elif self.path.is_file():
-            self.kind = 'video' if self.path.suffix.lower() in _VIDEO_SUFFIXES else 'image'
+            inner = self.path.with_suffix('') if self.path.suffix == '.gz' else self.path  # Debian gzips docs
+            self.kind = 'video' if inner.suffix.lower() in _VIDEO_SUFFIXES else 'image'
             self.files = (self.path,)
             self.labels = None
         else:
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = open_source(args.source)
         size = parse_size(args.size)
     except (KeyError, ValueError, FileNotFoundError) as exc:
-        print(f'delen_camera: {exc}', file=sys.stderr)
+        print(f'delen_camera: {exc.args[0] if isinstance(exc, KeyError) else exc}', file=sys.stderr)
         return 2
     rclpy.init(args=argv)
     node = rclpy.create_node(args.node_name)

@@ -134,6 +134,7 @@ class DelenNode(LifecycleNode):
         self._profile_source = ''
         self._meter = None
         self._device = ''
+        self._max_apps = 0
         self._delen_services: list[Any] = []
         self._status_publisher = None
         self._diagnostics_publisher = None
@@ -173,6 +174,8 @@ class DelenNode(LifecycleNode):
         string('apps', '', 'Apps to register at configure: a YAML list of {app_id, image_topic, max_latency_ms, '
                'min_accuracy, max_energy_mj, objective, result_topic}; a bound is a number (0 = unbounded) or '
                '"exit:K" / "exit:K*F": exit K\'s p99 time, accuracy or energy on this device (times F).' + later)
+        integer('max_apps', 64, 'Most registered apps; SetBounds for a new app beyond it is rejected (memory and '
+                'subscriptions stay bounded whatever clients do).' + later, 1, 4096)
         integer('torch_threads', 0, 'CPU threads for torch (intra-op); 0 = torch\'s default (all cores). A small '
                 'model on a shared CPU is fastest with 1.' + later, 0, 256)
         self.declare_parameter('status_period_s', 1.0, ParameterDescriptor(
@@ -211,6 +214,7 @@ class DelenNode(LifecycleNode):
         if self._profile.num_exits != self._model.num_exits:
             raise ValueError(f'profile {self._profile_source} has {self._profile.num_exits} exits, the model '
                              f'{self._model.num_exits}')
+        self._max_apps = self._param('max_apps')
         initial = parse_apps_param(self._param('apps'), figure=self._profile_figure,
                                    num_exits=self._profile.num_exits)
         self._engine = Engine(self._model, self._profile, device=self._device, policy=self._param('policy'),
@@ -368,6 +372,9 @@ class DelenNode(LifecycleNode):
     def _register(self, config: AppConfig, *, persist: bool = True):
         """Add or update an app (``config`` resolved). Raises (changing nothing) if the engine refuses."""
         with self._lock:
+            if config.app_id not in self._apps and len(self._apps) >= self._max_apps:
+                raise ValueError(f'{len(self._apps)} apps are registered, the most this node serves (max_apps); '
+                                 'remove one first')
             plan = self._engine.set_app(config.app_id, config.bounds)   # InfeasibleBounds / ValueError
             old = self._apps.get(config.app_id)
             if old is None:
@@ -490,7 +497,7 @@ class DelenNode(LifecycleNode):
             response.message = str(exc)
         except ValueError as exc:
             response.message = str(exc)
-        except Exception as exc:  # noqa: BLE001 - answer (rejected, with the reason) rather than leave the caller hanging
+        except Exception as exc:  # noqa: BLE001 - answer (rejected, with the reason): never leave the caller hanging
             self.get_logger().error(f'set_bounds({request.app_id!r}) failed: {type(exc).__name__}: {exc}')
             response.message = f'internal error: {type(exc).__name__}: {exc}'
         else:

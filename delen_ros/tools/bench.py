@@ -290,7 +290,7 @@ def run_once(model, profile: Profile, apps: Sequence[AppSpec], frames: Frames, r
     collector = _Collector()
     engine = Engine(model, profile, policy=policy, runner=runner, meter=meter, queue_depth=queue_depth,
                     max_batch=max_batch, on_result=collector, idle_power_w=idle_power_w,
-                    preprocess_workers=preprocess_workers)
+                    preprocess_workers=preprocess_workers, energy_window_s=1.0)
     for a in apps:
         engine.set_app(a.app_id, a.bounds)
     engine.start()
@@ -314,11 +314,7 @@ def run_once(model, profile: Profile, apps: Sequence[AppSpec], frames: Frames, r
         engine.stop()
     rows = [r for r in collector.rows if r.arrival_ns >= t_start]
     out = {'policy': policy, 'pattern': pattern, 'duration_s': elapsed_s, 'max_batch': max_batch,
-           'worker': {'steps': worker.steps, 'mean_batch': worker.mean_batch, 'busy_fraction': worker.busy_s / elapsed_s,
-                      'decision_us_mean': worker.decision_us_mean, 'decision_us_p50': worker.decision_us_p50,
-                      'decision_us_p99': worker.decision_us_p99,
-                      'preprocess_ms_per_frame': worker.preprocess_ms_per_frame,
-                      'energy_scale': worker.energy_scale, 'corrections': worker.corrections},
+           'worker': {**dataclasses.asdict(worker), 'busy_fraction': worker.busy_s / elapsed_s},
            'apps': {}}
     labels = reference
     for a in apps:
@@ -500,8 +496,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--half', action='store_true', help='fp16 on CUDA (runner option)')
     p.add_argument('--cuda-graphs', action='store_true', help='CUDA graphs per stage and batch size (runner option)')
     p.add_argument('--energy-meter', default='auto', help='auto | none | jetson | nvml | rapl | estimate')
-    p.add_argument('--subtract-idle', action='store_true',
-                   help='measure idle power first and subtract it from metered energy')
+    p.add_argument('--include-idle', action='store_true',
+                   help='keep idle power in metered energy (default: measure it first and subtract it, so that '
+                        'energy per frame is what the inference added)')
     p.add_argument('--power-w', type=float, default=None,
                    help="assumed power for a quick profile's energy estimates, W (default: the profiler's)")
     p.add_argument('--frames', default=None, help='.npz with images (N x H x W [x 3] uint8) and optional labels')
@@ -611,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile.save(args.save_profile)
         profile_source = f'quick measurement ({time.perf_counter() - t0:.1f} s, saved in {out})'
     reference = frames.labels if frames.labels is not None else _reference_classes(model, runner, frames)
-    idle_w = _idle_power_w(meter) if args.subtract_idle and meter is not None and meter.measured else 0.0
+    idle_w = _idle_power_w(meter) if not args.include_idle and meter is not None else 0.0
 
     report: dict[str, Any] = {
         'model': info.name, 'trained': trained, 'device': args.device, 'device_name': device_name,

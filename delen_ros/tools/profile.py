@@ -497,7 +497,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='cpu', help='auto | cpu | cuda | cuda:N')
     p.add_argument('--batch-sizes', type=_int_list, default=None,
                    help=f'comma-separated (default {",".join(map(str, DEFAULT_BATCH_SIZES))}; quick: 1,4,8)')
-    p.add_argument('--runs', type=int, default=100, help='timed runs per batch size (fewer if over --time-budget-s)')
+    p.add_argument('--runs', type=int, default=200, help='timed runs per batch size (fewer if over --time-budget-s)')
     p.add_argument('--warmup', type=int, default=5, help='untimed runs per batch size')
     p.add_argument('--time-budget-s', type=float, default=10.0, help='timed seconds per batch size, roughly')
     p.add_argument('--meter', default='auto', help='auto | ' + ' | '.join(available_meters()))

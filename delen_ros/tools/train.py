@@ -331,7 +331,8 @@ def train_efficientnet_lite0(args: argparse.Namespace, argv: Sequence[str]) -> p
         used[source.name] = len(frames)
         (extra if source.kind == 'stills' else images).extend(frames)
     views = 1 if args.short else args.views + 1
-    key = {'sources': used, 'views': views, 'seed': args.seed, 'arch_kwargs': arch_kwargs, 'version': 2}
+    # What the cached features depend on (not the heads' widths: the cache is taken before them).
+    key = {'sources': used, 'views': views, 'seed': args.seed, 'version': 2}
     t0 = time.perf_counter()
     cached = torch.load(args.feature_cache, weights_only=True) if args.feature_cache and \
         pathlib.Path(args.feature_cache).is_file() else None
