@@ -14,7 +14,9 @@ import platform
 import re
 from typing import Mapping, Sequence
 
-__all__ = ['ExitProfile', 'Profile', 'device_slug', 'profile_filename']
+import numpy as np
+
+__all__ = ['Cascade', 'ExitProfile', 'Profile', 'device_slug', 'profile_filename']
 
 PROFILE_VERSION = 1
 
@@ -62,6 +64,35 @@ class ExitProfile:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cascade:
+    """Per-input early exit calibrated for one accuracy bound, conditional on reaching each exit.
+
+    An input stops at the first exit ``k`` whose confidence is ``>= thresholds[k]`` (``None``: never
+    stops there on confidence; the final exit always stops). Calibrating each exit on *all*
+    held-out inputs would be optimistic: the inputs that reach exit k are those that were not
+    confident earlier, the hard ones. So thresholds are chosen in order on the inputs still left,
+    and made stricter until the whole stream's accuracy (final-exit leftovers included) meets the
+    bound on the held-out set.
+
+    ``exit_accuracy[k]``: accuracy of the inputs that stop confidently at k (the final exit: of all
+    that reach it); ``rest_accuracy[k]``: of those that reach k and are not confident (what a stop
+    forced by a latency or energy bound delivers); ``fractions[k]``: share of inputs stopping at k.
+    """
+
+    min_accuracy: float
+    thresholds: tuple[float | None, ...]
+    exit_accuracy: tuple[float, ...]
+    rest_accuracy: tuple[float, ...]
+    fractions: tuple[float, ...]
+    accuracy: float
+
+    @property
+    def typical_exit(self) -> int:
+        """The exit by which half of the inputs have stopped."""
+        return int(np.searchsorted(np.cumsum(self.fractions), 0.5 - 1e-9))
+
+
+@dataclasses.dataclass(frozen=True)
 class Profile:
     """The per-exit profile of ``model`` on ``device``."""
 
@@ -73,10 +104,18 @@ class Profile:
     accuracy_note: str = 'top-1 accuracy on the held-out test set'
     dtype: str = 'float32'
     meta: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    #: held-out inputs, the same ones at every exit: ``{'confidence': [[...] per exit],
+    #: 'correct': [[0/1 ...] per exit]}``; empty when the profile has no per-input data
+    samples: Mapping[str, Sequence[Sequence[float]]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not self.exits:
             raise ValueError('a profile needs at least one exit')
+        if self.samples:
+            conf, correct = self.samples.get('confidence', ()), self.samples.get('correct', ())
+            if len(conf) != len(self.exits) or len(correct) != len(self.exits) or \
+                    len({len(c) for c in (*conf, *correct)}) != 1:
+                raise ValueError('samples need confidence and correct lists of equal length for every exit')
 
     # --- queries ---------------------------------------------------------------------------------
     @property
@@ -141,6 +180,44 @@ class Profile:
                 best = acc
         return best
 
+    @property
+    def has_samples(self) -> bool:
+        return bool(self.samples) and len(self.samples['confidence'][0]) > 0
+
+    def cascade(self, min_accuracy: float, *, min_count: int = 20) -> Cascade | None:
+        """The per-input early-exit cascade for ``min_accuracy`` (see :class:`Cascade`).
+
+        ``None`` without per-input samples, or when even the final exit misses ``min_accuracy``.
+        """
+        if not self.has_samples:
+            return None
+        key = (round(float(min_accuracy), 4), min_count)
+        cache = self.__dict__.setdefault('_cascades', {})  # frozen: a private memo, not a field
+        if key not in cache:
+            if len(cache) > 256:
+                cache.clear()
+            cache[key] = self._cascade(*key)
+        return cache[key]
+
+    def _cascade(self, min_accuracy: float, min_count: int) -> Cascade | None:
+        conf = np.asarray(self.samples['confidence'], dtype=np.float64)
+        correct = np.asarray(self.samples['correct'], dtype=np.float64)
+        if correct[-1].mean() < min_accuracy:
+            return None
+        # Stricter per-exit targets until the stream meets the bound; target 1.0 = final exit only.
+        lo, hi = min_accuracy, 1.0
+        best = _run_cascade(conf, correct, 1.0, min_count)
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            c = _run_cascade(conf, correct, mid, min_count)
+            if c[-1] >= min_accuracy:
+                best, hi = c, mid
+            else:
+                lo = mid
+        thresholds, exit_acc, rest_acc, fractions, accuracy = best
+        return Cascade(min_accuracy=min_accuracy, thresholds=thresholds, exit_accuracy=exit_acc,
+                       rest_accuracy=rest_acc, fractions=fractions, accuracy=accuracy)
+
     # --- persistence -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -150,6 +227,9 @@ class Profile:
                 e[field] = {str(b): float(v) for b, v in sorted(e[field].items())}
             e['calibration'] = [list(map(float, row)) for row in e['calibration']]
         d['meta'] = dict(self.meta)
+        d['samples'] = {'confidence': [[round(float(v), 4) for v in row] for row in self.samples.get('confidence', ())],
+                        'correct': [[int(v) for v in row] for row in self.samples.get('correct', ())]} \
+            if self.samples else {}
         return d
 
     @classmethod
@@ -175,6 +255,40 @@ class Profile:
     @classmethod
     def load(cls, path: str | pathlib.Path) -> 'Profile':
         return cls.from_dict(json.loads(pathlib.Path(path).read_text()))
+
+
+def _run_cascade(conf: np.ndarray, correct: np.ndarray, target: float, min_count: int):
+    """Thresholds exit by exit on the inputs still left: the largest most-confident group whose
+    accuracy reaches ``target``. Returns (thresholds, exit_acc, rest_acc, fractions, stream_acc)."""
+    n_exits, n = conf.shape
+    left = np.ones(n, dtype=bool)
+    thresholds, exit_acc, rest_acc, fractions = [], [], [], []
+    total_correct = 0.0
+    for k in range(n_exits):
+        idx = np.flatnonzero(left)
+        if k == n_exits - 1 or idx.size == 0:
+            acc = float(correct[k, idx].mean()) if idx.size else 1.0
+            thresholds.append(None); exit_acc.append(acc); rest_acc.append(acc)
+            fractions.append(idx.size / n); total_correct += float(correct[k, idx].sum())
+            left[:] = False
+            continue
+        order = idx[np.argsort(-conf[k, idx], kind='stable')]
+        cum_acc = np.cumsum(correct[k, order]) / np.arange(1, order.size + 1)
+        ok = np.flatnonzero((cum_acc >= target) & (np.arange(1, order.size + 1) >= min_count))
+        if ok.size == 0 or target >= 1.0:
+            thresholds.append(None); exit_acc.append(0.0); fractions.append(0.0)
+            rest_acc.append(float(correct[k, idx].mean()))
+            continue
+        threshold = float(conf[k, order[ok[-1]]])
+        stop = idx[conf[k, idx] >= threshold]
+        rest = idx[conf[k, idx] < threshold]
+        thresholds.append(threshold)
+        exit_acc.append(float(correct[k, stop].mean()))
+        rest_acc.append(float(correct[k, rest].mean()) if rest.size else exit_acc[-1])
+        fractions.append(stop.size / n)
+        total_correct += float(correct[k, stop].sum())
+        left[stop] = False
+    return tuple(thresholds), tuple(exit_acc), tuple(rest_acc), tuple(fractions), total_correct / n
 
 
 def device_slug(device: str = 'cpu') -> str:

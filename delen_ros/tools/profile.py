@@ -213,7 +213,7 @@ def _sample_batch(info, images: Sequence[np.ndarray] | None, b: int) -> torch.Te
 
 # --- profiling --------------------------------------------------------------------------------------------
 def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-                  runs: int = 100, meter: EnergyMeter | None = None, eval_set: Any = None,
+                  runs: int = 200, meter: EnergyMeter | None = None, eval_set: Any = None,
                   runner: StageRunner | None = None, runner_options: dict[str, Any] | None = None,
                   warmup: int = 5, min_runs: int = 5, time_budget_s: float = 10.0,
                   energy_window_s: float = 1.0, idle_window_s: float = 2.0, energy_per_step: bool = True,

@@ -112,6 +112,8 @@ def train_fashion_mnist(args: argparse.Namespace, argv: Sequence[str]) -> pathli
         images, labels = images[:2000], labels[:2000]
         test_images, test_labels = test_images[:1000], test_labels[:1000]
     epochs = 1 if args.short and args.epochs is None else (args.epochs or 15)
+    args.lr = args.lr or 3e-3
+    args.weight_decay = 5e-4 if args.weight_decay is None else args.weight_decay
 
     builder = get_architecture('fashion_mnist')
     arch_kwargs = _arch_defaults(builder)
@@ -354,7 +356,10 @@ def train_efficientnet_lite0(args: argparse.Namespace, argv: Sequence[str]) -> p
     print(f'{len(teacher)} views of {len(images) + len(extra)} images ready in {cache_s:.0f} s')
 
     t0 = time.perf_counter()
+    args.lr = args.lr or 2e-3
+    args.weight_decay = 1e-4 if args.weight_decay is None else args.weight_decay
     history = distill_heads(model.cpu(), [f.cpu() for f in feats], teacher.cpu(), epochs=epochs, seed=args.seed,
+                            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                             temperature=args.temperature)
     train_s = time.perf_counter() - t0
 
@@ -378,8 +383,9 @@ def train_efficientnet_lite0(args: argparse.Namespace, argv: Sequence[str]) -> p
                                   'image; view 0 of every image un-augmented; every 4th frame of sequences',
                      train_sources=used, train_views=len(teacher), views_per_frame=views,
                      held_out_sources=[s.name for s in datasets.distillation_sources('test')],
-                     held_out_images=pred.shape[1], held_out_agreement=per_source, cache_time_s=round(cache_s, 1), train_time_s=round(train_s, 1),
-                     history=history)
+                     held_out_images=pred.shape[1], held_out_agreement=per_source, batch_size=args.batch_size,
+                     lr=args.lr, weight_decay=args.weight_decay, cache_time_s=round(cache_s, 1),
+                     train_time_s=round(train_s, 1), history=history)
     pt, _ = save_model(model, pathlib.Path(args.out) / 'efficientnet_lite0', architecture='efficientnet_lite0',
                        arch_kwargs=arch_kwargs, training=record, weights_dtype=torch.float16)
     print(f'efficientnet_lite0: per-exit agreement with the final exit {list(model.info.exit_accuracy)} -> {pt}')
@@ -396,21 +402,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--epochs', type=int, default=None,
                         help='training epochs (default: 15 for fashion_mnist, 30 for the heads; 1 with --short)')
     parser.add_argument('--seed', type=int, default=0, help='random seed (data order, augmentation, init)')
-    parser.add_argument('--out', default=None, help='output folder (default: the zoo, %(default)s = models_dir())')
+    parser.add_argument('--out', default=None, help='output folder (default: the zoo folder, models_dir())')
     parser.add_argument('--short', action='store_true', help='tiny subset, seconds: a smoke test, not a model')
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N (default: %(default)s)')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads for torch (default: %(default)s)')
     parser.add_argument('--batch-size', type=int, default=128, help='training batch (default: %(default)s)')
-    parser.add_argument('--lr', type=float, default=3e-3, help='peak learning rate (default: %(default)s)')
-    parser.add_argument('--weight-decay', type=float, default=5e-4, help='AdamW weight decay (default: %(default)s)')
+    parser.add_argument('--lr', type=float, default=None,
+                        help='peak learning rate (default: 3e-3 for fashion_mnist, 2e-3 for the heads)')
+    parser.add_argument('--weight-decay', type=float, default=None,
+                        help='AdamW weight decay (default: 5e-4 for fashion_mnist, 1e-4 for the heads)')
     parser.add_argument('--exit-weights', type=float, nargs='+', default=None,
                         help='fashion_mnist: loss weight of each exit (default: 0.5 0.6 0.8 1.0)')
     parser.add_argument('--views', type=int, default=3,
-                        help='efficientnet_lite0: augmented views per video frame, besides the plain one; '
-                             'stills get 4x (default: %(default)s)')
+                        help='efficientnet_lite0: augmented views per sequence frame, besides the plain one; '
+                             'stills get 4x as many (default: %(default)s)')
     parser.add_argument('--feature-cache', default=None, metavar='FILE',
                         help='efficientnet_lite0: keep the cached backbone features in FILE and reuse them '
-                             'when sources, views and seed match (to retrain the heads without re-running the backbone)')
+                             'when sources, views and seed match (retrain heads without re-running the backbone)')
     parser.add_argument('--temperature', type=float, default=2.0,
                         help='efficientnet_lite0: distillation temperature (default: %(default)s)')
     return parser
