@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from delen_ros.core.bounds import Bounds, InfeasibleBounds
-from delen_ros.core.engine import Engine, Result
+from delen_ros.core.engine import Engine, Result, _memory_format, _pad
 from fakes import FakeRunner, fake_confidence, fake_image, fake_model, synthetic_profile
 
 torch.set_num_threads(1)
@@ -342,6 +342,7 @@ def test_submit_and_remove():
     ({'stats_window': 0}, 'stats_window'),
     ({'idle_power_w': -1.0}, 'idle_power_w'),
     ({'max_batch': 0}, 'max_batch'),
+    ({'queue_depth': 0}, 'queue_depth'),
     ({'preprocess_workers': 0}, 'preprocess_workers'),
 ])
 def test_constructor_validates(kwargs, match):
@@ -379,3 +380,42 @@ def test_start_twice_raises_and_stop_is_clean():
         engine.start()
     engine.stop()
     assert not engine.running
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_padding_keeps_rows_and_memory_format(channels_last):
+    x = torch.randn(3, 4, 5, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = _pad(x, 8)                     # kernels are chosen per shape and layout: both must hold
+    assert y.shape == (8, 4, 5, 5) and torch.equal(y[:3], x) and not y[3:].any()
+    assert _memory_format(y) == _memory_format(x) == (torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_requests_from_different_batches_continue_together():
+    c = Collector()
+    gate = threading.Event()
+
+    class GatedRunner(FakeRunner):
+        def stage(self, k, x):
+            if not self.calls:
+                gate.wait(5)               # hold a's first step until b has arrived
+            return super().stage(k, x)
+
+    model = fake_model()
+    runner = GatedRunner(model)
+    engine = Engine(model, PROFILE, on_result=c, runner=runner, max_batch=8)
+    engine.set_app('a', Bounds(max_latency_ms=LOOSE_MS))
+    engine.set_app('b', Bounds(max_latency_ms=LOOSE_MS / 2))   # earlier deadline: its step 0 goes first
+    engine.start(warm_up=False)
+    try:
+        engine.submit(['a'], fake_image(1))
+        time.sleep(0.05)
+        engine.submit(['b'], fake_image(2))
+        gate.set()
+        results = c.wait(2)
+    finally:
+        gate.set()
+        engine.stop()
+    assert {r.app_id: (r.class_id, r.exit_index) for r in results} == {'a': (1, 3), 'b': (2, 3)}
+    assert runner.calls[:3] == [(0, 1), (0, 1), (1, 2)]   # two earlier batches' features gathered into one

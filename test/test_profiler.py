@@ -1,6 +1,7 @@
 """delen_profile: profile_model / quick_profile on the fake model, energy windows, calibration, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -71,6 +72,26 @@ def test_profile_calibration_from_known_confidences():
     assert profile.expected_accuracy(3, 0.995) == pytest.approx(1.0)
     # sharp confidences 0.711, 0.948, 0.993, 0.999: the highest threshold each exit reaches
     assert [max(t for t, _, _ in e.calibration) for e in profile.exits] == [0.7, 0.9, 0.99, 0.99]
+
+
+@pytest.mark.parametrize('max_samples, expected', [(None, 20), (5000, 20), (7, 7), (0, 0)])
+def test_profile_keeps_per_input_samples(max_samples, expected):
+    profile = profile_model(fake_model(3), device='cpu', batch_sizes=[1], eval_set=eval_images(),
+                            max_samples=max_samples, **FAST)
+    assert profile.meta['samples'] == expected
+    if expected == 0:
+        assert profile.samples == {} and not profile.has_samples
+        return
+    conf, correct = profile.samples['confidence'], profile.samples['correct']
+    assert len(conf) == len(correct) == 3 and {len(c) for c in (*conf, *correct)} == {expected}
+    for k in range(3):   # a sharp input is right and confident, a blurry one wrong at 1/4
+        for c, ok in zip(conf[k], correct[k]):
+            assert (ok, c) in ((1, pytest.approx(fake_confidence(k, 255), abs=1e-4)), (0, 0.25))
+    if expected == 20:
+        assert [np.mean(c) for c in correct] == [e.accuracy for e in profile.exits]
+    restored = Profile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    assert restored.samples['correct'] == correct
+    assert restored.cascade(0.5) is not None
 
 
 def test_profile_without_labels_is_agreement_with_the_final_exit():
@@ -155,13 +176,15 @@ def test_quick_batch_sizes(max_batch, expected):
 
 
 def test_quick_profile_takes_accuracy_from_a_reference():
-    reference = synthetic_profile(3, accuracy=(0.61, 0.72, 0.83), device='cuda-some-gpu')
+    reference = dataclasses.replace(synthetic_profile(3, accuracy=(0.61, 0.72, 0.83), device='cuda-some-gpu'),
+                                    samples={'confidence': [[0.5, 0.9]] * 3, 'correct': [[0, 1]] * 3})
     profile = quick_profile(fake_model(3), device='cpu', max_batch=8, reference=reference)
     assert [e.accuracy for e in profile.exits] == [0.61, 0.72, 0.83]
     assert [e.calibration for e in profile.exits] == [e.calibration for e in reference.exits]
     assert profile.accuracy_note == reference.accuracy_note
     assert sorted(profile.exits[0].stage_ms) == [1, 4, 8]
     assert profile.meta['accuracy_from'] == 'fake__cuda-some-gpu'
+    assert profile.samples == reference.samples
     assert profile.device.startswith('cpu-')
 
 
@@ -177,6 +200,7 @@ def test_quick_profile_rejects_a_mismatched_reference(reference):
     (dict(runs=0), 'runs'),
     (dict(energy_window_s=0.0), 'windows'),
     (dict(estimate_power_w=-1.0), 'estimate_power_w'),
+    (dict(max_samples=-1), 'max_samples'),
 ])
 def test_profile_model_rejects(options, match):
     args = {**FAST, 'batch_sizes': [1], **options}

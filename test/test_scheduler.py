@@ -159,7 +159,8 @@ def test_per_frame_execution_with_max_batch_one():
 
 def test_batch_stops_growing_before_a_member_would_miss_its_deadline():
     clock = FakeClock()
-    s = make([('tight', 1.5), ('b', 50.0), ('c', 50.0)], max_batch=8)   # tight: 1.1 alone fits, 1.375 with 2, 1.65 with 3
+    # tight: 1.1 ms alone fits, 1.375 with 2, 1.65 with 3 does not
+    s = make([('tight', 1.5), ('b', 50.0), ('c', 50.0)], max_batch=8)
     tight = arrive(s, 'tight', clock)
     others = [arrive(s, a, clock) for a in ('b', 'c')]
     batch = s.next_batch(clock()).batch
@@ -250,3 +251,16 @@ def test_without_enforcement_late_work_still_runs():
     s.requeue(r)
     out = s.next_batch(clock())
     assert out.expired == () and out.batch.step == 1
+
+
+def test_drops_use_the_expected_time_and_expiry_the_safe_one():
+    clock = FakeClock()
+    s = Scheduler(lambda step, n: 2 * predict(step, n), expected_ms=predict, num_steps=4, max_batch=1)
+    s.set_app('a', latency_bound_ms=5.0)
+    r = arrive(s, 'a', clock)
+    clock.advance(3.5)                   # 3.5 + 1.1 expected fits, 3.5 + 2.2 safe would not: run it
+    assert s.next_batch(clock()).batch.requests == (r,)
+    clock.advance(0.5)
+    r.next_step = 1
+    s.requeue(r)                         # 4.0 + 2 x 2.1 > 5: finish with exit 0 rather than run late
+    assert s.next_batch(clock()).expired == (r,)

@@ -12,12 +12,16 @@ Timing uses the engine's ``clock`` (``time.perf_counter_ns`` by default) for arr
 and ``perf_counter_ns`` around each step, synchronising CUDA so that the measured time is the work's.
 Each measured step feeds the online :class:`~delen_ros.core.policies.LatencyCorrector`.
 
+On CUDA a batch is padded up to the runner's graph batch sizes (1, 2, 4, ...): kernels are picked
+per input shape and a new shape's first call can stall for a long time.
+
 Energy of a result is its share of each batch it ran in: the profile's estimate of the step's
-energy split evenly among the batch's requests. With a real meter (``meter.measured``), the engine
-reads it over windows of at least the meter's update period and scales the estimates by measured /
-estimated of the last windows; such results say ``energy_measured=True``. The measured energy is
-the whole device's over the window's wall time, gaps between steps included, so it *includes idle
-power* unless ``idle_power_w`` is given (then ``idle_power_w x window`` is subtracted first).
+energy split evenly among the batch's requests. With a real meter (``meter.measured``), a thread of
+its own reads the meter (never the worker: an NVML read can take milliseconds) every window of at
+least the meter's update period, and results are scaled by measured / estimated over the last
+windows; such results say ``energy_measured=True``. The measured energy is the whole device's over
+the window's wall time, gaps between steps included, so it *includes idle power* unless
+``idle_power_w`` is given (then ``idle_power_w x window`` is subtracted first).
 """
 from __future__ import annotations
 
@@ -250,6 +254,22 @@ def make_runner(model: 'MultiExitModel', *, device: str = 'cpu', max_batch: int 
     return StageRunner(model, device=device, max_batch=max_batch, **dict(options or {}))
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """NHWC or not: kernels are chosen per layout too, so copies must keep it."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` with zero rows appended up to ``size``, in ``x``'s memory format."""
+    out = torch.empty((size,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device,
+                      memory_format=_memory_format(x))
+    out[:x.shape[0]].copy_(x)
+    out[x.shape[0]:].zero_()
+    return out
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else math.nan
 
@@ -294,11 +314,15 @@ class Engine:
                  runner_options: dict[str, Any] | None = None, max_in_flight: int | None = None,
                  default_deadline_ms: float = 250.0, enforce_deadlines: bool | None = None,
                  latency_margin: float = 2.0, stats_window: int = 2000,
-                 preprocess_workers: int = 1, energy_window_s: float | None = None, idle_power_w: float = 0.0):
+                 preprocess_workers: int = 1, energy_window_s: float | None = None,
+                 idle_power_w: float = 0.0):
         if profile.num_exits != model.num_exits:
-            raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, model has {model.num_exits}')
+            raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
+                             f'model has {model.num_exits}')
         if not callable(on_result):
             raise ValueError(f'on_result must be callable, got {on_result!r}')
+        if max_batch < 1 or queue_depth < 1:
+            raise ValueError(f'max_batch and queue_depth must be >= 1, got {max_batch!r} and {queue_depth!r}')
         if stats_window < 1:
             raise ValueError(f'stats_window must be >= 1, got {stats_window!r}')
         if preprocess_workers < 1:
@@ -320,7 +344,7 @@ class Engine:
                                     queue_depth=queue_depth, max_in_flight=max_in_flight,
                                     default_deadline_ms=default_deadline_ms,
                                     enforce_deadlines=self.policy.predictive if enforce_deadlines is None
-                                    else enforce_deadlines)
+                                    else enforce_deadlines, expected_ms=self._expected_ms)
         self._stats_window = stats_window
         self._cond = threading.Condition()
         self._apps: dict[str, _AppState] = {}
@@ -328,6 +352,7 @@ class Engine:
         self._stopping = False
         # preprocessing cost per frame (EWMA, ms): part of the first step's predicted time
         self._pre_ms = 0.0
+        self._pre_dev_ms = 0.0
         self._pre_workers = preprocess_workers
         self._pre_pool: concurrent.futures.ThreadPoolExecutor | None = None
         # energy: estimates from the profile, scaled by a meter where one measures
@@ -554,9 +579,18 @@ class Engine:
         self._pre_frame_ms: collections.deque[float] = collections.deque(maxlen=10_000)
 
     # --- the worker -----------------------------------------------------------------------------------
-    def _predict_ms(self, step: int, batch: int) -> float:
-        ms = self.corrector.predict_ms(self.profile, step, batch)
-        return ms + self._pre_ms * batch if step == 0 else ms
+    def _predict_ms(self, step: int, batch: int, *, margin: float | None = None) -> float:
+        """Step time for the scheduler (first step: with preprocessing), with the corrector's
+        margin or ``margin`` deviations."""
+        margin = self.corrector.margin if margin is None else margin
+        ms = self.corrector.predict_ms(self.profile, step, batch, margin=margin)
+        if step > 0:
+            return ms
+        # preprocessing runs on the CPU and jitters too: the same margin as the steps
+        return ms + (self._pre_ms + margin * self._pre_dev_ms) * batch
+
+    def _expected_ms(self, step: int, batch: int) -> float:
+        return self._predict_ms(step, batch, margin=0.0)
 
     def _worker(self) -> None:
         while True:
@@ -618,14 +652,27 @@ class Engine:
                     f.tensor = x[i:i + 1]
                 pre_ns = time.perf_counter_ns() - t0
                 per_frame = pre_ns / 1e6 / len(todo)
-                self._pre_ms = per_frame if self._pre_ms == 0 else 0.8 * self._pre_ms + 0.2 * per_frame
+                if self._pre_ms == 0:
+                    self._pre_ms, self._pre_dev_ms = per_frame, per_frame / 4
+                else:
+                    self._pre_dev_ms += 0.25 * (abs(per_frame - self._pre_ms) - self._pre_dev_ms)
+                    self._pre_ms += 0.125 * (per_frame - self._pre_ms)
             cpu = unique[0].frame.tensor if len(unique) == 1 else torch.cat([r.frame.tensor for r in unique])
             return self._runner.to_input(cpu), pre_ns
         sources = [r.state.features for r in unique]
         first = sources[0][0]
         if all(t is first for t, _ in sources) and [row for _, row in sources] == list(range(first.shape[0])):
             return first, 0   # the same batch, in the same order, goes on together: no copy
-        return torch.cat([t[row:row + 1] for t, row in sources]), 0
+        out = torch.empty((len(sources),) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device,
+                          memory_format=_memory_format(first))
+        groups: dict[int, tuple[torch.Tensor, list[int], list[int]]] = {}
+        for i, (t, row) in enumerate(sources):
+            _, positions, rows = groups.setdefault(id(t), (t, [], []))
+            positions.append(i)
+            rows.append(row)
+        for t, positions, rows in groups.values():   # one gather per earlier batch
+            out[torch.tensor(positions, device=t.device)] = t[torch.tensor(rows, device=t.device)]
+        return out, 0
 
     def _execute(self, batch: Batch, decision_ns: int) -> None:
         step, requests = batch.step, batch.requests
@@ -642,7 +689,7 @@ class Engine:
         n = len(unique)
         padded = self._padded_size(n)
         if padded > n:
-            x = torch.cat([x, x.new_zeros((padded - n,) + tuple(x.shape[1:]))])
+            x = _pad(x, padded)
         t_run = time.perf_counter_ns()
         features = self._runner.stage(step, x)
         logits = self._runner.head(step, features)

@@ -74,8 +74,11 @@ class LatencyCorrector:
     :param clock: monotonic seconds (a fake one in tests).
     """
 
+    #: a measurement above this multiple of the mean ratio is folded in as this multiple
+    OUTLIER = 4.0
+
     def __init__(self, *, alpha: float = 0.125, beta: float = 0.25, margin: float = 2.0, safety: float = 1.0,
-                 min_factor: float = 0.25, max_factor: float = 16.0, stale_s: float = 2.0,
+                 min_factor: float = 0.1, max_factor: float = 16.0, stale_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic):
         for name, value in (('alpha', alpha), ('beta', beta)):
             if not 0.0 < value <= 1.0:
@@ -110,6 +113,10 @@ class LatencyCorrector:
             self._stats[key] = (ratio, ratio / 4, now)
         else:
             mean, dev, _ = old
+            # A lone stall (a page fault, a descheduled thread) counts as at most OUTLIER x the mean:
+            # it widens the margin without blowing it up; a lasting slowdown still gets learnt,
+            # geometrically, in a few steps.
+            ratio = min(ratio, self.OUTLIER * mean)
             dev += self.beta * (abs(ratio - mean) - dev)
             self._stats[key] = (mean + self.alpha * (ratio - mean), dev, now)
 
@@ -138,15 +145,19 @@ class LatencyCorrector:
         found = self._lookup(step, batch)
         return 0.0 if found is None else found[1]
 
-    def predict_ms(self, profile: 'Profile', step: int, batch: int = 1) -> float:
-        """Predicted time of step ``step`` (stage + head) for a whole batch of ``batch``, ms."""
+    def predict_ms(self, profile: 'Profile', step: int, batch: int = 1, *, margin: float | None = None) -> float:
+        """Predicted time of step ``step`` (stage + head) for a whole batch of ``batch``, ms.
+
+        :param margin: deviations to add; ``None``: :attr:`margin` (0: the expected time).
+        """
+        margin = self.margin if margin is None else margin
         p50 = profile.step_ms(step, batch)
         prior = p50 + self.safety * max(0.0, profile.step_ms(step, batch, p99=True) - p50)
         found = self._lookup(step, batch)
         if found is None:
             return prior
         mean, dev, weight = found
-        measured = p50 * (mean + self.margin * dev)
+        measured = p50 * (mean + margin * dev)
         return measured if weight >= 1.0 else weight * measured + (1 - weight) * prior
 
     def snapshot(self) -> dict[str, list[float]]:
@@ -296,18 +307,25 @@ class DelenPolicy(Policy):
     2. energy: stop when ``energy so far + predicted energy of step k+1 > max_energy_mj``;
     3. accuracy met? -- when ``k`` is at or past the fallback exit (earliest exit whose overall
        accuracy meets ``min_accuracy``), or the confidence reaches the calibrated threshold
-       ``profile.confidence_threshold(k, min_accuracy)``; no accuracy bound: met at once;
+       ``profile.confidence_threshold(k, min_accuracy)`` (rows with enough support only, see
+       ``min_support``); no accuracy bound: met at once;
     4. objective: MAX_ACCURACY continues (as deep as 1-2 allow); MIN_LATENCY / MIN_ENERGY stop as
        soon as 3 holds, and continue otherwise.
 
     :param calibrated: use the per-input confidence threshold (False: fallback exit only).
+    :param min_support: a calibration row counts only if at least this fraction (0-1) of the
+        held-out inputs reached its threshold: a row of one lucky input says nothing. 0:
+        exactly ``profile.confidence_threshold``.
     """
 
     uses_confidence = True
     predictive = True
 
-    def __init__(self, *, calibrated: bool = True):
+    def __init__(self, *, calibrated: bool = True, min_support: float = 0.02):
+        if not 0.0 <= min_support <= 1.0:
+            raise ValueError(f'min_support must be in [0, 1], got {min_support!r}')
         self.calibrated = calibrated
+        self.min_support = min_support
         self._thresholds: dict[tuple[int, int, float], float | None] = {}
 
     def _threshold(self, profile: 'Profile', k: int, min_accuracy: float) -> float | None:
@@ -315,7 +333,12 @@ class DelenPolicy(Policy):
         if key not in self._thresholds:
             if len(self._thresholds) > 4096:
                 self._thresholds.clear()
-            self._thresholds[key] = profile.confidence_threshold(k, min_accuracy)
+            if self.min_support <= 0:
+                found = profile.confidence_threshold(k, min_accuracy)
+            else:
+                found = next((t for t, acc, fraction in sorted(profile.exits[k].calibration)
+                              if fraction >= self.min_support and acc >= min_accuracy), None)
+            self._thresholds[key] = found
         return self._thresholds[key]
 
     def accuracy_met(self, ctx: ExitContext) -> bool:

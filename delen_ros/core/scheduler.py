@@ -4,9 +4,10 @@ Work is a *step*: stage ``k`` plus head ``k`` for a batch of requests that all s
 Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever the device is free):
 
 1. (with ``enforce_deadlines``, the default) drops queued frames that can no longer meet their
-   latency bound (``now + predicted first step > deadline``) -- never run late, counted by the caller;
-2. (likewise) expires requests in flight whose next step would overrun their deadline: they have a result
-   from their last exit already, and the caller finishes them with it;
+   latency bound (``now + expected first step > deadline``) -- never run late, counted by the caller;
+   *expected*, not the safe prediction: a drop is a certain miss, running is only a likely one;
+2. (likewise) expires requests in flight whose next step is predicted (safely) to overrun their
+   deadline: they have a result from their last exit already, and the caller finishes them with it;
 3. picks the request with the earliest deadline (EDF across apps) among queued frames and requests
    in flight; a request's deadline is ``arrival + max_latency_ms``, or ``arrival +
    default_deadline_ms`` for an app without a latency bound (so it gets served, not starved);
@@ -97,8 +98,9 @@ class AppQueue:
 class Scheduler:
     """EDF across apps at step granularity, with cross-app batching; see the module docstring.
 
-    :param predict_ms: predicted time (ms) of step ``k`` for a batch of ``n`` (the engine passes
-        profile x online correction, with its safety margin).
+    :param predict_ms: predicted time (ms) of step ``k`` for a batch of ``n``, on the safe side (the
+        engine passes profile x online correction, with its margin).
+    :param expected_ms: the expected time, for drops; ``None``: ``predict_ms``.
     :param num_steps: the model's number of exits (steps ``0..num_steps-1``).
     :param max_batch: most requests in one step (1 = per-frame execution).
     :param queue_depth: newest frames kept per app before they start.
@@ -111,7 +113,7 @@ class Scheduler:
 
     def __init__(self, predict_ms: PredictFn, *, num_steps: int, max_batch: int = 8, queue_depth: int = 1,
                  max_in_flight: int | None = None, default_deadline_ms: float = 250.0,
-                 enforce_deadlines: bool = True):
+                 enforce_deadlines: bool = True, expected_ms: PredictFn | None = None):
         if num_steps < 1:
             raise ValueError(f'num_steps must be >= 1, got {num_steps!r}')
         if max_batch < 1:
@@ -124,6 +126,7 @@ class Scheduler:
         if not math.isfinite(default_deadline_ms) or default_deadline_ms <= 0:
             raise ValueError(f'default_deadline_ms must be > 0, got {default_deadline_ms!r}')
         self.predict_ms = predict_ms
+        self.expected_ms = expected_ms or predict_ms
         self.num_steps = num_steps
         self.max_batch = max_batch
         self.queue_depth = queue_depth
@@ -248,7 +251,7 @@ class Scheduler:
         return Schedule(Batch(step, tuple(members), predicted), tuple(dropped), tuple(expired))
 
     def _enforce(self, now_ns: int, dropped: list[Request], expired: list[Request]) -> None:
-        first_ms = self.predict_ms(0, 1)
+        first_ms = self.expected_ms(0, 1)
         for q in self._apps.values():
             if q.frames and any(r.hard for r in q.frames):
                 keep = [r for r in q.frames if self._fits(r, now_ns, first_ms)]

@@ -67,7 +67,9 @@ def _resolve(name_or_path: str | os.PathLike) -> pathlib.Path:
     looks_like_path = os.sep in text or text.endswith(('.json', '.pt')) or pathlib.Path(text).exists()
     if looks_like_path:
         path = pathlib.Path(text)
-        json_path = path.with_suffix('.json') if path.suffix in ('.pt', '.json', '') else path.with_name(path.name + '.json')
+        # 'models/x', 'models/x.pt', 'models/x.json' -> 'models/x.json'; 'models/x.v2' -> 'models/x.v2.json'
+        known_suffix = path.suffix in ('.pt', '.json', '')
+        json_path = path.with_suffix('.json') if known_suffix else path.with_name(path.name + '.json')
         if not json_path.is_file():
             raise FileNotFoundError(f'no model description {json_path} (for {text!r})')
         return json_path

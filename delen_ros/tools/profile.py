@@ -20,7 +20,9 @@ and the other table. Without a meter, energy = p50 step time x ``--estimate-powe
 
 Accuracy on ``delen_ros.core.datasets.eval_set(model)``: top-1 against labels where they exist,
 else agreement with the final exit's answers (``accuracy_note`` says which). Calibration rows per
-exit: ``(threshold, accuracy of inputs with confidence >= threshold, their fraction)``.
+exit: ``(threshold, accuracy of inputs with confidence >= threshold, their fraction)``; and, in
+``samples``, every exit's confidence and correctness on the same inputs (up to ``--max-samples``),
+from which ``Profile.cascade`` calibrates per-input early exit conditional on reaching each exit.
 
 Examples::
 
@@ -219,7 +221,7 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
                   energy_window_s: float = 1.0, idle_window_s: float = 2.0, energy_per_step: bool = True,
                   subtract_idle: bool = False, estimate_power_w: float | None = None,
                   thresholds: Sequence[float] = CALIBRATION_THRESHOLDS, eval_batch: int = 64,
-                  progress: bool = True, tool: str = 'delen_profile') -> Profile:
+                  max_samples: int | None = 5000, progress: bool = True, tool: str = 'delen_profile') -> Profile:
     """Measure ``model``'s per-exit profile on ``device`` (see the module docstring for the method).
 
     :param model: the multi-exit model (moved to ``device`` by the runner).
@@ -243,6 +245,9 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
         :func:`default_estimate_power_w`.
     :param thresholds: calibration thresholds.
     :param eval_batch: batch size of the accuracy pass.
+    :param max_samples: per-input confidences and correctness kept in ``Profile.samples`` (for
+        cascade calibration): at most this many eval inputs, a seeded random subset; ``None``: all;
+        0: none.
     :param progress: tqdm bars on stderr.
     :raises ValueError: bad batch sizes, runs or windows (the value is shown).
     """
@@ -251,6 +256,8 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
         raise ValueError(f'batch sizes must be >= 1, got {batch_sizes!r}')
     if runs < 1 or min_runs < 1 or warmup < 0:
         raise ValueError(f'runs and min_runs must be >= 1 and warmup >= 0, got {runs!r}, {min_runs!r}, {warmup!r}')
+    if max_samples is not None and max_samples < 0:
+        raise ValueError(f'max_samples must be >= 0 or None, got {max_samples!r}')
     if energy_window_s <= 0 or idle_window_s <= 0 or time_budget_s <= 0:
         raise ValueError(f'windows and budgets must be > 0, got energy {energy_window_s!r}, idle {idle_window_s!r}, '
                          f'budget {time_budget_s!r}')
@@ -316,9 +323,10 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
         accuracy = [float((preds[k] == reference).mean()) for k in range(n_exits)]
         calibration = [calibration_table(confs[k], preds[k] == reference, thresholds) for k in range(n_exits)]
         eval_count = len(images)
+        samples = _samples(confs, preds, reference, max_samples)
     else:
         note = info.accuracy_note + ' (from the model file; no eval set given)'
-        accuracy, calibration, eval_count = list(info.exit_accuracy), [()] * n_exits, 0
+        accuracy, calibration, eval_count, samples = list(info.exit_accuracy), [()] * n_exits, 0, {}
 
     includes_idle = measured and not subtract_idle
     stored, other = (energy_total, energy_above) if includes_idle else (energy_above, energy_total)
@@ -342,6 +350,7 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
         'runs_per_batch_size': {str(b): n for b, n in runs_done.items()},
         'warmup_runs': warmup,
         'eval_images': eval_count,
+        'samples': len(samples['correct'][0]) if samples else 0,
         'energy_meter': meter.source if meter is not None else 'none',
         'energy_meter_detail': meter.detail if meter is not None else '',
         'seconds': round(_now() - started, 1),
@@ -362,7 +371,20 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
                      'energy_note': f'estimate: p50 step time x {power_w:g} W (assumed power above idle) / batch size'})
     return Profile(model=info.name, device=device_slug(str(runner.device)), exits=tuple(exits),
                    energy_source=meter.source if measured else 'estimate', energy_includes_idle=includes_idle,
-                   accuracy_note=note, dtype=str(runner.dtype).replace('torch.', ''), meta=meta)
+                   accuracy_note=note, dtype=str(runner.dtype).replace('torch.', ''), meta=meta, samples=samples)
+
+
+def _samples(confs: Sequence[np.ndarray], preds: Sequence[np.ndarray], reference: np.ndarray,
+             limit: int | None) -> dict[str, list[list[float]]]:
+    """``Profile.samples``: per exit, the confidence and 0/1 correctness of the same eval inputs
+    (at most ``limit``, a seeded random subset in eval order; ``None``: all; 0: none)."""
+    n = len(reference)
+    if limit == 0 or n == 0:
+        return {}
+    idx = np.arange(n) if limit is None or limit >= n else \
+        np.sort(np.random.default_rng(0).choice(n, size=limit, replace=False))
+    return {'confidence': [np.round(c[idx].astype(np.float64), 4).tolist() for c in confs],
+            'correct': [(p[idx] == reference[idx]).astype(int).tolist() for p in preds]}
 
 
 def quick_batch_sizes(max_batch: int) -> tuple[int, ...]:
@@ -403,7 +425,8 @@ def quick_profile(model: 'MultiExitModel', *, device: str = 'cpu', max_batch: in
     exits = tuple(ExitProfile(**{**_fields(e), 'accuracy': r.accuracy, 'calibration': r.calibration})
                   for e, r in zip(profile.exits, reference.exits))
     meta = {**profile.meta, 'accuracy_from': f'{reference.model}__{reference.device}'}
-    return Profile(**{**_fields(profile), 'exits': exits, 'accuracy_note': reference.accuracy_note, 'meta': meta})
+    return Profile(**{**_fields(profile), 'exits': exits, 'accuracy_note': reference.accuracy_note, 'meta': meta,
+                      'samples': reference.samples})
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -509,6 +532,8 @@ def _parser() -> argparse.ArgumentParser:
                         f'CPU thread; {GPU_POWER_W:g} W on CUDA)')
     p.add_argument('--eval-limit', type=int, default=None, help='at most this many eval images (default all; quick 500)')
     p.add_argument('--no-eval', action='store_true', help='take accuracy from the model file; no calibration')
+    p.add_argument('--max-samples', type=int, default=5000,
+                   help='per-input confidences kept in the profile for cascade calibration (0: none, -1: all)')
     p.add_argument('--half', action=argparse.BooleanOptionalAction, default=None, help='fp16 (default: on CUDA)')
     p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='(default: on CUDA)')
     p.add_argument('--cuda-graphs', action='store_true', help='time CUDA-graph replays (as the engine with that option)')
@@ -557,6 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runner_options=options, energy_window_s=0.5 if quick else args.energy_window_s,
                 idle_window_s=0.5 if quick else args.idle_window_s, energy_per_step=not quick,
                 subtract_idle=args.subtract_idle, estimate_power_w=args.estimate_power_w, progress=not args.quiet,
+                max_samples=None if args.max_samples < 0 else args.max_samples,
                 tool='delen_profile --quick' if quick else 'delen_profile')
             path = profile.save(out_dir / profile_filename(profile.model, profile.device))
             plots = [] if args.no_plots else plot_profile(profile, path)

@@ -154,7 +154,8 @@ def train_fashion_mnist(args: argparse.Namespace, argv: Sequence[str]) -> pathli
             if step % 20 == 0:
                 bar.set_postfix(loss=f'{total / seen:.3f}')
         acc, _ = evaluate_exits(model, x_test, labels=y_test, desc='test')
-        history.append({'epoch': epoch + 1, 'loss': round(total / seen, 4), 'test_accuracy': [round(a, 4) for a in acc]})
+        history.append({'epoch': epoch + 1, 'loss': round(total / seen, 4),
+                        'test_accuracy': [round(a, 4) for a in acc]})
         tqdm.write(f'epoch {epoch + 1}: loss {total / seen:.4f}, test accuracy per exit '
                    + ' '.join(f'{a:.4f}' for a in acc))
     train_s = time.perf_counter() - t0
