@@ -324,6 +324,15 @@ def plan(bounds: Bounds, profile: 'Profile') -> Plan:
     }
     best = min(ok, key=keys[bounds.objective])
     lat, acc, energy = figures[best]
+    cascade = profile.cascade(bounds.min_accuracy) \
+        if bounds.min_accuracy is not None and bounds.objective is not Objective.MAX_ACCURACY else None
+    if cascade is not None and profile.final_exit in ok:
+        # Per-input early exit: the typical exit, and expectations over where inputs stop.
+        f = cascade.fractions
+        return Plan(exit_index=cascade.typical_exit,
+                    latency_ms=sum(f[k] * figures[k][0] for k in range(len(f))),
+                    accuracy=cascade.accuracy,
+                    energy_mj=sum(f[k] * figures[k][2] for k in range(len(f))))
     return Plan(exit_index=best, latency_ms=lat, accuracy=acc, energy_mj=energy)
 
 

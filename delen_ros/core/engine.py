@@ -754,9 +754,9 @@ class Engine:
             scale = self._energy.scale if self._energy is not None else None
             measured = scale is not None
             energy = s.energy_est_mj * scale if measured else s.energy_est_mj
-            accuracy = self.policy.expected_accuracy(self.profile, s.exit_index, s.confidence)
             b = s.bounds
-            met = b.met(latency_ms=latency_ms, accuracy=accuracy, energy_mj=energy)
+            accuracy, judged = self.policy.result_accuracy(self.profile, b, s.exit_index, s.confidence)
+            met = b.met(latency_ms=latency_ms, accuracy=judged, energy_mj=energy)
             latency_met = b.max_latency_ms is None or latency_ms <= b.max_latency_ms
             app.results_out += 1
             app.expired += expired

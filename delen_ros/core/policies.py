@@ -221,6 +221,15 @@ class Policy(abc.ABC):
     def _decide(self, ctx: ExitContext) -> Decision:
         """The decision at a non-final exit."""
 
+    def result_accuracy(self, profile: 'Profile', bounds: Bounds, exit_index: int,
+                        confidence: float | None) -> tuple[float, float]:
+        """``(expected accuracy to report, accuracy to judge the bound by)`` for a result.
+
+        They differ only where a policy calibrates a stream: see :meth:`DelenPolicy.result_accuracy`.
+        """
+        accuracy = self.expected_accuracy(profile, exit_index, confidence)
+        return accuracy, accuracy
+
     def expected_accuracy(self, profile: 'Profile', exit_index: int, confidence: float | None) -> float:
         """Accuracy to report for a result at ``exit_index`` with this confidence (0-1)."""
         if self.uses_confidence:
@@ -341,15 +350,44 @@ class DelenPolicy(Policy):
             self._thresholds[key] = found
         return self._thresholds[key]
 
+    @staticmethod
+    def _cascade(profile: 'Profile', bounds: Bounds):
+        """The profile's per-input cascade for these bounds, when they stop on accuracy."""
+        if bounds.min_accuracy is None or bounds.objective is Objective.MAX_ACCURACY:
+            return None
+        return profile.cascade(bounds.min_accuracy)
+
     def accuracy_met(self, ctx: ExitContext) -> bool:
         """Whether stopping at ``ctx.exit_index`` with ``ctx.confidence`` meets the accuracy bound."""
         b = ctx.bounds.min_accuracy
-        if b is None or ctx.exit_index >= static_fallback_exit(ctx.profile, b):
+        if b is None:
+            return True
+        cascade = self._cascade(ctx.profile, ctx.bounds)
+        if cascade is not None and self.calibrated:
+            # Calibrated on the inputs that reach this exit, not on all of them (see Cascade).
+            threshold = cascade.thresholds[ctx.exit_index]
+            return threshold is not None and ctx.confidence >= threshold
+        if ctx.exit_index >= static_fallback_exit(ctx.profile, b):
             return True
         if not self.calibrated:
             return False
         threshold = self._threshold(ctx.profile, ctx.exit_index, b)
         return threshold is not None and ctx.confidence >= threshold
+
+    def result_accuracy(self, profile: 'Profile', bounds: Bounds, exit_index: int,
+                        confidence: float | None) -> tuple[float, float]:
+        """With a calibrated cascade (an accuracy bound, objective not MAX_ACCURACY), the bound is on
+        the stream: a result that followed the cascade (stopped confident, or at the final exit) is
+        judged by the cascade's stream accuracy, and reports the accuracy of its own group on the
+        held-out set; a stop forced early by latency or energy reports and is judged by the
+        accuracy of the not-confident inputs at that exit. Otherwise: the calibrated bin."""
+        cascade = self._cascade(profile, bounds) if self.calibrated else None
+        if cascade is None or confidence is None:
+            return super().result_accuracy(profile, bounds, exit_index, confidence)
+        threshold = cascade.thresholds[exit_index]
+        if exit_index == profile.final_exit or (threshold is not None and confidence >= threshold):
+            return cascade.exit_accuracy[exit_index], cascade.accuracy
+        return cascade.rest_accuracy[exit_index], cascade.rest_accuracy[exit_index]
 
     def _decide(self, ctx: ExitContext) -> Decision:
         bounds = ctx.bounds

@@ -1,0 +1,111 @@
+"""Per-input early exit calibrated on the inputs that reach each exit (Profile.cascade)."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from delen_ros.core.bounds import Bounds, Objective, plan
+from delen_ros.core.policies import Decision, ExitContext, get_policy
+from delen_ros.core.profile import Profile
+
+from fakes import synthetic_profile
+
+
+def _hard_easy_samples(n: int = 4000, seed: int = 0) -> dict:
+    """Easy inputs are confident and right at every exit. Hard ones are only right at the final exit,
+    yet exit 1 is often confident on them: a threshold fitted on all inputs at exit 1 sees mostly easy
+    inputs and looks safe, but the inputs that *reach* exit 1 are the hard ones."""
+    rng = np.random.default_rng(seed)
+    easy = rng.random(n) < 0.7
+    conf = np.empty((3, n))
+    correct = np.empty((3, n), dtype=int)
+    conf[0] = np.where(easy, rng.uniform(0.8, 1.0, n), rng.uniform(0.1, 0.5, n))
+    correct[0] = easy
+    conf[1] = np.where(easy, rng.uniform(0.85, 1.0, n), rng.uniform(0.6, 0.9, n))
+    correct[1] = easy | (rng.random(n) < 0.3)
+    conf[2] = rng.uniform(0.5, 1.0, n)
+    correct[2] = easy | (rng.random(n) < 0.8)
+    return {'confidence': conf.tolist(), 'correct': correct.tolist()}
+
+
+def _profile(samples: dict) -> Profile:
+    base = synthetic_profile(3)
+    correct = np.asarray(samples['correct'])
+    exits = tuple(dataclasses.replace(e, accuracy=float(correct[k].mean()), calibration=())
+                  for k, e in enumerate(base.exits))
+    return dataclasses.replace(base, exits=exits, samples=samples)
+
+
+def _stream_accuracy(profile: Profile, thresholds) -> float:
+    conf = np.asarray(profile.samples['confidence'])
+    correct = np.asarray(profile.samples['correct'])
+    left = np.ones(conf.shape[1], dtype=bool)
+    total = 0
+    for k, t in enumerate(thresholds):
+        stop = left & ((conf[k] >= t) if t is not None else (k == len(thresholds) - 1))
+        total += correct[k, stop].sum()
+        left &= ~stop
+    return total / conf.shape[1]
+
+
+@pytest.mark.parametrize('min_accuracy', [0.75, 0.8, 0.85, 0.9])
+def test_cascade_meets_the_bound_on_the_stream(min_accuracy):
+    profile = _profile(_hard_easy_samples())
+    cascade = profile.cascade(min_accuracy)
+    assert cascade is not None
+    assert cascade.accuracy >= min_accuracy
+    assert _stream_accuracy(profile, cascade.thresholds) == pytest.approx(cascade.accuracy)
+    assert sum(cascade.fractions) == pytest.approx(1.0)
+    assert cascade.thresholds[-1] is None
+
+
+def test_cascade_is_stricter_than_marginal_calibration_where_that_would_miss():
+    profile = _profile(_hard_easy_samples())
+    conf = np.asarray(profile.samples['confidence'])
+    correct = np.asarray(profile.samples['correct'])
+    target = 0.9
+    # Marginal thresholds: each exit fitted on all inputs (what a per-exit calibration table gives).
+    marginal = []
+    for k in range(2):
+        order = np.argsort(-conf[k])
+        cum = np.cumsum(correct[k, order]) / np.arange(1, conf.shape[1] + 1)
+        marginal.append(float(conf[k, order[np.flatnonzero(cum >= target)[-1]]]))
+    assert _stream_accuracy(profile, (*marginal, None)) < target      # the optimism the cascade fixes
+    assert _stream_accuracy(profile, profile.cascade(target).thresholds) >= target
+
+
+def test_cascade_absent_without_samples_or_above_the_final_exit():
+    assert synthetic_profile(3).cascade(0.8) is None
+    profile = _profile(_hard_easy_samples())
+    assert profile.cascade(profile.accuracy(2) + 0.01) is None
+
+
+def test_samples_survive_a_round_trip(tmp_path):
+    profile = _profile(_hard_easy_samples(n=200))
+    loaded = Profile.load(profile.save(tmp_path / 'p.json'))
+    assert loaded.cascade(0.85).thresholds == pytest.approx(profile.cascade(0.85).thresholds, abs=1e-3)
+
+
+def test_samples_of_unequal_length_are_rejected():
+    with pytest.raises(ValueError, match='samples'):
+        dataclasses.replace(synthetic_profile(2), samples={'confidence': [[0.5], [0.5, 0.6]], 'correct': [[1], [1, 0]]})
+
+
+def test_delen_policy_follows_the_cascade_and_judges_the_stream():
+    profile = _profile(_hard_easy_samples())
+    bounds = Bounds(min_accuracy=0.85, objective=Objective.MIN_LATENCY)
+    cascade = profile.cascade(0.85)
+    policy = get_policy('delen')
+    t0 = cascade.thresholds[0]
+    assert t0 is not None
+
+    def decide(k, confidence):
+        return policy.decide(ExitContext(bounds=bounds, profile=profile, exit_index=k, confidence=confidence,
+                                         elapsed_ms=0.0, energy_mj=0.0, next_batch=1, corrector=None))
+
+    assert decide(0, min(1.0, t0 + 1e-6)) is Decision.STOP
+    assert decide(0, t0 - 0.05) is Decision.CONTINUE
+    reported, judged = policy.result_accuracy(profile, bounds, 2, 0.5)   # a hard input, final exit
+    assert reported == pytest.approx(cascade.exit_accuracy[2])
+    assert judged == pytest.approx(cascade.accuracy) and judged >= 0.85
+    assert plan(bounds, profile).accuracy == pytest.approx(cascade.accuracy)
