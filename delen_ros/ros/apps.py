@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import pathlib
 import re
@@ -50,19 +49,6 @@ def validate_app_id(app_id: str) -> str:
     return app_id
 
 
-def _check_number(name: str, value: Any, *, upper: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f'{name} must be a number, got {value!r}')
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f'{name} must be finite, got {value!r} (0 = unbounded)')
-    if value < 0:
-        raise ValueError(f'{name} must be >= 0 (0 = unbounded), got {value!r}')
-    if upper is not None and value > upper:
-        raise ValueError(f'{name} must be <= {upper:g}, got {value!r}')
-    return value
-
-
 @dataclasses.dataclass(frozen=True)
 class AppConfig:
     """One application: where its frames come from, where results go, its bounds (0 = unbounded).
@@ -87,10 +73,12 @@ class AppConfig:
             raise ValueError(f'image_topic must be a non-empty topic name, got {self.image_topic!r}')
         if not isinstance(self.result_topic, str):
             raise ValueError(f'result_topic must be a string, got {self.result_topic!r}')
-        object.__setattr__(self, 'max_latency_ms', _check_number('max_latency_ms', self.max_latency_ms))
-        object.__setattr__(self, 'min_accuracy', _check_number('min_accuracy', self.min_accuracy, upper=1.0))
-        object.__setattr__(self, 'max_energy_mj', _check_number('max_energy_mj', self.max_energy_mj))
-        object.__setattr__(self, 'objective', Objective.parse(self.objective))
+        # The core validates the numbers (NaN, inf, negative, accuracy > 1); here 0 = unbounded.
+        bounds = Bounds.from_request(self.max_latency_ms, self.min_accuracy, self.max_energy_mj, self.objective)
+        object.__setattr__(self, 'max_latency_ms', bounds.max_latency_ms or 0.0)
+        object.__setattr__(self, 'min_accuracy', bounds.min_accuracy or 0.0)
+        object.__setattr__(self, 'max_energy_mj', bounds.max_energy_mj or 0.0)
+        object.__setattr__(self, 'objective', bounds.objective)
 
     @property
     def bounds(self) -> Bounds:
