@@ -30,6 +30,8 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from .registry import Registry
+
 __all__ = ['EnergyMeter', 'MeterUnavailable', 'JetsonMeter', 'NvmlMeter', 'RaplMeter', 'EstimateMeter',
            'make_meter', 'register_meter', 'available_meters', 'AUTO_ORDER']
 
@@ -430,12 +432,10 @@ def _make_estimate(*, sysfs_root: str, device_index: int, nvml: Any) -> EnergyMe
 
 
 MeterFactory = Callable[..., EnergyMeter]
-_REGISTRY: dict[str, MeterFactory] = {
-    'jetson': _make_jetson,
-    'nvml': _make_nvml,
-    'rapl': _make_rapl,
-    'estimate': _make_estimate,
-}
+_REGISTRY: Registry[MeterFactory] = Registry('energy meter', reserved=('auto',))
+for _name, _factory in (('jetson', _make_jetson), ('nvml', _make_nvml), ('rapl', _make_rapl),
+                        ('estimate', _make_estimate)):
+    _REGISTRY.add(_name, _factory)
 #: what ``'auto'`` tries, in order (the first that works wins; ``estimate`` always does)
 AUTO_ORDER: tuple[str, ...] = ('jetson', 'nvml', 'rapl', 'estimate')
 
@@ -443,14 +443,12 @@ AUTO_ORDER: tuple[str, ...] = ('jetson', 'nvml', 'rapl', 'estimate')
 def register_meter(name: str, factory: MeterFactory) -> None:
     """Add a back end: ``factory(*, sysfs_root, device_index, nvml) -> EnergyMeter``, raising
     :class:`MeterUnavailable` where it cannot measure. Duplicate names and ``'auto'`` raise ``ValueError``."""
-    if name == 'auto' or name in _REGISTRY:
-        raise ValueError(f'meter {name!r} already registered; known: {available_meters()}')
-    _REGISTRY[name] = factory
+    _REGISTRY.add(name, factory)
 
 
 def available_meters() -> list[str]:
     """Registered back-end names (``'auto'`` not included)."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def make_meter(kind: str = 'auto', *, sysfs_root: str | os.PathLike = '/sys', device_index: int = 0,
@@ -473,7 +471,7 @@ def make_meter(kind: str = 'auto', *, sysfs_root: str | os.PathLike = '/sys', de
         device_index = int(device.split(':', 1)[1])
     options = dict(sysfs_root=os.fspath(sysfs_root), device_index=device_index, nvml=nvml)
     if kind != 'auto':
-        return _REGISTRY[kind](**options)
+        return _REGISTRY.get(kind)(**options)
     reasons = []
     for name in AUTO_ORDER:
         if name == 'nvml' and device is not None and not device.startswith('cuda'):
@@ -481,7 +479,7 @@ def make_meter(kind: str = 'auto', *, sysfs_root: str | os.PathLike = '/sys', de
             continue
         try:
             meter = (EstimateMeter(reason='; '.join(reasons) or 'no energy meter') if name == 'estimate'
-                     else _REGISTRY[name](**options))
+                     else _REGISTRY.get(name)(**options))
         except MeterUnavailable as exc:
             reasons.append(f'{name}: {exc}')
             continue

@@ -28,6 +28,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+from .registry import Registry
 from .bounds import Bounds, InfeasibleBounds, Objective, plan
 
 if TYPE_CHECKING:
@@ -240,26 +241,23 @@ class Policy(abc.ABC):
         return f'{type(self).__name__}(name={self.name!r})'
 
 
-_REGISTRY: dict[str, type[Policy]] = {}
+_REGISTRY: Registry[type[Policy]] = Registry('policy')
 _P = TypeVar('_P', bound=type[Policy])
 
 
 def register_policy(name: str) -> Callable[[_P], _P]:
     """Class decorator registering a policy under ``name``; a duplicate name raises ``ValueError``."""
-    if not name or not isinstance(name, str):
-        raise ValueError(f'policy name must be a non-empty string, got {name!r}')
+    add = _REGISTRY.decorator(name)
 
     def wrap(cls: _P) -> _P:
-        if name in _REGISTRY:
-            raise ValueError(f'policy {name!r} is already registered (known: {available_policies()})')
+        add(cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
     return wrap
 
 
 def available_policies() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_policy(name: str, **options: Any) -> Policy:
@@ -267,11 +265,7 @@ def get_policy(name: str, **options: Any) -> Policy:
 
     :raises KeyError: unknown name (the message lists the known ones).
     """
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f'unknown policy {name!r}; known: {available_policies()}') from None
-    return cls(**options)
+    return _REGISTRY.get(name)(**options)
 
 
 class _PlanCache:

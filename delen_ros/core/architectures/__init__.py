@@ -10,12 +10,13 @@ import importlib
 from typing import Callable, TypeVar
 
 from ..multi_exit import MultiExitModel
+from ..registry import Registry
 
 __all__ = ['register_architecture', 'get_architecture', 'available_architectures']
 
 Builder = Callable[..., MultiExitModel]
 _B = TypeVar('_B', bound=Builder)
-_REGISTRY: dict[str, Builder] = {}
+_REGISTRY: Registry[Builder] = Registry('architecture')
 # Modules that register the shipped architectures; imported lazily so that importing the registry
 # does not pull in optional dependencies (the EfficientNet wheel) until one is asked for.
 _BUILTIN_MODULES = ('fashion_mnist', 'efficientnet_lite0')
@@ -23,15 +24,7 @@ _BUILTIN_MODULES = ('fashion_mnist', 'efficientnet_lite0')
 
 def register_architecture(name: str) -> Callable[[_B], _B]:
     """Decorator registering a builder under ``name``; a duplicate name raises ``ValueError``."""
-    if not name or not isinstance(name, str):
-        raise ValueError(f'architecture name must be a non-empty string, got {name!r}')
-
-    def wrap(builder: _B) -> _B:
-        if name in _REGISTRY:
-            raise ValueError(f'architecture {name!r} is already registered (known: {sorted(_REGISTRY)})')
-        _REGISTRY[name] = builder
-        return builder
-    return wrap
+    return _REGISTRY.decorator(name)
 
 
 def _load_builtins() -> None:
@@ -42,12 +35,9 @@ def _load_builtins() -> None:
 def get_architecture(name: str) -> Builder:
     """The builder registered as ``name``; unknown names raise ``KeyError`` listing the known ones."""
     _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f'unknown architecture {name!r}; known: {sorted(_REGISTRY)}') from None
+    return _REGISTRY.get(name)
 
 
 def available_architectures() -> list[str]:
     _load_builtins()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
