@@ -242,3 +242,29 @@ class TestLatencyCorrector:
         c.update(0, 1, measured_ms=float('nan'), predicted_ms=1.0)
         c.update(0, 1, measured_ms=1.0, predicted_ms=0.0)
         assert c.factor(0, 1) == 1.0 and c.snapshot() == {}
+
+
+def test_delen_counts_the_measured_decision_to_delivery_tail():
+    b = Bounds(max_latency_ms=3.5)      # 1.1 elapsed + 2.1 p50 = 3.2 fits, without the tail
+    corrector = LatencyCorrector(safety=0.0, margin=0.0)
+    delen = get_policy('delen')
+    assert corrector.tail_ms() == 0.0
+    assert delen.decide(ctx(b, 0, elapsed=1.1, corrector=corrector)) is Decision.CONTINUE
+    corrector.update_tail(0.5)          # results take 0.5 ms from decision to delivery: 3.7 > 3.5
+    assert corrector.tail_ms() == pytest.approx(0.5)
+    assert delen.decide(ctx(b, 0, elapsed=1.1, corrector=corrector)) is Decision.STOP
+
+
+@pytest.mark.parametrize('bad', [-1.0, math.nan, math.inf])
+def test_tail_ignores_impossible_measurements(bad):
+    corrector = LatencyCorrector(margin=0.0)
+    corrector.update_tail(0.2)
+    corrector.update_tail(bad)
+    assert corrector.tail_ms() == pytest.approx(0.2)
+
+
+def test_one_slow_delivery_is_folded_in_as_an_outlier():
+    corrector = LatencyCorrector(margin=0.0, alpha=1.0)
+    corrector.update_tail(0.1)
+    corrector.update_tail(50.0)         # a stall: counted as OUTLIER x the mean at most
+    assert corrector.tail_ms() == pytest.approx(LatencyCorrector.OUTLIER * 0.1)

@@ -167,6 +167,7 @@ class _State:
     start_ns: int | None = None
     compute_ns: int = 0
     energy_est_mj: float = 0.0
+    decided_ns: int | None = None    # engine clock when the last exit's decision was taken
 
 
 class _AppState:
@@ -716,6 +717,7 @@ class Engine:
             s.energy_est_mj += share_mj
             s.features = None if last else (features, i)
             s.class_id, s.confidence, s.exit_index = class_id[i], confidence[i], step
+            s.decided_ns = now
             ctx = ExitContext(bounds=s.bounds, profile=self.profile, exit_index=step, confidence=s.confidence,
                               elapsed_ms=(now - r.arrival_ns) / _NS_PER_MS, energy_mj=s.energy_est_mj,
                               next_batch=len(requests), corrector=self.corrector)
@@ -747,6 +749,8 @@ class Engine:
         s: _State = r.state
         finish = self.clock()
         latency_ms = (finish - r.arrival_ns) / _NS_PER_MS
+        if not expired and s.decided_ns is not None:
+            self.corrector.update_tail((finish - s.decided_ns) / _NS_PER_MS)
         with self._cond:
             app = self._apps.get(r.app_id)
             if app is None:

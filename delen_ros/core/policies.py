@@ -101,6 +101,27 @@ class LatencyCorrector:
         self.clock = clock
         # (step, batch) -> (mean ratio, mean |deviation|, clock of the last update)
         self._stats: dict[tuple[int, int], tuple[float, float, float]] = {}
+        # decision -> result delivered (ms): no step covers it, but the latency bound does
+        self._tail: tuple[float, float] | None = None
+
+    def update_tail(self, measured_ms: float) -> None:
+        """Fold in one measured time from the last decision on a request to its result's delivery."""
+        if not math.isfinite(measured_ms) or measured_ms < 0:
+            return
+        if self._tail is None:
+            self._tail = (measured_ms, measured_ms / 4)
+            return
+        mean, dev = self._tail
+        measured_ms = min(measured_ms, self.OUTLIER * max(mean, 1e-3))
+        dev += self.beta * (abs(measured_ms - mean) - dev)
+        self._tail = (mean + self.alpha * (measured_ms - mean), dev)
+
+    def tail_ms(self, *, margin: float | None = None) -> float:
+        """Predicted decision -> delivery time, ms (mean + ``margin`` deviations; 0 before any)."""
+        if self._tail is None:
+            return 0.0
+        mean, dev = self._tail
+        return mean + (self.margin if margin is None else margin) * dev
 
     def update(self, step: int, batch: int, measured_ms: float, predicted_ms: float) -> None:
         """Fold one measured step (``predicted_ms``: the profile's p50 for it) into the estimates."""
@@ -190,11 +211,13 @@ class ExitContext:
         return self.exit_index >= self.profile.num_exits - 1
 
     def predicted_next_ms(self) -> float:
-        """Predicted time of the next step (stage ``k+1`` + head) at ``next_batch``."""
+        """Predicted time from now to a result after the next step (stage ``k+1`` + head) at
+        ``next_batch``, delivery included when a corrector has measured it."""
         k = self.exit_index + 1
         if self.corrector is None:
             return self.profile.step_ms(k, self.next_batch)
-        return self.corrector.predict_ms(self.profile, k, self.next_batch)
+        # The step, then what it takes from the decision after it to the delivered result.
+        return self.corrector.predict_ms(self.profile, k, self.next_batch) + self.corrector.tail_ms()
 
     def predicted_next_energy_mj(self) -> float:
         """Predicted per-frame energy of the next step at ``next_batch``."""
