@@ -80,23 +80,13 @@ class FinalHead(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), net._dropout, net._fc)
 
 
-class _Stem(nn.Module):
-    """The backbone's stem conv + BN + ReLU6."""
+class _ConvBnAct(nn.Module):
+    """One of the backbone's conv + BN + ReLU6 units, reusing its modules: the stem (before block
+    0) and the 1x1 conv head to 1280 channels (before the classifier's pool)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module):
         super().__init__()
-        self.conv, self.bn, self.act = net._conv_stem, net._bn0, net._swish
-
-    def forward(self, x):
-        return self.act(self.bn(self.conv(x)))
-
-
-class _ConvHead(nn.Module):
-    """The backbone's 1x1 conv to 1280 channels + BN + ReLU6 (before the classifier's pool)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.conv, self.bn, self.act = net._conv_head, net._bn1, net._swish
+        self.conv, self.bn, self.act = conv, bn, act
 
     def forward(self, x):
         return self.act(self.bn(self.conv(x)))
@@ -120,8 +110,8 @@ def efficientnet_lite0(*, head_widths: Sequence[int] = (256, 384, 512), head_dro
     # The MBConv blocks take (x, drop_connect_rate=None); drop-connect is off in eval, so a plain
     # Sequential runs them exactly as EfficientNet.extract_features does.
     stages = [nn.Sequential(*blocks[a:b]) for a, b in STAGE_BLOCKS]
-    stages[0] = nn.Sequential(_Stem(net), *stages[0])
-    stages[3] = nn.Sequential(*stages[3], _ConvHead(net))
+    stages[0] = nn.Sequential(_ConvBnAct(net._conv_stem, net._bn0, net._swish), *stages[0])
+    stages[3] = nn.Sequential(*stages[3], _ConvBnAct(net._conv_head, net._bn1, net._swish))
     channels = [blocks[b - 1]._block_args.output_filters for _, b in STAGE_BLOCKS[:3]]
     num_classes = net._fc.out_features
     heads = [EarlyExitHead(c, num_classes, width=w, dropout=head_dropout) for c, w in zip(channels, head_widths)]
