@@ -40,14 +40,15 @@ def test_unknown_objective_lists_known():
 
 @pytest.mark.parametrize('value, expected', [
     ('max_accuracy', Objective.MAX_ACCURACY), ('MIN_LATENCY', Objective.MIN_LATENCY),
-    ('min_energy', Objective.MIN_ENERGY), (0, Objective.MAX_ACCURACY), (1, Objective.MIN_LATENCY),
-    (2, Objective.MIN_ENERGY), (Objective.MIN_ENERGY, Objective.MIN_ENERGY),
+    ('min_energy', Objective.MIN_ENERGY), (0, Objective.DEFAULT), (1, Objective.MAX_ACCURACY),
+    (2, Objective.MIN_LATENCY), (3, Objective.MIN_ENERGY), (Objective.MIN_ENERGY, Objective.MIN_ENERGY),
+    ('default', Objective.DEFAULT), ('auto', Objective.DEFAULT),
 ])
 def test_objective_parse(value, expected):
     assert Objective.parse(value) is expected
 
 
-@pytest.mark.parametrize('value', [3, -1, 'max', True, None])
+@pytest.mark.parametrize('value', [4, -1, 'max', True, None])
 def test_objective_parse_rejects(value):
     with pytest.raises(ValueError):
         Objective.parse(value)
@@ -55,7 +56,8 @@ def test_objective_parse_rejects(value):
 
 @pytest.mark.parametrize('args, expected', [
     ((0, 0, 0, 0), Bounds()),
-    ((40.0, 0, 0, 1), Bounds(max_latency_ms=40.0, objective=Objective.MIN_LATENCY)),
+    ((40.0, 0, 0, 2), Bounds(max_latency_ms=40.0, objective=Objective.MIN_LATENCY)),
+    ((40.0, 0, 0, 0), Bounds(max_latency_ms=40.0, objective=Objective.DEFAULT)),
     ((0, 0.8, 5.0, 'min_energy'), Bounds(min_accuracy=0.8, max_energy_mj=5.0, objective=Objective.MIN_ENERGY)),
 ])
 def test_from_request_zero_means_unbounded(args, expected):
@@ -149,7 +151,7 @@ def test_feasible_range():
     (Bounds(max_latency_ms=7.0, objective='min_latency'), 0),
     (Bounds(min_accuracy=0.7, objective='min_latency'), 1),
     (Bounds(min_accuracy=0.7, objective='min_energy'), 1),
-    (Bounds(min_accuracy=0.7), 3),
+    (Bounds(min_accuracy=0.7, objective='max_accuracy'), 3),
     (Bounds(min_accuracy=0.9, objective='min_energy'), 3),
     (Bounds(max_energy_mj=6.3), 2),
     (Bounds(max_energy_mj=6.3, min_accuracy=0.65, objective='min_energy'), 1),
@@ -176,3 +178,36 @@ def test_infeasible_bounds_carry_the_range(bounds, match):
     assert err.value.feasible == feasible_range(PROFILE)
     assert isinstance(err.value, ValueError)
     assert '1.1' in str(err.value) and '10.4' in str(err.value)   # the range is in the message
+
+
+@pytest.mark.parametrize('bounds, objective', [
+    (Bounds(), Objective.MAX_ACCURACY),
+    (Bounds(min_accuracy=0.7), Objective.MIN_LATENCY),                      # Dělen: first exit that meets it
+    (Bounds(min_accuracy=0.7, max_latency_ms=9.0), Objective.MAX_ACCURACY),
+    (Bounds(min_accuracy=0.7, max_energy_mj=9.0), Objective.MAX_ACCURACY),
+    (Bounds(max_latency_ms=9.0), Objective.MAX_ACCURACY),
+    (Bounds(min_accuracy=0.7, objective='max_accuracy'), Objective.MAX_ACCURACY),   # explicit: deeper
+    (Bounds(min_accuracy=0.7, objective='min_energy'), Objective.MIN_ENERGY),
+])
+def test_effective_objective(bounds, objective):
+    assert bounds.effective_objective is objective
+
+
+def test_accuracy_only_default_plan_stops_at_the_first_exit_that_meets_it():
+    uncalibrated = synthetic_profile(calibration=False)
+    assert plan(Bounds(min_accuracy=0.7), uncalibrated).exit_index == 1
+    assert plan(Bounds(min_accuracy=0.7, objective='max_accuracy'), uncalibrated).exit_index == 3
+
+
+def test_end_to_end_latencies_shift_range_and_plan():
+    e2e = [PROFILE.exit_latency_ms(k) + 2.0 for k in range(PROFILE.num_exits)]
+    r = feasible_range(PROFILE, exit_latency_ms=e2e, overhead_ms=2.0)
+    assert r.latency_ms == pytest.approx((3.1, 12.4)) and r.overhead_ms == 2.0
+    assert r.accuracy == feasible_range(PROFILE).accuracy
+    assert plan(Bounds(max_latency_ms=5.0), PROFILE).exit_index == 1
+    assert plan(Bounds(max_latency_ms=5.0), PROFILE, exit_latency_ms=e2e).exit_index == 0
+    with pytest.raises(InfeasibleBounds, match='serving overhead') as err:
+        plan(Bounds(max_latency_ms=2.5), PROFILE, exit_latency_ms=e2e, overhead_ms=2.0)
+    assert err.value.feasible == r
+    with pytest.raises(ValueError, match='needs 4'):
+        feasible_range(PROFILE, exit_latency_ms=[1.0])

@@ -65,9 +65,14 @@ def test_last_exit_always_stops(name, bounds):
     (Bounds(min_accuracy=0.95, objective='min_latency'), 0, 0.91, 1.1, 1.1, S),
     # no accuracy bound, MIN_LATENCY: the first exit will do
     (Bounds(objective='min_latency'), 0, 0.1, 1.1, 1.1, S),
-    # MAX_ACCURACY: as deep as the bounds allow, confidence or not
-    (Bounds(min_accuracy=0.8), 0, 0.99, 1.1, 1.1, C),
+    # MAX_ACCURACY (explicit, or the default objective with a latency / energy bound or none):
+    # as deep as the bounds allow, confidence or not
+    (Bounds(min_accuracy=0.8, objective='max_accuracy'), 0, 0.99, 1.1, 1.1, C),
+    (Bounds(min_accuracy=0.8, max_energy_mj=50.0), 0, 0.99, 1.1, 1.1, C),
     (Bounds(), 2, 0.99, 6.3, 6.3, C),
+    # the default objective with an accuracy bound alone: Dělen's first exit that meets it
+    (Bounds(min_accuracy=0.8), 0, 0.99, 1.1, 1.1, S),
+    (Bounds(min_accuracy=0.8), 0, 0.65, 1.1, 1.1, C),
     # latency beats accuracy: an unmet accuracy bound does not justify overrunning
     (Bounds(max_latency_ms=5.0, min_accuracy=0.9, objective='min_latency'), 1, 0.1, 3.2, 3.2, S),
 ])
@@ -128,7 +133,8 @@ def test_delen_uncalibrated_uses_fallback_exit_only():
     ('check_after_stage', Bounds(max_latency_ms=5.0), 2, 0.5, 6.3, 6.3, S),
     ('check_after_stage', Bounds(max_energy_mj=3.0), 1, 0.5, 3.2, 3.2, S),
     ('check_after_stage', Bounds(min_accuracy=0.7, objective='min_energy'), 1, 0.1, 3.2, 3.2, S),
-    ('check_after_stage', Bounds(min_accuracy=0.7), 1, 0.1, 3.2, 3.2, C),
+    ('check_after_stage', Bounds(min_accuracy=0.7, objective='max_accuracy'), 1, 0.1, 3.2, 3.2, C),
+    ('check_after_stage', Bounds(min_accuracy=0.7), 1, 0.1, 3.2, 3.2, S),     # default: Dělen's first exit
     # fixed confidence 0.9, bounds ignored
     ('fixed_confidence', Bounds(max_latency_ms=1.0), 0, 0.90, 5.0, 1.0, S),
     ('fixed_confidence', Bounds(), 1, 0.89, 3.2, 3.2, C),

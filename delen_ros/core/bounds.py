@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 if TYPE_CHECKING:
     from .profile import Profile
 
-__all__ = ['Objective', 'Metric', 'Op', 'Condition', 'Bounds', 'FeasibleRange', 'Plan',
-           'InfeasibleBounds', 'feasible_range', 'plan']
+__all__ = ['Objective', 'LatePolicy', 'Metric', 'Op', 'Condition', 'Bounds', 'FeasibleRange', 'Plan',
+           'InfeasibleBounds', 'feasible_range', 'plan', 'SRV_OBJECTIVES']
 
 # Bounds are compared with a little slack so that a bound copied from a profile figure (and rounded
 # through float32 in a ROS message) still admits that figure.
@@ -34,8 +34,14 @@ _REL_TOL = 1e-6
 
 
 class Objective(str, enum.Enum):
-    """What to optimise within the bounds."""
+    """What to optimise within the bounds.
 
+    ``DEFAULT`` is Dělen's semantics: with an accuracy bound and no latency or energy bound, stop at
+    the *first* exit that meets it (as ``MIN_LATENCY``); otherwise go as deep as the bounds allow
+    (as ``MAX_ACCURACY``). See :attr:`Bounds.effective_objective`.
+    """
+
+    DEFAULT = 'default'             # Dělen: accuracy alone stops at the first exit meeting it
     MAX_ACCURACY = 'max_accuracy'   # go as deep as the bounds allow
     MIN_LATENCY = 'min_latency'     # stop as soon as the accuracy bound (if any) is met
     MIN_ENERGY = 'min_energy'       # likewise; differs from MIN_LATENCY in the static plan's tie-break
@@ -43,20 +49,42 @@ class Objective(str, enum.Enum):
     @classmethod
     def parse(cls, value: 'Objective | str | int') -> 'Objective':
         """From an ``Objective``, its value or name in any case (``'min_energy'``, ``'MIN_ENERGY'``),
-        or the ``SetBounds.srv`` constant (0 = MAX_ACCURACY, 1 = MIN_LATENCY, 2 = MIN_ENERGY)."""
+        or the ``SetBounds.srv`` constant (:data:`SRV_OBJECTIVES`: 0 = DEFAULT, 1 = MAX_ACCURACY,
+        2 = MIN_LATENCY, 3 = MIN_ENERGY)."""
         if isinstance(value, cls):
             return value
         if isinstance(value, int) and not isinstance(value, bool):
-            members = list(cls)
-            if 0 <= value < len(members):
-                return members[value]
+            if value in SRV_OBJECTIVES:
+                return cls(SRV_OBJECTIVES[value])
         elif isinstance(value, str):
             text = value.strip().lower()
+            if text == 'auto':
+                return cls.DEFAULT
             for member in cls:
                 if text in (member.value, member.name.lower()):
                     return member
         raise ValueError(f'unknown objective {value!r}; known: {[m.value for m in cls]} '
-                         f'(or 0..{len(cls) - 1} as in SetBounds.srv)')
+                         f'(or {sorted(SRV_OBJECTIVES)} as in SetBounds.srv)')
+
+
+#: ``SetBounds.srv``'s ``objective`` constants: the message's zero value is the default objective.
+SRV_OBJECTIVES: dict[int, str] = {0: 'default', 1: 'max_accuracy', 2: 'min_latency', 3: 'min_energy'}
+
+
+class LatePolicy(str, enum.Enum):
+    """What the engine does with a frame that can no longer meet its app's latency bound.
+
+    ``SERVE_FASTEST``: run it at the fastest exit when the device has nothing on time to do, and
+    deliver it flagged ``bounds_met=False`` (counted ``served_late``); ``DROP``: drop it (counted
+    ``dropped_late``; one in a while is still served, so that measurements never stop).
+    """
+
+    SERVE_FASTEST = 'serve_fastest'
+    DROP = 'drop'
+
+    @classmethod
+    def parse(cls, value: 'LatePolicy | str') -> 'LatePolicy':
+        return _parse_enum(cls, value, 'late_policy')
 
 
 class Metric(str, enum.Enum):
@@ -170,7 +198,7 @@ class Bounds:
     max_latency_ms: float | None = None
     min_accuracy: float | None = None
     max_energy_mj: float | None = None
-    objective: Objective = Objective.MAX_ACCURACY
+    objective: Objective = Objective.DEFAULT
 
     def __post_init__(self):
         object.__setattr__(self, 'max_latency_ms', _check_bound('max_latency_ms', self.max_latency_ms))
@@ -180,12 +208,22 @@ class Bounds:
 
     @classmethod
     def from_request(cls, max_latency_ms: float, min_accuracy: float, max_energy_mj: float,
-                     objective: Objective | str | int = Objective.MAX_ACCURACY) -> 'Bounds':
+                     objective: Objective | str | int = Objective.DEFAULT) -> 'Bounds':
         """Bounds from ``SetBounds.srv`` fields, where 0 means unbounded (NaN / negative still raise)."""
         def none_if_zero(v: float) -> float | None:
             return None if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0 else v
         return cls(max_latency_ms=none_if_zero(max_latency_ms), min_accuracy=none_if_zero(min_accuracy),
                    max_energy_mj=none_if_zero(max_energy_mj), objective=objective)
+
+    @property
+    def effective_objective(self) -> Objective:
+        """The objective in force: ``DEFAULT`` resolved (MIN_LATENCY with an accuracy bound alone,
+        Dělen's "stop at the first exit that meets it"; MAX_ACCURACY otherwise)."""
+        if self.objective is not Objective.DEFAULT:
+            return self.objective
+        if self.min_accuracy is not None and self.max_latency_ms is None and self.max_energy_mj is None:
+            return Objective.MIN_LATENCY
+        return Objective.MAX_ACCURACY
 
     @property
     def unbounded(self) -> bool:
@@ -204,7 +242,7 @@ class Bounds:
 
     @classmethod
     def from_conditions(cls, conditions: Sequence[Condition],
-                        objective: Objective | str | int = Objective.MAX_ACCURACY) -> 'Bounds':
+                        objective: Objective | str | int = Objective.DEFAULT) -> 'Bounds':
         """Inverse of :meth:`conditions`: one ``latency_ms``/``energy_mj`` upper bound and one
         ``accuracy`` lower bound at most; anything else raises ``ValueError``."""
         expected = {Metric.LATENCY_MS: ((Op.LESS_EQ, Op.LESS), 'max_latency_ms'),
@@ -246,21 +284,26 @@ class Bounds:
 class FeasibleRange:
     """What the device can deliver, as ``(low, high)`` per metric over the model's exits.
 
-    ``latency_ms``: (fastest exit, slowest exit) at batch 1; ``accuracy``: (least, most accurate exit);
-    ``energy_mj``: (cheapest exit, most expensive exit), per frame at batch 1.
+    ``latency_ms``: (fastest exit, slowest exit) at batch 1, end to end when the caller gave
+    end-to-end exit latencies (the engine does: compute + ``overhead_ms``); ``accuracy``: (least,
+    most accurate exit); ``energy_mj``: (cheapest exit, most expensive exit), per frame at batch 1.
+    ``overhead_ms``: the serving overhead included in ``latency_ms`` (0: compute only).
     """
 
     latency_ms: tuple[float, float]
     accuracy: tuple[float, float]
     energy_mj: tuple[float, float]
+    overhead_ms: float = 0.0
 
-    def to_dict(self) -> dict[str, list[float]]:
+    def to_dict(self) -> dict[str, Any]:
         return {'latency_ms': list(self.latency_ms), 'accuracy': list(self.accuracy),
-                'energy_mj': list(self.energy_mj)}
+                'energy_mj': list(self.energy_mj), 'overhead_ms': self.overhead_ms}
 
     def __str__(self) -> str:
         (l0, l1), (a0, a1), (e0, e1) = self.latency_ms, self.accuracy, self.energy_mj
-        return f'latency {l0:.3g}-{l1:.3g} ms, accuracy {a0:.3g}-{a1:.3g}, energy {e0:.3g}-{e1:.3g} mJ'
+        end = f' end to end, {self.overhead_ms:.3g} ms of it serving overhead' if self.overhead_ms else ''
+        return (f'latency {l0:.3g}-{l1:.3g} ms{end}, accuracy {a0:.3g}-{a1:.3g}, '
+                f'energy {e0:.3g}-{e1:.3g} mJ')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,16 +324,27 @@ class InfeasibleBounds(ValueError):
         self.feasible = feasible
 
 
-def _exit_figures(profile: 'Profile') -> list[tuple[float, float, float]]:
-    """(latency_ms, accuracy, energy_mj) of every exit at batch 1, p50 latency."""
-    return [(profile.exit_latency_ms(k), profile.accuracy(k), profile.exit_energy_mj(k))
-            for k in range(profile.num_exits)]
+def _exit_figures(profile: 'Profile', exit_latency_ms: Sequence[float] | None = None
+                  ) -> list[tuple[float, float, float]]:
+    """(latency_ms, accuracy, energy_mj) of every exit at batch 1: p50 compute latency, or
+    ``exit_latency_ms`` (per exit, e.g. end to end) when given."""
+    if exit_latency_ms is not None and len(exit_latency_ms) != profile.num_exits:
+        raise ValueError(f'exit_latency_ms needs {profile.num_exits} values, got {len(exit_latency_ms)}')
+    return [(profile.exit_latency_ms(k) if exit_latency_ms is None else float(exit_latency_ms[k]),
+             profile.accuracy(k), profile.exit_energy_mj(k)) for k in range(profile.num_exits)]
 
 
-def feasible_range(profile: 'Profile') -> FeasibleRange:
-    """The range of each metric over ``profile``'s exits (see :class:`FeasibleRange`)."""
-    lat, acc, energy = zip(*_exit_figures(profile))
-    return FeasibleRange((min(lat), max(lat)), (min(acc), max(acc)), (min(energy), max(energy)))
+def feasible_range(profile: 'Profile', *, exit_latency_ms: Sequence[float] | None = None,
+                   overhead_ms: float = 0.0) -> FeasibleRange:
+    """The range of each metric over ``profile``'s exits (see :class:`FeasibleRange`).
+
+    :param exit_latency_ms: latency of each exit to use instead of the profile's p50 compute time
+        (the engine passes end-to-end figures: arrival -> publication).
+    :param overhead_ms: how much of ``exit_latency_ms`` is serving overhead (reported only).
+    """
+    lat, acc, energy = zip(*_exit_figures(profile, exit_latency_ms))
+    return FeasibleRange((min(lat), max(lat)), (min(acc), max(acc)), (min(energy), max(energy)),
+                         overhead_ms=float(overhead_ms))
 
 
 def _le(value: float, bound: float | None) -> bool:
@@ -301,18 +355,21 @@ def _ge(value: float, bound: float | None) -> bool:
     return bound is None or value >= bound * (1 - _REL_TOL) - 1e-12
 
 
-def plan(bounds: Bounds, profile: 'Profile') -> Plan:
+def plan(bounds: Bounds, profile: 'Profile', *, exit_latency_ms: Sequence[float] | None = None,
+         overhead_ms: float = 0.0) -> Plan:
     """The static plan: of the exits that meet every bound at batch 1, the best for the objective.
 
-    Latency is the profile's p50 cumulative time to the exit, accuracy the exit's overall accuracy,
-    energy the cumulative per-frame energy. MAX_ACCURACY picks the most accurate exit (then the
-    fastest); MIN_LATENCY the fastest (then the most accurate); MIN_ENERGY the cheapest (then the
-    most accurate).
+    Latency is the profile's p50 cumulative time to the exit (or ``exit_latency_ms``, e.g. end to
+    end), accuracy the exit's overall accuracy, energy the cumulative per-frame energy. The
+    objective is :attr:`Bounds.effective_objective`: MAX_ACCURACY picks the most accurate exit (then
+    the fastest); MIN_LATENCY the fastest (then the most accurate); MIN_ENERGY the cheapest (then
+    the most accurate). With an accuracy bound and a stopping objective, the plan is the
+    calibrated cascade's (typical exit, expectations over where inputs stop).
 
     :raises InfeasibleBounds: no exit meets them; the message says which bound fails and why.
     """
-    figures = _exit_figures(profile)
-    feasible = feasible_range(profile)
+    figures = _exit_figures(profile, exit_latency_ms)
+    feasible = feasible_range(profile, exit_latency_ms=exit_latency_ms, overhead_ms=overhead_ms)
     ok = [k for k, (lat, acc, energy) in enumerate(figures)
           if _le(lat, bounds.max_latency_ms) and _ge(acc, bounds.min_accuracy) and _le(energy, bounds.max_energy_mj)]
     if not ok:
@@ -322,10 +379,11 @@ def plan(bounds: Bounds, profile: 'Profile') -> Plan:
         Objective.MIN_LATENCY: lambda k: (figures[k][0], -figures[k][1], k),
         Objective.MIN_ENERGY: lambda k: (figures[k][2], -figures[k][1], k),
     }
-    best = min(ok, key=keys[bounds.objective])
+    objective = bounds.effective_objective
+    best = min(ok, key=keys[objective])
     lat, acc, energy = figures[best]
     cascade = profile.cascade(bounds.min_accuracy) \
-        if bounds.min_accuracy is not None and bounds.objective is not Objective.MAX_ACCURACY else None
+        if bounds.min_accuracy is not None and objective is not Objective.MAX_ACCURACY else None
     if cascade is not None and profile.final_exit in ok:
         # Per-input early exit: the typical exit, and expectations over where inputs stop.
         f = cascade.fractions
@@ -339,8 +397,9 @@ def plan(bounds: Bounds, profile: 'Profile') -> Plan:
 def _why_infeasible(bounds: Bounds, feasible: FeasibleRange) -> str:
     reasons = []
     if not _le(feasible.latency_ms[0], bounds.max_latency_ms):
-        reasons.append(f'max_latency_ms={bounds.max_latency_ms:g} is below the fastest exit '
-                       f'({feasible.latency_ms[0]:.3g} ms)')
+        what = (f'end to end ({feasible.latency_ms[0]:.3g} ms, of it {feasible.overhead_ms:.3g} ms '
+                'serving overhead)') if feasible.overhead_ms else f'({feasible.latency_ms[0]:.3g} ms)'
+        reasons.append(f'max_latency_ms={bounds.max_latency_ms:g} is below the fastest exit {what}')
     if not _ge(feasible.accuracy[1], bounds.min_accuracy):
         reasons.append(f'min_accuracy={bounds.min_accuracy:g} is above the best exit ({feasible.accuracy[1]:.3g})')
     if not _le(feasible.energy_mj[0], bounds.max_energy_mj):

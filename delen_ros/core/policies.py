@@ -370,7 +370,7 @@ class DelenPolicy(Policy):
     @staticmethod
     def _cascade(profile: 'Profile', bounds: Bounds):
         """The profile's per-input cascade for these bounds, when they stop on accuracy."""
-        if bounds.min_accuracy is None or bounds.objective is Objective.MAX_ACCURACY:
+        if bounds.min_accuracy is None or bounds.effective_objective is Objective.MAX_ACCURACY:
             return None
         return profile.cascade(bounds.min_accuracy)
 
@@ -412,7 +412,7 @@ class DelenPolicy(Policy):
             return Decision.STOP
         if bounds.max_energy_mj is not None and ctx.energy_mj + ctx.predicted_next_energy_mj() > bounds.max_energy_mj:
             return Decision.STOP
-        if bounds.objective is Objective.MAX_ACCURACY:
+        if bounds.effective_objective is Objective.MAX_ACCURACY:
             return Decision.CONTINUE
         return Decision.STOP if self.accuracy_met(ctx) else Decision.CONTINUE
 
@@ -453,7 +453,7 @@ class CheckAfterStagePolicy(Policy):
             return Decision.STOP
         if bounds.max_energy_mj is not None and ctx.energy_mj >= bounds.max_energy_mj:
             return Decision.STOP
-        if bounds.objective is not Objective.MAX_ACCURACY and \
+        if bounds.effective_objective is not Objective.MAX_ACCURACY and \
                 ctx.exit_index >= static_fallback_exit(ctx.profile, bounds.min_accuracy):
             return Decision.STOP
         return Decision.CONTINUE
