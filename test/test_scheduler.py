@@ -11,10 +11,10 @@ def predict(step: int, batch: int) -> float:
     return PROFILE.step_ms(step, batch)
 
 
-def make(apps=(), *, clock=None, **kwargs):
+def make(apps=(), *, clock=None, late_policy='serve_fastest', **kwargs):
     s = Scheduler(predict, num_steps=PROFILE.num_exits, **kwargs)
     for app_id, bound in apps:
-        s.set_app(app_id, latency_bound_ms=bound)
+        s.set_app(app_id, latency_bound_ms=bound, late_policy=late_policy)
     return s
 
 
@@ -26,7 +26,7 @@ def arrive(s: Scheduler, app_id: str, clock: FakeClock, frame=None) -> Request:
 
 @pytest.mark.parametrize('kwargs', [
     {'num_steps': 0}, {'max_batch': 0}, {'queue_depth': 0}, {'max_in_flight': 0}, {'default_deadline_ms': 0.0},
-    {'default_deadline_ms': float('nan')},
+    {'default_deadline_ms': float('nan')}, {'probe_every': 0},
 ])
 def test_validates(kwargs):
     options = {'num_steps': 4, **kwargs}
@@ -80,13 +80,65 @@ def test_unbounded_app_is_not_starved():
 
 def test_hopeless_frames_are_dropped_not_run():
     clock = FakeClock()
-    s = make([('a', 5.0), ('free', None)])
+    s = make([('a', 5.0), ('free', None)], late_policy='drop')
     late = arrive(s, 'a', clock)
     ok_free = arrive(s, 'free', clock)
     clock.advance(4.0)                   # 4 + 1.1 (first step) > 5
     out = s.next_batch(clock())
-    assert out.dropped == (late,)
+    assert out.dropped == (late,) and late.late
     assert out.batch.requests == (ok_free,)   # unbounded frames are never hopeless
+
+
+def test_hopeless_frames_served_late_only_in_idle_time():
+    clock = FakeClock()
+    s = make([('a', 5.0), ('b', 50.0)], max_batch=1)        # serve_fastest
+    late = arrive(s, 'a', clock)
+    clock.advance(4.0)
+    ok = arrive(s, 'b', clock)
+    out = s.next_batch(clock())
+    assert out.dropped == () and late.late and not ok.late
+    assert out.batch.requests == (ok,)                      # on time first, although its deadline is later
+    s.finished(1)
+    assert s.next_batch(clock()).batch.requests == (late,)  # then the late one, in idle time
+
+
+def test_tail_counts_in_the_late_test():
+    clock = FakeClock()
+    s = make([('a', 5.0)], late_policy='drop', tail_ms=lambda: 1.0)
+    r = arrive(s, 'a', clock)
+    clock.advance(3.5)                   # 3.5 + 1.1 fits, 3.5 + 1.1 + 1.0 (tail) does not
+    assert s.next_batch(clock()).dropped == (r,)
+
+
+@pytest.mark.parametrize('policy', ['always_final', 'static_exit', 'check_after_stage', 'fixed_confidence'])
+def test_late_frames_never_delay_feasible_ones_without_enforcement(policy):
+    """The baselines' case: a stream of hopeless 5 ms frames must not starve a feasible 33 ms app."""
+    clock = FakeClock()
+    s = make([('tight', 5.0), ('ok', 33.0)], max_batch=1, enforce_deadlines=False, queue_depth=4)
+    served_ok = 0
+    for _ in range(20):
+        arrive(s, 'tight', clock)
+        clock.advance(6.0)               # every tight frame is hopeless by the time the device is free
+        ok = arrive(s, 'ok', clock)
+        batch = s.next_batch(clock()).batch
+        assert batch.requests[0] is ok or batch.requests[0].late is False
+        served_ok += batch.requests[0] is ok
+        s.finished(1)
+    assert served_ok == 20
+
+
+def test_drop_policy_probes_one_late_frame_in_a_row():
+    clock = FakeClock()
+    s = make([('a', 1.0)], late_policy='drop', probe_every=3)   # 1 ms < the 1.1 ms first step: always late
+    outcomes = []
+    for _ in range(6):
+        r = arrive(s, 'a', clock)
+        out = s.next_batch(clock())
+        outcomes.append('probe' if out.batch is not None and out.batch.requests == (r,) else
+                        'drop' if out.dropped == (r,) else '?')
+        if out.batch is not None:
+            s.finished(1)
+    assert outcomes == ['drop', 'drop', 'probe', 'drop', 'drop', 'probe']
 
 
 def test_frame_that_still_fits_is_kept():
@@ -244,9 +296,9 @@ def test_without_enforcement_late_work_still_runs():
     clock = FakeClock()
     s = make([('a', 5.0)], enforce_deadlines=False)
     r = arrive(s, 'a', clock)
-    clock.advance(10.0)                  # hopeless, but a baseline runs it anyway
+    clock.advance(10.0)                  # hopeless, but a baseline runs it anyway (in idle time)
     out = s.next_batch(clock())
-    assert out.dropped == () and out.batch.requests == (r,)
+    assert out.dropped == () and out.batch.requests == (r,) and r.late
     r.next_step = 1
     s.requeue(r)
     out = s.next_batch(clock())
@@ -256,7 +308,7 @@ def test_without_enforcement_late_work_still_runs():
 def test_drops_use_the_expected_time_and_expiry_the_safe_one():
     clock = FakeClock()
     s = Scheduler(lambda step, n: 2 * predict(step, n), expected_ms=predict, num_steps=4, max_batch=1)
-    s.set_app('a', latency_bound_ms=5.0)
+    s.set_app('a', latency_bound_ms=5.0, late_policy='drop')
     r = arrive(s, 'a', clock)
     clock.advance(3.5)                   # 3.5 + 1.1 expected fits, 3.5 + 2.2 safe would not: run it
     assert s.next_batch(clock()).batch.requests == (r,)

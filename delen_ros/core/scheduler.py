@@ -3,17 +3,26 @@
 Work is a *step*: stage ``k`` plus head ``k`` for a batch of requests that all sit at step ``k``.
 Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever the device is free):
 
-1. (with ``enforce_deadlines``, the default) drops queued frames that can no longer meet their
-   latency bound (``now + expected first step > deadline``) -- never run late, counted by the caller;
-   *expected*, not the safe prediction: a drop is a certain miss, running is only a likely one;
-2. (likewise) expires requests in flight whose next step is predicted (safely) to overrun their
-   deadline: they have a result from their last exit already, and the caller finishes them with it;
-3. picks the request with the earliest deadline (EDF across apps) among queued frames and requests
-   in flight; a request's deadline is ``arrival + max_latency_ms``, or ``arrival +
-   default_deadline_ms`` for an app without a latency bound (so it gets served, not starved);
+1. classifies every waiting request with a latency bound as *on time* or *late*: a queued frame is
+   late when even the fastest exit cannot make its deadline (``now + expected first step + expected
+   tail > deadline``; *expected*, not the safe prediction: giving up is a certain miss, running is
+   only a likely one), a started one when its next step cannot;
+2. (with ``enforce_deadlines``, the default) drops late frames of apps that chose
+   :attr:`~delen_ros.core.bounds.LatePolicy.DROP` (except one in ``probe_every`` in a row, which is
+   served late, so that measurements never stop and an app is never locked out by a stale
+   prediction), and expires requests in flight whose next step is predicted (safely) to overrun
+   their deadline: they have a result from their last exit already, and the caller finishes them;
+3. picks the request with the earliest deadline (EDF across apps) among the *on-time* queued frames
+   and requests in flight; late ones run only when nothing on time is waiting (idle time), so a
+   hopeless frame never delays a feasible one, whatever the policy; a request's deadline is
+   ``arrival + max_latency_ms``, or ``arrival + default_deadline_ms`` for an app without a latency
+   bound (so it gets served, not starved);
 4. batches with it other requests at the same step, in deadline order, while the predicted batch
-   time keeps every bounded member's deadline (the head's included), up to ``max_batch``;
+   time keeps every on-time bounded member's deadline (the head's included), up to ``max_batch``;
    frames start only while fewer than ``max_in_flight`` requests are in flight.
+
+Late requests are marked (``Request.late``): the engine serves late frames at the fastest exit
+(with enforcement) and counts them as served late.
 
 Memory is bounded under any load: each app keeps at most ``queue_depth`` newest frames (a new frame
 pushes out the oldest, counted), requests in flight are at most ``max_in_flight`` (+ one batch).
@@ -24,7 +33,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
+
+from .bounds import LatePolicy
 
 __all__ = ['Request', 'Batch', 'Schedule', 'AppQueue', 'Scheduler', 'PredictFn']
 
@@ -43,6 +54,7 @@ class Request:
     :param deadline_ns: EDF priority; a hard deadline only when ``latency_bound_ms`` is set.
     :param next_step: the step this request runs next (0 = not started).
     :param state: opaque engine data (features, best result so far).
+    :param late: cannot meet its deadline any more (set by the scheduler; it stays set).
     """
 
     app_id: str
@@ -53,6 +65,7 @@ class Request:
     next_step: int = 0
     state: Any = None
     tag: Any = None
+    late: bool = False
 
     @property
     def started(self) -> bool:
@@ -87,11 +100,15 @@ class Schedule:
 
 
 class AppQueue:
-    """One app's bounded queue of frames not yet started, newest kept."""
+    """One app's bounded queue of frames not yet started, newest kept; ``late_drops``: late frames
+    dropped in a row (a probe is served when it reaches ``probe_every``)."""
 
-    def __init__(self, app_id: str, *, latency_bound_ms: float | None, queue_depth: int):
+    def __init__(self, app_id: str, *, latency_bound_ms: float | None, queue_depth: int,
+                 late_policy: LatePolicy = LatePolicy.SERVE_FASTEST):
         self.app_id = app_id
         self.latency_bound_ms = latency_bound_ms
+        self.late_policy = late_policy
+        self.late_drops = 0
         self.frames: collections.deque[Request] = collections.deque(maxlen=queue_depth)
 
 
@@ -106,14 +123,19 @@ class Scheduler:
     :param queue_depth: newest frames kept per app before they start.
     :param max_in_flight: most started, unfinished requests; ``None``: ``4 x max_batch``.
     :param default_deadline_ms: EDF horizon of apps without a latency bound.
-    :param enforce_deadlines: drop hopeless frames and expire requests in flight (steps 1-2 above);
-        ``False`` runs everything as the policy says, late or not (the baselines' behaviour: they
-        have no prediction), EDF and batching unchanged.
+    :param enforce_deadlines: drop late frames (apps with ``LatePolicy.DROP``) and expire requests
+        in flight (step 2 above); ``False`` runs everything as the policy says, late or not (the
+        baselines' behaviour: they have no prediction) -- but late work still waits for idle time.
+    :param tail_ms: expected time from the last decision on a request to its result's publication
+        (the engine's measured serving tail), part of the late test; ``None``: 0.
+    :param probe_every: with ``LatePolicy.DROP``, the late frame after this many late drops in a row
+        is served (late) instead: a measurement, so that a pessimistic prediction gets corrected.
     """
 
     def __init__(self, predict_ms: PredictFn, *, num_steps: int, max_batch: int = 8, queue_depth: int = 1,
                  max_in_flight: int | None = None, default_deadline_ms: float = 250.0,
-                 enforce_deadlines: bool = True, expected_ms: PredictFn | None = None):
+                 enforce_deadlines: bool = True, expected_ms: PredictFn | None = None,
+                 tail_ms: Callable[[], float] | None = None, probe_every: int = 32):
         if num_steps < 1:
             raise ValueError(f'num_steps must be >= 1, got {num_steps!r}')
         if max_batch < 1:
@@ -125,6 +147,10 @@ class Scheduler:
             raise ValueError(f'max_in_flight must be >= 1, got {max_in_flight!r}')
         if not math.isfinite(default_deadline_ms) or default_deadline_ms <= 0:
             raise ValueError(f'default_deadline_ms must be > 0, got {default_deadline_ms!r}')
+        if probe_every < 1:
+            raise ValueError(f'probe_every must be >= 1, got {probe_every!r}')
+        self.tail_ms = tail_ms or (lambda: 0.0)
+        self.probe_every = probe_every
         self.predict_ms = predict_ms
         self.expected_ms = expected_ms or predict_ms
         self.num_steps = num_steps
@@ -138,13 +164,18 @@ class Scheduler:
         self._running = 0                     # started requests handed out in a batch, not yet back
 
     # --- apps -----------------------------------------------------------------------------------------
-    def set_app(self, app_id: str, *, latency_bound_ms: float | None) -> None:
-        """Add an app or change its latency bound (queued frames keep the deadline they arrived with)."""
+    def set_app(self, app_id: str, *, latency_bound_ms: float | None,
+                late_policy: LatePolicy | str = LatePolicy.SERVE_FASTEST) -> None:
+        """Add an app or change its latency bound and late policy (queued frames keep the deadline
+        they arrived with)."""
+        late_policy = LatePolicy.parse(late_policy)
         queue = self._apps.get(app_id)
         if queue is None:
-            self._apps[app_id] = AppQueue(app_id, latency_bound_ms=latency_bound_ms, queue_depth=self.queue_depth)
+            self._apps[app_id] = AppQueue(app_id, latency_bound_ms=latency_bound_ms, queue_depth=self.queue_depth,
+                                          late_policy=late_policy)
         else:
             queue.latency_bound_ms = latency_bound_ms
+            queue.late_policy = late_policy
 
     def remove_app(self, app_id: str) -> list[Request]:
         """Forget an app; returns its queued and in-flight requests (the caller counts or finishes them)."""
@@ -203,16 +234,6 @@ class Scheduler:
     def pending(self) -> bool:
         return bool(self._in_flight) or any(q.frames for q in self._apps.values())
 
-    def next_deadline_ns(self) -> int | None:
-        """Earliest deadline of anything waiting (for the worker's wait timeout); ``None``: idle."""
-        deadlines = [r.deadline_ns for r in self._candidates_all()]
-        return min(deadlines) if deadlines else None
-
-    def _candidates_all(self) -> Iterable[Request]:
-        yield from self._in_flight
-        for q in self._apps.values():
-            yield from q.frames
-
     # --- the decision ---------------------------------------------------------------------------------
     def _fits(self, request: Request, now_ns: int, ms: float) -> bool:
         return not request.hard or now_ns + ms * _NS_PER_MS <= request.deadline_ns
@@ -220,9 +241,9 @@ class Scheduler:
     def next_batch(self, now_ns: int) -> Schedule:
         """Decide what runs now (see the module docstring); the returned batch's requests leave the
         queues, and started ones must come back through :meth:`requeue` or :meth:`finished`."""
-        dropped, expired = [], []
-        if self.enforce_deadlines:
-            self._enforce(now_ns, dropped, expired)
+        dropped: list[Request] = []
+        expired: list[Request] = []
+        self._classify(now_ns, dropped, expired)
         can_start = self.max_in_flight - self.in_flight
         candidates = list(self._in_flight)
         if can_start > 0:
@@ -230,6 +251,9 @@ class Scheduler:
                 candidates += q.frames
         if not candidates:
             return Schedule(None, tuple(dropped), tuple(expired))
+        # Late work only in idle time: it must never delay a frame that can still make its deadline.
+        on_time = [r for r in candidates if not r.late]
+        candidates = on_time or candidates
         candidates.sort(key=lambda r: (r.deadline_ns, r.arrival_ns))
         head = candidates[0]
         step = head.next_step
@@ -242,28 +266,47 @@ class Scheduler:
             if r.next_step != step:
                 continue
             ms = self.predict_ms(step, len(members) + 1)
-            # The batch grows only if no bounded member (the EDF head included) would miss its deadline
-            # (also without enforce_deadlines: batching must not make anyone late).
-            if self._fits(r, now_ns, ms) and all(self._fits(m, now_ns, ms) for m in members):
+            # The batch grows only if no on-time bounded member (the EDF head included) would miss its
+            # deadline (also without enforce_deadlines: batching must not make anyone late).
+            if (r.late or self._fits(r, now_ns, ms)) and all(m.late or self._fits(m, now_ns, ms) for m in members):
                 members.append(r)
                 predicted = ms
         self._take(members)
         return Schedule(Batch(step, tuple(members), predicted), tuple(dropped), tuple(expired))
 
-    def _enforce(self, now_ns: int, dropped: list[Request], expired: list[Request]) -> None:
-        first_ms = self.expected_ms(0, 1)
+    def _classify(self, now_ns: int, dropped: list[Request], expired: list[Request]) -> None:
+        """Mark late requests; with enforcement, drop late frames of DROP apps (but for probes) and
+        expire requests in flight whose next step would overrun."""
+        tail_ms = self.tail_ms()
+        first_ms = self.expected_ms(0, 1) + tail_ms
         for q in self._apps.values():
-            if q.frames and any(r.hard for r in q.frames):
-                keep = [r for r in q.frames if self._fits(r, now_ns, first_ms)]
-                if len(keep) != len(q.frames):
-                    dropped += [r for r in q.frames if r not in keep]
-                    q.frames.clear()
-                    q.frames.extend(keep)
-        if self._in_flight:
+            if not q.frames or not any(r.hard for r in q.frames):
+                continue
+            keep = []
+            for r in q.frames:
+                if not r.late and not self._fits(r, now_ns, first_ms):
+                    r.late = True
+                    if self.enforce_deadlines and q.late_policy is LatePolicy.DROP:
+                        q.late_drops += 1
+                        if q.late_drops < self.probe_every:
+                            dropped.append(r)
+                            continue
+                        q.late_drops = 0   # a probe: served late, measured
+                keep.append(r)
+            if len(keep) != len(q.frames):
+                q.frames.clear()
+                q.frames.extend(keep)
+        if not self._in_flight:
+            return
+        if self.enforce_deadlines:
             keep = []
             for r in self._in_flight:
                 (keep if self._fits(r, now_ns, self.predict_ms(r.next_step, 1)) else expired).append(r)
             self._in_flight = keep
+        else:
+            for r in self._in_flight:
+                if r.hard and not r.late and not self._fits(r, now_ns, self.expected_ms(r.next_step, 1) + tail_ms):
+                    r.late = True
 
     def _take(self, members: list[Request]) -> None:
         chosen = {id(r) for r in members}
@@ -273,6 +316,8 @@ class Scheduler:
             if not r.started:
                 q = self._apps[r.app_id]
                 q.frames.remove(r)
+                if not r.late:
+                    q.late_drops = 0
         self._running += len(members)
 
     def drain(self) -> list[Request]:
