@@ -99,3 +99,35 @@ def test_rejects_a_bare_array():
 
 def test_check_image_squeezes_single_channel():
     assert check_image(np.zeros((4, 5, 1), np.uint8)).shape == (4, 5)
+
+
+# --- DevicePreprocessor (CUDA only) --------------------------------------------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+
+
+@needs_cuda
+@pytest.mark.parametrize('info', [GREY, RGB], ids=['grey-model', 'rgb-model'])
+def test_device_preprocessing_matches_the_cpu_path(info):
+    from delen_ros.core.preprocess import DevicePreprocessor
+    smooth = cv2.GaussianBlur(_rng_image((480, 640, 3)), (0, 0), 8)   # area vs INTER_AREA differ on noise
+    images = [smooth, smooth[:, :, 0].copy(), smooth[::2, ::2].copy()]  # mixed shapes, grey and colour
+    pre = DevicePreprocessor(info, torch.device('cuda'))
+    x = pre(images)
+    assert x.device.type == 'cuda' and x.shape == (3, info.in_channels, *info.input_size)
+    torch.testing.assert_close(x.cpu(), preprocess(images, info), atol=0.05, rtol=0)
+
+
+@needs_cuda
+def test_device_preprocessing_takes_strided_views_and_reuses_staging():
+    from delen_ros.core.preprocess import DevicePreprocessor
+    rows = _rng_image((48, 100 * 3 + 8))              # padded rows, as a message view
+    view = rows[:, :300].reshape(48, 100, 3)
+    pre = DevicePreprocessor(RGB, torch.device('cuda'), dtype=torch.float16, memory_format=torch.channels_last)
+    first = pre([view])
+    again = pre([view])
+    assert first.dtype == torch.float16 and first.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(first, again)
+    torch.testing.assert_close(first.float().cpu(), preprocess([np.ascontiguousarray(view)], RGB), atol=0.05, rtol=0)
+    for size in range(20):                            # many shapes: the staging cache stays bounded
+        pre([_rng_image((10 + size, 10, 3))])
+    assert len(pre._staging) <= 8

@@ -19,7 +19,7 @@ import torch
 if TYPE_CHECKING:
     from .multi_exit import ModelInfo
 
-__all__ = ['preprocess', 'check_image']
+__all__ = ['preprocess', 'check_image', 'DevicePreprocessor']
 
 def check_image(image: object, *, index: int = 0) -> np.ndarray:
     """Validate one input image; returns it as ``H x W`` or ``H x W x 3`` uint8, else ``ValueError``."""
@@ -93,3 +93,91 @@ def preprocess(images: Sequence[np.ndarray], info: 'ModelInfo', *,
     mean = torch.tensor(info.mean, dtype=torch.float32, device=x.device).view(1, c, 1, 1)
     inv_std = torch.tensor([1.0 / s for s in info.std], dtype=torch.float32, device=x.device).view(1, c, 1, 1)
     return ((x - mean) * inv_std).contiguous()
+
+
+_MAX_STAGING_SHAPES = 8
+
+
+class DevicePreprocessor:
+    """:func:`preprocess` on the accelerator: raw uint8 frames in, the model's input batch out.
+
+    Frames of one shape are staged in a reused pinned host buffer (the one CPU copy, straight from
+    the message's bytes), uploaded with a ``non_blocking`` copy on a stream of their own, then
+    converted, resized (``area`` when shrinking, as ``cv2.INTER_AREA``; bilinear when growing),
+    normalised and cast on the current stream, which waits for the upload by a CUDA event: no
+    device-wide synchronisation. The result is in ``dtype`` and ``memory_format``, ready for the
+    runner. A staging buffer is reused only after its previous upload's event has completed.
+    """
+
+    def __init__(self, info: 'ModelInfo', device: torch.device, *, dtype: torch.dtype = torch.float32,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        if torch.device(device).type != 'cuda':
+            raise ValueError(f'DevicePreprocessor needs a CUDA device, got {device}')
+        self.info = info
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.memory_format = memory_format
+        self._stream = torch.cuda.Stream(device=self.device)
+        self._staging: dict[tuple[int, ...], tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+        c = info.in_channels
+        self._mean = torch.tensor(info.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self._inv_std = torch.tensor([1.0 / s for s in info.std], dtype=torch.float32,
+                                     device=self.device).view(1, c, 1, 1)
+        self._luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    def _stage(self, stack: Sequence[np.ndarray]) -> torch.Tensor:
+        """Copy same-shaped frames into a pinned buffer and start their upload; the device tensor."""
+        shape = stack[0].shape
+        buffer, done = self._staging.get(shape, (None, None))
+        if buffer is None or buffer.shape[0] < len(stack):
+            capacity = 1 << (len(stack) - 1).bit_length()
+            buffer, done = torch.empty((capacity, *shape), dtype=torch.uint8, pin_memory=True), None
+        if done is not None:
+            done.synchronize()   # this buffer's last upload has left it
+        self._staging.pop(shape, None)
+        while len(self._staging) >= _MAX_STAGING_SHAPES:   # bounded, whatever sizes cameras send
+            _, (_, old) = self._staging.popitem()
+            if old is not None:
+                old.synchronize()
+        host = buffer.numpy()
+        for i, image in enumerate(stack):
+            np.copyto(host[i], image)     # strided rows (a message view) are fine
+        with torch.cuda.stream(self._stream):
+            upload = buffer[:len(stack)].to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        self._staging[shape] = (buffer, event)
+        torch.cuda.current_stream(self.device).wait_event(event)
+        upload.record_stream(torch.cuda.current_stream(self.device))
+        return upload
+
+    def _convert(self, upload: torch.Tensor) -> torch.Tensor:
+        """``N x H x W [x 3]`` uint8 on the device -> normalised ``N x C x h x w`` float32."""
+        x = upload.unsqueeze(-1) if upload.dim() == 3 else upload
+        x = x.permute(0, 3, 1, 2).float()
+        c = self.info.in_channels
+        if c == 1 and x.shape[1] == 3:
+            x = (x * self._luma).sum(dim=1, keepdim=True)
+        h, w = self.info.input_size
+        if tuple(x.shape[2:]) != (h, w):
+            shrink = x.shape[2] >= h and x.shape[3] >= w
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode='area' if shrink else 'bilinear',
+                                                **({} if shrink else {'align_corners': False}))
+        if c == 3 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self._mean) * self._inv_std
+
+    def __call__(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """The model's input batch for ``images`` (uint8 RGB or grey, any sizes), on the device."""
+        images = [check_image(im, index=i) for i, im in enumerate(images)]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        parts, order = [], []
+        for indices in groups.values():
+            parts.append(self._convert(self._stage([images[i] for i in indices])))
+            order.extend(indices)
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if order != sorted(order):
+            x = x[torch.tensor([order.index(i) for i in range(len(order))], device=self.device)]
+        return x.to(dtype=self.dtype, memory_format=self.memory_format)

@@ -70,17 +70,24 @@ def _check(msg: Any) -> tuple[int, int, int, int]:
     return height, width, channels, step
 
 
-def image_to_array(msg: Any, *, use_cv_bridge: bool | None = None) -> np.ndarray:
+def image_to_array(msg: Any, *, use_cv_bridge: bool | None = None, copy: bool = True) -> np.ndarray:
     """Convert a ``sensor_msgs/Image`` to uint8 ``H x W x 3`` RGB, or ``H x W`` for ``mono8``.
 
     :param msg: the image message (``rgb8``, ``bgr8``, ``rgba8``, ``bgra8`` or ``mono8``; any size,
         rows may be padded). Alpha is dropped.
     :param use_cv_bridge: ``None``: cv_bridge when importable; ``True``: require it; ``False``: numpy.
-    :returns: a new C-contiguous array (it does not share memory with the message).
+    :param copy: ``False``: ``rgb8`` and ``mono8`` come back as a read-only *view* of ``msg.data``
+        (rows may be strided; no bytes move: the node's frame path, where the one copy is the upload
+        to the accelerator or the resize); other encodings need a conversion and are new arrays.
+    :returns: with ``copy``, a new C-contiguous array that does not share memory with the message.
     :raises ImageFormatError: unknown encoding, zero size, ``step < width * channels``, or
         ``len(data) != step * height``.
     """
     height, width, channels, step = _check(msg)
+    if not copy and msg.encoding in ('rgb8', 'mono8'):
+        # Same bytes cv_bridge would view; skipping it saves its per-call Python work.
+        pixels = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)[:, :width * channels]
+        return pixels if channels == 1 else pixels.reshape(height, width, channels)
     bridge = _bridge() if use_cv_bridge is not False else None
     if use_cv_bridge and bridge is None:
         raise RuntimeError('use_cv_bridge=True but ROS 2 cv_bridge is not importable')

@@ -35,7 +35,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.time import Time
 from sensor_msgs.msg import Image
@@ -135,6 +135,7 @@ class DelenNode(LifecycleNode):
         self._meter = None
         self._device = ''
         self._max_apps = 0
+        self._idle_power_w = 0.0
         self._delen_services: list[Any] = []
         self._status_publisher = None
         self._diagnostics_publisher = None
@@ -178,6 +179,14 @@ class DelenNode(LifecycleNode):
                 'subscriptions stay bounded whatever clients do).' + later, 1, 4096)
         integer('torch_threads', 0, 'CPU threads for torch (intra-op); 0 = torch\'s default (all cores). A small '
                 'model on a shared CPU is fastest with 1.' + later, 0, 256)
+        self.declare_parameter('cuda_graphs', True, ParameterDescriptor(
+            description='On CUDA: capture every stage and head as a CUDA graph per batch size at configure and '
+                        'replay them (small batches are launch-bound without). False: eager.' + later))
+        self.declare_parameter('executor', 'single', ParameterDescriptor(
+            description="rclpy executor: 'single' (default: one thread takes messages and runs services; inference "
+                        "and publication run on the engine's worker), 'events' (rclpy.experimental.EventsExecutor) or "
+                        "'multi' (MultiThreadedExecutor: busy-spins when callback groups are busy, for comparison).",
+            read_only=True))
         self.declare_parameter('status_period_s', 1.0, ParameterDescriptor(
             description='Period of ~/status and /diagnostics, seconds.' + later,
             floating_point_range=[FloatingPointRange(from_value=0.1, to_value=60.0, step=0.0)]))
@@ -196,7 +205,7 @@ class DelenNode(LifecycleNode):
         return super().on_configure(state)
 
     def _configure(self) -> None:
-        from delen_ros.core.energy import make_meter
+        from delen_ros.core.energy import make_meter, measure_idle_power_w
         from delen_ros.core.engine import Engine
         from delen_ros.core.zoo import load_model
 
@@ -217,9 +226,14 @@ class DelenNode(LifecycleNode):
         self._max_apps = self._param('max_apps')
         initial = parse_apps_param(self._param('apps'), figure=self._profile_figure,
                                    num_exits=self._profile.num_exits)
+        cuda = self._device.startswith('cuda')
+        self._idle_power_w = measure_idle_power_w(self._meter) if cuda else 0.0
         self._engine = Engine(self._model, self._profile, device=self._device, policy=self._param('policy'),
                               meter=self._meter, queue_depth=self._param('queue_depth'),
-                              max_batch=self._param('max_batch'), on_result=self._on_result)
+                              max_batch=self._param('max_batch'), on_result=self._on_result,
+                              runner_options={'cuda_graphs': bool(self._param('cuda_graphs'))} if cuda else None,
+                              idle_power_w=self._idle_power_w)
+        self._engine.warm_up()   # graph capture and kernel choice now, not on the first frames
         self._status_publisher = self.create_lifecycle_publisher(AppStatus, '~/status', RESULT_QOS)
         self._diagnostics_publisher = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', RESULT_QOS)
         self._delen_services = [
@@ -281,7 +295,7 @@ class DelenNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             with self._lock:
-                self._engine.start()
+                self._engine.start(warm_up=False)   # warmed up at configure
                 result = super().on_activate(state)  # enables every lifecycle publisher, before frames come
                 self._active = True
                 for camera in self._cameras.values():
@@ -552,7 +566,7 @@ class DelenNode(LifecycleNode):
             return
         camera.counters.frame()
         try:
-            image = image_to_array(msg)
+            image = image_to_array(msg, copy=False)   # a view of msg.data: the one copy is the upload
         except ImageFormatError as exc:
             errors = camera.counters.error()
             if arrival_ns - camera.last_warning_ns >= _WARN_PERIOD_NS:
@@ -705,8 +719,27 @@ class DelenNode(LifecycleNode):
                 'model': self._model.info.name if self._model is not None else '',
                 'device': self._device, 'policy': self._param('policy'), 'profile': self._profile_source,
                 'energy_source': source, 'energy_detail': meter.detail if meter is not None else '',
+                'idle_power_w': f'{self._idle_power_w:.1f}',
                 'apps': len(self._apps), 'cameras': len(cameras)}.items()]))
         self._diagnostics_publisher.publish(array)
+
+
+def make_executor(kind: str):
+    """The executor named by the ``executor`` parameter.
+
+    ``single`` is the default because the node's callbacks are short (an image callback takes the
+    message and queues a view of its bytes; inference and publication run on the engine's worker):
+    one thread keeps up, while rclpy's ``MultiThreadedExecutor`` spins on entities whose callback
+    group is busy and, through the GIL, starves the worker (0-0.2 answered frames/s on 16 cores).
+    """
+    if kind == 'single':
+        return SingleThreadedExecutor()
+    if kind == 'multi':
+        return MultiThreadedExecutor(num_threads=8)
+    if kind == 'events':
+        from rclpy.experimental import EventsExecutor
+        return EventsExecutor()
+    raise ValueError(f"executor must be 'single', 'events' or 'multi', got {kind!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -717,7 +750,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv if argv is None else argv)
     rclpy.init(args=args)
     node = DelenNode()
-    executor = MultiThreadedExecutor(num_threads=8)  # cameras, services, timer, lifecycle in parallel
+    try:
+        executor = make_executor(node.get_parameter('executor').value)
+    except (ValueError, ImportError) as exc:
+        node.get_logger().fatal(str(exc))
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 1
     executor.add_node(node)
     status = 0
     try:
