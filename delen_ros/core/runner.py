@@ -162,9 +162,13 @@ class StageRunner:
         return self._call('head', k, self.model.heads[k], features, as_float=True)
 
     def synchronize(self) -> None:
-        """Wait for the device to finish queued work (no-op on CPU)."""
+        """Wait for the work queued on this thread's current stream (no-op on CPU).
+
+        A stream's wait, not a device-wide one: uploads on the preprocessor's own stream and other
+        threads' work go on meanwhile.
+        """
         if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Run every stage and head once per batch size (capturing their graphs, if enabled), so that
