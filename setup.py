@@ -21,6 +21,7 @@ setup(
             'delen_train = delen_ros.tools.train:main',
             'delen_profile = delen_ros.tools.profile:main',
             'delen_bench = delen_ros.tools.bench:main',
+            'delen_e2e_bench = delen_ros.tools.e2e_bench:main',
         ],
     },
 )

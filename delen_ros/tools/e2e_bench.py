@@ -1,0 +1,1085 @@
+"""``delen_e2e_bench``: the real node over DDS, end to end, N cameras, every frame accounted for.
+
+Each part runs in its own process, on loopback DDS (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, the
+shipped Fast DDS profile, a ROS domain per configuration):
+
+* **publishers** (``e2e_bench _publish``): cameras publishing ``sensor_msgs/Image`` (640x480 rgb8,
+  30 Hz by default), a few cameras per process (``--cams-per-proc``), phases spread over the period.
+  A publisher starts only once every one of its topics is matched; each frame is stamped at
+  publication (``header.stamp``, system clock) and every stamp is recorded, with how late each
+  publication was against its schedule (so a publisher that cannot keep up shows).
+* **the node** (``python -m delen_ros.ros.node``), one app per camera from the ``apps`` parameter
+  (latency bound ``--bounds``, 33 ms by default, as accurate as that allows), or the **echo**
+  (:mod:`delen_ros.tools.e2e_echo`): a pass-through that answers each image with its header.
+* **a recorder** (``e2e_bench _record``): subscribes to every result topic (``RESULT_QOS``) and the
+  node's ``~/status``, and keeps every result with its receive time.
+
+Frames count from ``--warmup`` s after everything is matched, for ``--duration`` s; the node then
+has ``--drain`` s to answer the last ones. A result is matched to the frame it answers by
+(camera, ``header.stamp``). Per configuration and per app: frames sent/s vs results/s, share
+answered, latency stamp->receive p50/p99, attainment at the result topic (a frame counts when its
+result arrived within the bound; unanswered frames are misses), the node's own ``bounds_met``,
+exit mix, energy per result, accuracy when the frames carry labels, where a frame's time goes
+(stamp->arrival, queue, compute, rest of the node, delivery), node CPU per frame
+(``/proc/<pid>/stat``), node RSS / PSS / shared-memory segments (``/proc/<pid>/smaps``) and their
+growth, GPU busy share (NVML or nvidia-smi; absent on a CPU). With the echo at the same N, node
+overhead = p(node stamp->receive - compute) - p(echo stamp->receive), at p50 and p99.
+
+Writes ``e2e.json`` (every per-configuration figure), ``e2e.md`` (the table, also printed),
+``e2e_answered.png``, ``e2e_latency.png``, ``e2e_resources.png`` into ``--out``
+(default ``benchmarks/<device>/e2e``).
+
+Examples::
+
+    delen_e2e_bench --model fashion_mnist --device cpu --ns 1,3,8 --rate 15 --duration 6
+    delen_e2e_bench --model efficientnet_lite0 --device cuda --source cifar10 \\
+        --engine-bench out/engine/bench.json --node-param cuda_graphs=true
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import yaml
+
+__all__ = ['Config', 'proc_sample', 'GpuSampler', 'analyze', 'overheads', 'render_table', 'write_plots',
+           'device_slug', 'main']
+
+RESULT_PREFIX_NODE = '/delen'
+RESULT_PREFIX_ECHO = '/e2e_echo'
+STATUS_TOPIC = '/delen/status'
+
+
+def _topic(i: int) -> str:
+    return f'/e2e/cam{i:02d}/image_raw'
+
+
+def _app(i: int) -> str:
+    return f'cam{i:02d}'
+
+
+# --- child-process helpers ----------------------------------------------------------------------------------
+def _package_root() -> pathlib.Path:
+    return pathlib.Path(__file__).resolve().parents[2]
+
+
+def _config_file(name: str) -> pathlib.Path:
+    from delen_ros.tools.demo import _config_file as find
+    return find(name)
+
+
+def _env(domain_id: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        'ROS_DOMAIN_ID': str(domain_id), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+        'FASTDDS_DEFAULT_PROFILES_FILE': str(_config_file('fastdds_loopback.xml')),
+        'RMW_IMPLEMENTATION': env.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp'),
+        'PYTHONPATH': os.pathsep.join([str(_package_root()), *filter(None, [env.get('PYTHONPATH')])]),
+        'PYTHONUNBUFFERED': '1', 'RCUTILS_LOGGING_BUFFERED_STREAM': '0',
+    })
+    return env
+
+
+class _Children:
+    """Child processes in their own sessions; stopped with SIGINT, then SIGTERM, then SIGKILL."""
+
+    def __init__(self, workdir: pathlib.Path, env: dict[str, str]):
+        self.workdir, self.env = workdir, env
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, args: Sequence[str]) -> subprocess.Popen:
+        log = open(self.workdir / f'{name}.log', 'w')
+        log.write(' '.join(map(str, args)) + '\n')
+        log.flush()
+        proc = subprocess.Popen([sys.executable, *map(str, args)], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def dead(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def stop(self, names: Iterable[str], *, timeout: float = 10.0) -> dict[str, int | None]:
+        names = [n for n in names if n in self.procs]
+        for n in names:
+            if self.procs[n].poll() is None:
+                self.procs[n].send_signal(signal.SIGINT)
+        codes: dict[str, int | None] = {}
+        for n in names:
+            p = self.procs[n]
+            for sig, wait_s in ((None, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+                if sig is not None and p.poll() is None:
+                    p.send_signal(sig)
+                try:
+                    p.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            codes[n] = p.returncode
+        return codes
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / f'{name}.log'
+        return '\n'.join(path.read_text(errors='replace').splitlines()[-lines:]) if path.exists() else ''
+
+
+# --- /proc and GPU sampling -----------------------------------------------------------------------------------
+_CLK_TCK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
+
+
+def proc_sample(pid: int) -> dict[str, float] | None:
+    """CPU seconds (user + system, all threads), threads, RSS / PSS (MB, ``smaps_rollup``), and the
+    RSS / PSS of shared-memory mappings (``/dev/shm``: the DDS transport segments) of process ``pid``;
+    ``None`` if it is gone."""
+    try:
+        stat = pathlib.Path(f'/proc/{pid}/stat').read_text()
+        fields = stat[stat.rindex(')') + 2:].split()  # the command name may hold spaces
+        out: dict[str, float] = {'t_ns': time.time_ns(), 'cpu_s': (int(fields[11]) + int(fields[12])) / _CLK_TCK,
+                                 'threads': int(fields[17])}
+        rollup = pathlib.Path(f'/proc/{pid}/smaps_rollup').read_text()
+        for line in rollup.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[-1] == 'kB':
+                out[parts[0].rstrip(':').lower() + '_mb'] = int(parts[1]) / 1024
+        shm_rss = shm_pss = 0
+        current_shm = False
+        with open(f'/proc/{pid}/smaps') as f:
+            for line in f:
+                first = line.split(' ', 1)[0]
+                if not first.endswith(':'):          # a mapping header: "addr perms offset dev inode path"
+                    current_shm = '/dev/shm/' in line
+                elif current_shm and first == 'Rss:':
+                    shm_rss += int(line.split()[1])
+                elif current_shm and first == 'Pss:':
+                    shm_pss += int(line.split()[1])
+        out['shm_rss_mb'], out['shm_pss_mb'] = shm_rss / 1024, shm_pss / 1024
+        return out
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _host_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from ``/proc/stat``."""
+    try:
+        values = [int(v) for v in pathlib.Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return float(sum(values) - idle), float(sum(values))
+
+
+class GpuSampler:
+    """GPU busy share (NVML ``utilization.gpu``, else ``nvidia-smi``) sampled in a thread; inert without a GPU.
+
+    :param index: the GPU's index.
+    :param period_s: sampling period (NVML's own averaging window is 1/6 s to 1 s).
+    """
+
+    def __init__(self, *, index: int = 0, period_s: float = 0.2):
+        self.index, self.period_s = index, period_s
+        self.source: str | None = None
+        self.name: str | None = None
+        self._nvml = self._handle = None
+        self._samples: list[tuple[int, float, float | None]] = []   # (t_ns, busy %, power W)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self._nvml = pynvml
+            name = pynvml.nvmlDeviceGetName(self._handle)
+            self.name = name.decode() if isinstance(name, bytes) else str(name)
+            self.source = 'nvml'
+        except Exception:  # noqa: BLE001 - no NVML / no GPU: try nvidia-smi
+            if shutil.which('nvidia-smi'):
+                try:
+                    text = subprocess.run(['nvidia-smi', '-i', str(index), '--query-gpu=name',
+                                           '--format=csv,noheader'], capture_output=True, text=True,
+                                          timeout=10).stdout.strip()
+                    if text:
+                        self.name, self.source, self.period_s = text.splitlines()[0], 'nvidia-smi', max(period_s, 0.5)
+                except (OSError, subprocess.SubprocessError):
+                    pass
+
+    def _read(self) -> tuple[float, float | None] | None:
+        if self.source == 'nvml':
+            util = self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
+            try:
+                power = self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
+            except Exception:  # noqa: BLE001 - power not supported on this board
+                power = None
+            return float(util), power
+        if self.source == 'nvidia-smi':
+            text = subprocess.run(['nvidia-smi', '-i', str(self.index), '--query-gpu=utilization.gpu,power.draw',
+                                   '--format=csv,noheader,nounits'], capture_output=True, text=True,
+                                  timeout=5).stdout.strip().split(',')
+            return float(text[0]), (float(text[1]) if len(text) > 1 and text[1].strip() not in ('', '[N/A]') else None)
+        return None
+
+    def start(self) -> None:
+        if self.source is None:
+            return
+        self._stop.clear()
+        self._samples = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                value = self._read()
+            except Exception:  # noqa: BLE001 - a failed sample is skipped
+                continue
+            if value is not None:
+                self._samples.append((time.time_ns(), *value))
+
+    def stop(self) -> dict[str, Any] | None:
+        """Mean busy share (0-1) and power over the samples since :meth:`start`; ``None`` without a GPU."""
+        if self.source is None:
+            return None
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        busy = [s[1] for s in self._samples]
+        power = [s[2] for s in self._samples if s[2] is not None]
+        return {'source': self.source, 'name': self.name, 'samples': len(busy),
+                'busy_share': float(np.mean(busy)) / 100.0 if busy else None,
+                'busy_share_max': float(np.max(busy)) / 100.0 if busy else None,
+                'power_w_mean': float(np.mean(power)) if power else None}
+
+
+def device_slug(device: str, gpu_name: str | None = None) -> str:
+    """Folder name under ``benchmarks/``: ``cpu``, or the GPU's model (``'NVIDIA H200'`` -> ``h200``)."""
+    if not device.startswith('cuda'):
+        return 'cpu'
+    if not gpu_name:
+        return 'cuda'
+    words = [w for w in re.split(r'[^a-z0-9]+', gpu_name.lower()) if w and w not in ('nvidia', 'geforce', 'tesla')]
+    return '_'.join(words[:2]) if words else 'cuda'
+
+
+# --- the publisher process ---------------------------------------------------------------------------------------
+def _load_pool(source: str, *, size: tuple[int, int], encoding: str, count: int, seed: int) -> list[tuple[Any, int | None]]:
+    """Up to ``count`` distinct frames of ``source`` as ready ``sensor_msgs/Image`` messages, with labels.
+
+    ``source``: a camera-player source (``delen_camera list``) or path; ``synthetic``: smooth random
+    colour frames (no file needed).
+    """
+    import cv2
+
+    from delen_ros.ros.conversions import array_to_image
+    rng = np.random.default_rng(seed)
+    items: list[tuple[np.ndarray, int | None]] = []
+    if source != 'synthetic':
+        from delen_ros.ros.camera_player import open_source
+        src = open_source(source)
+        if src.kind == 'video':
+            for image, label in src:
+                items.append((image, label))
+                if len(items) >= count:
+                    break
+        else:
+            order = rng.permutation(len(src.files))
+            for i in order:
+                item = src.frame(int(i))
+                if item is not None:
+                    items.append(item)
+                if len(items) >= count:
+                    break
+    if not items:
+        for _ in range(max(1, count)):
+            small = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+            items.append((cv2.resize(small, size, interpolation=cv2.INTER_CUBIC), None))
+    pool = []
+    for image, label in items:
+        if (image.shape[1], image.shape[0]) != size:
+            shrink = size[0] * size[1] < image.shape[0] * image.shape[1]
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        pool.append((array_to_image(np.ascontiguousarray(image), encoding=encoding), label))
+    return pool
+
+
+def _publish_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog='e2e_bench _publish')
+    p.add_argument('--first', type=int, required=True, help='index of this process\'s first camera')
+    p.add_argument('--count', type=int, required=True, help='cameras in this process')
+    p.add_argument('--total', type=int, required=True, help='cameras in the run (for the phases)')
+    p.add_argument('--rate', type=float, required=True)
+    p.add_argument('--size', required=True)
+    p.add_argument('--encoding', default='rgb8')
+    p.add_argument('--source', default='synthetic')
+    p.add_argument('--pool', type=int, default=30)
+    p.add_argument('--qos', default='sensor_data')
+    p.add_argument('--phase', default='spread', choices=['spread', 'sync'])
+    p.add_argument('--ready', required=True, help='file written once every topic is matched')
+    p.add_argument('--out', required=True)
+    args = p.parse_args(argv)
+
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+    from sensor_msgs.msg import Image
+
+    from delen_ros.ros.camera_player import labelled_frame_id, parse_size
+    from delen_ros.ros.qos import image_qos
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    width, height = parse_size(args.size)
+    pool = _load_pool(args.source, size=(width, height), encoding=args.encoding, count=args.pool, seed=args.first)
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node(f'e2e_camera_{args.first:02d}')
+    cams = list(range(args.first, args.first + args.count))
+    pubs = [node.create_publisher(Image, _topic(i), image_qos(args.qos)) for i in cams]
+    while not stop.is_set() and not all(pub.get_subscription_count() > 0 for pub in pubs):
+        time.sleep(0.02)
+    pathlib.Path(args.ready).write_text(str(time.time_ns()))
+    period_ns = int(1e9 / args.rate)
+    t0 = time.time_ns() + 20_000_000
+    heap = [(t0 + (period_ns * i // args.total if args.phase == 'spread' else 0), j) for j, i in enumerate(cams)]
+    heapq.heapify(heap)
+    stamps: list[list[int]] = [[] for _ in cams]
+    lags_us: list[int] = []
+    skipped = [0] * len(cams)
+    seq = [0] * len(cams)
+    cpu0 = time.process_time()
+    while not stop.is_set():
+        due, j = heap[0]
+        now = time.time_ns()
+        if due > now:
+            time.sleep(min(0.05, (due - now) / 1e9))
+            continue
+        msg, label = pool[(seq[j] + 7 * j) % len(pool)]
+        frame_id = _app(cams[j])
+        msg.header.frame_id = frame_id if label is None else labelled_frame_id(frame_id, label)
+        stamp = time.time_ns()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        pubs[j].publish(msg)
+        stamps[j].append(stamp)
+        lags_us.append((stamp - due) // 1000)
+        seq[j] += 1
+        nxt = due + period_ns
+        late = time.time_ns() - nxt
+        if late > period_ns:  # a camera does not catch up in bursts: skip the missed ticks, count them
+            missed = late // period_ns
+            skipped[j] += int(missed)
+            nxt += missed * period_ns
+        heapq.heapreplace(heap, (nxt, j))
+    lag = np.array(lags_us or [0]) / 1000.0
+    pathlib.Path(args.out).write_text(json.dumps({
+        'cameras': cams, 'stamps_ns': stamps, 'skipped_ticks': skipped,
+        'publish_lag_p50_ms': float(np.percentile(lag, 50)), 'publish_lag_p99_ms': float(np.percentile(lag, 99)),
+        'cpu_s': time.process_time() - cpu0, 'pool_frames': len(pool),
+        'labelled': any(label is not None for _, label in pool)}))
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+# --- the recorder process ------------------------------------------------------------------------------------
+_RESULT_FIELDS = ('stamp_ns', 'cb_ns', 'rx_ns', 'exit_index', 'num_exits', 'class_id', 'label', 'latency_ms',
+                  'stamp_latency_ms', 'queue_ms', 'compute_ms', 'energy_mj', 'energy_measured', 'bounds_met')
+
+
+def _record_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog='e2e_bench _record')
+    p.add_argument('--topics', required=True, help='comma-separated result topics')
+    p.add_argument('--status', default='', help='the node\'s ~/status topic, or empty')
+    p.add_argument('--ready', required=True)
+    p.add_argument('--out', required=True)
+    args = p.parse_args(argv)
+
+    import functools
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from delen_ros.msg import AppStatus, InferenceResult
+    from delen_ros.ros.camera_player import label_from_frame_id
+    from delen_ros.ros.qos import RESULT_QOS
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    topics = [t for t in args.topics.split(',') if t]
+    rows: list[list[tuple]] = [[] for _ in topics]
+    status: list[tuple] = []
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node('delen_e2e_recorder')
+
+    def on_result(i: int, msg: Any, info: Any) -> None:
+        cb_ns = time.time_ns()
+        label = label_from_frame_id(msg.header.frame_id)
+        rows[i].append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, cb_ns,
+                        int(info.get('received_timestamp', 0) if isinstance(info, dict) else 0),
+                        msg.exit_index, msg.num_exits, msg.class_id, -1 if label is None else label,
+                        msg.latency_ms, msg.stamp_latency_ms, msg.queue_ms, msg.compute_ms, msg.energy_mj,
+                        msg.energy_measured, msg.bounds_met))
+
+    def on_status(msg: Any) -> None:
+        status.append((time.time_ns(), msg.app_id, int(msg.frames_in), int(msg.results_out), int(msg.dropped)))
+
+    subs = [node.create_subscription(InferenceResult, t, functools.partial(on_result, i), RESULT_QOS)
+            for i, t in enumerate(topics)]
+    if args.status:
+        subs.append(node.create_subscription(AppStatus, args.status, on_status, RESULT_QOS))
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    ready = False
+    cpu0 = time.process_time()
+    while not stop.is_set():
+        executor.spin_once(timeout_sec=0.05)
+        if not ready and all(s.get_publisher_count() > 0 for s in subs[:len(topics)]):
+            pathlib.Path(args.ready).write_text(str(time.time_ns()))
+            ready = True
+    pathlib.Path(args.out).write_text(json.dumps({
+        'topics': topics, 'fields': _RESULT_FIELDS, 'rows': rows, 'status': status,
+        'cpu_s': time.process_time() - cpu0}))
+    executor.shutdown(timeout_sec=1.0)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+# --- one configuration ------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One run: ``kind`` ``'node'`` (with ``policy``) or ``'echo'``, ``cameras`` cameras."""
+
+    kind: str
+    cameras: int
+    policy: str = ''
+
+    @property
+    def name(self) -> str:
+        return f'echo_n{self.cameras}' if self.kind == 'echo' else f'{self.policy}_n{self.cameras}'
+
+
+def _bounds_for(bounds: Sequence[float], n: int) -> list[float]:
+    return [float(bounds[i % len(bounds)]) for i in range(n)]
+
+
+def _node_params(args, config: Config, bounds: Sequence[float]) -> dict[str, Any]:
+    apps = [{'app_id': _app(i), 'image_topic': _topic(i), 'max_latency_ms': b}
+            for i, b in enumerate(_bounds_for(bounds, config.cameras))]
+    params: dict[str, Any] = {'model': args.model, 'device': args.device, 'policy': config.policy,
+                              'max_batch': args.max_batch, 'state_file': '', 'image_qos': args.image_qos,
+                              'max_apps': max(64, config.cameras), 'apps': yaml.safe_dump(apps, default_flow_style=True)}
+    for item in args.node_param:
+        key, _, value = item.partition('=')
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
+def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, bounds: Sequence[float],
+               gpu: GpuSampler) -> dict[str, Any]:
+    """Start the processes of one configuration, measure, stop them; the raw material for :func:`analyze`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    children = _Children(workdir, _env(domain_id))
+    n = config.cameras
+    topics = [_topic(i) for i in range(n)]
+    prefix = RESULT_PREFIX_ECHO if config.kind == 'echo' else RESULT_PREFIX_NODE
+    result_topics = [f'{prefix}/{_app(i)}/result' for i in range(n)]
+    raw: dict[str, Any] = {'config': dataclasses.asdict(config), 'name': config.name, 'domain_id': domain_id,
+                           'topics': topics, 'result_topics': result_topics, 'bounds_ms': _bounds_for(bounds, n)}
+    t_start = time.monotonic()
+    try:
+        if config.kind == 'echo':
+            target = children.start('echo', ['-m', 'delen_ros.tools.e2e_echo', '--topics', ','.join(topics),
+                                             '--result-prefix', prefix, '--image-qos', args.image_qos])
+        else:
+            params_path = workdir / 'params.yaml'
+            params_path.write_text(yaml.safe_dump({'/**': {'ros__parameters': _node_params(args, config, bounds)}}))
+            raw['node_params'] = _node_params(args, config, bounds)
+            target = children.start('node', ['-m', 'delen_ros.ros.node', '--ros-args', '--params-file', params_path])
+        target_name = 'echo' if config.kind == 'echo' else 'node'
+        children.start('recorder', ['-m', 'delen_ros.tools.e2e_bench', '_record', '--topics', ','.join(result_topics),
+                                    '--status', STATUS_TOPIC if config.kind == 'node' else '',
+                                    '--ready', workdir / 'recorder.ready', '--out', workdir / 'recorder.json'])
+        publishers = []
+        for k, first in enumerate(range(0, n, args.cams_per_proc)):
+            count = min(args.cams_per_proc, n - first)
+            name = f'pub{k}'
+            children.start(name, ['-m', 'delen_ros.tools.e2e_bench', '_publish', '--first', first, '--count', count,
+                                  '--total', n, '--rate', args.rate, '--size', args.size, '--encoding', args.encoding,
+                                  '--source', args.source, '--pool', args.pool, '--qos', args.image_qos,
+                                  '--phase', args.phase, '--ready', workdir / f'{name}.ready',
+                                  '--out', workdir / f'{name}.json'])
+            publishers.append(name)
+        ready_files = [workdir / 'recorder.ready', *[workdir / f'{p}.ready' for p in publishers]]
+        deadline = time.monotonic() + args.ready_timeout
+        while not all(f.exists() for f in ready_files):
+            dead = children.dead()
+            if dead:
+                raise RuntimeError(f'{", ".join(dead)} exited before the run started')
+            if time.monotonic() > deadline:
+                missing = [f.stem for f in ready_files if not f.exists()]
+                raise RuntimeError(f'not matched within {args.ready_timeout:g} s: {", ".join(missing)}')
+            time.sleep(0.05)
+        raw['startup_s'] = time.monotonic() - t_start
+        ready_ns = time.time_ns()
+        window = (ready_ns + int(args.warmup * 1e9), ready_ns + int((args.warmup + args.duration) * 1e9))
+        raw['window_ns'] = window
+        _sleep_until_ns(window[0])
+        raw['target_start'] = proc_sample(target.pid)
+        raw['host_cpu_start'] = _host_cpu()
+        raw['procs_start'] = {name: proc_sample(p.pid) for name, p in children.procs.items()}
+        gpu.start()
+        _sleep_until_ns(window[1])
+        raw['gpu'] = gpu.stop()
+        raw['target_end'] = proc_sample(target.pid)
+        raw['host_cpu_end'] = _host_cpu()
+        raw['procs_end'] = {name: proc_sample(p.pid) for name, p in children.procs.items()}
+        raw['exit_codes'] = children.stop(publishers)
+        time.sleep(args.drain)
+        raw['exit_codes'].update(children.stop(['recorder']))
+        dead = [n for n in children.dead() if n == target_name]
+        raw['target_alive_at_end'] = not dead
+        raw['publishers'] = [json.loads((workdir / f'{p}.json').read_text()) for p in publishers
+                             if (workdir / f'{p}.json').exists()]
+        raw['recorder'] = json.loads((workdir / 'recorder.json').read_text())
+        raw['cpu_count'] = os.cpu_count()
+    except (RuntimeError, OSError, ValueError) as exc:
+        raw['error'] = str(exc)
+        raw['log_tails'] = {name: children.log_tail(name) for name in children.procs}
+    finally:
+        raw.setdefault('exit_codes', {}).update(children.stop(list(children.procs)))
+        raw['wall_s'] = time.monotonic() - t_start
+    return raw
+
+
+def _sleep_until_ns(t_ns: int) -> None:
+    while True:
+        left = (t_ns - time.time_ns()) / 1e9
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.2))
+
+
+# --- analysis ----------------------------------------------------------------------------------------------------
+def _pct(values: Sequence[float] | np.ndarray, q: float) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return float(a) / float(b) if b else None
+
+
+def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
+    """Per-app and total figures of one configuration from what :func:`run_config` gathered."""
+    out: dict[str, Any] = {k: raw.get(k) for k in ('name', 'config', 'domain_id', 'bounds_ms', 'startup_s', 'wall_s',
+                                                   'error', 'log_tails', 'exit_codes', 'target_alive_at_end', 'gpu')}
+    if 'recorder' not in raw:
+        return out
+    t0, t1 = raw['window_ns']
+    span_s = (t1 - t0) / 1e9 or duration_s
+    n = raw['config']['cameras']
+    sent: dict[int, np.ndarray] = {}
+    lags, skipped, pub_cpu = [], 0, 0.0
+    for pub in raw['publishers']:
+        for cam, stamps in zip(pub['cameras'], pub['stamps_ns']):
+            s = np.asarray(stamps, dtype=np.int64)
+            sent[cam] = s[(s >= t0) & (s < t1)]
+        lags.append(pub['publish_lag_p99_ms'])
+        skipped += sum(pub['skipped_ticks'])
+        pub_cpu += pub['cpu_s']
+    fields = raw['recorder']['fields']
+    col = {f: i for i, f in enumerate(fields)}
+    apps: dict[str, Any] = {}
+    all_rows: list[tuple] = []
+    totals = dict(sent=0, answered=0, within=0, node_met=0, unmatched=0, duplicates=0)
+    for cam in range(n):
+        bound = raw['bounds_ms'][cam]
+        rows = raw['recorder']['rows'][cam] if cam < len(raw['recorder']['rows']) else []
+        sent_set = set(int(s) for s in sent.get(cam, ()))
+        seen: set[int] = set()
+        matched = []
+        unmatched = duplicates = 0
+        for r in rows:
+            stamp = int(r[col['stamp_ns']])
+            if stamp in seen:
+                duplicates += 1
+                continue
+            seen.add(stamp)
+            if stamp in sent_set:
+                matched.append(r)
+            elif t0 <= stamp < t1:
+                unmatched += 1
+        e2e = np.array([(r[col['cb_ns']] - r[col['stamp_ns']]) / 1e6 for r in matched])
+        within = int(np.sum(e2e <= bound)) if bound > 0 else len(matched)
+        node_met = int(sum(bool(r[col['bounds_met']]) for r in matched))
+        num_sent = len(sent_set)
+        apps[_app(cam)] = {
+            'bound_ms': bound, 'sent': num_sent, 'answered': len(matched),
+            'sent_hz': num_sent / span_s, 'results_hz': len(matched) / span_s,
+            'answered_share': _ratio(len(matched), num_sent), 'attainment': _ratio(within, num_sent),
+            'node_bounds_met_share': _ratio(node_met, num_sent),
+            'e2e_p50_ms': _pct(e2e, 50), 'e2e_p99_ms': _pct(e2e, 99),
+            'unmatched': unmatched, 'duplicates': duplicates}
+        for key, value in (('sent', num_sent), ('answered', len(matched)), ('within', within),
+                           ('node_met', node_met), ('unmatched', unmatched), ('duplicates', duplicates)):
+            totals[key] += value
+        all_rows.extend(matched)
+    out['apps'] = apps
+    tot: dict[str, Any] = {
+        'cameras': n, 'sent': totals['sent'], 'answered': totals['answered'],
+        'sent_hz': totals['sent'] / span_s, 'results_hz': totals['answered'] / span_s,
+        'answered_share': _ratio(totals['answered'], totals['sent']),
+        'attainment': _ratio(totals['within'], totals['sent']),
+        'node_bounds_met_share': _ratio(totals['node_met'], totals['sent']),
+        'answered_share_min_app': min((a['answered_share'] for a in apps.values() if a['answered_share'] is not None),
+                                      default=None),
+        'attainment_min_app': min((a['attainment'] for a in apps.values() if a['attainment'] is not None), default=None),
+        'unmatched_results': totals['unmatched'], 'duplicate_results': totals['duplicates'],
+        'window_s': span_s}
+    if all_rows:
+        a = np.array([[float(v) for v in r] for r in all_rows])
+        c = {f: a[:, i] for f, i in col.items()}
+        e2e = (c['cb_ns'] - c['stamp_ns']) / 1e6
+        tot['e2e_p50_ms'], tot['e2e_p99_ms'], tot['e2e_max_ms'] = _pct(e2e, 50), _pct(e2e, 99), float(e2e.max())
+        rx = c['rx_ns']
+        if np.all(rx > 0):
+            rx_lat = (rx - c['stamp_ns']) / 1e6
+            tot['rx_p50_ms'], tot['rx_p99_ms'] = _pct(rx_lat, 50), _pct(rx_lat, 99)
+        minus_compute = e2e - c['compute_ms']
+        tot['e2e_minus_compute_p50_ms'], tot['e2e_minus_compute_p99_ms'] = _pct(minus_compute, 50), _pct(minus_compute, 99)
+        if raw['config']['kind'] == 'node':
+            num_exits = int(c['num_exits'].max()) or 1
+            counts = np.bincount(c['exit_index'].astype(int), minlength=num_exits)
+            tot['exit_mix'] = [float(x) / len(all_rows) for x in counts]
+            tot['energy_mj_per_result'] = float(np.mean(c['energy_mj']))
+            tot['energy_measured'] = bool(np.all(c['energy_measured'] > 0))
+            labelled = c['label'] >= 0
+            tot['scored'] = int(labelled.sum())
+            tot['accuracy'] = float(np.mean(c['class_id'][labelled] == c['label'][labelled])) if labelled.any() else None
+            # Where a frame's time goes (p50 of each part; they need not add up to the p50 of the whole).
+            parts = {
+                'stamp_to_arrival': c['stamp_latency_ms'] - c['latency_ms'],
+                'queue': c['queue_ms'], 'compute': c['compute_ms'],
+                'node_other': c['latency_ms'] - c['queue_ms'] - c['compute_ms'],
+                'delivery': e2e - c['stamp_latency_ms']}
+            tot['timeline_p50_ms'] = {k: _pct(v, 50) for k, v in parts.items()}
+            tot['timeline_p99_ms'] = {k: _pct(v, 99) for k, v in parts.items()}
+            tot['node_latency_p50_ms'], tot['node_latency_p99_ms'] = _pct(c['latency_ms'], 50), _pct(c['latency_ms'], 99)
+    # node-side counts from ~/status (cumulative since registration; the status period aligns them within ~1 s)
+    status = raw['recorder'].get('status') or []
+    if status:
+        def last_before(t: int) -> dict[str, tuple[int, int, int]]:
+            seen: dict[str, tuple[int, int, int]] = {}
+            for ts, app, fin, rout, drop in status:
+                if ts <= t:
+                    seen[app] = (fin, rout, drop)
+            return seen
+        before, after = last_before(t0), last_before(t1 + int(1e10))
+        delta = [tuple(after[a][k] - before.get(a, (0, 0, 0))[k] for k in range(3)) for a in after]
+        if delta:
+            fin, rout, drop = (sum(d[k] for d in delta) for k in range(3))
+            tot['node_status'] = {'frames_in': fin, 'results_out': rout, 'dropped': drop,
+                                  'note': 'deltas of ~/status counters from the last status before the window to '
+                                          'the last after the drain (aligned within one status period)'}
+    # resources of the node (or echo) over the window
+    s0, s1 = raw.get('target_start'), raw.get('target_end')
+    if s0 and s1:
+        cpu = s1['cpu_s'] - s0['cpu_s']
+        res = {'cpu_share': cpu / span_s, 'cpu_ms_per_frame': _ratio(cpu * 1e3, totals['sent']),
+               'cpu_ms_per_result': _ratio(cpu * 1e3, totals['answered']), 'threads': s1.get('threads')}
+        for key in ('rss_mb', 'pss_mb', 'pss_anon_mb', 'pss_shmem_mb', 'shm_rss_mb', 'shm_pss_mb'):
+            if key in s0 and key in s1:
+                res[f'{key}_start'], res[f'{key}_end'] = s0[key], s1[key]
+        if 'rss_mb' in s0:
+            res['rss_growth_in_window'] = _ratio(s1['rss_mb'] - s0['rss_mb'], s0['rss_mb'])
+        tot['resources'] = res
+    h0, h1 = raw.get('host_cpu_start'), raw.get('host_cpu_end')
+    if h0 and h1 and h1[1] > h0[1]:
+        tot['host_cpu_busy_share'] = (h1[0] - h0[0]) / (h1[1] - h0[1])
+    p0, p1 = raw.get('procs_start') or {}, raw.get('procs_end') or {}
+    tot['cpu_share_by_process'] = {k: (p1[k]['cpu_s'] - p0[k]['cpu_s']) / span_s for k in p0
+                                   if p0.get(k) and p1.get(k)}
+    tot['publishers'] = {'processes': len(raw['publishers']), 'publish_lag_p99_ms_max': max(lags, default=None),
+                         'skipped_ticks': skipped}
+    out['total'] = tot
+    return out
+
+
+def overheads(results: dict[str, dict[str, Any]]) -> None:
+    """Add ``overhead_p50_ms`` / ``overhead_p99_ms`` (node stamp->receive - compute - echo stamp->receive,
+    at the same N) to every node configuration whose echo ran."""
+    echo = {r['config']['cameras']: r['total'] for r in results.values()
+            if r['config']['kind'] == 'echo' and r.get('total', {}).get('e2e_p50_ms') is not None}
+    for r in results.values():
+        t = r.get('total')
+        if r['config']['kind'] != 'node' or not t or t.get('e2e_minus_compute_p50_ms') is None:
+            continue
+        e = echo.get(r['config']['cameras'])
+        if e is None:
+            continue
+        t['echo_e2e_p50_ms'], t['echo_e2e_p99_ms'] = e['e2e_p50_ms'], e['e2e_p99_ms']
+        t['overhead_p50_ms'] = t['e2e_minus_compute_p50_ms'] - e['e2e_p50_ms']
+        t['overhead_p99_ms'] = t['e2e_minus_compute_p99_ms'] - e['e2e_p99_ms']
+
+
+def engine_reference(path: str | None) -> dict[str, Any] | None:
+    """The engine-only figures of a ``delen_bench`` report (``bench.json``): the physical reference."""
+    if not path:
+        return None
+    try:
+        bench = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        return {'path': str(path), 'error': str(exc)}
+    ref: dict[str, Any] = {'path': str(path), 'model': bench.get('model'), 'device_name': bench.get('device_name'),
+                           'runner_options': bench.get('runner_options'),
+                           'half': bench.get('args', {}).get('half'), 'cuda_graphs': bench.get('args', {}).get('cuda_graphs')}
+    over = bench.get('scenarios', {}).get('overload')
+    if over:
+        ref['overload_offered_hz'] = over.get('offered_hz')
+        ref['batched_served_hz'] = over['batched']['served_hz']
+        ref['batched_mean_batch'] = over['batched'].get('mean_batch')
+        ref['per_frame_served_hz'] = over['per_frame']['served_hz']
+        ref['policy'] = over.get('policy')
+    steady = bench.get('scenarios', {}).get('steady', {})
+    if 'always_final' in steady:
+        ref['steady_always_final_hz'] = sum(a['throughput_hz'] for a in steady['always_final']['apps'].values())
+    return ref
+
+
+# --- report ----------------------------------------------------------------------------------------------------------
+def _f(value: Any, fmt: str = '.1f', scale: float = 1.0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '–'
+    return format(value * scale, fmt)
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The markdown table of a report (one row per configuration)."""
+    m = report['meta']
+    lines = [f"# delen_ros end to end over DDS: {m['model']} on {m['device_name']} ({m['cpu_count']} CPU cores)",
+             '',
+             f"{m['size']} {m['encoding']} @ {m['rate_hz']:g} Hz per camera, source `{m['source']}`, one app per camera, "
+             f"latency bounds {m['bounds_ms']} ms (as accurate as the bound allows), max_batch {m['max_batch']}"
+             f"{', node params ' + str(m['node_params']) if m['node_params'] else ''}; "
+             f"{m['duration_s']:g} s measured after {m['warmup_s']:g} s warm-up, {m['drain_s']:g} s drain. "
+             'Latency: `header.stamp` (publication) → the recorder\'s callback. *Within bound*: frames whose result '
+             'arrived within the bound, over frames sent (unanswered = miss). *Overhead*: p(node stamp→receive − '
+             'compute) − p(echo stamp→receive) at the same N. CPU: the node\'s user+system time per frame sent.',
+             '',
+             '| config | cams | sent/s | results/s | answered | within bound | node bounds_met | p50 ms | p99 ms | '
+             'overhead p50 / p99 ms | exit mix | mJ/result | acc | node CPU ms/frame | RSS / PSS MB (shm) | GPU busy | host CPU |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for name, r in report['configs'].items():
+        t = r.get('total')
+        if not t:
+            lines.append(f"| {name} | {r['config']['cameras']} | failed: {r.get('error', '?')} |" + ' |' * 15)
+            continue
+        res = t.get('resources', {})
+        mix = '/'.join(f'{x * 100:.0f}' for x in t['exit_mix']) if t.get('exit_mix') else '–'
+        gpu = r.get('gpu') or {}
+        mem = (f"{_f(res.get('rss_mb_end'), '.0f')} / {_f(res.get('pss_mb_end'), '.0f')} "
+               f"({_f(res.get('shm_rss_mb_end'), '.0f')})") if res else '–'
+        energy = _f(t.get('energy_mj_per_result'), '.3g') + ('' if t.get('energy_measured', True) else ' est')
+        lines.append(
+            f"| {name} | {t['cameras']} | {_f(t['sent_hz'])} | {_f(t['results_hz'])} | {_f(t['answered_share'], '.1f', 100)} % | "
+            f"{_f(t['attainment'], '.1f', 100)} % | {_f(t.get('node_bounds_met_share'), '.1f', 100) if r['config']['kind'] == 'node' else '–'} % | "
+            f"{_f(t.get('e2e_p50_ms'))} | {_f(t.get('e2e_p99_ms'))} | "
+            f"{_f(t.get('overhead_p50_ms'))} / {_f(t.get('overhead_p99_ms'))} | {mix} | {energy} | "
+            f"{_f(t.get('accuracy'), '.3f')} | {_f(res.get('cpu_ms_per_frame'), '.2f')} | {mem} | "
+            f"{_f(gpu.get('busy_share'), '.1f', 100) + ' %' if gpu.get('busy_share') is not None else '–'} | "
+            f"{_f(t.get('host_cpu_busy_share'), '.0f', 100)} % |")
+    ref = report.get('engine_reference')
+    if ref and 'batched_served_hz' in ref:
+        lines += ['', f"Engine alone (`delen_bench`, no ROS; {ref.get('model')} on {ref.get('device_name')}, "
+                      f"cuda_graphs={ref.get('cuda_graphs')}, half={ref.get('half')}): "
+                      f"{ref['batched_served_hz']:.0f} frames/s batched (mean batch {_f(ref.get('batched_mean_batch'))}, "
+                      f"offered {_f(ref.get('overload_offered_hz'), '.0f')}/s), {ref['per_frame_served_hz']:.0f} frames/s "
+                      f"one at a time, always_final."]
+        best = max((r['total']['results_hz'] for r in report['configs'].values()
+                    if r.get('total') and r['config']['kind'] == 'node'), default=None)
+        if best:
+            lines.append(f"Best served through ROS in this run: {best:.0f} results/s = "
+                         f"{best / ref['batched_served_hz']:.2f} × the engine alone.")
+    growth = report.get('memory_growth')
+    if growth:
+        lines += ['', 'Node memory, fewest → most cameras (at the end of the window): ' + '; '.join(
+            f"{p}: RSS {g['rss_mb'][0]:.0f} → {g['rss_mb'][1]:.0f} MB ({g['rss_growth'] * 100:+.1f} %), "
+            f"PSS {g['pss_mb'][0]:.0f} → {g['pss_mb'][1]:.0f} MB, of which /dev/shm RSS "
+            f"{g['shm_rss_mb'][0]:.0f} → {g['shm_rss_mb'][1]:.0f} MB" for p, g in growth.items())]
+    timeline = [(name, r['total']['timeline_p50_ms']) for name, r in report['configs'].items()
+                if r.get('total', {}).get('timeline_p50_ms')]
+    if timeline:
+        lines += ['', 'Where a frame\'s time goes, p50 ms (stamp→arrival at the node | queue | compute | rest of the '
+                      'node | result delivery):', '']
+        lines += [f"- {name}: " + ' | '.join(_f(v, '.2f') for v in tl.values()) for name, tl in timeline]
+    return '\n'.join(lines) + '\n'
+
+
+def _memory_growth(report: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for policy in report['meta']['policies']:
+        runs = sorted(((r['config']['cameras'], r['total']['resources']) for r in report['configs'].values()
+                       if r['config'].get('policy') == policy and r.get('total', {}).get('resources', {}).get('rss_mb_end')),
+                      key=lambda x: x[0])
+        if len(runs) >= 2:
+            (n0, a), (n1, b) = runs[0], runs[-1]
+            out[policy] = {'cameras': [n0, n1], 'rss_mb': [a['rss_mb_end'], b['rss_mb_end']],
+                           'rss_growth': (b['rss_mb_end'] - a['rss_mb_end']) / a['rss_mb_end'],
+                           'pss_mb': [a.get('pss_mb_end'), b.get('pss_mb_end')],
+                           'shm_rss_mb': [a.get('shm_rss_mb_end', 0.0), b.get('shm_rss_mb_end', 0.0)]}
+    return out
+
+
+def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
+    """``e2e_answered.png``, ``e2e_latency.png``, ``e2e_resources.png``; returns the file names."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, dict[str, Any], dict[str, Any]]]] = {}
+    for r in report['configs'].values():
+        if not r.get('total'):
+            continue
+        label = 'echo (transport floor)' if r['config']['kind'] == 'echo' else r['config']['policy']
+        series.setdefault(label, []).append((r['config']['cameras'], r['total'], r.get('gpu') or {}))
+    for v in series.values():
+        v.sort(key=lambda x: x[0])
+    m = report['meta']
+    title = f"{m['model']} on {m['device_name']}, {m['size']} @ {m['rate_hz']:g} Hz per camera"
+    written = []
+
+    def style(label):
+        return dict(marker='o', linestyle='--' if label.startswith('echo') else '-')
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for label, pts in series.items():
+        ns = [p[0] for p in pts]
+        axes[0].plot(ns, [100 * (p[1]['answered_share'] or 0) for p in pts], label=label, **style(label))
+        axes[1].plot(ns, [100 * (p[1]['attainment'] or 0) for p in pts], label=label, **style(label))
+        axes[2].plot(ns, [p[1]['results_hz'] for p in pts], label=f'{label} results/s', **style(label))
+    sent = sorted({(r['config']['cameras'], r['total']['sent_hz']) for r in report['configs'].values() if r.get('total')})
+    if sent:
+        axes[2].plot([s[0] for s in sent], [s[1] for s in sent], 'k:', label='frames sent/s')
+    ref = report.get('engine_reference') or {}
+    if ref.get('batched_served_hz'):
+        axes[2].axhline(ref['batched_served_hz'], color='grey', linestyle='-.', label='engine alone (delen_bench)')
+    for ax, t in zip(axes, ('frames answered, %', f"frames within bound ({m['bounds_ms']} ms) at the result topic, %",
+                            'per second')):
+        ax.set_xscale('log', base=2)
+        ax.set_xlabel('cameras')
+        ax.set_title(t, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-2, 102)
+    axes[1].set_ylim(-2, 102)
+    axes[2].set_yscale('log')
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / 'e2e_answered.png', dpi=90)
+    plt.close(fig)
+    written.append('e2e_answered.png')
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for label, pts in series.items():
+        ns = [p[0] for p in pts]
+        line, = axes[0].plot(ns, [p[1].get('e2e_p50_ms') or np.nan for p in pts], label=f'{label} p50', **style(label))
+        axes[0].plot(ns, [p[1].get('e2e_p99_ms') or np.nan for p in pts], marker='^', linestyle=':',
+                     color=line.get_color(), label=f'{label} p99')
+        if not label.startswith('echo'):
+            axes[1].plot(ns, [p[1].get('overhead_p50_ms', np.nan) for p in pts], label=f'{label} p50', **style(label))
+            axes[1].plot(ns, [p[1].get('overhead_p99_ms', np.nan) for p in pts], marker='^', linestyle=':',
+                         color=line.get_color(), label=f'{label} p99')
+    for b in sorted(set(m['bounds_ms'])):
+        axes[0].axhline(b, color='r', linestyle='--', linewidth=0.8)
+    axes[0].set_title('latency header.stamp → result received, ms (red: bound)', fontsize=10)
+    axes[0].set_yscale('log')
+    axes[1].set_title('node overhead over the echo: p(stamp→receive − compute) − p(echo), ms', fontsize=10)
+    axes[1].axhline(0, color='k', linewidth=0.5)
+    for ax in axes:
+        ax.set_xscale('log', base=2)
+        ax.set_xlabel('cameras')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / 'e2e_latency.png', dpi=90)
+    plt.close(fig)
+    written.append('e2e_latency.png')
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for label, pts in series.items():
+        ns = [p[0] for p in pts]
+        axes[0].plot(ns, [p[1].get('resources', {}).get('cpu_ms_per_frame', np.nan) for p in pts], label=label, **style(label))
+        axes[1].plot(ns, [p[1].get('resources', {}).get('rss_mb_end', np.nan) for p in pts], label=f'{label} RSS', **style(label))
+        axes[1].plot(ns, [p[1].get('resources', {}).get('pss_mb_end', np.nan) for p in pts], marker='s', linestyle=':',
+                     label=f'{label} PSS')
+        axes[2].plot(ns, [100 * p[2]['busy_share'] if p[2].get('busy_share') is not None else np.nan for p in pts],
+                     label=f'{label} GPU busy', **style(label))
+        axes[2].plot(ns, [100 * p[1].get('host_cpu_busy_share', np.nan) for p in pts], marker='s', linestyle=':',
+                     label=f'{label} host CPU busy')
+    axes[0].set_title('node (or echo) CPU per frame sent, ms', fontsize=10)
+    axes[1].set_title('node memory at the end of the window, MB', fontsize=10)
+    axes[2].set_title('GPU busy / host CPU busy, %', fontsize=10)
+    for ax in axes:
+        ax.set_xscale('log', base=2)
+        ax.set_xlabel('cameras')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / 'e2e_resources.png', dpi=90)
+    plt.close(fig)
+    written.append('e2e_resources.png')
+    return written
+
+
+# --- main -----------------------------------------------------------------------------------------------------------
+def _default_source(model: str) -> str:
+    try:
+        from delen_ros.core.datasets import camera_sources
+        sources = camera_sources()
+    except Exception:  # noqa: BLE001 - data sets missing: synthetic frames
+        sources = {}
+    preferred = ('fashion_mnist',) if model == 'fashion_mnist' else ('cifar10', 'vtest')
+    for name in preferred:
+        if name in sources:
+            return name
+    return 'synthetic'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='delen_e2e_bench', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--model', default='fashion_mnist', help='node parameter model')
+    p.add_argument('--device', default='cpu', help='node parameter device: cpu | cuda | cuda:N')
+    p.add_argument('--policies', default='delen,always_final', help='comma-separated node policies')
+    p.add_argument('--ns', default='1,3,8,16,32', help='comma-separated camera counts')
+    p.add_argument('--echo', action=argparse.BooleanOptionalAction, default=True, help='run the echo node too')
+    p.add_argument('--echo-ns', default='', help='camera counts for the echo (default: --ns)')
+    p.add_argument('--rate', type=float, default=30.0, help='frames per second per camera')
+    p.add_argument('--size', default='640x480', help='WxH of the published images')
+    p.add_argument('--encoding', default='rgb8')
+    p.add_argument('--source', default='auto', help='camera source (delen_camera list: fashion_mnist, vtest, '
+                   'cifar10 where installed, a folder or video), "synthetic", or auto (the model\'s data set if '
+                   'shipped, else vtest, else synthetic); labelled sources are scored for accuracy')
+    p.add_argument('--pool', type=int, default=30, help='distinct frames each publisher process cycles through')
+    p.add_argument('--bounds', default='33', help='latency bound(s) in ms, comma-separated, assigned to cameras in turn')
+    p.add_argument('--max-batch', type=int, default=8, help='node parameter max_batch')
+    p.add_argument('--image-qos', default='sensor_data', choices=['sensor_data', 'reliable'])
+    p.add_argument('--node-param', action='append', default=[], metavar='KEY=VALUE',
+                   help='extra node parameter (YAML value), repeatable, e.g. torch_threads=1')
+    p.add_argument('--cams-per-proc', type=int, default=4, help='cameras per publisher process')
+    p.add_argument('--phase', default='spread', choices=['spread', 'sync'],
+                   help='camera phases spread over the period, or all at once')
+    p.add_argument('--duration', type=float, default=8.0, help='measured seconds per configuration')
+    p.add_argument('--warmup', type=float, default=2.0, help='seconds after everything matched, not counted')
+    p.add_argument('--drain', type=float, default=2.0, help='seconds after the last counted frame for its result')
+    p.add_argument('--ready-timeout', type=float, default=90.0, help='seconds to wait for start-up and discovery')
+    p.add_argument('--engine-bench', default=None, help='a delen_bench bench.json: the engine-only reference')
+    p.add_argument('--domain-id', type=int, default=None,
+                   help='first ROS domain id (one per configuration, at most 232); default from the pid')
+    p.add_argument('--out', default=None, help='output folder (default benchmarks/<device>/e2e)')
+    p.add_argument('--workdir', default=None, help='logs and raw files of each configuration (default: a temp dir, '
+                   'removed unless --keep-work)')
+    p.add_argument('--keep-work', action='store_true')
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == '_publish':
+        return _publish_main(argv[1:])
+    if argv and argv[0] == '_record':
+        return _record_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    policies = [p for p in args.policies.split(',') if p]
+    ns = [int(v) for v in args.ns.split(',') if v]
+    echo_ns = [int(v) for v in (args.echo_ns or args.ns).split(',') if v] if args.echo else []
+    bounds = [float(v) for v in args.bounds.split(',') if v]
+    if args.source == 'auto':
+        args.source = _default_source(args.model)
+    configs = [Config('node', n, p) for n in ns for p in policies] + [Config('echo', n) for n in echo_ns]
+    first_domain = args.domain_id if args.domain_id is not None else 100 + os.getpid() % 100
+    if first_domain < 0 or first_domain + len(configs) - 1 > 232:
+        raise SystemExit(f'domain ids {first_domain}..{first_domain + len(configs) - 1} leave 0..232 (Fast DDS)')
+    gpu = GpuSampler(index=int(args.device.split(':')[1]) if args.device.startswith('cuda:') else 0)
+    if not args.device.startswith('cuda'):
+        gpu.source = None   # a CPU run: GPU activity is not this benchmark's
+    slug = device_slug(args.device, gpu.name)
+    out = pathlib.Path(args.out or _package_root() / 'benchmarks' / slug / 'e2e')
+    out.mkdir(parents=True, exist_ok=True)
+    workroot = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp(prefix='delen_e2e_'))
+    import platform
+    meta = {'model': args.model, 'device': args.device, 'device_slug': slug,
+            'device_name': gpu.name if args.device.startswith('cuda') and gpu.name else platform.processor() or 'CPU',
+            'cpu_count': os.cpu_count(), 'policies': policies, 'ns': ns, 'echo_ns': echo_ns, 'rate_hz': args.rate,
+            'size': args.size, 'encoding': args.encoding, 'source': args.source, 'bounds_ms': bounds,
+            'max_batch': args.max_batch, 'image_qos': args.image_qos, 'node_params': args.node_param,
+            'duration_s': args.duration, 'warmup_s': args.warmup, 'drain_s': args.drain,
+            'cams_per_proc': args.cams_per_proc, 'phase': args.phase, 'python': platform.python_version(),
+            'started': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
+    if meta['device_name'] in ('', 'x86_64', 'CPU'):
+        try:
+            for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+                if line.startswith('model name'):
+                    meta['device_name'] = line.split(':', 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    report: dict[str, Any] = {'meta': meta, 'engine_reference': engine_reference(args.engine_bench), 'configs': {}}
+    interrupted = False
+    t_all = time.monotonic()
+    try:
+        for k, config in enumerate(configs):
+            print(f'[e2e] {config.name}: {config.cameras} camera(s) at {args.rate:g} Hz ...', flush=True)
+            raw = run_config(args, config, domain_id=first_domain + k, workdir=workroot / config.name,
+                             bounds=bounds, gpu=gpu)
+            result = analyze(raw, duration_s=args.duration)
+            report['configs'][config.name] = result
+            t = result.get('total')
+            if t:
+                print(f"[e2e]   sent {t['sent_hz']:.1f}/s, results {t['results_hz']:.1f}/s, answered "
+                      f"{_f(t['answered_share'], '.1f', 100)} %, within bound {_f(t['attainment'], '.1f', 100)} %, "
+                      f"p50 {_f(t.get('e2e_p50_ms'))} / p99 {_f(t.get('e2e_p99_ms'))} ms "
+                      f"(start-up {raw.get('startup_s', 0):.1f} s, {raw['wall_s']:.1f} s)", flush=True)
+            else:
+                print(f"[e2e]   failed: {result.get('error')}", flush=True)
+                for name, tail in (result.get('log_tails') or {}).items():
+                    print(f'[e2e]   --- {name} log ---\n{tail}', flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print('[e2e] interrupted: writing what ran', flush=True)
+    overheads(report['configs'])
+    report['memory_growth'] = _memory_growth(report)
+    meta['wall_s'] = time.monotonic() - t_all
+    meta['interrupted'] = interrupted
+    report['plots'] = write_plots(report, out) if report['configs'] else []
+    table = render_table(report)
+    (out / 'e2e.md').write_text(table)
+    (out / 'e2e.json').write_text(json.dumps(report, indent=1, default=float) + '\n')
+    print(table)
+    print(f"[e2e] wrote {out / 'e2e.json'}, {out / 'e2e.md'}, {', '.join(report['plots'])} in {meta['wall_s']:.0f} s")
+    if not args.workdir and not args.keep_work:
+        shutil.rmtree(workroot, ignore_errors=True)
+    elif not args.workdir:
+        print(f'[e2e] logs in {workroot}')
+    return 130 if interrupted else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
