@@ -208,7 +208,7 @@ def test_queue_overflow_is_counted():
 def test_hopeless_frames_are_dropped():
     c = Collector()
     engine, _ = make_engine(c, sleep_ms=(0, 0, 0, 0))
-    engine.set_app('a', Bounds(max_latency_ms=5.0))
+    engine.set_app('a', Bounds(max_latency_ms=5.0), late_policy='drop')
     old = time.perf_counter_ns() - 10_000_000          # arrived 10 ms ago: cannot meet 5 ms any more
     engine.submit(['a'], fake_image(0), arrival_ns=old)
     with engine:

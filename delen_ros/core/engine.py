@@ -15,6 +15,14 @@ Each measured step feeds the online :class:`~delen_ros.core.policies.LatencyCorr
 On CUDA a batch is padded up to the runner's graph batch sizes (1, 2, 4, ...): kernels are picked
 per input shape and a new shape's first call can stall for a long time.
 
+Latency is defined once, here: frame arrival -> result delivery (:meth:`Engine.deliver`; the ROS
+layer calls it with the publication time, otherwise the engine delivers just before ``on_result``).
+Bounds are end to end: :meth:`Engine.feasible_range` and :meth:`Engine.set_app` add the measured
+serving overhead (conversion before :meth:`~Engine.submit`, the worker's wake-up, decision ->
+delivery) to the compute time, and admit an app only if every app stays schedulable at its
+measured frame rate (:mod:`~delen_ros.core.admission`); :meth:`Engine.stats` re-checks as rates
+change and says why an app is at risk (``AppStats.unschedulable_reason``).
+
 Energy of a result is its share of each batch it ran in: the profile's estimate of the step's
 energy split evenly among the batch's requests. With a real meter (``meter.measured``), a thread of
 its own reads the meter (never the worker: an NVML read can take milliseconds) every window of at
@@ -38,9 +46,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .bounds import Bounds, FeasibleRange, Plan, feasible_range, plan
-from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy
-from .preprocess import check_image, preprocess
+from . import admission
+from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, plan
+from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
+from .preprocess import DevicePreprocessor, check_image, preprocess
 from .scheduler import Batch, Request, Scheduler
 
 if TYPE_CHECKING:
@@ -58,9 +67,12 @@ _NS_PER_MS = 1_000_000
 class Result:
     """One app's answer for one frame (field meanings as in ``msg/InferenceResult.msg``).
 
-    ``latency_ms`` is arrival -> delivery; ``queue_ms`` the wait before the first step ran;
-    ``compute_ms`` the time of the steps (and preprocessing) it took part in; ``energy_mj`` its share
-    of those steps' energy; ``tag`` whatever was given to :meth:`Engine.submit`.
+    ``latency_ms`` is arrival -> delivery (:meth:`Engine.deliver`: publication when the ROS layer
+    delivers); ``queue_ms`` the wait before the first step ran; ``compute_ms`` the time of the steps
+    (and preprocessing) it took part in; ``energy_mj`` its share of those steps' energy; ``tag``
+    whatever was given to :meth:`Engine.submit`. ``late``: the frame could no longer meet its latency
+    bound when it was scheduled (served at the fastest exit, or as a baseline policy said);
+    ``bounds``: the bounds it is judged by; ``decided_ns``: when its last exit was decided.
     """
 
     app_id: str
@@ -80,19 +92,29 @@ class Result:
     bounds_met: bool
     arrival_ns: int
     finish_ns: int
+    late: bool = False
+    bounds: Bounds | None = None
+    decided_ns: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class AppStats:
-    """Counters of one app. ``frames_in`` .. ``expired`` count since registration; the rest cover the
-    current window (since the last ``stats(reset=True)``; percentiles over its last ``window`` results).
+    """The one ledger of an app. ``frames_in`` .. ``served_late`` count since registration; the
+    rest cover the current window (since the last ``stats(reset=True)``; percentiles over its last
+    ``window`` results).
 
-    ``dropped`` = queue overflow (a newer frame pushed it out) + late (could not meet the latency
-    bound, never started); ``failed``: lost to an error in their step (logged; counted among the
-    window's drops). ``expired``: results delivered early because waiting for the next step would
-    have overrun (they are results, not drops). ``attainment``: results with every bound met /
-    results; ``frame_attainment``: the same over results + drops; ``latency_attainment``: results
-    within the latency bound / (results + drops). Rates in Hz over the window's duration.
+    ``dropped`` = every frame that got no result: ``dropped_overflow`` (a newer frame pushed it out)
+    + ``dropped_late`` (could not meet the latency bound, the app chose ``LatePolicy.DROP``) +
+    ``dropped_malformed`` (the ROS layer could not convert it, :meth:`Engine.count_malformed`) +
+    ``failed`` (an error in its step, logged). ``expired``: results delivered early because waiting
+    for the next step would have overrun; ``served_late``: results delivered past the latency bound.
+    ``attainment``: results with every bound met / results; ``frame_attainment``: the same over
+    every frame of the window (unanswered ones, ``window_unanswered``, count as misses);
+    ``latency_attainment``: results within the latency bound over the same. Rates in Hz over the
+    window's duration; ``rate_measured_hz``: the smoothed arrival rate admission uses.
+    ``unschedulable_reason``: why this app's bounds may be missed now ('' = none): the admission
+    re-check at measured rates, or a window of frames with no result.
+    ``window_energy_mj``: the window's results' energy (above idle where the engine subtracts it).
     """
 
     app_id: str
@@ -104,6 +126,9 @@ class AppStats:
     dropped_late: int
     failed: int
     expired: int
+    dropped_malformed: int
+    served_late: int
+    late_policy: str
     window_s: float
     window_frames_in: int
     window_results: int
@@ -120,6 +145,10 @@ class AppStats:
     mean_expected_accuracy: float
     energy_measured_fraction: float
     exit_counts: tuple[int, ...]
+    window_unanswered: int
+    window_energy_mj: float
+    rate_measured_hz: float
+    unschedulable_reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +158,9 @@ class WorkerStats:
     ``decision_us_*``: scheduler decision plus policy decisions per step, microseconds;
     ``step_ms_*``: stage + head + softmax + transfer of a step (the device's part), ms;
     ``preprocess_ms_per_frame``: EWMA (what predictions use), ``preprocess_ms_p99`` over frames.
+    ``overhead_ms``: the serving overhead in use (measured, or the prior before any delivery);
+    ``energy_mj``: results' energy since the reset; ``idle_energy_mj``: ``idle_power_w`` x that time
+    (their sum is the device's total).
     """
 
     steps: int
@@ -143,6 +175,9 @@ class WorkerStats:
     preprocess_ms_p99: float
     energy_scale: float | None
     corrections: dict[str, float]
+    overhead_ms: float
+    energy_mj: float
+    idle_energy_mj: float
 
 
 class _Frame:
@@ -168,13 +203,64 @@ class _State:
     compute_ns: int = 0
     energy_est_mj: float = 0.0
     decided_ns: int | None = None    # engine clock when the last exit's decision was taken
+    idle_submit_ns: int | None = None   # submitted while the worker was idle: measures its wake-up
+
+
+class _Mean:
+    """EWMA of a value and of its absolute deviation (ms); ``None`` until the first sample."""
+
+    __slots__ = ('mean', 'dev', 'alpha')
+
+    def __init__(self, alpha: float = 0.125):
+        self.mean: float | None = None
+        self.dev = 0.0
+        self.alpha = alpha
+
+    def add(self, value: float) -> None:
+        if not math.isfinite(value) or value < 0:
+            return
+        if self.mean is None:
+            self.mean, self.dev = value, value / 4
+            return
+        value = min(value, 4.0 * max(self.mean, 1e-3))   # one stall is folded in as an outlier
+        self.dev += 0.25 * (abs(value - self.mean) - self.dev)
+        self.mean += self.alpha * (value - self.mean)
+
+
+class _Rate:
+    """Arrival rate from an EWMA of inter-arrival times; decays when frames stop coming."""
+
+    __slots__ = ('last_ns', 'interval_ns')
+
+    def __init__(self):
+        self.last_ns: int | None = None
+        self.interval_ns: float | None = None
+
+    def add(self, arrival_ns: int) -> None:
+        if self.last_ns is not None and arrival_ns > self.last_ns:
+            gap = arrival_ns - self.last_ns
+            self.interval_ns = gap if self.interval_ns is None else self.interval_ns + 0.1 * (gap - self.interval_ns)
+        if self.last_ns is None or arrival_ns > self.last_ns:
+            self.last_ns = arrival_ns
+
+    def hz(self, now_ns: int) -> float | None:
+        if self.interval_ns is None or self.last_ns is None:
+            return None
+        return 1e9 / max(self.interval_ns, now_ns - self.last_ns, 1.0)
 
 
 class _AppState:
-    def __init__(self, bounds: Bounds, *, window: int, now_ns: int, num_exits: int):
+    def __init__(self, bounds: Bounds, *, window: int, now_ns: int, num_exits: int,
+                 late_policy: LatePolicy, source: str | None, rate_prior_hz: float):
         self.bounds = bounds
         self.num_exits = num_exits
+        self.late_policy = late_policy
+        self.source = source
+        self.rate_prior_hz = rate_prior_hz
+        self.rate = _Rate()
+        self.reason = ''   # admission's last verdict on this app ('' = schedulable)
         self.frames_in = self.results_out = self.dropped_overflow = self.dropped_late = self.expired = self.failed = 0
+        self.dropped_malformed = self.served_late = 0
         self.results: collections.deque[tuple[float, float, float, int, bool, bool, bool]] = \
             collections.deque(maxlen=window)
         self.reset_window(now_ns)
@@ -182,9 +268,14 @@ class _AppState:
     def reset_window(self, now_ns: int) -> None:
         self.window_start_ns = now_ns
         self.w_in = self.w_out = self.w_dropped = self.w_met = self.w_latency_met = self.w_measured = 0
+        self.w_late_dropped = 0
         self.w_energy = self.w_accuracy = 0.0
         self.w_exits = [0] * self.num_exits
         self.results.clear()
+
+    def rate_hz(self, now_ns: int) -> float:
+        measured = self.rate.hz(now_ns)
+        return self.rate_prior_hz if measured is None else measured
 
 
 class _EnergyScaler:
@@ -306,6 +397,15 @@ class Engine:
     :param energy_window_s: shortest meter window; ``None``: the meter's ``update_period_s`` or 0.1 s.
     :param idle_power_w: subtracted from measured energy (x window duration) before scaling; 0: idle
         power stays in the measured figures.
+    :param overhead_prior_ms: serving overhead (arrival -> delivery minus compute: conversion,
+        wake-up, decision -> publication) assumed until the first delivery is measured, ms.
+    :param external_delivery: the caller delivers results itself with :meth:`deliver` (the ROS
+        layer, at publication); false: the engine delivers each result just before ``on_result``.
+    :param admission_control: refuse apps that would make the set unschedulable (see
+        :mod:`~delen_ros.core.admission`); false: only per-app feasibility is checked.
+    :param utilisation_limit: the most of the device admission hands out (0-1].
+    :param device_preprocess: on CUDA, resize and normalise frames on the GPU
+        (:class:`~delen_ros.core.preprocess.DevicePreprocessor`); false: on the CPU with OpenCV.
     """
 
     def __init__(self, model: 'MultiExitModel', profile: 'Profile', *, device: str = 'cpu',
@@ -316,7 +416,9 @@ class Engine:
                  default_deadline_ms: float = 250.0, enforce_deadlines: bool | None = None,
                  latency_margin: float = 2.0, stats_window: int = 2000,
                  preprocess_workers: int = 1, energy_window_s: float | None = None,
-                 idle_power_w: float = 0.0):
+                 idle_power_w: float = 0.0, device_preprocess: bool = True,
+                 overhead_prior_ms: float = 1.0, external_delivery: bool = False,
+                 admission_control: bool = True, utilisation_limit: float = 0.9):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
                              f'model has {model.num_exits}')
@@ -330,6 +432,10 @@ class Engine:
             raise ValueError(f'preprocess_workers must be >= 1, got {preprocess_workers!r}')
         if not math.isfinite(idle_power_w) or idle_power_w < 0:
             raise ValueError(f'idle_power_w must be >= 0, got {idle_power_w!r}')
+        if not math.isfinite(overhead_prior_ms) or overhead_prior_ms < 0:
+            raise ValueError(f'overhead_prior_ms must be >= 0, got {overhead_prior_ms!r}')
+        if not 0.0 < utilisation_limit <= 1.0:
+            raise ValueError(f'utilisation_limit must be in (0, 1], got {utilisation_limit!r}')
         self.model = model
         self.profile = profile
         self.info = model.info
@@ -345,7 +451,19 @@ class Engine:
                                     queue_depth=queue_depth, max_in_flight=max_in_flight,
                                     default_deadline_ms=default_deadline_ms,
                                     enforce_deadlines=self.policy.predictive if enforce_deadlines is None
-                                    else enforce_deadlines, expected_ms=self._expected_ms)
+                                    else enforce_deadlines, expected_ms=self._expected_ms,
+                                    tail_ms=lambda: self.corrector.tail_ms(margin=0.0))
+        self.default_deadline_ms = default_deadline_ms
+        # serving overhead outside the steps: conversion before submit(), the worker's wake-up
+        # (decision -> delivery is the corrector's tail)
+        self.overhead_prior_ms = overhead_prior_ms
+        self._conversion = _Mean()
+        self._wake = _Mean()
+        self._idle = False
+        self.external_delivery = external_delivery
+        self.admission_control = admission_control
+        self.utilisation_limit = utilisation_limit
+        self._last_check_ns = clock()
         self._stats_window = stats_window
         self._cond = threading.Condition()
         self._apps: dict[str, _AppState] = {}
@@ -358,7 +476,9 @@ class Engine:
         self._pre_pool: concurrent.futures.ThreadPoolExecutor | None = None
         # energy: estimates from the profile, scaled by a meter where one measures
         measuring = meter is not None and getattr(meter, 'measured', False)
-        self.energy_source = meter.source if measuring else 'estimate'
+        # The label says what the figure holds: '<meter>' includes idle draw, '<meter>_above_idle' not.
+        self.energy_source = (meter.source + ('_above_idle' if idle_power_w > 0 else '')) if measuring else 'estimate'
+        self.idle_power_w = idle_power_w
         period = getattr(meter, 'update_period_s', None) or 0.1
         self._energy = _EnergyScaler(meter, window_s=max(period, energy_window_s or 0.0),
                                      idle_power_w=idle_power_w) if measuring else None
@@ -366,28 +486,74 @@ class Engine:
         # shape can take long: batches are padded up to a few sizes (the runner's graph sizes).
         cuda = getattr(self._runner, 'device', torch.device('cpu')).type == 'cuda'
         self._pad_sizes: tuple[int, ...] = tuple(getattr(self._runner, 'graph_sizes', ())) if cuda else ()
+        # Raw frames go up as uint8 and are resized there: 4x fewer bytes than a float batch, and
+        # the CPU (and the GIL) stays free for the node's callbacks.
+        self._device_pre = DevicePreprocessor(
+            self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
+            memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)
+            else torch.contiguous_format) if cuda and device_preprocess else None
         self._reset_worker_stats()
 
     # --- apps -----------------------------------------------------------------------------------------
-    def set_app(self, app_id: str, bounds: Bounds) -> Plan:
-        """Register an app or update its bounds; returns the static plan.
+    def set_app(self, app_id: str, bounds: Bounds, *, late_policy: LatePolicy | str = LatePolicy.SERVE_FASTEST,
+                rate_hz: float | None = None, source: str | None = None) -> Plan:
+        """Register an app or update its bounds; returns the plan, in end-to-end figures.
 
-        :raises InfeasibleBounds: no exit meets the bounds (the app is left as it was).
-        :raises ValueError: empty ``app_id`` or ``bounds`` not a :class:`Bounds`.
+        The bounds must be feasible end to end (compute + the measured serving overhead) and, with
+        admission control, every app must stay schedulable beside the others at their measured frame
+        rates (see :mod:`~delen_ros.core.admission`).
+
+        :param late_policy: what happens to a frame that can no longer meet the latency bound
+            (:class:`~delen_ros.core.bounds.LatePolicy`): served at the fastest exit, flagged
+            ``bounds_met=False``, or dropped; either way counted.
+        :param rate_hz: the app's expected frame rate, until its frames are measured; ``None``: the
+            measured rate of another app on ``source``, else
+            :data:`~delen_ros.core.admission.DEFAULT_RATE_HZ`.
+        :param source: the camera (e.g. the image topic); apps on one source share each frame's work.
+        :raises InfeasibleBounds: no exit meets the bounds end to end (the app is left as it was).
+        :raises ~delen_ros.core.admission.Unschedulable: feasible alone, not beside the admitted apps
+            (the message says who would miss, and what would fit).
+        :raises ValueError: empty ``app_id``, ``bounds`` not a :class:`Bounds`, bad ``rate_hz``.
         """
         if not isinstance(app_id, str) or not app_id:
             raise ValueError(f'app_id must be a non-empty string, got {app_id!r}')
         if not isinstance(bounds, Bounds):
             raise ValueError(f'bounds must be a Bounds, got {bounds!r}')
-        result = plan(bounds, self.profile)
+        late_policy = LatePolicy.parse(late_policy)
+        if rate_hz is not None and (not math.isfinite(rate_hz) or rate_hz <= 0):
+            raise ValueError(f'rate_hz must be > 0, got {rate_hz!r}')
+        overhead = self.overhead_ms()
+        result = plan(bounds, self.profile, exit_latency_ms=self.exit_latency_ms(), overhead_ms=overhead)
+        with self._cond:
+            now = self.clock()
+            old = self._apps.get(app_id)
+            source = source if source is not None else (old.source if old is not None else None)
+            if rate_hz is None:
+                rate_hz = old.rate_hz(now) if old is not None else self._source_rate(source, now)
+            tasks = [self._task(a, st, now) for a, st in self._apps.items() if a != app_id]
+        if self.admission_control:
+            new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, self._required_exit(bounds), source)
+            cost = self._cost_model(overhead)
+            verdict = admission.check(tasks + [new], cost)
+            if not verdict.ok:
+                max_rate, min_latency = admission.suggest(tasks, new, cost)
+                fits = [f'at most {max_rate:.3g} Hz at this bound' if max_rate > 0 else 'no rate at this bound']
+                if min_latency is not None:
+                    fits.append(f'max_latency_ms >= {min_latency:.3g} at {rate_hz:.3g} Hz')
+                raise admission.Unschedulable(
+                    f'{app_id!r} at {rate_hz:.3g} Hz does not fit beside {len(tasks)} admitted app(s): '
+                    f'{verdict.message}; would fit: {" or ".join(fits)}',
+                    self.feasible_range(), max_rate_hz=max_rate, min_latency_ms=min_latency)
         with self._cond:
             app = self._apps.get(app_id)
             if app is None:
                 self._apps[app_id] = _AppState(bounds, window=self._stats_window, now_ns=self.clock(),
-                                               num_exits=self.profile.num_exits)
+                                               num_exits=self.profile.num_exits, late_policy=late_policy,
+                                               source=source, rate_prior_hz=rate_hz)
             else:
-                app.bounds = bounds
-            self._scheduler.set_app(app_id, latency_bound_ms=bounds.max_latency_ms)
+                app.bounds, app.late_policy, app.source, app.rate_prior_hz = bounds, late_policy, source, rate_hz
+                app.reason = ''
+            self._scheduler.set_app(app_id, latency_bound_ms=bounds.max_latency_ms, late_policy=late_policy)
         return result
 
     def remove_app(self, app_id: str) -> bool:
@@ -402,8 +568,87 @@ class Engine:
         with self._cond:
             return {a: s.bounds for a, s in self._apps.items()}
 
+    def overhead_ms(self) -> float:
+        """Serving overhead now: arrival -> delivery minus compute (conversion before :meth:`submit`,
+        the worker's wake-up, decision -> delivery), ms; ``overhead_prior_ms`` until a delivery."""
+        tail = self.corrector.tail_ms(margin=0.0) if self.corrector.has_tail else None
+        if tail is None:
+            return self.overhead_prior_ms
+        return tail + (self._conversion.mean or 0.0) + (self._wake.mean or 0.0)
+
+    def exit_latency_ms(self) -> list[float]:
+        """End-to-end latency of a lone frame to each exit now, ms: the serving overhead,
+        preprocessing, and each step at batch 1 (the profile's p50 x this device's measured ratio)."""
+        base = self.overhead_ms() + self._pre_ms
+        out, total = [], base
+        for k in range(self.profile.num_exits):
+            total += self.corrector.factor(k, 1) * self.profile.step_ms(k, 1)
+            out.append(total)
+        return out
+
     def feasible_range(self) -> FeasibleRange:
-        return feasible_range(self.profile)
+        """What this engine can serve now, end to end (see :meth:`exit_latency_ms`)."""
+        return feasible_range(self.profile, exit_latency_ms=self.exit_latency_ms(), overhead_ms=self.overhead_ms())
+
+    def plan(self, bounds: Bounds) -> Plan:
+        """The end-to-end plan for ``bounds`` now (no registration, no admission)."""
+        return plan(bounds, self.profile, exit_latency_ms=self.exit_latency_ms(), overhead_ms=self.overhead_ms())
+
+    def _required_exit(self, bounds: Bounds) -> int:
+        """The exit admission must make room for: a latency-bound app degrades to its cheapest
+        acceptable exit under load; an app without one runs where its plan says."""
+        if bounds.max_latency_ms is not None:
+            return static_fallback_exit(self.profile, bounds.min_accuracy)
+        try:
+            return plan(bounds, self.profile).exit_index
+        except ValueError:
+            return self.profile.final_exit
+
+    def _source_rate(self, source: str | None, now: int) -> float:
+        """Prior rate of a new app: the measured rate of an app on the same source, else the default."""
+        if source is not None:
+            rates = [r for st in self._apps.values() if st.source == source
+                     for r in (st.rate.hz(now),) if r is not None]
+            if rates:
+                return max(rates)
+        return admission.DEFAULT_RATE_HZ
+
+    def _task(self, app_id: str, app: _AppState, now: int) -> admission.Task:
+        return admission.Task(app_id, app.rate_hz(now), app.bounds.max_latency_ms,
+                              self._required_exit(app.bounds), app.source)
+
+    def _cost_model(self, overhead_ms: float) -> admission.CostModel:
+        return admission.CostModel(
+            step_ms=lambda k, b: self._expected_ms(k, b) - (self._pre_ms * b if k == 0 else 0.0),
+            num_exits=self.profile.num_exits, preprocess_ms=self._pre_ms, overhead_ms=overhead_ms,
+            max_batch=self.max_batch, default_deadline_ms=self.default_deadline_ms,
+            utilisation_limit=self.utilisation_limit)
+
+    def check_schedulable(self) -> dict[str, str]:
+        """Re-run admission on the registered apps at their measured rates; store and return the
+        reason of every app at risk (``AppStats.unschedulable_reason``; serving goes on)."""
+        with self._cond:
+            now = self.clock()
+            tasks = [self._task(a, st, now) for a, st in self._apps.items()]
+        verdict = admission.check(tasks, self._cost_model(self.overhead_ms()))
+        with self._cond:
+            for app_id, app in self._apps.items():
+                app.reason = verdict.at_risk.get(app_id, '')
+        if verdict.at_risk:
+            _log.warning('%s', verdict.message)
+        return dict(verdict.at_risk)
+
+    def count_malformed(self, app_ids: Sequence[str], count: int = 1) -> None:
+        """Count frames the caller could not convert for these apps (dropped, reason malformed;
+        they are frames in, and misses in ``frame_attainment``)."""
+        with self._cond:
+            for app_id in dict.fromkeys(app_ids):
+                app = self._apps.get(app_id)
+                if app is not None:
+                    app.frames_in += count
+                    app.w_in += count
+                    app.dropped_malformed += count
+                    app.w_dropped += count
 
     # --- frames ---------------------------------------------------------------------------------------
     def submit(self, app_ids: Sequence[str], image: np.ndarray, *, arrival_ns: int | None = None,
@@ -420,13 +665,17 @@ class Engine:
         frame = _Frame(image)
         queued = 0
         with self._cond:
-            arrival = self.clock() if arrival_ns is None else int(arrival_ns)
+            now = self.clock()
+            arrival = now if arrival_ns is None else int(arrival_ns)
+            if arrival_ns is not None:
+                self._conversion.add((now - arrival) / _NS_PER_MS)
             for app_id in dict.fromkeys(app_ids):
                 app = self._apps.get(app_id)
                 if app is None:
                     continue
+                app.rate.add(arrival)
                 request = self._scheduler.make_request(app_id, frame, arrival, tag=tag)
-                request.state = _State(bounds=app.bounds)
+                request.state = _State(bounds=app.bounds, idle_submit_ns=now if self._idle else None)
                 evicted = self._scheduler.push(request)
                 app.frames_in += 1
                 app.w_in += 1
@@ -516,12 +765,19 @@ class Engine:
         self.stop()
 
     # --- statistics -----------------------------------------------------------------------------------
-    def stats(self, app_id: str, *, reset: bool = False) -> AppStats:
-        """Counters and window figures of ``app_id`` (see :class:`AppStats`).
+    def stats(self, app_id: str, *, reset: bool = False, recheck_s: float = 1.0) -> AppStats:
+        """The ledger of ``app_id`` (see :class:`AppStats`). The window is copied under the worker's
+        lock; percentiles are computed outside it.
 
         :param reset: start a new window after reading (for per-period status).
+        :param recheck_s: re-run admission (:meth:`check_schedulable`) when the last run is older
+            than this, s (0: now; ``math.inf``: never from here).
         :raises KeyError: unknown app (the message lists the known ones).
         """
+        now = self.clock()
+        if self.admission_control and (now - self._last_check_ns) / 1e9 >= recheck_s:
+            self._last_check_ns = now
+            self.check_schedulable()
         with self._cond:
             try:
                 app = self._apps[app_id]
@@ -530,51 +786,62 @@ class Engine:
             now = self.clock()
             window_s = max(0.0, (now - app.window_start_ns) / 1e9)
             latencies = [r[0] for r in app.results]
-            decided = app.w_out + app.w_dropped
-            stats = AppStats(
-                app_id=app_id, bounds=app.bounds, frames_in=app.frames_in, results_out=app.results_out,
-                dropped=app.dropped_overflow + app.dropped_late, dropped_overflow=app.dropped_overflow,
-                dropped_late=app.dropped_late, failed=app.failed, expired=app.expired, window_s=window_s,
-                window_frames_in=app.w_in, window_results=app.w_out, window_dropped=app.w_dropped,
-                rate_in_hz=app.w_in / window_s if window_s > 0 else 0.0,
-                rate_out_hz=app.w_out / window_s if window_s > 0 else 0.0,
-                attainment=app.w_met / app.w_out if app.w_out else math.nan,
-                frame_attainment=app.w_met / decided if decided else math.nan,
-                latency_attainment=app.w_latency_met / decided if decided else math.nan,
-                latency_p50_ms=_percentile(latencies, 50), latency_p99_ms=_percentile(latencies, 99),
-                latency_max_ms=max(latencies) if latencies else math.nan,
-                mean_energy_mj=app.w_energy / app.w_out if app.w_out else math.nan,
-                mean_expected_accuracy=app.w_accuracy / app.w_out if app.w_out else math.nan,
-                energy_measured_fraction=app.w_measured / app.w_out if app.w_out else math.nan,
-                exit_counts=tuple(app.w_exits))
+            w = dict(w_in=app.w_in, w_out=app.w_out, w_dropped=app.w_dropped, w_met=app.w_met,
+                     w_latency_met=app.w_latency_met, w_measured=app.w_measured, w_energy=app.w_energy,
+                     w_accuracy=app.w_accuracy, w_exits=tuple(app.w_exits), w_late_dropped=app.w_late_dropped)
+            counters = dict(app_id=app_id, bounds=app.bounds, frames_in=app.frames_in, results_out=app.results_out,
+                            dropped=app.dropped_overflow + app.dropped_late + app.dropped_malformed + app.failed,
+                            dropped_overflow=app.dropped_overflow, dropped_late=app.dropped_late, failed=app.failed,
+                            expired=app.expired, dropped_malformed=app.dropped_malformed,
+                            served_late=app.served_late, late_policy=app.late_policy.value)
+            rate_hz, reason = app.rate_hz(now), app.reason
             if reset:
                 app.reset_window(now)
-            return stats
-
-    def recent_results(self, app_id: str) -> list[tuple[float, float, float, int, bool, bool, bool]]:
-        """The window's last results of ``app_id`` as ``(latency_ms, energy_mj, expected_accuracy,
-        exit_index, bounds_met, latency_met, energy_measured)`` tuples (for benchmarks and plots)."""
-        with self._cond:
-            return list(self._apps[app_id].results)
+        # outside the lock: percentiles and the rest
+        decided = max(w['w_in'], w['w_out'] + w['w_dropped'])
+        out = w['w_out']
+        if not reason and out == 0 and w['w_late_dropped'] > 0:
+            floor = self.exit_latency_ms()[0]
+            reason = (f'no result for {w["w_late_dropped"]} frame(s): all were late; the fastest exit takes '
+                      f'{floor:.3g} ms end to end now (bound {counters["bounds"].max_latency_ms:g} ms)')
+        return AppStats(
+            **counters, window_s=window_s, window_frames_in=w['w_in'], window_results=out,
+            window_dropped=w['w_dropped'],
+            rate_in_hz=w['w_in'] / window_s if window_s > 0 else 0.0,
+            rate_out_hz=out / window_s if window_s > 0 else 0.0,
+            attainment=w['w_met'] / out if out else math.nan,
+            frame_attainment=w['w_met'] / decided if decided else math.nan,
+            latency_attainment=w['w_latency_met'] / decided if decided else math.nan,
+            latency_p50_ms=_percentile(latencies, 50), latency_p99_ms=_percentile(latencies, 99),
+            latency_max_ms=max(latencies) if latencies else math.nan,
+            mean_energy_mj=w['w_energy'] / out if out else math.nan,
+            mean_expected_accuracy=w['w_accuracy'] / out if out else math.nan,
+            energy_measured_fraction=w['w_measured'] / out if out else math.nan,
+            exit_counts=w['w_exits'], window_unanswered=max(0, w['w_in'] - out - w['w_dropped']),
+            window_energy_mj=w['w_energy'], rate_measured_hz=rate_hz, unschedulable_reason=reason)
 
     def worker_stats(self, *, reset: bool = False) -> WorkerStats:
         """The worker's step count, batch sizes, busy time and decision overhead (see :class:`WorkerStats`)."""
         with self._cond:
             us, device, pre = list(self._decision_us), list(self._device_ms), list(self._pre_frame_ms)
-            out = WorkerStats(
-                steps=self._steps, mean_batch=self._batched / self._steps if self._steps else math.nan,
-                busy_s=self._busy_ns / 1e9, decision_us_mean=float(np.mean(us)) if us else math.nan,
-                decision_us_p50=_percentile(us, 50), decision_us_p99=_percentile(us, 99),
-                step_ms_p50=_percentile(device, 50), step_ms_p99=_percentile(device, 99),
-                preprocess_ms_per_frame=self._pre_ms, preprocess_ms_p99=_percentile(pre, 99),
-                energy_scale=self._energy.scale if self._energy is not None else None,
-                corrections=self.corrector.snapshot())
+            steps, batched, busy_ns, energy_mj = self._steps, self._batched, self._busy_ns, self._energy_mj
+            elapsed_s = max(0.0, (self.clock() - self._worker_stats_ns) / 1e9)
             if reset:
                 self._reset_worker_stats()
-            return out
+        return WorkerStats(
+            steps=steps, mean_batch=batched / steps if steps else math.nan,
+            busy_s=busy_ns / 1e9, decision_us_mean=float(np.mean(us)) if us else math.nan,
+            decision_us_p50=_percentile(us, 50), decision_us_p99=_percentile(us, 99),
+            step_ms_p50=_percentile(device, 50), step_ms_p99=_percentile(device, 99),
+            preprocess_ms_per_frame=self._pre_ms, preprocess_ms_p99=_percentile(pre, 99),
+            energy_scale=self._energy.scale if self._energy is not None else None,
+            corrections=self.corrector.snapshot(), overhead_ms=self.overhead_ms(), energy_mj=energy_mj,
+            idle_energy_mj=getattr(self, 'idle_power_w', 0.0) * elapsed_s * 1000.0)
 
     def _reset_worker_stats(self) -> None:
         self._steps = self._batched = self._busy_ns = 0
+        self._energy_mj = 0.0
+        self._worker_stats_ns = self.clock()
         self._decision_us: collections.deque[float] = collections.deque(maxlen=10_000)
         self._device_ms: collections.deque[float] = collections.deque(maxlen=10_000)
         self._pre_frame_ms: collections.deque[float] = collections.deque(maxlen=10_000)
@@ -597,7 +864,9 @@ class Engine:
         while True:
             with self._cond:
                 while not self._stopping and not self._scheduler.pending():
+                    self._idle = True
                     self._cond.wait()
+                self._idle = False
                 if self._stopping:
                     return
                 t0 = time.perf_counter_ns()
@@ -608,6 +877,7 @@ class Engine:
                     if app is not None:
                         app.dropped_late += 1
                         app.w_dropped += 1
+                        app.w_late_dropped += 1
             for r in schedule.expired:   # were waiting in flight, not running: nothing to release
                 self._finish(r, expired=True)
             if schedule.batch is not None:
@@ -631,7 +901,10 @@ class Engine:
         return n
 
     def _preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """``preprocess`` of the images, split over the pool when there is one and enough images."""
+        """``preprocess`` of the images: on the accelerator when there is one, else on the CPU, split
+        over the pool when there is one and enough images."""
+        if self._device_pre is not None:
+            return self._device_pre(images)
         pool, workers = self._pre_pool, self._pre_workers
         if pool is None or len(images) < 2 * workers:
             return preprocess(images, self.info)
@@ -707,12 +980,16 @@ class Engine:
         last = step == self.profile.final_exit
 
         t_decide = time.perf_counter_ns()
+        enforce = self._scheduler.enforce_deadlines
         finished, going_on = [], []
         for r in requests:
             s: _State = r.state
             i = slot[id(r.frame)]
             if s.start_ns is None:
                 s.start_ns = start_clock
+                if s.idle_submit_ns is not None:   # the worker was idle: how long it took to start
+                    self._wake.add((start_clock - s.idle_submit_ns) / _NS_PER_MS)
+                    s.idle_submit_ns = None
             s.compute_ns += t_end - t_start
             s.energy_est_mj += share_mj
             s.features = None if last else (features, i)
@@ -721,7 +998,10 @@ class Engine:
             ctx = ExitContext(bounds=s.bounds, profile=self.profile, exit_index=step, confidence=s.confidence,
                               elapsed_ms=(now - r.arrival_ns) / _NS_PER_MS, energy_mj=s.energy_est_mj,
                               next_batch=len(requests), corrector=self.corrector)
-            (finished if self.policy.decide(ctx) is Decision.STOP else going_on).append(r)
+            # A late frame (cannot meet its bound any more) is served at the fastest exit when the
+            # engine enforces deadlines; the baselines decide as their systems do.
+            stop = (r.late and enforce) or self.policy.decide(ctx) is Decision.STOP
+            (finished if stop else going_on).append(r)
         t_decided = time.perf_counter_ns()
         decide_ns = t_decided - t_decide
         # What a step really costs a request: scheduling, input, stage, head, softmax, decisions
@@ -748,30 +1028,16 @@ class Engine:
     def _finish(self, r: Request, *, expired: bool) -> None:
         s: _State = r.state
         finish = self.clock()
-        latency_ms = (finish - r.arrival_ns) / _NS_PER_MS
-        if not expired and s.decided_ns is not None:
-            self.corrector.update_tail((finish - s.decided_ns) / _NS_PER_MS)
         with self._cond:
             app = self._apps.get(r.app_id)
             if app is None:
                 return   # removed while running: nobody to deliver to
-            scale = self._energy.scale if self._energy is not None else None
-            measured = scale is not None
-            energy = s.energy_est_mj * scale if measured else s.energy_est_mj
-            b = s.bounds
-            accuracy, judged = self.policy.result_accuracy(self.profile, b, s.exit_index, s.confidence)
-            met = b.met(latency_ms=latency_ms, accuracy=judged, energy_mj=energy)
-            latency_met = b.max_latency_ms is None or latency_ms <= b.max_latency_ms
-            app.results_out += 1
             app.expired += expired
-            app.w_out += 1
-            app.w_met += met
-            app.w_latency_met += latency_met
-            app.w_measured += measured
-            app.w_energy += energy
-            app.w_accuracy += accuracy
-            app.w_exits[s.exit_index] += 1
-            app.results.append((latency_ms, energy, accuracy, s.exit_index, met, latency_met, measured))
+            scale = self._energy.scale if self._energy is not None else None
+        measured = scale is not None
+        energy = s.energy_est_mj * scale if measured else s.energy_est_mj
+        accuracy, judged = self.policy.result_accuracy(self.profile, s.bounds, s.exit_index, s.confidence)
+        latency_ms = (finish - r.arrival_ns) / _NS_PER_MS
         labels = self.info.labels
         result = Result(
             app_id=r.app_id, tag=r.tag, class_id=s.class_id,
@@ -780,9 +1046,47 @@ class Engine:
             expected_accuracy=accuracy, latency_ms=latency_ms,
             queue_ms=((s.start_ns if s.start_ns is not None else finish) - r.arrival_ns) / _NS_PER_MS,
             compute_ms=s.compute_ns / _NS_PER_MS, energy_mj=energy, energy_measured=measured,
-            energy_source=self.energy_source if measured else 'estimate', bounds_met=met,
-            arrival_ns=r.arrival_ns, finish_ns=finish)
+            energy_source=self.energy_source if measured else 'estimate',
+            bounds_met=s.bounds.met(latency_ms=latency_ms, accuracy=judged, energy_mj=energy),
+            arrival_ns=r.arrival_ns, finish_ns=finish, late=r.late, bounds=s.bounds,
+            decided_ns=None if expired else s.decided_ns)
+        if not self.external_delivery:
+            result = self.deliver(result)
         try:
             self.on_result(result)
         except Exception:  # noqa: BLE001 -- a subscriber's bug must not stop serving
             _log.exception('on_result raised for app %r', r.app_id)
+
+    def deliver(self, result: Result, *, delivered_ns: int | None = None) -> Result:
+        """Record a result as delivered and return it with its end-to-end figures.
+
+        The one definition of latency: ``arrival_ns -> delivered_ns`` (engine clock; ``None``: now).
+        With ``external_delivery`` the ROS layer calls this once per result, right before it
+        publishes, and puts the returned ``latency_ms`` / ``bounds_met`` in the message; otherwise
+        the engine calls it just before ``on_result``. It feeds the ledger (:meth:`stats`) and the
+        measured decision -> delivery tail that predictions and the serving overhead use.
+        """
+        now = self.clock() if delivered_ns is None else int(delivered_ns)
+        latency_ms = (now - result.arrival_ns) / _NS_PER_MS
+        b = result.bounds if result.bounds is not None else Bounds()
+        _, judged = self.policy.result_accuracy(self.profile, b, result.exit_index, result.confidence)
+        met = b.met(latency_ms=latency_ms, accuracy=judged, energy_mj=result.energy_mj)
+        latency_met = b.max_latency_ms is None or latency_ms <= b.max_latency_ms
+        if result.decided_ns is not None:
+            self.corrector.update_tail((now - result.decided_ns) / _NS_PER_MS)
+        with self._cond:
+            app = self._apps.get(result.app_id)
+            if app is not None:
+                app.results_out += 1
+                app.served_late += not latency_met
+                app.w_out += 1
+                app.w_met += met
+                app.w_latency_met += latency_met
+                app.w_measured += result.energy_measured
+                app.w_energy += result.energy_mj
+                app.w_accuracy += result.expected_accuracy
+                app.w_exits[result.exit_index] += 1
+                app.results.append((latency_ms, result.energy_mj, result.expected_accuracy, result.exit_index,
+                                    met, latency_met, result.energy_measured))
+            self._energy_mj += result.energy_mj
+        return dataclasses.replace(result, latency_ms=latency_ms, bounds_met=met, finish_ns=now)

@@ -116,6 +116,11 @@ class LatencyCorrector:
         dev += self.beta * (abs(measured_ms - mean) - dev)
         self._tail = (mean + self.alpha * (measured_ms - mean), dev)
 
+    @property
+    def has_tail(self) -> bool:
+        """Whether a decision -> delivery time has been measured."""
+        return self._tail is not None
+
     def tail_ms(self, *, margin: float | None = None) -> float:
         """Predicted decision -> delivery time, ms (mean + ``margin`` deviations; 0 before any)."""
         if self._tail is None:

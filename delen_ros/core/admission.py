@@ -1,0 +1,234 @@
+"""Admission control: is a set of apps schedulable on the one accelerator at their frame rates?
+
+Each app is a sporadic task (:class:`Task`): frames at ``rate_hz``, each needing the steps up to
+``exit_index`` (the cheapest exit its accuracy / energy bounds accept: a latency-bound app degrades
+to it under load, so admission asks only for that), by an end-to-end deadline ``deadline_ms`` (its
+latency bound; ``None``: no bound, a soft task with the engine's default horizon).
+
+Apps on one ``source`` (camera) share each frame's preprocessing and steps, so a source is one task:
+the highest rate of its apps, the deepest of their exits, the tightest of their deadlines
+(conservative). Work is batched across sources: a step's per-frame cost is taken at the batch size
+the load implies (the frames that arrive within the tightest deadline window, at most ``max_batch``
+and at most one per source).
+
+The test (:func:`check`) is EDF's processor-demand test on one processor, with non-preemptive steps:
+the device may be busy with one step (``blocking_ms``, the longest step at that batch size) when a
+frame arrives, and the serving overhead (conversion, wake-up, publication: not device time)
+shortens every deadline. It passes when utilisation <= ``utilisation_limit`` and, for every
+checkpoint ``t`` (each deadline ``D_i + m T_i`` up to the busy-period bound), the demand
+``sum_i max(0, floor((t - D_i) / T_i) + 1) C_i + blocking <= t``.
+
+:func:`suggest` says what would fit for an app the test rejects: the highest frame rate at its
+bound, and the tightest latency bound at its rate. Everything is pure (no engine, no clock).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from .bounds import FeasibleRange, InfeasibleBounds
+
+if TYPE_CHECKING:
+    from .profile import Profile
+
+__all__ = ['DEFAULT_RATE_HZ', 'Task', 'Verdict', 'Unschedulable', 'CostModel', 'check', 'suggest']
+
+#: frame rate assumed for a new app whose camera has sent nothing yet and that gave no hint, Hz
+DEFAULT_RATE_HZ = 30.0
+_MAX_CHECKPOINTS = 20_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One app as admission sees it.
+
+    :param rate_hz: its frames per second (measured, or a prior).
+    :param deadline_ms: end-to-end latency bound, ms; ``None``: unbounded (soft).
+    :param exit_index: the exit its frames need at least.
+    :param source: camera name; apps on one source share every frame's work (``None``: its own).
+    """
+
+    app_id: str
+    rate_hz: float
+    deadline_ms: float | None
+    exit_index: int
+    source: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The outcome of :func:`check`: ``ok``; ``at_risk``: app -> why its bound may be missed;
+    ``utilisation`` of the device (0-1 and above); ``batch``: the batch size costs were taken at."""
+
+    ok: bool
+    at_risk: dict[str, str]
+    utilisation: float
+    batch: int
+    message: str
+
+
+class Unschedulable(InfeasibleBounds):
+    """The bounds are feasible alone, but not beside the apps already admitted at their rates.
+
+    ``max_rate_hz``: the highest rate that would fit at the requested bound (0: none);
+    ``min_latency_ms``: the tightest latency bound that would fit at the app's rate (``None``: none).
+    """
+
+    def __init__(self, message: str, feasible: FeasibleRange, *, max_rate_hz: float = 0.0,
+                 min_latency_ms: float | None = None):
+        super().__init__(message, feasible)
+        self.max_rate_hz = max_rate_hz
+        self.min_latency_ms = min_latency_ms
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """Device costs for :func:`check`.
+
+    :param step_ms: ``(step, batch) -> ms`` of one step for a whole batch (the engine passes the
+        profile corrected by its measurements).
+    :param num_exits: the model's exits.
+    :param preprocess_ms: per frame, ms (counted as device-path work: it runs in the worker).
+    :param overhead_ms: serving overhead outside the worker's steps, ms (subtracted from deadlines).
+    :param max_batch: most frames per step.
+    :param default_deadline_ms: horizon of unbounded apps.
+    :param utilisation_limit: the most of the device admission hands out (headroom for jitter).
+    """
+
+    step_ms: Callable[[int, int], float]
+    num_exits: int
+    preprocess_ms: float = 0.0
+    overhead_ms: float = 0.0
+    max_batch: int = 8
+    default_deadline_ms: float = 250.0
+    utilisation_limit: float = 0.9
+
+    @classmethod
+    def from_profile(cls, profile: 'Profile', **kwargs) -> 'CostModel':
+        return cls(step_ms=lambda k, b: profile.step_ms(k, b), num_exits=profile.num_exits, **kwargs)
+
+    def frame_ms(self, exit_index: int, batch: int) -> float:
+        """Device time of one frame up to ``exit_index`` when steps run in batches of ``batch``."""
+        return self.preprocess_ms + sum(self.step_ms(k, batch) / batch for k in range(exit_index + 1))
+
+    def blocking_ms(self, exit_index: int, batch: int) -> float:
+        """The longest single step (a whole batch) a new frame may have to wait for."""
+        return max(self.step_ms(k, batch) for k in range(exit_index + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    apps: tuple[str, ...]
+    period_ms: float
+    deadline_ms: float        # shortened by the overhead; the soft horizon for unbounded apps
+    hard: bool
+    exit_index: int
+
+
+def _groups(tasks: Sequence[Task], cost: CostModel) -> list[_Group]:
+    by_source: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_source.setdefault(t.source if t.source is not None else f'\0{t.app_id}', []).append(t)
+    out = []
+    for members in by_source.values():
+        rate = max(t.rate_hz for t in members)
+        if rate <= 0:
+            continue
+        hard = [t.deadline_ms for t in members if t.deadline_ms is not None]
+        deadline = min(hard) - cost.overhead_ms if hard else cost.default_deadline_ms
+        out.append(_Group(apps=tuple(t.app_id for t in members), period_ms=1000.0 / rate, deadline_ms=deadline,
+                          hard=bool(hard), exit_index=max(t.exit_index for t in members)))
+    return out
+
+
+def _batch(groups: Sequence[_Group], cost: CostModel) -> int:
+    """Frames that arrive within the tightest deadline window, one per source, at most max_batch."""
+    if not groups:
+        return 1
+    window_ms = max(1e-9, min(g.deadline_ms for g in groups))
+    arriving = sum(window_ms / g.period_ms for g in groups)
+    return max(1, min(cost.max_batch, len(groups), int(arriving)))
+
+
+def check(tasks: Sequence[Task], cost: CostModel) -> Verdict:
+    """Whether ``tasks`` are schedulable together (see the module docstring), and who is at risk."""
+    groups = _groups(tasks, cost)
+    if not groups:
+        return Verdict(True, {}, 0.0, 1, 'nothing to schedule')
+    b = _batch(groups, cost)
+    c = [cost.frame_ms(g.exit_index, b) for g in groups]
+    blocking = max(cost.blocking_ms(g.exit_index, b) for g in groups)
+    u = sum(ci / g.period_ms for ci, g in zip(c, groups))
+    at_risk: dict[str, str] = {}
+
+    def risk(gs: Sequence[_Group], why: str) -> None:
+        for g in gs:
+            for app in g.apps:
+                at_risk.setdefault(app, why)
+
+    for g, ci in zip(groups, c):   # each alone: its deadline must hold the frame's work and one blocking step
+        if g.hard and ci + blocking > g.deadline_ms:
+            risk([g], f'its end-to-end deadline leaves {g.deadline_ms:.3g} ms of device time (after '
+                      f'{cost.overhead_ms:.3g} ms serving overhead), a frame needs {ci:.3g} ms after waiting up to '
+                      f'{blocking:.3g} ms for a running step')
+    if u > cost.utilisation_limit:
+        risk([g for g in groups if g.hard] or groups,
+             f'the device would be {u:.0%} busy (limit {cost.utilisation_limit:.0%}) at the measured frame rates')
+    elif not at_risk:
+        failing = _first_overload(groups, c, blocking, u)
+        if failing is not None:
+            t, demand = failing
+            risk([g for g in groups if g.hard and g.deadline_ms <= t],
+                 f'frames due within {t:.3g} ms need {demand:.3g} ms of device time (EDF demand test)')
+    ok = not at_risk
+    message = (f'schedulable: device {u:.0%} busy at batch {b}' if ok else
+               'unschedulable: ' + '; '.join(f'{a}: {why}' for a, why in sorted(at_risk.items())))
+    return Verdict(ok, at_risk, u, b, message)
+
+
+def _first_overload(groups: Sequence[_Group], c: Sequence[float], blocking: float, u: float
+                    ) -> tuple[float, float] | None:
+    """The first checkpoint whose demand (+ blocking) exceeds it, with that demand; ``None``: none."""
+    d_max = max(g.deadline_ms for g in groups)
+    if u < 1.0:
+        busy = sum((g.period_ms - g.deadline_ms) * ci / g.period_ms for g, ci in zip(groups, c)) / (1.0 - u)
+        horizon = max(d_max, busy + blocking / (1.0 - u))
+    else:
+        horizon = d_max
+    points = sorted({g.deadline_ms + m * g.period_ms for g in groups
+                     for m in range(min(_MAX_CHECKPOINTS, int(max(0.0, horizon - g.deadline_ms) / g.period_ms) + 1))
+                     if g.deadline_ms > 0})
+    for t in points[:_MAX_CHECKPOINTS]:
+        demand = sum(max(0, math.floor((t - g.deadline_ms) / g.period_ms + 1e-9) + 1) * ci
+                     for g, ci in zip(groups, c))
+        if demand + blocking > t * (1 + 1e-9):
+            return t, demand + blocking
+    return None
+
+
+def suggest(others: Sequence[Task], new: Task, cost: CostModel) -> tuple[float, float | None]:
+    """What would fit for ``new`` beside ``others``: ``(highest rate at its bound, Hz (0: none),
+    tightest latency bound at its rate, ms (None: none up to 100 x the bound or 10 s))``."""
+    def fits(task: Task) -> bool:
+        return check(list(others) + [task], cost).ok
+
+    lo, hi = 0.0, new.rate_hz
+    if not fits(dataclasses.replace(new, rate_hz=1e-3)):
+        max_rate = 0.0
+    else:
+        lo = 1e-3
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if fits(dataclasses.replace(new, rate_hz=mid)) else (lo, mid)
+        max_rate = lo
+    min_latency = None
+    if new.deadline_ms is not None:
+        top = max(10_000.0, 100.0 * new.deadline_ms)
+        if fits(dataclasses.replace(new, deadline_ms=top)):
+            lo, hi = new.deadline_ms, top
+            for _ in range(40):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (lo, mid) if fits(dataclasses.replace(new, deadline_ms=mid)) else (mid, hi)
+            min_latency = hi
+    return max_rate, min_latency
