@@ -1,0 +1,128 @@
+"""What ``configure`` builds: device, model, energy meter, profile and engine (no rclpy here).
+
+Kept out of the node so the node stays an adapter: :func:`build` returns a :class:`Served` bundle
+or raises with a one-line reason; :meth:`Served.close` frees it (CUDA memory included).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import re
+import time
+from typing import Any, Callable
+
+from .params import NodeParams
+
+__all__ = ['Served', 'resolve_device', 'load_profile', 'build']
+
+_QUICK_EVAL_IMAGES = 500   # held-out images for a quick profile's accuracy and calibration
+
+
+def resolve_device(device: str) -> str:
+    """``'auto'`` -> ``'cuda'`` if available else ``'cpu'``; checks ``cpu``, ``cuda``, ``cuda:N``.
+
+    :raises ValueError: unknown spelling, or a CUDA device that is not there.
+    """
+    import torch
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cpu':
+        return device
+    match = re.fullmatch(r'cuda(?::(\d+))?', device)
+    if not match:
+        raise ValueError(f'device must be auto, cpu, cuda or cuda:N, got {device!r}')
+    if not torch.cuda.is_available():
+        raise ValueError(f'device {device!r} asked for, but CUDA is not available here')
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f'device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here')
+    return device
+
+
+def load_profile(params: NodeParams, model: Any, device: str, meter: Any, log: Callable[[str], None]):
+    """``(profile, where it came from)``: the ``profile`` parameter's file, else the committed profile
+    of this model on this device, else a quick measurement (core profiling library)."""
+    from delen_ros.core.profile import Profile, device_slug, profile_filename
+    from delen_ros.core.zoo import models_dir
+
+    if params.profile:
+        path = os.path.expanduser(params.profile)
+        return Profile.load(path), path
+    name = model.info.name
+    folder = models_dir() / 'profiles'
+    committed = folder / profile_filename(name, device_slug(device))
+    if committed.is_file():
+        return Profile.load(committed), str(committed)
+    try:
+        from delen_ros.core.profiling import quick_profile
+    except ImportError:  # TODO(issue 10): core/profiling.py is being added by the core engineer
+        raise ValueError(f'no committed profile {committed.name} and no profiling library in core; '
+                         'measure one with delen_profile and pass it as the profile parameter') from None
+    others = sorted(folder.glob(profile_filename(name, '*')))
+    reference = Profile.load(others[0]) if others else None
+    evaluation = None
+    if reference is None:   # accuracy and calibration need held-out data (device-independent otherwise)
+        try:
+            from delen_ros.core.datasets import eval_set
+            evaluation = eval_set(name, limit=_QUICK_EVAL_IMAGES)
+        except (KeyError, OSError, ValueError) as exc:
+            log(f'no held-out data for {name} ({exc}): accuracy from the model file, no confidence calibration')
+    log(f'no committed profile {committed.name}: measuring a quick one on {device}')
+    started = time.perf_counter()
+    profile = quick_profile(model, device=device, max_batch=params.max_batch, reference=reference,
+                            eval_set=evaluation, meter=meter if meter.measured else None)
+    return profile, f'quick measurement on {device} ({time.perf_counter() - started:.1f} s)'
+
+
+@dataclasses.dataclass
+class Served:
+    """The model, its profile, the meter and the engine, as configure built them."""
+
+    device: str
+    model: Any
+    profile: Any
+    profile_source: str
+    meter: Any
+    engine: Any
+    idle_power_w: float
+
+    def close(self) -> None:
+        """Stop the engine, close the meter, free the model (and CUDA memory)."""
+        self.engine.stop()
+        self.meter.close()
+        self.engine = self.model = self.profile = None
+        gc.collect()
+        if self.device.startswith('cuda'):
+            import torch
+            torch.cuda.empty_cache()
+
+
+def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]) -> Served:
+    """Load everything configure needs and warm the engine up (graph capture, kernel choice)."""
+    from delen_ros.core.energy import make_meter, measure_idle_power_w
+    from delen_ros.core.engine import Engine
+    from delen_ros.core.zoo import load_model
+
+    device = resolve_device(params.device)
+    if params.torch_threads > 0:
+        import torch
+        torch.set_num_threads(params.torch_threads)
+    model = load_model(params.model, device=device)
+    meter = make_meter(params.energy_meter, device=device)
+    try:
+        profile, source = load_profile(params, model, device, meter, log)
+        if profile.num_exits != model.num_exits:
+            raise ValueError(f'profile {source} has {profile.num_exits} exits, the model {model.num_exits}')
+        cuda = device.startswith('cuda')
+        idle_power_w = measure_idle_power_w(meter) if cuda else 0.0
+        engine = Engine(model, profile, device=device, policy=params.policy, meter=meter,
+                        queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
+                        runner_options={'cuda_graphs': params.cuda_graphs} if cuda else None,
+                        idle_power_w=idle_power_w, external_delivery=True)
+        engine.warm_up()
+    except BaseException:
+        meter.close()
+        raise
+    return Served(device=device, model=model, profile=profile, profile_source=source, meter=meter, engine=engine,
+                  idle_power_w=idle_power_w)

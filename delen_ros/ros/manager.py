@@ -1,0 +1,253 @@
+"""The apps as the node serves them: registry, state file, camera subscriptions, result publishers.
+
+:class:`AppManager` applies the :mod:`.registry`'s decisions to the node: every check runs before any
+side effect (names, types, ownership, bounds, admission), and what a change creates (a result
+publisher, a camera subscription) is destroyed again if a later step fails, so a rejected request
+leaves no trace. It also answers ``~/set_bounds`` and ``~/remove_app``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Callable, Sequence
+
+from sensor_msgs.msg import Image
+
+from delen_ros.msg import InferenceResult
+from delen_ros.srv import RemoveApp, SetBounds
+
+from .apps import AppConfig
+from .qos import RESULT_QOS, image_qos
+from .registry import Registry, Rejected, StateStore
+from .rejections import RejectionLog, clean_message
+from .stats import CameraCounters
+
+__all__ = ['LATE_POLICIES', 'Camera', 'AppManager']
+
+LATE_POLICIES = {SetBounds.Request.LATE_SERVE_FASTEST: 'serve_fastest', SetBounds.Request.LATE_DROP: 'drop'}
+
+
+@dataclasses.dataclass
+class Camera:
+    """One subscribed camera topic and the apps it feeds (``app_ids`` is replaced, never mutated)."""
+
+    topic: str
+    app_ids: tuple[str, ...] = ()
+    counters: CameraCounters = dataclasses.field(default_factory=CameraCounters)
+    subscription: Any = None
+    quiet_s: float = 0.0
+
+
+class AppManager:
+    """Apps of one configured node.
+
+    :param node: the lifecycle node (entities are created on it).
+    :param engine: the engine apps are registered with.
+    :param registry: the registry (validation, ownership).
+    :param store: the state file.
+    :param image_qos_name: camera QoS (``params.image_qos``).
+    :param on_image: ``(msg, camera)``, the node's image callback.
+    """
+
+    def __init__(self, node, *, engine, registry: Registry, store: StateStore, image_qos_name: str,
+                 on_image: Callable[[Image, Camera], None]):
+        self._node, self.engine, self.registry, self.store = node, engine, registry, store
+        self._qos_name, self._on_image = image_qos_name, on_image
+        self.lock = threading.RLock()   # registry changes vs transitions
+        self.cameras: dict[str, Camera] = {}
+        self.result_pubs: dict[str, Any] = {}
+        self.active = False
+        self.rejections = RejectionLog(what='request(s) rejected')
+
+    def log(self):
+        return self._node.get_logger()
+
+    def _resolve(self, config: AppConfig) -> AppConfig:
+        """``config`` with absolute topic names (remappings applied); ``ValueError`` for invalid names."""
+        resolved = {}
+        for field, name in (('image_topic', config.image_topic),
+                            ('result_topic', config.result_topic or f'~/{config.app_id}/result')):
+            try:
+                resolved[field] = self._node.resolve_topic_name(name)
+            except Exception as exc:  # noqa: BLE001 - rclpy raises RCLError for invalid names
+                raise Rejected(f'{field} {name!r} is not a valid topic name: {clean_message(exc)}',
+                               kind='topic name') from None
+        return dataclasses.replace(config, **resolved)
+
+    def _foreign_publishers(self, topic: str) -> int:
+        me = (self._node.get_name(), self._node.get_namespace())
+        return sum((i.node_name, i.node_namespace) != me for i in self._node.get_publishers_info_by_topic(topic))
+
+    def _check(self, config: AppConfig, *, token: str = '', restore: bool = False):
+        return self.registry.check(self._resolve(config), token=token, restore=restore,
+                                    topic_types=dict(self._node.get_topic_names_and_types()),
+                                    foreign_publishers=self._foreign_publishers)
+
+    def _apply(self, change) -> Any:
+        """Create what ``change`` needs, register it with the engine, commit; undo all on a failure."""
+        config, new_pub, new_cam = change.config, None, None
+        try:
+            if change.new_result_topic:
+                new_pub = self._node.create_lifecycle_publisher(InferenceResult, config.result_topic, RESULT_QOS)
+                if self.active:   # lifecycle publishers start disabled; the node is already past activate
+                    new_pub.on_activate(None)
+            if change.new_image_topic:
+                new_cam = Camera(config.image_topic)
+                if self.active:
+                    self.subscribe(new_cam)
+            plan = self.engine.set_app(config.app_id, config.bounds, late_policy=config.late_policy,
+                                               source=config.image_topic)
+        except BaseException:
+            if new_cam is not None:
+                self.unsubscribe(new_cam)
+            if new_pub is not None:
+                self._node.destroy_lifecycle_publisher(new_pub)
+            raise
+        if new_pub is not None:
+            self.result_pubs[config.result_topic] = new_pub
+        if new_cam is not None:
+            self.cameras[config.image_topic] = new_cam
+        self.registry.commit(change)
+        self._drop_unused(change.unused_result_topic, change.unused_image_topic)
+        return plan
+
+    def _drop_unused(self, result_topic: str | None, image_topic: str | None) -> None:
+        if result_topic and result_topic in self.result_pubs:
+            self._node.destroy_lifecycle_publisher(self.result_pubs.pop(result_topic))
+        if image_topic and image_topic in self.cameras:
+            self.unsubscribe(self.cameras.pop(image_topic))
+            self._node.get_logger().info(f'unsubscribed from {image_topic}: no app uses it any more')
+        for topic, app_ids in self.registry.cameras().items():
+            if topic in self.cameras:
+                self.cameras[topic].app_ids = app_ids
+
+    def subscribe(self, camera: Camera) -> None:
+        if camera.subscription is None:
+            camera.subscription = self._node.create_subscription(
+                Image, camera.topic, lambda msg, c=camera: self._on_image(msg, c), image_qos(self._qos_name))
+
+    def unsubscribe(self, camera: Camera) -> None:
+        if camera.subscription is not None:
+            self._node.destroy_subscription(camera.subscription)
+            camera.subscription = None
+
+    def restore(self, initial: Sequence[AppConfig]) -> None:
+        """The ``apps`` parameter's apps, then the state file's (which win on the same id)."""
+        read = self.store.read()
+        for error in read.errors:
+            self._node.get_logger().error(error)
+        if read.backup is not None:
+            self._node.get_logger().error(f'state file kept as {read.backup}; its valid entries are restored')
+        by_id = {a.app_id: a for a in [*initial, *read.apps]}
+        with self.lock:
+            for config in by_id.values():
+                try:
+                    self._apply(self._check(config, restore=True))
+                except Exception as exc:  # noqa: BLE001 - one app that cannot be restored must not stop the others
+                    self.store.restore_error = (self.store.restore_error + '; ' if self.store.restore_error
+                                                 else '') + f'app {config.app_id} not restored: {clean_message(exc)}'
+                    self._node.get_logger().error(f'app {config.app_id} not restored: {clean_message(exc)}')
+            if self.store.path is not None and (by_id or read.errors) and not self.store.write(
+                    self.registry.apps().values()):
+                self._node.get_logger().error(self.store.error)
+
+    def _reject(self, kind: str, message: str) -> None:
+        line = self.rejections.add(kind, message)
+        if line:
+            self._node.get_logger().warning(line)
+
+    @staticmethod
+    def _fill_feasible(response, feasible) -> None:
+        response.feasible_latency_ms = [float(v) for v in feasible.latency_ms]
+        response.feasible_accuracy = [float(v) for v in feasible.accuracy]
+        response.feasible_energy_mj = [float(v) for v in feasible.energy_mj]
+
+    def set_bounds(self, request: SetBounds.Request, response: SetBounds.Response) -> SetBounds.Response:
+        from delen_ros.core.bounds import InfeasibleBounds
+        response.accepted, response.planned_exit, kind = False, -1, 'invalid'
+        try:
+            self._fill_feasible(response, self.engine.feasible_range())
+            if request.late_policy not in LATE_POLICIES:
+                raise Rejected(f'unknown late_policy {request.late_policy}; known: {sorted(LATE_POLICIES)}',
+                               kind='invalid')
+            config = AppConfig(app_id=request.app_id, image_topic=request.image_topic,
+                               max_latency_ms=request.max_latency_ms, min_accuracy=request.min_accuracy,
+                               max_energy_mj=request.max_energy_mj, objective=int(request.objective),
+                               result_topic=request.result_topic, late_policy=LATE_POLICIES[request.late_policy])
+            with self.lock:
+                change = self._check(config, token=request.token)
+                plan = self._apply(change)
+                persisted = self.store.write(self.registry.apps().values())
+        except InfeasibleBounds as exc:
+            self._fill_feasible(response, exc.feasible)
+            kind, response.message = type(exc).__name__, clean_message(exc, limit=1000)
+        except Rejected as exc:
+            kind, response.message = exc.kind, str(exc)
+        except ValueError as exc:
+            response.message = clean_message(exc, limit=1000)
+        except Exception as exc:  # noqa: BLE001 - answer (rejected, with the reason): never leave the caller hanging
+            kind, response.message = 'internal error', f'internal error: {type(exc).__name__}: {clean_message(exc)}'
+        else:
+            config = change.config
+            response.accepted, response.persisted, response.token = True, persisted, change.token or request.token
+            response.result_topic, response.planned_exit = config.result_topic, int(plan.exit_index)
+            response.expected_latency_ms, response.expected_accuracy = float(plan.latency_ms), float(plan.accuracy)
+            response.expected_energy_mj = float(plan.energy_mj)
+            if not persisted:
+                response.message = f'accepted, but NOT persisted (lost at a restart): {self.store.error}'
+                self._node.get_logger().error(response.message, throttle_duration_sec=10.0)
+            self._node.get_logger().info(f'app {config.app_id} on {config.image_topic}: {config.describe()} -> exit '
+                                   f'{plan.exit_index} (~{plan.latency_ms:.2f} ms); results on {config.result_topic}')
+            return response
+        self._reject(kind, f'set_bounds({request.app_id[:64]!r}) rejected: {response.message}')
+        return response
+
+    def remove_app(self, request: RemoveApp.Request, response: RemoveApp.Response) -> RemoveApp.Response:
+        try:
+            with self.lock:
+                old = self.registry.check_remove(request.app_id, token=request.token)
+                self.engine.remove_app(old.app_id)
+                self.registry.remove(old.app_id)
+                others = self.registry.apps().values()
+                self._drop_unused(old.result_topic if all(a.result_topic != old.result_topic for a in others) else None,
+                                  old.image_topic if all(a.image_topic != old.image_topic for a in others) else None)
+                persisted = self.store.write(others)
+        except Rejected as exc:
+            response.removed, response.message = False, str(exc)
+            self._reject(exc.kind, f'remove_app({request.app_id[:64]!r}) rejected: {exc}')
+            return response
+        except Exception as exc:  # noqa: BLE001
+            response.removed, response.message = False, f'internal error: {type(exc).__name__}: {clean_message(exc)}'
+            self._reject('internal error', f'remove_app({request.app_id[:64]!r}): {response.message}')
+            return response
+        response.removed = True
+        response.message = f'removed {old.app_id}' + ('' if persisted else f' (NOT persisted: {self.store.error})')
+        self._node.get_logger().info(response.message)
+        return response
+
+    def activate(self) -> None:
+        with self.lock:
+            self.active = True
+            for camera in self.cameras.values():
+                self.subscribe(camera)
+
+    def deactivate(self) -> None:
+        with self.lock:
+            self.active = False
+            for camera in self.cameras.values():
+                self.unsubscribe(camera)
+
+    def close(self) -> None:
+        """Destroy every subscription and result publisher (the engine is the node's to stop)."""
+        with self.lock:
+            self.deactivate()
+            for pub in self.result_pubs.values():
+                self._node.destroy_lifecycle_publisher(pub)
+            self.result_pubs.clear()
+            self.cameras.clear()
+            self.registry.clear()
+
+    def publisher(self, app_id: str) -> Any:
+        """The result publisher of ``app_id`` (``None``: not registered now)."""
+        config = self.registry.get(app_id)
+        return self.result_pubs.get(config.result_topic) if config is not None else None

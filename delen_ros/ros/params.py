@@ -1,0 +1,130 @@
+"""The node's parameters: declared with descriptors and ranges, read and validated in one place.
+
+:func:`declare` runs in the node's ``__init__``; :func:`read` at configure returns a frozen
+:class:`NodeParams` or raises :class:`ParameterError` with one line naming the parameter, its value
+and what it may be. Out-of-range overrides (``queue_depth:=-1``) already fail at declaration in
+rclpy; :func:`describe_error` turns rclpy's exceptions into the same one line, so ``delen_node``
+exits 1 with that line and no traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+__all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 'EXECUTORS', 'IMAGE_QOS']
+
+EXECUTORS = ('single', 'events', 'multi')
+IMAGE_QOS = ('sensor_data', 'reliable')
+_LATER = ' Read at configure: a change takes effect at the next configure.'
+
+
+class ParameterError(ValueError):
+    """A parameter value the node cannot run with (the message is one line)."""
+
+
+# name -> (default, description, range or choices, read_only)
+_SPECS: dict[str, tuple[Any, str, Any, bool]] = {
+    'autostart': (True, 'Configure and activate at start (true), or wait for lifecycle transitions (false).',
+                  None, True),
+    'model': ('fashion_mnist', "Model name in the model zoo ('fashion_mnist', 'efficientnet_lite0', ...) or a path "
+              'to its .json / .pt.' + _LATER, None, False),
+    'device': ('auto', "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'." + _LATER, None, False),
+    'profile': ('', "Profile JSON file; '' = the committed profile of this model on this device if present, else a "
+                'quick on-device measurement.' + _LATER, None, False),
+    'energy_meter': ('auto', "'auto', 'jetson', 'nvml', 'rapl' or 'estimate' (from the profile)." + _LATER,
+                     None, False),
+    'policy': ('delen', "Exit policy: 'delen' (predictive) or a baseline ('always_final', 'static_exit', "
+               "'check_after_stage', 'fixed_confidence')." + _LATER, None, False),
+    'image_qos': ('sensor_data', "Camera subscriptions: 'sensor_data' (best effort) or 'reliable'; keep-last 1."
+                  + _LATER, IMAGE_QOS, False),
+    'queue_depth': (1, 'Newest frames kept per application; older ones are dropped and counted.' + _LATER,
+                    (1, 64), False),
+    'max_batch': (8, 'Most frames run as one batch, across applications.' + _LATER, (1, 1024), False),
+    'state_file': ('', "YAML file where registered apps persist across restarts ('~' expands); '' = no "
+                   'persistence.' + _LATER, None, False),
+    'apps': ('', 'Apps to register at configure: a YAML list of {app_id, image_topic, max_latency_ms, min_accuracy, '
+             'max_energy_mj, objective, result_topic, late_policy}; a bound is a number (0 = unbounded) or '
+             '"exit:K" / "exit:K*F". Such apps belong to the operator: clients change them only with '
+             'allow_takeover.' + _LATER, None, False),
+    'max_apps': (64, 'Most registered apps; SetBounds for a new app beyond it is rejected.' + _LATER,
+                 (1, 4096), False),
+    'allow_takeover': (False, 'Any client may update or remove any app (no token needed). False: only the client '
+                       'holding the token returned at registration.' + _LATER, None, False),
+    'service_queue_depth': (256, 'Requests kept per service before the node answers them (a burst from one client '
+                            'beyond this is lost).' + _LATER, (1, 100000), False),
+    'torch_threads': (0, "CPU threads for torch (intra-op); 0 = torch's default (all cores)." + _LATER,
+                      (0, 256), False),
+    'cuda_graphs': (True, 'On CUDA: capture every stage and head as a CUDA graph per batch size at configure and '
+                    'replay them. False: eager.' + _LATER, None, False),
+    'executor': ('single', "rclpy executor: 'single' (default; callbacks only hand work over), 'events' "
+                 "(rclpy.experimental.EventsExecutor) or 'multi' (MultiThreadedExecutor, for comparison).",
+                 EXECUTORS, True),
+    'status_period_s': (1.0, 'Period of ~/status and /diagnostics, seconds.' + _LATER, (0.1, 60.0), False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeParams:
+    """The parameters as read at configure (see ``_SPECS`` for meanings)."""
+
+    autostart: bool
+    model: str
+    device: str
+    profile: str
+    energy_meter: str
+    policy: str
+    image_qos: str
+    queue_depth: int
+    max_batch: int
+    state_file: str
+    apps: str
+    max_apps: int
+    allow_takeover: bool
+    service_queue_depth: int
+    torch_threads: int
+    cuda_graphs: bool
+    executor: str
+    status_period_s: float
+
+
+def declare(node) -> None:
+    """Declare every parameter on ``node`` with its descriptor (ranges for numbers)."""
+    for name, (default, description, limits, read_only) in _SPECS.items():
+        descriptor = ParameterDescriptor(description=description, read_only=read_only)
+        if isinstance(limits, tuple) and len(limits) == 2 and isinstance(default, int) \
+                and not isinstance(default, bool):
+            descriptor.integer_range = [IntegerRange(from_value=limits[0], to_value=limits[1], step=1)]
+        elif isinstance(limits, tuple) and isinstance(default, float):
+            descriptor.floating_point_range = [FloatingPointRange(from_value=limits[0], to_value=limits[1], step=0.0)]
+        node.declare_parameter(name, default, descriptor)
+
+
+def read(node) -> NodeParams:
+    """The declared parameters, validated; :class:`ParameterError` names the first bad one."""
+    values = {name: node.get_parameter(name).value for name in _SPECS}
+    for name, (default, _, limits, _) in _SPECS.items():
+        value = values[name]
+        if type(value) is not type(default) and not (isinstance(default, float) and type(value) is int):
+            raise ParameterError(f'parameter {name}: expected {type(default).__name__}, got {value!r}')
+        if isinstance(limits, tuple) and limits and isinstance(limits[0], str):
+            if value not in limits:
+                raise ParameterError(f'parameter {name}: must be one of {", ".join(limits)}; got {value!r}')
+        elif isinstance(limits, tuple) and not limits[0] <= value <= limits[1]:
+            raise ParameterError(f'parameter {name}: must be in [{limits[0]}, {limits[1]}]; got {value!r}')
+    values['status_period_s'] = float(values['status_period_s'])
+    return NodeParams(**values)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a parameter error from rclpy (declaration with a bad override) or from :func:`read`."""
+    text = ' '.join(str(exc).split())
+    text = re.sub(r',?\s*at\s+/\S+:\d+', '', text)
+    match = re.search(r"parameter '?([A-Za-z_][\w.]*)'?", text, re.IGNORECASE)
+    name = match.group(1) if match else ''
+    spec = _SPECS.get(name)
+    if spec is not None and isinstance(spec[2], tuple) and not isinstance(spec[2][0], str):
+        return f'bad parameter {name}: must be in [{spec[2][0]}, {spec[2][1]}] ({text})'
+    return f'bad parameter: {text}'

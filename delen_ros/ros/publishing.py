@@ -1,0 +1,119 @@
+"""The node's messages, built by pure functions from the engine's ledger (no node, no clock reads).
+
+* :func:`result_message`: one :class:`~delen_ros.core.engine.Result`, already delivered
+  (:meth:`Engine.deliver <delen_ros.core.engine.Engine.deliver>` is the one definition of latency
+  and ``bounds_met``), as ``delen_ros/msg/InferenceResult``.
+* :func:`status_message`: one app's :class:`~delen_ros.core.engine.AppStats` as ``AppStatus``.
+* :func:`diagnostics_array`: per camera and for the engine, ``diagnostic_msgs/DiagnosticArray``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from delen_ros.msg import AppStatus, InferenceResult
+
+__all__ = ['CameraReport', 'result_message', 'status_message', 'diagnostics_array']
+
+
+def result_message(result: Any, *, header: Any, image_topic: str, now_ns: int) -> InferenceResult:
+    """``InferenceResult`` for a delivered result.
+
+    :param header: the image's header (copied: stamp and frame_id travel with the result).
+    :param now_ns: the ROS clock now, ns (``stamp_latency_ms`` = now - header.stamp).
+    """
+    stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    return InferenceResult(
+        header=header, app_id=result.app_id, image_topic=image_topic, class_id=int(result.class_id),
+        label=str(result.label), confidence=float(result.confidence), exit_index=int(result.exit_index),
+        num_exits=int(result.num_exits), expected_accuracy=float(result.expected_accuracy),
+        latency_ms=float(result.latency_ms), stamp_latency_ms=(now_ns - stamp_ns) / 1e6,
+        queue_ms=float(result.queue_ms), compute_ms=float(result.compute_ms), energy_mj=float(result.energy_mj),
+        energy_measured=bool(result.energy_measured), energy_source=str(result.energy_source),
+        bounds_met=bool(result.bounds_met))
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraReport:
+    """What the node itself knows of one camera topic over a period (the engine knows the rest)."""
+
+    topic: str
+    app_ids: tuple[str, ...]
+    frames: int               # this period
+    frames_total: int
+    malformed: int            # this period
+    malformed_total: int
+    missed_total: int         # frames sent (header.stamp gaps) that never arrived
+    warning: str = ''
+
+
+def status_message(config: Any, stats: Any, *, stamp: Any, camera: CameraReport | None = None,
+                   state_error: str = '') -> AppStatus:
+    """``AppStatus`` of one app from its config (``AppConfig``) and the engine's ledger (``AppStats``)."""
+    return AppStatus(
+        stamp=stamp, app_id=config.app_id, image_topic=config.image_topic, result_topic=config.result_topic,
+        max_latency_ms=config.max_latency_ms, min_accuracy=config.min_accuracy, max_energy_mj=config.max_energy_mj,
+        objective=config.objective.value, late_policy=config.late_policy.value,
+        rate_in_hz=float(stats.rate_in_hz), rate_out_hz=float(stats.rate_out_hz),
+        frames_in=int(stats.frames_in), results_out=int(stats.results_out),
+        dropped=int(stats.dropped), dropped_overflow=int(stats.dropped_overflow),
+        dropped_late=int(stats.dropped_late), malformed=int(stats.dropped_malformed),
+        served_late=int(stats.served_late), frames_missed=camera.missed_total if camera is not None else 0,
+        attainment=float(stats.attainment), frame_attainment=float(stats.frame_attainment),
+        latency_p50_ms=float(stats.latency_p50_ms), latency_p99_ms=float(stats.latency_p99_ms),
+        mean_energy_mj=float(stats.mean_energy_mj), mean_expected_accuracy=float(stats.mean_expected_accuracy),
+        exit_counts=[int(c) for c in stats.exit_counts], unschedulable_reason=str(stats.unschedulable_reason),
+        warning=camera.warning if camera is not None else '', state_error=state_error)
+
+
+def _fmt(value: float, spec: str = '.3f') -> str:
+    return 'n/a' if value is None or math.isnan(value) else format(value, spec)
+
+
+def diagnostics_array(*, stamp: Any, prefix: str, hardware_id: str, cameras: Sequence[CameraReport],
+                      stats: Mapping[str, Any], period_s: float, engine: Mapping[str, Any]) -> DiagnosticArray:
+    """One status per camera (its apps' period figures summed) and one for the engine.
+
+    :param stats: app id -> the period's ``AppStats`` (apps missing from it are skipped).
+    :param engine: key -> value of the engine's entry (``active`` decides its message).
+    """
+    array = DiagnosticArray()
+    array.header.stamp = stamp
+    for cam in cameras:
+        rows = [stats[a] for a in cam.app_ids if a in stats]
+        results = sum(s.window_results for s in rows)
+        met = sum(0 if math.isnan(s.attainment) else round(s.attainment * s.window_results) for s in rows)
+        dropped = sum(s.window_dropped for s in rows)
+        energy_mj = sum(s.window_energy_mj for s in rows)
+        reasons = sorted({s.unschedulable_reason for s in rows if s.unschedulable_reason})
+        attainment = met / results if results else math.nan
+        level, summary = DiagnosticStatus.OK, 'serving'
+        if cam.warning:
+            level, summary = DiagnosticStatus.WARN, cam.warning
+        elif cam.malformed:
+            level, summary = DiagnosticStatus.WARN, f'{cam.malformed} malformed image(s) this period'
+        elif reasons:
+            level, summary = DiagnosticStatus.WARN, reasons[0]
+        elif results and attainment < 0.9:
+            level, summary = DiagnosticStatus.WARN, f'bounds met for {attainment:.0%} of results'
+        elif cam.frames == 0:
+            level, summary = DiagnosticStatus.WARN, 'no frames this period'
+        values = {
+            'apps': ','.join(cam.app_ids), 'rate_in_hz': f'{cam.frames / period_s:.2f}',
+            'rate_out_hz': f'{results / period_s:.2f}', 'dropped': str(dropped), 'attainment': _fmt(attainment),
+            'energy_per_result_mj': _fmt(energy_mj / results if results else math.nan, '.4f'),
+            'power_w': f'{energy_mj / 1000.0 / period_s:.4f}', 'conversion_errors': str(cam.malformed),
+            'conversion_errors_total': str(cam.malformed_total), 'frames_total': str(cam.frames_total),
+            'frames_missed_total': str(cam.missed_total), 'unschedulable': '; '.join(reasons),
+        }
+        array.status.append(DiagnosticStatus(
+            level=level, name=f'{prefix}: {cam.topic}', message=summary, hardware_id=hardware_id,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()]))
+    array.status.append(DiagnosticStatus(
+        level=DiagnosticStatus.OK if not engine.get('state_error') else DiagnosticStatus.WARN,
+        name=f'{prefix}: engine', message=engine.get('state_error') or ('active' if engine.get('active') else 'inactive'),
+        hardware_id=hardware_id, values=[KeyValue(key=str(k), value=str(v)) for k, v in engine.items()]))
+    return array
