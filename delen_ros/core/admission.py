@@ -173,7 +173,7 @@ def check(tasks: Sequence[Task], cost: CostModel) -> Verdict:
                       f'{cost.overhead_ms:.3g} ms serving overhead), a frame needs {ci:.3g} ms after waiting up to '
                       f'{blocking:.3g} ms for a running step')
     if u > cost.utilisation_limit:
-        risk([g for g in groups if g.hard] or groups,
+        risk(groups,
              f'the device would be {u:.0%} busy (limit {cost.utilisation_limit:.0%}) at the measured frame rates')
     elif not at_risk:
         failing = _first_overload(groups, c, blocking, u)

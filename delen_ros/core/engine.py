@@ -624,13 +624,17 @@ class Engine:
             max_batch=self.max_batch, default_deadline_ms=self.default_deadline_ms,
             utilisation_limit=self.utilisation_limit)
 
-    def check_schedulable(self) -> dict[str, str]:
-        """Re-run admission on the registered apps at their measured rates; store and return the
-        reason of every app at risk (``AppStats.unschedulable_reason``; serving goes on)."""
+    def schedulability(self) -> 'admission.Verdict':
+        """Admission's test on the registered apps at their measured rates now (nothing stored)."""
         with self._cond:
             now = self.clock()
             tasks = [self._task(a, st, now) for a, st in self._apps.items()]
-        verdict = admission.check(tasks, self._cost_model(self.overhead_ms()))
+        return admission.check(tasks, self._cost_model(self.overhead_ms()))
+
+    def check_schedulable(self) -> dict[str, str]:
+        """Re-run admission on the registered apps at their measured rates; store and return the
+        reason of every app at risk (``AppStats.unschedulable_reason``; serving goes on)."""
+        verdict = self.schedulability()
         with self._cond:
             for app_id, app in self._apps.items():
                 app.reason = verdict.at_risk.get(app_id, '')
