@@ -419,3 +419,112 @@ def test_requests_from_different_batches_continue_together():
         engine.stop()
     assert {r.app_id: (r.class_id, r.exit_index) for r in results} == {'a': (1, 3), 'b': (2, 3)}
     assert runner.calls[:3] == [(0, 1), (0, 1), (1, 2)]   # two earlier batches' features gathered into one
+
+
+# --- issue 10: end-to-end bounds, late frames, one ledger ---------------------------------------------------
+def test_late_frames_are_served_at_the_fastest_exit_by_default():
+    c = Collector()
+    engine, _ = make_engine(c, sleep_ms=(0, 0, 0, 0))
+    engine.set_app('a', Bounds(max_latency_ms=5.0))
+    engine.submit(['a'], fake_image(0), arrival_ns=time.perf_counter_ns() - 10_000_000)
+    with engine:
+        result = c.wait(1)[0]
+    s = engine.stats('a')
+    assert result.exit_index == 0 and result.late and not result.bounds_met
+    assert (s.results_out, s.served_late, s.dropped_late) == (1, 1, 0)
+    assert s.frame_attainment == 0.0 and s.latency_attainment == 0.0
+
+
+def test_external_delivery_defines_latency_at_publication():
+    c = Collector()
+    clock = FakeClockNs()
+    engine, _ = make_engine(c, external_delivery=True, clock=clock, overhead_prior_ms=0.0)
+    engine.set_app('a', Bounds(max_latency_ms=LOOSE_MS))
+    with engine:
+        engine.submit(['a'], fake_image(0))
+        provisional = c.wait(1)[0]
+        assert engine.stats('a').results_out == 0             # not delivered yet: not counted
+        clock.offset_ns += int((LOOSE_MS + 1) * 1e6)           # published long after
+        delivered = engine.deliver(provisional)
+    s = engine.stats('a')
+    assert delivered.latency_ms > LOOSE_MS and not delivered.bounds_met and provisional.bounds_met
+    assert s.results_out == 1 and s.served_late == 1 and s.attainment == 0.0
+    assert s.latency_max_ms == pytest.approx(delivered.latency_ms)
+    # the decision -> publication tail is now part of the serving overhead and the feasible range
+    assert engine.overhead_ms() > LOOSE_MS / 2
+    assert engine.feasible_range().latency_ms[0] > LOOSE_MS / 2
+
+
+def test_feasible_range_is_end_to_end():
+    c = Collector()
+    engine, _ = make_engine(c, overhead_prior_ms=3.0)
+    r = engine.feasible_range()
+    assert r.overhead_ms == 3.0
+    assert r.latency_ms[0] == pytest.approx(3.0 + PROFILE.step_ms(0, 1))   # nothing measured yet
+    with pytest.raises(InfeasibleBounds, match='serving overhead'):
+        engine.set_app('a', Bounds(max_latency_ms=PROFILE.exit_latency_ms(0) + 1.0))   # compute alone would fit
+    assert engine.plan(Bounds(max_latency_ms=6.0)).exit_index == 0
+
+
+def test_malformed_frames_are_counted_as_misses():
+    c = Collector()
+    engine, _ = make_engine(c, queue_depth=8)
+    engine.set_app('a', Bounds())
+    engine.set_app('b', Bounds())
+    engine.count_malformed(['a', 'unknown'], 2)
+    engine.submit(['a'], fake_image(0))
+    with engine:
+        c.wait(1)
+    s = engine.stats('a')
+    assert (s.frames_in, s.dropped_malformed, s.dropped, s.results_out) == (3, 2, 2, 1)
+    assert s.frame_attainment == pytest.approx(1 / 3)
+    assert engine.stats('b').frames_in == 0
+
+
+def test_an_app_with_only_late_frames_is_told_why():
+    c = Collector()
+    engine, _ = make_engine(c, sleep_ms=(0, 0, 0, 0), admission_control=False)
+    engine.set_app('a', Bounds(max_latency_ms=5.0), late_policy='drop')
+    for _ in range(3):
+        engine.submit(['a'], fake_image(0), arrival_ns=time.perf_counter_ns() - 10_000_000)
+    with engine:
+        deadline = time.monotonic() + 5
+        while engine.stats('a').dropped_late == 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+    s = engine.stats('a')
+    assert s.results_out == 0 and s.dropped_late >= 1
+    assert 'late' in s.unschedulable_reason and 'bound 5 ms' in s.unschedulable_reason
+
+
+def test_accuracy_only_default_objective_stops_early():
+    c = Collector()
+    engine, _ = make_engine(c, max_batch=1, queue_depth=32)
+    engine.set_app('default', Bounds(min_accuracy=0.8))
+    engine.set_app('deeper', Bounds(min_accuracy=0.8, objective='max_accuracy'))
+    with engine:
+        run_frames(engine, [(['default', 'deeper'], fake_image(i % 4, 250)) for i in range(5)])
+        c.wait(10)
+    assert all(r.exit_index == 0 for r in c.of('default'))     # confident at exit 0: Dělen stops there
+    assert all(r.exit_index == 3 for r in c.of('deeper'))
+
+
+def test_worker_stats_energy_totals():
+    c = Collector()
+    engine, _ = make_engine(c, max_batch=1, queue_depth=8, idle_power_w=2.0)
+    engine.set_app('a', Bounds())
+    with engine:
+        run_frames(engine, [(['a'], fake_image(0)) for _ in range(4)])
+        c.wait(4)
+    w = engine.worker_stats()
+    assert w.energy_mj == pytest.approx(4 * PROFILE.exit_energy_mj(3))
+    assert w.idle_energy_mj > 0 and w.overhead_ms >= 0
+
+
+class FakeClockNs:
+    """``perf_counter_ns`` plus an offset the test moves (publication 'later')."""
+
+    def __init__(self):
+        self.offset_ns = 0
+
+    def __call__(self) -> int:
+        return time.perf_counter_ns() + self.offset_ns
