@@ -118,9 +118,14 @@ def _request(app_id: str, **fields) -> SetBounds.Request:
     return SetBounds.Request(app_id=app_id, **fields)
 
 
+TOKENS: dict[str, str] = {}   # app -> the ownership token its registration returned
+
+
 def _register(peer, app_id: str, **fields) -> SetBounds.Response:
-    response = peer.call(SetBounds, '/delen/set_bounds', _request(app_id, **fields))
+    response = peer.call(SetBounds, '/delen/set_bounds', _request(app_id, token=TOKENS.get(app_id, ''), **fields))
     assert response.accepted, response.message
+    assert response.token and response.persisted, response.message
+    TOKENS[app_id] = response.token
     return response
 
 
@@ -192,6 +197,11 @@ def test_updating_a_bound_changes_the_exit_mix(peer, server, feeder, results):
     (dict(image_topic=CAM_A, max_energy_mj=-1.0), '>= 0'),
     (dict(image_topic=CAM_A, min_accuracy=1.5), '<= 1'),
     (dict(image_topic=CAM_A, objective=7), 'unknown objective'),
+    (dict(image_topic=CAM_A, late_policy=5), 'unknown late_policy'),
+    (dict(image_topic='/rosout'), 'reserved'),
+    (dict(image_topic=CAM_A, result_topic='/rosout'), 'reserved'),
+    (dict(image_topic='/delen/status'), 'reserved'),
+    (dict(image_topic=CAM_A, result_topic='/delen/nav/result'), "belongs to app 'nav'"),
     (dict(image_topic=''), 'image_topic'),
     (dict(image_topic='bad topic'), 'not a valid topic name'),
     (dict(image_topic=CAM_A, result_topic='/a//b'), 'not a valid topic name'),
@@ -199,7 +209,7 @@ def test_updating_a_bound_changes_the_exit_mix(peer, server, feeder, results):
 def test_invalid_or_infeasible_bounds_are_rejected_and_change_nothing(peer, server, params, fields, reason):
     _register(peer, 'inspect', **APPS['inspect'])
     state_before = load_state(params['state_file'])
-    response = peer.call(SetBounds, '/delen/set_bounds', _request('inspect', **fields))
+    response = peer.call(SetBounds, '/delen/set_bounds', _request('inspect', token=TOKENS['inspect'], **fields))
     assert not response.accepted and reason in response.message
     assert response.planned_exit == -1
     assert tuple(response.feasible_accuracy) == pytest.approx((TEST_ACCURACY[0], TEST_ACCURACY[-1]), rel=1e-6)
@@ -246,20 +256,21 @@ def test_status_reports_every_app(peer, server, feeder, results):
     for app_id in ('inspect', 'nav'):
         _register(peer, app_id, **APPS[app_id])
     status = peer.subscribe(AppStatus, '/delen/status')
-    seen = wait_until(lambda: {s.app_id: s for s in status.messages() if s.results_out > 0} if
-                      {'inspect', 'nav'} <= {s.app_id for s in status.messages() if s.results_out > 0} else None,
+    seen = wait_until(lambda: {s.app_id: s for s in status.messages() if s.rate_out_hz > 0} if
+                      {'inspect', 'nav'} <= {s.app_id for s in status.messages() if s.rate_out_hz > 0} else None,
                       timeout=RESULT_TIMEOUT, what='status of inspect and nav')
     s = seen['inspect']
     assert s.image_topic == CAM_A and s.result_topic == '/delen/inspect/result'
     assert s.min_accuracy == pytest.approx(TEST_ACCURACY[2], rel=1e-6)
     assert s.frames_in >= s.results_out > 0 and len(s.exit_counts) == NUM_EXITS
-    assert 0.0 <= s.attainment <= 1.0
+    assert 0.0 <= s.attainment <= 1.0 and 0.0 <= s.frame_attainment <= 1.0   # results this period: not NaN
+    assert s.objective == 'min_latency' and s.late_policy == 'serve_fastest' and s.state_error == ''
 
 
 def test_remove_app_unsubscribes_a_topic_no_app_uses(peer, server, feeder, results):
     _register(peer, 'saver', **APPS['saver'])
     wait_until(lambda: peer.node.count_subscribers(CAM_B) >= 1, timeout=RESULT_TIMEOUT, what='a subscriber on cam_b')
-    response = peer.call(RemoveApp, '/delen/remove_app', RemoveApp.Request(app_id='saver'))
+    response = peer.call(RemoveApp, '/delen/remove_app', RemoveApp.Request(app_id='saver', token=TOKENS.pop('saver')))
     assert response.removed, response.message
     wait_until(lambda: peer.node.count_subscribers(CAM_B) == 0, timeout=RESULT_TIMEOUT, what='cam_b unsubscribed')
     again = peer.call(RemoveApp, '/delen/remove_app', RemoveApp.Request(app_id='saver'))
