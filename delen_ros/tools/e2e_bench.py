@@ -679,22 +679,30 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
             tot['timeline_p50_ms'] = {k: _pct(v, 50) for k, v in parts.items()}
             tot['timeline_p99_ms'] = {k: _pct(v, 99) for k, v in parts.items()}
             tot['node_latency_p50_ms'], tot['node_latency_p99_ms'] = _pct(c['latency_ms'], 50), _pct(c['latency_ms'], 99)
-    # node-side counts from ~/status (cumulative since registration; the status period aligns them within ~1 s)
+    # Node-side rates from ~/status (cumulative counters, one message per app per status period): from each
+    # app's last status before the window to its last before the window's end, so within one period of it.
     status = raw['recorder'].get('status') or []
     if status:
-        def last_before(t: int) -> dict[str, tuple[int, int, int]]:
-            seen: dict[str, tuple[int, int, int]] = {}
-            for ts, app, fin, rout, drop in status:
-                if ts <= t:
-                    seen[app] = (fin, rout, drop)
-            return seen
-        before, after = last_before(t0), last_before(t1 + int(1e10))
-        delta = [tuple(after[a][k] - before.get(a, (0, 0, 0))[k] for k in range(3)) for a in after]
-        if delta:
-            fin, rout, drop = (sum(d[k] for d in delta) for k in range(3))
-            tot['node_status'] = {'frames_in': fin, 'results_out': rout, 'dropped': drop,
-                                  'note': 'deltas of ~/status counters from the last status before the window to '
-                                          'the last after the drain (aligned within one status period)'}
+        first: dict[str, tuple] = {}
+        last: dict[str, tuple] = {}
+        for entry in status:
+            ts, app = entry[0], entry[1]
+            if ts <= t0:
+                first[app] = entry
+            if ts <= t1:
+                last[app] = entry
+        rates = []
+        for app, b in last.items():
+            a = first.get(app)
+            if a is not None and b[0] > a[0]:
+                rates.append([(b[k] - a[k]) / ((b[0] - a[0]) / 1e9) for k in (2, 3, 4)])
+        if rates:
+            fin, rout, drop = (sum(r[k] for r in rates) for k in range(3))
+            tot['node_status'] = {
+                'apps': len(rates), 'frames_in_hz': fin, 'results_out_hz': rout, 'dropped_hz': drop,
+                'received_share_of_sent': _ratio(fin, tot['sent_hz']), 'dropped_share_of_received': _ratio(drop, fin),
+                'note': 'rates of the ~/status counters (frames_in, results_out, dropped) between each app\'s last '
+                        'status before the window and its last before the window\'s end'}
     # resources of the node (or echo) over the window
     s0, s1 = raw.get('target_start'), raw.get('target_end')
     if s0 and s1:
@@ -770,7 +778,8 @@ def _f(value: Any, fmt: str = '.1f', scale: float = 1.0) -> str:
 def render_table(report: dict[str, Any]) -> str:
     """The markdown table of a report (one row per configuration)."""
     m = report['meta']
-    lines = [f"# delen_ros end to end over DDS: {m['model']} on {m['device_name']} ({m['cpu_count']} CPU cores)",
+    lines = [f"# delen_ros end to end over DDS: {m['model']} on {m['device_name']} ({m['cpu_count']} CPU cores, "
+             f"{m['started'][:10]}, git {m.get('git') or '?'})",
              '',
              f"{m['size']} {m['encoding']} @ {m['rate_hz']:g} Hz per camera, source `{m['source']}`, one app per camera, "
              f"latency bounds {m['bounds_ms']} ms (as accurate as the bound allows), max_batch {m['max_batch']}"
@@ -778,15 +787,18 @@ def render_table(report: dict[str, Any]) -> str:
              f"{m['duration_s']:g} s measured after {m['warmup_s']:g} s warm-up, {m['drain_s']:g} s drain. "
              'Latency: `header.stamp` (publication) → the recorder\'s callback. *Within bound*: frames whose result '
              'arrived within the bound, over frames sent (unanswered = miss). *Overhead*: p(node stamp→receive − '
-             'compute) − p(echo stamp→receive) at the same N. CPU: the node\'s user+system time per frame sent.',
+             'compute) − p(echo stamp→receive) at the same N. CPU: the node\'s user+system time per frame sent. *node rx / drop*: from the node\'s `~/status` counters, '
+             'frames it received over frames sent / frames it dropped (queue overflow or a bound it could not meet) '
+             'over frames it received.',
              '',
-             '| config | cams | sent/s | results/s | answered | within bound | node bounds_met | p50 ms | p99 ms | '
-             'overhead p50 / p99 ms | exit mix | mJ/result | acc | node CPU ms/frame | RSS / PSS MB (shm) | GPU busy | host CPU |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '| config | cams | sent/s | results/s | answered | within bound | node bounds_met | node rx / drop | p50 ms | '
+             'p99 ms | overhead p50 / p99 ms | exit mix % | mJ/result | acc | node CPU ms/frame | RSS / PSS MB (shm) | '
+             'GPU busy | host CPU |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for name, r in report['configs'].items():
         t = r.get('total')
         if not t:
-            lines.append(f"| {name} | {r['config']['cameras']} | failed: {r.get('error', '?')} |" + ' |' * 15)
+            lines.append(f"| {name} | {r['config']['cameras']} | failed: {r.get('error', '?')} |" + ' |' * 16)
             continue
         res = t.get('resources', {})
         mix = '/'.join(f'{x * 100:.0f}' for x in t['exit_mix']) if t.get('exit_mix') else '–'
@@ -794,9 +806,12 @@ def render_table(report: dict[str, Any]) -> str:
         mem = (f"{_f(res.get('rss_mb_end'), '.0f')} / {_f(res.get('pss_mb_end'), '.0f')} "
                f"({_f(res.get('shm_rss_mb_end'), '.0f')})") if res else '–'
         energy = _f(t.get('energy_mj_per_result'), '.3g') + ('' if t.get('energy_measured', True) else ' est')
+        ns = t.get('node_status') or {}
+        node_rx = (f"{_f(ns.get('received_share_of_sent'), '.0f', 100)} % / {_f(ns.get('dropped_share_of_received'), '.1f', 100)} %"
+                   if ns else '–')
         lines.append(
             f"| {name} | {t['cameras']} | {_f(t['sent_hz'])} | {_f(t['results_hz'])} | {_f(t['answered_share'], '.1f', 100)} % | "
-            f"{_f(t['attainment'], '.1f', 100)} % | {_f(t.get('node_bounds_met_share'), '.1f', 100) if r['config']['kind'] == 'node' else '–'} % | "
+            f"{_f(t['attainment'], '.1f', 100)} % | {_f(t.get('node_bounds_met_share'), '.1f', 100) + ' %' if r['config']['kind'] == 'node' else '–'} | {node_rx} | "
             f"{_f(t.get('e2e_p50_ms'))} | {_f(t.get('e2e_p99_ms'))} | "
             f"{_f(t.get('overhead_p50_ms'))} / {_f(t.get('overhead_p99_ms'))} | {mix} | {energy} | "
             f"{_f(t.get('accuracy'), '.3f')} | {_f(res.get('cpu_ms_per_frame'), '.2f')} | {mem} | "
@@ -955,7 +970,8 @@ def _default_source(model: str) -> str:
         sources = camera_sources()
     except Exception:  # noqa: BLE001 - data sets missing: synthetic frames
         sources = {}
-    preferred = ('fashion_mnist',) if model == 'fashion_mnist' else ('cifar10', 'vtest')
+    # Labelled frames only where the model's classes are the labels' (else accuracy would be meaningless).
+    preferred = ('fashion_mnist',) if 'fashion_mnist' in model else ('cifar10',) if 'cifar10' in model else ('vtest',)
     for name in preferred:
         if name in sources:
             return name
@@ -997,7 +1013,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--workdir', default=None, help='logs and raw files of each configuration (default: a temp dir, '
                    'removed unless --keep-work)')
     p.add_argument('--keep-work', action='store_true')
+    p.add_argument('--replot', default=None, metavar='E2E_JSON',
+                   help='only rewrite the table and plots of an existing e2e.json (into its folder, or --out)')
     return p
+
+
+def _git_revision() -> str | None:
+    try:
+        root = _package_root()
+        rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (rev + ('+dirty' if dirty else '')) if rev else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1007,6 +1037,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == '_record':
         return _record_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.replot:
+        path = pathlib.Path(args.replot)
+        report = json.loads(path.read_text())
+        out = pathlib.Path(args.out) if args.out else path.parent
+        out.mkdir(parents=True, exist_ok=True)
+        report['plots'] = write_plots(report, out)
+        (out / 'e2e.md').write_text(render_table(report))
+        print(render_table(report))
+        return 0
     policies = [p for p in args.policies.split(',') if p]
     ns = [int(v) for v in args.ns.split(',') if v]
     echo_ns = [int(v) for v in (args.echo_ns or args.ns).split(',') if v] if args.echo else []
@@ -1032,7 +1071,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             'max_batch': args.max_batch, 'image_qos': args.image_qos, 'node_params': args.node_param,
             'duration_s': args.duration, 'warmup_s': args.warmup, 'drain_s': args.drain,
             'cams_per_proc': args.cams_per_proc, 'phase': args.phase, 'python': platform.python_version(),
-            'started': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
+            'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'git': _git_revision()}
     if meta['device_name'] in ('', 'x86_64', 'CPU'):
         try:
             for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
