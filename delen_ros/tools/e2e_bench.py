@@ -790,6 +790,7 @@ def render_table(report: dict[str, Any]) -> str:
              'compute) − p(echo stamp→receive) at the same N. CPU: the node\'s user+system time per frame sent. *node rx / drop*: from the node\'s `~/status` counters, '
              'frames it received over frames sent / frames it dropped (queue overflow or a bound it could not meet) '
              'over frames it received.',
+             *(['', f"Note: {m['note']}"] if m.get('note') else []),
              '',
              '| config | cams | sent/s | results/s | answered | within bound | node bounds_met | node rx / drop | p50 ms | '
              'p99 ms | overhead p50 / p99 ms | exit mix % | mJ/result | acc | node CPU ms/frame | RSS / PSS MB (shm) | '
@@ -859,6 +860,15 @@ def _memory_growth(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _camera_axis(ax: Any, report: dict[str, Any]) -> None:
+    from matplotlib.ticker import NullLocator
+    ns = sorted({r['config']['cameras'] for r in report['configs'].values()})
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel('cameras')
+
+
 def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
     """``e2e_answered.png``, ``e2e_latency.png``, ``e2e_resources.png``; returns the file names."""
     import matplotlib
@@ -892,10 +902,9 @@ def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
     ref = report.get('engine_reference') or {}
     if ref.get('batched_served_hz'):
         axes[2].axhline(ref['batched_served_hz'], color='grey', linestyle='-.', label='engine alone (delen_bench)')
-    for ax, t in zip(axes, ('frames answered, %', f"frames within bound ({m['bounds_ms']} ms) at the result topic, %",
+    for ax, t in zip(axes, ('frames answered, %', f"frames within bound ({'/'.join(f'{b:g}' for b in m['bounds_ms'])} ms) at the result topic, %",
                             'per second')):
-        ax.set_xscale('log', base=2)
-        ax.set_xlabel('cameras')
+        _camera_axis(ax, report)
         ax.set_title(t, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-2, 102)
@@ -925,9 +934,9 @@ def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
     axes[0].set_yscale('log')
     axes[1].set_title('node overhead over the echo: p(stamp→receive − compute) − p(echo), ms', fontsize=10)
     axes[1].axhline(0, color='k', linewidth=0.5)
+    axes[1].set_yscale('symlog', linthresh=1.0)
     for ax in axes:
-        ax.set_xscale('log', base=2)
-        ax.set_xlabel('cameras')
+        _camera_axis(ax, report)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
@@ -940,19 +949,20 @@ def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
     for label, pts in series.items():
         ns = [p[0] for p in pts]
         axes[0].plot(ns, [p[1].get('resources', {}).get('cpu_ms_per_frame', np.nan) for p in pts], label=label, **style(label))
-        axes[1].plot(ns, [p[1].get('resources', {}).get('rss_mb_end', np.nan) for p in pts], label=f'{label} RSS', **style(label))
+        line, = axes[1].plot(ns, [p[1].get('resources', {}).get('rss_mb_end', np.nan) for p in pts],
+                             label=f'{label} RSS', **style(label))
         axes[1].plot(ns, [p[1].get('resources', {}).get('pss_mb_end', np.nan) for p in pts], marker='s', linestyle=':',
-                     label=f'{label} PSS')
+                     color=line.get_color(), label=f'{label} PSS')
         axes[2].plot(ns, [100 * p[2]['busy_share'] if p[2].get('busy_share') is not None else np.nan for p in pts],
-                     label=f'{label} GPU busy', **style(label))
+                     color=line.get_color(), label=f'{label} GPU busy', **style(label))
         axes[2].plot(ns, [100 * p[1].get('host_cpu_busy_share', np.nan) for p in pts], marker='s', linestyle=':',
-                     label=f'{label} host CPU busy')
+                     color=line.get_color(), label=f'{label} host CPU busy')
     axes[0].set_title('node (or echo) CPU per frame sent, ms', fontsize=10)
     axes[1].set_title('node memory at the end of the window, MB', fontsize=10)
-    axes[2].set_title('GPU busy / host CPU busy, %', fontsize=10)
+    axes[2].set_title('GPU busy (solid) / host CPU busy (dotted), %', fontsize=10)
+    axes[2].set_ylim(-2, 105)
     for ax in axes:
-        ax.set_xscale('log', base=2)
-        ax.set_xlabel('cameras')
+        _camera_axis(ax, report)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
@@ -1013,6 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--workdir', default=None, help='logs and raw files of each configuration (default: a temp dir, '
                    'removed unless --keep-work)')
     p.add_argument('--keep-work', action='store_true')
+    p.add_argument('--note', default='', help='a sentence for the report (e.g. what else loaded the machine)')
     p.add_argument('--replot', default=None, metavar='E2E_JSON',
                    help='only rewrite the table and plots of an existing e2e.json (into its folder, or --out)')
     return p
@@ -1040,6 +1051,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replot:
         path = pathlib.Path(args.replot)
         report = json.loads(path.read_text())
+        if args.note:
+            report['meta']['note'] = args.note
+            path.write_text(json.dumps(report, indent=1, default=float) + '\n')
         out = pathlib.Path(args.out) if args.out else path.parent
         out.mkdir(parents=True, exist_ok=True)
         report['plots'] = write_plots(report, out)
@@ -1071,7 +1085,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             'max_batch': args.max_batch, 'image_qos': args.image_qos, 'node_params': args.node_param,
             'duration_s': args.duration, 'warmup_s': args.warmup, 'drain_s': args.drain,
             'cams_per_proc': args.cams_per_proc, 'phase': args.phase, 'python': platform.python_version(),
-            'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'git': _git_revision()}
+            'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'git': _git_revision(), 'note': args.note}
     if meta['device_name'] in ('', 'x86_64', 'CPU'):
         try:
             for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
