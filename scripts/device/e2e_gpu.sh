@@ -14,7 +14,8 @@
 # SOURCE (auto: the model's data set where shipped, else synthetic frames; or cifar10, a folder, ...),
 # DURATION (6), WARMUP (2), DRAIN (2), MAX_BATCH (32), NODE_PARAMS ("key=value ..." extra node
 # parameters), ENGINE (1: run delen_bench first), BENCH_ARGS (extra delen_bench arguments),
-# BUDGET_S (480: the sweep is interrupted after this and writes what ran), EXTRA (more delen_e2e_bench args).
+# TOTAL_S (560: the sweep is interrupted at this many seconds from the start, so the whole script ends inside
+# a 600 s device call, and writes what ran), EXTRA (more delen_e2e_bench args).
 set -uo pipefail
 OUT="${1:?usage: e2e_gpu.sh OUT_DIR}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -37,7 +38,7 @@ if [ "${ENGINE:-1}" != 0 ]; then
   FRAMES=()
   [ -f .devdata/en_frames.npz ] && [ "$MODEL" = efficientnet_lite0 ] && FRAMES=(--frames .devdata/en_frames.npz --calibration-count 150)
   # Engine alone, no ROS: served frames/s under overload (always_final), batched and per frame.
-  if timeout 180 python3 -m delen_ros.tools.bench --model "$MODEL" --device cuda --scenarios overload \
+  if timeout 150 python3 -m delen_ros.tools.bench --model "$MODEL" --device cuda --scenarios overload \
       --policies always_final --duration 3 --warmup 1 --cuda-graphs "${FRAMES[@]}" ${BENCH_ARGS:-} \
       --out /tmp/delen_engine_bench > /tmp/delen_engine_bench.log 2>&1; then
     cp /tmp/delen_engine_bench/bench.json "$OUT/engine_bench.json"
@@ -53,7 +54,9 @@ NODE_ARGS=()
 for kv in ${NODE_PARAMS:-}; do NODE_ARGS+=(--node-param "$kv"); done
 rm -rf /tmp/delen_e2e_work
 # SIGINT at the budget: the bench stops its processes and writes the configurations that ran.
-timeout -s INT "${BUDGET_S:-480}" python3 -m delen_ros.tools.e2e_bench --model "$MODEL" --device cuda \
+BUDGET_S=$(( ${TOTAL_S:-560} - ($(date +%s) - t0) ))
+echo "[e2e_gpu] sweep budget ${BUDGET_S} s"
+timeout -s INT "$BUDGET_S" python3 -m delen_ros.tools.e2e_bench --model "$MODEL" --device cuda \
   --ns "${NS:-1,3,8,16,32}" --policies "${POLICIES:-delen,always_final}" --rate "${RATE:-30}" \
   --size "${SIZE:-640x480}" --bounds "${BOUNDS:-33}" --source "${SOURCE:-auto}" --max-batch "${MAX_BATCH:-32}" \
   --duration "${DURATION:-6}" --warmup "${WARMUP:-2}" --drain "${DRAIN:-2}" "${NODE_ARGS[@]}" "${ENGINE_ARGS[@]}" \
