@@ -5,7 +5,9 @@ Publishes ``sensor_msgs/Image`` at ``--rate`` Hz, optionally resized (``--size W
 subscriber's ``now - stamp`` is the transport (and queueing) delay.
 
 Shipped sequences are looked up by name in :func:`delen_ros.core.datasets.camera_sources`
-(``vtest``, ``visp_mire2``, ``visp_mbt_cube``, ``fashion_mnist``, ... whichever are installed).
+(``vtest``, ``visp_mire2``, ``visp_mbt_cube``, ``fashion_mnist``, ``cifar10``, ... whichever are installed).
+``cifar10`` replays 1 000 CIFAR-10 test photos (32x32, labelled; from ``$DELEN_CIFAR10`` or
+``../shared/data/cifar10/cifar10_jpeg.npz``): give ``--size`` to scale them to the stream size.
 
 True labels: a folder whose image files are named ``<index>_<class_id>.<ext>`` (the
 ``fashion_mnist`` source is) is *labelled*; each frame's ``header.frame_id`` is then
@@ -15,6 +17,7 @@ Examples::
 
     delen_camera vtest --topic /front_camera/image_raw --rate 15 --size 320x240
     delen_camera fashion_mnist --topic /inspection/image_raw --rate 10 --qos reliable
+    delen_camera cifar10 --topic /arm_camera/image_raw --rate 15 --size 640x480
     delen_camera ~/bags/frames/ --encoding bgr8 --count 100 --no-loop
 """
 from __future__ import annotations
@@ -240,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog='delen_camera', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('source', help='video file, image folder, or a shipped sequence name '
-                        '(vtest, visp_mire2, visp_mbt_cube, fashion_mnist, ...); "list" lists them')
+                        '(vtest, visp_mire2, visp_mbt_cube, fashion_mnist, cifar10, ...); "list" lists them')
     parser.add_argument('--topic', default='image_raw', help='image topic')
     parser.add_argument('--rate', type=float, default=15.0, help='frames per second')
     parser.add_argument('--size', default='native', help='WxH to resize to, or "native"')

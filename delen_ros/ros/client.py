@@ -20,10 +20,12 @@ import sys
 import time
 from typing import Sequence
 
-__all__ = ['OBJECTIVES', 'DelenClient', 'format_result', 'main']
+__all__ = ['OBJECTIVES', 'LATE_POLICIES', 'DelenClient', 'format_result', 'main']
 
 # Objective names -> SetBounds constants (same order as the .srv).
-OBJECTIVES: dict[str, int] = {'max_accuracy': 0, 'min_latency': 1, 'min_energy': 2}
+OBJECTIVES: dict[str, int] = {'default': 0, 'max_accuracy': 1, 'min_latency': 2, 'min_energy': 3}
+LATE_POLICIES: dict[str, int] = {'serve_fastest': 0, 'drop': 1}
+_SERVICE_DEPTH = 1000   # a client's own response queue must hold the answers of a burst (rclpy's default: 10)
 
 
 class DelenClient:
@@ -37,9 +39,12 @@ class DelenClient:
         from delen_ros.srv import GetProfile, RemoveApp, SetBounds
         self.node = node
         server = server.rstrip('/')
-        self.set_bounds = node.create_client(SetBounds, f'{server}/set_bounds')
-        self.remove_app = node.create_client(RemoveApp, f'{server}/remove_app')
-        self.get_profile = node.create_client(GetProfile, f'{server}/get_profile')
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=_SERVICE_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+        self.set_bounds = node.create_client(SetBounds, f'{server}/set_bounds', qos_profile=qos)
+        self.remove_app = node.create_client(RemoveApp, f'{server}/remove_app', qos_profile=qos)
+        self.get_profile = node.create_client(GetProfile, f'{server}/get_profile', qos_profile=qos)
+        self.tokens: dict[str, str] = {}   # app -> ownership token from its registration (needed to change it)
 
     def call(self, client, request, *, timeout_s: float = 10.0):
         """Call a service and wait for the answer, spinning the node.
@@ -59,21 +64,31 @@ class DelenClient:
         return future.result()
 
     def register(self, app_id: str, *, image_topic: str, max_latency_ms: float = 0.0,
-                 min_accuracy: float = 0.0, max_energy_mj: float = 0.0, objective: str = 'max_accuracy',
-                 result_topic: str = '', timeout_s: float = 10.0):
-        """``SetBounds``: register ``app_id`` or update its bounds (0 = unbounded). Returns the response."""
+                 min_accuracy: float = 0.0, max_energy_mj: float = 0.0, objective: str = 'default',
+                 result_topic: str = '', late_policy: str = 'serve_fastest', token: str | None = None,
+                 timeout_s: float = 10.0):
+        """``SetBounds``: register ``app_id`` or update its bounds (0 = unbounded). Returns the response.
+
+        :param token: the app's ownership token; ``None``: the one this client got at registration.
+        """
         from delen_ros.srv import SetBounds
         if objective not in OBJECTIVES:
             raise ValueError(f'objective must be one of {sorted(OBJECTIVES)}, got {objective!r}')
         request = SetBounds.Request(app_id=app_id, image_topic=image_topic, max_latency_ms=float(max_latency_ms),
                                     min_accuracy=float(min_accuracy), max_energy_mj=float(max_energy_mj),
-                                    objective=OBJECTIVES[objective], result_topic=result_topic)
-        return self.call(self.set_bounds, request, timeout_s=timeout_s)
+                                    objective=OBJECTIVES[objective], result_topic=result_topic,
+                                    late_policy=LATE_POLICIES[late_policy],
+                                    token=self.tokens.get(app_id, '') if token is None else token)
+        response = self.call(self.set_bounds, request, timeout_s=timeout_s)
+        if response.accepted:
+            self.tokens[app_id] = response.token
+        return response
 
-    def remove(self, app_id: str, *, timeout_s: float = 10.0):
-        """``RemoveApp``. Returns the response (``removed``, ``message``)."""
+    def remove(self, app_id: str, *, token: str | None = None, timeout_s: float = 10.0):
+        """``RemoveApp`` (``token``: ``None`` = the one from this client's registration). Returns the response."""
         from delen_ros.srv import RemoveApp
-        return self.call(self.remove_app, RemoveApp.Request(app_id=app_id), timeout_s=timeout_s)
+        request = RemoveApp.Request(app_id=app_id, token=self.tokens.get(app_id, '') if token is None else token)
+        return self.call(self.remove_app, request, timeout_s=timeout_s)
 
     def profile(self, *, timeout_s: float = 10.0):
         """``GetProfile``: the model's per-exit profile on the node's device."""
@@ -91,7 +106,8 @@ def format_plan(response) -> str:
     return (f'accepted: results on {response.result_topic}\n'
             f'  plan: exit {response.planned_exit}, ~{response.expected_latency_ms:.2f} ms, '
             f'accuracy {response.expected_accuracy:.3f}, {response.expected_energy_mj:.3f} mJ'
-            + (f' ({response.message})' if response.message else '') + f'\n  {feasible}')
+            + (f' ({response.message})' if response.message else '') + f'\n  {feasible}'
+            + f'\n  token: {response.token} (keep it: updating or removing this app needs it)')
 
 
 def format_profile(response) -> str:
@@ -123,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--max-latency-ms', type=float, default=0.0, help='0 = unbounded')
     parser.add_argument('--min-accuracy', type=float, default=0.0, help='0-1, 0 = unbounded')
     parser.add_argument('--max-energy-mj', type=float, default=0.0, help='per inference, 0 = unbounded')
-    parser.add_argument('--objective', default='max_accuracy', choices=sorted(OBJECTIVES))
+    parser.add_argument('--objective', default='default', choices=sorted(OBJECTIVES),
+                        help='default: with only an accuracy bound, stop at the first exit that meets it')
+    parser.add_argument('--late-policy', default='serve_fastest', choices=sorted(LATE_POLICIES),
+                        help='a frame that can no longer meet the latency bound: fastest exit, or drop')
+    parser.add_argument('--token', default=None, help='the ownership token printed at registration (to update '
+                        'or remove an app registered earlier)')
     parser.add_argument('--result-topic', default='', help='empty = /delen/<app_id>/result')
     parser.add_argument('--server', default='/delen', help='the delen node (fully qualified name)')
     parser.add_argument('--remove', action='store_true', help='remove the app and exit')
@@ -160,13 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_profile(client.profile(timeout_s=args.timeout)))
             return 0
         if args.remove:
-            response = client.remove(args.app_id, timeout_s=args.timeout)
+            response = client.remove(args.app_id, token=args.token, timeout_s=args.timeout)
             print(response.message or ('removed' if response.removed else 'not removed'))
             return 0 if response.removed else 1
         response = client.register(args.app_id, image_topic=args.topic, max_latency_ms=args.max_latency_ms,
                                    min_accuracy=args.min_accuracy, max_energy_mj=args.max_energy_mj,
                                    objective=args.objective, result_topic=args.result_topic,
-                                   timeout_s=args.timeout)
+                                   late_policy=args.late_policy, token=args.token, timeout_s=args.timeout)
         print(format_plan(response), flush=True)
         if not response.accepted:
             return 1

@@ -35,7 +35,7 @@ from .apps import parse_apps_param
 from .conversions import ImageFormatError, image_to_array
 from .manager import AppManager, Camera
 from .publishing import CameraReport, diagnostics_array, result_message, status_message
-from .qos import RESULT_QOS
+from .qos import RESULT_QOS, status_qos
 from .registry import Registry, StateStore
 from .rejections import RejectionLog, clean_message
 
@@ -83,7 +83,7 @@ class DelenNode(LifecycleNode):
         store = StateStore(os.path.expandvars(os.path.expanduser(p.state_file)) if p.state_file else None)
         apps = self._apps = AppManager(self, engine=served.engine, registry=registry, store=store,
                                        image_qos_name=p.image_qos, on_image=self._on_image)
-        self._status_pub = self.create_lifecycle_publisher(AppStatus, '~/status', RESULT_QOS)
+        self._status_pub = self.create_lifecycle_publisher(AppStatus, '~/status', status_qos(p.max_apps))
         self._diagnostics_pub = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', RESULT_QOS)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=p.service_queue_depth,
                          reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)

@@ -53,7 +53,7 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                  (1, 4096), False),
     'allow_takeover': (False, 'Any client may update or remove any app (no token needed). False: only the client '
                        'holding the token returned at registration.' + _LATER, None, False),
-    'service_queue_depth': (256, 'Requests kept per service before the node answers them (a burst from one client '
+    'service_queue_depth': (1000, 'Requests kept per service before the node answers them (a burst from one client '
                             'beyond this is lost).' + _LATER, (1, 100000), False),
     'torch_threads': (0, "CPU threads for torch (intra-op); 0 = torch's default (all cores)." + _LATER,
                       (0, 256), False),

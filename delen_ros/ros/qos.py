@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-__all__ = ['IMAGE_QOS_NAMES', 'image_qos', 'RESULT_QOS']
+__all__ = ['IMAGE_QOS_NAMES', 'image_qos', 'RESULT_QOS', 'status_qos']
 
 _RELIABILITY = {'sensor_data': ReliabilityPolicy.BEST_EFFORT, 'reliable': ReliabilityPolicy.RELIABLE}
 IMAGE_QOS_NAMES: tuple[str, ...] = tuple(_RELIABILITY)
@@ -27,4 +27,11 @@ def image_qos(name: str, *, depth: int = 1) -> QoSProfile:
     if depth < 1:
         raise ValueError(f'depth must be >= 1, got {depth!r}')
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=_RELIABILITY[name],
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def status_qos(max_apps: int) -> QoSProfile:
+    """``~/status``: one message per app per period, all at once: keep-last ``max_apps`` so that a
+    period's burst is not cut short (a subscriber wanting every app needs as deep a queue)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(10, max_apps), reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
