@@ -19,6 +19,7 @@ setup(
             'delen_client = delen_ros.ros.client:main',
             'delen_demo = delen_ros.tools.demo:main',
             'delen_train = delen_ros.tools.train:main',
+            'delen_train_cifar = delen_ros.tools.train_cifar:main',
             'delen_profile = delen_ros.tools.profile:main',
             'delen_bench = delen_ros.tools.bench:main',
             'delen_e2e_bench = delen_ros.tools.e2e_bench:main',

@@ -3,6 +3,9 @@
 Everything is read from Debian / PyPI packages already on disk; nothing downloads.
 
 * Fashion-MNIST (Debian ``dataset-fashion-mnist``): IDX files, 60 000 train / 10 000 test.
+* CIFAR-10 (``../shared/data/cifar10/cifar10_jpeg.npz`` beside the checkout, or ``$DELEN_CIFAR10``):
+  JPEG bytes of 50 000 train / 10 000 test 32x32 photos; a fixed, class-balanced 5 000 of the
+  training photos are the validation split (calibration, thresholds), never trained on.
 * Unlabelled real images (for distilling EfficientNet-Lite0's early exits, and as camera streams):
   opencv-doc's videos (``vtest.avi`` pedestrians, ``Megamind.avi``, ``tree.avi``), sample photos
   and tutorial pictures, the ViSP robot-camera sequences (``visp-images-data``), scikit-image's
@@ -30,6 +33,8 @@ __all__ = [
     'EvalSet', 'ImageSource', 'FASHION_MNIST_DIR', 'OPENCV_DATA_DIR', 'OPENCV_HTML_DIR', 'VISP_DIR',
     'read_idx', 'load_fashion_mnist', 'imagenet_labels', 'find_file', 'read_video', 'read_image',
     'image_sources', 'distillation_sources', 'eval_set', 'camera_sources', 'fashion_mnist_frames_dir',
+    'CIFAR10_ENV', 'CIFAR10_SPLITS', 'cifar10_path', 'load_cifar10', 'cifar10_split_indices', 'calibration_set',
+    'cifar10_frames_dir',
 ]
 
 FASHION_MNIST_DIR = pathlib.Path(os.environ.get('DELEN_FASHION_MNIST_DIR', '/usr/share/datasets/fashion-mnist'))
@@ -84,6 +89,88 @@ def load_fashion_mnist(split: str, *, root: str | os.PathLike | None = None) -> 
     if not (root / f'{_SPLITS[split]}-images-idx3-ubyte.gz').exists():
         raise FileNotFoundError(f'Fashion-MNIST not found in {root} (Debian package dataset-fashion-mnist)')
     return _fashion_mnist(split, str(root))
+
+
+# --- CIFAR-10 -------------------------------------------------------------------------------------------
+CIFAR10_ENV = 'DELEN_CIFAR10'
+#: 'train' is the 50 000 training photos minus 'val'; 'train_all' all of them
+CIFAR10_SPLITS = ('train', 'val', 'test', 'train_all')
+CIFAR10_VAL_PER_CLASS = 500
+_CIFAR10_RELATIVE = pathlib.Path('shared') / 'data' / 'cifar10' / 'cifar10_jpeg.npz'
+
+
+def cifar10_path() -> pathlib.Path:
+    """Where the CIFAR-10 file is: ``$DELEN_CIFAR10`` if set, else ``../shared/data/cifar10/cifar10_jpeg.npz``
+    relative to the repository root (the source tree holding this package, else the working
+    directory or one of its parents). Returns the first candidate that exists, else the first one."""
+    env = os.environ.get(CIFAR10_ENV)
+    if env:
+        return pathlib.Path(env).expanduser()
+    roots = [pathlib.Path(__file__).resolve().parents[2], pathlib.Path.cwd().resolve()]
+    roots += list(pathlib.Path.cwd().resolve().parents)[:3]
+    candidates = [root.parent / _CIFAR10_RELATIVE for root in roots] + [root / '.devdata' / 'cifar10_jpeg.npz'
+                                                                         for root in roots[:2]]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
+@functools.lru_cache(maxsize=1)
+def _cifar10_npz(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _cifar10_file(path: str | os.PathLike | None) -> str:
+    path = pathlib.Path(path) if path is not None else cifar10_path()
+    if not path.is_file():
+        raise FileNotFoundError(f'CIFAR-10 not found at {path}: put cifar10_jpeg.npz there (see '
+                                f'../shared/data/README.md) or set ${CIFAR10_ENV} to its path')
+    return str(path.resolve())
+
+
+def cifar10_split_indices(split: str, *, path: str | os.PathLike | None = None) -> np.ndarray:
+    """Indices into the file's ``train_*`` (``'train'``, ``'val'``, ``'train_all'``) or ``test_*``
+    (``'test'``) arrays. ``'val'``: 500 photos per class, a fixed draw (seed 0, sorted); ``'train'``:
+    the other 45 000."""
+    if split not in CIFAR10_SPLITS:
+        raise ValueError(f'split must be one of {CIFAR10_SPLITS}, got {split!r}')
+    data = _cifar10_npz(_cifar10_file(path))
+    if split == 'test':
+        return np.arange(len(data['test_labels']))
+    labels = data['train_labels'].astype(np.int64)
+    if split == 'train_all':
+        return np.arange(len(labels))
+    rng = np.random.default_rng(0)
+    val = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:CIFAR10_VAL_PER_CLASS]
+                                  for c in range(int(labels.max()) + 1)]))
+    if split == 'val':
+        return val
+    return np.setdiff1d(np.arange(len(labels)), val)
+
+
+def load_cifar10(split: str, *, path: str | os.PathLike | None = None, limit: int | None = None,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 photos (uint8 RGB ``N x 32 x 32 x 3``) and labels (int64 ``N``, 0-9, names in
+    :data:`~delen_ros.core.architectures.cifar10_lite0.CIFAR10_LABELS`), decoded from JPEG.
+
+    :param split: ``'train'`` (45 000), ``'val'`` (5 000 held out of the training photos), ``'test'``
+        (10 000), ``'train_all'`` (50 000).
+    :param path: the ``cifar10_jpeg.npz``; ``None``: :func:`cifar10_path`.
+    :param limit: at most this many, a seeded random subset in file order; ``None``: all.
+    :param seed: for the subset.
+    :raises FileNotFoundError: no file (the message says where it was looked for and how to set it).
+    """
+    idx = cifar10_split_indices(split, path=path)
+    idx = idx[_subsample(len(idx), limit, seed)]
+    data = _cifar10_npz(_cifar10_file(path))
+    part = 'test' if split == 'test' else 'train'
+    jpeg, offsets = data[f'{part}_jpeg'], data[f'{part}_offsets']
+    images = np.empty((len(idx), 32, 32, 3), np.uint8)
+    for out, i in enumerate(idx):
+        bgr = cv2.imdecode(jpeg[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
+        if bgr is None or bgr.shape != (32, 32, 3):
+            raise ValueError(f'CIFAR-10 {part} image {i}: cannot decode a 32x32 colour JPEG')
+        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=images[out])
+    return images, data[f'{part}_labels'][idx].astype(np.int64)
 
 
 # --- labels ---------------------------------------------------------------------------------------------
@@ -298,8 +385,8 @@ def _subsample(n: int, limit: int | None, seed: int) -> np.ndarray:
 def eval_set(model_name: str, *, limit: int | None = None, seed: int = 0) -> EvalSet:
     """Held-out data for ``model_name`` (never used in its training).
 
-    :param model_name: ``'fashion_mnist'`` (labelled test set) or ``'efficientnet_lite0'``
-        (held-out real images, no labels).
+    :param model_name: ``'fashion_mnist'`` (labelled test set), ``'cifar10_lite0'`` (the labelled
+        CIFAR-10 test set) or ``'efficientnet_lite0'`` (held-out real images, no labels).
     :param limit: at most this many images, a seeded random subset; ``None``: all.
     :param seed: for the subset.
     """
@@ -314,7 +401,25 @@ def eval_set(model_name: str, *, limit: int | None = None, seed: int = 0) -> Eva
         return EvalSet([images[i] for i in idx], None,
                        'top-1 agreement with the final exit on held-out real images (no labels): '
                        + ', '.join(s.name for s in distillation_sources('test')))
-    raise KeyError(f'no eval set for model {model_name!r}; known: [\'efficientnet_lite0\', \'fashion_mnist\']')
+    if model_name.startswith('cifar10'):
+        images, labels = load_cifar10('test', limit=limit, seed=seed)
+        return EvalSet(list(images), labels, 'top-1 accuracy on the CIFAR-10 test set '
+                       f'({len(labels)} labelled images{"" if limit is None else ", a random subset"})')
+    raise KeyError(f'no eval set for model {model_name!r}; known: [\'cifar10_lite0\', \'efficientnet_lite0\', '
+                   '\'fashion_mnist\']')
+
+
+def calibration_set(model_name: str, *, limit: int | None = None, seed: int = 0) -> EvalSet | None:
+    """Held-out data for calibrating ``model_name``'s confidence thresholds, apart from its
+    :func:`eval_set` (so that reported figures are not tuned on): CIFAR-10's validation split for the
+    CIFAR models; ``None`` for models that have none (they calibrate on the eval set).
+
+    :raises FileNotFoundError: the data set is absent.
+    """
+    if model_name.startswith('cifar10'):
+        images, labels = load_cifar10('val', limit=limit, seed=seed)
+        return EvalSet(list(images), labels, 'CIFAR-10 validation split (5 000 training photos held out of training)')
+    return None
 
 
 # Held-out videos are long and nearly static: every 4th frame is plenty and saves memory.
@@ -348,11 +453,34 @@ def fashion_mnist_frames_dir(*, count: int = 200, cache_dir: str | os.PathLike |
     return folder
 
 
+def cifar10_frames_dir(*, count: int = 1000, cache_dir: str | os.PathLike | None = None,
+                       path: str | os.PathLike | None = None) -> pathlib.Path:
+    """A folder of ``count`` CIFAR-10 test photos, ``<k>_<label>.jpg`` (the file's own JPEG bytes, not
+    re-encoded), written once into ``cache_dir`` (as :func:`fashion_mnist_frames_dir`), never into the
+    repository. A camera player replays it as a labelled source. The file holds the test photos
+    sorted by class, so these are a fixed random draw (seed 0) in random order: every class, mixed.
+
+    :raises FileNotFoundError: no CIFAR-10 file.
+    """
+    if cache_dir is None:
+        cache_dir = pathlib.Path(os.environ.get('XDG_CACHE_HOME', pathlib.Path.home() / '.cache')) / 'delen_ros'
+    folder = pathlib.Path(cache_dir) / f'cifar10_test_{count}'
+    data = _cifar10_npz(_cifar10_file(path))
+    jpeg, offsets, labels = data['test_jpeg'], data['test_offsets'], data['test_labels']
+    count = min(count, len(labels))
+    if len(list(folder.glob('*.jpg'))) != count:
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, i in enumerate(np.random.default_rng(0).permutation(len(labels))[:count]):
+            (folder / f'{k:05d}_{int(labels[i])}.jpg').write_bytes(jpeg[offsets[i]:offsets[i + 1]].tobytes())
+    return folder
+
+
 def camera_sources() -> dict[str, pathlib.Path]:
     """Shipped image streams a camera player can replay, by name.
 
     ``vtest`` (pedestrians, colour video), ``visp_mire2`` and ``visp_mbt_cube`` (grey robot-camera
-    frame folders), ``fashion_mnist`` (a folder of test images named ``<index>_<label>.png``). A
+    frame folders), ``fashion_mnist`` (a folder of test images named ``<index>_<label>.png``),
+    ``cifar10`` (1 000 CIFAR-10 test photos, ``<index>_<label>.jpg``: labelled, 32x32). A
     value is a video file or a folder of frames; sources whose package is missing are left out.
     """
     out: dict[str, pathlib.Path] = {}
@@ -364,6 +492,10 @@ def camera_sources() -> dict[str, pathlib.Path]:
             out[name] = sources[name].paths[0].parent
     try:
         out['fashion_mnist'] = fashion_mnist_frames_dir()
+    except (FileNotFoundError, OSError):
+        pass
+    try:
+        out['cifar10'] = cifar10_frames_dir()
     except (FileNotFoundError, OSError):
         pass
     return out

