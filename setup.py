@@ -23,6 +23,7 @@ setup(
             'delen_profile = delen_ros.tools.profile:main',
             'delen_bench = delen_ros.tools.bench:main',
             'delen_e2e_bench = delen_ros.tools.e2e_bench:main',
+            'delen_placer = delen_ros.ros.placer:main',
         ],
     },
 )
