@@ -86,7 +86,9 @@ def cluster(placement_dds, tmp_path_factory):
     params = {'model': 'fashion_mnist', 'device': 'cpu', 'energy_meter': 'estimate',
               'profile': str(write_test_profile(workdir / 'profile.json')), 'state_file': '',
               'status_period_s': 0.2, 'max_batch': 4, 'torch_threads': 1}
-    nodes = {ns: NodeProcess(params=params, domain_id=domain_id, workdir=workdir, namespace=ns,
+    # /host_b drives two CPU "devices" (a DevicePool behind the node): the node's multi-device path
+    per_host = {'/host_a': params, '/host_b': dict(params, devices=['cpu', 'cpu'])}
+    nodes = {ns: NodeProcess(params=per_host[ns], domain_id=domain_id, workdir=workdir, namespace=ns,
                              name=ns.strip('/')).start() for ns in HOSTS}
     placer = PlacerProcess(domain_id=domain_id, workdir=workdir, params={
         'nodes': list(HOSTS), 'liveness_timeout_s': 0.6, 'check_period_s': 0.05, 'call_timeout_s': 3.0}).start()

@@ -40,6 +40,7 @@ Example (CPU "devices" stand in for GPUs)::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -48,6 +49,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from . import admission
 from .bounds import Bounds, FeasibleRange, InfeasibleBounds, LatePolicy, Plan
@@ -614,9 +616,17 @@ class DevicePool:
                 break
 
     # --- life cycle ------------------------------------------------------------------------------------
+    def _on_device(self, index: int):
+        """Device ``index`` as the current CUDA device (graph capture, kernel choice); no-op on CPU."""
+        device = torch.device(self.device_names[index])
+        if device.type == 'cuda' and device.index is not None:
+            return torch.cuda.device(device.index)
+        return contextlib.nullcontext()
+
     def warm_up(self, *, reps: int = 3) -> None:
-        for engine in self.engines:
-            engine.warm_up(reps=reps)
+        for i, engine in enumerate(self.engines):
+            with self._on_device(i):
+                engine.warm_up(reps=reps)
 
     def start(self, *, warm_up: bool = True) -> None:
         """Start every healthy device's worker (after its warm-up unless ``warm_up`` is false) and the
@@ -624,7 +634,8 @@ class DevicePool:
         if self._monitor is not None and self._monitor.is_alive():
             raise RuntimeError('device pool already started')
         for i in self._healthy():
-            self.engines[i].start(warm_up=warm_up)
+            with self._on_device(i):
+                self.engines[i].start(warm_up=warm_up)
         self._started = True
         self._stop_monitor.clear()
         if self.rebalance_period_s > 0:

@@ -104,7 +104,9 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
     from delen_ros.core.engine import Engine
     from delen_ros.core.zoo import load_model
 
-    device = resolve_device(params.device)
+    from .multi_device import device_list
+    devices = device_list(params.devices)   # several: one engine per device behind a DevicePool (issue 12)
+    device = resolve_device(devices[0] if devices else params.device)
     if params.torch_threads > 0:
         import torch
         torch.set_num_threads(params.torch_threads)
@@ -116,10 +118,18 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
             raise ValueError(f'profile {source} has {profile.num_exits} exits, the model {model.num_exits}')
         cuda = device.startswith('cuda')
         idle_power_w = measure_idle_power_w(meter) if cuda else 0.0
-        engine = Engine(model, profile, device=device, policy=params.policy, meter=meter,
-                        queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
-                        runner_options={'cuda_graphs': params.cuda_graphs} if cuda else None,
-                        idle_power_w=idle_power_w, external_delivery=True)
+        def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
+            cuda = dev.startswith('cuda')
+            return Engine(model, profile, device=dev, policy=params.policy, meter=meter,
+                          queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
+                          runner_options={'cuda_graphs': params.cuda_graphs} if cuda else None,
+                          idle_power_w=idle_power_w, external_delivery=True)
+        first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)
+        if len(devices) > 1:
+            from .multi_device import build_pool
+            engine = build_pool(params, make_engine, first=first, on_result=on_result, log=log)
+        else:
+            engine = make_engine(device, on_result, **first)
         engine.warm_up()
     except BaseException:
         meter.close()

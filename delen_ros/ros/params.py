@@ -32,6 +32,9 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'model': ('fashion_mnist', "Model name in the model zoo ('fashion_mnist', 'efficientnet_lite0', ...) or a path "
               'to its .json / .pt.' + _LATER, None, False),
     'device': ('auto', "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'." + _LATER, None, False),
+    'devices': ([''], "Several accelerators of this host, e.g. ['cuda:0', 'cuda:1']: one engine each, apps (with "
+                "their camera) placed where admission leaves the most headroom and moved when load changes or a "
+                "device fails; [''] = the device parameter alone." + _LATER, None, False),
     'profile': ('', "Profile JSON file; '' = the committed profile of this model on this device if present, else a "
                 'quick on-device measurement.' + _LATER, None, False),
     'energy_meter': ('auto', "'auto', 'jetson', 'nvml', 'rapl' or 'estimate' (from the profile)." + _LATER,
@@ -73,6 +76,7 @@ class NodeParams:
     autostart: bool
     model: str
     device: str
+    devices: list[str]
     profile: str
     energy_meter: str
     policy: str

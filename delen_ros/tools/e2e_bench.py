@@ -113,7 +113,8 @@ class _Children:
         return proc
 
     def dead(self) -> list[str]:
-        return [n for n, p in self.procs.items() if p.poll() is not None]
+        """Children that exited (one that finished its job with status 0, e.g. the registrar, is not dead)."""
+        return [n for n, p in self.procs.items() if p.poll() is not None and not (n == 'registrar' and p.returncode == 0)]
 
     def stop(self, names: Iterable[str], *, timeout: float = 10.0) -> dict[str, int | None]:
         names = [n for n in names if n in self.procs]
@@ -483,10 +484,79 @@ def _node_params(args, config: Config, bounds: Sequence[float]) -> dict[str, Any
     params: dict[str, Any] = {'model': args.model, 'device': args.device, 'policy': config.policy,
                               'max_batch': args.max_batch, 'state_file': '', 'image_qos': args.image_qos,
                               'max_apps': max(64, config.cameras), 'apps': yaml.safe_dump(apps, default_flow_style=True)}
+    devices = [d for d in getattr(args, 'devices', '').split(',') if d]
+    if len(devices) > 1 and getattr(args, 'nodes', 1) <= 1:
+        params['devices'] = devices   # one node driving several GPUs (a DevicePool)
     for item in args.node_param:
         key, _, value = item.partition('=')
         params[key.strip()] = yaml.safe_load(value)
     return params
+
+
+def _start_nodes_and_placer(args, config: Config, children: '_Children', workdir: pathlib.Path,
+                            bounds: Sequence[float], raw: dict[str, Any]) -> subprocess.Popen:
+    """``--nodes K``: K delen nodes in namespaces ``/n0`` .. (hosts on one machine; node ``j`` on
+    ``--devices``'s ``j``-th device in turn, else ``--device``), the placer in front of them, and a
+    registrar that registers every camera's app through ``/delen_placer/set_bounds`` (results on
+    ``/delen/<app>/result``, as with one node). Returns the first node's process."""
+    devices = [d for d in args.devices.split(',') if d] or [args.device]
+    base = _node_params(args, config, bounds)
+    apps = yaml.safe_load(base.pop('apps'))
+    base.pop('devices', None)
+    first = None
+    for j in range(args.nodes):
+        params = dict(base, device=devices[j % len(devices)])
+        path = workdir / f'node{j}_params.yaml'
+        path.write_text(yaml.safe_dump({'/**': {'ros__parameters': params}}))
+        proc = children.start(f'node{j}' if j else 'node', ['-m', 'delen_ros.ros.node', '--ros-args', '--params-file',
+                                                           path, '-r', f'__ns:=/n{j}'])
+        first = first or proc
+    namespaces = [f'/n{j}' for j in range(args.nodes)]
+    children.start('placer', ['-m', 'delen_ros.ros.placer', '--ros-args', '-p',
+                              f'nodes:={json.dumps(namespaces)}'])
+    (workdir / 'apps.json').write_text(json.dumps(apps))
+    children.start('registrar', ['-m', 'delen_ros.tools.e2e_bench', '_register', '--apps', workdir / 'apps.json',
+                                 '--nodes', ','.join(namespaces), '--out', workdir / 'registrar.json',
+                                 '--timeout', args.ready_timeout])
+    raw['node_params'] = dict(base, devices=devices, nodes=namespaces)
+    return first
+
+
+def _register_main(argv: Sequence[str]) -> int:
+    """Register apps through the placer once it and every node are up; write where each went."""
+    p = argparse.ArgumentParser(prog='e2e_bench _register')
+    p.add_argument('--apps', required=True)
+    p.add_argument('--nodes', required=True)
+    p.add_argument('--out', required=True)
+    p.add_argument('--timeout', type=float, default=90.0)
+    a = p.parse_args(argv)
+    import rclpy
+
+    from delen_ros.srv import SetBounds
+    rclpy.init()
+    node = rclpy.create_node('e2e_registrar')
+    deadline = time.monotonic() + a.timeout
+    for name in [f'{ns}/delen/set_bounds' for ns in a.nodes.split(',')] + ['/delen_placer/set_bounds']:
+        client = node.create_client(SetBounds, name)
+        if not client.wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
+            print(f'{name} not up within {a.timeout:g} s', file=sys.stderr)
+            return 1
+    client = node.create_client(SetBounds, '/delen_placer/set_bounds')
+    answers = {}
+    for app in json.loads(pathlib.Path(a.apps).read_text()):
+        request = SetBounds.Request(app_id=app['app_id'], image_topic=app['image_topic'],
+                                    max_latency_ms=float(app['max_latency_ms']),
+                                    result_topic=f'{RESULT_PREFIX_NODE}/{app["app_id"]}/result')
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
+        answer = future.result()
+        answers[app['app_id']] = {'accepted': bool(answer and answer.accepted),
+                                  'message': answer.message if answer else 'no answer'}
+        print(f'{app["app_id"]}: {answers[app["app_id"]]}', flush=True)
+    pathlib.Path(a.out).write_text(json.dumps(answers))
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
 
 
 def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, bounds: Sequence[float],
@@ -505,6 +575,8 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         if config.kind == 'echo':
             target = children.start('echo', ['-m', 'delen_ros.tools.e2e_echo', '--topics', ','.join(topics),
                                              '--result-prefix', prefix, '--image-qos', args.image_qos])
+        elif args.nodes > 1:
+            target = _start_nodes_and_placer(args, config, children, workdir, bounds, raw)
         else:
             params_path = workdir / 'params.yaml'
             params_path.write_text(yaml.safe_dump({'/**': {'ros__parameters': _node_params(args, config, bounds)}}))
@@ -1005,6 +1077,10 @@ def build_parser() -> argparse.ArgumentParser:
                    'shipped, else vtest, else synthetic); labelled sources are scored for accuracy')
     p.add_argument('--pool', type=int, default=30, help='distinct frames each publisher process cycles through')
     p.add_argument('--bounds', default='33', help='latency bound(s) in ms, comma-separated, assigned to cameras in turn')
+    p.add_argument('--devices', default='', help='comma-separated devices (cuda:0,cuda:1): one node drives them all '
+                   '(node parameter devices); with --nodes, node j runs on the j-th in turn')
+    p.add_argument('--nodes', type=int, default=1, help='delen nodes in namespaces /n0.. behind delen_placer (hosts '
+                   'on one machine); apps registered through the placer')
     p.add_argument('--max-batch', type=int, default=8, help='node parameter max_batch')
     p.add_argument('--image-qos', default='sensor_data', choices=['sensor_data', 'reliable'])
     p.add_argument('--node-param', action='append', default=[], metavar='KEY=VALUE',
@@ -1047,6 +1123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _publish_main(argv[1:])
     if argv and argv[0] == '_record':
         return _record_main(argv[1:])
+    if argv and argv[0] == '_register':
+        return _register_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.replot:
         path = pathlib.Path(args.replot)
