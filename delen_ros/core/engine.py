@@ -865,6 +865,11 @@ class Engine:
         return self._predict_ms(step, batch, margin=0.0)
 
     def _worker(self) -> None:
+        device = getattr(self._runner, 'device', torch.device('cpu'))
+        if device.type == 'cuda':
+            # The current device is per thread: graphs and default-device ops of this worker must
+            # go to its own GPU, not cuda:0, when one process drives several.
+            torch.cuda.set_device(device)
         while True:
             with self._cond:
                 while not self._stopping and not self._scheduler.pending():
