@@ -80,6 +80,7 @@ def main() -> int:
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
     tmp.unlink(missing_ok=True)
+    pathlib.Path(str(tmp) + '.done').unlink(missing_ok=True)
     print(json.dumps(out['sizes']))
     return 0
 
