@@ -120,7 +120,7 @@ def test_device_preprocessing_matches_the_cpu_path(info):
 @needs_cuda
 def test_device_preprocessing_takes_strided_views_and_reuses_staging():
     from delen_ros.core.preprocess import DevicePreprocessor
-    rows = _rng_image((48, 100 * 3 + 8))              # padded rows, as a message view
+    rows = cv2.GaussianBlur(_rng_image((48, 100 * 3 + 8)), (0, 0), 4)   # padded rows, as a message view
     view = rows[:, :300].reshape(48, 100, 3)
     pre = DevicePreprocessor(RGB, torch.device('cuda'), dtype=torch.float16, memory_format=torch.channels_last)
     first = pre([view])
