@@ -54,11 +54,7 @@ def load_profile(params: NodeParams, model: Any, device: str, meter: Any, log: C
     committed = folder / profile_filename(name, device_slug(device))
     if committed.is_file():
         return Profile.load(committed), str(committed)
-    try:
-        from delen_ros.core.profiling import quick_profile
-    except ImportError:  # TODO(issue 10): core/profiling.py is being added by the core engineer
-        raise ValueError(f'no committed profile {committed.name} and no profiling library in core; '
-                         'measure one with delen_profile and pass it as the profile parameter') from None
+    from delen_ros.core.profiling import quick_profile
     others = sorted(folder.glob(profile_filename(name, '*')))
     reference = Profile.load(others[0]) if others else None
     evaluation = None
