@@ -173,3 +173,36 @@ def test_require_cv_bridge_when_absent():
         pytest.skip('cv_bridge is importable here')
     with pytest.raises(RuntimeError, match='cv_bridge'):
         image_to_array(_raw('rgb8', _rgb()), use_cv_bridge=True)
+
+
+# --- serialized images (the node's raw subscription) --------------------------------------------------------
+@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'mono8', 'bgra8'])
+@pytest.mark.parametrize('padding', [0, 3])
+@pytest.mark.parametrize('frame_id', ['', 'cam0/12_label', 'ünïcode'])
+def test_serialized_images_parse_like_deserialized_ones(encoding, padding, frame_id):
+    from rclpy.serialization import serialize_message
+    from delen_ros.ros.conversions import parse_image_cdr
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    channels = ENCODINGS[encoding]
+    msg = array_to_image(rgb if channels > 1 else rgb[:, :, 0], encoding=encoding, step=7 * channels + padding)
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = -3, 999_999_999
+    raw = parse_image_cdr(serialize_message(msg))
+    assert (raw.height, raw.width, raw.encoding, raw.step) == (5, 7, encoding, msg.step)
+    assert raw.header.frame_id == frame_id and (raw.header.stamp.sec, raw.header.stamp.nanosec) == (-3, 999_999_999)
+    np.testing.assert_array_equal(image_to_array(raw, copy=False), image_to_array(msg))
+
+
+def test_truncated_or_garbled_serialized_images_raise():
+    from rclpy.serialization import serialize_message
+    from delen_ros.ros.conversions import parse_image_cdr
+    data = serialize_message(array_to_image(np.zeros((4, 4, 3), np.uint8)))
+    for cut in (0, 3, 10, 30, len(data) - 1):
+        with pytest.raises(ImageFormatError):
+            parse_image_cdr(data[:cut])
+    with pytest.raises(ImageFormatError, match='encapsulation'):
+        parse_image_cdr(b'\x07' + data[1:])
+    huge = bytearray(data)
+    huge[-48 - 4:-48] = (10 ** 9).to_bytes(4, 'little')   # the pixel count field announces a gigabyte
+    with pytest.raises(ImageFormatError):
+        parse_image_cdr(bytes(huge))

