@@ -303,20 +303,18 @@ def make_executor(kind: str):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the node (``delen_node``) until Ctrl-C / SIGTERM. Returns the exit status: 1, with one
     line on stderr, for a bad parameter or (with ``autostart``) a failed configure or activate."""
-    # Two busy threads share the GIL here: the executor taking frames and the engine's worker. At
-    # CPython's default 5 ms switch interval the worker, which lets go of the GIL at every CUDA call,
-    # waits up to 5 ms each time to get it back (a 32-camera H200 run: 296 ms of "compute" per frame
-    # at 0.5 % GPU busy). 0.2 ms keeps the hand-overs short.
-    sys.setswitchinterval(0.0002)
     from rclpy.exceptions import ParameterException
     rclpy.init(args=list(sys.argv if argv is None else argv))
     try:
         node = DelenNode()
-        executor = make_executor(params.read(node).executor)
+        settings = params.read(node)
+        executor = make_executor(settings.executor)
     except (ParameterException, params.ParameterError, ValueError, ImportError) as exc:
         print(f'delen_node: {params.describe_error(exc)}', file=sys.stderr)
         rclpy.try_shutdown()
         return 1
+    if settings.gil_switch_interval_ms > 0:
+        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
     executor.add_node(node)
     status = 0
     try:

@@ -29,7 +29,7 @@ class ParameterError(ValueError):
 _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'autostart': (True, 'Configure and activate at start (true), or wait for lifecycle transitions (false).',
                   None, True),
-    'model': ('fashion_mnist', "Model name in the model zoo ('fashion_mnist', 'efficientnet_lite0', ...) or a path "
+    'model': ('cifar10_lite0', "Model name in the model zoo ('cifar10_lite0', 'fashion_mnist', ...) or a path "
               'to its .json / .pt.' + _LATER, None, False),
     'device': ('auto', "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'." + _LATER, None, False),
     'devices': ([''], "Several accelerators of this host, e.g. ['cuda:0', 'cuda:1']: one engine each, apps (with "
@@ -65,6 +65,11 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'executor': ('single', "rclpy executor: 'single' (default; callbacks only hand work over), 'events' "
                  "(rclpy.experimental.EventsExecutor) or 'multi' (MultiThreadedExecutor, for comparison).",
                  EXECUTORS, True),
+    'gil_switch_interval_ms': (0.0, "Python's GIL switch interval, ms; 0 = the interpreter's default (5 ms). The "
+                               "executor taking frames and the engine's worker share the GIL: shorter hand-overs "
+                               "helped 8 cameras on a 2-core CPU, but one H200 run at 0.2 ms served 16 cameras "
+                               "worse (benchmarks/h200/e2e_raw_switch), so the default is left alone.",
+                               (0.0, 100.0), True),
     'status_period_s': (1.0, 'Period of ~/status and /diagnostics, seconds.' + _LATER, (0.1, 60.0), False),
 }
 
@@ -91,6 +96,7 @@ class NodeParams:
     torch_threads: int
     cuda_graphs: bool
     executor: str
+    gil_switch_interval_ms: float
     status_period_s: float
 
 
@@ -119,6 +125,7 @@ def read(node) -> NodeParams:
         elif isinstance(limits, tuple) and not limits[0] <= value <= limits[1]:
             raise ParameterError(f'parameter {name}: must be in [{limits[0]}, {limits[1]}]; got {value!r}')
     values['status_period_s'] = float(values['status_period_s'])
+    values['gil_switch_interval_ms'] = float(values['gil_switch_interval_ms'])
     return NodeParams(**values)
 
 
