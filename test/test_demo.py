@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import pathlib
 import types
 
 import pytest
 
-from delen_ros.tools.demo import (CAMERAS, NAVIGATION_ALLOWANCE_MS, Record, demo_bounds, render_table,
-                                  summarize, tightened_latency_ms, write_plot)
+from delen_ros.core.profile import Profile
+from delen_ros.srv import SetBounds
+from delen_ros.tools.demo import (CAMERAS, DEFAULT_MODEL, FALLBACK_CAMERAS, FALLBACK_MODEL, NAVIGATION_ALLOWANCE_MS,
+                                  Record, demo_bounds, demo_setup, render_table, summarize, tightened_latency_ms,
+                                  write_plot)
 
 PROFILE = types.SimpleNamespace(  # a GetProfile answer
     accuracy=[0.80, 0.86, 0.90, 0.92], latency_ms=[0.1, 0.2, 0.4, 0.6], latency_p99_ms=[0.2, 0.4, 0.8, 90.0],
@@ -23,11 +27,34 @@ def _record(t_s: float, exit_index: int, latency_ms: float, *, correct: bool | N
 
 def test_demo_bounds_follow_the_profile():
     bounds = demo_bounds(PROFILE)
-    assert set(bounds) == {c.app_id for c in CAMERAS}
-    assert bounds['inspection'] == {'min_accuracy': 0.88, 'objective': 1}
+    assert set(bounds) == {c.app_id for c in CAMERAS} == {c.app_id for c in FALLBACK_CAMERAS}
+    # objectives by name: the srv's numbering is its own (MIN_LATENCY was 1 once, now MAX_ACCURACY is)
+    assert bounds['inspection'] == {'min_accuracy': 0.88, 'objective': SetBounds.Request.MIN_LATENCY}
+    assert bounds['navigation']['objective'] == bounds['battery']['objective'] == SetBounds.Request.MAX_ACCURACY
+    request = SetBounds.Request(app_id='inspection', image_topic='/x', **bounds['inspection'])  # fields fit the srv
+    assert request.objective == SetBounds.Request.MIN_LATENCY
     # p50 plus an allowance: a huge p99 (a loaded machine) must not make the bound meaningless
     assert bounds['navigation']['max_latency_ms'] == pytest.approx(0.6 + NAVIGATION_ALLOWANCE_MS)
     assert bounds['battery']['max_energy_mj'] == pytest.approx(2.0, rel=1e-3)
+
+
+def test_default_model_runs_on_labelled_cifar10_cameras():
+    model, cameras, note = demo_setup(DEFAULT_MODEL, ['cifar10', 'fashion_mnist', 'vtest'])
+    assert (model, note) == ('cifar10_lite0', None)
+    assert cameras == CAMERAS and {c.source for c in cameras} == {'cifar10'}   # every app's accuracy is scored
+    # the model's committed CPU profile: three streams at the demo's rates, each to the final exit, keep
+    # the two cores below ~60 % busy with the network (the rest is cameras, DDS and the demo)
+    cpu = Profile.load(pathlib.Path(__file__).resolve().parents[1] / 'models' / 'profiles'
+                       / 'cifar10_lite0__cpu-amd-epyc.json')
+    assert cpu.num_exits == 4
+    assert sum(c.rate_hz for c in cameras) * cpu.exit_latency_ms(cpu.final_exit) / 1000 < 0.6
+
+
+def test_without_cifar10_the_demo_falls_back_and_says_so():
+    model, cameras, note = demo_setup(DEFAULT_MODEL, ['fashion_mnist', 'vtest', 'visp_mbt_cube'])
+    assert model == FALLBACK_MODEL and cameras == FALLBACK_CAMERAS
+    assert 'CIFAR-10 not found' in note and 'DELEN_CIFAR10' in note
+    assert demo_setup('efficientnet_lite0', ['cifar10']) == ('efficientnet_lite0', FALLBACK_CAMERAS, None)
 
 
 def test_tightened_bound_leaves_room_for_about_exit_one():
@@ -53,7 +80,11 @@ def test_table_and_plot(tmp_path):
     lines = table.splitlines()
     assert lines[0] == 'demo' and len(lines) == 2 + len(CAMERAS)
     assert 'acc>=0.880' in table and 'lat<=3.6ms' in table
-    after = {**demo_bounds(PROFILE), 'navigation': {'max_latency_ms': 2.0, 'objective': 0}}
+    navigation = next(line for line in lines if line.startswith('navigation'))
+    # the last 5 s: 10 results (2/s), exits 2, 2, 3, 3 of them, all bounds met
+    assert '2.0  20%  20%  30%  30%' in navigation and navigation.split()[-2] == '100%'
+    after = {**demo_bounds(PROFILE),
+             'navigation': {'max_latency_ms': 2.0, 'objective': SetBounds.Request.MAX_ACCURACY}}
     path = write_plot(tmp_path / 'demo.png', records, demo_bounds(PROFILE), after, change_s=10.0, duration_s=20.0,
                       num_exits=4, title='test')
     assert path.stat().st_size > 10_000

@@ -4,14 +4,19 @@ Starts the node and three camera players as child processes (loopback DDS only, 
 its own), registers three apps by service call, shows a live table, changes one bound half-way,
 and at the end prints a summary and writes ``demo.png`` and ``demo.json`` into ``--out``:
 
-* **inspection** (Fashion-MNIST frames, whose true labels travel in ``frame_id``): an *accuracy*
-  bound, minimum latency otherwise; the table shows the accuracy measured against the true labels
-  next to the bound.
-* **navigation** (``vtest``, pedestrians, colour 320x240): a *latency* bound, as accurate as that
-  allows. Half-way the bound is tightened to leave room for about half the network (the time
-  spent outside the network is measured first): the exits move earlier.
-* **battery** (a ViSP robot-camera sequence, grey 640x480): an *energy* bound per inference,
-  as accurate as that budget allows.
+The model is ``cifar10_lite0`` and every camera replays CIFAR-10 test photos scaled to 320x240
+(true labels travel in ``frame_id``, so every app's accuracy is measured, not assumed):
+
+* **inspection**: an *accuracy* bound, minimum latency otherwise; the table shows the accuracy
+  measured against the true labels next to the bound.
+* **navigation**: a *latency* bound, as accurate as that allows. Half-way the bound is tightened
+  to leave room for about half the network (the time spent outside the network is measured
+  first): the exits move earlier. The update carries the token of the registration.
+* **battery**: an *energy* bound per inference, as accurate as that budget allows.
+
+Without the CIFAR-10 file (``../shared/data/cifar10/cifar10_jpeg.npz`` or ``$DELEN_CIFAR10``) the
+demo says so and runs the ``fashion_mnist`` model on Fashion-MNIST frames, the ``vtest`` pedestrian
+video and a ViSP robot sequence instead (only the inspection camera is labelled there).
 
 Bounds are derived from the node's profile on this device (``GetProfile``), so they mean the same
 on a CPU and on a GPU. Children are stopped cleanly at the end, on Ctrl-C and on SIGTERM.
@@ -36,8 +41,9 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-__all__ = ['DemoCamera', 'CAMERAS', 'NAVIGATION_ALLOWANCE_MS', 'demo_bounds', 'tightened_latency_ms', 'Record',
-           'summarize', 'render_table', 'write_plot', 'main']
+__all__ = ['DemoCamera', 'CAMERAS', 'FALLBACK_CAMERAS', 'DEFAULT_MODEL', 'FALLBACK_MODEL', 'NAVIGATION_ALLOWANCE_MS',
+           'demo_setup', 'demo_bounds', 'tightened_latency_ms', 'Record', 'summarize', 'render_table', 'write_plot',
+           'main']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +58,20 @@ class DemoCamera:
     role: str             # what the bound stands for, for the table
 
 
+DEFAULT_MODEL = 'cifar10_lite0'
+#: What the demo runs when the CIFAR-10 file is absent (the set-up never downloads it).
+FALLBACK_MODEL = 'fashion_mnist'
+
+# cifar10_lite0 takes ~17 ms per frame to its final exit on this 2-core CPU (a few ms more for
+# conversion and resizing to 160 px): three labelled 320x240 streams at these rates keep the node
+# busy about half the time, leaving room for the cameras, DDS and the demo itself.
 CAMERAS: tuple[DemoCamera, ...] = (
+    DemoCamera('inspection', 'cifar10', '/inspection/image_raw', 8.0, '320x240', 'accuracy bound'),
+    DemoCamera('navigation', 'cifar10', '/front_camera/image_raw', 8.0, '320x240', 'latency bound'),
+    DemoCamera('battery', 'cifar10', '/rear_camera/image_raw', 8.0, '320x240', 'energy bound'),
+)
+#: The cameras of the fallback model: only the inspection camera is labelled.
+FALLBACK_CAMERAS: tuple[DemoCamera, ...] = (
     DemoCamera('inspection', 'fashion_mnist', '/inspection/image_raw', 10.0, 'native', 'accuracy bound'),
     DemoCamera('navigation', 'vtest', '/front_camera/image_raw', 15.0, '320x240', 'latency bound'),
     DemoCamera('battery', 'visp_mbt_cube', '/rear_camera/image_raw', 10.0, 'native', 'energy bound'),
@@ -60,28 +79,56 @@ CAMERAS: tuple[DemoCamera, ...] = (
 _FALLBACK_SOURCES = {'visp_mbt_cube': ('visp_mire2', 'fashion_mnist'), 'vtest': ('visp_mire2', 'fashion_mnist')}
 
 
+def demo_setup(model: str, available: Sequence[str]) -> tuple[str, tuple[DemoCamera, ...], str | None]:
+    """The model and cameras to run, and a note when the demo falls back.
+
+    :param model: the requested model (``--model``).
+    :param available: names of the camera sources installed here (``delen_camera list``).
+    :returns: ``(model, cameras, note)``; ``note`` is ``None`` unless :data:`DEFAULT_MODEL` was asked
+        for without its ``cifar10`` source, in which case :data:`FALLBACK_MODEL` and its cameras run.
+        Any other model gets the fallback cameras (their frames fit any model; accuracy is scored
+        where a frame is labelled).
+    """
+    if model != DEFAULT_MODEL:
+        return model, FALLBACK_CAMERAS, None
+    if 'cifar10' in available:
+        return model, CAMERAS, None
+    from delen_ros.core.datasets import cifar10_path
+    return FALLBACK_MODEL, FALLBACK_CAMERAS, (
+        f'note: CIFAR-10 not found at {cifar10_path()} (put cifar10_jpeg.npz there or set $DELEN_CIFAR10); '
+        f'running the {FALLBACK_MODEL} model on Fashion-MNIST, vtest and ViSP frames instead')
+
+
 # Time outside the network (conversion, preprocessing, queueing, DDS, publication) that the first
 # navigation bound allows for; ~1.5-2.5 ms on a busy 2-core CPU. Not the profile's p99, which a
 # loaded machine can inflate a hundredfold.
 NAVIGATION_ALLOWANCE_MS = 3.0
+
+# Results of one app awaited before registering the next, and for at most how long (s).
+_RESULTS_BEFORE_NEXT_APP = 4
+_RATE_MEASURE_TIMEOUT_S = 5.0
 
 
 def demo_bounds(profile: Any) -> dict[str, dict[str, Any]]:
     """The three apps' ``SetBounds`` fields from a ``GetProfile`` answer.
 
     inspection: accuracy half-way between exits 1 and 2 (earlier exits only when confident),
-    minimum latency otherwise; navigation: the final exit's p50 time plus
+    ``MIN_LATENCY`` otherwise; navigation: the final exit's p50 time plus
     :data:`NAVIGATION_ALLOWANCE_MS` for what happens outside the network (conversion, queueing,
-    publication), as accurate as that allows;
-    battery: the cumulative energy of exit 1, as accurate as that allows.
+    publication), ``MAX_ACCURACY`` within that;
+    battery: the cumulative energy of exit 1, ``MAX_ACCURACY`` within that budget.
+    Objectives are ``SetBounds``'s named constants (their numbers are the message's business).
     """
+    from delen_ros.srv import SetBounds
     acc, lat, energy = (list(map(float, v)) for v in (profile.accuracy, profile.latency_ms, profile.energy_mj))
     n = len(acc)
     k1, k2 = min(1, n - 1), min(2, n - 1)
     return {
-        'inspection': {'min_accuracy': round(acc[k1] + 0.5 * (acc[k2] - acc[k1]), 4), 'objective': 1},  # MIN_LATENCY
-        'navigation': {'max_latency_ms': round(lat[-1] + NAVIGATION_ALLOWANCE_MS, 2), 'objective': 0},
-        'battery': {'max_energy_mj': round(energy[k1] * 1.0001, 6), 'objective': 0},
+        'inspection': {'min_accuracy': round(acc[k1] + 0.5 * (acc[k2] - acc[k1]), 4),
+                       'objective': SetBounds.Request.MIN_LATENCY},
+        'navigation': {'max_latency_ms': round(lat[-1] + NAVIGATION_ALLOWANCE_MS, 2),
+                       'objective': SetBounds.Request.MAX_ACCURACY},
+        'battery': {'max_energy_mj': round(energy[k1] * 1.0001, 6), 'objective': SetBounds.Request.MAX_ACCURACY},
     }
 
 
@@ -265,6 +312,16 @@ class Watcher:
                 self.records[app_id].append(record)
         self.node.create_subscription(InferenceResult, topic, on_result, 50)
 
+    def wait_for_results(self, app_id: str, *, count: int, timeout: float) -> bool:
+        """Wait until ``count`` results of ``app_id`` arrived (``False``: ``timeout`` s passed first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.records.get(app_id, ())) >= count:
+                    return True
+            time.sleep(0.05)
+        return False
+
     def follow_status(self, topic: str) -> None:
         from delen_ros.msg import AppStatus
 
@@ -301,13 +358,14 @@ def _fmt(value: float | None, spec: str, missing: str = '-') -> str:
 
 
 def render_table(records: dict[str, list[Record]], status: dict[str, Any], bounds: dict[str, dict[str, Any]], *,
-                 now_s: float, window_s: float, num_exits: int, header: str) -> str:
-    """The live table: one row per app over the last ``window_s`` seconds."""
+                 now_s: float, window_s: float, num_exits: int, header: str,
+                 cameras: Sequence[DemoCamera] = CAMERAS) -> str:
+    """The live table: one row per app (of ``cameras``) over the last ``window_s`` seconds."""
     exits_head = ' '.join(f'e{k}' .rjust(4) for k in range(num_exits))
     lines = [header,
              f'{"app":11s} {"bound":22s} {"res/s":>6s} {exits_head}  {"p50 ms":>7s} {"p99 ms":>7s} '
              f'{"mJ/frame":>9s} {"acc":>6s} {"met":>5s} {"drops":>6s}']
-    for cam in CAMERAS:
+    for cam in cameras:
         recent = [r for r in records.get(cam.app_id, []) if r.t_s >= now_s - window_s]
         s = summarize(recent, num_exits=num_exits, duration_s=min(window_s, max(now_s, 1e-3)))
         st = status.get(cam.app_id)
@@ -322,15 +380,17 @@ def render_table(records: dict[str, list[Record]], status: dict[str, Any], bound
 
 def write_plot(path: pathlib.Path, records: dict[str, list[Record]], bounds_before: dict[str, dict[str, Any]],
                bounds_after: dict[str, dict[str, Any]], *, change_s: float, duration_s: float, num_exits: int,
-               title: str) -> pathlib.Path:
-    """One row per app: exit mix over time, latency vs bound, energy vs bound, accuracy vs bound."""
+               title: str, cameras: Sequence[DemoCamera] = CAMERAS,
+               sources: dict[str, str] | None = None) -> pathlib.Path:
+    """One row per app (of ``cameras``): exit mix over time, latency vs bound, energy vs bound, accuracy
+    vs bound. ``sources``: each app's camera source as replayed (default: the camera's own)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(CAMERAS), 4, figsize=(18, 3.2 * len(CAMERAS)), squeeze=False)
+    fig, axes = plt.subplots(len(cameras), 4, figsize=(18, 3.2 * len(cameras)), squeeze=False)
     bins = np.arange(0.0, duration_s + 1.0, 1.0)
-    for row, cam in enumerate(CAMERAS):
+    for row, cam in enumerate(cameras):
         recs = records.get(cam.app_id, [])
         t = np.array([r.t_s for r in recs])
         ax_mix, ax_lat, ax_en, ax_acc = axes[row]
@@ -357,10 +417,10 @@ def write_plot(path: pathlib.Path, records: dict[str, list[Record]], bounds_befo
                     ax.hlines(value, t_a, t_b, colors='red', linestyles='--', label='bound' if t_a == 0 else None)
         for ax, name in zip(axes[row], ('exit mix', 'latency (ms)', 'energy (mJ)', 'accuracy')):
             ax.axvline(change_s, color='grey', lw=0.8, ls=':')
-            ax.set_title(f'{cam.app_id} ({cam.source}): {name}', fontsize=9)
+            ax.set_title(f'{cam.app_id} ({(sources or {}).get(cam.app_id, cam.source)}): {name}', fontsize=9)
             ax.set_xlim(0, duration_s)
             ax.tick_params(labelsize=8)
-            if row == len(CAMERAS) - 1:
+            if row == len(cameras) - 1:
                 ax.set_xlabel('time (s)', fontsize=8)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, loc='lower left')
@@ -377,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--duration', type=float, default=40.0, help='seconds of serving')
     parser.add_argument('--out', default='out/demo', help='folder for demo.png, demo.json and the logs')
-    parser.add_argument('--model', default='fashion_mnist', help='model zoo name')
+    parser.add_argument('--model', default=DEFAULT_MODEL,
+                        help=f'model zoo name; {DEFAULT_MODEL} needs the CIFAR-10 file, else {FALLBACK_MODEL} runs')
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
     parser.add_argument('--energy-meter', default='auto', help='auto | jetson | nvml | rapl | estimate')
     parser.add_argument('--policy', default='delen', help='exit policy of the node')
@@ -392,12 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pick_sources() -> dict[str, str]:
+def _pick_sources(cameras: Sequence[DemoCamera], available: Sequence[str]) -> dict[str, str]:
     """Each camera's source, or a fallback where a Debian data package is missing."""
-    from delen_ros.core.datasets import camera_sources
-    available = camera_sources()
     picked = {}
-    for cam in CAMERAS:
+    for cam in cameras:
         for name in (cam.source, *_FALLBACK_SOURCES.get(cam.source, ())):
             if name in available:
                 picked[cam.app_id] = name
@@ -429,11 +488,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = _child_env(domain_id)
     for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE'):
         os.environ[key] = env[key]
-    sources = _pick_sources()
+    from delen_ros.core.datasets import camera_sources
+    available = sorted(camera_sources())
+    model, cameras, note = demo_setup(args.model, available)
+    if note:
+        print(f'delen_demo: {note}', flush=True)
+    sources = _pick_sources(cameras, available)
     live = sys.stdout.isatty() and not args.no_live
     print(f'delen_demo: ROS domain {domain_id} (loopback only); logs in {out / "logs"}', flush=True)
 
-    params = {'model': args.model, 'device': args.device, 'energy_meter': args.energy_meter, 'policy': args.policy,
+    params = {'model': model, 'device': args.device, 'energy_meter': args.energy_meter, 'policy': args.policy,
               'state_file': '', 'status_period_s': 1.0, 'torch_threads': args.torch_threads}
     params_path = out / 'logs' / 'node_params.yaml'
     params_path.write_text(yaml.safe_dump({'/**': {'ros__parameters': params}}))
@@ -450,13 +514,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_start = t0
     try:
         children.start('node', ['-m', 'delen_ros.ros.node', '--ros-args', '--params-file', str(params_path)])
-        for cam in CAMERAS:
+        for cam in cameras:
             children.start(f'camera_{cam.app_id}', [
                 '-m', 'delen_ros.ros.camera_player', sources[cam.app_id], '--topic', cam.topic,
                 '--rate', f'{cam.rate_hz * args.rate_scale:g}', '--size', cam.size,
                 '--node-name', f'camera_{cam.app_id}'])
         watcher = Watcher(domain_id, t0=t0)
-        print(f'waiting for the node (model {args.model}, device {args.device}) ...', flush=True)
+        print(f'waiting for the node (model {model}, device {args.device}) ...', flush=True)
         try:
             profile = watcher.call(GetProfile, '/delen/get_profile', GetProfile.Request(),
                                    timeout=args.startup_timeout)
@@ -473,14 +537,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         bounds_before = demo_bounds(profile)
         bounds_after = bounds_before
         watcher.follow_status('/delen/status')
-        for cam in CAMERAS:
+        tokens: dict[str, str] = {}  # each app's ownership token: an update without it is refused
+        # Latency-bound apps last: admission prices a new camera at 30 Hz, and such an app at its
+        # cheapest exit (it degrades there under load), so it fits where the others might not.
+        for cam in sorted(cameras, key=lambda c: bool(bounds_before[c.app_id].get('max_latency_ms'))):
             response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
                 app_id=cam.app_id, image_topic=cam.topic, **bounds_before[cam.app_id]), timeout=10.0)
             if not response.accepted:
                 raise SystemExit(f'delen_demo: {cam.app_id} rejected: {response.message}')
+            tokens[cam.app_id] = response.token
             watcher.follow(cam.app_id, response.result_topic)
             print(f'  {cam.app_id:11s} {sources[cam.app_id]:14s} {cam.role:15s} '
                   f'{_bound_text(bounds_before[cam.app_id]):22s} planned exit {response.planned_exit}', flush=True)
+            # Admission control takes a new app's camera at 30 Hz until its frames are measured: let
+            # this app's rate be measured before the next one asks (else a 2-core CPU refuses the third).
+            watcher.wait_for_results(cam.app_id, count=_RESULTS_BEFORE_NEXT_APP, timeout=_RATE_MEASURE_TIMEOUT_S)
         serve_start = time.monotonic()
         watcher.t0 = serve_start
         changed = False
@@ -501,12 +572,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                           'why': f'navigation tightens its latency bound {old_ms:g} -> {new_ms:g} ms'}
                 bounds_after = {**bounds_before,
                                 'navigation': {**bounds_before['navigation'], 'max_latency_ms': new_ms}}
+                nav_topic = next(c.topic for c in cameras if c.app_id == 'navigation')
                 response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
-                    app_id='navigation', image_topic=next(c.topic for c in CAMERAS if c.app_id == 'navigation'),
+                    app_id='navigation', image_topic=nav_topic, token=tokens['navigation'],
                     **bounds_after['navigation']), timeout=10.0)
+                if not response.accepted:  # admission may find it too tight beside the others: meet half-way
+                    print(f'{now:5.1f} s: {new_ms:g} ms refused ({response.message}); trying half-way', flush=True)
+                    new_ms = round((new_ms + old_ms) / 2, 2)
+                    change.update(fields={'max_latency_ms': new_ms},
+                                  why=f'navigation tightens its latency bound {old_ms:g} -> {new_ms:g} ms')
+                    bounds_after['navigation'] = {**bounds_before['navigation'], 'max_latency_ms': new_ms}
+                    response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
+                        app_id='navigation', image_topic=nav_topic, token=tokens['navigation'],
+                        **bounds_after['navigation']), timeout=10.0)
                 changed = True
-                if not response.accepted:
+                if response.accepted:
+                    tokens['navigation'] = response.token or tokens['navigation']
+                else:
                     bounds_after = bounds_before
+                change['accepted'] = bool(response.accepted)
                 print(f'{now:5.1f} s: {change["why"]}: ' + ('accepted' if response.accepted else response.message),
                       flush=True)
             header = (f'delen demo  t={now:5.1f}/{args.duration:g} s  model {profile.model} on {profile.device}, '
@@ -514,13 +598,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       + (f'   [{change["why"]} at {change_s:.0f} s]' if changed else ''))
             if live:
                 table = render_table(snap, status, bounds_after if changed else bounds_before, now_s=now,
-                                     window_s=5.0, num_exits=num_exits, header=header)
+                                     window_s=5.0, num_exits=num_exits, header=header, cameras=cameras)
                 sys.stdout.write('\x1b[H\x1b[2J' + table + '\n')
                 sys.stdout.flush()
             elif now - last_print >= 5.0:
                 last_print = now
                 print(render_table(snap, status, bounds_after if changed else bounds_before, now_s=now,
-                                   window_s=5.0, num_exits=num_exits, header=header) + '\n', flush=True)
+                                   window_s=5.0, num_exits=num_exits, header=header, cameras=cameras) + '\n',
+                      flush=True)
             time.sleep(0.5)
     except (KeyboardInterrupt, _Terminate):
         interrupted = True
@@ -538,9 +623,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print('delen_demo: no results received', file=sys.stderr)
         return 1
     summary = _summary(records, bounds_before, bounds_after, change, change_s=change_s, ran_s=ran_s,
-                       num_exits=num_exits, sources=sources)
+                       num_exits=num_exits, sources=sources, cameras=cameras)
     print(_summary_text(summary, change))
-    report = {'args': vars(args), 'domain_id': domain_id, 'profile': profile_info, 'sources': sources,
+    report = {'args': vars(args), 'model': model, 'fallback_note': note, 'domain_id': domain_id, 'profile': profile_info, 'sources': sources,
               'exit_codes': codes, 'interrupted': interrupted, 'ran_s': ran_s, 'change_at_s': change_s,
               'change': change, 'bounds_before': bounds_before, 'bounds_after': bounds_after, 'summary': summary,
               'results': {app: [dataclasses.asdict(r) for r in recs] for app, recs in records.items()}}
@@ -548,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = (f'delen_ros demo: {profile_info.get("model")} on {profile_info.get("device")}, energy '
              f'{profile_info.get("energy_source")}; dotted line: {change.get("why", "")}')
     write_plot(out / 'demo.png', records, bounds_before, bounds_after, change_s=change_s, duration_s=max(ran_s, 1.0),
-               num_exits=num_exits, title=title)
+               num_exits=num_exits, title=title, cameras=cameras, sources=sources)
     print(f'wrote {out / "demo.png"} and {out / "demo.json"}')
     bad = {name: code for name, code in codes.items() if code not in (0, None)}
     if bad:
@@ -557,9 +642,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _summary(records, bounds_before, bounds_after, change, *, change_s: float, ran_s: float, num_exits: int,
-             sources: dict[str, str]) -> dict[str, Any]:
+             sources: dict[str, str], cameras: Sequence[DemoCamera]) -> dict[str, Any]:
     out = {}
-    for cam in CAMERAS:
+    for cam in cameras:
         recs = records.get(cam.app_id, [])
         before = [r for r in recs if r.t_s < change_s]
         after = [r for r in recs if r.t_s >= change_s]
@@ -576,7 +661,8 @@ def _summary(records, bounds_before, bounds_after, change, *, change_s: float, r
 
 def _summary_text(summary: dict[str, Any], change: dict[str, Any]) -> str:
     width = shutil.get_terminal_size((100, 20)).columns
-    lines = ['', '=' * min(width, 100), 'summary' + (f' ({change["why"]} half-way)' if change else '')]
+    refused = ', refused' if change and not change.get('accepted', True) else ''
+    lines = ['', '=' * min(width, 100), 'summary' + (f' ({change["why"]} half-way{refused})' if change else '')]
     for app_id, s in summary.items():
         for phase in ('before_change', 'after_change'):
             p = s[phase]
