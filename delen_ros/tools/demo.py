@@ -32,7 +32,6 @@ import os
 import pathlib
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -40,6 +39,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import yaml
+
+from .processes import Children, ros_child_env
 
 __all__ = ['DemoCamera', 'CAMERAS', 'FALLBACK_CAMERAS', 'DEFAULT_MODEL', 'FALLBACK_MODEL', 'NAVIGATION_ALLOWANCE_MS',
            'demo_setup', 'demo_bounds', 'tightened_latency_ms', 'Record', 'summarize', 'render_table', 'write_plot',
@@ -183,74 +184,6 @@ def summarize(records: Sequence[Record], *, num_exits: int, duration_s: float) -
         'accuracy': float(np.mean(scored)) if scored else None, 'scored': len(scored),
         'attainment': float(np.mean([r.bounds_met for r in records])),
     }
-
-
-# --- processes ------------------------------------------------------------------------------------------
-def _package_root() -> pathlib.Path:
-    """The folder holding the ``delen_ros`` package that this module was imported from."""
-    return pathlib.Path(__file__).resolve().parents[2]
-
-
-def _config_file(name: str) -> pathlib.Path:
-    """``config/<name>``: from the source tree if present, else the installed share folder."""
-    source = _package_root() / 'config' / name
-    if source.is_file():
-        return source
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return pathlib.Path(get_package_share_directory('delen_ros')) / 'config' / name
-    except Exception:  # noqa: BLE001 - fall back to the source-tree path (may not exist)
-        return source
-
-
-def _child_env(domain_id: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        'ROS_DOMAIN_ID': str(domain_id), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-        'FASTDDS_DEFAULT_PROFILES_FILE': str(_config_file('fastdds_loopback.xml')),
-        'PYTHONPATH': os.pathsep.join([str(_package_root()), *filter(None, [env.get('PYTHONPATH')])]),
-        'PYTHONUNBUFFERED': '1', 'RCUTILS_LOGGING_BUFFERED_STREAM': '0',
-    })
-    return env
-
-
-class Children:
-    """Child processes in their own sessions (a Ctrl-C reaches only the demo, which stops them in order)."""
-
-    def __init__(self, log_dir: pathlib.Path, env: dict[str, str]):
-        self.log_dir, self.env = log_dir, env
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, args: Sequence[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f'{name}.log', 'w')
-        proc = subprocess.Popen([sys.executable, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def dead(self) -> list[str]:
-        return [name for name, p in self.procs.items() if p.poll() is not None]
-
-    def stop(self, names: Sequence[str] | None = None, *, timeout: float = 10.0) -> dict[str, int | None]:
-        """SIGINT, then SIGTERM, then SIGKILL; returns the exit codes."""
-        names = list(self.procs) if names is None else names
-        for name in names:
-            if self.procs[name].poll() is None:
-                self.procs[name].send_signal(signal.SIGINT)
-        codes = {}
-        for name in names:
-            p = self.procs[name]
-            for sig, wait_s in ((None, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-                if sig is not None and p.poll() is None:
-                    p.send_signal(sig)
-                try:
-                    p.wait(timeout=wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            codes[name] = p.returncode
-        return codes
 
 
 # --- the demo's own ROS side ------------------------------------------------------------------------------
@@ -485,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / 'logs').mkdir(parents=True, exist_ok=True)
     domain_id = args.domain_id if args.domain_id is not None else int(
         os.environ.get('ROS_DOMAIN_ID') or 1 + os.getpid() % 100)
-    env = _child_env(domain_id)
+    env = ros_child_env(domain_id)
     for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE'):
         os.environ[key] = env[key]
     from delen_ros.core.datasets import camera_sources

@@ -52,10 +52,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import yaml
+
+from .processes import Children, package_root, ros_child_env
 
 __all__ = ['Config', 'proc_sample', 'GpuSampler', 'analyze', 'overheads', 'render_table', 'write_plots',
            'device_slug', 'main']
@@ -71,73 +73,6 @@ def _topic(i: int) -> str:
 
 def _app(i: int) -> str:
     return f'cam{i:02d}'
-
-
-# --- child-process helpers ----------------------------------------------------------------------------------
-def _package_root() -> pathlib.Path:
-    return pathlib.Path(__file__).resolve().parents[2]
-
-
-def _config_file(name: str) -> pathlib.Path:
-    from delen_ros.tools.demo import _config_file as find
-    return find(name)
-
-
-def _env(domain_id: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        'ROS_DOMAIN_ID': str(domain_id), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-        'FASTDDS_DEFAULT_PROFILES_FILE': str(_config_file('fastdds_loopback.xml')),
-        'RMW_IMPLEMENTATION': env.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp'),
-        'PYTHONPATH': os.pathsep.join([str(_package_root()), *filter(None, [env.get('PYTHONPATH')])]),
-        'PYTHONUNBUFFERED': '1', 'RCUTILS_LOGGING_BUFFERED_STREAM': '0',
-    })
-    return env
-
-
-class _Children:
-    """Child processes in their own sessions; stopped with SIGINT, then SIGTERM, then SIGKILL."""
-
-    def __init__(self, workdir: pathlib.Path, env: dict[str, str]):
-        self.workdir, self.env = workdir, env
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, args: Sequence[str]) -> subprocess.Popen:
-        log = open(self.workdir / f'{name}.log', 'w')
-        log.write(' '.join(map(str, args)) + '\n')
-        log.flush()
-        proc = subprocess.Popen([sys.executable, *map(str, args)], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir)
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def dead(self) -> list[str]:
-        """Children that exited (one that finished its job with status 0, e.g. the registrar, is not dead)."""
-        return [n for n, p in self.procs.items() if p.poll() is not None and not (n == 'registrar' and p.returncode == 0)]
-
-    def stop(self, names: Iterable[str], *, timeout: float = 10.0) -> dict[str, int | None]:
-        names = [n for n in names if n in self.procs]
-        for n in names:
-            if self.procs[n].poll() is None:
-                self.procs[n].send_signal(signal.SIGINT)
-        codes: dict[str, int | None] = {}
-        for n in names:
-            p = self.procs[n]
-            for sig, wait_s in ((None, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-                if sig is not None and p.poll() is None:
-                    p.send_signal(sig)
-                try:
-                    p.wait(timeout=wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            codes[n] = p.returncode
-        return codes
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.workdir / f'{name}.log'
-        return '\n'.join(path.read_text(errors='replace').splitlines()[-lines:]) if path.exists() else ''
 
 
 # --- /proc and GPU sampling -----------------------------------------------------------------------------------
@@ -493,7 +428,7 @@ def _node_params(args, config: Config, bounds: Sequence[float]) -> dict[str, Any
     return params
 
 
-def _start_nodes_and_placer(args, config: Config, children: '_Children', workdir: pathlib.Path,
+def _start_nodes_and_placer(args, config: Config, children: Children, workdir: pathlib.Path,
                             bounds: Sequence[float], raw: dict[str, Any]) -> subprocess.Popen:
     """``--nodes K``: K delen nodes in namespaces ``/n0`` .. (hosts on one machine; node ``j`` on
     ``--devices``'s ``j``-th device in turn, else ``--device``), the placer in front of them, and a
@@ -563,7 +498,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
                gpu: GpuSampler) -> dict[str, Any]:
     """Start the processes of one configuration, measure, stop them; the raw material for :func:`analyze`."""
     workdir.mkdir(parents=True, exist_ok=True)
-    children = _Children(workdir, _env(domain_id))
+    children = Children(workdir, ros_child_env(domain_id), cwd=workdir, log_command=True)
     n = config.cameras
     topics = [_topic(i) for i in range(n)]
     prefix = RESULT_PREFIX_ECHO if config.kind == 'echo' else RESULT_PREFIX_NODE
@@ -599,7 +534,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         ready_files = [workdir / 'recorder.ready', *[workdir / f'{p}.ready' for p in publishers]]
         deadline = time.monotonic() + args.ready_timeout
         while not all(f.exists() for f in ready_files):
-            dead = children.dead()
+            dead = children.dead(done=('registrar',))
             if dead:
                 raise RuntimeError(f'{", ".join(dead)} exited before the run started')
             if time.monotonic() > deadline:
@@ -623,7 +558,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         raw['exit_codes'] = children.stop(publishers)
         time.sleep(args.drain)
         raw['exit_codes'].update(children.stop(['recorder']))
-        dead = [n for n in children.dead() if n == target_name]
+        dead = [n for n in children.dead(done=('registrar',)) if n == target_name]
         raw['target_alive_at_end'] = not dead
         raw['publishers'] = [json.loads((workdir / f'{p}.json').read_text()) for p in publishers
                              if (workdir / f'{p}.json').exists()]
@@ -1107,7 +1042,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _git_revision() -> str | None:
     try:
-        root = _package_root()
+        root = package_root()
         rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True,
                              timeout=5).stdout.strip()
         dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
@@ -1152,7 +1087,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.device.startswith('cuda'):
         gpu.source = None   # a CPU run: GPU activity is not this benchmark's
     slug = device_slug(args.device, gpu.name)
-    out = pathlib.Path(args.out or _package_root() / 'benchmarks' / slug / 'e2e')
+    out = pathlib.Path(args.out or package_root() / 'benchmarks' / slug / 'e2e')
     out.mkdir(parents=True, exist_ok=True)
     workroot = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp(prefix='delen_e2e_'))
     import platform
