@@ -41,8 +41,8 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                      None, False),
     'policy': ('delen', "Exit policy: 'delen' (predictive) or a baseline ('always_final', 'static_exit', "
                "'check_after_stage', 'fixed_confidence')." + _LATER, None, False),
-    'image_qos': ('sensor_data', "Camera subscriptions: 'sensor_data' (best effort) or 'reliable'; keep-last 1."
-                  + _LATER, IMAGE_QOS, False),
+    'image_qos': ('sensor_data', "Camera subscriptions: 'sensor_data' (best effort) or 'reliable'; keep-last 4 "
+                  '(the engine keeps the newest queue_depth and counts the rest).' + _LATER, IMAGE_QOS, False),
     'queue_depth': (1, 'Newest frames kept per application; older ones are dropped and counted.' + _LATER,
                     (1, 64), False),
     'max_batch': (8, 'Most frames run as one batch, across applications.' + _LATER, (1, 1024), False),

@@ -1,6 +1,6 @@
 """QoS profiles of delen_ros topics, chosen on purpose rather than left to defaults.
 
-Camera images: keep-last 1 (a server that drops late frames wants only the newest), best effort
+Camera images: keep-last (the node subscribes with depth 4 and its engine keeps only the newest, counting the rest), best effort
 (``sensor_data``, what camera drivers publish) or reliable, named by a string parameter. Results,
 status and diagnostics: reliable, keep-last 10 (small messages that a consumer should not miss).
 """
