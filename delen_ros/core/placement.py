@@ -46,7 +46,7 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -481,12 +481,7 @@ class DevicePool:
                 at_risk = self.engines[index].check_schedulable()
                 if not at_risk:
                     continue
-                groups: dict[str, list[str]] = {}
-                for app_id, i in self._placement.items():
-                    if i == index:
-                        c = self._configs[app_id]
-                        groups.setdefault(c.source if c.source is not None else f'\0{app_id}', []).append(app_id)
-                risky = [g for g in groups.values() if any(a in at_risk for a in g)]
+                risky = [g for g in self._camera_groups(index) if any(a in at_risk for a in g)]
                 risky.sort(key=lambda g: (sum(self._rate(a) or 0.0 for a in g), g))
                 for group in risky:
                     if self._move_group(group, index, f'admission on {self.device_names[index]} (#{index}) says: '
@@ -573,47 +568,43 @@ class DevicePool:
         for (app_id, i) in [k for k in self._draining if k[1] == index]:
             del self._draining[(app_id, i)]
             self._retire(app_id, i)
+        for group in self._camera_groups(index):
+            rates = {a: self._rate(a) for a in group}
+            for app_id in group:
+                self._retire(app_id, index)
+                self._placement[app_id] = None
+            if not self._place_group(group, rates, from_index=index, why=f'device failed: {reason}'):
+                _log.error('no healthy device admits %s: unplaced until one does', ', '.join(group))
+
+    def _place_unplaced(self) -> None:
+        for group in self._camera_groups(None):
+            self._place_group(group, {a: self._configs[a].rate_hz for a in group}, from_index=None,
+                              why='placed after a device failure')
+
+    def _camera_groups(self, index: int | None) -> list[list[str]]:
+        """The apps placed on device ``index`` (``None``: unplaced), grouped by camera: they move together."""
         groups: dict[str, list[str]] = {}
         for app_id, i in self._placement.items():
             if i == index:
                 c = self._configs[app_id]
                 groups.setdefault(c.source if c.source is not None else f'\0{app_id}', []).append(app_id)
-        for group in groups.values():
-            rates = {a: self._rate(a) for a in group}
-            for app_id in group:
-                self._retire(app_id, index)
-                self._placement[app_id] = None
-            members = [(a, self._configs[a], rates[a]) for a in group]
-            for target in self._by_headroom():
-                try:
-                    self._admit(target, members)
-                except InfeasibleBounds:
-                    continue
-                for app_id in group:
-                    self._placement[app_id] = target
-                self.moves.append(Move(tuple(group), index, target, f'device failed: {reason}'))
-                _log.info('re-placed %s on %s (#%d)', ', '.join(group), self.device_names[target], target)
-                break
-            else:
-                _log.error('no healthy device admits %s: unplaced until one does', ', '.join(group))
+        return list(groups.values())
 
-    def _place_unplaced(self) -> None:
-        groups: dict[str, list[str]] = {}
-        for app_id, i in self._placement.items():
-            if i is None:
-                c = self._configs[app_id]
-                groups.setdefault(c.source if c.source is not None else f'\0{app_id}', []).append(app_id)
-        for group in groups.values():
-            members = [(a, self._configs[a], self._configs[a].rate_hz) for a in group]
-            for target in self._by_headroom():
-                try:
-                    self._admit(target, members)
-                except InfeasibleBounds:
-                    continue
-                for app_id in group:
-                    self._placement[app_id] = target
-                self.moves.append(Move(tuple(group), None, target, 'placed after a device failure'))
-                break
+    def _place_group(self, group: Sequence[str], rates: dict[str, float | None], *, from_index: int | None,
+                     why: str) -> bool:
+        """Admit an unplaced camera group on the healthy device with the most headroom; whether one took it."""
+        members = [(a, self._configs[a], rates[a]) for a in group]
+        for target in self._by_headroom():
+            try:
+                self._admit(target, members)
+            except InfeasibleBounds:
+                continue
+            for app_id in group:
+                self._placement[app_id] = target
+            self.moves.append(Move(tuple(group), from_index, target, why))
+            _log.info('placed %s on %s (#%d): %s', ', '.join(group), self.device_names[target], target, why)
+            return True
+        return False
 
     # --- life cycle ------------------------------------------------------------------------------------
     def _on_device(self, index: int):
