@@ -191,24 +191,28 @@ class DelenNode(LifecycleNode):
             return
         try:
             msg = parse_image_cdr(serialized)
-        except ImageFormatError:
-            msg = None
-        camera.counters.frame(msg.stamp_ns if msg is not None else 0)
+        except ImageFormatError as exc:
+            camera.counters.frame(0)   # arrived, though its stamp is unreadable
+            self._malformed_frame(camera, served, exc)
+            return
+        camera.counters.frame(msg.stamp_ns)
         try:
-            if msg is None:
-                parse_image_cdr(serialized)   # raises again, with the reason
             image = image_to_array(msg, copy=False)   # a view of the bytes: the one copy is the upload
             if camera.app_ids:
                 served.engine.submit(camera.app_ids, image, arrival_ns=arrival_ns, tag=(msg.header, camera.topic))
         except (ImageFormatError, ValueError) as exc:
-            camera.counters.error()
-            served.engine.count_malformed(camera.app_ids)
-            line = self._malformed.add(camera.topic, f'{camera.topic}: dropping a malformed image ({exc})')
-            if line:
-                self.get_logger().warning(line)
+            self._malformed_frame(camera, served, exc)
         except Exception as exc:  # noqa: BLE001 - e.g. the engine stopping during a transition
             self.get_logger().warning(f'{camera.topic}: frame not queued: {clean_message(exc)}',
                                       throttle_duration_sec=5.0)
+
+    def _malformed_frame(self, camera: Camera, served, exc: Exception) -> None:
+        """Count a frame that cannot be served (camera and engine ledger) and log it, aggregated."""
+        camera.counters.error()
+        served.engine.count_malformed(camera.app_ids)
+        line = self._malformed.add(camera.topic, f'{camera.topic}: dropping a malformed image ({exc})')
+        if line:
+            self.get_logger().warning(line)
 
     def _on_result(self, result) -> None:
         """Called by the engine's worker thread for every finished inference: deliver, publish."""
