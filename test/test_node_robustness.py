@@ -32,12 +32,14 @@ START = 90.0
 SET, REMOVE = '/delen/set_bounds', '/delen/remove_app'
 
 
-@pytest.fixture(scope='module')
+# A domain and a peer per test: a stopped node's services linger in DDS discovery for a while, and a
+# call can go unanswered to them while the next test's node starts (seen under CI load).
+@pytest.fixture
 def domain_id() -> int:
     return unique_domain_id()
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture
 def peer(domain_id):
     p = RosPeer(domain_id, name='robustness_peer')
     yield p
