@@ -243,3 +243,8 @@ def test_cli_quick(tmp_path, capsys):
 def test_cli_errors(tmp_path, monkeypatch, argv, rc):
     monkeypatch.setenv('DELEN_MODELS_DIR', str(tmp_path))
     assert main(argv + ['--out', str(tmp_path)]) == rc
+
+
+def test_idle_power_of_a_meter_that_measures_nothing_is_zero():
+    from delen_ros.core.profiling import measure_idle_power_w
+    assert measure_idle_power_w(EstimateMeter(), window_s=0.01) == 0.0

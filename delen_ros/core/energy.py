@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 from .registry import Registry
 
-__all__ = ['measure_idle_power_w', 'EnergyMeter', 'MeterUnavailable', 'JetsonMeter', 'NvmlMeter', 'RaplMeter', 'EstimateMeter',
+__all__ = ['EnergyMeter', 'MeterUnavailable', 'JetsonMeter', 'NvmlMeter', 'RaplMeter', 'EstimateMeter',
            'make_meter', 'register_meter', 'available_meters', 'AUTO_ORDER']
 
 _log = logging.getLogger(__name__)
@@ -486,21 +486,3 @@ def make_meter(kind: str = 'auto', *, sysfs_root: str | os.PathLike = '/sys', de
         _log.info('energy meter: %s (%s)', meter.source, meter.detail)
         return meter
     raise AssertionError('unreachable: the estimate meter always works')  # pragma: no cover
-
-
-def measure_idle_power_w(meter: EnergyMeter, *, seconds: float = 0.6) -> float:
-    """Mean power over ``seconds`` of doing nothing, W (0 for a meter that measures nothing).
-
-    Read at configure, before serving, so that results can carry energy *above idle*: a big board
-    (an H200 idles near 120 W) would otherwise charge each of a few results joules of idle draw.
-    The window is stretched to at least three of the meter's update periods.
-    """
-    if not meter.measured:
-        return 0.0
-    seconds = max(seconds, 3 * (meter.period_s or 0.0))
-    t0, e0 = time.perf_counter(), meter.energy_mj()
-    time.sleep(seconds)
-    t1, e1 = time.perf_counter(), meter.energy_mj()
-    if e0 is None or e1 is None or e1 < e0:
-        return 0.0
-    return (e1 - e0) / 1000.0 / (t1 - t0)

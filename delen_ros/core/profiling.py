@@ -131,7 +131,14 @@ def _idle_sleep() -> None:
 
 
 def measure_idle_power_w(meter: EnergyMeter, *, window_s: float) -> float:
-    """The device's power while nothing runs on it, W (meter reading over a quiet window)."""
+    """The device's power while nothing runs on it, W (meter reading over a quiet window); 0 for a
+    meter that measures nothing (the estimate).
+
+    The node reads it at configure so that results carry energy *above idle*: a big board (an H200
+    idles near 120 W) would otherwise charge each of a few results joules of idle draw.
+    """
+    if not meter.measured:
+        return 0.0
     mj, s, _ = measure_energy(meter, _idle_sleep, window_s=window_s)
     return mj / s / 1000.0 if s > 0 else 0.0
 

@@ -17,6 +17,7 @@ from .params import NodeParams
 __all__ = ['Served', 'resolve_device', 'load_profile', 'build']
 
 _QUICK_EVAL_IMAGES = 500   # held-out images for a quick profile's accuracy and calibration
+IDLE_WINDOW_S = 0.6        # idle power read at configure (NVML moves every ~0.1 s)
 
 
 def resolve_device(device: str) -> str:
@@ -96,7 +97,8 @@ class Served:
 
 def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]) -> Served:
     """Load everything configure needs and warm the engine up (graph capture, kernel choice)."""
-    from delen_ros.core.energy import make_meter, measure_idle_power_w
+    from delen_ros.core.energy import make_meter
+    from delen_ros.core.profiling import measure_idle_power_w
     from delen_ros.core.engine import Engine
     from delen_ros.core.zoo import load_model
 
@@ -113,7 +115,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {source} has {profile.num_exits} exits, the model {model.num_exits}')
         cuda = device.startswith('cuda')
-        idle_power_w = measure_idle_power_w(meter) if cuda else 0.0
+        idle_power_w = measure_idle_power_w(meter, window_s=IDLE_WINDOW_S) if cuda else 0.0
         def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
             cuda = dev.startswith('cuda')
             return Engine(model, profile, device=dev, policy=params.policy, meter=meter,

@@ -35,11 +35,12 @@ def build_pool(params: Any, make_engine: Callable[..., Any], *, first: dict[str,
     :param first: ``model``, ``profile``, ``meter``, ``idle_power_w`` already built for the first device.
     :param on_result: the node's result callback (gets :class:`~delen_ros.core.placement.PlacedResult`).
     """
-    from delen_ros.core.energy import make_meter, measure_idle_power_w
+    from delen_ros.core.energy import make_meter
     from delen_ros.core.placement import DevicePool
+    from delen_ros.core.profiling import measure_idle_power_w
     from delen_ros.core.zoo import load_model
 
-    from .assembly import load_profile, resolve_device
+    from .assembly import IDLE_WINDOW_S, load_profile, resolve_device
 
     devices = [resolve_device(d) for d in device_list(params.devices)]
     resources = [dict(first)]
@@ -52,7 +53,8 @@ def build_pool(params: Any, make_engine: Callable[..., Any], *, first: dict[str,
             if profile.num_exits != model.num_exits:
                 raise ValueError(f'profile {source} has {profile.num_exits} exits, the model {model.num_exits}')
             resources[-1]['profile'] = profile
-            resources[-1]['idle_power_w'] = measure_idle_power_w(meter) if device.startswith('cuda') else 0.0
+            resources[-1]['idle_power_w'] = (measure_idle_power_w(meter, window_s=IDLE_WINDOW_S)
+                                             if device.startswith('cuda') else 0.0)
             log(f'{device}: profile {source}, energy {meter.source}')
         built = iter(resources)
         pool = DevicePool(devices, lambda device, callback: make_engine(device, callback, **next(built)),
