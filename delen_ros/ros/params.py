@@ -63,7 +63,8 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'cuda_graphs': (True, 'On CUDA: capture every stage and head as a CUDA graph per batch size at configure and '
                     'replay them. False: eager.' + _LATER, None, False),
     'executor': ('single', "rclpy executor: 'single' (default; callbacks only hand work over), 'events' "
-                 "(rclpy.experimental.EventsExecutor) or 'multi' (MultiThreadedExecutor, for comparison).",
+                 "(rclpy.experimental.EventsExecutor: with rclpy 9.1.2 it did not answer the services created at "
+                 "configure) or 'multi' (MultiThreadedExecutor: busy-spins; both kept for comparison).",
                  EXECUTORS, True),
     'gil_switch_interval_ms': (0.0, "Python's GIL switch interval, ms; 0 = the interpreter's default (5 ms). The "
                                "executor taking frames and the engine's worker share the GIL: shorter hand-overs "
