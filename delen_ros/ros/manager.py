@@ -49,12 +49,15 @@ class AppManager:
     :param registry: the registry (validation, ownership).
     :param store: the state file.
     :param image_qos_name: camera QoS (``params.image_qos``).
-    :param on_image: ``(msg, camera)``, the node's image callback.
+    :param on_image: ``(serialized, camera)``, the node's image callback.
+    :param ingress: receiver processes (:class:`.ingress.IngressPool`) to subscribe through; ``None``:
+        the node subscribes itself.
     """
 
     def __init__(self, node, *, engine, registry: Registry, store: StateStore, image_qos_name: str,
-                 on_image: Callable[[Image, Camera], None]):
+                 on_image: Callable[[Image, Camera], None], ingress=None):
         self._node, self.engine, self.registry, self.store = node, engine, registry, store
+        self._ingress = ingress   # an ingress.IngressPool: receiver processes hold the subscriptions
         self._qos_name, self._on_image = image_qos_name, on_image
         self.lock = threading.RLock()   # registry changes vs transitions
         self.cameras: dict[str, Camera] = {}
@@ -127,7 +130,9 @@ class AppManager:
     def subscribe(self, camera: Camera) -> None:
         # A few frames of DDS history: a short stall of the executor then loses no frame unseen; the
         # engine keeps the newest (queue_depth) and counts the rest as dropped, with their reason.
-        if camera.subscription is None:
+        if camera.subscription is None and self._ingress is not None:
+            camera.subscription = self._ingress.subscribe(camera)
+        elif camera.subscription is None:
             # raw: the callback gets the serialized bytes and views the pixels in place (no Python
             # message to build: ~0.6 ms of the GIL saved per 640x480 frame).
             camera.subscription = self._node.create_subscription(
@@ -135,9 +140,11 @@ class AppManager:
                 image_qos(self._qos_name, depth=SUBSCRIPTION_DEPTH), raw=True)
 
     def unsubscribe(self, camera: Camera) -> None:
-        if camera.subscription is not None:
+        if camera.subscription is not None and self._ingress is not None:
+            self._ingress.unsubscribe(camera.subscription)
+        elif camera.subscription is not None:
             self._node.destroy_subscription(camera.subscription)
-            camera.subscription = None
+        camera.subscription = None
 
     def restore(self, initial: Sequence[AppConfig]) -> None:
         """The ``apps`` parameter's apps, then the state file's (which win on the same id)."""

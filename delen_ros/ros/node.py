@@ -32,7 +32,8 @@ from delen_ros.srv import GetProfile, RemoveApp, SetBounds
 from . import assembly, params
 from .apps import parse_apps_param
 from .conversions import ImageFormatError, image_to_array, parse_image_cdr
-from .manager import AppManager, Camera
+from .ingress import IngressPool, auto_processes
+from .manager import SUBSCRIPTION_DEPTH, AppManager, Camera
 from .publishing import CameraReport, diagnostics_array, result_message, status_message
 from .qos import RESULT_QOS, status_qos
 from .registry import Registry, StateStore
@@ -54,6 +55,7 @@ class DelenNode(LifecycleNode):
         # Attribute names must not collide with rclpy.Node's own (it has _services, _timers, ...).
         self._p: params.NodeParams | None = None
         self._served: assembly.Served | None = None
+        self._ingress: IngressPool | None = None
         self._apps: AppManager | None = None
         self._active = False
         self._delen_services: list[Any] = []
@@ -74,6 +76,10 @@ class DelenNode(LifecycleNode):
     def _configure(self) -> None:
         started = time.perf_counter()
         p = self._p = params.read(self)
+        processes = auto_processes() if p.ingress_processes < 0 else p.ingress_processes
+        if processes:   # started first: they boot while the model loads
+            self._ingress = IngressPool(processes, on_frame=self._on_image, log=self._log, qos_name=p.image_qos,
+                                        depth=SUBSCRIPTION_DEPTH)
         served = self._served = assembly.build(p, on_result=self._on_result, log=self.get_logger().info)
         profile = served.profile
         initial = parse_apps_param(p.apps, figure=self._profile_figure, num_exits=profile.num_exits)
@@ -81,7 +87,7 @@ class DelenNode(LifecycleNode):
             self.resolve_topic_name(t) for t in ('~/status', '~/transition_event')])
         store = StateStore(os.path.expandvars(os.path.expanduser(p.state_file)) if p.state_file else None)
         apps = self._apps = AppManager(self, engine=served.engine, registry=registry, store=store,
-                                       image_qos_name=p.image_qos, on_image=self._on_image)
+                                       image_qos_name=p.image_qos, on_image=self._on_image, ingress=self._ingress)
         self._status_pub = self.create_lifecycle_publisher(AppStatus, '~/status', status_qos(p.max_apps))
         self._diagnostics_pub = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', RESULT_QOS)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=p.service_queue_depth,
@@ -93,7 +99,11 @@ class DelenNode(LifecycleNode):
         self.get_logger().info(
             f'configured in {time.perf_counter() - started:.1f} s: model {served.model.info.name} '
             f'({served.model.num_exits} exits) on {served.device}, profile {served.profile_source}, energy '
-            f'{served.meter.source} ({served.meter.detail}), policy {p.policy}, {len(registry)} app(s)')
+            f'{served.meter.source} ({served.meter.detail}), policy {p.policy}, {len(registry)} app(s), '
+            f'frames taken by {f"{processes} receiver process(es)" if processes else "the node itself"}')
+
+    def _log(self, level: str, text: str) -> None:
+        getattr(self.get_logger(), level)(text)
 
     def _profile_figure(self, field: str, k: int) -> float:
         """Exit ``k``'s figure for a bound written ``exit:K`` in the ``apps`` parameter."""
@@ -160,6 +170,9 @@ class DelenNode(LifecycleNode):
         apps, self._apps = self._apps, None
         if apps is not None:
             apps.close()
+        ingress, self._ingress = self._ingress, None
+        if ingress is not None:
+            ingress.close()
         for pub in (self._status_pub, self._diagnostics_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
@@ -184,8 +197,11 @@ class DelenNode(LifecycleNode):
         return response
 
     # --- data path -----------------------------------------------------------------------------------
-    def _on_image(self, serialized: bytes, camera: Camera) -> None:
-        arrival_ns = time.perf_counter_ns()   # the engine's clock: latency bounds run from here
+    def _on_image(self, serialized: bytes | memoryview, camera: Camera, arrival_ns: int | None = None) -> None:
+        """A camera frame, serialized: from this node's subscription, or viewed in a receiver
+        process's shared memory (``arrival_ns`` then is when the receiver took it)."""
+        if arrival_ns is None:
+            arrival_ns = time.perf_counter_ns()   # the engine's clock: latency bounds run from here
         served = self._served
         if not self._active or served is None:
             return
@@ -283,7 +299,15 @@ class DelenNode(LifecycleNode):
                 'active': self._active, 'model': served.model.info.name, 'device': served.device,
                 'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
                 'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(stats), 'cameras': len(cameras),
-                'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total}))
+                'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
+                **self._ingress_report()}))
+
+    def _ingress_report(self) -> dict:
+        ingress = self._ingress
+        if ingress is None:
+            return {'receiver_processes': 0}
+        return {'receiver_processes': ingress.processes, 'receiver_restarts': ingress.restarts,
+                'frames_dropped_at_receivers': ingress.ring_full}
 
 
 def make_executor(kind: str):

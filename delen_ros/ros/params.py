@@ -71,6 +71,10 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                                "helped 8 cameras on a 2-core CPU, but one H200 run at 0.2 ms served 16 cameras "
                                "worse (benchmarks/h200/e2e_raw_switch), so the default is left alone.",
                                (0.0, 100.0), True),
+    'ingress_processes': (-1, 'Receiver processes that take camera frames outside the node\'s GIL and hand them over '
+                          'through shared memory (delen_ros/ros/ingress.py): 0 = the node\'s own executor takes them; '
+                          '-1 = auto (none below 8 cores, else a quarter of the cores, at most 8).' + _LATER,
+                          (-1, 64), False),
     'status_period_s': (1.0, 'Period of ~/status and /diagnostics, seconds.' + _LATER, (0.1, 60.0), False),
 }
 
@@ -98,6 +102,7 @@ class NodeParams:
     cuda_graphs: bool
     executor: str
     gil_switch_interval_ms: float
+    ingress_processes: int
     status_period_s: float
 
 

@@ -1,0 +1,93 @@
+"""Receiver processes (``ingress_processes``): the real node over DDS takes its camera frames through
+them, answers as it does in-process, and survives a receiver that dies."""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
+
+from delen_ros.msg import InferenceResult  # noqa: E402
+from delen_ros.ros.conversions import array_to_image  # noqa: E402
+from delen_ros.ros.ingress import auto_processes  # noqa: E402
+from delen_ros.srv import SetBounds  # noqa: E402
+
+from ros_helpers import ImageFeeder, NodeProcess, RosPeer, unique_domain_id, use_ros_env, wait_until  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+CAMERAS, RATE_HZ = 3, 20.0
+
+
+def test_auto_uses_receivers_only_on_many_cores():
+    assert auto_processes(2) == 0 and auto_processes(4) == 0
+    assert auto_processes(16) == 4 and auto_processes(128) == 8
+
+
+def _receivers(pid: int) -> list[int]:
+    """Child processes of ``pid`` running the receiver module."""
+    children = []
+    for task in pathlib.Path(f'/proc/{pid}/task').iterdir():
+        children += [int(c) for c in (task / 'children').read_text().split()]
+    return [c for c in children if b'delen_ros.ros.ingress' in pathlib.Path(f'/proc/{c}/cmdline').read_bytes()]
+
+
+def _answered(collectors, since: int) -> int:
+    return sum(len(c.messages(since_ns=since)) for c in collectors)
+
+
+def test_frames_come_through_receivers_and_a_killed_receiver_is_replaced(tmp_path: pathlib.Path):
+    domain = unique_domain_id()
+    use_ros_env(domain)
+    node = NodeProcess(params={'model': 'fashion_mnist', 'device': 'cpu', 'torch_threads': 1,
+                               'ingress_processes': 2}, domain_id=domain, workdir=tmp_path).start()
+    peer = RosPeer(domain)
+    feeder = None
+    try:
+        peer.wait_for_service(SetBounds, '/delen/set_bounds', timeout=90.0)
+        receivers = _receivers(node.proc.pid)
+        assert len(receivers) == 2, node.log()[-2000:]
+        collectors = []
+        for i in range(CAMERAS):
+            response = peer.call(SetBounds, '/delen/set_bounds',
+                                 SetBounds.Request(app_id=f'cam{i}', image_topic=f'/ingress/cam{i}'))
+            assert response.accepted, response.message
+            collectors.append(peer.subscribe(InferenceResult, response.result_topic))
+        frame = array_to_image(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+        feeder = ImageFeeder(peer, {f'/ingress/cam{i}': [frame] for i in range(CAMERAS)}, rate_hz=RATE_HZ,
+                             reliable=True)
+        time.sleep(2.0)                                   # discovery
+        sent0, t0 = sum(feeder.published.values()), time.monotonic_ns()
+        time.sleep(4.0)
+        sent = sum(feeder.published.values()) - sent0
+        time.sleep(0.5)
+        answered = _answered(collectors, t0)
+        assert answered >= 0.9 * sent, f'{answered} of {sent} frames answered\n{node.log()[-3000:]}'
+        assert all(c.messages(since_ns=t0) for c in collectors), 'every camera is served'
+        assert all(m.exit_index >= 0 and m.latency_ms > 0 for c in collectors for m in c.messages(since_ns=t0))
+
+        os.kill(receivers[0], signal.SIGKILL)             # a receiver dies: its cameras come back
+        assert wait_until(lambda: len(_receivers(node.proc.pid)) == 2 and receivers[0] not in _receivers(
+            node.proc.pid), timeout=20.0), node.log()[-3000:]
+        time.sleep(1.5)
+        t1 = time.monotonic_ns()
+        assert wait_until(lambda: all(c.messages(since_ns=t1) for c in collectors), timeout=10.0), \
+            f'a camera was not served again after its receiver died\n{node.log()[-3000:]}'
+        assert 'starting another' in node.log()
+        assert node.alive()
+    finally:
+        if feeder is not None:
+            feeder.stop()
+        peer.close()
+        pid = node.proc.pid if node.proc is not None else None
+        kids = _receivers(pid) if pid else []
+        node.stop()
+    # the node gone, its receivers go too (their control pipe closed) and leave no ring files
+    assert wait_until(lambda: not any(pathlib.Path(f'/proc/{k}').exists() for k in kids), timeout=10.0)
+    leftovers = [p for d in ('/dev/shm', '/tmp') if os.path.isdir(d) for p in pathlib.Path(d).glob('delen-frames-*')
+                 if p.stat().st_uid == os.getuid() and p.stat().st_mtime > time.time() - 300]
+    assert not leftovers, leftovers
