@@ -1,14 +1,24 @@
-"""delen_e2e_bench: the accounting on synthetic records, and one short real run (node + echo over DDS).
+"""delen_e2e_bench: the accounting on synthetic records, --node-param, the report (and --replot of a
+committed e2e.json), the raw echo, and short real runs over DDS (node + raw echo with node parameters;
+the deserializing echo alone; a node parameter the node does not declare).
 
-The real run checks the report's structure and that frames were counted; it asserts no speed.
+The real runs check the report's structure and that frames were counted; they assert no speed.
 """
 from __future__ import annotations
 
+import doctest
 import json
+import pathlib
+import shutil
 
 import pytest
 
-from delen_ros.tools.e2e_bench import _RESULT_FIELDS, analyze, device_slug, overheads, render_table
+from delen_ros.tools import e2e_bench
+from delen_ros.tools.e2e_bench import (_RESULT_FIELDS, NodeParam, _node_ros_args, _parse_node_params, analyze,
+                                       configure_seconds, device_slug, parse_node_param)
+from delen_ros.tools.e2e_report import overheads, render_table, replot
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 MS = 1_000_000
 T0 = 1_000_000_000_000
@@ -68,6 +78,182 @@ def test_overhead_is_node_minus_compute_minus_echo():
     assert '| delen_n1 | 1 |' in table and '| echo_n1 | 1 |' in table and '3.0 / 3.0' in table
 
 
+def _meta(**extra) -> dict:
+    meta = {'model': 'm', 'device_name': 'cpu', 'cpu_count': 2, 'started': '2026-11-28', 'size': '640x480',
+            'encoding': 'rgb8', 'rate_hz': 30.0, 'source': 'synthetic', 'bounds_ms': [33.0], 'max_batch': 8,
+            'node_params': [], 'duration_s': 1.0, 'warmup_s': 1.0, 'drain_s': 1.0, 'policies': ['delen']}
+    meta.update(extra)
+    return meta
+
+
+@pytest.mark.parametrize('text, name, value', [
+    ('ingress_processes:=2', 'ingress_processes', '2'),
+    ('ingress_processes:=-1', 'ingress_processes', '-1'),
+    ('torch_threads=1', 'torch_threads', '1'),                  # the older NAME=VALUE form
+    ('profile:=/tmp/a=b.json', 'profile', '/tmp/a=b.json'),     # '=' in the value
+    ("profile:=''", 'profile', "''"),                           # an empty string, as rcl reads it
+    ('gpu_list:=[cuda:0,cuda:1]', 'gpu_list', '[cuda:0,cuda:1]'),
+    ('ns.sub_param:=true', 'ns.sub_param', 'true'),
+])
+def test_node_param_parsing(text, name, value):
+    param = parse_node_param(text)
+    assert param == NodeParam(name, value)
+    assert param.ros_arg == f'{name}:={value}'
+
+
+@pytest.mark.parametrize('text, words', [
+    ('ingress_processes', 'NAME:=VALUE'), ('ingress_processes:=', 'NAME:=VALUE'), (':=2', 'NAME:=VALUE'),
+    ('1x:=2', 'not a ROS parameter name'), ('a-b:=2', 'not a ROS parameter name'),
+    ('policy:=always_final', 'use --policies'), ('max_batch:=4', 'use --max-batch'), ('apps:=[]', 'set by the bench'),
+    ('x:={a: 1}', 'a mapping'), ('x:=[1, 2', 'not YAML'),
+])
+def test_node_param_rejections(text, words):
+    with pytest.raises(ValueError, match=words.replace('-', '\\-')):
+        parse_node_param(text)
+
+
+def test_node_param_twice_is_an_error_and_doctests_hold():
+    with pytest.raises(ValueError, match='more than once: a'):
+        _parse_node_params(['a:=1', 'b:=2', 'a=3'])
+    assert doctest.testmod(e2e_bench).failed == 0
+
+
+def test_node_params_follow_the_params_file_as_ros_args(tmp_path):
+    """rcl applies overrides in command-line order: -p after --params-file wins over the file's value."""
+    params = _parse_node_params(['ingress_processes:=2', 'torch_threads=1'])
+    assert _node_ros_args(tmp_path / 'p.yaml', params) == [
+        '--ros-args', '--params-file', tmp_path / 'p.yaml', '-p', 'ingress_processes:=2', '-p', 'torch_threads:=1']
+
+
+def test_bad_node_param_stops_the_bench_before_it_starts(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        e2e_bench.main(['--node-param', 'policy:=always_final', '--out', '/nonexistent/never'])
+    assert exit_info.value.code == 2
+    assert 'use --policies' in capsys.readouterr().err
+
+
+def test_configure_seconds_from_the_node_log(tmp_path):
+    log = tmp_path / 'node.log'
+    log.write_text('[INFO] [1.0] [delen]: loading\n[INFO] [2.0] [delen]: configured in 3.4 s: model fashion_mnist '
+                   '(4 exits) on cpu, profile file\n')
+    assert configure_seconds(log) == pytest.approx(3.4)
+    log.write_text('delen_node: parameter torch_threads: must be in [0, 256]; got -3\n')
+    assert configure_seconds(log) is None
+    assert configure_seconds(tmp_path / 'missing.log') is None
+
+
+def test_report_header_names_node_params_echo_and_configure_time():
+    stamps = [T0 + i * 10 * MS for i in range(50)]
+    node = analyze(dict(_raw('node', [_row(s, e2e_ms=12.0, compute_ms=4.0) for s in stamps], stamps),
+                        node_configure_s=[2.5], node_param_overrides={'ingress_processes': '2'}), duration_s=1.0)
+    echo = analyze(dict(_raw('echo', [_row(s, e2e_ms=5.0, compute_ms=0.0) for s in stamps[:40]], stamps),
+                        echo='raw'), duration_s=1.0)
+    assert node['node_configure_s'] == [2.5] and node['node_param_overrides'] == {'ingress_processes': '2'}
+    configs = {'delen_n1': node, 'echo_n1': echo}
+    overheads(configs)
+    table = render_table({'meta': _meta(node_params=['ingress_processes:=2'], echo='raw'), 'configs': configs,
+                          'engine_reference': None})
+    assert 'node params `ingress_processes:=2`' in table and 'Echo: raw' in table
+    header = next(line for line in table.splitlines() if line.startswith('| config'))
+    assert header.endswith('| configure s |')
+    assert len(header.split('|')) == len(table.splitlines()[table.splitlines().index(header) + 1].split('|'))
+    node_row = next(line for line in table.splitlines() if line.startswith('| delen_n1 |'))
+    echo_row = next(line for line in table.splitlines() if line.startswith('| echo_n1 |'))
+    assert node_row.endswith('| 2.5 |') and echo_row.endswith('| – |')
+    assert '| 80.0 % | 80.0 % | 80.0 / 80.0 % |' in echo_row   # 40 of 50 frames answered, all in bound
+    # A file written before the raw echo (no meta.echo): its echo deserialized, and the report says so.
+    old = render_table({'meta': _meta(), 'configs': configs, 'engine_reference': None})
+    assert 'Echo: deserializing' in old and 'node params' not in old
+
+
+def test_failed_configuration_row_has_every_column():
+    table = render_table({'meta': _meta(), 'engine_reference': None, 'configs': {
+        'delen_n1': {'config': {'kind': 'node', 'cameras': 1, 'policy': 'delen'}, 'error': 'node exited',
+                     'node_configure_s': [None]}}})
+    lines = table.splitlines()
+    header = next(line for line in lines if line.startswith('| config'))
+    row = next(line for line in lines if line.startswith('| delen_n1 |'))
+    assert row.count('|') == header.count('|') and 'failed: node exited' in row
+
+
+def test_unknown_node_param_is_reported():
+    stamps = [T0 + i * 10 * MS for i in range(5)]
+    raw = _raw('node', [_row(s, e2e_ms=12.0) for s in stamps], stamps)
+    raw['recorder']['node_params_seen'] = {'/delen': {'torch_threads': 1, 'ingres_processes': None}}
+    result = analyze(raw, duration_s=1.0)
+    assert result['node_params_unknown'] == ['ingres_processes']
+    table = render_table({'meta': _meta(), 'configs': {'delen_n1': result}, 'engine_reference': None})
+    assert 'does not declare' in table and 'ingres_processes' in table
+
+
+@pytest.mark.parametrize('folder', ['benchmarks/h200/e2e', 'benchmarks/cpu/e2e'])
+def test_replot_of_a_committed_e2e_json(tmp_path, folder):
+    """Files written before node params, configure times and the raw echo still replot (into another folder)."""
+    source = REPO / folder / 'e2e.json'
+    if not source.exists():
+        pytest.skip(f'{source} not in this checkout')
+    copy = tmp_path / 'e2e.json'
+    shutil.copy(source, copy)
+    table = replot(copy, out=tmp_path / 'out')
+    report = json.loads(source.read_text())
+    assert copy.read_text() == source.read_text()                     # no note: the file is left alone
+    assert (tmp_path / 'out' / 'e2e.md').read_text() == table
+    assert all(f'| {name} |' in table for name in report['configs'])
+    assert 'Echo: deserializing' in table
+    for name in ('e2e_answered.png', 'e2e_latency.png', 'e2e_resources.png'):
+        assert (tmp_path / 'out' / name).stat().st_size > 5000
+    assert e2e_bench.main(['--replot', str(copy), '--out', str(tmp_path / 'out2')]) == 0
+    assert (tmp_path / 'out2' / 'e2e.md').read_text() == table
+
+
+def test_raw_echo_answers_with_the_image_header():
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
+    import numpy as np
+    from rclpy.serialization import serialize_message
+
+    from delen_ros.ros.conversions import ImageFormatError, array_to_image
+    from delen_ros.tools.e2e_echo import result_from_raw
+    image = array_to_image(np.zeros((4, 6, 3), np.uint8), encoding='rgb8')
+    image.header.stamp.sec, image.header.stamp.nanosec = 1_800_000_000, 123_456_789
+    image.header.frame_id = 'cam03/label_7'
+    out = result_from_raw(serialize_message(image), app_id='cam03', image_topic='/e2e/cam03/image_raw')
+    assert (out.header.stamp.sec, out.header.stamp.nanosec) == (1_800_000_000, 123_456_789)
+    assert out.header.frame_id == 'cam03/label_7'
+    assert (out.app_id, out.image_topic, out.exit_index, out.latency_ms) == ('cam03', '/e2e/cam03/image_raw', 0, 0.0)
+    with pytest.raises(ImageFormatError):
+        result_from_raw(serialize_message(image)[:30], app_id='cam03', image_topic='/e2e/cam03/image_raw')
+
+
+def test_node_cpu_counts_the_processes_it_started():
+    """Work the node hands to processes of its own (ingress receivers) stays in its CPU per frame."""
+    import subprocess
+    import time
+
+    from delen_ros.tools.e2e_bench import proc_tree_sample
+    parent = subprocess.Popen(['bash', '-c', 'sleep 5 & sleep 5 & wait'])
+    try:
+        deadline = time.monotonic() + 5.0
+        while (proc_tree_sample(parent.pid) or {}).get('tree_procs', 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sample = proc_tree_sample(parent.pid)
+        assert sample['tree_procs'] == 3 and sample['tree_cpu_s'] >= sample['cpu_s']
+        assert sample['tree_pss_mb'] >= sample['pss_mb'] > 0
+    finally:
+        parent.kill()
+        parent.wait()
+    stamps = [T0 + i * 100 * MS for i in range(10)]
+    raw = _raw('node', [_row(s, e2e_ms=10.0) for s in stamps], stamps)
+    raw['target_start'].update(tree_cpu_s=2.0, tree_pss_mb=150.0, tree_procs=3)
+    raw['target_end'].update(tree_cpu_s=3.0, tree_pss_mb=151.0, tree_procs=3)
+    res = analyze(raw, duration_s=1.0)['total']['resources']
+    assert res['cpu_ms_per_frame'] == pytest.approx(100.0)                # 1 s over 10 frames, all three processes
+    assert res['cpu_ms_per_frame_main_process'] == pytest.approx(50.0)    # the node process alone
+    assert res['processes'] == 3 and res['tree_pss_mb_end'] == 151.0
+    table = render_table({'meta': _meta(), 'configs': {'delen_n1': analyze(raw, duration_s=1.0)},
+                          'engine_reference': None})
+    assert '100.00 (3 procs; node process 50.00)' in table
+
+
 def test_device_slug():
     assert device_slug('cpu') == 'cpu'
     assert device_slug('cuda', 'NVIDIA H200') == 'h200'
@@ -84,11 +270,26 @@ def test_short_real_run(tmp_path):
     out = tmp_path / 'out'
     rc = main(['--ns', '1', '--policies', 'delen', '--rate', '20', '--size', '320x240', '--source', 'synthetic',
                '--pool', '4', '--duration', '1.5', '--warmup', '0.3', '--drain', '0.7', '--ready-timeout', '60',
-               '--node-param', f'profile={profile}', '--node-param', 'status_period_s=0.5',
+               '--node-param', f'profile:={profile}', '--node-param', 'status_period_s:=0.5',
+               '--node-param', 'torch_threads=1',
                '--domain-id', str(120 + unique_domain_id()), '--out', str(out), '--workdir', str(tmp_path / 'work')])
     assert rc == 0
     report = json.loads((out / 'e2e.json').read_text())
     assert set(report['configs']) == {'delen_n1', 'echo_n1'}
+    # --node-param: on the node's command line as -p after its params file, recorded, and read back from the node
+    assert report['meta']['node_params'] == [f'profile:={profile}', 'status_period_s:=0.5', 'torch_threads:=1']
+    assert 'node params `profile:=' in (out / 'e2e.md').read_text()
+    node_cmd = (tmp_path / 'work' / 'delen_n1' / 'node.log').read_text().splitlines()[0]
+    assert node_cmd.endswith(f'-p profile:={profile} -p status_period_s:=0.5 -p torch_threads:=1')
+    delen = report['configs']['delen_n1']
+    assert delen['node_param_overrides'] == {'profile': str(profile), 'status_period_s': '0.5', 'torch_threads': '1'}
+    assert delen['node_params_seen'] == {'/delen': {'profile': str(profile), 'status_period_s': 0.5,
+                                                    'torch_threads': 1}}
+    assert 'node_params_unknown' not in delen and delen['node_params']['policy'] == 'delen'
+    assert len(delen['node_configure_s']) == 1 and 0 < delen['node_configure_s'][0] < 60
+    # the echo took images raw, as the node does
+    assert report['meta']['echo'] == 'raw' and report['configs']['echo_n1']['echo'] == 'raw'
+    assert 'images taken raw' in (tmp_path / 'work' / 'echo_n1' / 'echo.log').read_text()
     assert sorted(report['plots']) == ['e2e_answered.png', 'e2e_latency.png', 'e2e_resources.png']
     assert all((out / name).stat().st_size > 5000 for name in report['plots'])
     assert (out / 'e2e.md').read_text().count('\n| ') >= 3
@@ -104,3 +305,41 @@ def test_short_real_run(tmp_path):
     node = report['configs']['delen_n1']['total']
     assert {'exit_mix', 'energy_mj_per_result', 'timeline_p50_ms', 'overhead_p50_ms'} <= set(node)
     assert len(node['exit_mix']) == 4 and sum(node['exit_mix']) == pytest.approx(1.0)
+    assert all(a['answered_share'] is not None for a in report['configs']['delen_n1']['apps'].values())
+
+
+def _short_run_args(tmp_path, domain_offset: int) -> list[str]:
+    from ros_helpers import unique_domain_id
+    return ['--ns', '1', '--rate', '20', '--size', '160x120', '--source', 'synthetic', '--pool', '2',
+            '--duration', '1.0', '--warmup', '0.2', '--drain', '0.5', '--ready-timeout', '60',
+            '--domain-id', str(120 + domain_offset + unique_domain_id()), '--out', str(tmp_path / 'out'),
+            '--workdir', str(tmp_path / 'work')]
+
+
+def test_deserializing_echo_alone(tmp_path):
+    """--echo-deserialize with no policy: only the echo runs, the old way, and the report says so."""
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
+    assert e2e_bench.main([*_short_run_args(tmp_path, 2), '--policies', '', '--echo-deserialize']) == 0
+    report = json.loads((tmp_path / 'out' / 'e2e.json').read_text())
+    assert set(report['configs']) == {'echo_n1'} and report['meta']['echo'] == 'deserialize'
+    echo = report['configs']['echo_n1']
+    assert echo.get('error') is None, echo.get('log_tails')
+    assert echo['echo'] == 'deserialize' and echo['total']['answered'] > 0
+    assert 'images taken deserialize' in (tmp_path / 'work' / 'echo_n1' / 'echo.log').read_text()
+    assert 'Echo: deserializing' in (tmp_path / 'out' / 'e2e.md').read_text()
+
+
+def test_a_node_param_the_node_does_not_declare_stops_the_sweep(tmp_path):
+    """rclpy ignores an override of an undeclared parameter; the bench reads the names back and stops."""
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
+    from ros_helpers import write_test_profile
+    profile = write_test_profile(tmp_path / 'profile.json')
+    rc = e2e_bench.main([*_short_run_args(tmp_path, 3), '--policies', 'delen,always_final', '--no-echo',
+                         '--node-param', f'profile:={profile}', '--node-param', 'no_such_parameter:=3'])
+    assert rc == 2
+    report = json.loads((tmp_path / 'out' / 'e2e.json').read_text())
+    assert list(report['configs']) == ['delen_n1']            # stopped after the first configuration
+    assert report['configs']['delen_n1']['node_params_unknown'] == ['no_such_parameter']
+    assert report['configs']['delen_n1']['node_params_seen']['/delen']['profile'] == str(profile)
+    assert 'no_such_parameter' in report['meta']['stopped']
+    assert '**Stopped:**' in (tmp_path / 'out' / 'e2e.md').read_text()

@@ -9,10 +9,13 @@ shipped Fast DDS profile, a ROS domain per configuration):
   publication (``header.stamp``, system clock) and every stamp is recorded, with how late each
   publication was against its schedule (so a publisher that cannot keep up shows).
 * **the node** (``python -m delen_ros.ros.node``), one app per camera from the ``apps`` parameter
-  (latency bound ``--bounds``, 33 ms by default, as accurate as that allows), or the **echo**
-  (:mod:`delen_ros.tools.e2e_echo`): a pass-through that answers each image with its header.
+  (latency bound ``--bounds``, 33 ms by default, as accurate as that allows); the bench's own
+  parameters go in a params file, each ``--node-param NAME:=VALUE`` after it as ``-p NAME:=VALUE``.
+  Or the **echo** (:mod:`delen_ros.tools.e2e_echo`): a pass-through that takes images raw as the node
+  does and answers each with its header (``--echo-deserialize``: a Python message per image, as before).
 * **a recorder** (``e2e_bench _record``): subscribes to every result topic (``RESULT_QOS``) and the
-  node's ``~/status``, and keeps every result with its receive time.
+  node's ``~/status``, keeps every result with its receive time, and reads the ``--node-param``
+  names back from the node (``~/get_parameters``: one the node does not declare stops the sweep).
 
 Frames count from ``--warmup`` s after everything is matched, for ``--duration`` s; the node then
 has ``--drain`` s to answer the last ones. A result is matched to the frame it answers by
@@ -22,18 +25,21 @@ result arrived within the bound; unanswered frames are misses), the node's own `
 exit mix, energy per result, accuracy when the frames carry labels, where a frame's time goes
 (stamp->arrival, queue, compute, rest of the node, delivery), node CPU per frame
 (``/proc/<pid>/stat``), node RSS / PSS / shared-memory segments (``/proc/<pid>/smaps``) and their
-growth, GPU busy share (NVML or nvidia-smi; absent on a CPU). With the echo at the same N, node
-overhead = p(node stamp->receive - compute) - p(echo stamp->receive), at p50 and p99.
+growth, GPU busy share (NVML or nvidia-smi; absent on a CPU), the node's configure time (its
+``configured in X s`` log line). With the echo at the same N, node overhead = p(node stamp->receive
+- compute) - p(echo stamp->receive), at p50 and p99.
 
-Writes ``e2e.json`` (every per-configuration figure), ``e2e.md`` (the table, also printed),
-``e2e_answered.png``, ``e2e_latency.png``, ``e2e_resources.png`` into ``--out``
-(default ``benchmarks/<device>/e2e``).
+Writes ``e2e.json`` (every per-configuration figure; per node configuration also the parameters it
+was given, ``node_params`` and ``node_param_overrides``, and the values the node reported,
+``node_params_seen``), ``e2e.md`` (the table, also printed), ``e2e_answered.png``,
+``e2e_latency.png``, ``e2e_resources.png`` into ``--out`` (default ``benchmarks/<device>/e2e``);
+:mod:`delen_ros.tools.e2e_report` draws them.
 
 Examples::
 
     delen_e2e_bench --model fashion_mnist --device cpu --ns 1,3,8 --rate 15 --duration 6
     delen_e2e_bench --model efficientnet_lite0 --device cuda --source cifar10 \\
-        --engine-bench out/engine/bench.json --node-param cuda_graphs=true
+        --engine-bench out/engine/bench.json --node-param ingress_processes:=2 --node-param cuda_graphs:=true
 """
 from __future__ import annotations
 
@@ -41,7 +47,6 @@ import argparse
 import dataclasses
 import heapq
 import json
-import math
 import os
 import pathlib
 import re
@@ -57,10 +62,11 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from .e2e_report import fmt, memory_growth, overheads, render_table, replot, write_plots
 from .processes import Children, package_root, ros_child_env
 
-__all__ = ['Config', 'proc_sample', 'GpuSampler', 'analyze', 'overheads', 'render_table', 'write_plots',
-           'device_slug', 'main']
+__all__ = ['Config', 'NodeParam', 'parse_node_param', 'proc_sample', 'GpuSampler', 'analyze', 'overheads',
+           'render_table', 'write_plots', 'device_slug', 'main']
 
 RESULT_PREFIX_NODE = '/delen'
 RESULT_PREFIX_ECHO = '/e2e_echo'
@@ -108,6 +114,38 @@ def proc_sample(pid: int) -> dict[str, float] | None:
         return out
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process under ``pid`` (children, grandchildren, ...), from ``/proc/*/stat``."""
+    parent: dict[int, int] = {}
+    for entry in pathlib.Path('/proc').iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / 'stat').read_text()
+                parent[int(entry.name)] = int(stat[stat.rindex(')') + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, todo = [], [pid]
+    while todo:
+        children = [c for c, p in parent.items() if p == todo[-1]]
+        todo.pop()
+        found += children
+        todo += children
+    return found
+
+
+def proc_tree_sample(pid: int) -> dict[str, float] | None:
+    """:func:`proc_sample` of ``pid``, plus ``tree_cpu_s`` / ``tree_pss_mb`` / ``tree_procs`` over it and every
+    live process under it (e.g. the node's ingress receiver processes; PSS adds up, RSS would not)."""
+    out = proc_sample(pid)
+    if out is None:
+        return None
+    samples = [out, *filter(None, (proc_sample(c) for c in _descendants(pid)))]
+    out['tree_cpu_s'] = sum(x['cpu_s'] for x in samples)
+    out['tree_pss_mb'] = sum(x.get('pss_mb', 0.0) for x in samples)
+    out['tree_procs'] = len(samples)
+    return out
 
 
 def _host_cpu() -> tuple[float, float]:
@@ -338,6 +376,8 @@ def _record_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog='e2e_bench _record')
     p.add_argument('--topics', required=True, help='comma-separated result topics')
     p.add_argument('--status', default='', help='the node\'s ~/status topic, or empty')
+    p.add_argument('--param-nodes', default='', help='comma-separated node names to ask for --param-names')
+    p.add_argument('--param-names', default='', help='comma-separated parameters to read back once ready')
     p.add_argument('--ready', required=True)
     p.add_argument('--out', required=True)
     args = p.parse_args(argv)
@@ -345,7 +385,10 @@ def _record_main(argv: Sequence[str]) -> int:
     import functools
 
     import rclpy
+    from rcl_interfaces.msg import ParameterType
+    from rcl_interfaces.srv import GetParameters
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import parameter_value_to_python
     from rclpy.signals import SignalHandlerOptions
 
     from delen_ros.msg import AppStatus, InferenceResult
@@ -377,6 +420,13 @@ def _record_main(argv: Sequence[str]) -> int:
             for i, t in enumerate(topics)]
     if args.status:
         subs.append(node.create_subscription(AppStatus, args.status, on_status, RESULT_QOS))
+    # The node's own values of the --node-param names, asked once its results are matched (it is up):
+    # rclpy ignores an override of a parameter the node never declares, and that would go unseen. One
+    # name per request: rclpy answers a request naming any undeclared parameter with no values at all.
+    param_names = [n for n in args.param_names.split(',') if n]
+    param_clients = {name: node.create_client(GetParameters, f'{name.rstrip("/")}/get_parameters')
+                     for name in args.param_nodes.split(',') if name and param_names}
+    param_futures: dict[str, list[Any]] = {}
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     ready = False
@@ -386,9 +436,24 @@ def _record_main(argv: Sequence[str]) -> int:
         if not ready and all(s.get_publisher_count() > 0 for s in subs[:len(topics)]):
             pathlib.Path(args.ready).write_text(str(time.time_ns()))
             ready = True
+        if ready and len(param_futures) < len(param_clients):
+            for name, client in param_clients.items():
+                if name not in param_futures and client.service_is_ready():
+                    param_futures[name] = [client.call_async(GetParameters.Request(names=[n])) for n in param_names]
+    params_seen: dict[str, Any] = {}
+    for name in param_clients:
+        answers = [f.result() if f.done() else None for f in param_futures.get(name, [])]
+        if len(answers) != len(param_names) or any(a is None for a in answers):
+            params_seen[name] = None   # not answered while the recorder ran
+            continue
+        params_seen[name] = {}
+        for n, answer in zip(param_names, answers):   # no value, or NOT_SET: the node does not declare it
+            value = answer.values[0] if len(answer.values) == 1 else None
+            params_seen[name][n] = (None if value is None or value.type == ParameterType.PARAMETER_NOT_SET
+                                    else parameter_value_to_python(value))
     pathlib.Path(args.out).write_text(json.dumps({
-        'topics': topics, 'fields': _RESULT_FIELDS, 'rows': rows, 'status': status,
-        'cpu_s': time.process_time() - cpu0}))
+        'topics': topics, 'fields': _RESULT_FIELDS, 'rows': rows, 'status': status, 'node_params_seen': params_seen,
+        'cpu_s': time.process_time() - cpu0}, default=list))
     executor.shutdown(timeout_sec=1.0)
     node.destroy_node()
     rclpy.try_shutdown()
@@ -413,7 +478,67 @@ def _bounds_for(bounds: Sequence[float], n: int) -> list[float]:
     return [float(bounds[i % len(bounds)]) for i in range(n)]
 
 
+#: node parameters the bench sets from its own options (a --node-param for one would contradict the report)
+_BENCH_SET_PARAMS = {'model': '--model', 'device': '--device', 'devices': '--devices', 'policy': '--policies',
+                     'max_batch': '--max-batch', 'image_qos': '--image-qos', 'apps': '--ns / --bounds'}
+_PARAM_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*')
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeParam:
+    """One ``--node-param NAME:=VALUE``: ``value`` is the text as given (the node's rcl reads it as YAML)."""
+
+    name: str
+    value: str
+
+    @property
+    def ros_arg(self) -> str:
+        """``NAME:=VALUE``, what follows ``-p`` on the node's command line."""
+        return f'{self.name}:={self.value}'
+
+
+def parse_node_param(text: str) -> NodeParam:
+    """Read ``NAME:=VALUE`` (``NAME=VALUE`` is accepted too) for the node's ``-p NAME:=VALUE``.
+
+    :raises ValueError: no name or value, a name ROS would not take, a value rcl cannot read (a YAML
+        mapping, or not YAML), or a parameter the bench sets from its own options (the message names it).
+
+    >>> parse_node_param('ingress_processes:=-1').ros_arg
+    'ingress_processes:=-1'
+    >>> parse_node_param('torch_threads=1')
+    NodeParam(name='torch_threads', value='1')
+    """
+    name, sep, value = text.partition(':=')
+    if not sep:
+        name, sep, value = text.partition('=')
+    name = name.strip()
+    if not sep or not name or not value:
+        raise ValueError(f"node parameter {text!r}: expected NAME:=VALUE (an empty string is written NAME:=\"''\")")
+    if not _PARAM_NAME.fullmatch(name):
+        raise ValueError(f'node parameter {text!r}: {name!r} is not a ROS parameter name')
+    if name in _BENCH_SET_PARAMS:
+        raise ValueError(f'node parameter {name!r} is set by the bench: use {_BENCH_SET_PARAMS[name]}')
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ValueError(f'node parameter {text!r}: the value is not YAML ({" ".join(str(exc).split())})') from None
+    if isinstance(parsed, dict):
+        raise ValueError(f'node parameter {text!r}: a mapping is not a parameter value')
+    return NodeParam(name, value)
+
+
+def _parse_node_params(items: Sequence[str]) -> list[NodeParam]:
+    """The ``--node-param`` list, checked; a name given twice is an error (which one would count?)."""
+    params = [parse_node_param(item) for item in items]
+    names = [p.name for p in params]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f'node parameter(s) given more than once: {", ".join(twice)}')
+    return params
+
+
 def _node_params(args, config: Config, bounds: Sequence[float]) -> dict[str, Any]:
+    """The parameters the bench sets (the node's params file); ``--node-param`` goes on as ``-p`` (:func:`_node_ros_args`)."""
     apps = [{'app_id': _app(i), 'image_topic': _topic(i), 'max_latency_ms': b}
             for i, b in enumerate(_bounds_for(bounds, config.cameras))]
     params: dict[str, Any] = {'model': args.model, 'device': args.device, 'policy': config.policy,
@@ -422,10 +547,16 @@ def _node_params(args, config: Config, bounds: Sequence[float]) -> dict[str, Any
     devices = [d for d in getattr(args, 'devices', '').split(',') if d]
     if len(devices) > 1 and getattr(args, 'nodes', 1) <= 1:
         params['devices'] = devices   # one node driving several GPUs (a DevicePool)
-    for item in args.node_param:
-        key, _, value = item.partition('=')
-        params[key.strip()] = yaml.safe_load(value)
     return params
+
+
+def _node_ros_args(params_file: pathlib.Path, node_params: Sequence[NodeParam]) -> list[Any]:
+    """The node's ROS arguments: its params file, then ``-p NAME:=VALUE`` per ``--node-param`` (rcl applies
+    overrides in command-line order, so these win over a file's value of the same name)."""
+    out: list[Any] = ['--ros-args', '--params-file', params_file]
+    for param in node_params:
+        out += ['-p', param.ros_arg]
+    return out
 
 
 def _start_nodes_and_placer(args, config: Config, children: Children, workdir: pathlib.Path,
@@ -443,8 +574,9 @@ def _start_nodes_and_placer(args, config: Config, children: Children, workdir: p
         params = dict(base, device=devices[j % len(devices)])
         path = workdir / f'node{j}_params.yaml'
         path.write_text(yaml.safe_dump({'/**': {'ros__parameters': params}}))
-        proc = children.start(f'node{j}' if j else 'node', ['-m', 'delen_ros.ros.node', '--ros-args', '--params-file',
-                                                           path, '-r', f'__ns:=/n{j}'])
+        proc = children.start(f'node{j}' if j else 'node', ['-m', 'delen_ros.ros.node',
+                                                           *_node_ros_args(path, args.node_params),
+                                                           '-r', f'__ns:=/n{j}'])
         first = first or proc
     namespaces = [f'/n{j}' for j in range(args.nodes)]
     children.start('placer', ['-m', 'delen_ros.ros.placer', '--ros-args', '-p',
@@ -505,21 +637,31 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
     result_topics = [f'{prefix}/{_app(i)}/result' for i in range(n)]
     raw: dict[str, Any] = {'config': dataclasses.asdict(config), 'name': config.name, 'domain_id': domain_id,
                            'topics': topics, 'result_topics': result_topics, 'bounds_ms': _bounds_for(bounds, n)}
+    node_params: list[NodeParam] = list(getattr(args, 'node_params', []))
+    param_nodes: list[str] = []
     t_start = time.monotonic()
     try:
         if config.kind == 'echo':
+            raw['echo'] = 'deserialize' if args.echo_deserialize else 'raw'
             target = children.start('echo', ['-m', 'delen_ros.tools.e2e_echo', '--topics', ','.join(topics),
-                                             '--result-prefix', prefix, '--image-qos', args.image_qos])
+                                             '--result-prefix', prefix, '--image-qos', args.image_qos,
+                                             *(['--deserialize'] if args.echo_deserialize else [])])
         elif args.nodes > 1:
             target = _start_nodes_and_placer(args, config, children, workdir, bounds, raw)
+            param_nodes = [f'/n{j}/delen' for j in range(args.nodes)]
         else:
             params_path = workdir / 'params.yaml'
-            params_path.write_text(yaml.safe_dump({'/**': {'ros__parameters': _node_params(args, config, bounds)}}))
             raw['node_params'] = _node_params(args, config, bounds)
-            target = children.start('node', ['-m', 'delen_ros.ros.node', '--ros-args', '--params-file', params_path])
+            params_path.write_text(yaml.safe_dump({'/**': {'ros__parameters': raw['node_params']}}))
+            target = children.start('node', ['-m', 'delen_ros.ros.node', *_node_ros_args(params_path, node_params)])
+            param_nodes = ['/delen']
+        if config.kind == 'node' and node_params:
+            raw['node_param_overrides'] = {p.name: p.value for p in node_params}
         target_name = 'echo' if config.kind == 'echo' else 'node'
         children.start('recorder', ['-m', 'delen_ros.tools.e2e_bench', '_record', '--topics', ','.join(result_topics),
                                     '--status', STATUS_TOPIC if config.kind == 'node' else '',
+                                    '--param-nodes', ','.join(param_nodes) if node_params else '',
+                                    '--param-names', ','.join(p.name for p in node_params),
                                     '--ready', workdir / 'recorder.ready', '--out', workdir / 'recorder.json'])
         publishers = []
         for k, first in enumerate(range(0, n, args.cams_per_proc)):
@@ -546,13 +688,13 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         window = (ready_ns + int(args.warmup * 1e9), ready_ns + int((args.warmup + args.duration) * 1e9))
         raw['window_ns'] = window
         _sleep_until_ns(window[0])
-        raw['target_start'] = proc_sample(target.pid)
+        raw['target_start'] = proc_tree_sample(target.pid)
         raw['host_cpu_start'] = _host_cpu()
         raw['procs_start'] = {name: proc_sample(p.pid) for name, p in children.procs.items()}
         gpu.start()
         _sleep_until_ns(window[1])
         raw['gpu'] = gpu.stop()
-        raw['target_end'] = proc_sample(target.pid)
+        raw['target_end'] = proc_tree_sample(target.pid)
         raw['host_cpu_end'] = _host_cpu()
         raw['procs_end'] = {name: proc_sample(p.pid) for name, p in children.procs.items()}
         raw['exit_codes'] = children.stop(publishers)
@@ -570,7 +712,23 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
     finally:
         raw.setdefault('exit_codes', {}).update(children.stop(list(children.procs)))
         raw['wall_s'] = time.monotonic() - t_start
+        if config.kind == 'node':
+            raw['node_configure_s'] = [configure_seconds(children.log_path(name))
+                                       for name in children.procs if re.fullmatch(r'node\d*', name)]
     return raw
+
+
+_CONFIGURED = re.compile(r'configured in ([0-9]+(?:\.[0-9]*)?) s\b')
+
+
+def configure_seconds(log: pathlib.Path) -> float | None:
+    """The node's configure time from its log (its ``configured in X s`` line; the last, if it configured
+    more than once); ``None`` if the log has none (the node failed or never got that far)."""
+    try:
+        found = _CONFIGURED.findall(pathlib.Path(log).read_text(errors='replace'))
+    except OSError:
+        return None
+    return float(found[-1]) if found else None
 
 
 def _sleep_until_ns(t_ns: int) -> None:
@@ -594,8 +752,17 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     """Per-app and total figures of one configuration from what :func:`run_config` gathered."""
     out: dict[str, Any] = {k: raw.get(k) for k in ('name', 'config', 'domain_id', 'bounds_ms', 'startup_s', 'wall_s',
                                                    'error', 'log_tails', 'exit_codes', 'target_alive_at_end', 'gpu')}
+    for key in ('echo', 'node_params', 'node_param_overrides', 'node_configure_s'):
+        if key in raw:
+            out[key] = raw[key]
     if 'recorder' not in raw:
         return out
+    seen = raw['recorder'].get('node_params_seen')
+    if seen:
+        out['node_params_seen'] = seen
+        unknown = sorted({name for values in seen.values() if values for name, v in values.items() if v is None})
+        if unknown:
+            out['node_params_unknown'] = unknown
     t0, t1 = raw['window_ns']
     span_s = (t1 - t0) / 1e9 or duration_s
     n = raw['config']['cameras']
@@ -713,9 +880,15 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     # resources of the node (or echo) over the window
     s0, s1 = raw.get('target_start'), raw.get('target_end')
     if s0 and s1:
-        cpu = s1['cpu_s'] - s0['cpu_s']
+        # CPU of the node and its processes (ingress receivers), so that work moved out of it still counts
+        main_cpu = s1['cpu_s'] - s0['cpu_s']
+        cpu = s1['tree_cpu_s'] - s0['tree_cpu_s'] if 'tree_cpu_s' in s0 and 'tree_cpu_s' in s1 else main_cpu
         res = {'cpu_share': cpu / span_s, 'cpu_ms_per_frame': _ratio(cpu * 1e3, totals['sent']),
-               'cpu_ms_per_result': _ratio(cpu * 1e3, totals['answered']), 'threads': s1.get('threads')}
+               'cpu_ms_per_result': _ratio(cpu * 1e3, totals['answered']), 'threads': s1.get('threads'),
+               'processes': s1.get('tree_procs', 1)}
+        if res['processes'] > 1:
+            res['cpu_ms_per_frame_main_process'] = _ratio(main_cpu * 1e3, totals['sent'])
+            res['tree_pss_mb_end'] = s1.get('tree_pss_mb')
         for key in ('rss_mb', 'pss_mb', 'pss_anon_mb', 'pss_shmem_mb', 'shm_rss_mb', 'shm_pss_mb'):
             if key in s0 and key in s1:
                 res[f'{key}_start'], res[f'{key}_end'] = s0[key], s1[key]
@@ -732,23 +905,6 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
                          'skipped_ticks': skipped}
     out['total'] = tot
     return out
-
-
-def overheads(results: dict[str, dict[str, Any]]) -> None:
-    """Add ``overhead_p50_ms`` / ``overhead_p99_ms`` (node stamp->receive - compute - echo stamp->receive,
-    at the same N) to every node configuration whose echo ran."""
-    echo = {r['config']['cameras']: r['total'] for r in results.values()
-            if r['config']['kind'] == 'echo' and r.get('total', {}).get('e2e_p50_ms') is not None}
-    for r in results.values():
-        t = r.get('total')
-        if r['config']['kind'] != 'node' or not t or t.get('e2e_minus_compute_p50_ms') is None:
-            continue
-        e = echo.get(r['config']['cameras'])
-        if e is None:
-            continue
-        t['echo_e2e_p50_ms'], t['echo_e2e_p99_ms'] = e['e2e_p50_ms'], e['e2e_p99_ms']
-        t['overhead_p50_ms'] = t['e2e_minus_compute_p50_ms'] - e['e2e_p50_ms']
-        t['overhead_p99_ms'] = t['e2e_minus_compute_p99_ms'] - e['e2e_p99_ms']
 
 
 def engine_reference(path: str | None) -> dict[str, Any] | None:
@@ -775,211 +931,6 @@ def engine_reference(path: str | None) -> dict[str, Any] | None:
     return ref
 
 
-# --- report ----------------------------------------------------------------------------------------------------------
-def _f(value: Any, fmt: str = '.1f', scale: float = 1.0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return '–'
-    return format(value * scale, fmt)
-
-
-def render_table(report: dict[str, Any]) -> str:
-    """The markdown table of a report (one row per configuration)."""
-    m = report['meta']
-    lines = [f"# delen_ros end to end over DDS: {m['model']} on {m['device_name']} ({m['cpu_count']} CPU cores, "
-             f"{m['started'][:10]}, git {m.get('git') or '?'})",
-             '',
-             f"{m['size']} {m['encoding']} @ {m['rate_hz']:g} Hz per camera, source `{m['source']}`, one app per camera, "
-             f"latency bounds {m['bounds_ms']} ms (as accurate as the bound allows), max_batch {m['max_batch']}"
-             f"{', node params ' + str(m['node_params']) if m['node_params'] else ''}; "
-             f"{m['duration_s']:g} s measured after {m['warmup_s']:g} s warm-up, {m['drain_s']:g} s drain. "
-             'Latency: `header.stamp` (publication) → the recorder\'s callback. *Within bound*: frames whose result '
-             'arrived within the bound, over frames sent (unanswered = miss). *Overhead*: p(node stamp→receive − '
-             'compute) − p(echo stamp→receive) at the same N. CPU: the node\'s user+system time per frame sent. *node rx / drop*: from the node\'s `~/status` counters, '
-             'frames it received over frames sent / frames it dropped (queue overflow or a bound it could not meet) '
-             'over frames it received.',
-             *(['', f"Note: {m['note']}"] if m.get('note') else []),
-             '',
-             '| config | cams | sent/s | results/s | answered | within bound | node bounds_met | node rx / drop | p50 ms | '
-             'p99 ms | overhead p50 / p99 ms | exit mix % | mJ/result | acc | node CPU ms/frame | RSS / PSS MB (shm) | '
-             'GPU busy | host CPU |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
-    for name, r in report['configs'].items():
-        t = r.get('total')
-        if not t:
-            lines.append(f"| {name} | {r['config']['cameras']} | failed: {r.get('error', '?')} |" + ' |' * 16)
-            continue
-        res = t.get('resources', {})
-        mix = '/'.join(f'{x * 100:.0f}' for x in t['exit_mix']) if t.get('exit_mix') else '–'
-        gpu = r.get('gpu') or {}
-        mem = (f"{_f(res.get('rss_mb_end'), '.0f')} / {_f(res.get('pss_mb_end'), '.0f')} "
-               f"({_f(res.get('shm_rss_mb_end'), '.0f')})") if res else '–'
-        energy = _f(t.get('energy_mj_per_result'), '.3g') + ('' if t.get('energy_measured', True) else ' est')
-        ns = t.get('node_status') or {}
-        node_rx = (f"{_f(ns.get('received_share_of_sent'), '.0f', 100)} % / {_f(ns.get('dropped_share_of_received'), '.1f', 100)} %"
-                   if ns else '–')
-        lines.append(
-            f"| {name} | {t['cameras']} | {_f(t['sent_hz'])} | {_f(t['results_hz'])} | {_f(t['answered_share'], '.1f', 100)} % | "
-            f"{_f(t['attainment'], '.1f', 100)} % | {_f(t.get('node_bounds_met_share'), '.1f', 100) + ' %' if r['config']['kind'] == 'node' else '–'} | {node_rx} | "
-            f"{_f(t.get('e2e_p50_ms'))} | {_f(t.get('e2e_p99_ms'))} | "
-            f"{_f(t.get('overhead_p50_ms'))} / {_f(t.get('overhead_p99_ms'))} | {mix} | {energy} | "
-            f"{_f(t.get('accuracy'), '.3f')} | {_f(res.get('cpu_ms_per_frame'), '.2f')} | {mem} | "
-            f"{_f(gpu.get('busy_share'), '.1f', 100) + ' %' if gpu.get('busy_share') is not None else '–'} | "
-            f"{_f(t.get('host_cpu_busy_share'), '.0f', 100)} % |")
-    ref = report.get('engine_reference')
-    if ref and 'batched_served_hz' in ref:
-        lines += ['', f"Engine alone (`delen_bench`, no ROS; {ref.get('model')} on {ref.get('device_name')}, "
-                      f"cuda_graphs={ref.get('cuda_graphs')}, half={ref.get('half')}): "
-                      f"{ref['batched_served_hz']:.0f} frames/s batched (mean batch {_f(ref.get('batched_mean_batch'))}, "
-                      f"offered {_f(ref.get('overload_offered_hz'), '.0f')}/s), {ref['per_frame_served_hz']:.0f} frames/s "
-                      f"one at a time, always_final."]
-        best = max((r['total']['results_hz'] for r in report['configs'].values()
-                    if r.get('total') and r['config']['kind'] == 'node'), default=None)
-        if best:
-            lines.append(f"Best served through ROS in this run: {best:.0f} results/s = "
-                         f"{best / ref['batched_served_hz']:.2f} × the engine alone.")
-    growth = report.get('memory_growth')
-    if growth:
-        lines += ['', 'Node memory, fewest → most cameras (at the end of the window): ' + '; '.join(
-            f"{p}: RSS {g['rss_mb'][0]:.0f} → {g['rss_mb'][1]:.0f} MB ({g['rss_growth'] * 100:+.1f} %), "
-            f"PSS {g['pss_mb'][0]:.0f} → {g['pss_mb'][1]:.0f} MB, of which /dev/shm RSS "
-            f"{g['shm_rss_mb'][0]:.0f} → {g['shm_rss_mb'][1]:.0f} MB" for p, g in growth.items())]
-    timeline = [(name, r['total']['timeline_p50_ms']) for name, r in report['configs'].items()
-                if r.get('total', {}).get('timeline_p50_ms')]
-    if timeline:
-        lines += ['', 'Where a frame\'s time goes, p50 ms (stamp→arrival at the node | queue | compute | rest of the '
-                      'node | result delivery):', '']
-        lines += [f"- {name}: " + ' | '.join(_f(v, '.2f') for v in tl.values()) for name, tl in timeline]
-    return '\n'.join(lines) + '\n'
-
-
-def _memory_growth(report: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for policy in report['meta']['policies']:
-        runs = sorted(((r['config']['cameras'], r['total']['resources']) for r in report['configs'].values()
-                       if r['config'].get('policy') == policy and r.get('total', {}).get('resources', {}).get('rss_mb_end')),
-                      key=lambda x: x[0])
-        if len(runs) >= 2:
-            (n0, a), (n1, b) = runs[0], runs[-1]
-            out[policy] = {'cameras': [n0, n1], 'rss_mb': [a['rss_mb_end'], b['rss_mb_end']],
-                           'rss_growth': (b['rss_mb_end'] - a['rss_mb_end']) / a['rss_mb_end'],
-                           'pss_mb': [a.get('pss_mb_end'), b.get('pss_mb_end')],
-                           'shm_rss_mb': [a.get('shm_rss_mb_end', 0.0), b.get('shm_rss_mb_end', 0.0)]}
-    return out
-
-
-def _camera_axis(ax: Any, report: dict[str, Any]) -> None:
-    from matplotlib.ticker import NullLocator
-    ns = sorted({r['config']['cameras'] for r in report['configs'].values()})
-    ax.set_xscale('log', base=2)
-    ax.set_xticks(ns, [str(n) for n in ns])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel('cameras')
-
-
-def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
-    """``e2e_answered.png``, ``e2e_latency.png``, ``e2e_resources.png``; returns the file names."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    series: dict[str, list[tuple[int, dict[str, Any], dict[str, Any]]]] = {}
-    for r in report['configs'].values():
-        if not r.get('total'):
-            continue
-        label = 'echo (transport floor)' if r['config']['kind'] == 'echo' else r['config']['policy']
-        series.setdefault(label, []).append((r['config']['cameras'], r['total'], r.get('gpu') or {}))
-    for v in series.values():
-        v.sort(key=lambda x: x[0])
-    m = report['meta']
-    title = f"{m['model']} on {m['device_name']}, {m['size']} @ {m['rate_hz']:g} Hz per camera"
-    written = []
-
-    def style(label):
-        return dict(marker='o', linestyle='--' if label.startswith('echo') else '-')
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for label, pts in series.items():
-        ns = [p[0] for p in pts]
-        axes[0].plot(ns, [100 * (p[1]['answered_share'] or 0) for p in pts], label=label, **style(label))
-        axes[1].plot(ns, [100 * (p[1]['attainment'] or 0) for p in pts], label=label, **style(label))
-        axes[2].plot(ns, [p[1]['results_hz'] for p in pts], label=f'{label} results/s', **style(label))
-    sent = sorted({(r['config']['cameras'], r['total']['sent_hz']) for r in report['configs'].values() if r.get('total')})
-    if sent:
-        axes[2].plot([s[0] for s in sent], [s[1] for s in sent], 'k:', label='frames sent/s')
-    ref = report.get('engine_reference') or {}
-    if ref.get('batched_served_hz'):
-        axes[2].axhline(ref['batched_served_hz'], color='grey', linestyle='-.', label='engine alone (delen_bench)')
-    for ax, t in zip(axes, ('frames answered, %', f"frames within bound ({'/'.join(f'{b:g}' for b in m['bounds_ms'])} ms) at the result topic, %",
-                            'per second')):
-        _camera_axis(ax, report)
-        ax.set_title(t, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylim(-2, 102)
-    axes[1].set_ylim(-2, 102)
-    axes[2].set_yscale('log')
-    axes[0].legend(fontsize=8)
-    axes[2].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / 'e2e_answered.png', dpi=90)
-    plt.close(fig)
-    written.append('e2e_answered.png')
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for label, pts in series.items():
-        ns = [p[0] for p in pts]
-        line, = axes[0].plot(ns, [p[1].get('e2e_p50_ms') or np.nan for p in pts], label=f'{label} p50', **style(label))
-        axes[0].plot(ns, [p[1].get('e2e_p99_ms') or np.nan for p in pts], marker='^', linestyle=':',
-                     color=line.get_color(), label=f'{label} p99')
-        if not label.startswith('echo'):
-            axes[1].plot(ns, [p[1].get('overhead_p50_ms', np.nan) for p in pts], label=f'{label} p50', **style(label))
-            axes[1].plot(ns, [p[1].get('overhead_p99_ms', np.nan) for p in pts], marker='^', linestyle=':',
-                         color=line.get_color(), label=f'{label} p99')
-    for b in sorted(set(m['bounds_ms'])):
-        axes[0].axhline(b, color='r', linestyle='--', linewidth=0.8)
-    axes[0].set_title('latency header.stamp → result received, ms (red: bound)', fontsize=10)
-    axes[0].set_yscale('log')
-    axes[1].set_title('node overhead over the echo: p(stamp→receive − compute) − p(echo), ms', fontsize=10)
-    axes[1].axhline(0, color='k', linewidth=0.5)
-    axes[1].set_yscale('symlog', linthresh=1.0)
-    for ax in axes:
-        _camera_axis(ax, report)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / 'e2e_latency.png', dpi=90)
-    plt.close(fig)
-    written.append('e2e_latency.png')
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for label, pts in series.items():
-        ns = [p[0] for p in pts]
-        axes[0].plot(ns, [p[1].get('resources', {}).get('cpu_ms_per_frame', np.nan) for p in pts], label=label, **style(label))
-        line, = axes[1].plot(ns, [p[1].get('resources', {}).get('rss_mb_end', np.nan) for p in pts],
-                             label=f'{label} RSS', **style(label))
-        axes[1].plot(ns, [p[1].get('resources', {}).get('pss_mb_end', np.nan) for p in pts], marker='s', linestyle=':',
-                     color=line.get_color(), label=f'{label} PSS')
-        axes[2].plot(ns, [100 * p[2]['busy_share'] if p[2].get('busy_share') is not None else np.nan for p in pts],
-                     color=line.get_color(), label=f'{label} GPU busy', **style(label))
-        axes[2].plot(ns, [100 * p[1].get('host_cpu_busy_share', np.nan) for p in pts], marker='s', linestyle=':',
-                     color=line.get_color(), label=f'{label} host CPU busy')
-    axes[0].set_title('node (or echo) CPU per frame sent, ms', fontsize=10)
-    axes[1].set_title('node memory at the end of the window, MB', fontsize=10)
-    axes[2].set_title('GPU busy (solid) / host CPU busy (dotted), %', fontsize=10)
-    axes[2].set_ylim(-2, 105)
-    for ax in axes:
-        _camera_axis(ax, report)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / 'e2e_resources.png', dpi=90)
-    plt.close(fig)
-    written.append('e2e_resources.png')
-    return written
-
-
 # --- main -----------------------------------------------------------------------------------------------------------
 def _default_source(model: str) -> str:
     try:
@@ -1004,6 +955,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--ns', default='1,3,8,16,32', help='comma-separated camera counts')
     p.add_argument('--echo', action=argparse.BooleanOptionalAction, default=True, help='run the echo node too')
     p.add_argument('--echo-ns', default='', help='camera counts for the echo (default: --ns)')
+    p.add_argument('--echo-deserialize', action='store_true',
+                   help='the echo builds a Python sensor_msgs/Image per frame (as before the node went raw) '
+                   'instead of taking images raw as the node does')
     p.add_argument('--rate', type=float, default=30.0, help='frames per second per camera')
     p.add_argument('--size', default='640x480', help='WxH of the published images')
     p.add_argument('--encoding', default='rgb8')
@@ -1018,8 +972,11 @@ def build_parser() -> argparse.ArgumentParser:
                    'on one machine); apps registered through the placer')
     p.add_argument('--max-batch', type=int, default=8, help='node parameter max_batch')
     p.add_argument('--image-qos', default='sensor_data', choices=['sensor_data', 'reliable'])
-    p.add_argument('--node-param', action='append', default=[], metavar='KEY=VALUE',
-                   help='extra node parameter (YAML value), repeatable, e.g. torch_threads=1')
+    p.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
+                   help='a node parameter, given to the node as -p NAME:=VALUE (after its params file, so it wins); '
+                   'repeatable, e.g. --node-param ingress_processes:=2 --node-param torch_threads:=1 (NAME=VALUE '
+                   'also works); recorded in e2e.json and the report, and read back from the node: a name the node '
+                   'does not declare stops the sweep')
     p.add_argument('--cams-per-proc', type=int, default=4, help='cameras per publisher process')
     p.add_argument('--phase', default='spread', choices=['spread', 'sync'],
                    help='camera phases spread over the period, or all at once')
@@ -1060,19 +1017,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _record_main(argv[1:])
     if argv and argv[0] == '_register':
         return _register_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.replot:
-        path = pathlib.Path(args.replot)
-        report = json.loads(path.read_text())
-        if args.note:
-            report['meta']['note'] = args.note
-            path.write_text(json.dumps(report, indent=1, default=float) + '\n')
-        out = pathlib.Path(args.out) if args.out else path.parent
-        out.mkdir(parents=True, exist_ok=True)
-        report['plots'] = write_plots(report, out)
-        (out / 'e2e.md').write_text(render_table(report))
-        print(render_table(report))
+        print(replot(pathlib.Path(args.replot), out=pathlib.Path(args.out) if args.out else None, note=args.note))
         return 0
+    try:
+        args.node_params = _parse_node_params(args.node_param)
+    except ValueError as exc:
+        parser.error(str(exc))
     policies = [p for p in args.policies.split(',') if p]
     ns = [int(v) for v in args.ns.split(',') if v]
     echo_ns = [int(v) for v in (args.echo_ns or args.ns).split(',') if v] if args.echo else []
@@ -1095,7 +1048,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             'device_name': gpu.name if args.device.startswith('cuda') and gpu.name else platform.processor() or 'CPU',
             'cpu_count': os.cpu_count(), 'policies': policies, 'ns': ns, 'echo_ns': echo_ns, 'rate_hz': args.rate,
             'size': args.size, 'encoding': args.encoding, 'source': args.source, 'bounds_ms': bounds,
-            'max_batch': args.max_batch, 'image_qos': args.image_qos, 'node_params': args.node_param,
+            'max_batch': args.max_batch, 'image_qos': args.image_qos,
+            'node_params': [p.ros_arg for p in args.node_params], 'echo': 'deserialize' if args.echo_deserialize else 'raw',
             'duration_s': args.duration, 'warmup_s': args.warmup, 'drain_s': args.drain,
             'cams_per_proc': args.cams_per_proc, 'phase': args.phase, 'python': platform.python_version(),
             'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'git': _git_revision(), 'note': args.note}
@@ -1118,20 +1072,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = analyze(raw, duration_s=args.duration)
             report['configs'][config.name] = result
             t = result.get('total')
+            configured = [v for v in result.get('node_configure_s') or [] if v is not None]
             if t:
                 print(f"[e2e]   sent {t['sent_hz']:.1f}/s, results {t['results_hz']:.1f}/s, answered "
-                      f"{_f(t['answered_share'], '.1f', 100)} %, within bound {_f(t['attainment'], '.1f', 100)} %, "
-                      f"p50 {_f(t.get('e2e_p50_ms'))} / p99 {_f(t.get('e2e_p99_ms'))} ms "
-                      f"(start-up {raw.get('startup_s', 0):.1f} s, {raw['wall_s']:.1f} s)", flush=True)
+                      f"{fmt(t['answered_share'], '.1f', 100)} %, within bound {fmt(t['attainment'], '.1f', 100)} %, "
+                      f"p50 {fmt(t.get('e2e_p50_ms'))} / p99 {fmt(t.get('e2e_p99_ms'))} ms "
+                      f"(start-up {raw.get('startup_s', 0):.1f} s"
+                      f"{f', node configured in {max(configured):.1f} s' if configured else ''}, {raw['wall_s']:.1f} s)",
+                      flush=True)
             else:
                 print(f"[e2e]   failed: {result.get('error')}", flush=True)
                 for name, tail in (result.get('log_tails') or {}).items():
                     print(f'[e2e]   --- {name} log ---\n{tail}', flush=True)
+            if result.get('node_params_unknown'):
+                meta['stopped'] = (f"the node does not declare {', '.join(result['node_params_unknown'])} (given by "
+                                   f"--node-param, so ignored by the node): the sweep stopped after {config.name}")
+                print(f"[e2e] {meta['stopped']}", flush=True)
+                break
     except KeyboardInterrupt:
         interrupted = True
         print('[e2e] interrupted: writing what ran', flush=True)
     overheads(report['configs'])
-    report['memory_growth'] = _memory_growth(report)
+    report['memory_growth'] = memory_growth(report)
     meta['wall_s'] = time.monotonic() - t_all
     meta['interrupted'] = interrupted
     report['plots'] = write_plots(report, out) if report['configs'] else []
@@ -1144,7 +1106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workroot, ignore_errors=True)
     elif not args.workdir:
         print(f'[e2e] logs in {workroot}')
-    return 130 if interrupted else 0
+    return 130 if interrupted else 2 if meta.get('stopped') else 0
 
 
 if __name__ == '__main__':

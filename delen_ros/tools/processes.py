@@ -59,7 +59,7 @@ class Children:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, args: Sequence[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f'{name}.log', 'w')
+        log = open(self.log_path(name), 'w')
         if self.log_command:
             log.write(' '.join(map(str, args)) + '\n')
             log.flush()
@@ -94,6 +94,10 @@ class Children:
             codes[name] = p.returncode
         return codes
 
+    def log_path(self, name: str) -> pathlib.Path:
+        """Where child ``name`` logs (its stdout and stderr)."""
+        return self.log_dir / f'{name}.log'
+
     def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.log_dir / f'{name}.log'
+        path = self.log_path(name)
         return '\n'.join(path.read_text(errors='replace').splitlines()[-lines:]) if path.exists() else ''

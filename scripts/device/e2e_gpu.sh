@@ -12,8 +12,11 @@
 # Settings (environment): MODEL (efficientnet_lite0), NS (1,3,8,16,32), POLICIES (delen,always_final),
 # RATE (30), SIZE (640x480), BOUNDS (33: ms, comma-separated = mixed, assigned to cameras in turn),
 # SOURCE (auto: the model's data set where shipped, else synthetic frames; or cifar10, a folder, ...),
-# DURATION (6), WARMUP (2), DRAIN (2), MAX_BATCH (32), NODE_PARAMS ("key=value ..." extra node
-# parameters), ENGINE (1: run delen_bench first), BENCH_ARGS (extra delen_bench arguments),
+# DURATION (6), WARMUP (2), DRAIN (2), MAX_BATCH (32), NODE_PARAMS (space-separated "name:=value" node
+# parameters, each forwarded as --node-param and given to the node as -p name:=value, e.g.
+# NODE_PARAMS="ingress_processes:=2 torch_threads:=4"; recorded in e2e.json and e2e.md), ECHO_DESERIALIZE
+# (1: the echo builds a Python Image per frame, as before the node went raw; default: raw, as the node),
+# ENGINE (1: run delen_bench first), BENCH_ARGS (extra delen_bench arguments),
 # TOTAL_S (560: the sweep is interrupted at this many seconds from the start, so the whole script ends inside
 # a 600 s device call, and writes what ran), EXTRA (more delen_e2e_bench args).
 set -uo pipefail
@@ -52,6 +55,8 @@ fi
 
 NODE_ARGS=()
 for kv in ${NODE_PARAMS:-}; do NODE_ARGS+=(--node-param "$kv"); done
+[ "${ECHO_DESERIALIZE:-0}" != 0 ] && NODE_ARGS+=(--echo-deserialize)
+[ ${#NODE_ARGS[@]} -gt 0 ] && echo "[e2e_gpu] node/echo options: ${NODE_ARGS[*]}"
 rm -rf /tmp/delen_e2e_work
 # SIGINT at the budget: the bench stops its processes and writes the configurations that ran.
 BUDGET_S=$(( ${TOTAL_S:-560} - ($(date +%s) - t0) ))

@@ -1,0 +1,314 @@
+"""The end-to-end benchmark's report: node overhead over the echo, the markdown table, the plots.
+
+Works on the ``e2e.json`` structure that :mod:`delen_ros.tools.e2e_bench` writes (``meta``,
+``configs`` by name with ``config`` / ``apps`` / ``total``, ``engine_reference``), including files
+written before a field existed (a missing figure shows as ``–``), so ``delen_e2e_bench --replot``
+redraws old runs. No ROS; matplotlib only inside :func:`write_plots`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import numpy as np
+
+__all__ = ['overheads', 'memory_growth', 'render_table', 'write_plots', 'replot', 'fmt', 'echo_mode']
+
+
+def overheads(results: dict[str, dict[str, Any]]) -> None:
+    """Add ``overhead_p50_ms`` / ``overhead_p99_ms`` (node stamp->receive - compute - echo stamp->receive,
+    at the same N) to every node configuration whose echo ran."""
+    echo = {r['config']['cameras']: r['total'] for r in results.values()
+            if r['config']['kind'] == 'echo' and r.get('total', {}).get('e2e_p50_ms') is not None}
+    for r in results.values():
+        t = r.get('total')
+        if r['config']['kind'] != 'node' or not t or t.get('e2e_minus_compute_p50_ms') is None:
+            continue
+        e = echo.get(r['config']['cameras'])
+        if e is None:
+            continue
+        t['echo_e2e_p50_ms'], t['echo_e2e_p99_ms'] = e['e2e_p50_ms'], e['e2e_p99_ms']
+        t['overhead_p50_ms'] = t['e2e_minus_compute_p50_ms'] - e['e2e_p50_ms']
+        t['overhead_p99_ms'] = t['e2e_minus_compute_p99_ms'] - e['e2e_p99_ms']
+
+
+
+
+def fmt(value: Any, spec: str = '.1f', scale: float = 1.0) -> str:
+    """``value * scale`` formatted with ``spec``; ``–`` for a missing or NaN figure."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '–'
+    return format(value * scale, spec)
+
+
+
+#: what the echo's image path was, for the report (``e2e.json`` files without ``meta.echo`` predate the
+#: raw echo: their echo deserialized every image)
+_ECHO_WORDS = {'raw': 'raw (`raw=True` + `parse_image_cdr`, as the node takes images)',
+               'deserialize': 'deserializing (a Python `sensor_msgs/Image` per frame: slower than the node\'s raw '
+                              'path, so the overhead over it flatters the node)'}
+
+
+def echo_mode(meta: dict[str, Any]) -> str:
+    """``'raw'`` or ``'deserialize'``: how the run's echo took images (old files: ``'deserialize'``)."""
+    return meta.get('echo') or 'deserialize'
+
+
+def _node_params_words(meta: dict[str, Any]) -> str:
+    params = meta.get('node_params') or []
+    return f", node params `{' '.join(params)}`" if params else ''
+
+
+def _configure_s(r: dict[str, Any]) -> str:
+    """The node's own configure time (its ``configured in X s`` log line), slowest node first."""
+    values = [v for v in (r.get('node_configure_s') or []) if v is not None]
+    return fmt(max(values)) if values else '–'
+
+
+def _cpu(res: dict[str, Any]) -> str:
+    """CPU ms per frame sent, of the node and the processes under it (ingress receivers) when it has some."""
+    text = fmt(res.get('cpu_ms_per_frame'), '.2f')
+    if (res.get('processes') or 1) > 1:
+        text += f" ({res['processes']} procs; node process {fmt(res.get('cpu_ms_per_frame_main_process'), '.2f')})"
+    return text
+
+
+_COLUMNS = ('config', 'cams', 'sent/s', 'results/s', 'answered', 'within bound', 'worst app answered / within',
+            'node bounds_met', 'node rx / drop', 'p50 ms', 'p99 ms', 'overhead p50 / p99 ms', 'exit mix %',
+            'mJ/result', 'acc', 'node CPU ms/frame', 'RSS / PSS MB (shm)', 'GPU busy', 'host CPU', 'configure s')
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The markdown table of a report (one row per configuration)."""
+    m = report['meta']
+    echo_ran = any(r['config']['kind'] == 'echo' for r in report['configs'].values())
+    lines = [f"# delen_ros end to end over DDS: {m['model']} on {m['device_name']} ({m['cpu_count']} CPU cores, "
+             f"{m['started'][:10]}, git {m.get('git') or '?'})",
+             '',
+             f"{m['size']} {m['encoding']} @ {m['rate_hz']:g} Hz per camera, source `{m['source']}`, one app per camera, "
+             f"latency bounds {m['bounds_ms']} ms (as accurate as the bound allows), max_batch {m['max_batch']}"
+             f"{_node_params_words(m)}; "
+             f"{m['duration_s']:g} s measured after {m['warmup_s']:g} s warm-up, {m['drain_s']:g} s drain. "
+             + (f"Echo: {_ECHO_WORDS.get(echo_mode(m), echo_mode(m))}. " if echo_ran else '') +
+             'Latency: `header.stamp` (publication) → the recorder\'s callback. *Within bound*: frames whose result '
+             'arrived within the bound, over frames sent (unanswered = miss); *worst app*: the lowest share of one '
+             'app (camera). *Overhead*: p(node stamp→receive − compute) − p(echo stamp→receive) at the same N. CPU: '
+             'the node\'s user+system time per frame sent (with the processes it started, if any). *node rx / drop*: from the node\'s `~/status` counters, '
+             'frames it received over frames sent / frames it dropped (queue overflow or a bound it could not meet) '
+             'over frames it received. *configure s*: the node\'s own `configured in X s` (model, profile, warm-up).',
+             *(['', f"Note: {m['note']}"] if m.get('note') else []),
+             *(['', f"**Stopped:** {m['stopped']}"] if m.get('stopped') else []),
+             '',
+             '| ' + ' | '.join(_COLUMNS) + ' |',
+             '|' + '---|' * len(_COLUMNS)]
+    for name, r in report['configs'].items():
+        t = r.get('total')
+        if not t:
+            lines.append(f"| {name} | {r['config']['cameras']} | failed: {r.get('error', '?')} |"
+                         + ' |' * (len(_COLUMNS) - 4) + f" {_configure_s(r)} |")
+            continue
+        res = t.get('resources', {})
+        mix = '/'.join(f'{x * 100:.0f}' for x in t['exit_mix']) if t.get('exit_mix') else '–'
+        gpu = r.get('gpu') or {}
+        mem = (f"{fmt(res.get('rss_mb_end'), '.0f')} / {fmt(res.get('pss_mb_end'), '.0f')} "
+               f"({fmt(res.get('shm_rss_mb_end'), '.0f')})") if res else '–'
+        energy = fmt(t.get('energy_mj_per_result'), '.3g') + ('' if t.get('energy_measured', True) else ' est')
+        ns = t.get('node_status') or {}
+        node_rx = (f"{fmt(ns.get('received_share_of_sent'), '.0f', 100)} % / "
+                   f"{fmt(ns.get('dropped_share_of_received'), '.1f', 100)} %" if ns else '–')
+        is_node = r['config']['kind'] == 'node'
+        cells = [
+            name, str(t['cameras']), fmt(t['sent_hz']), fmt(t['results_hz']),
+            f"{fmt(t['answered_share'], '.1f', 100)} %", f"{fmt(t['attainment'], '.1f', 100)} %",
+            f"{fmt(t.get('answered_share_min_app'), '.1f', 100)} / {fmt(t.get('attainment_min_app'), '.1f', 100)} %",
+            fmt(t.get('node_bounds_met_share'), '.1f', 100) + ' %' if is_node else '–', node_rx,
+            fmt(t.get('e2e_p50_ms')), fmt(t.get('e2e_p99_ms')),
+            f"{fmt(t.get('overhead_p50_ms'))} / {fmt(t.get('overhead_p99_ms'))}", mix, energy,
+            fmt(t.get('accuracy'), '.3f'), _cpu(res), mem,
+            fmt(gpu.get('busy_share'), '.1f', 100) + ' %' if gpu.get('busy_share') is not None else '–',
+            f"{fmt(t.get('host_cpu_busy_share'), '.0f', 100)} %", _configure_s(r) if is_node else '–']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    unknown = {name: r['node_params_unknown'] for name, r in report['configs'].items() if r.get('node_params_unknown')}
+    if unknown:
+        lines += ['', '**Node parameters the node does not declare (their values were ignored):** ' + '; '.join(
+            f"{name}: {', '.join(v)}" for name, v in unknown.items())]
+    ref = report.get('engine_reference')
+    if ref and 'batched_served_hz' in ref:
+        lines += ['', f"Engine alone (`delen_bench`, no ROS; {ref.get('model')} on {ref.get('device_name')}, "
+                      f"cuda_graphs={ref.get('cuda_graphs')}, half={ref.get('half')}): "
+                      f"{ref['batched_served_hz']:.0f} frames/s batched (mean batch {fmt(ref.get('batched_mean_batch'))}, "
+                      f"offered {fmt(ref.get('overload_offered_hz'), '.0f')}/s), {ref['per_frame_served_hz']:.0f} frames/s "
+                      f"one at a time, always_final."]
+        best = max((r['total']['results_hz'] for r in report['configs'].values()
+                    if r.get('total') and r['config']['kind'] == 'node'), default=None)
+        if best:
+            lines.append(f"Best served through ROS in this run: {best:.0f} results/s = "
+                         f"{best / ref['batched_served_hz']:.2f} × the engine alone.")
+    growth = report.get('memory_growth')
+    if growth:
+        lines += ['', 'Node memory, fewest → most cameras (at the end of the window): ' + '; '.join(
+            f"{p}: RSS {g['rss_mb'][0]:.0f} → {g['rss_mb'][1]:.0f} MB ({g['rss_growth'] * 100:+.1f} %), "
+            f"PSS {g['pss_mb'][0]:.0f} → {g['pss_mb'][1]:.0f} MB, of which /dev/shm RSS "
+            f"{g['shm_rss_mb'][0]:.0f} → {g['shm_rss_mb'][1]:.0f} MB" for p, g in growth.items())]
+    timeline = [(name, r['total']['timeline_p50_ms']) for name, r in report['configs'].items()
+                if r.get('total', {}).get('timeline_p50_ms')]
+    if timeline:
+        lines += ['', 'Where a frame\'s time goes, p50 ms (stamp→arrival at the node | queue | compute | rest of the '
+                      'node | result delivery):', '']
+        lines += [f"- {name}: " + ' | '.join(fmt(v, '.2f') for v in tl.values()) for name, tl in timeline]
+    return '\n'.join(lines) + '\n'
+
+
+def memory_growth(report: dict[str, Any]) -> dict[str, Any]:
+    """Per policy, the node's RSS / PSS / shared memory at the fewest and the most cameras that ran."""
+    out = {}
+    for policy in report['meta']['policies']:
+        runs = sorted(((r['config']['cameras'], r['total']['resources']) for r in report['configs'].values()
+                       if r['config'].get('policy') == policy and r.get('total', {}).get('resources', {}).get('rss_mb_end')),
+                      key=lambda x: x[0])
+        if len(runs) >= 2:
+            (n0, a), (n1, b) = runs[0], runs[-1]
+            out[policy] = {'cameras': [n0, n1], 'rss_mb': [a['rss_mb_end'], b['rss_mb_end']],
+                           'rss_growth': (b['rss_mb_end'] - a['rss_mb_end']) / a['rss_mb_end'],
+                           'pss_mb': [a.get('pss_mb_end'), b.get('pss_mb_end')],
+                           'shm_rss_mb': [a.get('shm_rss_mb_end', 0.0), b.get('shm_rss_mb_end', 0.0)]}
+    return out
+
+
+def _camera_axis(ax: Any, report: dict[str, Any]) -> None:
+    from matplotlib.ticker import NullLocator
+    ns = sorted({r['config']['cameras'] for r in report['configs'].values()})
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel('cameras')
+
+
+def _legend(ax: Any, *, fontsize: int) -> None:
+    if ax.get_legend_handles_labels()[0]:   # e.g. no overhead without a node run: no empty legend
+        ax.legend(fontsize=fontsize)
+
+
+def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
+    """``e2e_answered.png``, ``e2e_latency.png``, ``e2e_resources.png``; returns the file names."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, dict[str, Any], dict[str, Any]]]] = {}
+    echo_label = f"echo, {echo_mode(report['meta'])} (transport floor)"
+    for r in report['configs'].values():
+        if not r.get('total'):
+            continue
+        label = echo_label if r['config']['kind'] == 'echo' else r['config']['policy']
+        series.setdefault(label, []).append((r['config']['cameras'], r['total'], r.get('gpu') or {}))
+    for v in series.values():
+        v.sort(key=lambda x: x[0])
+    m = report['meta']
+    title = f"{m['model']} on {m['device_name']}, {m['size']} @ {m['rate_hz']:g} Hz per camera"
+    written = []
+
+    def style(label):
+        return dict(marker='o', linestyle='--' if label.startswith('echo') else '-')
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for label, pts in series.items():
+        ns = [p[0] for p in pts]
+        axes[0].plot(ns, [100 * (p[1]['answered_share'] or 0) for p in pts], label=label, **style(label))
+        axes[1].plot(ns, [100 * (p[1]['attainment'] or 0) for p in pts], label=label, **style(label))
+        axes[2].plot(ns, [p[1]['results_hz'] for p in pts], label=f'{label} results/s', **style(label))
+    sent = sorted({(r['config']['cameras'], r['total']['sent_hz']) for r in report['configs'].values() if r.get('total')})
+    if sent:
+        axes[2].plot([s[0] for s in sent], [s[1] for s in sent], 'k:', label='frames sent/s')
+    ref = report.get('engine_reference') or {}
+    if ref.get('batched_served_hz'):
+        axes[2].axhline(ref['batched_served_hz'], color='grey', linestyle='-.', label='engine alone (delen_bench)')
+    for ax, t in zip(axes, ('frames answered, %', f"frames within bound ({'/'.join(f'{b:g}' for b in m['bounds_ms'])} ms) at the result topic, %",
+                            'per second')):
+        _camera_axis(ax, report)
+        ax.set_title(t, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-2, 102)
+    axes[1].set_ylim(-2, 102)
+    axes[2].set_yscale('log')
+    _legend(axes[0], fontsize=8)
+    _legend(axes[2], fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / 'e2e_answered.png', dpi=90)
+    plt.close(fig)
+    written.append('e2e_answered.png')
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for label, pts in series.items():
+        ns = [p[0] for p in pts]
+        line, = axes[0].plot(ns, [p[1].get('e2e_p50_ms') or np.nan for p in pts], label=f'{label} p50', **style(label))
+        axes[0].plot(ns, [p[1].get('e2e_p99_ms') or np.nan for p in pts], marker='^', linestyle=':',
+                     color=line.get_color(), label=f'{label} p99')
+        if not label.startswith('echo'):
+            axes[1].plot(ns, [p[1].get('overhead_p50_ms', np.nan) for p in pts], label=f'{label} p50', **style(label))
+            axes[1].plot(ns, [p[1].get('overhead_p99_ms', np.nan) for p in pts], marker='^', linestyle=':',
+                         color=line.get_color(), label=f'{label} p99')
+    for b in sorted(set(m['bounds_ms'])):
+        axes[0].axhline(b, color='r', linestyle='--', linewidth=0.8)
+    axes[0].set_title('latency header.stamp → result received, ms (red: bound)', fontsize=10)
+    axes[0].set_yscale('log')
+    axes[1].set_title('node overhead over the echo: p(stamp→receive − compute) − p(echo), ms', fontsize=10)
+    axes[1].axhline(0, color='k', linewidth=0.5)
+    axes[1].set_yscale('symlog', linthresh=1.0)
+    for ax in axes:
+        _camera_axis(ax, report)
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / 'e2e_latency.png', dpi=90)
+    plt.close(fig)
+    written.append('e2e_latency.png')
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for label, pts in series.items():
+        ns = [p[0] for p in pts]
+        axes[0].plot(ns, [p[1].get('resources', {}).get('cpu_ms_per_frame', np.nan) for p in pts], label=label, **style(label))
+        line, = axes[1].plot(ns, [p[1].get('resources', {}).get('rss_mb_end', np.nan) for p in pts],
+                             label=f'{label} RSS', **style(label))
+        axes[1].plot(ns, [p[1].get('resources', {}).get('pss_mb_end', np.nan) for p in pts], marker='s', linestyle=':',
+                     color=line.get_color(), label=f'{label} PSS')
+        axes[2].plot(ns, [100 * p[2]['busy_share'] if p[2].get('busy_share') is not None else np.nan for p in pts],
+                     color=line.get_color(), label=f'{label} GPU busy', **style(label))
+        axes[2].plot(ns, [100 * p[1].get('host_cpu_busy_share', np.nan) for p in pts], marker='s', linestyle=':',
+                     color=line.get_color(), label=f'{label} host CPU busy')
+    axes[0].set_title('node (or echo) CPU per frame sent, ms', fontsize=10)
+    axes[1].set_title('node memory at the end of the window, MB', fontsize=10)
+    axes[2].set_title('GPU busy (solid) / host CPU busy (dotted), %', fontsize=10)
+    axes[2].set_ylim(-2, 105)
+    for ax in axes:
+        _camera_axis(ax, report)
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / 'e2e_resources.png', dpi=90)
+    plt.close(fig)
+    written.append('e2e_resources.png')
+    return written
+
+
+def replot(path: pathlib.Path, *, out: pathlib.Path | None = None, note: str | None = None) -> str:
+    """Rewrite the table and plots of an existing ``e2e.json`` (into its folder, or ``out``); returns the table.
+
+    :param note: when given, replaces ``meta.note`` and is written back into ``path``.
+    """
+    path = pathlib.Path(path)
+    report = json.loads(path.read_text())
+    if note:
+        report['meta']['note'] = note
+        path.write_text(json.dumps(report, indent=1, default=float) + '\n')
+    out = pathlib.Path(out) if out else path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    report['plots'] = write_plots(report, out)
+    table = render_table(report)
+    (out / 'e2e.md').write_text(table)
+    return table
