@@ -859,6 +859,10 @@ class Engine:
             graphs_captured=getattr(self._runner, 'graph_count', 0),
             graphs_pending=getattr(self._runner, 'graphs_pending', 0))
 
+    def graph_progress(self) -> tuple[int, int]:
+        """CUDA graphs ``(captured, still to capture)``: cheap, for a status line."""
+        return getattr(self._runner, 'graph_count', 0), getattr(self._runner, 'graphs_pending', 0)
+
     def _reset_worker_stats(self) -> None:
         self._steps = self._batched = self._busy_ns = 0
         self._energy_mj = 0.0
@@ -949,7 +953,9 @@ class Engine:
                 t0 = time.perf_counter_ns()
                 x = self._preprocess([f.image for f in todo])
                 for i, f in enumerate(todo):
-                    f.tensor = x[i:i + 1]
+                    # The pixels are copied out: let go of the image now (it may be a view of a
+                    # shared-memory slot that its camera's receiver wants back).
+                    f.tensor, f.image = x[i:i + 1], None
                 pre_ns = time.perf_counter_ns() - t0
                 per_frame = pre_ns / 1e6 / len(todo)
                 if self._pre_ms == 0:

@@ -300,7 +300,12 @@ class DelenNode(LifecycleNode):
                 'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
                 'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(stats), 'cameras': len(cameras),
                 'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
-                **self._ingress_report()}))
+                **self._graphs_report(served), **self._ingress_report()}))
+
+    @staticmethod
+    def _graphs_report(served) -> dict:
+        captured, pending = served.engine.graph_progress()
+        return {'graphs_captured': captured, 'graphs_pending': pending}
 
     def _ingress_report(self) -> dict:
         ingress = self._ingress

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run THERE (one H200, 16 cores): the end-to-end sweep with receiver processes (ingress_processes auto)
+# and, in the same call, the node taking frames itself (ingress_processes:=0) at the loads where it
+# fell short; py-spy samples every node (scripts/device/spy_nodes.sh). One archive comes back.
+#   device call, carry [".whl", ".devdata/cifar10_test.npz"]:  bash scripts/device/e2e_ingress_ab.sh "$OUT"
+#   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/auto/e2e/e2e.json --out ...
+# Settings: NS_AUTO (1,8,16,32), NS_OFF (16,32), DURATION (5), TOTAL_S (570), PRE (a command run first,
+# after set-up, e.g. a CUDA test).
+set -uo pipefail
+OUT="${1:?usage: e2e_ingress_ab.sh OUT_DIR}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+t0=$(date +%s)
+WORK=/tmp/delen_ab; rm -rf "$WORK"; mkdir -p "$WORK"
+exec > >(tee "$WORK/ab.log") 2>&1
+export PYTHONUNBUFFERED=1 DELEN_CIFAR10="$ROOT/.devdata/cifar10_test.npz" MODEL=cifar10_lite0 SOURCE=cifar10
+bash scripts/device/setup_offline.sh || exit 1
+# shellcheck disable=SC1091
+source .whl/env.sh
+if [ -n "${PRE:-}" ]; then echo "[ab] PRE: $PRE"; timeout 120 bash -c "$PRE"; echo "[ab] PRE done at $(( $(date +%s) - t0 )) s"; fi
+python3 -c "import os; print('cores (affinity)', len(os.sched_getaffinity(0)))"
+df -h /dev/shm | tail -1
+bash scripts/device/spy_nodes.sh "$WORK/spy" & SPY=$!
+left() { echo $(( ${TOTAL_S:-570} - ($(date +%s) - t0) )); }
+# the e2e script counts TOTAL_S from its own start: give each run what is left of ours
+TOTAL_S=$(( $(left) - 95 )) NS="${NS_AUTO:-1,8,16,32}" DURATION="${DURATION:-5}" \
+  bash scripts/device/e2e_gpu.sh "$WORK/auto"
+TOTAL_S=$(( $(left) - 10 )) ENGINE=0 NS="${NS_OFF:-16,32}" DURATION="${DURATION:-5}" \
+  NODE_PARAMS="ingress_processes:=0" bash scripts/device/e2e_gpu.sh "$WORK/off"
+kill "$SPY" 2>/dev/null
+echo "[ab] done in $(( $(date +%s) - t0 )) s"
+tar czf "$OUT/ab.tgz" -C "$WORK" .
