@@ -301,3 +301,13 @@ def test_stopped_capture_resumes_and_frees_cleanly():
     del runner, x
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
+
+
+def test_padded_graph_sizes_keep_only_sizes_worth_a_capture():
+    from delen_ros.core.runner import padded_graph_sizes
+    h200 = {1: 1.11, 2: 1.08, 4: 1.11, 8: 1.24, 16: 1.39, 32: 1.75}   # cifar10_lite0, ms to the final exit
+    assert padded_graph_sizes(32, h200.__getitem__) == (1, 32)
+    assert padded_graph_sizes(32, lambda b: 0.5 * b) == (1, 2, 4, 8, 16, 32)   # time grows with the batch
+    assert padded_graph_sizes(1, lambda b: 1.0) == (1,)
+    assert padded_graph_sizes(8, lambda b: 1.0 + b / 16) == (1, 8)
+    assert padded_graph_sizes(8, lambda b: 1.0 + b / 4) == (1, 2, 8)   # 8 costs 2x what 2 does

@@ -68,6 +68,26 @@ def graph_batch_sizes(max_batch: int) -> tuple[int, ...]:
     return tuple(sizes + [max_batch])
 
 
+def padded_graph_sizes(max_batch: int, cost_ms: Callable[[int], float], *, tolerance: float = 2.0) -> tuple[int, ...]:
+    """The fewest graph batch sizes for which padding a batch up costs less than ``tolerance`` x
+    running it at its own size: 1, ``max_batch``, and the powers of two in between where the next
+    larger kept size costs ``tolerance`` x or more.
+
+    Every size costs a capture per stage and head at configure (~3 s a size for cifar10_lite0 on an
+    H200), while a big GPU's replay time hardly grows with the batch (H200: 1.11 ms at 1, 1.75 ms at
+    32 to the final exit): there this keeps (1, 32). On a small GPU, where time grows with the batch,
+    it keeps every power of two, as :func:`graph_batch_sizes`.
+
+    :param cost_ms: a batch size's time through the whole model (e.g. from the profile).
+    """
+    sizes = graph_batch_sizes(max_batch)
+    kept = [sizes[-1]]
+    for b in reversed(sizes[1:-1]):
+        if cost_ms(kept[-1]) >= tolerance * cost_ms(b):
+            kept.append(b)
+    return tuple(sorted({1, *kept}))
+
+
 def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else torch.contiguous_format
@@ -250,6 +270,8 @@ class StageRunner:
     :param background_graphs: :meth:`warmup` captures batch 1 only; the other sizes are captured by
         :meth:`capture_in_background` (and :meth:`wait_for_graphs`) while calls run, eagerly for a
         size not captured yet. ``False``: :meth:`warmup` captures every size before it returns.
+    :param graph_sizes: batch sizes captured (a batch is padded up to the next); ``None``:
+        :func:`graph_batch_sizes` (see :func:`padded_graph_sizes` for fewer).
     :param capture_graph: builds one graph, ``(module, example, batch, as_float=...) -> callable``;
         ``None``: a CUDA graph. Given, graphs are used on any device (tests of the bookkeeping).
 
@@ -259,7 +281,8 @@ class StageRunner:
 
     def __init__(self, model: 'MultiExitModel', *, device: str | torch.device = 'cpu', half: bool | None = None,
                  channels_last: bool | None = None, cuda_graphs: bool = False, max_batch: int = 32,
-                 background_graphs: bool = False, capture_graph: Callable[..., Any] | None = None):
+                 background_graphs: bool = False, capture_graph: Callable[..., Any] | None = None,
+                 graph_sizes: Sequence[int] | None = None):
         self.device = resolve_device(device)
         cuda = self.device.type == 'cuda'
         half = cuda if half is None else half
@@ -268,7 +291,9 @@ class StageRunner:
         self.channels_last = cuda if channels_last is None else bool(channels_last)
         self.dtype = torch.float16 if half else torch.float32
         self.max_batch = max_batch
-        self.graph_sizes = graph_batch_sizes(max_batch)
+        self.graph_sizes = tuple(sorted(set(graph_sizes))) if graph_sizes else graph_batch_sizes(max_batch)
+        if self.graph_sizes[0] < 1 or self.graph_sizes[-1] != max_batch:
+            raise ValueError(f'graph sizes must be >= 1 and end at max_batch {max_batch}, got {self.graph_sizes}')
         self.cuda_graphs = bool(cuda_graphs) and (cuda or capture_graph is not None)
         self.background_graphs = bool(background_graphs)
         self.model = model.prepare(self.device, dtype=self.dtype, channels_last=self.channels_last)

@@ -3,9 +3,9 @@
 Kept out of the node so the node stays an adapter: :func:`build` returns a :class:`Served` bundle
 or raises with a one-line reason; :meth:`Served.close` frees it (CUDA memory included).
 
-On CUDA the engine captures its batch-1 CUDA graphs here and the other batch sizes' on a background
-thread while it serves (issue 8: capturing all 48 took ~20 s of the configure on an H200); the
-configure log says how long each phase took.
+On CUDA the engine captures its CUDA graphs here, for the few batch sizes worth padding to
+(``runner.padded_graph_sizes``: capturing all 48 of six sizes took ~20 s of the configure on an
+H200); the configure log says how long each phase took.
 """
 from __future__ import annotations
 
@@ -131,10 +131,16 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         clock.lap('idle power')
         def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
             cuda = dev.startswith('cuda')
-            # background_graphs: batch 1 captured at warm-up, the other sizes while serving
+            # Every graph captured at configure, for the few batch sizes worth padding to. (Capturing
+            # on a background thread while serving was tried: on an H200 the capture thread's eager
+            # warm-up runs and the worker's eager calls for the sizes still pending fought over the
+            # GIL for 20+ s, and 8 cameras got 3 % of their frames answered.)
+            from delen_ros.core.runner import padded_graph_sizes
+            sizes = padded_graph_sizes(params.max_batch, lambda b: sum(
+                profile.step_ms(k, b) for k in range(profile.num_exits)))
             return Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
-                          runner_options={'cuda_graphs': params.cuda_graphs, 'background_graphs': True}
+                          runner_options={'cuda_graphs': params.cuda_graphs, 'graph_sizes': sizes}
                           if cuda else None, idle_power_w=idle_power_w, external_delivery=True)
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)
         if len(devices) > 1:
@@ -167,12 +173,9 @@ class _PhaseClock:
 
 
 def _phase_line(phases: dict[str, float], engine: Any) -> str:
-    """``model 1.2 s, ..., warm-up 3.4 s (8 graphs captured, 40 in background)``."""
+    """``model 1.2 s, ..., warm-up 6.8 s (16 graphs captured)``."""
     line = ', '.join(f'{name} {s:.1f} s' for name, s in phases.items())
-    # a DevicePool's own worker_stats sums what it knows of; graphs are per device
-    parts = engine.device_worker_stats() if hasattr(engine, 'device_worker_stats') else [engine.worker_stats()]
-    captured = sum(p.graphs_captured for p in parts)
-    pending = sum(p.graphs_pending for p in parts)
+    captured, pending = engine.graph_progress()
     if captured or pending:
-        line += f' ({captured} graphs captured, {pending} in background)'
+        line += f' ({captured} graphs captured' + (f', {pending} in background)' if pending else ')')
     return line

@@ -60,8 +60,8 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                             'beyond this is lost).' + _LATER, (1, 100000), False),
     'torch_threads': (0, "CPU threads for torch (intra-op); 0 = torch's default (all cores)." + _LATER,
                       (0, 256), False),
-    'cuda_graphs': (True, 'On CUDA: replay every stage and head as a CUDA graph per batch size: batch 1 captured '
-                    'at configure, the other sizes on a background thread while serving (eager until then). '
+    'cuda_graphs': (True, 'On CUDA: capture every stage and head as a CUDA graph at configure, for batch 1, '
+                    'max_batch and the sizes in between worth padding to (by the profile), and replay them. '
                     'False: eager.' + _LATER, None, False),
     'executor': ('single', "rclpy executor: 'single' (default; callbacks only hand work over), 'events' "
                  "(rclpy.experimental.EventsExecutor: with rclpy 9.1.2 it did not answer the services created at "
