@@ -4,6 +4,7 @@
 # fell short; py-spy samples every node (scripts/device/spy_nodes.sh). One archive comes back.
 #   device call, carry [".whl", ".devdata/cifar10_test.npz"]:  bash scripts/device/e2e_ingress_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/auto/e2e/e2e.json --out ...
+# Then mixed latency bounds (BOUNDS_MIXED 5,10,33 ms in turn, NS_MIXED 16 cameras, policy delen).
 # Settings: NS_AUTO (1,8,16,32), NS_OFF (16,32), DURATION (5), TOTAL_S (570), PRE (a command run first,
 # after set-up, e.g. a CUDA test).
 set -uo pipefail
@@ -23,10 +24,13 @@ df -h /dev/shm | tail -1
 bash scripts/device/spy_nodes.sh "$WORK/spy" & SPY=$!
 left() { echo $(( ${TOTAL_S:-570} - ($(date +%s) - t0) )); }
 # the e2e script counts TOTAL_S from its own start: give each run what is left of ours
-TOTAL_S=$(( $(left) - 95 )) NS="${NS_AUTO:-1,8,16,32}" DURATION="${DURATION:-5}" \
+TOTAL_S=$(( $(left) - 140 )) NS="${NS_AUTO:-1,8,16,32}" DURATION="${DURATION:-5}" \
   bash scripts/device/e2e_gpu.sh "$WORK/auto"
-TOTAL_S=$(( $(left) - 10 )) ENGINE=0 NS="${NS_OFF:-16,32}" DURATION="${DURATION:-5}" \
+TOTAL_S=$(( $(left) - 45 )) ENGINE=0 NS="${NS_OFF:-16,32}" DURATION="${DURATION:-5}" \
   NODE_PARAMS="ingress_processes:=0" bash scripts/device/e2e_gpu.sh "$WORK/off"
+# issue 10: mixed latency bounds, the shipped defaults
+TOTAL_S=$(( $(left) - 5 )) ENGINE=0 NS="${NS_MIXED:-16}" POLICIES=delen BOUNDS="${BOUNDS_MIXED:-5,10,33}" \
+  DURATION="${DURATION:-5}" bash scripts/device/e2e_gpu.sh "$WORK/mixed"
 kill "$SPY" 2>/dev/null
 echo "[ab] done in $(( $(date +%s) - t0 )) s"
 tar czf "$OUT/ab.tgz" -C "$WORK" .
