@@ -259,3 +259,38 @@ def test_cli_smoke_run_with_every_recipe_option(tmp_path):
     assert log['args']['exit_weights'] == [0.1, 0.15, 0.25, 1.0]
     model = zoo.load_model(out / 'cifar10_lite0.json')   # the head widths travel in arch_kwargs
     assert model.heads[0][1].out_channels == 128 and model.info.exit_accuracy == tuple(log['accuracy']['test']['area'])
+
+
+# --- packing the data for the device machine -------------------------------------------------------------------------
+def test_pack_unpack_restores_the_file_byte_for_byte(tmp_path):
+    from delen_ros.tools.train_cifar import is_packed_npz, pack_jpeg_npz, unpack_jpeg_npz
+    src = tmp_path / 'c.npz'
+    _fake_cifar(src, train_per_class=3, test_per_class=2)
+    with np.load(src) as z:   # a photo with other tables (quality): a second header
+        arrays = {k: z[k] for k in z.files}
+    odd = cv2.imencode('.jpg', np.zeros((32, 32, 3), np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 40])[1].ravel()
+    arrays['test_jpeg'] = np.concatenate([arrays['test_jpeg'], odd])
+    arrays['test_offsets'] = np.append(arrays['test_offsets'], arrays['test_offsets'][-1] + len(odd))
+    arrays['test_labels'] = np.append(arrays['test_labels'], np.uint8(7))
+    np.savez(src, **arrays)
+    packed, restored = tmp_path / 'p.npz', tmp_path / 'r.npz'
+    sizes = pack_jpeg_npz(src, packed)
+    assert sizes['train_packed'] < sizes['train'] and is_packed_npz(packed) and not is_packed_npz(src)
+    with np.load(packed) as z:
+        assert len(z['test_header_offsets']) == 3   # two distinct headers
+    assert unpack_jpeg_npz(packed, restored) == {'train': 30, 'test': 21}
+    with np.load(src) as a, np.load(restored) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
+    pack_jpeg_npz(src, packed, parts=('test',))   # a part left out
+    with np.load(packed) as z:
+        assert not any(k.startswith('train_') for k in z.files)
+        arrays = {k: z[k] for k in z.files}
+    arrays['test_rest'] = arrays['test_rest'].copy()
+    arrays['test_rest'][5] ^= 1
+    np.savez(packed, **arrays)
+    with pytest.raises(ValueError, match='differ'):
+        unpack_jpeg_npz(packed, restored)
+    with pytest.raises(ValueError, match='not a'):
+        unpack_jpeg_npz(src, restored)

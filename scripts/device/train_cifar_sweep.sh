@@ -3,10 +3,16 @@
 # same GPU), every exit of each scored on all 10 000 test photos, the best kept. Run from the
 # repository root:
 #   scripts/device/train_cifar_sweep.sh [TRAIN_NPZ] [TEST_NPZ] [OUT_DIR]
-#     TRAIN_NPZ  training photos (train_* arrays; default .devdata/cifar10_train.npz). Its test_* arrays,
-#                if any, are NOT used: the test photos come from TEST_NPZ only.
-#     TEST_NPZ   the test split (test_* arrays, 10 000 photos; default .devdata/cifar10_test.npz).
+#     TRAIN_NPZ  training photos (train_* arrays; default .devdata/cifar10_train.packed.npz, else
+#                .devdata/cifar10_train.npz). Its test_* arrays, if any, are NOT used.
+#     TEST_NPZ   the test split (test_* arrays, 10 000 photos; default .devdata/cifar10_test.packed.npz,
+#                else .devdata/cifar10_test.npz): every exit is scored on all of it.
 #     OUT_DIR    default $OUT.
+#   Either file may be packed (delen_ros.tools.train_cifar.pack_jpeg_npz: the JPEG header that every
+#   CIFAR photo shares stored once, a third of the bytes; unpacked here and checked byte for byte), so
+#   that the data fits the device machine's 64 MiB working tree. Pack them on the machine you call from:
+#   scripts/device/train_cifar_sweep.sh pack [SRC_TRAIN_NPZ] [SRC_TEST_NPZ]
+#     -> .devdata/cifar10_train.packed.npz (train split only, ~15 MB), .devdata/cifar10_test.packed.npz (~3 MB)
 # Environment (defaults in brackets):
 #   VARIANTS ["fd gs gsmix lowlr"]  recipes to run at once (see variant_args below; also: base, gsb2)
 #   TOTAL_S [530]         wall-clock budget of this whole script, start-up to copies; it writes what it
@@ -27,10 +33,25 @@
 set -uo pipefail   # no -e: a failing variant must not stop the others or the summary
 cd "$(dirname "$0")/../.."
 T0=$(date +%s)
-TRAIN_NPZ="${1:-.devdata/cifar10_train.npz}"
-TEST_NPZ="${2:-.devdata/cifar10_test.npz}"
-OUT_DIR="${3:-${OUT:?give OUT_DIR or set OUT}}"
 PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ "${1:-}" = pack ]; then
+  set -e
+  mkdir -p .devdata
+  "$PY" - "${2:-.devdata/cifar10_train.npz}" "${3:-.devdata/cifar10_test.npz}" <<'EOF'
+import os, sys
+from delen_ros.tools.train_cifar import pack_jpeg_npz
+for src, part, dst in ((sys.argv[1], 'train', '.devdata/cifar10_train.packed.npz'),
+                       (sys.argv[2], 'test', '.devdata/cifar10_test.packed.npz')):
+    sizes = pack_jpeg_npz(src, dst, parts=(part,))
+    print(f'{src} ({part} split, {sizes[part]} JPEG bytes) -> {dst} ({os.path.getsize(dst)} bytes)')
+EOF
+  exit 0
+fi
+first_file() { for f in "$@"; do [ -f "$f" ] && { echo "$f"; return; }; done; echo "$1"; }
+TRAIN_NPZ="${1:-$(first_file .devdata/cifar10_train.packed.npz .devdata/cifar10_train.npz)}"
+TEST_NPZ="${2:-$(first_file .devdata/cifar10_test.packed.npz .devdata/cifar10_test.npz)}"
+OUT_DIR="${3:-${OUT:?give OUT_DIR or set OUT}}"
 VARIANTS="${VARIANTS:-fd gs gsmix lowlr}"
 TOTAL_S="${TOTAL_S:-530}"
 TRAIN_BUDGET_S="${TRAIN_BUDGET_S:-400}"
@@ -39,7 +60,6 @@ DEVICE="${DEVICE:-cuda}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"
 MIN_FIRST_RATIO="${MIN_FIRST_RATIO:-0.70}"
 export PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WORK="$(mktemp -d)"
 mkdir -p "$OUT_DIR"
 stamp() { echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
@@ -84,6 +104,22 @@ if ! "$PY" -c "import efficientnet_lite_pytorch" 2>/dev/null; then
       && export PYTHONPATH="$PYTHONPATH:$WORK/site" && echo "installed $WHEEL into $WORK/site"
   fi
 fi
+# Packed data files: restored into WORK (temporary, never copied out: they hold CIFAR images).
+UNPACKED="$("$PY" - "$TRAIN_NPZ" "$TEST_NPZ" "$WORK" <<'EOF'
+import pathlib, sys
+from delen_ros.tools.train_cifar import is_packed_npz, unpack_jpeg_npz
+paths = []
+for path, name in ((sys.argv[1], 'train.npz'), (sys.argv[2], 'test.npz')):
+    if is_packed_npz(path):
+        dst = pathlib.Path(sys.argv[3]) / name
+        counts = unpack_jpeg_npz(path, dst)
+        print(f'unpacked {path} -> {dst}: {counts} (bytes checked)', file=sys.stderr)
+        path = str(dst)
+    paths.append(path)
+print(' '.join(paths))
+EOF
+)" || { stamp "could not read or unpack $TRAIN_NPZ / $TEST_NPZ: nothing was trained"; exit 1; }
+read -r TRAIN_NPZ TEST_NPZ <<< "$UNPACKED"
 [ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,utilization.gpu --format=csv,noheader || true
 "$PY" - "$TRAIN_NPZ" "$TEST_NPZ" "$DEVICE" <<'EOF' || { stamp "checks failed: nothing was trained"; exit 1; }
 import importlib.util, os, sys
