@@ -43,6 +43,7 @@ __all__ = ['DelenNode', 'NODE_NAME', 'make_executor', 'main']
 
 NODE_NAME = 'delen'
 _SCHEDULABILITY_PERIOD_S = 5.0   # admission re-check at measured rates
+_MAX_STAMP_AGE_NS = 1_000_000_000   # older: not the camera's clock, or not live
 _QUIET_WARNING_S = 3.0           # a camera with publishers but no frames for this long is reported
 
 
@@ -212,6 +213,8 @@ class DelenNode(LifecycleNode):
             self._malformed_frame(camera, served, exc)
             return
         camera.counters.frame(msg.stamp_ns)
+        if self._p.latency_from == 'stamp':
+            arrival_ns = self._stamp_origin(msg.stamp_ns, arrival_ns)
         try:
             image = image_to_array(msg, copy=False)   # a view of the bytes: the one copy is the upload
             if camera.app_ids:
@@ -221,6 +224,14 @@ class DelenNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - e.g. the engine stopping during a transition
             self.get_logger().warning(f'{camera.topic}: frame not queued: {clean_message(exc)}',
                                       throttle_duration_sec=5.0)
+
+    def _stamp_origin(self, stamp_ns: int, arrival_ns: int) -> int:
+        """``arrival_ns`` moved back by the frame's age at arrival (ROS clock now - header.stamp), so
+        that the engine's latency and deadlines run from the camera's stamp; ``arrival_ns`` itself
+        for a stamp in the future or more than 1 s old (unset, another clock, a replayed bag)."""
+        now_perf = time.perf_counter_ns()
+        age_ns = self.get_clock().now().nanoseconds - stamp_ns - (now_perf - arrival_ns)
+        return arrival_ns - age_ns if 0 <= age_ns <= _MAX_STAMP_AGE_NS else arrival_ns
 
     def _malformed_frame(self, camera: Camera, served, exc: Exception) -> None:
         """Count a frame that cannot be served (camera and engine ledger) and log it, aggregated."""

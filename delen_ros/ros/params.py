@@ -18,6 +18,7 @@ __all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 
 
 EXECUTORS = ('single', 'events', 'multi')
 IMAGE_QOS = ('sensor_data', 'reliable')
+LATENCY_FROM = ('stamp', 'arrival')
 _LATER = ' Read at configure: a change takes effect at the next configure.'
 
 
@@ -72,6 +73,10 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                                "helped 8 cameras on a 2-core CPU, but one H200 run at 0.2 ms served 16 cameras "
                                "worse (benchmarks/h200/e2e_raw_switch), so the default is left alone.",
                                (0.0, 100.0), True),
+    'latency_from': ('stamp', "Where a frame's latency (and its bound) starts: 'stamp' = the image's header.stamp, "
+                     'so what the camera-to-node transport took counts, as a subscriber sees it (clocks of one '
+                     "host or synchronised; a stamp in the future or over 1 s old falls back to arrival); 'arrival' "
+                     '= when the node took the frame.' + _LATER, LATENCY_FROM, False),
     'ingress_processes': (-1, 'Receiver processes that take camera frames outside the node\'s GIL and hand them over '
                           'through shared memory (delen_ros/ros/ingress.py): 0 = the node\'s own executor takes them; '
                           '-1 = auto (none below 8 cores, else a quarter of the cores, at most 8).' + _LATER,
@@ -103,6 +108,7 @@ class NodeParams:
     cuda_graphs: bool
     executor: str
     gil_switch_interval_ms: float
+    latency_from: str
     ingress_processes: int
     status_period_s: float
 
