@@ -15,6 +15,7 @@ the message and queues it (``engine.submit``); inference and publication run on 
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -126,6 +127,10 @@ class DelenNode(LifecycleNode):
             self.get_logger().error(f'activate failed: {type(exc).__name__}: {clean_message(exc)}')
             self._deactivate()
             return TransitionCallbackReturn.FAILURE
+        # Everything configure built (model, graphs, modules) moves to the GC's permanent generation:
+        # full collections no longer walk it, which would stall the worker for tens of ms or more.
+        gc.collect()
+        gc.freeze()
         self.get_logger().info(f'active: {len(self._apps.registry)} app(s) on {len(self._apps.cameras)} camera(s)')
         return result
 
@@ -162,6 +167,7 @@ class DelenNode(LifecycleNode):
 
     def _release(self) -> None:
         """Undo configure: engine first (its worker publishes), then services, publishers, apps, model."""
+        gc.unfreeze()   # what activate froze may be garbage now (the model's cycles included)
         served, self._served = self._served, None
         if served is not None and served.engine is not None:
             served.engine.stop()
