@@ -6,6 +6,7 @@ Waits are deadlines on a condition, never fixed sleeps.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -295,3 +296,35 @@ def write_test_profile(path: pathlib.Path, *, model: str = 'fashion_mnist') -> p
 
 TEST_ACCURACY = (0.80, 0.85, 0.90, 0.92)
 TEST_STEP_ENERGY_MJ = 2.0
+
+
+CPU_NODE = {'model': 'fashion_mnist', 'device': 'cpu', 'torch_threads': 1}
+
+
+@contextlib.contextmanager
+def node_and_peer(workdir: pathlib.Path, **params: Any):
+    """``(node, peer)``: the real node (``CPU_NODE`` updated with ``params``) in a domain of its own,
+    its ``set_bounds`` service up, and a peer in that domain; both stopped on the way out."""
+    from delen_ros.srv import SetBounds
+    domain = unique_domain_id()
+    use_ros_env(domain)
+    node = NodeProcess(params={**CPU_NODE, **params}, domain_id=domain, workdir=workdir).start()
+    peer = RosPeer(domain)
+    try:
+        peer.wait_for_service(SetBounds, '/delen/set_bounds', timeout=90.0)
+        yield node, peer
+    finally:
+        peer.close()
+        node.stop()
+
+
+def register_cameras(peer: RosPeer, topics: Sequence[str]) -> list[Collector]:
+    """One app per camera topic (``cam0``, ``cam1``, ...), unbounded; their result collectors."""
+    from delen_ros.msg import InferenceResult
+    from delen_ros.srv import SetBounds
+    collectors = []
+    for i, topic in enumerate(topics):
+        response = peer.call(SetBounds, '/delen/set_bounds', SetBounds.Request(app_id=f'cam{i}', image_topic=topic))
+        assert response.accepted, response.message
+        collectors.append(peer.subscribe(InferenceResult, response.result_topic))
+    return collectors

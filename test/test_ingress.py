@@ -12,12 +12,10 @@ import pytest
 
 pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
 
-from delen_ros.msg import InferenceResult  # noqa: E402
 from delen_ros.ros.conversions import array_to_image  # noqa: E402
 from delen_ros.ros.ingress import auto_processes  # noqa: E402
-from delen_ros.srv import SetBounds  # noqa: E402
 
-from ros_helpers import ImageFeeder, NodeProcess, RosPeer, unique_domain_id, use_ros_env, wait_until  # noqa: E402
+from ros_helpers import ImageFeeder, node_and_peer, register_cameras, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 CAMERAS, RATE_HZ = 3, 20.0
@@ -41,22 +39,10 @@ def _answered(collectors, since: int) -> int:
 
 
 def test_frames_come_through_receivers_and_a_killed_receiver_is_replaced(tmp_path: pathlib.Path):
-    domain = unique_domain_id()
-    use_ros_env(domain)
-    node = NodeProcess(params={'model': 'fashion_mnist', 'device': 'cpu', 'torch_threads': 1,
-                               'ingress_processes': 2}, domain_id=domain, workdir=tmp_path).start()
-    peer = RosPeer(domain)
-    feeder = None
-    try:
-        peer.wait_for_service(SetBounds, '/delen/set_bounds', timeout=90.0)
+    with node_and_peer(tmp_path, ingress_processes=2) as (node, peer):
         receivers = _receivers(node.proc.pid)
         assert len(receivers) == 2, node.log()[-2000:]
-        collectors = []
-        for i in range(CAMERAS):
-            response = peer.call(SetBounds, '/delen/set_bounds',
-                                 SetBounds.Request(app_id=f'cam{i}', image_topic=f'/ingress/cam{i}'))
-            assert response.accepted, response.message
-            collectors.append(peer.subscribe(InferenceResult, response.result_topic))
+        collectors = register_cameras(peer, [f'/ingress/cam{i}' for i in range(CAMERAS)])
         frame = array_to_image(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
         feeder = ImageFeeder(peer, {f'/ingress/cam{i}': [frame] for i in range(CAMERAS)}, rate_hz=RATE_HZ,
                              reliable=True)
@@ -79,13 +65,8 @@ def test_frames_come_through_receivers_and_a_killed_receiver_is_replaced(tmp_pat
             f'a camera was not served again after its receiver died\n{node.log()[-3000:]}'
         assert 'starting another' in node.log()
         assert node.alive()
-    finally:
-        if feeder is not None:
-            feeder.stop()
-        peer.close()
-        pid = node.proc.pid if node.proc is not None else None
-        kids = _receivers(pid) if pid else []
-        node.stop()
+        feeder.stop()
+        kids = _receivers(node.proc.pid)
     # the node gone, its receivers go too (their control pipe closed) and leave no ring files
     assert wait_until(lambda: not any(pathlib.Path(f'/proc/{k}').exists() for k in kids), timeout=10.0)
     leftovers = [p for d in ('/dev/shm', '/tmp') if os.path.isdir(d) for p in pathlib.Path(d).glob('delen-frames-*')

@@ -19,7 +19,7 @@ from delen_ros.ros.conversions import array_to_image  # noqa: E402
 from delen_ros.ros.qos import image_qos  # noqa: E402
 from delen_ros.srv import SetBounds  # noqa: E402
 
-from ros_helpers import NodeProcess, RosPeer, unique_domain_id, use_ros_env, wait_until  # noqa: E402
+from ros_helpers import RosPeer, node_and_peer, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 AGED_MS = 150.0   # the age given to the stamps
@@ -37,13 +37,7 @@ def _publish_aged(peer: RosPeer, topic: str, *, age_ms: float, count: int) -> No
 
 @pytest.mark.parametrize('latency_from', ['stamp', 'arrival'])
 def test_latency_runs_from_the_stamp_unless_told_otherwise(tmp_path: pathlib.Path, latency_from: str):
-    domain = unique_domain_id()
-    use_ros_env(domain)
-    node = NodeProcess(params={'model': 'fashion_mnist', 'device': 'cpu', 'torch_threads': 1,
-                               'latency_from': latency_from}, domain_id=domain, workdir=tmp_path).start()
-    peer = RosPeer(domain)
-    try:
-        peer.wait_for_service(SetBounds, '/delen/set_bounds', timeout=90.0)
+    with node_and_peer(tmp_path, latency_from=latency_from) as (node, peer):
         response = peer.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
             app_id='aged', image_topic='/aged/cam', max_latency_ms=100.0,
             late_policy=SetBounds.Request.LATE_SERVE_FASTEST))
@@ -61,19 +55,10 @@ def test_latency_runs_from_the_stamp_unless_told_otherwise(tmp_path: pathlib.Pat
             assert all(m.latency_ms < AGED_MS for m in got), [m.latency_ms for m in got]
             assert all(m.bounds_met for m in got)
         assert all(m.stamp_latency_ms >= AGED_MS for m in got)   # the stamp's own view is the same either way
-    finally:
-        peer.close()
-        node.stop()
 
 
 def test_a_stamp_from_another_clock_falls_back_to_arrival(tmp_path: pathlib.Path):
-    domain = unique_domain_id()
-    use_ros_env(domain)
-    node = NodeProcess(params={'model': 'fashion_mnist', 'device': 'cpu', 'torch_threads': 1},
-                       domain_id=domain, workdir=tmp_path).start()
-    peer = RosPeer(domain)
-    try:
-        peer.wait_for_service(SetBounds, '/delen/set_bounds', timeout=90.0)
+    with node_and_peer(tmp_path) as (node, peer):
         response = peer.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
             app_id='skewed', image_topic='/skewed/cam', max_latency_ms=100.0))
         assert response.accepted, response.message
@@ -82,6 +67,3 @@ def test_a_stamp_from_another_clock_falls_back_to_arrival(tmp_path: pathlib.Path
         _publish_aged(peer, '/skewed/cam', age_ms=3600e3, count=10)   # an hour behind: not this host's clock
         assert wait_until(lambda: len(results.messages()) >= 3, timeout=20.0), node.log()[-2000:]
         assert all(m.latency_ms < 100.0 and m.bounds_met for m in results.messages())
-    finally:
-        peer.close()
-        node.stop()

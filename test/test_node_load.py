@@ -17,11 +17,10 @@ import pytest
 
 pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
 
-from delen_ros.msg import InferenceResult  # noqa: E402
 from delen_ros.ros.conversions import array_to_image  # noqa: E402
-from delen_ros.srv import GetProfile, SetBounds  # noqa: E402
+from delen_ros.srv import GetProfile  # noqa: E402
 
-from ros_helpers import ImageFeeder, NodeProcess, RosPeer, unique_domain_id, use_ros_env  # noqa: E402
+from ros_helpers import ImageFeeder, node_and_peer, register_cameras  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 CAMERAS, RATE_HZ, SECONDS = 3, 30.0, 6.0
@@ -41,19 +40,8 @@ def test_default_executor_is_single_threaded():
 
 
 def test_three_cameras_at_30_hz_are_answered_and_services_respond(tmp_path: pathlib.Path):
-    domain = unique_domain_id()
-    use_ros_env(domain)
-    node = NodeProcess(params={'model': 'fashion_mnist', 'device': 'cpu', 'torch_threads': 1},
-                       domain_id=domain, workdir=tmp_path).start()
-    peer = RosPeer(domain)
-    try:
-        peer.wait_for_service(SetBounds, '/delen/set_bounds', timeout=90.0)
-        collectors = []
-        for i in range(CAMERAS):
-            response = peer.call(SetBounds, '/delen/set_bounds',
-                                 SetBounds.Request(app_id=f'cam{i}', image_topic=f'/load/cam{i}'))
-            assert response.accepted, response.message
-            collectors.append(peer.subscribe(InferenceResult, response.result_topic))
+    with node_and_peer(tmp_path) as (node, peer):
+        collectors = register_cameras(peer, [f'/load/cam{i}' for i in range(CAMERAS)])
         frame = array_to_image(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
         feeder = ImageFeeder(peer, {f'/load/cam{i}': [frame] for i in range(CAMERAS)}, rate_hz=RATE_HZ,
                              reliable=True)
@@ -71,6 +59,3 @@ def test_three_cameras_at_30_hz_are_answered_and_services_respond(tmp_path: path
         assert sent >= CAMERAS * RATE_HZ * SECONDS * 0.5, f'the test peer published only {sent} frames'
         assert answered >= 0.9 * sent, f'{answered} of {sent} frames answered\n{node.log()[-3000:]}'
         assert node.alive()
-    finally:
-        peer.close()
-        node.stop()

@@ -191,6 +191,16 @@ def _legend(ax: Any, *, fontsize: int) -> None:
         ax.legend(fontsize=fontsize)
 
 
+def _save(fig, title: str, path: pathlib.Path) -> str:
+    """Title, lay out, write and close a figure; its file name."""
+    import matplotlib.pyplot as plt
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
 def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
     """``e2e_answered.png``, ``e2e_latency.png``, ``e2e_resources.png``; returns the file names."""
     import matplotlib
@@ -235,11 +245,7 @@ def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
     axes[2].set_yscale('log')
     _legend(axes[0], fontsize=8)
     _legend(axes[2], fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / 'e2e_answered.png', dpi=90)
-    plt.close(fig)
-    written.append('e2e_answered.png')
+    written.append(_save(fig, title, out / 'e2e_answered.png'))
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for label, pts in series.items():
@@ -262,11 +268,7 @@ def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
         _camera_axis(ax, report)
         ax.grid(alpha=0.3)
         _legend(ax, fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / 'e2e_latency.png', dpi=90)
-    plt.close(fig)
-    written.append('e2e_latency.png')
+    written.append(_save(fig, title, out / 'e2e_latency.png'))
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for label, pts in series.items():
@@ -288,11 +290,7 @@ def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
         _camera_axis(ax, report)
         ax.grid(alpha=0.3)
         _legend(ax, fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / 'e2e_resources.png', dpi=90)
-    plt.close(fig)
-    written.append('e2e_resources.png')
+    written.append(_save(fig, title, out / 'e2e_resources.png'))
     return written
 
 
