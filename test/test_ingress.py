@@ -28,10 +28,19 @@ def test_auto_uses_receivers_only_on_many_cores():
 
 def _receivers(pid: int) -> list[int]:
     """Child processes of ``pid`` running the receiver module."""
-    children = []
+    found = []
     for task in pathlib.Path(f'/proc/{pid}/task').iterdir():
-        children += [int(c) for c in (task / 'children').read_text().split()]
-    return [c for c in children if b'delen_ros.ros.ingress' in pathlib.Path(f'/proc/{c}/cmdline').read_bytes()]
+        try:
+            children = [int(c) for c in (task / 'children').read_text().split()]
+        except OSError:   # a thread that just ended
+            continue
+        for child in children:
+            try:
+                if b'delen_ros.ros.ingress' in pathlib.Path(f'/proc/{child}/cmdline').read_bytes():
+                    found.append(child)
+            except OSError:   # a child that just ended (the receiver the test killed)
+                pass
+    return found
 
 
 def _answered(collectors, since: int) -> int:

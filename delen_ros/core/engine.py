@@ -160,8 +160,7 @@ class WorkerStats:
     ``preprocess_ms_per_frame``: EWMA (what predictions use), ``preprocess_ms_p99`` over frames.
     ``overhead_ms``: the serving overhead in use (measured, or the prior before any delivery);
     ``energy_mj``: results' energy since the reset; ``idle_energy_mj``: ``idle_power_w`` x that time
-    (their sum is the device's total). ``graphs_captured`` / ``graphs_pending``: the runner's CUDA
-    graphs, and those still to be captured in the background (their batch sizes run eagerly).
+    (their sum is the device's total). ``graphs_captured``: the runner's CUDA graphs.
     """
 
     steps: int
@@ -180,7 +179,6 @@ class WorkerStats:
     energy_mj: float
     idle_energy_mj: float
     graphs_captured: int = 0
-    graphs_pending: int = 0
 
 
 class _Frame:
@@ -699,15 +697,13 @@ class Engine:
         """Run every step ``reps`` times on a noise frame at batch 1, before serving.
 
         The first calls of a stage pay for lazy allocation, kernel selection or graph capture (on
-        CUDA the runner's own ``warmup`` first covers every batch size, or batch 1 only with its
-        ``background_graphs``: the other sizes' graphs are then captured on a thread of their own,
-        started here after the timed reps so that its work does not slow them). The fastest of the
-        later reps, timed as the worker times a step (softmax and transfer included), seeds the
-        latency corrector, so that the first real frames are predicted from this device rather
-        than from the profile alone -- the fastest, because a stall here must not lock tight apps out.
+        CUDA the runner's own ``warmup`` first covers every batch size). The fastest of the later
+        reps, timed as the worker times a step (softmax and transfer included), seeds the latency
+        corrector, so that the first real frames are predicted from this device rather than from
+        the profile alone -- the fastest, because a stall here must not lock tight apps out.
         """
         if getattr(self._runner, 'device', torch.device('cpu')).type == 'cuda' and hasattr(self._runner, 'warmup'):
-            self._runner.warmup()   # graph capture and kernel choice happen now
+            self._runner.warmup()   # every batch size: graph capture and kernel choice happen now
         h, w = self.info.input_size
         # A noise image, not zeros: all-zero activations can go subnormal and run 100x slower on CPUs.
         noise = np.random.default_rng(0).integers(0, 256, (h, w) if self.info.in_channels == 1 else (h, w, 3),
@@ -726,9 +722,6 @@ class Engine:
                     best[k] = min(best[k], (time.perf_counter_ns() - t0) / 1e6)
         for k, ms in enumerate(best):
             self.corrector.update(k, 1, ms, self.profile.step_ms(k, 1))
-        capture = getattr(self._runner, 'capture_in_background', None)
-        if capture is not None:
-            capture()   # no-op when no graph is pending or the thread runs already
 
     def start(self, *, warm_up: bool = True) -> None:
         """Start the worker thread, after :meth:`warm_up` unless ``warm_up`` is false.
@@ -739,8 +732,6 @@ class Engine:
             raise RuntimeError('engine already started')
         if warm_up:
             self.warm_up()
-        elif getattr(self._runner, 'capture_in_background', None) is not None:
-            self._runner.capture_in_background()   # resume what a stop() interrupted
         if self._energy is not None:
             self._energy.start()
         if self._pre_workers > 1 and self._pre_pool is None:
@@ -750,8 +741,7 @@ class Engine:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the worker after its current step and background graph capture after its current
-        graph (waits up to ``timeout`` s for each); queued frames are discarded."""
+        """Stop the worker after its current step (waits up to ``timeout`` s); queued frames are discarded."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -760,10 +750,6 @@ class Engine:
             if self._thread.is_alive():
                 _log.warning('engine worker did not stop within %.1f s', timeout)
             self._thread = None
-        stop_capture = getattr(self._runner, 'stop_capture', None)
-        if stop_capture is not None and not stop_capture(timeout):
-            # The thread holds the module and buffers it captures with: freeing the model now is safe.
-            _log.warning('background graph capture did not stop within %.1f s', timeout)
         if self._energy is not None:
             self._energy.stop()
         if self._pre_pool is not None:
@@ -856,12 +842,11 @@ class Engine:
             energy_scale=self._energy.scale if self._energy is not None else None,
             corrections=self.corrector.snapshot(), overhead_ms=self.overhead_ms(), energy_mj=energy_mj,
             idle_energy_mj=getattr(self, 'idle_power_w', 0.0) * elapsed_s * 1000.0,
-            graphs_captured=getattr(self._runner, 'graph_count', 0),
-            graphs_pending=getattr(self._runner, 'graphs_pending', 0))
+            graphs_captured=self.graph_count())
 
-    def graph_progress(self) -> tuple[int, int]:
-        """CUDA graphs ``(captured, still to capture)``: cheap, for a status line."""
-        return getattr(self._runner, 'graph_count', 0), getattr(self._runner, 'graphs_pending', 0)
+    def graph_count(self) -> int:
+        """CUDA graphs the runner has captured (cheap, for a status line)."""
+        return getattr(self._runner, 'graph_count', 0)
 
     def _reset_worker_stats(self) -> None:
         self._steps = self._batched = self._busy_ns = 0

@@ -451,11 +451,10 @@ class DevicePool:
             energy_scale=sum(scales) / len(scales) if scales else None, corrections=parts[0].corrections,
             overhead_ms=worst('overhead_ms'), energy_mj=sum(p.energy_mj for p in parts),
             idle_energy_mj=sum(p.idle_energy_mj for p in parts),
-            graphs_captured=sum(p.graphs_captured for p in parts), graphs_pending=sum(p.graphs_pending for p in parts))
+            graphs_captured=sum(p.graphs_captured for p in parts))
 
-    def graph_progress(self) -> tuple[int, int]:
-        parts = [e.graph_progress() for e in self.engines]
-        return sum(c for c, _ in parts), sum(p for _, p in parts)
+    def graph_count(self) -> int:
+        return sum(e.graph_count() for e in self.engines)
 
     def device_worker_stats(self, *, reset: bool = False) -> list[WorkerStats]:
         return [e.worker_stats(reset=reset) for e in self.engines]

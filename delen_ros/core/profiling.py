@@ -249,10 +249,6 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
         raise ValueError(f'windows and budgets must be > 0, got energy {energy_window_s!r}, idle {idle_window_s!r}, '
                          f'budget {time_budget_s!r}')
     runner = runner or StageRunner(model, device=device, max_batch=max(batch_sizes), **(runner_options or {}))
-    if getattr(runner, 'wait_for_graphs', None) is not None:
-        # A serving runner may still be capturing graphs in the background (its sizes run eagerly
-        # meanwhile, and the capture draws power): time only once all are there, as served.
-        runner.wait_for_graphs()
     info = model.info
     n_exits = runner.num_exits
     data = _as_eval(eval_set)

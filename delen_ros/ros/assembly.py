@@ -90,7 +90,7 @@ class Served:
     phases: dict[str, float] = dataclasses.field(default_factory=dict)   # configure's phases, s
 
     def close(self) -> None:
-        """Stop the engine (and its background graph capture), close the meter, free the model (and
+        """Stop the engine, close the meter, free the model (and
         CUDA memory)."""
         self.engine.stop()
         self.meter.close()
@@ -175,7 +175,7 @@ class _PhaseClock:
 def _phase_line(phases: dict[str, float], engine: Any) -> str:
     """``model 1.2 s, ..., warm-up 6.8 s (16 graphs captured)``."""
     line = ', '.join(f'{name} {s:.1f} s' for name, s in phases.items())
-    captured, pending = engine.graph_progress()
-    if captured or pending:
-        line += f' ({captured} graphs captured' + (f', {pending} in background)' if pending else ')')
+    captured = engine.graph_count()
+    if captured:
+        line += f' ({captured} graphs captured)'
     return line

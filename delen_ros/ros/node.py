@@ -321,8 +321,7 @@ class DelenNode(LifecycleNode):
 
     @staticmethod
     def _graphs_report(served) -> dict:
-        captured, pending = served.engine.graph_progress()
-        return {'graphs_captured': captured, 'graphs_pending': pending}
+        return {'graphs_captured': served.engine.graph_count()}
 
     def _ingress_report(self) -> dict:
         ingress = self._ingress

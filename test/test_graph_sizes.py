@@ -1,0 +1,43 @@
+"""CUDA graphs for the few batch sizes worth padding to (configure time, issue 8), and configure's
+phase log. The graphs themselves run on CUDA only (test_runner.py's CUDA tests)."""
+from __future__ import annotations
+
+import pytest
+
+from delen_ros.core.runner import StageRunner, padded_graph_sizes
+from fakes import fake_model
+
+
+def test_padded_graph_sizes_keep_only_sizes_worth_a_capture():
+    h200 = {1: 1.11, 2: 1.08, 4: 1.11, 8: 1.24, 16: 1.39, 32: 1.75}   # cifar10_lite0, ms to the final exit
+    assert padded_graph_sizes(32, h200.__getitem__) == (1, 32)
+    assert padded_graph_sizes(32, lambda b: 0.5 * b) == (1, 2, 4, 8, 16, 32)   # time grows with the batch
+    assert padded_graph_sizes(1, lambda b: 1.0) == (1,)
+    assert padded_graph_sizes(8, lambda b: 1.0 + b / 16) == (1, 8)
+    assert padded_graph_sizes(8, lambda b: 1.0 + b / 4) == (1, 2, 8)   # 8 costs 2x what 2 does
+
+
+def test_graph_sizes_must_end_at_max_batch():
+    assert StageRunner(fake_model(), max_batch=8, graph_sizes=(8, 1, 1)).graph_sizes == (1, 8)
+    assert StageRunner(fake_model(), max_batch=8).graph_sizes == (1, 2, 4, 8)
+    for bad in ((1, 4), (0, 8)):
+        with pytest.raises(ValueError, match='graph sizes'):
+            StageRunner(fake_model(), max_batch=8, graph_sizes=bad)
+
+
+def test_build_logs_its_phases():
+    from delen_ros.core.zoo import models_dir
+    from delen_ros.ros.assembly import build
+    from delen_ros.ros.params import _SPECS, NodeParams
+    values = {name: spec[0] for name, spec in _SPECS.items()}
+    profile = sorted((models_dir() / 'profiles').glob('fashion_mnist__cpu-*.json'))[0]
+    values.update(model='fashion_mnist', device='cpu', profile=str(profile), energy_meter='estimate',
+                  max_batch=8, apps='')
+    lines = []
+    served = build(NodeParams(**values), on_result=lambda r: None, log=lines.append)
+    try:
+        assert list(served.phases) == ['model', 'meter', 'profile', 'idle power', 'engine', 'warm-up']
+        assert all(s >= 0 for s in served.phases.values())
+        assert [line for line in lines if line.startswith('configure phases: model ')]
+    finally:
+        served.close()
