@@ -474,6 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Latency-bound apps last: admission prices a new camera at 30 Hz, and such an app at its
         # cheapest exit (it degrades there under load), so it fits where the others might not.
         for cam in sorted(cameras, key=lambda c: bool(bounds_before[c.app_id].get('max_latency_ms'))):
+            if bounds_before[cam.app_id].get('max_latency_ms'):
+                # Priced now, not at start-up: bounds run from the camera's stamp, and the serving
+                # overhead (transport included) is measured only once the other apps' frames flow.
+                fresh = watcher.call(GetProfile, '/delen/get_profile', GetProfile.Request(), timeout=10.0)
+                bounds_before[cam.app_id] = demo_bounds(fresh)[cam.app_id]
             response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
                 app_id=cam.app_id, image_topic=cam.topic, **bounds_before[cam.app_id]), timeout=10.0)
             if not response.accepted:
