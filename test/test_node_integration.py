@@ -303,9 +303,10 @@ def _state(peer, prefix: str) -> int:
     return peer.call(GetState, f'{prefix}/get_state', GetState.Request()).current_state.id
 
 
-def test_lifecycle_without_autostart_serves_nothing_until_activated(peer, domain_id, workdir, params):
-    topic = '/test/lc_cam'
-    lc_params = {**params, 'autostart': False, 'state_file': '', 'max_apps': 1}
+@pytest.mark.parametrize('receivers', [0, 1], ids=['in_process', 'receiver_process'])
+def test_lifecycle_without_autostart_serves_nothing_until_activated(peer, domain_id, workdir, params, receivers):
+    topic = f'/test/lc_cam{receivers}'
+    lc_params = {**params, 'autostart': False, 'state_file': '', 'max_apps': 1, 'ingress_processes': receivers}
     node = NodeProcess(params=lc_params, domain_id=domain_id, workdir=workdir, namespace='/lc', name='lc').start()
     prefix = node.prefix
     try:
