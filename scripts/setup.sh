@@ -51,7 +51,7 @@ fi
 
 # --- 4. build and install msg/srv + the Python package into the venv prefix -----------------------
 src_hash=$(cd "$ROOT" && cat CMakeLists.txt package.xml msg/*.msg srv/*.srv \
-  $(find delen_ros launch config models scripts -type f -not -name '*.pyc' | sort) | sha256sum | cut -c1-16)
+  $(find delen_ros launch config models scripts src -type f -not -name '*.pyc' | sort) | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMPS/build" 2>/dev/null)" != "$src_hash" ]; then
   log "building delen_ros (rosidl interfaces + package) into $VENV"
   export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
 
 from delen_ros.ros.conversions import array_to_image  # noqa: E402
-from delen_ros.ros.ingress import auto_processes  # noqa: E402
+from delen_ros.ros.ingress import auto_processes, native_receiver  # noqa: E402
 
 from ros_helpers import ImageFeeder, node_and_peer, register_cameras, wait_until  # noqa: E402
 
@@ -36,7 +36,8 @@ def _receivers(pid: int) -> list[int]:
             continue
         for child in children:
             try:
-                if b'delen_ros.ros.ingress' in pathlib.Path(f'/proc/{child}/cmdline').read_bytes():
+                cmdline = pathlib.Path(f'/proc/{child}/cmdline').read_bytes()
+                if b'delen_ros.ros.ingress' in cmdline or b'delen_receiver' in cmdline:
                     found.append(child)
             except OSError:   # a child that just ended (the receiver the test killed)
                 pass
@@ -47,8 +48,15 @@ def _answered(collectors, since: int) -> int:
     return sum(len(c.messages(since_ns=since)) for c in collectors)
 
 
-def test_frames_come_through_receivers_and_a_killed_receiver_is_replaced(tmp_path: pathlib.Path):
+KINDS = ['python'] + (['C'] if native_receiver() else [])
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_frames_come_through_receivers_and_a_killed_receiver_is_replaced(tmp_path: pathlib.Path, monkeypatch, kind):
+    monkeypatch.setenv('DELEN_RECEIVER', kind.lower())   # the node's environment comes from this one
     with node_and_peer(tmp_path, ingress_processes=2) as (node, peer):
+        said = f'2 {"Python" if kind == "python" else kind} receiver process(es)'
+        assert wait_until(lambda: said in node.log(), timeout=10.0), node.log()[-2000:]
         receivers = _receivers(node.proc.pid)
         assert len(receivers) == 2, node.log()[-2000:]
         collectors = register_cameras(peer, [f'/ingress/cam{i}' for i in range(CAMERAS)])

@@ -4,7 +4,7 @@ In one Python process, taking 30 Hz 640x480 frames costs rclpy about a core at 1
 that core is the GIL the inference worker needs: on a 16-core H200 host the node served 16 cameras
 at 0.09x the engine's rate. Here each receiver is its own process (its own GIL) with raw
 subscriptions to a share of the cameras. It copies each serialized frame into a
-:class:`~delen_ros.core.frame_ring.FrameRing` slot and sends a 25-byte note over a pipe; the node's
+:class:`~delen_ros.core.frame_ring.FrameRing` slot and sends a 21-byte note over a pipe; the node's
 one reader thread views the slot in place and hands it to the node's image callback exactly as an
 in-process subscription would (same parsing, validation and counting). The engine lets go of the
 view once the pixels are on the device, which frees the slot.
@@ -16,15 +16,19 @@ Messages on the frames pipe (receiver -> node), ``struct`` little-endian:
 * ``R``: camera id u32, then the path of a new ring for that camera (its first frame, or a bigger one);
 * ``E``: a line of text to log as an error.
 
-The control pipe (node -> receiver) carries JSON: ``subscribe`` / ``unsubscribe``. A receiver
-exits when the control pipe closes (the node went away); one that dies is started again and given
-its cameras back.
+The control pipe (node -> receiver) carries one line per message: ``subscribe <camera> <depth>
+<qos> <topic>`` or ``unsubscribe <camera>``. Both pipes use ``multiprocessing.connection``'s framing
+(a 4-byte big-endian length). A receiver exits when the control pipe closes (the node went away);
+one that dies is started again and given its cameras back.
+
+Two receivers speak this protocol: ``delen_receiver`` (``src/delen_receiver.c``, on rcl: a fraction
+of the CPU per frame), used where the build made it, and this module's Python one, used otherwise,
+with ``DELEN_RECEIVER=python``, or when the C one cannot start (logged).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import pathlib
 import struct
@@ -38,7 +42,7 @@ from typing import Any, Callable
 
 from delen_ros.core.frame_ring import FrameRing
 
-__all__ = ['auto_processes', 'IngressPool', 'main']
+__all__ = ['auto_processes', 'native_receiver', 'IngressPool', 'main']
 
 _FRAME = struct.Struct('<cIiIQ')
 _HEAD = struct.Struct('<cI')
@@ -46,6 +50,42 @@ RING_SLOTS = 6            # per camera: queued + in flight; the engine frees a s
 _CONTROL_PERIOD_S = 0.02   # a subscribe takes effect within this
 _RESTARTS_PER_MINUTE = 5   # a receiver that keeps dying is given up on (logged), not restarted forever
 _WARN_EVERY_S = 5.0
+_NATIVE_START_S = 3.0      # a C receiver that ends sooner did not start: fall back to Python
+_LIBRARY_HINTS = ('rcl', 'rmw', 'rcutils', 'rosidl', 'fastdds', 'fastcdr', 'tracetools', 'tinyxml2', 'lttng',
+                  'yaml', 'spdlog', 'fmt', 'ssl', 'crypto', '_msgs', 'interfaces')
+
+
+def native_receiver() -> str | None:
+    """The built C receiver (``<prefix>/lib/delen_ros/delen_receiver``), unless ``DELEN_RECEIVER=python``."""
+    if os.environ.get('DELEN_RECEIVER', '').lower() == 'python':
+        return None
+    prefixes = [sys.prefix, *os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)]
+    for prefix in filter(None, prefixes):
+        path = os.path.join(prefix, 'lib', 'delen_ros', 'delen_receiver')
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _native_env() -> dict:
+    """The environment for the C receiver: the folders of the ROS libraries this process loaded
+    first on the library path (PyPI wheels keep their dependencies where only their own RPATHs
+    look; on an apt install this changes nothing)."""
+    folders: list[str] = []
+    try:
+        with open('/proc/self/maps') as maps:
+            for line in maps:
+                path = line.split()[-1] if line.count(' ') >= 5 else ''
+                name = os.path.basename(path)
+                if '.so' in name and any(h in name for h in _LIBRARY_HINTS):
+                    folder = os.path.dirname(path)
+                    if folder not in folders:
+                        folders.append(folder)
+    except OSError:
+        pass
+    env = dict(os.environ)
+    env['LD_LIBRARY_PATH'] = os.pathsep.join(folders + ([env['LD_LIBRARY_PATH']] if env.get('LD_LIBRARY_PATH') else []))
+    return env
 
 
 def auto_processes(cpus: int | None = None) -> int:
@@ -96,12 +136,16 @@ class _Receiver:
         slot = ring.write(data) if n else None
         self.frames.send_bytes(_FRAME.pack(b'F', camera_id, -1 if slot is None else slot, n, arrival))
 
-    def control(self, message: dict) -> None:
+    def control(self, message: str) -> None:
         try:
-            if message['op'] == 'subscribe':
-                self.subscribe(message['camera'], message['topic'], message['qos'], message['depth'])
-            elif message['op'] == 'unsubscribe':
-                self.unsubscribe(message['camera'])
+            op, *args = message.split()
+            if op == 'subscribe':
+                camera, depth, qos, topic = args
+                self.subscribe(int(camera), topic, qos, int(depth))
+            elif op == 'unsubscribe':
+                self.unsubscribe(int(args[0]))
+            else:
+                raise ValueError('unknown control message')
         except Exception as exc:  # noqa: BLE001 - report, keep receiving the other cameras
             self.frames.send_bytes(b'E' + f'receiver {os.getpid()}: {message}: {exc}'.encode())
 
@@ -129,7 +173,7 @@ def _serve(control: Connection, frames: Connection, *, index: int, slots: int) -
     def read_control() -> None:   # on the executor thread: rclpy calls stay on one thread
         try:
             while control.poll():
-                receiver.control(json.loads(control.recv_bytes()))
+                receiver.control(control.recv_bytes().decode())
         except (EOFError, OSError):   # the node closed the pipe, or went away
             done.set()
 
@@ -175,6 +219,8 @@ class _Process:
     frames: Connection
     cameras: set = dataclasses.field(default_factory=set)
     dead: bool = False     # given up on after dying too often
+    native: bool = False   # the C receiver
+    started: float = 0.0   # time.monotonic() at start
 
 
 class IngressPool:
@@ -191,6 +237,8 @@ class IngressPool:
             raise ValueError(f'an ingress pool needs >= 1 process, got {processes}')
         self._on_frame, self._log, self._qos, self._depth, self._slots = on_frame, log, qos_name, depth, slots
         self._lock = threading.Lock()
+        self._native = native_receiver()
+        self._native_env = _native_env() if self._native else None
         self._processes = [self._spawn(i) for i in range(processes)]
         self._cameras: dict[int, tuple[Any, int]] = {}    # camera id -> (camera, process index)
         self._rings: dict[int, FrameRing] = {}
@@ -207,28 +255,38 @@ class IngressPool:
     def _spawn(self, index: int) -> _Process:
         ctl_r, ctl_w = os.pipe()
         frm_r, frm_w = os.pipe()
-        env = dict(os.environ)
-        root = str(pathlib.Path(__file__).resolve().parents[2])   # the folder holding delen_ros
-        env['PYTHONPATH'] = root + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+        args = ['--control-fd', str(ctl_r), '--frames-fd', str(frm_w), '--index', str(index), '--slots', str(self._slots)]
+        native = self._native
+        if native is not None:
+            cmd, env = [native, *args], self._native_env
+        else:
+            env = dict(os.environ)
+            root = str(pathlib.Path(__file__).resolve().parents[2])   # the folder holding delen_ros
+            env['PYTHONPATH'] = root + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+            cmd = [sys.executable, '-m', 'delen_ros.ros.ingress', *args]
         try:
-            popen = subprocess.Popen(
-                [sys.executable, '-m', 'delen_ros.ros.ingress', '--control-fd', str(ctl_r), '--frames-fd', str(frm_w),
-                 '--index', str(index), '--slots', str(self._slots)], pass_fds=(ctl_r, frm_w), env=env)
+            popen = subprocess.Popen(cmd, pass_fds=(ctl_r, frm_w), env=env)
         finally:
             os.close(ctl_r)
             os.close(frm_w)
-        return _Process(index, popen, Connection(ctl_w, readable=False), Connection(frm_r, writable=False))
+        return _Process(index, popen, Connection(ctl_w, readable=False), Connection(frm_r, writable=False),
+                        native=native is not None, started=time.monotonic())
 
     @property
     def processes(self) -> int:
         return len(self._processes)
 
+    @property
+    def kind(self) -> str:
+        """Which receiver new processes run: ``'C'`` or ``'Python'``."""
+        return 'C' if self._native else 'Python'
+
     def pids(self) -> list[int]:
         return [p.popen.pid for p in self._processes]
 
-    def _send(self, proc: _Process, message: dict) -> None:
+    def _send(self, proc: _Process, message: str) -> None:
         try:
-            proc.control.send_bytes(json.dumps(message).encode())
+            proc.control.send_bytes(message.encode())
         except OSError:   # it died: the reader notices and restarts it with its cameras
             pass
 
@@ -242,15 +300,15 @@ class IngressPool:
             self._send(proc, self._subscribe_message(camera_id, camera.topic))
         return IngressSubscription(proc.index, camera_id)
 
-    def _subscribe_message(self, camera_id: int, topic: str) -> dict:
-        return {'op': 'subscribe', 'camera': camera_id, 'topic': topic, 'qos': self._qos, 'depth': self._depth}
+    def _subscribe_message(self, camera_id: int, topic: str) -> str:
+        return f'subscribe {camera_id} {self._depth} {self._qos} {topic}'
 
     def unsubscribe(self, subscription: IngressSubscription) -> None:
         with self._lock:
             self._cameras.pop(subscription.camera_id, None)
             proc = self._processes[subscription.process]
             proc.cameras.discard(subscription.camera_id)
-            self._send(proc, {'op': 'unsubscribe', 'camera': subscription.camera_id})
+            self._send(proc, f'unsubscribe {subscription.camera_id}')
             ring = self._rings.pop(subscription.camera_id, None)
         if ring is not None:
             ring.close()
@@ -313,6 +371,9 @@ class IngressPool:
         """A receiver died: start another in its place and give it its cameras back (unless it
         keeps dying: then its cameras go unserved, which the log and the cameras' status say)."""
         code = proc.popen.poll()
+        if proc.native and self._native is not None and time.monotonic() - proc.started < _NATIVE_START_S:
+            self._log('error', f'ingress: the C receiver ended at start (exit {code}); using the Python receiver')
+            self._native = None   # e.g. a library it needs is missing here
         recent = self._restarted.setdefault(proc.index, collections.deque(maxlen=_RESTARTS_PER_MINUTE))
         now = time.monotonic()
         with self._lock:

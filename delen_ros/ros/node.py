@@ -102,7 +102,7 @@ class DelenNode(LifecycleNode):
             f'configured in {time.perf_counter() - started:.1f} s: model {served.model.info.name} '
             f'({served.model.num_exits} exits) on {served.device}, profile {served.profile_source}, energy '
             f'{served.meter.source} ({served.meter.detail}), policy {p.policy}, {len(registry)} app(s), '
-            f'frames taken by {f"{processes} receiver process(es)" if processes else "the node itself"}')
+            f'frames taken by {f"{processes} {self._ingress.kind} receiver process(es)" if processes else "the node itself"}')
 
     def _log(self, level: str, text: str) -> None:
         getattr(self.get_logger(), level)(text)
@@ -327,7 +327,7 @@ class DelenNode(LifecycleNode):
         ingress = self._ingress
         if ingress is None:
             return {'receiver_processes': 0}
-        return {'receiver_processes': ingress.processes, 'receiver_restarts': ingress.restarts,
+        return {'receiver_processes': ingress.processes, 'receiver': ingress.kind, 'receiver_restarts': ingress.restarts,
                 'frames_dropped_at_receivers': ingress.ring_full}
 
 

@@ -14,7 +14,7 @@ PY="${PY:-python3}"
 [ -f "$WHL/dedup_manifest.txt" ] || { echo "no $WHL/dedup_manifest.txt: run scripts/device/fetch_wheels.sh here and carry .whl" >&2; exit 1; }
 PREFIX=$("$PY" -c 'import sys; print(sys.prefix)')
 SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-key=$( (ls "$WHL"/*.whl; cd "$ROOT" && cat CMakeLists.txt package.xml setup.py msg/*.msg srv/*.srv \
+key=$( (ls "$WHL"/*.whl; cd "$ROOT" && cat CMakeLists.txt package.xml setup.py msg/*.msg srv/*.srv src/*.c \
         $(find delen_ros -name '*.py' | sort)) | sha256sum | cut -c1-16)
 STAMP="$PREFIX/.delen_ros_ready"
 t0=$(date +%s)
