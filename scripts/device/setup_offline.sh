@@ -46,8 +46,12 @@ else
   GEN=""; command -v make >/dev/null || GEN="-G Ninja"
   BUILD=/tmp/delen_build
   cmake -S . -B "$BUILD" $GEN -DCMAKE_INSTALL_PREFIX="$PREFIX" -DPython3_EXECUTABLE="$(command -v "$PY")" \
-    -DBUILD_TESTING=OFF -Wno-dev > /tmp/delen_build.log 2>&1 || { tail -60 /tmp/delen_build.log; exit 1; }
-  cmake --build "$BUILD" -j "$(nproc)" >> /tmp/delen_build.log 2>&1 || { tail -60 /tmp/delen_build.log; exit 1; }
+    -DBUILD_TESTING=OFF -DDELEN_BUILD_RECEIVER=ON -Wno-dev > /tmp/delen_build.log 2>&1 || { tail -60 /tmp/delen_build.log; exit 1; }
+  if ! cmake --build "$BUILD" -j "$(nproc)" >> /tmp/delen_build.log 2>&1; then
+    log "build failed; retrying without the C receiver (the Python one serves)"
+    cmake "$BUILD" -DDELEN_BUILD_RECEIVER=OFF >> /tmp/delen_build.log 2>&1 || { tail -60 /tmp/delen_build.log; exit 1; }
+    cmake --build "$BUILD" -j "$(nproc)" >> /tmp/delen_build.log 2>&1 || { tail -60 /tmp/delen_build.log; exit 1; }
+  fi
   cmake --install "$BUILD" >> /tmp/delen_build.log 2>&1 || { tail -60 /tmp/delen_build.log; exit 1; }
   echo "$key" > "$STAMP"
   log "delen_ros built and installed"
