@@ -281,9 +281,6 @@ class IngressPool:
         """Which receiver new processes run: ``'C'`` or ``'Python'``."""
         return 'C' if self._native else 'Python'
 
-    def pids(self) -> list[int]:
-        return [p.popen.pid for p in self._processes]
-
     def _send(self, proc: _Process, message: str) -> None:
         try:
             proc.control.send_bytes(message.encode())
