@@ -268,8 +268,9 @@ int main(int argc, char **argv) {
     } else {
       rcl_reset_error();
     }
-    while ((ret = (rcl_ret_t)read_control(&node, 0)) > 0) {}
-    if (ret < 0) running = 0;
+    int control;
+    while ((control = read_control(&node, 0)) > 0) {}
+    if (control < 0) running = 0;
   }
   for (int i = 0; i < MAX_CAMERAS; i++)
     if (cameras[i].used) unsubscribe(&node, cameras[i].id);

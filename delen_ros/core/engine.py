@@ -160,7 +160,7 @@ class WorkerStats:
     ``preprocess_ms_per_frame``: EWMA (what predictions use), ``preprocess_ms_p99`` over frames.
     ``overhead_ms``: the serving overhead in use (measured, or the prior before any delivery);
     ``energy_mj``: results' energy since the reset; ``idle_energy_mj``: ``idle_power_w`` x that time
-    (their sum is the device's total). ``graphs_captured``: the runner's CUDA graphs.
+    (their sum is the device's total).
     """
 
     steps: int
@@ -178,7 +178,6 @@ class WorkerStats:
     overhead_ms: float
     energy_mj: float
     idle_energy_mj: float
-    graphs_captured: int = 0
 
 
 class _Frame:
@@ -841,8 +840,7 @@ class Engine:
             preprocess_ms_per_frame=self._pre_ms, preprocess_ms_p99=_percentile(pre, 99),
             energy_scale=self._energy.scale if self._energy is not None else None,
             corrections=self.corrector.snapshot(), overhead_ms=self.overhead_ms(), energy_mj=energy_mj,
-            idle_energy_mj=getattr(self, 'idle_power_w', 0.0) * elapsed_s * 1000.0,
-            graphs_captured=self.graph_count())
+            idle_energy_mj=getattr(self, 'idle_power_w', 0.0) * elapsed_s * 1000.0)
 
     def graph_count(self) -> int:
         """CUDA graphs the runner has captured (cheap, for a status line)."""

@@ -450,8 +450,7 @@ class DevicePool:
             preprocess_ms_p99=worst('preprocess_ms_p99'),
             energy_scale=sum(scales) / len(scales) if scales else None, corrections=parts[0].corrections,
             overhead_ms=worst('overhead_ms'), energy_mj=sum(p.energy_mj for p in parts),
-            idle_energy_mj=sum(p.idle_energy_mj for p in parts),
-            graphs_captured=sum(p.graphs_captured for p in parts))
+            idle_energy_mj=sum(p.idle_energy_mj for p in parts))
 
     def graph_count(self) -> int:
         return sum(e.graph_count() for e in self.engines)

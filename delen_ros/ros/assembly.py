@@ -130,18 +130,18 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         idle_power_w = measure_idle_power_w(meter, window_s=IDLE_WINDOW_S) if cuda else 0.0
         clock.lap('idle power')
         def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
-            cuda = dev.startswith('cuda')
-            # Every graph captured at configure, for the few batch sizes worth padding to. (Capturing
-            # on a background thread while serving was tried: on an H200 the capture thread's eager
-            # warm-up runs and the worker's eager calls for the sizes still pending fought over the
-            # GIL for 20+ s, and 8 cameras got 3 % of their frames answered.)
-            from delen_ros.core.runner import padded_graph_sizes
-            sizes = padded_graph_sizes(params.max_batch, lambda b: sum(
-                profile.step_ms(k, b) for k in range(profile.num_exits)))
+            options = None
+            if dev.startswith('cuda'):
+                # Every graph captured at configure, for the few batch sizes worth padding to.
+                # (Capturing on a background thread while serving was tried: on an H200 the capture
+                # thread's eager warm-up runs and the worker's eager calls for the sizes still pending
+                # fought over the GIL for 20+ s, and 8 cameras got 3 % of their frames answered.)
+                from delen_ros.core.runner import padded_graph_sizes
+                options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': padded_graph_sizes(
+                    params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits)))}
             return Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
-                          runner_options={'cuda_graphs': params.cuda_graphs, 'graph_sizes': sizes}
-                          if cuda else None, idle_power_w=idle_power_w, external_delivery=True)
+                          runner_options=options, idle_power_w=idle_power_w, external_delivery=True)
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)
         if len(devices) > 1:
             from .multi_device import build_pool

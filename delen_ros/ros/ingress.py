@@ -28,13 +28,13 @@ with ``DELEN_RECEIVER=python``, or when the C one cannot start (logged).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import os
 import pathlib
 import struct
 import subprocess
 import sys
-import collections
 import threading
 import time
 from multiprocessing.connection import Connection, wait

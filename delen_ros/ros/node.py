@@ -317,11 +317,7 @@ class DelenNode(LifecycleNode):
                 'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
                 'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(stats), 'cameras': len(cameras),
                 'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
-                **self._graphs_report(served), **self._ingress_report()}))
-
-    @staticmethod
-    def _graphs_report(served) -> dict:
-        return {'graphs_captured': served.engine.graph_count()}
+                'graphs_captured': served.engine.graph_count(), **self._ingress_report()}))
 
     def _ingress_report(self) -> dict:
         ingress = self._ingress
