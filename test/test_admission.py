@@ -50,6 +50,24 @@ def test_overhead_shortens_deadlines():
     assert not v.ok and 'serving overhead' in v.at_risk['a']
 
 
+@pytest.mark.parametrize('part, name', [('transport_ms', 'frame age on arrival'),
+                                        ('delivery_ms', 'delivery allowance')])
+def test_age_on_arrival_and_delivery_allowance_shorten_deadlines_too(part, name):
+    t = [Task('a', 30.0, 3.0, 0)]                # 1.1 ms frame + 1.1 ms blocking <= 3 ms
+    v = check(t, cost(**{part: 1.0}))
+    assert not v.ok and f'1 ms {name}' in v.at_risk['a'] and 'serving overhead' not in v.at_risk['a']
+    assert check(t, cost(**{part: 0.8})).ok
+
+
+def test_the_reason_names_every_part_outside_the_device():
+    v = check([Task('a', 30.0, 5.0, 0)], cost(transport_ms=2.1, overhead_ms=1.3, delivery_ms=1.0))
+    assert not v.ok
+    assert ('after 2.1 ms frame age on arrival, 1.3 ms serving overhead, 1 ms delivery allowance'
+            in v.at_risk['a']), v.at_risk['a']
+    _, min_latency = suggest([], Task('a', 30.0, 5.0, 0), cost(transport_ms=2.1, overhead_ms=1.3, delivery_ms=1.0))
+    assert min_latency == pytest.approx(2.1 + 1.3 + 1.0 + 2.2, abs=1e-3)
+
+
 def test_apps_on_one_source_share_the_frame_work():
     a = Task('a', 60.0, 100.0, 3, source='cam')
     b = Task('b', 60.0, 100.0, 3, source='cam')

@@ -55,6 +55,15 @@ def test_latency_runs_from_the_stamp_unless_told_otherwise(tmp_path: pathlib.Pat
             assert all(m.latency_ms < AGED_MS for m in got), [m.latency_ms for m in got]
             assert all(m.bounds_met for m in got)
         assert all(m.stamp_latency_ms >= AGED_MS for m in got)   # the stamp's own view is the same either way
+        # The node has learnt how old frames are on arrival: a new app asking the same bound now
+        # is refused, and told why, when latency runs from the stamp.
+        again = peer.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
+            app_id='aged_too', image_topic='/aged/cam', max_latency_ms=100.0))
+        if latency_from == 'stamp':
+            assert not again.accepted and 'frame age on arrival' in again.message, again.message
+            assert again.feasible_latency_ms[0] >= AGED_MS
+        else:
+            assert again.accepted, again.message
 
 
 def test_a_stamp_from_another_clock_falls_back_to_arrival(tmp_path: pathlib.Path):

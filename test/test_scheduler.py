@@ -264,6 +264,39 @@ def test_in_flight_request_expires_instead_of_running_late():
     assert s.in_flight == 0
 
 
+def test_delivery_allowance_moves_the_deadline_forward():
+    """The one definition of a deadline: when the result must be published, the bound less the time
+    kept for the hop to the subscriber; unbounded apps keep their horizon."""
+    clock = FakeClock()
+    s = make([('bounded', 20.0), ('free', None)], default_deadline_ms=300.0, delivery_allowance_ms=lambda: 1.5)
+    a, b = arrive(s, 'bounded', clock), arrive(s, 'free', clock)
+    assert a.deadline_ns - a.arrival_ns == 18_500_000 and a.latency_bound_ms == 20.0
+    assert b.deadline_ns - b.arrival_ns == 300_000_000
+
+
+@pytest.mark.parametrize('allowance_ms, late', [(0.0, False), (1.0, True)])
+def test_delivery_allowance_makes_a_frame_late_that_would_fit_the_bound(allowance_ms, late):
+    clock = FakeClock()
+    s = make([('a', 5.0)], delivery_allowance_ms=lambda: allowance_ms)
+    r = arrive(s, 'a', clock)
+    clock.advance(3.5)                   # 3.5 + 1.1 fits 5 ms, not 5 - 1 ms
+    s.next_batch(clock())
+    assert r.late is late
+
+
+def test_in_flight_request_expires_when_the_tail_to_publication_would_overrun():
+    clock = FakeClock()
+    s = make([('a', 10.0), ('b', 100.0)], max_batch=1, tail_ms=lambda: 1.0)
+    r = arrive(s, 'a', clock)
+    s.next_batch(clock())
+    clock.advance(1.1)
+    r.next_step = 1
+    s.requeue(r)
+    clock.advance(6.0)                  # 7.1 + 2.1 (step 1) fits 10 ms, not with the 1 ms tail
+    out = s.next_batch(clock())
+    assert out.expired == (r,) and out.batch is None
+
+
 def test_remove_app_returns_its_requests():
     clock = FakeClock()
     s = make([('a', 50.0), ('b', 50.0)], queue_depth=2)

@@ -13,8 +13,9 @@ and at most one per source).
 
 The test (:func:`check`) is EDF's processor-demand test on one processor, with non-preemptive steps:
 the device may be busy with one step (``blocking_ms``, the longest step at that batch size) when a
-frame arrives, and the serving overhead (conversion, wake-up, publication: not device time)
-shortens every deadline. It passes when utilisation <= ``utilisation_limit`` and, for every
+frame arrives, and what is not device time shortens every deadline (:attr:`CostModel.outside_ms`):
+the frames' age when they reach the engine (transport from the camera's stamp, conversion), the
+serving overhead (wake-up, publication) and the delivery allowance (publication -> subscriber). It passes when utilisation <= ``utilisation_limit`` and, for every
 checkpoint ``t`` (each deadline ``D_i + m T_i`` up to the busy-period bound), the demand
 ``sum_i max(0, floor((t - D_i) / T_i) + 1) C_i + blocking <= t``.
 
@@ -27,7 +28,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from .bounds import FeasibleRange, InfeasibleBounds
+from .bounds import FeasibleRange, InfeasibleBounds, latency_parts
 
 if TYPE_CHECKING:
     from .profile import Profile
@@ -91,6 +92,9 @@ class CostModel:
     :param num_exits: the model's exits.
     :param preprocess_ms: per frame, ms (counted as device-path work: it runs in the worker).
     :param overhead_ms: serving overhead outside the worker's steps, ms (subtracted from deadlines).
+    :param transport_ms: age of a frame when it reaches the engine (stamp -> submission), ms
+        (subtracted from deadlines).
+    :param delivery_ms: delivery allowance, publication -> subscriber, ms (subtracted from deadlines).
     :param max_batch: most frames per step.
     :param default_deadline_ms: horizon of unbounded apps.
     :param utilisation_limit: the most of the device admission hands out (headroom for jitter).
@@ -100,6 +104,8 @@ class CostModel:
     num_exits: int
     preprocess_ms: float = 0.0
     overhead_ms: float = 0.0
+    transport_ms: float = 0.0
+    delivery_ms: float = 0.0
     max_batch: int = 8
     default_deadline_ms: float = 250.0
     utilisation_limit: float = 0.9
@@ -107,6 +113,18 @@ class CostModel:
     @classmethod
     def from_profile(cls, profile: 'Profile', **kwargs) -> 'CostModel':
         return cls(step_ms=lambda k, b: profile.step_ms(k, b), num_exits=profile.num_exits, **kwargs)
+
+    @property
+    def outside_ms(self) -> float:
+        """What an end-to-end deadline loses before the device can use it, ms: age on arrival +
+        serving overhead + delivery allowance."""
+        return self.transport_ms + self.overhead_ms + self.delivery_ms
+
+    def outside_text(self) -> str:
+        """``outside_ms`` in its parts, e.g. ``'2.1 ms frame age on arrival, 1.3 ms serving overhead,
+        1 ms delivery allowance'`` (the serving overhead always named)."""
+        return latency_parts(transport_ms=self.transport_ms, overhead_ms=self.overhead_ms,
+                             delivery_ms=self.delivery_ms) or '0 ms serving overhead'
 
     def frame_ms(self, exit_index: int, batch: int) -> float:
         """Device time of one frame up to ``exit_index`` when steps run in batches of ``batch``."""
@@ -121,7 +139,7 @@ class CostModel:
 class _Group:
     apps: tuple[str, ...]
     period_ms: float
-    deadline_ms: float        # shortened by the overhead; the soft horizon for unbounded apps
+    deadline_ms: float        # shortened by cost.outside_ms; the soft horizon for unbounded apps
     hard: bool
     exit_index: int
 
@@ -136,7 +154,7 @@ def _groups(tasks: Sequence[Task], cost: CostModel) -> list[_Group]:
         if rate <= 0:
             continue
         hard = [t.deadline_ms for t in members if t.deadline_ms is not None]
-        deadline = min(hard) - cost.overhead_ms if hard else cost.default_deadline_ms
+        deadline = min(hard) - cost.outside_ms if hard else cost.default_deadline_ms
         out.append(_Group(apps=tuple(t.app_id for t in members), period_ms=1000.0 / rate, deadline_ms=deadline,
                           hard=bool(hard), exit_index=max(t.exit_index for t in members)))
     return out
@@ -170,7 +188,7 @@ def check(tasks: Sequence[Task], cost: CostModel) -> Verdict:
     for g, ci in zip(groups, c):   # each alone: its deadline must hold the frame's work and one blocking step
         if g.hard and ci + blocking > g.deadline_ms:
             risk([g], f'its end-to-end deadline leaves {g.deadline_ms:.3g} ms of device time (after '
-                      f'{cost.overhead_ms:.3g} ms serving overhead), a frame needs {ci:.3g} ms after waiting up to '
+                      f'{cost.outside_text()}), a frame needs {ci:.3g} ms after waiting up to '
                       f'{blocking:.3g} ms for a running step')
     if u > cost.utilisation_limit:
         risk(groups,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .profile import Profile
 
 __all__ = ['Objective', 'LatePolicy', 'Metric', 'Op', 'Condition', 'Bounds', 'FeasibleRange', 'Plan',
-           'InfeasibleBounds', 'feasible_range', 'plan', 'SRV_OBJECTIVES']
+           'InfeasibleBounds', 'feasible_range', 'latency_parts', 'plan', 'SRV_OBJECTIVES']
 
 # Bounds are compared with a little slack so that a bound copied from a profile figure (and rounded
 # through float32 in a ROS message) still admits that figure.
@@ -285,25 +285,49 @@ class FeasibleRange:
     """What the device can deliver, as ``(low, high)`` per metric over the model's exits.
 
     ``latency_ms``: (fastest exit, slowest exit) at batch 1, end to end when the caller gave
-    end-to-end exit latencies (the engine does: compute + ``overhead_ms``); ``accuracy``: (least,
+    end-to-end exit latencies (the engine does: compute + the parts below); ``accuracy``: (least,
     most accurate exit); ``energy_mj``: (cheapest exit, most expensive exit), per frame at batch 1.
-    ``overhead_ms``: the serving overhead included in ``latency_ms`` (0: compute only).
+    The parts of ``latency_ms`` that are not compute (0: not included), ms: ``transport_ms``, the
+    age of frames when they reach the engine (from the image stamp: transport to the node and its
+    conversion); ``overhead_ms``, the serving overhead (the worker's wake-up, decision ->
+    publication); ``delivery_ms``, the delivery allowance (publication -> the subscriber).
     """
 
     latency_ms: tuple[float, float]
     accuracy: tuple[float, float]
     energy_mj: tuple[float, float]
     overhead_ms: float = 0.0
+    transport_ms: float = 0.0
+    delivery_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {'latency_ms': list(self.latency_ms), 'accuracy': list(self.accuracy),
-                'energy_mj': list(self.energy_mj), 'overhead_ms': self.overhead_ms}
+                'energy_mj': list(self.energy_mj), 'overhead_ms': self.overhead_ms,
+                'transport_ms': self.transport_ms, 'delivery_ms': self.delivery_ms}
+
+    def parts(self) -> str:
+        """The non-compute parts of ``latency_ms`` in words ('' when none), e.g. ``'2.1 ms frame age on
+        arrival, 1.3 ms serving overhead, 1 ms delivery allowance'``."""
+        return latency_parts(transport_ms=self.transport_ms, overhead_ms=self.overhead_ms,
+                             delivery_ms=self.delivery_ms)
 
     def __str__(self) -> str:
         (l0, l1), (a0, a1), (e0, e1) = self.latency_ms, self.accuracy, self.energy_mj
-        end = f' end to end, {self.overhead_ms:.3g} ms of it serving overhead' if self.overhead_ms else ''
+        parts = self.parts()
+        end = f' end to end, of it {parts}' if parts else ''
         return (f'latency {l0:.3g}-{l1:.3g} ms{end}, accuracy {a0:.3g}-{a1:.3g}, '
                 f'energy {e0:.3g}-{e1:.3g} mJ')
+
+
+def latency_parts(*, transport_ms: float = 0.0, overhead_ms: float = 0.0, delivery_ms: float = 0.0) -> str:
+    """The non-compute parts of an end-to-end latency in words, the zero ones left out ('' if all are).
+
+    >>> latency_parts(transport_ms=2.1, overhead_ms=1.3, delivery_ms=1.0)
+    '2.1 ms frame age on arrival, 1.3 ms serving overhead, 1 ms delivery allowance'
+    """
+    named = ((transport_ms, 'frame age on arrival'), (overhead_ms, 'serving overhead'),
+             (delivery_ms, 'delivery allowance'))
+    return ', '.join(f'{ms:.3g} ms {name}' for ms, name in named if ms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,16 +359,19 @@ def _exit_figures(profile: 'Profile', exit_latency_ms: Sequence[float] | None = 
 
 
 def feasible_range(profile: 'Profile', *, exit_latency_ms: Sequence[float] | None = None,
-                   overhead_ms: float = 0.0) -> FeasibleRange:
+                   overhead_ms: float = 0.0, transport_ms: float = 0.0, delivery_ms: float = 0.0) -> FeasibleRange:
     """The range of each metric over ``profile``'s exits (see :class:`FeasibleRange`).
 
     :param exit_latency_ms: latency of each exit to use instead of the profile's p50 compute time
-        (the engine passes end-to-end figures: arrival -> publication).
+        (the engine passes end-to-end figures: image stamp -> the subscriber).
     :param overhead_ms: how much of ``exit_latency_ms`` is serving overhead (reported only).
+    :param transport_ms: how much is the frames' age on arrival (reported only).
+    :param delivery_ms: how much is the delivery allowance (reported only).
     """
     lat, acc, energy = zip(*_exit_figures(profile, exit_latency_ms))
     return FeasibleRange((min(lat), max(lat)), (min(acc), max(acc)), (min(energy), max(energy)),
-                         overhead_ms=float(overhead_ms))
+                         overhead_ms=float(overhead_ms), transport_ms=float(transport_ms),
+                         delivery_ms=float(delivery_ms))
 
 
 def _le(value: float, bound: float | None) -> bool:
@@ -356,7 +383,7 @@ def _ge(value: float, bound: float | None) -> bool:
 
 
 def plan(bounds: Bounds, profile: 'Profile', *, exit_latency_ms: Sequence[float] | None = None,
-         overhead_ms: float = 0.0) -> Plan:
+         overhead_ms: float = 0.0, transport_ms: float = 0.0, delivery_ms: float = 0.0) -> Plan:
     """The static plan: of the exits that meet every bound at batch 1, the best for the objective.
 
     Latency is the profile's p50 cumulative time to the exit (or ``exit_latency_ms``, e.g. end to
@@ -369,7 +396,8 @@ def plan(bounds: Bounds, profile: 'Profile', *, exit_latency_ms: Sequence[float]
     :raises InfeasibleBounds: no exit meets them; the message says which bound fails and why.
     """
     figures = _exit_figures(profile, exit_latency_ms)
-    feasible = feasible_range(profile, exit_latency_ms=exit_latency_ms, overhead_ms=overhead_ms)
+    feasible = feasible_range(profile, exit_latency_ms=exit_latency_ms, overhead_ms=overhead_ms,
+                              transport_ms=transport_ms, delivery_ms=delivery_ms)
     ok = [k for k, (lat, acc, energy) in enumerate(figures)
           if _le(lat, bounds.max_latency_ms) and _ge(acc, bounds.min_accuracy) and _le(energy, bounds.max_energy_mj)]
     if not ok:
@@ -397,8 +425,9 @@ def plan(bounds: Bounds, profile: 'Profile', *, exit_latency_ms: Sequence[float]
 def _why_infeasible(bounds: Bounds, feasible: FeasibleRange) -> str:
     reasons = []
     if not _le(feasible.latency_ms[0], bounds.max_latency_ms):
-        what = (f'end to end ({feasible.latency_ms[0]:.3g} ms, of it {feasible.overhead_ms:.3g} ms '
-                'serving overhead)') if feasible.overhead_ms else f'({feasible.latency_ms[0]:.3g} ms)'
+        parts = feasible.parts()
+        what = (f'end to end ({feasible.latency_ms[0]:.3g} ms, of it {parts})' if parts
+                else f'({feasible.latency_ms[0]:.3g} ms)')
         reasons.append(f'max_latency_ms={bounds.max_latency_ms:g} is below the fastest exit {what}')
     if not _ge(feasible.accuracy[1], bounds.min_accuracy):
         reasons.append(f'min_accuracy={bounds.min_accuracy:g} is above the best exit ({feasible.accuracy[1]:.3g})')

@@ -397,8 +397,12 @@ class Engine:
     :param energy_window_s: shortest meter window; ``None``: the meter's ``update_period_s`` or 0.1 s.
     :param idle_power_w: subtracted from measured energy (x window duration) before scaling; 0: idle
         power stays in the measured figures.
-    :param overhead_prior_ms: serving overhead (arrival -> delivery minus compute: conversion,
-        wake-up, decision -> publication) assumed until the first delivery is measured, ms.
+    :param overhead_prior_ms: serving overhead (the worker's wake-up, decision -> publication)
+        assumed until the first delivery is measured, ms.
+    :param delivery_allowance_ms: time kept after publication for a result to reach its
+        subscriber, ms (that hop is not measured here): frames are planned to be published by their
+        bound less this, and feasibility and admission count it; ``latency_ms`` / ``bounds_met`` of
+        a result stay arrival -> delivery. The attribute may be changed before apps are registered.
     :param external_delivery: the caller delivers results itself with :meth:`deliver` (the ROS
         layer, at publication); false: the engine delivers each result just before ``on_result``.
     :param admission_control: refuse apps that would make the set unschedulable (see
@@ -418,7 +422,8 @@ class Engine:
                  preprocess_workers: int = 1, energy_window_s: float | None = None,
                  idle_power_w: float = 0.0, device_preprocess: bool = True,
                  overhead_prior_ms: float = 1.0, external_delivery: bool = False,
-                 admission_control: bool = True, utilisation_limit: float = 0.9):
+                 admission_control: bool = True, utilisation_limit: float = 0.9,
+                 delivery_allowance_ms: float = 0.0):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
                              f'model has {model.num_exits}')
@@ -434,6 +439,8 @@ class Engine:
             raise ValueError(f'idle_power_w must be >= 0, got {idle_power_w!r}')
         if not math.isfinite(overhead_prior_ms) or overhead_prior_ms < 0:
             raise ValueError(f'overhead_prior_ms must be >= 0, got {overhead_prior_ms!r}')
+        if not math.isfinite(delivery_allowance_ms) or delivery_allowance_ms < 0:
+            raise ValueError(f'delivery_allowance_ms must be >= 0, got {delivery_allowance_ms!r}')
         if not 0.0 < utilisation_limit <= 1.0:
             raise ValueError(f'utilisation_limit must be in (0, 1], got {utilisation_limit!r}')
         self.model = model
@@ -452,10 +459,14 @@ class Engine:
                                     default_deadline_ms=default_deadline_ms,
                                     enforce_deadlines=self.policy.predictive if enforce_deadlines is None
                                     else enforce_deadlines, expected_ms=self._expected_ms,
-                                    tail_ms=lambda: self.corrector.tail_ms(margin=0.0))
+                                    tail_ms=lambda: self.corrector.tail_ms(margin=0.0),
+                                    delivery_allowance_ms=lambda: self.delivery_allowance_ms)
         self.default_deadline_ms = default_deadline_ms
-        # serving overhead outside the steps: conversion before submit(), the worker's wake-up
-        # (decision -> delivery is the corrector's tail)
+        self.delivery_allowance_ms = delivery_allowance_ms
+        # What end-to-end latency holds besides the steps, each learnt as mean and deviation:
+        # _conversion: a frame's age when submit() gets it (from its stamp, or arrival: transport to
+        # the node and conversion); _wake: the worker's wake-up; decision -> delivery is the
+        # corrector's tail. Planning takes each at mean + latency_margin deviations.
         self.overhead_prior_ms = overhead_prior_ms
         self._conversion = _Mean()
         self._wake = _Mean()
@@ -499,7 +510,8 @@ class Engine:
                 rate_hz: float | None = None, source: str | None = None) -> Plan:
         """Register an app or update its bounds; returns the plan, in end-to-end figures.
 
-        The bounds must be feasible end to end (compute + the measured serving overhead) and, with
+        The bounds must be feasible end to end (compute + the frames' age on arrival + the serving
+        overhead, both at their tails, + the delivery allowance: :meth:`exit_latency_ms`) and, with
         admission control, every app must stay schedulable beside the others at their measured frame
         rates (see :mod:`~delen_ros.core.admission`).
 
@@ -522,8 +534,7 @@ class Engine:
         late_policy = LatePolicy.parse(late_policy)
         if rate_hz is not None and (not math.isfinite(rate_hz) or rate_hz <= 0):
             raise ValueError(f'rate_hz must be > 0, got {rate_hz!r}')
-        overhead = self.overhead_ms()
-        result = plan(bounds, self.profile, exit_latency_ms=self.exit_latency_ms(), overhead_ms=overhead)
+        result = self.plan(bounds)
         with self._cond:
             now = self.clock()
             old = self._apps.get(app_id)
@@ -533,7 +544,7 @@ class Engine:
             tasks = [self._task(a, st, now) for a, st in self._apps.items() if a != app_id]
         if self.admission_control:
             new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, self._required_exit(bounds), source)
-            cost = self._cost_model(overhead)
+            cost = self._cost_model()
             verdict = admission.check(tasks + [new], cost)
             if not verdict.ok:
                 max_rate, min_latency = admission.suggest(tasks, new, cost)
@@ -569,17 +580,28 @@ class Engine:
             return {a: s.bounds for a, s in self._apps.items()}
 
     def overhead_ms(self) -> float:
-        """Serving overhead now: arrival -> delivery minus compute (conversion before :meth:`submit`,
-        the worker's wake-up, decision -> delivery), ms; ``overhead_prior_ms`` until a delivery."""
-        tail = self.corrector.tail_ms(margin=0.0) if self.corrector.has_tail else None
-        if tail is None:
+        """Serving overhead now, at its tail: the worker's wake-up and decision -> delivery, each mean
+        + ``latency_margin`` deviations, ms; ``overhead_prior_ms`` until a delivery is measured."""
+        if not self.corrector.has_tail:
             return self.overhead_prior_ms
-        return tail + (self._conversion.mean or 0.0) + (self._wake.mean or 0.0)
+        wake = self._wake
+        return self.corrector.tail_ms() + (wake.mean or 0.0) + self.corrector.margin * wake.dev
+
+    def _outside_ms(self) -> dict[str, float]:
+        """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,
+        the frames' age when :meth:`submit` gets them (from the stamp: transport to the node and
+        conversion) at mean + ``latency_margin`` deviations, 0 before any frame; ``overhead_ms``
+        (:meth:`overhead_ms`); ``delivery_ms``, the delivery allowance."""
+        age = self._conversion
+        transport = 0.0 if age.mean is None else age.mean + self.corrector.margin * age.dev
+        return {'transport_ms': transport, 'overhead_ms': self.overhead_ms(),
+                'delivery_ms': self.delivery_allowance_ms}
 
     def exit_latency_ms(self) -> list[float]:
-        """End-to-end latency of a lone frame to each exit now, ms: the serving overhead,
+        """End-to-end latency of a lone frame to each exit now, ms, as its subscriber sees it: the
+        frames' age on arrival and the serving overhead (tails), the delivery allowance,
         preprocessing, and each step at batch 1 (the profile's p50 x this device's measured ratio)."""
-        base = self.overhead_ms() + self._pre_ms
+        base = sum(self._outside_ms().values()) + self._pre_ms
         out, total = [], base
         for k in range(self.profile.num_exits):
             total += self.corrector.factor(k, 1) * self.profile.step_ms(k, 1)
@@ -588,11 +610,11 @@ class Engine:
 
     def feasible_range(self) -> FeasibleRange:
         """What this engine can serve now, end to end (see :meth:`exit_latency_ms`)."""
-        return feasible_range(self.profile, exit_latency_ms=self.exit_latency_ms(), overhead_ms=self.overhead_ms())
+        return feasible_range(self.profile, exit_latency_ms=self.exit_latency_ms(), **self._outside_ms())
 
     def plan(self, bounds: Bounds) -> Plan:
         """The end-to-end plan for ``bounds`` now (no registration, no admission)."""
-        return plan(bounds, self.profile, exit_latency_ms=self.exit_latency_ms(), overhead_ms=self.overhead_ms())
+        return plan(bounds, self.profile, exit_latency_ms=self.exit_latency_ms(), **self._outside_ms())
 
     def _required_exit(self, bounds: Bounds) -> int:
         """The exit admission must make room for: a latency-bound app degrades to its cheapest
@@ -617,10 +639,10 @@ class Engine:
         return admission.Task(app_id, app.rate_hz(now), app.bounds.max_latency_ms,
                               self._required_exit(app.bounds), app.source)
 
-    def _cost_model(self, overhead_ms: float) -> admission.CostModel:
+    def _cost_model(self) -> admission.CostModel:
         return admission.CostModel(
             step_ms=lambda k, b: self._expected_ms(k, b) - (self._pre_ms * b if k == 0 else 0.0),
-            num_exits=self.profile.num_exits, preprocess_ms=self._pre_ms, overhead_ms=overhead_ms,
+            num_exits=self.profile.num_exits, preprocess_ms=self._pre_ms, **self._outside_ms(),
             max_batch=self.max_batch, default_deadline_ms=self.default_deadline_ms,
             utilisation_limit=self.utilisation_limit)
 
@@ -629,7 +651,7 @@ class Engine:
         with self._cond:
             now = self.clock()
             tasks = [self._task(a, st, now) for a, st in self._apps.items()]
-        return admission.check(tasks, self._cost_model(self.overhead_ms()))
+        return admission.check(tasks, self._cost_model())
 
     def check_schedulable(self) -> dict[str, str]:
         """Re-run admission on the registered apps at their measured rates; store and return the

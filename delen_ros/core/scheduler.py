@@ -10,15 +10,17 @@ Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever 
 2. (with ``enforce_deadlines``, the default) drops late frames of apps that chose
    :attr:`~delen_ros.core.bounds.LatePolicy.DROP` (except one in ``probe_every`` in a row, which is
    served late, so that measurements never stop and an app is never locked out by a stale
-   prediction), and expires requests in flight whose next step is predicted (safely) to overrun
-   their deadline: they have a result from their last exit already, and the caller finishes them;
+   prediction), and expires requests in flight whose next step (safely predicted) and the expected
+   tail to publication would overrun their deadline: they have a result from their last exit already, and the caller finishes them;
 3. picks the request with the earliest deadline (EDF across apps) among the *on-time* queued frames
    and requests in flight; late ones run only when nothing on time is waiting (idle time), so a
-   hopeless frame never delays a feasible one, whatever the policy; a request's deadline is
-   ``arrival + max_latency_ms``, or ``arrival + default_deadline_ms`` for an app without a latency
-   bound (so it gets served, not starved);
+   hopeless frame never delays a feasible one, whatever the policy; a request's deadline (when its
+   result must be *published*) is ``arrival + max_latency_ms - delivery allowance`` (the allowance
+   is time kept for the result to reach its subscriber), or ``arrival + default_deadline_ms`` for an
+   app without a latency bound (so it gets served, not starved);
 4. batches with it other requests at the same step, in deadline order, while the predicted batch
-   time keeps every on-time bounded member's deadline (the head's included), up to ``max_batch``;
+   time (and the expected tail to publication) keeps every on-time bounded member's deadline (the
+   head's included), up to ``max_batch``;
    frames start only while fewer than ``max_in_flight`` requests are in flight.
 
 Late requests are marked (``Request.late``): the engine serves late frames at the fastest exit
@@ -51,7 +53,8 @@ class Request:
 
     :param frame: opaque to the scheduler (the engine shares one frame object among the apps on a camera).
     :param latency_bound_ms: the app's latency bound when the frame arrived; ``None`` = unbounded.
-    :param deadline_ns: EDF priority; a hard deadline only when ``latency_bound_ms`` is set.
+    :param deadline_ns: EDF priority; a hard deadline only when ``latency_bound_ms`` is set: when the
+        result must be published (the bound less the delivery allowance, see :meth:`Scheduler.make_request`).
     :param next_step: the step this request runs next (0 = not started).
     :param state: opaque engine data (features, best result so far).
     :param late: cannot meet its deadline any more (set by the scheduler; it stays set).
@@ -127,7 +130,9 @@ class Scheduler:
         in flight (step 2 above); ``False`` runs everything as the policy says, late or not (the
         baselines' behaviour: they have no prediction) -- but late work still waits for idle time.
     :param tail_ms: expected time from the last decision on a request to its result's publication
-        (the engine's measured serving tail), part of the late test; ``None``: 0.
+        (the engine's measured serving tail), part of the late, expiry and batching tests; ``None``: 0.
+    :param delivery_allowance_ms: time kept after publication for the result to reach its
+        subscriber, ms: a bounded request is due at ``arrival + bound - allowance``; ``None``: 0.
     :param probe_every: with ``LatePolicy.DROP``, the late frame after this many late drops in a row
         is served (late) instead: a measurement, so that a pessimistic prediction gets corrected.
     """
@@ -135,7 +140,8 @@ class Scheduler:
     def __init__(self, predict_ms: PredictFn, *, num_steps: int, max_batch: int = 8, queue_depth: int = 1,
                  max_in_flight: int | None = None, default_deadline_ms: float = 250.0,
                  enforce_deadlines: bool = True, expected_ms: PredictFn | None = None,
-                 tail_ms: Callable[[], float] | None = None, probe_every: int = 32):
+                 tail_ms: Callable[[], float] | None = None, probe_every: int = 32,
+                 delivery_allowance_ms: Callable[[], float] | None = None):
         if num_steps < 1:
             raise ValueError(f'num_steps must be >= 1, got {num_steps!r}')
         if max_batch < 1:
@@ -150,6 +156,7 @@ class Scheduler:
         if probe_every < 1:
             raise ValueError(f'probe_every must be >= 1, got {probe_every!r}')
         self.tail_ms = tail_ms or (lambda: 0.0)
+        self.delivery_allowance_ms = delivery_allowance_ms or (lambda: 0.0)
         self.probe_every = probe_every
         self.predict_ms = predict_ms
         self.expected_ms = expected_ms or predict_ms
@@ -192,9 +199,11 @@ class Scheduler:
 
     # --- arrivals -----------------------------------------------------------------------------------
     def make_request(self, app_id: str, frame: Any, arrival_ns: int, *, tag: Any = None) -> Request:
-        """A request for ``app_id``'s frame with the deadline its current bound gives."""
+        """A request for ``app_id``'s frame with the deadline its current bound gives: the one
+        definition of a frame's deadline, ``arrival + bound - delivery allowance`` (when its result
+        must be published), or the default horizon for an unbounded app."""
         bound = self._apps[app_id].latency_bound_ms
-        horizon = bound if bound is not None else self.default_deadline_ms
+        horizon = bound - self.delivery_allowance_ms() if bound is not None else self.default_deadline_ms
         return Request(app_id=app_id, frame=frame, arrival_ns=arrival_ns,
                        deadline_ns=arrival_ns + int(horizon * _NS_PER_MS), latency_bound_ms=bound, tag=tag)
 
@@ -260,6 +269,7 @@ class Scheduler:
         limit = self.max_batch if step > 0 else min(self.max_batch, can_start)
         members = [head]
         predicted = self.predict_ms(step, 1)
+        tail_ms = self.tail_ms()
         for r in candidates[1:]:
             if len(members) >= limit:
                 break
@@ -268,7 +278,8 @@ class Scheduler:
             ms = self.predict_ms(step, len(members) + 1)
             # The batch grows only if no on-time bounded member (the EDF head included) would miss its
             # deadline (also without enforce_deadlines: batching must not make anyone late).
-            if (r.late or self._fits(r, now_ns, ms)) and all(m.late or self._fits(m, now_ns, ms) for m in members):
+            due = ms + tail_ms
+            if (r.late or self._fits(r, now_ns, due)) and all(m.late or self._fits(m, now_ns, due) for m in members):
                 members.append(r)
                 predicted = ms
         self._take(members)
@@ -301,7 +312,7 @@ class Scheduler:
         if self.enforce_deadlines:
             keep = []
             for r in self._in_flight:
-                (keep if self._fits(r, now_ns, self.predict_ms(r.next_step, 1)) else expired).append(r)
+                (keep if self._fits(r, now_ns, self.predict_ms(r.next_step, 1) + tail_ms) else expired).append(r)
             self._in_flight = keep
         else:
             for r in self._in_flight:

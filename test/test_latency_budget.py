@@ -1,0 +1,100 @@
+"""What an end-to-end bound holds besides compute, in the engine: the frames' age on arrival (from their
+stamp), learnt with its tail, and the delivery allowance (publication -> subscriber); both count in
+feasibility, admission and its re-check, and the allowance moves the planned deadline but not the
+judgement of a result."""
+import re
+import time
+
+import numpy as np
+import pytest
+
+from delen_ros.core.admission import Unschedulable
+from delen_ros.core.bounds import Bounds, InfeasibleBounds
+from delen_ros.core.engine import Engine
+from fakes import FakeClock, FakeRunner, fake_image, fake_model, synthetic_profile
+
+PROFILE = synthetic_profile()   # exit 0: 1.1 ms at batch 1, exit 1: 3.2 ms, ...
+
+
+def make_engine(**kwargs) -> Engine:
+    model = fake_model()
+    return Engine(model, PROFILE, on_result=kwargs.pop('on_result', lambda r: None),
+                  runner=FakeRunner(model, sleep_ms=(0, 0, 0, 0)),
+                  **{'overhead_prior_ms': 0.0, 'utilisation_limit': 1.0, 'max_batch': 1, **kwargs})
+
+
+def submit_aged(engine: Engine, clock: FakeClock, app_ids, *, age_ms: float, count: int = 20) -> None:
+    """Frames that reach the engine ``age_ms`` after their stamp, every 100 ms."""
+    for _ in range(count):
+        engine.submit(app_ids, np.zeros((8, 8), np.uint8), arrival_ns=clock() - int(age_ms * 1e6))
+        clock.advance(100.0)
+
+
+def test_a_bound_feasible_for_fresh_frames_is_rejected_once_frames_arrive_old():
+    clock = FakeClock()
+    engine = make_engine(clock=clock)
+    assert engine.plan(Bounds(max_latency_ms=6.0)).exit_index == 1       # 3.2 ms: fits at age 0
+    engine.set_app('cam', Bounds(max_latency_ms=100.0), source='cam')
+    submit_aged(engine, clock, ['cam'], age_ms=5.0)
+    assert engine.feasible_range().transport_ms == pytest.approx(5.0, abs=0.05)
+    assert engine.exit_latency_ms()[0] == pytest.approx(5.0 + 1.1, abs=0.05)
+    with pytest.raises(InfeasibleBounds, match=r'below the fastest exit end to end \(6\.1\d* ms, of it 5\.0\d* ms '
+                                               r'frame age on arrival\)'):
+        engine.set_app('tight', Bounds(max_latency_ms=6.0), source='cam')
+
+
+def test_the_age_is_taken_at_its_tail():
+    clock = FakeClock()
+    engine = make_engine(clock=clock)
+    engine.set_app('cam', Bounds(), source='cam')
+    for i in range(40):
+        submit_aged(engine, clock, ['cam'], age_ms=(2.0, 6.0)[i % 2], count=1)   # mean 4 ms, deviation 2 ms
+    transport = engine.feasible_range().transport_ms
+    assert 4.0 + 1.5 * 2.0 < transport < 4.0 + 2.5 * 2.0   # mean + latency_margin (2) deviations
+
+
+def test_recheck_flags_an_admitted_app_whose_frames_arrive_old():
+    clock = FakeClock()
+    engine = make_engine(clock=clock)
+    engine.set_app('a', Bounds(max_latency_ms=6.0), rate_hz=10.0)          # 1.1 + 1.1 blocking <= 6
+    assert engine.stats('a', recheck_s=0).unschedulable_reason == ''
+    submit_aged(engine, clock, ['a'], age_ms=5.0)
+    reason = engine.stats('a', recheck_s=0).unschedulable_reason
+    assert re.search(r'leaves 0\.9\d* ms of device time \(after 5\.0\d* ms frame age on arrival\)', reason), reason
+
+
+def test_delivery_allowance_counts_in_feasibility_and_admission():
+    plain = make_engine()
+    engine = make_engine(delivery_allowance_ms=2.0)
+    assert engine.exit_latency_ms() == pytest.approx([v + 2.0 for v in plain.exit_latency_ms()])
+    assert engine.feasible_range().delivery_ms == 2.0
+    assert plain.plan(Bounds(max_latency_ms=4.0)).exit_index == 1
+    assert engine.plan(Bounds(max_latency_ms=4.0)).exit_index == 0
+    with pytest.raises(InfeasibleBounds, match='2 ms delivery allowance'):
+        engine.set_app('a', Bounds(max_latency_ms=3.0))
+    engine.set_app('a', Bounds(max_latency_ms=5.0), rate_hz=10.0)            # 5 - 2 >= 1.1 + 1.1 blocking
+    with pytest.raises(Unschedulable, match='2 ms delivery allowance'):
+        engine.set_app('b', Bounds(max_latency_ms=5.0), rate_hz=400.0)
+    with pytest.raises(ValueError, match='delivery_allowance_ms'):
+        make_engine(delivery_allowance_ms=-1.0)
+
+
+@pytest.mark.parametrize('allowance_ms', [0.0, 100.0])
+def test_the_allowance_moves_the_planned_deadline_not_the_judgement(allowance_ms):
+    """A frame 150 ms old with a 200 ms bound: without an allowance there is time for the final exit;
+    with 100 ms kept for delivery its deadline has passed (served at the fastest exit, late), yet
+    it is published within its bound, and judged so."""
+    results = []
+    engine = make_engine(on_result=results.append, delivery_allowance_ms=allowance_ms)
+    engine.set_app('a', Bounds(max_latency_ms=200.0))
+    with engine:
+        engine.submit(['a'], fake_image(0), arrival_ns=time.perf_counter_ns() - 150_000_000)
+        end = time.monotonic() + 10.0
+        while not results and time.monotonic() < end:
+            time.sleep(0.002)
+    (result,) = results
+    assert result.latency_ms < 200.0 and result.bounds_met
+    if allowance_ms:
+        assert result.late and result.exit_index == 0
+    else:
+        assert not result.late and result.exit_index == PROFILE.final_exit
