@@ -14,7 +14,7 @@
 #   scripts/device/train_cifar_sweep.sh pack [SRC_TRAIN_NPZ] [SRC_TEST_NPZ]
 #     -> .devdata/cifar10_train.packed.npz (train split only, ~15 MB), .devdata/cifar10_test.packed.npz (~3 MB)
 # Environment (defaults in brackets):
-#   VARIANTS ["fd gs gsmix lowlr"]  recipes to run at once (see variant_args below; also: base, gsb2)
+#   VARIANTS ["fd gs gsmix lowlr"]  recipes to run at once (see variant_args below; also: base, gsb2, gs192)
 #   TOTAL_S [530]         wall-clock budget of this whole script, start-up to copies; it writes what it
 #                         has when the time is up
 #   TRAIN_BUDGET_S [400]  training-loop budget of every variant (they run concurrently)
@@ -86,11 +86,13 @@ variant_args() {
     lowlr) echo "--lr 0.008 --head-lr-mult 10 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.3 --drop-connect 0.1" ;;
     # gs, but the first exit keeps its whole gradient into blocks 0-2 (for the first-exit ratio)
     gsb2)  echo "--lr 0.015 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 1.0 0.3 0.3 --drop-connect 0.1" ;;
+    # gs at 192 px input: more pixels per object for the ImageNet features, 1.44x the compute
+    gs192) echo "--lr 0.015 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.3 --drop-connect 0.1 --size 192" ;;
     *) return 1 ;;
   esac
 }
 for v in $VARIANTS; do
-  variant_args "$v" >/dev/null || { echo "unknown variant '$v' (known: base fd gs gsmix lowlr gsb2)"; exit 2; }
+  variant_args "$v" >/dev/null || { echo "unknown variant '$v' (known: base fd gs gsmix lowlr gsb2 gs192)"; exit 2; }
 done
 
 stamp "checks (budget: ${TOTAL_S} s in all; training loops ${TRAIN_BUDGET_S} s each, over by +$(( LOOP_DEADLINE - T0 )) s at the latest; variants: $VARIANTS)"
