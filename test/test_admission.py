@@ -68,6 +68,14 @@ def test_the_reason_names_every_part_outside_the_device():
     assert min_latency == pytest.approx(2.1 + 1.3 + 1.0 + 2.2, abs=1e-3)
 
 
+def test_a_running_first_step_blocks_with_its_preprocessing():
+    # a frame may arrive just as another camera's frame starts step 0: its preprocessing runs in it
+    t = [Task('a', 10.0, 6.0, 0), Task('b', 10.0, 100.0, 0, source='cam2')]
+    assert check(t, cost()).ok                                   # 1.1 + 1.1 <= 6
+    v = check(t, cost(preprocess_ms=2.0))                        # 3.1 + 3.1 > 6
+    assert not v.ok and 'waiting up to 3.1 ms for a running step' in v.at_risk['a'], v.at_risk
+
+
 def test_apps_on_one_source_share_the_frame_work():
     a = Task('a', 60.0, 100.0, 3, source='cam')
     b = Task('b', 60.0, 100.0, 3, source='cam')

@@ -12,8 +12,8 @@ the load implies (the frames that arrive within the tightest deadline window, at
 and at most one per source).
 
 The test (:func:`check`) is EDF's processor-demand test on one processor, with non-preemptive steps:
-the device may be busy with one step (``blocking_ms``, the longest step at that batch size) when a
-frame arrives, and what is not device time shortens every deadline (:attr:`CostModel.outside_ms`):
+the device may be busy with one step (``blocking_ms``, the longest step at that batch size, a first
+step with its preprocessing) when a frame arrives, and what is not device time shortens every deadline (:attr:`CostModel.outside_ms`):
 the frames' age when they reach the engine (transport from the camera's stamp, conversion), the
 serving overhead (wake-up, publication) and the delivery allowance (publication -> subscriber). It passes when utilisation <= ``utilisation_limit`` and, for every
 checkpoint ``t`` (each deadline ``D_i + m T_i`` up to the busy-period bound), the demand
@@ -131,8 +131,10 @@ class CostModel:
         return self.preprocess_ms + sum(self.step_ms(k, batch) / batch for k in range(exit_index + 1))
 
     def blocking_ms(self, exit_index: int, batch: int) -> float:
-        """The longest single step (a whole batch) a new frame may have to wait for."""
-        return max(self.step_ms(k, batch) for k in range(exit_index + 1))
+        """The longest single step (a whole batch) a new frame may have to wait for; a first step
+        with its frames' preprocessing, which the worker runs inside it."""
+        return max(self.step_ms(k, batch) + (self.preprocess_ms * batch if k == 0 else 0.0)
+                   for k in range(exit_index + 1))
 
 
 @dataclasses.dataclass(frozen=True)
