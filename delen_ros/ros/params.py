@@ -78,8 +78,9 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                      "host or synchronised; a stamp in the future or over 1 s old falls back to arrival); 'arrival' "
                      '= when the node took the frame.' + _LATER, LATENCY_FROM, False),
     'delivery_allowance_ms': (1.0, 'Time kept after a result is published for it to reach its subscriber, ms (the '
-                              'node cannot measure that hop: ~0.8 ms p50 / 1.8 ms p99 over loopback DDS on a 16-core '
-                              'host, benchmarks/cpu/e2e_mixed). Frames are planned to be published by their latency '
+                              'node cannot measure that hop; over loopback DDS: 0.4-0.8 ms p50 / 0.7-1.2 ms p99 on the H200 '
+                              'host, benchmarks/h200/e2e; 1 ms p50 / 1.7-2.3 ms p99 on a 2-core VM, '
+                              'benchmarks/cpu/e2e_mixed_allowance). Frames are planned to be published by their latency '
                               'bound less this; feasible ranges, GetProfile and admission count it. The published '
                               'latency_ms / bounds_met stay the node-side figures.' + _LATER, (0.0, 1000.0), False),
     'ingress_processes': (-1, 'Receiver processes that take camera frames outside the node\'s GIL and hand them over '
