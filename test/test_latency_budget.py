@@ -98,3 +98,14 @@ def test_the_allowance_moves_the_planned_deadline_not_the_judgement(allowance_ms
         assert result.late and result.exit_index == 0
     else:
         assert not result.late and result.exit_index == PROFILE.final_exit
+
+
+def test_recheck_puts_an_unschedulable_app_after_the_schedulable_ones():
+    clock = FakeClock()
+    engine = make_engine(clock=clock)
+    engine.set_app('tight', Bounds(max_latency_ms=6.0), rate_hz=10.0)
+    engine.set_app('loose', Bounds(max_latency_ms=100.0), rate_hz=10.0)
+    submit_aged(engine, clock, ['tight', 'loose'], age_ms=5.0)   # too old for 'tight' only
+    engine.stats('tight', recheck_s=0)
+    queues = engine._scheduler._apps
+    assert queues['tight'].best_effort and not queues['loose'].best_effort

@@ -131,3 +131,21 @@ def test_device_preprocessing_takes_strided_views_and_reuses_staging():
     for size in range(20):                            # many shapes: the staging cache stays bounded
         pre([_rng_image((10 + size, 10, 3))])
     assert len(pre._staging) <= 8
+
+
+@needs_cuda
+def test_uploaded_frames_match_staged_ones_and_free_the_callers_buffer():
+    from delen_ros.core.preprocess import DevicePreprocessor
+    smooth = cv2.GaussianBlur(_rng_image((480, 640, 3)), (0, 0), 8)
+    grey = smooth[:, :, 0].copy()
+    pre = DevicePreprocessor(RGB, torch.device('cuda'))
+    source = smooth.copy()
+    uploaded = pre.upload(source)
+    source[:] = 0                                     # the caller's buffer is free once upload() returns
+    mixed = pre([uploaded, grey, pre.upload(grey)])  # uploaded and host frames in one batch, in order
+    torch.testing.assert_close(mixed.cpu(), preprocess([smooth, grey, grey], RGB), atol=0.05, rtol=0)
+    for size in range(20):                            # many shapes: the frame buffers stay bounded
+        pre([pre.upload(_rng_image((10 + size, 10, 3)))])
+    assert len(pre._frame_buffers) <= 8
+    with pytest.raises(ValueError, match='uint8'):
+        pre.upload(np.zeros((4, 4, 3), np.float32))

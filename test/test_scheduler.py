@@ -55,6 +55,24 @@ def test_edf_order_across_apps():
     assert order == ['fast', 'mid', 'slow']
 
 
+def test_best_effort_app_goes_after_the_others_whatever_its_deadline():
+    clock = FakeClock()
+    s = make([('hopeless', 5.0), ('tight', 10.0), ('loose', 50.0)], max_batch=1)
+    s.set_best_effort('hopeless', True)
+    for app in ('hopeless', 'tight', 'loose'):
+        arrive(s, app, clock)
+    order = []
+    while s.pending():
+        order.append(s.next_batch(clock()).batch.requests[0].app_id)
+        s.finished(1)
+    assert order == ['tight', 'loose', 'hopeless']
+    s.set_best_effort('hopeless', False)              # schedulable again: EDF with the others
+    for app in ('loose', 'hopeless'):
+        arrive(s, app, clock)
+    assert s.next_batch(clock()).batch.requests[0].app_id == 'hopeless'
+    s.set_best_effort('unknown', True)                # an app removed meanwhile: nothing to do
+
+
 def test_edf_older_frame_of_looser_app_first_when_its_deadline_is_earlier():
     clock = FakeClock()
     s = make([('loose', 30.0), ('tight', 10.0)], max_batch=1)

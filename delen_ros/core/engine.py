@@ -181,11 +181,12 @@ class WorkerStats:
 
 
 class _Frame:
-    """One camera image shared by every app on that camera; preprocessed once, in the worker."""
+    """One camera image shared by every app on that camera (host array, or on the device once
+    uploaded by :meth:`Engine.submit`); preprocessed once, in the worker."""
 
     __slots__ = ('image', 'tensor')
 
-    def __init__(self, image: np.ndarray):
+    def __init__(self, image: np.ndarray | torch.Tensor):
         self.image = image
         self.tensor: torch.Tensor | None = None
 
@@ -403,6 +404,9 @@ class Engine:
         subscriber, ms (that hop is not measured here): frames are planned to be published by their
         bound less this, and feasibility and admission count it; ``latency_ms`` / ``bounds_met`` of
         a result stay arrival -> delivery. The attribute may be changed before apps are registered.
+    :param upload_ahead: with device preprocessing, :meth:`submit` starts each frame's upload
+        (staging copy included) in the caller's thread, so the worker only converts frames already
+        on the device; false: the worker stages and uploads each batch itself.
     :param external_delivery: the caller delivers results itself with :meth:`deliver` (the ROS
         layer, at publication); false: the engine delivers each result just before ``on_result``.
     :param admission_control: refuse apps that would make the set unschedulable (see
@@ -423,7 +427,7 @@ class Engine:
                  idle_power_w: float = 0.0, device_preprocess: bool = True,
                  overhead_prior_ms: float = 1.0, external_delivery: bool = False,
                  admission_control: bool = True, utilisation_limit: float = 0.9,
-                 delivery_allowance_ms: float = 0.0):
+                 delivery_allowance_ms: float = 0.0, upload_ahead: bool = True):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
                              f'model has {model.num_exits}')
@@ -499,6 +503,7 @@ class Engine:
         self._pad_sizes: tuple[int, ...] = tuple(getattr(self._runner, 'graph_sizes', ())) if cuda else ()
         # Raw frames go up as uint8 and are resized there: 4x fewer bytes than a float batch, and
         # the CPU (and the GIL) stays free for the node's callbacks.
+        self._upload_ahead = upload_ahead
         self._device_pre = DevicePreprocessor(
             self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
             memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)
@@ -655,11 +660,14 @@ class Engine:
 
     def check_schedulable(self) -> dict[str, str]:
         """Re-run admission on the registered apps at their measured rates; store and return the
-        reason of every app at risk (``AppStats.unschedulable_reason``; serving goes on)."""
+        reason of every app at risk (``AppStats.unschedulable_reason``; serving goes on, but when
+        some apps are at risk and others are not, theirs comes after the others' work)."""
         verdict = self.schedulability()
         with self._cond:
             for app_id, app in self._apps.items():
                 app.reason = verdict.at_risk.get(app_id, '')
+                # at risk and beside apps that are not: it goes last, they keep their bounds
+                self._scheduler.set_best_effort(app_id, bool(app.reason) and len(verdict.at_risk) < len(self._apps))
         if verdict.at_risk:
             _log.warning('%s', verdict.message)
         return dict(verdict.at_risk)
@@ -681,13 +689,19 @@ class Engine:
                tag: object = None) -> int:
         """Queue one camera frame for every registered app in ``app_ids``; never waits for inference.
 
-        :param image: uint8 ``H x W x 3`` RGB or ``H x W`` grey; not copied (do not modify it after).
+        :param image: uint8 ``H x W x 3`` RGB or ``H x W`` grey; on the CPU not copied (do not modify it
+            after); on CUDA its bytes are staged for upload before this returns.
         :param arrival_ns: when the frame arrived (engine clock); ``None``: now.
         :param tag: passed back in each :class:`Result` (e.g. the image header).
         :returns: how many apps it was queued for (unknown app ids are skipped).
         :raises ValueError: a malformed image.
         """
         image = check_image(image)
+        if self._upload_ahead and self._device_pre is not None and any(a in self._apps for a in app_ids):
+            try:   # start its upload now, off the worker; the caller's buffer is free on return
+                image = self._device_pre.upload(image)
+            except RuntimeError:   # e.g. out of device memory: the worker stages it, as before
+                _log.warning('frame upload failed; the worker copies it instead', exc_info=True)
         frame = _Frame(image)
         queued = 0
         with self._cond:

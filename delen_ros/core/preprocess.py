@@ -10,6 +10,8 @@ resize runs per image (see ``_resize``).
 """
 from __future__ import annotations
 
+import collections
+import threading
 from typing import TYPE_CHECKING, Sequence
 
 import cv2
@@ -96,6 +98,7 @@ def preprocess(images: Sequence[np.ndarray], info: 'ModelInfo', *,
 
 
 _MAX_STAGING_SHAPES = 8
+_FRAME_BUFFERS = 16   # pinned one-frame buffers per shape for upload(), reused in turn
 
 
 class DevicePreprocessor:
@@ -107,6 +110,10 @@ class DevicePreprocessor:
     normalised and cast on the current stream, which waits for the upload by a CUDA event: no
     device-wide synchronisation. The result is in ``dtype`` and ``memory_format``, ready for the
     runner. A staging buffer is reused only after its previous upload's event has completed.
+
+    :meth:`upload` starts one frame's upload ahead, from the thread that receives it: the engine's
+    worker then only converts frames already on the device, and the camera's buffer is free again
+    as soon as its bytes are staged.
     """
 
     def __init__(self, info: 'ModelInfo', device: torch.device, *, dtype: torch.dtype = torch.float32,
@@ -124,6 +131,10 @@ class DevicePreprocessor:
         self._inv_std = torch.tensor([1.0 / s for s in info.std], dtype=torch.float32,
                                      device=self.device).view(1, c, 1, 1)
         self._luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        # upload(): its own stream and pinned frame buffers, per shape, reused in turn
+        self._upload_stream = torch.cuda.Stream(device=self.device)
+        self._upload_lock = threading.Lock()
+        self._frame_buffers: dict[tuple[int, ...], collections.deque] = {}
 
     def _stage(self, stack: Sequence[np.ndarray]) -> torch.Tensor:
         """Copy same-shaped frames into a pinned buffer and start their upload; the device tensor."""
@@ -167,15 +178,56 @@ class DevicePreprocessor:
             x = x.expand(-1, 3, -1, -1)
         return (x - self._mean) * self._inv_std
 
-    def __call__(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """The model's input batch for ``images`` (uint8 RGB or grey, any sizes), on the device."""
-        images = [check_image(im, index=i) for i, im in enumerate(images)]
-        groups: dict[tuple[int, ...], list[int]] = {}
+    def upload(self, image: np.ndarray) -> torch.Tensor:
+        """Start copying one frame to the device; returns its uint8 tensor there, for ``__call__``.
+
+        Thread-safe. The image is copied into a pinned buffer before this returns (its memory may
+        be reused at once); the upload runs on a stream of its own, which ``__call__`` waits for.
+        """
+        image = check_image(image)
+        with self._upload_lock:
+            ring = self._frame_buffers.get(image.shape)
+            if ring is None:
+                while len(self._frame_buffers) >= _MAX_STAGING_SHAPES:   # bounded, whatever sizes come
+                    for _, done in self._frame_buffers.pop(next(iter(self._frame_buffers))):
+                        if done is not None:
+                            done.synchronize()
+                ring = self._frame_buffers[image.shape] = collections.deque(
+                    [(torch.empty(image.shape, dtype=torch.uint8, pin_memory=True), None)
+                     for _ in range(_FRAME_BUFFERS)])
+            buffer, done = ring.popleft()
+            if done is not None:
+                done.synchronize()   # its last upload has left it (long ago, but for a burst)
+            np.copyto(buffer.numpy(), image)   # releases the GIL: the worker runs meanwhile
+            with torch.cuda.stream(self._upload_stream):
+                frame = buffer.to(self.device, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(self._upload_stream)
+            ring.append((buffer, done))
+        return frame
+
+    def _uploaded(self, stack: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Frames from :meth:`upload` as one ``N x H x W [x 3]`` batch on the current stream."""
+        current = torch.cuda.current_stream(self.device)
+        with self._upload_lock:   # every upload issued so far is before this event
+            ready = torch.cuda.Event()
+            ready.record(self._upload_stream)
+        current.wait_event(ready)
+        for frame in stack:   # allocated on the upload stream, read on this one
+            frame.record_stream(current)
+        return stack[0].unsqueeze(0) if len(stack) == 1 else torch.stack(list(stack))
+
+    def __call__(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """The model's input batch for ``images`` (uint8 RGB or grey, any sizes: host arrays, or
+        device tensors from :meth:`upload`), on the device."""
+        images = [im if isinstance(im, torch.Tensor) else check_image(im, index=i) for i, im in enumerate(images)]
+        groups: dict[tuple[object, ...], list[int]] = {}
         for i, im in enumerate(images):
-            groups.setdefault(im.shape, []).append(i)
+            groups.setdefault((isinstance(im, torch.Tensor), *im.shape), []).append(i)
         parts, order = [], []
-        for indices in groups.values():
-            parts.append(self._convert(self._stage([images[i] for i in indices])))
+        for (on_device, *_), indices in groups.items():
+            stack = [images[i] for i in indices]
+            parts.append(self._convert(self._uploaded(stack) if on_device else self._stage(stack)))
             order.extend(indices)
         x = parts[0] if len(parts) == 1 else torch.cat(parts)
         if order != sorted(order):

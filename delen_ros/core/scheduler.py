@@ -14,7 +14,9 @@ Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever 
    tail to publication would overrun their deadline: they have a result from their last exit already, and the caller finishes them;
 3. picks the request with the earliest deadline (EDF across apps) among the *on-time* queued frames
    and requests in flight; late ones run only when nothing on time is waiting (idle time), so a
-   hopeless frame never delays a feasible one, whatever the policy; a request's deadline (when its
+   hopeless frame never delays a feasible one, whatever the policy; likewise the work of apps
+   marked *best effort* (:meth:`Scheduler.set_best_effort`: admission's re-check found them
+   unschedulable) comes after every other app's, so that they cannot make schedulable apps miss; a request's deadline (when its
    result must be *published*) is ``arrival + max_latency_ms - delivery allowance`` (the allowance
    is time kept for the result to reach its subscriber), or ``arrival + default_deadline_ms`` for an
    app without a latency bound (so it gets served, not starved);
@@ -112,6 +114,7 @@ class AppQueue:
         self.latency_bound_ms = latency_bound_ms
         self.late_policy = late_policy
         self.late_drops = 0
+        self.best_effort = False   # admission found it unschedulable: served after the others
         self.frames: collections.deque[Request] = collections.deque(maxlen=queue_depth)
 
 
@@ -194,6 +197,13 @@ class Scheduler:
         self._in_flight = [r for r in self._in_flight if r.app_id != app_id]
         return gone
 
+    def set_best_effort(self, app_id: str, best_effort: bool) -> None:
+        """Serve an app's work after every other app's (admission found its bounds unschedulable:
+        its frames must not make the schedulable apps miss); false: EDF with the others again."""
+        queue = self._apps.get(app_id)
+        if queue is not None:
+            queue.best_effort = best_effort
+
     def has_app(self, app_id: str) -> bool:
         return app_id in self._apps
 
@@ -263,7 +273,8 @@ class Scheduler:
         # Late work only in idle time: it must never delay a frame that can still make its deadline.
         on_time = [r for r in candidates if not r.late]
         candidates = on_time or candidates
-        candidates.sort(key=lambda r: (r.deadline_ns, r.arrival_ns))
+        demoted = {a for a, q in self._apps.items() if q.best_effort}
+        candidates.sort(key=lambda r: (r.app_id in demoted, r.deadline_ns, r.arrival_ns))
         head = candidates[0]
         step = head.next_step
         limit = self.max_batch if step > 0 else min(self.max_batch, can_start)

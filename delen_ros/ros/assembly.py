@@ -141,7 +141,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                     params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits)))}
             return Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
-                          runner_options=options, idle_power_w=idle_power_w, external_delivery=True)
+                          runner_options=options, idle_power_w=idle_power_w, external_delivery=True,
+                          upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0')
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)
         if len(devices) > 1:
             from .multi_device import build_pool

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Run THERE (one H200, 16 cores): the node's data path, A/B in one call. After the offline set-up and
+# the CUDA unit tests of the data path (when pytest wheels are carried in .devdata/pytest):
+#   new        the shipped path: C receivers (auto), frames uploaded at submit; NS_NEW cameras, both policies
+#   no_upload  DELEN_UPLOAD_AHEAD=0: the worker stages and uploads each batch itself; NS_AB cameras, delen
+#   py_recv    DELEN_RECEIVER=python: the Python receivers of session 3; NS_AB cameras, delen
+#   mixed      latency bounds BOUNDS_MIXED in turn on NS_MIXED cameras, delen (issue 10)
+# py-spy samples every node (scripts/device/spy_nodes.sh). One archive comes back: OUT/ab.tgz.
+#   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
+#     bash scripts/device/e2e_data_path_ab.sh "$OUT"
+#   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
+# Settings: NS_NEW (16,32,48), NS_AB (32), NS_MIXED (16), BOUNDS_MIXED (5,10,33), DURATION (5),
+# TOTAL_S (570), SKIP (space-separated parts to leave out, e.g. "py_recv mixed").
+set -uo pipefail
+OUT="${1:?usage: e2e_data_path_ab.sh OUT_DIR}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+t0=$(date +%s)
+WORK=/tmp/delen_ab; rm -rf "$WORK"; mkdir -p "$WORK"
+exec > >(tee "$WORK/ab.log") 2>&1
+export PYTHONUNBUFFERED=1 DELEN_CIFAR10="$ROOT/.devdata/cifar10_test.npz" MODEL=cifar10_lite0 SOURCE=cifar10
+bash scripts/device/setup_offline.sh || exit 1
+# shellcheck disable=SC1091
+source .whl/env.sh
+python3 -c "import os; print('cores (affinity)', len(os.sched_getaffinity(0)))"
+if ls .devdata/pytest/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/delen_pytest .devdata/pytest/*.whl \
+    && PYTHONPATH="/tmp/delen_pytest:${PYTHONPATH:-}" timeout 150 python3 -m pytest -q -p no:cacheprovider \
+      test/test_preprocess.py test/test_runner.py test/test_engine.py test/test_graph_sizes.py 2>&1 | tail -15
+  echo "[ab] CUDA tests done at $(( $(date +%s) - t0 )) s"
+fi
+bash scripts/device/spy_nodes.sh "$WORK/spy" & SPY=$!
+left() { echo $(( ${TOTAL_S:-570} - ($(date +%s) - t0) )); }
+skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
+D="${DURATION:-5}"
+# the e2e script counts TOTAL_S from its own start: give each part what is left of ours, less the later parts
+skip new || TOTAL_S=$(( $(left) - 150 )) NS="${NS_NEW:-16,32,48}" DURATION="$D" \
+  bash scripts/device/e2e_gpu.sh "$WORK/new"
+skip no_upload || DELEN_UPLOAD_AHEAD=0 TOTAL_S=$(( $(left) - 100 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
+  DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/no_upload"
+skip py_recv || DELEN_RECEIVER=python TOTAL_S=$(( $(left) - 50 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
+  DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/py_recv"
+skip mixed || TOTAL_S=$(( $(left) - 5 )) ENGINE=0 NS="${NS_MIXED:-16}" POLICIES=delen BOUNDS="${BOUNDS_MIXED:-5,10,33}" \
+  DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/mixed"
+kill "$SPY" 2>/dev/null
+echo "[ab] done in $(( $(date +%s) - t0 )) s"
+tar czf "$OUT/ab.tgz" -C "$WORK" .
