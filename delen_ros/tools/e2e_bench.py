@@ -29,10 +29,21 @@ growth, GPU busy share (NVML or nvidia-smi; absent on a CPU), the node's configu
 ``configured in X s`` log line). With the echo at the same N, node overhead = p(node stamp->receive
 - compute) - p(echo stamp->receive), at p50 and p99.
 
+**Failover** (``--nodes K --kill-node-at S``, issue 12): S s into the window the bench SIGKILLs node
+``/n0``'s process group and keeps everything else running; every process speaks DDS with
+``config/fastdds_placement.xml`` (1 s lease), the nodes publish ``~/status`` every 0.2 s, and the recorder
+follows every node's ``~/status`` (which node serves which app). Per app: node before / after, the
+**recovery time** (kill -> first result at the result topic of a frame sent after the kill), the longest
+gap between results, answered / within-bound shares before the kill, during the outage (until the last
+moved app recovered) and after, summed for the moved and the untouched apps; the placer's own timeline
+from its log (found dead, re-placed). In ``e2e.json`` under ``configs.<name>.failover``, a section of
+``e2e.md`` and ``e2e_failover.png`` (results/s per app over time, the kill marked).
+
 Writes ``e2e.json`` (every per-configuration figure; per node configuration also the parameters it
 was given, ``node_params`` and ``node_param_overrides``, and the values the node reported,
 ``node_params_seen``), ``e2e.md`` (the table, also printed), ``e2e_answered.png``,
-``e2e_latency.png``, ``e2e_resources.png`` into ``--out`` (default ``benchmarks/<device>/e2e``);
+``e2e_latency.png``, ``e2e_resources.png`` (and ``e2e_failover.png``) into ``--out`` (default
+``benchmarks/<device>/e2e``);
 :mod:`delen_ros.tools.e2e_report` draws them.
 
 Examples::
@@ -40,6 +51,8 @@ Examples::
     delen_e2e_bench --model fashion_mnist --device cpu --ns 1,3,8 --rate 15 --duration 6
     delen_e2e_bench --model efficientnet_lite0 --device cuda --source cifar10 \\
         --engine-bench out/engine/bench.json --node-param ingress_processes:=2 --node-param cuda_graphs:=true
+    delen_e2e_bench --nodes 2 --kill-node-at 4 --ns 4 --rate 15 --policies delen --no-echo --duration 10 \\
+        --out benchmarks/cpu/failover
 """
 from __future__ import annotations
 
@@ -47,6 +60,7 @@ import argparse
 import dataclasses
 import heapq
 import json
+import math
 import os
 import pathlib
 import re
@@ -62,15 +76,22 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from .e2e_report import fmt, memory_growth, overheads, render_table, replot, write_plots
-from .processes import Children, package_root, ros_child_env
+from .e2e_report import failover_summary, fmt, memory_growth, overheads, render_table, replot, write_plots
+from .processes import Children, config_file, package_root, ros_child_env
 
 __all__ = ['Config', 'NodeParam', 'parse_node_param', 'proc_sample', 'GpuSampler', 'analyze', 'overheads',
-           'render_table', 'write_plots', 'device_slug', 'main']
+           'render_table', 'write_plots', 'device_slug', 'recovery_s', 'longest_gap', 'failover_figures',
+           'serving_nodes', 'parse_placer_log', 'main']
 
 RESULT_PREFIX_NODE = '/delen'
 RESULT_PREFIX_ECHO = '/e2e_echo'
 STATUS_TOPIC = '/delen/status'
+#: ``--kill-node-at``: every process's Fast DDS profile (a 1 s participant lease, as the placer test uses)
+FAILOVER_DDS_PROFILE = 'fastdds_placement.xml'
+#: ``--kill-node-at``: the nodes' ``status_period_s``, well below the placer's liveness timeout (1 s by default)
+FAILOVER_STATUS_PERIOD_S = 0.2
+#: ``--kill-node-at``: the width of the results-per-second bins of the failover timeline
+FAILOVER_BIN_S = 0.25
 
 
 def _topic(i: int) -> str:
@@ -375,7 +396,8 @@ _RESULT_FIELDS = ('stamp_ns', 'cb_ns', 'rx_ns', 'exit_index', 'num_exits', 'clas
 def _record_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog='e2e_bench _record')
     p.add_argument('--topics', required=True, help='comma-separated result topics')
-    p.add_argument('--status', default='', help='the node\'s ~/status topic, or empty')
+    p.add_argument('--status', default='', help='comma-separated ~/status topics of the node(s), or empty; each '
+                   'entry records the index of the topic it came from (which node served the app)')
     p.add_argument('--param-nodes', default='', help='comma-separated node names to ask for --param-names')
     p.add_argument('--param-names', default='', help='comma-separated parameters to read back once ready')
     p.add_argument('--ready', required=True)
@@ -413,13 +435,15 @@ def _record_main(argv: Sequence[str]) -> int:
                         msg.latency_ms, msg.stamp_latency_ms, msg.queue_ms, msg.compute_ms, msg.energy_mj,
                         msg.energy_measured, msg.bounds_met))
 
-    def on_status(msg: Any) -> None:
-        status.append((time.time_ns(), msg.app_id, int(msg.frames_in), int(msg.results_out), int(msg.dropped)))
+    def on_status(source: int, msg: Any) -> None:
+        status.append((time.time_ns(), msg.app_id, int(msg.frames_in), int(msg.results_out), int(msg.dropped),
+                       source))
 
     subs = [node.create_subscription(InferenceResult, t, functools.partial(on_result, i), RESULT_QOS)
             for i, t in enumerate(topics)]
-    if args.status:
-        subs.append(node.create_subscription(AppStatus, args.status, on_status, RESULT_QOS))
+    status_topics = [t for t in args.status.split(',') if t]
+    subs += [node.create_subscription(AppStatus, t, functools.partial(on_status, k), RESULT_QOS)
+             for k, t in enumerate(status_topics)]
     # The node's own values of the --node-param names, asked once its results are matched (it is up):
     # rclpy ignores an override of a parameter the node never declares, and that would go unseen. One
     # name per request: rclpy answers a request naming any undeclared parameter with no values at all.
@@ -452,7 +476,8 @@ def _record_main(argv: Sequence[str]) -> int:
             params_seen[name][n] = (None if value is None or value.type == ParameterType.PARAMETER_NOT_SET
                                     else parameter_value_to_python(value))
     pathlib.Path(args.out).write_text(json.dumps({
-        'topics': topics, 'fields': _RESULT_FIELDS, 'rows': rows, 'status': status, 'node_params_seen': params_seen,
+        'topics': topics, 'fields': _RESULT_FIELDS, 'rows': rows, 'status': status, 'status_topics': status_topics,
+        'node_params_seen': params_seen,
         'cpu_s': time.process_time() - cpu0}, default=list))
     executor.shutdown(timeout_sec=1.0)
     node.destroy_node()
@@ -564,11 +589,18 @@ def _start_nodes_and_placer(args, config: Config, children: Children, workdir: p
     """``--nodes K``: K delen nodes in namespaces ``/n0`` .. (hosts on one machine; node ``j`` on
     ``--devices``'s ``j``-th device in turn, else ``--device``), the placer in front of them, and a
     registrar that registers every camera's app through ``/delen_placer/set_bounds`` (results on
-    ``/delen/<app>/result``, as with one node). Returns the first node's process."""
+    ``/delen/<app>/result``, as with one node). Returns the first node's process.
+
+    With ``--kill-node-at`` the nodes publish ``~/status`` every :data:`FAILOVER_STATUS_PERIOD_S` (the
+    placer's liveness check reads it; a ``--node-param status_period_s:=...`` still wins), and the placer
+    gets ``--liveness-timeout-s`` / ``--check-period-s`` where given (else its own defaults)."""
     devices = [d for d in args.devices.split(',') if d] or [args.device]
     base = _node_params(args, config, bounds)
     apps = yaml.safe_load(base.pop('apps'))
     base.pop('devices', None)
+    failover = getattr(args, 'kill_node_at', None) is not None
+    if failover:
+        base['status_period_s'] = FAILOVER_STATUS_PERIOD_S
     first = None
     for j in range(args.nodes):
         params = dict(base, device=devices[j % len(devices)])
@@ -579,8 +611,14 @@ def _start_nodes_and_placer(args, config: Config, children: Children, workdir: p
                                                            '-r', f'__ns:=/n{j}'])
         first = first or proc
     namespaces = [f'/n{j}' for j in range(args.nodes)]
-    children.start('placer', ['-m', 'delen_ros.ros.placer', '--ros-args', '-p',
-                              f'nodes:={json.dumps(namespaces)}'])
+    placer_params = {name: value for name, value in (('liveness_timeout_s', getattr(args, 'liveness_timeout_s', None)),
+                                                     ('check_period_s', getattr(args, 'check_period_s', None)))
+                     if value is not None}
+    # each a double: '1' would be an integer, which the placer's parameter refuses
+    overrides = [a for name, value in placer_params.items() for a in ('-p', f'{name}:={float(value)!r}')]
+    children.start('placer', ['-m', 'delen_ros.ros.placer', '--ros-args', '-p', f'nodes:={json.dumps(namespaces)}',
+                              *overrides])
+    raw['placer_params'] = placer_params
     (workdir / 'apps.json').write_text(json.dumps(apps))
     children.start('registrar', ['-m', 'delen_ros.tools.e2e_bench', '_register', '--apps', workdir / 'apps.json',
                                  '--nodes', ','.join(namespaces), '--out', workdir / 'registrar.json',
@@ -630,15 +668,21 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
                gpu: GpuSampler) -> dict[str, Any]:
     """Start the processes of one configuration, measure, stop them; the raw material for :func:`analyze`."""
     workdir.mkdir(parents=True, exist_ok=True)
-    children = Children(workdir, ros_child_env(domain_id), cwd=workdir, log_command=True)
+    kill_at = getattr(args, 'kill_node_at', None) if config.kind == 'node' and args.nodes > 1 else None
+    env = ros_child_env(domain_id)
+    if kill_at is not None:   # every process on the short DDS lease, so the dead node leaves the graph in 1 s
+        env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(config_file(FAILOVER_DDS_PROFILE))
+    children = Children(workdir, env, cwd=workdir, log_command=True)
     n = config.cameras
     topics = [_topic(i) for i in range(n)]
     prefix = RESULT_PREFIX_ECHO if config.kind == 'echo' else RESULT_PREFIX_NODE
     result_topics = [f'{prefix}/{_app(i)}/result' for i in range(n)]
     raw: dict[str, Any] = {'config': dataclasses.asdict(config), 'name': config.name, 'domain_id': domain_id,
-                           'topics': topics, 'result_topics': result_topics, 'bounds_ms': _bounds_for(bounds, n)}
+                           'rate_hz': args.rate, 'topics': topics, 'result_topics': result_topics,
+                           'bounds_ms': _bounds_for(bounds, n)}
     node_params: list[NodeParam] = list(getattr(args, 'node_params', []))
     param_nodes: list[str] = []
+    status_topics = [STATUS_TOPIC] if config.kind == 'node' else []
     t_start = time.monotonic()
     try:
         if config.kind == 'echo':
@@ -649,6 +693,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         elif args.nodes > 1:
             target = _start_nodes_and_placer(args, config, children, workdir, bounds, raw)
             param_nodes = [f'/n{j}/delen' for j in range(args.nodes)]
+            status_topics = [f'/n{j}{STATUS_TOPIC}' for j in range(args.nodes)]
         else:
             params_path = workdir / 'params.yaml'
             raw['node_params'] = _node_params(args, config, bounds)
@@ -658,8 +703,12 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         if config.kind == 'node' and node_params:
             raw['node_param_overrides'] = {p.name: p.value for p in node_params}
         target_name = 'echo' if config.kind == 'echo' else 'node'
+        if kill_at is not None:   # the resources are the survivor's, which takes the killed node's apps
+            target_name = 'node1'
+            target = children.procs[target_name]
+        raw['target'] = target_name
         children.start('recorder', ['-m', 'delen_ros.tools.e2e_bench', '_record', '--topics', ','.join(result_topics),
-                                    '--status', STATUS_TOPIC if config.kind == 'node' else '',
+                                    '--status', ','.join(status_topics),
                                     '--param-nodes', ','.join(param_nodes) if node_params else '',
                                     '--param-names', ','.join(p.name for p in node_params),
                                     '--ready', workdir / 'recorder.ready', '--out', workdir / 'recorder.json'])
@@ -692,6 +741,10 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         raw['host_cpu_start'] = _host_cpu()
         raw['procs_start'] = {name: proc_sample(p.pid) for name, p in children.procs.items()}
         gpu.start()
+        if kill_at is not None:
+            _sleep_until_ns(window[0] + int(kill_at * 1e9))
+            raw['kill'] = _kill_node(children, 'node', namespace='/n0')
+            print(f"[e2e]   killed node /n0 (pid {raw['kill']['pid']}) {kill_at:g} s into the window", flush=True)
         _sleep_until_ns(window[1])
         raw['gpu'] = gpu.stop()
         raw['target_end'] = proc_tree_sample(target.pid)
@@ -700,6 +753,8 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         raw['exit_codes'] = children.stop(publishers)
         time.sleep(args.drain)
         raw['exit_codes'].update(children.stop(['recorder']))
+        if kill_at is not None:
+            raw['placer_events'] = parse_placer_log(children.log_path('placer').read_text(errors='replace'))
         dead = [n for n in children.dead(done=('registrar',)) if n == target_name]
         raw['target_alive_at_end'] = not dead
         raw['publishers'] = [json.loads((workdir / f'{p}.json').read_text()) for p in publishers
@@ -716,6 +771,56 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
             raw['node_configure_s'] = [configure_seconds(children.log_path(name))
                                        for name in children.procs if re.fullmatch(r'node\d*', name)]
     return raw
+
+
+def _kill_node(children: Children, name: str, *, namespace: str) -> dict[str, Any]:
+    """SIGKILL child ``name``'s process group (it leads its own session: the node and any ingress receiver
+    processes it started, as when its host dies); when it happened (system clock, as the stamps)."""
+    proc = children.procs[name]
+    t_ns = time.time_ns()
+    os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        pass
+    return {'node': namespace, 'process': name, 'pid': proc.pid, 't_ns': t_ns, 'signal': 'SIGKILL (process group)'}
+
+
+#: ``[SEVERITY] [seconds.nanoseconds] [delen_placer]: message``: the ROS console's default line
+_PLACER_LINE = re.compile(r'^\[(\w+)\] \[(\d+)\.(\d+)\] \[[^\]]*\]: (.*)$')
+_PLACED = re.compile(r'^(\S+) on \S+ placed on (\S+);')
+_GONE = re.compile(r'^(\S+) is gone\b')
+_RE_PLACED = re.compile(r'^re-placed (\S+) on (\S+) (\d+) ms after')
+_REFUSED = re.compile(r'^(\S+) refused (\S+): (.*)$')
+
+
+def parse_placer_log(text: str) -> dict[str, Any]:
+    """What the placer's log says of placements (system-clock ns from its console lines): ``placed``
+    (app -> node prefix, first placement), ``gone`` (node prefix -> when found dead), ``re_placed`` (app ->
+    ``{node, t_ns, after_found_dead_ms}``), ``refusals`` (app -> count, the last message).
+
+    >>> parse_placer_log('[ERROR] [1.5] [delen_placer]: /n0/delen is gone (status silent 1.02 s)')['gone']
+    {'/n0/delen': 1500000000}
+    """
+    out: dict[str, Any] = {'placed': {}, 'gone': {}, 're_placed': {}, 'refusals': {}}
+    for line in text.splitlines():
+        m = _PLACER_LINE.match(line.strip())
+        if not m:
+            continue
+        t_ns = int(m.group(2)) * 1_000_000_000 + int(m.group(3).ljust(9, '0')[:9])
+        message = m.group(4)
+        if (hit := _PLACED.match(message)):
+            out['placed'].setdefault(hit.group(1), hit.group(2))
+        elif (hit := _GONE.match(message)):
+            out['gone'].setdefault(hit.group(1), t_ns)
+        elif (hit := _RE_PLACED.match(message)):
+            out['re_placed'][hit.group(1)] = {'node': hit.group(2), 't_ns': t_ns,
+                                              'after_found_dead_ms': int(hit.group(3))}
+        elif (hit := _REFUSED.match(message)):
+            entry = out['refusals'].setdefault(hit.group(2), {'count': 0})
+            entry['count'] += 1
+            entry['last'] = f'{hit.group(1)}: {hit.group(3)}'
+    return out
 
 
 _CONFIGURED = re.compile(r'configured in ([0-9]+(?:\.[0-9]*)?) s\b')
@@ -748,6 +853,164 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a) / float(b) if b else None
 
 
+# --- failover (--kill-node-at) ------------------------------------------------------------------------------------
+def recovery_s(kill_ns: int, results: Sequence[tuple[int, int]]) -> float | None:
+    """Seconds from ``kill_ns`` to the first result received of a frame sent at or after it.
+
+    :param results: ``(stamp_ns, received_ns)`` per result (the frame's ``header.stamp``, when the result
+        reached the result topic's subscriber), system clock.
+    :returns: ``None`` when no frame sent since the kill was answered.
+    """
+    after = [received for stamp, received in results if stamp >= kill_ns]
+    return (min(after) - kill_ns) / 1e9 if after else None
+
+
+def longest_gap(received_ns: Sequence[int], *, start_ns: int, end_ns: int) -> tuple[float, int]:
+    """The longest time without a result within ``[start_ns, end_ns]``, in seconds, and when it began (ns).
+
+    The span's edges count as ends of a gap: an app with no result at all has one gap, the whole span.
+    """
+    if end_ns <= start_ns:
+        raise ValueError(f'empty span: start_ns {start_ns} >= end_ns {end_ns}')
+    edges = np.array([start_ns, *sorted(t for t in received_ns if start_ns <= t <= end_ns), end_ns], dtype=np.int64)
+    gaps = np.diff(edges)
+    k = int(np.argmax(gaps))
+    return float(gaps[k]) / 1e9, int(edges[k])
+
+
+def _phase(sent_ns: np.ndarray, received: dict[int, int], bound_ms: float, lo_ns: int, hi_ns: int) -> dict[str, Any]:
+    """Frames sent in ``[lo_ns, hi_ns)``, those answered, those answered within the bound, and the shares."""
+    stamps = [int(s) for s in sent_ns if lo_ns <= s < hi_ns]
+    latencies_ns = [received[s] - s for s in stamps if s in received]
+    within = sum(1 for x in latencies_ns if bound_ms <= 0 or x <= bound_ms * 1e6)
+    return _shares({'sent': len(stamps), 'answered': len(latencies_ns), 'within': within})
+
+
+def _shares(counts: dict[str, Any]) -> dict[str, Any]:
+    return dict(counts, answered_share=_ratio(counts['answered'], counts['sent']),
+                attainment=_ratio(counts['within'], counts['sent']))
+
+
+FAILOVER_PHASES = ('before', 'outage', 'after')
+
+
+def failover_figures(*, kill_ns: int, window_ns: tuple[int, int], apps: dict[str, dict[str, Any]],
+                     moved: Sequence[str], bin_s: float = FAILOVER_BIN_S) -> dict[str, Any]:
+    """Recovery, gaps and attainment around a node's kill, per app and for the moved / untouched apps.
+
+    :param kill_ns: when the node was killed (system clock, as the stamps).
+    :param window_ns: the measured window; frames sent in it count.
+    :param apps: app -> ``sent_ns`` (stamps of the frames sent in the window), ``results`` (``(stamp_ns,
+        received_ns)``, one per answered frame), ``bound_ms`` (0: unbounded).
+    :param moved: the apps the killed node served (the others are untouched).
+    :returns: per app ``recovery_s`` (:func:`recovery_s`; ``None`` for an untouched app's as for a moved
+        app never served again), ``max_gap_s`` and ``max_gap_at_s`` (:func:`longest_gap` over the window,
+        from the kill), ``phases``; per group (``moved``, ``untouched``) the summed phases. Phases split
+        the frames sent by their stamps: ``before`` the kill, ``outage`` (from the kill until the last moved
+        app's recovery: ``recovered_s``; to the window's end if one never recovered), ``after``. Unanswered
+        frames are misses, so a moved app's outage frames are mostly misses. ``timeline``: results/s per
+        app in ``bin_s`` bins of receive time over the window, from ``start_s`` (relative to the kill), and
+        ``attainment`` per group: the share of the frames sent in each bin (by stamp) answered within the
+        bound (``None``: none sent).
+    """
+    t0, t1 = window_ns
+    if not t0 <= kill_ns < t1:
+        raise ValueError(f'kill_ns {kill_ns} is outside the window {t0}..{t1}')
+    unknown = sorted(set(moved) - set(apps))
+    if unknown:
+        raise ValueError(f'moved apps {unknown} are not among the apps {sorted(apps)}')
+    recoveries = {app: recovery_s(kill_ns, apps[app]['results']) for app in moved}
+    if any(v is None for v in recoveries.values()):
+        recovered_ns = t1
+    else:
+        recovered_ns = min(t1, kill_ns + int(max(recoveries.values(), default=0.0) * 1e9))
+    edges = (t0, kill_ns, recovered_ns, t1)
+    bins = np.arange(t0, t1 + 1, int(bin_s * 1e9), dtype=np.int64)
+    per_app: dict[str, Any] = {}
+    groups = {g: {p: {'sent': 0, 'answered': 0, 'within': 0} for p in FAILOVER_PHASES} for g in ('moved', 'untouched')}
+    timeline: dict[str, list[float]] = {}
+    by_bin = {g: np.zeros((2, len(bins) - 1), dtype=np.int64) for g in groups}   # frames sent, within bound
+    for app, a in apps.items():
+        sent_ns = np.asarray(a['sent_ns'], dtype=np.int64)
+        received = {int(s): int(r) for s, r in a['results']}
+        phases = {p: _phase(sent_ns, received, float(a['bound_ms']), edges[k], edges[k + 1])
+                  for k, p in enumerate(FAILOVER_PHASES)}
+        gap_s, gap_at_ns = longest_gap(list(received.values()), start_ns=t0, end_ns=t1)
+        per_app[app] = {'moved': app in recoveries, 'recovery_s': recoveries.get(app), 'max_gap_s': gap_s,
+                        'max_gap_at_s': (gap_at_ns - kill_ns) / 1e9, 'phases': phases}
+        group = groups['moved' if app in recoveries else 'untouched']
+        for p in FAILOVER_PHASES:
+            for key in ('sent', 'answered', 'within'):
+                group[p][key] += phases[p][key]
+        counts, _ = np.histogram(np.fromiter(received.values(), dtype=np.int64, count=len(received)), bins=bins)
+        timeline[app] = [float(c) / bin_s for c in counts]
+        bound_ns = float(a['bound_ms']) * 1e6
+        ok = [s for s in sent_ns if s in received and (bound_ns <= 0 or received[s] - s <= bound_ns)]
+        grid = by_bin['moved' if app in recoveries else 'untouched']
+        grid[0] += np.histogram(sent_ns, bins=bins)[0]
+        grid[1] += np.histogram(np.asarray(ok, dtype=np.int64), bins=bins)[0]
+    known = [v for v in recoveries.values() if v is not None]
+    return {
+        'kill_s_into_window': (kill_ns - t0) / 1e9, 'window_s': (t1 - t0) / 1e9,
+        'moved_apps': sorted(recoveries), 'untouched_apps': sorted(set(apps) - set(recoveries)),
+        'recovery_s_max': max(known) if known and len(known) == len(recoveries) else None,
+        'recovered_all': all(v is not None for v in recoveries.values()),
+        'recovered_s': (recovered_ns - kill_ns) / 1e9,
+        'apps': per_app,
+        'groups': {g: {p: _shares(c) for p, c in phases.items()} for g, phases in groups.items()},
+        'timeline': {'bin_s': bin_s, 'start_s': (t0 - kill_ns) / 1e9, 'results_hz': timeline,
+                     'attainment': {g: [_ratio(w, n) for n, w in zip(*grid)] for g, grid in by_bin.items()}}}
+
+
+def serving_nodes(status: Sequence[Sequence[Any]], status_topics: Sequence[str], kill_ns: int) -> dict[str, list]:
+    """Which node served each app before and after ``kill_ns``, from ``~/status`` entries (receive time ns,
+    app, ..., index of the status topic): app -> ``[before, after]``, each the namespace of the node whose
+    last status before (after) the kill named the app, ``None`` when none did."""
+    names = [t[:-len(STATUS_TOPIC)] or '/' if t.endswith(STATUS_TOPIC) else t for t in status_topics]
+    out: dict[str, list] = {}
+    for entry in sorted(status, key=lambda e: e[0]):
+        if len(entry) < 6 or not 0 <= int(entry[5]) < len(names):
+            continue
+        where = out.setdefault(entry[1], [None, None])
+        where[0 if entry[0] < kill_ns else 1] = names[int(entry[5])]
+    return out
+
+
+def _failover(raw: dict[str, Any], apps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """:func:`failover_figures` of one configuration, with who served what (``~/status``, else the placer's
+    log) and the placer's own timeline (found dead, re-placed), in seconds from the kill."""
+    kill = raw['kill']
+    kill_ns, killed = int(kill['t_ns']), kill['node']
+    recorder = raw['recorder']
+    nodes = serving_nodes(recorder.get('status') or [], recorder.get('status_topics') or [], kill_ns)
+    events = raw.get('placer_events') or {}
+    placed = {app: prefix.rsplit('/', 1)[0] or '/' for app, prefix in (events.get('placed') or {}).items()}
+    before = {app: (nodes.get(app) or [None])[0] or placed.get(app) for app in apps}
+    moved = sorted(app for app in apps if before[app] == killed)
+    rate = raw.get('rate_hz')   # bins of a whole number of frame periods: a steady camera gives a flat line
+    bin_s = math.ceil(FAILOVER_BIN_S * rate - 1e-9) / rate if rate else FAILOVER_BIN_S
+    out = failover_figures(kill_ns=kill_ns, window_ns=tuple(raw['window_ns']), apps=apps, moved=moved, bin_s=bin_s)
+    re_placed = events.get('re_placed') or {}
+    for app, a in out['apps'].items():
+        a['node_before'] = before[app]
+        a['node_after'] = (nodes.get(app) or [None, None])[1]
+        if app in re_placed:
+            a['re_placed_s'] = (re_placed[app]['t_ns'] - kill_ns) / 1e9
+            a['re_placed_on'] = re_placed[app]['node']
+            if a['recovery_s'] is not None:
+                a['first_result_after_re_placed_s'] = a['recovery_s'] - a['re_placed_s']
+        if app in (events.get('refusals') or {}):
+            a['placer_refusals_logged'] = events['refusals'][app]
+    gone = (events.get('gone') or {}).get(f'{killed}/delen')
+    period = (raw.get('node_param_overrides') or {}).get('status_period_s',
+                                                         (raw.get('node_params') or {}).get('status_period_s'))
+    out.update(killed_node=killed, kill_signal=kill.get('signal'), placer_params=raw.get('placer_params') or {},
+               dds_profile=FAILOVER_DDS_PROFILE, node_status_period_s=float(period) if period is not None else None,
+               placer_found_dead_s=(gone - kill_ns) / 1e9 if gone else None,
+               node_status_seen=bool(recorder.get('status')))
+    return out
+
+
 def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     """Per-app and total figures of one configuration from what :func:`run_config` gathered."""
     out: dict[str, Any] = {k: raw.get(k) for k in ('name', 'config', 'domain_id', 'bounds_ms', 'startup_s', 'wall_s',
@@ -778,6 +1041,7 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     fields = raw['recorder']['fields']
     col = {f: i for i, f in enumerate(fields)}
     apps: dict[str, Any] = {}
+    answered_by_app: dict[str, dict[str, Any]] = {}   # for the failover figures
     all_rows: list[tuple] = []
     totals = dict(sent=0, answered=0, within=0, node_met=0, unmatched=0, duplicates=0)
     for cam in range(n):
@@ -812,7 +1076,11 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
                            ('node_met', node_met), ('unmatched', unmatched), ('duplicates', duplicates)):
             totals[key] += value
         all_rows.extend(matched)
+        answered_by_app[_app(cam)] = {'sent_ns': sorted(sent_set), 'bound_ms': bound,
+                                      'results': [(int(r[col['stamp_ns']]), int(r[col['cb_ns']])) for r in matched]}
     out['apps'] = apps
+    if raw.get('kill'):
+        out['failover'] = _failover(raw, answered_by_app)
     tot: dict[str, Any] = {
         'cameras': n, 'sent': totals['sent'], 'answered': totals['answered'],
         'sent_hz': totals['sent'] / span_s, 'results_hz': totals['answered'] / span_s,
@@ -857,10 +1125,10 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     # app's last status before the window to its last before the window's end, so within one period of it.
     status = raw['recorder'].get('status') or []
     if status:
-        first: dict[str, tuple] = {}
-        last: dict[str, tuple] = {}
-        for entry in status:
-            ts, app = entry[0], entry[1]
+        first: dict[tuple, tuple] = {}
+        last: dict[tuple, tuple] = {}
+        for entry in status:   # by (status topic, app): an app that moved to another node counts afresh there
+            ts, app = entry[0], (entry[5] if len(entry) > 5 else 0, entry[1])
             if ts <= t0:
                 first[app] = entry
             if ts <= t1:
@@ -970,6 +1238,17 @@ def build_parser() -> argparse.ArgumentParser:
                    '(node parameter devices); with --nodes, node j runs on the j-th in turn')
     p.add_argument('--nodes', type=int, default=1, help='delen nodes in namespaces /n0.. behind delen_placer (hosts '
                    'on one machine); apps registered through the placer')
+    p.add_argument('--kill-node-at', type=float, default=None, metavar='S',
+                   help='with --nodes K >= 2: SIGKILL node /n0 (its process group: the node and its receivers) S s '
+                   'into the measured window, keep the rest running, and report the failover (per app: node before / '
+                   'after, recovery = kill -> first result of a frame sent after it, longest gap, attainment before / '
+                   'during the outage / after, moved vs untouched apps; e2e_failover.png). Every process then uses '
+                   f'config/{FAILOVER_DDS_PROFILE} (1 s DDS lease) and the nodes publish ~/status every '
+                   f'{FAILOVER_STATUS_PERIOD_S:g} s (--node-param status_period_s:=... wins)')
+    p.add_argument('--liveness-timeout-s', type=float, default=None,
+                   help='with --nodes: the placer\'s liveness_timeout_s (default: the placer\'s own)')
+    p.add_argument('--check-period-s', type=float, default=None,
+                   help='with --nodes: the placer\'s check_period_s (default: the placer\'s own)')
     p.add_argument('--max-batch', type=int, default=8, help='node parameter max_batch')
     p.add_argument('--image-qos', default='sensor_data', choices=['sensor_data', 'reliable'])
     p.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
@@ -1026,6 +1305,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.node_params = _parse_node_params(args.node_param)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.kill_node_at is not None:
+        if args.nodes < 2:
+            parser.error(f'--kill-node-at needs --nodes >= 2 (got --nodes {args.nodes}): the apps need a node to '
+                         'move to')
+        if not 0 <= args.kill_node_at < args.duration:
+            parser.error(f'--kill-node-at {args.kill_node_at:g} is not within the measured window '
+                         f'(0..{args.duration:g} s)')
     policies = [p for p in args.policies.split(',') if p]
     ns = [int(v) for v in args.ns.split(',') if v]
     echo_ns = [int(v) for v in (args.echo_ns or args.ns).split(',') if v] if args.echo else []
@@ -1048,7 +1334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             'device_name': gpu.name if args.device.startswith('cuda') and gpu.name else platform.processor() or 'CPU',
             'cpu_count': os.cpu_count(), 'policies': policies, 'ns': ns, 'echo_ns': echo_ns, 'rate_hz': args.rate,
             'size': args.size, 'encoding': args.encoding, 'source': args.source, 'bounds_ms': bounds,
-            'max_batch': args.max_batch, 'image_qos': args.image_qos,
+            'max_batch': args.max_batch, 'image_qos': args.image_qos, 'nodes': args.nodes,
+            'kill_node_at_s': args.kill_node_at, 'liveness_timeout_s': args.liveness_timeout_s,
+            'check_period_s': args.check_period_s,
             'node_params': [p.ros_arg for p in args.node_params], 'echo': 'deserialize' if args.echo_deserialize else 'raw',
             'duration_s': args.duration, 'warmup_s': args.warmup, 'drain_s': args.drain,
             'cams_per_proc': args.cams_per_proc, 'phase': args.phase, 'python': platform.python_version(),
@@ -1082,6 +1370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       flush=True)
             else:
                 print(f"[e2e]   failed: {result.get('error')}", flush=True)
+            if result.get('failover'):
+                print(f"[e2e]   {failover_summary(result['failover'])}", flush=True)
                 for name, tail in (result.get('log_tails') or {}).items():
                     print(f'[e2e]   --- {name} log ---\n{tail}', flush=True)
             if result.get('node_params_unknown'):

@@ -1,7 +1,8 @@
 """The end-to-end benchmark's report: node overhead over the echo, the markdown table, the plots.
 
 Works on the ``e2e.json`` structure that :mod:`delen_ros.tools.e2e_bench` writes (``meta``,
-``configs`` by name with ``config`` / ``apps`` / ``total``, ``engine_reference``), including files
+``configs`` by name with ``config`` / ``apps`` / ``total``, ``failover`` after ``--kill-node-at``,
+``engine_reference``), including files
 written before a field existed (a missing figure shows as ``–``), so ``delen_e2e_bench --replot``
 redraws old runs. No ROS; matplotlib only inside :func:`write_plots`.
 """
@@ -14,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['overheads', 'memory_growth', 'render_table', 'write_plots', 'replot', 'fmt', 'echo_mode']
+__all__ = ['overheads', 'memory_growth', 'render_table', 'write_plots', 'replot', 'fmt', 'echo_mode',
+           'failover_summary', 'failover_plot_names', 'RECOVERY_TARGET_S']
+
+#: issue 12: a killed node's apps served again within this, s
+RECOVERY_TARGET_S = 2.0
 
 
 def overheads(results: dict[str, dict[str, Any]]) -> None:
@@ -34,14 +39,11 @@ def overheads(results: dict[str, dict[str, Any]]) -> None:
         t['overhead_p99_ms'] = t['e2e_minus_compute_p99_ms'] - e['e2e_p99_ms']
 
 
-
-
 def fmt(value: Any, spec: str = '.1f', scale: float = 1.0) -> str:
     """``value * scale`` formatted with ``spec``; ``–`` for a missing or NaN figure."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return '–'
     return format(value * scale, spec)
-
 
 
 #: what the echo's image path was, for the report (``e2e.json`` files without ``meta.echo`` predate the
@@ -156,6 +158,9 @@ def render_table(report: dict[str, Any]) -> str:
             f"{p}: RSS {g['rss_mb'][0]:.0f} → {g['rss_mb'][1]:.0f} MB ({g['rss_growth'] * 100:+.1f} %), "
             f"PSS {g['pss_mb'][0]:.0f} → {g['pss_mb'][1]:.0f} MB, of which /dev/shm RSS "
             f"{g['shm_rss_mb'][0]:.0f} → {g['shm_rss_mb'][1]:.0f} MB" for p, g in growth.items())]
+    for name, r in report['configs'].items():
+        if r.get('failover'):
+            lines += ['', *_failover_lines(name, r['failover'])]
     timeline = [(name, r['total']['timeline_p50_ms']) for name, r in report['configs'].items()
                 if r.get('total', {}).get('timeline_p50_ms')]
     if timeline:
@@ -163,6 +168,128 @@ def render_table(report: dict[str, Any]) -> str:
                       'node | result delivery):', '']
         lines += [f"- {name}: " + ' | '.join(fmt(v, '.2f') for v in tl.values()) for name, tl in timeline]
     return '\n'.join(lines) + '\n'
+
+
+# --- failover (--kill-node-at) ------------------------------------------------------------------------------------
+def _verdict(f: dict[str, Any]) -> str:
+    worst = f.get('recovery_s_max')
+    if worst is None:
+        return f'**missed**: {"no app moved" if not f.get("moved_apps") else "not every moved app was served again"}'
+    return f"**{'met' if worst <= RECOVERY_TARGET_S else 'missed'}** (≤ {RECOVERY_TARGET_S:g} s)"
+
+
+def failover_summary(f: dict[str, Any]) -> str:
+    """One line: the killed node, the moved apps' recovery, the untouched apps' within-bound share before /
+    during / after the outage."""
+    rec = ', '.join(f"{app} {fmt(f['apps'][app]['recovery_s'], '.2f')} s" for app in f['moved_apps']) or 'no app moved'
+    g = f['groups']['untouched']
+    return (f"failover: {f['killed_node']} killed {f['kill_s_into_window']:.2f} s in; recovery {rec} "
+            f"(target {_verdict(f).replace('**', '')}); untouched apps within bound before / during / after: "
+            + ' / '.join(f"{fmt(g[p]['attainment'], '.1f', 100)} %" for p in ('before', 'outage', 'after')))
+
+
+def _answered_within(phase: dict[str, Any]) -> str:
+    return f"{fmt(phase['answered_share'], '.1f', 100)} / {fmt(phase['attainment'], '.1f', 100)} %"
+
+
+def _failover_lines(name: str, f: dict[str, Any]) -> list[str]:
+    pp = f.get('placer_params') or {}
+    setting = ', '.join(f'{k} {pp[k]:g} s' if k in pp else f'{k} default'
+                        for k in ('liveness_timeout_s', 'check_period_s'))
+    found = f.get('placer_found_dead_s')
+    lines = [f"## Failover ({name}): node {f['killed_node']} killed {f['kill_s_into_window']:.2f} s into the "
+             f"{f['window_s']:g} s window",
+             '',
+             f"{f.get('kill_signal') or 'SIGKILL'} of {f['killed_node']}; cameras, placer, the other node(s) and the "
+             f"recorder kept running; every process on `config/{f.get('dds_profile')}` (1 s DDS lease); placer "
+             f"{setting}; nodes' `status_period_s` {fmt(f.get('node_status_period_s'), 'g')}. *Recovery*: from the "
+             f"kill to the first result, at the result topic, of a frame sent after the kill: target {_verdict(f)}."
+             + (f" The placer found {f['killed_node']} dead {found:.2f} s after the kill." if found is not None else '')
+             + ' *Outage*: from the kill until the last moved app recovered; *after*: from then to the window\'s end. '
+             'Answered / within bound: over frames sent in that phase (unanswered = miss).',
+             '',
+             '| app | node before → after | recovery s | re-placed at s | then first result s | longest gap s '
+             '(from kill) | before: answered / within | outage | after |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for app, a in sorted(f['apps'].items(), key=lambda kv: (not kv[1]['moved'], kv[0])):
+        ph = a['phases']
+        lines.append(f"| {app}{' (moved)' if a['moved'] else ''} | {a.get('node_before') or '?'} → "
+                     f"{a.get('node_after') or '?'} | {fmt(a['recovery_s'], '.2f')} | "
+                     f"{fmt(a.get('re_placed_s'), '.2f')} | "
+                     f"{fmt(a.get('first_result_after_re_placed_s'), '.2f')} | {fmt(a['max_gap_s'], '.2f')} "
+                     f"({fmt(a['max_gap_at_s'], '+.2f')}) | {_answered_within(ph['before'])} | "
+                     f"{_answered_within(ph['outage'])} | {_answered_within(ph['after'])} |")
+    phases = ('before', 'outage', 'after')
+    lines += ['', '| apps | frames before / outage / after | before: answered / within | outage | after |',
+              '|---|---|---|---|---|']
+    for group, apps in (('moved', f['moved_apps']), ('untouched', f['untouched_apps'])):
+        g = f['groups'][group]
+        lines.append(f"| {group} ({len(apps)}) | {' / '.join(str(g[p]['sent']) for p in phases)} | "
+                     + ' | '.join(_answered_within(g[p]) for p in phases) + ' |')
+    out = f['groups']['moved']['outage']
+    lines += ['', f"Outage {f['recovered_s']:.2f} s: the moved apps sent {out['sent']} frames, {out['answered']} "
+                  f"answered ({out['within']} within bound); the table's overall figures count the rest as misses."]
+    refused = {app: a['placer_refusals_logged'] for app, a in f['apps'].items() if a.get('placer_refusals_logged')}
+    if refused:   # the placer logs a refusal at most every 2 s per app: a lower bound on the attempts
+        last = next(iter(refused.values()))['last']
+        lines += ['', f"Before re-placing, the placer logged {sum(r['count'] for r in refused.values())} refusal(s) "
+                     f"({', '.join(sorted(refused))}), e.g. `{last}`: a result topic stays published, and so refused "
+                     'to another node, until the dead node\'s DDS participant lease runs out.']
+    return lines
+
+
+def failover_plot_names(report: dict[str, Any]) -> dict[str, str]:
+    """Configuration name -> its failover plot's file name (``e2e_failover.png`` when only one has a failover)."""
+    names = [name for name, r in report['configs'].items() if r.get('failover')]
+    return {name: 'e2e_failover.png' if len(names) == 1 else f'e2e_failover_{name}.png' for name in names}
+
+
+#: app lines cycle through these; red, orange and pink stay for the kill, the placer's finding and the recovery
+_APP_COLOURS = ('tab:blue', 'tab:green', 'tab:purple', 'tab:brown', 'tab:cyan', 'tab:olive', 'tab:gray', 'navy')
+
+
+def _failover_plot(report: dict[str, Any], name: str, path: pathlib.Path) -> str:
+    """Results/s per app over time (from the kill; moved apps solid), and the share of frames within the bound
+    per group by send time; the kill, the placer's finding and the recovery marked."""
+    import matplotlib.pyplot as plt
+    f = report['configs'][name]['failover']
+    tl = f['timeline']
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, gridspec_kw={'height_ratios': [3, 2]})
+    apps = sorted(tl['results_hz'], key=lambda app: (not f['apps'][app]['moved'], app))
+    for k, app in enumerate(apps):
+        a, hz = f['apps'][app], tl['results_hz'][app]
+        x = tl['start_s'] + tl['bin_s'] * (np.arange(len(hz)) + 0.5)
+        top.plot(x, hz, linestyle='-' if a['moved'] else '--', drawstyle='steps-mid', linewidth=1.3,
+                 color=_APP_COLOURS[k % len(_APP_COLOURS)],
+                 label=f"{app} ({'moved' if a['moved'] else 'untouched'}, {a.get('node_before') or '?'} → "
+                       f"{a.get('node_after') or '?'})")
+    rate = report['meta'].get('rate_hz')
+    if rate:
+        top.axhline(rate, color='k', linestyle=':', linewidth=0.8, label=f'frames sent/s per camera ({rate:g})')
+    for group, style in (('moved', '-'), ('untouched', '--')):
+        share = [np.nan if v is None else 100 * v for v in (tl.get('attainment') or {}).get(group, [])]
+        if share:
+            x = tl['start_s'] + tl['bin_s'] * (np.arange(len(share)) + 0.5)
+            bottom.plot(x, share, linestyle=style, drawstyle='steps-mid', color='k' if group == 'moved' else 'tab:blue',
+                        label=f"{group} apps ({len(f[f'{group}_apps'])})")
+    for ax in (top, bottom):
+        ax.axvline(0.0, color='tab:red', linewidth=1.2, label=f"{f['killed_node']} killed")
+        if f.get('placer_found_dead_s') is not None:
+            ax.axvline(f['placer_found_dead_s'], color='tab:orange', linestyle=':', linewidth=1.4,
+                       label=f"placer found it dead ({f['placer_found_dead_s']:.2f} s)")
+        if f.get('recovered_all') and f['moved_apps']:
+            ax.axvline(f['recovered_s'], color='tab:pink', linestyle='--', linewidth=1.4,
+                       label=f"moved apps served again ({f['recovered_s']:.2f} s)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc='lower left')
+    top.set_ylabel(f"results/s per app ({tl['bin_s']:.3g} s bins)")
+    top.set_ylim(bottom=-0.5)
+    bottom.set_ylabel('frames within bound, %')
+    bottom.set_ylim(-3, 103)
+    bottom.set_xlabel('seconds from the kill (top: result receive time; bottom: frame send time)')
+    m = report['meta']
+    return _save(fig, f"failover ({name}): {m['model']} on {m['device_name']}, {m['rate_hz']:g} Hz per camera, "
+                      f"recovery target {RECOVERY_TARGET_S:g} s", path)
 
 
 def memory_growth(report: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +333,8 @@ def _save(fig, title: str, path: pathlib.Path) -> str:
 
 
 def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
-    """``e2e_answered.png``, ``e2e_latency.png``, ``e2e_resources.png``; returns the file names."""
+    """``e2e_answered.png``, ``e2e_latency.png``, ``e2e_resources.png``, and per configuration with a failover
+    its plot (:func:`failover_plot_names`); returns the file names."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -295,6 +423,8 @@ def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
         ax.grid(alpha=0.3)
         _legend(ax, fontsize=7)
     written.append(_save(fig, title, out / 'e2e_resources.png'))
+    for name, file_name in failover_plot_names(report).items():
+        written.append(_failover_plot(report, name, out / file_name))
     return written
 
 
