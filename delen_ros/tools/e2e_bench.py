@@ -88,7 +88,7 @@ RESULT_PREFIX_ECHO = '/e2e_echo'
 STATUS_TOPIC = '/delen/status'
 #: ``--kill-node-at``: every process's Fast DDS profile (a 1 s participant lease, as the placer test uses)
 FAILOVER_DDS_PROFILE = 'fastdds_placement.xml'
-#: ``--kill-node-at``: the nodes' ``status_period_s``, well below the placer's liveness timeout (1 s by default)
+#: ``--nodes``: the nodes' ``status_period_s``, well below the placer's liveness timeout (1 s by default)
 FAILOVER_STATUS_PERIOD_S = 0.2
 #: ``--kill-node-at``: the width of the results-per-second bins of the failover timeline
 FAILOVER_BIN_S = 0.25
@@ -591,16 +591,16 @@ def _start_nodes_and_placer(args, config: Config, children: Children, workdir: p
     registrar that registers every camera's app through ``/delen_placer/set_bounds`` (results on
     ``/delen/<app>/result``, as with one node). Returns the first node's process.
 
-    With ``--kill-node-at`` the nodes publish ``~/status`` every :data:`FAILOVER_STATUS_PERIOD_S` (the
-    placer's liveness check reads it; a ``--node-param status_period_s:=...`` still wins), and the placer
+    The nodes publish ``~/status`` every :data:`FAILOVER_STATUS_PERIOD_S` (the placer's liveness check
+    reads it; a ``--node-param status_period_s:=...`` still wins), and the placer
     gets ``--liveness-timeout-s`` / ``--check-period-s`` where given (else its own defaults)."""
     devices = [d for d in args.devices.split(',') if d] or [args.device]
     base = _node_params(args, config, bounds)
     apps = yaml.safe_load(base.pop('apps'))
     base.pop('devices', None)
-    failover = getattr(args, 'kill_node_at', None) is not None
-    if failover:
-        base['status_period_s'] = FAILOVER_STATUS_PERIOD_S
+    # the placer declares a node dead after liveness_timeout_s (1 s) without its ~/status: with the
+    # node's default period (1 s) a busy but live node could be found dead
+    base['status_period_s'] = FAILOVER_STATUS_PERIOD_S
     first = None
     for j in range(args.nodes):
         params = dict(base, device=devices[j % len(devices)])

@@ -4,12 +4,16 @@
 #   new        the shipped path: C receivers (auto), frames uploaded at submit; NS_NEW cameras, both policies
 #   no_upload  DELEN_UPLOAD_AHEAD=0: the worker stages and uploads each batch itself; NS_AB cameras, delen
 #   py_recv    DELEN_RECEIVER=python: the Python receivers of session 3; NS_AB cameras, delen
+#   arrival    latency_from:=arrival on NS_AB cameras, delen: the timeline splits the way in from the queue
+#   gil        gil_switch_interval_ms:=GIL_MS (0.5) on NS_AB cameras, both policies
+#   nodes2     NS_NODES2 (32,48) cameras on two nodes sharing the GPU behind delen_placer, both policies
+#   failover   NSF (8) cameras on two nodes behind delen_placer, /n0 killed (scripts/device/e2e_multi_gpu.sh)
 #   mixed      latency bounds BOUNDS_MIXED in turn on NS_MIXED cameras, delen (issue 10)
 # py-spy samples every node (scripts/device/spy_nodes.sh). One archive comes back: OUT/ab.tgz.
 #   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
-# Settings: NS_NEW (16,32,48), NS_AB (32), NS_MIXED (16), BOUNDS_MIXED (5,10,33), DURATION (5),
+# Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
 # TOTAL_S (570), SKIP (space-separated parts to leave out, e.g. "py_recv mixed").
 set -uo pipefail
 OUT="${1:?usage: e2e_data_path_ab.sh OUT_DIR}"
@@ -29,7 +33,7 @@ if ls .devdata/pytest/*.whl >/dev/null 2>&1; then
       test/test_preprocess.py test/test_runner.py test/test_engine.py test/test_graph_sizes.py 2>&1 | tail -15
   echo "[ab] CUDA tests done at $(( $(date +%s) - t0 )) s"
 fi
-bash scripts/device/spy_nodes.sh "$WORK/spy" & SPY=$!
+SPY_AFTER_S="${SPY_AFTER_S:-17}" bash scripts/device/spy_nodes.sh "$WORK/spy" & SPY=$!
 left() { echo $(( ${TOTAL_S:-570} - ($(date +%s) - t0) )); }
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 D="${DURATION:-5}"
@@ -40,6 +44,20 @@ skip no_upload || DELEN_UPLOAD_AHEAD=0 TOTAL_S=$(( $(left) - 100 )) ENGINE=0 NS=
   DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/no_upload"
 skip py_recv || DELEN_RECEIVER=python TOTAL_S=$(( $(left) - 50 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
   DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/py_recv"
+# where a 32-camera frame's time goes: arrival at the node, not the stamp, so that the timeline
+# separates the way in (receivers, hand-over) from the scheduler's queue
+skip arrival || TOTAL_S=$(( $(left) - 5 - ${AFTER_ARRIVAL_S:-330} )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
+  NODE_PARAMS="latency_from:=arrival" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/arrival"
+# a shorter GIL switch interval: a thread that gave the GIL up (a CUDA call, a copy) gets it back sooner
+skip gil || TOTAL_S=$(( $(left) - 5 - ${AFTER_GIL_S:-250} )) ENGINE=0 NS="${NS_AB:-32}" \
+  NODE_PARAMS="gil_switch_interval_ms:=${GIL_MS:-0.5}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/gil"
+# the same cameras on two delen nodes (namespaces, each its own process and GIL) on the one GPU,
+# behind delen_placer: apps placed by the nodes' own admission
+skip nodes2 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES2_S:-95} )) ENGINE=0 NS="${NS_NODES2:-32,48}" \
+  EXTRA="--nodes 2" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes2"
+# issue 12 on one GPU: two nodes behind delen_placer, /n0 killed 4 s into the window
+skip failover || BUDGET_S=$(( $(left) - 5 - ${AFTER_FAILOVER_S:-45} )) SWEEPS=failover NSF="${NSF:-8}" POLICIES=delen \
+  bash scripts/device/e2e_multi_gpu.sh "$WORK/failover"
 skip mixed || TOTAL_S=$(( $(left) - 5 )) ENGINE=0 NS="${NS_MIXED:-16}" POLICIES=delen BOUNDS="${BOUNDS_MIXED:-5,10,33}" \
   DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/mixed"
 kill "$SPY" 2>/dev/null
