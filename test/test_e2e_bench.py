@@ -345,3 +345,14 @@ def test_a_node_param_the_node_does_not_declare_stops_the_sweep(tmp_path):
     assert report['configs']['delen_n1']['node_params_seen']['/delen']['profile'] == str(profile)
     assert 'no_such_parameter' in report['meta']['stopped']
     assert '**Stopped:**' in (tmp_path / 'out' / 'e2e.md').read_text()
+
+
+def test_refused_apps_are_read_from_the_registrars_answers(tmp_path):
+    from delen_ros.tools.e2e_bench import _refused
+    path = tmp_path / 'registrar.json'
+    assert _refused(str(path)) == set() and _refused('') == set()    # not written yet / not --nodes
+    path.write_text('{"cam00": {"accepted": tr')                      # being written
+    assert _refused(str(path)) == set()
+    path.write_text(json.dumps({'cam00': {'accepted': True, 'message': ''},
+                                'cam01': {'accepted': False, 'message': 'infeasible'}}))
+    assert _refused(str(path)) == {'cam01'}

@@ -102,6 +102,16 @@ def _app(i: int) -> str:
     return f'cam{i:02d}'
 
 
+def _refused(registrar_out: str) -> set[str]:
+    """Apps the placer refused (``--nodes``: the registrar's answers, once written): nobody will
+    subscribe to their cameras or publish their results, so start-up does not wait for them."""
+    try:
+        answers = json.loads(pathlib.Path(registrar_out).read_text()) if registrar_out else {}
+    except (OSError, ValueError):   # not written yet, or being written
+        return set()
+    return {app for app, answer in answers.items() if not answer.get('accepted')}
+
+
 # --- /proc and GPU sampling -----------------------------------------------------------------------------------
 _CLK_TCK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
 
@@ -324,6 +334,7 @@ def _publish_main(argv: Sequence[str]) -> int:
     p.add_argument('--qos', default='sensor_data')
     p.add_argument('--phase', default='spread', choices=['spread', 'sync'])
     p.add_argument('--ready', required=True, help='file written once every topic is matched')
+    p.add_argument('--registrar', default='', help="the registrar's answers (--nodes): refused apps are not waited for")
     p.add_argument('--out', required=True)
     args = p.parse_args(argv)
 
@@ -343,7 +354,8 @@ def _publish_main(argv: Sequence[str]) -> int:
     node = rclpy.create_node(f'e2e_camera_{args.first:02d}')
     cams = list(range(args.first, args.first + args.count))
     pubs = [node.create_publisher(Image, _topic(i), image_qos(args.qos)) for i in cams]
-    while not stop.is_set() and not all(pub.get_subscription_count() > 0 for pub in pubs):
+    while not stop.is_set() and not all(pub.get_subscription_count() > 0 or _app(i) in refused
+                                        for i, pub in zip(cams, pubs) for refused in (_refused(args.registrar),)):
         time.sleep(0.02)
     pathlib.Path(args.ready).write_text(str(time.time_ns()))
     period_ns = int(1e9 / args.rate)
@@ -401,6 +413,7 @@ def _record_main(argv: Sequence[str]) -> int:
     p.add_argument('--param-nodes', default='', help='comma-separated node names to ask for --param-names')
     p.add_argument('--param-names', default='', help='comma-separated parameters to read back once ready')
     p.add_argument('--ready', required=True)
+    p.add_argument('--registrar', default='', help="the registrar's answers (--nodes): refused apps are not waited for")
     p.add_argument('--out', required=True)
     args = p.parse_args(argv)
 
@@ -457,7 +470,8 @@ def _record_main(argv: Sequence[str]) -> int:
     cpu0 = time.process_time()
     while not stop.is_set():
         executor.spin_once(timeout_sec=0.05)
-        if not ready and all(s.get_publisher_count() > 0 for s in subs[:len(topics)]):
+        refused = set() if ready else _refused(args.registrar)
+        if not ready and all(s.get_publisher_count() > 0 or _app(i) in refused for i, s in enumerate(subs[:len(topics)])):
             pathlib.Path(args.ready).write_text(str(time.time_ns()))
             ready = True
         if ready and len(param_futures) < len(param_clients):
@@ -711,7 +725,8 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
                                     '--status', ','.join(status_topics),
                                     '--param-nodes', ','.join(param_nodes) if node_params else '',
                                     '--param-names', ','.join(p.name for p in node_params),
-                                    '--ready', workdir / 'recorder.ready', '--out', workdir / 'recorder.json'])
+                                    '--ready', workdir / 'recorder.ready', '--out', workdir / 'recorder.json',
+                                    '--registrar', workdir / 'registrar.json' if args.nodes > 1 else ''])
         publishers = []
         for k, first in enumerate(range(0, n, args.cams_per_proc)):
             count = min(args.cams_per_proc, n - first)
@@ -720,6 +735,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
                                   '--total', n, '--rate', args.rate, '--size', args.size, '--encoding', args.encoding,
                                   '--source', args.source, '--pool', args.pool, '--qos', args.image_qos,
                                   '--phase', args.phase, '--ready', workdir / f'{name}.ready',
+                                  '--registrar', workdir / 'registrar.json' if args.nodes > 1 else '',
                                   '--out', workdir / f'{name}.json'])
             publishers.append(name)
         ready_files = [workdir / 'recorder.ready', *[workdir / f'{p}.ready' for p in publishers]]
@@ -733,6 +749,10 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
                 raise RuntimeError(f'not matched within {args.ready_timeout:g} s: {", ".join(missing)}')
             time.sleep(0.05)
         raw['startup_s'] = time.monotonic() - t_start
+        if args.nodes > 1 and config.kind == 'node':   # apps the placer refused: their frames count as misses
+            raw['refused'] = {app: answer['message'] for app, answer in json.loads(
+                (workdir / 'registrar.json').read_text() if (workdir / 'registrar.json').exists() else '{}').items()
+                if not answer.get('accepted')}
         ready_ns = time.time_ns()
         window = (ready_ns + int(args.warmup * 1e9), ready_ns + int((args.warmup + args.duration) * 1e9))
         raw['window_ns'] = window
@@ -1015,7 +1035,7 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     """Per-app and total figures of one configuration from what :func:`run_config` gathered."""
     out: dict[str, Any] = {k: raw.get(k) for k in ('name', 'config', 'domain_id', 'bounds_ms', 'startup_s', 'wall_s',
                                                    'error', 'log_tails', 'exit_codes', 'target_alive_at_end', 'gpu')}
-    for key in ('echo', 'node_params', 'node_param_overrides', 'node_configure_s'):
+    for key in ('echo', 'node_params', 'node_param_overrides', 'node_configure_s', 'refused'):
         if key in raw:
             out[key] = raw[key]
     if 'recorder' not in raw:
@@ -1370,6 +1390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       flush=True)
             else:
                 print(f"[e2e]   failed: {result.get('error')}", flush=True)
+            if result.get('refused'):
+                print(f"[e2e]   refused by the placer (their frames count as misses): "
+                      f"{', '.join(sorted(result['refused']))}", flush=True)
             if result.get('failover'):
                 print(f"[e2e]   {failover_summary(result['failover'])}", flush=True)
                 for name, tail in (result.get('log_tails') or {}).items():

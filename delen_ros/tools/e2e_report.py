@@ -161,6 +161,9 @@ def render_table(report: dict[str, Any]) -> str:
     for name, r in report['configs'].items():
         if r.get('failover'):
             lines += ['', *_failover_lines(name, r['failover'])]
+        if r.get('refused'):   # --nodes: apps no node admitted; their frames count as misses above
+            lines += ['', f'{name}: refused by the placer, {len(r["refused"])} app(s): '
+                          + '; '.join(f'{app}: {why[:200]}' for app, why in sorted(r['refused'].items()))]
     timeline = [(name, r['total']['timeline_p50_ms']) for name, r in report['configs'].items()
                 if r.get('total', {}).get('timeline_p50_ms')]
     if timeline:
