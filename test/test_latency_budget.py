@@ -38,19 +38,21 @@ def test_a_bound_feasible_for_fresh_frames_is_rejected_once_frames_arrive_old():
     submit_aged(engine, clock, ['cam'], age_ms=5.0)
     assert engine.feasible_range().transport_ms == pytest.approx(5.0, abs=0.05)
     assert engine.exit_latency_ms()[0] == pytest.approx(5.0 + 1.1, abs=0.05)
-    with pytest.raises(InfeasibleBounds, match=r'below the fastest exit end to end \(6\.1\d* ms, of it 5\.0\d* ms '
+    with pytest.raises(InfeasibleBounds, match=r'below the fastest exit end to end \(6\.1\d* ms, of it 5(\.0\d*)? ms '
                                                r'frame age on arrival\)'):
         engine.set_app('tight', Bounds(max_latency_ms=6.0), source='cam')
 
 
-def test_the_age_is_taken_at_its_tail():
+def test_the_age_is_taken_at_its_tail_and_one_stall_does_not_move_it():
     clock = FakeClock()
     engine = make_engine(clock=clock)
     engine.set_app('cam', Bounds(), source='cam')
-    for i in range(40):
-        submit_aged(engine, clock, ['cam'], age_ms=(2.0, 6.0)[i % 2], count=1)   # mean 4 ms, deviation 2 ms
-    transport = engine.feasible_range().transport_ms
-    assert 4.0 + 1.5 * 2.0 < transport < 4.0 + 2.5 * 2.0   # mean + latency_margin (2) deviations
+    for i in range(200):
+        submit_aged(engine, clock, ['cam'], age_ms=1.0 + i % 100, count=1)   # 1 .. 100 ms, evenly
+    assert engine.feasible_range().transport_ms == pytest.approx(99.0, abs=0.1)   # the 99th percentile
+    for i in range(600):                               # a window (512 frames) later: 2 ms but for one stall
+        submit_aged(engine, clock, ['cam'], age_ms=500.0 if i == 300 else 2.0, count=1)
+    assert engine.feasible_range().transport_ms == pytest.approx(2.0)
 
 
 def test_recheck_flags_an_admitted_app_whose_frames_arrive_old():
@@ -60,7 +62,7 @@ def test_recheck_flags_an_admitted_app_whose_frames_arrive_old():
     assert engine.stats('a', recheck_s=0).unschedulable_reason == ''
     submit_aged(engine, clock, ['a'], age_ms=5.0)
     reason = engine.stats('a', recheck_s=0).unschedulable_reason
-    assert re.search(r'leaves 0\.9\d* ms of device time \(after 5\.0\d* ms frame age on arrival\)', reason), reason
+    assert re.search(r'leaves (1|0\.9\d*) ms of device time \(after 5(\.0\d*)? ms frame age on arrival\)', reason), reason
 
 
 def test_delivery_allowance_counts_in_feasibility_and_admission():

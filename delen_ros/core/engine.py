@@ -17,11 +17,14 @@ per input shape and a new shape's first call can stall for a long time.
 
 Latency is defined once, here: frame arrival -> result delivery (:meth:`Engine.deliver`; the ROS
 layer calls it with the publication time, otherwise the engine delivers just before ``on_result``).
-Bounds are end to end: :meth:`Engine.feasible_range` and :meth:`Engine.set_app` add the measured
-serving overhead (conversion before :meth:`~Engine.submit`, the worker's wake-up, decision ->
-delivery) to the compute time, and admit an app only if every app stays schedulable at its
-measured frame rate (:mod:`~delen_ros.core.admission`); :meth:`Engine.stats` re-checks as rates
-change and says why an app is at risk (``AppStats.unschedulable_reason``).
+Bounds are end to end, as the subscriber sees them: :meth:`Engine.feasible_range` and
+:meth:`Engine.set_app` add to the compute time the frames' age when :meth:`~Engine.submit` gets
+them (transport to the node and conversion, from the image's stamp; its 99th percentile of late),
+the serving overhead (the worker's wake-up, decision -> delivery) and the delivery allowance
+(publication -> subscriber, which nobody here can see), and admit an app only if every app stays
+schedulable at its measured frame rate (:mod:`~delen_ros.core.admission`); :meth:`Engine.stats`
+re-checks as rates change, says why an app is at risk (``AppStats.unschedulable_reason``) and
+serves such apps after the others, so that they cannot make the schedulable ones miss.
 
 Energy of a result is its share of each batch it ran in: the profile's estimate of the step's
 energy split evenly among the batch's requests. With a real meter (``meter.measured``), a thread of
@@ -226,6 +229,24 @@ class _Mean:
         value = min(value, 4.0 * max(self.mean, 1e-3))   # one stall is folded in as an outlier
         self.dev += 0.25 * (abs(value - self.mean) - self.dev)
         self.mean += self.alpha * (value - self.mean)
+
+
+class _Tail:
+    """The 99th percentile of the last ``window`` values (ms); ``None`` before the first. A window's
+    quantile, not mean + deviations: one stall (a start-up, a page fault) must not make admission
+    refuse apps for the next seconds, while a sustained tail shows at once."""
+
+    __slots__ = ('values',)
+
+    def __init__(self, window: int = 512):
+        self.values: collections.deque[float] = collections.deque(maxlen=window)
+
+    def add(self, value: float) -> None:
+        if math.isfinite(value) and value >= 0:
+            self.values.append(value)
+
+    def p99(self) -> float | None:
+        return float(np.percentile(self.values, 99)) if self.values else None
 
 
 class _Rate:
@@ -467,12 +488,12 @@ class Engine:
                                     delivery_allowance_ms=lambda: self.delivery_allowance_ms)
         self.default_deadline_ms = default_deadline_ms
         self.delivery_allowance_ms = delivery_allowance_ms
-        # What end-to-end latency holds besides the steps, each learnt as mean and deviation:
-        # _conversion: a frame's age when submit() gets it (from its stamp, or arrival: transport to
-        # the node and conversion); _wake: the worker's wake-up; decision -> delivery is the
-        # corrector's tail. Planning takes each at mean + latency_margin deviations.
+        # What end-to-end latency holds besides the steps: _age, a frame's age when submit() gets it
+        # (from its stamp, or arrival: transport to the node and conversion), at its 99th
+        # percentile; _wake, the worker's wake-up, and decision -> delivery (the corrector's tail),
+        # at mean + latency_margin deviations.
         self.overhead_prior_ms = overhead_prior_ms
-        self._conversion = _Mean()
+        self._age = _Tail()
         self._wake = _Mean()
         self._idle = False
         self.external_delivery = external_delivery
@@ -595,11 +616,9 @@ class Engine:
     def _outside_ms(self) -> dict[str, float]:
         """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,
         the frames' age when :meth:`submit` gets them (from the stamp: transport to the node and
-        conversion) at mean + ``latency_margin`` deviations, 0 before any frame; ``overhead_ms``
+        conversion) at their 99th percentile of late, 0 before any frame; ``overhead_ms``
         (:meth:`overhead_ms`); ``delivery_ms``, the delivery allowance."""
-        age = self._conversion
-        transport = 0.0 if age.mean is None else age.mean + self.corrector.margin * age.dev
-        return {'transport_ms': transport, 'overhead_ms': self.overhead_ms(),
+        return {'transport_ms': self._age.p99() or 0.0, 'overhead_ms': self.overhead_ms(),
                 'delivery_ms': self.delivery_allowance_ms}
 
     def exit_latency_ms(self) -> list[float]:
@@ -708,7 +727,7 @@ class Engine:
             now = self.clock()
             arrival = now if arrival_ns is None else int(arrival_ns)
             if arrival_ns is not None:
-                self._conversion.add((now - arrival) / _NS_PER_MS)
+                self._age.add((now - arrival) / _NS_PER_MS)
             for app_id in dict.fromkeys(app_ids):
                 app = self._apps.get(app_id)
                 if app is None:

@@ -142,6 +142,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
             return Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,
+                          delivery_allowance_ms=params.delivery_allowance_ms,
                           upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0')
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)
         if len(devices) > 1:

@@ -83,8 +83,6 @@ class DelenNode(LifecycleNode):
             self._ingress = IngressPool(processes, on_frame=self._on_image, log=self._log, qos_name=p.image_qos,
                                         depth=SUBSCRIPTION_DEPTH)
         served = self._served = assembly.build(p, on_result=self._on_result, log=self.get_logger().info)
-        for engine in getattr(served.engine, 'engines', None) or [served.engine]:   # a DevicePool: one per device
-            engine.delivery_allowance_ms = p.delivery_allowance_ms   # before any app is planned
         profile = served.profile
         initial = parse_apps_param(p.apps, figure=self._profile_figure, num_exits=profile.num_exits)
         registry = Registry(max_apps=p.max_apps, allow_takeover=p.allow_takeover, reserved_topics=[
