@@ -34,7 +34,7 @@ source .whl/env.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 nvidia-smi --query-gpu=name,driver_version,power.draw,power.limit,utilization.gpu --format=csv || true
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || true
-echo "[e2e_gpu] $(nproc) CPU cores; set-up done in $(( $(date +%s) - t0 )) s"
+echo "[e2e_gpu] $(nproc --all) CPU cores (nproc alone obeys OMP_NUM_THREADS); set-up done in $(( $(date +%s) - t0 )) s"
 
 ENGINE_ARGS=()
 if [ "${ENGINE:-1}" != 0 ]; then

@@ -39,7 +39,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 nvidia-smi --query-gpu=index,name,power.draw,utilization.gpu --format=csv || true
 G=$(python3 -c "import torch; print(torch.cuda.device_count())")
 DEVICES=$(python3 -c "print(','.join(f'cuda:{i}' for i in range($G)))")
-echo "[e2e_multi_gpu] $G GPU(s) ($DEVICES), $(nproc) CPU cores; set-up done in $(( $(date +%s) - t0 )) s"
+echo "[e2e_multi_gpu] $G GPU(s) ($DEVICES), $(nproc --all) CPU cores (nproc alone obeys OMP_NUM_THREADS); set-up done in $(( $(date +%s) - t0 )) s"
 NS1="${NS1:-8,16,24,32,48,64}"
 NSG="${NSG:-$(python3 -c "print(','.join(str(int(n) * $G) for n in '$NS1'.split(',')))")}"
 NODE_ARGS=()
