@@ -162,3 +162,40 @@ def test_to_input_from_pinned_memory():
     runner.synchronize()
     assert y.device.type == 'cuda' and y.dtype == torch.float16
     torch.testing.assert_close(y.float().cpu(), x)
+
+
+def _serve(device: str, frames, options=None):
+    """(tag, class, confidence) of every frame served by an engine on ``device`` (always_final)."""
+    import time
+
+    from delen_ros.core.bounds import Bounds
+    from delen_ros.core.engine import Engine
+    from fakes import synthetic_profile
+    results = []
+    engine = Engine(conv_model(seed=2), synthetic_profile(3), device=device, policy='always_final', max_batch=8,
+                    queue_depth=16, runner_options=options, on_result=results.append)
+    engine.set_app('a', Bounds())
+    engine.start()
+    try:
+        for first, last in ((0, 5), (5, 6), (6, len(frames))):   # batches of odd sizes: 5, 1, 7
+            for i in range(first, last):
+                engine.submit(['a'], frames[i], tag=i)
+            end = time.monotonic() + 30
+            while len(results) < last and time.monotonic() < end:
+                time.sleep(0.005)
+    finally:
+        engine.stop()
+    return sorted((r.tag, r.class_id, r.confidence) for r in results)
+
+
+@needs_cuda
+def test_engine_on_cuda_graphs_serves_odd_batches_as_the_cpu_engine():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(13)]
+    cpu = _serve('cpu', frames)
+    cuda = _serve('cuda', frames, {'half': False, 'cuda_graphs': True, 'graph_sizes': (1, 8)})
+    assert [t for t, _, _ in cuda] == list(range(13)) == [t for t, _, _ in cpu]
+    assert [c for _, c, _ in cuda] == [c for _, c, _ in cpu]
+    for (_, _, a), (_, _, b) in zip(cuda, cpu):
+        assert a == pytest.approx(b, abs=2e-3)

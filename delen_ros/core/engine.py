@@ -519,9 +519,11 @@ class Engine:
         self._energy = _EnergyScaler(meter, window_s=max(period, energy_window_s or 0.0),
                                      idle_power_w=idle_power_w) if measuring else None
         # CUDA kernels (cuDNN's above all) are chosen per input shape, and the first call of a new
-        # shape can take long: batches are padded up to a few sizes (the runner's graph sizes).
+        # shape can take long: eager batches are padded up to a few sizes (the runner's graph sizes).
+        # With graphs the runner replays the next captured size itself: no padded copy here.
         cuda = getattr(self._runner, 'device', torch.device('cpu')).type == 'cuda'
-        self._pad_sizes: tuple[int, ...] = tuple(getattr(self._runner, 'graph_sizes', ())) if cuda else ()
+        eager = not getattr(self._runner, 'cuda_graphs', False)
+        self._pad_sizes: tuple[int, ...] = tuple(getattr(self._runner, 'graph_sizes', ())) if cuda and eager else ()
         # Raw frames go up as uint8 and are resized there: 4x fewer bytes than a float batch, and
         # the CPU (and the GIL) stays free for the node's callbacks.
         self._upload_ahead = upload_ahead
