@@ -27,7 +27,7 @@ CAMERAS, RATE_HZ, SECONDS = 3, 30.0, 6.0
 
 
 def test_default_executor_is_single_threaded():
-    from delen_ros.ros.node import make_executor
+    from delen_ros.ros.run import make_executor
     from rclpy.executors import SingleThreadedExecutor
     import rclpy
     rclpy.init()

@@ -21,9 +21,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -40,7 +38,7 @@ from .qos import RESULT_QOS, status_qos
 from .registry import Registry, StateStore
 from .rejections import RejectionLog, clean_message
 
-__all__ = ['DelenNode', 'NODE_NAME', 'make_executor', 'main']
+__all__ = ['DelenNode', 'NODE_NAME', 'main']
 
 NODE_NAME = 'delen'
 _SCHEDULABILITY_PERIOD_S = 5.0   # admission re-check at measured rates
@@ -327,61 +325,10 @@ class DelenNode(LifecycleNode):
                 'frames_dropped_at_receivers': ingress.ring_full}
 
 
-def make_executor(kind: str):
-    """The executor named by the ``executor`` parameter.
-
-    ``single`` is the default because the node's callbacks are short (an image callback queues a
-    view of the message; inference and publication run on the engine's worker): one thread keeps up,
-    while rclpy's ``MultiThreadedExecutor`` spins on busy callback groups and, through the GIL,
-    starves the worker (0-0.2 answered frames/s on 16 cores).
-    """
-    if kind == 'single':
-        return SingleThreadedExecutor()
-    if kind == 'multi':
-        return MultiThreadedExecutor(num_threads=8)
-    if kind == 'events':
-        from rclpy.experimental import EventsExecutor
-        return EventsExecutor()
-    raise ValueError(f"executor must be 'single', 'events' or 'multi', got {kind!r}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the node (``delen_node``) until Ctrl-C / SIGTERM. Returns the exit status: 1, with one
-    line on stderr, for a bad parameter or (with ``autostart``) a failed configure or activate."""
-    from rclpy.exceptions import ParameterException
-    rclpy.init(args=list(sys.argv if argv is None else argv))
-    try:
-        node = DelenNode()
-        settings = params.read(node)
-        executor = make_executor(settings.executor)
-    except (ParameterException, params.ParameterError, ValueError, ImportError) as exc:
-        print(f'delen_node: {params.describe_error(exc)}', file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    if settings.gil_switch_interval_ms > 0:
-        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
-    executor.add_node(node)
-    status = 0
-    try:
-        if node.get_parameter('autostart').value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return 1   # on_configure logged the one-line reason
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                return 1
-        else:
-            node.get_logger().info('waiting for lifecycle transitions (autostart false)')
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        try:
-            node.close()
-        except Exception as exc:  # noqa: BLE001 - shutting down anyway
-            print(f'delen_node: shutdown: {clean_message(exc)}', file=sys.stderr)
-        executor.shutdown(timeout_sec=2.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return status
+    """Run the node (``delen_node``) until Ctrl-C / SIGTERM; the exit status (see :func:`.run.run_node`)."""
+    from .run import run_node
+    return run_node(DelenNode, argv)
 
 
 if __name__ == '__main__':
