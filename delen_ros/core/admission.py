@@ -13,9 +13,10 @@ and at most one per source).
 
 The test (:func:`check`) is EDF's processor-demand test on one processor, with non-preemptive steps:
 the device may be busy with one step (``blocking_ms``, the longest step at that batch size, a first
-step with its preprocessing) when a frame arrives, and what is not device time shortens every deadline (:attr:`CostModel.outside_ms`):
-the frames' age when they reach the engine (transport from the camera's stamp, conversion), the
-serving overhead (wake-up, publication) and the delivery allowance (publication -> subscriber). It passes when utilisation <= ``utilisation_limit`` and, for every
+step with its preprocessing) when a frame arrives, and what is not device time shortens every
+deadline (:attr:`CostModel.outside_ms`): the frames' age when they reach the engine (transport from
+the camera's stamp, conversion), the serving overhead (wake-up, publication) and the delivery
+allowance (publication -> subscriber). It passes when utilisation <= ``utilisation_limit`` and, for every
 checkpoint ``t`` (each deadline ``D_i + m T_i`` up to the busy-period bound), the demand
 ``sum_i max(0, floor((t - D_i) / T_i) + 1) C_i + blocking <= t``.
 

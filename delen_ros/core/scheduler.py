@@ -11,13 +11,14 @@ Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever 
    :attr:`~delen_ros.core.bounds.LatePolicy.DROP` (except one in ``probe_every`` in a row, which is
    served late, so that measurements never stop and an app is never locked out by a stale
    prediction), and expires requests in flight whose next step (safely predicted) and the expected
-   tail to publication would overrun their deadline: they have a result from their last exit already, and the caller finishes them;
+   tail to publication would overrun their deadline: they have a result from their last exit
+   already, and the caller finishes them;
 3. picks the request with the earliest deadline (EDF across apps) among the *on-time* queued frames
    and requests in flight; late ones run only when nothing on time is waiting (idle time), so a
    hopeless frame never delays a feasible one, whatever the policy; likewise the work of apps
    marked *best effort* (:meth:`Scheduler.set_best_effort`: admission's re-check found them
-   unschedulable) comes after every other app's, so that they cannot make schedulable apps miss; a request's deadline (when its
-   result must be *published*) is ``arrival + max_latency_ms - delivery allowance`` (the allowance
+   unschedulable) comes after every other app's, so that they cannot make schedulable apps miss;
+   a request's deadline (when its result must be *published*) is ``arrival + max_latency_ms - delivery allowance`` (the allowance
    is time kept for the result to reach its subscriber), or ``arrival + default_deadline_ms`` for an
    app without a latency bound (so it gets served, not starved);
 4. batches with it other requests at the same step, in deadline order, while the predicted batch
