@@ -19,14 +19,8 @@ set -uo pipefail
 OUT="${1:?usage: e2e_data_path_ab.sh OUT_DIR}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-t0=$(date +%s)
-WORK=/tmp/delen_ab; rm -rf "$WORK"; mkdir -p "$WORK"
-exec > >(tee "$WORK/ab.log") 2>&1
-export PYTHONUNBUFFERED=1 DELEN_CIFAR10="$ROOT/.devdata/cifar10_test.npz" MODEL=cifar10_lite0 SOURCE=cifar10
-bash scripts/device/setup_offline.sh || exit 1
-# shellcheck disable=SC1091
-source .whl/env.sh
-python3 -c "import os; print('cores (affinity)', len(os.sched_getaffinity(0)))"
+# shellcheck source=scripts/device/ab_prelude.sh
+source scripts/device/ab_prelude.sh
 if ls .devdata/pytest/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/delen_pytest .devdata/pytest/*.whl \
     && PYTHONPATH="/tmp/delen_pytest:${PYTHONPATH:-}" timeout 150 python3 -m pytest -q -p no:cacheprovider \
@@ -34,7 +28,6 @@ if ls .devdata/pytest/*.whl >/dev/null 2>&1; then
   echo "[ab] CUDA tests done at $(( $(date +%s) - t0 )) s"
 fi
 SPY_AFTER_S="${SPY_AFTER_S:-17}" bash scripts/device/spy_nodes.sh "$WORK/spy" & SPY=$!
-left() { echo $(( ${TOTAL_S:-570} - ($(date +%s) - t0) )); }
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 D="${DURATION:-5}"
 # the e2e script counts TOTAL_S from its own start: give each part what is left of ours, less the later parts

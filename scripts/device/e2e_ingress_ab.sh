@@ -11,18 +11,10 @@ set -uo pipefail
 OUT="${1:?usage: e2e_ingress_ab.sh OUT_DIR}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-t0=$(date +%s)
-WORK=/tmp/delen_ab; rm -rf "$WORK"; mkdir -p "$WORK"
-exec > >(tee "$WORK/ab.log") 2>&1
-export PYTHONUNBUFFERED=1 DELEN_CIFAR10="$ROOT/.devdata/cifar10_test.npz" MODEL=cifar10_lite0 SOURCE=cifar10
-bash scripts/device/setup_offline.sh || exit 1
-# shellcheck disable=SC1091
-source .whl/env.sh
+# shellcheck source=scripts/device/ab_prelude.sh
+source scripts/device/ab_prelude.sh
 if [ -n "${PRE:-}" ]; then echo "[ab] PRE: $PRE"; timeout 120 bash -c "$PRE"; echo "[ab] PRE done at $(( $(date +%s) - t0 )) s"; fi
-python3 -c "import os; print('cores (affinity)', len(os.sched_getaffinity(0)))"
-df -h /dev/shm | tail -1
 bash scripts/device/spy_nodes.sh "$WORK/spy" & SPY=$!
-left() { echo $(( ${TOTAL_S:-570} - ($(date +%s) - t0) )); }
 # the e2e script counts TOTAL_S from its own start: give each run what is left of ours
 TOTAL_S=$(( $(left) - 140 )) NS="${NS_AUTO:-1,8,16,32}" DURATION="${DURATION:-5}" \
   bash scripts/device/e2e_gpu.sh "$WORK/auto"

@@ -1,0 +1,13 @@
+# Sourced (not run) by the A/B device scripts (e2e_ingress_ab.sh, e2e_data_path_ab.sh), from their
+# repository root, with OUT set: offline set-up, the ROS environment, the CIFAR-10 frames, a log of
+# everything in $WORK/ab.log, and left() (seconds of TOTAL_S, default 570, left since the start).
+t0=$(date +%s)
+WORK=/tmp/delen_ab; rm -rf "$WORK"; mkdir -p "$WORK"
+exec > >(tee "$WORK/ab.log") 2>&1
+export PYTHONUNBUFFERED=1 DELEN_CIFAR10="$PWD/.devdata/cifar10_test.npz" MODEL=cifar10_lite0 SOURCE=cifar10
+bash scripts/device/setup_offline.sh || exit 1
+# shellcheck disable=SC1091
+source .whl/env.sh
+python3 -c "import os; print('cores (affinity)', len(os.sched_getaffinity(0)))"
+df -h /dev/shm | tail -1
+left() { echo $(( ${TOTAL_S:-570} - ($(date +%s) - t0) )); }
