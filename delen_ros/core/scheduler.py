@@ -18,9 +18,10 @@ Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever 
    hopeless frame never delays a feasible one, whatever the policy; likewise the work of apps
    marked *best effort* (:meth:`Scheduler.set_best_effort`: admission's re-check found them
    unschedulable) comes after every other app's, so that they cannot make schedulable apps miss;
-   a request's deadline (when its result must be *published*) is ``arrival + max_latency_ms - delivery allowance`` (the allowance
-   is time kept for the result to reach its subscriber), or ``arrival + default_deadline_ms`` for an
-   app without a latency bound (so it gets served, not starved);
+   a request's deadline (when its result must be *published*) is ``arrival + max_latency_ms -
+   delivery allowance`` (the allowance is time kept for the result to reach its subscriber), or
+   ``arrival + default_deadline_ms`` for an app without a latency bound (so it gets served, not
+   starved);
 4. batches with it other requests at the same step, in deadline order, while the predicted batch
    time (and the expected tail to publication) keeps every on-time bounded member's deadline (the
    head's included), up to ``max_batch``;

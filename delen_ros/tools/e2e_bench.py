@@ -354,8 +354,11 @@ def _publish_main(argv: Sequence[str]) -> int:
     node = rclpy.create_node(f'e2e_camera_{args.first:02d}')
     cams = list(range(args.first, args.first + args.count))
     pubs = [node.create_publisher(Image, _topic(i), image_qos(args.qos)) for i in cams]
-    while not stop.is_set() and not all(pub.get_subscription_count() > 0 or _app(i) in refused
-                                        for i, pub in zip(cams, pubs) for refused in (_refused(args.registrar),)):
+    def matched() -> bool:
+        refused = _refused(args.registrar)
+        return all(pub.get_subscription_count() > 0 or _app(i) in refused for i, pub in zip(cams, pubs))
+
+    while not stop.is_set() and not matched():
         time.sleep(0.02)
     pathlib.Path(args.ready).write_text(str(time.time_ns()))
     period_ns = int(1e9 / args.rate)
