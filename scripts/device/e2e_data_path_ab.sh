@@ -7,13 +7,14 @@
 #   arrival    latency_from:=arrival on NS_AB cameras, delen: the timeline splits the way in from the queue
 #   gil        gil_switch_interval_ms:=GIL_MS (0.5) on NS_AB cameras, both policies
 #   nodes2     NS_NODES2 (32,48) cameras on two nodes sharing the GPU behind delen_placer, both policies
+#   nodes4     NS_NODES4 (32,48) cameras on four nodes sharing the GPU behind delen_placer, POLICIES_NODES4 (delen)
 #   failover   NSF (8) cameras on two nodes behind delen_placer, /n0 killed (scripts/device/e2e_multi_gpu.sh)
 #   mixed      latency bounds BOUNDS_MIXED in turn on NS_MIXED cameras, delen (issue 10)
 # py-spy samples every node (scripts/device/spy_nodes.sh). One archive comes back: OUT/ab.tgz.
 #   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
-# Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
+# Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
 # TOTAL_S (570), SKIP (space-separated parts to leave out, e.g. "py_recv mixed").
 set -uo pipefail
 OUT="${1:?usage: e2e_data_path_ab.sh OUT_DIR}"
@@ -44,10 +45,21 @@ skip arrival || TOTAL_S=$(( $(left) - 5 - ${AFTER_ARRIVAL_S:-330} )) ENGINE=0 NS
 # a shorter GIL switch interval: a thread that gave the GIL up (a CUDA call, a copy) gets it back sooner
 skip gil || TOTAL_S=$(( $(left) - 5 - ${AFTER_GIL_S:-250} )) ENGINE=0 NS="${NS_AB:-32}" \
   NODE_PARAMS="gil_switch_interval_ms:=${GIL_MS:-0.5}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/gil"
+# where configure's seconds go (issue 8: configure -> first result <= 5 s): default, then with every
+# CUDA kernel loaded up front, the first under py-spy
+if ! skip configure; then
+  mkdir -p "$WORK/configure"
+  py-spy record -r 200 -f raw -o "$WORK/configure/spy_configure.txt" -- \
+    python3 scripts/device/configure_profile.py "$WORK/configure/lazy.json" 2>&1 | tail -3
+  CUDA_MODULE_LOADING=EAGER python3 scripts/device/configure_profile.py "$WORK/configure/eager.json" 2>&1 | tail -2
+  echo "[ab] configure profile done at $(( $(date +%s) - t0 )) s"
+fi
 # the same cameras on two delen nodes (namespaces, each its own process and GIL) on the one GPU,
 # behind delen_placer: apps placed by the nodes' own admission
 skip nodes2 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES2_S:-95} )) ENGINE=0 NS="${NS_NODES2:-32,48}" \
   EXTRA="--nodes 2" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes2"
+skip nodes4 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES4_S:-95} )) ENGINE=0 NS="${NS_NODES4:-32,48}" \
+  POLICIES="${POLICIES_NODES4:-delen}" EXTRA="--nodes 4" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes4"
 # issue 12 on one GPU: two nodes behind delen_placer, /n0 killed 4 s into the window
 skip failover || BUDGET_S=$(( $(left) - 5 - ${AFTER_FAILOVER_S:-45} )) SWEEPS=failover NSF="${NSF:-8}" POLICIES=delen \
   bash scripts/device/e2e_multi_gpu.sh "$WORK/failover"
