@@ -14,7 +14,7 @@
 #   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
-# Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
+# Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), POLICIES_NODES2 (delen,always_final), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
 # TOTAL_S (570), SKIP (space-separated parts to leave out, e.g. "py_recv mixed").
 set -uo pipefail
 OUT="${1:?usage: e2e_data_path_ab.sh OUT_DIR}"
@@ -57,7 +57,7 @@ fi
 # the same cameras on two delen nodes (namespaces, each its own process and GIL) on the one GPU,
 # behind delen_placer: apps placed by the nodes' own admission
 skip nodes2 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES2_S:-95} )) ENGINE=0 NS="${NS_NODES2:-32,48}" \
-  EXTRA="--nodes 2" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes2"
+  POLICIES="${POLICIES_NODES2:-delen,always_final}"   EXTRA="--nodes 2" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes2"
 skip nodes4 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES4_S:-95} )) ENGINE=0 NS="${NS_NODES4:-32,48}" \
   POLICIES="${POLICIES_NODES4:-delen}" EXTRA="--nodes 4" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes4"
 # issue 12 on one GPU: two nodes behind delen_placer, /n0 killed 4 s into the window
