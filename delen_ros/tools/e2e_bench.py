@@ -76,12 +76,13 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from .e2e_report import failover_summary, fmt, memory_growth, overheads, render_table, replot, write_plots
+from .e2e_report import (admission_check, failover_summary, fmt, memory_growth, overheads, render_table, replot,
+                         write_plots)
 from .processes import Children, config_file, package_root, ros_child_env
 
 __all__ = ['Config', 'NodeParam', 'parse_node_param', 'proc_sample', 'GpuSampler', 'analyze', 'overheads',
            'render_table', 'write_plots', 'device_slug', 'recovery_s', 'longest_gap', 'failover_figures',
-           'serving_nodes', 'parse_placer_log', 'main']
+           'serving_nodes', 'parse_placer_log', 'REGISTER_MODES', 'registration_order', 'configure_refusals', 'main']
 
 RESULT_PREFIX_NODE = '/delen'
 RESULT_PREFIX_ECHO = '/e2e_echo'
@@ -335,6 +336,8 @@ def _publish_main(argv: Sequence[str]) -> int:
     p.add_argument('--phase', default='spread', choices=['spread', 'sync'])
     p.add_argument('--ready', required=True, help='file written once every topic is matched')
     p.add_argument('--registrar', default='', help="the registrar's answers (--nodes): refused apps are not waited for")
+    p.add_argument('--early', action='store_true', help='publish from the start (cameras that run while apps '
+                   'register), not only once every topic is matched or refused; --ready is written then all the same')
     p.add_argument('--out', required=True)
     args = p.parse_args(argv)
 
@@ -358,9 +361,13 @@ def _publish_main(argv: Sequence[str]) -> int:
         refused = _refused(args.registrar)
         return all(pub.get_subscription_count() > 0 or _app(i) in refused for i, pub in zip(cams, pubs))
 
-    while not stop.is_set() and not matched():
+    ready = False
+    while not args.early and not stop.is_set() and not matched():
         time.sleep(0.02)
-    pathlib.Path(args.ready).write_text(str(time.time_ns()))
+    if not args.early:
+        pathlib.Path(args.ready).write_text(str(time.time_ns()))
+        ready = True
+    next_check_ns = 0
     period_ns = int(1e9 / args.rate)
     t0 = time.time_ns() + 20_000_000
     heap = [(t0 + (period_ns * i // args.total if args.phase == 'spread' else 0), j) for j, i in enumerate(cams)]
@@ -373,6 +380,11 @@ def _publish_main(argv: Sequence[str]) -> int:
     while not stop.is_set():
         due, j = heap[0]
         now = time.time_ns()
+        if not ready and now >= next_check_ns:   # --early: publishing already, ready once matched or refused
+            next_check_ns = now + 50_000_000
+            if matched():
+                pathlib.Path(args.ready).write_text(str(now))
+                ready = True
         if due > now:
             time.sleep(min(0.05, (due - now) / 1e9))
             continue
@@ -453,7 +465,7 @@ def _record_main(argv: Sequence[str]) -> int:
 
     def on_status(source: int, msg: Any) -> None:
         status.append((time.time_ns(), msg.app_id, int(msg.frames_in), int(msg.results_out), int(msg.dropped),
-                       source))
+                       source, msg.unschedulable_reason))
 
     subs = [node.create_subscription(InferenceResult, t, functools.partial(on_result, i), RESULT_QOS)
             for i, t in enumerate(topics)]
@@ -503,17 +515,67 @@ def _record_main(argv: Sequence[str]) -> int:
 
 
 # --- one configuration ------------------------------------------------------------------------------------------
+#: ``--register``: how a single node gets its apps. ``param``: all in its ``apps`` parameter, admitted (or
+#: not) at configure, before any frame is measured; ``service``: it starts with none and the registrar asks
+#: its ``~/set_bounds`` for each, loosest latency bound first, while the admitted apps' cameras run
+REGISTER_MODES = ('param', 'service')
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One run: ``kind`` ``'node'`` (with ``policy``) or ``'echo'``, ``cameras`` cameras."""
+    """One run: ``kind`` ``'node'`` (with ``policy`` and ``register``, one of :data:`REGISTER_MODES`) or
+    ``'echo'``, ``cameras`` cameras.
+
+    >>> Config('node', 3, 'delen').name, Config('node', 3, 'delen', 'service').name, Config('echo', 3).name
+    ('delen_n3', 'delen_n3_service', 'echo_n3')
+    """
 
     kind: str
     cameras: int
     policy: str = ''
+    register: str = 'param'
+
+    def __post_init__(self):
+        if self.register not in REGISTER_MODES:
+            raise ValueError(f'register {self.register!r}: expected one of {", ".join(REGISTER_MODES)}')
 
     @property
     def name(self) -> str:
-        return f'echo_n{self.cameras}' if self.kind == 'echo' else f'{self.policy}_n{self.cameras}'
+        if self.kind == 'echo':
+            return f'echo_n{self.cameras}'
+        return f'{self.policy}_n{self.cameras}' + ('' if self.register == 'param' else f'_{self.register}')
+
+
+def registration_order(apps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``apps`` (each with ``max_latency_ms``; 0 = unbounded) loosest latency bound first, ties in the given
+    order: each request is then judged beside apps that ask less of the device than it does.
+
+    >>> [a['app_id'] for a in registration_order([{'app_id': 'a', 'max_latency_ms': 5},
+    ...     {'app_id': 'b', 'max_latency_ms': 33}, {'app_id': 'c', 'max_latency_ms': 0},
+    ...     {'app_id': 'd', 'max_latency_ms': 33}])]
+    ['c', 'b', 'd', 'a']
+    """
+    def looseness(app: dict[str, Any]) -> float:
+        bound = float(app.get('max_latency_ms') or 0.0)
+        return math.inf if bound <= 0 else bound
+    return sorted(apps, key=looseness, reverse=True)   # sorted is stable: ties keep their order
+
+
+#: the node's log line for an app of its ``apps`` parameter it refused at configure
+_NOT_RESTORED = re.compile(r'\]: app (\S+) not restored: (.*)$', re.MULTILINE)
+
+
+def configure_refusals(log_text: str) -> dict[str, dict[str, Any]] | None:
+    """The node's verdict on its ``apps`` parameter, from its log, in the registrar's format (app ->
+    ``{accepted: False, message}``, refused apps only); ``None`` until the node has configured.
+
+    >>> configure_refusals('[ERROR] [1.2] [delen]: app cam00 not restored: too tight\\n'
+    ...                    '[INFO] [1.3] [delen]: configured in 1.6 s: model ...')
+    {'cam00': {'accepted': False, 'message': 'too tight'}}
+    """
+    if not _CONFIGURED.search(log_text):
+        return None
+    return {app: {'accepted': False, 'message': why.strip()} for app, why in _NOT_RESTORED.findall(log_text)}
 
 
 def _bounds_for(bounds: Sequence[float], n: int) -> list[float]:
@@ -583,6 +645,8 @@ def _node_params(args, config: Config, bounds: Sequence[float]) -> dict[str, Any
     """The parameters the bench sets (the node's params file); ``--node-param`` goes on as ``-p`` (:func:`_node_ros_args`)."""
     apps = [{'app_id': _app(i), 'image_topic': _topic(i), 'max_latency_ms': b}
             for i, b in enumerate(_bounds_for(bounds, config.cameras))]
+    if config.register == 'service':   # the registrar asks for them once the node is up
+        apps = []
     params: dict[str, Any] = {'model': args.model, 'device': args.device, 'policy': config.policy,
                               'max_batch': args.max_batch, 'state_file': '', 'image_qos': args.image_qos,
                               'max_apps': max(64, config.cameras), 'apps': yaml.safe_dump(apps, default_flow_style=True)}
@@ -637,18 +701,33 @@ def _start_nodes_and_placer(args, config: Config, children: Children, workdir: p
                               *overrides])
     raw['placer_params'] = placer_params
     (workdir / 'apps.json').write_text(json.dumps(apps))
-    children.start('registrar', ['-m', 'delen_ros.tools.e2e_bench', '_register', '--apps', workdir / 'apps.json',
-                                 '--nodes', ','.join(namespaces), '--out', workdir / 'registrar.json',
-                                 '--timeout', args.ready_timeout])
+    _start_registrar(children, workdir, apps, via='/delen_placer/set_bounds',
+                     wait=[f'{ns}/delen/set_bounds' for ns in namespaces], gap_s=0.0, timeout_s=args.ready_timeout)
     raw['node_params'] = dict(base, devices=devices, nodes=namespaces)
     return first
 
 
+def _start_registrar(children: Children, workdir: pathlib.Path, apps: Sequence[dict[str, Any]], *, via: str,
+                     wait: Sequence[str] = (), gap_s: float, timeout_s: float) -> subprocess.Popen:
+    """Start the registrar (:func:`_register_main`): once ``via`` and every service in ``wait`` are up, it asks
+    ``via`` (a ``SetBounds`` service) for ``apps`` in the given order, ``gap_s`` apart, and writes each answer
+    to ``workdir/registrar.json``."""
+    (workdir / 'apps.json').write_text(json.dumps(list(apps)))
+    return children.start('registrar', ['-m', 'delen_ros.tools.e2e_bench', '_register', '--apps', workdir / 'apps.json',
+                                        '--via', via, '--wait', ','.join(wait), '--gap-s', gap_s,
+                                        '--out', workdir / 'registrar.json', '--timeout', timeout_s])
+
+
 def _register_main(argv: Sequence[str]) -> int:
-    """Register apps through the placer once it and every node are up; write where each went."""
+    """Register apps through a ``SetBounds`` service (the placer's, or one node's) once it and the services
+    named in ``--wait`` are up, in the order of the ``--apps`` file, ``--gap-s`` apart (the apps already
+    admitted meanwhile run, so each request is judged beside their measured load); write every answer,
+    with when it came (system clock), to ``--out``."""
     p = argparse.ArgumentParser(prog='e2e_bench _register')
-    p.add_argument('--apps', required=True)
-    p.add_argument('--nodes', required=True)
+    p.add_argument('--apps', required=True, help='JSON list of {app_id, image_topic, max_latency_ms}')
+    p.add_argument('--via', required=True, help='the SetBounds service to register through')
+    p.add_argument('--wait', default='', help='comma-separated services that must be up too (e.g. every node\'s)')
+    p.add_argument('--gap-s', type=float, default=0.0, help='seconds between one answer and the next request')
     p.add_argument('--out', required=True)
     p.add_argument('--timeout', type=float, default=90.0)
     a = p.parse_args(argv)
@@ -658,14 +737,15 @@ def _register_main(argv: Sequence[str]) -> int:
     rclpy.init()
     node = rclpy.create_node('e2e_registrar')
     deadline = time.monotonic() + a.timeout
-    for name in [f'{ns}/delen/set_bounds' for ns in a.nodes.split(',')] + ['/delen_placer/set_bounds']:
+    for name in [*[w for w in a.wait.split(',') if w and w != a.via], a.via]:
         client = node.create_client(SetBounds, name)
         if not client.wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
             print(f'{name} not up within {a.timeout:g} s', file=sys.stderr)
             return 1
-    client = node.create_client(SetBounds, '/delen_placer/set_bounds')
     answers = {}
-    for app in json.loads(pathlib.Path(a.apps).read_text()):
+    for k, app in enumerate(json.loads(pathlib.Path(a.apps).read_text())):
+        if k and a.gap_s > 0:
+            time.sleep(a.gap_s)
         request = SetBounds.Request(app_id=app['app_id'], image_topic=app['image_topic'],
                                     max_latency_ms=float(app['max_latency_ms']),
                                     result_topic=f'{RESULT_PREFIX_NODE}/{app["app_id"]}/result')
@@ -673,9 +753,13 @@ def _register_main(argv: Sequence[str]) -> int:
         rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
         answer = future.result()
         answers[app['app_id']] = {'accepted': bool(answer and answer.accepted),
-                                  'message': answer.message if answer else 'no answer'}
+                                  'message': answer.message if answer else 'no answer', 't_ns': time.time_ns(),
+                                  'max_latency_ms': float(app['max_latency_ms'])}
         print(f'{app["app_id"]}: {answers[app["app_id"]]}', flush=True)
-    pathlib.Path(a.out).write_text(json.dumps(answers))
+    # written whole, then renamed: a reader never sees half a file
+    tmp = pathlib.Path(str(a.out) + '.tmp')
+    tmp.write_text(json.dumps(answers))
+    tmp.replace(a.out)
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
@@ -697,6 +781,13 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
     raw: dict[str, Any] = {'config': dataclasses.asdict(config), 'name': config.name, 'domain_id': domain_id,
                            'rate_hz': args.rate, 'topics': topics, 'result_topics': result_topics,
                            'bounds_ms': _bounds_for(bounds, n)}
+    # Who admits the apps, and so who may refuse some: the placer (--nodes), the node's ~/set_bounds
+    # (--register service), or the node at configure (its apps parameter). Every refusal lands in
+    # registrar.json (app -> accepted, message): publishers and recorder do not wait for refused apps.
+    answers_path = workdir / 'registrar.json'
+    refused_by = None if config.kind != 'node' else ('placer' if args.nodes > 1 else
+                                                     'node ~/set_bounds' if config.register == 'service' else
+                                                     'node at configure (apps parameter)')
     node_params: list[NodeParam] = list(getattr(args, 'node_params', []))
     param_nodes: list[str] = []
     status_topics = [STATUS_TOPIC] if config.kind == 'node' else []
@@ -717,6 +808,13 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
             params_path.write_text(yaml.safe_dump({'/**': {'ros__parameters': raw['node_params']}}))
             target = children.start('node', ['-m', 'delen_ros.ros.node', *_node_ros_args(params_path, node_params)])
             param_nodes = ['/delen']
+            if config.register == 'service':
+                apps = [{'app_id': _app(i), 'image_topic': _topic(i), 'max_latency_ms': b}
+                        for i, b in enumerate(raw['bounds_ms'])]
+                raw['register_order'] = [a['app_id'] for a in registration_order(apps)]
+                raw['register_gap_s'] = args.register_gap_s
+                _start_registrar(children, workdir, registration_order(apps), via=f'{RESULT_PREFIX_NODE}/set_bounds',
+                                 gap_s=args.register_gap_s, timeout_s=args.ready_timeout)
         if config.kind == 'node' and node_params:
             raw['node_param_overrides'] = {p.name: p.value for p in node_params}
         target_name = 'echo' if config.kind == 'echo' else 'node'
@@ -729,7 +827,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
                                     '--param-nodes', ','.join(param_nodes) if node_params else '',
                                     '--param-names', ','.join(p.name for p in node_params),
                                     '--ready', workdir / 'recorder.ready', '--out', workdir / 'recorder.json',
-                                    '--registrar', workdir / 'registrar.json' if args.nodes > 1 else ''])
+                                    '--registrar', answers_path if refused_by else ''])
         publishers = []
         for k, first in enumerate(range(0, n, args.cams_per_proc)):
             count = min(args.cams_per_proc, n - first)
@@ -738,12 +836,20 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
                                   '--total', n, '--rate', args.rate, '--size', args.size, '--encoding', args.encoding,
                                   '--source', args.source, '--pool', args.pool, '--qos', args.image_qos,
                                   '--phase', args.phase, '--ready', workdir / f'{name}.ready',
-                                  '--registrar', workdir / 'registrar.json' if args.nodes > 1 else '',
+                                  '--registrar', answers_path if refused_by else '',
+                                  *(['--early'] if config.kind == 'node' and config.register == 'service' else []),
                                   '--out', workdir / f'{name}.json'])
             publishers.append(name)
-        ready_files = [workdir / 'recorder.ready', *[workdir / f'{p}.ready' for p in publishers]]
+        # the window starts once every app was answered (registrar.json written) and every other one matched
+        ready_files = [workdir / 'recorder.ready', *[workdir / f'{p}.ready' for p in publishers],
+                       *([answers_path] if refused_by else [])]
         deadline = time.monotonic() + args.ready_timeout
         while not all(f.exists() for f in ready_files):
+            if refused_by and refused_by.startswith('node at') and not answers_path.exists():
+                verdict = configure_refusals(children.log_path('node').read_text(errors='replace'))
+                if verdict is not None:   # configured: the apps it did not restore are refused
+                    answers_path.with_suffix('.tmp').write_text(json.dumps(verdict))
+                    answers_path.with_suffix('.tmp').replace(answers_path)
             dead = children.dead(done=('registrar',))
             if dead:
                 raise RuntimeError(f'{", ".join(dead)} exited before the run started')
@@ -752,10 +858,12 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
                 raise RuntimeError(f'not matched within {args.ready_timeout:g} s: {", ".join(missing)}')
             time.sleep(0.05)
         raw['startup_s'] = time.monotonic() - t_start
-        if args.nodes > 1 and config.kind == 'node':   # apps the placer refused: their frames count as misses
-            raw['refused'] = {app: answer['message'] for app, answer in json.loads(
-                (workdir / 'registrar.json').read_text() if (workdir / 'registrar.json').exists() else '{}').items()
-                if not answer.get('accepted')}
+        if refused_by:   # apps refused: their frames count as misses
+            answers = json.loads(answers_path.read_text())
+            raw['refused'] = {app: answer['message'] for app, answer in answers.items() if not answer.get('accepted')}
+            raw['refused_by'] = refused_by
+            if config.register == 'service':
+                raw['register_answers'] = answers
         ready_ns = time.time_ns()
         window = (ready_ns + int(args.warmup * 1e9), ready_ns + int((args.warmup + args.duration) * 1e9))
         raw['window_ns'] = window
@@ -1038,7 +1146,8 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     """Per-app and total figures of one configuration from what :func:`run_config` gathered."""
     out: dict[str, Any] = {k: raw.get(k) for k in ('name', 'config', 'domain_id', 'bounds_ms', 'startup_s', 'wall_s',
                                                    'error', 'log_tails', 'exit_codes', 'target_alive_at_end', 'gpu')}
-    for key in ('echo', 'node_params', 'node_param_overrides', 'node_configure_s', 'refused'):
+    for key in ('echo', 'node_params', 'node_param_overrides', 'node_configure_s', 'refused', 'refused_by',
+                'register_order', 'register_gap_s', 'register_answers'):
         if key in raw:
             out[key] = raw[key]
     if 'recorder' not in raw:
@@ -1101,7 +1210,21 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
         all_rows.extend(matched)
         answered_by_app[_app(cam)] = {'sent_ns': sorted(sent_set), 'bound_ms': bound,
                                       'results': [(int(r[col['stamp_ns']]), int(r[col['cb_ns']])) for r in matched]}
+    # the node's own word on each app in the window: ~/status unschedulable_reason (its admission re-check)
+    for entry in raw['recorder'].get('status') or []:
+        if len(entry) > 6 and entry[1] in apps and t0 <= entry[0] < t1:
+            a = apps[entry[1]]
+            a['status_seen'] = a.get('status_seen', 0) + 1
+            if entry[6]:
+                a['node_flagged'] = a.get('node_flagged', 0) + 1
+                a['node_flagged_reason'] = entry[6]
+    for a in apps.values():
+        if a.get('status_seen'):
+            a['node_flagged_share'] = a.pop('node_flagged', 0) / a['status_seen']
     out['apps'] = apps
+    refused = raw.get('refused') or {}
+    out['apps_without_results_or_reason'] = sorted(app for app, a in apps.items()
+                                                   if a['sent'] and not a['answered'] and app not in refused)
     if raw.get('kill'):
         out['failover'] = _failover(raw, answered_by_app)
     tot: dict[str, Any] = {
@@ -1272,6 +1395,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help='with --nodes: the placer\'s liveness_timeout_s (default: the placer\'s own)')
     p.add_argument('--check-period-s', type=float, default=None,
                    help='with --nodes: the placer\'s check_period_s (default: the placer\'s own)')
+    p.add_argument('--register', default='param',
+                   help='comma-separated, how the single node gets its apps (one configuration each): param = all in '
+                   'its apps parameter, admitted or refused at configure before any frame is measured (configuration '
+                   '<policy>_n<N>); service = the node starts with none, and once its ~/set_bounds is up a registrar '
+                   'asks it for each camera\'s app, loosest latency bound first, --register-gap-s apart, while the '
+                   'admitted apps\' cameras already run (<policy>_n<N>_service). Either way refused apps are not '
+                   'waited for, their frames count as misses and the report lists why; with both, the report runs '
+                   'every app refused under service anyway (under param) and says whether it would have missed')
+    p.add_argument('--register-gap-s', type=float, default=0.5,
+                   help='--register service: seconds between one answer and the next request')
     p.add_argument('--max-batch', type=int, default=8, help='node parameter max_batch')
     p.add_argument('--image-qos', default='sensor_data', choices=['sensor_data', 'reliable'])
     p.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
@@ -1341,7 +1474,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     bounds = [float(v) for v in args.bounds.split(',') if v]
     if args.source == 'auto':
         args.source = _default_source(args.model)
-    configs = [Config('node', n, p) for n in ns for p in policies] + [Config('echo', n) for n in echo_ns]
+    registers = [r for r in args.register.split(',') if r]
+    if not registers or set(registers) - set(REGISTER_MODES) or len(set(registers)) < len(registers):
+        parser.error(f'--register {args.register!r}: a comma-separated list of {", ".join(REGISTER_MODES)}, each once')
+    if args.nodes > 1 and registers != ['param']:
+        parser.error('--register is for one node; with --nodes the placer registers every app (through its '
+                     '~/set_bounds)')
+    if args.register_gap_s < 0:
+        parser.error(f'--register-gap-s {args.register_gap_s:g} is negative')
+    configs = [Config('node', n, p, r) for n in ns for p in policies for r in registers] + \
+        [Config('echo', n) for n in echo_ns]
     first_domain = args.domain_id if args.domain_id is not None else 100 + os.getpid() % 100
     if first_domain < 0 or first_domain + len(configs) - 1 > 232:
         raise SystemExit(f'domain ids {first_domain}..{first_domain + len(configs) - 1} leave 0..232 (Fast DDS)')
@@ -1357,7 +1499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             'device_name': gpu.name if args.device.startswith('cuda') and gpu.name else platform.processor() or 'CPU',
             'cpu_count': os.cpu_count(), 'policies': policies, 'ns': ns, 'echo_ns': echo_ns, 'rate_hz': args.rate,
             'size': args.size, 'encoding': args.encoding, 'source': args.source, 'bounds_ms': bounds,
-            'max_batch': args.max_batch, 'image_qos': args.image_qos, 'nodes': args.nodes,
+            'max_batch': args.max_batch, 'image_qos': args.image_qos, 'nodes': args.nodes, 'register': registers,
+            'register_gap_s': args.register_gap_s,
             'kill_node_at_s': args.kill_node_at, 'liveness_timeout_s': args.liveness_timeout_s,
             'check_period_s': args.check_period_s,
             'node_params': [p.ros_arg for p in args.node_params], 'echo': 'deserialize' if args.echo_deserialize else 'raw',
@@ -1394,8 +1537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"[e2e]   failed: {result.get('error')}", flush=True)
             if result.get('refused'):
-                print(f"[e2e]   refused by the placer (their frames count as misses): "
-                      f"{', '.join(sorted(result['refused']))}", flush=True)
+                print(f"[e2e]   refused by the {result.get('refused_by') or 'placer'} (their frames count as misses): "
+                      + '; '.join(f'{app}: {why[:160]}' for app, why in sorted(result['refused'].items())), flush=True)
             if result.get('failover'):
                 print(f"[e2e]   {failover_summary(result['failover'])}", flush=True)
                 for name, tail in (result.get('log_tails') or {}).items():
@@ -1409,6 +1552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted = True
         print('[e2e] interrupted: writing what ran', flush=True)
     overheads(report['configs'])
+    report['admission'] = admission_check(report['configs'])
     report['memory_growth'] = memory_growth(report)
     meta['wall_s'] = time.monotonic() - t_all
     meta['interrupted'] = interrupted

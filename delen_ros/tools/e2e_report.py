@@ -16,10 +16,121 @@ from typing import Any
 import numpy as np
 
 __all__ = ['overheads', 'memory_growth', 'render_table', 'write_plots', 'replot', 'fmt', 'echo_mode',
-           'failover_summary', 'failover_plot_names', 'RECOVERY_TARGET_S']
+           'failover_summary', 'failover_plot_names', 'admission_check', 'RECOVERY_TARGET_S', 'WITHIN_TARGET']
 
 #: issue 12: a killed node's apps served again within this, s
 RECOVERY_TARGET_S = 2.0
+#: issue 10: the share of an admitted app's frames answered within its bound at the result topic
+WITHIN_TARGET = 0.99
+
+
+def _register(r: dict[str, Any]) -> str:
+    return r['config'].get('register') or 'param'   # files from before --register: param
+
+
+def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHIN_TARGET) -> dict[str, Any]:
+    """Issue 10's evidence, per pair of node configurations that differ only in ``--register`` (same policy
+    and cameras; one ``service``, one ``param``), keyed by the ``service`` configuration's name.
+
+    ``admitted``: the apps admitted under ``service``, ``worst_app`` / ``worst_within`` (the lowest share of
+    frames sent answered within the bound), ``below_target`` (apps under ``target``), ``met`` (none is).
+    ``without_results_or_reason``: apps with frames sent, none answered, and not refused. ``refused``: per app
+    refused under ``service``, its bound and the node's reason, and ``forced``: how it fared under ``param``
+    (``answered_share``, ``within``, ``node_flagged_share`` / ``node_flagged_reason``: the node's re-check
+    flagged it unschedulable in that share of its status messages; ``refused_too``: the node refused it at
+    configure as well, so it never ran), and ``verdict``: ``'would have missed'`` (within < ``target``),
+    ``'would have met'`` (the refusal was too cautious), or ``'not run'``. A pair whose ``param`` run is
+    missing or failed has ``forced`` ``None`` and verdict ``'not run'``.
+    """
+    out: dict[str, Any] = {}
+    by_key = {(r['config'].get('policy'), r['config']['cameras'], _register(r)): (name, r)
+              for name, r in configs.items() if r['config']['kind'] == 'node'}
+    for (policy, cameras, register), (name, svc) in by_key.items():
+        if register != 'service' or not svc.get('apps'):
+            continue
+        forced_name, forced = by_key.get((policy, cameras, 'param'), (None, None))
+        forced_apps = (forced or {}).get('apps') or {}
+        refused = svc.get('refused') or {}
+        admitted = {app: a for app, a in svc['apps'].items() if app not in refused}
+        shares = {app: a['attainment'] for app, a in admitted.items() if a.get('attainment') is not None}
+        worst = min(shares, key=shares.get) if shares else None
+        rows = {}
+        for app, why in sorted(refused.items()):
+            f = forced_apps.get(app)
+            refused_too = app in ((forced or {}).get('refused') or {})
+            if f is None or refused_too or not f.get('sent'):
+                forced_row, verdict = ({'refused_too': (forced or {}).get('refused', {}).get(app)} if refused_too
+                                       else None), 'not run'
+            else:
+                forced_row = {k: f.get(k) for k in ('sent', 'answered', 'answered_share', 'node_flagged_share',
+                                                    'node_flagged_reason', 'e2e_p50_ms', 'e2e_p99_ms')}
+                forced_row['within'] = f.get('attainment')
+                verdict = 'would have missed' if (f.get('attainment') or 0.0) < target else 'would have met'
+            rows[app] = {'bound_ms': svc['apps'][app]['bound_ms'], 'reason': why, 'forced': forced_row,
+                         'verdict': verdict}
+        out[name] = {
+            'forced_config': forced_name, 'target': target, 'policy': policy, 'cameras': cameras,
+            'register_order': svc.get('register_order'),
+            'admitted': {'apps': sorted(admitted), 'worst_app': worst, 'worst_within': shares.get(worst),
+                         'below_target': sorted(app for app, v in shares.items() if v < target),
+                         'met': bool(shares) and all(v >= target for v in shares.values())},
+            'without_results_or_reason': svc.get('apps_without_results_or_reason', []),
+            'refused': rows}
+    return out
+
+
+def _admission_lines(name: str, a: dict[str, Any], configs: dict[str, dict[str, Any]]) -> list[str]:
+    svc = configs[name]
+    adm = a['admitted']
+    target = a['target']
+    order = a.get('register_order') or []
+    bounds = {app: v['bound_ms'] for app, v in svc.get('apps', {}).items()}
+    lines = [f"## Admission at the result topic ({name}, forced run: {a.get('forced_config') or 'none'})", '',
+             f"Under `service` the node started with no app; the registrar asked its `~/set_bounds` for each app, "
+             f"loosest bound first ({', '.join(f'{app} {bounds.get(app, 0):g} ms' for app in order)}), "
+             f"{fmt(svc.get('register_gap_s'), 'g')} s apart, while the admitted apps\' cameras ran; the window "
+             f"began after the last answer. Target: every admitted app ≥ {target * 100:g} % of its frames "
+             f"answered within its bound (unanswered = miss).", '']
+    if adm['worst_app'] is None:
+        lines.append('**No app was admitted under `service`.**')
+    else:
+        lines.append(f"Admitted under `service`: {len(adm['apps'])} app(s); worst within bound "
+                     f"**{fmt(adm['worst_within'], '.1f', 100)} %** ({adm['worst_app']}, "
+                     f"{fmt(bounds.get(adm['worst_app']), 'g')} ms): target "
+                     + ('**met**.' if adm['met'] else
+                        f"**missed** by {', '.join(adm['below_target'])} ("
+                        + '; '.join(f"{app}: {fmt(svc['apps'][app]['attainment'], '.1f', 100)} %, node flagged it in "
+                                    f"{fmt(svc['apps'][app].get('node_flagged_share'), '.0f', 100)} % of its status "
+                                    'messages' for app in adm['below_target']) + ').'))
+    silent = a.get('without_results_or_reason') or []
+    lines.append(f"Apps with no result and no reason: {len(silent)}" + (f" ({', '.join(silent)})." if silent else '.'))
+    lines += ['', '### Refused requests run anyway', '']
+    if not a['refused']:
+        lines.append('No request was refused under `service`.')
+        return lines
+    lines += [f"Each app refused under `service`, forced in under `param` ({a.get('forced_config') or 'not run'}: the "
+              'same cameras, bounds and policy, every app in the node\'s `apps` parameter). *Would have missed*: '
+              f'fewer than {target * 100:g} % of its frames within the bound there. *Flagged*: the share of its '
+              '`~/status` messages in which the node\'s re-check called it unschedulable (it then serves it '
+              'best-effort, after the others).', '',
+              '| app | bound ms | refused because | forced: answered / within | p99 ms | flagged | verdict |',
+              '|---|---|---|---|---|---|---|']
+    for app, row in a['refused'].items():
+        f = row['forced']
+        if f is None or 'refused_too' in f:
+            cells = ['not run' if f is None else f"refused at configure too: {str(f['refused_too'])[:160]}", '–', '–']
+        else:
+            cells = [f"{fmt(f['answered_share'], '.1f', 100)} / {fmt(f['within'], '.1f', 100)} %",
+                     fmt(f.get('e2e_p99_ms')), f"{fmt(f.get('node_flagged_share'), '.0f', 100)} %"]
+        verdict = {'would have missed': 'would have missed: refusal right',
+                   'would have met': '**would have met its bound: refusal too cautious**'}.get(row['verdict'],
+                                                                                               row['verdict'])
+        lines.append(f"| {app} | {row['bound_ms']:g} | {row['reason'][:300]} | " + ' | '.join(cells)
+                     + f' | {verdict} |')
+    met = [app for app, row in a['refused'].items() if row['verdict'] == 'would have met']
+    if met:
+        lines += ['', f"Not every refusal was needed: {', '.join(met)} met its bound when forced in."]
+    return lines
 
 
 def overheads(results: dict[str, dict[str, Any]]) -> None:
@@ -161,9 +272,15 @@ def render_table(report: dict[str, Any]) -> str:
     for name, r in report['configs'].items():
         if r.get('failover'):
             lines += ['', *_failover_lines(name, r['failover'])]
-        if r.get('refused'):   # --nodes: apps no node admitted; their frames count as misses above
-            lines += ['', f'{name}: refused by the placer, {len(r["refused"])} app(s): '
+        if r.get('refused'):   # apps refused (placer or node); their frames count as misses above
+            lines += ['', f'{name}: refused by the {r.get("refused_by") or "placer"}, {len(r["refused"])} app(s) '
+                          '(their frames count as misses): '
                           + '; '.join(f'{app}: {why[:200]}' for app, why in sorted(r['refused'].items()))]
+    admission = report.get('admission')
+    if admission is None:   # files written before the section existed
+        admission = admission_check(report['configs'])
+    for name, a in admission.items():
+        lines += ['', *_admission_lines(name, a, report['configs'])]
     timeline = [(name, r['total']['timeline_p50_ms']) for name, r in report['configs'].items()
                 if r.get('total', {}).get('timeline_p50_ms')]
     if timeline:

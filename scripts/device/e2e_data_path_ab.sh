@@ -10,12 +10,17 @@
 #   nodes4     NS_NODES4 (32,48) cameras on four nodes sharing the GPU behind delen_placer, POLICIES_NODES4 (delen)
 #   failover   NSF (8) cameras on two nodes behind delen_placer, /n0 killed (scripts/device/e2e_multi_gpu.sh)
 #   mixed      latency bounds BOUNDS_MIXED in turn on NS_MIXED cameras, delen (issue 10)
+#   admission  the same cameras and bounds (NS_ADM 16, BOUNDS_ADM 5,10,33), delen, registered twice (issue 10):
+#              --register service (the node starts with none; each app asks ~/set_bounds, loosest bound first,
+#              REGISTER_GAP_S apart, beside the admitted apps' measured load), then param (all in the apps
+#              parameter), so the report runs every refused request anyway ("Refused requests run anyway")
 # py-spy samples every node (scripts/device/spy_nodes.sh). One archive comes back: OUT/ab.tgz.
 #   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
 # Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), POLICIES_NODES2 (delen,always_final), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
-# TOTAL_S (570), SKIP (space-separated parts to leave out, e.g. "py_recv mixed").
+# NS_ADM (16), BOUNDS_ADM (5,10,33), REGISTER_GAP_S (0.5), TOTAL_S (570), SKIP (space-separated parts to leave out,
+# e.g. "py_recv mixed"; the admission part alone: SKIP="new no_upload py_recv arrival gil nodes2 nodes4 failover mixed").
 set -uo pipefail
 OUT="${1:?usage: e2e_data_path_ab.sh OUT_DIR}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -63,8 +68,13 @@ skip nodes4 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES4_S:-95} )) ENGINE=0 NS="$
 # issue 12 on one GPU: two nodes behind delen_placer, /n0 killed 4 s into the window
 skip failover || BUDGET_S=$(( $(left) - 5 - ${AFTER_FAILOVER_S:-45} )) SWEEPS=failover NSF="${NSF:-8}" POLICIES=delen \
   bash scripts/device/e2e_multi_gpu.sh "$WORK/failover"
-skip mixed || TOTAL_S=$(( $(left) - 5 )) ENGINE=0 NS="${NS_MIXED:-16}" POLICIES=delen BOUNDS="${BOUNDS_MIXED:-5,10,33}" \
-  DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/mixed"
+skip mixed || TOTAL_S=$(( $(left) - 5 - ${AFTER_MIXED_S:-80} )) ENGINE=0 NS="${NS_MIXED:-16}" POLICIES=delen \
+  BOUNDS="${BOUNDS_MIXED:-5,10,33}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/mixed"
+# issue 10 at the result topic: the apps registered one by one through ~/set_bounds (service), then the
+# same apps all in the node's apps parameter (param); no echo (the mixed part has the transport floor)
+skip admission || TOTAL_S=$(( $(left) - 5 )) ENGINE=0 NS="${NS_ADM:-16}" POLICIES=delen BOUNDS="${BOUNDS_ADM:-5,10,33}" \
+  DURATION="$D" EXTRA="--register service,param --register-gap-s ${REGISTER_GAP_S:-0.5} --no-echo" \
+  bash scripts/device/e2e_gpu.sh "$WORK/admission"
 kill "$SPY" 2>/dev/null
 echo "[ab] done in $(( $(date +%s) - t0 )) s"
 tar czf "$OUT/ab.tgz" -C "$WORK" .
