@@ -29,6 +29,13 @@ growth, GPU busy share (NVML or nvidia-smi; absent on a CPU), the node's configu
 ``configured in X s`` log line). With the echo at the same N, node overhead = p(node stamp->receive
 - compute) - p(echo stamp->receive), at p50 and p99.
 
+**Admission** (``--register service,param``, issue 10): under ``service`` the node starts with no app and
+a registrar asks its ``~/set_bounds`` for each camera's app, loosest bound first, ``--register-gap-s``
+apart, while the admitted apps' cameras run; the window starts after the last answer. Refused apps (there,
+at the node's configure under ``param``, or by the placer with ``--nodes``) are not waited for and their
+frames count as misses. With both, the report runs every app refused under ``service`` anyway (its
+``param`` run) and says whether it would have missed (``e2e.json`` ``admission``, :func:`admission_check`).
+
 **Failover** (``--nodes K --kill-node-at S``, issue 12): S s into the window the bench SIGKILLs node
 ``/n0``'s process group and keeps everything else running; every process speaks DDS with
 ``config/fastdds_placement.xml`` (1 s lease), the nodes publish ``~/status`` every 0.2 s, and the recorder
