@@ -231,6 +231,10 @@ class _Mean:
         self.mean += self.alpha * (value - self.mean)
 
 
+_SETTLE_NS = 500_000_000   # after a new frame size's first frame, no frame-age samples
+_MAX_SIZES_SEEN = 64        # frame sizes remembered (bounded, whatever cameras send)
+
+
 class _Tail:
     """The 99th percentile of the last ``window`` values (ms); ``None`` before the first. A window's
     quantile, not mean + deviations: one stall (a start-up, a page fault) must not make admission
@@ -494,6 +498,11 @@ class Engine:
         # at mean + latency_margin deviations.
         self.overhead_prior_ms = overhead_prior_ms
         self._age = _Tail()
+        # A frame size's first frames pay one-time costs (pinned buffers, lazily loaded kernels):
+        # measurements are not taken from them, or one warm-up would refuse apps for seconds.
+        self._sizes_seen: set[tuple[int, ...]] = set()
+        self._settle_until_ns = 0
+        self._sizes_preprocessed: set[tuple[int, ...]] = set()
         self._wake = _Mean()
         self._idle = False
         self.external_delivery = external_delivery
@@ -718,6 +727,7 @@ class Engine:
         :raises ValueError: a malformed image.
         """
         image = check_image(image)
+        shape = tuple(image.shape)
         if self._upload_ahead and self._device_pre is not None and any(a in self._apps for a in app_ids):
             try:   # start its upload now, off the worker; the caller's buffer is free on return
                 image = self._device_pre.upload(image)
@@ -728,7 +738,12 @@ class Engine:
         with self._cond:
             now = self.clock()
             arrival = now if arrival_ns is None else int(arrival_ns)
-            if arrival_ns is not None:
+            if shape not in self._sizes_seen:
+                if len(self._sizes_seen) >= _MAX_SIZES_SEEN:
+                    self._sizes_seen.clear()
+                self._sizes_seen.add(shape)
+                self._settle_until_ns = now + _SETTLE_NS
+            if arrival_ns is not None and now >= self._settle_until_ns:
                 self._age.add((now - arrival) / _NS_PER_MS)
             for app_id in dict.fromkeys(app_ids):
                 app = self._apps.get(app_id)
@@ -991,6 +1006,7 @@ class Engine:
             pre_ns = 0
             if todo:
                 t0 = time.perf_counter_ns()
+                shapes = [f.image.shape for f in todo]
                 x = self._preprocess([f.image for f in todo])
                 for i, f in enumerate(todo):
                     # The pixels are copied out: let go of the image now (it may be a view of a
@@ -998,7 +1014,12 @@ class Engine:
                     f.tensor, f.image = x[i:i + 1], None
                 pre_ns = time.perf_counter_ns() - t0
                 per_frame = pre_ns / 1e6 / len(todo)
-                if self._pre_ms == 0:
+                sizes = {tuple(shape) for shape in shapes}
+                if not sizes <= self._sizes_preprocessed:   # a size's first run: one-time costs, not its rate
+                    if len(self._sizes_preprocessed) >= _MAX_SIZES_SEEN:
+                        self._sizes_preprocessed.clear()
+                    self._sizes_preprocessed |= sizes
+                elif self._pre_ms == 0:
                     self._pre_ms, self._pre_dev_ms = per_frame, per_frame / 4
                 else:
                     self._pre_dev_ms += 0.25 * (abs(per_frame - self._pre_ms) - self._pre_dev_ms)

@@ -98,7 +98,7 @@ def preprocess(images: Sequence[np.ndarray], info: 'ModelInfo', *,
 
 
 _MAX_STAGING_SHAPES = 8
-_FRAME_BUFFERS = 16   # pinned one-frame buffers per shape for upload(), reused in turn
+_FRAME_BUFFERS = 16   # pinned one-frame buffers per shape for upload() at most, reused in turn
 
 
 class DevicePreprocessor:
@@ -192,12 +192,17 @@ class DevicePreprocessor:
                     for _, done in self._frame_buffers.pop(next(iter(self._frame_buffers))):
                         if done is not None:
                             done.synchronize()
-                ring = self._frame_buffers[image.shape] = collections.deque(
-                    [(torch.empty(image.shape, dtype=torch.uint8, pin_memory=True), None)
-                     for _ in range(_FRAME_BUFFERS)])
-            buffer, done = ring.popleft()
-            if done is not None:
-                done.synchronize()   # its last upload has left it (long ago, but for a burst)
+                ring = self._frame_buffers[image.shape] = collections.deque()
+            # Grown one buffer at a time, only while every buffer still has an upload in flight:
+            # pinning all of them at a size's first frame stalled this (the receiving) thread for
+            # tens of ms, and every camera's frames with it.
+            if ring and (ring[0][1] is None or ring[0][1].query()):
+                buffer, done = ring.popleft()
+            elif len(ring) < _FRAME_BUFFERS:
+                buffer, done = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True), None
+            else:
+                buffer, done = ring.popleft()
+                done.synchronize()   # a burst: wait for the oldest upload to leave its buffer
             np.copyto(buffer.numpy(), image)   # releases the GIL: the worker runs meanwhile
             with torch.cuda.stream(self._upload_stream):
                 frame = buffer.to(self.device, non_blocking=True)
