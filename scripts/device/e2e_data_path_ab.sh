@@ -50,19 +50,20 @@ skip arrival || TOTAL_S=$(( $(left) - 5 - ${AFTER_ARRIVAL_S:-330} )) ENGINE=0 NS
 # a shorter GIL switch interval: a thread that gave the GIL up (a CUDA call, a copy) gets it back sooner
 skip gil || TOTAL_S=$(( $(left) - 5 - ${AFTER_GIL_S:-250} )) ENGINE=0 NS="${NS_AB:-32}" \
   NODE_PARAMS="gil_switch_interval_ms:=${GIL_MS:-0.5}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/gil"
-# where configure's seconds go (issue 8: configure -> first result <= 5 s): default, then with every
-# CUDA kernel loaded up front, the first under py-spy
+# where configure's seconds go (issue 8: configure -> first result <= 5 s): under py-spy, then
+# kernels chosen one batch size after another (DELEN_PARALLEL_PLANS=0) against in parallel (default)
 if ! skip configure; then
   mkdir -p "$WORK/configure"
   py-spy record -r 200 -f raw -o "$WORK/configure/spy_configure.txt" -- \
     python3 scripts/device/configure_profile.py "$WORK/configure/lazy.json" 2>&1 | tail -3
-  CUDA_MODULE_LOADING=EAGER python3 scripts/device/configure_profile.py "$WORK/configure/eager.json" 2>&1 | tail -2
+  DELEN_PARALLEL_PLANS=0 python3 scripts/device/configure_profile.py "$WORK/configure/serial_plans.json" 2>&1 | tail -2
+  python3 scripts/device/configure_profile.py "$WORK/configure/parallel_plans.json" 2>&1 | tail -2
   echo "[ab] configure profile done at $(( $(date +%s) - t0 )) s"
 fi
 # the same cameras on two delen nodes (namespaces, each its own process and GIL) on the one GPU,
 # behind delen_placer: apps placed by the nodes' own admission
 skip nodes2 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES2_S:-95} )) ENGINE=0 NS="${NS_NODES2:-32,48}" \
-  POLICIES="${POLICIES_NODES2:-delen,always_final}"   EXTRA="--nodes 2" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes2"
+  POLICIES="${POLICIES_NODES2:-delen,always_final}" EXTRA="--nodes 2" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes2"
 skip nodes4 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES4_S:-95} )) ENGINE=0 NS="${NS_NODES4:-32,48}" \
   POLICIES="${POLICIES_NODES4:-delen}" EXTRA="--nodes 4" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes4"
 # issue 12 on one GPU: two nodes behind delen_placer, /n0 killed 4 s into the window
