@@ -103,6 +103,10 @@ class LatencyCorrector:
         self._stats: dict[tuple[int, int], tuple[float, float, float]] = {}
         # decision -> result delivered (ms): no step covers it, but the latency bound does
         self._tail: tuple[float, float] | None = None
+        # (step, batch) -> (p50, prior) of _priors_of, the profile they were read from: predictions
+        # run several times per request and step, and a profile never changes
+        self._priors: dict[tuple[int, int], tuple[float, float]] = {}
+        self._priors_of: 'Profile | None' = None
 
     def update_tail(self, measured_ms: float) -> None:
         """Fold in one measured time from the last decision on a request to its result's delivery."""
@@ -178,14 +182,24 @@ class LatencyCorrector:
         :param margin: deviations to add; ``None``: :attr:`margin` (0: the expected time).
         """
         margin = self.margin if margin is None else margin
-        p50 = profile.step_ms(step, batch)
-        prior = p50 + self.safety * max(0.0, profile.step_ms(step, batch, p99=True) - p50)
+        p50, prior = self._prior(profile, step, batch)
         found = self._lookup(step, batch)
         if found is None:
             return prior
         mean, dev, weight = found
         measured = p50 * (mean + margin * dev)
         return measured if weight >= 1.0 else weight * measured + (1 - weight) * prior
+
+    def _prior(self, profile: 'Profile', step: int, batch: int) -> tuple[float, float]:
+        """The profile's p50 for ``step`` at ``batch`` and the prior (p50 moved ``safety`` of the way to p99)."""
+        if profile is not self._priors_of:
+            self._priors, self._priors_of = {}, profile
+        key = (step, batch)
+        found = self._priors.get(key)
+        if found is None:
+            p50 = profile.step_ms(step, batch)
+            found = self._priors[key] = (p50, p50 + self.safety * max(0.0, profile.step_ms(step, batch, p99=True) - p50))
+        return found
 
     def snapshot(self) -> dict[str, list[float]]:
         """``{'step/batch': [mean ratio, deviation]}`` (for logs and benchmarks)."""
@@ -200,6 +214,8 @@ class ExitContext:
     :param energy_mj: energy attributed to this request so far (estimate), millijoules.
     :param next_batch: the batch size the next step would probably run in (for its predicted time).
     :param corrector: the engine's online latency correction; ``None``: the profile's p50.
+    :param next_ms: :meth:`predicted_next_ms`, when the caller computed it once for a whole batch;
+        ``None``: computed here.
     """
 
     bounds: Bounds
@@ -210,6 +226,7 @@ class ExitContext:
     energy_mj: float = 0.0
     next_batch: int = 1
     corrector: LatencyCorrector | None = None
+    next_ms: float | None = None
 
     @property
     def is_last(self) -> bool:
@@ -218,6 +235,8 @@ class ExitContext:
     def predicted_next_ms(self) -> float:
         """Predicted time from now to a result after the next step (stage ``k+1`` + head) at
         ``next_batch``, delivery included when a corrector has measured it."""
+        if self.next_ms is not None:
+            return self.next_ms
         k = self.exit_index + 1
         if self.corrector is None:
             return self.profile.step_ms(k, self.next_batch)

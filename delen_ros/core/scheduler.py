@@ -51,6 +51,19 @@ PredictFn = Callable[[int, int], float]
 _NS_PER_MS = 1_000_000
 
 
+def _memo(fn: PredictFn) -> PredictFn:
+    """``fn`` remembering its answers: one decision is taken at one instant, so each ``(step,
+    batch)`` it asks about needs predicting once (predictions cost microseconds of the worker's GIL)."""
+    answers: dict[tuple[int, int], float] = {}
+
+    def predict(step: int, batch: int) -> float:
+        ms = answers.get((step, batch))
+        if ms is None:
+            ms = answers[step, batch] = fn(step, batch)
+        return ms
+    return predict
+
+
 @dataclasses.dataclass(eq=False)
 class Request:
     """One frame for one app, as the scheduler sees it.
@@ -118,6 +131,12 @@ class AppQueue:
         self.late_drops = 0
         self.best_effort = False   # admission found it unschedulable: served after the others
         self.frames: collections.deque[Request] = collections.deque(maxlen=queue_depth)
+
+
+def _due_by(request: Request) -> float:
+    """When ``request`` must be done for batching to keep it on time: its deadline if it is bounded
+    and on time, else never (a late or unbounded request does not limit a batch)."""
+    return request.deadline_ns if request.hard and not request.late else math.inf
 
 
 class Scheduler:
@@ -264,7 +283,8 @@ class Scheduler:
         queues, and started ones must come back through :meth:`requeue` or :meth:`finished`."""
         dropped: list[Request] = []
         expired: list[Request] = []
-        self._classify(now_ns, dropped, expired)
+        predict_ms, tail_ms = _memo(self.predict_ms), self.tail_ms()
+        self._classify(now_ns, dropped, expired, predict_ms, tail_ms)
         can_start = self.max_in_flight - self.in_flight
         candidates = list(self._in_flight)
         if can_start > 0:
@@ -276,33 +296,39 @@ class Scheduler:
         on_time = [r for r in candidates if not r.late]
         candidates = on_time or candidates
         demoted = {a for a, q in self._apps.items() if q.best_effort}
-        candidates.sort(key=lambda r: (r.app_id in demoted, r.deadline_ns, r.arrival_ns))
+        if demoted:
+            candidates.sort(key=lambda r: (r.app_id in demoted, r.deadline_ns, r.arrival_ns))
+        else:
+            candidates.sort(key=lambda r: (r.deadline_ns, r.arrival_ns))
         head = candidates[0]
         step = head.next_step
         limit = self.max_batch if step > 0 else min(self.max_batch, can_start)
         members = [head]
-        predicted = self.predict_ms(step, 1)
-        tail_ms = self.tail_ms()
+        predicted = predict_ms(step, 1)
+        # the earliest deadline among the on-time bounded members: the one a longer batch must keep
+        earliest = _due_by(head)
         for r in candidates[1:]:
             if len(members) >= limit:
                 break
             if r.next_step != step:
                 continue
-            ms = self.predict_ms(step, len(members) + 1)
+            ms = predict_ms(step, len(members) + 1)
             # The batch grows only if no on-time bounded member (the EDF head included) would miss its
             # deadline (also without enforce_deadlines: batching must not make anyone late).
-            due = ms + tail_ms
-            if (r.late or self._fits(r, now_ns, due)) and all(m.late or self._fits(m, now_ns, due) for m in members):
+            finish_ns = now_ns + (ms + tail_ms) * _NS_PER_MS
+            if finish_ns <= min(earliest, _due_by(r)):
                 members.append(r)
                 predicted = ms
+                earliest = min(earliest, _due_by(r))
         self._take(members)
         return Schedule(Batch(step, tuple(members), predicted), tuple(dropped), tuple(expired))
 
-    def _classify(self, now_ns: int, dropped: list[Request], expired: list[Request]) -> None:
+    def _classify(self, now_ns: int, dropped: list[Request], expired: list[Request], predict_ms: PredictFn,
+                  tail_ms: float) -> None:
         """Mark late requests; with enforcement, drop late frames of DROP apps (but for probes) and
         expire requests in flight whose next step would overrun."""
-        tail_ms = self.tail_ms()
-        first_ms = self.expected_ms(0, 1) + tail_ms
+        expected_ms = predict_ms if self.expected_ms is self.predict_ms else _memo(self.expected_ms)
+        first_ms = expected_ms(0, 1) + tail_ms
         for q in self._apps.values():
             if not q.frames or not any(r.hard for r in q.frames):
                 continue
@@ -325,11 +351,11 @@ class Scheduler:
         if self.enforce_deadlines:
             keep = []
             for r in self._in_flight:
-                (keep if self._fits(r, now_ns, self.predict_ms(r.next_step, 1) + tail_ms) else expired).append(r)
+                (keep if self._fits(r, now_ns, predict_ms(r.next_step, 1) + tail_ms) else expired).append(r)
             self._in_flight = keep
         else:
             for r in self._in_flight:
-                if r.hard and not r.late and not self._fits(r, now_ns, self.expected_ms(r.next_step, 1) + tail_ms):
+                if r.hard and not r.late and not self._fits(r, now_ns, expected_ms(r.next_step, 1) + tail_ms):
                     r.late = True
 
     def _take(self, members: list[Request]) -> None:

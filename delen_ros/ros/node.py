@@ -33,7 +33,7 @@ from .apps import parse_apps_param
 from .conversions import ImageFormatError, image_to_array, parse_image_cdr
 from .ingress import IngressPool, auto_processes
 from .manager import SUBSCRIPTION_DEPTH, AppManager, Camera
-from .publishing import CameraReport, diagnostics_array, result_message, status_message
+from .publishing import CameraReport, diagnostics_array, result_cdr, status_message
 from .qos import RESULT_QOS, status_qos
 from .registry import Registry, StateStore
 from .rejections import RejectionLog, clean_message
@@ -222,7 +222,9 @@ class DelenNode(LifecycleNode):
         try:
             image = image_to_array(msg, copy=False)   # a view of the bytes: the one copy is the upload
             if camera.app_ids:
-                served.engine.submit(camera.app_ids, image, arrival_ns=arrival_ns, tag=(msg.header, camera.topic))
+                # the header by its fields: the result is serialized straight from them (result_cdr)
+                served.engine.submit(camera.app_ids, image, arrival_ns=arrival_ns,
+                                     tag=(msg.sec, msg.nanosec, msg.frame_id, camera.topic))
         except (ImageFormatError, ValueError) as exc:
             self._malformed_frame(camera, served, exc)
         except Exception as exc:  # noqa: BLE001 - e.g. the engine stopping during a transition
@@ -252,10 +254,10 @@ class DelenNode(LifecycleNode):
             pub = apps.publisher(result.app_id) if apps is not None else None
             if pub is None or served is None:   # removed while its frame was in flight
                 return
-            header, topic = result.tag
+            sec, nanosec, frame_id, topic = result.tag
             delivered = served.engine.deliver(result)   # the ledger's one definition of latency and bounds_met
-            pub.publish(result_message(delivered, header=header, image_topic=topic,
-                                       now_ns=self.get_clock().now().nanoseconds))
+            pub.publish(result_cdr(delivered, stamp_sec=sec, stamp_nanosec=nanosec, frame_id=frame_id,
+                                   image_topic=topic, now_ns=self.get_clock().now().nanoseconds))
         except Exception as exc:  # noqa: BLE001 - never kill the worker over one result
             self.get_logger().error(f'could not publish a result for {result.app_id}: {type(exc).__name__}: '
                                     f'{clean_message(exc)}', throttle_duration_sec=5.0)

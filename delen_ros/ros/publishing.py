@@ -2,21 +2,25 @@
 
 * :func:`result_message`: one :class:`~delen_ros.core.engine.Result`, already delivered
   (:meth:`Engine.deliver <delen_ros.core.engine.Engine.deliver>` is the one definition of latency
-  and ``bounds_met``), as ``delen_ros/msg/InferenceResult``.
+  and ``bounds_met``), as ``delen_ros/msg/InferenceResult``; :func:`result_cdr`: the same message
+  serialized, byte for byte what rclpy would send for it, which the node publishes (a fifth of the
+  GIL time of building the Python message and having rclpy convert it, once per result).
 * :func:`status_message`: one app's :class:`~delen_ros.core.engine.AppStats` as ``AppStatus``.
 * :func:`diagnostics_array`: per camera and for the engine, ``diagnostic_msgs/DiagnosticArray``.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import struct
 from typing import Any, Mapping, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from delen_ros.msg import AppStatus, InferenceResult
 
-__all__ = ['CameraReport', 'result_message', 'status_message', 'diagnostics_array']
+__all__ = ['CameraReport', 'result_message', 'result_cdr', 'status_message', 'diagnostics_array']
 
 
 def result_message(result: Any, *, header: Any, image_topic: str, now_ns: int) -> InferenceResult:
@@ -34,6 +38,51 @@ def result_message(result: Any, *, header: Any, image_topic: str, now_ns: int) -
         queue_ms=float(result.queue_ms), compute_ms=float(result.compute_ms), energy_mj=float(result.energy_mj),
         energy_measured=bool(result.energy_measured), energy_source=str(result.energy_source),
         bounds_met=bool(result.bounds_met))
+
+
+# CDR (XCDR1, little endian) pieces of InferenceResult; alignment counts from after the 4-byte
+# encapsulation header. Field order and types: msg/InferenceResult.msg.
+_ENCAPSULATION = b'\x00\x01\x00\x00'
+_STAMP = struct.Struct('<iI')                 # header.stamp: int32 sec, uint32 nanosec
+_INT32 = struct.Struct('<i')                  # class_id
+_EXIT = struct.Struct('<fBB2x6f?')           # confidence .. energy_mj (2x: expected_accuracy's alignment), energy_measured
+_PAD = (b'', b'\x00\x00\x00', b'\x00\x00', b'\x00')   # by length % 4: up to the next 4-byte boundary
+
+
+@functools.lru_cache(maxsize=4096)
+def _cdr_string(text: str) -> bytes:
+    """A CDR string at a 4-byte boundary: uint32 length (with its NUL), UTF-8 bytes, NUL. Topics,
+    ids, labels and frame ids repeat: each is encoded once."""
+    data = text.encode() + b'\x00'
+    return struct.pack('<I', len(data)) + data
+
+
+def result_cdr(result: Any, *, stamp_sec: int, stamp_nanosec: int, frame_id: str, image_topic: str,
+               now_ns: int) -> bytes:
+    """:func:`result_message` serialized (``rclpy.serialization.serialize_message`` gives the same
+    bytes), for ``publish``; the header is given by its fields (the image's stamp and frame id).
+
+    :param now_ns: the ROS clock now, ns (``stamp_latency_ms`` = now - stamp).
+    :raises struct.error: a value outside its field's type (``exit_index`` above 255, ...).
+    """
+    out = bytearray(_ENCAPSULATION)
+    out += _STAMP.pack(stamp_sec, stamp_nanosec)
+    for text in (frame_id, result.app_id, image_topic):
+        out += _PAD[len(out) % 4]
+        out += _cdr_string(text)
+    out += _PAD[len(out) % 4]
+    out += _INT32.pack(int(result.class_id))
+    out += _cdr_string(str(result.label))
+    out += _PAD[len(out) % 4]
+    stamp_ns = stamp_sec * 1_000_000_000 + stamp_nanosec
+    out += _EXIT.pack(float(result.confidence), int(result.exit_index), int(result.num_exits),
+                      float(result.expected_accuracy), float(result.latency_ms), (now_ns - stamp_ns) / 1e6,
+                      float(result.queue_ms), float(result.compute_ms), float(result.energy_mj),
+                      bool(result.energy_measured))
+    out += _PAD[len(out) % 4]
+    out += _cdr_string(str(result.energy_source))
+    out.append(1 if result.bounds_met else 0)
+    return bytes(out)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,52 @@
+"""``result_cdr``: the serialized ``InferenceResult`` the node publishes is the message
+``result_message`` builds, field for field (rclpy leaves CDR padding bytes undefined, so the
+bytes are compared by deserializing them), for strings of every length modulo 4."""
+from __future__ import annotations
+
+import itertools
+import math
+import types
+
+import pytest
+
+rclpy_serialization = pytest.importorskip('rclpy.serialization')
+
+
+def _result(**changes):
+    fields = dict(app_id='nav', class_id=3, label='dress', confidence=0.873, exit_index=2, num_exits=4,
+                  expected_accuracy=0.91, latency_ms=12.345, queue_ms=1.5, compute_ms=3.25, energy_mj=0.2,
+                  energy_measured=False, energy_source='estimate', bounds_met=True)
+    fields.update(changes)
+    return types.SimpleNamespace(**fields)
+
+
+@pytest.mark.parametrize('frame_id, app_id, topic, label, source', itertools.product(
+    ['', 'c', 'cam', 'camera_fr'], ['a', 'nav', 'abcd', 'navi1'], ['/c', '/cam0/image_raw'],
+    ['x', 'dress', 'T-shirt/top', 'é'], ['estimate', 'nvml_above_idle']))
+def test_result_cdr_is_the_serialized_result_message(frame_id, app_id, topic, label, source):
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    from delen_ros.msg import InferenceResult
+    from delen_ros.ros.publishing import result_cdr, result_message
+    result = _result(app_id=app_id, label=label, energy_source=source, energy_measured=len(label) % 2 == 0,
+                     bounds_met=len(topic) > 2)
+    for sec in (0, -5, 1_795_922_979):
+        header = Header(stamp=Time(sec=sec, nanosec=123_456_789), frame_id=frame_id)
+        want = rclpy_serialization.serialize_message(result_message(result, header=header, image_topic=topic,
+                                                                    now_ns=1_795_922_980_000_000_000))
+        got = result_cdr(result, stamp_sec=sec, stamp_nanosec=123_456_789, frame_id=frame_id, image_topic=topic,
+                         now_ns=1_795_922_980_000_000_000)
+        assert len(got) == len(want)
+        assert (rclpy_serialization.deserialize_message(got, InferenceResult)
+                == rclpy_serialization.deserialize_message(want, InferenceResult))
+
+
+def test_result_cdr_keeps_nan_and_infinity():
+    from delen_ros.msg import InferenceResult
+    from delen_ros.ros.publishing import result_cdr
+    data = result_cdr(_result(energy_mj=math.nan, confidence=math.inf), stamp_sec=10, stamp_nanosec=0, frame_id='cam',
+                      image_topic='/cam', now_ns=10_004_000_000)
+    msg = rclpy_serialization.deserialize_message(data, InferenceResult)
+    assert math.isnan(msg.energy_mj) and msg.confidence == math.inf
+    assert msg.stamp_latency_ms == pytest.approx(4.0) and msg.header.frame_id == 'cam' and msg.label == 'dress'
