@@ -17,12 +17,14 @@ __all__ = ['device_list', 'build_pool']
 def device_list(devices: Sequence[str]) -> list[str]:
     """The ``devices`` parameter without blanks (``['']`` and ``[]`` mean: the ``device`` parameter).
 
-    A device named more than once gets that many engines, each with its own worker thread, CUDA
-    graphs and streams (e.g. ``[cuda:0, cuda:0]``): one worker runs a step, waits for it, decides,
-    and leaves a big GPU idle meanwhile; two overlap. They share the GPU's energy counter, so
-    per-result energy is then an upper bound.
+    :raises ValueError: a CUDA device named twice (two engines on one GPU compete for it; several
+        ``'cpu'`` entries are allowed, for tests).
     """
-    return [d.strip() for d in devices if d and d.strip()]
+    out = [d.strip() for d in devices if d and d.strip()]
+    cuda = [d for d in out if d.startswith('cuda')]
+    if len(set(cuda)) != len(cuda):
+        raise ValueError(f'parameter devices: a CUDA device is named twice in {out!r}')
+    return out
 
 
 def build_pool(params: Any, make_engine: Callable[..., Any], *, first: dict[str, Any], on_result: Callable,

@@ -35,8 +35,7 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'device': ('auto', "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'." + _LATER, None, False),
     'devices': ([''], "Several accelerators of this host, e.g. ['cuda:0', 'cuda:1']: one engine each, apps (with "
                 "their camera) placed where admission leaves the most headroom and moved when load changes or a "
-                "device fails; a device named twice gets two engines, whose workers overlap on it; [''] = the device "
-                "parameter alone." + _LATER, None, False),
+                "device fails; [''] = the device parameter alone." + _LATER, None, False),
     'profile': ('', "Profile JSON file; '' = the committed profile of this model on this device if present, else a "
                 'quick on-device measurement.' + _LATER, None, False),
     'energy_meter': ('auto', "'auto', 'jetson', 'nvml', 'rapl' or 'estimate' (from the profile)." + _LATER,

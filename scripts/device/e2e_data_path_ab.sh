@@ -7,7 +7,6 @@
 #   arrival    latency_from:=arrival on NS_AB cameras, delen: the timeline splits the way in from the queue
 #   gil        gil_switch_interval_ms:=GIL_MS (0.5) on NS_AB cameras, both policies
 #   nodes2     NS_NODES2 (32,48) cameras on two nodes sharing the GPU behind delen_placer, both policies
-#   engines2   NS_ENGINES2 (32,48) cameras on one node with two engines on the GPU (devices: [cuda:0, cuda:0]), delen
 #   nodes4     NS_NODES4 (32,48) cameras on four nodes sharing the GPU behind delen_placer, POLICIES_NODES4 (delen)
 #   failover   NSF (8) cameras on two nodes behind delen_placer, /n0 killed (scripts/device/e2e_multi_gpu.sh)
 #   mixed      latency bounds BOUNDS_MIXED in turn on NS_MIXED cameras, delen (issue 10)
@@ -19,7 +18,7 @@
 #   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
-# Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), NS_ENGINES2 (32,48), POLICIES_NEW (delen,always_final), POLICIES_NODES2 (delen,always_final), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
+# Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), POLICIES_NODES2 (delen,always_final), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
 # NS_ADM (16), BOUNDS_ADM (5,10,33), REGISTER_GAP_S (0.5), TOTAL_S (570), SKIP (space-separated parts to leave out,
 # e.g. "py_recv mixed"; the admission part alone: SKIP="new no_upload py_recv arrival gil nodes2 nodes4 failover mixed").
 set -uo pipefail
@@ -38,7 +37,7 @@ SPY_AFTER_S="${SPY_AFTER_S:-17}" bash scripts/device/spy_nodes.sh "$WORK/spy" & 
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 D="${DURATION:-5}"
 # the e2e script counts TOTAL_S from its own start: give each part what is left of ours, less the later parts
-skip new || TOTAL_S=$(( $(left) - 150 )) NS="${NS_NEW:-16,32,48}" POLICIES="${POLICIES_NEW:-delen,always_final}" DURATION="$D" \
+skip new || TOTAL_S=$(( $(left) - 150 )) NS="${NS_NEW:-16,32,48}" DURATION="$D" \
   bash scripts/device/e2e_gpu.sh "$WORK/new"
 skip no_upload || DELEN_UPLOAD_AHEAD=0 TOTAL_S=$(( $(left) - 100 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
   DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/no_upload"
@@ -65,11 +64,6 @@ fi
 # behind delen_placer: apps placed by the nodes' own admission
 skip nodes2 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES2_S:-95} )) ENGINE=0 NS="${NS_NODES2:-32,48}" \
   POLICIES="${POLICIES_NODES2:-delen,always_final}" EXTRA="--nodes 2" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes2"
-# the same cameras on one node driving two engines on the one GPU (devices: [cuda:0, cuda:0]): two
-# workers whose steps overlap, in one process (one GIL)
-skip engines2 || TOTAL_S=$(( $(left) - 5 - ${AFTER_ENGINES2_S:-95} )) ENGINE=0 NS="${NS_ENGINES2:-32,48}" \
-  POLICIES="${POLICIES_ENGINES2:-delen}" EXTRA="--devices cuda:0,cuda:0" DURATION="$D" \
-  bash scripts/device/e2e_gpu.sh "$WORK/engines2"
 skip nodes4 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES4_S:-95} )) ENGINE=0 NS="${NS_NODES4:-32,48}" \
   POLICIES="${POLICIES_NODES4:-delen}" EXTRA="--nodes 4" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes4"
 # issue 12 on one GPU: two nodes behind delen_placer, /n0 killed 4 s into the window
