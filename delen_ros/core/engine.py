@@ -231,7 +231,7 @@ class _Mean:
         self.mean += self.alpha * (value - self.mean)
 
 
-_SETTLE_NS = 500_000_000   # after a new frame size's first frame, no frame-age samples
+_SETTLE_NS = 500_000_000   # no frame-age samples this long after a new frame size's or app's first frame
 _MAX_SIZES_SEEN = 64        # frame sizes remembered (bounded, whatever cameras send)
 
 
@@ -285,6 +285,7 @@ class _AppState:
         self.rate_prior_hz = rate_prior_hz
         self.rate = _Rate()
         self.reason = ''   # admission's last verdict on this app ('' = schedulable)
+        self.first_frame_ns: int | None = None
         self.frames_in = self.results_out = self.dropped_overflow = self.dropped_late = self.expired = self.failed = 0
         self.dropped_malformed = self.served_late = 0
         self.results: collections.deque[tuple[float, float, float, int, bool, bool, bool]] = \
@@ -507,8 +508,9 @@ class Engine:
         # at mean + latency_margin deviations.
         self.overhead_prior_ms = overhead_prior_ms
         self._age = _Tail()
-        # A frame size's first frames pay one-time costs (pinned buffers, lazily loaded kernels):
-        # measurements are not taken from them, or one warm-up would refuse apps for seconds.
+        # The first frames of a new frame size pay one-time costs (pinned buffers, lazily loaded
+        # kernels), and those of a new app's subscription arrive old (H200: 60-90 ms, whatever the
+        # load): no age samples from them for _SETTLE_NS, or one warm-up refuses apps for seconds.
         self._sizes_seen: set[tuple[int, ...]] = set()
         self._settle_until_ns = 0
         self._sizes_preprocessed: set[tuple[int, ...]] = set()
@@ -752,12 +754,14 @@ class Engine:
                     self._sizes_seen.clear()
                 self._sizes_seen.add(shape)
                 self._settle_until_ns = now + _SETTLE_NS
-            if arrival_ns is not None and now >= self._settle_until_ns:
-                self._age.add((now - arrival) / _NS_PER_MS)
+            settled = False
             for app_id in dict.fromkeys(app_ids):
                 app = self._apps.get(app_id)
                 if app is None:
                     continue
+                if app.first_frame_ns is None:
+                    app.first_frame_ns = now
+                settled = settled or now - app.first_frame_ns >= _SETTLE_NS
                 app.rate.add(arrival)
                 request = self._scheduler.make_request(app_id, frame, arrival, tag=tag)
                 request.state = _State(bounds=app.bounds, idle_submit_ns=now if self._idle else None)
@@ -768,6 +772,8 @@ class Engine:
                     app.dropped_overflow += 1
                     app.w_dropped += 1
                 queued += 1
+            if arrival_ns is not None and settled and now >= self._settle_until_ns:
+                self._age.add((now - arrival) / _NS_PER_MS)
             if queued:
                 self._cond.notify()
         return queued

@@ -13,8 +13,6 @@ static output is overwritten by the next replay, while a request's features may 
 from __future__ import annotations
 
 import bisect
-import concurrent.futures
-import os
 import re
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -204,36 +202,15 @@ class StageRunner:
         :param batch_sizes: ``None``: the graph sizes up to ``max_batch``.
         """
         info = self.model.info
-        sizes = tuple(batch_sizes or self.graph_sizes)
-        if self.cuda_graphs and len(sizes) > 1 and os.environ.get('DELEN_PARALLEL_PLANS', '1') != '0':
-            self._choose_kernels_in_parallel(sizes)
-        for b in sizes:
+        # Most of this is each convolution's first call at a new shape (kernel choice, ~0.3-0.8 s a
+        # stage on an H200). PyTorch keeps those choices per thread: choosing them in parallel
+        # threads first did not shorten the captures (H200: 12.3 s instead of 6.2 s).
+        for b in batch_sizes or self.graph_sizes:
             x = self.to_input(torch.zeros(b, info.in_channels, *info.input_size))
             for k in range(self.num_exits):
                 x = self.stage(k, x)
                 self.head(k, x)
         self.synchronize()
-
-    def _choose_kernels_in_parallel(self, sizes: Sequence[int]) -> None:
-        """One eager pass per batch size, each in a thread of its own on a stream of its own.
-
-        A convolution's first call at a new shape picks (and may compile) its kernels: most of a
-        capture's time (H200: ~0.3-0.8 s a stage, 16 graphs ~5-10 s of configure), on the CPU and
-        outside the GIL. The choice is cached per shape, so the captures that follow are quick.
-        """
-        info = self.model.info
-
-        def one_pass(b: int) -> None:
-            stream = torch.cuda.Stream(device=self.device)
-            with torch.inference_mode(), torch.cuda.stream(stream):
-                x = self.to_input(torch.zeros(b, info.in_channels, *info.input_size))
-                for k in range(self.num_exits):
-                    x = self.model.stages[k](x)
-                    self.model.heads[k](x)
-            stream.synchronize()
-
-        with concurrent.futures.ThreadPoolExecutor(len(sizes), thread_name_prefix='delen-plans') as pool:
-            list(pool.map(one_pass, sizes))
 
     # --- internals ---------------------------------------------------------------------------------------------
     def _call(self, kind: str, k: int, module: nn.Module, x: Tensor, *, as_float: bool) -> Tensor:

@@ -45,7 +45,7 @@ p = dataclasses.replace(defaults, model=os.environ.get('MODEL', 'cifar10_lite0')
 t_build = time.perf_counter()
 served = assembly.build(p, on_result=lambda *a, **k: None, log=lambda text: print(text, file=sys.stderr))
 t_done = time.perf_counter()
-out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'DELEN_PARALLEL_PLANS', 'MODEL', 'MAX_BATCH')},
+out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'MODEL', 'MAX_BATCH')},
        'import_torch_s': round(t_import - t0, 3), 'cuda_context_s': round(t_cuda - t_import, 3),
        'imports_delen_s': round(t_build - t_cuda, 3), 'build_s': round(t_done - t_build, 3),
        'phases_s': {k: round(v, 3) for k, v in served.phases.items()},

@@ -18,7 +18,7 @@
 #   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
-# Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), POLICIES_NODES2 (delen,always_final), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
+# Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), POLICIES_NEW (delen,always_final), POLICIES_NODES2 (delen,always_final), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
 # NS_ADM (16), BOUNDS_ADM (5,10,33), REGISTER_GAP_S (0.5), TOTAL_S (570), SKIP (space-separated parts to leave out,
 # e.g. "py_recv mixed"; the admission part alone: SKIP="new no_upload py_recv arrival gil nodes2 nodes4 failover mixed").
 set -uo pipefail
@@ -37,7 +37,7 @@ SPY_AFTER_S="${SPY_AFTER_S:-17}" bash scripts/device/spy_nodes.sh "$WORK/spy" & 
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 D="${DURATION:-5}"
 # the e2e script counts TOTAL_S from its own start: give each part what is left of ours, less the later parts
-skip new || TOTAL_S=$(( $(left) - 150 )) NS="${NS_NEW:-16,32,48}" DURATION="$D" \
+skip new || TOTAL_S=$(( $(left) - 150 )) NS="${NS_NEW:-16,32,48}" POLICIES="${POLICIES_NEW:-delen,always_final}" DURATION="$D" \
   bash scripts/device/e2e_gpu.sh "$WORK/new"
 skip no_upload || DELEN_UPLOAD_AHEAD=0 TOTAL_S=$(( $(left) - 100 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
   DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/no_upload"
@@ -50,14 +50,11 @@ skip arrival || TOTAL_S=$(( $(left) - 5 - ${AFTER_ARRIVAL_S:-330} )) ENGINE=0 NS
 # a shorter GIL switch interval: a thread that gave the GIL up (a CUDA call, a copy) gets it back sooner
 skip gil || TOTAL_S=$(( $(left) - 5 - ${AFTER_GIL_S:-250} )) ENGINE=0 NS="${NS_AB:-32}" \
   NODE_PARAMS="gil_switch_interval_ms:=${GIL_MS:-0.5}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/gil"
-# where configure's seconds go (issue 8: configure -> first result <= 5 s): under py-spy, then
-# kernels chosen one batch size after another (DELEN_PARALLEL_PLANS=0) against in parallel (default)
+# where configure's seconds go (issue 8: configure -> first result <= 5 s), under py-spy
 if ! skip configure; then
   mkdir -p "$WORK/configure"
   py-spy record -r 200 -f raw -o "$WORK/configure/spy_configure.txt" -- \
     python3 scripts/device/configure_profile.py "$WORK/configure/lazy.json" 2>&1 | tail -3
-  DELEN_PARALLEL_PLANS=0 python3 scripts/device/configure_profile.py "$WORK/configure/serial_plans.json" 2>&1 | tail -2
-  python3 scripts/device/configure_profile.py "$WORK/configure/parallel_plans.json" 2>&1 | tail -2
   echo "[ab] configure profile done at $(( $(date +%s) - t0 )) s"
 fi
 # the same cameras on two delen nodes (namespaces, each its own process and GIL) on the one GPU,
