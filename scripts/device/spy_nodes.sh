@@ -5,6 +5,7 @@
 #   bash scripts/device/spy_nodes.sh OUT_DIR &        (stops by itself after SPY_TOTAL_S)
 # Writes OUT_DIR/spy_<pid>.txt (py-spy raw: one "stack count" line per stack, threads included) and
 # OUT_DIR/spy_<pid>.cmd (the node's command line: its parameters say which configuration it was).
+# SPY_GIL=1 (any non-empty value): py-spy --gil, only the thread holding the GIL.
 OUT_DIR="${1:?usage: spy_nodes.sh OUT_DIR}"
 SPY_S="${SPY_S:-6}"; SPY_AFTER_S="${SPY_AFTER_S:-12}"; SPY_TOTAL_S="${SPY_TOTAL_S:-600}"
 command -v py-spy >/dev/null || { echo "[spy_nodes] no py-spy"; exit 0; }
@@ -20,7 +21,8 @@ while [ "$(date +%s)" -lt "$end" ]; do
       seen[$pid]=1
       tr '\0' ' ' < "/proc/$pid/cmdline" > "$OUT_DIR/spy_$pid.cmd" 2>/dev/null
       cat "$(grep -o -- '--params-file [^ ]*' "$OUT_DIR/spy_$pid.cmd" | cut -d' ' -f2)" >> "$OUT_DIR/spy_$pid.cmd" 2>/dev/null
-      timeout $(( SPY_S + 5 )) py-spy record -p "$pid" -d "$SPY_S" -r 200 -f raw --threads --nonblocking \
+      # SPY_GIL=1: only the thread holding the GIL is sampled (who keeps the others waiting)
+      timeout $(( SPY_S + 5 )) py-spy record -p "$pid" -d "$SPY_S" -r 200 -f raw --threads ${SPY_GIL:+--gil} --nonblocking \
         -o "$OUT_DIR/spy_$pid.txt" >/dev/null 2>&1 &
     fi
   done
