@@ -1,10 +1,12 @@
-"""launch_testing tests of ``launch/delen.launch.py`` and ``launch/demo.launch.py``.
+"""launch_testing tests of ``launch/delen.launch.py``, ``launch/demo.launch.py`` and
+``launch/delen_fleet.launch.py``.
 
 Each launch file is brought up once (``launch_testing.parametrize``); active tests talk to the node
-over DDS (loopback, a domain of this run) and a post-shutdown test checks every process exited
-cleanly. Run by pytest with launch_testing's plugin (``colcon test`` on a ROS 2 install) or by
-``launch_test test/test_launch.py``. Where ROS 2 ``launch_testing`` is not installed (it has no PyPI
-wheels: the venv set-up lacks it) the module is skipped.
+(for the fleet: to the placer in front of two nodes, and to each node) over DDS (loopback, a domain
+of this run) and a post-shutdown test checks every process exited cleanly. Run by pytest with
+launch_testing's plugin (``colcon test`` on a ROS 2 install) or by ``launch_test test/test_launch.py``.
+Where ROS 2 ``launch_testing`` is not installed (it has no PyPI wheels: the venv set-up lacks it) the
+module is skipped.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import rclpy.executors  # noqa: E402
 import yaml  # noqa: E402
 from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+from rcl_interfaces.srv import GetParameters  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from delen_ros.msg import InferenceResult  # noqa: E402
@@ -41,6 +44,10 @@ LAUNCH_DIR = REPO / 'launch'
 DOMAIN_ID = int(os.environ.get('DELEN_TEST_DOMAIN_ID') or 1 + (os.getpid() + 50) % 100)
 START_TIMEOUT = 180.0   # torch import, model load, maybe a quick profile on an unknown CPU
 DEMO_APPS = ('inspection', 'navigation', 'battery')
+FLEET = 'delen_fleet.launch.py'
+FLEET_NODES = ('/n0/delen', '/n1/delen')   # nodes:=2
+# The model each launch file serves (demo.launch.py: its default; the others: the test's fashion_mnist).
+MODELS = {'delen.launch.py': 'fashion_mnist', 'demo.launch.py': 'cifar10_lite0', FLEET: 'fashion_mnist'}
 
 # This process (the tests' rclpy) and the launched ones share the domain and stay on loopback.
 os.environ.update({'ROS_DOMAIN_ID': str(DOMAIN_ID), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
@@ -57,11 +64,13 @@ def _delen_params_file() -> str:
 
 
 @pytest.mark.launch_test
-@launch_testing.parametrize('launch_file', ['delen.launch.py', 'demo.launch.py'])
+@launch_testing.parametrize('launch_file', ['delen.launch.py', 'demo.launch.py', FLEET])
 def generate_test_description(launch_file):
     arguments = {'device': 'cpu'}
-    if launch_file == 'delen.launch.py':
-        arguments['params_file'] = _delen_params_file()
+    if launch_file in ('delen.launch.py', FLEET):   # the model argument overrides the file's
+        arguments.update(params_file=_delen_params_file(), model=MODELS[launch_file])
+    if launch_file == FLEET:   # the file's status_period_s (0.5) gives way to the fleet's (0.2)
+        arguments['nodes'] = str(len(FLEET_NODES))
     return launch.LaunchDescription([
         SetEnvironmentVariable('ROS_DOMAIN_ID', str(DOMAIN_ID)),
         IncludeLaunchDescription(PythonLaunchDescriptionSource(str(LAUNCH_DIR / launch_file)),
@@ -97,12 +106,30 @@ class TestServing(unittest.TestCase):
 
     def test_node_reports_active(self, proc_output, launch_file):
         proc_output.assertWaitFor('active:', timeout=START_TIMEOUT)
+        if launch_file == FLEET:   # the placer saw every node come up
+            for node in FLEET_NODES:
+                proc_output.assertWaitFor(f'{node} is up', timeout=START_TIMEOUT)
 
     def test_get_profile_answers(self, launch_file):
-        profile = self._call(GetProfile, '/delen/get_profile', GetProfile.Request(), timeout=START_TIMEOUT)
-        self.assertEqual(profile.model, 'fashion_mnist')
-        self.assertGreater(len(profile.accuracy), 1)
-        self.assertEqual(len(profile.latency_ms), len(profile.accuracy))
+        for node in FLEET_NODES if launch_file == FLEET else ('/delen',):
+            profile = self._call(GetProfile, f'{node}/get_profile', GetProfile.Request(), timeout=START_TIMEOUT)
+            self.assertEqual(profile.model, MODELS[launch_file], node)
+            self.assertGreater(len(profile.accuracy), 1)
+            self.assertEqual(len(profile.latency_ms), len(profile.accuracy))
+
+    def test_fleet_node_parameters(self, launch_file):
+        """Each fleet node publishes ~/status at the fleet's period (the placer's liveness needs it, whatever
+        the params file says) and persists nothing (the placer could not take its restored apps back)."""
+        if launch_file != FLEET:
+            self.skipTest('fleet only')
+        for node in FLEET_NODES:
+            answer = self._call(GetParameters, f'{node}/get_parameters',
+                                GetParameters.Request(names=['status_period_s', 'state_file', 'device']),
+                                timeout=START_TIMEOUT)
+            period, state_file, device = answer.values
+            self.assertAlmostEqual(period.double_value, 0.2, msg=node)
+            self.assertEqual(state_file.string_value, '', node)
+            self.assertEqual(device.string_value, 'cpu', node)
 
     def test_results_flow(self, launch_file):
         received: dict[str, int] = {}
@@ -117,11 +144,20 @@ class TestServing(unittest.TestCase):
             for app_id in apps:
                 self.node.create_subscription(InferenceResult, f'/delen/{app_id}/result', counter(app_id), 10)
             publisher, frame = None, None
-        else:                                 # register an app and be its camera
+        else:                                 # register an app (through the placer for the fleet) and be its camera
             apps = ('launch_test',)
-            response = self._call(SetBounds, '/delen/set_bounds', SetBounds.Request(
-                app_id='launch_test', image_topic='/launch_test/image_raw'), timeout=START_TIMEOUT)
+            service, result_topic = '/delen/set_bounds', ''
+            if launch_file == FLEET:          # the placer keeps the topic asked for, whichever node serves
+                service, result_topic = '/delen_placer/set_bounds', '/launch_test/result'
+                for node in FLEET_NODES:      # placed among all of them, not on the first one up
+                    self.assertTrue(self.node.create_client(SetBounds, f'{node}/set_bounds').wait_for_service(
+                        timeout_sec=START_TIMEOUT), f'{node}/set_bounds did not appear')
+            response = self._call(SetBounds, service, SetBounds.Request(
+                app_id='launch_test', image_topic='/launch_test/image_raw', result_topic=result_topic),
+                timeout=START_TIMEOUT)
             self.assertTrue(response.accepted, response.message)
+            if result_topic:
+                self.assertEqual(response.result_topic, result_topic)
             self.node.create_subscription(InferenceResult, response.result_topic, counter('launch_test'), 10)
             publisher = self.node.create_publisher(Image, '/launch_test/image_raw', 10)
             frame = array_to_image(np.zeros((28, 28), np.uint8), encoding='mono8')
