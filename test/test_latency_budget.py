@@ -23,11 +23,12 @@ def make_engine(**kwargs) -> Engine:
                   **{'overhead_prior_ms': 0.0, 'utilisation_limit': 1.0, 'max_batch': 1, **kwargs})
 
 
-def submit_aged(engine: Engine, clock: FakeClock, app_ids, *, age_ms: float, count: int = 20) -> None:
-    """Frames that reach the engine ``age_ms`` after their stamp, every 100 ms."""
+def submit_aged(engine: Engine, clock: FakeClock, app_ids, *, age_ms: float, count: int = 20,
+                every_ms: float = 100.0) -> None:
+    """Frames that reach the engine ``age_ms`` after their stamp, every ``every_ms``."""
     for _ in range(count):
         engine.submit(app_ids, np.zeros((8, 8), np.uint8), arrival_ns=clock() - int(age_ms * 1e6))
-        clock.advance(100.0)
+        clock.advance(every_ms)
 
 
 def test_a_bound_feasible_for_fresh_frames_is_rejected_once_frames_arrive_old():
@@ -47,11 +48,12 @@ def test_the_age_is_taken_at_its_tail_and_one_stall_does_not_move_it():
     clock = FakeClock()
     engine = make_engine(clock=clock)
     engine.set_app('cam', Bounds(), source='cam')
+    submit_aged(engine, clock, ['cam'], age_ms=1.0, count=30, every_ms=10.0)   # the app's first 0.3 s: not sampled
     for i in range(200):
-        submit_aged(engine, clock, ['cam'], age_ms=1.0 + i % 100, count=1)   # 1 .. 100 ms, evenly
+        submit_aged(engine, clock, ['cam'], age_ms=1.0 + i % 100, count=1, every_ms=10.0)   # 1 .. 100 ms, evenly
     assert engine.feasible_range().transport_ms == pytest.approx(99.0, abs=0.1)   # the 99th percentile
     for i in range(600):                               # a window (512 frames) later: 2 ms but for one stall
-        submit_aged(engine, clock, ['cam'], age_ms=500.0 if i == 300 else 2.0, count=1)
+        submit_aged(engine, clock, ['cam'], age_ms=500.0 if i == 300 else 2.0, count=1, every_ms=10.0)
     assert engine.feasible_range().transport_ms == pytest.approx(2.0)
 
 

@@ -231,26 +231,29 @@ class _Mean:
         self.mean += self.alpha * (value - self.mean)
 
 
-_SETTLE_NS = 500_000_000   # no frame-age samples this long after a new frame size's or app's first frame
+_SETTLE_NS = 300_000_000   # no frame-age samples this long after a new frame size, app or app's first frame
 _MAX_SIZES_SEEN = 64        # frame sizes remembered (bounded, whatever cameras send)
 
 
 class _Tail:
-    """The 99th percentile of the last ``window`` values (ms); ``None`` before the first. A window's
-    quantile, not mean + deviations: one stall (a start-up, a page fault) must not make admission
-    refuse apps for the next seconds, while a sustained tail shows at once."""
+    """The 99th percentile of the last ``window`` values (ms) of the last ``horizon_ns``; ``None``
+    without any. A window's quantile, not mean + deviations: one stall (a start-up, a page fault)
+    must not make admission refuse apps for the next seconds, while a sustained tail shows at once;
+    the horizon forgets a stall in seconds where few frames come."""
 
-    __slots__ = ('values',)
+    __slots__ = ('values', 'horizon_ns')
 
-    def __init__(self, window: int = 512):
-        self.values: collections.deque[float] = collections.deque(maxlen=window)
+    def __init__(self, window: int = 512, horizon_ns: int = 5_000_000_000):
+        self.values: collections.deque[tuple[int, float]] = collections.deque(maxlen=window)
+        self.horizon_ns = horizon_ns
 
-    def add(self, value: float) -> None:
+    def add(self, value: float, now_ns: int) -> None:
         if math.isfinite(value) and value >= 0:
-            self.values.append(value)
+            self.values.append((now_ns, value))
 
-    def p99(self) -> float | None:
-        return float(np.percentile(self.values, 99)) if self.values else None
+    def p99(self, now_ns: int) -> float | None:
+        recent = [v for t, v in self.values if now_ns - t <= self.horizon_ns]
+        return float(np.percentile(recent, 99)) if recent else None
 
 
 class _Rate:
@@ -509,8 +512,9 @@ class Engine:
         self.overhead_prior_ms = overhead_prior_ms
         self._age = _Tail()
         # The first frames of a new frame size pay one-time costs (pinned buffers, lazily loaded
-        # kernels), and those of a new app's subscription arrive old (H200: 60-90 ms, whatever the
-        # load): no age samples from them for _SETTLE_NS, or one warm-up refuses apps for seconds.
+        # kernels), a new app's subscription delays every camera's frames a moment, and its own
+        # first frames arrive old (H200: 30-90 ms, whatever the load): no age samples from them for
+        # _SETTLE_NS, or one registration refuses the next apps for seconds.
         self._sizes_seen: set[tuple[int, ...]] = set()
         self._settle_until_ns = 0
         self._sizes_preprocessed: set[tuple[int, ...]] = set()
@@ -605,7 +609,8 @@ class Engine:
                     self.feasible_range(), max_rate_hz=max_rate, min_latency_ms=min_latency)
         with self._cond:
             app = self._apps.get(app_id)
-            if app is None:
+            if app is None:   # its subscription, made next, delays the other cameras' frames a moment
+                self._settle_until_ns = max(self._settle_until_ns, self.clock() + _SETTLE_NS)
                 self._apps[app_id] = _AppState(bounds, window=self._stats_window, now_ns=self.clock(),
                                                num_exits=self.profile.num_exits, late_policy=late_policy,
                                                source=source, rate_prior_hz=rate_hz)
@@ -640,7 +645,7 @@ class Engine:
         the frames' age when :meth:`submit` gets them (from the stamp: transport to the node and
         conversion) at their 99th percentile of late, 0 before any frame; ``overhead_ms``
         (:meth:`overhead_ms`); ``delivery_ms``, the delivery allowance."""
-        return {'transport_ms': self._age.p99() or 0.0, 'overhead_ms': self.overhead_ms(),
+        return {'transport_ms': self._age.p99(self.clock()) or 0.0, 'overhead_ms': self.overhead_ms(),
                 'delivery_ms': self.delivery_allowance_ms}
 
     def exit_latency_ms(self) -> list[float]:
@@ -773,7 +778,7 @@ class Engine:
                     app.w_dropped += 1
                 queued += 1
             if arrival_ns is not None and settled and now >= self._settle_until_ns:
-                self._age.add((now - arrival) / _NS_PER_MS)
+                self._age.add((now - arrival) / _NS_PER_MS, now)
             if queued:
                 self._cond.notify()
         return queued
