@@ -102,3 +102,17 @@ def test_the_age_forgets_a_stall_after_five_seconds_where_few_frames_come():
     for _ in range(55):                                 # 5.5 s at 10 Hz: 76 frames in all, far below the window
         submit(engine, clock, age_ms=2.0, every_ms=100.0)
     assert engine.feasible_range().transport_ms == pytest.approx(2.0)
+
+
+def test_before_any_frame_is_measured_the_age_prior_counts():
+    clock = FakeClock()
+    model = fake_model()
+    engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model, sleep_ms=(0, 0, 0, 0)),
+                    overhead_prior_ms=0.0, utilisation_limit=1.0, max_batch=1, clock=clock, transport_prior_ms=2.0)
+    engine.set_app('cam', Bounds(max_latency_ms=100.0), source='cam')
+    assert engine.feasible_range().transport_ms == pytest.approx(2.0)   # nothing measured yet
+    submit(engine, clock, age_ms=40.0)                                  # settling: still the prior
+    assert engine.feasible_range().transport_ms == pytest.approx(2.0)
+    for _ in range(20):
+        submit(engine, clock, age_ms=0.5)
+    assert engine.feasible_range().transport_ms == pytest.approx(0.5)   # measured

@@ -438,6 +438,9 @@ class Engine:
         power stays in the measured figures.
     :param overhead_prior_ms: serving overhead (the worker's wake-up, decision -> publication)
         assumed until the first delivery is measured, ms.
+    :param transport_prior_ms: the frames' age on arrival assumed while none is measured (no frame
+        yet, or only frames of a settling camera or app), ms: an app registered before its camera's
+        first frames is judged against it, not against fresh frames.
     :param delivery_allowance_ms: time kept after publication for a result to reach its
         subscriber, ms (that hop is not measured here): frames are planned to be published by their
         bound less this, and feasibility and admission count it; ``latency_ms`` / ``bounds_met`` of
@@ -463,7 +466,7 @@ class Engine:
                  latency_margin: float = 2.0, stats_window: int = 2000,
                  preprocess_workers: int = 1, energy_window_s: float | None = None,
                  idle_power_w: float = 0.0, device_preprocess: bool = True,
-                 overhead_prior_ms: float = 1.0, external_delivery: bool = False,
+                 overhead_prior_ms: float = 1.0, transport_prior_ms: float = 0.0, external_delivery: bool = False,
                  admission_control: bool = True, utilisation_limit: float = 0.9,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True):
         if profile.num_exits != model.num_exits:
@@ -481,6 +484,8 @@ class Engine:
             raise ValueError(f'idle_power_w must be >= 0, got {idle_power_w!r}')
         if not math.isfinite(overhead_prior_ms) or overhead_prior_ms < 0:
             raise ValueError(f'overhead_prior_ms must be >= 0, got {overhead_prior_ms!r}')
+        if not math.isfinite(transport_prior_ms) or transport_prior_ms < 0:
+            raise ValueError(f'transport_prior_ms must be >= 0, got {transport_prior_ms!r}')
         if not math.isfinite(delivery_allowance_ms) or delivery_allowance_ms < 0:
             raise ValueError(f'delivery_allowance_ms must be >= 0, got {delivery_allowance_ms!r}')
         if not 0.0 < utilisation_limit <= 1.0:
@@ -510,6 +515,7 @@ class Engine:
         # percentile; _wake, the worker's wake-up, and decision -> delivery (the corrector's tail),
         # at mean + latency_margin deviations.
         self.overhead_prior_ms = overhead_prior_ms
+        self.transport_prior_ms = transport_prior_ms
         self._age = _Tail()
         # The first frames of a new frame size pay one-time costs (pinned buffers, lazily loaded
         # kernels), a new app's subscription delays every camera's frames a moment, and its own
@@ -643,9 +649,10 @@ class Engine:
     def _outside_ms(self) -> dict[str, float]:
         """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,
         the frames' age when :meth:`submit` gets them (from the stamp: transport to the node and
-        conversion) at their 99th percentile of late, 0 before any frame; ``overhead_ms``
+        conversion) at their 99th percentile of late, ``transport_prior_ms`` while none is measured; ``overhead_ms``
         (:meth:`overhead_ms`); ``delivery_ms``, the delivery allowance."""
-        return {'transport_ms': self._age.p99(self.clock()) or 0.0, 'overhead_ms': self.overhead_ms(),
+        age = self._age.p99(self.clock())
+        return {'transport_ms': self.transport_prior_ms if age is None else age, 'overhead_ms': self.overhead_ms(),
                 'delivery_ms': self.delivery_allowance_ms}
 
     def exit_latency_ms(self) -> list[float]:
