@@ -22,10 +22,6 @@ __all__ = ['Served', 'resolve_device', 'load_profile', 'build']
 
 _QUICK_EVAL_IMAGES = 500   # held-out images for a quick profile's accuracy and calibration
 IDLE_WINDOW_S = 0.6        # idle power read at configure (NVML moves every ~0.1 s)
-# The frames' age on arrival assumed until measured: an app registered before its camera's first
-# frames reach the node (the receivers still subscribing) is judged against this, not against 0.
-# Measured p99 at 640x480: 2.3-3.5 ms (H200 hosts, this 2-core CPU).
-TRANSPORT_PRIOR_MS = 2.0
 
 
 def resolve_device(device: str) -> str:
@@ -146,7 +142,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
             return Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,
-                          transport_prior_ms=TRANSPORT_PRIOR_MS,
+                          transport_prior_ms=params.transport_prior_ms,
                           delivery_allowance_ms=params.delivery_allowance_ms,
                           upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0')
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)

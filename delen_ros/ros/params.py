@@ -83,6 +83,10 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                               'benchmarks/cpu/e2e_mixed_allowance). Frames are planned to be published by their latency '
                               'bound less this; feasible ranges, GetProfile and admission count it. The published '
                               'latency_ms / bounds_met stay the node-side figures.' + _LATER, (0.0, 1000.0), False),
+    'transport_prior_ms': (2.0, "The frames' age on arrival (stamp -> node) assumed until it is measured, ms: an app "
+                           "registered before its camera's first frames reach the node is judged against it (measured "
+                           'p99 at 640x480: 2.3-3.5 ms on the H200 hosts and a 2-core VM). 0 = judge such apps on compute '
+                           'alone.' + _LATER, (0.0, 1000.0), False),
     'ingress_processes': (-1, 'Receiver processes that take camera frames outside the node\'s GIL and hand them over '
                           'through shared memory (delen_ros/ros/ingress.py): 0 = the node\'s own executor takes them; '
                           '-1 = auto (none below 8 cores, else a quarter of the cores, at most 8).' + _LATER,
@@ -116,6 +120,7 @@ class NodeParams:
     gil_switch_interval_ms: float
     latency_from: str
     delivery_allowance_ms: float
+    transport_prior_ms: float
     ingress_processes: int
     status_period_s: float
 

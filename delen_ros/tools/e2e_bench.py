@@ -657,6 +657,10 @@ def _node_params(args, config: Config, bounds: Sequence[float]) -> dict[str, Any
     params: dict[str, Any] = {'model': args.model, 'device': args.device, 'policy': config.policy,
                               'max_batch': args.max_batch, 'state_file': '', 'image_qos': args.image_qos,
                               'max_apps': max(64, config.cameras), 'apps': yaml.safe_dump(apps, default_flow_style=True)}
+    if config.register == 'param' and 'service' in getattr(args, 'registers', ()):
+        # the forced run: apps judged at configure on compute alone (no assumed frame age), so that
+        # requests refused under 'service' are run anyway wherever compute alone allows them
+        params['transport_prior_ms'] = 0.0
     devices = [d for d in getattr(args, 'devices', '').split(',') if d]
     if len(devices) > 1 and getattr(args, 'nodes', 1) <= 1:
         params['devices'] = devices   # one node driving several GPUs (a DevicePool)
@@ -1481,7 +1485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bounds = [float(v) for v in args.bounds.split(',') if v]
     if args.source == 'auto':
         args.source = _default_source(args.model)
-    registers = [r for r in args.register.split(',') if r]
+    registers = args.registers = [r for r in args.register.split(',') if r]
     if not registers or set(registers) - set(REGISTER_MODES) or len(set(registers)) < len(registers):
         parser.error(f'--register {args.register!r}: a comma-separated list of {", ".join(REGISTER_MODES)}, each once')
     if args.nodes > 1 and registers != ['param']:
