@@ -26,15 +26,17 @@ __all__ = ['REPO', 'FASTDDS_PROFILE', 'unique_domain_id', 'ros_env', 'use_ros_en
            'TEST_ACCURACY', 'TEST_STEP_ENERGY_MJ']
 
 
-def unique_domain_id() -> int:
+def unique_domain_id(first: int = 1, count: int = 100) -> int:
     """A ROS domain id for this test process: ``$DELEN_TEST_DOMAIN_ID``, else derived from the pid.
 
-    Ids 1-100 (within the 0-101 range safe for every port mapping), so concurrent runs rarely meet,
-    and with LOCALHOST discovery never across machines.
+    Ids ``first`` .. ``first + count - 1`` (by default 1-100, within the 0-101 range safe for every
+    port mapping), so concurrent runs rarely meet, and with LOCALHOST discovery never across
+    machines. A bench that takes one id per configuration from there must stay at or below 232
+    (Fast DDS refuses higher ids).
     """
     if os.environ.get('DELEN_TEST_DOMAIN_ID'):
         return int(os.environ['DELEN_TEST_DOMAIN_ID'])
-    return 1 + os.getpid() % 100
+    return first + os.getpid() % count
 
 
 def ros_env(domain_id: int, **extra: str) -> dict[str, str]:

@@ -162,7 +162,7 @@ def test_short_real_run_of_both_registrations(tmp_path):
                          '--pool', '2', '--duration', '1.0', '--warmup', '0.3', '--drain', '0.5', '--ready-timeout', '60',
                          '--bounds', '0.5,33', '--register', 'service,param', '--register-gap-s', '0.3', '--no-echo',
                          '--node-param', f'profile:={profile}', '--node-param', 'torch_threads:=1',
-                         '--domain-id', str(140 + unique_domain_id()), '--out', str(out),
+                         '--domain-id', str(unique_domain_id(first=170, count=50)), '--out', str(out),
                          '--workdir', str(tmp_path / 'work')])
     assert rc == 0
     report = json.loads((out / 'e2e.json').read_text())

@@ -274,7 +274,7 @@ def test_short_real_run(tmp_path):
                '--pool', '4', '--duration', '1.5', '--warmup', '0.3', '--drain', '0.7', '--ready-timeout', '60',
                '--node-param', f'profile:={profile}', '--node-param', 'status_period_s:=0.5',
                '--node-param', 'torch_threads=1',
-               '--domain-id', str(120 + unique_domain_id()), '--out', str(out), '--workdir', str(tmp_path / 'work')])
+               '--domain-id', str(unique_domain_id(first=110, count=50)), '--out', str(out), '--workdir', str(tmp_path / 'work')])
     assert rc == 0
     report = json.loads((out / 'e2e.json').read_text())
     assert set(report['configs']) == {'delen_n1', 'echo_n1'}
@@ -314,7 +314,7 @@ def _short_run_args(tmp_path, domain_offset: int) -> list[str]:
     from ros_helpers import unique_domain_id
     return ['--ns', '1', '--rate', '20', '--size', '160x120', '--source', 'synthetic', '--pool', '2',
             '--duration', '1.0', '--warmup', '0.2', '--drain', '0.5', '--ready-timeout', '60',
-            '--domain-id', str(120 + domain_offset + unique_domain_id()), '--out', str(tmp_path / 'out'),
+            '--domain-id', str(unique_domain_id(first=110, count=50) + domain_offset), '--out', str(tmp_path / 'out'),
             '--workdir', str(tmp_path / 'work')]
 
 
