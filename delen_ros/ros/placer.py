@@ -20,6 +20,21 @@ it knows (parameter ``nodes``: their namespaces, each node's services at ``<ns>/
   publishers leave the graph only when DDS drops the dead participant (its lease), and a node refuses
   a result topic that another node still publishes, so the recovery time is bounded by the DDS lease
   (``config/fastdds_placement.xml``: 1 s).
+* **overload**: a node's engine re-checks its apps at their measured rates and flags in ``~/status``
+  (``unschedulable_reason``) those it can no longer serve within their bounds (it then serves them
+  best-effort, after the others). An app the placer placed there that stays flagged for
+  ``overload_grace_s`` (every status from that node flagged it; one status without the flag starts
+  the count again, so a noisy re-check moves nothing) is moved: to the other live nodes, chosen as
+  for a new app (by load), each asked with the same bounds and result topic, the first that accepts
+  serves it. As the new node refuses a result topic the old node still publishes, the move first
+  removes the app from the old node (its results pause), then tries the others every
+  ``check_period_s`` for up to ``move_timeout_s``; when none accepts in that time, the app goes back
+  to the old node (and, should that refuse too, to whichever live node accepts it, retried as after a
+  failure: an acknowledged app is never dropped). An app is not considered again for
+  ``move_cooldown_s`` after a move, successful or not (no app bounces between two busy nodes). At most
+  one move per app runs at a time; no move starts while its node is not alive or while apps of a dead
+  node still wait for a new node (they come first). Moves run as executor tasks started by the check
+  timer, never in the status callback. ``overload_grace_s: 0`` turns moves off.
 
 The placer persists nothing: each node persists what it serves (its ``state_file``).
 """
@@ -45,7 +60,8 @@ from delen_ros.srv import RemoveApp, SetBounds
 from .apps import new_token, token_hash, validate_app_id
 from .rejections import clean_message
 
-__all__ = ['PLACER_NAME', 'NodeView', 'Placed', 'PlacerNode', 'main']
+__all__ = ['PLACER_NAME', 'NodeView', 'Placed', 'Move', 'OverloadWatch', 'rank_candidates', 'move_targets',
+           'PlacerNode', 'main']
 
 PLACER_NAME = 'delen_placer'
 _STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=256, reliability=ReliabilityPolicy.RELIABLE,
@@ -83,6 +99,121 @@ class Placed:
     node_token: str = ''
     orphaned_ns: int = 0              # when its node was found dead (monotonic)
     busy: bool = False                # a call for it is in flight
+    move: Move | None = None          # being moved off an overloaded node (node is None meanwhile)
+    orphan_cause: str = 'its node was found dead'   # why it waits for a node (node None, move None)
+
+
+@dataclasses.dataclass
+class Move:
+    """One app's move off a node that flags it unschedulable (see the module docstring)."""
+
+    from_node: str                    # prefix of the node it leaves
+    from_token: str                   # that node's token for it
+    reason: str                       # the node's unschedulable_reason
+    started_ns: int                   # monotonic
+    deadline_ns: int                  # after it: back to the old node
+    removed: bool = False             # the old node has let it go (its result topic is free)
+    refusals: dict[str, str] = dataclasses.field(default_factory=dict)   # node -> its last refusal
+
+
+@dataclasses.dataclass
+class _Flag:
+    node: str
+    since_ns: int
+    reason: str
+
+
+class OverloadWatch:
+    """Which apps to move off their node: flagged unschedulable in every status of the node serving
+    them for at least ``grace_s``, and not moved (or tried) in the last ``cooldown_s``. Pure: the
+    caller passes the clock (monotonic ns) in.
+
+    >>> watch = OverloadWatch(grace_s=2.0, cooldown_s=30.0)
+    >>> watch.observe('nav', '/a/delen', 'busy', now_ns=0)
+    >>> watch.due({'nav': '/a/delen'}, now_ns=1_000_000_000)
+    []
+    >>> watch.due({'nav': '/a/delen'}, now_ns=2_000_000_000)
+    [('nav', '/a/delen', 'busy', 2.0)]
+    """
+
+    def __init__(self, *, grace_s: float, cooldown_s: float):
+        if not grace_s >= 0 or not cooldown_s >= 0:
+            raise ValueError(f'grace_s and cooldown_s must be >= 0, got {grace_s!r}, {cooldown_s!r}')
+        self.grace_ns = int(grace_s * 1e9)
+        self.cooldown_ns = int(cooldown_s * 1e9)
+        self._flags: dict[str, _Flag] = {}
+        self._cool_until_ns: dict[str, int] = {}
+
+    def observe(self, app_id: str, node: str, reason: str, *, now_ns: int) -> None:
+        """A status of ``app_id`` from ``node`` (the node serving it): ``reason`` '' clears its flag."""
+        flag = self._flags.get(app_id)
+        if not reason:
+            self._flags.pop(app_id, None)
+        elif flag is None or flag.node != node:
+            self._flags[app_id] = _Flag(node, now_ns, reason)
+        else:
+            flag.reason = reason
+
+    def forget(self, app_id: str) -> None:
+        """Drop its flag (removed, updated by its client, or placed anew)."""
+        self._flags.pop(app_id, None)
+
+    def cooling(self, app_id: str, *, now_ns: int) -> bool:
+        until = self._cool_until_ns.get(app_id)
+        if until is not None and now_ns >= until:
+            del self._cool_until_ns[app_id]
+            return False
+        return until is not None
+
+    def attempted(self, app_id: str, *, now_ns: int) -> None:
+        """A move of ``app_id`` starts: its flag goes, and it rests for ``cooldown_s``."""
+        self._flags.pop(app_id, None)
+        self._cool_until_ns[app_id] = now_ns + self.cooldown_ns
+
+    def due(self, serving: dict[str, str], *, now_ns: int) -> list[tuple[str, str, str, float]]:
+        """``(app, node, reason, flagged_s)`` of each app to move now, oldest flag first.
+
+        :param serving: app -> the node serving it now, for the apps that may move (a flag from
+            another node, e.g. a status of the old node after a move, counts for nothing).
+        """
+        out = []
+        for app_id, flag in self._flags.items():
+            if serving.get(app_id) != flag.node or now_ns - flag.since_ns < self.grace_ns:
+                continue
+            if self.cooling(app_id, now_ns=now_ns):
+                continue
+            out.append((app_id, flag.node, flag.reason, (now_ns - flag.since_ns) / 1e9))
+        return sorted(out, key=lambda d: -d[3])
+
+
+def rank_candidates(live: Sequence[str], *, same_camera: set[str], load_hz: dict[str, float],
+                    app_counts: dict[str, int]) -> list[str]:
+    """Nodes to try for an app, best first: those already serving its camera, then by load (Hz),
+    then by app count, then in ``live``'s order.
+
+    >>> rank_candidates(['/a', '/b', '/c'], same_camera=set(), load_hz={'/a': 30.0, '/b': 0.0, '/c': 0.0},
+    ...                 app_counts={'/b': 1})
+    ['/c', '/b', '/a']
+    """
+    order = {p: i for i, p in enumerate(live)}
+    return sorted(live, key=lambda p: (p not in same_camera, load_hz.get(p, 0.0), app_counts.get(p, 0), order[p]))
+
+
+def move_targets(ranked: Sequence[str], *, old: str, old_alive: bool, now_ns: int,
+                 deadline_ns: int) -> tuple[list[str], bool]:
+    """Where a moving app is tried next, and whether that is the fallback: the ranked live nodes
+    other than ``old`` until ``deadline_ns`` (or until none is left), then ``old`` alone
+    (nothing when it is dead: the app then waits for any live node, as after a failure).
+
+    >>> move_targets(['/a', '/b'], old='/a', old_alive=True, now_ns=0, deadline_ns=1)
+    (['/b'], False)
+    >>> move_targets(['/a', '/b'], old='/a', old_alive=True, now_ns=1, deadline_ns=1)
+    (['/a'], True)
+    """
+    others = [p for p in ranked if p != old]
+    if now_ns < deadline_ns and others:
+        return others, False
+    return ([old] if old_alive else []), True
 
 
 def _ns_prefix(namespace: str, node_name: str) -> str:
@@ -111,11 +242,25 @@ class PlacerNode(Node):
             floating_point_range=[FloatingPointRange(from_value=0.1, to_value=60.0, step=0.0)], read_only=True))
         self.declare_parameter('allow_takeover', False, describe(
             description='Any client may update or remove any app (no token needed).', read_only=True))
+        self.declare_parameter('overload_grace_s', 2.0, describe(
+            description="Move an app off a node whose ~/status has flagged it unschedulable this long, s "
+                        "(0 = never move apps for overload).",
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)], read_only=True))
+        self.declare_parameter('move_timeout_s', 3.0, describe(
+            description='Longest a move tries the other nodes before the app goes back to its old node, s.',
+            floating_point_range=[FloatingPointRange(from_value=0.1, to_value=60.0, step=0.0)], read_only=True))
+        self.declare_parameter('move_cooldown_s', 30.0, describe(
+            description='After a move (successful or not), the app is not moved again for this long, s.',
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)], read_only=True))
         namespaces = [str(n) for n in self.get_parameter('nodes').value]
         name = str(self.get_parameter('node_name').value)
         self.liveness_timeout_s = float(self.get_parameter('liveness_timeout_s').value)
         self.call_timeout_s = float(self.get_parameter('call_timeout_s').value)
         self.allow_takeover = bool(self.get_parameter('allow_takeover').value)
+        self.overload_grace_s = float(self.get_parameter('overload_grace_s').value)
+        self.move_timeout_s = float(self.get_parameter('move_timeout_s').value)
+        self.overload = OverloadWatch(grace_s=self.overload_grace_s,
+                                      cooldown_s=float(self.get_parameter('move_cooldown_s').value))
         # One reentrant group: a service handler awaits the nodes' answers, which a mutually exclusive
         # group (the default) would hold back until the handler returned. One thread runs them all.
         self._group = group = ReentrantCallbackGroup()
@@ -131,6 +276,7 @@ class PlacerNode(Node):
                                      _STATUS_QOS, callback_group=group)
         self.apps: dict[str, Placed] = {}
         self.recoveries: list[tuple[str, str, str, float]] = []   # (app, from, to, seconds since found dead)
+        self.moves: list[tuple[str, str, str, float]] = []   # (app, from, to ('' = back on from), seconds)
         self.create_service(SetBounds, '~/set_bounds', self._on_set_bounds, qos_profile=_SERVICE_QOS,
                             callback_group=group)
         self.create_service(RemoveApp, '~/remove_app', self._on_remove_app, qos_profile=_SERVICE_QOS,
@@ -144,6 +290,9 @@ class PlacerNode(Node):
         view = self.nodes[prefix]
         view.last_seen_ns = time.monotonic_ns()
         view.rates_hz[msg.app_id] = float(msg.rate_in_hz) if msg.rate_in_hz == msg.rate_in_hz else 0.0
+        placed = self.apps.get(msg.app_id)
+        if placed is not None and placed.node == prefix:   # only noted here: the check timer moves apps
+            self.overload.observe(msg.app_id, prefix, str(msg.unschedulable_reason), now_ns=view.last_seen_ns)
 
     def _serves(self, prefix: str) -> list[str]:
         return [a for a, p in self.apps.items() if p.node == prefix]
@@ -173,15 +322,19 @@ class PlacerNode(Node):
                     placed = self.apps[app_id]
                     placed.request['_from'] = view.prefix
                     placed.node, placed.node_token, placed.orphaned_ns = None, '', now
+                    placed.orphan_cause = 'its node was found dead'
+                    self.overload.forget(app_id)
                 view.rates_hz.clear()
                 view.dead_ns = now
             elif alive and not view.alive:
                 self.get_logger().info(f'{view.prefix} is up')
             view.alive = alive
+        self._start_moves(now)
         for app_id, placed in list(self.apps.items()):
             if placed.node is None and not placed.busy:
                 placed.busy = True
-                self.executor.create_task(self._replace(app_id, placed))
+                self.executor.create_task(self._move_step(app_id, placed) if placed.move is not None
+                                          else self._replace(app_id, placed))
 
     async def _replace(self, app_id: str, placed: Placed) -> None:
         try:
@@ -198,14 +351,108 @@ class PlacerNode(Node):
                     self.nodes[prefix].last_seen_ns = time.monotonic_ns()
                     took = (time.monotonic_ns() - placed.orphaned_ns) / 1e9
                     self.recoveries.append((app_id, placed.request.get('_from') or '', prefix, took))
-                    self.get_logger().info(f're-placed {app_id} on {prefix} {took * 1000:.0f} ms after its node '
-                                           'was found dead')
+                    self.get_logger().info(f're-placed {app_id} on {prefix} {took * 1000:.0f} ms after '
+                                           f'{placed.orphan_cause}')
                     return
                 if response is not None:
                     self.get_logger().warning(f'{prefix} refused {app_id}: {response.message}',
                                               throttle_duration_sec=2.0)
         finally:
             placed.busy = False
+
+    # --- overload moves ----------------------------------------------------------------------------------
+    def _start_moves(self, now: int) -> None:
+        """Start a move for each app its node has flagged for ``overload_grace_s`` (see the module docstring)."""
+        if self.overload_grace_s <= 0:
+            return
+        if any(p.node is None and p.move is None for p in self.apps.values()):
+            return   # a dead node's apps wait for a node: they come first
+        serving = {a: p.node for a, p in self.apps.items() if p.node is not None and not p.busy and p.move is None}
+        for app_id, prefix, reason, flagged_s in self.overload.due(serving, now_ns=now):
+            view = self.nodes[prefix]
+            if not view.alive or view.dead_ns:
+                continue
+            if not any(v.alive for p, v in self.nodes.items() if p != prefix):
+                continue   # nowhere to go: it stays flagged, and is moved once another node is up
+            placed = self.apps[app_id]
+            self.overload.attempted(app_id, now_ns=now)
+            placed.move = Move(prefix, placed.node_token, reason, now, now + int(self.move_timeout_s * 1e9))
+            placed.node, placed.node_token = None, ''
+            self.get_logger().warning(f'moving {app_id} off {prefix}: flagged unschedulable there for '
+                                      f'{flagged_s:.1f} s ({reason})')
+
+    async def _move_step(self, app_id: str, placed: Placed) -> None:
+        """One step of a move: let the old node go of the app (once), then try the other nodes; past
+        the move's deadline, the old node; should that fail too, any live node (as after a failure)."""
+        move = placed.move
+        try:
+            if self.apps.get(app_id) is not placed or move is None:
+                return
+            old = self.nodes[move.from_node]
+            if not move.removed:
+                answer = await self._call(old.remove_app, RemoveApp.Request(app_id=app_id, token=move.from_token))
+                if self.apps.get(app_id) is not placed:   # removed by its client meanwhile (and from the old node)
+                    return
+                if answer is None or not answer.removed:
+                    why = 'no answer' if answer is None else answer.message
+                    placed.move = None
+                    if old.alive and not old.dead_ns:
+                        placed.node, placed.node_token = move.from_node, move.from_token
+                        self.get_logger().error(f'move of {app_id} off {move.from_node} abandoned: the node did not '
+                                                f'let it go ({why}); it stays there')
+                    else:
+                        self._orphan(placed, move.from_node, 'its node was found dead during a move')
+                    return
+                move.removed = True
+                old.rates_hz.pop(app_id, None)   # its load leaves with it
+            request = self._node_request(placed.request, token='')
+            ranked = self._candidates(placed.request['image_topic'])
+            now = time.monotonic_ns()
+            targets, fallback = move_targets(ranked, old=move.from_node, old_alive=old.alive and not old.dead_ns,
+                                             now_ns=now, deadline_ns=move.deadline_ns)
+            for prefix in targets:
+                response = await self._call(self.nodes[prefix].set_bounds, request)
+                if self.apps.get(app_id) is not placed:   # removed meanwhile
+                    if response is not None and response.accepted:
+                        await self._call(self.nodes[prefix].remove_app, RemoveApp.Request(app_id=app_id,
+                                                                                          token=response.token))
+                    return
+                if response is not None and response.accepted:
+                    placed.node, placed.node_token, placed.move = prefix, response.token, None
+                    self.nodes[prefix].last_seen_ns = time.monotonic_ns()
+                    self.overload.forget(app_id)
+                    took = (time.monotonic_ns() - move.started_ns) / 1e9
+                    if prefix == move.from_node:
+                        self.moves.append((app_id, move.from_node, '', took))
+                        self.get_logger().warning(
+                            f'could not move {app_id} off {move.from_node} within {self.move_timeout_s:g} s; back '
+                            f'there after {took * 1000:.0f} ms. Refusals: ' + self._refusal_text(move))
+                    else:
+                        self.moves.append((app_id, move.from_node, prefix, took))
+                        self.get_logger().info(f'moved {app_id} from {move.from_node} to {prefix} in '
+                                               f'{took * 1000:.0f} ms (it was flagged there: {move.reason})')
+                    return
+                move.refusals[prefix] = 'no answer' if response is None else response.message
+                if response is not None:
+                    self.get_logger().warning(f'move of {app_id}: {prefix} refused it: {response.message}',
+                                              throttle_duration_sec=2.0)
+            if fallback:
+                placed.move = None
+                self._orphan(placed, '', f'it could not go back to {move.from_node}')
+                self.get_logger().error(
+                    f'could not move {app_id} off {move.from_node}, nor put it back there: re-placing it on any live '
+                    'node. Refusals: ' + self._refusal_text(move))
+        finally:
+            placed.busy = False
+
+    def _orphan(self, placed: Placed, exclude: str, cause: str) -> None:
+        """Leave ``placed`` to the re-placement of apps without a node (every ``check_period_s``)."""
+        placed.request['_from'] = exclude or None
+        placed.node, placed.node_token, placed.orphaned_ns, placed.orphan_cause = None, '', time.monotonic_ns(), cause
+
+    @staticmethod
+    def _refusal_text(move: Move) -> str:
+        return '; '.join(f'{p}: {m}' for p, m in move.refusals.items()) or 'none (no other live node)'
 
     # --- calls -------------------------------------------------------------------------------------------------
     async def _call(self, client: Any, request: Any) -> Any:
@@ -228,8 +475,8 @@ class PlacerNode(Node):
         """Live nodes to try: those serving this camera first, then by load, then by app count."""
         live = [p for p, v in self.nodes.items() if v.alive and p != exclude]
         same_camera = {p.node for p in self.apps.values() if p.node and p.request['image_topic'] == image_topic}
-        return sorted(live, key=lambda p: (p not in same_camera, self.nodes[p].load_hz(), len(self._serves(p)),
-                                           list(self.nodes).index(p)))
+        return rank_candidates(live, same_camera=same_camera, load_hz={p: self.nodes[p].load_hz() for p in live},
+                               app_counts={p: len(self._serves(p)) for p in live})
 
     def _node_request(self, fields: dict[str, Any], *, token: str) -> SetBounds.Request:
         request = SetBounds.Request()
@@ -260,6 +507,9 @@ class PlacerNode(Node):
             why = self._authorise(placed, request.token, 'updating')
             if why:
                 response.message = why
+                return response
+            if placed.move is not None:
+                response.message = f'app {app_id!r} is being moved off an overloaded node; try again'
                 return response
             if placed.busy or placed.node is None:
                 response.message = f'app {app_id!r} is being re-placed after its node failed; try again'
@@ -293,6 +543,7 @@ class PlacerNode(Node):
                     placed = self.apps[app_id] = Placed(fields, token_hash(token), prefix, answer.token)
                 else:
                     placed.request, placed.node, placed.node_token = fields, prefix, answer.token
+                self.overload.forget(app_id)   # new bounds: the node's flag, if any, was for the old ones
                 for name in ('accepted', 'message', 'persisted', 'result_topic', 'planned_exit', 'expected_latency_ms',
                              'expected_accuracy', 'expected_energy_mj', 'feasible_latency_ms', 'feasible_accuracy',
                              'feasible_energy_mj'):
@@ -321,11 +572,15 @@ class PlacerNode(Node):
             response.removed, response.message = False, why
             return response
         del self.apps[request.app_id]
-        if placed.node is not None:
-            answer = await self._call(self.nodes[placed.node].remove_app,
-                                      RemoveApp.Request(app_id=request.app_id, token=placed.node_token))
+        self.overload.forget(request.app_id)
+        node, node_token = placed.node, placed.node_token
+        if node is None and placed.move is not None and not placed.move.removed:   # its move has not let it go yet
+            node, node_token = placed.move.from_node, placed.move.from_token
+        if node is not None:
+            answer = await self._call(self.nodes[node].remove_app,
+                                      RemoveApp.Request(app_id=request.app_id, token=node_token))
             if answer is not None and not answer.removed:
-                self.get_logger().warning(f'{placed.node} did not remove {request.app_id}: {answer.message}')
+                self.get_logger().warning(f'{node} did not remove {request.app_id}: {answer.message}')
         response.removed, response.message = True, f'removed {request.app_id}'
         return response
 
