@@ -2,7 +2,9 @@
 in its own process, over real DDS (loopback): apps registered through ``/delen_placer/set_bounds`` get
 results on one topic whichever node serves them; a node killed with SIGKILL has its apps served again
 by the other node within a few seconds (the recovery time is printed), and the other apps keep being
-served meanwhile. Every process uses ``config/fastdds_placement.xml`` (a 1 s DDS lease)."""
+served meanwhile. An app that its node flags unschedulable (``~/status``) for ``overload_grace_s`` is
+moved to the other node, its results on the same topic. Every process uses
+``config/fastdds_placement.xml`` (a 1 s DDS lease)."""
 from __future__ import annotations
 
 import signal
@@ -161,3 +163,89 @@ def test_apps_are_placed_served_and_re_placed_when_a_node_is_killed(cluster):
         assert removed.removed, removed.message
     finally:
         feeder.stop()
+
+
+class AgedFeeder(ImageFeeder):
+    """An :class:`ImageFeeder` whose frames are stamped ``age_ms`` before their publication (a camera
+    whose frames take that long to arrive)."""
+
+    def __init__(self, peer: RosPeer, streams, *, rate_hz: float, age_ms: float):
+        self.age_ns = int(age_ms * 1e6)
+        super().__init__(peer, streams, rate_hz=rate_hz)
+
+    def _tick(self) -> None:
+        from rclpy.duration import Duration
+        with self._lock:
+            for topic, frames in self._streams.items():
+                msg = frames[self._index[topic] % len(frames)]
+                self._index[topic] += 1
+                msg.header.stamp = (self.peer.node.get_clock().now() - Duration(nanoseconds=self.age_ns)).to_msg()
+                self._publishers[topic].publish(msg)
+                self.published[topic] += 1
+
+
+AGE_MS = 200.0         # frames' age on arrival, by their stamps
+BOUND_MS = 60.0        # the app's latency bound: met from arrival, never from the stamp
+
+
+def test_an_app_its_node_flags_unschedulable_moves_to_the_other_node(placement_dds, tmp_path):
+    """/host_a counts latency from the image's stamp, /host_b from the frame's arrival. Registered
+    before any frame, the app fits /host_a (2 ms of transport assumed); then its frames arrive
+    200 ms old, beyond its 60 ms bound there: /host_a flags it in ~/status, and after
+    ``overload_grace_s`` the placer moves it to /host_b, where the bound holds from arrival. Its
+    results keep their topic; from /host_b they meet the bound."""
+    domain_id = unique_domain_id(first=101)   # beside the other test's cluster (module scope)
+    params = {'model': 'fashion_mnist', 'device': 'cpu', 'energy_meter': 'estimate',
+              'profile': str(write_test_profile(tmp_path / 'profile.json')), 'state_file': '',
+              'status_period_s': 0.2, 'max_batch': 4, 'torch_threads': 1}
+    per_host = {'/host_a': dict(params, latency_from='stamp'), '/host_b': dict(params, latency_from='arrival')}
+    nodes = {ns: NodeProcess(params=per_host[ns], domain_id=domain_id, workdir=tmp_path, namespace=ns,
+                             name=ns.strip('/')).start() for ns in HOSTS}
+    placer = PlacerProcess(domain_id=domain_id, workdir=tmp_path, params={
+        'nodes': list(HOSTS), 'liveness_timeout_s': 0.6, 'check_period_s': 0.05, 'call_timeout_s': 3.0,
+        'overload_grace_s': 1.0, 'move_timeout_s': 5.0, 'move_cooldown_s': 60.0}).start()
+    peer = RosPeer(domain_id, name='placer_overload_peer')
+    feeder = None
+    try:
+        for name in [f'{ns}/delen/set_bounds' for ns in HOSTS] + ['/delen_placer/set_bounds']:
+            try:
+                peer.wait_for_service(SetBounds, name, timeout=START_TIMEOUT)
+            except TimeoutError:
+                pytest.fail(f'{name} did not come up; logs:\n' + '\n'.join(
+                    n.log()[-2000:] for n in nodes.values()) + placer.log()[-2000:])
+        flagged: dict[str, list[str]] = {ns: [] for ns in HOSTS}
+        for ns in HOSTS:
+            peer.node.create_subscription(AppStatus, f'{ns}/delen/status', lambda m, ns=ns: flagged[ns].append(
+                m.unschedulable_reason) if m.app_id == 'nav' else None, 100)
+        results = peer.subscribe(InferenceResult, '/delen_placer/nav/result')
+        answer = peer.call(SetBounds, '/delen_placer/set_bounds', SetBounds.Request(
+            app_id='nav', image_topic=CAMS['nav'], max_latency_ms=BOUND_MS))
+        assert answer.accepted, answer.message
+        assert 'placed on /host_a/delen' in wait_until(
+            lambda: (lambda log: log if 'placed on' in log else None)(placer.log()), timeout=10.0, what='placement')
+        t_feed = time.time_ns()
+        feeder = AgedFeeder(peer, {CAMS['nav']: _frames()}, rate_hz=15.0, age_ms=AGE_MS)
+        # /host_a serves it late, flags it; the placer moves it
+        results.wait_for(1, timeout=15.0, where=lambda m: m.latency_ms > AGE_MS)
+        wait_until(lambda: any(flagged['/host_a']), timeout=15.0, what='/host_a flagging nav')
+        moved = wait_until(lambda: (lambda log: log if 'moved nav from /host_a/delen to /host_b/delen' in log
+                                    else None)(placer.log()), timeout=20.0, what="the placer's move")
+        t_moved = time.time_ns()
+        # same topic, now from /host_b: within the bound (from arrival) and flagged by nobody
+        fresh = results.wait_for(5, timeout=15.0, since_ns=t_moved, where=lambda m: m.latency_ms < BOUND_MS)
+        assert all(m.bounds_met for m in fresh)
+        reasons_b = flagged['/host_b']
+        assert reasons_b and not reasons_b[-1], f'/host_b flags it: {reasons_b[-1:]}'
+        gap = [t for t, m in results._items if t > t_feed]   # receive times: the longest pause in results
+        pause_s = max(b - a for a, b in zip(gap, gap[1:])) / 1e9
+        line = next(x for x in moved.splitlines() if 'moved nav from' in x)
+        print(f'\n[placer] {line.split("]: ", 1)[-1]}; longest pause in nav results {pause_s:.2f} s')
+        assert 'moving nav off /host_a/delen: flagged unschedulable' in moved
+    finally:
+        if feeder is not None:
+            feeder.stop()
+        peer.close()
+        placer.stop()
+        for node in nodes.values():
+            node.stop()
+        print('\n----- placer log (tail)\n' + placer.log()[-1500:])
