@@ -7,7 +7,8 @@
 
 Apps register with ``/delen_placer/set_bounds`` (``delen_client APP --server /delen_placer ...``),
 not with a node's own ``~/set_bounds``: the placer puts each app on a node whose admission accepts
-it and moves a dead node's apps to the others. Results come on the ``result_topic`` the app asks
+it and moves a dead node's apps to the others, and an app a node keeps flagging unschedulable in its
+``~/status`` for ``overload_grace_s`` (2 s; 0 = never) to another node that accepts it. Results come on the ``result_topic`` the app asks
 for (``/delen_placer/<app_id>/result`` if it asks for none), whichever node serves it.
 
 ``nodes:=K`` nodes named ``delen`` in namespaces ``/n0`` .. ``/n{K-1}``, each its own process (on one
@@ -68,6 +69,16 @@ def _positive_seconds(name: str, text: str) -> float:
     return value
 
 
+def _seconds_or_zero(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f'{name} must be a number of seconds, got {text!r}') from None
+    if not value >= 0:
+        raise ValueError(f'{name} must be 0 or more, got {text!r}')
+    return value
+
+
 def _flag(name: str, text: str) -> bool:
     if text.lower() not in ('true', 'false'):
         raise ValueError(f'{name} must be true or false, got {text!r}')
@@ -81,6 +92,7 @@ def _fleet(context, *args, **kwargs):
     status_period_s = _positive_seconds('status_period_s', config['status_period_s'])
     liveness_timeout_s = _positive_seconds('liveness_timeout_s', config['liveness_timeout_s'])
     check_period_s = _positive_seconds('check_period_s', config['check_period_s'])
+    overload_grace_s = _seconds_or_zero('overload_grace_s', config['overload_grace_s'])
     # one late ~/status must not make a live node dead (the e2e bench: 0.2 s against 1 s)
     if status_period_s > liveness_timeout_s / 2:
         raise ValueError(f'status_period_s ({status_period_s:g} s) must be at most half of liveness_timeout_s '
@@ -99,7 +111,8 @@ def _fleet(context, *args, **kwargs):
     placer = Node(
         package='delen_ros', executable='delen_placer', name=PLACER_NAME, output='screen',
         parameters=[{'nodes': [namespace for namespace, _ in placement], 'node_name': NODE_NAME,
-                     'liveness_timeout_s': liveness_timeout_s, 'check_period_s': check_period_s}],
+                     'liveness_timeout_s': liveness_timeout_s, 'check_period_s': check_period_s,
+                     'overload_grace_s': overload_grace_s}],
         arguments=log_args)
     return [*nodes, placer]
 
@@ -123,6 +136,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="the placer finds a node dead after this long without its ~/status, s"),
         DeclareLaunchArgument('check_period_s', default_value='0.1',
                               description="the placer's liveness check and re-placement period, s"),
+        DeclareLaunchArgument('overload_grace_s', default_value='2.0',
+                              description='the placer moves an app its node flags unschedulable this long, s '
+                                          '(0 = never)'),
         DeclareLaunchArgument('log_level', default_value='info', description='debug | info | warn | error'),
         DeclareLaunchArgument('fastdds_profile', default_value=os.path.join(config, 'fastdds_placement.xml'),
                               description='Fast DDS XML profile (FASTDDS_DEFAULT_PROFILES_FILE)'),

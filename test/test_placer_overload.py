@@ -260,3 +260,15 @@ def test_an_update_mid_move_is_refused(placer):
     answer = run(p.node._on_set_bounds(SetBounds.Request(app_id='nav', image_topic='/cam', max_latency_ms=40.0),
                                        SetBounds.Response()))
     assert not answer.accepted and 'being moved' in answer.message
+
+
+# --- the fleet launch file passes overload_grace_s through ----------------------------------------------------
+def test_the_fleet_launch_passes_overload_grace_s(monkeypatch):
+    import test_fleet_launch
+    fleet = test_fleet_launch.fleet.__wrapped__(monkeypatch)
+    _, placer = test_fleet_launch._build(fleet)
+    assert placer.kwargs['parameters'][0]['overload_grace_s'] == 2.0
+    _, placer = test_fleet_launch._build(fleet, overload_grace_s='0')
+    assert placer.kwargs['parameters'][0]['overload_grace_s'] == 0.0
+    with pytest.raises(ValueError, match="overload_grace_s must be 0 or more, got '-1'"):
+        test_fleet_launch._build(fleet, overload_grace_s='-1')
