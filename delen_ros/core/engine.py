@@ -235,6 +235,24 @@ _SETTLE_NS = 300_000_000   # no frame-age samples this long after a new frame si
 _MAX_SIZES_SEEN = 64        # frame sizes remembered (bounded, whatever cameras send)
 
 
+class _Sizes:
+    """Frame sizes seen so far (at most ``_MAX_SIZES_SEEN``, then forgotten all at once)."""
+
+    __slots__ = ('seen',)
+
+    def __init__(self):
+        self.seen: set[tuple[int, ...]] = set()
+
+    def add_new(self, sizes: set[tuple[int, ...]]) -> bool:
+        """Remember ``sizes``; true if any was new."""
+        if sizes <= self.seen:
+            return False
+        if len(self.seen) >= _MAX_SIZES_SEEN:
+            self.seen.clear()
+        self.seen |= sizes
+        return True
+
+
 class _Tail:
     """The 99th percentile of the last ``window`` values (ms) of the last ``horizon_ns``; ``None``
     without any. A window's quantile, not mean + deviations: one stall (a start-up, a page fault)
@@ -254,6 +272,39 @@ class _Tail:
     def p99(self, now_ns: int) -> float | None:
         recent = [v for t, v in self.values if now_ns - t <= self.horizon_ns]
         return float(np.percentile(recent, 99)) if recent else None
+
+
+class _FrameAge:
+    """The frames' age when the engine gets them (from their stamp: transport to the node and
+    conversion), at its tail (:class:`_Tail`), ``prior_ms`` while none is measured.
+
+    Transients of the node's own making are not sampled, for ``_SETTLE_NS``: the first frames of a
+    new frame size pay one-time costs (pinned buffers, lazily loaded kernels), a new app's
+    subscription holds up every camera's frames a moment, and its own first frames arrive old
+    (H200: 30-90 ms, whatever the load). Sampled, one registration refused the next apps for seconds.
+    """
+
+    __slots__ = ('tail', 'prior_ms', '_sizes', '_settle_until_ns')
+
+    def __init__(self, prior_ms: float):
+        self.tail = _Tail()
+        self.prior_ms = prior_ms
+        self._sizes = _Sizes()
+        self._settle_until_ns = 0
+
+    def app_added(self, now_ns: int) -> None:
+        self._settle_until_ns = max(self._settle_until_ns, now_ns + _SETTLE_NS)
+
+    def add(self, size: tuple[int, ...], age_ms: float, now_ns: int, *, app_settled: bool) -> None:
+        """One frame's age; ``app_settled``: some app of the frame is past its first frames."""
+        if self._sizes.add_new({size}):
+            self._settle_until_ns = now_ns + _SETTLE_NS
+        if app_settled and now_ns >= self._settle_until_ns:
+            self.tail.add(age_ms, now_ns)
+
+    def p99_ms(self, now_ns: int) -> float:
+        measured = self.tail.p99(now_ns)
+        return self.prior_ms if measured is None else measured
 
 
 class _Rate:
@@ -515,15 +566,8 @@ class Engine:
         # percentile; _wake, the worker's wake-up, and decision -> delivery (the corrector's tail),
         # at mean + latency_margin deviations.
         self.overhead_prior_ms = overhead_prior_ms
-        self.transport_prior_ms = transport_prior_ms
-        self._age = _Tail()
-        # The first frames of a new frame size pay one-time costs (pinned buffers, lazily loaded
-        # kernels), a new app's subscription delays every camera's frames a moment, and its own
-        # first frames arrive old (H200: 30-90 ms, whatever the load): no age samples from them for
-        # _SETTLE_NS, or one registration refuses the next apps for seconds.
-        self._sizes_seen: set[tuple[int, ...]] = set()
-        self._settle_until_ns = 0
-        self._sizes_preprocessed: set[tuple[int, ...]] = set()
+        self._age = _FrameAge(transport_prior_ms)
+        self._sizes_preprocessed = _Sizes()   # a size's first preprocessing is not its rate
         self._wake = _Mean()
         self._idle = False
         self.external_delivery = external_delivery
@@ -615,8 +659,8 @@ class Engine:
                     self.feasible_range(), max_rate_hz=max_rate, min_latency_ms=min_latency)
         with self._cond:
             app = self._apps.get(app_id)
-            if app is None:   # its subscription, made next, delays the other cameras' frames a moment
-                self._settle_until_ns = max(self._settle_until_ns, self.clock() + _SETTLE_NS)
+            if app is None:   # its subscription, made next, holds up the other cameras' frames a moment
+                self._age.app_added(self.clock())
                 self._apps[app_id] = _AppState(bounds, window=self._stats_window, now_ns=self.clock(),
                                                num_exits=self.profile.num_exits, late_policy=late_policy,
                                                source=source, rate_prior_hz=rate_hz)
@@ -649,10 +693,10 @@ class Engine:
     def _outside_ms(self) -> dict[str, float]:
         """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,
         the frames' age when :meth:`submit` gets them (from the stamp: transport to the node and
-        conversion) at their 99th percentile of late, ``transport_prior_ms`` while none is measured; ``overhead_ms``
-        (:meth:`overhead_ms`); ``delivery_ms``, the delivery allowance."""
-        age = self._age.p99(self.clock())
-        return {'transport_ms': self.transport_prior_ms if age is None else age, 'overhead_ms': self.overhead_ms(),
+        conversion) at their 99th percentile of late (:class:`_FrameAge`), ``transport_prior_ms``
+        while none is measured; ``overhead_ms`` (:meth:`overhead_ms`); ``delivery_ms``, the delivery
+        allowance."""
+        return {'transport_ms': self._age.p99_ms(self.clock()), 'overhead_ms': self.overhead_ms(),
                 'delivery_ms': self.delivery_allowance_ms}
 
     def exit_latency_ms(self) -> list[float]:
@@ -761,11 +805,6 @@ class Engine:
         with self._cond:
             now = self.clock()
             arrival = now if arrival_ns is None else int(arrival_ns)
-            if shape not in self._sizes_seen:
-                if len(self._sizes_seen) >= _MAX_SIZES_SEEN:
-                    self._sizes_seen.clear()
-                self._sizes_seen.add(shape)
-                self._settle_until_ns = now + _SETTLE_NS
             settled = False
             for app_id in dict.fromkeys(app_ids):
                 app = self._apps.get(app_id)
@@ -784,8 +823,8 @@ class Engine:
                     app.dropped_overflow += 1
                     app.w_dropped += 1
                 queued += 1
-            if arrival_ns is not None and settled and now >= self._settle_until_ns:
-                self._age.add((now - arrival) / _NS_PER_MS, now)
+            if arrival_ns is not None:
+                self._age.add(shape, (now - arrival) / _NS_PER_MS, now, app_settled=settled)
             if queued:
                 self._cond.notify()
         return queued
@@ -1041,11 +1080,9 @@ class Engine:
                     f.tensor, f.image = x[i:i + 1], None
                 pre_ns = time.perf_counter_ns() - t0
                 per_frame = pre_ns / 1e6 / len(todo)
-                sizes = {tuple(shape) for shape in shapes}
-                if not sizes <= self._sizes_preprocessed:   # a size's first run: one-time costs, not its rate
-                    if len(self._sizes_preprocessed) >= _MAX_SIZES_SEEN:
-                        self._sizes_preprocessed.clear()
-                    self._sizes_preprocessed |= sizes
+                first_run = self._sizes_preprocessed.add_new({tuple(shape) for shape in shapes})
+                if first_run:   # one-time costs (kernels, buffers): not the rate to predict from
+                    pass
                 elif self._pre_ms == 0:
                     self._pre_ms, self._pre_dev_ms = per_frame, per_frame / 4
                 else:
