@@ -1,5 +1,5 @@
 """The placer's overload moves, without DDS: the decision (:class:`OverloadWatch`: sustained vs
-flapping flags, cool-down; :func:`rank_candidates`; :func:`move_targets`) as pure functions, then a
+flapping flags, cool-down; :func:`rank_candidates`; :func:`move_targets`: ``core/fleet.py``, pure), then a
 ``PlacerNode`` in this process whose calls to the nodes are scripted (``_call`` replaced), driving
 ``_start_moves`` / ``_move_step`` by hand: a move to the other node, retries then the fallback to the
 old node, the fallback refused (the app waits for any node, never dropped), a removal mid-move."""
@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
 
 import ros_helpers  # noqa: E402
-from delen_ros.ros.placer import OverloadWatch, PlacerNode, Placed, move_targets, rank_candidates  # noqa: E402
+from delen_ros.core.fleet import OverloadWatch, move_targets, rank_candidates  # noqa: E402
+from delen_ros.ros.placer import PlacerNode, Placed  # noqa: E402
 from delen_ros.srv import RemoveApp, SetBounds  # noqa: E402
 
 S = 1_000_000_000   # ns per s

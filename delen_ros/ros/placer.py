@@ -54,14 +54,14 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from delen_ros.core.fleet import OverloadWatch, move_targets, rank_candidates
 from delen_ros.msg import AppStatus
 from delen_ros.srv import RemoveApp, SetBounds
 
 from .apps import new_token, token_hash, validate_app_id
 from .rejections import clean_message
 
-__all__ = ['PLACER_NAME', 'NodeView', 'Placed', 'Move', 'OverloadWatch', 'rank_candidates', 'move_targets',
-           'PlacerNode', 'main']
+__all__ = ['PLACER_NAME', 'NodeView', 'Placed', 'Move', 'PlacerNode', 'main']
 
 PLACER_NAME = 'delen_placer'
 _STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=256, reliability=ReliabilityPolicy.RELIABLE,
@@ -116,106 +116,6 @@ class Move:
     refusals: dict[str, str] = dataclasses.field(default_factory=dict)   # node -> its last refusal
 
 
-@dataclasses.dataclass
-class _Flag:
-    node: str
-    since_ns: int
-    reason: str
-
-
-class OverloadWatch:
-    """Which apps to move off their node: flagged unschedulable in every status of the node serving
-    them for at least ``grace_s``, and not moved (or tried) in the last ``cooldown_s``. Pure: the
-    caller passes the clock (monotonic ns) in.
-
-    >>> watch = OverloadWatch(grace_s=2.0, cooldown_s=30.0)
-    >>> watch.observe('nav', '/a/delen', 'busy', now_ns=0)
-    >>> watch.due({'nav': '/a/delen'}, now_ns=1_000_000_000)
-    []
-    >>> watch.due({'nav': '/a/delen'}, now_ns=2_000_000_000)
-    [('nav', '/a/delen', 'busy', 2.0)]
-    """
-
-    def __init__(self, *, grace_s: float, cooldown_s: float):
-        if not grace_s >= 0 or not cooldown_s >= 0:
-            raise ValueError(f'grace_s and cooldown_s must be >= 0, got {grace_s!r}, {cooldown_s!r}')
-        self.grace_ns = int(grace_s * 1e9)
-        self.cooldown_ns = int(cooldown_s * 1e9)
-        self._flags: dict[str, _Flag] = {}
-        self._cool_until_ns: dict[str, int] = {}
-
-    def observe(self, app_id: str, node: str, reason: str, *, now_ns: int) -> None:
-        """A status of ``app_id`` from ``node`` (the node serving it): ``reason`` '' clears its flag."""
-        flag = self._flags.get(app_id)
-        if not reason:
-            self._flags.pop(app_id, None)
-        elif flag is None or flag.node != node:
-            self._flags[app_id] = _Flag(node, now_ns, reason)
-        else:
-            flag.reason = reason
-
-    def forget(self, app_id: str) -> None:
-        """Drop its flag (removed, updated by its client, or placed anew)."""
-        self._flags.pop(app_id, None)
-
-    def cooling(self, app_id: str, *, now_ns: int) -> bool:
-        until = self._cool_until_ns.get(app_id)
-        if until is not None and now_ns >= until:
-            del self._cool_until_ns[app_id]
-            return False
-        return until is not None
-
-    def attempted(self, app_id: str, *, now_ns: int) -> None:
-        """A move of ``app_id`` starts: its flag goes, and it rests for ``cooldown_s``."""
-        self._flags.pop(app_id, None)
-        self._cool_until_ns[app_id] = now_ns + self.cooldown_ns
-
-    def due(self, serving: dict[str, str], *, now_ns: int) -> list[tuple[str, str, str, float]]:
-        """``(app, node, reason, flagged_s)`` of each app to move now, oldest flag first.
-
-        :param serving: app -> the node serving it now, for the apps that may move (a flag from
-            another node, e.g. a status of the old node after a move, counts for nothing).
-        """
-        out = []
-        for app_id, flag in self._flags.items():
-            if serving.get(app_id) != flag.node or now_ns - flag.since_ns < self.grace_ns:
-                continue
-            if self.cooling(app_id, now_ns=now_ns):
-                continue
-            out.append((app_id, flag.node, flag.reason, (now_ns - flag.since_ns) / 1e9))
-        return sorted(out, key=lambda d: -d[3])
-
-
-def rank_candidates(live: Sequence[str], *, same_camera: set[str], load_hz: dict[str, float],
-                    app_counts: dict[str, int]) -> list[str]:
-    """Nodes to try for an app, best first: those already serving its camera, then by load (Hz),
-    then by app count, then in ``live``'s order.
-
-    >>> rank_candidates(['/a', '/b', '/c'], same_camera=set(), load_hz={'/a': 30.0, '/b': 0.0, '/c': 0.0},
-    ...                 app_counts={'/b': 1})
-    ['/c', '/b', '/a']
-    """
-    order = {p: i for i, p in enumerate(live)}
-    return sorted(live, key=lambda p: (p not in same_camera, load_hz.get(p, 0.0), app_counts.get(p, 0), order[p]))
-
-
-def move_targets(ranked: Sequence[str], *, old: str, old_alive: bool, now_ns: int,
-                 deadline_ns: int) -> tuple[list[str], bool]:
-    """Where a moving app is tried next, and whether that is the fallback: the ranked live nodes
-    other than ``old`` until ``deadline_ns`` (or until none is left), then ``old`` alone
-    (nothing when it is dead: the app then waits for any live node, as after a failure).
-
-    >>> move_targets(['/a', '/b'], old='/a', old_alive=True, now_ns=0, deadline_ns=1)
-    (['/b'], False)
-    >>> move_targets(['/a', '/b'], old='/a', old_alive=True, now_ns=1, deadline_ns=1)
-    (['/a'], True)
-    """
-    others = [p for p in ranked if p != old]
-    if now_ns < deadline_ns and others:
-        return others, False
-    return ([old] if old_alive else []), True
-
-
 def _ns_prefix(namespace: str, node_name: str) -> str:
     ns = '/' + namespace.strip('/') if namespace.strip('/') else ''
     return f'{ns}/{node_name}'
@@ -227,31 +127,30 @@ class PlacerNode(Node):
     def __init__(self, node_name: str = PLACER_NAME, **kwargs: Any):
         super().__init__(node_name, **kwargs)
         describe = ParameterDescriptor
+
+
+        def seconds(name: str, default: float, low: float, high: float, description: str) -> None:
+            limits = FloatingPointRange(from_value=low, to_value=high, step=0.0)
+            self.declare_parameter(name, default, describe(description=description, read_only=True,
+                                                           floating_point_range=[limits]))
+
         self.declare_parameter('nodes', [''], describe(
             description="Namespaces of the delen nodes, e.g. ['/host_a', '/host_b'] ('' = the root namespace).",
             read_only=True))
         self.declare_parameter('node_name', 'delen', describe(description='Name of each delen node.', read_only=True))
-        self.declare_parameter('liveness_timeout_s', 1.0, describe(
-            description="A node serving apps is dead when its ~/status is silent this long, s.",
-            floating_point_range=[FloatingPointRange(from_value=0.1, to_value=60.0, step=0.0)], read_only=True))
-        self.declare_parameter('check_period_s', 0.1, describe(
-            description='Period of the liveness check and of re-placement retries, s.',
-            floating_point_range=[FloatingPointRange(from_value=0.01, to_value=10.0, step=0.0)], read_only=True))
-        self.declare_parameter('call_timeout_s', 5.0, describe(
-            description="Longest wait for a node's answer, s.",
-            floating_point_range=[FloatingPointRange(from_value=0.1, to_value=60.0, step=0.0)], read_only=True))
+        seconds('liveness_timeout_s', 1.0, 0.1, 60.0,
+                'A node serving apps is dead when its ~/status is silent this long, s.')
+        seconds('check_period_s', 0.1, 0.01, 10.0, 'Period of the liveness check and of re-placement retries, s.')
+        seconds('call_timeout_s', 5.0, 0.1, 60.0, "Longest wait for a node's answer, s.")
         self.declare_parameter('allow_takeover', False, describe(
             description='Any client may update or remove any app (no token needed).', read_only=True))
-        self.declare_parameter('overload_grace_s', 2.0, describe(
-            description="Move an app off a node whose ~/status has flagged it unschedulable this long, s "
-                        "(0 = never move apps for overload).",
-            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)], read_only=True))
-        self.declare_parameter('move_timeout_s', 3.0, describe(
-            description='Longest a move tries the other nodes before the app goes back to its old node, s.',
-            floating_point_range=[FloatingPointRange(from_value=0.1, to_value=60.0, step=0.0)], read_only=True))
-        self.declare_parameter('move_cooldown_s', 30.0, describe(
-            description='After a move (successful or not), the app is not moved again for this long, s.',
-            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)], read_only=True))
+        seconds('overload_grace_s', 2.0, 0.0, 3600.0,
+                'Move an app off a node whose ~/status has flagged it unschedulable this long, s (0 = never move '
+                'apps for overload).')
+        seconds('move_timeout_s', 3.0, 0.1, 60.0,
+                'Longest a move tries the other nodes before the app goes back to its old node, s.')
+        seconds('move_cooldown_s', 30.0, 0.0, 3600.0,
+                'After a move (successful or not), the app is not moved again for this long, s.')
         namespaces = [str(n) for n in self.get_parameter('nodes').value]
         name = str(self.get_parameter('node_name').value)
         self.liveness_timeout_s = float(self.get_parameter('liveness_timeout_s').value)
