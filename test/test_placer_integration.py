@@ -218,6 +218,9 @@ def test_an_app_its_node_flags_unschedulable_moves_to_the_other_node(placement_d
             peer.node.create_subscription(AppStatus, f'{ns}/delen/status', lambda m, ns=ns: flagged[ns].append(
                 m.unschedulable_reason) if m.app_id == 'nav' else None, 100)
         results = peer.subscribe(InferenceResult, '/delen_placer/nav/result')
+        # both nodes live for the placer, or the app may go to /host_b (the only one up yet)
+        wait_until(lambda: all(f'{ns}/delen is up' in placer.log() for ns in HOSTS), timeout=15.0,
+                   what='the placer seeing both nodes up')
         answer = peer.call(SetBounds, '/delen_placer/set_bounds', SetBounds.Request(
             app_id='nav', image_topic=CAMS['nav'], max_latency_ms=BOUND_MS))
         assert answer.accepted, answer.message
