@@ -8,6 +8,7 @@ import threading
 from typing import Any, Sequence
 
 import rclpy
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 
@@ -81,6 +82,11 @@ def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RCLError:
+        # A shutdown signal that lands between the executor's check of its context and its next
+        # wait set makes rcl raise this instead of ExternalShutdownException (seen once under SIGINT).
+        if node.context.ok():
+            raise
     finally:
         try:
             node.close()
