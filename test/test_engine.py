@@ -370,7 +370,9 @@ def test_warm_up_seeds_the_latency_corrector():
     assert engine.corrector.snapshot() == {}
     engine.warm_up()
     assert sorted(engine.corrector.snapshot()) == ['0/1', '1/1', '2/1', '3/1']
-    assert [k for k, _ in runner.calls] == [0, 1, 2, 3] * 3
+    assert runner.calls[:12] == [(k, 1) for k in (0, 1, 2, 3)] * 3
+    # then, on CPU, every larger batch size once: its kernels are built before the first busy second
+    assert runner.calls[12:] == [(k, b) for b in range(2, engine.max_batch + 1) for k in (0, 1, 2, 3)]
 
 
 def test_start_twice_raises_and_stop_is_clean():
