@@ -12,7 +12,7 @@ it and moves a dead node's apps to the others, and an app a node keeps flagging 
 for (``/delen_placer/<app_id>/result`` if it asks for none), whichever node serves it.
 
 ``nodes:=K`` nodes named ``delen`` in namespaces ``/n0`` .. ``/n{K-1}``, each its own process (on one
-GPU, the way past one Python process's GIL). Each gets the parameters file (``config/delen.yaml`` or
+H200, four served 32 cameras where one node's single worker could not). Each gets the parameters file (``config/delen.yaml`` or
 ``params_file``), then ``model``, ``device`` (or node ``j``'s entry of ``devices``, round-robin),
 ``autostart`` and ``status_period_s`` (0.2 s: the placer finds a node dead after
 ``liveness_timeout_s``, 1 s, without its ``~/status``, so a live node must publish well within that);
