@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from delen_ros.tools import e2e_bench
-from delen_ros.tools.e2e_bench import (_RESULT_FIELDS, analyze, failover_figures, longest_gap, parse_placer_log,
-                                       recovery_s, serving_nodes)
+from delen_ros.tools.e2e_bench import _RESULT_FIELDS, analyze
+from delen_ros.tools.e2e_failover import failover_figures, longest_gap, parse_placer_log, recovery_s, serving_nodes
 from delen_ros.tools.e2e_report import failover_summary, render_table, write_plots
 
 MS = 1_000_000
