@@ -235,15 +235,22 @@ class PlacerNode(Node):
                 self.executor.create_task(self._move_step(app_id, placed) if placed.move is not None
                                           else self._replace(app_id, placed))
 
+    async def _offer(self, app_id: str, placed: Placed, prefix: str, request: SetBounds.Request) -> tuple[bool, Any]:
+        """Ask node ``prefix`` to serve ``placed``: ``(still wanted, its answer)``. If the client removed
+        the app meanwhile, a node that took it is asked at once to let it go again (``still wanted`` false)."""
+        response = await self._call(self.nodes[prefix].set_bounds, request)
+        if self.apps.get(app_id) is not placed:
+            if response is not None and response.accepted:
+                await self._call(self.nodes[prefix].remove_app, RemoveApp.Request(app_id=app_id, token=response.token))
+            return False, response
+        return True, response
+
     async def _replace(self, app_id: str, placed: Placed) -> None:
         try:
             request = self._node_request(placed.request, token='')
             for prefix in self._candidates(placed.request['image_topic'], exclude=placed.request.get('_from')):
-                response = await self._call(self.nodes[prefix].set_bounds, request)
-                if self.apps.get(app_id) is not placed:   # removed meanwhile
-                    if response is not None and response.accepted:
-                        await self._call(self.nodes[prefix].remove_app, RemoveApp.Request(app_id=app_id,
-                                                                                          token=response.token))
+                wanted, response = await self._offer(app_id, placed, prefix, request)
+                if not wanted:
                     return
                 if response is not None and response.accepted:
                     placed.node, placed.node_token = prefix, response.token
@@ -310,11 +317,8 @@ class PlacerNode(Node):
             targets, fallback = move_targets(ranked, old=move.from_node, old_alive=old.alive and not old.dead_ns,
                                              now_ns=now, deadline_ns=move.deadline_ns)
             for prefix in targets:
-                response = await self._call(self.nodes[prefix].set_bounds, request)
-                if self.apps.get(app_id) is not placed:   # removed meanwhile
-                    if response is not None and response.accepted:
-                        await self._call(self.nodes[prefix].remove_app, RemoveApp.Request(app_id=app_id,
-                                                                                          token=response.token))
+                wanted, response = await self._offer(app_id, placed, prefix, request)
+                if not wanted:
                     return
                 if response is not None and response.accepted:
                     placed.node, placed.node_token, placed.move = prefix, response.token, None
