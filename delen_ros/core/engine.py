@@ -703,7 +703,10 @@ class Engine:
         """End-to-end latency of a lone frame to each exit now, ms, as its subscriber sees it: the
         frames' age on arrival and the serving overhead (tails), the delivery allowance,
         preprocessing, and each step at batch 1 (the profile's p50 x this device's measured ratio)."""
-        base = sum(self._outside_ms().values()) + self._pre_ms
+        return self._exit_latency_ms(self._outside_ms())
+
+    def _exit_latency_ms(self, outside: dict[str, float]) -> list[float]:
+        base = sum(outside.values()) + self._pre_ms
         out, total = [], base
         for k in range(self.profile.num_exits):
             total += self.corrector.factor(k, 1) * self.profile.step_ms(k, 1)
@@ -712,11 +715,13 @@ class Engine:
 
     def feasible_range(self) -> FeasibleRange:
         """What this engine can serve now, end to end (see :meth:`exit_latency_ms`)."""
-        return feasible_range(self.profile, exit_latency_ms=self.exit_latency_ms(), **self._outside_ms())
+        outside = self._outside_ms()   # once: the parts named are the parts summed
+        return feasible_range(self.profile, exit_latency_ms=self._exit_latency_ms(outside), **outside)
 
     def plan(self, bounds: Bounds) -> Plan:
         """The end-to-end plan for ``bounds`` now (no registration, no admission)."""
-        return plan(bounds, self.profile, exit_latency_ms=self.exit_latency_ms(), **self._outside_ms())
+        outside = self._outside_ms()
+        return plan(bounds, self.profile, exit_latency_ms=self._exit_latency_ms(outside), **outside)
 
     def _required_exit(self, bounds: Bounds) -> int:
         """The exit admission must make room for: a latency-bound app degrades to its cheapest
@@ -1091,7 +1096,7 @@ class Engine:
             pre_ns = 0
             if todo:
                 t0 = time.perf_counter_ns()
-                shapes = [f.image.shape for f in todo]
+                sizes = {tuple(f.image.shape) for f in todo}
                 x = self._preprocess([f.image for f in todo])
                 for i, f in enumerate(todo):
                     # The pixels are copied out: let go of the image now (it may be a view of a
@@ -1099,14 +1104,13 @@ class Engine:
                     f.tensor, f.image = x[i:i + 1], None
                 pre_ns = time.perf_counter_ns() - t0
                 per_frame = pre_ns / 1e6 / len(todo)
-                first_run = self._sizes_preprocessed.add_new({tuple(shape) for shape in shapes})
-                if first_run:   # one-time costs (kernels, buffers): not the rate to predict from
-                    pass
-                elif self._pre_ms == 0:
-                    self._pre_ms, self._pre_dev_ms = per_frame, per_frame / 4
-                else:
-                    self._pre_dev_ms += 0.25 * (abs(per_frame - self._pre_ms) - self._pre_dev_ms)
-                    self._pre_ms += 0.125 * (per_frame - self._pre_ms)
+                # a size's first run pays one-time costs (kernels, buffers): not the rate to predict from
+                if not self._sizes_preprocessed.add_new(sizes):
+                    if self._pre_ms == 0:
+                        self._pre_ms, self._pre_dev_ms = per_frame, per_frame / 4
+                    else:
+                        self._pre_dev_ms += 0.25 * (abs(per_frame - self._pre_ms) - self._pre_dev_ms)
+                        self._pre_ms += 0.125 * (per_frame - self._pre_ms)
             cpu = unique[0].frame.tensor if len(unique) == 1 else torch.cat([r.frame.tensor for r in unique])
             return self._runner.to_input(cpu), pre_ns
         sources = [r.state.features for r in unique]
