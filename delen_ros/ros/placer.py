@@ -128,7 +128,6 @@ class PlacerNode(Node):
         super().__init__(node_name, **kwargs)
         describe = ParameterDescriptor
 
-
         def seconds(name: str, default: float, low: float, high: float, description: str) -> None:
             limits = FloatingPointRange(from_value=low, to_value=high, step=0.0)
             self.declare_parameter(name, default, describe(description=description, read_only=True,
@@ -218,10 +217,7 @@ class PlacerNode(Node):
                                         f'service {"up" if view.set_bounds.service_is_ready() else "down"}); '
                                         f're-placing {len(orphans)} app(s): {", ".join(orphans) or "none"}')
                 for app_id in orphans:
-                    placed = self.apps[app_id]
-                    placed.request['_from'] = view.prefix
-                    placed.node, placed.node_token, placed.orphaned_ns = None, '', now
-                    placed.orphan_cause = 'its node was found dead'
+                    self._orphan(self.apps[app_id], view.prefix, 'its node was found dead', now_ns=now)
                     self.overload.forget(app_id)
                 view.rates_hz.clear()
                 view.dead_ns = now
@@ -348,10 +344,12 @@ class PlacerNode(Node):
         finally:
             placed.busy = False
 
-    def _orphan(self, placed: Placed, exclude: str, cause: str) -> None:
-        """Leave ``placed`` to the re-placement of apps without a node (every ``check_period_s``)."""
+    def _orphan(self, placed: Placed, exclude: str, cause: str, *, now_ns: int | None = None) -> None:
+        """Leave ``placed`` to the re-placement of apps without a node (every ``check_period_s``), not
+        on node ``exclude`` ('' = any); ``cause`` ends the log line of its re-placement."""
         placed.request['_from'] = exclude or None
-        placed.node, placed.node_token, placed.orphaned_ns, placed.orphan_cause = None, '', time.monotonic_ns(), cause
+        placed.node, placed.node_token, placed.orphan_cause = None, '', cause
+        placed.orphaned_ns = time.monotonic_ns() if now_ns is None else now_ns
 
     @staticmethod
     def _refusal_text(move: Move) -> str:
