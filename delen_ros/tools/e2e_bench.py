@@ -106,6 +106,18 @@ def _app(i: int) -> str:
     return f'cam{i:02d}'
 
 
+def _camera_apps(bounds_ms: Sequence[float]) -> list[dict[str, Any]]:
+    """One app per camera, camera ``i``'s with latency bound ``bounds_ms[i]``."""
+    return [{'app_id': _app(i), 'image_topic': _topic(i), 'max_latency_ms': b} for i, b in enumerate(bounds_ms)]
+
+
+def _write_json_whole(path: pathlib.Path, data: Any) -> None:
+    """Write ``data`` to ``path`` as JSON, whole, then renamed: a reader never sees half a file."""
+    tmp = pathlib.Path(str(path) + '.tmp')
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
 def _refused(registrar_out: str) -> set[str]:
     """Apps the placer refused (``--nodes``: the registrar's answers, once written): nobody will
     subscribe to their cameras or publish their results, so start-up does not wait for them."""
@@ -646,10 +658,8 @@ def _parse_node_params(items: Sequence[str]) -> list[NodeParam]:
 
 def _node_params(args, config: Config, bounds: Sequence[float]) -> dict[str, Any]:
     """The parameters the bench sets (the node's params file); ``--node-param`` goes on as ``-p`` (:func:`_node_ros_args`)."""
-    apps = [{'app_id': _app(i), 'image_topic': _topic(i), 'max_latency_ms': b}
-            for i, b in enumerate(_bounds_for(bounds, config.cameras))]
-    if config.register == 'service':   # the registrar asks for them once the node is up
-        apps = []
+    # under 'service' the registrar asks for them once the node is up
+    apps = [] if config.register == 'service' else _camera_apps(_bounds_for(bounds, config.cameras))
     params: dict[str, Any] = {'model': args.model, 'device': args.device, 'policy': config.policy,
                               'max_batch': args.max_batch, 'state_file': '', 'image_qos': args.image_qos,
                               'max_apps': max(64, config.cameras), 'apps': yaml.safe_dump(apps, default_flow_style=True)}
@@ -684,7 +694,8 @@ def _start_nodes_and_placer(args, config: Config, children: Children, workdir: p
     gets ``--liveness-timeout-s`` / ``--check-period-s`` where given (else its own defaults)."""
     devices = [d for d in args.devices.split(',') if d] or [args.device]
     base = _node_params(args, config, bounds)
-    apps = yaml.safe_load(base.pop('apps'))
+    base.pop('apps')   # the placer's, through the registrar
+    apps = _camera_apps(_bounds_for(bounds, config.cameras))
     base.pop('devices', None)
     # the placer declares a node dead after liveness_timeout_s (1 s) without its ~/status: with the
     # node's default period (1 s) a busy but live node could be found dead
@@ -763,10 +774,7 @@ def _register_main(argv: Sequence[str]) -> int:
                                   'message': answer.message if answer else 'no answer', 't_ns': time.time_ns(),
                                   'max_latency_ms': float(app['max_latency_ms'])}
         print(f'{app["app_id"]}: {answers[app["app_id"]]}', flush=True)
-    # written whole, then renamed: a reader never sees half a file
-    tmp = pathlib.Path(str(a.out) + '.tmp')
-    tmp.write_text(json.dumps(answers))
-    tmp.replace(a.out)
+    _write_json_whole(pathlib.Path(a.out), answers)
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
@@ -816,11 +824,10 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
             target = children.start('node', ['-m', 'delen_ros.ros.node', *_node_ros_args(params_path, node_params)])
             param_nodes = ['/delen']
             if config.register == 'service':
-                apps = [{'app_id': _app(i), 'image_topic': _topic(i), 'max_latency_ms': b}
-                        for i, b in enumerate(raw['bounds_ms'])]
-                raw['register_order'] = [a['app_id'] for a in registration_order(apps)]
+                ordered = registration_order(_camera_apps(raw['bounds_ms']))
+                raw['register_order'] = [a['app_id'] for a in ordered]
                 raw['register_gap_s'] = args.register_gap_s
-                _start_registrar(children, workdir, registration_order(apps), via=f'{RESULT_PREFIX_NODE}/set_bounds',
+                _start_registrar(children, workdir, ordered, via=f'{RESULT_PREFIX_NODE}/set_bounds',
                                  gap_s=args.register_gap_s, timeout_s=args.ready_timeout)
         if config.kind == 'node' and node_params:
             raw['node_param_overrides'] = {p.name: p.value for p in node_params}
@@ -855,8 +862,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
             if refused_by and refused_by.startswith('node at') and not answers_path.exists():
                 verdict = configure_refusals(children.log_path('node').read_text(errors='replace'))
                 if verdict is not None:   # configured: the apps it did not restore are refused
-                    answers_path.with_suffix('.tmp').write_text(json.dumps(verdict))
-                    answers_path.with_suffix('.tmp').replace(answers_path)
+                    _write_json_whole(answers_path, verdict)
             dead = children.dead(done=('registrar',))
             if dead:
                 raise RuntimeError(f'{", ".join(dead)} exited before the run started')
