@@ -72,6 +72,16 @@ class PlacerProcess:
         return self.log_path.read_text() if self.log_path.exists() else ''
 
 
+def _wait_for_services(peer, nodes, placer) -> None:
+    """Every node's and the placer's ``set_bounds`` up, or the test fails with their logs."""
+    for name in [f'{ns}/delen/set_bounds' for ns in HOSTS] + ['/delen_placer/set_bounds']:
+        try:
+            peer.wait_for_service(SetBounds, name, timeout=START_TIMEOUT)
+        except TimeoutError:
+            pytest.fail(f'{name} did not come up; logs:\n' + '\n'.join(
+                n.log()[-2000:] for n in nodes.values()) + placer.log()[-2000:])
+
+
 @pytest.fixture(scope='module')
 def placement_dds():
     """Every process of this module speaks DDS with the short-lease profile."""
@@ -96,12 +106,7 @@ def cluster(placement_dds, tmp_path_factory):
         'nodes': list(HOSTS), 'liveness_timeout_s': 0.6, 'check_period_s': 0.05, 'call_timeout_s': 3.0}).start()
     peer = RosPeer(domain_id, name='placer_test_peer')
     try:
-        for name in [f'{ns}/delen/set_bounds' for ns in HOSTS] + ['/delen_placer/set_bounds']:
-            try:
-                peer.wait_for_service(SetBounds, name, timeout=START_TIMEOUT)
-            except TimeoutError:
-                pytest.fail(f'{name} did not come up; logs:\n' + '\n'.join(
-                    n.log()[-2000:] for n in nodes.values()) + placer.log()[-2000:])
+        _wait_for_services(peer, nodes, placer)
         yield peer, nodes, placer
     finally:
         peer.close()
@@ -207,12 +212,7 @@ def test_an_app_its_node_flags_unschedulable_moves_to_the_other_node(placement_d
     peer = RosPeer(domain_id, name='placer_overload_peer')
     feeder = None
     try:
-        for name in [f'{ns}/delen/set_bounds' for ns in HOSTS] + ['/delen_placer/set_bounds']:
-            try:
-                peer.wait_for_service(SetBounds, name, timeout=START_TIMEOUT)
-            except TimeoutError:
-                pytest.fail(f'{name} did not come up; logs:\n' + '\n'.join(
-                    n.log()[-2000:] for n in nodes.values()) + placer.log()[-2000:])
+        _wait_for_services(peer, nodes, placer)
         flagged: dict[str, list[str]] = {ns: [] for ns in HOSTS}
         for ns in HOSTS:
             peer.node.create_subscription(AppStatus, f'{ns}/delen/status', lambda m, ns=ns: flagged[ns].append(
