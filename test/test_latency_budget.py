@@ -110,6 +110,8 @@ def test_recheck_puts_an_unschedulable_app_after_the_schedulable_ones():
     engine.set_app('tight', Bounds(max_latency_ms=6.0), rate_hz=10.0)
     engine.set_app('loose', Bounds(max_latency_ms=100.0), rate_hz=10.0)
     submit_aged(engine, clock, ['tight', 'loose'], age_ms=5.0)   # too old for 'tight' only
-    engine.stats('tight', recheck_s=0)
-    queues = engine._scheduler._apps
-    assert queues['tight'].best_effort and not queues['loose'].best_effort
+    for _ in range(engine.demote_after - 1):                     # at risk, said at once; not yet demoted
+        assert 'at risk' in engine.stats('tight', recheck_s=0).unschedulable_reason
+        assert engine._scheduler.best_effort_apps() == set()
+    assert 'demoted' in engine.stats('tight', recheck_s=0).unschedulable_reason
+    assert engine._scheduler.best_effort_apps() == {'tight'}

@@ -20,8 +20,11 @@ allowance (publication -> subscriber). It passes when utilisation <= ``utilisati
 checkpoint ``t`` (each deadline ``D_i + m T_i`` up to the busy-period bound), the demand
 ``sum_i max(0, floor((t - D_i) / T_i) + 1) C_i + blocking <= t``.
 
-:func:`suggest` says what would fit for an app the test rejects: the highest frame rate at its
-bound, and the tightest latency bound at its rate. Everything is pure (no engine, no clock).
+:func:`misfits` says, when admitted apps no longer fit together (their rates or the device changed),
+which to serve after the others: the fewest, latest admitted first, so that an app keeps the
+guarantee it was given at admission. :func:`suggest` says what would fit for an app the test
+rejects: the highest frame rate at its bound, and the tightest latency bound at its rate.
+Everything is pure (no engine, no clock).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from .bounds import FeasibleRange, InfeasibleBounds, latency_parts
 if TYPE_CHECKING:
     from .profile import Profile
 
-__all__ = ['DEFAULT_RATE_HZ', 'Task', 'Verdict', 'Unschedulable', 'CostModel', 'check', 'suggest']
+__all__ = ['DEFAULT_RATE_HZ', 'Task', 'Verdict', 'Unschedulable', 'CostModel', 'asks_more', 'check', 'misfits', 'suggest']
 
 #: frame rate assumed for a new app whose camera has sent nothing yet and that gave no hint, Hz
 DEFAULT_RATE_HZ = 30.0
@@ -99,6 +102,8 @@ class CostModel:
     :param max_batch: most frames per step.
     :param default_deadline_ms: horizon of unbounded apps.
     :param utilisation_limit: the most of the device admission hands out (headroom for jitter).
+    :param fused_runs: the engine may run a frame's steps back to back (``Engine(fuse_steps=True)``):
+        a frame arriving meanwhile waits for the whole run, not one step (see :meth:`blocking_ms`).
     """
 
     step_ms: Callable[[int, int], float]
@@ -110,6 +115,7 @@ class CostModel:
     max_batch: int = 8
     default_deadline_ms: float = 250.0
     utilisation_limit: float = 0.9
+    fused_runs: bool = False
 
     @classmethod
     def from_profile(cls, profile: 'Profile', **kwargs) -> 'CostModel':
@@ -132,10 +138,12 @@ class CostModel:
         return self.preprocess_ms + sum(self.step_ms(k, batch) / batch for k in range(exit_index + 1))
 
     def blocking_ms(self, exit_index: int, batch: int) -> float:
-        """The longest single step (a whole batch) a new frame may have to wait for; a first step
-        with its frames' preprocessing, which the worker runs inside it."""
-        return max(self.step_ms(k, batch) + (self.preprocess_ms * batch if k == 0 else 0.0)
-                   for k in range(exit_index + 1))
+        """The longest run (a whole batch) a new frame may have to wait for: one step, a first step
+        with its frames' preprocessing, which the worker runs inside it; with ``fused_runs`` (the
+        engine runs steps decided without confidences back to back), every step up to the exit."""
+        steps = [self.step_ms(k, batch) + (self.preprocess_ms * batch if k == 0 else 0.0)
+                 for k in range(exit_index + 1)]
+        return sum(steps) if self.fused_runs else max(steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,14 +180,19 @@ def _batch(groups: Sequence[_Group], cost: CostModel) -> int:
     return max(1, min(cost.max_batch, len(groups), int(arriving)))
 
 
-def check(tasks: Sequence[Task], cost: CostModel) -> Verdict:
-    """Whether ``tasks`` are schedulable together (see the module docstring), and who is at risk."""
+def check(tasks: Sequence[Task], cost: CostModel, *, blocking: Sequence[Task] = ()) -> Verdict:
+    """Whether ``tasks`` are schedulable together (see the module docstring), and who is at risk.
+
+    :param blocking: other tasks, served after ``tasks`` (demoted): they take no deadline and no
+        share of the device here, but one of their steps may be running when a frame arrives (steps
+        are not preempted), so their longest step counts as blocking.
+    """
     groups = _groups(tasks, cost)
     if not groups:
         return Verdict(True, {}, 0.0, 1, 'nothing to schedule')
     b = _batch(groups, cost)
     c = [cost.frame_ms(g.exit_index, b) for g in groups]
-    blocking = max(cost.blocking_ms(g.exit_index, b) for g in groups)
+    block_ms = max(cost.blocking_ms(g.exit_index, b) for g in [*groups, *_groups(blocking, cost)])
     u = sum(ci / g.period_ms for ci, g in zip(c, groups))
     at_risk: dict[str, str] = {}
 
@@ -189,15 +202,15 @@ def check(tasks: Sequence[Task], cost: CostModel) -> Verdict:
                 at_risk.setdefault(app, why)
 
     for g, ci in zip(groups, c):   # each alone: its deadline must hold the frame's work and one blocking step
-        if g.hard and ci + blocking > g.deadline_ms:
+        if g.hard and ci + block_ms > g.deadline_ms:
             risk([g], f'its end-to-end deadline leaves {g.deadline_ms:.3g} ms of device time (after '
                       f'{cost.outside_text()}), a frame needs {ci:.3g} ms after waiting up to '
-                      f'{blocking:.3g} ms for a running step')
+                      f'{block_ms:.3g} ms for a running step')
     if u > cost.utilisation_limit:
         risk(groups,
              f'the device would be {u:.0%} busy (limit {cost.utilisation_limit:.0%}) at the measured frame rates')
     elif not at_risk:
-        failing = _first_overload(groups, c, blocking, u)
+        failing = _first_overload(groups, c, block_ms, u)
         if failing is not None:
             t, demand = failing
             risk([g for g in groups if g.hard and g.deadline_ms <= t],
@@ -206,6 +219,53 @@ def check(tasks: Sequence[Task], cost: CostModel) -> Verdict:
     message = (f'schedulable: device {u:.0%} busy at batch {b}' if ok else
                'unschedulable: ' + '; '.join(f'{a}: {why}' for a, why in sorted(at_risk.items())))
     return Verdict(ok, at_risk, u, b, message)
+
+
+def asks_more(new: Task, old: Task) -> bool:
+    """Whether ``new`` asks more of the device than ``old`` (a tighter or new deadline, a deeper
+    exit, a higher rate, another source): admitting it is a new guarantee, not the old one kept.
+
+    >>> asks_more(Task('a', 30.0, 10.0, 0), Task('a', 30.0, 33.0, 0))
+    True
+    >>> asks_more(Task('a', 30.0, 50.0, 0), Task('a', 30.0, 33.0, 1))
+    False
+    """
+    deadline_tighter = new.deadline_ms is not None and (old.deadline_ms is None or new.deadline_ms < old.deadline_ms)
+    return (deadline_tighter or new.exit_index > old.exit_index or new.rate_hz > old.rate_hz
+            or new.source != old.source)
+
+
+def misfits(tasks: Sequence[Task], cost: CostModel) -> dict[str, str]:
+    """The apps to serve after the others when ``tasks`` (in order of admission, oldest first) are
+    not schedulable together: each task in turn is kept if the kept ones stay schedulable with it
+    (:func:`check`), so apps admitted earlier keep the guarantee they were given and only those that
+    do not fit beside the apps admitted before them are named; a task infeasible alone is always
+    named. Returns app -> why (empty: every task fits). At most ``2 n`` checks of at most ``n`` tasks.
+
+    >>> cost = CostModel(step_ms=lambda k, b: 1.0, num_exits=1)
+    >>> sorted(misfits([Task('old', 10.0, 2.5, 0), Task('new', 10.0, 2.5, 0)], cost))
+    ['new']
+    """
+    kept: list[Task] = []
+    out: dict[str, str] = {}
+    for task in tasks:
+        alone = check([task], cost)
+        if not alone.ok:
+            out[task.app_id] = alone.at_risk.get(task.app_id, alone.message)
+            continue
+        if not kept:
+            kept.append(task)
+            continue
+        verdict = check([*kept, task], cost)
+        if verdict.ok:
+            kept.append(task)
+            continue
+        own = verdict.at_risk.get(task.app_id)
+        if own is None:
+            who = sorted(verdict.at_risk)
+            own = f'{", ".join(who)} would miss ({verdict.at_risk[who[0]]})'
+        out[task.app_id] = f'it does not fit beside the {len(kept)} app(s) admitted before it: {own}'
+    return out
 
 
 def _first_overload(groups: Sequence[_Group], c: Sequence[float], blocking: float, u: float

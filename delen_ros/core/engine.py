@@ -23,8 +23,10 @@ them (transport to the node and conversion, from the image's stamp; its 99th per
 the serving overhead (the worker's wake-up, decision -> delivery) and the delivery allowance
 (publication -> subscriber, which nobody here can see), and admit an app only if every app stays
 schedulable at its measured frame rate (:mod:`~delen_ros.core.admission`); :meth:`Engine.stats`
-re-checks as rates change, says why an app is at risk (``AppStats.unschedulable_reason``) and
-serves such apps after the others, so that they cannot make the schedulable ones miss.
+re-checks as rates change, says why an app is at risk (``AppStats.unschedulable_reason``) and, when
+the apps no longer fit together, serves the fewest after the others, the latest admitted first and
+only once they have not fitted for a few re-checks in a row (:meth:`Engine.check_schedulable`), so
+that they cannot make the apps admitted before them miss.
 
 Energy of a result is its share of each batch it ran in: the profile's estimate of the step's
 energy split evenly among the batch's requests. With a real meter (``meter.measured``), a thread of
@@ -64,6 +66,7 @@ __all__ = ['Result', 'AppStats', 'WorkerStats', 'Engine', 'make_runner']
 
 _log = logging.getLogger(__name__)
 _NS_PER_MS = 1_000_000
+_RISK_LOG_REPEAT_NS = 60_000_000_000   # the re-check's warning: on every change, else at most this often
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,15 +333,23 @@ class _Rate:
 
 
 class _AppState:
+    """One app's registration, counters and window; ``seq``: its place in the order of admission
+    (oldest first: the re-check keeps the oldest apps' guarantees); ``misfit_checks`` /
+    ``fit_checks`` / ``demoted``: the re-check's hysteresis (see :meth:`note_check`)."""
+
     def __init__(self, bounds: Bounds, *, window: int, now_ns: int, num_exits: int,
-                 late_policy: LatePolicy, source: str | None, rate_prior_hz: float):
+                 late_policy: LatePolicy, source: str | None, rate_prior_hz: float, seq: int):
         self.bounds = bounds
         self.num_exits = num_exits
         self.late_policy = late_policy
         self.source = source
         self.rate_prior_hz = rate_prior_hz
+        self.seq = seq
         self.rate = _Rate()
         self.reason = ''   # admission's last verdict on this app ('' = schedulable)
+        self.misfit_checks = 0   # consecutive re-checks that found it not fitting beside the older apps
+        self.fit_checks = 0      # consecutive re-checks that found it fitting, while demoted
+        self.demoted = False     # served after the other apps (Scheduler.set_best_effort)
         self.first_frame_ns: int | None = None
         self.frames_in = self.results_out = self.dropped_overflow = self.dropped_late = self.expired = self.failed = 0
         self.dropped_malformed = self.served_late = 0
@@ -357,6 +368,25 @@ class _AppState:
     def rate_hz(self, now_ns: int) -> float:
         measured = self.rate.hz(now_ns)
         return self.rate_prior_hz if measured is None else measured
+
+    def note_check(self, *, fits: bool, demote_after: int, restore_after: int) -> None:
+        """One re-check's finding: demoted after ``demote_after`` consecutive misfits, restored after
+        ``restore_after`` consecutive fits (one marginal verdict changes nothing)."""
+        if fits:
+            self.misfit_checks = 0
+            self.fit_checks = self.fit_checks + 1 if self.demoted else 0
+            if self.fit_checks >= restore_after:
+                self.demoted, self.fit_checks = False, 0
+        else:
+            self.fit_checks = 0
+            self.misfit_checks += 1
+            if self.misfit_checks >= demote_after:
+                self.demoted = True
+
+    def restart_checks(self, *, demoted: bool) -> None:
+        """Forget the re-checks so far (its bounds were just admitted, or changed)."""
+        self.misfit_checks = self.fit_checks = 0
+        self.demoted = demoted
 
 
 class _EnergyScaler:
@@ -504,8 +534,18 @@ class Engine:
     :param admission_control: refuse apps that would make the set unschedulable (see
         :mod:`~delen_ros.core.admission`); false: only per-app feasibility is checked.
     :param utilisation_limit: the most of the device admission hands out (0-1].
+    :param demote_after: the admission re-check (:meth:`check_schedulable`) serves an app after the
+        others once it has found it not fitting beside the apps admitted before it this many times in
+        a row (one marginal verdict demotes nobody; it is reported at once all the same).
+    :param restore_after: ... and serves a demoted app with the others again after this many
+        re-checks in a row that found it fitting.
     :param device_preprocess: on CUDA, resize and normalise frames on the GPU
         (:class:`~delen_ros.core.preprocess.DevicePreprocessor`); false: on the CPU with OpenCV.
+    :param fuse_steps: when the policy can decide a batch's next exits without their confidences
+        (:meth:`~delen_ros.core.policies.Policy.decide_ahead`: a latency or energy bound alone under
+        ``delen``, ``always_final``, ``static_exit``), run those steps back to back in one worker
+        turn, with one head and one device sync at the end; false: one step per turn (for A/B runs).
+        The attribute may be changed while serving.
     """
 
     def __init__(self, model: 'MultiExitModel', profile: 'Profile', *, device: str = 'cpu',
@@ -519,7 +559,8 @@ class Engine:
                  idle_power_w: float = 0.0, device_preprocess: bool = True,
                  overhead_prior_ms: float = 1.0, transport_prior_ms: float = 0.0, external_delivery: bool = False,
                  admission_control: bool = True, utilisation_limit: float = 0.9,
-                 delivery_allowance_ms: float = 0.0, upload_ahead: bool = True):
+                 delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, fuse_steps: bool = True,
+                 demote_after: int = 3, restore_after: int = 2):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
                              f'model has {model.num_exits}')
@@ -541,6 +582,10 @@ class Engine:
             raise ValueError(f'delivery_allowance_ms must be >= 0, got {delivery_allowance_ms!r}')
         if not 0.0 < utilisation_limit <= 1.0:
             raise ValueError(f'utilisation_limit must be in (0, 1], got {utilisation_limit!r}')
+        if not isinstance(demote_after, int) or demote_after < 1:
+            raise ValueError(f'demote_after must be an int >= 1, got {demote_after!r}')
+        if not isinstance(restore_after, int) or restore_after < 1:
+            raise ValueError(f'restore_after must be an int >= 1, got {restore_after!r}')
         self.model = model
         self.profile = profile
         self.info = model.info
@@ -561,6 +606,7 @@ class Engine:
                                     delivery_allowance_ms=lambda: self.delivery_allowance_ms)
         self.default_deadline_ms = default_deadline_ms
         self.delivery_allowance_ms = delivery_allowance_ms
+        self.fuse_steps = fuse_steps
         # What end-to-end latency holds besides the steps: _age, a frame's age when submit() gets it
         # (from its stamp, or arrival: transport to the node and conversion), at its 99th
         # percentile; _wake, the worker's wake-up, and decision -> delivery (the corrector's tail),
@@ -573,6 +619,10 @@ class Engine:
         self.external_delivery = external_delivery
         self.admission_control = admission_control
         self.utilisation_limit = utilisation_limit
+        self.demote_after = demote_after
+        self.restore_after = restore_after
+        self._admitted = 0   # admissions so far: the next app's _AppState.seq
+        self._risk_logged: tuple[object, int] = ((), 0)   # the re-check's last warning: what, when (ns)
         self._last_check_ns = clock()
         self._stats_window = stats_window
         self._cond = threading.Condition()
@@ -644,8 +694,9 @@ class Engine:
             if rate_hz is None:
                 rate_hz = old.rate_hz(now) if old is not None else self._source_rate(source, now)
             tasks = [self._task(a, st, now) for a, st in self._apps.items() if a != app_id]
+            old_task = self._task(app_id, old, now) if old is not None else None
+        new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, self._required_exit(bounds), source)
         if self.admission_control:
-            new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, self._required_exit(bounds), source)
             cost = self._cost_model()
             verdict = admission.check(tasks + [new], cost)
             if not verdict.ok:
@@ -661,17 +712,26 @@ class Engine:
             app = self._apps.get(app_id)
             if app is None:   # its subscription, made next, holds up the other cameras' frames a moment
                 self._age.app_added(self.clock())
-                self._apps[app_id] = _AppState(bounds, window=self._stats_window, now_ns=self.clock(),
-                                               num_exits=self.profile.num_exits, late_policy=late_policy,
-                                               source=source, rate_prior_hz=rate_hz)
+                app = self._apps[app_id] = _AppState(
+                    bounds, window=self._stats_window, now_ns=self.clock(), num_exits=self.profile.num_exits,
+                    late_policy=late_policy, source=source, rate_prior_hz=rate_hz, seq=self._admitted)
+                self._admitted += 1
             else:
                 app.bounds, app.late_policy, app.source, app.rate_prior_hz = bounds, late_policy, source, rate_hz
                 app.reason = ''
+                if old_task is None or admission.asks_more(new, old_task):   # a new guarantee: ranks as new
+                    app.seq, self._admitted = self._admitted, self._admitted + 1
+                # admission just found it fitting beside every app: served with the others again, the
+                # re-check's count starts over (without admission control only the count does)
+                app.restart_checks(demoted=app.demoted and not self.admission_control)
             self._scheduler.set_app(app_id, latency_bound_ms=bounds.max_latency_ms, late_policy=late_policy)
+            self._scheduler.set_best_effort(app_id, app.demoted)
         return result
 
     def remove_app(self, app_id: str) -> bool:
-        """Forget an app and its queued frames; results of its frames still running are discarded."""
+        """Forget an app and its queued frames; results of its frames still running are discarded.
+        Its re-check history goes with it (registered again, it ranks as the newest admission); apps
+        it had pushed out are restored by the next clean re-checks (``restore_after``)."""
         with self._cond:
             if self._apps.pop(app_id, None) is None:
                 return False
@@ -751,28 +811,79 @@ class Engine:
             step_ms=lambda k, b: self._expected_ms(k, b) - (self._pre_ms * b if k == 0 else 0.0),
             num_exits=self.profile.num_exits, preprocess_ms=self._pre_ms, **self._outside_ms(),
             max_batch=self.max_batch, default_deadline_ms=self.default_deadline_ms,
-            utilisation_limit=self.utilisation_limit)
+            utilisation_limit=self.utilisation_limit, fused_runs=self.fuse_steps)
 
     def schedulability(self) -> 'admission.Verdict':
         """Admission's test on the registered apps at their measured rates now (nothing stored)."""
         with self._cond:
             now = self.clock()
-            tasks = [self._task(a, st, now) for a, st in self._apps.items()]
+            tasks = [self._task(a, st, now) for a, st in sorted(self._apps.items(), key=lambda item: item[1].seq)]
         return admission.check(tasks, self._cost_model())
 
     def check_schedulable(self) -> dict[str, str]:
-        """Re-run admission on the registered apps at their measured rates; store and return the
-        reason of every app at risk (``AppStats.unschedulable_reason``; serving goes on, but when
-        some apps are at risk and others are not, theirs comes after the others' work)."""
-        verdict = self.schedulability()
+        """Re-run admission on the registered apps at their measured rates; store and return why each
+        app at risk may miss its bounds (``AppStats.unschedulable_reason``; serving goes on).
+
+        When the apps no longer fit together, the fewest are served after the others (demoted:
+        :meth:`~delen_ros.core.scheduler.Scheduler.set_best_effort`), the most recently admitted
+        first (:func:`~delen_ros.core.admission.misfits`): an app keeps the guarantee it was given
+        at admission, and one infeasible alone is always demoted. An app is demoted only after
+        ``demote_after`` re-checks in a row found it not fitting, and restored after
+        ``restore_after`` in a row found it fitting; its reason is reported at every re-check all
+        the same, and says whether it is demoted or only at risk. When no app fits even alone,
+        none is demoted (an order among hopeless apps helps nobody). The warning is logged when
+        the apps at risk or demoted change, else at most once a minute.
+        """
         with self._cond:
-            for app_id, app in self._apps.items():
-                app.reason = verdict.at_risk.get(app_id, '')
-                # at risk and beside apps that are not: it goes last, they keep their bounds
-                self._scheduler.set_best_effort(app_id, bool(app.reason) and len(verdict.at_risk) < len(self._apps))
-        if verdict.at_risk:
-            _log.warning('%s', verdict.message)
-        return dict(verdict.at_risk)
+            now = self.clock()
+            states = sorted(self._apps.items(), key=lambda item: item[1].seq)
+            tasks = [self._task(a, st, now) for a, st in states]
+        cost = self._cost_model()   # the checks run outside the lock: the worker must not wait for them
+        verdict = admission.check(tasks, cost)
+        misfit = {} if verdict.ok else admission.misfits(tasks, cost)
+        hopeless = len(misfit) == len(tasks) > 0
+        with self._cond:
+            for app_id, app in states:
+                app.note_check(fits=hopeless or app_id not in misfit, demote_after=self.demote_after,
+                               restore_after=self.restore_after)
+            demoted = {app_id for app_id, app in states if app.demoted}
+        # at risk as served now: the apps not demoted (a running step of a demoted app may block them)
+        at_risk = verdict.at_risk if not demoted else admission.check(
+            [t for t in tasks if t.app_id not in demoted], cost,
+            blocking=[t for t in tasks if t.app_id in demoted]).at_risk
+        pending = [a for a in misfit if a not in demoted and not hopeless]
+        reasons: dict[str, str] = {}
+        for app_id, app in states:
+            if app_id in misfit:
+                if app.demoted:
+                    state = 'demoted: served after the others until it fits again'
+                elif hopeless:
+                    state = 'at risk, not demoted: no app fits even alone'
+                else:
+                    state = (f'at risk: served after the others if this holds for '
+                             f'{self.demote_after - app.misfit_checks} more re-check(s)')
+                reasons[app_id] = f'{misfit[app_id]}; {state}'
+            elif app_id in at_risk:
+                later = f'; {", ".join(pending)}, admitted after it, would be served after it' if pending else ''
+                reasons[app_id] = (f'{at_risk[app_id]}; at risk, not demoted: it fits beside the apps '
+                                   f'admitted before it{later}')
+        with self._cond:
+            for app_id, app in states:
+                if self._apps.get(app_id) is app:   # not removed meanwhile
+                    app.reason = reasons.get(app_id, '')
+                    self._scheduler.set_best_effort(app_id, app.demoted)
+            key = (tuple(sorted(reasons)), tuple(sorted(demoted))) if reasons or demoted else ()
+            last_key, last_ns = self._risk_logged
+            log = key != last_key or (bool(reasons) and now - last_ns >= _RISK_LOG_REPEAT_NS)
+            if log:
+                self._risk_logged = (key, now)
+        if log and reasons:
+            _log.warning('admission re-check at the measured rates: %s',
+                         '; '.join(f'{a}: {why}' for a, why in reasons.items()))
+        elif log:
+            _log.info('admission re-check: every app fits%s', f' ({", ".join(sorted(demoted))} served after the '
+                      'others until the next clean re-checks)' if demoted else '')
+        return reasons
 
     def count_malformed(self, app_ids: Sequence[str], count: int = 1) -> None:
         """Count frames the caller could not convert for these apps (dropped, reason malformed;
@@ -835,17 +946,28 @@ class Engine:
         return queued
 
     # --- life cycle -----------------------------------------------------------------------------------
-    def warm_up(self, *, reps: int = 3) -> None:
+    def warm_up(self, *, reps: int = 3, background_capture: bool | None = None) -> None:
         """Run every step ``reps`` times on a noise frame at batch 1, before serving.
 
-        The first calls of a stage pay for lazy allocation, kernel selection or graph capture (on
-        CUDA the runner's own ``warmup`` first covers every batch size). The fastest of the later
-        reps, timed as the worker times a step (softmax and transfer included), seeds the latency
-        corrector, so that the first real frames are predicted from this device rather than from
-        the profile alone -- the fastest, because a stall here must not lock tight apps out.
+        The first calls of a stage pay for lazy allocation, kernel selection or graph capture. On
+        CUDA the runner's own ``warmup`` comes first: with CUDA graphs it captures batch 1 now and,
+        with ``background_capture`` (``None``: the runner's default), leaves the larger sizes to a
+        thread started at the end, once batch 1 is timed; the engine serves meanwhile, a batch of
+        a size not captured yet running as several replays of those that are. ``background_capture=False``:
+        every size is captured here, before serving (the old behaviour, for benchmarks of steady state).
+        The fastest of the later reps, timed as the worker times a step (softmax and transfer
+        included), seeds the latency corrector, so that the first real frames are predicted from
+        this device rather than from the profile alone -- the fastest, because a stall here must not
+        lock tight apps out.
         """
-        if getattr(self._runner, 'device', torch.device('cpu')).type == 'cuda' and hasattr(self._runner, 'warmup'):
-            self._runner.warmup()   # every batch size: graph capture and kernel choice happen now
+        runner = self._runner
+        cuda = getattr(runner, 'device', torch.device('cpu')).type == 'cuda'
+        if (cuda or getattr(runner, 'cuda_graphs', False)) and hasattr(runner, 'warmup'):
+            # graph capture and kernel choice happen now: batch 1 or every size
+            if background_capture is None:
+                runner.warmup()
+            else:
+                runner.warmup(background=background_capture)
         h, w = self.info.input_size
         # A noise image, not zeros: all-zero activations can go subnormal and run 100x slower on CPUs.
         noise = np.random.default_rng(0).integers(0, 256, (h, w) if self.info.in_channels == 1 else (h, w, 3),
@@ -864,7 +986,11 @@ class Engine:
                     best[k] = min(best[k], (time.perf_counter_ns() - t0) / 1e6)
         for k, ms in enumerate(best):
             self.corrector.update(k, 1, ms, self.profile.step_ms(k, 1))
-        if getattr(self._runner, 'device', torch.device('cpu')).type == 'cpu':
+        # after the timing above: the capture thread competes with it for the GIL and the GPU
+        start_capture = getattr(runner, 'start_background_capture', None)
+        if start_capture is not None:
+            start_capture()
+        if not cuda:
             self._warm_cpu_batch_sizes(x0)
 
     def _warm_cpu_batch_sizes(self, x0: torch.Tensor, budget_s: float = 3.0) -> None:
@@ -884,15 +1010,19 @@ class Engine:
                 x = self._runner.stage(k, x)
                 self._runner.head(k, x)
 
-    def start(self, *, warm_up: bool = True) -> None:
-        """Start the worker thread, after :meth:`warm_up` unless ``warm_up`` is false.
+    def start(self, *, warm_up: bool = True, background_capture: bool | None = None) -> None:
+        """Start the worker thread, after :meth:`warm_up` unless ``warm_up`` is false (then a
+        background capture that :meth:`stop` cut short resumes).
 
+        :param background_capture: passed to :meth:`warm_up`.
         :raises RuntimeError: already running.
         """
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError('engine already started')
         if warm_up:
-            self.warm_up()
+            self.warm_up(background_capture=background_capture)
+        elif hasattr(self._runner, 'start_background_capture'):
+            self._runner.start_background_capture()   # no-op when nothing is pending
         if self._energy is not None:
             self._energy.start()
         if self._pre_workers > 1 and self._pre_pool is None:
@@ -902,7 +1032,12 @@ class Engine:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the worker after its current step (waits up to ``timeout`` s); queued frames are discarded."""
+        """Stop the worker after its current step and a background graph capture after the graph
+        under way (waits up to ``timeout`` s for each); queued frames are discarded, sizes not
+        captured stay pending (:meth:`start` resumes them)."""
+        stop_capture = getattr(self._runner, 'stop_background_capture', None)
+        if stop_capture is not None:
+            stop_capture(timeout=0)   # ask now; wait below, while the worker stops too
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -911,6 +1046,8 @@ class Engine:
             if self._thread.is_alive():
                 _log.warning('engine worker did not stop within %.1f s', timeout)
             self._thread = None
+        if stop_capture is not None and not stop_capture(timeout=timeout):
+            _log.warning('background graph capture did not stop within %.1f s', timeout)
         if self._energy is not None:
             self._energy.stop()
         if self._pre_pool is not None:
@@ -1137,32 +1274,37 @@ class Engine:
             if id(r.frame) not in slot:
                 slot[id(r.frame)] = len(unique)
                 unique.append(r)
+        n = len(unique)
         t_start = time.perf_counter_ns()
         start_clock = self.clock()
+        enforce = self._scheduler.enforce_deadlines
+        last_step = self._fuse_to(step, requests, n, start_clock, enforce=enforce)
+        steps = range(step, last_step + 1)
+        plan_ns = time.perf_counter_ns() - t_start
         x, pre_ns = self._batch_input(batch, unique)
-        n = len(unique)
         padded = self._padded_size(n)
         if padded > n:
             x = _pad(x, padded)
         t_run = time.perf_counter_ns()
-        features = self._runner.stage(step, x)
-        logits = self._runner.head(step, features)
+        features = x
+        for k in steps:   # back to back: no sync, and no head for exits nobody looks at
+            features = self._runner.stage(k, features)
+        logits = self._runner.head(last_step, features)
         confidence, class_id = torch.softmax(logits[:n].float(), dim=1).max(dim=1)
         confidence, class_id = confidence.cpu().tolist(), class_id.cpu().tolist()
         self._runner.synchronize()
         t_end = time.perf_counter_ns()
         features = features[:n] if padded > n else features
-        step_energy_mj = self.profile.step_energy_mj(step, n) * n
+        step_energy_mj = sum(self.profile.step_energy_mj(k, n) for k in steps) * n
         if self._energy is not None:
             self._energy.add(step_energy_mj)
         share_mj = step_energy_mj / len(requests)
         now = self.clock()
-        last = step == self.profile.final_exit
+        last = last_step == self.profile.final_exit
 
         t_decide = time.perf_counter_ns()
-        enforce = self._scheduler.enforce_deadlines
         # The next step's prediction is the same for the whole batch: made once, not per request.
-        next_ms = None if last else self.corrector.predict_ms(self.profile, step + 1, len(requests)) + \
+        next_ms = None if last else self.corrector.predict_ms(self.profile, last_step + 1, len(requests)) + \
             self.corrector.tail_ms()
         finished, going_on = [], []
         for r in requests:
@@ -1176,9 +1318,9 @@ class Engine:
             s.compute_ns += t_end - t_start
             s.energy_est_mj += share_mj
             s.features = None if last else (features, i)
-            s.class_id, s.confidence, s.exit_index = class_id[i], confidence[i], step
+            s.class_id, s.confidence, s.exit_index = class_id[i], confidence[i], last_step
             s.decided_ns = now
-            ctx = ExitContext(bounds=s.bounds, profile=self.profile, exit_index=step, confidence=s.confidence,
+            ctx = ExitContext(bounds=s.bounds, profile=self.profile, exit_index=last_step, confidence=s.confidence,
                               elapsed_ms=(now - r.arrival_ns) / _NS_PER_MS, energy_mj=s.energy_est_mj,
                               next_batch=len(requests), corrector=self.corrector, next_ms=next_ms)
             # A late frame (cannot meet its bound any more) is served at the fastest exit when the
@@ -1189,24 +1331,82 @@ class Engine:
         decide_ns = t_decided - t_decide
         # What a step really costs a request: scheduling, input, stage, head, softmax, decisions
         # (preprocessing is predicted separately, per frame).
-        self.corrector.update(step, n, (decision_ns + t_decided - t_start - pre_ns) / 1e6,
-                              self.profile.step_ms(step, n))
+        measured_ms = (decision_ns + t_decided - t_start - pre_ns) / 1e6
+        split = self._split_run(steps, n)
+        for k, profiled_ms, share in split:
+            self.corrector.update(k, n, measured_ms * share, profiled_ms)
 
         with self._cond:
-            self._steps += 1
-            self._batched += len(requests)
+            self._steps += len(steps)
+            self._batched += len(requests) * len(steps)
             self._busy_ns += t_end - t_start
-            self._decision_us.append((decision_ns + decide_ns) / 1e3)
-            self._device_ms.append((t_end - t_run) / 1e6)
+            self._decision_us.append((decision_ns + plan_ns + decide_ns) / 1e3)
+            self._device_ms.extend((t_end - t_run) / 1e6 * share for _, _, share in split)
             if pre_ns:
                 self._pre_frame_ms.append(pre_ns / 1e6 / n)
             self._scheduler.finished(len(finished))
             for r in going_on:
-                r.next_step = step + 1
+                r.next_step = last_step + 1
                 self._scheduler.requeue(r)
         for r in finished:
             r.state.features = None
             self._finish(r, expired=False)
+
+    def _fuse_to(self, step: int, requests: Sequence[Request], n: int, now_ns: int, *, enforce: bool) -> int:
+        """The last step to run before the host looks at the results: ``step``, or further while the
+        policy would go on with every request of the batch whatever its confidence.
+
+        It walks the exits ahead on predictions -- this step's as the scheduler made it, then the
+        corrector's for each next step at this batch size, the same ``next_ms`` the policy reads --
+        and on the profile's energy shares (what the accounting will add), up to the first exit
+        where some request would stop, needs its confidence (:meth:`Policy.decide_ahead` gives
+        ``None``), would be expired by the scheduler before its next step, or where the next step
+        would end after the most urgent waiting frame must start. Whoever would go
+        further is decided again there, on the measured time, as always. A late request with
+        enforcement stops at this step: the fastest exit.
+
+        :param n: the batch's unique frames (the device's batch size).
+        """
+        final = self.profile.final_exit
+        if not self.fuse_steps or step >= final or (enforce and any(r.late for r in requests)):
+            return step
+        size = len(requests)
+        tail_ms, expiry_tail_ms = self.corrector.tail_ms(), self._scheduler.tail_ms()
+        with self._cond:   # steps are not preempted: a run must end before waiting work has to start
+            latest_ns = self._scheduler.latest_start_ns()
+        ahead_ms = self._predict_ms(step, size)   # from now to the decision at exit `step`
+        energy_mj = [r.state.energy_est_mj for r in requests]
+        for k in range(step, final):
+            share_mj = self.profile.step_energy_mj(k, n) * n / size
+            energy_mj = [e + share_mj for e in energy_mj]
+            next_ms = self.corrector.predict_ms(self.profile, k + 1, size)
+            at_ns = now_ns + int(ahead_ms * _NS_PER_MS)
+            if at_ns + next_ms * _NS_PER_MS > latest_ns:
+                return k
+            # the scheduler's expiry test, as it would run right after this exit
+            expire_ns = at_ns + int((self._predict_ms(k + 1, 1) + expiry_tail_ms) * _NS_PER_MS)
+            for r, e in zip(requests, energy_mj):
+                ctx = ExitContext(bounds=r.state.bounds, profile=self.profile, exit_index=k, confidence=math.nan,
+                                  elapsed_ms=(at_ns - r.arrival_ns) / _NS_PER_MS, energy_mj=e, next_batch=size,
+                                  corrector=self.corrector, next_ms=next_ms + tail_ms)
+                if self.policy.decide_ahead(ctx) is not Decision.CONTINUE or \
+                        (enforce and r.hard and expire_ns > r.deadline_ns):
+                    return k
+            ahead_ms += next_ms
+        return final
+
+    def _split_run(self, steps: range, n: int) -> list[tuple[int, float, float]]:
+        """``(step, profile ms of its work, share of the run's time)`` for a run of ``steps`` at batch ``n``.
+
+        The corrector learns per (step, batch) from measured / profile time, and a fused run is one
+        measurement: shared out in proportion to the profile's times, every step of it learns the
+        run's ratio. Only the work that ran counts -- every stage, the last head: the skipped heads,
+        counted, would make the device look faster than it is.
+        """
+        profiled = [self.profile.stage_ms(k, n) + (self.profile.head_ms(k, n) if k == steps[-1] else 0.0)
+                    for k in steps]
+        total = sum(profiled)
+        return [(k, p, p / total if total > 0 else 1 / len(steps)) for k, p in zip(steps, profiled)]
 
     def _finish(self, r: Request, *, expired: bool) -> None:
         s: _State = r.state

@@ -15,6 +15,11 @@ Registered policies (:func:`get_policy`, :func:`available_policies`):
   energy) already exceeds the bound. It overshoots by up to one stage.
 * ``fixed_confidence`` -- BranchyNet-style: stop when confidence >= a fixed threshold (0.9).
 
+Deciding ahead (:meth:`Policy.decide_ahead`): where a decision needs no confidence -- a latency or
+energy bound alone under ``delen``, ``always_final``, ``static_exit`` -- the engine asks it before
+the head runs, on predicted times, and runs several steps back to back without looking at their
+exits.
+
 Expected accuracy of a result (:meth:`Policy.expected_accuracy`): policies that stop on confidence
 (``delen``, ``fixed_confidence``) report the calibrated ``profile.expected_accuracy(k, confidence)``;
 the others report exit ``k``'s overall accuracy, since their choice of exit does not depend on the input.
@@ -269,6 +274,23 @@ class Policy(abc.ABC):
     def _decide(self, ctx: ExitContext) -> Decision:
         """The decision at a non-final exit."""
 
+    def decide_ahead(self, ctx: ExitContext) -> Decision | None:
+        """The decision at ``ctx.exit_index`` before its head has run: what :meth:`decide` answers
+        for every confidence, or ``None`` when the answer depends on the confidence.
+
+        ``ctx.confidence`` is not read, and ``ctx.elapsed_ms`` is a prediction (the engine runs the
+        steps up to the first exit that is not CONTINUE without a look at the device in between);
+        a policy that must check a measured elapsed time answers ``None`` too.
+        """
+        if ctx.is_last:
+            return Decision.STOP
+        return self._decide_ahead(ctx)
+
+    def _decide_ahead(self, ctx: ExitContext) -> Decision | None:
+        """:meth:`decide_ahead` at a non-final exit; ``None`` unless a policy knows better (then
+        the engine looks at every exit, as it always did)."""
+        return None
+
     def result_accuracy(self, profile: 'Profile', bounds: Bounds, exit_index: int,
                         confidence: float | None) -> tuple[float, float]:
         """``(expected accuracy to report, accuracy to judge the bound by)`` for a result.
@@ -400,20 +422,26 @@ class DelenPolicy(Policy):
 
     def accuracy_met(self, ctx: ExitContext) -> bool:
         """Whether stopping at ``ctx.exit_index`` with ``ctx.confidence`` meets the accuracy bound."""
-        b = ctx.bounds.min_accuracy
+        rule = self._accuracy_rule(ctx.bounds, ctx.profile, ctx.exit_index)
+        return rule if isinstance(rule, bool) else ctx.confidence >= rule
+
+    def _accuracy_rule(self, bounds: Bounds, profile: 'Profile', k: int) -> bool | float:
+        """How stopping at exit ``k`` meets the accuracy bound: ``True`` or ``False`` whatever the
+        confidence, or the confidence threshold it takes."""
+        b = bounds.min_accuracy
         if b is None:
             return True
-        cascade = self._cascade(ctx.profile, ctx.bounds)
+        cascade = self._cascade(profile, bounds)
         if cascade is not None and self.calibrated:
             # Calibrated on the inputs that reach this exit, not on all of them (see Cascade).
-            threshold = cascade.thresholds[ctx.exit_index]
-            return threshold is not None and ctx.confidence >= threshold
-        if ctx.exit_index >= static_fallback_exit(ctx.profile, b):
+            threshold = cascade.thresholds[k]
+            return False if threshold is None else threshold
+        if k >= static_fallback_exit(profile, b):
             return True
         if not self.calibrated:
             return False
-        threshold = self._threshold(ctx.profile, ctx.exit_index, b)
-        return threshold is not None and ctx.confidence >= threshold
+        threshold = self._threshold(profile, k, b)
+        return False if threshold is None else threshold
 
     def result_accuracy(self, profile: 'Profile', bounds: Bounds, exit_index: int,
                         confidence: float | None) -> tuple[float, float]:
@@ -431,6 +459,15 @@ class DelenPolicy(Policy):
         return cascade.rest_accuracy[exit_index], cascade.rest_accuracy[exit_index]
 
     def _decide(self, ctx: ExitContext) -> Decision:
+        return self._decide_with(ctx, ctx.confidence)
+
+    def _decide_ahead(self, ctx: ExitContext) -> Decision | None:
+        # Latency and energy are predicted here anyway: a predicted elapsed time changes nothing.
+        return self._decide_with(ctx, None)
+
+    def _decide_with(self, ctx: ExitContext, confidence: float | None) -> Decision | None:
+        """Steps 1-4 above; ``confidence`` ``None``: unknown (then ``None`` where step 3 needs it).
+        One body for both, so that deciding ahead cannot drift from deciding after the head."""
         bounds = ctx.bounds
         if bounds.max_latency_ms is not None and ctx.elapsed_ms + ctx.predicted_next_ms() > bounds.max_latency_ms:
             return Decision.STOP
@@ -438,7 +475,12 @@ class DelenPolicy(Policy):
             return Decision.STOP
         if bounds.effective_objective is Objective.MAX_ACCURACY:
             return Decision.CONTINUE
-        return Decision.STOP if self.accuracy_met(ctx) else Decision.CONTINUE
+        rule = self._accuracy_rule(bounds, ctx.profile, ctx.exit_index)
+        if not isinstance(rule, bool):
+            if confidence is None:
+                return None
+            rule = confidence >= rule
+        return Decision.STOP if rule else Decision.CONTINUE
 
 
 @register_policy('always_final')
@@ -446,6 +488,9 @@ class AlwaysFinalPolicy(Policy):
     """Baseline: the whole network for every frame, whatever the bounds."""
 
     def _decide(self, ctx: ExitContext) -> Decision:
+        return Decision.CONTINUE
+
+    def _decide_ahead(self, ctx: ExitContext) -> Decision:
         return Decision.CONTINUE
 
 
@@ -462,6 +507,9 @@ class StaticExitPolicy(Policy):
         if planned is None:
             return Decision.CONTINUE
         return Decision.STOP if ctx.exit_index >= planned else Decision.CONTINUE
+
+    def _decide_ahead(self, ctx: ExitContext) -> Decision:
+        return self._decide(ctx)   # reads neither the input nor the time
 
 
 @register_policy('check_after_stage')
@@ -481,6 +529,13 @@ class CheckAfterStagePolicy(Policy):
                 ctx.exit_index >= static_fallback_exit(ctx.profile, bounds.min_accuracy):
             return Decision.STOP
         return Decision.CONTINUE
+
+    def _decide_ahead(self, ctx: ExitContext) -> Decision | None:
+        # Its latency check is on the time measured after the stage, not on a prediction: keep it
+        # so. The energy so far is the profile's estimate, the same ahead as after the stage.
+        if ctx.bounds.max_latency_ms is not None:
+            return None
+        return self._decide(ctx)
 
 
 @register_policy('fixed_confidence')

@@ -6,15 +6,28 @@ exactly what the engine runs: same device, dtype, memory format and (optionally)
 On CUDA the defaults are float16 and channels-last (cuDNN's fast NHWC kernels); on CPU float32.
 Eager execution of a small batch on a GPU is bound by kernel launches (EfficientNet-Lite0 batch 1:
 3.0 ms eager vs 0.5 ms as a CUDA graph on an H200), so ``cuda_graphs=True`` captures each (stage or
-head, exit, batch size) once, lazily, and replays it: inputs are copied into the graph's static
-buffer, a smaller batch is padded up to the next captured size, and outputs are copied out (the
-static output is overwritten by the next replay, while a request's features may be kept for later).
+head, exit, batch size) once and replays it: inputs are copied into the graph's static buffer, a
+smaller batch is padded up to the next captured size, and outputs are copied out (the static output
+is overwritten by the next replay, while a request's features may be kept for later).
+
+A size is captured on its first use, or by :meth:`StageRunner.warmup` before serving. Capturing is
+slow (each module first runs eagerly at the new shape, and cuDNN chooses its kernels then: 0.3-2 s
+a stage on an H200), so ``warmup`` can capture only the smallest size at once and leave the others
+to a background thread (:meth:`StageRunner.start_background_capture`). Until a size is captured, a
+batch that would pad up to it runs as several replays of the sizes captured already
+(:func:`replay_plan`); never as an eager call of a new shape on the serving thread, which would pay
+the kernel choice there.
 """
 from __future__ import annotations
 
 import bisect
+import contextlib
+import dataclasses
+import logging
 import re
-from typing import TYPE_CHECKING, Callable, Sequence
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -22,9 +35,17 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
 
-__all__ = ['StageRunner', 'resolve_device', 'graph_batch_sizes', 'padded_graph_sizes']
+__all__ = ['StageRunner', 'CaptureState', 'resolve_device', 'graph_batch_sizes', 'padded_graph_sizes',
+           'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped']
 
+_log = logging.getLogger(__name__)
 _DEVICE = re.compile(r'auto|cpu|cuda(:\d+)?')
+_Job = TypeVar('_Job')
+# One capture under way at a time in the process, whatever runner or thread (PyTorch documents that
+# restriction; and torch.cuda.graph's empty_cache, at a capture's start, fails while another capture
+# is under way): a background capture, a first use's capture on the serving thread and another
+# runner's warm-up take turns, one graph at a time.
+_CAPTURE_LOCK = threading.Lock()
 
 
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
@@ -79,10 +100,101 @@ def padded_graph_sizes(max_batch: int, cost_ms: Callable[[int], float], *, toler
     return tuple(sorted({1, *kept}))
 
 
-class _Graph:
-    """One captured call ``module(static_in) -> static_out`` of a fixed batch size."""
+def split_capture_sizes(graph_sizes: Sequence[int], *, background: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The graph sizes to capture before serving, and those left to the background, each ascending.
 
-    def __init__(self, module: nn.Module, example: Tensor, batch: int, *, pool, as_float: bool):
+    With ``background``, only the smallest size (batch 1) is captured before serving: every batch
+    can run as replays of it, and the larger sizes, captured smallest first, cut the replays a big
+    batch needs one by one. Without, every size is captured before serving.
+
+    >>> split_capture_sizes((8, 1, 2, 4), background=True)
+    ((1,), (2, 4, 8))
+    """
+    sizes = tuple(sorted(set(graph_sizes)))
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f'graph sizes must be >= 1 and at least one, got {tuple(graph_sizes)!r}')
+    return (sizes[:1], sizes[1:]) if background else (sizes, ())
+
+
+def capture_order(sizes: Sequence[int], num_exits: int) -> list[tuple[int, int]]:
+    """(batch size, exit) pairs in the order the background captures them: sizes as given, and within
+    a size exit 0, 1, ... (stage ``k``'s output is stage ``k+1``'s and head ``k``'s example input)."""
+    return [(b, k) for b in sizes for k in range(num_exits)]
+
+
+def replay_plan(n: int, captured: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """How a batch of ``n`` runs on the ``captured`` graph sizes: ``(rows, graph size)`` per replay, in order.
+
+    One replay of the smallest captured size that holds ``n`` (rows padded up), when there is one;
+    else ``ceil(n / L)`` replays of the largest captured size ``L`` -- the fewest there can be --
+    with the ``n % L`` rows left over in a last replay padded up to the smallest captured size that
+    holds them.
+
+    >>> replay_plan(13, (1, 2, 4))
+    ((4, 4), (4, 4), (4, 4), (1, 1))
+    >>> replay_plan(7, (1, 4))
+    ((4, 4), (3, 4))
+
+    :raises ValueError: ``n < 1`` or nothing captured.
+    """
+    if n < 1:
+        raise ValueError(f'batch must be >= 1, got {n!r}')
+    sizes = sorted(set(captured))
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f'captured sizes must be >= 1 and at least one, got {tuple(captured)!r}')
+    fit = bisect.bisect_left(sizes, n)
+    if fit < len(sizes):
+        return ((n, sizes[fit]),)
+    largest = sizes[-1]
+    full, rest = divmod(n, largest)
+    plan = [(largest, largest)] * full
+    if rest:
+        plan.append((rest, sizes[bisect.bisect_left(sizes, rest)]))
+    return tuple(plan)
+
+
+def run_until_stopped(jobs: Iterable[_Job], run: Callable[[_Job], None], stop: threading.Event) -> list[_Job]:
+    """Run ``jobs`` in order, looking at ``stop`` before each (a job is never cut short); the jobs run.
+
+    An exception of ``run`` propagates, after the jobs before it ran.
+    """
+    done: list[_Job] = []
+    for job in jobs:
+        if stop.is_set():
+            break
+        run(job)
+        done.append(job)
+    return done
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureState:
+    """Where a runner's background capture stands (:meth:`StageRunner.capture_state`)."""
+
+    pending: tuple[int, ...]   # graph batch sizes left to the background and not all captured yet
+    running: bool              # the capture thread is alive
+    seconds: float             # spent capturing in the background so far, s (all runs together)
+    error: str | None          # why the last run gave up (the sizes it did not reach stay pending), or None
+
+    @property
+    def done(self) -> bool:
+        """Nothing left to capture in the background."""
+        return not self.pending
+
+
+class _Graph:
+    """One captured call ``module(static_in) -> static_out`` of a fixed batch size.
+
+    :param stream: the capture stream; ``None``: ``torch.cuda.graph``'s own, after its device-wide
+        synchronisation and ``empty_cache`` (right before serving). A background capture passes its
+        own and skips both: they would stall the serving worker (``empty_cache`` hands back the
+        worker's cached blocks, so that its next allocations call ``cudaMalloc``).
+    :param keep_output: keep the eager warm-up's output as ``warm_output`` (the example input of the
+        next module of a chain); else ``warm_output`` is ``None``.
+    """
+
+    def __init__(self, module: nn.Module, example: Tensor, batch: int, *, pool, as_float: bool,
+                 stream: torch.cuda.Stream | None = None, keep_output: bool = False):
         shape = (batch,) + tuple(example.shape[1:])
         fmt = torch.channels_last if example.dim() == 4 and example.is_contiguous(memory_format=torch.channels_last) \
             and not example.is_contiguous() else torch.contiguous_format
@@ -90,17 +202,32 @@ class _Graph:
         self.static_in[:example.shape[0]].copy_(example[:batch])
         # Warm up on a side stream (as torch.cuda.graphs documents): lazy initialisation and
         # cuDNN's algorithm choice must happen outside the capture.
+        current = torch.cuda.current_stream(example.device)
         side = torch.cuda.Stream(device=example.device)
-        side.wait_stream(torch.cuda.current_stream(example.device))
+        side.wait_stream(current)
         with torch.cuda.stream(side):
             for _ in range(2):
-                module(self.static_in)
-        torch.cuda.current_stream(example.device).wait_stream(side)
+                out = module(self.static_in)
+        current.wait_stream(side)
+        if keep_output:
+            out.record_stream(current)   # made on the side stream, read on this one
+        self.warm_output: Tensor | None = out if keep_output else None
+        del out
         self.graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's CUDA calls (a node's preprocessing, say) may go on meanwhile.
-        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode='thread_local'):
-            out = module(self.static_in)
-            self.static_out = out.float() if as_float else out
+        # thread_local: another thread's CUDA calls (a node's preprocessing, the serving worker's
+        # replays) may go on meanwhile; only this thread's unsafe calls would break the capture.
+        if stream is None:
+            with torch.cuda.graph(self.graph, pool=pool, capture_error_mode='thread_local'):
+                out = module(self.static_in)
+                self.static_out = out.float() if as_float else out
+        else:
+            with torch.cuda.stream(stream):
+                self.graph.capture_begin(pool=pool, capture_error_mode='thread_local')
+                try:
+                    out = module(self.static_in)
+                    self.static_out = out.float() if as_float else out
+                finally:
+                    self.graph.capture_end()
         self.batch = batch
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -119,19 +246,23 @@ class StageRunner:
         kernels are slow). ``True`` on CPU raises ``ValueError``.
     :param channels_last: NHWC memory format; ``None``: on CUDA yes, on CPU no.
     :param cuda_graphs: capture and replay CUDA graphs (CUDA only; ignored on CPU). Each
-        (stage/head, exit, batch size of :func:`graph_batch_sizes`) is captured on first use; a
-        larger batch than ``max_batch`` runs eagerly.
+        (stage/head, exit, batch size of ``graph_sizes``) is captured on first use or by
+        :meth:`warmup`; a larger batch than ``max_batch`` runs eagerly.
     :param max_batch: the largest batch a graph is captured for.
     :param graph_sizes: batch sizes captured (a batch is padded up to the next); ``None``:
         :func:`graph_batch_sizes` (:func:`padded_graph_sizes` gives fewer, from measured costs).
+    :param background_capture: what :meth:`warmup` does by default with CUDA graphs: capture the
+        smallest size only and leave the others to :meth:`start_background_capture`; false: capture
+        every size in ``warmup`` (slower to start; what a benchmark of steady state may want).
 
     All calls run under ``torch.inference_mode()``. Calls are asynchronous on CUDA: time them
-    between :meth:`synchronize` calls.
+    between :meth:`synchronize` calls. One thread serves (calls :meth:`stage` and :meth:`head`);
+    the background capture is the only other thread that touches the graphs.
     """
 
     def __init__(self, model: 'MultiExitModel', *, device: str | torch.device = 'cpu', half: bool | None = None,
                  channels_last: bool | None = None, cuda_graphs: bool = False, max_batch: int = 32,
-                 graph_sizes: Sequence[int] | None = None):
+                 graph_sizes: Sequence[int] | None = None, background_capture: bool = True):
         self.device = resolve_device(device)
         cuda = self.device.type == 'cuda'
         half = cuda if half is None else half
@@ -144,10 +275,20 @@ class StageRunner:
         if self.graph_sizes[0] < 1 or self.graph_sizes[-1] != max_batch:
             raise ValueError(f'graph sizes must be >= 1 and end at max_batch {max_batch}, got {self.graph_sizes}')
         self.cuda_graphs = bool(cuda_graphs) and cuda
+        self.background_capture = bool(background_capture)
         self.model = model.prepare(self.device, dtype=self.dtype, channels_last=self.channels_last)
         self.num_exits = model.num_exits
+        # Read by the serving thread while the background thread adds to it: a graph is put in only
+        # once captured and its buffers are ready, by one dict assignment (atomic under the GIL);
+        # the serving thread only looks keys up (never iterates, which another thread's insertion
+        # would break).
         self._graphs: dict[tuple[str, int, int], _Graph] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._deferred: frozenset[int] = frozenset()   # sizes warmup left to the background
+        self._capture_thread: threading.Thread | None = None
+        self._capture_stop = threading.Event()
+        self._capture_ns = 0
+        self._capture_error: str | None = None
 
     def __repr__(self) -> str:
         return (f'StageRunner({self.model.info.name!r}, device={str(self.device)!r}, dtype={self.dtype}, '
@@ -195,22 +336,147 @@ class StageRunner:
         if self.device.type == 'cuda':
             torch.cuda.current_stream(self.device).synchronize()
 
-    def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
+    def warmup(self, batch_sizes: Sequence[int] | None = None, *, background: bool | None = None) -> None:
         """Run every stage and head once per batch size (capturing their graphs, if enabled), so that
         the first served frames don't pay for capture or cuDNN's algorithm search.
 
         :param batch_sizes: ``None``: the graph sizes up to ``max_batch``.
+        :param background: with CUDA graphs and ``batch_sizes=None``: run only the smallest graph
+            size now and leave the others to :meth:`start_background_capture` (call it when the
+            first timings are done: the capture thread competes for the GIL and the GPU); false:
+            every size now (a background capture under way is stopped first). ``None``: the
+            constructor's ``background_capture``.
         """
+        background = self.background_capture if background is None else background
+        sizes = tuple(batch_sizes or self.graph_sizes)
+        if self.cuda_graphs and batch_sizes is None:
+            if not background:
+                self.stop_background_capture(timeout=None)
+            sizes, later = split_capture_sizes(self.graph_sizes, background=background)
+            self._deferred = frozenset(later)   # before the calls below: they must not capture these
         info = self.model.info
         # Most of this is each convolution's first call at a new shape (kernel choice, ~0.3-0.8 s a
         # stage on an H200). PyTorch keeps those choices per thread: choosing them in parallel
         # threads first did not shorten the captures (H200: 12.3 s instead of 6.2 s).
-        for b in batch_sizes or self.graph_sizes:
+        for b in sizes:
             x = self.to_input(torch.zeros(b, info.in_channels, *info.input_size))
             for k in range(self.num_exits):
                 x = self.stage(k, x)
                 self.head(k, x)
         self.synchronize()
+
+    # --- the background capture ------------------------------------------------------------------------
+    def start_background_capture(self) -> bool:
+        """Capture the sizes :meth:`warmup` left pending on a thread of its own, smallest first;
+        the runner serves meanwhile. Each (stage, head) pair of a size is used as soon as it is
+        captured. True if a thread was started (false: nothing pending, or one is running).
+        """
+        if not self.cuda_graphs or not self._pending() or self.capture_state().running:
+            return False
+        self._capture_stop = stop = threading.Event()   # a fresh flag: an old thread keeps its own
+        self._capture_error = None
+        self._capture_thread = threading.Thread(target=self._capture_in_background, args=(stop,),
+                                                name='delen-capture', daemon=True)
+        self._capture_thread.start()
+        return True
+
+    def stop_background_capture(self, timeout: float | None = 5.0) -> bool:
+        """Ask the capture thread to stop after the capture under way (0.3-2 s on an H200) and wait
+        up to ``timeout`` s for it (``None``: as long as it takes; 0: don't wait). What it has not
+        captured stays pending (:meth:`start_background_capture` resumes). True if no thread runs.
+        """
+        self._capture_stop.set()
+        thread = self._capture_thread
+        if thread is not None and timeout != 0:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
+
+    def wait_background_capture(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` s (``None``: as long as it takes) for the capture thread to end;
+        true if nothing is left pending."""
+        thread = self._capture_thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self._pending()
+
+    def capture_state(self) -> CaptureState:
+        """Whether the background capture is done, running, how long it took and why it stopped."""
+        thread = self._capture_thread
+        return CaptureState(pending=self._pending(), running=thread is not None and thread.is_alive(),
+                            seconds=self._capture_ns / 1e9, error=self._capture_error)
+
+    def _pending(self) -> tuple[int, ...]:
+        return tuple(b for b in sorted(self._deferred) if not self._size_captured(b))
+
+    def _size_captured(self, b: int) -> bool:
+        return all((kind, k, b) in self._graphs for k in range(self.num_exits) for kind in ('stage', 'head'))
+
+    def _capture_in_background(self, stop: threading.Event) -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            with self._capture_thread_context() as (capture_stream, sync), torch.inference_mode():
+                chain: dict[str, object] = {}   # the size under way: its pool and next example
+
+                def capture(job: tuple[int, int]) -> None:
+                    b, k = job
+                    if k == 0:
+                        # A pool of its own per size. Graphs captured into one pool are handed
+                        # each other's freed memory for their temporaries: safe only while they
+                        # are replayed one at a time, each output copied out before the next
+                        # replay (PyTorch documents sharing for graphs captured and replayed in one
+                        # order, never concurrently). The serving thread's graphs are; these are
+                        # captured on another thread while the worker replays. In a pool of their
+                        # own they can never be given memory that a graph the worker replays uses,
+                        # whatever the interleaving, and a size given up frees its memory with its
+                        # graphs. The cost: one batch's temporaries per size, small next to the
+                        # weights here.
+                        info = self.model.info
+                        chain.update(pool=self._new_pool(), x=self.to_input(
+                            torch.zeros(b, info.in_channels, *info.input_size)))
+                    chain['x'] = self._capture_pair(b, k, chain['x'], pool=chain['pool'],
+                                                    stream=capture_stream, sync=sync)
+
+                run_until_stopped(capture_order(self._pending(), self.num_exits), capture, stop)
+        except Exception as exc:  # noqa: BLE001 -- serving goes on with the sizes captured
+            _log.exception('background graph capture stopped; sizes %s stay pending', self._pending())
+            self._capture_error = f'{type(exc).__name__}: {exc}'
+        finally:
+            self._capture_ns += time.perf_counter_ns() - t0
+
+    def _capture_pair(self, b: int, k: int, x: Tensor, *, pool, stream, sync: Callable[[], None]) -> Tensor:
+        """Capture stage ``k`` and head ``k`` at batch ``b`` from stage ``k``'s example input ``x``
+        (those captured already are kept), put them in use, and return stage ``k``'s output."""
+        stage_key, head_key = ('stage', k, b), ('head', k, b)
+        made: dict[tuple[str, int, int], _Graph] = {}
+        with _CAPTURE_LOCK:
+            if stage_key in self._graphs:   # a first use captured it: its output, eagerly
+                y = self.model.stages[k](x)
+            else:
+                graph = made[stage_key] = _Graph(self.model.stages[k], x, b, pool=pool, as_float=False,
+                                                 stream=stream, keep_output=True)
+                y, graph.warm_output = graph.warm_output, None
+        with _CAPTURE_LOCK:
+            if head_key not in self._graphs:
+                made[head_key] = _Graph(self.model.heads[k], y, b, pool=pool, as_float=True, stream=stream)
+        # The static inputs were filled on this thread's stream: let that finish before the
+        # serving thread (on its own stream) may write them.
+        sync()
+        for key, graph in made.items():
+            self._graphs[key] = graph   # publish: one atomic assignment under the GIL
+        return y
+
+    @contextlib.contextmanager
+    def _capture_thread_context(self) -> Iterator[tuple[torch.cuda.Stream, Callable[[], None]]]:
+        """The capture thread's CUDA setting: this runner's device (the current device is per
+        thread) and a stream of its own for its copies, so that they neither wait for the serving
+        thread's work nor make it wait; yields a capture stream and that stream's ``synchronize``."""
+        torch.cuda.set_device(self.device)
+        stream = torch.cuda.Stream(device=self.device)
+        with torch.cuda.stream(stream):
+            yield torch.cuda.Stream(device=self.device), stream.synchronize
+
+    def _new_pool(self):
+        return torch.cuda.graph_pool_handle()
 
     # --- internals ---------------------------------------------------------------------------------------------
     def _call(self, kind: str, k: int, module: nn.Module, x: Tensor, *, as_float: bool) -> Tensor:
@@ -220,11 +486,30 @@ class StageRunner:
                 out = module(x)
                 return out.float() if as_float else out
             size = self.graph_sizes[bisect.bisect_left(self.graph_sizes, n)]
-            key = (kind, k, size)
-            graph = self._graphs.get(key)
-            if graph is None:
-                graph = self._graphs[key] = _Graph(module, x, size, pool=self._pool, as_float=as_float)
-            elif graph.static_in.shape[1:] != x.shape[1:] or graph.static_in.dtype != x.dtype:
-                raise ValueError(f'{kind} {k}: input {tuple(x.shape)} {x.dtype} does not fit the captured '
-                                 f'{tuple(graph.static_in.shape)} {graph.static_in.dtype}')
-            return graph(x)
+            graph = self._graphs.get((kind, k, size))
+            if graph is not None:
+                return self._replay(graph, kind, k, x)
+            if size in self._deferred:
+                # Left to the background and not captured yet: replays of the sizes that are.
+                captured = [s for s in self.graph_sizes if (kind, k, s) in self._graphs]
+                if captured:
+                    return self._replay_chunks(kind, k, x, captured)
+            with _CAPTURE_LOCK:
+                graph = self._graphs.get((kind, k, size))   # the background may have captured it meanwhile
+                if graph is None:
+                    graph = self._graphs[kind, k, size] = _Graph(module, x, size, pool=self._pool, as_float=as_float)
+            return self._replay(graph, kind, k, x)
+
+    def _replay_chunks(self, kind: str, k: int, x: Tensor, captured: Sequence[int]) -> Tensor:
+        outs, start = [], 0
+        for rows, size in replay_plan(x.shape[0], captured):
+            outs.append(self._replay(self._graphs[kind, k, size], kind, k, x[start:start + rows]))
+            start += rows
+        return torch.cat(outs)
+
+    @staticmethod
+    def _replay(graph: _Graph, kind: str, k: int, x: Tensor) -> Tensor:
+        if graph.static_in.shape[1:] != x.shape[1:] or graph.static_in.dtype != x.dtype:
+            raise ValueError(f'{kind} {k}: input {tuple(x.shape)} {x.dtype} does not fit the captured '
+                             f'{tuple(graph.static_in.shape)} {graph.static_in.dtype}')
+        return graph(x)

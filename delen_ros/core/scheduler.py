@@ -16,8 +16,9 @@ Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever 
 3. picks the request with the earliest deadline (EDF across apps) among the *on-time* queued frames
    and requests in flight; late ones run only when nothing on time is waiting (idle time), so a
    hopeless frame never delays a feasible one, whatever the policy; likewise the work of apps
-   marked *best effort* (:meth:`Scheduler.set_best_effort`: admission's re-check found them
-   unschedulable) comes after every other app's, so that they cannot make schedulable apps miss;
+   marked *best effort* (:meth:`Scheduler.set_best_effort`: admission's re-check found them, for
+   several checks in a row, not fitting beside the apps admitted before them) comes after every
+   other app's, EDF among themselves, so that they cannot make the apps that fit miss;
    a request's deadline (when its result must be *published*) is ``arrival + max_latency_ms -
    delivery allowance`` (the allowance is time kept for the result to reach its subscriber), or
    ``arrival + default_deadline_ms`` for an app without a latency bound (so it gets served, not
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
 from typing import Any, Callable
 
@@ -225,6 +227,10 @@ class Scheduler:
         if queue is not None:
             queue.best_effort = best_effort
 
+    def best_effort_apps(self) -> frozenset[str]:
+        """The apps served after the others (:meth:`set_best_effort`)."""
+        return frozenset(a for a, q in self._apps.items() if q.best_effort)
+
     def has_app(self, app_id: str) -> bool:
         return app_id in self._apps
 
@@ -274,6 +280,16 @@ class Scheduler:
     def pending(self) -> bool:
         return bool(self._in_flight) or any(q.frames for q in self._apps.values())
 
+    def latest_start_ns(self) -> float:
+        """When the most urgent waiting work must start for its next step to make its deadline:
+        min over on-time bounded requests of ``deadline - (that step at batch 1 + tail)``; ``inf``:
+        nothing waits that could be made late. A run that ends after it would cost that request its
+        bound (the engine stops fusing steps there)."""
+        tail_ms = self.tail_ms()
+        waiting = itertools.chain(self._in_flight, *(q.frames for q in self._apps.values()))
+        return min((r.deadline_ns - (self.predict_ms(r.next_step, 1) + tail_ms) * _NS_PER_MS
+                    for r in waiting if r.hard and not r.late), default=math.inf)
+
     # --- the decision ---------------------------------------------------------------------------------
     def _fits(self, request: Request, now_ns: int, ms: float) -> bool:
         return not request.hard or now_ns + ms * _NS_PER_MS <= request.deadline_ns
@@ -295,7 +311,7 @@ class Scheduler:
         # Late work only in idle time: it must never delay a frame that can still make its deadline.
         on_time = [r for r in candidates if not r.late]
         candidates = on_time or candidates
-        demoted = {a for a, q in self._apps.items() if q.best_effort}
+        demoted = self.best_effort_apps()
         if demoted:
             candidates.sort(key=lambda r: (r.app_id in demoted, r.deadline_ns, r.arrival_ns))
         else:

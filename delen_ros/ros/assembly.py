@@ -132,17 +132,17 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
             options = None
             if dev.startswith('cuda'):
-                # Every graph captured at configure, for the few batch sizes worth padding to.
-                # (Capturing on a background thread while serving was tried: on an H200 the capture
-                # thread's eager warm-up runs and the worker's eager calls for the sizes still pending
-                # fought over the GIL for 20+ s, and 8 cameras got 3 % of their frames answered.)
+                # Graphs for the few batch sizes worth padding to: batch 1 at configure, the others
+                # on a background thread while serving. (An earlier background capture let the worker
+                # call pending sizes eagerly: cuDNN's kernel choice on the worker cost 20+ s of misses
+                # on an H200. Now the worker only replays captured sizes, in chunks if need be.)
                 from delen_ros.core.runner import padded_graph_sizes
                 options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': padded_graph_sizes(
                     params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits)))}
             return Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,
-                          transport_prior_ms=params.transport_prior_ms,
+                          transport_prior_ms=params.transport_prior_ms, fuse_steps=params.fuse_steps,
                           delivery_allowance_ms=params.delivery_allowance_ms,
                           upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0')
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)

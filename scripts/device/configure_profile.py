@@ -3,9 +3,14 @@
 Run THERE after the offline set-up (ROS environment sourced), from the repository root:
     python3 scripts/device/configure_profile.py [OUT_JSON]
 It builds what the node's configure builds (``assembly.build``, the node's default parameters,
-``MODEL`` / ``MAX_BATCH`` from the environment) and prints one JSON line: the seconds of
-``import torch``, the CUDA context, each configure phase, and each CUDA graph's capture (its eager
-warm-up included), split by stage / head and batch size. Run it under ``py-spy record`` for the rest.
+``MODEL`` / ``MAX_BATCH`` from the environment), then starts the engine as activate does, serves one
+frame (``FRAME_HW``, default ``480,640``, as a camera's) and waits for the background graph capture.
+It prints one JSON line: the seconds of ``import torch``, the CUDA context, each configure phase,
+the first served frame (from configure's start and from the process's), the background capture's
+duration (``background_capture_s``, after the first frame, while serving), and each CUDA graph's
+capture (its eager warm-up included) by stage / head, batch size and thread (``background``).
+``BACKGROUND_CAPTURE=0``: every size captured in configure, as before. Run it under
+``py-spy record`` for the rest.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 import time
 
 t0 = time.perf_counter()
@@ -23,7 +29,10 @@ torch.zeros(1, device='cuda')
 torch.cuda.synchronize()
 t_cuda = time.perf_counter()
 
+import numpy as np  # noqa: E402
+
 from delen_ros.core import runner  # noqa: E402
+from delen_ros.core.bounds import Bounds  # noqa: E402
 from delen_ros.ros import assembly, params  # noqa: E402
 
 graphs: list[dict] = []
@@ -31,25 +40,65 @@ _original = runner._Graph.__init__
 
 
 def _timed(self, module, example, batch, **kwargs):
-    torch.cuda.synchronize()
+    background = threading.current_thread().name == 'delen-capture'
+    # the capture thread's own stream only: a device-wide wait there would time the worker's work too
+    sync = torch.cuda.current_stream().synchronize if background else torch.cuda.synchronize
+    sync()
     start = time.perf_counter()
     _original(self, module, example, batch, **kwargs)
-    torch.cuda.synchronize()
-    graphs.append({'module': type(module).__name__, 'batch': batch, 's': round(time.perf_counter() - start, 4)})
+    sync()
+    graphs.append({'module': type(module).__name__, 'batch': batch, 'background': background,
+                   's': round(time.perf_counter() - start, 4)})
 
 
 runner._Graph.__init__ = _timed
+background_capture = os.environ.get('BACKGROUND_CAPTURE', '1') != '0'
+_runner_init = runner.StageRunner.__init__
+
+
+def _init(self, *args, **kwargs):
+    kwargs.setdefault('background_capture', background_capture)
+    _runner_init(self, *args, **kwargs)
+
+
+runner.StageRunner.__init__ = _init
 defaults = params.NodeParams(**{name: spec[0] for name, spec in params._SPECS.items()})
 p = dataclasses.replace(defaults, model=os.environ.get('MODEL', 'cifar10_lite0'), device='cuda',
                         max_batch=int(os.environ.get('MAX_BATCH', '32')))
+first_result = threading.Event()
 t_build = time.perf_counter()
-served = assembly.build(p, on_result=lambda *a, **k: None, log=lambda text: print(text, file=sys.stderr))
+served = assembly.build(p, on_result=lambda *a, **k: first_result.set(), log=lambda text: print(text, file=sys.stderr))
 t_done = time.perf_counter()
-out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'MODEL', 'MAX_BATCH')},
+engine = served.engine
+engine.start(warm_up=False)   # as activate does
+engine.set_app('probe', Bounds())
+h, w = (int(v) for v in os.environ.get('FRAME_HW', '480,640').split(','))
+frame = np.random.default_rng(0).integers(0, 256, (h, w, 3) if served.model.info.in_channels == 3 else (h, w),
+                                          dtype=np.uint8)
+engine.submit(['probe'], frame)
+served_first = first_result.wait(60)
+t_first = time.perf_counter()
+stage_runner = engine._runner
+capture_done = stage_runner.wait_background_capture(timeout=300) if hasattr(stage_runner, 'capture_state') else None
+t_captured = time.perf_counter()
+state = stage_runner.capture_state() if hasattr(stage_runner, 'capture_state') else None
+out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'MODEL', 'MAX_BATCH', 'BACKGROUND_CAPTURE',
+                                                'FRAME_HW')},
        'import_torch_s': round(t_import - t0, 3), 'cuda_context_s': round(t_cuda - t_import, 3),
        'imports_delen_s': round(t_build - t_cuda, 3), 'build_s': round(t_done - t_build, 3),
        'phases_s': {k: round(v, 3) for k, v in served.phases.items()},
-       'graphs': graphs, 'graphs_s': round(sum(g['s'] for g in graphs), 3), 'total_s': round(t_done - t0, 3)}
+       'first_result': served_first,
+       'first_result_s': round(t_first - t_build, 3),          # configure's start -> the first result
+       'first_result_total_s': round(t_first - t0, 3),         # process start (before import torch) -> it
+       'first_frame_s': round(t_first - t_done, 3),            # activate + the first frame's service
+       'background_capture_s': round(state.seconds, 3) if state else None,   # on its thread, while serving
+       'background_capture_done': capture_done, 'background_capture_error': state.error if state else None,
+       'background_capture_wall_s': round(t_captured - t_done, 3),   # configure's end -> the capture's end
+       'graph_sizes': list(getattr(stage_runner, 'graph_sizes', ())), 'graph_count': engine.graph_count(),
+       'graphs': graphs, 'graphs_s': round(sum(g['s'] for g in graphs), 3),
+       'graphs_foreground_s': round(sum(g['s'] for g in graphs if not g['background']), 3),
+       'graphs_background_s': round(sum(g['s'] for g in graphs if g['background']), 3),
+       'total_s': round(t_captured - t0, 3)}
 served.close()
 line = json.dumps(out)
 print(line)

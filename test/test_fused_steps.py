@@ -1,0 +1,366 @@
+"""Fused steps: where the policy decides without a confidence, the engine runs several steps back to
+back with one head and one device sync, and must reach the exits, costs and accounting of one step
+per worker turn."""
+import dataclasses
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from delen_ros.core.bounds import Bounds
+from delen_ros.core.engine import Engine, Result
+from delen_ros.core.policies import Decision, DelenPolicy, ExitContext, LatencyCorrector, get_policy
+from delen_ros.core.profile import Profile
+from delen_ros.core.runner import StageRunner
+from delen_ros.core.zoo import load_model, models_dir
+from fakes import FakeClock, FakeRunner, fake_image, fake_model, synthetic_profile
+
+torch.set_num_threads(1)
+# Steps at batch 1 (stage + head): 1.1, 2.1, 3.1, 4.1 ms; energy per step = its ms at 1 W (per frame
+# of a batch of b: x (1 + 0.25 (b - 1)) / b); accuracy 0.6 .. 0.9.
+PROFILE = synthetic_profile()
+LOOSE_MS = 5000.0   # must not depend on this machine's speed
+CONFIDENCES = (0.0, 0.05, 0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 0.95, 0.999, 1.0)
+
+
+# --- the policies: deciding ahead ---------------------------------------------------------------------
+
+def _cascade_profile() -> Profile:
+    """Three exits with per-input samples: exit 0 is never right (no threshold), exit 1 is right when
+    confident, exit 2 always."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    conf1 = rng.uniform(0.3, 1.0, n)
+    samples = {'confidence': [rng.uniform(0.2, 1.0, n).tolist(), conf1.tolist(), rng.uniform(0.5, 1.0, n).tolist()],
+               'correct': [[0] * n, (conf1 > 0.6).astype(int).tolist(), [1] * n]}
+    base = synthetic_profile(3)
+    exits = tuple(dataclasses.replace(e, accuracy=float(np.mean(c)), calibration=())
+                  for e, c in zip(base.exits, samples['correct']))
+    return dataclasses.replace(base, exits=exits, samples=samples)
+
+
+CASCADE = _cascade_profile()
+
+
+def _ctx(profile, bounds, k, *, confidence=math.nan, elapsed=0.0, energy=0.0):
+    return ExitContext(bounds=bounds, profile=profile, exit_index=k, confidence=confidence, elapsed_ms=elapsed,
+                       energy_mj=energy, next_batch=1, corrector=LatencyCorrector(safety=0.0))
+
+
+POLICIES = [('delen', {}), ('delen', {'calibrated': False}), ('delen', {'min_support': 0.0}), ('always_final', {}),
+            ('static_exit', {}), ('check_after_stage', {}), ('fixed_confidence', {})]
+BOUNDS = [Bounds(), Bounds(max_latency_ms=5.0), Bounds(max_latency_ms=6.35), Bounds(max_energy_mj=3.2),
+          Bounds(max_energy_mj=3.0), Bounds(min_accuracy=0.8), Bounds(min_accuracy=0.8, objective='min_energy'),
+          Bounds(min_accuracy=0.8, objective='max_accuracy'), Bounds(min_accuracy=0.85, max_latency_ms=6.35),
+          Bounds(objective='min_latency'), Bounds(max_latency_ms=6.35, max_energy_mj=3.2)]
+
+
+@pytest.mark.parametrize('profile', [PROFILE, CASCADE], ids=['calibration-rows', 'cascade'])
+@pytest.mark.parametrize('name, options', POLICIES)
+def test_deciding_ahead_is_deciding_for_every_confidence(profile, name, options):
+    policy = get_policy(name, **options)
+    for bounds in BOUNDS:
+        for k in range(profile.num_exits):
+            for elapsed, energy in ((0.0, 0.0), (1.1, 1.1), (3.2, 3.2), (6.0, 2.0)):
+                ahead = policy.decide_ahead(_ctx(profile, bounds, k, elapsed=elapsed, energy=energy))
+                if ahead is None:
+                    continue
+                for c in CONFIDENCES:
+                    decided = policy.decide(_ctx(profile, bounds, k, confidence=c, elapsed=elapsed, energy=energy))
+                    assert decided is ahead, (bounds, k, elapsed, energy, c)
+
+
+S, C, N = Decision.STOP, Decision.CONTINUE, None
+
+
+@pytest.mark.parametrize('name, bounds, k, elapsed, energy, expected', [
+    # delen: latency and energy are predictions anyway (next step at p50 here)
+    ('delen', Bounds(max_latency_ms=5.0), 0, 1.1, 1.1, C),         # 1.1 + 2.1 <= 5
+    ('delen', Bounds(max_latency_ms=5.0), 1, 3.2, 3.2, S),         # 3.2 + 3.1 > 5
+    ('delen', Bounds(max_energy_mj=3.0), 0, 1.1, 1.1, S),          # 1.1 + 2.1 > 3
+    ('delen', Bounds(max_energy_mj=3.2), 0, 1.1, 1.1, C),
+    ('delen', Bounds(objective='min_latency'), 0, 0.0, 0.0, S),    # no accuracy bound: met at once
+    # an accuracy bound: the calibrated threshold needs the confidence; the fallback exit (2) does not
+    ('delen', Bounds(min_accuracy=0.8, objective='min_energy'), 0, 0.0, 0.0, N),
+    ('delen', Bounds(min_accuracy=0.8, objective='min_energy'), 2, 0.0, 0.0, S),
+    ('delen', Bounds(min_accuracy=0.8, objective='max_accuracy'), 0, 0.0, 0.0, C),
+    ('delen', Bounds(min_accuracy=0.85, max_latency_ms=3.0), 0, 1.1, 0.0, S),   # the latency bound first
+    ('always_final', Bounds(min_accuracy=0.8), 0, 0.0, 0.0, C),
+    ('static_exit', Bounds(min_accuracy=0.8), 1, 0.0, 0.0, C),     # plan: exit 2
+    ('static_exit', Bounds(min_accuracy=0.8), 2, 0.0, 0.0, S),
+    # check_after_stage checks a measured time: never on a prediction; energy is known ahead
+    ('check_after_stage', Bounds(max_latency_ms=5.0), 0, 0.0, 0.0, N),
+    ('check_after_stage', Bounds(max_energy_mj=3.0), 1, 0.0, 3.2, S),
+    ('check_after_stage', Bounds(), 0, 0.0, 0.0, C),
+    ('fixed_confidence', Bounds(), 0, 0.0, 0.0, N),
+])
+def test_which_decisions_are_known_ahead(name, bounds, k, elapsed, energy, expected):
+    assert get_policy(name).decide_ahead(_ctx(PROFILE, bounds, k, elapsed=elapsed, energy=energy)) is expected
+
+
+@pytest.mark.parametrize('name', ['delen', 'always_final', 'static_exit', 'check_after_stage', 'fixed_confidence'])
+def test_the_last_exit_stops_ahead(name):
+    assert get_policy(name).decide_ahead(_ctx(PROFILE, Bounds(min_accuracy=0.8), PROFILE.final_exit)) is S
+
+
+def test_a_cascade_without_a_threshold_at_an_exit_goes_on_ahead():
+    bounds = Bounds(min_accuracy=0.85, objective='min_energy')
+    assert CASCADE.cascade(0.85).thresholds[0] is None and CASCADE.cascade(0.85).thresholds[1] is not None
+    assert DelenPolicy().decide_ahead(_ctx(CASCADE, bounds, 0)) is C
+    assert DelenPolicy().decide_ahead(_ctx(CASCADE, bounds, 1)) is N
+
+
+# --- the engine ---------------------------------------------------------------------------------------
+
+class CountingRunner(FakeRunner):
+    """A FakeRunner that also records head calls and device syncs."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(model, **kwargs)
+        self.heads: list[int] = []
+        self.syncs = 0
+
+    def head(self, k, features):
+        self.heads.append(k)
+        return super().head(k, features)
+
+    def synchronize(self):
+        self.syncs += 1
+
+
+class Collector:
+    def __init__(self):
+        self.results: list[Result] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, result: Result) -> None:
+        with self.lock:
+            self.results.append(result)
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[Result]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                if len(self.results) >= count:
+                    return list(self.results)
+            time.sleep(0.002)
+        raise AssertionError(f'{len(self.results)} results of {count} after {timeout} s')
+
+    def of(self, app_id: str) -> list[Result]:
+        return [r for r in self.results if r.app_id == app_id]
+
+
+def serve(fuse: bool, apps: dict[str, Bounds], frames, *, sleep_ms=(0.2, 0.2, 0.2, 0.2), **kwargs):
+    """Serve ``frames`` (``(app_ids, image)``, one at a time) on a fresh engine; returns the results
+    (in order), the runner and the engine (stopped)."""
+    model = fake_model()
+    runner = CountingRunner(model, sleep_ms=sleep_ms)
+    collector = Collector()
+    engine = Engine(model, PROFILE, on_result=collector, runner=runner, fuse_steps=fuse, **kwargs)
+    for app_id, bounds in apps.items():
+        engine.set_app(app_id, bounds)
+    requeues = []
+    requeue = engine._scheduler.requeue
+    engine._scheduler.requeue = lambda r: (requeues.append(r.next_step), requeue(r))
+    engine.start(warm_up=False)
+    try:
+        expected = 0
+        for app_ids, image in frames:
+            engine.submit(app_ids, image)
+            expected += len(app_ids)
+            collector.wait(expected)   # one frame at a time: the same batches with and without fusion
+    finally:
+        engine.stop()
+    runner.requeues = requeues
+    return collector.results, runner, engine
+
+
+def _answers(results):
+    return [(r.app_id, r.exit_index, r.class_id, round(r.confidence, 6)) for r in results]
+
+
+def test_a_latency_only_app_reaches_the_same_exits_with_one_head_and_one_sync_per_frame():
+    frames = [(['nav'], fake_image(i % 4, 200)) for i in range(3)]
+    fused, fused_runner, _ = serve(True, {'nav': Bounds(max_latency_ms=LOOSE_MS)}, frames)
+    stepped, stepped_runner, _ = serve(False, {'nav': Bounds(max_latency_ms=LOOSE_MS)}, frames)
+    assert _answers(fused) == _answers(stepped)
+    assert [r.exit_index for r in fused] == [3, 3, 3]
+    assert fused_runner.calls == stepped_runner.calls == [(k, 1) for k in range(4)] * 3
+    assert fused_runner.heads == [3, 3, 3] and fused_runner.syncs == 3
+    assert stepped_runner.heads == [0, 1, 2, 3] * 3 and stepped_runner.syncs == 12
+
+
+def test_an_accuracy_bound_app_never_fuses():
+    # sharpness 250: confident at exit 0; 80: at exit 1; 10: never, so it stops at the fallback exit 2
+    frames = [(['arm'], fake_image(1, s)) for s in (250, 80, 10)]
+    apps = {'arm': Bounds(min_accuracy=0.8, objective='min_energy')}
+    fused, fused_runner, _ = serve(True, apps, frames)
+    stepped, stepped_runner, _ = serve(False, apps, frames)
+    assert [r.exit_index for r in fused] == [0, 1, 2]
+    assert _answers(fused) == _answers(stepped)
+    assert [r.energy_mj for r in fused] == pytest.approx([r.energy_mj for r in stepped])
+    assert fused_runner.heads == stepped_runner.heads == [0, 0, 1, 0, 1, 2]
+    assert fused_runner.syncs == stepped_runner.syncs == 6
+
+
+def test_a_mixed_batch_fuses_to_the_earliest_stop_and_the_rest_goes_on():
+    # One camera, two apps, one batch: 'inspect' stops at exit 1 on its energy budget (its half of
+    # the shared steps: 0.55 + 1.05 mJ, and exit 2 would add 1.94 > 3 - 1.6), 'nav' runs to exit 3.
+    apps = {'nav': Bounds(max_latency_ms=LOOSE_MS), 'inspect': Bounds(max_energy_mj=3.0)}
+    frames = [(['nav', 'inspect'], fake_image(2, 200))]
+    fused, runner, _ = serve(True, apps, frames)
+    stepped, _, _ = serve(False, apps, frames)
+    assert sorted(_answers(fused)) == sorted(_answers(stepped))
+    assert {r.app_id: r.exit_index for r in fused} == {'nav': 3, 'inspect': 1}
+    assert runner.calls == [(0, 1), (1, 1), (2, 1), (3, 1)]     # the frame's features computed once
+    assert runner.heads == [1, 3] and runner.syncs == 2
+    assert runner.requeues == [2]                                 # 'nav' went on from exit 1, once
+
+
+def test_energy_and_compute_are_accounted_as_step_by_step():
+    apps = {'nav': Bounds(max_latency_ms=LOOSE_MS), 'inspect': Bounds(max_energy_mj=3.0)}
+    frames = [(['nav', 'inspect'], fake_image(i, 200)) for i in range(3)]
+    sleep_ms = (2.0, 2.0, 2.0, 2.0)
+    fused, _, engine = serve(True, apps, frames, sleep_ms=sleep_ms)
+    stepped, _, _ = serve(False, apps, frames, sleep_ms=sleep_ms)
+    by_key = {(r.app_id, r.class_id): r for r in stepped}
+    assert len(fused) == len(by_key) == 6
+    for r in fused:
+        s = by_key[r.app_id, r.class_id]
+        assert r.exit_index == s.exit_index
+        assert r.energy_mj == pytest.approx(s.energy_mj, rel=1e-9)
+        # every stage it ran in is in its compute time, and nothing else of the worker's
+        assert sum(sleep_ms[:r.exit_index + 1]) <= r.compute_ms <= r.latency_ms - r.queue_ms
+    # 'inspect' shares its steps with 'nav': half of each batch-of-one step's energy
+    assert [r.energy_mj for r in fused if r.app_id == 'inspect'] == pytest.approx([(1.1 + 2.1) / 2] * 3)
+    stats = engine.worker_stats()
+    assert stats.steps == 3 * 4 and stats.mean_batch == pytest.approx((2 * 2 + 2) / 4)
+    assert stats.busy_s >= 3 * sum(sleep_ms) / 1e3
+    assert stats.energy_mj == pytest.approx(sum(r.energy_mj for r in fused))
+
+
+def test_a_fused_run_teaches_every_step_its_measured_ratio():
+    frames = [(['nav'], fake_image(0, 200))]
+    _, _, engine = serve(True, {'nav': Bounds(max_latency_ms=LOOSE_MS)}, frames, sleep_ms=(5.0, 5.0, 5.0, 5.0))
+    factors = [engine.corrector.factor(k, 1) for k in range(4)]
+    assert sorted(engine.corrector.snapshot()) == ['0/1', '1/1', '2/1', '3/1']
+    # one run of 20+ ms against a profile of 1 + 2 + 3 + 4 + 0.1 ms (the last head only)
+    assert factors == pytest.approx([factors[0]] * 4, rel=1e-9)
+    assert 20.0 / 10.1 <= factors[0] < 16.0
+    assert len(engine._device_ms) == 4 and sum(engine._device_ms) >= 20.0
+
+
+def test_always_final_runs_the_whole_network_in_one_worker_turn():
+    frames = [(['any'], fake_image(3, 100))]
+    fused, runner, engine = serve(True, {'any': Bounds()}, frames, policy='always_final')
+    assert [r.exit_index for r in fused] == [3]
+    assert runner.calls == [(0, 1), (1, 1), (2, 1), (3, 1)] and runner.heads == [3] and runner.syncs == 1
+    assert runner.requeues == [] and len(engine._decision_us) == 1
+    stepped, stepped_runner, _ = serve(False, {'any': Bounds()}, frames, policy='always_final')
+    assert _answers(stepped) == _answers(fused) and stepped_runner.requeues == [1, 2, 3]
+
+
+def test_a_late_frame_is_served_at_the_fastest_exit_unfused():
+    clock = FakeClock()
+    model = fake_model()
+    runner = CountingRunner(model)
+    results = []
+    engine = Engine(model, PROFILE, on_result=results.append, runner=runner, clock=clock, policy='always_final',
+                    enforce_deadlines=True)
+    engine.set_app('cam', Bounds(max_latency_ms=50.0))
+    engine.submit(['cam'], fake_image(1, 200), arrival_ns=clock() - 100 * 1_000_000)   # already past its bound
+    batch = engine._scheduler.next_batch(clock()).batch
+    assert batch.requests[0].late
+    engine._execute(batch, 0)
+    assert [r.exit_index for r in results] == [0] and results[0].late
+    assert runner.calls == [(0, 1)] and runner.heads == [0]
+
+
+@pytest.mark.parametrize('enforce, last', [(True, 2), (False, 3)])
+def test_fusing_stops_where_the_scheduler_would_expire_the_request(enforce, last):
+    # always_final goes on, but with enforcement the scheduler expires a request whose next step would
+    # overrun: safe step times here (prior = p50 x 1.2) are 1.32, 2.52, 3.72, 4.92 ms, so a frame
+    # bound to 8 ms reaches exit 2 at 7.56 ms, and exit 3 would end at 12.48 ms.
+    clock = FakeClock()
+    model = fake_model()
+    engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model), clock=clock,
+                    policy='always_final', enforce_deadlines=enforce, overhead_prior_ms=0.0)
+    engine.set_app('cam', Bounds(max_latency_ms=8.0))
+    engine.submit(['cam'], fake_image(1, 200))
+    batch = engine._scheduler.next_batch(clock()).batch
+    assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=enforce) == last
+    engine.fuse_steps = False
+    assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=enforce) == 0
+
+
+def test_fusing_walks_the_predicted_latency_like_the_policy():
+    # delen with a latency bound alone: continue while elapsed + next step (safe prediction) fits.
+    # Cumulative safe times 1.32, 3.84, 7.56, 12.48 ms: a bound of 10 ms stops at exit 2.
+    clock = FakeClock()
+    model = fake_model()
+    engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model), clock=clock,
+                    overhead_prior_ms=0.0)
+    engine.set_app('cam', Bounds(max_latency_ms=10.0))
+    engine.submit(['cam'], fake_image(1, 200))
+    batch = engine._scheduler.next_batch(clock()).batch
+    assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=True) == 2
+    assert engine._fuse_to(0, batch.requests, 1, clock() + 3 * 1_000_000, enforce=True) == 1   # 3 ms later
+
+
+def test_a_run_ends_before_waiting_work_must_start():
+    # 'deep' (always_final, loose bound) would run all four steps; a frame of 'tight' waits with a
+    # 9 ms bound: its first step (1.32 ms safe) must start by 7.68 ms. The run's steps end at 1.32,
+    # 3.84, 7.56 ms (fits), 12.48 ms (past it): the run stops at exit 2, then 'tight' goes first.
+    clock = FakeClock()
+    model = fake_model()
+    engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model), clock=clock,
+                    policy='always_final', overhead_prior_ms=0.0, max_batch=1)
+    engine.set_app('deep', Bounds(max_latency_ms=LOOSE_MS))
+    engine.set_app('tight', Bounds(max_latency_ms=9.0))
+    engine.submit(['deep'], fake_image(1, 200))
+    batch = engine._scheduler.next_batch(clock()).batch
+    assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=True) == 3   # nothing waits
+    engine.submit(['tight'], fake_image(2, 200))
+    assert engine._scheduler.latest_start_ns() == pytest.approx(clock() + (9.0 - 1.32) * 1e6)
+    assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=True) == 2
+
+
+def test_admission_counts_a_fused_run_as_blocking():
+    from delen_ros.core.admission import CostModel
+    steps = {0: 1.0, 1: 2.0, 2: 3.0}
+    cost = CostModel(step_ms=lambda k, b: steps[k] * b, num_exits=3, preprocess_ms=0.5)
+    assert cost.blocking_ms(2, 2) == pytest.approx(6.0)             # the longest step, 3 ms x 2
+    fused = dataclasses.replace(cost, fused_runs=True)
+    assert fused.blocking_ms(2, 2) == pytest.approx(2 * 1.5 + 4 + 6)   # every step, preprocessing in the first
+    assert fused.blocking_ms(0, 1) == pytest.approx(1.5)
+
+
+def test_a_real_model_gives_the_same_answers_fused():
+    """fashion_mnist on its CPU profile, through the real StageRunner."""
+    profile = Profile.load(sorted((models_dir() / 'profiles').glob('fashion_mnist__cpu-*.json'))[0])
+    images = [np.random.default_rng(i).integers(0, 256, (28, 28), dtype=np.uint8) for i in range(4)]
+    answers = {}
+    for fuse in (True, False):
+        model = load_model('fashion_mnist')
+        runner = StageRunner(model, device='cpu', max_batch=4)
+        heads = []
+        head = runner.head
+        runner.head = lambda k, f: (heads.append(k), head(k, f))[1]
+        collector = Collector()
+        engine = Engine(model, profile, on_result=collector, runner=runner, max_batch=4, fuse_steps=fuse)
+        engine.set_app('nav', Bounds(max_latency_ms=LOOSE_MS))
+        engine.start(warm_up=False)
+        try:
+            for i, image in enumerate(images):
+                engine.submit(['nav'], image)
+                collector.wait(i + 1)
+        finally:
+            engine.stop()
+        answers[fuse] = ([(r.exit_index, r.class_id, round(r.confidence, 5)) for r in collector.results], heads)
+    final = profile.final_exit
+    assert answers[True][0] == answers[False][0]
+    assert all(exit_index == final for exit_index, _, _ in answers[True][0])
+    assert answers[True][1] == [final] * 4 and answers[False][1] == list(range(final + 1)) * 4
