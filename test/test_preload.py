@@ -11,3 +11,13 @@ def test_preload_imports_the_engine_off_the_main_thread():
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'ok'
+
+
+def test_cuda_libraries_are_preloaded_only_where_the_device_may_be_cuda():
+    code = ('import torch; from delen_ros.ros.run import preload_cuda_libraries as p; '
+            'from delen_ros.core.runner import warm_cuda_libraries as w; '
+            'assert p("cpu") is None; t = p("auto"); assert t is not None and t.daemon; t.join(120); '
+            'assert w("cpu") is False; assert w("cuda") is torch.cuda.is_available(); print("ok")')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == 'ok'

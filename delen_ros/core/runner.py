@@ -35,7 +35,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
 
-__all__ = ['StageRunner', 'CaptureState', 'resolve_device', 'graph_batch_sizes', 'padded_graph_sizes',
+__all__ = ['StageRunner', 'CaptureState', 'resolve_device', 'warm_cuda_libraries', 'graph_batch_sizes', 'padded_graph_sizes',
            'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped']
 
 _log = logging.getLogger(__name__)
@@ -46,6 +46,38 @@ _Job = TypeVar('_Job')
 # is under way): a background capture, a first use's capture on the serving thread and another
 # runner's warm-up take turns, one graph at a time.
 _CAPTURE_LOCK = threading.Lock()
+
+
+_libraries_lock = threading.Lock()
+_libraries_warm: set[str] = set()
+
+
+def warm_cuda_libraries(device: str | torch.device = 'cuda') -> bool:
+    """Load what a process's first convolution on ``device`` loads (cuDNN and cuBLAS libraries,
+    their handles), once per process; whoever calls meanwhile waits for it. False: no CUDA.
+
+    About a second on an H200 host, otherwise paid by configure's first graph capture: the node
+    calls this from its start, in the background, and again (a no-op, or a wait) before it captures,
+    so that the two never overlap (work on the legacy default stream would break a capture).
+    """
+    if not torch.cuda.is_available():
+        return False
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return False
+    with _libraries_lock:
+        if str(device) in _libraries_warm:
+            return True
+        with torch.cuda.device(device):
+            x = torch.randn(2, 16, 8, 8, device=device, dtype=torch.half).contiguous(memory_format=torch.channels_last)
+            for w, groups in ((torch.randn(16, 16, 1, 1), 1), (torch.randn(16, 1, 3, 3), 16)):   # pointwise, depthwise
+                w = w.to(device, torch.half).contiguous(memory_format=torch.channels_last)
+                x = torch.nn.functional.conv2d(x, w, padding=w.shape[-1] // 2, groups=groups)
+            logits = torch.nn.functional.linear(x.mean((2, 3)), torch.randn(10, 16, device=device, dtype=torch.half))
+            torch.softmax(logits.float(), dim=1).max(dim=1)[0].cpu()
+            torch.cuda.synchronize(device)
+        _libraries_warm.add(str(device))
+        return True
 
 
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:

@@ -116,6 +116,10 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         torch.set_num_threads(params.torch_threads)
     phases: dict[str, float] = {}
     clock = _PhaseClock(phases)
+    if device.startswith('cuda'):
+        from delen_ros.core.runner import warm_cuda_libraries
+        warm_cuda_libraries(device)   # done at the process's start (run.py), or waited for here
+        clock.lap('cuda libraries')
     model = load_model(params.model, device=device)
     clock.lap('model')
     meter = make_meter(params.energy_meter, device=device)

@@ -15,7 +15,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from . import params
 from .rejections import clean_message
 
-__all__ = ['make_executor', 'preload_inference_libraries', 'run_node']
+__all__ = ['make_executor', 'preload_cuda_libraries', 'preload_inference_libraries', 'run_node']
 
 
 def make_executor(kind: str):
@@ -53,6 +53,24 @@ def preload_inference_libraries() -> threading.Thread:
     return thread
 
 
+def preload_cuda_libraries(device: str) -> threading.Thread | None:
+    """Load cuDNN and cuBLAS on a background thread when ``device`` may be CUDA (``auto``, ``cuda*``):
+    about a second that configure's first graph capture would pay otherwise (it waits for this
+    thread's work instead of overlapping it; see ``warm_cuda_libraries``)."""
+    if not (device == 'auto' or device.startswith('cuda')):
+        return None
+
+    def load() -> None:
+        try:
+            from delen_ros.core.runner import warm_cuda_libraries
+            warm_cuda_libraries(device if device.startswith('cuda') else 'cuda')
+        except Exception:   # noqa: BLE001 - configure warms again and reports any error
+            pass
+    thread = threading.Thread(target=load, name='delen-preload-cuda', daemon=True)
+    thread.start()
+    return thread
+
+
 def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
     """Run a ``node_class()`` lifecycle node until Ctrl-C / SIGTERM. Returns the exit status: 1, with
     one line on stderr, for a bad parameter or (with ``autostart``) a failed configure or activate."""
@@ -67,6 +85,8 @@ def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
         print(f'delen_node: {params.describe_error(exc)}', file=sys.stderr)
         rclpy.try_shutdown()
         return 1
+    named = [d.strip() for d in settings.devices if d and d.strip()]
+    preload_cuda_libraries(named[0] if named else settings.device)
     if settings.gil_switch_interval_ms > 0:
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
     executor.add_node(node)

