@@ -77,6 +77,20 @@ def test_a_new_apps_subscription_stalling_the_other_cameras_is_not_taken_as_thei
     assert engine.feasible_range().transport_ms == pytest.approx(2.0)
 
 
+def test_the_other_cameras_held_up_when_a_new_apps_subscription_matches_are_not_their_age():
+    # the subscription matches a second after the registration (discovery), with the app's first
+    # frame: 'cam' frames held up then are not its age either
+    clock = FakeClock()
+    engine = make_engine(clock)
+    submit(engine, clock, age_ms=2.0, count=20)
+    engine.set_app('other', Bounds(max_latency_ms=100.0), source='other')
+    submit(engine, clock, age_ms=2.0, count=20)         # 1 s: past the registration's settling
+    submit(engine, clock, age_ms=2.0, app='other', every_ms=0.0)   # matched: its first frame
+    submit(engine, clock, age_ms=60.0, count=5)         # 'cam' frames held up meanwhile
+    submit(engine, clock, age_ms=2.0, count=20)
+    assert engine.feasible_range().transport_ms == pytest.approx(2.0)
+
+
 def test_the_age_forgets_a_stall_after_five_seconds_where_few_frames_come():
     clock = FakeClock()
     engine = make_engine(clock)

@@ -285,6 +285,9 @@ class _FrameAge:
     new frame size pay one-time costs (pinned buffers, lazily loaded kernels), a new app's
     subscription holds up every camera's frames a moment, and its own first frames arrive old
     (H200: 30-90 ms, whatever the load). Sampled, one registration refused the next apps for seconds.
+    The hold-up comes when the subscription matches, about when the app's first frame arrives, not
+    when it registered: both start the pause (H200, 16 apps registered 0.5 s apart: with the pause
+    from registration alone, ages of 10-37 ms on arrival refused 33 ms apps that then met their bound).
     """
 
     __slots__ = ('tail', 'prior_ms', '_sizes', '_settle_until_ns')
@@ -928,6 +931,8 @@ class Engine:
                     continue
                 if app.first_frame_ns is None:
                     app.first_frame_ns = now
+                    # its subscription matched about now, which holds up every camera's frames too
+                    self._age.app_added(now)
                 settled = settled or now - app.first_frame_ns >= _SETTLE_NS
                 app.rate.add(arrival)
                 request = self._scheduler.make_request(app_id, frame, arrival, tag=tag)
