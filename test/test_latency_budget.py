@@ -48,7 +48,7 @@ def test_the_age_is_taken_at_its_tail_and_one_stall_does_not_move_it():
     clock = FakeClock()
     engine = make_engine(clock=clock)
     engine.set_app('cam', Bounds(), source='cam')
-    submit_aged(engine, clock, ['cam'], age_ms=1.0, count=30, every_ms=10.0)   # the app's first 0.3 s: not sampled
+    submit_aged(engine, clock, ['cam'], age_ms=1.0, count=100, every_ms=10.0)   # the app's first 1 s: not sampled
     for i in range(200):
         submit_aged(engine, clock, ['cam'], age_ms=1.0 + i % 100, count=1, every_ms=10.0)   # 1 .. 100 ms, evenly
     assert engine.feasible_range().transport_ms == pytest.approx(99.0, abs=0.1)   # the 99th percentile

@@ -234,7 +234,7 @@ class _Mean:
         self.mean += self.alpha * (value - self.mean)
 
 
-_SETTLE_NS = 300_000_000   # no frame-age samples this long after a new frame size, app or app's first frame
+_SETTLE_NS = 1_000_000_000   # no frame-age samples this long after a new frame size, app or app's first frame
 _MAX_SIZES_SEEN = 64        # frame sizes remembered (bounded, whatever cameras send)
 
 
@@ -287,7 +287,8 @@ class _FrameAge:
     (H200: 30-90 ms, whatever the load). Sampled, one registration refused the next apps for seconds.
     The hold-up comes when the subscription matches, about when the app's first frame arrives, not
     when it registered: both start the pause (H200, 16 apps registered 0.5 s apart: with the pause
-    from registration alone, ages of 10-37 ms on arrival refused 33 ms apps that then met their bound).
+    from registration alone, ages of 10-37 ms on arrival refused 33 ms apps that then met their bound;
+    with a 0.3 s pause, the first app's old frames, 45-80 ms, still got in and refused 15 of 16).
     """
 
     __slots__ = ('tail', 'prior_ms', '_sizes', '_settle_until_ns')
