@@ -235,6 +235,28 @@ def test_defaults_read():
     assert p.allow_takeover is False and p.service_queue_depth >= 100 and p.status_period_s == 1.0
 
 
+def test_a_float_parameter_takes_an_integer_from_the_command_line():
+    """`-p gil_switch_interval_ms:=1` reached the node as an INTEGER, which rclpy refused for a
+    DOUBLE parameter (and the node exited, blaming the range)."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node('params_test', context=context, parameter_overrides=[
+            Parameter('delivery_allowance_ms', value=2), Parameter('gil_switch_interval_ms', value=1)])
+        params.declare(node)
+        p = params.read(node)
+        assert p.delivery_allowance_ms == 2.0 and type(p.delivery_allowance_ms) is float
+        assert p.gil_switch_interval_ms == 1.0 and type(p.transport_prior_ms) is float
+        node.set_parameters([Parameter('transport_prior_ms', value='two')])
+        with pytest.raises(params.ParameterError, match='transport_prior_ms: expected float'):
+            params.read(node)
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
 # --- pure message builders --------------------------------------------------------------------------------
 def test_result_message_is_built_from_the_delivered_result():
     from builtin_interfaces.msg import Time

@@ -133,7 +133,10 @@ class NodeParams:
 def declare(node) -> None:
     """Declare every parameter on ``node`` with its descriptor (ranges for numbers)."""
     for name, (default, description, limits, read_only) in _SPECS.items():
-        descriptor = ParameterDescriptor(description=description, read_only=read_only)
+        # A float parameter takes an integer too (`delivery_allowance_ms:=2`): rclpy would refuse it
+        # by type; read() checks the type and range and converts.
+        descriptor = ParameterDescriptor(description=description, read_only=read_only,
+                                         dynamic_typing=isinstance(default, float))
         if isinstance(limits, tuple) and len(limits) == 2 and isinstance(default, int) \
                 and not isinstance(default, bool):
             descriptor.integer_range = [IntegerRange(from_value=limits[0], to_value=limits[1], step=1)]
@@ -154,9 +157,9 @@ def read(node) -> NodeParams:
                 raise ParameterError(f'parameter {name}: must be one of {", ".join(limits)}; got {value!r}')
         elif isinstance(limits, tuple) and not limits[0] <= value <= limits[1]:
             raise ParameterError(f'parameter {name}: must be in [{limits[0]}, {limits[1]}]; got {value!r}')
-    values['status_period_s'] = float(values['status_period_s'])
-    values['gil_switch_interval_ms'] = float(values['gil_switch_interval_ms'])
-    values['delivery_allowance_ms'] = float(values['delivery_allowance_ms'])
+    for name, (default, *_) in _SPECS.items():
+        if isinstance(default, float):
+            values[name] = float(values[name])
     return NodeParams(**values)
 
 
