@@ -11,8 +11,9 @@ known in closed form (:func:`fake_confidence`) and grows with ``k``. Make inputs
 from __future__ import annotations
 
 import math
+import threading
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from torch import nn
 
 from delen_ros.core.multi_exit import ModelInfo, MultiExitModel
 from delen_ros.core.profile import ExitProfile, Profile
+
+if TYPE_CHECKING:
+    from delen_ros.core.engine import Result
 
 __all__ = ['FAKE_SCALES', 'FakeHead', 'fake_model', 'fake_image', 'fake_confidence', 'FakeRunner',
            'synthetic_profile', 'FakeClock']
@@ -168,3 +172,27 @@ class FakeClock:
     def advance(self, ms: float) -> int:
         self.now += int(ms * 1_000_000)
         return self.now
+
+
+class Collector:
+    """An engine's ``on_result``: keeps the results, and waits for a count of them."""
+
+    def __init__(self):
+        self.results: list[Result] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, result: Result) -> None:
+        with self.lock:
+            self.results.append(result)
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[Result]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                if len(self.results) >= count:
+                    return list(self.results)
+            time.sleep(0.002)
+        raise AssertionError(f'{len(self.results)} results of {count} after {timeout} s')
+
+    def of(self, app_id: str) -> list[Result]:
+        return [r for r in self.results if r.app_id == app_id]

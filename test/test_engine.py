@@ -8,34 +8,12 @@ import pytest
 import torch
 
 from delen_ros.core.bounds import Bounds, InfeasibleBounds
-from delen_ros.core.engine import Engine, Result, _memory_format, _pad
-from fakes import FakeRunner, fake_confidence, fake_image, fake_model, synthetic_profile
+from delen_ros.core.engine import Engine, _memory_format, _pad
+from fakes import Collector, FakeRunner, fake_confidence, fake_image, fake_model, synthetic_profile
 
 torch.set_num_threads(1)
 PROFILE = synthetic_profile()
 LOOSE_MS = 5000.0   # bounds tests must not depend on this machine's speed
-
-
-class Collector:
-    def __init__(self):
-        self.results: list[Result] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, result: Result) -> None:
-        with self.lock:
-            self.results.append(result)
-
-    def wait(self, count: int, timeout: float = 10.0) -> list[Result]:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                if len(self.results) >= count:
-                    return list(self.results)
-            time.sleep(0.002)
-        raise AssertionError(f'{len(self.results)} results of {count} after {timeout} s')
-
-    def of(self, app_id: str) -> list[Result]:
-        return [r for r in self.results if r.app_id == app_id]
 
 
 class FakeMeter:

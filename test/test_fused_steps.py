@@ -3,20 +3,18 @@ back with one head and one device sync, and must reach the exits, costs and acco
 per worker turn."""
 import dataclasses
 import math
-import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from delen_ros.core.bounds import Bounds
-from delen_ros.core.engine import Engine, Result
+from delen_ros.core.engine import Engine
 from delen_ros.core.policies import Decision, DelenPolicy, ExitContext, LatencyCorrector, get_policy
 from delen_ros.core.profile import Profile
 from delen_ros.core.runner import StageRunner
 from delen_ros.core.zoo import load_model, models_dir
-from fakes import FakeClock, FakeRunner, fake_image, fake_model, synthetic_profile
+from fakes import Collector, FakeClock, FakeRunner, fake_image, fake_model, synthetic_profile
 
 torch.set_num_threads(1)
 # Steps at batch 1 (stage + head): 1.1, 2.1, 3.1, 4.1 ms; energy per step = its ms at 1 W (per frame
@@ -129,28 +127,6 @@ class CountingRunner(FakeRunner):
 
     def synchronize(self):
         self.syncs += 1
-
-
-class Collector:
-    def __init__(self):
-        self.results: list[Result] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, result: Result) -> None:
-        with self.lock:
-            self.results.append(result)
-
-    def wait(self, count: int, timeout: float = 10.0) -> list[Result]:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                if len(self.results) >= count:
-                    return list(self.results)
-            time.sleep(0.002)
-        raise AssertionError(f'{len(self.results)} results of {count} after {timeout} s')
-
-    def of(self, app_id: str) -> list[Result]:
-        return [r for r in self.results if r.app_id == app_id]
 
 
 def serve(fuse: bool, apps: dict[str, Bounds], frames, *, sleep_ms=(0.2, 0.2, 0.2, 0.2), **kwargs):
