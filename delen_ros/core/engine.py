@@ -8,12 +8,19 @@ results through ``on_result`` (from the worker thread) and put the others back i
 features. Requests of apps on one camera share one frame object: the frame is preprocessed once,
 and while they sit at the same step its features are computed once.
 
+Where the policy decides without the exit's confidence (:meth:`Policy.decide_ahead`: latency or
+energy bounds alone, ``always_final``), one worker turn runs several steps back to back with one
+head and one device sync at the end (``fuse_steps``): the host's turn-around per step, not the GPU,
+limited one node at 32 cameras. A run ends before the most urgent waiting frame must start.
+
 Timing uses the engine's ``clock`` (``time.perf_counter_ns`` by default) for arrivals and results,
 and ``perf_counter_ns`` around each step, synchronising CUDA so that the measured time is the work's.
 Each measured step feeds the online :class:`~delen_ros.core.policies.LatencyCorrector`.
 
 On CUDA a batch is padded up to the runner's graph batch sizes (1, 2, 4, ...): kernels are picked
-per input shape and a new shape's first call can stall for a long time.
+per input shape and a new shape's first call can stall for a long time. Batch 1 is captured at warm
+up, the other sizes on a background thread while the worker serves (it replays captured sizes
+meanwhile).
 
 Latency is defined once, here: frame arrival -> result delivery (:meth:`Engine.deliver`; the ROS
 layer calls it with the publication time, otherwise the engine delivers just before ``on_result``).
@@ -161,8 +168,10 @@ class AppStats:
 class WorkerStats:
     """The worker's own figures since start (or the last reset).
 
-    ``decision_us_*``: scheduler decision plus policy decisions per step, microseconds;
-    ``step_ms_*``: stage + head + softmax + transfer of a step (the device's part), ms;
+    ``decision_us_*``: scheduler decision plus policy decisions per worker turn (one step, or a
+    fused run of several), microseconds;
+    ``step_ms_*``: stage + head + softmax + transfer of a step (the device's part; a fused run's time
+    shared over its steps), ms;
     ``preprocess_ms_per_frame``: EWMA (what predictions use), ``preprocess_ms_p99`` over frames.
     ``overhead_ms``: the serving overhead in use (measured, or the prior before any delivery);
     ``energy_mj``: results' energy since the reset; ``idle_energy_mj``: ``idle_power_w`` x that time
