@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import json
+import math
 import pathlib
 import platform
 import re
@@ -63,6 +64,10 @@ class ExitProfile:
                 raise ValueError(f'exit {self.name!r}: {field} needs batch >= 1 and values >= 0, got {dict(table)}')
 
 
+#: How many standard errors of the held-out accuracy a cascade keeps above its bound (one-sided 95 %).
+CASCADE_Z = 1.645
+
+
 @dataclasses.dataclass(frozen=True)
 class Cascade:
     """Per-input early exit calibrated for one accuracy bound, conditional on reaching each exit.
@@ -72,7 +77,9 @@ class Cascade:
     held-out inputs would be optimistic: the inputs that reach exit k are those that were not
     confident earlier, the hard ones. So thresholds are chosen in order on the inputs still left,
     and made stricter until the whole stream's accuracy (final-exit leftovers included) meets the
-    bound on the held-out set.
+    bound on the held-out set with a margin for its size (:data:`CASCADE_Z` standard errors):
+    thresholds fitted to meet a bound exactly on n held-out inputs miss it on new inputs about
+    half the time (cifar10_lite0 at 0.787: 0.776-0.784 on 3 000 test photos).
 
     ``exit_accuracy[k]``: accuracy of the inputs that stop confidently at k (the final exit: of all
     that reach it); ``rest_accuracy[k]``: of those that reach k and are not confident (what a stop
@@ -204,13 +211,15 @@ class Profile:
         correct = np.asarray(self.samples['correct'], dtype=np.float64)
         if correct[-1].mean() < min_accuracy:
             return None
-        # Stricter per-exit targets until the stream meets the bound; target 1.0 = final exit only.
+        # the held-out accuracy must clear the bound by its standard error's margin (Cascade)
+        bound = min(1.0, min_accuracy + CASCADE_Z * math.sqrt(min_accuracy * (1 - min_accuracy) / correct.shape[1]))
+        # Stricter per-exit targets until the stream meets it; target 1.0 = final exit only.
         lo, hi = min_accuracy, 1.0
         best = _run_cascade(conf, correct, 1.0, min_count)
         for _ in range(20):
             mid = (lo + hi) / 2
             c = _run_cascade(conf, correct, mid, min_count)
-            if c[-1] >= min_accuracy:
+            if c[-1] >= bound:
                 best, hi = c, mid
             else:
                 lo = mid
