@@ -1,4 +1,5 @@
 """Admission control: EDF demand test with batching, sources, overhead; suggestions; engine integration."""
+import dataclasses
 import math
 
 import pytest
@@ -34,17 +35,21 @@ def test_utilisation_limit_leaves_headroom():
 
 
 def test_demand_test_catches_what_utilisation_misses():
-    # 4 % busy, and each fits alone; but a 'tight' frame (1.1 ms) and a 'wide' one (3.2 ms) may be
-    # due within 6 ms of each other, after a 2.1 ms step already running: 6.4 ms of work
-    tight = Task('tight', 10.0, 5.0, 0)
-    wide = Task('wide', 10.0, 6.0, 1, source='cam2')
-    v = check([tight, wide], cost())
-    assert v.utilisation < 0.05 and not v.ok and 'EDF demand' in v.at_risk['tight']
-    assert check([tight], cost()).ok and check([wide], cost()).ok
+    # 8.5 % busy, and each fits alone, even after a 3.1 ms step of the later-due 'slow' (4.2 <= 4.5,
+    # 4.2 <= 5); but a 'tight' and a 'wide' frame (1.1 ms each) may be due within 5 ms, after that
+    # step already running: 5.3 ms of work. Without 'slow' the two fit (2.2 <= 5)
+    tight = Task('tight', 10.0, 4.5, 0)
+    wide = Task('wide', 10.0, 5.0, 0, source='cam2')
+    slow = Task('slow', 10.0, 20.0, 2, source='cam3')     # 6.3 ms frame, its longest step 3.1 ms
+    v = check([tight, wide, slow], cost())
+    assert v.utilisation < 0.1 and not v.ok and set(v.at_risk) == {'tight', 'wide'}
+    assert 'frames due within 5 ms need 5.3 ms' in v.at_risk['wide'] and 'EDF demand' in v.at_risk['tight']
+    assert check([tight, wide], cost()).ok
+    assert all(check([t], cost()).ok for t in (tight, wide, slow))
 
 
 def test_overhead_shortens_deadlines():
-    t = [Task('a', 30.0, 3.0, 0)]                # 1.1 ms frame + 1.1 ms blocking <= 3 ms
+    t = [Task('a', 30.0, 2.0, 0)]                # 1.1 ms frame, nothing to block it alone: <= 2 ms, > 2 - 1
     assert check(t, cost()).ok
     v = check(t, cost(overhead_ms=1.0))
     assert not v.ok and 'serving overhead' in v.at_risk['a']
@@ -53,7 +58,7 @@ def test_overhead_shortens_deadlines():
 @pytest.mark.parametrize('part, name', [('transport_ms', 'frame age on arrival'),
                                         ('delivery_ms', 'delivery allowance')])
 def test_age_on_arrival_and_delivery_allowance_shorten_deadlines_too(part, name):
-    t = [Task('a', 30.0, 3.0, 0)]                # 1.1 ms frame + 1.1 ms blocking <= 3 ms
+    t = [Task('a', 30.0, 2.0, 0)]                # 1.1 ms frame alone: > 2 - 1 ms, <= 2 - 0.8 ms
     v = check(t, cost(**{part: 1.0}))
     assert not v.ok and f'1 ms {name}' in v.at_risk['a'] and 'serving overhead' not in v.at_risk['a']
     assert check(t, cost(**{part: 0.8})).ok
@@ -65,7 +70,7 @@ def test_the_reason_names_every_part_outside_the_device():
     assert ('after 2.1 ms frame age on arrival, 1.3 ms serving overhead, 1 ms delivery allowance'
             in v.at_risk['a']), v.at_risk['a']
     _, min_latency = suggest([], Task('a', 30.0, 5.0, 0), cost(transport_ms=2.1, overhead_ms=1.3, delivery_ms=1.0))
-    assert min_latency == pytest.approx(2.1 + 1.3 + 1.0 + 2.2, abs=1e-3)
+    assert min_latency == pytest.approx(2.1 + 1.3 + 1.0 + 1.1, abs=1e-3)   # + a 1.1 ms frame, no blocking alone
 
 
 def test_a_running_first_step_blocks_with_its_preprocessing():
@@ -74,6 +79,35 @@ def test_a_running_first_step_blocks_with_its_preprocessing():
     assert check(t, cost()).ok                                   # 1.1 + 1.1 <= 6
     v = check(t, cost(preprocess_ms=2.0))                        # 3.1 + 3.1 > 6
     assert not v.ok and 'waiting up to 3.1 ms for a running step' in v.at_risk['a'], v.at_risk
+
+
+def test_a_lone_app_is_not_blocked_by_its_own_steps():
+    # exit 1: a 3.2 ms frame whose longest step is 2.1 ms; alone, nothing runs when its frame comes,
+    # so 3.3 ms is enough (counting its own step as blocking would ask 3.2 + 2.1 = 5.3 ms)
+    a = Task('a', 10.0, 3.3, 1)
+    assert check([a], cost()).ok
+    rate, latency = suggest([], dataclasses.replace(a, deadline_ms=3.0), cost())
+    assert rate == 0.0 and latency == pytest.approx(3.2, abs=1e-3)          # the frame, nothing more
+    twin = dataclasses.replace(a, app_id='twin')             # demoted: its 2.1 ms step may be running
+    v = check([a], cost(), blocking=[twin])
+    assert not v.ok and 'needs 3.2 ms after waiting up to 2.1 ms' in v.at_risk['a'], v.at_risk
+
+
+def test_only_a_later_due_or_demoted_app_holds_a_frame_up():
+    # 'short' (exit 1: 3.2 ms frame, 2.1 ms step) is due before 'late' (exit 2: 6.3 ms frame, 3.1 ms
+    # step), so 'late''s step may be running: 3.2 + 3.1 > 6 ms. 'late' is not held up by 'short''s
+    # step (6.3 + 2.1 would exceed 7 ms): its frame fits, 6.3 <= 7
+    short = Task('short', 10.0, 6.0, 1)
+    late = Task('late', 10.0, 7.0, 2, source='cam2')
+    v = check([short, late], cost())
+    assert set(v.at_risk) == {'short'}
+    assert 'leaves 6 ms of device time' in v.at_risk['short']
+    assert 'needs 3.2 ms after waiting up to 3.1 ms' in v.at_risk['short'], v.at_risk
+    # a demoted app's step (exit 0, 1.1 ms) holds up both; 'late' waits for it alone: 6.3 + 1.1 > 7
+    v = check([short, late], cost(), blocking=[Task('bg', 10.0, None, 0, source='cam3')])
+    assert set(v.at_risk) == {'short', 'late'}
+    assert 'needs 3.2 ms after waiting up to 3.1 ms' in v.at_risk['short'], v.at_risk
+    assert 'needs 6.3 ms after waiting up to 1.1 ms' in v.at_risk['late'], v.at_risk
 
 
 def test_apps_on_one_source_share_the_frame_work():
@@ -107,9 +141,9 @@ def test_suggest_what_would_fit():
     assert 40.0 < max_rate < 46.2                  # (1 - 0.52) / 10.4 ms = 46.2 Hz
     assert check(others + [Task('b', max_rate, 100.0, 3)], cost()).ok
     assert min_latency is None                     # no bound makes an overloaded device fit
-    tight = Task('t', 10.0, 2.0, 0)
+    tight = Task('t', 10.0, 1.0, 0)
     rate, latency = suggest([], tight, cost())
-    assert rate == 0.0 and latency == pytest.approx(2.2, abs=1e-3)   # 1.1 ms frame + 1.1 ms blocking
+    assert rate == 0.0 and latency == pytest.approx(1.1, abs=1e-3)   # 1.1 ms frame, nothing to block it alone
 
 
 # --- the engine ------------------------------------------------------------------------------------------
@@ -163,3 +197,9 @@ def test_admission_can_be_off():
     engine.set_app('a', Bounds(), rate_hz=200.0)
     engine.set_app('b', Bounds(), rate_hz=200.0)
     assert set(engine.apps()) == {'a', 'b'}
+
+
+def test_the_module_examples_hold():
+    import doctest
+    from delen_ros.core import admission
+    assert doctest.testmod(admission).failed == 0

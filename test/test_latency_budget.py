@@ -76,9 +76,12 @@ def test_delivery_allowance_counts_in_feasibility_and_admission():
     assert engine.plan(Bounds(max_latency_ms=4.0)).exit_index == 0
     with pytest.raises(InfeasibleBounds, match='2 ms delivery allowance'):
         engine.set_app('a', Bounds(max_latency_ms=3.0))
-    engine.set_app('a', Bounds(max_latency_ms=5.0), rate_hz=10.0)            # 5 - 2 >= 1.1 + 1.1 blocking
-    with pytest.raises(Unschedulable, match='2 ms delivery allowance'):
-        engine.set_app('b', Bounds(max_latency_ms=5.0), rate_hz=400.0)
+    engine.set_app('a', Bounds(max_latency_ms=5.0), rate_hz=10.0)            # alone: 5 - 2 >= 1.32 (prior)
+    # 'b' is due before 'a', so a running 1.32 ms step of 'a' may hold it up: 4 - 2 < 1.32 + 1.32
+    with pytest.raises(Unschedulable, match=r'leaves 2 ms .*2 ms delivery allowance.* up to 1.32 ms'):
+        engine.set_app('b', Bounds(max_latency_ms=4.0), rate_hz=10.0)
+    plain.set_app('a', Bounds(max_latency_ms=5.0), rate_hz=10.0)
+    plain.set_app('b', Bounds(max_latency_ms=4.0), rate_hz=10.0)             # 4 >= 1.32 + 1.32: fits without it
     with pytest.raises(ValueError, match='delivery_allowance_ms'):
         make_engine(delivery_allowance_ms=-1.0)
 

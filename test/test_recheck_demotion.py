@@ -3,8 +3,10 @@ several re-checks in a row, restored after clean ones (issue 10).
 
 The knob that makes two admitted apps stop fitting is the serving overhead the engine assumes
 (``overhead_prior_ms``, as when the measured overhead grows): it shortens every deadline alike.
-With the synthetic profile's prior (p99, 1.2 x p50) a frame to exit 0 costs 1.32 ms and blocks
-for as long; two such apps need 3.96 ms by their deadline, one alone 2.64 ms.
+With the synthetic profile's prior (p99, 1.2 x p50) a frame to exit 1 costs 1.32 + 2.52 = 3.84 ms
+and blocks for 2.52 ms (its longer step). Two such apps with equal deadlines do not block each other
+(non-preemptive EDF: only a run of an app due later, or of a demoted one, holds a frame up), so they
+need 7.68 ms by their deadline; one alone 3.84 ms; one beside the other demoted 3.84 + 2.52 = 6.36 ms.
 """
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ from delen_ros.core.engine import Engine
 from fakes import FakeClock, FakeRunner, fake_model, synthetic_profile
 
 PROFILE = synthetic_profile()   # steps 1.1, 2.1, 3.1, 4.1 ms at batch 1 (p50); accuracy 0.6 .. 0.9
-TIGHT = Bounds(max_latency_ms=5.0)   # with 2 ms overhead: 3 ms of device time, 2.64 alone, 3.96 for two
+# exit 1; with 2 ms overhead 7 ms of device time: 3.84 alone, 6.36 beside a demoted other, 7.68 for two
+TIGHT = Bounds(max_latency_ms=9.0, min_accuracy=0.7)
 CONFLICT_MS = 2.0
 
 
@@ -58,7 +61,7 @@ def reason(engine: Engine, app_id: str) -> str:
 # --- admission.misfits: who does not fit beside the apps admitted before it ----------------------------
 @pytest.mark.parametrize('order, named', [(['a', 'b'], {'b'}), (['b', 'a'], {'a'})])
 def test_misfits_names_the_latest_admitted_of_two_equal_apps(order, named):
-    tasks = [Task(a, 10.0, 4.0, 0) for a in order]          # 1.1 + 1.1 alone, 3.3 together by 3 ms
+    tasks = [Task(a, 10.0, 3.0, 0) for a in order]          # 1.1 alone, 2.2 together by 2 ms (equal: no blocking)
     c = cost(overhead_ms=1.0)
     assert set(check(tasks, c).at_risk) == {'a', 'b'}      # the demand test flags both
     assert set(misfits(tasks, c)) == named
@@ -76,9 +79,10 @@ def test_misfits_names_the_newcomer_even_when_only_the_old_app_is_flagged():
 
 
 def test_misfits_always_names_an_app_infeasible_alone_even_the_oldest():
-    hopeless, a, b = Task('hopeless', 10.0, 2.0, 0), Task('a', 10.0, 50.0, 0), Task('b', 10.0, 50.0, 0)
+    # 1 ms left for a 1.1 ms frame: infeasible alone, with nothing to block it
+    hopeless, a, b = Task('hopeless', 10.0, 1.0, 0), Task('a', 10.0, 50.0, 0), Task('b', 10.0, 50.0, 0)
     out = misfits([hopeless, a, b], cost())
-    assert set(out) == {'hopeless'} and 'leaves 2 ms of device time' in out['hopeless']
+    assert set(out) == {'hopeless'} and 'leaves 1 ms of device time' in out['hopeless']
 
 
 def test_misfits_keeps_everyone_when_all_fit_and_is_empty_for_nothing():
@@ -87,7 +91,7 @@ def test_misfits_keeps_everyone_when_all_fit_and_is_empty_for_nothing():
 
 
 def test_blocking_tasks_add_only_their_longest_step():
-    a = Task('a', 10.0, 4.0, 0)                            # 1.1 ms frame, 1.1 ms blocking: fits in 4 ms
+    a = Task('a', 10.0, 4.0, 0)                            # 1.1 ms frame, nothing to block it: fits in 4 ms
     deep = Task('deep', 1000.0, None, 3)                   # far over the device, but served after 'a'
     assert check([a], cost()).ok
     v = check([a], cost(), blocking=[deep])                # its 4.1 ms step may be running: 5.2 > 4
@@ -201,7 +205,7 @@ def test_next_batch_serves_the_demoted_app_last():
 
 def test_no_app_fits_even_alone_nobody_is_demoted():
     engine = admitted('old', 'new')
-    reasons = recheck(engine, overhead_ms=4.0, times=4)    # 1 ms left: 2.64 ms needed by each alone
+    reasons = recheck(engine, overhead_ms=6.0, times=4)    # 3 ms left: 3.84 ms needed by each alone
     assert demoted(engine) == set()
     assert set(reasons) == {'old', 'new'} and all('no app fits even alone' in r for r in reasons.values())
 
@@ -220,10 +224,12 @@ def test_overload_demotes_the_latest_admitted_not_everyone_at_risk():
     assert 'busy' in reasons['c'] and 'demoted' in reasons['c']
 
 
-@pytest.mark.parametrize('latency_ms, loser', [(4.9, 'old'), (5.5, 'new')])
+# 8.9: 'old' (6.9 ms left) ranks newest, and 'new' (7 ms) fits beside it demoted (6.36 <= 7);
+# 9.5: 'old' (7.5 ms left) keeps its place, and the two need 7.68 ms by 7.5 ms
+@pytest.mark.parametrize('latency_ms, loser', [(8.9, 'old'), (9.5, 'new')])
 def test_a_tighter_bound_ranks_as_a_new_admission_a_looser_one_keeps_its_place(latency_ms, loser):
     engine = admitted('old', 'new')
-    engine.set_app('old', Bounds(max_latency_ms=latency_ms), rate_hz=10.0)
+    engine.set_app('old', Bounds(max_latency_ms=latency_ms, min_accuracy=TIGHT.min_accuracy), rate_hz=10.0)
     recheck(engine, overhead_ms=CONFLICT_MS, times=3)
     assert demoted(engine) == {loser}
 

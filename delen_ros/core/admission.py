@@ -11,14 +11,16 @@ the highest rate of its apps, the deepest of their exits, the tightest of their 
 the load implies (the frames that arrive within the tightest deadline window, at most ``max_batch``
 and at most one per source).
 
-The test (:func:`check`) is EDF's processor-demand test on one processor, with non-preemptive steps:
-the device may be busy with one step (``blocking_ms``, the longest step at that batch size, a first
-step with its preprocessing) when a frame arrives, and what is not device time shortens every
+The test (:func:`check`) is EDF's processor-demand test on one processor, with non-preemptive runs
+(George, Rivierre and Spuri, 1996): a frame due at ``t`` may find the device busy with one run of an
+app due later than ``t`` or of a demoted app (``blocking(t)``: ``blocking_ms``, the longest step at
+that batch size, a first step with its preprocessing, or every step up to the exit where the engine
+fuses them), and what is not device time shortens every
 deadline (:attr:`CostModel.outside_ms`): the frames' age when they reach the engine (transport from
 the camera's stamp, conversion), the serving overhead (wake-up, publication) and the delivery
 allowance (publication -> subscriber). It passes when utilisation <= ``utilisation_limit`` and, for every
 checkpoint ``t`` (each deadline ``D_i + m T_i`` up to the busy-period bound), the demand
-``sum_i max(0, floor((t - D_i) / T_i) + 1) C_i + blocking <= t``.
+``sum_i max(0, floor((t - D_i) / T_i) + 1) C_i + blocking(t) <= t``.
 
 :func:`misfits` says, when admitted apps no longer fit together (their rates or the device changed),
 which to serve after the others: the fewest, latest admitted first, so that an app keeps the
@@ -192,7 +194,14 @@ def check(tasks: Sequence[Task], cost: CostModel, *, blocking: Sequence[Task] = 
         return Verdict(True, {}, 0.0, 1, 'nothing to schedule')
     b = _batch(groups, cost)
     c = [cost.frame_ms(g.exit_index, b) for g in groups]
-    block_ms = max(cost.blocking_ms(g.exit_index, b) for g in [*groups, *_groups(blocking, cost)])
+    # Non-preemptive EDF: a frame due at t waits at most for one run that started before it came, of
+    # an app due later than t (one due sooner is the frame's own demand), or of a demoted app
+    runs = [(g.deadline_ms, cost.blocking_ms(g.exit_index, b)) for g in groups]
+    demoted = [cost.blocking_ms(g.exit_index, b) for g in _groups(blocking, cost)]
+
+    def block_at(t: float) -> float:
+        return max([run for due, run in runs if due > t] + demoted, default=0.0)
+
     u = sum(ci / g.period_ms for ci, g in zip(c, groups))
     at_risk: dict[str, str] = {}
 
@@ -201,7 +210,8 @@ def check(tasks: Sequence[Task], cost: CostModel, *, blocking: Sequence[Task] = 
             for app in g.apps:
                 at_risk.setdefault(app, why)
 
-    for g, ci in zip(groups, c):   # each alone: its deadline must hold the frame's work and one blocking step
+    for g, ci in zip(groups, c):   # each alone: its deadline must hold the frame's work and one blocking run
+        block_ms = block_at(g.deadline_ms)
         if g.hard and ci + block_ms > g.deadline_ms:
             risk([g], f'its end-to-end deadline leaves {g.deadline_ms:.3g} ms of device time (after '
                       f'{cost.outside_text()}), a frame needs {ci:.3g} ms after waiting up to '
@@ -210,7 +220,7 @@ def check(tasks: Sequence[Task], cost: CostModel, *, blocking: Sequence[Task] = 
         risk(groups,
              f'the device would be {u:.0%} busy (limit {cost.utilisation_limit:.0%}) at the measured frame rates')
     elif not at_risk:
-        failing = _first_overload(groups, c, block_ms, u)
+        failing = _first_overload(groups, c, block_at, u)
         if failing is not None:
             t, demand = failing
             risk([g for g in groups if g.hard and g.deadline_ms <= t],
@@ -243,7 +253,7 @@ def misfits(tasks: Sequence[Task], cost: CostModel) -> dict[str, str]:
     named. Returns app -> why (empty: every task fits). At most ``2 n`` checks of at most ``n`` tasks.
 
     >>> cost = CostModel(step_ms=lambda k, b: 1.0, num_exits=1)
-    >>> sorted(misfits([Task('old', 10.0, 2.5, 0), Task('new', 10.0, 2.5, 0)], cost))
+    >>> sorted(misfits([Task('old', 10.0, 1.5, 0), Task('new', 10.0, 1.5, 0)], cost))
     ['new']
     """
     kept: list[Task] = []
@@ -268,13 +278,14 @@ def misfits(tasks: Sequence[Task], cost: CostModel) -> dict[str, str]:
     return out
 
 
-def _first_overload(groups: Sequence[_Group], c: Sequence[float], blocking: float, u: float
+def _first_overload(groups: Sequence[_Group], c: Sequence[float], block_at: Callable[[float], float], u: float
                     ) -> tuple[float, float] | None:
-    """The first checkpoint whose demand (+ blocking) exceeds it, with that demand; ``None``: none."""
+    """The first checkpoint ``t`` whose demand (+ ``block_at(t)``, the longest run that may hold it
+    up) exceeds it, with that demand; ``None``: none."""
     d_max = max(g.deadline_ms for g in groups)
     if u < 1.0:
         busy = sum((g.period_ms - g.deadline_ms) * ci / g.period_ms for g, ci in zip(groups, c)) / (1.0 - u)
-        horizon = max(d_max, busy + blocking / (1.0 - u))
+        horizon = max(d_max, busy + block_at(0.0) / (1.0 - u))
     else:
         horizon = d_max
     points = sorted({g.deadline_ms + m * g.period_ms for g in groups
@@ -283,6 +294,7 @@ def _first_overload(groups: Sequence[_Group], c: Sequence[float], blocking: floa
     for t in points[:_MAX_CHECKPOINTS]:
         demand = sum(max(0, math.floor((t - g.deadline_ms) / g.period_ms + 1e-9) + 1) * ci
                      for g, ci in zip(groups, c))
+        blocking = block_at(t)
         if demand + blocking > t * (1 + 1e-9):
             return t, demand + blocking
     return None
