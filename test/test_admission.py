@@ -177,6 +177,22 @@ def test_engine_new_app_rate_prior_from_its_source_then_the_default():
     assert engine.stats('c').rate_measured_hz == DEFAULT_RATE_HZ
 
 
+def test_engine_rate_prior_is_a_setting_and_decides_a_new_apps_admission():
+    # unbounded apps run to the final exit (10.4 ms a frame): 'a' at 50 Hz is 52 % busy; 'b' at the
+    # 30 Hz default would make it 83 % (over a 0.8 limit), at a 10 Hz prior 62 %
+    for prior, admitted in ((DEFAULT_RATE_HZ, False), (10.0, True)):
+        engine = make_engine(utilisation_limit=0.8, rate_prior_hz=prior)
+        engine.set_app('a', Bounds(), rate_hz=50.0)
+        if admitted:
+            engine.set_app('b', Bounds())
+            assert engine.stats('b').rate_measured_hz == 10.0
+        else:
+            with pytest.raises(Unschedulable, match=r"'b' at 30 Hz"):
+                engine.set_app('b', Bounds())
+    with pytest.raises(ValueError, match='rate_prior_hz'):
+        make_engine(rate_prior_hz=0.0)
+
+
 def test_engine_recheck_reports_an_app_that_became_unschedulable():
     clock = FakeClock()
     engine = make_engine(clock=clock)

@@ -535,6 +535,8 @@ class Engine:
     :param transport_prior_ms: the frames' age on arrival assumed while none is measured (no frame
         yet, or only frames of a settling camera or app), ms: an app registered before its camera's
         first frames is judged against it, not against fresh frames.
+    :param rate_prior_hz: a new app's frame rate while its camera's is not measured (no ``rate_hz``
+        given, no other app on its source), Hz.
     :param delivery_allowance_ms: time kept after publication for a result to reach its
         subscriber, ms (that hop is not measured here): frames are planned to be published by their
         bound less this, and feasibility and admission count it; ``latency_ms`` / ``bounds_met`` of
@@ -570,7 +572,8 @@ class Engine:
                  latency_margin: float = 2.0, stats_window: int = 2000,
                  preprocess_workers: int = 1, energy_window_s: float | None = None,
                  idle_power_w: float = 0.0, device_preprocess: bool = True,
-                 overhead_prior_ms: float = 1.0, transport_prior_ms: float = 0.0, external_delivery: bool = False,
+                 overhead_prior_ms: float = 1.0, transport_prior_ms: float = 0.0,
+                 rate_prior_hz: float = admission.DEFAULT_RATE_HZ, external_delivery: bool = False,
                  admission_control: bool = True, utilisation_limit: float = 0.9,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, fuse_steps: bool = True,
                  demote_after: int = 3, restore_after: int = 2):
@@ -591,6 +594,9 @@ class Engine:
             raise ValueError(f'overhead_prior_ms must be >= 0, got {overhead_prior_ms!r}')
         if not math.isfinite(transport_prior_ms) or transport_prior_ms < 0:
             raise ValueError(f'transport_prior_ms must be >= 0, got {transport_prior_ms!r}')
+        if not math.isfinite(rate_prior_hz) or rate_prior_hz <= 0:
+            raise ValueError(f'rate_prior_hz must be > 0, got {rate_prior_hz!r}')
+        self.rate_prior_hz = float(rate_prior_hz)
         if not math.isfinite(delivery_allowance_ms) or delivery_allowance_ms < 0:
             raise ValueError(f'delivery_allowance_ms must be >= 0, got {delivery_allowance_ms!r}')
         if not 0.0 < utilisation_limit <= 1.0:
@@ -684,8 +690,7 @@ class Engine:
             (:class:`~delen_ros.core.bounds.LatePolicy`): served at the fastest exit, flagged
             ``bounds_met=False``, or dropped; either way counted.
         :param rate_hz: the app's expected frame rate, until its frames are measured; ``None``: the
-            measured rate of another app on ``source``, else
-            :data:`~delen_ros.core.admission.DEFAULT_RATE_HZ`.
+            measured rate of another app on ``source``, else ``rate_prior_hz``.
         :param source: the camera (e.g. the image topic); apps on one source share each frame's work.
         :raises InfeasibleBounds: no exit meets the bounds end to end (the app is left as it was).
         :raises ~delen_ros.core.admission.Unschedulable: feasible alone, not beside the admitted apps
@@ -807,13 +812,13 @@ class Engine:
             return self.profile.final_exit
 
     def _source_rate(self, source: str | None, now: int) -> float:
-        """Prior rate of a new app: the measured rate of an app on the same source, else the default."""
+        """Prior rate of a new app: the measured rate of an app on the same source, else ``rate_prior_hz``."""
         if source is not None:
             rates = [r for st in self._apps.values() if st.source == source
                      for r in (st.rate.hz(now),) if r is not None]
             if rates:
                 return max(rates)
-        return admission.DEFAULT_RATE_HZ
+        return self.rate_prior_hz
 
     def _task(self, app_id: str, app: _AppState, now: int) -> admission.Task:
         return admission.Task(app_id, app.rate_hz(now), app.bounds.max_latency_ms,

@@ -146,7 +146,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
             return Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,
-                          transport_prior_ms=params.transport_prior_ms, fuse_steps=params.fuse_steps,
+                          transport_prior_ms=params.transport_prior_ms, rate_prior_hz=params.rate_prior_hz,
+                          fuse_steps=params.fuse_steps,
                           delivery_allowance_ms=params.delivery_allowance_ms,
                           upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0')
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)

@@ -91,6 +91,8 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                            "registered before its camera's first frames reach the node is judged against it (measured "
                            'p99 at 640x480: 2.3-3.5 ms on the H200 hosts and a 2-core VM). 0 = judge such apps on compute '
                            'alone.' + _LATER, (0.0, 1000.0), False),
+    'rate_prior_hz': (30.0, "A new app's camera frame rate assumed by admission until it is measured, Hz (set it to "
+                      'your cameras\' rate: a 30 Hz guess refuses apps that fit at 8 Hz).' + _LATER, (0.1, 1000.0), False),
     'ingress_processes': (-1, 'Receiver processes that take camera frames outside the node\'s GIL and hand them over '
                           'through shared memory (delen_ros/ros/ingress.py): 0 = the node\'s own executor takes them; '
                           '-1 = auto (none below 8 cores, else a quarter of the cores, at most 8).' + _LATER,
@@ -126,6 +128,7 @@ class NodeParams:
     latency_from: str
     delivery_allowance_ms: float
     transport_prior_ms: float
+    rate_prior_hz: float
     ingress_processes: int
     status_period_s: float
 

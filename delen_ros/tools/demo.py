@@ -431,7 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'delen_demo: ROS domain {domain_id} (loopback only); logs in {out / "logs"}', flush=True)
 
     params = {'model': model, 'device': args.device, 'energy_meter': args.energy_meter, 'policy': args.policy,
-              'state_file': '', 'status_period_s': 1.0, 'torch_threads': args.torch_threads}
+              'state_file': '', 'status_period_s': 1.0, 'torch_threads': args.torch_threads,
+              # admission prices a camera at this rate until it has measured it: the demo's own
+              'rate_prior_hz': float(max(c.rate_hz for c in cameras))}
     params_path = out / 'logs' / 'node_params.yaml'
     params_path.write_text(yaml.safe_dump({'/**': {'ros__parameters': params}}))
     children = Children(out / 'logs', env)
