@@ -270,8 +270,11 @@ class Watcher:
     def close(self) -> None:
         import rclpy
         self.executor.shutdown(timeout_sec=2.0)
+        rclpy.try_shutdown(context=self.context)   # wakes a spin still waiting
+        # joined before the node goes: a thread left inside rclpy when the interpreter exits aborts
+        # the process ("terminate called without an active exception", seen on a refused app)
+        self._thread.join(timeout=2.0)
         self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
 
 
 # --- output ---------------------------------------------------------------------------------------------------
