@@ -239,6 +239,30 @@ def test_batch_stops_growing_before_a_member_would_miss_its_deadline():
     assert s.queued == 1
 
 
+def test_a_batch_is_the_prefix_that_costs_least_per_frame():
+    """A device where a batch costs more than its frames one after another (seen on a 2-core CPU: a
+    batch of 2 took 3.7x one frame) runs them one at a time; where a larger batch is cheaper per
+    frame (padded CUDA graphs), it runs that."""
+    costs = {1: 1.0, 2: 2.5, 3: 3.9}
+    s = Scheduler(lambda step, b: costs[b], num_steps=1, max_batch=8)
+    for app in ('a', 'b', 'c'):
+        s.set_app(app, latency_bound_ms=50.0)
+    clock = FakeClock()
+    for app in ('a', 'b', 'c'):
+        arrive(s, app, clock)
+    batch = s.next_batch(clock()).batch
+    assert [r.app_id for r in batch.requests] == ['a'] and batch.predicted_ms == 1.0
+    s.finished(1)
+    costs[2] = 1.9                                    # 0.95 a frame at 2, 1.3 at 3: a pair
+    batch = s.next_batch(clock()).batch
+    assert [r.app_id for r in batch.requests] == ['b', 'c'] and batch.predicted_ms == 1.9
+    s.finished(2)
+    costs.update({2: 2.0, 3: 2.0})                    # padded to one graph size: all of them
+    for app in ('a', 'b', 'c'):
+        arrive(s, app, clock)
+    assert len(s.next_batch(clock()).batch.requests) == 3
+
+
 def test_only_requests_at_the_same_step_join():
     clock = FakeClock()
     s = make([('a', 50.0), ('b', 60.0)], max_batch=8)
