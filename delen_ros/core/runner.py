@@ -62,7 +62,7 @@ def warm_cuda_libraries(device: str | torch.device = 'cuda') -> bool:
     """
     if not torch.cuda.is_available():
         return False
-    device = torch.device(device)
+    device = resolve_device(device)   # 'auto' and 'cuda' name the GPU index configure will use
     if device.type != 'cuda':
         return False
     with _libraries_lock:

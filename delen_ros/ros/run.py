@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import rclpy
 from rclpy._rclpy_pybind11 import RCLError
@@ -13,6 +13,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from rclpy.lifecycle import TransitionCallbackReturn
 
 from . import params
+from .multi_device import device_list
 from .rejections import clean_message
 
 __all__ = ['make_executor', 'preload_cuda_libraries', 'preload_inference_libraries', 'run_node']
@@ -36,6 +37,19 @@ def make_executor(kind: str):
     raise ValueError(f"executor must be 'single', 'events' or 'multi', got {kind!r}")
 
 
+def _in_background(name: str, work: Callable[[], object]) -> threading.Thread:
+    """Run ``work()`` on a daemon thread; its errors are dropped: configure does the same work
+    again and reports them."""
+    def run() -> None:
+        try:
+            work()
+        except Exception:   # noqa: BLE001 - see above
+            pass
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 def preload_inference_libraries() -> threading.Thread:
     """Import torch and the engine on a background thread, from the process's start.
 
@@ -43,14 +57,7 @@ def preload_inference_libraries() -> threading.Thread:
     overlaps rclpy's start-up and the wait for a lifecycle manager, not configure (a configure that
     comes sooner waits on Python's import lock for what is left).
     """
-    def load() -> None:
-        try:
-            importlib.import_module('delen_ros.core.engine')
-        except Exception:   # noqa: BLE001 - configure imports it again and reports the error
-            pass
-    thread = threading.Thread(target=load, name='delen-preload', daemon=True)
-    thread.start()
-    return thread
+    return _in_background('delen-preload', lambda: importlib.import_module('delen_ros.core.engine'))
 
 
 def preload_cuda_libraries(device: str) -> threading.Thread | None:
@@ -61,14 +68,9 @@ def preload_cuda_libraries(device: str) -> threading.Thread | None:
         return None
 
     def load() -> None:
-        try:
-            from delen_ros.core.runner import warm_cuda_libraries
-            warm_cuda_libraries(device if device.startswith('cuda') else 'cuda')
-        except Exception:   # noqa: BLE001 - configure warms again and reports any error
-            pass
-    thread = threading.Thread(target=load, name='delen-preload-cuda', daemon=True)
-    thread.start()
-    return thread
+        from delen_ros.core.runner import warm_cuda_libraries
+        warm_cuda_libraries(device)
+    return _in_background('delen-preload-cuda', load)
 
 
 def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
@@ -85,8 +87,11 @@ def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
         print(f'delen_node: {params.describe_error(exc)}', file=sys.stderr)
         rclpy.try_shutdown()
         return 1
-    named = [d.strip() for d in settings.devices if d and d.strip()]
-    preload_cuda_libraries(named[0] if named else settings.device)
+    try:
+        devices = device_list(settings.devices)
+    except ValueError:   # a device named twice: configure says so
+        devices = []
+    preload_cuda_libraries(devices[0] if devices else settings.device)
     if settings.gil_switch_interval_ms > 0:
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
     executor.add_node(node)
