@@ -208,13 +208,30 @@ class RosPeer:
     def wait_for_service(self, srv_type: type, name: str, *, timeout: float) -> None:
         wait_until(lambda: self.service_ready(srv_type, name), timeout=timeout, what=f'service {name}')
 
-    def call(self, srv_type: type, name: str, request: Any, *, timeout: float = 20.0) -> Any:
-        """Call a service (waiting for it first) and return the response."""
+    def call(self, srv_type: type, name: str, request: Any, *, timeout: float = 20.0,
+             resend_every: float | None = None) -> Any:
+        """Call a service (waiting for it first) and return the response.
+
+        :param resend_every: for a read-only service, send the request again after this many seconds
+            without an answer. A server can answer before its reply writer has matched a client just
+            discovered, and DDS then drops the reply (once seen in CI: a first ``get_state`` after
+            ``wait_for_service`` went unanswered for 20 s). Requests that change state are sent once.
+        """
         client = self.client(srv_type, name)
         self.wait_for_service(srv_type, name, timeout=timeout)
-        future = client.call_async(request)
-        wait_until(future.done, timeout=timeout, what=f'answer from {name}')
-        return future.result()
+        deadline = time.monotonic() + timeout
+        futures = [client.call_async(request)]
+        while True:
+            window = timeout if resend_every is None else resend_every
+            try:
+                done = wait_until(lambda: next((f for f in futures if f.done()), None),
+                                  timeout=max(0.0, min(window, deadline - time.monotonic())),
+                                  what=f'answer from {name}')
+                return done.result()
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                futures.append(client.call_async(request))
 
     def subscribe(self, msg_type: type, topic: str, *, qos: Any = 10) -> Collector:
         collector = Collector()

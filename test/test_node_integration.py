@@ -300,7 +300,7 @@ def _lifecycle(peer, prefix: str, transition_id: int) -> bool:
 
 
 def _state(peer, prefix: str) -> int:
-    return peer.call(GetState, f'{prefix}/get_state', GetState.Request()).current_state.id
+    return peer.call(GetState, f'{prefix}/get_state', GetState.Request(), resend_every=4.0).current_state.id
 
 
 @pytest.mark.parametrize('receivers', [0, 1], ids=['in_process', 'receiver_process'])
