@@ -36,8 +36,8 @@ def test_build_logs_its_phases():
     lines = []
     served = build(NodeParams(**values), on_result=lambda r: None, log=lines.append)
     try:
-        assert list(served.phases) == ['model', 'meter', 'profile', 'idle power', 'engine', 'warm-up']
+        assert list(served.phases) == ['meter', 'idle power', 'model', 'profile', 'engine', 'warm-up']
         assert all(s >= 0 for s in served.phases.values())
-        assert [line for line in lines if line.startswith('configure phases: model ')]
+        assert [line for line in lines if line.startswith('configure phases: meter ')]
     finally:
         served.close()

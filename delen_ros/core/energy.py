@@ -33,7 +33,8 @@ from typing import Any, Callable, Sequence
 from .registry import Registry
 
 __all__ = ['EnergyMeter', 'MeterUnavailable', 'JetsonMeter', 'NvmlMeter', 'RaplMeter', 'EstimateMeter',
-           'make_meter', 'register_meter', 'available_meters', 'AUTO_ORDER']
+           'make_meter', 'register_meter', 'available_meters', 'AUTO_ORDER', 'measure_energy',
+           'measure_idle_power_w', 'idle_power_w', 'read_idle_power_early', 'IDLE_READING_MAX_AGE_S']
 
 _log = logging.getLogger(__name__)
 
@@ -486,3 +487,89 @@ def make_meter(kind: str = 'auto', *, sysfs_root: str | os.PathLike = '/sys', de
         _log.info('energy meter: %s (%s)', meter.source, meter.detail)
         return meter
     raise AssertionError('unreachable: the estimate meter always works')  # pragma: no cover
+
+
+# --- Reading a meter ----------------------------------------------------------------------------------
+def measure_energy(meter: EnergyMeter, work: Callable[[], None], *, window_s: float,
+                   clock: Callable[[], float] = time.perf_counter) -> tuple[float, float, int]:
+    """Run ``work`` back to back for at least ``window_s`` seconds and read the meter around it.
+
+    Both ends are aligned to a change of the meter's reading (NVML's counter moves every ~100 ms), so
+    the energy and the time cover the same span: the error is about one ``work`` call's duration at
+    each end, not one meter period. Returns ``(mJ per call, s per call, calls)``.
+
+    :param clock: seconds (tests pass a fake one that ``work`` advances).
+    """
+    timeout = 3 * (meter.period_s or 0.1) + 0.5
+    e_prev, t_wait = meter.energy_mj(), clock()
+    while True:   # start right after an update
+        work()
+        e0 = meter.energy_mj()
+        if e0 != e_prev or clock() - t_wait > timeout:
+            break
+    t0, n, e_window = clock(), 0, None
+    while True:
+        work()
+        n += 1
+        t = clock()
+        if t - t0 < window_s:
+            continue
+        e = meter.energy_mj()
+        if e_window is None:
+            e_window = e
+        elif e != e_window or t - t0 > window_s + timeout:   # stop right after an update
+            break
+    return (e - e0) / n, (t - t0) / n, n
+
+
+def _idle_sleep() -> None:
+    time.sleep(0.002)
+
+
+def measure_idle_power_w(meter: EnergyMeter, *, window_s: float) -> float:
+    """The device's power while nothing runs on it, W (meter reading over a quiet window); 0 for a
+    meter that measures nothing (the estimate).
+
+    The node subtracts it so that results carry energy *above idle*: a big board (an H200 idles near
+    120 W) would otherwise charge each of a few results joules of idle draw.
+    """
+    if not meter.measured:
+        return 0.0
+    mj, s, _ = measure_energy(meter, _idle_sleep, window_s=window_s)
+    return mj / s / 1000.0 if s > 0 else 0.0
+
+
+#: how long one idle reading serves later configures of the same process, s
+IDLE_READING_MAX_AGE_S = 120.0
+_idle_lock = threading.Lock()
+_idle_readings: dict[tuple[str, str], tuple[float, float]] = {}   # (source, detail) -> (W, monotonic s)
+
+
+def idle_power_w(meter: EnergyMeter, *, window_s: float, max_age_s: float = IDLE_READING_MAX_AGE_S) -> float:
+    """:func:`measure_idle_power_w`, read once per sensor and process and reused for ``max_age_s``.
+
+    The node's process start reads it in the background while torch imports (the GPU is idle then:
+    nothing of ours runs on it yet), so that configure does not spend ~0.7 s on it. A reading in
+    progress is waited for, never overlapped; a meter that measures nothing reads 0 at once.
+    """
+    if not meter.measured:
+        return 0.0
+    key = (meter.source, meter.detail)
+    with _idle_lock:
+        reading = _idle_readings.get(key)
+        if reading is not None and time.monotonic() - reading[1] <= max_age_s:
+            return reading[0]
+        watts = measure_idle_power_w(meter, window_s=window_s)
+        _idle_readings[key] = (watts, time.monotonic())
+        return watts
+
+
+def read_idle_power_early(kind: str, device: str, *, window_s: float) -> float:
+    """:func:`idle_power_w` of the meter ``make_meter(kind, device=device)`` would build, from a meter
+    of its own (closed after): what the node's start calls before it runs anything on the device.
+    ``'auto'`` and ``'cuda'`` read CUDA device 0, the one they resolve to."""
+    meter = make_meter(kind, device=device if device.startswith('cuda:') else 'cuda:0')
+    try:
+        return idle_power_w(meter, window_s=window_s)
+    finally:
+        meter.close()

@@ -18,7 +18,7 @@ except ImportError:   # progress bars are a nicety: the node and a bare install 
     def tqdm(iterable=None, **_):
         return iterable
 
-from .energy import EnergyMeter
+from .energy import EnergyMeter, measure_energy, measure_idle_power_w  # re-exported: profiling's API
 from .preprocess import preprocess
 from .profile import ExitProfile, Profile, device_slug
 from .runner import StageRunner
@@ -92,55 +92,6 @@ def _time_steps(runner: StageRunner, x0: torch.Tensor, *, runs: int, min_runs: i
             stage[k].append((t1 - t0) / 1e6)
             head[k].append((t2 - t1) / 1e6)
     return stage, head
-
-
-def measure_energy(meter: EnergyMeter, work: Callable[[], None], *, window_s: float,
-                   clock: Callable[[], float] = time.perf_counter) -> tuple[float, float, int]:
-    """Run ``work`` back to back for at least ``window_s`` seconds and read the meter around it.
-
-    Both ends are aligned to a change of the meter's reading (NVML's counter moves every ~100 ms), so
-    the energy and the time cover the same span: the error is about one ``work`` call's duration at
-    each end, not one meter period. Returns ``(mJ per call, s per call, calls)``.
-
-    :param clock: seconds (tests pass a fake one that ``work`` advances).
-    """
-    timeout = 3 * (meter.period_s or 0.1) + 0.5
-    e_prev, t_wait = meter.energy_mj(), clock()
-    while True:   # start right after an update
-        work()
-        e0 = meter.energy_mj()
-        if e0 != e_prev or clock() - t_wait > timeout:
-            break
-    t0, n, e_window = clock(), 0, None
-    while True:
-        work()
-        n += 1
-        t = clock()
-        if t - t0 < window_s:
-            continue
-        e = meter.energy_mj()
-        if e_window is None:
-            e_window = e
-        elif e != e_window or t - t0 > window_s + timeout:   # stop right after an update
-            break
-    return (e - e0) / n, (t - t0) / n, n
-
-
-def _idle_sleep() -> None:
-    time.sleep(0.002)
-
-
-def measure_idle_power_w(meter: EnergyMeter, *, window_s: float) -> float:
-    """The device's power while nothing runs on it, W (meter reading over a quiet window); 0 for a
-    meter that measures nothing (the estimate).
-
-    The node reads it at configure so that results carry energy *above idle*: a big board (an H200
-    idles near 120 W) would otherwise charge each of a few results joules of idle draw.
-    """
-    if not meter.measured:
-        return 0.0
-    mj, s, _ = measure_energy(meter, _idle_sleep, window_s=window_s)
-    return mj / s / 1000.0 if s > 0 else 0.0
 
 
 def _exit_outputs(runner: StageRunner, images: Sequence[np.ndarray], *, batch: int, progress: bool

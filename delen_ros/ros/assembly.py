@@ -103,8 +103,7 @@ class Served:
 
 def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]) -> Served:
     """Load everything configure needs and warm the engine up (graph capture, kernel choice)."""
-    from delen_ros.core.energy import make_meter
-    from delen_ros.core.profiling import measure_idle_power_w
+    from delen_ros.core.energy import idle_power_w as read_idle_power, make_meter
     from delen_ros.core.engine import Engine
     from delen_ros.core.zoo import load_model
 
@@ -116,23 +115,24 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         torch.set_num_threads(params.torch_threads)
     phases: dict[str, float] = {}
     clock = _PhaseClock(phases)
-    if device.startswith('cuda'):
-        from delen_ros.core.runner import warm_cuda_libraries
-        warm_cuda_libraries(device)   # done at the process's start (run.py), or waited for here
-        clock.lap('cuda libraries')
-    model = load_model(params.model, device=device)
-    clock.lap('model')
+    cuda = device.startswith('cuda')
     meter = make_meter(params.energy_meter, device=device)
     clock.lap('meter')
     try:
+        # before anything of ours runs on the device; usually read at the process's start already
+        # (run.preload_cuda_libraries), and then this is a look-up
+        idle_power_w = read_idle_power(meter, window_s=IDLE_WINDOW_S) if cuda else 0.0
+        clock.lap('idle power')
+        if cuda:
+            from delen_ros.core.runner import warm_cuda_libraries
+            warm_cuda_libraries(device)   # done at the process's start (run.py), or waited for here
+            clock.lap('cuda libraries')
+        model = load_model(params.model, device=device)
+        clock.lap('model')
         profile, source = load_profile(params, model, device, meter, log)
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {source} has {profile.num_exits} exits, the model {model.num_exits}')
         clock.lap('profile')
-        cuda = device.startswith('cuda')
-        # before any graph capture starts: it needs the device idle
-        idle_power_w = measure_idle_power_w(meter, window_s=IDLE_WINDOW_S) if cuda else 0.0
-        clock.lap('idle power')
         def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
             options = None
             if dev.startswith('cuda'):

@@ -37,7 +37,7 @@ def build_pool(params: Any, make_engine: Callable[..., Any], *, first: dict[str,
     """
     from delen_ros.core.energy import make_meter
     from delen_ros.core.placement import DevicePool
-    from delen_ros.core.profiling import measure_idle_power_w
+    from delen_ros.core.energy import idle_power_w
     from delen_ros.core.zoo import load_model
 
     from .assembly import IDLE_WINDOW_S, load_profile, resolve_device
@@ -53,7 +53,7 @@ def build_pool(params: Any, make_engine: Callable[..., Any], *, first: dict[str,
             if profile.num_exits != model.num_exits:
                 raise ValueError(f'profile {source} has {profile.num_exits} exits, the model {model.num_exits}')
             resources[-1]['profile'] = profile
-            resources[-1]['idle_power_w'] = (measure_idle_power_w(meter, window_s=IDLE_WINDOW_S)
+            resources[-1]['idle_power_w'] = (idle_power_w(meter, window_s=IDLE_WINDOW_S)
                                              if device.startswith('cuda') else 0.0)
             log(f'{device}: profile {source}, energy {meter.source}')
         built = iter(resources)

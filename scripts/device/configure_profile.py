@@ -22,15 +22,23 @@ import threading
 import time
 
 t0 = time.perf_counter()
+# what the node's start does in the background (delen_ros/ros/run.py preload_cuda_libraries): the
+# GPU's idle power while torch imports, then cuDNN / cuBLAS; WARM_LIBRARIES=0: leave both to configure
+warm = os.environ.get('WARM_LIBRARIES', '1') != '0'
+if warm:
+    from delen_ros.core.energy import read_idle_power_early  # noqa: E402
+    read_idle_power_early('auto', 'cuda', window_s=0.6)   # assembly.IDLE_WINDOW_S
+t_idle = time.perf_counter()
 import torch  # noqa: E402 - timed
+
+if os.environ.get('CUDNN', '1') == '0':   # A/B: PyTorch's own convolutions (no cuDNN set-up per shape)
+    torch.backends.cudnn.enabled = False
 
 t_import = time.perf_counter()
 torch.zeros(1, device='cuda')
 torch.cuda.synchronize()
 t_cuda = time.perf_counter()
-# what the node's start does in the background (delen_ros/ros/run.py preload_cuda_libraries);
-# WARM_LIBRARIES=0: leave it to configure's first capture, as before
-if os.environ.get('WARM_LIBRARIES', '1') != '0':
+if warm:
     from delen_ros.core.runner import warm_cuda_libraries  # noqa: E402
     warm_cuda_libraries('cuda')
 t_libraries = time.perf_counter()
@@ -88,9 +96,30 @@ stage_runner = engine._runner
 capture_done = stage_runner.wait_background_capture(timeout=300) if hasattr(stage_runner, 'capture_state') else None
 t_captured = time.perf_counter()
 state = stage_runner.capture_state() if hasattr(stage_runner, 'capture_state') else None
+
+
+def _full_depth_ms(batch: int, reps: int = 100) -> float:
+    """Median ms of one full-depth pass (every stage and head) at ``batch``, as the worker runs it."""
+    info = served.model.info
+    x0 = stage_runner.to_input(torch.zeros(batch, info.in_channels, *info.input_size))
+    times = []
+    for _ in range(reps):
+        stage_runner.synchronize()
+        start = time.perf_counter()
+        x = x0
+        for k in range(stage_runner.num_exits):
+            x = stage_runner.stage(k, x)
+            stage_runner.head(k, x)
+        stage_runner.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return round(sorted(times)[len(times) // 2], 3)
+
+
+steady = {b: _full_depth_ms(b) for b in getattr(stage_runner, 'graph_sizes', (1,))}
 out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'MODEL', 'MAX_BATCH', 'BACKGROUND_CAPTURE',
-                                                'FRAME_HW')},
-       'import_torch_s': round(t_import - t0, 3), 'cuda_context_s': round(t_cuda - t_import, 3),
+                                                'FRAME_HW', 'CUDNN', 'WARM_LIBRARIES')},
+       'idle_power_at_start_s': round(t_idle - t0, 3), 'import_torch_s': round(t_import - t_idle, 3),
+       'cuda_context_s': round(t_cuda - t_import, 3), 'full_depth_ms_by_batch': steady,
        'cuda_libraries_s': round(t_libraries - t_cuda, 3),
        'imports_delen_s': round(t_build - t_libraries, 3), 'build_s': round(t_done - t_build, 3),
        'phases_s': {k: round(v, 3) for k, v in served.phases.items()},

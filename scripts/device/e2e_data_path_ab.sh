@@ -42,7 +42,9 @@ if [ "${PROFILE_FIRST:-0}" = 1 ]; then
     bash scripts/device/train_cifar.sh "${PROFILE_NPZ:-.devdata/cifar10_train.packed.npz}" "$WORK/profile" 2>&1 | tail -60
   echo "[ab] profile done at $(( $(date +%s) - t0 )) s"
 fi
-SPY_AFTER_S="${SPY_AFTER_S:-17}" bash scripts/device/spy_nodes.sh "$WORK/spy" & SPY=$!
+# each node sampled in its measuring window (delen_e2e_bench writes the mark when the window opens)
+export DELEN_E2E_WINDOW_MARK="$WORK/window.mark"
+SPY_MARK="$DELEN_E2E_WINDOW_MARK" bash scripts/device/spy_nodes.sh "$WORK/spy" & SPY=$!
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 D="${DURATION:-5}"
 # the e2e script counts TOTAL_S from its own start: give each part what is left of ours, less the later parts
@@ -67,6 +69,9 @@ if ! skip configure; then
   mkdir -p "$WORK/configure"
   py-spy record -r 200 -f raw -o "$WORK/configure/spy_configure.txt" -- \
     python3 scripts/device/configure_profile.py "$WORK/configure/lazy.json" 2>&1 | tail -3
+  # A/B: PyTorch's own convolutions instead of cuDNN (its set-up per new shape is most of the captures)
+  [ "${CONFIGURE_NATIVE:-1}" = 1 ] && CUDNN=0 python3 scripts/device/configure_profile.py \
+    "$WORK/configure/native_conv.json" 2>&1 | tail -2
   echo "[ab] configure profile done at $(( $(date +%s) - t0 )) s"
 fi
 # the same cameras on two delen nodes (namespaces, each its own process and GIL) on the one GPU,
