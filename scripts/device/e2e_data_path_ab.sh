@@ -19,6 +19,7 @@
 #   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
+# BENCH_FIRST=1 runs delen_bench (issue 9's engine bench, committed profile) before the parts.
 # Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), POLICIES_NEW (delen,always_final), POLICIES_NODES2 (delen,always_final), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
 # NS_ADM (16), BOUNDS_ADM (5,10,33), REGISTER_GAP_S (0.5), TOTAL_S (570), SKIP (space-separated parts to leave out,
 # e.g. "py_recv mixed"; the admission part alone: SKIP="new no_upload py_recv arrival gil nodes2 nodes4 failover mixed").
@@ -41,6 +42,14 @@ if [ "${PROFILE_FIRST:-0}" = 1 ]; then
   MODEL_DIR=models TEST_NPZ="${PROFILE_TEST_NPZ:-.devdata/cifar10_test.packed.npz}" \
     bash scripts/device/train_cifar.sh "${PROFILE_NPZ:-.devdata/cifar10_train.packed.npz}" "$WORK/profile" 2>&1 | tail -60
   echo "[ab] profile done at $(( $(date +%s) - t0 )) s"
+fi
+# BENCH_FIRST=1: delen_bench (engine only, every policy, CIFAR-10 test frames, CUDA graphs, NVML above
+# idle) with the committed H200 profile: issue 9's energy and latency ratios at an accuracy bound
+if [ "${BENCH_FIRST:-0}" = 1 ]; then
+  timeout "${BENCH_TIMEOUT_S:-150}" python3 -m delen_ros.tools.bench --model cifar10_lite0 --device cuda --cuda-graphs \
+    --energy-meter nvml --profile models/profiles/cifar10_lite0__cuda-nvidia-h200.json --duration "${BENCH_S:-5}" \
+    --warmup 1 --scenarios "${BENCH_SCENARIOS:-steady,bursty,overload}" --out "$WORK/bench" 2>&1 | tail -45
+  echo "[ab] bench done at $(( $(date +%s) - t0 )) s"
 fi
 # each node sampled in its measuring window (delen_e2e_bench writes the mark when the window opens)
 export DELEN_E2E_WINDOW_MARK="$WORK/window.mark"
