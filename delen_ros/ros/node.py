@@ -15,7 +15,6 @@ the message and queues it (``engine.submit``); inference and publication run on 
 """
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from delen_ros.core.gc_pauses import freeze_long_lived, pause_recorder, thaw
 from delen_ros.msg import AppStatus
 from delen_ros.srv import GetProfile, RemoveApp, SetBounds
 
@@ -75,6 +75,7 @@ class DelenNode(LifecycleNode):
 
     def _configure(self) -> None:
         started = time.perf_counter()
+        pause_recorder()   # from here on, ~/diagnostics tells how long Python's collections stalled the node
         p = self._p = params.read(self)
         processes = auto_processes() if p.ingress_processes < 0 else p.ingress_processes
         if processes:   # started first: they boot while the model loads
@@ -127,8 +128,7 @@ class DelenNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         # Everything configure built (model, graphs, modules) moves to the GC's permanent generation:
         # full collections no longer walk it, which would stall the worker for tens of ms or more.
-        gc.collect()
-        gc.freeze()
+        freeze_long_lived()
         self.get_logger().info(f'active: {len(self._apps.registry)} app(s) on {len(self._apps.cameras)} camera(s)')
         return result
 
@@ -165,7 +165,7 @@ class DelenNode(LifecycleNode):
 
     def _release(self) -> None:
         """Undo configure: engine first (its worker publishes), then services, publishers, apps, model."""
-        gc.unfreeze()   # what activate froze may be garbage now (the model's cycles included)
+        thaw()   # what activate froze may be garbage now (the model's cycles included)
         served, self._served = self._served, None
         if served is not None and served.engine is not None:
             served.engine.stop()
@@ -317,7 +317,7 @@ class DelenNode(LifecycleNode):
                 'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
                 'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(stats), 'cameras': len(cameras),
                 'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
-                'graphs_captured': served.engine.graph_count(), **self._ingress_report()}))
+                'graphs_captured': served.engine.graph_count(), **self._ingress_report(), **_gc_report()}))
 
     def _ingress_report(self) -> dict:
         ingress = self._ingress
@@ -325,6 +325,13 @@ class DelenNode(LifecycleNode):
             return {'receiver_processes': 0}
         return {'receiver_processes': ingress.processes, 'receiver': ingress.kind, 'receiver_restarts': ingress.restarts,
                 'frames_dropped_at_receivers': ingress.ring_full}
+
+
+def _gc_report() -> dict:
+    """Python's collections since the last status: a long one stalls every thread of the node."""
+    pauses = pause_recorder().read()
+    return {'gc_full_collections': pauses['collections_gen2'], 'gc_pause_total_ms': pauses['pause_total_ms'],
+            'gc_pause_max_ms': max(pauses[f'pause_max_ms_gen{g}'] for g in range(3))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -482,11 +482,23 @@ def _record_main(argv: Sequence[str]) -> int:
         status.append((time.time_ns(), msg.app_id, int(msg.frames_in), int(msg.results_out), int(msg.dropped),
                        source, msg.unschedulable_reason))
 
+    gc_pauses: list[tuple] = []
+
+    def on_diagnostics(msg: Any) -> None:   # the node's engine entry: Python's collections in each period
+        for entry in msg.status:
+            values = {kv.key: kv.value for kv in entry.values}
+            if 'gc_pause_max_ms' in values:
+                gc_pauses.append((time.time_ns(), entry.name, int(values.get('gc_full_collections', 0)),
+                                  float(values['gc_pause_max_ms']), float(values.get('gc_pause_total_ms', 0.0))))
+
     subs = [node.create_subscription(InferenceResult, t, functools.partial(on_result, i), RESULT_QOS)
             for i, t in enumerate(topics)]
     status_topics = [t for t in args.status.split(',') if t]
     subs += [node.create_subscription(AppStatus, t, functools.partial(on_status, k), RESULT_QOS)
              for k, t in enumerate(status_topics)]
+    if status_topics:
+        from diagnostic_msgs.msg import DiagnosticArray
+        node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
     # The node's own values of the --node-param names, asked once its results are matched (it is up):
     # rclpy ignores an override of a parameter the node never declares, and that would go unseen. One
     # name per request: rclpy answers a request naming any undeclared parameter with no values at all.
@@ -521,7 +533,7 @@ def _record_main(argv: Sequence[str]) -> int:
                                     else parameter_value_to_python(value))
     pathlib.Path(args.out).write_text(json.dumps({
         'topics': topics, 'fields': _RESULT_FIELDS, 'rows': rows, 'status': status, 'status_topics': status_topics,
-        'node_params_seen': params_seen,
+        'gc_pauses': gc_pauses, 'node_params_seen': params_seen,
         'cpu_s': time.process_time() - cpu0}, default=list))
     executor.shutdown(timeout_sec=1.0)
     node.destroy_node()
@@ -1100,18 +1112,31 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
                 first[app] = entry
             if ts <= t1:
                 last[app] = entry
-        rates = []
+        rates, counted = [], set()
         for app, b in last.items():
             a = first.get(app)
             if a is not None and b[0] > a[0]:
                 rates.append([(b[k] - a[k]) / ((b[0] - a[0]) / 1e9) for k in (2, 3, 4)])
+                counted.add(app[1])
         if rates:
             fin, rout, drop = (sum(r[k] for r in rates) for k in range(3))
+            # against what was sent to the same apps: an app whose status the recorder missed on either
+            # side of the window is in neither (counting all apps' frames sent read as frames lost)
+            sent_hz = sum(a['sent_hz'] for app, a in apps.items() if app in counted)
             tot['node_status'] = {
-                'apps': len(rates), 'frames_in_hz': fin, 'results_out_hz': rout, 'dropped_hz': drop,
-                'received_share_of_sent': _ratio(fin, tot['sent_hz']), 'dropped_share_of_received': _ratio(drop, fin),
+                'apps': len(rates), 'apps_sent_hz': sent_hz, 'frames_in_hz': fin, 'results_out_hz': rout,
+                'dropped_hz': drop, 'received_share_of_sent': _ratio(fin, sent_hz),
+                'dropped_share_of_received': _ratio(drop, fin),
                 'note': 'rates of the ~/status counters (frames_in, results_out, dropped) between each app\'s last '
-                        'status before the window and its last before the window\'s end'}
+                        'status before the window and its last before the window\'s end, over the frames sent '
+                        'to those apps'}
+    # Python's collections in the node(s) over the window (each /diagnostics period's count, longest, sum)
+    pauses = [g for g in raw['recorder'].get('gc_pauses') or [] if t0 < g[0] <= t1]
+    if pauses:
+        tot['node_gc'] = {'full_collections': sum(g[2] for g in pauses), 'pause_max_ms': max(g[3] for g in pauses),
+                          'pause_total_ms': sum(g[4] for g in pauses), 'periods': len(pauses),
+                          'note': 'from the nodes\' /diagnostics in the window: collections of generation 2, the '
+                                  'longest collection of any generation, the time all collections took'}
     # resources of the node (or echo) over the window
     s0, s1 = raw.get('target_start'), raw.get('target_end')
     if s0 and s1:

@@ -243,6 +243,12 @@ def render_table(report: dict[str, Any]) -> str:
             fmt(gpu.get('busy_share'), '.1f', 100) + ' %' if gpu.get('busy_share') is not None else '–',
             f"{fmt(t.get('host_cpu_busy_share'), '.0f', 100)} %", _configure_s(r) if is_node else '–']
         lines.append('| ' + ' | '.join(cells) + ' |')
+    gc_rows = {name: r['total']['node_gc'] for name, r in report['configs'].items()
+               if r.get('total') and r['total'].get('node_gc')}
+    if gc_rows:   # a long collection stalls every thread of the node: a burst of late frames
+        lines += ['', "Python's collections in the node over the window (`/diagnostics`): " + '; '.join(
+            f"{name}: {g['full_collections']} full, longest {fmt(g['pause_max_ms'], '.1f')} ms, "
+            f"{fmt(g['pause_total_ms'], '.0f')} ms in all" for name, g in gc_rows.items())]
     unknown = {name: r['node_params_unknown'] for name, r in report['configs'].items() if r.get('node_params_unknown')}
     if unknown:
         lines += ['', '**Node parameters the node does not declare (their values were ignored):** ' + '; '.join(
