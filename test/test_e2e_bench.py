@@ -356,3 +356,34 @@ def test_refused_apps_are_read_from_the_registrars_answers(tmp_path):
     path.write_text(json.dumps({'cam00': {'accepted': True, 'message': ''},
                                 'cam01': {'accepted': False, 'message': 'infeasible'}}))
     assert _refused(str(path)) == {'cam01'}
+
+
+def test_node_rx_counts_only_apps_whose_status_was_seen():
+    """An app whose ~/status the recorder missed is left out of the node's counters: its frames sent
+    must be left out too, not read as frames the node never received."""
+    stamps = [T0 + i * 100 * MS for i in range(10)]
+    raw = _raw('node', [_row(s, e2e_ms=10.0) for s in stamps], stamps)
+    raw['config']['cameras'] = 2
+    raw['bounds_ms'] = [33.0, 33.0]
+    raw['publishers'][0].update(cameras=[0, 1], stamps_ns=[stamps, stamps])
+    raw['recorder']['rows'] = [raw['recorder']['rows'][0], [_row(s, e2e_ms=10.0) for s in stamps]]
+    # cam00 reports 10 frames in over the window; cam01's status never arrived
+    raw['recorder']['status'] = [(T0 - 10 * MS, 'cam00', 100, 100, 0, 0, ''),
+                                 (T0 + 990 * MS, 'cam00', 110, 109, 1, 0, '')]
+    status = analyze(raw, duration_s=1.0)['total']['node_status']
+    assert status['apps'] == 1 and status['apps_sent_hz'] == pytest.approx(10.0)
+    assert status['received_share_of_sent'] == pytest.approx(1.0, rel=0.02)   # not 0.5
+    assert status['dropped_share_of_received'] == pytest.approx(0.1, rel=0.02)
+
+
+def test_collections_in_the_window_are_summed_and_reported():
+    stamps = [T0 + i * 100 * MS for i in range(10)]
+    raw = _raw('node', [_row(s, e2e_ms=10.0) for s in stamps], stamps)
+    raw['recorder']['gc_pauses'] = [(T0 - MS, '/delen: engine', 5, 90.0, 95.0),     # before the window
+                                    (T0 + 500 * MS, '/delen: engine', 1, 42.0, 50.0),
+                                    (T0 + 900 * MS, '/delen: engine', 0, 1.5, 3.0)]
+    result = analyze(raw, duration_s=1.0)
+    gc_total = result['total']['node_gc']
+    assert (gc_total['full_collections'], gc_total['pause_max_ms'], gc_total['pause_total_ms']) == (1, 42.0, 53.0)
+    table = render_table({'meta': _meta(), 'configs': {'delen_n1': result}, 'engine_reference': None})
+    assert '1 full, longest 42.0 ms' in table
