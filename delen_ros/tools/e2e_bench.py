@@ -458,7 +458,7 @@ def _record_main(argv: Sequence[str]) -> int:
 
     from delen_ros.msg import AppStatus, InferenceResult
     from delen_ros.ros.camera_player import label_from_frame_id
-    from delen_ros.ros.qos import RESULT_QOS
+    from delen_ros.ros.qos import RESULT_QOS, status_qos
 
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -494,7 +494,8 @@ def _record_main(argv: Sequence[str]) -> int:
     subs = [node.create_subscription(InferenceResult, t, functools.partial(on_result, i), RESULT_QOS)
             for i, t in enumerate(topics)]
     status_topics = [t for t in args.status.split(',') if t]
-    subs += [node.create_subscription(AppStatus, t, functools.partial(on_status, k), RESULT_QOS)
+    # one message per app per period on one topic: a depth below the apps' count loses some of each burst
+    subs += [node.create_subscription(AppStatus, t, functools.partial(on_status, k), status_qos(256))
              for k, t in enumerate(status_topics)]
     if status_topics:
         from diagnostic_msgs.msg import DiagnosticArray
