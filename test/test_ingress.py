@@ -21,8 +21,10 @@ pytestmark = pytest.mark.timeout(240)
 CAMERAS, RATE_HZ = 3, 20.0
 
 
-def test_auto_uses_receivers_only_on_many_cores():
-    assert auto_processes(2) == 0 and auto_processes(4) == 0
+def test_auto_uses_one_c_receiver_on_few_cores_and_a_quarter_of_many():
+    assert auto_processes(2, native=False) == 0 and auto_processes(4, native=False) == 0
+    assert auto_processes(2, native=True) == 1 and auto_processes(4, native=True) == 1
+    assert auto_processes(1, native=True) == 0
     assert auto_processes(16) == 4 and auto_processes(128) == 8
 
 

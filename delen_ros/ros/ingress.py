@@ -88,12 +88,20 @@ def _native_env() -> dict:
     return env
 
 
-def auto_processes(cpus: int | None = None) -> int:
-    """``ingress_processes: -1``: none below 8 cores (the node's own process keeps up there and the
-    cores are needed for inference); else a quarter of the cores, at most 8."""
+def auto_processes(cpus: int | None = None, *, native: bool | None = None) -> int:
+    """``ingress_processes: -1``: from 8 cores a quarter of them, at most 8. Below 8 cores one where
+    the C receiver is built (``native``; default: :func:`native_receiver`): it takes a frame for
+    ~0.5 ms of CPU in its own process, where the node's executor spends ~3 ms of the GIL that the
+    worker needs (a 2-core VM, 8 cameras x 15 Hz: 32-41 % of frames within 33 ms in-process, 90-99 %
+    with it); none with only the Python receiver, which costs as much as the node's own take, or on
+    one core."""
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return 0 if cpus < 8 else min(8, cpus // 4)
+    if cpus >= 8:
+        return min(8, cpus // 4)
+    if native is None:
+        native = native_receiver() is not None
+    return 1 if native and cpus >= 2 else 0
 
 
 # --- the receiver process ---------------------------------------------------------------------------

@@ -95,7 +95,8 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                       'your cameras\' rate: a 30 Hz guess refuses apps that fit at 8 Hz).' + _LATER, (0.1, 1000.0), False),
     'ingress_processes': (-1, 'Receiver processes that take camera frames outside the node\'s GIL and hand them over '
                           'through shared memory (delen_ros/ros/ingress.py): 0 = the node\'s own executor takes them; '
-                          '-1 = auto (none below 8 cores, else a quarter of the cores, at most 8).' + _LATER,
+                          '-1 = auto (from 8 cores a quarter of them, at most 8; below 8 cores one where the C '
+                          'receiver is built, else none).' + _LATER,
                           (-1, 64), False),
     'status_period_s': (1.0, 'Period of ~/status and /diagnostics, seconds.' + _LATER, (0.1, 60.0), False),
 }
