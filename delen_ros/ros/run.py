@@ -1,5 +1,5 @@
-"""The ``delen_node`` process around the node: ``DELEN_HEAP`` applied, parameters checked, executor chosen,
-GIL switch interval set, lifecycle driven (``autostart``), spun until Ctrl-C / SIGTERM, then torn down."""
+"""The ``delen_node`` process around the node: parameters checked, executor chosen, GIL switch
+interval set, lifecycle driven (``autostart``), spun until Ctrl-C / SIGTERM, then torn down."""
 from __future__ import annotations
 
 import importlib
@@ -11,8 +11,6 @@ import rclpy
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
-
-from delen_ros.core.heap import apply_heap_policy
 
 from . import params
 from .multi_device import device_list
@@ -83,14 +81,8 @@ def preload_cuda_libraries(device: str, energy_meter: str = 'auto') -> threading
 
 def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
     """Run a ``node_class()`` lifecycle node until Ctrl-C / SIGTERM. Returns the exit status: 1, with
-    one line on stderr, for a bad parameter or ``DELEN_HEAP``, or (with ``autostart``) a failed configure
-    or activate."""
+    one line on stderr, for a bad parameter or (with ``autostart``) a failed configure or activate."""
     from rclpy.exceptions import ParameterException
-    try:
-        apply_heap_policy()   # off unless DELEN_HEAP says otherwise, before the first frame (core/heap.py)
-    except ValueError as exc:   # a bad DELEN_HEAP
-        print(f'delen_node: {exc}', file=sys.stderr)
-        return 1
     preload_inference_libraries()
     rclpy.init(args=list(sys.argv if argv is None else argv))
     try:
