@@ -26,7 +26,10 @@ AGED_MS = 150.0   # the age given to the stamps
 
 
 def _publish_aged(peer: RosPeer, topic: str, *, age_ms: float, count: int) -> None:
+    """``count`` frames 0.1 s apart, from once the node's subscription has matched (frames sent
+    before would be lost, and the node samples ages only 1 s after an app's first frame)."""
     pub = peer.node.create_publisher(Image, topic, image_qos('reliable'))
+    wait_until(lambda: pub.get_subscription_count() > 0, timeout=20.0, what=f'a subscriber of {topic}')
     frame = array_to_image(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8))
     for _ in range(count):
         stamp_ns = peer.node.get_clock().now().nanoseconds - int(age_ms * 1e6)
@@ -44,7 +47,7 @@ def test_latency_runs_from_the_stamp_unless_told_otherwise(tmp_path: pathlib.Pat
         assert response.accepted, response.message
         results = peer.subscribe(InferenceResult, response.result_topic)
         time.sleep(1.0)
-        _publish_aged(peer, '/aged/cam', age_ms=AGED_MS, count=15)
+        _publish_aged(peer, '/aged/cam', age_ms=AGED_MS, count=25)   # 2.5 s: 1.5 s past the settling pause
         assert wait_until(lambda: len(results.messages()) >= 5, timeout=20.0), node.log()[-2000:]
         got = results.messages()
         if latency_from == 'stamp':

@@ -62,6 +62,9 @@ from . import admission
 from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, plan
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
 from .preprocess import DevicePreprocessor, check_image, preprocess
+from .app_ledger import AppLedger
+from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes
+from .energy_scaling import EnergyScaler
 from .scheduler import Batch, Request, Scheduler
 
 if TYPE_CHECKING:
@@ -220,246 +223,6 @@ class _State:
     energy_est_mj: float = 0.0
     decided_ns: int | None = None    # engine clock when the last exit's decision was taken
     idle_submit_ns: int | None = None   # submitted while the worker was idle: measures its wake-up
-
-
-class _Mean:
-    """EWMA of a value and of its absolute deviation (ms); ``None`` until the first sample."""
-
-    __slots__ = ('mean', 'dev', 'alpha')
-
-    def __init__(self, alpha: float = 0.125):
-        self.mean: float | None = None
-        self.dev = 0.0
-        self.alpha = alpha
-
-    def add(self, value: float) -> None:
-        if not math.isfinite(value) or value < 0:
-            return
-        if self.mean is None:
-            self.mean, self.dev = value, value / 4
-            return
-        value = min(value, 4.0 * max(self.mean, 1e-3))   # one stall is folded in as an outlier
-        self.dev += 0.25 * (abs(value - self.mean) - self.dev)
-        self.mean += self.alpha * (value - self.mean)
-
-
-_SETTLE_NS = 1_000_000_000   # no frame-age samples this long after a new frame size, app or app's first frame
-_MAX_SIZES_SEEN = 64        # frame sizes remembered (bounded, whatever cameras send)
-
-
-class _Sizes:
-    """Frame sizes seen so far (at most ``_MAX_SIZES_SEEN``, then forgotten all at once)."""
-
-    __slots__ = ('seen',)
-
-    def __init__(self):
-        self.seen: set[tuple[int, ...]] = set()
-
-    def add_new(self, sizes: set[tuple[int, ...]]) -> bool:
-        """Remember ``sizes``; true if any was new."""
-        if sizes <= self.seen:
-            return False
-        if len(self.seen) >= _MAX_SIZES_SEEN:
-            self.seen.clear()
-        self.seen |= sizes
-        return True
-
-
-class _Tail:
-    """The 99th percentile of the last ``window`` values (ms) of the last ``horizon_ns``; ``None``
-    without any. A window's quantile, not mean + deviations: one stall (a start-up, a page fault)
-    must not make admission refuse apps for the next seconds, while a sustained tail shows at once;
-    the horizon forgets a stall in seconds where few frames come."""
-
-    __slots__ = ('values', 'horizon_ns')
-
-    def __init__(self, window: int = 512, horizon_ns: int = 5_000_000_000):
-        self.values: collections.deque[tuple[int, float]] = collections.deque(maxlen=window)
-        self.horizon_ns = horizon_ns
-
-    def add(self, value: float, now_ns: int) -> None:
-        if math.isfinite(value) and value >= 0:
-            self.values.append((now_ns, value))
-
-    def p99(self, now_ns: int) -> float | None:
-        recent = [v for t, v in self.values if now_ns - t <= self.horizon_ns]
-        return float(np.percentile(recent, 99)) if recent else None
-
-
-class _FrameAge:
-    """The frames' age when the engine gets them (from their stamp: transport to the node and
-    conversion), at its tail (:class:`_Tail`), ``prior_ms`` while none is measured.
-
-    Transients of the node's own making are not sampled, for ``_SETTLE_NS``: the first frames of a
-    new frame size pay one-time costs (pinned buffers, lazily loaded kernels), a new app's
-    subscription holds up every camera's frames a moment, and its own first frames arrive old
-    (H200: 30-90 ms, whatever the load). Sampled, one registration refused the next apps for seconds.
-    The hold-up comes when the subscription matches, about when the app's first frame arrives, not
-    when it registered: both start the pause (H200, 16 apps registered 0.5 s apart: with the pause
-    from registration alone, ages of 10-37 ms on arrival refused 33 ms apps that then met their bound;
-    with a 0.3 s pause, the first app's old frames, 45-80 ms, still got in and refused 15 of 16).
-    """
-
-    __slots__ = ('tail', 'prior_ms', '_sizes', '_settle_until_ns')
-
-    def __init__(self, prior_ms: float):
-        self.tail = _Tail()
-        self.prior_ms = prior_ms
-        self._sizes = _Sizes()
-        self._settle_until_ns = 0
-
-    def app_added(self, now_ns: int) -> None:
-        self._settle_until_ns = max(self._settle_until_ns, now_ns + _SETTLE_NS)
-
-    def add(self, size: tuple[int, ...], age_ms: float, now_ns: int, *, app_settled: bool) -> None:
-        """One frame's age; ``app_settled``: some app of the frame is past its first frames."""
-        if self._sizes.add_new({size}):
-            self._settle_until_ns = now_ns + _SETTLE_NS
-        if app_settled and now_ns >= self._settle_until_ns:
-            self.tail.add(age_ms, now_ns)
-
-    def p99_ms(self, now_ns: int) -> float:
-        measured = self.tail.p99(now_ns)
-        return self.prior_ms if measured is None else measured
-
-
-class _Rate:
-    """Arrival rate from an EWMA of inter-arrival times; decays when frames stop coming."""
-
-    __slots__ = ('last_ns', 'interval_ns')
-
-    def __init__(self):
-        self.last_ns: int | None = None
-        self.interval_ns: float | None = None
-
-    def add(self, arrival_ns: int) -> None:
-        if self.last_ns is not None and arrival_ns > self.last_ns:
-            gap = arrival_ns - self.last_ns
-            self.interval_ns = gap if self.interval_ns is None else self.interval_ns + 0.1 * (gap - self.interval_ns)
-        if self.last_ns is None or arrival_ns > self.last_ns:
-            self.last_ns = arrival_ns
-
-    def hz(self, now_ns: int) -> float | None:
-        if self.interval_ns is None or self.last_ns is None:
-            return None
-        return 1e9 / max(self.interval_ns, now_ns - self.last_ns, 1.0)
-
-
-class _AppState:
-    """One app's registration, counters and window; ``seq``: its place in the order of admission
-    (oldest first: the re-check keeps the oldest apps' guarantees); ``misfit_checks`` /
-    ``fit_checks`` / ``demoted``: the re-check's hysteresis (see :meth:`note_check`)."""
-
-    def __init__(self, bounds: Bounds, *, window: int, now_ns: int, num_exits: int,
-                 late_policy: LatePolicy, source: str | None, rate_prior_hz: float, seq: int):
-        self.bounds = bounds
-        self.num_exits = num_exits
-        self.late_policy = late_policy
-        self.source = source
-        self.rate_prior_hz = rate_prior_hz
-        self.seq = seq
-        self.rate = _Rate()
-        self.reason = ''   # admission's last verdict on this app ('' = schedulable)
-        self.misfit_checks = 0   # consecutive re-checks that found it not fitting beside the older apps
-        self.fit_checks = 0      # consecutive re-checks that found it fitting, while demoted
-        self.demoted = False     # served after the other apps (Scheduler.set_best_effort)
-        self.first_frame_ns: int | None = None
-        self.frames_in = self.results_out = self.dropped_overflow = self.dropped_late = self.expired = self.failed = 0
-        self.dropped_malformed = self.served_late = 0
-        self.results: collections.deque[tuple[float, float, float, int, bool, bool, bool]] = \
-            collections.deque(maxlen=window)
-        self.reset_window(now_ns)
-
-    def reset_window(self, now_ns: int) -> None:
-        self.window_start_ns = now_ns
-        self.w_in = self.w_out = self.w_dropped = self.w_met = self.w_latency_met = self.w_measured = 0
-        self.w_late_dropped = 0
-        self.w_energy = self.w_accuracy = 0.0
-        self.w_exits = [0] * self.num_exits
-        self.results.clear()
-
-    def rate_hz(self, now_ns: int) -> float:
-        measured = self.rate.hz(now_ns)
-        return self.rate_prior_hz if measured is None else measured
-
-    def note_check(self, *, fits: bool, demote_after: int, restore_after: int) -> None:
-        """One re-check's finding: demoted after ``demote_after`` consecutive misfits, restored after
-        ``restore_after`` consecutive fits (one marginal verdict changes nothing)."""
-        if fits:
-            self.misfit_checks = 0
-            self.fit_checks = self.fit_checks + 1 if self.demoted else 0
-            if self.fit_checks >= restore_after:
-                self.demoted, self.fit_checks = False, 0
-        else:
-            self.fit_checks = 0
-            self.misfit_checks += 1
-            if self.misfit_checks >= demote_after:
-                self.demoted = True
-
-    def restart_checks(self, *, demoted: bool) -> None:
-        """Forget the re-checks so far (its bounds were just admitted, or changed)."""
-        self.misfit_checks = self.fit_checks = 0
-        self.demoted = demoted
-
-
-class _EnergyScaler:
-    """Scale of measured over estimated energy, from a meter read on its own thread.
-
-    A meter read can take milliseconds (NVML) and the counter only moves every ``period_s``: it is
-    never read on the worker's path. Every ``window_s`` the thread reads the meter and sets
-    ``scale = (measured - idle_power_w x window) / estimated`` for the energy the worker estimated in
-    that window (:meth:`add`); windows without work are skipped. ``scale`` is ``None`` until the
-    first window with work has closed.
-    """
-
-    def __init__(self, meter: Any, *, window_s: float, idle_power_w: float):
-        self.meter = meter
-        self.window_s = window_s
-        self.idle_power_w = idle_power_w
-        self.scale: float | None = None
-        self._lock = threading.Lock()
-        self._estimated_mj = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def add(self, estimate_mj: float) -> None:
-        with self._lock:
-            self._estimated_mj += estimate_mj
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name='delen-energy', daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            self._thread = None
-
-    def _read(self) -> tuple[int, float | None]:
-        try:
-            return time.perf_counter_ns(), self.meter.energy_mj()
-        except Exception:  # noqa: BLE001 -- a flaky sensor must not take serving down
-            _log.exception('energy meter read failed')
-            return time.perf_counter_ns(), None
-
-    def _run(self) -> None:
-        t_prev, e_prev = self._read()
-        with self._lock:
-            self._estimated_mj = 0.0
-        while not self._stop.wait(self.window_s):
-            t, e = self._read()
-            with self._lock:
-                estimated, self._estimated_mj = self._estimated_mj, 0.0
-            if e is None or e_prev is None:
-                t_prev, e_prev = t, e
-                continue
-            measured = e - e_prev - self.idle_power_w * (t - t_prev) / 1e6   # W x ms = mJ
-            t_prev, e_prev = t, e
-            if estimated > 0 and measured >= 0:
-                scale = measured / estimated
-                self.scale = scale if self.scale is None else 0.5 * (self.scale + scale)
 
 
 def make_runner(model: 'MultiExitModel', *, device: str = 'cpu', max_batch: int = 32,
@@ -631,21 +394,21 @@ class Engine:
         # percentile; _wake, the worker's wake-up, and decision -> delivery (the corrector's tail),
         # at mean + latency_margin deviations.
         self.overhead_prior_ms = overhead_prior_ms
-        self._age = _FrameAge(transport_prior_ms)
-        self._sizes_preprocessed = _Sizes()   # a size's first preprocessing is not its rate
-        self._wake = _Mean()
+        self._age = FrameAge(transport_prior_ms)
+        self._sizes_preprocessed = Sizes()   # a size's first preprocessing is not its rate
+        self._wake = Mean()
         self._idle = False
         self.external_delivery = external_delivery
         self.admission_control = admission_control
         self.utilisation_limit = utilisation_limit
         self.demote_after = demote_after
         self.restore_after = restore_after
-        self._admitted = 0   # admissions so far: the next app's _AppState.seq
+        self._admitted = 0   # admissions so far: the next app's AppLedger.seq
         self._risk_logged: tuple[object, int] = ((), 0)   # the re-check's last warning: what, when (ns)
         self._last_check_ns = clock()
         self._stats_window = stats_window
         self._cond = threading.Condition()
-        self._apps: dict[str, _AppState] = {}
+        self._apps: dict[str, AppLedger] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
         # preprocessing cost per frame (EWMA, ms): part of the first step's predicted time
@@ -659,7 +422,7 @@ class Engine:
         self.energy_source = (meter.source + ('_above_idle' if idle_power_w > 0 else '')) if measuring else 'estimate'
         self.idle_power_w = idle_power_w
         period = getattr(meter, 'update_period_s', None) or 0.1
-        self._energy = _EnergyScaler(meter, window_s=max(period, energy_window_s or 0.0),
+        self._energy = EnergyScaler(meter, window_s=max(period, energy_window_s or 0.0),
                                      idle_power_w=idle_power_w) if measuring else None
         # CUDA kernels (cuDNN's above all) are chosen per input shape, and the first call of a new
         # shape can take long: eager batches are padded up to a few sizes (the runner's graph sizes).
@@ -730,7 +493,7 @@ class Engine:
             app = self._apps.get(app_id)
             if app is None:   # its subscription, made next, holds up the other cameras' frames a moment
                 self._age.app_added(self.clock())
-                app = self._apps[app_id] = _AppState(
+                app = self._apps[app_id] = AppLedger(
                     bounds, window=self._stats_window, now_ns=self.clock(), num_exits=self.profile.num_exits,
                     late_policy=late_policy, source=source, rate_prior_hz=rate_hz, seq=self._admitted)
                 self._admitted += 1
@@ -771,7 +534,7 @@ class Engine:
     def _outside_ms(self) -> dict[str, float]:
         """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,
         the frames' age when :meth:`submit` gets them (from the stamp: transport to the node and
-        conversion) at their 99th percentile of late (:class:`_FrameAge`), ``transport_prior_ms``
+        conversion) at their 99th percentile of late (:class:`~delen_ros.core.arrivals.FrameAge`), ``transport_prior_ms``
         while none is measured; ``overhead_ms`` (:meth:`overhead_ms`); ``delivery_ms``, the delivery
         allowance."""
         return {'transport_ms': self._age.p99_ms(self.clock()), 'overhead_ms': self.overhead_ms(),
@@ -820,7 +583,7 @@ class Engine:
                 return max(rates)
         return self.rate_prior_hz
 
-    def _task(self, app_id: str, app: _AppState, now: int) -> admission.Task:
+    def _task(self, app_id: str, app: AppLedger, now: int) -> admission.Task:
         return admission.Task(app_id, app.rate_hz(now), app.bounds.max_latency_ms,
                               self._required_exit(app.bounds), app.source)
 
@@ -948,7 +711,7 @@ class Engine:
                     app.first_frame_ns = now
                     # its subscription matched about now, which holds up every camera's frames too
                     self._age.app_added(now)
-                settled = settled or now - app.first_frame_ns >= _SETTLE_NS
+                settled = settled or now - app.first_frame_ns >= SETTLE_NS
                 app.rate.add(arrival)
                 request = self._scheduler.make_request(app_id, frame, arrival, tag=tag)
                 request.state = _State(bounds=app.bounds, idle_submit_ns=now if self._idle else None)

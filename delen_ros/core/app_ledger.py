@@ -1,0 +1,69 @@
+"""One app's ledger, ROS-free: its registration, its counters since it registered, the window of
+results that ``~/status`` reads and resets, its measured frame rate, and the admission re-check's
+hysteresis. The engine owns one per app and reads and changes them under its lock.
+"""
+from __future__ import annotations
+
+import collections
+
+from .arrivals import Rate
+from .bounds import Bounds, LatePolicy
+
+__all__ = ['AppLedger']
+
+
+class AppLedger:
+    """One app's registration, counters and window; ``seq``: its place in the order of admission
+    (oldest first: the re-check keeps the oldest apps' guarantees); ``misfit_checks`` /
+    ``fit_checks`` / ``demoted``: the re-check's hysteresis (see :meth:`note_check`)."""
+
+    def __init__(self, bounds: Bounds, *, window: int, now_ns: int, num_exits: int,
+                 late_policy: LatePolicy, source: str | None, rate_prior_hz: float, seq: int):
+        self.bounds = bounds
+        self.num_exits = num_exits
+        self.late_policy = late_policy
+        self.source = source
+        self.rate_prior_hz = rate_prior_hz
+        self.seq = seq
+        self.rate = Rate()
+        self.reason = ''   # admission's last verdict on this app ('' = schedulable)
+        self.misfit_checks = 0   # consecutive re-checks that found it not fitting beside the older apps
+        self.fit_checks = 0      # consecutive re-checks that found it fitting, while demoted
+        self.demoted = False     # served after the other apps (Scheduler.set_best_effort)
+        self.first_frame_ns: int | None = None
+        self.frames_in = self.results_out = self.dropped_overflow = self.dropped_late = self.expired = self.failed = 0
+        self.dropped_malformed = self.served_late = 0
+        self.results: collections.deque[tuple[float, float, float, int, bool, bool, bool]] = \
+            collections.deque(maxlen=window)
+        self.reset_window(now_ns)
+
+    def reset_window(self, now_ns: int) -> None:
+        self.window_start_ns = now_ns
+        self.w_in = self.w_out = self.w_dropped = self.w_met = self.w_latency_met = self.w_measured = 0
+        self.w_late_dropped = 0
+        self.w_energy = self.w_accuracy = 0.0
+        self.w_exits = [0] * self.num_exits
+        self.results.clear()
+
+    def rate_hz(self, now_ns: int) -> float:
+        measured = self.rate.hz(now_ns)
+        return self.rate_prior_hz if measured is None else measured
+
+    def note_check(self, *, fits: bool, demote_after: int, restore_after: int) -> None:
+        """One re-check's finding: demoted after ``demote_after`` consecutive misfits, restored after
+        ``restore_after`` consecutive fits (one marginal verdict changes nothing)."""
+        if fits:
+            self.misfit_checks = 0
+            self.fit_checks = self.fit_checks + 1 if self.demoted else 0
+            if self.fit_checks >= restore_after:
+                self.demoted, self.fit_checks = False, 0
+        else:
+            self.fit_checks = 0
+            self.misfit_checks += 1
+            if self.misfit_checks >= demote_after:
+                self.demoted = True
+
+    def restart_checks(self, *, demoted: bool) -> None:
+        """Forget the re-checks so far (its bounds were just admitted, or changed)."""
+        self.misfit_checks = self.fit_checks = 0
+        self.demoted = demoted

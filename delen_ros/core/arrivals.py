@@ -1,0 +1,135 @@
+"""What the engine measures of the frames coming in, ROS-free: their age on arrival at its tail
+(:class:`FrameAge`, what admission adds to compute for a bound end to end), each app's frame rate
+(:class:`Rate`) and smoothed durations (:class:`Mean`: the worker's wake-up).
+"""
+from __future__ import annotations
+
+import collections
+import math
+
+import numpy as np
+
+__all__ = ['Mean', 'Sizes', 'Tail', 'FrameAge', 'Rate', 'SETTLE_NS', 'MAX_SIZES_SEEN']
+
+
+class Mean:
+    """EWMA of a value and of its absolute deviation (ms); ``None`` until the first sample."""
+
+    __slots__ = ('mean', 'dev', 'alpha')
+
+    def __init__(self, alpha: float = 0.125):
+        self.mean: float | None = None
+        self.dev = 0.0
+        self.alpha = alpha
+
+    def add(self, value: float) -> None:
+        if not math.isfinite(value) or value < 0:
+            return
+        if self.mean is None:
+            self.mean, self.dev = value, value / 4
+            return
+        value = min(value, 4.0 * max(self.mean, 1e-3))   # one stall is folded in as an outlier
+        self.dev += 0.25 * (abs(value - self.mean) - self.dev)
+        self.mean += self.alpha * (value - self.mean)
+
+
+SETTLE_NS = 1_000_000_000   # no frame-age samples this long after a new frame size, app or app's first frame
+MAX_SIZES_SEEN = 64        # frame sizes remembered (bounded, whatever cameras send)
+
+
+class Sizes:
+    """Frame sizes seen so far (at most ``MAX_SIZES_SEEN``, then forgotten all at once)."""
+
+    __slots__ = ('seen',)
+
+    def __init__(self):
+        self.seen: set[tuple[int, ...]] = set()
+
+    def add_new(self, sizes: set[tuple[int, ...]]) -> bool:
+        """Remember ``sizes``; true if any was new."""
+        if sizes <= self.seen:
+            return False
+        if len(self.seen) >= MAX_SIZES_SEEN:
+            self.seen.clear()
+        self.seen |= sizes
+        return True
+
+
+class Tail:
+    """The 99th percentile of the last ``window`` values (ms) of the last ``horizon_ns``; ``None``
+    without any. A window's quantile, not mean + deviations: one stall (a start-up, a page fault)
+    must not make admission refuse apps for the next seconds, while a sustained tail shows at once;
+    the horizon forgets a stall in seconds where few frames come."""
+
+    __slots__ = ('values', 'horizon_ns')
+
+    def __init__(self, window: int = 512, horizon_ns: int = 5_000_000_000):
+        self.values: collections.deque[tuple[int, float]] = collections.deque(maxlen=window)
+        self.horizon_ns = horizon_ns
+
+    def add(self, value: float, now_ns: int) -> None:
+        if math.isfinite(value) and value >= 0:
+            self.values.append((now_ns, value))
+
+    def p99(self, now_ns: int) -> float | None:
+        recent = [v for t, v in self.values if now_ns - t <= self.horizon_ns]
+        return float(np.percentile(recent, 99)) if recent else None
+
+
+class FrameAge:
+    """The frames' age when the engine gets them (from their stamp: transport to the node and
+    conversion), at its tail (:class:`Tail`), ``prior_ms`` while none is measured.
+
+    Transients of the node's own making are not sampled, for ``SETTLE_NS``: the first frames of a
+    new frame size pay one-time costs (pinned buffers, lazily loaded kernels), a new app's
+    subscription holds up every camera's frames a moment, and its own first frames arrive old
+    (H200: 30-90 ms, whatever the load). Sampled, one registration refused the next apps for seconds.
+    The hold-up comes when the subscription matches, about when the app's first frame arrives, not
+    when it registered: both start the pause (H200, 16 apps registered 0.5 s apart: with the pause
+    from registration alone, ages of 10-37 ms on arrival refused 33 ms apps that then met their bound;
+    with a 0.3 s pause, the first app's old frames, 45-80 ms, still got in and refused 15 of 16).
+    """
+
+    __slots__ = ('tail', 'prior_ms', '_sizes', '_settle_until_ns')
+
+    def __init__(self, prior_ms: float):
+        self.tail = Tail()
+        self.prior_ms = prior_ms
+        self._sizes = Sizes()
+        self._settle_until_ns = 0
+
+    def app_added(self, now_ns: int) -> None:
+        self._settle_until_ns = max(self._settle_until_ns, now_ns + SETTLE_NS)
+
+    def add(self, size: tuple[int, ...], age_ms: float, now_ns: int, *, app_settled: bool) -> None:
+        """One frame's age; ``app_settled``: some app of the frame is past its first frames."""
+        if self._sizes.add_new({size}):
+            self._settle_until_ns = now_ns + SETTLE_NS
+        if app_settled and now_ns >= self._settle_until_ns:
+            self.tail.add(age_ms, now_ns)
+
+    def p99_ms(self, now_ns: int) -> float:
+        measured = self.tail.p99(now_ns)
+        return self.prior_ms if measured is None else measured
+
+
+class Rate:
+    """Arrival rate from an EWMA of inter-arrival times; decays when frames stop coming."""
+
+    __slots__ = ('last_ns', 'interval_ns')
+
+    def __init__(self):
+        self.last_ns: int | None = None
+        self.interval_ns: float | None = None
+
+    def add(self, arrival_ns: int) -> None:
+        if self.last_ns is not None and arrival_ns > self.last_ns:
+            gap = arrival_ns - self.last_ns
+            self.interval_ns = gap if self.interval_ns is None else self.interval_ns + 0.1 * (gap - self.interval_ns)
+        if self.last_ns is None or arrival_ns > self.last_ns:
+            self.last_ns = arrival_ns
+
+    def hz(self, now_ns: int) -> float | None:
+        if self.interval_ns is None or self.last_ns is None:
+            return None
+        return 1e9 / max(self.interval_ns, now_ns - self.last_ns, 1.0)
