@@ -18,7 +18,7 @@ class SteadyMeter(EnergyMeter):
     """A sensor drawing ``watts`` in real time, its counter moving every ``period_s``; counts windows
     measured (a measurement reads the meter many times, a look-up never)."""
 
-    source = 'fake'
+    source = 'nvml'   # read early, as a GPU's own sensor
 
     def __init__(self, watts: float = 50.0, period_s: float = 0.01, detail: str | None = None):
         self.watts, self.period_s = watts, period_s
@@ -95,3 +95,13 @@ def test_the_early_reading_closes_its_meter(monkeypatch):
     assert made[0] == ('nvml', 'cuda:0') and made[1].closed   # 'auto' reads CUDA device 0
     read_idle_power_early('auto', 'cuda:1', window_s=0.03)
     assert made[2] == ('auto', 'cuda:1')
+
+
+def test_a_sensor_that_sees_the_cpu_is_not_read_early(monkeypatch):
+    """Jetson rails and RAPL would count torch's import on the CPU as idle power."""
+    board = SteadyMeter(watts=15.0)
+    board.source = 'jetson'
+    monkeypatch.setattr('delen_ros.core.energy.make_meter', lambda kind, *, device=None, **_: board)
+    assert read_idle_power_early('auto', 'auto', window_s=0.03) is None
+    assert board.reads == 0 and board.closed
+

@@ -564,12 +564,17 @@ def idle_power_w(meter: EnergyMeter, *, window_s: float, max_age_s: float = IDLE
         return watts
 
 
-def read_idle_power_early(kind: str, device: str, *, window_s: float) -> float:
+def read_idle_power_early(kind: str, device: str, *, window_s: float) -> float | None:
     """:func:`idle_power_w` of the meter ``make_meter(kind, device=device)`` would build, from a meter
     of its own (closed after): what the node's start calls before it runs anything on the device.
-    ``'auto'`` and ``'cuda'`` read CUDA device 0, the one they resolve to."""
+    ``'auto'`` and ``'cuda'`` read CUDA device 0, the one they resolve to.
+
+    Only a discrete GPU's own sensor (NVML) is read this early: the process is importing torch on
+    the CPU meanwhile, which a board's rails (Jetson) or a CPU package (RAPL) would count as idle.
+    Others return ``None`` and are read at configure.
+    """
     meter = make_meter(kind, device=device if device.startswith('cuda:') else 'cuda:0')
     try:
-        return idle_power_w(meter, window_s=window_s)
+        return idle_power_w(meter, window_s=window_s) if meter.source == 'nvml' else None
     finally:
         meter.close()
