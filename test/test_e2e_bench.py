@@ -16,7 +16,7 @@ import pytest
 from delen_ros.tools import e2e_bench
 from delen_ros.tools.e2e_bench import (_RESULT_FIELDS, NodeParam, _node_ros_args, _parse_node_params, analyze,
                                        configure_seconds, device_slug, parse_node_param)
-from delen_ros.tools.e2e_report import overheads, render_table, replot
+from delen_ros.tools.e2e_report import overheads, render_table, replot, write_plots
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -292,7 +292,8 @@ def test_short_real_run(tmp_path):
     # the echo took images raw, as the node does
     assert report['meta']['echo'] == 'raw' and report['configs']['echo_n1']['echo'] == 'raw'
     assert 'images taken raw' in (tmp_path / 'work' / 'echo_n1' / 'echo.log').read_text()
-    assert sorted(report['plots']) == ['e2e_answered.png', 'e2e_latency.png', 'e2e_resources.png']
+    assert sorted(report['plots']) == ['e2e_answered.png', 'e2e_latency.png', 'e2e_over_time.png',
+                                       'e2e_resources.png']
     assert all((out / name).stat().st_size > 5000 for name in report['plots'])
     assert (out / 'e2e.md').read_text().count('\n| ') >= 3
     for name, result in report['configs'].items():
@@ -387,3 +388,14 @@ def test_collections_in_the_window_are_summed_and_reported():
     assert (gc_total['full_collections'], gc_total['pause_max_ms'], gc_total['pause_total_ms']) == (1, 42.0, 53.0)
     table = render_table({'meta': _meta(), 'configs': {'delen_n1': result}, 'engine_reference': None})
     assert '1 full, longest 42.0 ms' in table
+
+
+def test_frames_over_time_are_binned_and_plotted(tmp_path):
+    stamps = [T0 + i * 50 * MS for i in range(20)]            # 1 s, two frames per 100 ms bin
+    rows = [_row(s, e2e_ms=10.0 if i < 10 else 60.0) for i, s in enumerate(stamps[:16])]   # 4 unanswered
+    result = analyze(_raw('node', rows, stamps), duration_s=1.0)
+    ot = result['total']['over_time']
+    assert len(ot['within']) == 10 and sum(ot['within']) == 10 and sum(ot['late']) == 6
+    assert ot['unanswered'][-2:] == [2, 2] and ot['max_ms'][0] == pytest.approx(10.0)
+    written = write_plots({'meta': _meta(), 'configs': {'delen_n1': result}, 'engine_reference': None}, tmp_path)
+    assert 'e2e_over_time.png' in written and (tmp_path / 'e2e_over_time.png').stat().st_size > 0

@@ -61,6 +61,7 @@ class DelenNode(LifecycleNode):
         self._delen_services: list[Any] = []
         self._status_pub = self._diagnostics_pub = self._status_timer = None
         self._last_status_ns = self._last_check_ns = 0
+        self._status_tick_ms = 0.0   # how long the last status tick took (diagnostics)
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -264,6 +265,7 @@ class DelenNode(LifecycleNode):
 
     # --- status and diagnostics ------------------------------------------------------------------------
     def _publish_status(self) -> None:
+        started = time.perf_counter()
         try:
             self._publish_status_now()
         except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the timer
@@ -274,6 +276,7 @@ class DelenNode(LifecycleNode):
             line = log.summary()
             if line:
                 self.get_logger().warning(line)
+        self._status_tick_ms = (time.perf_counter() - started) * 1e3   # the GIL the worker waits for
 
     def _camera_report(self, camera: Camera, period_s: float) -> CameraReport:
         frames, errors = camera.counters.take()
@@ -317,7 +320,8 @@ class DelenNode(LifecycleNode):
                 'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
                 'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(stats), 'cameras': len(cameras),
                 'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
-                'graphs_captured': served.engine.graph_count(), **self._ingress_report(), **_gc_report()}))
+                'graphs_captured': served.engine.graph_count(), 'status_tick_ms': f'{self._status_tick_ms:.2f}',
+                **self._ingress_report(), **_gc_report()}))
 
     def _ingress_report(self) -> dict:
         ingress = self._ingress

@@ -489,7 +489,8 @@ def _record_main(argv: Sequence[str]) -> int:
             values = {kv.key: kv.value for kv in entry.values}
             if 'gc_pause_max_ms' in values:
                 gc_pauses.append((time.time_ns(), entry.name, int(values.get('gc_full_collections', 0)),
-                                  float(values['gc_pause_max_ms']), float(values.get('gc_pause_total_ms', 0.0))))
+                                  float(values['gc_pause_max_ms']), float(values.get('gc_pause_total_ms', 0.0)),
+                                  float(values.get('status_tick_ms', 'nan'))))
 
     subs = [node.create_subscription(InferenceResult, t, functools.partial(on_result, i), RESULT_QOS)
             for i, t in enumerate(topics)]
@@ -976,6 +977,42 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a) / float(b) if b else None
 
 
+OVER_TIME_BIN_MS = 100
+
+
+def over_time(by_app: dict[str, dict[str, Any]], t0: int, t1: int, *, bin_ms: int = OVER_TIME_BIN_MS
+              ) -> dict[str, Any]:
+    """Every frame sent in the window, by when it was sent (``bin_ms`` bins from the window's start):
+    how many were answered within their bound, late, or not at all, and the slowest answer. Misses in
+    a few bins are stalls; misses spread over the window are a capacity limit.
+
+    >>> by_app = {'cam00': {'sent_ns': [0, 100_000_000, 150_000_000], 'bound_ms': 33.0,
+    ...                     'results': [(0, 10_000_000), (100_000_000, 160_000_000)]}}
+    >>> bins = over_time(by_app, 0, 200_000_000)
+    >>> bins['within'], bins['late'], bins['unanswered'], bins['max_ms']
+    ([1, 0], [0, 1], [0, 1], [10.0, 60.0])
+    """
+    bin_ns = bin_ms * 1_000_000
+    n = max(1, -(-(t1 - t0) // bin_ns))
+    within, late, unanswered, slowest = [0] * n, [0] * n, [0] * n, [0.0] * n
+    for app in by_app.values():
+        answered = dict(app['results'])
+        for stamp in app['sent_ns']:
+            i = min(n - 1, max(0, (stamp - t0) // bin_ns))
+            received = answered.get(stamp)
+            if received is None:
+                unanswered[i] += 1
+                continue
+            ms = (received - stamp) / 1e6
+            slowest[i] = max(slowest[i], ms)
+            if app['bound_ms'] <= 0 or ms <= app['bound_ms']:
+                within[i] += 1
+            else:
+                late[i] += 1
+    return {'bin_ms': bin_ms, 'within': within, 'late': late, 'unanswered': unanswered,
+            'max_ms': [round(v, 2) for v in slowest]}
+
+
 def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     """Per-app and total figures of one configuration from what :func:`run_config` gathered."""
     out: dict[str, Any] = {k: raw.get(k) for k in ('name', 'config', 'domain_id', 'bounds_ms', 'startup_s', 'wall_s',
@@ -1072,6 +1109,8 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
         'attainment_min_app': min((a['attainment'] for a in apps.values() if a['attainment'] is not None), default=None),
         'unmatched_results': totals['unmatched'], 'duplicate_results': totals['duplicates'],
         'window_s': span_s}
+    if totals['sent']:
+        tot['over_time'] = over_time(answered_by_app, t0, t1)
     if all_rows:
         a = np.array([[float(v) for v in r] for r in all_rows])
         c = {f: a[:, i] for f, i in col.items()}
@@ -1134,8 +1173,10 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     # Python's collections in the node(s) over the window (each /diagnostics period's count, longest, sum)
     pauses = [g for g in raw['recorder'].get('gc_pauses') or [] if t0 < g[0] <= t1]
     if pauses:
+        ticks = [g[5] for g in pauses if len(g) > 5 and math.isfinite(g[5])]
         tot['node_gc'] = {'full_collections': sum(g[2] for g in pauses), 'pause_max_ms': max(g[3] for g in pauses),
                           'pause_total_ms': sum(g[4] for g in pauses), 'periods': len(pauses),
+                          'status_tick_max_ms': max(ticks) if ticks else None,
                           'note': 'from the nodes\' /diagnostics in the window: collections of generation 2, the '
                                   'longest collection of any generation, the time all collections took'}
     # resources of the node (or echo) over the window

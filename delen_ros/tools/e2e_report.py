@@ -248,7 +248,8 @@ def render_table(report: dict[str, Any]) -> str:
     if gc_rows:   # a long collection stalls every thread of the node: a burst of late frames
         lines += ['', "Python's collections in the node over the window (`/diagnostics`): " + '; '.join(
             f"{name}: {g['full_collections']} full, longest {fmt(g['pause_max_ms'], '.1f')} ms, "
-            f"{fmt(g['pause_total_ms'], '.0f')} ms in all" for name, g in gc_rows.items())]
+            f"{fmt(g['pause_total_ms'], '.0f')} ms in all; status tick up to "
+            f"{fmt(g.get('status_tick_max_ms'), '.1f')} ms" for name, g in gc_rows.items())]
     unknown = {name: r['node_params_unknown'] for name, r in report['configs'].items() if r.get('node_params_unknown')}
     if unknown:
         lines += ['', '**Node parameters the node does not declare (their values were ignored):** ' + '; '.join(
@@ -549,9 +550,39 @@ def write_plots(report: dict[str, Any], out: pathlib.Path) -> list[str]:
         ax.grid(alpha=0.3)
         _legend(ax, fontsize=7)
     written.append(_save(fig, title, out / 'e2e_resources.png'))
+    if any(_over_time(r) for r in report['configs'].values()):
+        written.append(_over_time_plot(report, out / 'e2e_over_time.png', title))
     for name, file_name in failover_plot_names(report).items():
         written.append(_failover_plot(report, name, out / file_name))
     return written
+
+
+def _over_time(r: dict[str, Any]) -> dict[str, Any] | None:
+    return (r.get('total') or {}).get('over_time') if r['config']['kind'] == 'node' else None
+
+
+def _over_time_plot(report: dict[str, Any], path: pathlib.Path, title: str) -> str:
+    """Per node configuration, the frames sent in each bin of the window: within bound, late,
+    unanswered, and the slowest answer (misses bunched in a few bins are stalls, not capacity)."""
+    import matplotlib.pyplot as plt
+    timed = [(name, _over_time(r)) for name, r in report['configs'].items() if _over_time(r)]
+    fig, axes = plt.subplots(len(timed), 1, figsize=(12, 1.2 + 2.0 * len(timed)), squeeze=False, sharex=True)
+    for ax, (name, ot) in zip(axes[:, 0], timed):
+        width = ot['bin_ms'] / 1000
+        t = np.arange(len(ot['within'])) * width
+        within, late, missed = (np.array(ot[k]) for k in ('within', 'late', 'unanswered'))
+        ax.bar(t, within, width=width, align='edge', color='tab:green', label='within bound')
+        ax.bar(t, late, width=width, align='edge', bottom=within, color='tab:orange', label='late')
+        ax.bar(t, missed, width=width, align='edge', bottom=within + late, color='tab:red', label='unanswered')
+        slowest = ax.twinx()
+        slowest.plot(t + width / 2, ot['max_ms'], 'k.-', linewidth=0.7, markersize=3, label='slowest answer, ms')
+        slowest.set_ylabel('ms', fontsize=8)
+        ax.set_ylabel('frames sent', fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc='lower left')
+    axes[-1, 0].set_xlabel(f"seconds into the window (bins of {timed[0][1]['bin_ms']} ms)")
+    return _save(fig, title, path)
 
 
 def replot(path: pathlib.Path, *, out: pathlib.Path | None = None, note: str | None = None) -> str:
