@@ -6,10 +6,28 @@ from __future__ import annotations
 
 import collections
 import math
+from typing import Sequence
 
-import numpy as np
+__all__ = ['Mean', 'Sizes', 'Tail', 'FrameAge', 'Rate', 'SETTLE_NS', 'MAX_SIZES_SEEN', 'percentile']
 
-__all__ = ['Mean', 'Sizes', 'Tail', 'FrameAge', 'Rate', 'SETTLE_NS', 'MAX_SIZES_SEEN']
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile of ``values`` by linear interpolation (numpy's default method), NaN
+    for none. ``numpy.percentile`` costs ~0.35 ms a call in numpy 2 whatever the size; the node's
+    status tick made 16 of them a second per app while the worker waited for the GIL (8 apps on a
+    2-core VM: every second, answers 10-18 ms late). A sort of a few hundred floats is ~20 us.
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 50), percentile([5.0], 99), percentile([0.0, 10.0], 99)
+    (2.5, 5.0, 9.9)
+    """
+    n = len(values)
+    if n == 0:
+        return math.nan
+    ordered = sorted(values)
+    position = (n - 1) * q / 100.0
+    low = int(position)
+    high = min(low + 1, n - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
 
 
 class Mean:
@@ -73,7 +91,7 @@ class Tail:
 
     def p99(self, now_ns: int) -> float | None:
         recent = [v for t, v in self.values if now_ns - t <= self.horizon_ns]
-        return float(np.percentile(recent, 99)) if recent else None
+        return percentile(recent, 99) if recent else None
 
 
 class FrameAge:

@@ -63,7 +63,7 @@ from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, pla
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
 from .preprocess import DevicePreprocessor, check_image, preprocess
 from .app_ledger import AppLedger
-from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes
+from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes, percentile as _percentile
 from .energy_scaling import EnergyScaler
 from .scheduler import Batch, Request, Scheduler
 
@@ -256,10 +256,6 @@ def _replace(result: Result, **changes: Any) -> Result:
     new = object.__new__(Result)
     new.__dict__.update(result.__dict__, **changes)
     return new
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(values, q)) if len(values) else math.nan
 
 
 class Engine:
