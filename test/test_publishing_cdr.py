@@ -50,3 +50,37 @@ def test_result_cdr_keeps_nan_and_infinity():
     msg = rclpy_serialization.deserialize_message(data, InferenceResult)
     assert math.isnan(msg.energy_mj) and msg.confidence == math.inf
     assert msg.stamp_latency_ms == pytest.approx(4.0) and msg.header.frame_id == 'cam' and msg.label == 'dress'
+
+
+def _status_inputs(app_id: str, reason: str, exits: int, *, nan: bool = False):
+    from delen_ros.core.bounds import LatePolicy, Objective
+    from delen_ros.ros.publishing import CameraReport
+    config = types.SimpleNamespace(app_id=app_id, image_topic=f'/{app_id}/image_raw', result_topic=f'/delen/{app_id}/result',
+                                   max_latency_ms=33.0, min_accuracy=0.0 if nan else 0.9, max_energy_mj=1.5,
+                                   objective=Objective.DEFAULT, late_policy=LatePolicy.DROP)
+    stats = types.SimpleNamespace(rate_in_hz=29.97, rate_out_hz=29.5, frames_in=2**40 + 3, results_out=1234,
+                                  dropped=7, dropped_overflow=1, dropped_late=5, dropped_malformed=1, served_late=2,
+                                  attainment=math.nan if nan else 0.98, frame_attainment=0.97, latency_p50_ms=8.5,
+                                  latency_p99_ms=math.inf if nan else 31.2, mean_energy_mj=0.4,
+                                  mean_expected_accuracy=0.93, exit_counts=list(range(exits)),
+                                  unschedulable_reason=reason)
+    camera = CameraReport(topic=config.image_topic, app_ids=(app_id,), frames=10, frames_total=100, malformed=0,
+                          malformed_total=0, missed_total=4, warning='no frames' if nan else '')
+    return config, stats, camera
+
+
+@pytest.mark.parametrize('app_id, reason, exits, nan', itertools.product(
+    ['a', 'nav', 'abcd', 'navi1'], ['', 'x', 'at risk: é', 'demoted: 12 chars'], [0, 1, 4], [False, True]))
+def test_status_cdr_is_the_serialized_status_message(app_id, reason, exits, nan):
+    from builtin_interfaces.msg import Time
+
+    from delen_ros.msg import AppStatus
+    from delen_ros.ros.publishing import status_cdr, status_message
+    config, stats, camera = _status_inputs(app_id, reason, exits, nan=nan)
+    for error, cam in (('', camera), ('disk full', None)):
+        want = rclpy_serialization.serialize_message(status_message(
+            config, stats, stamp=Time(sec=1_795_922_979, nanosec=5), camera=cam, state_error=error))
+        got = status_cdr(config, stats, stamp_sec=1_795_922_979, stamp_nanosec=5, camera=cam, state_error=error)
+        assert len(got) == len(want)
+        ours, theirs = (rclpy_serialization.deserialize_message(b, AppStatus) for b in (got, want))
+        assert repr(ours) == repr(theirs)   # repr: NaN fields compare equal as text

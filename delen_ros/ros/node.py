@@ -33,7 +33,7 @@ from .apps import parse_apps_param
 from .conversions import ImageFormatError, image_to_array, parse_image_cdr
 from .ingress import IngressPool, auto_processes
 from .manager import SUBSCRIPTION_DEPTH, AppManager, Camera
-from .publishing import CameraReport, diagnostics_array, result_cdr, status_message
+from .publishing import CameraReport, diagnostics_array, result_cdr, status_cdr
 from .qos import RESULT_QOS, status_qos
 from .registry import Registry, StateStore
 from .rejections import RejectionLog, clean_message
@@ -310,9 +310,9 @@ class DelenNode(LifecycleNode):
                 stats[app_id] = served.engine.stats(app_id, reset=True)
             except KeyError:   # removed meanwhile
                 continue
-            self._status_pub.publish(status_message(config, stats[app_id], stamp=stamp,
-                                                    camera=cameras.get(config.image_topic),
-                                                    state_error=apps.store.status))
+            self._status_pub.publish(status_cdr(config, stats[app_id], stamp_sec=stamp.sec, stamp_nanosec=stamp.nanosec,
+                                                camera=cameras.get(config.image_topic),
+                                                state_error=apps.store.status))
         self._diagnostics_pub.publish(diagnostics_array(
             stamp=stamp, prefix=self.get_fully_qualified_name(), hardware_id=served.device,
             cameras=list(cameras.values()), stats=stats, period_s=period_s, engine={
