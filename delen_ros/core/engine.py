@@ -530,9 +530,9 @@ class Engine:
     def _outside_ms(self) -> dict[str, float]:
         """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,
         the frames' age when :meth:`submit` gets them (from the stamp: transport to the node and
-        conversion) at their 99th percentile of late (:class:`~delen_ros.core.arrivals.FrameAge`), ``transport_prior_ms``
-        while none is measured; ``overhead_ms`` (:meth:`overhead_ms`); ``delivery_ms``, the delivery
-        allowance."""
+        conversion) at their 99th percentile of late (:class:`~delen_ros.core.arrivals.FrameAge`),
+        ``transport_prior_ms`` while none is measured; ``overhead_ms`` (:meth:`overhead_ms`);
+        ``delivery_ms``, the delivery allowance."""
         return {'transport_ms': self._age.p99_ms(self.clock()), 'overhead_ms': self.overhead_ms(),
                 'delivery_ms': self.delivery_allowance_ms}
 
