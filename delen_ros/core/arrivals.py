@@ -8,7 +8,7 @@ import collections
 import math
 from typing import Sequence
 
-__all__ = ['Mean', 'Sizes', 'Tail', 'FrameAge', 'Rate', 'SETTLE_NS', 'MAX_SIZES_SEEN', 'percentile']
+__all__ = ['Mean', 'Sizes', 'Tail', 'FrameAge', 'Rate', 'SETTLE_NS', 'MAX_SIZES_SEEN', 'percentile', 'percentiles']
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -20,14 +20,26 @@ def percentile(values: Sequence[float], q: float) -> float:
     >>> percentile([1.0, 2.0, 3.0, 4.0], 50), percentile([5.0], 99), percentile([0.0, 10.0], 99)
     (2.5, 5.0, 9.9)
     """
+    return percentiles(values, (q,))[0]
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float]) -> list[float]:
+    """:func:`percentile` at each of ``qs``, from one sort.
+
+    >>> percentiles([4.0, 1.0, 3.0, 2.0], (50, 99))
+    [2.5, 3.97]
+    """
     n = len(values)
     if n == 0:
-        return math.nan
+        return [math.nan] * len(qs)
     ordered = sorted(values)
-    position = (n - 1) * q / 100.0
-    low = int(position)
-    high = min(low + 1, n - 1)
-    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+    out = []
+    for q in qs:
+        position = (n - 1) * q / 100.0
+        low = int(position)
+        high = min(low + 1, n - 1)
+        out.append(float(ordered[low] + (ordered[high] - ordered[low]) * (position - low)))
+    return out
 
 
 class Mean:

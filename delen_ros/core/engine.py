@@ -63,7 +63,7 @@ from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, pla
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
 from .preprocess import DevicePreprocessor, check_image, preprocess
 from .app_ledger import AppLedger
-from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes, percentile as _percentile
+from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes, percentile as _percentile, percentiles
 from .energy_scaling import EnergyScaler
 from .scheduler import Batch, Request, Scheduler
 
@@ -880,6 +880,7 @@ class Engine:
             if reset:
                 app.reset_window(now)
         # outside the lock: percentiles and the rest
+        latency_p50, latency_p99 = percentiles(latencies, (50, 99))
         decided = max(w['w_in'], w['w_out'] + w['w_dropped'])
         out = w['w_out']
         if not reason and out == 0 and w['w_late_dropped'] > 0:
@@ -894,7 +895,7 @@ class Engine:
             attainment=w['w_met'] / out if out else math.nan,
             frame_attainment=w['w_met'] / decided if decided else math.nan,
             latency_attainment=w['w_latency_met'] / decided if decided else math.nan,
-            latency_p50_ms=_percentile(latencies, 50), latency_p99_ms=_percentile(latencies, 99),
+            latency_p50_ms=latency_p50, latency_p99_ms=latency_p99,
             latency_max_ms=max(latencies) if latencies else math.nan,
             mean_energy_mj=w['w_energy'] / out if out else math.nan,
             mean_expected_accuracy=w['w_accuracy'] / out if out else math.nan,
