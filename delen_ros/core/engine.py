@@ -59,12 +59,12 @@ import numpy as np
 import torch
 
 from . import admission
+from .app_ledger import AppLedger
+from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes, percentile, percentiles
 from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, plan
+from .energy_scaling import EnergyScaler
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
 from .preprocess import DevicePreprocessor, check_image, preprocess
-from .app_ledger import AppLedger
-from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes, percentile as _percentile, percentiles
-from .energy_scaling import EnergyScaler
 from .scheduler import Batch, Request, Scheduler
 
 if TYPE_CHECKING:
@@ -911,12 +911,13 @@ class Engine:
             elapsed_s = max(0.0, (self.clock() - self._worker_stats_ns) / 1e9)
             if reset:
                 self._reset_worker_stats()
+        decision_p50, decision_p99 = percentiles(us, (50, 99))
+        step_p50, step_p99 = percentiles(device, (50, 99))
         return WorkerStats(
             steps=steps, mean_batch=batched / steps if steps else math.nan,
             busy_s=busy_ns / 1e9, decision_us_mean=float(np.mean(us)) if us else math.nan,
-            decision_us_p50=_percentile(us, 50), decision_us_p99=_percentile(us, 99),
-            step_ms_p50=_percentile(device, 50), step_ms_p99=_percentile(device, 99),
-            preprocess_ms_per_frame=self._pre_ms, preprocess_ms_p99=_percentile(pre, 99),
+            decision_us_p50=decision_p50, decision_us_p99=decision_p99, step_ms_p50=step_p50, step_ms_p99=step_p99,
+            preprocess_ms_per_frame=self._pre_ms, preprocess_ms_p99=percentile(pre, 99),
             energy_scale=self._energy.scale if self._energy is not None else None,
             corrections=self.corrector.snapshot(), overhead_ms=self.overhead_ms(), energy_mj=energy_mj,
             idle_energy_mj=getattr(self, 'idle_power_w', 0.0) * elapsed_s * 1000.0)

@@ -35,9 +35,8 @@ def build_pool(params: Any, make_engine: Callable[..., Any], *, first: dict[str,
     :param first: ``model``, ``profile``, ``meter``, ``idle_power_w`` already built for the first device.
     :param on_result: the node's result callback (gets :class:`~delen_ros.core.placement.PlacedResult`).
     """
-    from delen_ros.core.energy import make_meter
+    from delen_ros.core.energy import idle_power_w, make_meter
     from delen_ros.core.placement import DevicePool
-    from delen_ros.core.energy import idle_power_w
     from delen_ros.core.zoo import load_model
 
     from .assembly import IDLE_WINDOW_S, load_profile, resolve_device
