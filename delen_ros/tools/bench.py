@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..core.bounds import Bounds, InfeasibleBounds, Objective
+from ..core.energy import measure_idle_power_w
 from ..core.engine import Engine, Result, make_runner
 from ..core.policies import available_policies
 from ..core.preprocess import preprocess
@@ -589,9 +590,7 @@ def _make_meter(kind: str, device: str):
 
 def _idle_power_w(meter, seconds: float = 2.0) -> float:
     time.sleep(1.0)   # let the device settle after the profile's work
-    e0, t0 = meter.energy_mj(), time.perf_counter()
-    time.sleep(seconds)
-    return (meter.energy_mj() - e0) / ((time.perf_counter() - t0) * 1e3)
+    return measure_idle_power_w(meter, window_s=seconds)   # the node's reading: aligned to the meter's updates
 
 
 def _runner_options(args) -> dict[str, Any]:
