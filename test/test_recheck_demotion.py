@@ -272,3 +272,13 @@ def test_the_warning_is_logged_on_changes_not_every_recheck(caplog):
     assert len(warnings) == 3 and 'demoted' in warnings[1].getMessage()
     assert len(infos) == 2 and 'every app fits' in infos[-1].getMessage()
 
+
+
+def test_the_recheck_warning_spells_out_three_apps_and_names_the_rest():
+    from delen_ros.core.engine import risk_summary
+    reasons = {f'cam{i:02d}': f'frames due within 18 ms need {20 + i} ms' for i in range(32)}
+    line = risk_summary(reasons)
+    assert line.startswith('32 app(s) at risk or demoted: cam00: frames due within 18 ms need 20 ms; ')
+    assert 'need 22 ms' in line and 'need 23 ms' not in line   # three spelled out
+    assert line.endswith('and ' + ', '.join(f'cam{i:02d}' for i in range(3, 32)) + ' (reasons in ~/status)')
+    assert risk_summary({'a': 'x'}) == '1 app(s) at risk or demoted: a: x'

@@ -258,6 +258,23 @@ def _replace(result: Result, **changes: Any) -> Result:
     return new
 
 
+
+_RISK_LOG_APPS = 3   # apps whose reason a re-check's warning spells out; each app's is in its AppStatus
+
+
+def risk_summary(reasons: dict[str, str], spelled_out: int = _RISK_LOG_APPS) -> str:
+    """One line for the log: the first apps' reasons in full, the others by name (at 32 apps the full
+    text ran to 20 000 characters a warning; every app reads its own reason in ``~/status``).
+
+    >>> risk_summary({'a': 'x', 'b': 'y', 'c': 'z'}, spelled_out=1)
+    '3 app(s) at risk or demoted: a: x; and b, c (reasons in ~/status)'
+    """
+    items = list(reasons.items())
+    text = '; '.join(f'{a}: {why}' for a, why in items[:spelled_out])
+    rest = [a for a, _ in items[spelled_out:]]
+    more = f'; and {", ".join(rest)} (reasons in ~/status)' if rest else ''
+    return f'{len(items)} app(s) at risk or demoted: {text}{more}'
+
 class Engine:
     """Serves one multi-exit model to many apps under their bounds (see the module docstring).
 
@@ -655,8 +672,7 @@ class Engine:
             if log:
                 self._risk_logged = (key, now)
         if log and reasons:
-            _log.warning('admission re-check at the measured rates: %s',
-                         '; '.join(f'{a}: {why}' for a, why in reasons.items()))
+            _log.warning('admission re-check at the measured rates: %s', risk_summary(reasons))
         elif log:
             _log.info('admission re-check: every app fits%s', f' ({", ".join(sorted(demoted))} served after the '
                       'others until the next clean re-checks)' if demoted else '')

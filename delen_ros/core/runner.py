@@ -17,6 +17,15 @@ to a background thread (:meth:`StageRunner.start_background_capture`). Until a s
 batch that would pad up to it runs as several replays of the sizes captured already
 (:func:`replay_plan`); never as an eager call of a new shape on the serving thread, which would pay
 the kernel choice there.
+
+Native first (``native_first``, the default with a background capture): cuDNN's set-up per shape is
+nearly all of a capture's time, and PyTorch's own convolutions need none (H200, cifar10_lite0: the
+eight batch-1 graphs in 0.14 s instead of 2.0-3.8 s). So every size is first captured with cuDNN off
+-- batch 1 before serving, the others at once in the background -- and only then, still in the
+background, captured again with cuDNN; each graph keeps whichever of the two replays faster (native
+convolutions are as fast at batch 1 there, 4x slower at 32). The node serves every size at full
+batch within a fraction of a second of configure, instead of running big batches as chains of
+batch-1 replays for the seconds cuDNN takes (the first 1-4 s of a 32-camera window on an H200).
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
 
-__all__ = ['StageRunner', 'CaptureState', 'resolve_device', 'warm_cuda_libraries', 'graph_batch_sizes', 'padded_graph_sizes',
+__all__ = ['StageRunner', 'CaptureState', 'conv_backend', 'faster_backend', 'resolve_device', 'warm_cuda_libraries', 'graph_batch_sizes', 'padded_graph_sizes',
            'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped']
 
 _log = logging.getLogger(__name__)
@@ -46,6 +55,21 @@ _Job = TypeVar('_Job')
 # is under way): a background capture, a first use's capture on the serving thread and another
 # runner's warm-up take turns, one graph at a time.
 _CAPTURE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def conv_backend(cudnn: bool) -> Iterator[None]:
+    """Convolutions inside run on cuDNN (true) or on PyTorch's own kernels (false).
+
+    The flag is process-wide: it is only set under ``_CAPTURE_LOCK``, around a capture's warm-up and
+    capture. Meanwhile the serving thread only replays graphs, which the flag does not touch.
+    """
+    before = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = cudnn
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = before
 
 
 _libraries_lock = threading.Lock()
@@ -185,6 +209,19 @@ def replay_plan(n: int, captured: Sequence[int]) -> tuple[tuple[int, int], ...]:
     return tuple(plan)
 
 
+def faster_backend(native_ms: Sequence[float], cudnn_ms: Sequence[float]) -> str:
+    """``'cudnn'`` or ``'native'``: the backend whose best replay was faster (native on a tie: it is
+    what serves already). Best of several, alternated: the worker's replays share the GPU meanwhile
+    and only ever slow a measurement down.
+
+    >>> faster_backend([0.80, 0.79], [0.83, 0.82]), faster_backend([6.7, 6.9], [1.7, 1.6])
+    ('native', 'cudnn')
+    """
+    if not native_ms or not cudnn_ms:
+        raise ValueError('faster_backend needs at least one timing of each')
+    return 'cudnn' if min(cudnn_ms) < min(native_ms) else 'native'
+
+
 def run_until_stopped(jobs: Iterable[_Job], run: Callable[[_Job], None], stop: threading.Event) -> list[_Job]:
     """Run ``jobs`` in order, looking at ``stop`` before each (a job is never cut short); the jobs run.
 
@@ -207,6 +244,12 @@ class CaptureState:
     running: bool              # the capture thread is alive
     seconds: float             # spent capturing in the background so far, s (all runs together)
     error: str | None          # why the last run gave up (the sizes it did not reach stay pending), or None
+    to_upgrade: tuple[int, ...] = ()   # sizes captured natively that are still to be tried on cuDNN
+
+    @property
+    def settled(self) -> bool:
+        """Every size captured and every cuDNN trial done: the graphs are those that will serve."""
+        return not self.pending and not self.to_upgrade
 
     @property
     def done(self) -> bool:
@@ -223,10 +266,17 @@ class _Graph:
         worker's cached blocks, so that its next allocations call ``cudaMalloc``).
     :param keep_output: keep the eager warm-up's output as ``warm_output`` (the example input of the
         next module of a chain); else ``warm_output`` is ``None``.
+    :param cudnn: convolutions on cuDNN (else PyTorch's own kernels), for the warm-up and the capture.
     """
 
     def __init__(self, module: nn.Module, example: Tensor, batch: int, *, pool, as_float: bool,
-                 stream: torch.cuda.Stream | None = None, keep_output: bool = False):
+                 stream: torch.cuda.Stream | None = None, keep_output: bool = False, cudnn: bool = True):
+        with conv_backend(cudnn):
+            self._capture(module, example, batch, pool=pool, as_float=as_float, stream=stream, keep_output=keep_output)
+        self.cudnn = cudnn
+
+    def _capture(self, module: nn.Module, example: Tensor, batch: int, *, pool, as_float: bool,
+                 stream: torch.cuda.Stream | None, keep_output: bool) -> None:
         shape = (batch,) + tuple(example.shape[1:])
         fmt = torch.channels_last if example.dim() == 4 and example.is_contiguous(memory_format=torch.channels_last) \
             and not example.is_contiguous() else torch.contiguous_format
@@ -268,6 +318,16 @@ class _Graph:
         self.graph.replay()
         return self.static_out[:n].clone()
 
+    def replay_ms(self, reps: int = 5) -> float:
+        """Mean time of ``reps`` bare replays on the current stream, ms (CUDA events)."""
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            self.graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / reps
+
 
 class StageRunner:
     """Runs a :class:`~delen_ros.core.multi_exit.MultiExitModel` step by step on one device.
@@ -286,6 +346,9 @@ class StageRunner:
     :param background_capture: what :meth:`warmup` does by default with CUDA graphs: capture the
         smallest size only and leave the others to :meth:`start_background_capture`; false: capture
         every size in ``warmup`` (slower to start; what a benchmark of steady state may want).
+    :param native_first: with a background capture, capture every size with cuDNN off first (in
+        milliseconds) and try cuDNN for each graph afterwards, in the background, keeping the
+        faster (see the module's notes). Without a background capture, graphs use cuDNN.
 
     All calls run under ``torch.inference_mode()``. Calls are asynchronous on CUDA: time them
     between :meth:`synchronize` calls. One thread serves (calls :meth:`stage` and :meth:`head`);
@@ -294,7 +357,8 @@ class StageRunner:
 
     def __init__(self, model: 'MultiExitModel', *, device: str | torch.device = 'cpu', half: bool | None = None,
                  channels_last: bool | None = None, cuda_graphs: bool = False, max_batch: int = 32,
-                 graph_sizes: Sequence[int] | None = None, background_capture: bool = True):
+                 graph_sizes: Sequence[int] | None = None, background_capture: bool = True,
+                 native_first: bool = True):
         self.device = resolve_device(device)
         cuda = self.device.type == 'cuda'
         half = cuda if half is None else half
@@ -308,6 +372,7 @@ class StageRunner:
             raise ValueError(f'graph sizes must be >= 1 and end at max_batch {max_batch}, got {self.graph_sizes}')
         self.cuda_graphs = bool(cuda_graphs) and cuda
         self.background_capture = bool(background_capture)
+        self.native_first = bool(native_first)
         self.model = model.prepare(self.device, dtype=self.dtype, channels_last=self.channels_last)
         self.num_exits = model.num_exits
         # Read by the serving thread while the background thread adds to it: a graph is put in only
@@ -321,6 +386,11 @@ class StageRunner:
         self._capture_stop = threading.Event()
         self._capture_ns = 0
         self._capture_error: str | None = None
+        # Native first: set by warmup when a background capture follows; the sizes whose cuDNN
+        # trial is still to come, and each trial's timings (key -> (native ms, cuDNN ms), best of).
+        self._capture_native = False
+        self._to_upgrade: frozenset[int] = frozenset()
+        self._trials: dict[tuple[str, int, int], tuple[float, float]] = {}
 
     def __repr__(self) -> str:
         return (f'StageRunner({self.model.info.name!r}, device={str(self.device)!r}, dtype={self.dtype}, '
@@ -386,6 +456,8 @@ class StageRunner:
                 self.stop_background_capture(timeout=None)
             sizes, later = split_capture_sizes(self.graph_sizes, background=background)
             self._deferred = frozenset(later)   # before the calls below: they must not capture these
+            self._capture_native = background and self.native_first
+            self._to_upgrade = frozenset(self.graph_sizes if self._capture_native else ())
         info = self.model.info
         # Most of this is each convolution's first call at a new shape (kernel choice, ~0.3-0.8 s a
         # stage on an H200). PyTorch keeps those choices per thread: choosing them in parallel
@@ -403,7 +475,7 @@ class StageRunner:
         the runner serves meanwhile. Each (stage, head) pair of a size is used as soon as it is
         captured. True if a thread was started (false: nothing pending, or one is running).
         """
-        if not self.cuda_graphs or not self._pending() or self.capture_state().running:
+        if not self.cuda_graphs or not (self._pending() or self._to_upgrade) or self.capture_state().running:
             return False
         self._capture_stop = stop = threading.Event()   # a fresh flag: an old thread keeps its own
         self._capture_error = None
@@ -435,7 +507,16 @@ class StageRunner:
         """Whether the background capture is done, running, how long it took and why it stopped."""
         thread = self._capture_thread
         return CaptureState(pending=self._pending(), running=thread is not None and thread.is_alive(),
-                            seconds=self._capture_ns / 1e9, error=self._capture_error)
+                            seconds=self._capture_ns / 1e9, error=self._capture_error,
+                            to_upgrade=tuple(sorted(self._to_upgrade)))
+
+    def conv_backends(self) -> dict[tuple[str, int, int], str]:
+        """Each captured graph's convolutions: ``'cudnn'`` or ``'native'``, by (kind, exit, batch)."""
+        return {key: 'cudnn' if graph.cudnn else 'native' for key, graph in list(self._graphs.items())}
+
+    def cudnn_trials(self) -> dict[tuple[str, int, int], tuple[float, float]]:
+        """The background's cuDNN trials so far: (native ms, cuDNN ms) per graph, best replays."""
+        return dict(self._trials)
 
     def _pending(self) -> tuple[int, ...]:
         return tuple(b for b in sorted(self._deferred) if not self._size_captured(b))
@@ -466,36 +547,92 @@ class StageRunner:
                         chain.update(pool=self._new_pool(), x=self.to_input(
                             torch.zeros(b, info.in_channels, *info.input_size)))
                     chain['x'] = self._capture_pair(b, k, chain['x'], pool=chain['pool'],
-                                                    stream=capture_stream, sync=sync)
+                                                    stream=capture_stream, sync=sync, cudnn=not self._capture_native)
+
+                def try_cudnn(job: tuple[int, int]) -> None:
+                    b, k = job
+                    if k == 0:
+                        info = self.model.info
+                        chain.update(pool=self._new_pool(), x=self.to_input(
+                            torch.zeros(b, info.in_channels, *info.input_size)))
+                    chain['x'] = self._try_cudnn_pair(b, k, chain['x'], pool=chain['pool'],
+                                                      stream=capture_stream, sync=sync)
+                    if k == self.num_exits - 1:
+                        self._to_upgrade = self._to_upgrade - {b}   # a new set: capture_state reads it
 
                 run_until_stopped(capture_order(self._pending(), self.num_exits), capture, stop)
+                if not self._pending() and self._to_upgrade:   # every size serves at full batch: now cuDNN's trials
+                    run_until_stopped(capture_order(sorted(self._to_upgrade), self.num_exits), try_cudnn, stop)
+                    if not self._to_upgrade:
+                        backends = self.conv_backends()
+                        _log.info('CUDA graphs settled after %.1f s in the background: %d of %d on cuDNN, the '
+                                  'others on native convolutions (faster there)',
+                                  (self._capture_ns + time.perf_counter_ns() - t0) / 1e9,
+                                  sum(b == 'cudnn' for b in backends.values()), len(backends))
         except Exception as exc:  # noqa: BLE001 -- serving goes on with the sizes captured
             _log.exception('background graph capture stopped; sizes %s stay pending', self._pending())
             self._capture_error = f'{type(exc).__name__}: {exc}'
         finally:
             self._capture_ns += time.perf_counter_ns() - t0
 
-    def _capture_pair(self, b: int, k: int, x: Tensor, *, pool, stream, sync: Callable[[], None]) -> Tensor:
+    def _capture_pair(self, b: int, k: int, x: Tensor, *, pool, stream, sync: Callable[[], None],
+                      cudnn: bool = True) -> Tensor:
         """Capture stage ``k`` and head ``k`` at batch ``b`` from stage ``k``'s example input ``x``
         (those captured already are kept), put them in use, and return stage ``k``'s output."""
         stage_key, head_key = ('stage', k, b), ('head', k, b)
         made: dict[tuple[str, int, int], _Graph] = {}
         with _CAPTURE_LOCK:
             if stage_key in self._graphs:   # a first use captured it: its output, eagerly
-                y = self.model.stages[k](x)
+                with conv_backend(cudnn):
+                    y = self.model.stages[k](x)
             else:
                 graph = made[stage_key] = _Graph(self.model.stages[k], x, b, pool=pool, as_float=False,
-                                                 stream=stream, keep_output=True)
+                                                 stream=stream, keep_output=True, cudnn=cudnn)
                 y, graph.warm_output = graph.warm_output, None
         with _CAPTURE_LOCK:
             if head_key not in self._graphs:
-                made[head_key] = _Graph(self.model.heads[k], y, b, pool=pool, as_float=True, stream=stream)
+                made[head_key] = _Graph(self.model.heads[k], y, b, pool=pool, as_float=True, stream=stream,
+                                        cudnn=cudnn)
         # The static inputs were filled on this thread's stream: let that finish before the
         # serving thread (on its own stream) may write them.
         sync()
         for key, graph in made.items():
             self._graphs[key] = graph   # publish: one atomic assignment under the GIL
         return y
+
+    def _try_cudnn_pair(self, b: int, k: int, x: Tensor, *, pool, stream, sync: Callable[[], None],
+                        rounds: int = 3) -> Tensor:
+        """Capture stage ``k`` and head ``k`` at batch ``b`` on cuDNN, and twins of the native graphs
+        that serve (the served ones are the worker's: never replayed here); time each pair in
+        alternation and put a cuDNN graph in use where it replays faster. Returns stage ``k``'s output."""
+        twin_pool = self._new_pool()   # dropped with the twins
+        pairs: dict[str, tuple[_Graph, _Graph]] = {}
+        with _CAPTURE_LOCK:
+            cudnn_stage = _Graph(self.model.stages[k], x, b, pool=pool, as_float=False, stream=stream,
+                                 keep_output=True, cudnn=True)
+            y, cudnn_stage.warm_output = cudnn_stage.warm_output, None
+        with _CAPTURE_LOCK:
+            pairs['stage'] = (_Graph(self.model.stages[k], x, b, pool=twin_pool, as_float=False, stream=stream,
+                                     cudnn=False), cudnn_stage)
+        with _CAPTURE_LOCK:
+            pairs['head'] = (_Graph(self.model.heads[k], y, b, pool=twin_pool, as_float=True, stream=stream,
+                                    cudnn=False),
+                             _Graph(self.model.heads[k], y, b, pool=pool, as_float=True, stream=stream, cudnn=True))
+        sync()
+        for kind, (native, cudnn) in pairs.items():
+            native_ms, cudnn_ms = [], []
+            for _ in range(rounds):
+                native_ms.append(self._replay_ms(native))
+                cudnn_ms.append(self._replay_ms(cudnn))
+            self._trials[kind, k, b] = (min(native_ms), min(cudnn_ms))
+            served = self._graphs.get((kind, k, b))
+            if faster_backend(native_ms, cudnn_ms) == 'cudnn' and served is not None and not served.cudnn:
+                self._graphs[kind, k, b] = cudnn   # publish: one atomic assignment under the GIL
+        return y
+
+    @staticmethod
+    def _replay_ms(graph: _Graph) -> float:
+        return graph.replay_ms()
 
     @contextlib.contextmanager
     def _capture_thread_context(self) -> Iterator[tuple[torch.cuda.Stream, Callable[[], None]]]:
@@ -529,7 +666,8 @@ class StageRunner:
             with _CAPTURE_LOCK:
                 graph = self._graphs.get((kind, k, size))   # the background may have captured it meanwhile
                 if graph is None:
-                    graph = self._graphs[kind, k, size] = _Graph(module, x, size, pool=self._pool, as_float=as_float)
+                    graph = self._graphs[kind, k, size] = _Graph(module, x, size, pool=self._pool, as_float=as_float,
+                                                                 cudnn=not self._capture_native)
             return self._replay(graph, kind, k, x)
 
     def _replay_chunks(self, kind: str, k: int, x: Tensor, captured: Sequence[int]) -> Tensor:

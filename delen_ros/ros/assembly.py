@@ -141,8 +141,10 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 # call pending sizes eagerly: cuDNN's kernel choice on the worker cost 20+ s of misses
                 # on an H200. Now the worker only replays captured sizes, in chunks if need be.)
                 from delen_ros.core.runner import padded_graph_sizes
+                # DELEN_NATIVE_FIRST=0: capture on cuDNN from the start (the A/B of runner's native first)
                 options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': padded_graph_sizes(
-                    params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits)))}
+                    params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits))),
+                    'native_first': os.environ.get('DELEN_NATIVE_FIRST', '1') != '0'}
             return Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,

@@ -9,8 +9,10 @@ It prints one JSON line: the seconds of ``import torch``, the CUDA context, each
 the first served frame (from configure's start and from the process's), the background capture's
 duration (``background_capture_s``, after the first frame, while serving), and each CUDA graph's
 capture (its eager warm-up included) by stage / head, batch size and thread (``background``).
-``BACKGROUND_CAPTURE=0``: every size captured in configure, as before. Run it under
-``py-spy record`` for the rest.
+``BACKGROUND_CAPTURE=0``: every size captured in configure, as before. ``DELEN_NATIVE_FIRST=0``:
+graphs captured on cuDNN from the start (the runner's default captures with PyTorch's own
+convolutions first and tries cuDNN per graph afterwards; ``settled_wall_s`` is when the last trial
+ended, ``conv_backends`` how they came out). Run it under ``py-spy record`` for the rest.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def _timed(self, module, example, batch, **kwargs):
     _original(self, module, example, batch, **kwargs)
     sync()
     graphs.append({'module': type(module).__name__, 'batch': batch, 'background': background,
-                   's': round(time.perf_counter() - start, 4)})
+                   'cudnn': kwargs.get('cudnn', True), 's': round(time.perf_counter() - start, 4)})
 
 
 runner._Graph.__init__ = _timed
@@ -95,7 +97,13 @@ t_first = time.perf_counter()
 stage_runner = engine._runner
 capture_done = stage_runner.wait_background_capture(timeout=300) if hasattr(stage_runner, 'capture_state') else None
 t_captured = time.perf_counter()
+while hasattr(stage_runner, 'capture_state') and stage_runner.capture_state().running \
+        and time.perf_counter() - t_captured < 300:   # the cuDNN trials after the last size
+    time.sleep(0.01)
+t_settled = time.perf_counter()
 state = stage_runner.capture_state() if hasattr(stage_runner, 'capture_state') else None
+backends = stage_runner.conv_backends() if hasattr(stage_runner, 'conv_backends') else {}
+trials = stage_runner.cudnn_trials() if hasattr(stage_runner, 'cudnn_trials') else {}
 
 
 def _full_depth_ms(batch: int, reps: int = 100) -> float:
@@ -117,7 +125,7 @@ def _full_depth_ms(batch: int, reps: int = 100) -> float:
 
 steady = {b: _full_depth_ms(b) for b in getattr(stage_runner, 'graph_sizes', (1,))}
 out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'MODEL', 'MAX_BATCH', 'BACKGROUND_CAPTURE',
-                                                'FRAME_HW', 'CUDNN', 'WARM_LIBRARIES')},
+                                                'FRAME_HW', 'CUDNN', 'WARM_LIBRARIES', 'DELEN_NATIVE_FIRST')},
        'idle_power_at_start_s': round(t_idle - t0, 3), 'import_torch_s': round(t_import - t_idle, 3),
        'cuda_context_s': round(t_cuda - t_import, 3), 'full_depth_ms_by_batch': steady,
        'cuda_libraries_s': round(t_libraries - t_cuda, 3),
@@ -130,6 +138,9 @@ out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'MODEL', 'M
        'background_capture_s': round(state.seconds, 3) if state else None,   # on its thread, while serving
        'background_capture_done': capture_done, 'background_capture_error': state.error if state else None,
        'background_capture_wall_s': round(t_captured - t_done, 3),   # configure's end -> the capture's end
+       'settled_wall_s': round(t_settled - t_done, 3),               # configure's end -> the last cuDNN trial's
+       'conv_backends': {f'{kind}{k}@{b}': v for (kind, k, b), v in sorted(backends.items())},
+       'cudnn_trials_ms': {f'{kind}{k}@{b}': [round(v, 4) for v in t] for (kind, k, b), t in sorted(trials.items())},
        'graph_sizes': list(getattr(stage_runner, 'graph_sizes', ())), 'graph_count': engine.graph_count(),
        'graphs': graphs, 'graphs_s': round(sum(g['s'] for g in graphs), 3),
        'graphs_foreground_s': round(sum(g['s'] for g in graphs if not g['background']), 3),

@@ -3,6 +3,7 @@
 # the CUDA unit tests of the data path (when pytest wheels are carried in .devdata/pytest):
 #   new        the shipped path: C receivers (auto), frames uploaded at submit; NS_NEW cameras, both policies
 #   nofuse     fuse_steps:=false (one step per worker turn) on NS_AB cameras, delen
+#   cudnn_first DELEN_NATIVE_FIRST=0: graphs captured on cuDNN from the start; NS_AB cameras, delen
 #   no_upload  DELEN_UPLOAD_AHEAD=0: the worker stages and uploads each batch itself; NS_AB cameras, delen
 #   py_recv    DELEN_RECEIVER=python: the Python receivers of session 3; NS_AB cameras, delen
 #   arrival    latency_from:=arrival on NS_AB cameras, delen: the timeline splits the way in from the queue
@@ -62,6 +63,9 @@ skip new || TOTAL_S=$(( $(left) - 150 )) NS="${NS_NEW:-16,32,48}" POLICIES="${PO
 # the same cameras one step per worker turn (fuse_steps:=false): what fused steps buy
 skip nofuse || TOTAL_S=$(( $(left) - 5 - ${AFTER_NOFUSE_S:-120} )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
   NODE_PARAMS="fuse_steps:=false" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nofuse"
+# graphs on cuDNN from the start (before native first): big batches run as batch-1 replays until cuDNN's set-up is done
+skip cudnn_first || DELEN_NATIVE_FIRST=0 TOTAL_S=$(( $(left) - 5 - ${AFTER_CUDNN_FIRST_S:-200} )) ENGINE=0 NS="${NS_AB:-32}" \
+  POLICIES=delen DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/cudnn_first"
 skip no_upload || DELEN_UPLOAD_AHEAD=0 TOTAL_S=$(( $(left) - 100 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
   DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/no_upload"
 skip py_recv || DELEN_RECEIVER=python TOTAL_S=$(( $(left) - 50 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
@@ -78,9 +82,9 @@ if ! skip configure; then
   mkdir -p "$WORK/configure"
   py-spy record -r 200 -f raw -o "$WORK/configure/spy_configure.txt" -- \
     python3 scripts/device/configure_profile.py "$WORK/configure/lazy.json" 2>&1 | tail -3
-  # A/B: PyTorch's own convolutions instead of cuDNN (its set-up per new shape is most of the captures)
-  [ "${CONFIGURE_NATIVE:-1}" = 1 ] && CUDNN=0 python3 scripts/device/configure_profile.py \
-    "$WORK/configure/native_conv.json" 2>&1 | tail -2
+  # A/B: graphs on cuDNN from the start (before native first: its set-up per new shape was most of the captures)
+  [ "${CONFIGURE_NATIVE:-1}" = 1 ] && DELEN_NATIVE_FIRST=0 python3 scripts/device/configure_profile.py \
+    "$WORK/configure/cudnn_first.json" 2>&1 | tail -2
   echo "[ab] configure profile done at $(( $(date +%s) - t0 )) s"
 fi
 # the same cameras on two delen nodes (namespaces, each its own process and GIL) on the one GPU,
