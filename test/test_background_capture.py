@@ -332,57 +332,58 @@ def captures(log, since: int = 0) -> list[int]:
     return [b for what, _, b, _ in log[since:] if what == 'capture']
 
 
-def test_native_first_captures_batch_1_without_cudnn_and_leaves_every_size_to_try(fake_graphs):
+def test_native_first_captures_every_size_natively_then_tries_cudnn_for_the_larger_ones(fake_graphs):
     runner = graph_runner(num_exits=2, native_first=True)
     runner.warmup()
-    assert set(runner.conv_backends().values()) == {'native'} and runner.graph_count == 4
+    # native: 1, 2, 4, 8 (stage and head of 2 exits); then per larger size, largest first, a cuDNN
+    # pair and a native twin pair per exit
+    assert captures(fake_graphs.log) == [1] * 4 + [2] * 4 + [4] * 4 + [8] * 4 + [8] * 8 + [4] * 8 + [2] * 8
+    assert {thread for what, thread, _, _ in fake_graphs.log} == {threading.current_thread().name}
+    assert runner.conv_backends() == {(kind, k, b): 'cudnn' if b >= 4 else 'native'
+                                      for kind in ('stage', 'head') for k in range(2) for b in (1, 2, 4, 8)}
+    assert runner.cudnn_trials()[('stage', 0, 8)] == (1.0, 0.5)
+    assert runner.cudnn_trials()[('head', 1, 2)] == (1.0, 1.2)
     state = runner.capture_state()
-    assert state.pending == (2, 4, 8) and state.to_upgrade == (1, 2, 4, 8) and not state.settled
+    assert state.pending == () and state.to_upgrade == (1,) and not state.settled
 
 
-def test_native_first_serves_every_size_natively_then_keeps_the_faster_of_each(fake_graphs):
+def test_native_first_leaves_batch_1_s_trial_to_the_background(fake_graphs):
     runner = graph_runner(num_exits=2, native_first=True)
     runner.warmup()
     mark = len(fake_graphs.log)
-    runner.start_background_capture()
-    assert runner.wait_background_capture(timeout=10)
+    assert runner.start_background_capture() is True
     end = time.monotonic() + 10
-    while runner.capture_state().running and time.monotonic() < end:
+    while not runner.capture_state().settled and time.monotonic() < end:
         time.sleep(0.005)
     state = runner.capture_state()
-    assert state.settled and state.error is None and not state.running
-    # the native pass first, every pending size; then per size a cuDNN pair and a native twin pair
-    assert captures(fake_graphs.log, mark) == [2] * 4 + [4] * 4 + [8] * 4 + [1] * 8 + [2] * 8 + [4] * 8 + [8] * 8
-    backends = runner.conv_backends()
-    assert backends == {(kind, k, b): 'cudnn' if b >= 4 else 'native'
-                        for kind in ('stage', 'head') for k in range(2) for b in (1, 2, 4, 8)}
-    assert runner.cudnn_trials()[('stage', 0, 8)] == (1.0, 0.5)
-    assert runner.cudnn_trials()[('head', 1, 1)] == (1.0, 1.2)
+    assert state.settled and state.error is None
+    assert captures(fake_graphs.log, mark) == [1] * 8
+    assert {thread for what, thread, _, _ in fake_graphs.log[mark:] if what == 'capture'} == {'delen-capture'}
+    assert runner.conv_backends()[('stage', 0, 1)] == 'native' and runner.cudnn_trials()[('stage', 0, 1)] == (1.0, 1.2)
     mark = len(fake_graphs.log)
     torch.testing.assert_close(run_chain(runner, frames(5))[-1], fake_model(2)(frames(5))[-1])
     assert replays(fake_graphs.log, mark) == [8] * 4
+    end = time.monotonic() + 10
+    while runner.capture_state().running and time.monotonic() < end:
+        time.sleep(0.005)
     assert runner.start_background_capture() is False   # nothing left to capture or try
 
 
 def test_native_first_trials_stop_and_resume(fake_graphs):
     runner = graph_runner(num_exits=2, native_first=True)
     runner.warmup()
-    fake_graphs.gates[1] = threading.Event()   # batch 1 is only captured again by the trials
+    fake_graphs.gates[1] = threading.Event()   # batch 1 is only captured again by its trial
     runner.start_background_capture()
-    end = time.monotonic() + 10
-    while runner.capture_state().pending and time.monotonic() < end:
-        time.sleep(0.005)
-    assert runner.stop_background_capture(timeout=0.05) is False   # inside the first trial's capture
+    time.sleep(0.05)
+    assert runner.stop_background_capture(timeout=0.05) is False   # inside the trial's first capture
     fake_graphs.gates[1].set()
     assert runner.stop_background_capture(timeout=10)
-    state = runner.capture_state()
-    assert state.pending == () and state.to_upgrade == (1, 2, 4, 8)   # batch 1's exit 1 not tried yet
+    assert runner.capture_state().to_upgrade == (1,)   # exit 1 not tried yet
     assert runner.start_background_capture() is True
     end = time.monotonic() + 10
     while not runner.capture_state().settled and time.monotonic() < end:
         time.sleep(0.005)
-    assert runner.capture_state().settled
-    assert runner.conv_backends()[('stage', 1, 8)] == 'cudnn'
+    assert runner.capture_state().settled and len(runner.cudnn_trials()) == 2 * 2 * 4
 
 
 def test_without_background_capture_graphs_use_cudnn_and_nothing_is_tried(fake_graphs):
@@ -465,9 +466,10 @@ def test_engine_graph_count_follows_the_background(fake_graphs):
 
 
 # --- CUDA --------------------------------------------------------------------------------------------
-def conv_runner(*, cuda_graphs: bool, max_batch: int = 8, half: bool = False) -> StageRunner:
+def conv_runner(*, cuda_graphs: bool, max_batch: int = 8, half: bool = False, native_first: bool = True) -> StageRunner:
     from test_runner import conv_model
-    return StageRunner(conv_model(seed=1), device='cuda', half=half, cuda_graphs=cuda_graphs, max_batch=max_batch)
+    return StageRunner(conv_model(seed=1), device='cuda', half=half, cuda_graphs=cuda_graphs, max_batch=max_batch,
+                       native_first=native_first)
 
 
 def cuda_chain(runner: StageRunner, x: torch.Tensor) -> list[torch.Tensor]:
@@ -478,15 +480,20 @@ def cuda_chain(runner: StageRunner, x: torch.Tensor) -> list[torch.Tensor]:
 
 @needs_cuda
 @pytest.mark.parametrize('half', [False, True])
-def test_cuda_replays_match_eager_while_the_background_captures(half):
-    """The worker's replays go on while the capture thread warms up and captures the larger sizes:
-    every answer must stay the eager one (no shared memory, no race on the static buffers)."""
+@pytest.mark.parametrize('native_first', [False, True])
+def test_cuda_replays_match_eager_while_the_background_captures(half, native_first):
+    """The worker's replays go on while the capture thread warms up and captures the larger sizes
+    (or tries cuDNN for batch 1, replaying its candidates to time them): every answer must stay the
+    eager one (no shared memory, no race on the static buffers)."""
     eager = conv_runner(cuda_graphs=False, half=half)
-    graphs = conv_runner(cuda_graphs=True, half=half)
+    graphs = conv_runner(cuda_graphs=True, half=half, native_first=native_first)
     # fp32: native convolutions against cuDNN's (TF32 on by default from Ampere on)
     tol = dict(rtol=2e-2, atol=2e-2) if half else dict(rtol=5e-3, atol=5e-3)
     graphs.warmup()
-    assert graphs.graph_count == 2 * 3 and graphs.capture_state().pending == (2, 4, 8)
+    if native_first:
+        assert graphs.graph_count == 2 * 3 * 4 and graphs.capture_state().to_upgrade == (1,)
+    else:
+        assert graphs.graph_count == 2 * 3 and graphs.capture_state().pending == (2, 4, 8)
     torch.manual_seed(0)
     inputs = [torch.randn(b, 3, 16, 16) for b in (1, 3, 8, 5, 2, 7)]
     expected = [cuda_chain(eager, x) for x in inputs]
@@ -498,7 +505,7 @@ def test_cuda_replays_match_eager_while_the_background_captures(half):
                 torch.testing.assert_close(a, b, **tol)
         rounds += 1
     state = graphs.capture_state()
-    assert state.done and state.error is None and state.seconds > 0
+    assert state.settled and state.error is None and state.seconds > 0
     assert graphs.graph_count == 2 * 3 * 4
 
 
@@ -506,7 +513,8 @@ def test_cuda_replays_match_eager_while_the_background_captures(half):
 def test_cuda_native_first_settles_on_the_faster_backend_of_each_graph():
     graphs = conv_runner(cuda_graphs=True)
     graphs.warmup()
-    assert set(graphs.conv_backends().values()) == {'native'}
+    assert {graphs.conv_backends()[kind, k, 1] for kind in ('stage', 'head') for k in range(3)} == {'native'}
+    assert len(graphs.cudnn_trials()) == 2 * 3 * 3   # sizes 2, 4 and 8 tried in warmup
     graphs.start_background_capture()
     graphs.wait_background_capture(timeout=120)
     end = time.monotonic() + 120
@@ -525,7 +533,7 @@ def test_cuda_native_first_settles_on_the_faster_backend_of_each_graph():
 @needs_cuda
 def test_cuda_pending_sizes_run_as_replays_of_batch_1():
     eager = conv_runner(cuda_graphs=False)
-    graphs = conv_runner(cuda_graphs=True)
+    graphs = conv_runner(cuda_graphs=True, native_first=False)
     graphs.warmup()   # no background thread started: sizes 2, 4 and 8 stay pending
     x = torch.randn(6, 3, 16, 16)
     for a, b in zip(cuda_chain(graphs, x), cuda_chain(eager, x)):

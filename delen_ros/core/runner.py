@@ -20,12 +20,11 @@ the kernel choice there.
 
 Native first (``native_first``, the default with a background capture): cuDNN's set-up per shape is
 nearly all of a capture's time, and PyTorch's own convolutions need none (H200, cifar10_lite0: the
-eight batch-1 graphs in 0.14 s instead of 2.0-3.8 s). So every size is first captured with cuDNN off
--- batch 1 before serving, the others at once in the background -- and only then, still in the
-background, captured again with cuDNN; each graph keeps whichever of the two replays faster (native
-convolutions are as fast at batch 1 there, 4x slower at 32). The node serves every size at full
-batch within a fraction of a second of configure, instead of running big batches as chains of
-batch-1 replays for the seconds cuDNN takes (the first 1-4 s of a 32-camera window on an H200).
+eight batch-1 graphs in 0.14 s instead of 2.0-3.8 s). So ``warmup`` captures every size with cuDNN
+off, then captures the larger sizes again with cuDNN, and each graph keeps whichever of the two
+replays faster (native convolutions are as fast at batch 1 on an H200, 4x slower at 32); batch 1's
+cuDNN trial is left to the background thread. Big batches then never run as chains of batch-1
+replays while cuDNN sets up (the first 1-4 s of a 32-camera window on an H200 lost frames so).
 """
 from __future__ import annotations
 
@@ -346,9 +345,10 @@ class StageRunner:
     :param background_capture: what :meth:`warmup` does by default with CUDA graphs: capture the
         smallest size only and leave the others to :meth:`start_background_capture`; false: capture
         every size in ``warmup`` (slower to start; what a benchmark of steady state may want).
-    :param native_first: with a background capture, capture every size with cuDNN off first (in
-        milliseconds) and try cuDNN for each graph afterwards, in the background, keeping the
-        faster (see the module's notes). Without a background capture, graphs use cuDNN.
+    :param native_first: with a background capture, ``warmup`` captures every size with cuDNN off
+        (in milliseconds) and tries cuDNN for each graph of the larger sizes, keeping the faster;
+        batch 1's trial runs in the background (see the module's notes). Without a background
+        capture, graphs use cuDNN.
 
     All calls run under ``torch.inference_mode()``. Calls are asynchronous on CUDA: time them
     between :meth:`synchronize` calls. One thread serves (calls :meth:`stage` and :meth:`head`);
@@ -455,9 +455,13 @@ class StageRunner:
             if not background:
                 self.stop_background_capture(timeout=None)
             sizes, later = split_capture_sizes(self.graph_sizes, background=background)
-            self._deferred = frozenset(later)   # before the calls below: they must not capture these
             self._capture_native = background and self.native_first
-            self._to_upgrade = frozenset(self.graph_sizes if self._capture_native else ())
+            if self._capture_native:
+                # every size now, natively (milliseconds); cuDNN tried below for the larger sizes and
+                # in the background for the smallest (see the module's notes)
+                sizes, later = self.graph_sizes, ()
+            self._deferred = frozenset(later)   # before the calls below: they must not capture these
+            self._to_upgrade = frozenset(self.graph_sizes[:1] if self._capture_native else ())
         info = self.model.info
         # Most of this is each convolution's first call at a new shape (kernel choice, ~0.3-0.8 s a
         # stage on an H200). PyTorch keeps those choices per thread: choosing them in parallel
@@ -468,6 +472,14 @@ class StageRunner:
                 x = self.stage(k, x)
                 self.head(k, x)
         self.synchronize()
+        if self.cuda_graphs and batch_sizes is None and self._capture_native:
+            # Before serving, not while: tried in the background as the node served 32 cameras on
+            # an H200, the larger sizes' trials (~9 s) overlapped the first seconds of service, at
+            # 4x the batch-32 cost meanwhile. The largest first: where cuDNN wins most.
+            for b in reversed(self.graph_sizes[1:]):
+                x = self.to_input(torch.zeros(b, info.in_channels, *info.input_size))
+                for k in range(self.num_exits):
+                    x = self._try_cudnn_pair(b, k, x, stream=None, sync=self.synchronize)
 
     # --- the background capture ------------------------------------------------------------------------
     def start_background_capture(self) -> bool:
@@ -553,10 +565,8 @@ class StageRunner:
                     b, k = job
                     if k == 0:
                         info = self.model.info
-                        chain.update(pool=self._new_pool(), x=self.to_input(
-                            torch.zeros(b, info.in_channels, *info.input_size)))
-                    chain['x'] = self._try_cudnn_pair(b, k, chain['x'], pool=chain['pool'],
-                                                      stream=capture_stream, sync=sync)
+                        chain['x'] = self.to_input(torch.zeros(b, info.in_channels, *info.input_size))
+                    chain['x'] = self._try_cudnn_pair(b, k, chain['x'], stream=capture_stream, sync=sync)
                     if k == self.num_exits - 1:
                         self._to_upgrade = self._to_upgrade - {b}   # a new set: capture_state reads it
 
@@ -600,12 +610,16 @@ class StageRunner:
             self._graphs[key] = graph   # publish: one atomic assignment under the GIL
         return y
 
-    def _try_cudnn_pair(self, b: int, k: int, x: Tensor, *, pool, stream, sync: Callable[[], None],
+    def _try_cudnn_pair(self, b: int, k: int, x: Tensor, *, stream, sync: Callable[[], None],
                         rounds: int = 3) -> Tensor:
         """Capture stage ``k`` and head ``k`` at batch ``b`` on cuDNN, and twins of the native graphs
         that serve (the served ones are the worker's: never replayed here); time each pair in
-        alternation and put a cuDNN graph in use where it replays faster. Returns stage ``k``'s output."""
-        twin_pool = self._new_pool()   # dropped with the twins
+        alternation and put a cuDNN graph in use where it replays faster. Returns stage ``k``'s output.
+
+        The pair's cuDNN graphs get a pool of their own: they are replayed here, for timing, while
+        the worker may replay graphs published before (graphs sharing a pool must never be
+        replayed concurrently; this ran wrong answers on an H200 with a pool per size)."""
+        pool, twin_pool = self._new_pool(), self._new_pool()   # the twins' is dropped with them
         pairs: dict[str, tuple[_Graph, _Graph]] = {}
         with _CAPTURE_LOCK:
             cudnn_stage = _Graph(self.model.stages[k], x, b, pool=pool, as_float=False, stream=stream,
