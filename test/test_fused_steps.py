@@ -304,6 +304,27 @@ def test_a_run_ends_before_waiting_work_must_start():
     assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=True) == 2
 
 
+def test_waiting_work_due_after_the_run_does_not_split_it():
+    # Two apps with one bound (as 32 cameras at 33 ms): a frame that arrives while the batch runs is
+    # due after every member, so EDF would run it after them anyway. Splitting the run for it only
+    # turned fused runs into step-by-step turns (H200, 32 cameras: 54 % served, the GPU 18 % busy).
+    clock = FakeClock()
+    model = fake_model()
+    engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model), clock=clock,
+                    policy='always_final', overhead_prior_ms=0.0, max_batch=1)
+    engine.set_app('a', Bounds(max_latency_ms=9.0))
+    engine.set_app('b', Bounds(max_latency_ms=9.0))
+    engine.submit(['a'], fake_image(1, 200))
+    batch = engine._scheduler.next_batch(clock()).batch
+    assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=False) == 3   # nothing waits
+    clock.advance(0.5)
+    engine.submit(['b'], fake_image(2, 200))   # due 0.5 ms after the running frame
+    assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=False) == 3
+    # the same frame due before the running one (a tighter bound) still ends the run in time
+    assert engine._scheduler.latest_start_ns(due_before_ns=batch.requests[0].deadline_ns + 1e6) < math.inf
+    assert engine._scheduler.latest_start_ns(due_before_ns=batch.requests[0].deadline_ns) == math.inf
+
+
 def test_admission_counts_a_fused_run_as_blocking():
     from delen_ros.core.admission import CostModel
     steps = {0: 1.0, 1: 2.0, 2: 3.0}

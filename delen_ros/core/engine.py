@@ -1169,8 +1169,11 @@ class Engine:
             return step
         size = len(requests)
         tail_ms, expiry_tail_ms = self.corrector.tail_ms(), self._scheduler.tail_ms()
-        with self._cond:   # steps are not preempted: a run must end before waiting work has to start
-            latest_ns = self._scheduler.latest_start_ns()
+        # Steps are not preempted: a run must end before waiting work due earlier than its own
+        # members has to start (work due later comes after them in EDF order anyway).
+        due_ns = min((r.deadline_ns for r in requests if r.hard and not r.late), default=math.inf)
+        with self._cond:
+            latest_ns = self._scheduler.latest_start_ns(due_before_ns=due_ns)
         ahead_ms = self._predict_ms(step, size)   # from now to the decision at exit `step`
         energy_mj = [r.state.energy_est_mj for r in requests]
         for k in range(step, final):

@@ -280,15 +280,21 @@ class Scheduler:
     def pending(self) -> bool:
         return bool(self._in_flight) or any(q.frames for q in self._apps.values())
 
-    def latest_start_ns(self) -> float:
+    def latest_start_ns(self, due_before_ns: float = math.inf) -> float:
         """When the most urgent waiting work must start for its next step to make its deadline:
-        min over on-time bounded requests of ``deadline - (that step at batch 1 + tail)``; ``inf``:
-        nothing waits that could be made late. A run that ends after it would cost that request its
-        bound (the engine stops fusing steps there)."""
+        min over on-time bounded requests due before ``due_before_ns`` of ``deadline - (that step at
+        batch 1 + tail)``; ``inf``: nothing waits that could be made late. A run that ends after it
+        would cost that request its bound (the engine stops fusing steps there).
+
+        ``due_before_ns``: the running batch's earliest deadline. Work due later would come after
+        the batch in EDF order anyway; splitting the run for it only turns one fused run into
+        several turns of the worker. On an H200 at 32 cameras (one 33 ms bound) every new frame
+        split the running batch so, and a node stuck in that state served 54 % of the frames with
+        the GPU 18 % busy."""
         tail_ms = self.tail_ms()
         waiting = itertools.chain(self._in_flight, *(q.frames for q in self._apps.values()))
         return min((r.deadline_ns - (self.predict_ms(r.next_step, 1) + tail_ms) * _NS_PER_MS
-                    for r in waiting if r.hard and not r.late), default=math.inf)
+                    for r in waiting if r.hard and not r.late and r.deadline_ns < due_before_ns), default=math.inf)
 
     # --- the decision ---------------------------------------------------------------------------------
     def _fits(self, request: Request, now_ns: int, ms: float) -> bool:
