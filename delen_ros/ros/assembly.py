@@ -136,10 +136,9 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
             options = None
             if dev.startswith('cuda'):
-                # Graphs for the few batch sizes worth padding to: batch 1 at configure, the others
-                # on a background thread while serving. (An earlier background capture let the worker
-                # call pending sizes eagerly: cuDNN's kernel choice on the worker cost 20+ s of misses
-                # on an H200. Now the worker only replays captured sizes, in chunks if need be.)
+                # Graphs for the few batch sizes worth padding to, all captured here: natively first,
+                # then cuDNN tried for the larger sizes (runner.py's notes). The worker only ever
+                # replays captured sizes (cuDNN's set-up on the worker once cost 20+ s of misses).
                 from delen_ros.core.runner import padded_graph_sizes
                 # DELEN_NATIVE_FIRST=0: capture on cuDNN from the start (the A/B of runner's native first)
                 options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': padded_graph_sizes(

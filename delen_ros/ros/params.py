@@ -61,9 +61,10 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                             'beyond this is lost).' + _LATER, (1, 100000), False),
     'torch_threads': (0, "CPU threads for torch (intra-op); 0 = torch's default (all cores)." + _LATER,
                       (0, 256), False),
-    'cuda_graphs': (True, 'On CUDA: capture every stage and head as a CUDA graph, for batch 1 at configure, then '
-                    'max_batch and the sizes in between worth padding to (by the profile) on a background thread '
-                    'while serving (a larger batch replays the sizes captured so far meanwhile), and replay them. '
+    'cuda_graphs': (True, 'On CUDA: capture every stage and head as a CUDA graph at configure, for batch 1, '
+                    'max_batch and the sizes in between worth padding to (by the profile): first with PyTorch\'s own '
+                    'convolutions (milliseconds), then the larger sizes again with cuDNN, keeping the faster graph '
+                    '(batch 1\'s cuDNN trial runs in the background while serving); then replay them. '
                     'False: eager.' + _LATER, None, False),
     'fuse_steps': (True, 'Run the steps whose exits the policy decides without a confidence (latency or energy bounds '
                    'alone, always_final) back to back: one head and one device sync per worker turn, not one per '
