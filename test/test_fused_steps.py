@@ -304,10 +304,10 @@ def test_a_run_ends_before_waiting_work_must_start():
     assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=True) == 2
 
 
-def test_waiting_work_due_after_the_run_does_not_split_it():
+def test_split_runs_for_earlier_ignores_waiting_work_due_after_the_run():
     # Two apps with one bound (as 32 cameras at 33 ms): a frame that arrives while the batch runs is
-    # due after every member, so EDF would run it after them anyway. Splitting the run for it only
-    # turned fused runs into step-by-step turns (H200, 32 cameras: 54 % served, the GPU 18 % busy).
+    # due after every member, so EDF would run it after them anyway. 'any' (shipped) still ends the
+    # run before that frame must start; 'earlier' (an A/B, benchmarks/fused_runs.py) does not.
     clock = FakeClock()
     model = fake_model()
     engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model), clock=clock,
@@ -319,6 +319,9 @@ def test_waiting_work_due_after_the_run_does_not_split_it():
     assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=False) == 3   # nothing waits
     clock.advance(0.5)
     engine.submit(['b'], fake_image(2, 200))   # due 0.5 ms after the running frame
+    assert engine.split_runs_for == 'any'      # the shipped rule: any waiting frame ends the run in time
+    assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=False) == 2
+    engine.split_runs_for = 'earlier'          # the A/B: only work due before the run's own members
     assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=False) == 3
     # the same frame due before the running one (a tighter bound) still ends the run in time
     assert engine._scheduler.latest_start_ns(due_before_ns=batch.requests[0].deadline_ns + 1e6) < math.inf

@@ -402,6 +402,11 @@ class Engine:
         self.default_deadline_ms = default_deadline_ms
         self.delivery_allowance_ms = delivery_allowance_ms
         self.fuse_steps = fuse_steps
+        # What ends a fused run early: 'any' waiting frame that must start before the run would end
+        # (the shipped rule), or only work due before the run's own members ('earlier': an A/B,
+        # benchmarks/fused_runs.py; DELEN_SPLIT_RUNS=earlier in the node). Not a parameter yet: on
+        # this CPU it did not recover from a stall more often (benchmarks/cpu/fused_runs).
+        self.split_runs_for = 'any'
         # What end-to-end latency holds besides the steps: _age, a frame's age when submit() gets it
         # (from its stamp, or arrival: transport to the node and conversion), at its 99th
         # percentile; _wake, the worker's wake-up, and decision -> delivery (the corrector's tail),
@@ -1169,9 +1174,10 @@ class Engine:
             return step
         size = len(requests)
         tail_ms, expiry_tail_ms = self.corrector.tail_ms(), self._scheduler.tail_ms()
-        # Steps are not preempted: a run must end before waiting work due earlier than its own
-        # members has to start (work due later comes after them in EDF order anyway).
-        due_ns = min((r.deadline_ns for r in requests if r.hard and not r.late), default=math.inf)
+        # Steps are not preempted: a run must end before waiting work has to start ('earlier': only
+        # work due before the run's own members, which EDF would put first).
+        due_ns = math.inf if self.split_runs_for == 'any' else \
+            min((r.deadline_ns for r in requests if r.hard and not r.late), default=math.inf)
         with self._cond:
             latest_ns = self._scheduler.latest_start_ns(due_before_ns=due_ns)
         ahead_ms = self._predict_ms(step, size)   # from now to the decision at exit `step`

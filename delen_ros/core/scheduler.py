@@ -286,11 +286,8 @@ class Scheduler:
         batch 1 + tail)``; ``inf``: nothing waits that could be made late. A run that ends after it
         would cost that request its bound (the engine stops fusing steps there).
 
-        ``due_before_ns``: the running batch's earliest deadline. Work due later would come after
-        the batch in EDF order anyway; splitting the run for it only turns one fused run into
-        several turns of the worker. On an H200 at 32 cameras (one 33 ms bound) every new frame
-        split the running batch so, and a node stuck in that state served 54 % of the frames with
-        the GPU 18 % busy."""
+        ``due_before_ns``: the running batch's earliest deadline (the engine's ``split_runs_for``
+        'earlier' A/B): work due later would come after the batch in EDF order anyway."""
         tail_ms = self.tail_ms()
         waiting = itertools.chain(self._in_flight, *(q.frames for q in self._apps.values()))
         return min((r.deadline_ns - (self.predict_ms(r.next_step, 1) + tail_ms) * _NS_PER_MS

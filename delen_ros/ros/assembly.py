@@ -144,13 +144,16 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': padded_graph_sizes(
                     params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits))),
                     'native_first': os.environ.get('DELEN_NATIVE_FIRST', '1') != '0'}
-            return Engine(model, profile, device=dev, policy=params.policy, meter=meter,
+            built = Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,
                           transport_prior_ms=params.transport_prior_ms, rate_prior_hz=params.rate_prior_hz,
                           fuse_steps=params.fuse_steps,
                           delivery_allowance_ms=params.delivery_allowance_ms,
                           upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0')
+            if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run
+                built.split_runs_for = 'earlier'
+            return built
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)
         if len(devices) > 1:
             from .multi_device import build_pool
