@@ -1,8 +1,10 @@
 """Does a backlog clear? The engine alone (no ROS), many apps with one latency bound, a GPU stood in
-for by sleeps, a stall injected, and two rules for ending a fused run (issue 8, session 8):
+for by sleeps, a stall injected; A/B of what the engine learns step times by and of what ends a
+fused run (issue 8, session 8). Variants (``--variants``):
 
-  any       the run ends before *any* waiting frame must start (the engine's rule)
-  earlier   only for waiting work due before the batch's own members (``Engine.split_runs_for``)
+  per_batch   the corrector learns per (step, batch size) (before session 8), runs end for any waiting frame
+  pooled      one level per step for every batch size (``LatencyCorrector.pool_batch_sizes``, the engine's now)
+  earlier     per_batch, and a run ends only for work due before its own members (``Engine.split_runs_for``)
 
 On the H200 at 32 cameras one node sometimes stayed in a state where every fused run ended after one
 step (a frame always waits), capacity fell and frames went late for the whole window, with the GPU
@@ -53,7 +55,7 @@ class StallingRunner(FakeRunner):
         return super().stage(k, x)
 
 
-def run(*, rule: str, policy: str, apps: int, rate_hz: float, bound_ms: float, step_ms: list[float],
+def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float, step_ms: list[float],
         duration_s: float, stall_at_s: float, stall_ms: float, bin_s: float = 0.25) -> dict:
     model = fake_model(len(step_ms))
     profile = synthetic_profile(len(step_ms), step_ms=step_ms, head_ms=0.02, batch_cost=0.0)
@@ -67,7 +69,8 @@ def run(*, rule: str, policy: str, apps: int, rate_hz: float, bound_ms: float, s
 
     engine = Engine(model, profile, runner=runner, policy=policy, max_batch=32, queue_depth=1,
                     on_result=on_result, device_preprocess=False)
-    engine.split_runs_for = rule
+    engine.split_runs_for = 'earlier' if variant == 'earlier' else 'any'
+    engine.corrector.pool_batch_sizes = variant == 'pooled'
     names = [f'cam{i:02d}' for i in range(apps)]
     for name in names:
         engine.set_app(name, Bounds(max_latency_ms=bound_ms))
@@ -121,7 +124,7 @@ def run(*, rule: str, policy: str, apps: int, rate_hz: float, bound_ms: float, s
     within = sum(within_per_bin)
     after = int((stall_at_s + 1.0) / bin_s)   # from a second after the stall
     steps = len(runner.calls) - warm_calls
-    return {'rule': rule, 'policy': policy, 'apps': apps, 'sent': len(sent), 'answered': len(results),
+    return {'variant': variant, 'policy': policy, 'apps': apps, 'sent': len(sent), 'answered': len(results),
             'within_share': within / max(1, len(sent)),
             'within_share_from_1s_after_stall': sum(within_per_bin[after:]) / max(1, sum(sent_per_bin[after:])),
             'turns_per_frame': turns[0] / max(1, len(sent)), 'steps_per_turn': steps / max(1, turns[0]),
@@ -141,32 +144,35 @@ def main() -> int:
     p.add_argument('--stall-ms', type=float, default=80.0)
     p.add_argument('--policies', nargs='+', default=['always_final', 'delen'])
     p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--variants', nargs='+', default=['per_batch', 'pooled'], choices=['per_batch', 'pooled', 'earlier'])
     args = p.parse_args()
     rows = []
     for apps in args.apps:
         for policy in args.policies:
             for repeat in range(args.repeats):
-                for rule in ('any', 'earlier'):   # alternated, same conditions
-                    row = run(rule=rule, policy=policy, apps=apps, rate_hz=args.rate, bound_ms=args.bound_ms,
+                for variant in args.variants:   # alternated, same conditions
+                    row = run(variant=variant, policy=policy, apps=apps, rate_hz=args.rate, bound_ms=args.bound_ms,
                               step_ms=args.step_ms, duration_s=args.duration, stall_at_s=args.stall_at,
                               stall_ms=args.stall_ms)
                     row['repeat'] = repeat
                     tail = [x for x in row['within_share_by_bin'][-int(2.0 / 0.25):] if x is not None]
                     row['recovered'] = bool(tail) and min(tail) >= 0.99   # every bin of the last 2 s
                     rows.append(row)
-                    print(f"{apps:3d} apps {policy:13s} rule {rule:8s} #{repeat}: within {row['within_share']:.3f} "
+                    print(f"{apps:3d} apps {policy:13s} {variant:9s} #{repeat}: within {row['within_share']:.3f} "
                           f"(from 1 s after the stall {row['within_share_from_1s_after_stall']:.3f}, recovered "
                           f"{row['recovered']}), turns/frame {row['turns_per_frame']:.3f}, steps/turn "
                           f"{row['steps_per_turn']:.2f}", flush=True)
     summary = {}
-    for apps in args.apps:
-        for policy in args.policies:
-            for rule in ('any', 'earlier'):
-                runs = [r for r in rows if (r['apps'], r['policy'], r['rule']) == (apps, policy, rule)]
-                summary[f'{apps} apps, {policy}, run ends for {rule}'] = {
-                    'recovered': f"{sum(r['recovered'] for r in runs)} of {len(runs)}",
-                    'within_from_1s_after_stall': [round(r['within_share_from_1s_after_stall'], 3) for r in runs],
-                    'steps_per_turn': [round(r['steps_per_turn'], 2) for r in runs]}
+    for variant in args.variants:
+        runs = [r for r in rows if r['variant'] == variant]
+        summary[variant] = {'recovered': f"{sum(r['recovered'] for r in runs)} of {len(runs)}"}
+        for apps in args.apps:
+            for policy in args.policies:
+                some = [r for r in runs if (r['apps'], r['policy']) == (apps, policy)]
+                summary[variant][f'{apps} apps, {policy}'] = {
+                    'recovered': f"{sum(r['recovered'] for r in some)} of {len(some)}",
+                    'within_from_1s_after_stall': [round(r['within_share_from_1s_after_stall'], 3) for r in some],
+                    'steps_per_turn': [round(r['steps_per_turn'], 2) for r in some]}
     print(json.dumps(summary, indent=1))
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in vars(args).items() if k != 'out'}
@@ -181,8 +187,8 @@ def main() -> int:
     for ax, apps in zip(axes[:, 0], args.apps):
         for row in (r for r in rows if r['apps'] == apps and r['repeat'] == 0):
             xs = [args.duration * (i + 0.5) / len(row['within_share_by_bin']) for i in range(len(row['within_share_by_bin']))]
-            ax.plot(xs, row['within_share_by_bin'], label=f"{row['policy']}, run ends for {row['rule']}",
-                    ls='-' if row['rule'] == 'earlier' else '--')
+            ax.plot(xs, row['within_share_by_bin'], label=f"{row['policy']}, {row['variant']}",
+                    ls='-' if row['variant'] == 'pooled' else '--')
         ax.axvline(args.stall_at, color='grey', lw=0.8)
         ax.set_title(f'{apps} apps x {args.rate:g} Hz, {args.bound_ms:g} ms bound, {args.stall_ms:g} ms stall at '
                      f'{args.stall_at:g} s', fontsize=9)

@@ -243,6 +243,23 @@ class TestLatencyCorrector:
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             LatencyCorrector(**kwargs)
 
+    def test_pooled_batch_sizes_learn_one_level_per_step(self):
+        c = LatencyCorrector(alpha=1.0, margin=0.0, safety=0.0, pool_batch_sizes=True)
+        c.update(1, 4, measured_ms=3.0, predicted_ms=2.0)    # ratio 1.5, measured at batch 4
+        assert c.factor(1, 4) == c.factor(1, 1) == c.factor(1, 32) == pytest.approx(1.5)
+        c.update(1, 16, measured_ms=1.0, predicted_ms=2.0)   # ratio 0.5 replaces it for every size
+        assert c.factor(1, 5) == c.factor(1, 14) == pytest.approx(0.5)
+        assert c.factor(2, 4) == 1.0                          # another step: nothing measured
+        # the profile keeps the shape across sizes: batch 2 costs what the profile says at 2, x the level
+        assert c.predict_ms(PROFILE, 1, 2) == pytest.approx(0.5 * PROFILE.step_ms(1, 2))
+
+    def test_the_engine_pools_batch_sizes(self):
+        from delen_ros.core.engine import Engine
+        from fakes import FakeRunner, fake_model, synthetic_profile
+        model = fake_model()
+        engine = Engine(model, synthetic_profile(), runner=FakeRunner(model), on_result=lambda r: None)
+        assert engine.corrector.pool_batch_sizes
+
     def test_ignores_bad_measurements(self):
         c = LatencyCorrector()
         c.update(0, 1, measured_ms=float('nan'), predicted_ms=1.0)

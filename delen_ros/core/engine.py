@@ -385,7 +385,8 @@ class Engine:
         self.profile = profile
         self.info = model.info
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
-        self.corrector = LatencyCorrector(margin=latency_margin)
+        # one level per step, whatever the batch size: see LatencyCorrector's pool_batch_sizes
+        self.corrector = LatencyCorrector(margin=latency_margin, pool_batch_sizes=True)
         self.on_result = on_result
         self.clock = clock
         self.max_batch = max_batch

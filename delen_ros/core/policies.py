@@ -52,7 +52,7 @@ class Decision(str, enum.Enum):
 
 
 class LatencyCorrector:
-    """Online correction of the profile's step times, per (step, batch size).
+    """Online correction of the profile's step times, per (step, batch size) or per step.
 
     For each pair it keeps EWMAs of the ratio measured / profile p50 and of that ratio's absolute
     deviation (Jacobson and Karels' estimator, as TCP's retransmission timeout), and predicts
@@ -78,6 +78,11 @@ class LatencyCorrector:
     :param max_factor: upper clamp (one stall must not move the mean far).
     :param stale_s: seconds after which a pair's estimate starts fading into the prior.
     :param clock: monotonic seconds (a fake one in tests).
+    :param pool_batch_sizes: one estimate per step, whatever the batch size (the profile gives the
+        shape across sizes, the measurements this device's level). What the engine uses: learnt
+        per (step, batch), 32 sizes each learnt from a few, soon stale samples, and a noisy estimate
+        for one size kept batches small after a stall (a CPU stand-in of the H200's 32-camera runs,
+        ``benchmarks/cpu/fused_runs``: 11 of 12 runs recovered pooled, 5 of 12 per size).
     """
 
     #: a measurement above this multiple of the mean ratio is folded in as this multiple
@@ -85,7 +90,7 @@ class LatencyCorrector:
 
     def __init__(self, *, alpha: float = 0.125, beta: float = 0.25, margin: float = 2.0, safety: float = 1.0,
                  min_factor: float = 0.1, max_factor: float = 16.0, stale_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, pool_batch_sizes: bool = False):
         for name, value in (('alpha', alpha), ('beta', beta)):
             if not 0.0 < value <= 1.0:
                 raise ValueError(f'{name} must be in (0, 1], got {value!r}')
@@ -104,6 +109,7 @@ class LatencyCorrector:
         self.max_factor = max_factor
         self.stale_s = stale_s
         self.clock = clock
+        self.pool_batch_sizes = bool(pool_batch_sizes)
         # (step, batch) -> (mean ratio, mean |deviation|, clock of the last update)
         self._stats: dict[tuple[int, int], tuple[float, float, float]] = {}
         # decision -> result delivered (ms): no step covers it, but the latency bound does
@@ -142,7 +148,7 @@ class LatencyCorrector:
         if predicted_ms <= 0 or not math.isfinite(measured_ms) or measured_ms < 0:
             return
         ratio = min(self.max_factor, max(self.min_factor, measured_ms / predicted_ms))
-        key = (step, batch)
+        key = (step, 0 if self.pool_batch_sizes else batch)
         old = self._stats.get(key)
         now = self.clock()
         if old is None:
@@ -159,6 +165,8 @@ class LatencyCorrector:
     def _lookup(self, step: int, batch: int) -> tuple[float, float, float] | None:
         """(mean, deviation, weight of the measurement against the prior) or ``None``."""
         now = self.clock()
+        if self.pool_batch_sizes:
+            batch = 0
         own = self._stats.get((step, batch))
         if own is not None and now - own[2] <= self.stale_s:
             return own[0], own[1], 1.0
@@ -207,7 +215,8 @@ class LatencyCorrector:
         return found
 
     def snapshot(self) -> dict[str, list[float]]:
-        """``{'step/batch': [mean ratio, deviation]}`` (for logs and benchmarks)."""
+        """``{'step/batch': [mean ratio, deviation]}`` (for logs and benchmarks; batch ``0``: every
+        size, with ``pool_batch_sizes``)."""
         return {f'{s}/{b}': [round(m, 4), round(d, 4)] for (s, b), (m, d, _) in sorted(self._stats.items())}
 
 

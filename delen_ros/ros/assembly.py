@@ -153,6 +153,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0')
             if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run
                 built.split_runs_for = 'earlier'
+            if os.environ.get('DELEN_CORRECTOR_PER_BATCH') == '1':   # an A/B: step times learnt per batch size
+                built.corrector.pool_batch_sizes = False
             return built
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)
         if len(devices) > 1:
