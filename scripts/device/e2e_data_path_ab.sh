@@ -4,6 +4,8 @@
 #   new        the shipped path: C receivers (auto), frames uploaded at submit; NS_NEW cameras, both policies
 #   nofuse     fuse_steps:=false (one step per worker turn) on NS_AB cameras, delen
 #   cudnn_first DELEN_NATIVE_FIRST=0: graphs captured on cuDNN from the start; NS_AB cameras, delen
+#   per_batch  DELEN_CORRECTOR_PER_BATCH=1: step times learnt per batch size (before session 8); NS_AB cameras,
+#              POLICIES_AB (delen,always_final)
 #   no_upload  DELEN_UPLOAD_AHEAD=0: the worker stages and uploads each batch itself; NS_AB cameras, delen
 #   py_recv    DELEN_RECEIVER=python: the Python receivers of session 3; NS_AB cameras, delen
 #   arrival    latency_from:=arrival on NS_AB cameras, delen: the timeline splits the way in from the queue
@@ -66,6 +68,9 @@ skip nofuse || TOTAL_S=$(( $(left) - 5 - ${AFTER_NOFUSE_S:-120} )) ENGINE=0 NS="
 # graphs on cuDNN from the start (before native first): big batches run as batch-1 replays until cuDNN's set-up is done
 skip cudnn_first || DELEN_NATIVE_FIRST=0 TOTAL_S=$(( $(left) - 5 - ${AFTER_CUDNN_FIRST_S:-200} )) ENGINE=0 NS="${NS_AB:-32}" \
   POLICIES=delen DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/cudnn_first"
+# step times learnt per (step, batch size), as before session 8 (the A/B of the pooled corrector)
+skip per_batch || DELEN_CORRECTOR_PER_BATCH=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_PER_BATCH_S:-200} )) ENGINE=0 \
+  NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/per_batch"
 skip no_upload || DELEN_UPLOAD_AHEAD=0 TOTAL_S=$(( $(left) - 100 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
   DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/no_upload"
 skip py_recv || DELEN_RECEIVER=python TOTAL_S=$(( $(left) - 50 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
