@@ -347,7 +347,7 @@ def test_warm_up_seeds_the_latency_corrector():
     engine, runner = make_engine(Collector())
     assert engine.corrector.snapshot() == {}
     engine.warm_up()
-    assert sorted(engine.corrector.snapshot()) == ['0/1', '1/1', '2/1', '3/1']
+    assert sorted(engine.corrector.snapshot()) == ['0/0', '1/0', '2/0', '3/0']   # one level per step, every size
     assert runner.calls[:12] == [(k, 1) for k in (0, 1, 2, 3)] * 3
     # then, on CPU, every larger batch size once: its kernels are built before the first busy second
     assert runner.calls[12:] == [(k, b) for b in range(2, engine.max_batch + 1) for k in (0, 1, 2, 3)]

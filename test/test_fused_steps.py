@@ -222,7 +222,7 @@ def test_a_fused_run_teaches_every_step_its_measured_ratio():
     frames = [(['nav'], fake_image(0, 200))]
     _, _, engine = serve(True, {'nav': Bounds(max_latency_ms=LOOSE_MS)}, frames, sleep_ms=(5.0, 5.0, 5.0, 5.0))
     factors = [engine.corrector.factor(k, 1) for k in range(4)]
-    assert sorted(engine.corrector.snapshot()) == ['0/1', '1/1', '2/1', '3/1']
+    assert sorted(engine.corrector.snapshot()) == ['0/0', '1/0', '2/0', '3/0']   # pooled over batch sizes
     # one run of 20+ ms against a profile of 1 + 2 + 3 + 4 + 0.1 ms (the last head only)
     assert factors == pytest.approx([factors[0]] * 4, rel=1e-9)
     assert 20.0 / 10.1 <= factors[0] < 16.0
