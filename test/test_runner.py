@@ -199,3 +199,33 @@ def test_engine_on_cuda_graphs_serves_odd_batches_as_the_cpu_engine():
     assert [c for _, c, _ in cuda] == [c for _, c, _ in cpu]
     for (_, _, a), (_, _, b) in zip(cuda, cpu):
         assert a == pytest.approx(b, abs=2e-3)
+
+
+def test_to_host_and_synchronize_on_cpu_are_plain(monkeypatch):
+    monkeypatch.setenv('DELEN_BLOCKING_SYNC', '1')
+    runner = StageRunner(fake_model(), device='cpu')
+    assert runner.blocking_sync
+    t = torch.arange(4.0)
+    assert runner.to_host(t) is t   # already on the CPU: no copy
+    runner.synchronize()            # no-op on CPU
+
+
+@needs_cuda
+def test_cuda_blocking_sync_gives_the_same_answers(monkeypatch):
+    """DELEN_BLOCKING_SYNC=1: the worker sleeps in CUDA waits; copies to pinned memory are complete
+    after synchronize, and a run's answers are those of the spinning wait."""
+    x = torch.randn(5, 3, 16, 16)
+    answers = []
+    for blocking in ('0', '1'):
+        monkeypatch.setenv('DELEN_BLOCKING_SYNC', blocking)
+        runner = StageRunner(conv_model(seed=1), device='cuda', cuda_graphs=True, max_batch=8)
+        assert runner.blocking_sync is (blocking == '1')
+        f = runner.to_input(x)
+        for k in range(3):
+            f = runner.stage(k, f)
+        confidence = torch.softmax(runner.head(2, f).float(), dim=1).max(dim=1)[0]
+        host = runner.to_host(confidence)
+        runner.synchronize()
+        assert host.device.type == 'cpu' and (host.is_pinned() or blocking == '0')
+        answers.append(host.tolist())
+    assert answers[0] == pytest.approx(answers[1], rel=1e-5, abs=1e-6)

@@ -1094,8 +1094,11 @@ class Engine:
             features = self._runner.stage(k, features)
         logits = self._runner.head(last_step, features)
         confidence, class_id = torch.softmax(logits[:n].float(), dim=1).max(dim=1)
-        confidence, class_id = confidence.cpu().tolist(), class_id.cpu().tolist()
+        to_host = getattr(self._runner, 'to_host', None)
+        if to_host is not None:   # a StageRunner: with blocking_sync the copies wait in synchronize
+            confidence, class_id = to_host(confidence), to_host(class_id)
         self._runner.synchronize()
+        confidence, class_id = confidence.cpu().tolist(), class_id.cpu().tolist()
         t_end = time.perf_counter_ns()
         features = features[:n] if padded > n else features
         step_energy_mj = sum(self.profile.step_energy_mj(k, n) for k in steps) * n

@@ -32,6 +32,7 @@ import bisect
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import threading
 import time
@@ -373,6 +374,8 @@ class StageRunner:
         self.cuda_graphs = bool(cuda_graphs) and cuda
         self.background_capture = bool(background_capture)
         self.native_first = bool(native_first)
+        # an A/B, not yet measured on a GPU: sleep in CUDA waits instead of spinning (synchronize)
+        self.blocking_sync = os.environ.get('DELEN_BLOCKING_SYNC') == '1'
         self.model = model.prepare(self.device, dtype=self.dtype, channels_last=self.channels_last)
         self.num_exits = model.num_exits
         # Read by the serving thread while the background thread adds to it: a graph is put in only
@@ -433,10 +436,28 @@ class StageRunner:
         """Wait for the work queued on this thread's current stream (no-op on CPU).
 
         A stream's wait, not a device-wide one: uploads on the preprocessor's own stream and other
-        threads' work go on meanwhile.
+        threads' work go on meanwhile. With ``blocking_sync`` the thread sleeps in the wait (a
+        blocking CUDA event) instead of spinning: CUDA's default with one context on a many-core
+        host is to spin, a whole core while the GPU works (H200, 32 cameras: the worker thread was
+        on the CPU for 60 % of a window, most of it inside such waits).
         """
-        if self.device.type == 'cuda':
+        if self.device.type != 'cuda':
+            return
+        if self.blocking_sync:
+            done = torch.cuda.Event(blocking=True)
+            done.record(torch.cuda.current_stream(self.device))
+            done.synchronize()
+        else:
             torch.cuda.current_stream(self.device).synchronize()
+
+    def to_host(self, tensor: Tensor) -> Tensor:
+        """``tensor`` on the CPU. With ``blocking_sync`` on CUDA, an asynchronous copy into pinned
+        memory, valid after the next :meth:`synchronize` (a plain ``.cpu()`` would wait, spinning);
+        else ``tensor.cpu()``."""
+        if self.device.type != 'cuda' or not self.blocking_sync or tensor.device.type != 'cuda':
+            return tensor.cpu()
+        out = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        return out.copy_(tensor, non_blocking=True)
 
     def warmup(self, batch_sizes: Sequence[int] | None = None, *, background: bool | None = None) -> None:
         """Run every stage and head once per batch size (capturing their graphs, if enabled), so that
