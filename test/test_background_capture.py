@@ -553,3 +553,24 @@ def test_cuda_engine_stop_joins_the_capture_thread_before_memory_is_freed():
     engine.stop(timeout=10.0)
     assert not runner.capture_state().running
     torch.cuda.empty_cache()   # asserts inside PyTorch if a capture were still under way
+
+
+def test_engine_graph_report_follows_the_cudnn_trials(fake_graphs):
+    runner = graph_runner(num_exits=2, native_first=True)
+    engine = graph_engine(runner, [])
+    start = runner.start_background_capture
+    runner.start_background_capture = lambda: False   # batch 1's cuDNN trial held back
+    engine.warm_up()
+    # every size captured; the larger ones tried in warm-up (the fake's cuDNN wins from batch 4)
+    assert engine.graph_report() == {'graphs_captured': 16, 'graphs_on_cudnn': 8, 'graphs_settled': False}
+    assert start() is True
+    wait_for(lambda: engine.graph_report()['graphs_settled'])
+    assert engine.graph_report() == {'graphs_captured': 16, 'graphs_on_cudnn': 8, 'graphs_settled': True}
+    engine.stop()
+
+
+def test_engine_graph_report_without_graphs():
+    from fakes import FakeRunner
+    model = fake_model(2)
+    engine = Engine(model, synthetic_profile(2), runner=FakeRunner(model), on_result=lambda r: None)
+    assert engine.graph_report() == {'graphs_captured': 0, 'graphs_on_cudnn': 0, 'graphs_settled': True}

@@ -948,6 +948,16 @@ class Engine:
         """CUDA graphs the runner has captured (cheap, for a status line)."""
         return getattr(self._runner, 'graph_count', 0)
 
+    def graph_report(self) -> dict[str, int | bool]:
+        """For ``/diagnostics``: graphs captured, how many run on cuDNN (the others on PyTorch's
+        own convolutions, faster there or not tried yet), and whether every capture and cuDNN trial
+        is done (until then the background thread competes with serving)."""
+        backends = self._runner.conv_backends() if hasattr(self._runner, 'conv_backends') else {}
+        state = self._runner.capture_state() if hasattr(self._runner, 'capture_state') else None
+        return {'graphs_captured': self.graph_count(),
+                'graphs_on_cudnn': sum(b == 'cudnn' for b in backends.values()),
+                'graphs_settled': state is None or not getattr(self._runner, 'cuda_graphs', False) or state.settled}
+
     def _reset_worker_stats(self) -> None:
         self._steps = self._batched = self._busy_ns = 0
         self._energy_mj = 0.0

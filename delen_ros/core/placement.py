@@ -455,6 +455,12 @@ class DevicePool:
     def graph_count(self) -> int:
         return sum(e.graph_count() for e in self.engines)
 
+    def graph_report(self) -> dict[str, int | bool]:
+        reports = [e.graph_report() for e in self.engines]
+        return {'graphs_captured': sum(r['graphs_captured'] for r in reports),
+                'graphs_on_cudnn': sum(r['graphs_on_cudnn'] for r in reports),
+                'graphs_settled': all(r['graphs_settled'] for r in reports)}
+
     def device_worker_stats(self, *, reset: bool = False) -> list[WorkerStats]:
         return [e.worker_stats(reset=reset) for e in self.engines]
 

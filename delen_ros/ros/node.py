@@ -320,7 +320,7 @@ class DelenNode(LifecycleNode):
                 'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
                 'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(stats), 'cameras': len(cameras),
                 'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
-                'graphs_captured': served.engine.graph_count(), 'status_tick_ms': f'{self._status_tick_ms:.2f}',
+                **served.engine.graph_report(), 'status_tick_ms': f'{self._status_tick_ms:.2f}',
                 **self._ingress_report(), **_gc_report()}))
 
     def _ingress_report(self) -> dict:
