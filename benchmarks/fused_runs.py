@@ -22,6 +22,7 @@ and whether it recovered (every bin of the last 2 s at >= 99 %).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import pathlib
@@ -90,25 +91,21 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
     period_ns = int(1e9 / rate_hz)
     end_ns = t0 + int(duration_s * 1e9)
     stalled = False
-    tick = 0
-    while True:   # every camera once a period, spread over it (as free-running cameras)
-        for i, name in enumerate(names):
-            due = t0 + tick * period_ns + i * period_ns // apps
-            if due >= end_ns:
-                break
-            delay = (due - time.monotonic_ns()) / 1e9
-            if delay > 0:
-                time.sleep(delay)
-            if not stalled and due - t0 >= stall_at_s * 1e9:
-                runner.stall(stall_ms)
-                stalled = True
-            now = time.monotonic_ns()
-            engine.submit([name], image, arrival_ns=now)
-            sent.append(now)
-        else:
-            tick += 1
-            continue
-        break
+    # every camera once a period, spread over it (as free-running cameras); due times only grow
+    schedule = ((t0 + tick * period_ns + i * period_ns // apps, name)
+                for tick in itertools.count() for i, name in enumerate(names))
+    for due, name in schedule:
+        if due >= end_ns:
+            break
+        delay = (due - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+        if not stalled and due - t0 >= stall_at_s * 1e9:
+            runner.stall(stall_ms)
+            stalled = True
+        now = time.monotonic_ns()
+        engine.submit([name], image, arrival_ns=now)
+        sent.append(now)
     time.sleep(0.5)   # drain
     engine.stop()
     bins = int(math.ceil(duration_s / bin_s))

@@ -258,7 +258,6 @@ def _replace(result: Result, **changes: Any) -> Result:
     return new
 
 
-
 _RISK_LOG_APPS = 3   # apps whose reason a re-check's warning spells out; each app's is in its AppStatus
 
 
@@ -274,6 +273,7 @@ def risk_summary(reasons: dict[str, str], spelled_out: int = _RISK_LOG_APPS) -> 
     rest = [a for a, _ in items[spelled_out:]]
     more = f'; and {", ".join(rest)} (reasons in ~/status)' if rest else ''
     return f'{len(items)} app(s) at risk or demoted: {text}{more}'
+
 
 class Engine:
     """Serves one multi-exit model to many apps under their bounds (see the module docstring).

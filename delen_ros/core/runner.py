@@ -483,12 +483,11 @@ class StageRunner:
                 sizes, later = self.graph_sizes, ()
             self._deferred = frozenset(later)   # before the calls below: they must not capture these
             self._to_upgrade = frozenset(self.graph_sizes[:1] if self._capture_native else ())
-        info = self.model.info
         # Most of this is each convolution's first call at a new shape (kernel choice, ~0.3-0.8 s a
         # stage on an H200). PyTorch keeps those choices per thread: choosing them in parallel
         # threads first did not shorten the captures (H200: 12.3 s instead of 6.2 s).
         for b in sizes:
-            x = self.to_input(torch.zeros(b, info.in_channels, *info.input_size))
+            x = self._zero_batch(b)
             for k in range(self.num_exits):
                 x = self.stage(k, x)
                 self.head(k, x)
@@ -498,7 +497,7 @@ class StageRunner:
             # an H200, the larger sizes' trials (~9 s) overlapped the first seconds of service, at
             # 4x the batch-32 cost meanwhile. The largest first: where cuDNN wins most.
             for b in reversed(self.graph_sizes[1:]):
-                x = self.to_input(torch.zeros(b, info.in_channels, *info.input_size))
+                x = self._zero_batch(b)
                 for k in range(self.num_exits):
                     x = self._try_cudnn_pair(b, k, x, stream=None, sync=self.synchronize)
 
@@ -576,17 +575,14 @@ class StageRunner:
                         # whatever the interleaving, and a size given up frees its memory with its
                         # graphs. The cost: one batch's temporaries per size, small next to the
                         # weights here.
-                        info = self.model.info
-                        chain.update(pool=self._new_pool(), x=self.to_input(
-                            torch.zeros(b, info.in_channels, *info.input_size)))
+                        chain.update(pool=self._new_pool(), x=self._zero_batch(b))
                     chain['x'] = self._capture_pair(b, k, chain['x'], pool=chain['pool'],
-                                                    stream=capture_stream, sync=sync, cudnn=not self._capture_native)
+                                                    stream=capture_stream, sync=sync)
 
                 def try_cudnn(job: tuple[int, int]) -> None:
                     b, k = job
                     if k == 0:
-                        info = self.model.info
-                        chain['x'] = self.to_input(torch.zeros(b, info.in_channels, *info.input_size))
+                        chain['x'] = self._zero_batch(b)
                     chain['x'] = self._try_cudnn_pair(b, k, chain['x'], stream=capture_stream, sync=sync)
                     if k == self.num_exits - 1:
                         self._to_upgrade = self._to_upgrade - {b}   # a new set: capture_state reads it
@@ -606,24 +602,21 @@ class StageRunner:
         finally:
             self._capture_ns += time.perf_counter_ns() - t0
 
-    def _capture_pair(self, b: int, k: int, x: Tensor, *, pool, stream, sync: Callable[[], None],
-                      cudnn: bool = True) -> Tensor:
+    def _capture_pair(self, b: int, k: int, x: Tensor, *, pool, stream, sync: Callable[[], None]) -> Tensor:
         """Capture stage ``k`` and head ``k`` at batch ``b`` from stage ``k``'s example input ``x``
         (those captured already are kept), put them in use, and return stage ``k``'s output."""
         stage_key, head_key = ('stage', k, b), ('head', k, b)
         made: dict[tuple[str, int, int], _Graph] = {}
         with _CAPTURE_LOCK:
             if stage_key in self._graphs:   # a first use captured it: its output, eagerly
-                with conv_backend(cudnn):
-                    y = self.model.stages[k](x)
+                y = self.model.stages[k](x)
             else:
                 graph = made[stage_key] = _Graph(self.model.stages[k], x, b, pool=pool, as_float=False,
-                                                 stream=stream, keep_output=True, cudnn=cudnn)
+                                                 stream=stream, keep_output=True)
                 y, graph.warm_output = graph.warm_output, None
         with _CAPTURE_LOCK:
             if head_key not in self._graphs:
-                made[head_key] = _Graph(self.model.heads[k], y, b, pool=pool, as_float=True, stream=stream,
-                                        cudnn=cudnn)
+                made[head_key] = _Graph(self.model.heads[k], y, b, pool=pool, as_float=True, stream=stream)
         # The static inputs were filled on this thread's stream: let that finish before the
         # serving thread (on its own stream) may write them.
         sync()
@@ -657,17 +650,13 @@ class StageRunner:
         for kind, (native, cudnn) in pairs.items():
             native_ms, cudnn_ms = [], []
             for _ in range(rounds):
-                native_ms.append(self._replay_ms(native))
-                cudnn_ms.append(self._replay_ms(cudnn))
+                native_ms.append(native.replay_ms())
+                cudnn_ms.append(cudnn.replay_ms())
             self._trials[kind, k, b] = (min(native_ms), min(cudnn_ms))
             served = self._graphs.get((kind, k, b))
             if faster_backend(native_ms, cudnn_ms) == 'cudnn' and served is not None and not served.cudnn:
                 self._graphs[kind, k, b] = cudnn   # publish: one atomic assignment under the GIL
         return y
-
-    @staticmethod
-    def _replay_ms(graph: _Graph) -> float:
-        return graph.replay_ms()
 
     @contextlib.contextmanager
     def _capture_thread_context(self) -> Iterator[tuple[torch.cuda.Stream, Callable[[], None]]]:
@@ -681,6 +670,11 @@ class StageRunner:
 
     def _new_pool(self):
         return torch.cuda.graph_pool_handle()
+
+    def _zero_batch(self, b: int) -> Tensor:
+        """A batch of ``b`` zero inputs on this runner's device: the example a capture starts from."""
+        info = self.model.info
+        return self.to_input(torch.zeros(b, info.in_channels, *info.input_size))
 
     # --- internals ---------------------------------------------------------------------------------------------
     def _call(self, kind: str, k: int, module: nn.Module, x: Tensor, *, as_float: bool) -> Tensor:

@@ -11,8 +11,8 @@ duration (``background_capture_s``, after the first frame, while serving), and e
 capture (its eager warm-up included) by stage / head, batch size and thread (``background``).
 ``BACKGROUND_CAPTURE=0``: every size captured in configure, as before. ``DELEN_NATIVE_FIRST=0``:
 graphs captured on cuDNN from the start (the runner's default captures with PyTorch's own
-convolutions first and tries cuDNN per graph afterwards; ``settled_wall_s`` is when the last trial
-ended, ``conv_backends`` how they came out). Run it under ``py-spy record`` for the rest.
+convolutions first and tries cuDNN per graph afterwards; ``background_capture_wall_s`` includes the
+background's trial, ``conv_backends`` says how they came out). Run it under ``py-spy record`` for the rest.
 """
 from __future__ import annotations
 
@@ -96,11 +96,7 @@ served_first = first_result.wait(60)
 t_first = time.perf_counter()
 stage_runner = engine._runner
 capture_done = stage_runner.wait_background_capture(timeout=300) if hasattr(stage_runner, 'capture_state') else None
-t_captured = time.perf_counter()
-while hasattr(stage_runner, 'capture_state') and stage_runner.capture_state().running \
-        and time.perf_counter() - t_captured < 300:   # the cuDNN trials after the last size
-    time.sleep(0.01)
-t_settled = time.perf_counter()
+t_captured = time.perf_counter()   # the thread's end: its cuDNN trials included
 state = stage_runner.capture_state() if hasattr(stage_runner, 'capture_state') else None
 backends = stage_runner.conv_backends() if hasattr(stage_runner, 'conv_backends') else {}
 trials = stage_runner.cudnn_trials() if hasattr(stage_runner, 'cudnn_trials') else {}
@@ -138,7 +134,6 @@ out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'MODEL', 'M
        'background_capture_s': round(state.seconds, 3) if state else None,   # on its thread, while serving
        'background_capture_done': capture_done, 'background_capture_error': state.error if state else None,
        'background_capture_wall_s': round(t_captured - t_done, 3),   # configure's end -> the capture's end
-       'settled_wall_s': round(t_settled - t_done, 3),               # configure's end -> the last cuDNN trial's
        'conv_backends': {f'{kind}{k}@{b}': v for (kind, k, b), v in sorted(backends.items())},
        'cudnn_trials_ms': {f'{kind}{k}@{b}': [round(v, 4) for v in t] for (kind, k, b), t in sorted(trials.items())},
        'graph_sizes': list(getattr(stage_runner, 'graph_sizes', ())), 'graph_count': engine.graph_count(),
