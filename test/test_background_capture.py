@@ -334,7 +334,7 @@ def captures(log, since: int = 0) -> list[int]:
 
 
 def test_native_first_captures_every_size_natively_then_tries_cudnn_for_the_larger_ones(fake_graphs):
-    runner = graph_runner(num_exits=2, native_first=True)
+    runner = graph_runner(num_exits=2, native_first=True, trial_smallest=True)
     runner.warmup()
     # native: 1, 2, 4, 8 (stage and head of 2 exits); then per larger size, largest first, a cuDNN
     # pair and a native twin pair per exit
@@ -348,8 +348,18 @@ def test_native_first_captures_every_size_natively_then_tries_cudnn_for_the_larg
     assert state.pending == () and state.to_upgrade == (1,) and not state.settled
 
 
-def test_native_first_leaves_batch_1_s_trial_to_the_background(fake_graphs):
+def test_native_first_keeps_batch_1_native_and_starts_no_thread_by_default(fake_graphs):
     runner = graph_runner(num_exits=2, native_first=True)
+    runner.warmup()
+    state = runner.capture_state()
+    assert state.pending == () and state.to_upgrade == () and state.settled
+    assert {runner.conv_backends()[kind, k, 1] for kind in ('stage', 'head') for k in range(2)} == {'native'}
+    assert ('stage', 0, 1) not in runner.cudnn_trials() and len(runner.cudnn_trials()) == 2 * 2 * 3
+    assert runner.start_background_capture() is False and not runner.capture_state().running
+
+
+def test_native_first_leaves_batch_1_s_trial_to_the_background(fake_graphs):
+    runner = graph_runner(num_exits=2, native_first=True, trial_smallest=True)
     runner.warmup()
     mark = len(fake_graphs.log)
     assert runner.start_background_capture() is True
@@ -371,7 +381,7 @@ def test_native_first_leaves_batch_1_s_trial_to_the_background(fake_graphs):
 
 
 def test_native_first_trials_stop_and_resume(fake_graphs):
-    runner = graph_runner(num_exits=2, native_first=True)
+    runner = graph_runner(num_exits=2, native_first=True, trial_smallest=True)
     runner.warmup()
     fake_graphs.gates[1] = threading.Event()   # batch 1 is only captured again by its trial
     runner.start_background_capture()
@@ -467,10 +477,12 @@ def test_engine_graph_count_follows_the_background(fake_graphs):
 
 
 # --- CUDA --------------------------------------------------------------------------------------------
-def conv_runner(*, cuda_graphs: bool, max_batch: int = 8, half: bool = False, native_first: bool = True) -> StageRunner:
+def conv_runner(*, cuda_graphs: bool, max_batch: int = 8, half: bool = False, native_first: bool = True,
+                trial_smallest: bool = True) -> StageRunner:
+    """With batch 1's cuDNN trial by default: the background thread beside the worker is what these test."""
     from test_runner import conv_model
     return StageRunner(conv_model(seed=1), device='cuda', half=half, cuda_graphs=cuda_graphs, max_batch=max_batch,
-                       native_first=native_first)
+                       native_first=native_first, trial_smallest=trial_smallest)
 
 
 def cuda_chain(runner: StageRunner, x: torch.Tensor) -> list[torch.Tensor]:
@@ -557,7 +569,7 @@ def test_cuda_engine_stop_joins_the_capture_thread_before_memory_is_freed():
 
 
 def test_engine_graph_report_follows_the_cudnn_trials(fake_graphs):
-    runner = graph_runner(num_exits=2, native_first=True)
+    runner = graph_runner(num_exits=2, native_first=True, trial_smallest=True)
     engine = graph_engine(runner, [])
     start = runner.start_background_capture
     runner.start_background_capture = lambda: False   # batch 1's cuDNN trial held back

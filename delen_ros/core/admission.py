@@ -39,7 +39,8 @@ from .bounds import FeasibleRange, InfeasibleBounds, latency_parts
 if TYPE_CHECKING:
     from .profile import Profile
 
-__all__ = ['DEFAULT_RATE_HZ', 'Task', 'Verdict', 'Unschedulable', 'CostModel', 'asks_more', 'check', 'misfits', 'suggest']
+__all__ = ['DEFAULT_RATE_HZ', 'Task', 'Verdict', 'Unschedulable', 'CostModel', 'asks_more', 'check', 'infeasible_alone',
+           'misfits', 'suggest']
 
 #: frame rate assumed for a new app whose camera has sent nothing yet and that gave no hint, Hz
 DEFAULT_RATE_HZ = 30.0
@@ -245,23 +246,32 @@ def asks_more(new: Task, old: Task) -> bool:
             or new.source != old.source)
 
 
-def misfits(tasks: Sequence[Task], cost: CostModel) -> dict[str, str]:
-    """The apps to serve after the others when ``tasks`` (in order of admission, oldest first) are
-    not schedulable together: each task in turn is kept if the kept ones stay schedulable with it
-    (:func:`check`), so apps admitted earlier keep the guarantee they were given and only those that
-    do not fit beside the apps admitted before them are named; a task infeasible alone is always
-    named. Returns app -> why (empty: every task fits). At most ``2 n`` checks of at most ``n`` tasks.
-
-    >>> cost = CostModel(step_ms=lambda k, b: 1.0, num_exits=1)
-    >>> sorted(misfits([Task('old', 10.0, 1.5, 0), Task('new', 10.0, 1.5, 0)], cost))
-    ['new']
-    """
-    kept: list[Task] = []
+def infeasible_alone(tasks: Sequence[Task], cost: CostModel) -> dict[str, str]:
+    """The tasks that miss their bounds even alone on the device: app -> why."""
     out: dict[str, str] = {}
     for task in tasks:
         alone = check([task], cost)
         if not alone.ok:
             out[task.app_id] = alone.at_risk.get(task.app_id, alone.message)
+    return out
+
+
+def misfits(tasks: Sequence[Task], cost: CostModel, *, alone: CostModel | None = None) -> dict[str, str]:
+    """The apps to serve after the others when ``tasks`` (in order of admission, oldest first) are
+    not schedulable together: each task in turn is kept if the kept ones stay schedulable with it
+    (:func:`check`), so apps admitted earlier keep the guarantee they were given and only those that
+    do not fit beside the apps admitted before them are named; a task infeasible alone (at ``alone``'s
+    costs, default ``cost``) is always named. Returns app -> why (empty: every task fits). At most
+    ``2 n`` checks of at most ``n`` tasks.
+
+    >>> cost = CostModel(step_ms=lambda k, b: 1.0, num_exits=1)
+    >>> sorted(misfits([Task('old', 10.0, 1.5, 0), Task('new', 10.0, 1.5, 0)], cost))
+    ['new']
+    """
+    out = infeasible_alone(tasks, alone or cost)
+    kept: list[Task] = []
+    for task in tasks:
+        if task.app_id in out:
             continue
         if not kept:
             kept.append(task)

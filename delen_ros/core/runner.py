@@ -22,9 +22,12 @@ Native first (``native_first``, the default with a background capture): cuDNN's 
 nearly all of a capture's time, and PyTorch's own convolutions need none (H200, cifar10_lite0: the
 eight batch-1 graphs in 0.14 s instead of 2.0-3.8 s). So ``warmup`` captures every size with cuDNN
 off, then captures the larger sizes again with cuDNN, and each graph keeps whichever of the two
-replays faster (native convolutions are as fast at batch 1 on an H200, 4x slower at 32); batch 1's
-cuDNN trial is left to the background thread. Big batches then never run as chains of batch-1
-replays while cuDNN sets up (the first 1-4 s of a 32-camera window on an H200 lost frames so).
+replays faster (native convolutions are as fast at batch 1 on an H200, 4x slower at 32). Big
+batches then never run as chains of batch-1 replays while cuDNN sets up (the first 1-4 s of a
+32-camera window on an H200 lost frames so). Batch 1 stays native unless ``trial_smallest`` asks for
+its trial in the background: on an H200 it won 6 % at full depth at best (0.768 ms native), and its
+cuDNN set-up held the GIL for the first 5-10 s of service beside the worker (py-spy: a third of the
+node's Python samples in a 32-camera window), which cost frames.
 """
 from __future__ import annotations
 
@@ -347,9 +350,10 @@ class StageRunner:
         smallest size only and leave the others to :meth:`start_background_capture`; false: capture
         every size in ``warmup`` (slower to start; what a benchmark of steady state may want).
     :param native_first: with a background capture, ``warmup`` captures every size with cuDNN off
-        (in milliseconds) and tries cuDNN for each graph of the larger sizes, keeping the faster;
-        batch 1's trial runs in the background (see the module's notes). Without a background
-        capture, graphs use cuDNN.
+        (in milliseconds) and tries cuDNN for each graph of the larger sizes, keeping the faster.
+        Without a background capture, graphs use cuDNN.
+    :param trial_smallest: with ``native_first``, also try cuDNN for the smallest size's graphs, in
+        the background while serving (see the module's notes); false: they stay native.
 
     All calls run under ``torch.inference_mode()``. Calls are asynchronous on CUDA: time them
     between :meth:`synchronize` calls. One thread serves (calls :meth:`stage` and :meth:`head`);
@@ -359,7 +363,7 @@ class StageRunner:
     def __init__(self, model: 'MultiExitModel', *, device: str | torch.device = 'cpu', half: bool | None = None,
                  channels_last: bool | None = None, cuda_graphs: bool = False, max_batch: int = 32,
                  graph_sizes: Sequence[int] | None = None, background_capture: bool = True,
-                 native_first: bool = True):
+                 native_first: bool = True, trial_smallest: bool = False):
         self.device = resolve_device(device)
         cuda = self.device.type == 'cuda'
         half = cuda if half is None else half
@@ -374,6 +378,7 @@ class StageRunner:
         self.cuda_graphs = bool(cuda_graphs) and cuda
         self.background_capture = bool(background_capture)
         self.native_first = bool(native_first)
+        self.trial_smallest = bool(trial_smallest)
         # an A/B, not yet measured on a GPU: sleep in CUDA waits instead of spinning (synchronize)
         self.blocking_sync = os.environ.get('DELEN_BLOCKING_SYNC') == '1'
         self.model = model.prepare(self.device, dtype=self.dtype, channels_last=self.channels_last)
@@ -482,7 +487,7 @@ class StageRunner:
                 # in the background for the smallest (see the module's notes)
                 sizes, later = self.graph_sizes, ()
             self._deferred = frozenset(later)   # before the calls below: they must not capture these
-            self._to_upgrade = frozenset(self.graph_sizes[:1] if self._capture_native else ())
+            self._to_upgrade = frozenset(self.graph_sizes[:1] if self._capture_native and self.trial_smallest else ())
         # Most of this is each convolution's first call at a new shape (kernel choice, ~0.3-0.8 s a
         # stage on an H200). PyTorch keeps those choices per thread: choosing them in parallel
         # threads first did not shorten the captures (H200: 12.3 s instead of 6.2 s).

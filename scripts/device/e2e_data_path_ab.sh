@@ -2,6 +2,9 @@
 # Run THERE (one H200, 16 cores): the node's data path, A/B in one call. After the offline set-up and
 # the CUDA unit tests of the data path (when pytest wheels are carried in .devdata/pytest):
 #   new        the shipped path: C receivers (auto), frames uploaded at submit; NS_NEW cameras, both policies
+#   repeat     the shipped path again, NS_AB cameras, POLICIES_AB (is a run's outcome stable?)
+#   trial_batch1 DELEN_TRIAL_BATCH1=1: batch 1's cuDNN trial in the background while serving (before session 9);
+#              NS_AB cameras, POLICIES_AB
 #   nofuse     fuse_steps:=false (one step per worker turn) on NS_AB cameras, delen
 #   cudnn_first DELEN_NATIVE_FIRST=0: graphs captured on cuDNN from the start; NS_AB cameras, delen
 #   blocking_sync DELEN_BLOCKING_SYNC=1: the worker sleeps in CUDA waits (blocking events) instead of spinning;
@@ -64,6 +67,12 @@ D="${DURATION:-5}"
 # the e2e script counts TOTAL_S from its own start: give each part what is left of ours, less the later parts
 skip new || TOTAL_S=$(( $(left) - 150 )) NS="${NS_NEW:-16,32,48}" POLICIES="${POLICIES_NEW:-delen,always_final}" DURATION="$D" \
   bash scripts/device/e2e_gpu.sh "$WORK/new"
+# the shipped path again on NS_AB cameras: at 32 cameras one run in three or so used to collapse
+skip repeat || TOTAL_S=$(( $(left) - 5 - ${AFTER_REPEAT_S:-150} )) ENGINE=0 NS="${NS_AB:-32}" \
+  POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/repeat"
+# batch 1's cuDNN trial in the background while serving (the default before session 9)
+skip trial_batch1 || DELEN_TRIAL_BATCH1=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_TRIAL_BATCH1_S:-150} )) ENGINE=0 \
+  NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/trial_batch1"
 # the same cameras one step per worker turn (fuse_steps:=false): what fused steps buy
 skip nofuse || TOTAL_S=$(( $(left) - 5 - ${AFTER_NOFUSE_S:-120} )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
   NODE_PARAMS="fuse_steps:=false" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nofuse"
