@@ -6,14 +6,12 @@ kill -9 during registrations, a corrupt and an unwritable state file, bad parame
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import yaml
 

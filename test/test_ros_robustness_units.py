@@ -3,7 +3,6 @@ with its backup, the state store's write errors, aggregated rejection logging, s
 parameter validation, and the pure message builders."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 

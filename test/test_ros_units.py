@@ -10,7 +10,7 @@ import pytest
 
 from delen_ros.core.bounds import Objective
 from delen_ros.ros.apps import AppConfig, load_state, parse_apps_param, save_state, validate_app_id
-from delen_ros.ros.stats import CameraCounters, StampGaps
+from delen_ros.ros.stats import CameraCounters
 
 
 # --- apps ------------------------------------------------------------------------------------------------
