@@ -5,6 +5,11 @@ fused run (issue 8, session 8). Variants (``--variants``):
   per_batch   the corrector learns per (step, batch size) (before session 8), runs end for any waiting frame
   pooled      one level per step for every batch size (``LatencyCorrector.pool_batch_sizes``, the engine's now)
   earlier     per_batch, and a run ends only for work due before its own members (``Engine.split_runs_for``)
+  pre_per_frame  pooled, with preprocessing's cost learnt per frame only (before session 9; the engine
+              now learns per call + per frame, ``core/batch_cost.BatchCost``)
+
+``--pre-call-ms``: preprocessing costs this much Python (GIL held) per call whatever the batch, as the
+GPU path does (a few kernel launches for the whole batch); 0: the CPU preprocessing of a tiny image.
 
 On the H200 at 32 cameras one node sometimes stayed in a state where every fused run ended after one
 step (a frame always waits), capacity fell and frames went late for the whole window, with the GPU
@@ -34,6 +39,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'test'))
 
+from delen_ros.core.batch_cost import BatchCost  # noqa: E402
 from delen_ros.core.bounds import Bounds  # noqa: E402
 from delen_ros.core.engine import Engine  # noqa: E402
 from fakes import FakeRunner, fake_image, fake_model, synthetic_profile  # noqa: E402
@@ -56,8 +62,21 @@ class StallingRunner(FakeRunner):
         return super().stage(k, x)
 
 
+class PerFrameCost(BatchCost):
+    """Preprocessing's cost read as per frame only (wall time / batch size), as before session 9."""
+
+    def _fit(self) -> None:
+        self.per_call_ms, self.per_frame_ms = 0.0, self._t1 / self._s2
+
+
+def busy(ms: float) -> None:
+    end = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < end:
+        pass
+
+
 def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float, step_ms: list[float],
-        duration_s: float, stall_at_s: float, stall_ms: float, bin_s: float = 0.25) -> dict:
+        duration_s: float, stall_at_s: float, stall_ms: float, pre_call_ms: float = 0.0, bin_s: float = 0.25) -> dict:
     model = fake_model(len(step_ms))
     profile = synthetic_profile(len(step_ms), step_ms=step_ms, head_ms=0.02, batch_cost=0.0)
     runner = StallingRunner(model, sleep_ms=step_ms)
@@ -71,7 +90,17 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
     engine = Engine(model, profile, runner=runner, policy=policy, max_batch=32, queue_depth=1,
                     on_result=on_result, device_preprocess=False)
     engine.split_runs_for = 'earlier' if variant == 'earlier' else 'any'
-    engine.corrector.pool_batch_sizes = variant == 'pooled'
+    engine.corrector.pool_batch_sizes = variant in ('pooled', 'pre_per_frame')
+    if variant == 'pre_per_frame':
+        engine._pre = PerFrameCost()
+    if pre_call_ms > 0:
+        preprocess = engine._preprocess
+
+        def gpu_like(images):
+            busy(pre_call_ms)
+            return preprocess(images)
+
+        engine._preprocess = gpu_like
     names = [f'cam{i:02d}' for i in range(apps)]
     for name in names:
         engine.set_app(name, Bounds(max_latency_ms=bound_ms))
@@ -141,7 +170,9 @@ def main() -> int:
     p.add_argument('--stall-ms', type=float, default=80.0)
     p.add_argument('--policies', nargs='+', default=['always_final', 'delen'])
     p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--variants', nargs='+', default=['per_batch', 'pooled'], choices=['per_batch', 'pooled', 'earlier'])
+    p.add_argument('--pre-call-ms', type=float, default=0.0)
+    p.add_argument('--variants', nargs='+', default=['per_batch', 'pooled'],
+                   choices=['per_batch', 'pooled', 'earlier', 'pre_per_frame'])
     args = p.parse_args()
     rows = []
     for apps in args.apps:
@@ -150,7 +181,7 @@ def main() -> int:
                 for variant in args.variants:   # alternated, same conditions
                     row = run(variant=variant, policy=policy, apps=apps, rate_hz=args.rate, bound_ms=args.bound_ms,
                               step_ms=args.step_ms, duration_s=args.duration, stall_at_s=args.stall_at,
-                              stall_ms=args.stall_ms)
+                              stall_ms=args.stall_ms, pre_call_ms=args.pre_call_ms)
                     row['repeat'] = repeat
                     tail = [x for x in row['within_share_by_bin'][-int(2.0 / 0.25):] if x is not None]
                     row['recovered'] = bool(tail) and min(tail) >= 0.99   # every bin of the last 2 s

@@ -61,6 +61,7 @@ import torch
 from . import admission
 from .app_ledger import AppLedger
 from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes, percentile, percentiles
+from .batch_cost import BatchCost
 from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, plan
 from .energy_scaling import EnergyScaler
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
@@ -175,7 +176,8 @@ class WorkerStats:
     fused run of several), microseconds;
     ``step_ms_*``: stage + head + softmax + transfer of a step (the device's part; a fused run's time
     shared over its steps), ms;
-    ``preprocess_ms_per_frame``: EWMA (what predictions use), ``preprocess_ms_p99`` over frames.
+    ``preprocess_ms_per_frame``: a lone frame's, as predictions use it (:class:`~.batch_cost.BatchCost`),
+    ``preprocess_ms_p99`` over frames.
     ``overhead_ms``: the serving overhead in use (measured, or the prior before any delivery);
     ``energy_mj``: results' energy since the reset; ``idle_energy_mj``: ``idle_power_w`` x that time
     (their sum is the device's total).
@@ -433,9 +435,8 @@ class Engine:
         self._apps: dict[str, AppLedger] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
-        # preprocessing cost per frame (EWMA, ms): part of the first step's predicted time
-        self._pre_ms = 0.0
-        self._pre_dev_ms = 0.0
+        # preprocessing's cost per call and per frame: part of the first step's predicted time
+        self._pre = BatchCost()
         self._pre_workers = preprocess_workers
         self._pre_pool: concurrent.futures.ThreadPoolExecutor | None = None
         # energy: estimates from the profile, scaled by a meter where one measures
@@ -571,7 +572,7 @@ class Engine:
         return self._exit_latency_ms(self._outside_ms())
 
     def _exit_latency_ms(self, outside: dict[str, float]) -> list[float]:
-        base = sum(outside.values()) + self._pre_ms
+        base = sum(outside.values()) + self._pre.predict_ms(1)
         out, total = [], base
         for k in range(self.profile.num_exits):
             total += self.corrector.factor(k, 1) * self.profile.step_ms(k, 1)
@@ -614,8 +615,8 @@ class Engine:
     def _cost_model(self, outside: dict[str, float] | None = None) -> admission.CostModel:
         """Admission's costs now; ``outside``: these parts outside the device instead of :meth:`_outside_ms`."""
         return admission.CostModel(
-            step_ms=lambda k, b: self._expected_ms(k, b) - (self._pre_ms * b if k == 0 else 0.0),
-            num_exits=self.profile.num_exits, preprocess_ms=self._pre_ms, **(outside or self._outside_ms()),
+            # the first step with its batch's preprocessing (per call + per frame: amortised over the batch)
+            step_ms=self._expected_ms, num_exits=self.profile.num_exits, **(outside or self._outside_ms()),
             max_batch=self.max_batch, default_deadline_ms=self.default_deadline_ms,
             utilisation_limit=self.utilisation_limit, fused_runs=self.fuse_steps)
 
@@ -959,7 +960,7 @@ class Engine:
             steps=steps, mean_batch=batched / steps if steps else math.nan,
             busy_s=busy_ns / 1e9, decision_us_mean=float(np.mean(us)) if us else math.nan,
             decision_us_p50=decision_p50, decision_us_p99=decision_p99, step_ms_p50=step_p50, step_ms_p99=step_p99,
-            preprocess_ms_per_frame=self._pre_ms, preprocess_ms_p99=percentile(pre, 99),
+            preprocess_ms_per_frame=self._pre.predict_ms(1), preprocess_ms_p99=percentile(pre, 99),
             energy_scale=self._energy.scale if self._energy is not None else None,
             corrections=self.corrector.snapshot(), overhead_ms=self.overhead_ms(), energy_mj=energy_mj,
             idle_energy_mj=getattr(self, 'idle_power_w', 0.0) * elapsed_s * 1000.0)
@@ -995,7 +996,7 @@ class Engine:
         if step > 0:
             return ms
         # preprocessing runs on the CPU and jitters too: the same margin as the steps
-        return ms + (self._pre_ms + margin * self._pre_dev_ms) * batch
+        return ms + self._pre.predict_ms(batch, margin=margin)
 
     def _expected_ms(self, step: int, batch: int) -> float:
         return self._predict_ms(step, batch, margin=0.0)
@@ -1073,14 +1074,9 @@ class Engine:
                     # shared-memory slot that its camera's receiver wants back).
                     f.tensor, f.image = x[i:i + 1], None
                 pre_ns = time.perf_counter_ns() - t0
-                per_frame = pre_ns / 1e6 / len(todo)
-                # a size's first run pays one-time costs (kernels, buffers): not the rate to predict from
+                # a size's first run pays one-time costs (kernels, buffers): not the cost to predict from
                 if not self._sizes_preprocessed.add_new(sizes):
-                    if self._pre_ms == 0:
-                        self._pre_ms, self._pre_dev_ms = per_frame, per_frame / 4
-                    else:
-                        self._pre_dev_ms += 0.25 * (abs(per_frame - self._pre_ms) - self._pre_dev_ms)
-                        self._pre_ms += 0.125 * (per_frame - self._pre_ms)
+                    self._pre.add(len(todo), pre_ns / 1e6)
             cpu = unique[0].frame.tensor if len(unique) == 1 else torch.cat([r.frame.tensor for r in unique])
             return self._runner.to_input(cpu), pre_ns
         sources = [r.state.features for r in unique]

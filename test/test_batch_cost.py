@@ -1,0 +1,67 @@
+"""core/batch_cost.BatchCost: per call + per frame, learnt online."""
+import math
+
+import pytest
+
+from delen_ros.core.batch_cost import BatchCost
+
+
+def test_nothing_measured_predicts_zero():
+    cost = BatchCost()
+    assert not cost.measured and cost.predict_ms(8) == 0.0 and cost.predict_ms(1, margin=3) == 0.0
+
+
+def test_one_batch_size_is_read_as_per_frame():
+    cost = BatchCost()
+    for _ in range(10):
+        cost.add(2, 1.0)
+    assert cost.per_call_ms == 0.0 and cost.per_frame_ms == pytest.approx(0.5)
+    assert cost.predict_ms(8) == pytest.approx(4.0)
+
+
+def test_a_fixed_cost_per_call_is_found_as_such():
+    """The GPU's case: the same wall time whatever the batch; a per-frame rate would make a batch
+    of 32 look 32 times a batch of 1."""
+    cost = BatchCost()
+    for b in [1, 3, 2, 1, 5, 8, 1, 2] * 4:
+        cost.add(b, 0.4)
+    assert cost.per_call_ms == pytest.approx(0.4) and cost.per_frame_ms == pytest.approx(0.0, abs=1e-9)
+    assert cost.predict_ms(32) == pytest.approx(0.4)
+
+
+def test_a_linear_cost_is_found_and_old_calls_are_forgotten():
+    cost = BatchCost(forget=0.8)
+    for b in [1, 2, 4, 8] * 5:
+        cost.add(b, 0.1 + 0.3 * b)   # a CPU: per frame
+    assert cost.per_call_ms == pytest.approx(0.1) and cost.per_frame_ms == pytest.approx(0.3)
+    for b in [1, 2, 4, 8] * 20:
+        cost.add(b, 0.5)             # moved to a GPU
+    assert cost.predict_ms(8) == pytest.approx(0.5, abs=0.01)
+
+
+def test_negative_slopes_and_intercepts_are_clamped():
+    cost = BatchCost()
+    for b, ms in [(1, 1.0), (4, 0.5)] * 5:   # cheaper with more frames: noise
+        cost.add(b, ms)
+    assert cost.per_frame_ms == 0.0 and cost.per_call_ms == pytest.approx(0.75, abs=0.02)   # the (weighted) mean
+    cost = BatchCost()
+    for b, ms in [(1, 0.1), (4, 2.0)] * 5:   # the line would cross zero below batch 1
+        cost.add(b, ms)
+    assert cost.per_call_ms == 0.0 and cost.per_frame_ms > 0
+
+
+def test_margin_adds_the_mean_deviation_and_bad_input_is_ignored():
+    cost = BatchCost()
+    for b, ms in [(1, 0.3), (2, 0.5), (1, 0.4), (2, 0.4)] * 3:
+        cost.add(b, ms)
+    assert cost.dev_ms > 0 and cost.predict_ms(2, margin=2) == pytest.approx(cost.predict_ms(2) + 2 * cost.dev_ms)
+    before = (cost.per_call_ms, cost.per_frame_ms, cost.dev_ms)
+    for b, ms in [(0, 1.0), (2, math.nan), (2, -1.0), (2, math.inf)]:
+        cost.add(b, ms)
+    assert (cost.per_call_ms, cost.per_frame_ms, cost.dev_ms) == before
+
+
+def test_forget_is_validated():
+    for bad in (0.0, 1.0, -0.5, math.nan):
+        with pytest.raises(ValueError):
+            BatchCost(forget=bad)
