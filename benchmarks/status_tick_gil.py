@@ -90,9 +90,10 @@ def run(*, sliced: bool, apps: int, rate_hz: float, duration_s: float, publish_m
 
     def summary(values: list[float]) -> dict:
         p50, p99 = percentiles(values, (50, 99)) if values else (None, None)
-        return {'n': len(values), 'p50_ms': round(p50, 2) if p50 is not None else None,
-                'p99_ms': round(p99, 2) if p99 is not None else None, 'max_ms': round(max(values), 2) if values else None,
-                'within_33ms': round(sum(v <= 33.0 for v in values) / len(values), 4) if values else None}
+        if not values:
+            return {'n': 0}
+        return {'n': len(values), 'p50_ms': round(p50, 2), 'p99_ms': round(p99, 2), 'max_ms': round(max(values), 2),
+                'within_33ms': round(sum(v <= 33.0 for v in values) / len(values), 4)}
 
     return {'tick': 'sliced' if sliced else 'whole', 'ticks': len(ticks), 'after_tick': summary(near),
             'other': summary(far)}

@@ -634,7 +634,8 @@ class Engine:
         When the apps no longer fit together, the fewest are served after the others (demoted:
         :meth:`~delen_ros.core.scheduler.Scheduler.set_best_effort`), the most recently admitted
         first (:func:`~delen_ros.core.admission.misfits`): an app keeps the guarantee it was given
-        at admission, and one infeasible alone is always demoted. An app is demoted only after
+        at admission, and one infeasible alone is always demoted. Who is at risk is judged at the
+        tails measured now, who is demoted on device demand (:meth:`_misfits`). An app is demoted only after
         ``demote_after`` re-checks in a row found it not fitting, and restored after
         ``restore_after`` in a row found it fitting; its reason is reported at every re-check all
         the same, and says whether it is demoted or only at risk. When no app fits even alone,
@@ -647,21 +648,8 @@ class Engine:
             tasks = [self._task(a, st, now) for a, st in states]
         outside = self._outside_ms()   # the checks run outside the lock: the worker must not wait for them
         cost = self._cost_model(outside)
-        verdict = admission.check(tasks, cost)
-        # Who is at risk: at the tails measured now. Who is demoted: at those tails, but no worse than
-        # the last admission passed with. Demoting frees device time; it cannot shorten the node's own
-        # transients (a GIL-bound spell inflates the frame-age and overhead tails for their whole
-        # window), and demoting on them fed back: on an H200 at 32 cameras the tails of a 1 s spike
-        # left 7.7 of 33 ms for the device, 21 apps were demoted and their frames went late.
-        # An app that misses even alone at the tails now is demoted all the same: its frames are late.
-        if verdict.ok:
-            misfit = {}
-        elif not self._admitted_outside:
-            misfit = admission.misfits(tasks, cost)
-        else:
-            settled = self._cost_model({k: min(v, self._admitted_outside.get(k, v)) for k, v in outside.items()})
-            misfit = admission.infeasible_alone(tasks, cost) if admission.check(tasks, settled).ok else \
-                admission.misfits(tasks, settled, alone=cost)
+        verdict = admission.check(tasks, cost)   # who is at risk: at the tails measured now
+        misfit = {} if verdict.ok else self._misfits(tasks, outside, cost)
         hopeless = len(misfit) == len(tasks) > 0
         with self._cond:
             for app_id, app in states:
@@ -704,6 +692,22 @@ class Engine:
             _log.info('admission re-check: every app fits%s', f' ({", ".join(sorted(demoted))} served after the '
                       'others until the next clean re-checks)' if demoted else '')
         return reasons
+
+    def _misfits(self, tasks: list[admission.Task], outside: dict[str, float], cost: admission.CostModel
+                 ) -> dict[str, str]:
+        """Who to demote, app -> why (:func:`~delen_ros.core.admission.misfits`), on device demand:
+        the parts outside the device (``outside``, measured now) no worse than the last admission
+        passed with. Demoting frees device time; it cannot shorten the node's own transients (a
+        GIL-bound spell inflates the frame-age and overhead tails for their whole window), and
+        demoting on them fed back: on an H200 at 32 cameras the tails of a 1 s spike left 7.7 of 33 ms
+        for the device, 21 apps were demoted and their frames went late. An app that misses even
+        alone at the tails now (``cost``) is demoted all the same: its frames are late anyway."""
+        if not self._admitted_outside:
+            return admission.misfits(tasks, cost)
+        settled = self._cost_model({k: min(v, self._admitted_outside.get(k, v)) for k, v in outside.items()})
+        if admission.check(tasks, settled).ok:
+            return admission.infeasible_alone(tasks, cost)
+        return admission.misfits(tasks, settled, alone=cost)
 
     def count_malformed(self, app_ids: Sequence[str], count: int = 1) -> None:
         """Count frames the caller could not convert for these apps (dropped, reason malformed;
