@@ -41,7 +41,6 @@ from .rejections import RejectionLog, clean_message
 __all__ = ['DelenNode', 'NODE_NAME', 'main']
 
 NODE_NAME = 'delen'
-_SCHEDULABILITY_PERIOD_S = 5.0   # admission re-check at measured rates
 _MAX_STAMP_AGE_NS = 1_000_000_000   # older: not the camera's clock, or not live
 # DELEN_STATUS_YIELD=0: the status tick holds the GIL whole (before session 9; the A/B of _yield_gil)
 _STATUS_YIELDS = os.environ.get('DELEN_STATUS_YIELD', '1') != '0'
@@ -62,7 +61,7 @@ class DelenNode(LifecycleNode):
         self._active = False
         self._delen_services: list[Any] = []
         self._status_pub = self._diagnostics_pub = self._status_timer = None
-        self._last_status_ns = self._last_check_ns = 0
+        self._last_status_ns = 0
         self._status_tick_ms = 0.0   # how long the last status tick took (diagnostics)
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
 
@@ -123,7 +122,7 @@ class DelenNode(LifecycleNode):
                 result = super().on_activate(state)          # enables the lifecycle publishers first
                 self._active = True
                 self._apps.activate()
-                self._last_status_ns = self._last_check_ns = time.monotonic_ns()
+                self._last_status_ns = time.monotonic_ns()
                 self._status_timer = self.create_timer(self._p.status_period_s, self._publish_status)
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f'activate failed: {type(exc).__name__}: {clean_message(exc)}')
@@ -301,12 +300,9 @@ class DelenNode(LifecycleNode):
         now_ns = time.monotonic_ns()
         period_s = max(1e-3, (now_ns - self._last_status_ns) / 1e9)
         self._last_status_ns = now_ns
-        if now_ns - self._last_check_ns >= _SCHEDULABILITY_PERIOD_S * 1e9:
-            self._last_check_ns = now_ns
-            served.engine.check_schedulable()
         stamp = self.get_clock().now().to_msg()
         cameras = {t: self._camera_report(c, period_s) for t, c in list(apps.cameras.items())}
-        stats = {}
+        stats = {}   # the first read re-runs admission at the measured rates, once a second at most
         for app_id, config in apps.registry.apps().items():
             _yield_gil()
             try:
