@@ -62,13 +62,6 @@ class StallingRunner(FakeRunner):
         return super().stage(k, x)
 
 
-class PerFrameCost(BatchCost):
-    """Preprocessing's cost read as per frame only (wall time / batch size), as before session 9."""
-
-    def _fit(self) -> None:
-        self.per_call_ms, self.per_frame_ms = 0.0, self._t1 / self._s2
-
-
 def busy(ms: float) -> None:
     end = time.perf_counter() + ms / 1e3
     while time.perf_counter() < end:
@@ -92,7 +85,7 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
     engine.split_runs_for = 'earlier' if variant == 'earlier' else 'any'
     engine.corrector.pool_batch_sizes = variant in ('pooled', 'pre_per_frame')
     if variant == 'pre_per_frame':
-        engine._pre = PerFrameCost()
+        engine.preprocess_cost = BatchCost(per_call=False)   # read per frame only, as before session 9
     if pre_call_ms > 0:
         preprocess = engine._preprocess
 

@@ -65,3 +65,10 @@ def test_forget_is_validated():
     for bad in (0.0, 1.0, -0.5, math.nan):
         with pytest.raises(ValueError):
             BatchCost(forget=bad)
+
+
+def test_per_call_off_reads_every_cost_per_frame():
+    cost = BatchCost(per_call=False)
+    for b in [1, 3, 2, 1, 5, 8, 1, 2] * 4:
+        cost.add(b, 0.4)
+    assert cost.per_call_ms == 0.0 and cost.per_frame_ms > 0 and cost.predict_ms(32) > 4 * cost.predict_ms(1)

@@ -23,14 +23,16 @@ class BatchCost:
 
     :param forget: weight kept by the past at each new call (0 < forget < 1): ~``1 / (1 - forget)``
         calls make the estimate.
+    :param per_call: false: every cost read as per frame (before session 9; the A/B).
     """
 
-    __slots__ = ('forget', 'per_call_ms', 'per_frame_ms', 'dev_ms', '_s0', '_s1', '_s2', '_t0', '_t1')
+    __slots__ = ('forget', 'per_call', 'per_call_ms', 'per_frame_ms', 'dev_ms', '_s0', '_s1', '_s2', '_t0', '_t1')
 
-    def __init__(self, forget: float = 0.95):
+    def __init__(self, forget: float = 0.95, *, per_call: bool = True):
         if not 0.0 < forget < 1.0:
             raise ValueError(f'forget must be in (0, 1), got {forget!r}')
         self.forget = forget
+        self.per_call = per_call
         self.per_call_ms = 0.0
         self.per_frame_ms = 0.0
         self.dev_ms = 0.0   # mean |residual| of a call, ms
@@ -60,7 +62,7 @@ class BatchCost:
     def _fit(self) -> None:
         s0, s1, s2, t0, t1 = self._s0, self._s1, self._s2, self._t0, self._t1
         spread = s0 * s2 - s1 * s1   # s0^2 x the weighted variance of the batch sizes
-        if spread <= 1e-6 * s0 * s2:   # one batch size so far: per frame
+        if not self.per_call or spread <= 1e-6 * s0 * s2:   # one batch size so far: per frame
             self.per_call_ms, self.per_frame_ms = 0.0, t1 / s2
             return
         per_frame = (s0 * t1 - s1 * t0) / spread

@@ -436,7 +436,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         # preprocessing's cost per call and per frame: part of the first step's predicted time
-        self._pre = BatchCost()
+        self.preprocess_cost = BatchCost()
         self._pre_workers = preprocess_workers
         self._pre_pool: concurrent.futures.ThreadPoolExecutor | None = None
         # energy: estimates from the profile, scaled by a meter where one measures
@@ -572,7 +572,7 @@ class Engine:
         return self._exit_latency_ms(self._outside_ms())
 
     def _exit_latency_ms(self, outside: dict[str, float]) -> list[float]:
-        base = sum(outside.values()) + self._pre.predict_ms(1)
+        base = sum(outside.values()) + self.preprocess_cost.predict_ms(1)
         out, total = [], base
         for k in range(self.profile.num_exits):
             total += self.corrector.factor(k, 1) * self.profile.step_ms(k, 1)
@@ -964,7 +964,7 @@ class Engine:
             steps=steps, mean_batch=batched / steps if steps else math.nan,
             busy_s=busy_ns / 1e9, decision_us_mean=float(np.mean(us)) if us else math.nan,
             decision_us_p50=decision_p50, decision_us_p99=decision_p99, step_ms_p50=step_p50, step_ms_p99=step_p99,
-            preprocess_ms_per_frame=self._pre.predict_ms(1), preprocess_ms_p99=percentile(pre, 99),
+            preprocess_ms_per_frame=self.preprocess_cost.predict_ms(1), preprocess_ms_p99=percentile(pre, 99),
             energy_scale=self._energy.scale if self._energy is not None else None,
             corrections=self.corrector.snapshot(), overhead_ms=self.overhead_ms(), energy_mj=energy_mj,
             idle_energy_mj=getattr(self, 'idle_power_w', 0.0) * elapsed_s * 1000.0)
@@ -1000,7 +1000,7 @@ class Engine:
         if step > 0:
             return ms
         # preprocessing runs on the CPU and jitters too: the same margin as the steps
-        return ms + self._pre.predict_ms(batch, margin=margin)
+        return ms + self.preprocess_cost.predict_ms(batch, margin=margin)
 
     def _expected_ms(self, step: int, batch: int) -> float:
         return self._predict_ms(step, batch, margin=0.0)
@@ -1080,7 +1080,7 @@ class Engine:
                 pre_ns = time.perf_counter_ns() - t0
                 # a size's first run pays one-time costs (kernels, buffers): not the cost to predict from
                 if not self._sizes_preprocessed.add_new(sizes):
-                    self._pre.add(len(todo), pre_ns / 1e6)
+                    self.preprocess_cost.add(len(todo), pre_ns / 1e6)
             cpu = unique[0].frame.tensor if len(unique) == 1 else torch.cat([r.frame.tensor for r in unique])
             return self._runner.to_input(cpu), pre_ns
         sources = [r.state.features for r in unique]

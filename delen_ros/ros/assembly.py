@@ -103,6 +103,7 @@ class Served:
 
 def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]) -> Served:
     """Load everything configure needs and warm the engine up (graph capture, kernel choice)."""
+    from delen_ros.core.batch_cost import BatchCost
     from delen_ros.core.energy import idle_power_w as read_idle_power, make_meter
     from delen_ros.core.engine import Engine
     from delen_ros.core.zoo import load_model
@@ -157,6 +158,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 built.split_runs_for = 'earlier'
             if os.environ.get('DELEN_CORRECTOR_PER_BATCH') == '1':   # an A/B: step times learnt per batch size
                 built.corrector.pool_batch_sizes = False
+            if os.environ.get('DELEN_PRE_PER_FRAME') == '1':   # an A/B: preprocessing's cost read per frame only
+                built.preprocess_cost = BatchCost(per_call=False)
             return built
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)
         if len(devices) > 1:
