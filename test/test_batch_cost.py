@@ -72,3 +72,14 @@ def test_per_call_off_reads_every_cost_per_frame():
     for b in [1, 3, 2, 1, 5, 8, 1, 2] * 4:
         cost.add(b, 0.4)
     assert cost.per_call_ms == 0.0 and cost.per_frame_ms > 0 and cost.predict_ms(32) > 4 * cost.predict_ms(1)
+
+
+def test_a_lone_stall_counts_as_at_most_four_predictions_and_a_lasting_change_is_learnt():
+    cost = BatchCost()
+    for b in [1, 2, 4, 8] * 5:
+        cost.add(b, 0.5)
+    cost.add(4, 50.0)   # the GIL held elsewhere for 50 ms
+    assert cost.predict_ms(4) < 0.5 * 1.3
+    for b in [1, 2, 4, 8] * 30:
+        cost.add(b, 5.0)   # a slower path for good
+    assert cost.predict_ms(4) == pytest.approx(5.0, rel=0.05)

@@ -26,6 +26,10 @@ class BatchCost:
     :param per_call: false: every cost read as per frame (before session 9; the A/B).
     """
 
+    #: a call counts as at most this many times its prediction (a lone stall: a page fault, the GIL
+    #: held elsewhere); a lasting change is still learnt, geometrically
+    OUTLIER = 4.0
+
     __slots__ = ('forget', 'per_call', 'per_call_ms', 'per_frame_ms', 'dev_ms', '_s0', '_s1', '_s2', '_t0', '_t1')
 
     def __init__(self, forget: float = 0.95, *, per_call: bool = True):
@@ -47,6 +51,7 @@ class BatchCost:
         if batch < 1 or not math.isfinite(ms) or ms < 0.0:
             return
         if self.measured:
+            ms = min(ms, self.OUTLIER * max(self.predict_ms(batch), 1e-3))
             residual = abs(ms - self.predict_ms(batch))
             self.dev_ms += 0.25 * (residual - self.dev_ms)
         else:
