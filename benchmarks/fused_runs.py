@@ -5,8 +5,10 @@ fused run (issue 8, session 8). Variants (``--variants``):
   per_batch   the corrector learns per (step, batch size) (before session 8), runs end for any waiting frame
   pooled      one level per step for every batch size (``LatencyCorrector.pool_batch_sizes``, the engine's now)
   earlier     per_batch, and a run ends only for work due before its own members (``Engine.split_runs_for``)
-  pre_per_frame  pooled, with preprocessing's cost learnt per frame only (before session 9; the engine
-              now learns per call + per frame, ``core/batch_cost.BatchCost``)
+  pre_per_frame  pooled, with preprocessing's cost learnt per frame only and every stall taken in full
+              (before session 9; the engine now learns per call + per frame, a lone stall clamped:
+              ``core/batch_cost.BatchCost``)
+  pre_clamped pre_per_frame with the stall clamp alone
 
 ``--pre-call-ms``: preprocessing costs this much Python (GIL held) per call whatever the batch, as the
 GPU path does (a few kernel launches for the whole batch); 0: the CPU preprocessing of a tiny image.
@@ -83,9 +85,11 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
     engine = Engine(model, profile, runner=runner, policy=policy, max_batch=32, queue_depth=1,
                     on_result=on_result, device_preprocess=False)
     engine.split_runs_for = 'earlier' if variant == 'earlier' else 'any'
-    engine.corrector.pool_batch_sizes = variant in ('pooled', 'pre_per_frame')
-    if variant == 'pre_per_frame':
-        engine.preprocess_cost = BatchCost(per_call=False)   # read per frame only, as before session 9
+    engine.corrector.pool_batch_sizes = variant in ('pooled', 'pre_per_frame', 'pre_clamped')
+    if variant == 'pre_per_frame':   # as before session 9
+        engine.preprocess_cost = BatchCost(per_call=False, outlier=None)
+    elif variant == 'pre_clamped':
+        engine.preprocess_cost = BatchCost(per_call=False)
     if pre_call_ms > 0:
         preprocess = engine._preprocess
 
@@ -165,7 +169,7 @@ def main() -> int:
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--pre-call-ms', type=float, default=0.0)
     p.add_argument('--variants', nargs='+', default=['per_batch', 'pooled'],
-                   choices=['per_batch', 'pooled', 'earlier', 'pre_per_frame'])
+                   choices=['per_batch', 'pooled', 'earlier', 'pre_per_frame', 'pre_clamped'])
     args = p.parse_args()
     rows = []
     for apps in args.apps:

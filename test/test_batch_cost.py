@@ -61,10 +61,13 @@ def test_margin_adds_the_mean_deviation_and_bad_input_is_ignored():
     assert (cost.per_call_ms, cost.per_frame_ms, cost.dev_ms) == before
 
 
-def test_forget_is_validated():
+def test_forget_and_outlier_are_validated():
     for bad in (0.0, 1.0, -0.5, math.nan):
         with pytest.raises(ValueError):
             BatchCost(forget=bad)
+    for bad in (0.5, math.nan, -1.0):
+        with pytest.raises(ValueError):
+            BatchCost(outlier=bad)
 
 
 def test_per_call_off_reads_every_cost_per_frame():
@@ -80,6 +83,11 @@ def test_a_lone_stall_counts_as_at_most_four_predictions_and_a_lasting_change_is
         cost.add(b, 0.5)
     cost.add(4, 50.0)   # the GIL held elsewhere for 50 ms
     assert cost.predict_ms(4) < 0.5 * 1.3
+    unclamped = BatchCost(outlier=None)
+    for b in [1, 2, 4, 8] * 5:
+        unclamped.add(b, 0.5)
+    unclamped.add(4, 50.0)
+    assert unclamped.predict_ms(4) > 2.0
     for b in [1, 2, 4, 8] * 30:
         cost.add(b, 5.0)   # a slower path for good
     assert cost.predict_ms(4) == pytest.approx(5.0, rel=0.05)

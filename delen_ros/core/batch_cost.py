@@ -24,19 +24,22 @@ class BatchCost:
     :param forget: weight kept by the past at each new call (0 < forget < 1): ~``1 / (1 - forget)``
         calls make the estimate.
     :param per_call: false: every cost read as per frame (before session 9; the A/B).
+    :param outlier: a call counts as at most this many times its prediction (a lone stall: a page
+        fault, the GIL held elsewhere; a lasting change is still learnt, geometrically); ``None``: as
+        measured (before session 9).
     """
 
-    #: a call counts as at most this many times its prediction (a lone stall: a page fault, the GIL
-    #: held elsewhere); a lasting change is still learnt, geometrically
-    OUTLIER = 4.0
+    __slots__ = ('forget', 'per_call', 'outlier', 'per_call_ms', 'per_frame_ms', 'dev_ms',
+                 '_s0', '_s1', '_s2', '_t0', '_t1')
 
-    __slots__ = ('forget', 'per_call', 'per_call_ms', 'per_frame_ms', 'dev_ms', '_s0', '_s1', '_s2', '_t0', '_t1')
-
-    def __init__(self, forget: float = 0.95, *, per_call: bool = True):
+    def __init__(self, forget: float = 0.95, *, per_call: bool = True, outlier: float | None = 4.0):
         if not 0.0 < forget < 1.0:
             raise ValueError(f'forget must be in (0, 1), got {forget!r}')
+        if outlier is not None and not outlier >= 1.0:
+            raise ValueError(f'outlier must be >= 1 or None, got {outlier!r}')
         self.forget = forget
         self.per_call = per_call
+        self.outlier = outlier
         self.per_call_ms = 0.0
         self.per_frame_ms = 0.0
         self.dev_ms = 0.0   # mean |residual| of a call, ms
@@ -51,7 +54,8 @@ class BatchCost:
         if batch < 1 or not math.isfinite(ms) or ms < 0.0:
             return
         if self.measured:
-            ms = min(ms, self.OUTLIER * max(self.predict_ms(batch), 1e-3))
+            if self.outlier is not None:
+                ms = min(ms, self.outlier * max(self.predict_ms(batch), 1e-3))
             residual = abs(ms - self.predict_ms(batch))
             self.dev_ms += 0.25 * (residual - self.dev_ms)
         else:
