@@ -87,7 +87,7 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
     engine.split_runs_for = 'earlier' if variant == 'earlier' else 'any'
     engine.corrector.pool_batch_sizes = variant in ('pooled', 'pre_per_frame', 'pre_clamped')
     if variant == 'pre_per_frame':   # as before session 9
-        engine.preprocess_cost = BatchCost(per_call=False, outlier=None)
+        engine.preprocess_cost = BatchCost.per_frame_only()
     elif variant == 'pre_clamped':
         engine.preprocess_cost = BatchCost(per_call=False)
     if pre_call_ms > 0:

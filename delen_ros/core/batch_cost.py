@@ -45,6 +45,11 @@ class BatchCost:
         self.dev_ms = 0.0   # mean |residual| of a call, ms
         self._s0 = self._s1 = self._s2 = self._t0 = self._t1 = 0.0
 
+    @classmethod
+    def per_frame_only(cls) -> 'BatchCost':
+        """The model before session 9 (the A/B): every cost per frame, every stall taken in full."""
+        return cls(per_call=False, outlier=None)
+
     @property
     def measured(self) -> bool:
         return self._s0 > 0.0
@@ -54,10 +59,10 @@ class BatchCost:
         if batch < 1 or not math.isfinite(ms) or ms < 0.0:
             return
         if self.measured:
+            predicted = self.predict_ms(batch)
             if self.outlier is not None:
-                ms = min(ms, self.outlier * max(self.predict_ms(batch), 1e-3))
-            residual = abs(ms - self.predict_ms(batch))
-            self.dev_ms += 0.25 * (residual - self.dev_ms)
+                ms = min(ms, self.outlier * max(predicted, 1e-3))
+            self.dev_ms += 0.25 * (abs(ms - predicted) - self.dev_ms)
         else:
             self.dev_ms = ms / 4
         f = self.forget

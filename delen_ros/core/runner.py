@@ -483,8 +483,8 @@ class StageRunner:
             sizes, later = split_capture_sizes(self.graph_sizes, background=background)
             self._capture_native = background and self.native_first
             if self._capture_native:
-                # every size now, natively (milliseconds); cuDNN tried below for the larger sizes and
-                # in the background for the smallest (see the module's notes)
+                # every size now, natively (milliseconds); cuDNN tried below for the larger sizes and,
+                # with trial_smallest, in the background for the smallest (see the module's notes)
                 sizes, later = self.graph_sizes, ()
             self._deferred = frozenset(later)   # before the calls below: they must not capture these
             self._to_upgrade = frozenset(self.graph_sizes[:1] if self._capture_native and self.trial_smallest else ())

@@ -159,7 +159,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
             if os.environ.get('DELEN_CORRECTOR_PER_BATCH') == '1':   # an A/B: step times learnt per batch size
                 built.corrector.pool_batch_sizes = False
             if os.environ.get('DELEN_PRE_PER_FRAME') == '1':   # an A/B: preprocessing's cost as before session 9
-                built.preprocess_cost = BatchCost(per_call=False, outlier=None)
+                built.preprocess_cost = BatchCost.per_frame_only()
             return built
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)
         if len(devices) > 1:

@@ -23,8 +23,9 @@
 #   DEVICE [cuda], PYTHON [python3], EXTRA_ARGS [] (appended to every variant: smoke runs),
 #   KEEP_WORK [0] (1: keep the temporary folder with every variant's model and output),
 #   DELEN_LITE0_WEIGHTS [.devdata/lite0_imagenet_fp16.pt], LITE_WHEEL [.devdata/efficientnet_lite_pytorch-*.whl]
-# Selection (on the validation split; the test photos only report): the best final-exit accuracy among the variants whose first exit scores at least
-# MIN_FIRST_RATIO [0.70] x their final exit; if none does, the best final exit (flagged).
+# Selection, on the validation split (the test photos only report): the best final-exit accuracy
+# among the variants whose first exit scores at least MIN_FIRST_RATIO [0.70] x their final exit; if
+# none does, the best final exit (flagged).
 # Writes to OUT_DIR (7 files at most; 8 with the piped log, what a device call returns at most): the
 # winner's cifar10_lite0.{pt,json}, cifar10_lite0.train_log.json, cifar10_lite0.train_curves.png,
 # sweep_summary.json (every variant: recipe, per-epoch history, per-exit val / test accuracy,
@@ -86,9 +87,9 @@ variant_args() {
     lowlr) echo "--lr 0.008 --head-lr-mult 10 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.3 --drop-connect 0.1" ;;
     # gs, but the first exit keeps its whole gradient into blocks 0-2 (for the first-exit ratio)
     gsb2)  echo "--lr 0.015 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 1.0 0.3 0.3 --drop-connect 0.1" ;;
-    # gs at 192 px input: more pixels per object for the ImageNet features, 1.44x the compute
     # gsmix with 5x the weight decay (5e-4, the usual CIFAR figure): against the 99 % train / 94 % val gap
     gsmixwd) echo "--lr 0.015 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85 --weight-decay 5e-4" ;;
+    # gs at 192 px input: more pixels per object for the ImageNet features, 1.44x the compute
     gs192) echo "--lr 0.015 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.3 --drop-connect 0.1 --size 192" ;;
     *) return 1 ;;
   esac
@@ -306,7 +307,7 @@ def finish(final: bool) -> None:
                     reverse=True)
     runner = others[0] if others else None
     summary = {'winner': winner['variant'] if winner else None, 'runner_up': runner['variant'] if runner else None,
-               'selection': f'best final-exit validation accuracy with first exit >= {min_ratio} x final (validation)'
+               'selection': f'best final-exit validation accuracy with first exit >= {min_ratio} x final'
                             + ('' if eligible else ' (no variant met it: best final exit)'),
                'test_figures': 'fp32 re-check on every photo of the test file' if final else 'trainers\' own (bf16 on CUDA)',
                'test_file': test_npz, 'gpu': gpu, 'variants': rows}
