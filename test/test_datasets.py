@@ -1,5 +1,7 @@
 """Offline data: IDX reader, Fashion-MNIST, real-image sources, held-out splits, eval sets."""
 import gzip
+import multiprocessing
+import pathlib
 
 import cv2
 import numpy as np
@@ -180,3 +182,26 @@ def test_camera_sources(tmp_path, monkeypatch):
     first = frames[0].stem.split('_')
     assert int(first[1]) == labels[int(first[0])]
     assert cv2.imread(str(frames[0]), cv2.IMREAD_UNCHANGED).shape == (28, 28)
+
+
+def _write_folder(folder: str) -> list[int]:
+    """One camera player's start-up: materialise the folder, then read every file's size."""
+    target = pathlib.Path(folder)
+    datasets._write_once(target, '.bin', 40, lambda: ((f'{i:05d}.bin', bytes([i]) * 50_000) for i in range(40)))
+    return sorted(p.stat().st_size for p in target.glob('*.bin'))
+
+
+def test_frames_folder_written_once_by_racing_players(tmp_path):
+    # eight players started together on a fresh machine; before, one read an empty, half-written JPEG
+    folder = tmp_path / 'frames'
+    with multiprocessing.get_context('spawn').Pool(8) as pool:
+        sizes = pool.map(_write_folder, [str(folder)] * 8)
+    assert all(s == [50_000] * 40 for s in sizes)
+    assert [p.name for p in tmp_path.iterdir()] == ['frames']   # no scratch folder left behind
+
+
+def test_frames_folder_replaces_an_incomplete_one(tmp_path):
+    folder = tmp_path / 'frames'
+    folder.mkdir()
+    (folder / '00000.bin').write_bytes(b'')                      # an older writer stopped here
+    assert _write_folder(str(folder)) == [50_000] * 40

@@ -24,7 +24,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -446,11 +446,9 @@ def fashion_mnist_frames_dir(*, count: int = 200, cache_dir: str | os.PathLike |
     folder = pathlib.Path(cache_dir) / f'fashion_mnist_test_{count}'
     images, labels = load_fashion_mnist('test')
     count = min(count, len(images))
-    if len(list(folder.glob('*.png'))) != count:
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            cv2.imwrite(str(folder / f'{i:05d}_{labels[i]}.png'), images[i])
-    return folder
+    return _write_once(folder, '.png', count,
+                       lambda: ((f'{i:05d}_{labels[i]}.png', cv2.imencode('.png', images[i])[1].tobytes())
+                                for i in range(count)))
 
 
 def cifar10_frames_dir(*, count: int = 1000, cache_dir: str | os.PathLike | None = None,
@@ -468,10 +466,34 @@ def cifar10_frames_dir(*, count: int = 1000, cache_dir: str | os.PathLike | None
     data = _cifar10_npz(_cifar10_file(path))
     jpeg, offsets, labels = data['test_jpeg'], data['test_offsets'], data['test_labels']
     count = min(count, len(labels))
-    if len(list(folder.glob('*.jpg'))) != count:
-        folder.mkdir(parents=True, exist_ok=True)
-        for k, i in enumerate(np.random.default_rng(0).permutation(len(labels))[:count]):
-            (folder / f'{k:05d}_{int(labels[i])}.jpg').write_bytes(jpeg[offsets[i]:offsets[i + 1]].tobytes())
+    order = np.random.default_rng(0).permutation(len(labels))[:count]
+    return _write_once(folder, '.jpg', count,
+                       lambda: ((f'{k:05d}_{int(labels[i])}.jpg', jpeg[offsets[i]:offsets[i + 1]].tobytes())
+                                for k, i in enumerate(order)))
+
+
+def _write_once(folder: pathlib.Path, suffix: str, count: int,
+                files: Callable[[], Iterable[tuple[str, bytes]]]) -> pathlib.Path:
+    """``folder`` holding ``count`` files ``*suffix``, written once. Several camera players may start at
+    the same moment on a fresh machine: each writes into its own temporary folder and renames it into
+    place, so no reader ever sees a half-written file (on the H200 one player read an empty JPEG)."""
+    if len(list(folder.glob(f'*{suffix}'))) == count:
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))
+    try:
+        for name, data in files():
+            (scratch / name).write_bytes(data)
+        if len(list(folder.glob(f'*{suffix}'))) == count:  # another player finished first
+            return folder
+        if folder.exists():  # an incomplete folder from an older, non-atomic writer
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(scratch, folder)
+        except OSError:  # another player renamed its copy first: same files, keep theirs
+            pass
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return folder
 
 
