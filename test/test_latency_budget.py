@@ -20,7 +20,8 @@ def make_engine(**kwargs) -> Engine:
     model = fake_model()
     return Engine(model, PROFILE, on_result=kwargs.pop('on_result', lambda r: None),
                   runner=FakeRunner(model, sleep_ms=(0, 0, 0, 0)),
-                  **{'overhead_prior_ms': 0.0, 'utilisation_limit': 1.0, 'max_batch': 1, **kwargs})
+                  **{'overhead_prior_ms': 0.0, 'utilisation_limit': 1.0, 'max_batch': 1, 'admission_headroom': 0.0,
+                     **kwargs})
 
 
 def submit_aged(engine: Engine, clock: FakeClock, app_ids, *, age_ms: float, count: int = 20,

@@ -15,7 +15,7 @@ beside the other demoted 4.8 + 3.15 = 7.95 ms.
 import numpy as np
 import pytest
 
-from delen_ros.core.admission import CostModel, Task, asks_more, check, misfits
+from delen_ros.core.admission import CostModel, Task, Unschedulable, asks_more, check, misfits
 from delen_ros.core.bounds import Bounds
 from delen_ros.core.engine import Engine
 from fakes import FakeClock, FakeRunner, fake_model, synthetic_profile
@@ -35,7 +35,7 @@ def make_engine(**kwargs) -> Engine:
     # step by step: the conflicts below are tuned to one step's blocking (fused runs block longer)
     engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model, sleep_ms=(0, 0, 0, 0)),
                     **{'overhead_prior_ms': 0.0, 'utilisation_limit': 1.0, 'max_batch': 1, 'clock': FakeClock(),
-                       'fuse_steps': False, **kwargs})
+                       'fuse_steps': False, 'admission_headroom': 0.0, **kwargs})
     engine.corrector.clock = lambda: 0.0   # what slow_device teaches never goes stale here
     return engine
 
@@ -317,3 +317,23 @@ def test_tails_as_high_as_at_admission_still_count_for_demotion():
         engine.set_app(app_id, TIGHT, rate_hz=10.0)   # 8 ms left: 6.4 needed
     recheck(engine, slowdown=1.3, times=3)            # 8.32 ms needed by 8 ms
     assert demoted(engine) == {'new'}
+
+
+# --- admission headroom: admit with slack, re-check without -------------------------------------------------
+ROOMY = Bounds(max_latency_ms=10.0, min_accuracy=0.7)   # two apps: 7.68 ms by 9 (10 less 1 ms overhead)
+
+
+def test_admission_headroom_refuses_a_request_that_fits_without_slack():
+    engine = admitted('old', bounds=ROOMY, overhead_prior_ms=1.0, admission_headroom=0.25)
+    with pytest.raises(Unschedulable, match=r'25% of each bound kept as admission headroom.*within 6.5 ms'):
+        engine.set_app('new', ROOMY, rate_hz=10.0)                               # 7.68 ms by 10 x 0.75 - 1
+    assert set(engine.apps()) == {'old'}
+    admitted('old', 'new', bounds=ROOMY, overhead_prior_ms=1.0, admission_headroom=0.0)
+
+
+def test_tails_may_grow_by_the_headroom_before_an_admitted_app_is_at_risk():
+    engine = admitted('old', 'new', bounds=ROOMY, overhead_prior_ms=1.0, admission_headroom=0.1)   # 7.68 by 8
+    assert recheck(engine, slowdown=1.3, times=3) == {}                            # 8.32 by 9: no one at risk
+    assert demoted(engine) == frozenset()
+    with pytest.raises(Unschedulable):                                              # 8.32 > 8: no third app now
+        engine.set_app('third', Bounds(max_latency_ms=50.0), rate_hz=10.0)

@@ -45,6 +45,8 @@ __all__ = ['DEFAULT_RATE_HZ', 'Task', 'Verdict', 'Unschedulable', 'CostModel', '
 #: frame rate assumed for a new app whose camera has sent nothing yet and that gave no hint, Hz
 DEFAULT_RATE_HZ = 30.0
 _MAX_CHECKPOINTS = 20_000
+#: relative precision of :func:`suggest`'s answers
+SUGGEST_PRECISION = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +109,9 @@ class CostModel:
     :param utilisation_limit: the most of the device admission hands out (headroom for jitter).
     :param fused_runs: the engine may run a frame's steps back to back (``Engine(fuse_steps=True)``):
         a frame arriving meanwhile waits for the whole run, not one step (see :meth:`blocking_ms`).
+    :param headroom: the share of every latency bound kept free (0-1): deadlines are taken as
+        ``bound x (1 - headroom) - outside_ms``. The engine admits a request with some and re-checks
+        admitted apps with none, so the tails may grow that much before an admitted app is at risk.
     """
 
     step_ms: Callable[[int, int], float]
@@ -119,6 +124,7 @@ class CostModel:
     default_deadline_ms: float = 250.0
     utilisation_limit: float = 0.9
     fused_runs: bool = False
+    headroom: float = 0.0
 
     @classmethod
     def from_profile(cls, profile: 'Profile', **kwargs) -> 'CostModel':
@@ -132,9 +138,10 @@ class CostModel:
 
     def outside_text(self) -> str:
         """``outside_ms`` in its parts, e.g. ``'2.1 ms frame age on arrival, 1.3 ms serving overhead,
-        1 ms delivery allowance'`` (the serving overhead always named)."""
-        return latency_parts(transport_ms=self.transport_ms, overhead_ms=self.overhead_ms,
-                             delivery_ms=self.delivery_ms) or '0 ms serving overhead'
+        1 ms delivery allowance'`` (the serving overhead always named), and the headroom if any."""
+        parts = latency_parts(transport_ms=self.transport_ms, overhead_ms=self.overhead_ms,
+                              delivery_ms=self.delivery_ms) or '0 ms serving overhead'
+        return parts + (f', {self.headroom:.0%} of the bound kept as admission headroom' if self.headroom else '')
 
     def frame_ms(self, exit_index: int, batch: int) -> float:
         """Device time of one frame up to ``exit_index`` when steps run in batches of ``batch``."""
@@ -168,7 +175,7 @@ def _groups(tasks: Sequence[Task], cost: CostModel) -> list[_Group]:
         if rate <= 0:
             continue
         hard = [t.deadline_ms for t in members if t.deadline_ms is not None]
-        deadline = min(hard) - cost.outside_ms if hard else cost.default_deadline_ms
+        deadline = min(hard) * (1.0 - cost.headroom) - cost.outside_ms if hard else cost.default_deadline_ms
         out.append(_Group(apps=tuple(t.app_id for t in members), period_ms=1000.0 / rate, deadline_ms=deadline,
                           hard=bool(hard), exit_index=max(t.exit_index for t in members)))
     return out
@@ -310,18 +317,31 @@ def _first_overload(groups: Sequence[_Group], c: Sequence[float], block_at: Call
     return None
 
 
-def suggest(others: Sequence[Task], new: Task, cost: CostModel) -> tuple[float, float | None]:
+def suggest(others: Sequence[Task], new: Task, cost: CostModel, *, pause: Callable[[], None] | None = None
+            ) -> tuple[float, float | None]:
     """What would fit for ``new`` beside ``others``: ``(highest rate at its bound, Hz (0: none),
-    tightest latency bound at its rate, ms (None: none up to 100 x the bound or 10 s))``."""
+    tightest latency bound at its rate, ms (None: none up to 100 x the bound or 10 s))``, each found by
+    bisection to ``SUGGEST_PRECISION`` (the messages print three digits), on the fitting side.
+
+    :param pause: called between two tests. A refusal runs up to ~35 tests, pure Python; the node
+        passes a GIL yield, for its image threads must not wait behind them (H200, 16 cameras: a
+        refusal that held the GIL ~20 ms aged every camera's frames 12-45 ms on arrival, and that
+        tail refused the next requests as infeasible).
+    """
     def fits(task: Task) -> bool:
+        if pause is not None:
+            pause()
         return check(list(others) + [task], cost).ok
+
+    def close(lo: float, hi: float) -> bool:
+        return hi - lo <= SUGGEST_PRECISION * hi
 
     lo, hi = 0.0, new.rate_hz
     if not fits(dataclasses.replace(new, rate_hz=1e-3)):
         max_rate = 0.0
     else:
         lo = 1e-3
-        for _ in range(30):
+        while not close(lo, hi):
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if fits(dataclasses.replace(new, rate_hz=mid)) else (lo, mid)
         max_rate = lo
@@ -330,7 +350,7 @@ def suggest(others: Sequence[Task], new: Task, cost: CostModel) -> tuple[float, 
         top = max(10_000.0, 100.0 * new.deadline_ms)
         if fits(dataclasses.replace(new, deadline_ms=top)):
             lo, hi = new.deadline_ms, top
-            for _ in range(40):
+            while not close(lo, hi):
                 mid = 0.5 * (lo + hi)
                 lo, hi = (lo, mid) if fits(dataclasses.replace(new, deadline_ms=mid)) else (mid, hi)
             min_latency = hi

@@ -260,6 +260,11 @@ def _replace(result: Result, **changes: Any) -> Result:
     return new
 
 
+def _yield_gil() -> None:
+    """Let a thread waiting for the GIL have it now: ``time.sleep(0)`` releases it even for 0 s."""
+    time.sleep(0)
+
+
 _RISK_LOG_APPS = 3   # apps whose reason a re-check's warning spells out; each app's is in its AppStatus
 
 
@@ -327,6 +332,10 @@ class Engine:
     :param admission_control: refuse apps that would make the set unschedulable (see
         :mod:`~delen_ros.core.admission`); false: only per-app feasibility is checked.
     :param utilisation_limit: the most of the device admission hands out (0-1].
+    :param admission_headroom: the share of each latency bound a request must leave free to be
+        admitted, [0-1); the re-check keeps none (:attr:`admission.CostModel.headroom`). Admission
+        judges at the tails measured at the request, and they grow with the load it lets in (H200,
+        16 cameras: a 5 ms app admitted with no slack then met its bound for 75 % of its frames).
     :param demote_after: the admission re-check (:meth:`check_schedulable`) serves an app after the
         others once it has found it not fitting beside the apps admitted before it this many times in
         a row (one marginal verdict demotes nobody; it is reported at once all the same).
@@ -352,7 +361,7 @@ class Engine:
                  idle_power_w: float = 0.0, device_preprocess: bool = True,
                  overhead_prior_ms: float = 1.0, transport_prior_ms: float = 0.0,
                  rate_prior_hz: float = admission.DEFAULT_RATE_HZ, external_delivery: bool = False,
-                 admission_control: bool = True, utilisation_limit: float = 0.9,
+                 admission_control: bool = True, utilisation_limit: float = 0.9, admission_headroom: float = 0.1,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, fuse_steps: bool = True,
                  demote_after: int = 3, restore_after: int = 2):
         if profile.num_exits != model.num_exits:
@@ -379,6 +388,8 @@ class Engine:
             raise ValueError(f'delivery_allowance_ms must be >= 0, got {delivery_allowance_ms!r}')
         if not 0.0 < utilisation_limit <= 1.0:
             raise ValueError(f'utilisation_limit must be in (0, 1], got {utilisation_limit!r}')
+        if not 0.0 <= admission_headroom < 1.0:
+            raise ValueError(f'admission_headroom must be in [0, 1), got {admission_headroom!r}')
         if not isinstance(demote_after, int) or demote_after < 1:
             raise ValueError(f'demote_after must be an int >= 1, got {demote_after!r}')
         if not isinstance(restore_after, int) or restore_after < 1:
@@ -422,6 +433,7 @@ class Engine:
         self.external_delivery = external_delivery
         self.admission_control = admission_control
         self.utilisation_limit = utilisation_limit
+        self.admission_headroom = admission_headroom
         self.demote_after = demote_after
         self.restore_after = restore_after
         self._admitted = 0   # admissions so far: the next app's AppLedger.seq
@@ -502,15 +514,17 @@ class Engine:
         new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, self._required_exit(bounds), source)
         if self.admission_control:
             outside = self._outside_ms()
-            cost = self._cost_model(outside)
+            cost = dataclasses.replace(self._cost_model(outside), headroom=self.admission_headroom)
             verdict = admission.check(tasks + [new], cost)
             if not verdict.ok:
-                max_rate, min_latency = admission.suggest(tasks, new, cost)
+                # on the caller's thread (the node's executor): yield between tests, see suggest
+                max_rate, min_latency = admission.suggest(tasks, new, cost, pause=_yield_gil)
                 fits = [f'at most {max_rate:.3g} Hz at this bound' if max_rate > 0 else 'no rate at this bound']
                 if min_latency is not None:
                     fits.append(f'max_latency_ms >= {min_latency:.3g} at {rate_hz:.3g} Hz')
+                kept = f' ({cost.headroom:.0%} of each bound kept as admission headroom)' if cost.headroom else ''
                 raise admission.Unschedulable(
-                    f'{app_id!r} at {rate_hz:.3g} Hz does not fit beside {len(tasks)} admitted app(s): '
+                    f'{app_id!r} at {rate_hz:.3g} Hz does not fit beside {len(tasks)} admitted app(s){kept}: '
                     f'{verdict.message}; would fit: {" or ".join(fits)}',
                     self.feasible_range(), max_rate_hz=max_rate, min_latency_ms=min_latency)
             self._admitted_outside = outside

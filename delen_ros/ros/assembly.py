@@ -153,6 +153,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           transport_prior_ms=params.transport_prior_ms, rate_prior_hz=params.rate_prior_hz,
                           fuse_steps=params.fuse_steps,
                           delivery_allowance_ms=params.delivery_allowance_ms,
+                          admission_headroom=params.admission_headroom,
                           upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0')
             if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run
                 built.split_runs_for = 'earlier'

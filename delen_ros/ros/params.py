@@ -88,6 +88,11 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                               'benchmarks/cpu/e2e_mixed_allowance). Frames are planned to be published by their latency '
                               'bound less this; feasible ranges, GetProfile and admission count it. The published '
                               'latency_ms / bounds_met stay the node-side figures.' + _LATER, (0.0, 1000.0), False),
+    'admission_headroom': (0.1, 'The share of each latency bound a set_bounds request must leave free to be admitted '
+                           '(0-0.9); the once-a-second re-check keeps none, so the measured tails may grow that much '
+                           'before an admitted app is told it is at risk. With none, an H200 admitted a 5 ms app with '
+                           'no slack that then met its bound for 75 % of its frames (benchmarks/h200/e2e_session10).'
+                           + _LATER, (0.0, 0.9), False),
     'transport_prior_ms': (2.0, "The frames' age on arrival (stamp -> node) assumed until it is measured, ms: an app "
                            "registered before its camera's first frames reach the node is judged against it (measured "
                            'p99 at 640x480: 2.3-3.5 ms on the H200 hosts and a 2-core VM). 0 = judge such apps on compute '
@@ -129,6 +134,7 @@ class NodeParams:
     gil_switch_interval_ms: float
     latency_from: str
     delivery_allowance_ms: float
+    admission_headroom: float
     transport_prior_ms: float
     rate_prior_hz: float
     ingress_processes: int
