@@ -9,6 +9,8 @@
 # Writes OUT_DIR/spy_<pid>.txt (py-spy raw: one "stack count" line per stack, threads included) and
 # OUT_DIR/spy_<pid>.cmd (the node's command line: its parameters say which configuration it was).
 # SPY_GIL=1 (any non-empty value): py-spy --gil, only the thread holding the GIL.
+# SPY_ORDERED=1: speedscope format (samples in time order, so a spell can be placed in the window;
+# benchmarks/spy_timeline.py reads it) with --idle (what a waiting thread waits on), as spy_<pid>.json.
 OUT_DIR="${1:?usage: spy_nodes.sh OUT_DIR}"
 SPY_S="${SPY_S:-4}"; SPY_AFTER_S="${SPY_AFTER_S:-12}"; SPY_TOTAL_S="${SPY_TOTAL_S:-600}"; SPY_MARK="${SPY_MARK:-}"
 command -v py-spy >/dev/null || { echo "[spy_nodes] no py-spy"; exit 0; }
@@ -19,8 +21,10 @@ spy() {   # spy PID: its command line and parameters, then SPY_S seconds of samp
   seen[$pid]=1
   tr '\0' ' ' < "/proc/$pid/cmdline" > "$OUT_DIR/spy_$pid.cmd" 2>/dev/null
   cat "$(grep -o -- '--params-file [^ ]*' "$OUT_DIR/spy_$pid.cmd" | cut -d' ' -f2)" >> "$OUT_DIR/spy_$pid.cmd" 2>/dev/null
-  timeout $(( SPY_S + 5 )) py-spy record -p "$pid" -d "$SPY_S" -r 200 -f raw --threads ${SPY_GIL:+--gil} --nonblocking \
-    -o "$OUT_DIR/spy_$pid.txt" >/dev/null 2>&1 &
+  local format=(-f raw -o "$OUT_DIR/spy_$pid.txt")
+  [ -n "${SPY_ORDERED:-}" ] && format=(-f speedscope --idle -o "$OUT_DIR/spy_$pid.json")
+  timeout $(( SPY_S + 5 )) py-spy record -p "$pid" -d "$SPY_S" -r 200 "${format[@]}" --threads ${SPY_GIL:+--gil} \
+    --nonblocking >/dev/null 2>&1 &
 }
 end=$(( $(date +%s) + SPY_TOTAL_S ))
 mark_seen=""
