@@ -1,14 +1,16 @@
-"""Does the node's 1 Hz status tick hold up the engine's worker? (issue 8, session 9)
+"""Does the node's 1 Hz status tick hold up the engine's worker? (issue 8, sessions 9 and 10)
 
 The tick is pure Python: per app, the ledger read (``Engine.stats``) and the publication (here a
 0.2 ms busy loop, about what rclpy's publish of an ``AppStatus`` costs on an H200 host). Held whole,
 the worker, back from its (stand-in) CUDA wait, gets the GIL only when the interpreter's 5 ms switch
-interval forces it. The node now yields the GIL between apps (``node._yield_gil``: ``time.sleep(0)``).
+interval forces it. Three ways of ticking, alternated: ``whole`` (all apps in one tick), ``sliced``
+(session 9: one tick yielding the GIL between apps, ``time.sleep(0)``) and ``parts`` (session 10,
+what the node does now: ``ros/status_round.py``, the period in 4 ticks, each a quarter of the apps,
+held whole).
 
 The engine alone, 32 apps x 30 Hz x 33 ms, a GPU stood in for by sleeps (``FakeRunner``, GIL free
-meanwhile), a status thread ticking once a second, alternately holding the GIL whole (``whole``)
-and yielding between apps (``sliced``). Per run: result latency (arrival -> on_result) p50 / p99 /
-max, for frames that arrived within 100 ms after a tick began and for the others.
+meanwhile). Per run: result latency (arrival -> on_result) p50 / p99 / max, for frames that arrived
+within 100 ms after a tick began and for the others.
 
     python benchmarks/status_tick_gil.py --out benchmarks/cpu/status_tick_gil      (about a minute)
 """
@@ -32,13 +34,16 @@ from delen_ros.core.engine import Engine  # noqa: E402
 from fakes import FakeRunner, fake_image, fake_model, synthetic_profile  # noqa: E402
 
 
+TICKS = ('whole', 'sliced', 'parts')
+
+
 def _busy(ms: float) -> None:
     end = time.perf_counter() + ms / 1e3
     while time.perf_counter() < end:
         pass
 
 
-def run(*, sliced: bool, apps: int, rate_hz: float, duration_s: float, publish_ms: float) -> dict:
+def run(*, mode: str, apps: int, rate_hz: float, duration_s: float, publish_ms: float) -> dict:
     step_ms = [0.3, 0.3, 0.3, 0.3]
     model = fake_model(4)
     profile = synthetic_profile(4, step_ms=step_ms, head_ms=0.02, batch_cost=0.0)
@@ -52,14 +57,18 @@ def run(*, sliced: bool, apps: int, rate_hz: float, duration_s: float, publish_m
     ticks: list[int] = []
     stop = threading.Event()
 
+    parts = 4 if mode == 'parts' else 1
+
     def status() -> None:
-        while not stop.wait(1.0):
+        part = 0
+        while not stop.wait(1.0 / parts):
             ticks.append(time.monotonic_ns())
-            for name in names:
-                if sliced:
+            for name in names[part::parts]:
+                if mode == 'sliced':
                     time.sleep(0)
                 engine.stats(name, reset=True)
                 _busy(publish_ms)
+            part = (part + 1) % parts
 
     ticker = threading.Thread(target=status, daemon=True)
     ticker.start()
@@ -95,7 +104,7 @@ def run(*, sliced: bool, apps: int, rate_hz: float, duration_s: float, publish_m
         return {'n': len(values), 'p50_ms': round(p50, 2), 'p99_ms': round(p99, 2), 'max_ms': round(max(values), 2),
                 'within_33ms': round(sum(v <= 33.0 for v in values) / len(values), 4)}
 
-    return {'tick': 'sliced' if sliced else 'whole', 'ticks': len(ticks), 'after_tick': summary(near),
+    return {'tick': mode, 'all': summary(near + far), 'ticks': len(ticks), 'after_tick': summary(near),
             'other': summary(far)}
 
 
@@ -110,16 +119,18 @@ def main() -> int:
     args = p.parse_args()
     rows = []
     for repeat in range(args.repeats):
-        for sliced in (False, True):   # alternated, same conditions
-            row = run(sliced=sliced, apps=args.apps, rate_hz=args.rate, duration_s=args.duration,
+        for tick in TICKS:   # alternated, same conditions
+            row = run(mode=tick, apps=args.apps, rate_hz=args.rate, duration_s=args.duration,
                       publish_ms=args.publish_ms)
             row['repeat'] = repeat
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {}
-    for tick in ('whole', 'sliced'):
+    for tick in TICKS:
         some = [r for r in rows if r['tick'] == tick]
-        summary[tick] = {'after_tick_p99_ms': statistics.median(r['after_tick']['p99_ms'] for r in some),
+        summary[tick] = {'all_p99_ms': statistics.median(r['all']['p99_ms'] for r in some),
+                         'all_max_ms': statistics.median(r['all']['max_ms'] for r in some),
+                         'after_tick_p99_ms': statistics.median(r['after_tick']['p99_ms'] for r in some),
                          'after_tick_max_ms': statistics.median(r['after_tick']['max_ms'] for r in some),
                          'other_p99_ms': statistics.median(r['other']['p99_ms'] for r in some)}
     print(json.dumps(summary, indent=1))

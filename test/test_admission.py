@@ -232,3 +232,11 @@ def test_suggest_pauses_between_its_tests_and_stops_at_its_precision():
     assert 0 < len(calls) <= 40
     assert check(others + [Task('b', max_rate, 100.0, 3)], cost()).ok                      # the fitting side
     assert not check(others + [Task('b', max_rate * (1 + 2 * admission.SUGGEST_PRECISION), 100.0, 3)], cost()).ok
+
+
+def test_misfits_pauses_before_each_check():
+    tasks = [Task(a, 10.0, 3.0, 0) for a in ('a', 'b', 'c')]
+    calls = []
+    assert admission.misfits(tasks, cost(overhead_ms=1.0), pause=lambda: calls.append(1)) \
+        == admission.misfits(tasks, cost(overhead_ms=1.0))
+    assert 3 <= len(calls) <= 2 * len(tasks)          # alone-checks, then one per task after the first

@@ -19,6 +19,7 @@ pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
 
 from delen_ros.msg import AppStatus  # noqa: E402
 from delen_ros.ros.apps import load_state, save_state, AppConfig  # noqa: E402
+from delen_ros.ros.status_round import STATUS_PARTS  # noqa: E402
 from delen_ros.srv import RemoveApp, SetBounds  # noqa: E402
 
 from fuzz import fuzzed_images, invalid_requests  # noqa: E402
@@ -86,11 +87,12 @@ def _call_all(peer, srv, name, requests, *, timeout=60.0):
 
 
 def _status_apps(peer, count: int = 3) -> dict:
-    """The apps in ~/status (config fields only), from ``count`` fresh periods."""
+    """The apps in ~/status (config fields only), from ``count`` fresh periods (a period is
+    ``STATUS_PARTS`` ticks, each with its own stamp: ros/status_round.py)."""
     status = peer.subscribe(AppStatus, '/delen/status', qos=1000)
     t0 = time.time_ns()
-    wait_until(lambda: len({m.stamp.sec * 10**9 + m.stamp.nanosec for m in status.messages(since_ns=t0)}) >= count,
-               timeout=30.0, what='status periods')
+    wait_until(lambda: len({m.stamp.sec * 10**9 + m.stamp.nanosec for m in status.messages(since_ns=t0)})
+               >= count * STATUS_PARTS, timeout=30.0, what='status periods')
     return {m.app_id: (m.image_topic, m.result_topic, m.max_latency_ms, m.min_accuracy, m.max_energy_mj,
                        m.objective, m.late_policy) for m in status.messages(since_ns=t0)}
 

@@ -716,12 +716,12 @@ class Engine:
         demoting on them fed back: on an H200 at 32 cameras the tails of a 1 s spike left 7.7 of 33 ms
         for the device, 21 apps were demoted and their frames went late. An app that misses even
         alone at the tails now (``cost``) is demoted all the same: its frames are late anyway."""
-        if not self._admitted_outside:
-            return admission.misfits(tasks, cost)
+        if not self._admitted_outside:   # on the status timer's thread: yield between the checks
+            return admission.misfits(tasks, cost, pause=_yield_gil)
         settled = self._cost_model({k: min(v, self._admitted_outside.get(k, v)) for k, v in outside.items()})
         if admission.check(tasks, settled).ok:
-            return admission.infeasible_alone(tasks, cost)
-        return admission.misfits(tasks, settled, alone=cost)
+            return admission.infeasible_alone(tasks, cost, pause=_yield_gil)
+        return admission.misfits(tasks, settled, alone=cost, pause=_yield_gil)
 
     def count_malformed(self, app_ids: Sequence[str], count: int = 1) -> None:
         """Count frames the caller could not convert for these apps (dropped, reason malformed;

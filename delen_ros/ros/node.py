@@ -37,13 +37,12 @@ from .publishing import CameraReport, diagnostics_array, result_cdr, status_cdr
 from .qos import RESULT_QOS, status_qos
 from .registry import Registry, StateStore
 from .rejections import RejectionLog, clean_message
+from .status_round import STATUS_PARTS, StatusRound
 
 __all__ = ['DelenNode', 'NODE_NAME', 'main']
 
 NODE_NAME = 'delen'
 _MAX_STAMP_AGE_NS = 1_000_000_000   # older: not the camera's clock, or not live
-# DELEN_STATUS_YIELD=0: the status tick holds the GIL whole (before session 9; the A/B of _yield_gil)
-_STATUS_YIELDS = os.environ.get('DELEN_STATUS_YIELD', '1') != '0'
 _QUIET_WARNING_S = 3.0           # a camera with publishers but no frames for this long is reported
 
 
@@ -61,8 +60,7 @@ class DelenNode(LifecycleNode):
         self._active = False
         self._delen_services: list[Any] = []
         self._status_pub = self._diagnostics_pub = self._status_timer = None
-        self._last_status_ns = 0
-        self._status_tick_ms = 0.0   # how long the last status tick took (diagnostics)
+        self._round = StatusRound(STATUS_PARTS, 0)   # the status period in progress
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -122,8 +120,8 @@ class DelenNode(LifecycleNode):
                 result = super().on_activate(state)          # enables the lifecycle publishers first
                 self._active = True
                 self._apps.activate()
-                self._last_status_ns = time.monotonic_ns()
-                self._status_timer = self.create_timer(self._p.status_period_s, self._publish_status)
+                self._round = StatusRound(STATUS_PARTS, time.monotonic_ns())
+                self._status_timer = self.create_timer(self._p.status_period_s / STATUS_PARTS, self._publish_status)
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f'activate failed: {type(exc).__name__}: {clean_message(exc)}')
             self._deactivate()
@@ -266,18 +264,21 @@ class DelenNode(LifecycleNode):
 
     # --- status and diagnostics ------------------------------------------------------------------------
     def _publish_status(self) -> None:
+        """One tick of the status round (:mod:`.status_round`): a share of the cameras and their apps."""
         started = time.perf_counter()
+        closing = self._round.closing
         try:
             self._publish_status_now()
         except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the timer
             self.get_logger().error(f'status: {type(exc).__name__}: {clean_message(exc)}', throttle_duration_sec=10.0)
-        for log in (self._apps.rejections if self._apps is not None else None, self._malformed):
+        for log in (self._apps.rejections if self._apps is not None and closing else None,
+                    self._malformed if closing else None):
             if log is None:
                 continue
             line = log.summary()
             if line:
                 self.get_logger().warning(line)
-        self._status_tick_ms = (time.perf_counter() - started) * 1e3   # the GIL the worker waits for
+        self._round.done((time.perf_counter() - started) * 1e3, time.monotonic_ns())   # the GIL the worker waits for
 
     def _camera_report(self, camera: Camera, period_s: float) -> CameraReport:
         frames, errors = camera.counters.take()
@@ -294,33 +295,39 @@ class DelenNode(LifecycleNode):
                             warning=warning)
 
     def _publish_status_now(self) -> None:
-        served, apps = self._served, self._apps
+        served, apps, round_ = self._served, self._apps, self._round
         if served is None or apps is None:
             return
         now_ns = time.monotonic_ns()
-        period_s = max(1e-3, (now_ns - self._last_status_ns) / 1e9)
-        self._last_status_ns = now_ns
         stamp = self.get_clock().now().to_msg()
-        cameras = {t: self._camera_report(c, period_s) for t, c in list(apps.cameras.items())}
-        stats = {}   # the first read re-runs admission at the measured rates, once a second at most
-        for app_id, config in apps.registry.apps().items():
-            _yield_gil()
+        configs = apps.registry.apps()
+        in_use = {c.image_topic for c in configs.values()} | set(apps.cameras)
+        topics = set(round_.topics(in_use))
+        for topic in topics:
+            camera = apps.cameras.get(topic)
+            if camera is not None:
+                round_.cameras[topic] = self._camera_report(camera, round_.period_s(topic, now_ns))
+        for app_id, config in configs.items():   # the first read re-runs admission, once a second at most
+            if config.image_topic not in topics:
+                continue
             try:
-                stats[app_id] = served.engine.stats(app_id, reset=True)
+                stats = round_.stats[app_id] = served.engine.stats(app_id, reset=True)
             except KeyError:   # removed meanwhile
                 continue
-            self._status_pub.publish(status_cdr(config, stats[app_id], stamp_sec=stamp.sec, stamp_nanosec=stamp.nanosec,
-                                                camera=cameras.get(config.image_topic),
+            self._status_pub.publish(status_cdr(config, stats, stamp_sec=stamp.sec, stamp_nanosec=stamp.nanosec,
+                                                camera=round_.cameras.get(config.image_topic),
                                                 state_error=apps.store.status))
-        _yield_gil()
+        if not round_.closing:
+            return
+        round_.forget(in_use)
         self._diagnostics_pub.publish(diagnostics_array(
             stamp=stamp, prefix=self.get_fully_qualified_name(), hardware_id=served.device,
-            cameras=list(cameras.values()), stats=stats, period_s=period_s, engine={
+            cameras=list(round_.cameras.values()), stats=round_.stats, period_s=round_.round_s(now_ns), engine={
                 'active': self._active, 'model': served.model.info.name, 'device': served.device,
                 'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
-                'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(stats), 'cameras': len(cameras),
+                'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(round_.stats), 'cameras': len(round_.cameras),
                 'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
-                **served.engine.graph_report(), 'status_tick_ms': f'{self._status_tick_ms:.2f}',
+                **served.engine.graph_report(), 'status_tick_ms': f'{round_.longest_tick_ms:.2f}',
                 **self._ingress_report(), **_gc_report()}))
 
     def _ingress_report(self) -> dict:
@@ -329,16 +336,6 @@ class DelenNode(LifecycleNode):
             return {'receiver_processes': 0}
         return {'receiver_processes': ingress.processes, 'receiver': ingress.kind, 'receiver_restarts': ingress.restarts,
                 'frames_dropped_at_receivers': ingress.ring_full}
-
-
-def _yield_gil() -> None:
-    """Let a thread waiting for the GIL (the worker back from a CUDA wait) have it now. The status
-    tick is pure Python: 5-8 ms at 32 apps on an H200 host, up to 25 ms with a re-check. Held whole,
-    a waiting thread gets the GIL only when the interpreter's switch interval (5 ms) forces it, and
-    every camera's latency rose by 10-40 ms once a second (e2e over-time plots); in slices of one app,
-    it waits for one app's share."""
-    if _STATUS_YIELDS:
-        time.sleep(0)   # releases the GIL even for 0 s
 
 
 def _gc_report() -> dict:

@@ -7,7 +7,7 @@
 #              NS_AB cameras, POLICIES_AB
 #   pre_per_frame DELEN_PRE_PER_FRAME=1: preprocessing's cost read per frame only (before session 9's
 #              core/batch_cost); NS_AB cameras, POLICIES_AB
-#   status_whole DELEN_STATUS_YIELD=0: the status tick holds the GIL whole (before session 9); NS_AB, POLICIES_AB
+#   status_whole DELEN_STATUS_PARTS=1: the status period in one tick, held whole (ros/status_round.py); NS_AB, POLICIES_AB
 #   nofuse     fuse_steps:=false (one step per worker turn) on NS_AB cameras, delen
 #   cudnn_first DELEN_NATIVE_FIRST=0: graphs captured on cuDNN from the start; NS_AB cameras, delen
 #   blocking_sync DELEN_BLOCKING_SYNC=1: the worker sleeps in CUDA waits (blocking events) instead of spinning;
@@ -79,7 +79,7 @@ skip trial_batch1 || DELEN_TRIAL_BATCH1=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_TRIA
 # preprocessing's cost read per frame only (before session 9's BatchCost), and the status tick held whole
 skip pre_per_frame || DELEN_PRE_PER_FRAME=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_PRE_PER_FRAME_S:-150} )) ENGINE=0 \
   NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/pre_per_frame"
-skip status_whole || DELEN_STATUS_YIELD=0 TOTAL_S=$(( $(left) - 5 - ${AFTER_STATUS_WHOLE_S:-150} )) ENGINE=0 \
+skip status_whole || DELEN_STATUS_PARTS=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_STATUS_WHOLE_S:-150} )) ENGINE=0 \
   NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/status_whole"
 # the same cameras one step per worker turn (fuse_steps:=false): what fused steps buy
 skip nofuse || TOTAL_S=$(( $(left) - 5 - ${AFTER_NOFUSE_S:-120} )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \

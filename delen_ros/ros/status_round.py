@@ -1,0 +1,74 @@
+"""One status period of the node, spread over several timer ticks.
+
+The node's ``~/status`` (one message per app) and ``/diagnostics`` are pure Python under the GIL.
+Reported in one tick, at 32 apps on an H200 host it took 4-6 ms held whole and 13-19 ms yielding
+between apps, and either way every camera's latency rose to 20-32 ms once a second (p50 8-10 ms;
+benchmarks/h200/e2e_session10): the worker, back from each CUDA wait, waits for the GIL behind it.
+So a period is ``parts`` ticks: tick ``k`` reports the camera topics at places ``k, k + parts, ...``
+of the sorted list and the apps on them; the last tick of the round also publishes ``/diagnostics``
+from what the round gathered. Each app is still reported once a period, each camera's counters read
+once, and a tick holds the GIL for about ``1 / parts`` of the whole.
+
+``DELEN_STATUS_PARTS`` (default 4) sets ``parts``; 1 is the whole tick of before (an A/B switch).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+__all__ = ['STATUS_PARTS', 'StatusRound']
+
+STATUS_PARTS = max(1, int(os.environ.get('DELEN_STATUS_PARTS', '4')))
+
+
+class StatusRound:
+    """Which topics this tick reports, and what the round has gathered for ``/diagnostics``.
+
+    :param parts: ticks per status period.
+    :param now_ns: the round's start (monotonic ns).
+    """
+
+    def __init__(self, parts: int, now_ns: int):
+        if parts < 1:
+            raise ValueError(f'parts must be >= 1, got {parts!r}')
+        self.parts = parts
+        self.part = 0                        # the tick of the round now due
+        self.cameras: dict[str, Any] = {}    # topic -> its report, this round
+        self.stats: dict[str, Any] = {}      # app id -> its period's stats, this round
+        self.round_start_ns = now_ns
+        self.longest_tick_ms = 0.0           # of the last whole round (for /diagnostics)
+        self._longest_now_ms = 0.0
+        self._reported_ns: dict[str, int] = {}
+
+    def topics(self, topics: Iterable[str]) -> list[str]:
+        """This tick's share of ``topics``: every ``parts``-th of the sorted list, from ``part``."""
+        return sorted(set(topics))[self.part::self.parts]
+
+    @property
+    def closing(self) -> bool:
+        """The round's last tick: it publishes ``/diagnostics``."""
+        return self.part == self.parts - 1
+
+    def period_s(self, topic: str, now_ns: int) -> float:
+        """Seconds since ``topic`` was last reported (since the round began, the first time)."""
+        last = self._reported_ns.get(topic, self.round_start_ns)
+        self._reported_ns[topic] = now_ns
+        return max(1e-3, (now_ns - last) / 1e9)
+
+    def round_s(self, now_ns: int) -> float:
+        return max(1e-3, (now_ns - self.round_start_ns) / 1e9)
+
+    def done(self, tick_ms: float, now_ns: int) -> None:
+        """The tick is over (it took ``tick_ms``): on to the next; after the last, a new round."""
+        self._longest_now_ms = max(self._longest_now_ms, tick_ms)
+        self.part += 1
+        if self.part == self.parts:
+            self.part, self.cameras, self.stats = 0, {}, {}
+            self.longest_tick_ms, self._longest_now_ms = self._longest_now_ms, 0.0
+            self.round_start_ns = now_ns
+
+    def forget(self, keep: Iterable[str]) -> None:
+        """Drop the report times of topics not in ``keep`` (bounded by the topics in use)."""
+        keep = set(keep)
+        for topic in [t for t in self._reported_ns if t not in keep]:
+            del self._reported_ns[topic]

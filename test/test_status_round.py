@@ -1,0 +1,50 @@
+"""The node's status period spread over several ticks (ros/status_round.py; ROS-free)."""
+import pytest
+
+from delen_ros.ros.status_round import StatusRound
+
+TOPICS = [f'/cam{i:02d}/image_raw' for i in range(10)]
+
+
+def test_each_topic_reported_once_a_round_in_parts_of_about_equal_size():
+    round_ = StatusRound(4, now_ns=0)
+    seen, sizes, closing = [], [], []
+    for tick in range(4):
+        part = round_.topics(reversed(TOPICS))
+        seen += part
+        sizes.append(len(part))
+        closing.append(round_.closing)
+        round_.done(1.0, now_ns=tick)
+    assert sorted(seen) == TOPICS                       # all, none twice
+    assert sizes == [3, 3, 2, 2] and closing == [False, False, False, True]
+    assert round_.part == 0                             # a new round
+
+
+def test_one_part_is_the_whole_tick():
+    round_ = StatusRound(1, now_ns=0)
+    assert round_.closing and round_.topics(TOPICS) == TOPICS
+
+
+def test_a_round_gathers_for_diagnostics_and_reports_its_longest_tick():
+    round_ = StatusRound(2, now_ns=0)
+    round_.stats['a'] = 'stats of a'
+    round_.done(3.0, now_ns=500_000_000)
+    round_.stats['b'] = 'stats of b'
+    assert round_.closing and set(round_.stats) == {'a', 'b'}
+    assert round_.round_s(1_000_000_000) == pytest.approx(1.0)
+    round_.done(5.0, now_ns=1_000_000_000)
+    assert round_.stats == {} and round_.longest_tick_ms == 5.0
+    assert round_.round_start_ns == 1_000_000_000
+
+
+def test_a_topics_period_runs_from_its_last_report():
+    round_ = StatusRound(4, now_ns=0)
+    assert round_.period_s('/a', 250_000_000) == pytest.approx(0.25)    # first: from the round's start
+    assert round_.period_s('/a', 1_250_000_000) == pytest.approx(1.0)
+    round_.forget([])
+    assert round_.period_s('/a', 2_000_000_000) == pytest.approx(2.0)   # forgotten: from the round's start
+
+
+def test_parts_must_be_positive():
+    with pytest.raises(ValueError, match='parts'):
+        StatusRound(0, now_ns=0)
