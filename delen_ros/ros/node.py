@@ -114,6 +114,11 @@ class DelenNode(LifecycleNode):
         return profile.accuracy(k) if field == 'min_accuracy' else profile.exit_energy_mj(k)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # Everything configure built (model, graphs, modules) moves to the GC's permanent generation:
+        # full collections no longer walk it, which would stall the worker for tens of ms or more.
+        # Before serving starts: the collection it runs first took ~100 ms on an H200 host, and after
+        # the cameras' subscriptions it held up their first frames.
+        freeze_long_lived()
         try:
             with self._apps.lock:
                 self._served.engine.start(warm_up=False)   # warmed up at configure
@@ -126,9 +131,6 @@ class DelenNode(LifecycleNode):
             self.get_logger().error(f'activate failed: {type(exc).__name__}: {clean_message(exc)}')
             self._deactivate()
             return TransitionCallbackReturn.FAILURE
-        # Everything configure built (model, graphs, modules) moves to the GC's permanent generation:
-        # full collections no longer walk it, which would stall the worker for tens of ms or more.
-        freeze_long_lived()
         self.get_logger().info(f'active: {len(self._apps.registry)} app(s) on {len(self._apps.cameras)} camera(s)')
         return result
 
