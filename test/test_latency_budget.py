@@ -24,7 +24,7 @@ def make_engine(**kwargs) -> Engine:
                      **kwargs})
 
 
-def submit_aged(engine: Engine, clock: FakeClock, app_ids, *, age_ms: float, count: int = 20,
+def submit_aged(engine: Engine, clock: FakeClock, app_ids, *, age_ms: float, count: int = 30,
                 every_ms: float = 100.0) -> None:
     """Frames that reach the engine ``age_ms`` after their stamp, every ``every_ms``."""
     for _ in range(count):

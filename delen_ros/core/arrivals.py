@@ -63,7 +63,7 @@ class Mean:
         self.mean += self.alpha * (value - self.mean)
 
 
-SETTLE_NS = 1_000_000_000   # no frame-age samples this long after a new frame size, app or app's first frame
+SETTLE_NS = 2_000_000_000   # no frame-age samples this long after a new frame size, app or app's first frame
 MAX_SIZES_SEEN = 64        # frame sizes remembered (bounded, whatever cameras send)
 
 
@@ -118,6 +118,8 @@ class FrameAge:
     when it registered: both start the pause (H200, 16 apps registered 0.5 s apart: with the pause
     from registration alone, ages of 10-37 ms on arrival refused 33 ms apps that then met their bound;
     with a 0.3 s pause, the first app's old frames, 45-80 ms, still got in and refused 15 of 16).
+    The pause is 2 s: with 1 s, in 3 of 6 H200 runs every camera's frames arrived 20-45 ms old for a
+    moment 1-1.5 s after the last app registered, and that tail refused the next requests.
     """
 
     __slots__ = ('tail', 'prior_ms', '_sizes', '_settle_until_ns')
