@@ -11,7 +11,8 @@ import pytest
 from delen_ros.core.profile import Profile
 from delen_ros.srv import SetBounds
 from delen_ros.tools.demo import (CAMERAS, DEFAULT_MODEL, FALLBACK_CAMERAS, FALLBACK_MODEL, NAVIGATION_ALLOWANCE_MS,
-                                  Record, demo_bounds, demo_setup, render_table, summarize, tightened_latency_ms,
+                                  Record, demo_bounds, demo_setup, render_table, retry_latency_ms, summarize,
+                                  tightened_latency_ms,
                                   write_plot)
 
 PROFILE = types.SimpleNamespace(  # a GetProfile answer
@@ -61,6 +62,15 @@ def test_tightened_bound_leaves_room_for_about_exit_one():
     recent = [_record(t, 3, 2.6) for t in range(10)]          # overhead = 2.6 - 0.6 = 2.0 ms
     assert tightened_latency_ms(recent, PROFILE, 3.6) == pytest.approx(2.0 + 0.2 + 0.1)
     assert tightened_latency_ms(recent[:2], PROFILE, 3.6) == pytest.approx(1.8)   # too few: half
+
+
+@pytest.mark.parametrize('would_fit, expected', [
+    (25.0, (25.5, 'what the node says would fit, +2 %')),     # the node's answer, with a little room
+    (31.7, (None, 'the node says only >= 31.7 ms would fit now')),   # nothing tighter than 30 fits: keep it
+    (0.0, (25.0, 'half-way')),                                 # no answer (an infeasible bound): meet half-way
+])
+def test_a_refused_tightening_retries_at_what_the_node_says_would_fit(would_fit, expected):
+    assert retry_latency_ms(20.0, 30.0, would_fit) == expected
 
 
 def test_summarize():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import re
 import subprocess
 import sys
 import time
@@ -306,5 +307,23 @@ def test_malformed_frames_counted_in_status_and_gaps_detected(peer, domain_id, t
         m = wait_until(lambda: next((s for s in reversed(status.messages()) if s.frames_in >= sent), None),
                        timeout=30.0, what='status with every frame')
         assert abs(m.frames_missed - skipped) <= 1, (m.frames_missed, skipped)
+    finally:
+        _stop(node)
+
+
+def test_a_refusal_says_which_latency_bound_would_fit_and_that_bound_is_admitted(peer, domain_id, tmp_path):
+    # admission keeps 90 % of each bound free here: 20 ms fits alone (feasible) but not with the headroom
+    node = _start(peer, domain_id, tmp_path, admission_headroom=0.9)
+    try:
+        refused = peer.call(SetBounds, SET, SetBounds.Request(app_id='nav', image_topic='/cam/nav',
+                                                              max_latency_ms=20.0))
+        assert not refused.accepted and 'admission headroom' in refused.message, refused.message
+        fit = refused.would_fit_max_latency_ms
+        said = re.search(r'max_latency_ms >= ([0-9.]+)', refused.message)   # the message says it too
+        assert fit > 20.0 and said and float(said.group(1)) == pytest.approx(fit, rel=0.01)
+        accepted = peer.call(SetBounds, SET, SetBounds.Request(app_id='nav', image_topic='/cam/nav',
+                                                               max_latency_ms=fit * 1.01))
+        assert accepted.accepted, accepted.message
+        assert accepted.would_fit_max_latency_ms == 0.0
     finally:
         _stop(node)

@@ -195,6 +195,7 @@ class AppManager:
                 persisted = self.store.write(self.registry.apps().values())
         except InfeasibleBounds as exc:
             self._fill_feasible(response, exc.feasible)
+            response.would_fit_max_latency_ms = float(getattr(exc, 'min_latency_ms', None) or 0.0)   # Unschedulable
             kind, response.message = type(exc).__name__, clean_message(exc, limit=1000)
         except Rejected as exc:
             kind, response.message = exc.kind, str(exc)

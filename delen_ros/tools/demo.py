@@ -43,7 +43,7 @@ import yaml
 from .processes import Children, ros_child_env
 
 __all__ = ['DemoCamera', 'CAMERAS', 'FALLBACK_CAMERAS', 'DEFAULT_MODEL', 'FALLBACK_MODEL', 'NAVIGATION_ALLOWANCE_MS',
-           'demo_setup', 'demo_bounds', 'tightened_latency_ms', 'Record', 'summarize', 'render_table', 'write_plot',
+           'demo_setup', 'demo_bounds', 'tightened_latency_ms', 'retry_latency_ms', 'Record', 'summarize', 'render_table', 'write_plot',
            'main']
 
 
@@ -147,6 +147,17 @@ def tightened_latency_ms(recent: Sequence['Record'], profile: Any, current_ms: f
     overhead = float(np.median([r.latency_ms - lat[r.exit_index] for r in recent]))
     k1, k2 = min(1, len(lat) - 1), min(2, len(lat) - 1)
     return round(max(lat[0], overhead + lat[k1] + 0.5 * (lat[k2] - lat[k1])), 2)
+
+
+def retry_latency_ms(asked_ms: float, current_ms: float, would_fit_ms: float) -> tuple[float | None, str]:
+    """After a refused tightening, the bound to ask next and why; ``None``: nothing tighter than the
+    current bound fits now (``would_fit_ms``: the refusal's ``would_fit_max_latency_ms``, 0 if none)."""
+    if would_fit_ms > 0:
+        retry = round(would_fit_ms * 1.02, 2)
+        if retry < current_ms:
+            return retry, 'what the node says would fit, +2 %'
+        return None, f'the node says only >= {would_fit_ms:.3g} ms would fit now'
+    return round((asked_ms + current_ms) / 2, 2), 'half-way'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -519,9 +530,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
                     app_id='navigation', image_topic=nav_topic, token=tokens['navigation'],
                     **bounds_after['navigation']), timeout=10.0)
-                if not response.accepted:  # admission may find it too tight beside the others: meet half-way
-                    print(f'{now:5.1f} s: {new_ms:g} ms refused ({response.message}); trying half-way', flush=True)
-                    new_ms = round((new_ms + old_ms) / 2, 2)
+                retry_ms, how = (None, '') if response.accepted else retry_latency_ms(
+                    new_ms, old_ms, float(response.would_fit_max_latency_ms))
+                if not response.accepted:
+                    print(f'{now:5.1f} s: {new_ms:g} ms refused ({response.message}); '
+                          + (f'trying {retry_ms:g} ms ({how})' if retry_ms else f'{how}: keeping {old_ms:g} ms'),
+                          flush=True)
+                if retry_ms:
+                    new_ms = retry_ms
                     change.update(fields={'max_latency_ms': new_ms},
                                   why=f'navigation tightens its latency bound {old_ms:g} -> {new_ms:g} ms')
                     bounds_after['navigation'] = {**bounds_before['navigation'], 'max_latency_ms': new_ms}
