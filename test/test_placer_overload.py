@@ -111,6 +111,7 @@ class Script:
         self.placer = placer
         self.calls: list[tuple[str, str, str]] = []    # (node, 'set_bounds' | 'remove_app', app)
         self.accept: dict[str, bool] = {}               # node -> accepts set_bounds
+        self.would_fit: dict[str, float] = {}           # node -> the tightest latency bound it says would fit
         self.on_call = None                             # run before answering (e.g. a client's removal)
 
     async def __call__(self, client, request):
@@ -123,7 +124,8 @@ class Script:
             return RemoveApp.Response(removed=True, message='removed')
         ok = self.accept.get(node, False)
         return SetBounds.Response(accepted=ok, token=f'tok-{node}' if ok else '',
-                                  message='' if ok else f'{node} is full')
+                                  message='' if ok else f'{node} is full',
+                                  would_fit_max_latency_ms=0.0 if ok else self.would_fit.get(node, 0.0))
 
 
 def run(coro):
@@ -261,6 +263,15 @@ def test_an_update_mid_move_is_refused(placer):
     answer = run(p.node._on_set_bounds(SetBounds.Request(app_id='nav', image_topic='/cam', max_latency_ms=40.0),
                                        SetBounds.Response()))
     assert not answer.accepted and 'being moved' in answer.message
+
+
+def test_refused_by_every_node_it_says_the_tightest_bound_one_of_them_would_take(placer):
+    p = placer
+    p.script.would_fit = {A: 40.0, B: 35.0}                  # C would take no latency bound now
+    answer = run(p.node._on_set_bounds(SetBounds.Request(app_id='arm', image_topic='/arm', max_latency_ms=20.0),
+                                       SetBounds.Response()))
+    assert not answer.accepted and 'is full' in answer.message
+    assert answer.would_fit_max_latency_ms == 35.0
 
 
 # --- the fleet launch file passes overload_grace_s through ----------------------------------------------------

@@ -460,6 +460,8 @@ class PlacerNode(Node):
         if first is not None:
             for name in ('feasible_latency_ms', 'feasible_accuracy', 'feasible_energy_mj'):
                 setattr(response, name, getattr(first, name))
+        fits = [a.would_fit_max_latency_ms for _, a in refusals if a is not None and a.would_fit_max_latency_ms > 0]
+        response.would_fit_max_latency_ms = min(fits, default=0.0)   # the tightest bound some node would take
         response.message = '; '.join(f'{p}: {a.message if a is not None else "no answer"}' for p, a in refusals)
         return response
 
