@@ -102,7 +102,9 @@ def format_plan(response) -> str:
     feasible = (f'feasible here: latency {lat[0]:.2f}-{lat[1]:.2f} ms, accuracy {acc[0]:.3f}-{acc[1]:.3f}, '
                 f'energy {en[0]:.3f}-{en[1]:.3f} mJ')
     if not response.accepted:
-        return f'rejected: {response.message}\n  {feasible}'
+        fit = float(getattr(response, 'would_fit_max_latency_ms', 0.0))
+        return (f'rejected: {response.message}\n  {feasible}'
+                + (f'\n  would fit beside the admitted apps: max_latency_ms >= {fit:.2f}' if fit > 0 else ''))
     return (f'accepted: results on {response.result_topic}\n'
             f'  plan: exit {response.planned_exit}, ~{response.expected_latency_ms:.2f} ms, '
             f'accuracy {response.expected_accuracy:.3f}, {response.expected_energy_mj:.3f} mJ'
