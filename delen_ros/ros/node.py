@@ -273,13 +273,11 @@ class DelenNode(LifecycleNode):
             self._publish_status_now()
         except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the timer
             self.get_logger().error(f'status: {type(exc).__name__}: {clean_message(exc)}', throttle_duration_sec=10.0)
-        for log in (self._apps.rejections if self._apps is not None and closing else None,
-                    self._malformed if closing else None):
-            if log is None:
-                continue
-            line = log.summary()
-            if line:
-                self.get_logger().warning(line)
+        if closing:   # once a round: the period's summaries of refused requests and malformed frames
+            for log in (self._apps.rejections if self._apps is not None else None, self._malformed):
+                line = log.summary() if log is not None else ''
+                if line:
+                    self.get_logger().warning(line)
         self._round.done((time.perf_counter() - started) * 1e3, time.monotonic_ns())   # the GIL the worker waits for
 
     def _camera_report(self, camera: Camera, period_s: float) -> CameraReport:

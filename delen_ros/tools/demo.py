@@ -43,8 +43,8 @@ import yaml
 from .processes import Children, ros_child_env
 
 __all__ = ['DemoCamera', 'CAMERAS', 'FALLBACK_CAMERAS', 'DEFAULT_MODEL', 'FALLBACK_MODEL', 'NAVIGATION_ALLOWANCE_MS',
-           'demo_setup', 'demo_bounds', 'tightened_latency_ms', 'retry_latency_ms', 'Record', 'summarize', 'render_table', 'write_plot',
-           'main']
+           'demo_setup', 'demo_bounds', 'tightened_latency_ms', 'retry_latency_ms', 'Record', 'summarize', 'render_table',
+           'write_plot', 'main']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -530,20 +530,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
                     app_id='navigation', image_topic=nav_topic, token=tokens['navigation'],
                     **bounds_after['navigation']), timeout=10.0)
-                retry_ms, how = (None, '') if response.accepted else retry_latency_ms(
-                    new_ms, old_ms, float(response.would_fit_max_latency_ms))
-                if not response.accepted:
+                if not response.accepted:   # too tight beside the others: ask for what the node says would fit
+                    retry_ms, how = retry_latency_ms(new_ms, old_ms, float(response.would_fit_max_latency_ms))
                     print(f'{now:5.1f} s: {new_ms:g} ms refused ({response.message}); '
                           + (f'trying {retry_ms:g} ms ({how})' if retry_ms else f'{how}: keeping {old_ms:g} ms'),
                           flush=True)
-                if retry_ms:
-                    new_ms = retry_ms
-                    change.update(fields={'max_latency_ms': new_ms},
-                                  why=f'navigation tightens its latency bound {old_ms:g} -> {new_ms:g} ms')
-                    bounds_after['navigation'] = {**bounds_before['navigation'], 'max_latency_ms': new_ms}
-                    response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
-                        app_id='navigation', image_topic=nav_topic, token=tokens['navigation'],
-                        **bounds_after['navigation']), timeout=10.0)
+                    if retry_ms:
+                        new_ms = retry_ms
+                        change.update(fields={'max_latency_ms': new_ms},
+                                      why=f'navigation tightens its latency bound {old_ms:g} -> {new_ms:g} ms')
+                        bounds_after['navigation'] = {**bounds_before['navigation'], 'max_latency_ms': new_ms}
+                        response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
+                            app_id='navigation', image_topic=nav_topic, token=tokens['navigation'],
+                            **bounds_after['navigation']), timeout=10.0)
                 changed = True
                 if response.accepted:
                     tokens['navigation'] = response.token or tokens['navigation']
