@@ -22,10 +22,14 @@
 #   nodes4     NS_NODES4 (32,48) cameras on four nodes sharing the GPU behind delen_placer, POLICIES_NODES4 (delen)
 #   failover   NSF (8) cameras on two nodes behind delen_placer, /n0 killed (scripts/device/e2e_multi_gpu.sh)
 #   mixed      latency bounds BOUNDS_MIXED in turn on NS_MIXED cameras, delen (issue 10)
+#   sat        throughput at saturation (issue 8: served >= 0.9 x the engine): NS_SAT (32) cameras at each of
+#              RATES_SAT ("60 120") Hz, POLICIES_SAT (always_final, full depth as the engine bench), the engine
+#              bench first (ENGINE_SAT=1); one folder per rate, sat_<rate>/
 #   admission  the same cameras and bounds (NS_ADM 16, BOUNDS_ADM 5,10,33), delen, registered twice (issue 10):
 #              --register service (the node starts with none; each app asks ~/set_bounds, loosest bound first,
 #              REGISTER_GAP_S apart, beside the admitted apps' measured load), then param (all in the apps
-#              parameter), so the report runs every refused request anyway ("Refused requests run anyway")
+#              parameter), so the report runs every refused request anyway ("Refused requests run anyway");
+#              ADM_REPEATS (1) times: admission/, admission_2/, ...
 # py-spy samples every node (scripts/device/spy_nodes.sh). One archive comes back: OUT/ab.tgz.
 #   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
@@ -125,11 +129,31 @@ skip failover || BUDGET_S=$(( $(left) - 5 - ${AFTER_FAILOVER_S:-45} )) SWEEPS=fa
   bash scripts/device/e2e_multi_gpu.sh "$WORK/failover"
 skip mixed || TOTAL_S=$(( $(left) - 5 - ${AFTER_MIXED_S:-80} )) ENGINE=0 NS="${NS_MIXED:-16}" POLICIES=delen \
   BOUNDS="${BOUNDS_MIXED:-5,10,33}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/mixed"
+# issue 8's throughput at saturation: full depth, as many frames as the engine bench serves alone
+if ! skip sat; then
+  engine=${ENGINE_SAT:-1}
+  rates=(${RATES_SAT:-60 120})
+  for i in "${!rates[@]}"; do
+    rate=${rates[$i]}
+    # an equal share of what is left after the later parts' reserve, per rate still to run
+    share=$(( ($(left) - 5 - ${AFTER_SAT_S:-150}) / (${#rates[@]} - i) ))
+    TOTAL_S="$share" ENGINE="$engine" NS="${NS_SAT:-32}" RATE="$rate" \
+      POLICIES="${POLICIES_SAT:-always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/sat_$rate"
+    engine=0
+  done
+fi
 # issue 10 at the result topic: the apps registered one by one through ~/set_bounds (service), then the
 # same apps all in the node's apps parameter (param); no echo (the mixed part has the transport floor)
-skip admission || TOTAL_S=$(( $(left) - 5 )) ENGINE=0 NS="${NS_ADM:-16}" POLICIES=delen BOUNDS="${BOUNDS_ADM:-5,10,33}" \
-  DURATION="$D" EXTRA="--register service,param --register-gap-s ${REGISTER_GAP_S:-0.5} --no-echo" \
-  bash scripts/device/e2e_gpu.sh "$WORK/admission"
+if ! skip admission; then
+  for i in $(seq 1 "${ADM_REPEATS:-1}"); do
+    dir=admission; [ "$i" -gt 1 ] && dir="admission_$i"
+    # each repeat but the last leaves the later ones an equal share of what is left
+    share=$(( ($(left) - 5) / (${ADM_REPEATS:-1} - i + 1) ))
+    TOTAL_S="$share" ENGINE=0 NS="${NS_ADM:-16}" POLICIES=delen BOUNDS="${BOUNDS_ADM:-5,10,33}" \
+      DURATION="$D" EXTRA="--register service,param --register-gap-s ${REGISTER_GAP_S:-0.5} --no-echo" \
+      bash scripts/device/e2e_gpu.sh "$WORK/$dir"
+  done
+fi
 kill "$SPY" 2>/dev/null
 echo "[ab] done in $(( $(date +%s) - t0 )) s"
 tar czf "$OUT/ab.tgz" -C "$WORK" .
