@@ -149,3 +149,32 @@ def test_uploaded_frames_match_staged_ones_and_free_the_callers_buffer():
     assert len(pre._frame_buffers) <= 8
     with pytest.raises(ValueError, match='uint8'):
         pre.upload(np.zeros((4, 4, 3), np.float32))
+
+
+@needs_cuda
+def test_frames_in_a_registered_ring_upload_in_place_and_free_their_slot_when_done(tmp_path):
+    from delen_ros.core.frame_ring import FrameRing
+    from delen_ros.core.host_memory import HOST_MEMORY
+    from delen_ros.core.preprocess import DevicePreprocessor
+    smooth = cv2.GaussianBlur(_rng_image((480, 640, 3)), (0, 0), 8)
+    writer = FrameRing.create(2, smooth.nbytes, directory=str(tmp_path))
+    reader = FrameRing.attach(writer.path)
+    assert HOST_MEMORY.register(reader.address, reader.map_bytes), 'the driver pins a mapped ring'
+    try:
+        pre = DevicePreprocessor(RGB, torch.device('cuda'))
+        slot = writer.write(smooth.tobytes())
+        frame = np.frombuffer(reader.view(slot, smooth.nbytes), np.uint8).reshape(smooth.shape)
+        uploaded = pre.upload(frame)
+        assert len(pre._in_place) == 1 and not pre._frame_buffers, 'no staging buffer: copied from the slot'
+        del frame
+        assert reader.busy() == 1, 'the slot stays busy while its copy may still run'
+        x = pre([uploaded])
+        torch.testing.assert_close(x.cpu(), preprocess([smooth], RGB), atol=0.05, rtol=0)
+        torch.cuda.synchronize()
+        pre.upload(smooth.copy())                     # outside the ring: staged, and drains finished copies
+        assert not pre._in_place and reader.busy() == 0
+    finally:
+        HOST_MEMORY.unregister(reader.address)
+    assert len(HOST_MEMORY) == 0
+    reader.close()
+    writer.close(unlink=True)

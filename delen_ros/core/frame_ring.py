@@ -66,6 +66,9 @@ class FrameRing:
             raise ValueError(f'{path} is truncated ({len(mm)} B)')
         self.path, self.slots, self.slot_bytes, self.writer = path, slots, slot_bytes, writer
         self._mm = mm
+        view = np.frombuffer(mm, np.uint8)
+        self.address, self.map_bytes = view.__array_interface__['data'][0], len(mm)   # the mapping, for pinning
+        del view   # a live export would keep close() from unmapping
         self._state = _HEADER.size
         self._first = _aligned(_HEADER.size + slots)
         self._next = 0

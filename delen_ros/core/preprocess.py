@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import torch
 
+from .host_memory import HOST_MEMORY
+
 if TYPE_CHECKING:
     from .multi_exit import ModelInfo
 
@@ -99,6 +101,7 @@ def preprocess(images: Sequence[np.ndarray], info: 'ModelInfo', *,
 
 _MAX_STAGING_SHAPES = 8
 _FRAME_BUFFERS = 16   # pinned one-frame buffers per shape for upload() at most, reused in turn
+_IN_PLACE_MAX = 256   # uploads from registered memory whose host frames are held until done, at most
 
 
 class DevicePreprocessor:
@@ -135,6 +138,7 @@ class DevicePreprocessor:
         self._upload_stream = torch.cuda.Stream(device=self.device)
         self._upload_lock = threading.Lock()
         self._frame_buffers: dict[tuple[int, ...], collections.deque] = {}
+        self._in_place: collections.deque = collections.deque()   # (frame in registered memory, copy done)
 
     def _stage(self, stack: Sequence[np.ndarray]) -> torch.Tensor:
         """Copy same-shaped frames into a pinned buffer and start their upload; the device tensor."""
@@ -183,9 +187,16 @@ class DevicePreprocessor:
 
         Thread-safe. The image is copied into a pinned buffer before this returns (its memory may
         be reused at once); the upload runs on a stream of its own, which ``__call__`` waits for.
+        An image in host memory registered with CUDA (:mod:`~delen_ros.core.host_memory`: a frame
+        ring) is uploaded from where it is, and held until the copy is done.
         """
         image = check_image(image)
+        if image.flags.c_contiguous and image.flags.writeable:
+            frame = HOST_MEMORY.copy_from(image, lambda: self._upload_in_place(image))
+            if frame is not None:
+                return frame
         with self._upload_lock:
+            self._drain_in_place()
             ring = self._frame_buffers.get(image.shape)
             if ring is None:
                 while len(self._frame_buffers) >= _MAX_STAGING_SHAPES:   # bounded, whatever sizes come
@@ -211,12 +222,36 @@ class DevicePreprocessor:
             ring.append((buffer, done))
         return frame
 
+    def _upload_in_place(self, image: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """Start copying ``image``, in registered host memory, straight to the device (no staging
+        copy). ``image`` -- and with it the shared-memory slot it views -- is kept until the copy is
+        done, so that the slot is not written again meanwhile."""
+        with self._upload_lock:
+            self._drain_in_place()
+            if len(self._in_place) >= _IN_PLACE_MAX:
+                held, copied = self._in_place.popleft()
+                copied.synchronize()   # the slot is let go only once its copy is done
+                del held
+            with torch.cuda.stream(self._upload_stream):
+                frame = torch.from_numpy(image).to(self.device, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(self._upload_stream)
+            self._in_place.append((image, done))
+        return frame, done
+
+    def _drain_in_place(self) -> None:
+        """Let go of frames whose in-place copy is done: their slots go back to the receivers.
+        Under ``_upload_lock``."""
+        while self._in_place and self._in_place[0][1].query():
+            self._in_place.popleft()
+
     def _uploaded(self, stack: Sequence[torch.Tensor]) -> torch.Tensor:
         """Frames from :meth:`upload` as one ``N x H x W [x 3]`` batch on the current stream."""
         current = torch.cuda.current_stream(self.device)
         with self._upload_lock:   # every upload issued so far is before this event
             ready = torch.cuda.Event()
             ready.record(self._upload_stream)
+            self._drain_in_place()
         current.wait_event(ready)
         for frame in stack:   # allocated on the upload stream, read on this one
             frame.record_stream(current)

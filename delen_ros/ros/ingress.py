@@ -41,6 +41,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
 from delen_ros.core.frame_ring import FrameRing
+from delen_ros.core.host_memory import HostMemory
 
 __all__ = ['auto_processes', 'native_receiver', 'IngressPool', 'main']
 
@@ -237,6 +238,10 @@ class IngressPool:
     :param processes: how many receivers (>= 1).
     :param on_frame: ``(serialized view, camera, arrival_ns)``, the node's image callback.
     :param log: ``(level, text)`` with level ``'info'``, ``'warning'`` or ``'error'``.
+
+    :attr:`host_memory`: set it (a :class:`~delen_ros.core.host_memory.HostMemory`) when frames go to a
+    CUDA device: each ring is then registered with the driver once mapped, and unregistered before it
+    is unmapped, so that frames are uploaded from their slots without a staging copy.
     """
 
     def __init__(self, processes: int, *, on_frame: Callable[[memoryview, Any, int], None],
@@ -256,6 +261,7 @@ class IngressPool:
         self._restarted: dict[int, collections.deque] = {}
         self._warned = 0.0
         self._closing = False
+        self.host_memory: HostMemory | None = None
         self._wake_r, self._wake_w = os.pipe()   # wakes the reader when the process set changes
         self._reader = threading.Thread(target=self._read, name='delen-ingress', daemon=True)
         self._reader.start()
@@ -316,7 +322,7 @@ class IngressPool:
             self._send(proc, f'unsubscribe {subscription.camera_id}')
             ring = self._rings.pop(subscription.camera_id, None)
         if ring is not None:
-            ring.close()
+            self._close_ring(ring)
 
     # --- the reader thread ----------------------------------------------------------------------------
     def _read(self) -> None:
@@ -364,13 +370,20 @@ class IngressPool:
             ring = FrameRing.attach(note[_HEAD.size:].decode())
             old = self._rings.get(camera_id)
             if camera_id in self._cameras:
+                if self.host_memory is not None:
+                    self.host_memory.register(ring.address, ring.map_bytes)
                 self._rings[camera_id] = ring
             else:
                 ring.close()
             if old is not None and old is not ring:
-                old.close()
+                self._close_ring(old)
         elif kind == b'E':
             self._log('error', note[1:].decode(errors='replace'))
+
+    def _close_ring(self, ring: FrameRing) -> None:
+        if self.host_memory is not None:
+            self.host_memory.unregister(ring.address)   # before unmapping; waits for copies still running
+        ring.close()
 
     def _restart(self, proc: _Process) -> None:
         """A receiver died: start another in its place and give it its cameras back (unless it
@@ -387,7 +400,7 @@ class IngressPool:
             for camera_id in proc.cameras:
                 ring = self._rings.pop(camera_id, None)
                 if ring is not None:
-                    ring.close()
+                    self._close_ring(ring)
             if len(recent) == recent.maxlen and now - recent[0] < 60.0:
                 self._log('error', f'ingress: receiver {proc.index} ended (exit {code}) {len(recent) + 1} times in a '
                                    f'minute: not restarted; its {len(proc.cameras)} camera(s) are not served')
@@ -423,7 +436,7 @@ class IngressPool:
             if not proc.frames.closed:
                 proc.frames.close()
         for ring in self._rings.values():
-            ring.close()
+            self._close_ring(ring)
         self._rings.clear()
         os.close(self._wake_r)
         os.close(self._wake_w)

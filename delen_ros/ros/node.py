@@ -25,6 +25,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from delen_ros.core.gc_pauses import freeze_long_lived, pause_recorder, thaw
+from delen_ros.core.host_memory import HOST_MEMORY
 from delen_ros.msg import AppStatus
 from delen_ros.srv import GetProfile, RemoveApp, SetBounds
 
@@ -82,6 +83,8 @@ class DelenNode(LifecycleNode):
             self._ingress = IngressPool(processes, on_frame=self._on_image, log=self._log, qos_name=p.image_qos,
                                         depth=SUBSCRIPTION_DEPTH)
         served = self._served = assembly.build(p, on_result=self._on_result, log=self.get_logger().info)
+        if self._ingress is not None and served.device.startswith('cuda') and os.environ.get('DELEN_PIN_RINGS') != '0':
+            self._ingress.host_memory = HOST_MEMORY   # frames uploaded from their rings, no staging copy
         profile = served.profile
         initial = parse_apps_param(p.apps, figure=self._profile_figure, num_exits=profile.num_exits)
         registry = Registry(max_apps=p.max_apps, allow_takeover=p.allow_takeover, reserved_topics=[

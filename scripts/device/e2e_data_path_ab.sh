@@ -18,13 +18,15 @@
 #   py_recv    DELEN_RECEIVER=python: the Python receivers of session 3; NS_AB cameras, delen
 #   arrival    latency_from:=arrival on NS_AB cameras, delen: the timeline splits the way in from the queue
 #   gil        gil_switch_interval_ms:=GIL_MS (0.5) on NS_AB cameras, both policies
-#   nodes2     NS_NODES2 (32,48) cameras on two nodes sharing the GPU behind delen_placer, both policies
+#   nodes2     NS_NODES2 (32,48) cameras at RATE_NODES (30) Hz on two nodes sharing the GPU behind delen_placer, both policies
 #   nodes4     NS_NODES4 (32,48) cameras on four nodes sharing the GPU behind delen_placer, POLICIES_NODES4 (delen)
 #   failover   NSF (8) cameras on two nodes behind delen_placer, /n0 killed (scripts/device/e2e_multi_gpu.sh)
 #   mixed      latency bounds BOUNDS_MIXED in turn on NS_MIXED cameras, delen (issue 10)
 #   sat        throughput at saturation (issue 8: served >= 0.9 x the engine): NS_SAT (32) cameras at each of
 #              RATES_SAT ("60 120") Hz, POLICIES_SAT (always_final, full depth as the engine bench), the engine
 #              bench first (ENGINE_SAT=1); one folder per rate, sat_<rate>/
+#   nopin      DELEN_PIN_RINGS=0: frames staged through pinned buffers, not uploaded from their registered
+#              rings; NS_SAT cameras at RATE_NOPIN (60) Hz, POLICIES_SAT, no echo
 #   admission  the same cameras and bounds (NS_ADM 16, BOUNDS_ADM 5,10,33), delen, registered twice (issue 10):
 #              --register service (the node starts with none; each app asks ~/set_bounds, loosest bound first,
 #              REGISTER_GAP_S apart, beside the admitted apps' measured load), then param (all in the apps
@@ -120,9 +122,9 @@ if ! skip configure; then
 fi
 # the same cameras on two delen nodes (namespaces, each its own process and GIL) on the one GPU,
 # behind delen_placer: apps placed by the nodes' own admission
-skip nodes2 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES2_S:-95} )) ENGINE=0 NS="${NS_NODES2:-32,48}" \
+skip nodes2 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES2_S:-95} )) ENGINE=0 NS="${NS_NODES2:-32,48}" RATE="${RATE_NODES:-30}" \
   POLICIES="${POLICIES_NODES2:-delen,always_final}" EXTRA="--nodes 2" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes2"
-skip nodes4 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES4_S:-95} )) ENGINE=0 NS="${NS_NODES4:-32,48}" \
+skip nodes4 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES4_S:-95} )) ENGINE=0 NS="${NS_NODES4:-32,48}" RATE="${RATE_NODES:-30}" \
   POLICIES="${POLICIES_NODES4:-delen}" EXTRA="--nodes 4" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes4"
 # issue 12 on one GPU: two nodes behind delen_placer, /n0 killed 4 s into the window
 skip failover || BUDGET_S=$(( $(left) - 5 - ${AFTER_FAILOVER_S:-45} )) SWEEPS=failover NSF="${NSF:-8}" POLICIES=delen \
@@ -142,6 +144,10 @@ if ! skip sat; then
     engine=0
   done
 fi
+# the same without registering the frame rings with CUDA (each frame staged through a pinned buffer, as before session 11)
+skip nopin || DELEN_PIN_RINGS=0 TOTAL_S=$(( $(left) - 5 - ${AFTER_NOPIN_S:-150} )) ENGINE=0 NS="${NS_SAT:-32}" \
+  RATE="${RATE_NOPIN:-60}" POLICIES="${POLICIES_SAT:-always_final}" EXTRA="--no-echo" DURATION="$D" \
+  bash scripts/device/e2e_gpu.sh "$WORK/nopin"
 # issue 10 at the result topic: the apps registered one by one through ~/set_bounds (service), then the
 # same apps all in the node's apps parameter (param); no echo (the mixed part has the transport floor)
 if ! skip admission; then
