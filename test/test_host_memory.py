@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from delen_ros.core.frame_ring import FrameRing
-from delen_ros.core.host_memory import HostMemory
+from delen_ros.core.host_memory import HostMemory, pinnable
 
 
 class FakeDriver:
@@ -95,3 +95,10 @@ def test_a_rings_mapping_is_reported_and_still_unmaps_on_close(tmp_path):
     reader.close()
     assert reader._mm.closed, 'the address lookup left no export behind that would keep the mapping'
     writer.close(unlink=True)
+
+
+def test_only_tmpfs_files_are_pinnable(tmp_path):
+    import os
+    if os.path.isdir('/dev/shm'):
+        assert pinnable('/dev/shm/delen-frames-x') == (os.system('grep -q " /dev/shm tmpfs " /proc/self/mounts') == 0)
+    assert not pinnable('/proc/self/status'), 'procfs is no tmpfs'

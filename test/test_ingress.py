@@ -91,3 +91,54 @@ def test_frames_come_through_receivers_and_a_killed_receiver_is_replaced(tmp_pat
     leftovers = [p for d in ('/dev/shm', '/tmp') if os.path.isdir(d) for p in pathlib.Path(d).glob('delen-frames-*')
                  if p.stat().st_uid == os.getuid() and p.stat().st_mtime > time.time() - 300]
     assert not leftovers, leftovers
+
+
+class _Pins:
+    """A stand-in for core.host_memory.HostMemory: what the pool registers, and when."""
+
+    def __init__(self):
+        self.live: set[int] = set()
+        self.calls: list[tuple[str, int]] = []
+
+    def register(self, address: int, nbytes: int) -> bool:
+        self.live.add(address)
+        self.calls.append(('register', address))
+        return True
+
+    def unregister(self, address: int) -> None:
+        self.live.discard(address)
+        self.calls.append(('unregister', address))
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+
+def test_each_ring_is_pinned_while_mapped_and_unpinned_before_it_goes(monkeypatch):
+    from types import SimpleNamespace
+
+    from delen_ros.core.frame_ring import FrameRing
+    from delen_ros.core.host_memory import pinnable
+    from delen_ros.ros.ingress import _HEAD, IngressPool
+    monkeypatch.setenv('DELEN_RECEIVER', 'python')
+    pool = IngressPool(1, on_frame=lambda *a: None, log=lambda *a: None, qos_name='sensor_data', depth=2)
+    pins = pool.host_memory = _Pins()
+    try:
+        sub = pool.subscribe(SimpleNamespace(topic='/pins/cam'))
+        first, bigger = FrameRing.create(2, 1000), FrameRing.create(2, 4000)   # as a receiver makes them
+        if not pinnable(first.path):
+            pytest.skip(f'{first.path} is not on a tmpfs')
+        pool._handle(_HEAD.pack(b'R', sub.camera_id) + first.path.encode())
+        mapped = pool._rings[sub.camera_id]
+        assert pins.calls == [('register', mapped.address)]
+        pool._handle(_HEAD.pack(b'R', sub.camera_id) + bigger.path.encode())   # a bigger frame: a new ring
+        remapped = pool._rings[sub.camera_id]
+        assert pins.calls[1:] == [('register', remapped.address), ('unregister', mapped.address)]
+        assert mapped._mm.closed, 'the old ring is unmapped after it is unpinned'
+        pool.unsubscribe(sub)
+        assert pins.calls[-1] == ('unregister', remapped.address) and not pins.live
+        pool._handle(_HEAD.pack(b'R', 999) + FrameRing.create(2, 100).path.encode())   # unknown camera
+        assert not pins.live, 'a ring for no camera is not pinned'
+    finally:
+        pool.close()
+        for ring in (first, bigger):
+            ring.close(unlink=True)

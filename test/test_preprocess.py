@@ -152,13 +152,15 @@ def test_uploaded_frames_match_staged_ones_and_free_the_callers_buffer():
 
 
 @needs_cuda
-def test_frames_in_a_registered_ring_upload_in_place_and_free_their_slot_when_done(tmp_path):
+def test_frames_in_a_registered_ring_upload_in_place_and_free_their_slot_when_done():
     from delen_ros.core.frame_ring import FrameRing
-    from delen_ros.core.host_memory import HOST_MEMORY
+    from delen_ros.core.host_memory import HOST_MEMORY, pinnable
     from delen_ros.core.preprocess import DevicePreprocessor
     smooth = cv2.GaussianBlur(_rng_image((480, 640, 3)), (0, 0), 8)
-    writer = FrameRing.create(2, smooth.nbytes, directory=str(tmp_path))
+    writer = FrameRing.create(2, smooth.nbytes)       # in /dev/shm where it has room, as the receivers' rings
     reader = FrameRing.attach(writer.path)
+    if not pinnable(writer.path):
+        pytest.skip(f'{writer.path} is not on a tmpfs')
     assert HOST_MEMORY.register(reader.address, reader.map_bytes), 'the driver pins a mapped ring'
     try:
         pre = DevicePreprocessor(RGB, torch.device('cuda'))
@@ -178,3 +180,24 @@ def test_frames_in_a_registered_ring_upload_in_place_and_free_their_slot_when_do
     assert len(HOST_MEMORY) == 0
     reader.close()
     writer.close(unlink=True)
+
+
+@needs_cuda
+def test_a_refused_registration_leaves_cuda_working(tmp_path):
+    import mmap
+    from delen_ros.core.host_memory import HostMemory, pinnable
+    if pinnable(str(tmp_path)):
+        pytest.skip(f'{tmp_path} is on a tmpfs: the driver would not refuse it')
+    path = tmp_path / 'plain_file'
+    path.write_bytes(bytes(1 << 20))
+    with open(path, 'r+b') as f:
+        mm = mmap.mmap(f.fileno(), 1 << 20)
+    view = np.frombuffer(mm, np.uint8)
+    memory = HostMemory()
+    memory.register(view.__array_interface__['data'][0], 1 << 20)   # refused or not, CUDA must go on
+    x = torch.ones(4, device='cuda') * 2                             # a launch checks the last CUDA error
+    assert float(x.sum()) == 8.0
+    for start in list(memory._starts):
+        memory.unregister(start)
+    del view
+    mm.close()

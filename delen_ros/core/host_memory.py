@@ -9,21 +9,54 @@ One registry per process (:data:`HOST_MEMORY`), because a registration belongs t
 to any engine. Its owner (the node, for the rings it maps) registers a range once it is mapped and
 unregisters it before unmapping; :class:`~delen_ros.core.preprocess.DevicePreprocessor` uploads a frame through
 :meth:`HostMemory.copy_from`, which launches the copy only if the frame lies in a registered range
-and keeps its event, so that unregistering waits for the last copy from the range. Where
-registration fails (no CUDA, a file system the driver cannot pin), frames take the staged path.
+and keeps its event, so that unregistering waits for the last copy from the range. Only rings on
+a ``tmpfs`` are registered (:func:`pinnable`); where registration fails anyway (no CUDA), frames take
+the staged path.
 """
 from __future__ import annotations
 
 import bisect
+import ctypes
 import logging
+import os
 import threading
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ['HostMemory', 'HOST_MEMORY', 'cuda_host_api']
+__all__ = ['HostMemory', 'HOST_MEMORY', 'cuda_host_api', 'pinnable']
 
 _log = logging.getLogger(__name__)
+
+
+def pinnable(path: str) -> bool:
+    """Whether a file mapped from ``path`` can be registered: it is on a ``tmpfs`` (``/dev/shm``).
+    The driver refuses file-backed pages elsewhere (they cannot be pinned for long)."""
+    real, best, kind = os.path.realpath(path), '', ''
+    try:
+        with open('/proc/self/mounts') as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = fields[1].replace('\\040', ' ')
+                if (real == point or real.startswith(point.rstrip('/') + '/')) and len(point) >= len(best):
+                    best, kind = point, fields[2]
+    except OSError:
+        return False
+    return kind == 'tmpfs'
+
+
+def _clear_cuda_error() -> None:
+    """Reset the CUDA runtime's last error after a refused registration; torch would otherwise
+    report it at its next kernel launch on this thread."""
+    try:
+        with open('/proc/self/maps') as maps:
+            path = next((line.split()[-1] for line in maps if '/libcudart' in line), None)
+        if path is not None:
+            ctypes.CDLL(path).cudaGetLastError()
+    except (OSError, AttributeError):
+        pass
 
 
 def cuda_host_api() -> tuple[Callable[[int, int], bool], Callable[[int], bool]] | None:
@@ -41,8 +74,13 @@ def cuda_host_api() -> tuple[Callable[[int, int], bool], Callable[[int], bool]] 
     def ok(err: Any) -> bool:
         return int(getattr(err, 'value', err)) == 0   # cudaSuccess
 
-    return (lambda address, nbytes: ok(host_register(address, nbytes, 0)),
-            lambda address: ok(host_unregister(address)))
+    def register(address: int, nbytes: int) -> bool:
+        if ok(host_register(address, nbytes, 0)):
+            return True
+        _clear_cuda_error()
+        return False
+
+    return register, lambda address: ok(host_unregister(address))
 
 
 class HostMemory:

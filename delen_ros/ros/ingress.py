@@ -41,7 +41,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
 from delen_ros.core.frame_ring import FrameRing
-from delen_ros.core.host_memory import HostMemory
+from delen_ros.core.host_memory import HostMemory, pinnable
 
 __all__ = ['auto_processes', 'native_receiver', 'IngressPool', 'main']
 
@@ -370,7 +370,7 @@ class IngressPool:
             ring = FrameRing.attach(note[_HEAD.size:].decode())
             old = self._rings.get(camera_id)
             if camera_id in self._cameras:
-                if self.host_memory is not None:
+                if self.host_memory is not None and pinnable(ring.path):
                     self.host_memory.register(ring.address, ring.map_bytes)
                 self._rings[camera_id] = ring
             else:

@@ -338,7 +338,8 @@ class DelenNode(LifecycleNode):
         if ingress is None:
             return {'receiver_processes': 0}
         return {'receiver_processes': ingress.processes, 'receiver': ingress.kind, 'receiver_restarts': ingress.restarts,
-                'frames_dropped_at_receivers': ingress.ring_full}
+                'frames_dropped_at_receivers': ingress.ring_full,
+                'rings_pinned': len(ingress.host_memory) if ingress.host_memory is not None else 0}
 
 
 def _gc_report() -> dict:

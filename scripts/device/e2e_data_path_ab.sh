@@ -24,7 +24,7 @@
 #   mixed      latency bounds BOUNDS_MIXED in turn on NS_MIXED cameras, delen (issue 10)
 #   sat        throughput at saturation (issue 8: served >= 0.9 x the engine): NS_SAT (32) cameras at each of
 #              RATES_SAT ("60 120") Hz, POLICIES_SAT (always_final, full depth as the engine bench), the engine
-#              bench first (ENGINE_SAT=1); one folder per rate, sat_<rate>/
+#              bench first (ENGINE_SAT=1); one folder per rate, sat_<rate>/; SAT_EXTRA (e.g. --no-echo)
 #   nopin      DELEN_PIN_RINGS=0: frames staged through pinned buffers, not uploaded from their registered
 #              rings; NS_SAT cameras at RATE_NOPIN (60) Hz, POLICIES_SAT, no echo
 #   admission  the same cameras and bounds (NS_ADM 16, BOUNDS_ADM 5,10,33), delen, registered twice (issue 10):
@@ -37,6 +37,7 @@
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
 # BENCH_FIRST=1 runs delen_bench (issue 9's engine bench, committed profile) before the parts.
+# NODES_EXTRA: more delen_e2e_bench arguments for nodes2 / nodes4 (e.g. --no-echo).
 # Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), POLICIES_NEW (delen,always_final), POLICIES_NODES2 (delen,always_final), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
 # NS_ADM (16), BOUNDS_ADM (5,10,33), REGISTER_GAP_S (0.5), TOTAL_S (570), SKIP (space-separated parts to leave out,
 # e.g. "py_recv mixed"; the admission part alone: SKIP="new no_upload py_recv arrival gil nodes2 nodes4 failover mixed").
@@ -123,9 +124,9 @@ fi
 # the same cameras on two delen nodes (namespaces, each its own process and GIL) on the one GPU,
 # behind delen_placer: apps placed by the nodes' own admission
 skip nodes2 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES2_S:-95} )) ENGINE=0 NS="${NS_NODES2:-32,48}" RATE="${RATE_NODES:-30}" \
-  POLICIES="${POLICIES_NODES2:-delen,always_final}" EXTRA="--nodes 2" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes2"
+  POLICIES="${POLICIES_NODES2:-delen,always_final}" EXTRA="--nodes 2 ${NODES_EXTRA:-}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes2"
 skip nodes4 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES4_S:-95} )) ENGINE=0 NS="${NS_NODES4:-32,48}" RATE="${RATE_NODES:-30}" \
-  POLICIES="${POLICIES_NODES4:-delen}" EXTRA="--nodes 4" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes4"
+  POLICIES="${POLICIES_NODES4:-delen}" EXTRA="--nodes 4 ${NODES_EXTRA:-}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/nodes4"
 # issue 12 on one GPU: two nodes behind delen_placer, /n0 killed 4 s into the window
 skip failover || BUDGET_S=$(( $(left) - 5 - ${AFTER_FAILOVER_S:-45} )) SWEEPS=failover NSF="${NSF:-8}" POLICIES=delen \
   bash scripts/device/e2e_multi_gpu.sh "$WORK/failover"
@@ -140,7 +141,7 @@ if ! skip sat; then
     # an equal share of what is left after the later parts' reserve, per rate still to run
     share=$(( ($(left) - 5 - ${AFTER_SAT_S:-150}) / (${#rates[@]} - i) ))
     TOTAL_S="$share" ENGINE="$engine" NS="${NS_SAT:-32}" RATE="$rate" \
-      POLICIES="${POLICIES_SAT:-always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/sat_$rate"
+      POLICIES="${POLICIES_SAT:-always_final}" EXTRA="${SAT_EXTRA:-}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/sat_$rate"
     engine=0
   done
 fi
