@@ -195,6 +195,8 @@ class DevicePreprocessor:
             frame = HOST_MEMORY.copy_from(image, lambda: self._upload_in_place(image))
             if frame is not None:
                 return frame
+        # The lock guards the buffers' bookkeeping only: held across a copy, it kept the worker
+        # (waiting in _uploaded for it) behind this thread's back-to-back frames under overload.
         with self._upload_lock:
             self._drain_in_place()
             ring = self._frame_buffers.get(image.shape)
@@ -210,17 +212,27 @@ class DevicePreprocessor:
             if ring and (ring[0][1] is None or ring[0][1].query()):
                 buffer, done = ring.popleft()
             elif len(ring) < _FRAME_BUFFERS:
-                buffer, done = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True), None
+                buffer, done = None, None
             else:
                 buffer, done = ring.popleft()
-                done.synchronize()   # a burst: wait for the oldest upload to leave its buffer
-            np.copyto(buffer.numpy(), image)   # releases the GIL: the worker runs meanwhile
-            with torch.cuda.stream(self._upload_stream):
-                frame = buffer.to(self.device, non_blocking=True)
-                done = torch.cuda.Event()
-                done.record(self._upload_stream)
+        if buffer is None:
+            buffer = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
+        elif done is not None:
+            done.synchronize()   # a burst: wait for the oldest upload to leave its buffer
+        np.copyto(buffer.numpy(), image)   # releases the GIL: the worker runs meanwhile
+        frame, done = self._launch(buffer)
+        with self._upload_lock:
             ring.append((buffer, done))
         return frame
+
+    def _launch(self, host: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """Queue ``host``'s copy to the device on the upload stream; the device tensor, and an event
+        that completes when the copy is done."""
+        with torch.cuda.stream(self._upload_stream):
+            frame = host.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._upload_stream)
+        return frame, done
 
     def _upload_in_place(self, image: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event]:
         """Start copying ``image``, in registered host memory, straight to the device (no staging
@@ -228,30 +240,28 @@ class DevicePreprocessor:
         done, so that the slot is not written again meanwhile."""
         with self._upload_lock:
             self._drain_in_place()
-            if len(self._in_place) >= _IN_PLACE_MAX:
-                held, copied = self._in_place.popleft()
-                copied.synchronize()   # the slot is let go only once its copy is done
-                del held
-            with torch.cuda.stream(self._upload_stream):
-                frame = torch.from_numpy(image).to(self.device, non_blocking=True)
-                done = torch.cuda.Event()
-                done.record(self._upload_stream)
+            oldest = self._in_place.popleft() if len(self._in_place) >= _IN_PLACE_MAX else None
+        if oldest is not None:
+            oldest[1].synchronize()   # its slot is let go only once its copy is done
+            del oldest
+        frame, done = self._launch(torch.from_numpy(image))
+        with self._upload_lock:
             self._in_place.append((image, done))
         return frame, done
 
     def _drain_in_place(self) -> None:
-        """Let go of frames whose in-place copy is done: their slots go back to the receivers.
-        Under ``_upload_lock``."""
+        """Let go of frames whose in-place copy is done: their slots go back to the receivers (in
+        order of launch, on one stream). Under ``_upload_lock``."""
         while self._in_place and self._in_place[0][1].query():
             self._in_place.popleft()
 
     def _uploaded(self, stack: Sequence[torch.Tensor]) -> torch.Tensor:
         """Frames from :meth:`upload` as one ``N x H x W [x 3]`` batch on the current stream."""
         current = torch.cuda.current_stream(self.device)
-        with self._upload_lock:   # every upload issued so far is before this event
-            ready = torch.cuda.Event()
-            ready.record(self._upload_stream)
-            self._drain_in_place()
+        # The stack's copies were queued before their frames were (upload returned first): an event
+        # recorded now on the upload stream comes after all of them.
+        ready = torch.cuda.Event()
+        ready.record(self._upload_stream)
         current.wait_event(ready)
         for frame in stack:   # allocated on the upload stream, read on this one
             frame.record_stream(current)

@@ -262,6 +262,7 @@ class IngressPool:
         self._warned = 0.0
         self._closing = False
         self.host_memory: HostMemory | None = None
+        self._pin_said: bool | None = None   # the last registration outcome logged
         self._wake_r, self._wake_w = os.pipe()   # wakes the reader when the process set changes
         self._reader = threading.Thread(target=self._read, name='delen-ingress', daemon=True)
         self._reader.start()
@@ -370,8 +371,8 @@ class IngressPool:
             ring = FrameRing.attach(note[_HEAD.size:].decode())
             old = self._rings.get(camera_id)
             if camera_id in self._cameras:
-                if self.host_memory is not None and pinnable(ring.path):
-                    self.host_memory.register(ring.address, ring.map_bytes)
+                if self.host_memory is not None:
+                    self._pin(ring)
                 self._rings[camera_id] = ring
             else:
                 ring.close()
@@ -379,6 +380,15 @@ class IngressPool:
                 self._close_ring(old)
         elif kind == b'E':
             self._log('error', note[1:].decode(errors='replace'))
+
+    def _pin(self, ring: FrameRing) -> None:
+        """Register ``ring`` with CUDA; the first outcome is logged (it decides the upload path)."""
+        pinned = pinnable(ring.path) and self.host_memory.register(ring.address, ring.map_bytes)
+        if self._pin_said is not pinned:
+            self._pin_said = pinned
+            self._log('info', 'ingress: frames are uploaded from their shared-memory rings (registered with CUDA)'
+                      if pinned else f'ingress: {ring.path} could not be registered with CUDA: its frames are '
+                                     'staged through pinned buffers')
 
     def _close_ring(self, ring: FrameRing) -> None:
         if self.host_memory is not None:

@@ -54,6 +54,10 @@ if ls .devdata/pytest/*.whl >/dev/null 2>&1; then
       test/test_background_capture.py test/test_fused_steps.py test/test_preload.py 2>&1 | tail -15
   echo "[ab] CUDA tests done at $(( $(date +%s) - t0 )) s"
 fi
+# UPLOAD_PATHS=1: what one frame's upload costs the receiving thread, staged / in place / pageable (benchmarks/upload_paths.py)
+if [ "${UPLOAD_PATHS:-0}" = 1 ]; then
+  timeout 120 python3 benchmarks/upload_paths.py --out "$WORK/upload_paths" 2>&1 | tail -6
+fi
 # PROFILE_FIRST=1: profile models/cifar10_lite0 here first (scripts/device/train_cifar.sh with
 # MODEL_DIR=models: CUDA graphs, NVML above idle, delen_bench), and serve the parts below with it
 if [ "${PROFILE_FIRST:-0}" = 1 ]; then
