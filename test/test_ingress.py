@@ -142,3 +142,50 @@ def test_each_ring_is_pinned_while_mapped_and_unpinned_before_it_goes(monkeypatc
         pool.close()
         for ring in (first, bigger):
             ring.close(unlink=True)
+
+
+def test_the_reader_outlives_a_log_that_fails():
+    """A warning whose logging raised (rclpy once refused it) killed the frame reader: the node then
+    served nothing. The reader must go on with the next note."""
+    import threading
+    from multiprocessing import Pipe
+    from types import SimpleNamespace
+
+    from delen_ros.ros.ingress import _FRAME, IngressPool
+    pool = object.__new__(IngressPool)   # the reader alone: no receiver processes
+    frames_r, frames_w = Pipe(duplex=False)
+    pool._processes = [SimpleNamespace(frames=frames_r, dead=False)]
+    pool._wake_r, pool._wake_w = os.pipe()
+    pool._closing, pool.ring_full, pool._warned = False, 0, 0.0
+    pool._rings, pool._cameras = {}, {}
+
+    def failing_log(level, text):
+        raise ValueError('Logger severity cannot be changed between calls.')
+    pool._log = failing_log
+    reader = threading.Thread(target=pool._read, daemon=True)
+    reader.start()
+    for _ in range(3):   # every slot busy: counted, and a warning that fails to log
+        frames_w.send_bytes(_FRAME.pack(b'F', 0, -1, 100, 0))
+        pool._warned = 0.0
+    assert wait_until(lambda: pool.ring_full == 3, timeout=5.0), f'the reader stopped after {pool.ring_full} note(s)'
+    assert reader.is_alive()
+    pool._closing = True
+    os.write(pool._wake_w, b'x')
+    reader.join(timeout=5.0)
+    os.close(pool._wake_r)
+    os.close(pool._wake_w)
+
+
+def test_one_logger_takes_every_severity_in_turn():
+    import rclpy.logging
+
+    from delen_ros.ros.node import log_at
+    logger = rclpy.logging.get_logger('delen_log_at_test')
+    for level in ('info', 'warning', 'error', 'info'):
+        log_at(logger, level, f'log_at: {level}')   # rclpy raises if one call site changes severity
+
+    def one_site(level):
+        getattr(logger, level)(f'one site: {level}')
+    one_site('info')
+    with pytest.raises(ValueError, match='severity'):
+        one_site('warning')   # why log_at has one call per severity

@@ -344,7 +344,10 @@ class IngressPool:
                     if not self._closing:
                         self._restart(proc)
                 except Exception as exc:  # noqa: BLE001 - one bad note must not stop the reader
-                    self._log('error', f'ingress: {type(exc).__name__}: {exc}')
+                    try:
+                        self._log('error', f'ingress: {type(exc).__name__}: {exc}')
+                    except Exception:  # noqa: BLE001 - nor a log that fails
+                        pass
 
     def _handle(self, note: bytes) -> None:
         kind = note[:1]

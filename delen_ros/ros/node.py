@@ -40,7 +40,7 @@ from .registry import Registry, StateStore
 from .rejections import RejectionLog, clean_message
 from .status_round import STATUS_PARTS, StatusRound
 
-__all__ = ['DelenNode', 'NODE_NAME', 'main']
+__all__ = ['DelenNode', 'NODE_NAME', 'log_at', 'main']
 
 NODE_NAME = 'delen'
 _MAX_STAMP_AGE_NS = 1_000_000_000   # older: not the camera's clock, or not live
@@ -107,7 +107,7 @@ class DelenNode(LifecycleNode):
             f'frames taken by {f"{processes} {self._ingress.kind} receiver process(es)" if processes else "the node itself"}')
 
     def _log(self, level: str, text: str) -> None:
-        getattr(self.get_logger(), level)(text)
+        log_at(self.get_logger(), level, text)
 
     def _profile_figure(self, field: str, k: int) -> float:
         """Exit ``k``'s figure for a bound written ``exit:K`` in the ``apps`` parameter."""
@@ -340,6 +340,18 @@ class DelenNode(LifecycleNode):
         return {'receiver_processes': ingress.processes, 'receiver': ingress.kind, 'receiver_restarts': ingress.restarts,
                 'frames_dropped_at_receivers': ingress.ring_full,
                 'rings_pinned': len(ingress.host_memory) if ingress.host_memory is not None else 0}
+
+
+def log_at(logger, level: str, text: str) -> None:
+    """``logger`` at ``level`` (``'error'``, ``'warning'``, else info). One call site per severity:
+    rclpy raises when one call site logs at another severity than before, which once killed the
+    frame reader (an info line, then a warning, through a single ``getattr(logger, level)`` call)."""
+    if level == 'error':
+        logger.error(text)
+    elif level == 'warning':
+        logger.warning(text)
+    else:
+        logger.info(text)
 
 
 def _gc_report() -> dict:
