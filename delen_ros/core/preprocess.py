@@ -195,8 +195,8 @@ class DevicePreprocessor:
             frame = HOST_MEMORY.copy_from(image, lambda: self._upload_in_place(image))
             if frame is not None:
                 return frame
-        # The lock guards the buffers' bookkeeping only: held across a copy, it kept the worker
-        # (waiting in _uploaded for it) behind this thread's back-to-back frames under overload.
+        # The lock guards the buffers' bookkeeping only, never a copy or a launch: held across them,
+        # it kept the worker (then waiting for it in _uploaded) behind this thread's frames.
         with self._upload_lock:
             self._drain_in_place()
             ring = self._frame_buffers.get(image.shape)
