@@ -385,7 +385,7 @@ class IngressPool:
             self._log('error', note[1:].decode(errors='replace'))
 
     def _pin(self, ring: FrameRing) -> None:
-        """Register ``ring`` with CUDA; the first outcome is logged (it decides the upload path)."""
+        """Register ``ring`` with CUDA; the outcome is logged when it changes (it decides the upload path)."""
         pinned = pinnable(ring.path) and self.host_memory.register(ring.address, ring.map_bytes)
         if self._pin_said is not pinned:
             self._pin_said = pinned
