@@ -1,6 +1,10 @@
 """The node's receiver processes, C (``delen_receiver``) against Python, in the same run.
 
     python benchmarks/receivers.py --out benchmarks/cpu/receivers      (needs the set-up's build)
+    python benchmarks/receivers.py --kinds native_copy,native --out benchmarks/cpu/receivers_in_slot
+
+Kinds: ``python``; ``native`` (the C receiver: frames taken straight into their ring slots);
+``native_copy`` (the C receiver with ``DELEN_RECEIVER_COPY=1``: taken into a buffer, then copied).
 
 The real node (fashion_mnist on the CPU, ``ingress_processes`` receivers) serves ``--cameras`` apps
 while a peer publishes 640x480 rgb8 frames at ``--rate`` Hz on each camera; each receiver kind runs
@@ -42,7 +46,11 @@ def _children(pid: int) -> list[int]:
 def run(kind: str, *, cameras: int, rate_hz: float, seconds: float, receivers: int, workdir: pathlib.Path) -> dict:
     from ros_helpers import ImageFeeder, node_and_peer, register_cameras
     from delen_ros.ros.conversions import array_to_image
-    os.environ['DELEN_RECEIVER'] = kind
+    os.environ['DELEN_RECEIVER'] = 'python' if kind == 'python' else 'native'
+    if kind == 'native_copy':
+        os.environ['DELEN_RECEIVER_COPY'] = '1'
+    else:
+        os.environ.pop('DELEN_RECEIVER_COPY', None)
     topics = [f'/bench/cam{i}' for i in range(cameras)]
     with node_and_peer(workdir, ingress_processes=receivers) as (node, peer):
         collectors = register_cameras(peer, topics)
@@ -75,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--receivers', type=int, default=2)
     p.add_argument('--rounds', type=int, default=2)
     p.add_argument('--out', type=pathlib.Path, default=REPO / 'out' / 'receivers')
+    p.add_argument('--kinds', default='python,native', help='alternated in each round: python, native, native_copy')
     args = p.parse_args(argv)
+    kinds = args.kinds.split(',')
     from delen_ros.ros.ingress import native_receiver
     if native_receiver() is None:
         print('receivers: no built delen_receiver (run scripts/setup.sh)', file=sys.stderr)
@@ -83,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for r in range(args.rounds):
-        for kind in ('python', 'native'):
+        for kind in kinds:
             res = run(kind, cameras=args.cameras, rate_hz=args.rate, seconds=args.seconds, receivers=args.receivers,
                       workdir=args.out / 'work' / f'{kind}{r}')
             print(json.dumps(res), flush=True)
@@ -92,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     def mean(kind: str, key: str) -> float:
         return float(np.mean([x[key] for x in runs if x['kind'] == kind]))
     summary = {k: {key: mean(k, key) for key in ('receivers_cpu_ms_per_frame', 'node_cpu_ms_per_frame',
-                                                  'latency_p50_ms', 'latency_p99_ms')} for k in ('python', 'native')}
-    summary['receiver_cpu_ratio_c_to_python'] = (summary['native']['receivers_cpu_ms_per_frame']
-                                                 / summary['python']['receivers_cpu_ms_per_frame'])
+                                                  'latency_p50_ms', 'latency_p99_ms')} for k in kinds}
+    for other in ('python', 'native_copy'):
+        if other in summary and 'native' in summary:
+            summary[f'receiver_cpu_ratio_native_to_{other}'] = (summary['native']['receivers_cpu_ms_per_frame']
+                                                                / summary[other]['receivers_cpu_ms_per_frame'])
     report = {'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs', 'args': {
         k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()},
         'runs': runs, 'summary': summary}
@@ -104,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        kinds = ['python', 'native']
-        axes[0].bar(['Python', 'C'], [summary[k]['receivers_cpu_ms_per_frame'] for k in kinds], color=['C0', 'C1'])
+        names = {'python': 'Python', 'native': 'C', 'native_copy': 'C, copied'}
+        labels, colours = [names[k] for k in kinds], [f'C{i}' for i in range(len(kinds))]
+        axes[0].bar(labels, [summary[k]['receivers_cpu_ms_per_frame'] for k in kinds], color=colours)
         axes[0].set_title('receivers: CPU ms per frame', fontsize=10)
-        axes[1].bar(['Python', 'C'], [summary[k]['latency_p50_ms'] for k in kinds], color=['C0', 'C1'])
+        axes[1].bar(labels, [summary[k]['latency_p50_ms'] for k in kinds], color=colours)
         axes[1].set_title('latency p50, stamp → result, ms', fontsize=10)
         fig.suptitle(f'{args.cameras} cameras, 640x480 @ {args.rate:g} Hz, {args.receivers} receivers', fontsize=10)
         fig.tight_layout()

@@ -1,8 +1,9 @@
 /* delen_receiver: a receiver process of the delen node, in C on rcl (see delen_ros/ros/ingress.py).
  *
  * Same job and protocol as the Python receiver, at a fraction of its CPU per frame: take camera
- * frames serialized (no message built), copy each into a slot of its camera's shared-memory ring
+ * frames serialized (no message built) straight into a free slot of its camera's shared-memory ring
  * (the layout of delen_ros/core/frame_ring.py), and send a note to the node over the frames pipe.
+ * DELEN_RECEIVER_COPY=1 takes each into a buffer first and copies it (one copy more, the A/B).
  *
  * Pipes carry multiprocessing.connection's framing: a 4-byte big-endian length, then the payload.
  *   control (node -> here):  "subscribe <camera> <depth> <sensor_data|reliable> <topic>" | "unsubscribe <camera>"
@@ -121,22 +122,22 @@ static int new_ring(Camera *c, size_t n) {
   return send_note(note, (uint32_t)(5 + len));
 }
 
-static void on_frame(Camera *c, const uint8_t *data, size_t n, uint64_t arrival) {
-  if (!c->map || n > c->slot_bytes) {
-    if (new_ring(c, n) != 0) return;
-  }
-  int32_t slot = -1;
-  uint8_t *state = c->map + HEADER_BYTES;
+static uint8_t *slot_at(const Camera *c, uint32_t s) {
+  return c->map + aligned(HEADER_BYTES + c->slots) + s * aligned(c->slot_bytes);
+}
+
+/* A free slot of the camera's ring (-1: none, or no ring yet). */
+static int32_t free_slot(const Camera *c) {
+  if (!c->map) return -1;
+  const uint8_t *state = c->map + HEADER_BYTES;
   for (uint32_t i = 0; i < c->slots; i++) {
     uint32_t s = (uint32_t)((c->next + i) % c->slots);
-    if (__atomic_load_n(&state[s], __ATOMIC_ACQUIRE) == 0) {
-      memcpy(c->map + aligned(HEADER_BYTES + c->slots) + s * aligned(c->slot_bytes), data, n);
-      __atomic_store_n(&state[s], 1, __ATOMIC_RELEASE);
-      c->next = (s + 1) % c->slots;
-      slot = (int32_t)s;
-      break;
-    }
+    if (__atomic_load_n(&state[s], __ATOMIC_ACQUIRE) == 0) return (int32_t)s;
   }
+  return -1;
+}
+
+static void send_frame_note(const Camera *c, int32_t slot, size_t n, uint64_t arrival) {
   uint8_t note[21];
   uint32_t bytes = (uint32_t)n;
   note[0] = 'F';
@@ -145,6 +146,71 @@ static void on_frame(Camera *c, const uint8_t *data, size_t n, uint64_t arrival)
   memcpy(note + 9, &bytes, 4);
   memcpy(note + 13, &arrival, 8);
   send_note(note, sizeof note);
+}
+
+static void on_frame(Camera *c, const uint8_t *data, size_t n, uint64_t arrival) {
+  if (!c->map || n > c->slot_bytes) {
+    if (new_ring(c, n) != 0) return;
+  }
+  int32_t slot = free_slot(c);
+  if (slot >= 0) {
+    memcpy(slot_at(c, (uint32_t)slot), data, n);
+    __atomic_store_n(&c->map[HEADER_BYTES + slot], 1, __ATOMIC_RELEASE);
+    c->next = ((uint32_t)slot + 1) % c->slots;
+  }
+  send_frame_note(c, slot, n, arrival);
+}
+
+/* Taking a frame straight into a ring slot: rmw copies it there, one copy fewer than into a
+   buffer of our own and then the slot. rmw grows the buffer (reallocate) when the frame is bigger
+   than the slot; then this allocator hands it fresh heap memory and leaves the slot alone. */
+static uint8_t *taking_into = NULL;
+static void *heap_allocate(size_t n, void *state) { (void)state; return malloc(n); }
+static void heap_deallocate(void *p, void *state) { (void)state; if (p != taking_into) free(p); }
+static void *slot_reallocate(void *p, size_t n, void *state) {
+  (void)state;
+  return p == taking_into ? malloc(n) : realloc(p, n);
+}
+static void *heap_zero_allocate(size_t count, size_t size, void *state) { (void)state; return calloc(count, size); }
+
+/* Take every waiting frame of camera c: into a free slot where there is one (unless copy_frames),
+   else into msg (no ring yet, or every slot busy), through on_frame. */
+static void take_frames(Camera *c, rcl_serialized_message_t *msg, int copy_frames) {
+  rcutils_allocator_t slot_allocator = {heap_allocate, heap_deallocate, slot_reallocate, heap_zero_allocate, NULL};
+  for (;;) {
+    int32_t slot = copy_frames ? -1 : free_slot(c);
+    rcl_serialized_message_t in_slot = rmw_get_zero_initialized_serialized_message();
+    rcl_serialized_message_t *into = msg;
+    if (slot >= 0) {
+      taking_into = slot_at(c, (uint32_t)slot);
+      in_slot.buffer = taking_into;
+      in_slot.buffer_capacity = c->slot_bytes;
+      in_slot.allocator = slot_allocator;
+      into = &in_slot;
+    }
+    rmw_message_info_t info = rmw_get_zero_initialized_message_info();
+    rcl_ret_t ret = rcl_take_serialized_message(&c->sub, into, &info, NULL);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t arrival = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    if (ret != RCL_RET_OK) {
+      if (into == &in_slot && in_slot.buffer != taking_into) free(in_slot.buffer);
+      taking_into = NULL;
+      rcl_reset_error();
+      return;
+    }
+    if (into == msg) {
+      on_frame(c, msg->buffer, msg->buffer_length, arrival);
+    } else if (in_slot.buffer == taking_into) {   /* in its slot already */
+      __atomic_store_n(&c->map[HEADER_BYTES + slot], 1, __ATOMIC_RELEASE);
+      c->next = ((uint32_t)slot + 1) % c->slots;
+      send_frame_note(c, slot, in_slot.buffer_length, arrival);
+    } else {                                        /* bigger than the slots: a new ring */
+      on_frame(c, in_slot.buffer, in_slot.buffer_length, arrival);
+      free(in_slot.buffer);
+    }
+    taking_into = NULL;
+  }
 }
 
 static Camera *find(uint32_t id) {
@@ -237,6 +303,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "delen_receiver: wait set: %s\n", rcl_get_error_string().str);
     return 1;
   }
+  const char *copy_env = getenv("DELEN_RECEIVER_COPY");   /* 1: take into a buffer, then copy (the A/B) */
+  int copy_frames = copy_env && strcmp(copy_env, "1") == 0;
   rcl_serialized_message_t msg = rmw_get_zero_initialized_serialized_message();
   rmw_serialized_message_init(&msg, 1 << 20, &alloc);
   int running = 1;
@@ -256,13 +324,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < MAX_CAMERAS; i++) {
           Camera *c = &cameras[i];
           if (!c->used || &c->sub != ws.subscriptions[s]) continue;
-          rmw_message_info_t info = rmw_get_zero_initialized_message_info();
-          while (rcl_take_serialized_message(&c->sub, &msg, &info, NULL) == RCL_RET_OK) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            on_frame(c, msg.buffer, msg.buffer_length, (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
-          }
-          rcl_reset_error();
+          take_frames(c, &msg, copy_frames);
         }
       }
     } else {

@@ -189,3 +189,27 @@ def test_one_logger_takes_every_severity_in_turn():
     one_site('info')
     with pytest.raises(ValueError, match='severity'):
         one_site('warning')   # why log_at has one call per severity
+
+
+@pytest.mark.skipif(native_receiver() is None, reason='the C receiver is not built here')
+def test_the_c_receiver_takes_frames_into_slots_and_grows_its_ring(tmp_path: pathlib.Path, monkeypatch):
+    """Frames are taken straight into ring slots; a bigger frame than the slots is taken aside and a
+    bigger ring made, and both sizes are answered intact."""
+    monkeypatch.delenv('DELEN_RECEIVER', raising=False)
+    monkeypatch.delenv('DELEN_RECEIVER_COPY', raising=False)
+    with node_and_peer(tmp_path, ingress_processes=1) as (node, peer):
+        assert wait_until(lambda: '1 C receiver process(es)' in node.log(), timeout=10.0), node.log()[-2000:]
+        [collector] = register_cameras(peer, ['/slots/cam'])
+        rng = np.random.default_rng(1)
+        small = array_to_image(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+        big = array_to_image(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+        feeder = ImageFeeder(peer, {'/slots/cam': [small]}, rate_hz=RATE_HZ, reliable=True)
+        assert wait_until(lambda: len(collector.messages()) >= 10, timeout=15.0), node.log()[-3000:]
+        feeder.set_frames('/slots/cam', [big])
+        time.sleep(1.0)                                   # frames of the old size still in flight
+        t_after = time.monotonic_ns()
+        assert wait_until(lambda: len(collector.messages(since_ns=t_after)) >= 10, timeout=15.0), \
+            f'no results after the frames grew past their slots\n{node.log()[-3000:]}'
+        feeder.stop()
+        assert 'malformed' not in node.log() and 'ended (exit' not in node.log(), node.log()[-3000:]
+        assert node.alive()
