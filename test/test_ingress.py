@@ -169,6 +169,10 @@ def test_the_reader_outlives_a_log_that_fails():
         pool._warned = 0.0
     assert wait_until(lambda: pool.ring_full == 3, timeout=5.0), f'the reader stopped after {pool.ring_full} note(s)'
     assert reader.is_alive()
+    pool._restart = lambda proc: (_ for _ in ()).throw(OSError('cannot start a receiver'))
+    frames_w.close()                                  # the receiver "died", and restarting it fails
+    time.sleep(0.2)
+    assert reader.is_alive(), 'a failed restart must not end the reader'
     pool._closing = True
     os.write(pool._wake_w, b'x')
     reader.join(timeout=5.0)

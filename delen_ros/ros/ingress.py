@@ -328,26 +328,36 @@ class IngressPool:
     # --- the reader thread ----------------------------------------------------------------------------
     def _read(self) -> None:
         while not self._closing:
-            by_conn = {p.frames: p for p in self._processes if not p.dead}
-            ready = wait([*by_conn, self._wake_r])
-            for conn in ready:
-                if conn == self._wake_r:
-                    os.read(self._wake_r, 64)
-                    continue
-                proc = by_conn[conn]
-                try:
-                    while True:   # drain what is there before waiting again
-                        self._handle(conn.recv_bytes())
-                        if not conn.poll():
-                            break
-                except (EOFError, OSError):
-                    if not self._closing:
-                        self._restart(proc)
-                except Exception as exc:  # noqa: BLE001 - one bad note must not stop the reader
-                    try:
-                        self._log('error', f'ingress: {type(exc).__name__}: {exc}')
-                    except Exception:  # noqa: BLE001 - nor a log that fails
-                        pass
+            try:
+                self._read_once()
+            except Exception as exc:  # noqa: BLE001 - the node serves nothing without this thread
+                self._report(exc)
+                time.sleep(0.01)   # an error that repeats does not spin
+
+    def _read_once(self) -> None:
+        by_conn = {p.frames: p for p in self._processes if not p.dead}
+        ready = wait([*by_conn, self._wake_r])
+        for conn in ready:
+            if conn == self._wake_r:
+                os.read(self._wake_r, 64)
+                continue
+            proc = by_conn[conn]
+            try:
+                while True:   # drain what is there before waiting again
+                    self._handle(conn.recv_bytes())
+                    if not conn.poll():
+                        break
+            except (EOFError, OSError):
+                if not self._closing:
+                    self._restart(proc)
+            except Exception as exc:  # noqa: BLE001 - one bad note must not stop the reader
+                self._report(exc)
+
+    def _report(self, exc: Exception) -> None:
+        try:
+            self._log('error', f'ingress: {type(exc).__name__}: {exc}')
+        except Exception:  # noqa: BLE001 - nor a log that fails (rclpy's once ended the reader)
+            pass
 
     def _handle(self, note: bytes) -> None:
         kind = note[:1]
