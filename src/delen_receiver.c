@@ -1,9 +1,9 @@
 /* delen_receiver: a receiver process of the delen node, in C on rcl (see delen_ros/ros/ingress.py).
  *
  * Same job and protocol as the Python receiver, at a fraction of its CPU per frame: take camera
- * frames serialized (no message built) straight into a free slot of its camera's shared-memory ring
+ * frames serialized (no message built), copy each into a slot of its camera's shared-memory ring
  * (the layout of delen_ros/core/frame_ring.py), and send a note to the node over the frames pipe.
- * DELEN_RECEIVER_COPY=1 takes each into a buffer first and copies it (one copy more, the A/B).
+ * DELEN_RECEIVER_IN_SLOT=1 takes each straight into a free slot instead (one copy fewer; opt-in).
  *
  * Pipes carry multiprocessing.connection's framing: a 4-byte big-endian length, then the payload.
  *   control (node -> here):  "subscribe <camera> <depth> <sensor_data|reliable> <topic>" | "unsubscribe <camera>"
@@ -303,8 +303,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "delen_receiver: wait set: %s\n", rcl_get_error_string().str);
     return 1;
   }
-  const char *copy_env = getenv("DELEN_RECEIVER_COPY");   /* 1: take into a buffer, then copy (the A/B) */
-  int copy_frames = copy_env && strcmp(copy_env, "1") == 0;
+  /* DELEN_RECEIVER_IN_SLOT=1: take frames straight into their slots (0.91 x the CPU here, but not yet
+     the default: see benchmarks/cpu/receivers_in_slot/README.md) */
+  const char *in_slot_env = getenv("DELEN_RECEIVER_IN_SLOT");
+  int copy_frames = !(in_slot_env && strcmp(in_slot_env, "1") == 0);
   rcl_serialized_message_t msg = rmw_get_zero_initialized_serialized_message();
   rmw_serialized_message_init(&msg, 1 << 20, &alloc);
   int running = 1;

@@ -509,3 +509,23 @@ class FakeClockNs:
 
     def __call__(self) -> int:
         return time.perf_counter_ns() + self.offset_ns
+
+
+def test_a_scheduling_error_does_not_end_the_worker():
+    c = Collector()
+    engine, _ = make_engine(c, queue_depth=8)
+    engine.set_app('a', Bounds(max_latency_ms=LOOSE_MS))
+    next_batch, calls = engine._scheduler.next_batch, []
+
+    def fails_once(now):
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError('a scheduler bug')
+        return next_batch(now)
+    engine._scheduler.next_batch = fails_once
+    with engine:
+        engine.submit(['a'], fake_image(0))
+        engine.submit(['a'], fake_image(1))
+        results = c.wait(2, timeout=10)
+    assert engine.worker_errors == 1
+    assert len(results) == 2 and all(r.app_id == 'a' for r in results), 'serving went on after the error'

@@ -197,10 +197,10 @@ def test_one_logger_takes_every_severity_in_turn():
 
 @pytest.mark.skipif(native_receiver() is None, reason='the C receiver is not built here')
 def test_the_c_receiver_takes_frames_into_slots_and_grows_its_ring(tmp_path: pathlib.Path, monkeypatch):
-    """Frames are taken straight into ring slots; a bigger frame than the slots is taken aside and a
-    bigger ring made, and both sizes are answered intact."""
+    """DELEN_RECEIVER_IN_SLOT=1: frames are taken straight into ring slots; a bigger frame than the
+    slots is taken aside and a bigger ring made, and both sizes are answered intact."""
     monkeypatch.delenv('DELEN_RECEIVER', raising=False)
-    monkeypatch.delenv('DELEN_RECEIVER_COPY', raising=False)
+    monkeypatch.setenv('DELEN_RECEIVER_IN_SLOT', '1')   # the node's environment comes from this one
     with node_and_peer(tmp_path, ingress_processes=1) as (node, peer):
         assert wait_until(lambda: '1 C receiver process(es)' in node.log(), timeout=10.0), node.log()[-2000:]
         [collector] = register_cameras(peer, ['/slots/cam'])

@@ -468,6 +468,7 @@ class Engine:
         # Raw frames go up as uint8 and are resized there: 4x fewer bytes than a float batch, and
         # the CPU (and the GIL) stays free for the node's callbacks.
         self._upload_ahead = upload_ahead
+        self.worker_errors = 0   # failures of the worker outside a step (logged, at most every 5 s)
         self._device_pre = DevicePreprocessor(
             self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
             memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)
@@ -1025,38 +1026,53 @@ class Engine:
             # The current device is per thread: graphs and default-device ops of this worker must
             # go to its own GPU, not cuda:0, when one process drives several.
             torch.cuda.set_device(device)
+        logged = -math.inf
         while True:
-            with self._cond:
-                while not self._stopping and not self._scheduler.pending():
-                    self._idle = True
-                    self._cond.wait()
-                self._idle = False
-                if self._stopping:
+            try:
+                if not self._serve_once():
                     return
-                t0 = time.perf_counter_ns()
-                schedule = self._scheduler.next_batch(self.clock())
-                decision_ns = time.perf_counter_ns() - t0
-                for r in schedule.dropped:
-                    app = self._apps.get(r.app_id)
-                    if app is not None:
-                        app.dropped_late += 1
-                        app.w_dropped += 1
-                        app.w_late_dropped += 1
-            for r in schedule.expired:   # were waiting in flight, not running: nothing to release
-                self._finish(r, expired=True)
-            if schedule.batch is not None:
-                try:
-                    self._execute(schedule.batch, decision_ns)
-                except Exception:  # noqa: BLE001 -- one bad batch must not kill the server
-                    _log.exception('step %d failed for %d requests; dropped', schedule.batch.step,
-                                   len(schedule.batch.requests))
-                    with self._cond:
-                        self._scheduler.finished(len(schedule.batch.requests))
-                        for r in schedule.batch.requests:
-                            app = self._apps.get(r.app_id)
-                            if app is not None:
-                                app.failed += 1
-                                app.w_dropped += 1
+            except Exception:  # noqa: BLE001 -- without this thread nothing is served, so it goes on
+                self.worker_errors += 1
+                if time.monotonic() - logged >= 5.0:
+                    logged = time.monotonic()
+                    _log.exception('the engine worker failed outside a step (%d so far); serving goes on',
+                                   self.worker_errors)
+                time.sleep(0.01)   # an error that repeats does not spin
+
+    def _serve_once(self) -> bool:
+        """Wait for work, then schedule and run one batch; false once the engine is stopping."""
+        with self._cond:
+            while not self._stopping and not self._scheduler.pending():
+                self._idle = True
+                self._cond.wait()
+            self._idle = False
+            if self._stopping:
+                return False
+            t0 = time.perf_counter_ns()
+            schedule = self._scheduler.next_batch(self.clock())
+            decision_ns = time.perf_counter_ns() - t0
+            for r in schedule.dropped:
+                app = self._apps.get(r.app_id)
+                if app is not None:
+                    app.dropped_late += 1
+                    app.w_dropped += 1
+                    app.w_late_dropped += 1
+        for r in schedule.expired:   # were waiting in flight, not running: nothing to release
+            self._finish(r, expired=True)
+        if schedule.batch is not None:
+            try:
+                self._execute(schedule.batch, decision_ns)
+            except Exception:  # noqa: BLE001 -- one bad batch must not kill the server
+                _log.exception('step %d failed for %d requests; dropped', schedule.batch.step,
+                               len(schedule.batch.requests))
+                with self._cond:
+                    self._scheduler.finished(len(schedule.batch.requests))
+                    for r in schedule.batch.requests:
+                        app = self._apps.get(r.app_id)
+                        if app is not None:
+                            app.failed += 1
+                            app.w_dropped += 1
+        return True
 
     def _padded_size(self, n: int) -> int:
         for size in self._pad_sizes:

@@ -330,7 +330,8 @@ class DelenNode(LifecycleNode):
                 'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
                 'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(round_.stats), 'cameras': len(round_.cameras),
                 'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
-                **served.engine.graph_report(), 'status_tick_ms': f'{round_.longest_tick_ms:.2f}',
+                **served.engine.graph_report(), 'engine_worker_errors': served.engine.worker_errors,
+                'status_tick_ms': f'{round_.longest_tick_ms:.2f}',
                 **self._ingress_report(), **_gc_report()}))
 
     def _ingress_report(self) -> dict:
