@@ -468,12 +468,12 @@ class Engine:
         # Raw frames go up as uint8 and are resized there: 4x fewer bytes than a float batch, and
         # the CPU (and the GIL) stays free for the node's callbacks.
         self._upload_ahead = upload_ahead
-        self.worker_errors = 0   # failures of the worker outside a step (logged, at most every 5 s)
         self._device_pre = DevicePreprocessor(
             self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
             memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)
             else torch.contiguous_format) if cuda and device_preprocess else None
         self._reset_worker_stats()
+        self.worker_errors = 0   # failures of the worker outside a step (logged, at most every 5 s)
 
     # --- apps -----------------------------------------------------------------------------------------
     def set_app(self, app_id: str, bounds: Bounds, *, late_policy: LatePolicy | str = LatePolicy.SERVE_FASTEST,
