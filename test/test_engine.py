@@ -529,3 +529,58 @@ def test_a_scheduling_error_does_not_end_the_worker():
         results = c.wait(2, timeout=10)
     assert engine.worker_errors == 1
     assert len(results) == 2 and all(r.app_id == 'a' for r in results), 'serving went on after the error'
+
+
+class UploadRecorder:
+    """A device preprocessor stand-in: records the frames uploaded ahead and which came to the
+    worker un-uploaded; preprocesses on the CPU."""
+
+    def __init__(self, info):
+        self.info = info
+        self.ahead: list[int] = []    # class ids of the frames uploaded on arrival
+        self.by_worker: list[int] = []
+
+    def upload(self, image):
+        self.ahead.append(int(image[0, 0]))
+        return torch.from_numpy(image.copy())
+
+    def __call__(self, images):
+        from delen_ros.core.preprocess import preprocess
+        self.by_worker += [int(im[0, 0]) for im in images if isinstance(im, np.ndarray)]
+        return preprocess([im.numpy() if isinstance(im, torch.Tensor) else im for im in images], self.info)
+
+
+def test_frames_of_an_app_the_worker_is_behind_are_not_uploaded_ahead():
+    """Receive livelock: beyond its capacity the node uploaded every frame on arrival, most of them
+    to be pushed out unserved. An app whose queue pushes frames out gets its frames uploaded by the
+    worker, only the ones it takes; an app keeping up keeps its frames uploaded on arrival."""
+    c = Collector()
+    clock = FakeClockNs()
+    engine, _ = make_engine(c, queue_depth=1, clock=clock)
+    engine._device_pre = recorder = UploadRecorder(engine.info)
+    engine.set_app('behind', Bounds())
+    engine.set_app('keeping_up', Bounds())
+    engine.submit(['behind'], fake_image(0))       # uploaded: nothing pushed out yet
+    engine.submit(['behind'], fake_image(1))       # uploaded, and pushes frame 0 out
+    engine.submit(['behind'], fake_image(2))       # behind now: waits for the worker
+    engine.submit(['keeping_up'], fake_image(3))   # its own queue is fine
+    engine.submit(['behind', 'keeping_up'], fake_image(1))   # one of its apps keeps up: uploaded
+    assert recorder.ahead == [0, 1, 3, 1]
+    clock.offset_ns += 600_000_000                 # nothing pushed out for longer than 0.5 s
+    engine.submit(['behind'], fake_image(2))
+    assert recorder.ahead == [0, 1, 3, 1, 2]
+    engine.submit(['behind'], fake_image(3))       # pushed frame 2 out: behind again
+    with engine:
+        results = c.wait(2)
+    assert sorted((r.app_id, r.class_id) for r in results) == [('behind', 3), ('keeping_up', 1)]
+    assert recorder.by_worker == [3]               # the worker uploaded the frame it took itself
+
+
+def test_every_frame_is_uploaded_ahead_when_asked():
+    c = Collector()
+    engine, _ = make_engine(c, queue_depth=1, ahead_when_behind=True)
+    engine._device_pre = recorder = UploadRecorder(engine.info)
+    engine.set_app('a', Bounds())
+    for i in range(4):
+        engine.submit(['a'], fake_image(i))
+    assert recorder.ahead == [0, 1, 2, 3]

@@ -175,6 +175,17 @@ def test_frames_in_a_registered_ring_upload_in_place_and_free_their_slot_when_do
         torch.cuda.synchronize()
         pre.upload(smooth.copy())                     # outside the ring: staged, and drains finished copies
         assert not pre._in_place and reader.busy() == 0
+        # a slot's frame handed to the batch itself (not uploaded ahead): copied from the slot too
+        slot = writer.write(smooth.tobytes())
+        frame = np.frombuffer(reader.view(slot, smooth.nbytes), np.uint8).reshape(smooth.shape)
+        staged = len(pre._staging)
+        x = pre([frame, smooth.copy()])
+        assert len(pre._in_place) == 1 and len(pre._staging) == staged + 1, 'the ring frame in place, the other staged'
+        torch.testing.assert_close(x.cpu(), preprocess([smooth, smooth], RGB), atol=0.05, rtol=0)
+        del frame
+        torch.cuda.synchronize()
+        pre.upload(smooth.copy())
+        assert not pre._in_place and reader.busy() == 0
     finally:
         HOST_MEMORY.unregister(reader.address)
     assert len(HOST_MEMORY) == 0

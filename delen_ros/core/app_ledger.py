@@ -31,6 +31,7 @@ class AppLedger:
         self.fit_checks = 0      # consecutive re-checks that found it fitting, while demoted
         self.demoted = False     # served after the other apps (Scheduler.set_best_effort)
         self.first_frame_ns: int | None = None
+        self.evicted_ns: int | None = None   # when a newer frame last pushed one of its frames out
         self.frames_in = self.results_out = self.dropped_overflow = self.dropped_late = self.expired = self.failed = 0
         self.dropped_malformed = self.served_late = 0
         self.results: collections.deque[tuple[float, float, float, int, bool, bool, bool]] = \

@@ -77,6 +77,9 @@ __all__ = ['Result', 'AppStats', 'WorkerStats', 'Engine', 'make_runner']
 
 _log = logging.getLogger(__name__)
 _NS_PER_MS = 1_000_000
+# An app whose queue pushed a frame out this recently is behind: its frames wait for the worker to
+# upload them (see Engine._uploads_ahead).
+_BEHIND_NS = 500_000_000
 _RISK_LOG_REPEAT_NS = 60_000_000_000   # the re-check's warning: on every change, else at most this often
 
 
@@ -327,6 +330,9 @@ class Engine:
     :param upload_ahead: with device preprocessing, :meth:`submit` starts each frame's upload
         (staging copy included) in the caller's thread, so the worker only converts frames already
         on the device; false: the worker stages and uploads each batch itself.
+    :param ahead_when_behind: upload ahead even the frames of apps whose queues push frames out
+        (the worker is behind them); false (default): those wait for the worker to upload the ones
+        it takes (see :meth:`_uploads_ahead`).
     :param external_delivery: the caller delivers results itself with :meth:`deliver` (the ROS
         layer, at publication); false: the engine delivers each result just before ``on_result``.
     :param admission_control: refuse apps that would make the set unschedulable (see
@@ -362,7 +368,8 @@ class Engine:
                  overhead_prior_ms: float = 1.0, transport_prior_ms: float = 0.0,
                  rate_prior_hz: float = admission.DEFAULT_RATE_HZ, external_delivery: bool = False,
                  admission_control: bool = True, utilisation_limit: float = 0.9, admission_headroom: float = 0.1,
-                 delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, fuse_steps: bool = True,
+                 delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
+                 fuse_steps: bool = True,
                  demote_after: int = 3, restore_after: int = 2):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
@@ -468,6 +475,7 @@ class Engine:
         # Raw frames go up as uint8 and are resized there: 4x fewer bytes than a float batch, and
         # the CPU (and the GIL) stays free for the node's callbacks.
         self._upload_ahead = upload_ahead
+        self._ahead_when_behind = ahead_when_behind
         self._device_pre = DevicePreprocessor(
             self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
             memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)
@@ -750,7 +758,7 @@ class Engine:
         """
         image = check_image(image)
         shape = tuple(image.shape)
-        if self._upload_ahead and self._device_pre is not None and any(a in self._apps for a in app_ids):
+        if self._upload_ahead and self._device_pre is not None and self._uploads_ahead(app_ids):
             try:   # start its upload now, off the worker; the caller's buffer is free on return
                 image = self._device_pre.upload(image)
             except RuntimeError:   # e.g. out of device memory: the worker stages it, as before
@@ -779,12 +787,32 @@ class Engine:
                 if evicted is not None:
                     app.dropped_overflow += 1
                     app.w_dropped += 1
+                    app.evicted_ns = now
                 queued += 1
             if arrival_ns is not None:
                 self._age.add(shape, (now - arrival) / _NS_PER_MS, now, app_settled=settled)
             if queued:
                 self._cond.notify()
         return queued
+
+    def _uploads_ahead(self, app_ids: Sequence[str]) -> bool:
+        """Whether a frame for ``app_ids`` is worth uploading now, in the caller's thread: yes for
+        a registered app that has not had a frame pushed out of its queue in the last ``_BEHIND_NS``.
+
+        When the worker is behind an app, most of its frames are pushed out by newer ones before the
+        worker takes them: uploading each on arrival spends the node's GIL on frames never served,
+        in proportion to the frames offered, and beyond its capacity the node served fewer results
+        the more frames came (receive livelock). Those frames keep their buffers (a receiver's slot)
+        until the worker takes them and uploads them with their batch, or a newer one pushes them out.
+        Read without the lock: a stale answer costs one upload more or less.
+        """
+        now = self.clock()
+        for app_id in app_ids:
+            app = self._apps.get(app_id)
+            if app is not None and (self._ahead_when_behind or app.evicted_ns is None
+                                    or now - app.evicted_ns > _BEHIND_NS):
+                return True
+        return False
 
     # --- life cycle -----------------------------------------------------------------------------------
     def warm_up(self, *, reps: int = 3, background_capture: bool | None = None) -> None:

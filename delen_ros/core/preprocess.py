@@ -191,10 +191,9 @@ class DevicePreprocessor:
         ring) is uploaded from where it is, and held until the copy is done.
         """
         image = check_image(image)
-        if image.flags.c_contiguous and image.flags.writeable:
-            frame = HOST_MEMORY.copy_from(image, lambda: self._upload_in_place(image))
-            if frame is not None:
-                return frame
+        frame = self._from_registered(image)
+        if frame is not None:
+            return frame
         # The lock guards the buffers' bookkeeping only, never a copy or a launch: held across them,
         # it kept the worker (then waiting for it in _uploaded) behind this thread's frames.
         with self._upload_lock:
@@ -224,6 +223,12 @@ class DevicePreprocessor:
         with self._upload_lock:
             ring.append((buffer, done))
         return frame
+
+    def _from_registered(self, image: np.ndarray) -> torch.Tensor | None:
+        """``image``'s upload started from where it is, if it lies in registered host memory; else None."""
+        if not (image.flags.c_contiguous and image.flags.writeable):
+            return None
+        return HOST_MEMORY.copy_from(image, lambda: self._upload_in_place(image))
 
     def _launch(self, host: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
         """Queue ``host``'s copy to the device on the upload stream; the device tensor, and an event
@@ -271,6 +276,12 @@ class DevicePreprocessor:
         """The model's input batch for ``images`` (uint8 RGB or grey, any sizes: host arrays, or
         device tensors from :meth:`upload`), on the device."""
         images = [im if isinstance(im, torch.Tensor) else check_image(im, index=i) for i, im in enumerate(images)]
+        # frames the caller did not upload ahead (e.g. a frame ring's slot): from where they are if
+        # they can be, else staged with the others of their shape
+        for i, im in enumerate(images):
+            frame = None if isinstance(im, torch.Tensor) else self._from_registered(im)
+            if frame is not None:
+                images[i] = frame
         groups: dict[tuple[object, ...], list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault((isinstance(im, torch.Tensor), *im.shape), []).append(i)

@@ -154,7 +154,9 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           fuse_steps=params.fuse_steps,
                           delivery_allowance_ms=params.delivery_allowance_ms,
                           admission_headroom=params.admission_headroom,
-                          upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0')
+                          upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0',
+                          # an A/B: every frame uploaded on arrival, as before session 12
+                          ahead_when_behind=os.environ.get('DELEN_UPLOAD_WHEN_BEHIND') == '1')
             if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run
                 built.split_runs_for = 'earlier'
             if os.environ.get('DELEN_CORRECTOR_PER_BATCH') == '1':   # an A/B: step times learnt per batch size

@@ -25,6 +25,8 @@
 #   sat        throughput at saturation (issue 8: served >= 0.9 x the engine): NS_SAT (32) cameras at each of
 #              RATES_SAT ("60 120") Hz, POLICIES_SAT (always_final, full depth as the engine bench), the engine
 #              bench first (ENGINE_SAT=1); one folder per rate, sat_<rate>/; SAT_EXTRA (e.g. --no-echo)
+#   ahead      DELEN_UPLOAD_WHEN_BEHIND=1: every frame uploaded on arrival, also for apps the worker is behind
+#              (before session 12); NS_SAT cameras at each of RATES_AHEAD ("90 120") Hz, POLICIES_SAT, no echo
 #   nopin      DELEN_PIN_RINGS=0: frames staged through pinned buffers, not uploaded from their registered
 #              rings; NS_SAT cameras at RATE_NOPIN (60) Hz, POLICIES_SAT, no echo
 #   admission  the same cameras and bounds (NS_ADM 16, BOUNDS_ADM 5,10,33), delen, registered twice (issue 10):
@@ -147,6 +149,17 @@ if ! skip sat; then
     TOTAL_S="$share" ENGINE="$engine" NS="${NS_SAT:-32}" RATE="$rate" \
       POLICIES="${POLICIES_SAT:-always_final}" EXTRA="${SAT_EXTRA:-}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/sat_$rate"
     engine=0
+  done
+fi
+# the A/B of session 12's load shedding: every frame uploaded on arrival, even for apps the worker is
+# behind (DELEN_UPLOAD_WHEN_BEHIND=1, as before); NS_SAT cameras at each of RATES_AHEAD ("90 120") Hz, no echo
+if ! skip ahead; then
+  rates=(${RATES_AHEAD:-90 120})
+  for i in "${!rates[@]}"; do
+    rate=${rates[$i]}
+    share=$(( ($(left) - 5 - ${AFTER_AHEAD_S:-150}) / (${#rates[@]} - i) ))
+    DELEN_UPLOAD_WHEN_BEHIND=1 TOTAL_S="$share" ENGINE=0 NS="${NS_SAT:-32}" RATE="$rate" \
+      POLICIES="${POLICIES_SAT:-always_final}" EXTRA="--no-echo" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/ahead_$rate"
   done
 fi
 # the same without registering the frame rings with CUDA (each frame staged through a pinned buffer, as before session 11)
