@@ -102,3 +102,23 @@ def test_only_tmpfs_files_are_pinnable(tmp_path):
     if os.path.isdir('/dev/shm'):
         assert pinnable('/dev/shm/delen-frames-x') == (os.system('grep -q " /dev/shm tmpfs " /proc/self/mounts') == 0)
     assert not pinnable('/proc/self/status'), 'procfs is no tmpfs'
+
+
+def test_several_frames_are_copied_by_one_launch_only_if_all_are_registered():
+    driver, block = FakeDriver(), np.zeros(1000, np.uint8)
+    memory = _memory(driver)
+    assert not memory.holds(block[:10])
+    memory.register(_address(block[0:]), 300)     # bytes 0..299
+    memory.register(_address(block[500:]), 300)   # bytes 500..799
+    assert memory.holds(block[10:20]) and memory.holds(block[500:800]) and not memory.holds(block[290:310])
+    log, event = [], FakeEvent([])
+
+    def launch():
+        log.append('launched')
+        return 'batch', event
+    assert memory.copy_all_from([block[0:100], block[600:700]], launch) == 'batch'   # two ranges, one launch
+    assert memory.copy_all_from([block[0:100], block[350:360]], launch) is None      # one outside: none
+    assert memory.copy_all_from([], launch) is None
+    assert log == ['launched']
+    memory.unregister(_address(block[500:]))       # waits for the launch's event, which covers that range too
+    assert event.log == ['synchronized']

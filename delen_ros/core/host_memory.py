@@ -20,11 +20,11 @@ import bisect
 import ctypes
 import os
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ['HostMemory', 'HOST_MEMORY', 'cuda_host_api', 'pinnable']
+__all__ = ['HostMemory', 'HOST_MEMORY', 'cuda_host_api', 'pinnable', 'raw_copy_api']
 
 def pinnable(path: str) -> bool:
     """Whether a file mapped from ``path`` can be registered: it is on a ``tmpfs`` (``/dev/shm``).
@@ -44,16 +44,53 @@ def pinnable(path: str) -> bool:
     return kind == 'tmpfs'
 
 
+def _loaded_cudart() -> ctypes.CDLL | None:
+    """The CUDA runtime library torch loaded in this process (the same instance: same per-thread
+    device, same streams), or ``None`` where there is none to find (torch built with it inside)."""
+    try:
+        with open('/proc/self/maps') as maps:
+            path = next((line.split()[-1] for line in maps if '/libcudart' in line), None)
+        return None if path is None else ctypes.CDLL(path)
+    except OSError:
+        return None
+
+
 def _clear_cuda_error() -> None:
     """Reset the CUDA runtime's last error after a refused registration; torch would otherwise
     report it at its next kernel launch on this thread."""
     try:
-        with open('/proc/self/maps') as maps:
-            path = next((line.split()[-1] for line in maps if '/libcudart' in line), None)
-        if path is not None:
-            ctypes.CDLL(path).cudaGetLastError()
-    except (OSError, AttributeError):
+        cudart = _loaded_cudart()
+        if cudart is not None:
+            cudart.cudaGetLastError()
+    except AttributeError:
         pass
+
+
+_H2D = 1   # cudaMemcpyHostToDevice
+
+
+def raw_copy_api() -> Callable[[int, int, int, int], bool] | None:
+    """``copy(device_address, host_address, nbytes, stream_handle)``: one ``cudaMemcpyAsync`` host to
+    device on the runtime torch loaded, true on success; ``None`` where that runtime cannot be
+    reached (or ``DELEN_RAW_COPY=0``). A few microseconds a frame where a torch copy takes ~30 of
+    the calling thread (allocation, dispatch, stream bookkeeping): the frame reader's and the
+    worker's uploads are made of them."""
+    if os.environ.get('DELEN_RAW_COPY') == '0':
+        return None
+    cudart = _loaded_cudart()
+    memcpy = getattr(cudart, 'cudaMemcpyAsync', None)
+    if memcpy is None:
+        return None
+    memcpy.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p)
+    memcpy.restype = ctypes.c_int
+
+    def copy(device_address: int, host_address: int, nbytes: int, stream: int) -> bool:
+        if memcpy(device_address, host_address, nbytes, _H2D, stream) == 0:
+            return True
+        cudart.cudaGetLastError()   # not torch's to report: the caller copies the frame another way
+        return False
+
+    return copy
 
 
 def cuda_host_api() -> tuple[Callable[[int, int], bool], Callable[[int], bool]] | None:
@@ -131,16 +168,35 @@ class HostMemory:
         The lock is held across the launch, so that :meth:`unregister` waits for every copy that
         found the range registered.
         """
-        if not self._starts:
+        return self.copy_all_from((array,), launch)
+
+    def copy_all_from(self, arrays: Sequence[np.ndarray], launch: Callable[[], tuple[Any, Any]]) -> Any | None:
+        """:meth:`copy_from` for several arrays copied by one ``launch`` (one event): ``None``, and
+        nothing launched, unless every one of them lies wholly in a registered range."""
+        if not self._starts or not arrays:
             return None
+        with self._lock:
+            starts = set()
+            for array in arrays:
+                first = array.__array_interface__['data'][0]
+                i = bisect.bisect_right(self._starts, first) - 1
+                if i < 0 or first + array.nbytes > self._ranges[self._starts[i]][0]:
+                    return None
+                starts.add(self._starts[i])
+            result, event = launch()
+            for start in starts:
+                self._ranges[start][1] = event
+            return result
+
+    def holds(self, array: np.ndarray) -> bool:
+        """Whether ``array`` lies wholly in a registered range now (a hint: it may be unregistered
+        next; :meth:`copy_all_from` checks again under the lock)."""
+        if not self._starts:
+            return False
         first = array.__array_interface__['data'][0]
         with self._lock:
             i = bisect.bisect_right(self._starts, first) - 1
-            if i < 0 or first + array.nbytes > self._ranges[self._starts[i]][0]:
-                return None
-            result, event = launch()
-            self._ranges[self._starts[i]][1] = event
-            return result
+            return i >= 0 and first + array.nbytes <= self._ranges[self._starts[i]][0]
 
     def __len__(self) -> int:
         return len(self._starts)

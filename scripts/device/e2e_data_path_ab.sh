@@ -27,6 +27,8 @@
 #              bench first (ENGINE_SAT=1); one folder per rate, sat_<rate>/; SAT_EXTRA (e.g. --no-echo)
 #   ahead      DELEN_UPLOAD_WHEN_BEHIND=1: every frame uploaded on arrival, also for apps the worker is behind
 #              (before session 12); NS_SAT cameras at each of RATES_AHEAD ("90 120") Hz, POLICIES_SAT, no echo
+#   sat_ab     the environment SAT_AB_ENV (e.g. DELEN_RAW_COPY=0) on NS_SAT cameras at each of RATES_SAT_AB ("120") Hz,
+#              POLICIES_SAT, no echo
 #   nopin      DELEN_PIN_RINGS=0: frames staged through pinned buffers, not uploaded from their registered
 #              rings; NS_SAT cameras at RATE_NOPIN (60) Hz, POLICIES_SAT, no echo
 #   admission  the same cameras and bounds (NS_ADM 16, BOUNDS_ADM 5,10,33), delen, registered twice (issue 10):
@@ -160,6 +162,17 @@ if ! skip ahead; then
     share=$(( ($(left) - 5 - ${AFTER_AHEAD_S:-150}) / (${#rates[@]} - i) ))
     DELEN_UPLOAD_WHEN_BEHIND=1 TOTAL_S="$share" ENGINE=0 NS="${NS_SAT:-32}" RATE="$rate" \
       POLICIES="${POLICIES_SAT:-always_final}" EXTRA="--no-echo" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/ahead_$rate"
+  done
+fi
+# any other A/B at saturation: the environment SAT_AB_ENV (e.g. DELEN_RAW_COPY=0) on NS_SAT cameras at each
+# of RATES_SAT_AB ("120") Hz, no echo; one folder per rate, sat_ab_<rate>/
+if ! skip sat_ab; then
+  rates=(${RATES_SAT_AB:-120})
+  for i in "${!rates[@]}"; do
+    rate=${rates[$i]}
+    share=$(( ($(left) - 5 - ${AFTER_SAT_AB_S:-150}) / (${#rates[@]} - i) ))
+    env ${SAT_AB_ENV:-} TOTAL_S="$share" ENGINE=0 NS="${NS_SAT:-32}" RATE="$rate" \
+      POLICIES="${POLICIES_SAT:-always_final}" EXTRA="--no-echo" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/sat_ab_$rate"
   done
 fi
 # the same without registering the frame rings with CUDA (each frame staged through a pinned buffer, as before session 11)
