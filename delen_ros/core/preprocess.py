@@ -275,8 +275,15 @@ class DevicePreprocessor:
 
     def _drain_in_place(self) -> None:
         """Let go of frames whose in-place copy is done: their slots go back to the receivers (in
-        order of launch, on one stream). Under ``_upload_lock``."""
-        while self._in_place and self._in_place[0][1].query():
+        order of launch, on one stream). Under ``_upload_lock``. A batch's frames share one event:
+        it is asked once."""
+        done_seen = None
+        while self._in_place:
+            done = self._in_place[0][1]
+            if done is not done_seen:
+                if not done.query():
+                    return
+                done_seen = done
             self._in_place.popleft()
 
     def _uploaded(self, stack: Sequence[torch.Tensor]) -> torch.Tensor:
