@@ -302,10 +302,11 @@ class IngressPool:
         except OSError:   # it died: the reader notices and restarts it with its cameras
             pass
 
-    def subscribe(self, camera: Any) -> IngressSubscription:
-        """Have the least loaded receiver take ``camera`` (``camera.topic``: an absolute topic)."""
+    def subscribe(self, camera: Any, *, avoid: int | None = None) -> IngressSubscription:
+        """Have the least loaded receiver take ``camera`` (``camera.topic``: an absolute topic);
+        ``avoid``: a receiver's index not to take it unless it is the only one."""
         with self._lock:
-            proc = min(self._processes, key=lambda p: (p.dead, len(p.cameras)))
+            proc = min(self._processes, key=lambda p: (p.dead, p.index == avoid, len(p.cameras)))
             camera_id, self._next_id = self._next_id, self._next_id + 1
             self._cameras[camera_id] = (camera, proc.index)
             proc.cameras.add(camera_id)

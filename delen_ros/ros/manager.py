@@ -38,7 +38,8 @@ class Camera:
     app_ids: tuple[str, ...] = ()
     counters: CameraCounters = dataclasses.field(default_factory=CameraCounters)
     subscription: Any = None
-    quiet_s: float = 0.0
+    quiet_s: float = 0.0            # how long no frame came (the node's status tick keeps it)
+    resubscribe_after_s: float = 0.0   # quiet this long, it is subscribed afresh (again)
 
 
 class AppManager:
@@ -127,11 +128,11 @@ class AppManager:
             if topic in self.cameras:
                 self.cameras[topic].app_ids = app_ids
 
-    def subscribe(self, camera: Camera) -> None:
+    def subscribe(self, camera: Camera, *, avoid_receiver: int | None = None) -> None:
         # A few frames of DDS history: a short stall of the executor then loses no frame unseen; the
         # engine keeps the newest (queue_depth) and counts the rest as dropped, with their reason.
         if camera.subscription is None and self._ingress is not None:
-            camera.subscription = self._ingress.subscribe(camera)
+            camera.subscription = self._ingress.subscribe(camera, avoid=avoid_receiver)
         elif camera.subscription is None:
             # raw: the callback gets the serialized bytes and views the pixels in place (no Python
             # message to build: ~0.6 ms of the GIL saved per 640x480 frame).
@@ -145,6 +146,17 @@ class AppManager:
         elif camera.subscription is not None:
             self._node.destroy_subscription(camera.subscription)
         camera.subscription = None
+
+    def resubscribe(self, camera: Camera) -> str:
+        """Subscribe ``camera`` afresh, through another receiver process where there are several:
+        its publishers are there but none of its frames came (a DDS match that failed in one
+        receiver -- Fast DDS's type lookup has refused one -- or a receiver that hangs). Returns
+        where it went, for the log."""
+        before = getattr(camera.subscription, 'process', None)
+        self.unsubscribe(camera)
+        self.subscribe(camera, avoid_receiver=before)
+        after = getattr(camera.subscription, 'process', None)
+        return 'in the node' if after is None else f'through receiver {after} (was {before})'
 
     def restore(self, initial: Sequence[AppConfig]) -> None:
         """The ``apps`` parameter's apps, then the state file's (which win on the same id)."""

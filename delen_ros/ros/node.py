@@ -45,6 +45,7 @@ __all__ = ['DelenNode', 'NODE_NAME', 'log_at', 'main']
 NODE_NAME = 'delen'
 _MAX_STAMP_AGE_NS = 1_000_000_000   # older: not the camera's clock, or not live
 _QUIET_WARNING_S = 3.0           # a camera with publishers but no frames for this long is reported
+_RESUBSCRIBE_MAX_S = 60.0        # ... and subscribed afresh, then again after twice as long, at least this often
 
 
 class DelenNode(LifecycleNode):
@@ -286,12 +287,18 @@ class DelenNode(LifecycleNode):
     def _camera_report(self, camera: Camera, period_s: float) -> CameraReport:
         frames, errors = camera.counters.take()
         camera.quiet_s = 0.0 if frames else camera.quiet_s + period_s
+        if frames:
+            camera.resubscribe_after_s = 0.0
         warning = ''
         if camera.quiet_s >= _QUIET_WARNING_S and camera.subscription is not None:
             publishers = self.count_publishers(camera.topic)
             if publishers:
                 warning = (f'{publishers} publisher(s) on {camera.topic} but no frame for {camera.quiet_s:.0f} s: '
                            'frames larger than the DDS transport carries, or a QoS mismatch')
+                if camera.quiet_s >= camera.resubscribe_after_s and self._apps is not None:
+                    where = self._apps.resubscribe(camera)
+                    camera.resubscribe_after_s = min(2 * camera.quiet_s, camera.quiet_s + _RESUBSCRIBE_MAX_S)
+                    self.get_logger().warning(f'{warning}; subscribed again {where}')
         c = camera.counters
         return CameraReport(topic=camera.topic, app_ids=camera.app_ids, frames=frames, frames_total=c.frames_total,
                             malformed=errors, malformed_total=c.errors_total, missed_total=c.missed_total,

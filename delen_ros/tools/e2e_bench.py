@@ -480,7 +480,7 @@ def _record_main(argv: Sequence[str]) -> int:
 
     def on_status(source: int, msg: Any) -> None:
         status.append((time.time_ns(), msg.app_id, int(msg.frames_in), int(msg.results_out), int(msg.dropped),
-                       source, msg.unschedulable_reason))
+                       source, msg.unschedulable_reason, msg.warning))
 
     gc_pauses: list[tuple] = []
 
@@ -1089,13 +1089,16 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
             if entry[6]:
                 a['node_flagged'] = a.get('node_flagged', 0) + 1
                 a['node_flagged_reason'] = entry[6]
+            if len(entry) > 7 and entry[7]:   # its camera's warning (e.g. publishers, but no frame arrives)
+                a['node_warning'] = entry[7]
     for a in apps.values():
         if a.get('status_seen'):
             a['node_flagged_share'] = a.pop('node_flagged', 0) / a['status_seen']
     out['apps'] = apps
     refused = raw.get('refused') or {}
-    out['apps_without_results_or_reason'] = sorted(app for app, a in apps.items()
-                                                   if a['sent'] and not a['answered'] and app not in refused)
+    out['apps_without_results_or_reason'] = sorted(
+        app for app, a in apps.items() if a['sent'] and not a['answered'] and app not in refused
+        and not a.get('node_flagged_reason') and not a.get('node_warning'))
     if raw.get('kill'):
         out['failover'] = failover_section(raw, answered_by_app, status_topic=STATUS_TOPIC)
     tot: dict[str, Any] = {
