@@ -25,14 +25,14 @@ SERIES = {
         'e2e_session12/call1/ahead_90', 'e2e_session12/call1/ahead_120'],
     'one node, session 12 call 1: frames of apps the worker is behind wait for it': [
         'e2e_session12/call1/sat_60', 'e2e_session12/call1/sat_90', 'e2e_session12/call1/sat_120'],
-    'one node, session 12 calls 2-3: + those frames copied in place as one batch': [
+    'one node, session 12 calls 2-4: + those frames copied in place as one batch': [
         'e2e_session12/call2/sat_60', 'e2e_session12/call2/sat_90', 'e2e_session12/call2/sat_120',
-        'e2e_session12/call3/sat_120', 'e2e_session12/call3/sat_150'],
+        'e2e_session12/call3/sat_120', 'e2e_session12/call3/sat_150', 'e2e_session12/call4/sat_120'],
     'four nodes, session 11': ['e2e_session11/call2/nodes4', 'e2e_session11/call3/nodes4'],
     'four nodes, session 12 call 3': ['e2e_session12/call3/nodes4'],
 }
 ENGINE_RUNS = ['e2e_session11/call3/sat_60', 'e2e_session12/call1/sat_60', 'e2e_session12/call2/sat_60',
-               'e2e_session12/call3/sat_120']
+               'e2e_session12/call3/sat_120', 'e2e_session12/call4/new']
 
 
 def _point(folder: str) -> dict:
