@@ -566,6 +566,7 @@ def test_frames_of_an_app_the_worker_is_behind_are_not_uploaded_ahead():
     engine.submit(['keeping_up'], fake_image(3))   # its own queue is fine
     engine.submit(['behind', 'keeping_up'], fake_image(1))   # one of its apps keeps up: uploaded
     assert recorder.ahead == [0, 1, 3, 1]
+    assert engine.uploads_left_to_worker == 1
     clock.offset_ns += 600_000_000                 # nothing pushed out for longer than 0.5 s
     engine.submit(['behind'], fake_image(2))
     assert recorder.ahead == [0, 1, 3, 1, 2]

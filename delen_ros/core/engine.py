@@ -476,6 +476,7 @@ class Engine:
         # the CPU (and the GIL) stays free for the node's callbacks.
         self._upload_ahead = upload_ahead
         self._ahead_when_behind = ahead_when_behind
+        self.uploads_left_to_worker = 0   # frames of apps it was behind, not uploaded on arrival (load shed)
         self._device_pre = DevicePreprocessor(
             self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
             memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)
@@ -758,11 +759,14 @@ class Engine:
         """
         image = check_image(image)
         shape = tuple(image.shape)
-        if self._upload_ahead and self._device_pre is not None and self._uploads_ahead(app_ids):
+        ahead = self._upload_ahead and self._device_pre is not None and self._uploads_ahead(app_ids)
+        if ahead:
             try:   # start its upload now, off the worker; the caller's buffer is free on return
                 image = self._device_pre.upload(image)
             except RuntimeError:   # e.g. out of device memory: the worker stages it, as before
                 _log.warning('frame upload failed; the worker copies it instead', exc_info=True)
+        elif ahead is None:
+            self.uploads_left_to_worker += 1
         frame = _Frame(image)
         queued = 0
         with self._cond:
@@ -795,9 +799,10 @@ class Engine:
                 self._cond.notify()
         return queued
 
-    def _uploads_ahead(self, app_ids: Sequence[str]) -> bool:
+    def _uploads_ahead(self, app_ids: Sequence[str]) -> bool | None:
         """Whether a frame for ``app_ids`` is worth uploading now, in the caller's thread: yes for
-        a registered app that has not had a frame pushed out of its queue in the last ``_BEHIND_NS``.
+        a registered app that has not had a frame pushed out of its queue in the last ``_BEHIND_NS``;
+        ``None`` where every one of its registered apps has (false: none is registered).
 
         When the worker is behind an app, most of its frames are pushed out by newer ones before the
         worker takes them: uploading each on arrival spends the node's GIL on frames never served,
@@ -806,13 +811,15 @@ class Engine:
         until the worker takes them and uploads them with their batch, or a newer one pushes them out.
         Read without the lock: a stale answer costs one upload more or less.
         """
-        now = self.clock()
+        now, behind = self.clock(), False
         for app_id in app_ids:
             app = self._apps.get(app_id)
-            if app is not None and (self._ahead_when_behind or app.evicted_ns is None
-                                    or now - app.evicted_ns > _BEHIND_NS):
+            if app is None:
+                continue
+            if self._ahead_when_behind or app.evicted_ns is None or now - app.evicted_ns > _BEHIND_NS:
                 return True
-        return False
+            behind = True
+        return None if behind else False
 
     # --- life cycle -----------------------------------------------------------------------------------
     def warm_up(self, *, reps: int = 3, background_capture: bool | None = None) -> None:
