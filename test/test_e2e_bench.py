@@ -399,3 +399,19 @@ def test_frames_over_time_are_binned_and_plotted(tmp_path):
     assert ot['unanswered'][-2:] == [2, 2] and ot['max_ms'][0] == pytest.approx(10.0)
     written = write_plots({'meta': _meta(), 'configs': {'delen_n1': result}, 'engine_reference': None}, tmp_path)
     assert 'e2e_over_time.png' in written and (tmp_path / 'e2e_over_time.png').stat().st_size > 0
+
+
+def test_an_app_with_no_result_is_silent_unless_the_node_said_why():
+    """Issue 10: an app with frames sent and no result counts as starved in silence unless the node
+    flagged it (its admission re-check) or warned about its camera (publishers, but no frame)."""
+    stamps = [T0 + i * 10 * MS for i in range(5)]
+    silent = analyze(_raw('node', [], stamps), duration_s=1.0)
+    assert silent['apps_without_results_or_reason'] == ['cam00']
+    table = render_table({'meta': _meta(), 'configs': {'delen_n1': silent}, 'engine_reference': None})
+    assert 'no reason from the node:** delen_n1: cam00' in table
+    raw = _raw('node', [], stamps)
+    raw['recorder']['status'] = [(T0 + 500 * MS, 'cam00', 0, 0, 0, 0, '', '1 publisher(s) on /cam00 but no frame for 3 s')]
+    warned = analyze(raw, duration_s=1.0)
+    assert warned['apps_without_results_or_reason'] == []
+    assert 'no reason from the node' not in render_table({'meta': _meta(), 'configs': {'delen_n1': warned},
+                                                           'engine_reference': None})

@@ -122,3 +122,14 @@ def test_several_frames_are_copied_by_one_launch_only_if_all_are_registered():
     assert log == ['launched']
     memory.unregister(_address(block[500:]))       # waits for the launch's event, which covers that range too
     assert event.log == ['synchronized']
+
+
+def test_raw_copies_only_on_the_runtime_torch_loaded(monkeypatch):
+    """``raw_copy_api`` is off when asked, and off where no CUDA runtime is loaded in the process (the
+    uploads then take torch copies)."""
+    from delen_ros.core import host_memory
+    monkeypatch.setenv('DELEN_RAW_COPY', '0')
+    assert host_memory.raw_copy_api() is None
+    monkeypatch.delenv('DELEN_RAW_COPY')
+    monkeypatch.setattr(host_memory, '_loaded_cudart', lambda: None)
+    assert host_memory.raw_copy_api() is None

@@ -250,6 +250,11 @@ def render_table(report: dict[str, Any]) -> str:
             f"{name}: {g['full_collections']} full, longest {fmt(g['pause_max_ms'], '.1f')} ms, "
             f"{fmt(g['pause_total_ms'], '.0f')} ms in all; status tick up to "
             f"{fmt(g.get('status_tick_max_ms'), '.1f')} ms" for name, g in gc_rows.items())]
+    silent = {name: r['apps_without_results_or_reason'] for name, r in report['configs'].items()
+              if r.get('apps_without_results_or_reason')}
+    if silent:   # issue 10: never starved in silence (a refusal, a flag or a camera warning is a reason)
+        lines += ['', '**Apps with frames sent, no result, and no reason from the node:** ' + '; '.join(
+            f"{name}: {', '.join(apps)}" for name, apps in silent.items())]
     unknown = {name: r['node_params_unknown'] for name, r in report['configs'].items() if r.get('node_params_unknown')}
     if unknown:
         lines += ['', '**Node parameters the node does not declare (their values were ignored):** ' + '; '.join(
