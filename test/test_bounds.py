@@ -135,6 +135,18 @@ def test_met(latency, accuracy, energy, met):
     assert b.met(latency_ms=latency, accuracy=accuracy, energy_mj=energy) is met
 
 
+def test_met_is_every_condition_holding():
+    """``met`` writes the conditions' comparisons out: the two agree, NaN and unset bounds included."""
+    import itertools
+    values = (0.0, 0.8, 5.0, 10.0, 10.5, float('nan'))
+    for bounds in (Bounds(), Bounds(max_latency_ms=10), Bounds(min_accuracy=0.8, max_energy_mj=5),
+                   Bounds(max_latency_ms=10, min_accuracy=0.8, max_energy_mj=5)):
+        for latency, accuracy, energy in itertools.product(values, repeat=3):
+            figures = {'latency_ms': latency, 'accuracy': accuracy, 'energy_mj': energy}
+            expected = all(c.holds(figures[c.metric.value]) for c in bounds.conditions())
+            assert bounds.met(latency_ms=latency, accuracy=accuracy, energy_mj=energy) is expected
+
+
 def test_feasible_range():
     r = feasible_range(PROFILE)
     assert r.latency_ms == pytest.approx((1.1, 10.4))

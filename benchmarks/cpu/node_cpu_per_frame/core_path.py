@@ -78,6 +78,7 @@ def main() -> dict:
     node._apps = Apps()
     node._p = types.SimpleNamespace(latency_from=args.latency_from)
     node._active = True
+    node._wall_time = not node.get_clock().ros_time_is_active   # what the status tick sets (session 12)
     cameras = []
     for i, app_id in enumerate(pubs):
         engine.set_app(app_id, Bounds(max_latency_ms=1000.0), source=f'/cam{i:02d}', rate_hz=1.0)
