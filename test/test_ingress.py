@@ -93,6 +93,29 @@ def test_frames_come_through_receivers_and_a_killed_receiver_is_replaced(tmp_pat
     assert not leftovers, leftovers
 
 
+def test_a_slow_camera_is_not_taken_for_a_silent_one():
+    """A camera is subscribed again when quiet for 3 s and for twice its usual gaps: one that sends a
+    frame every 5 s is left alone until it has been quiet for 8 s."""
+    from delen_ros.ros.manager import Camera
+    camera = Camera('/slow')
+    for _ in range(3):
+        camera.note_period(0, 1.0)
+    assert camera.too_quiet(3.0), 'no frame ever: silent after 3 s'
+    for _ in range(4):                            # then a frame every 5 s
+        camera.note_period(1, 1.0)
+        for _ in range(4):
+            camera.note_period(0, 1.0)
+    assert not camera.too_quiet(3.0), 'quiet 4 s, as it usually is'
+    for _ in range(5):
+        camera.note_period(0, 1.0)
+    assert camera.too_quiet(3.0), 'quiet 9 s, over twice its usual gap'
+    for _ in range(60):                           # a minute at 30 Hz: its long gaps are forgotten
+        camera.note_period(30, 1.0)
+    for _ in range(3):
+        camera.note_period(0, 1.0)
+    assert camera.too_quiet(3.0)
+
+
 def test_cameras_of_a_receiver_that_hangs_are_subscribed_again_through_another(tmp_path: pathlib.Path):
     """A receiver alive but deaf (here stopped; on the H200 one C receiver's DDS match failed on a
     Fast DDS type lookup error, and its cameras got nothing): the node sees publishers but no frames,

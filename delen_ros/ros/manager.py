@@ -39,7 +39,21 @@ class Camera:
     counters: CameraCounters = dataclasses.field(default_factory=CameraCounters)
     subscription: Any = None
     quiet_s: float = 0.0            # how long no frame came (the node's status tick keeps it)
+    usual_gap_s: float = 0.0        # how quiet it gets between frames (a camera sending one every 5 s)
     resubscribe_after_s: float = 0.0   # quiet this long, it is subscribed afresh (again)
+
+    def note_period(self, frames: int, period_s: float) -> None:
+        """One status period's frames: how long the camera has been quiet, and how quiet it
+        usually gets (the longest recent spell that ended with frames, forgotten 10 % a period)."""
+        if frames:
+            self.usual_gap_s = max(self.quiet_s, 0.9 * self.usual_gap_s)
+            self.quiet_s = self.resubscribe_after_s = 0.0
+        else:
+            self.quiet_s += period_s
+
+    def too_quiet(self, threshold_s: float) -> bool:
+        """Quiet for ``threshold_s`` and for twice its usual gaps: a slow camera is not silent."""
+        return self.quiet_s >= max(threshold_s, 2.0 * self.usual_gap_s)
 
 
 class AppManager:

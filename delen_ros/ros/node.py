@@ -291,11 +291,9 @@ class DelenNode(LifecycleNode):
 
     def _camera_report(self, camera: Camera, period_s: float) -> CameraReport:
         frames, errors = camera.counters.take()
-        camera.quiet_s = 0.0 if frames else camera.quiet_s + period_s
-        if frames:
-            camera.resubscribe_after_s = 0.0
+        camera.note_period(frames, period_s)
         warning = ''
-        if camera.quiet_s >= _QUIET_WARNING_S and camera.subscription is not None:
+        if camera.too_quiet(_QUIET_WARNING_S) and camera.subscription is not None:
             publishers = self.count_publishers(camera.topic)
             if publishers:
                 warning = (f'{publishers} publisher(s) on {camera.topic} but no frame for {camera.quiet_s:.0f} s: '
