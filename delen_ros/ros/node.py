@@ -63,9 +63,7 @@ class DelenNode(LifecycleNode):
         self._delen_services: list[Any] = []
         self._status_pub = self._diagnostics_pub = self._status_timer = None
         self._round = StatusRound(STATUS_PARTS, 0)   # the status period in progress
-        # no simulated time: the ROS clock is the wall clock, read without rclpy's Time per result
-        # (~10 µs of the worker's GIL each); checked again at every status tick
-        self._wall_time = False
+        self._wall_time = False   # no simulated time (each status tick checks): see _ros_now_ns
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -245,8 +243,13 @@ class DelenNode(LifecycleNode):
         that the engine's latency and deadlines run from the camera's stamp; ``arrival_ns`` itself
         for a stamp in the future or more than 1 s old (unset, another clock, a replayed bag)."""
         now_perf = time.perf_counter_ns()
-        age_ns = self.get_clock().now().nanoseconds - stamp_ns - (now_perf - arrival_ns)
+        age_ns = self._ros_now_ns() - stamp_ns - (now_perf - arrival_ns)
         return arrival_ns - age_ns if 0 <= age_ns <= _MAX_STAMP_AGE_NS else arrival_ns
+
+    def _ros_now_ns(self) -> int:
+        """The ROS clock now: the wall clock unless simulated time is active (read once a status tick),
+        without rclpy's ``Time`` (3.6 against 0.06 µs a read here, twice per frame)."""
+        return time.time_ns() if self._wall_time else self.get_clock().now().nanoseconds
 
     def _malformed_frame(self, camera: Camera, served, exc: Exception) -> None:
         """Count a frame that cannot be served (camera and engine ledger) and log it, aggregated."""
@@ -265,9 +268,8 @@ class DelenNode(LifecycleNode):
                 return
             sec, nanosec, frame_id, topic = result.tag
             delivered = served.engine.deliver(result)   # the ledger's one definition of latency and bounds_met
-            now_ns = time.time_ns() if self._wall_time else self.get_clock().now().nanoseconds
             pub.publish(result_cdr(delivered, stamp_sec=sec, stamp_nanosec=nanosec, frame_id=frame_id,
-                                   image_topic=topic, now_ns=now_ns))
+                                   image_topic=topic, now_ns=self._ros_now_ns()))
         except Exception as exc:  # noqa: BLE001 - never kill the worker over one result
             self.get_logger().error(f'could not publish a result for {result.app_id}: {type(exc).__name__}: '
                                     f'{clean_message(exc)}', throttle_duration_sec=5.0)
