@@ -278,7 +278,6 @@ class DelenNode(LifecycleNode):
     def _publish_status(self) -> None:
         """One tick of the status round (:mod:`.status_round`): a share of the cameras and their apps."""
         started = time.perf_counter()
-        self._wall_time = not self.get_clock().ros_time_is_active
         closing = self._round.closing
         try:
             self._publish_status_now()
@@ -310,6 +309,7 @@ class DelenNode(LifecycleNode):
                             warning=warning)
 
     def _publish_status_now(self) -> None:
+        self._wall_time = not self.get_clock().ros_time_is_active
         served, apps, round_ = self._served, self._apps, self._round
         if served is None or apps is None:
             return
