@@ -114,6 +114,11 @@ def test_a_slow_camera_is_not_taken_for_a_silent_one():
     for _ in range(3):
         camera.note_period(0, 1.0)
     assert camera.too_quiet(3.0)
+    due = []
+    for _ in range(10):                           # quiet 3 .. 12 s: subscribed again at 3, 6 and 12 s
+        due.append(camera.resubscribe_due(60.0))
+        camera.note_period(0, 1.0)
+    assert [3 + i for i, d in enumerate(due) if d] == [3, 6, 12]
 
 
 def test_cameras_of_a_receiver_that_hangs_are_subscribed_again_through_another(tmp_path: pathlib.Path):

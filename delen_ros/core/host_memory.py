@@ -176,13 +176,9 @@ class HostMemory:
         if not self._starts or not arrays:
             return None
         with self._lock:
-            starts = set()
-            for array in arrays:
-                first = array.__array_interface__['data'][0]
-                i = bisect.bisect_right(self._starts, first) - 1
-                if i < 0 or first + array.nbytes > self._ranges[self._starts[i]][0]:
-                    return None
-                starts.add(self._starts[i])
+            starts = {self._start_of(array) for array in arrays}
+            if None in starts:
+                return None
             result, event = launch()
             for start in starts:
                 self._ranges[start][1] = event
@@ -193,10 +189,16 @@ class HostMemory:
         next; :meth:`copy_all_from` checks again under the lock)."""
         if not self._starts:
             return False
-        first = array.__array_interface__['data'][0]
         with self._lock:
-            i = bisect.bisect_right(self._starts, first) - 1
-            return i >= 0 and first + array.nbytes <= self._ranges[self._starts[i]][0]
+            return self._start_of(array) is not None
+
+    def _start_of(self, array: np.ndarray) -> int | None:
+        """The start of the registered range ``array`` lies wholly in, or ``None``. Under ``_lock``."""
+        first = array.__array_interface__['data'][0]
+        i = bisect.bisect_right(self._starts, first) - 1
+        if i < 0 or first + array.nbytes > self._ranges[self._starts[i]][0]:
+            return None
+        return self._starts[i]
 
     def __len__(self) -> int:
         return len(self._starts)

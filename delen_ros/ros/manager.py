@@ -55,6 +55,14 @@ class Camera:
         """Quiet for ``threshold_s`` and for twice its usual gaps: a slow camera is not silent."""
         return self.quiet_s >= max(threshold_s, 2.0 * self.usual_gap_s)
 
+    def resubscribe_due(self, max_backoff_s: float) -> bool:
+        """Whether a quiet camera is to be subscribed afresh now: at once, then after twice as long
+        quiet, and again at least every ``max_backoff_s``; each true answer starts the next wait."""
+        if self.quiet_s < self.resubscribe_after_s:
+            return False
+        self.resubscribe_after_s = min(2 * self.quiet_s, self.quiet_s + max_backoff_s)
+        return True
+
 
 class AppManager:
     """Apps of one configured node.

@@ -299,10 +299,8 @@ class DelenNode(LifecycleNode):
             if publishers:
                 warning = (f'{publishers} publisher(s) on {camera.topic} but no frame for {camera.quiet_s:.0f} s: '
                            'frames larger than the DDS transport carries, or a QoS mismatch')
-                if camera.quiet_s >= camera.resubscribe_after_s and self._apps is not None:
-                    where = self._apps.resubscribe(camera)
-                    camera.resubscribe_after_s = min(2 * camera.quiet_s, camera.quiet_s + _RESUBSCRIBE_MAX_S)
-                    self.get_logger().warning(f'{warning}; subscribed again {where}')
+                if self._apps is not None and camera.resubscribe_due(_RESUBSCRIBE_MAX_S):
+                    self.get_logger().warning(f'{warning}; subscribed again {self._apps.resubscribe(camera)}')
         c = camera.counters
         return CameraReport(topic=camera.topic, app_ids=camera.app_ids, frames=frames, frames_total=c.frames_total,
                             malformed=errors, malformed_total=c.errors_total, missed_total=c.missed_total,
