@@ -254,6 +254,27 @@ def test_node_cpu_counts_the_processes_it_started():
     table = render_table({'meta': _meta(), 'configs': {'delen_n1': analyze(raw, duration_s=1.0)},
                           'engine_reference': None})
     assert '100.00 (3 procs; node process 50.00)' in table
+    assert 'by thread' not in table   # no thread samples (runs from before them): no line
+
+
+def test_node_cpu_by_thread():
+    """Issue 8: the node's CPU per frame sent split by its threads' names, its receivers apart."""
+    stamps = [T0 + i * 100 * MS for i in range(10)]
+    raw = _raw('node', [_row(s, e2e_ms=10.0) for s in stamps], stamps)
+
+    def threads(cpu_s, engine_s, dds_s, receiver_s):
+        return {'pid': 7, 'cpu_s': cpu_s, 'children': {'9': ['delen_receiver', receiver_s]},
+                'threads': {'7': ['python3', 0.5], '8': ['delen-engine', engine_s], '11': ['dds.ev.0', dds_s]}}
+    raw['target_threads_start'] = threads(1.0, 0.25, 0.25, 0.5)
+    raw['target_threads_end'] = threads(1.5, 0.6, 0.4, 0.7)
+    result = analyze(raw, duration_s=1.0)
+    res = result['total']['resources']
+    assert res['cpu_ms_per_frame_by_thread'] == pytest.approx(
+        {'engine': 35.0, 'ingress': 0.0, 'energy': 0.0, 'delen_other': 0.0, 'main': 0.0, 'dds': 15.0, 'cuda': 0.0,
+         'other': 0.0, 'receivers': 20.0, 'exited': 0.0})
+    assert res['threads_by_class']['dds'] == 1 and res['threads_by_class']['receivers'] == 1
+    table = render_table({'meta': _meta(), 'configs': {'delen_n1': result}, 'engine_reference': None})
+    assert 'delen_n1: engine 35.00, main 0.00, dds 15.00, receivers 20.00' in table
 
 
 def test_device_slug():
@@ -305,10 +326,13 @@ def test_short_real_run(tmp_path):
         assert t['unmatched_results'] == 0
         assert {'answered_share', 'attainment', 'results_hz', 'sent_hz', 'resources', 'publishers'} <= set(t)
         assert t['resources']['rss_mb_end'] > 0 and t['resources']['cpu_ms_per_frame'] is not None
+        threads = t['resources']['threads_by_class']   # Fast DDS names its threads dds.*
+        assert threads['main'] == 1 and threads['dds'] >= 1, threads
     node = report['configs']['delen_n1']['total']
     assert {'exit_mix', 'energy_mj_per_result', 'timeline_p50_ms', 'overhead_p50_ms'} <= set(node)
     assert len(node['exit_mix']) == 4 and sum(node['exit_mix']) == pytest.approx(1.0)
     assert all(a['answered_share'] is not None for a in report['configs']['delen_n1']['apps'].values())
+    assert 'by thread' in (out / 'e2e.md').read_text()
 
 
 def _short_run_args(tmp_path, domain_offset: int) -> list[str]:

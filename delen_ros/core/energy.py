@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from .registry import Registry
+from .thread_names import name_os_thread
 
 __all__ = ['EnergyMeter', 'MeterUnavailable', 'JetsonMeter', 'NvmlMeter', 'RaplMeter', 'EstimateMeter',
            'make_meter', 'register_meter', 'available_meters', 'AUTO_ORDER', 'measure_energy',
@@ -221,6 +222,7 @@ class JetsonMeter(EnergyMeter):
             self._last = (now, power)
 
     def _run(self) -> None:
+        name_os_thread('jetson-power-sampler')
         period = self.period_s
         next_t = time.monotonic()
         while not self._stop.is_set():
@@ -379,6 +381,7 @@ class RaplMeter(EnergyMeter):
                 d.last_uj = now
 
     def _run(self, poll_s: float) -> None:
+        name_os_thread('rapl-wrap-guard')
         while not self._stop.wait(poll_s):
             try:
                 self._update()

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+from .thread_names import name_os_thread
+
 __all__ = ['EnergyScaler']
 
 _log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class EnergyScaler:
             return time.perf_counter_ns(), None
 
     def _run(self) -> None:
+        name_os_thread('delen-energy')
         t_prev, e_prev = self._read()
         with self._lock:
             self._estimated_mj = 0.0

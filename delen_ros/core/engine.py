@@ -67,6 +67,7 @@ from .energy_scaling import EnergyScaler
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
 from .preprocess import DevicePreprocessor, check_image, preprocess
 from .scheduler import Batch, Request, Scheduler
+from .thread_names import name_os_thread
 
 if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
@@ -183,7 +184,8 @@ class WorkerStats:
     ``preprocess_ms_p99`` over frames.
     ``overhead_ms``: the serving overhead in use (measured, or the prior before any delivery);
     ``energy_mj``: results' energy since the reset; ``idle_energy_mj``: ``idle_power_w`` x that time
-    (their sum is the device's total).
+    (their sum is the device's total); ``pipelined_runs``: worker turns whose batch was launched
+    before the last one's results were looked at (``Engine.pipeline``).
     """
 
     steps: int
@@ -201,6 +203,7 @@ class WorkerStats:
     overhead_ms: float
     energy_mj: float
     idle_energy_mj: float
+    pipelined_runs: int = 0
 
 
 class _Frame:
@@ -230,6 +233,29 @@ class _State:
     idle_submit_ns: int | None = None   # submitted while the worker was idle: measures its wake-up
 
 
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """A batch the worker has launched on the device and not yet looked at (see :meth:`Engine._launch`)."""
+
+    batch: Batch
+    decision_ns: int              # the scheduler's decision that chose it
+    slot: dict[int, int]          # id(frame) -> row of the batch's unique frames
+    n: int                        # unique frames: the device's batch size
+    steps: range                  # the steps it runs, fused
+    t_start: int                  # perf_counter_ns: the worker took the batch
+    t_run: int                    # perf_counter_ns: its input ready, its stages launched from here
+    start_clock: int              # engine clock at t_start
+    plan_ns: int
+    pre_ns: int
+    padded: int
+    features: torch.Tensor
+    confidence: torch.Tensor
+    class_id: torch.Tensor
+    pipelined: bool = False       # the worker goes on to the next batch before looking at this one
+    done: Any = None              # pipelined on CUDA: event after its results' copies to pinned memory
+    free_at: int = 0              # engine clock when the device is predicted to be done with it
+
+
 def make_runner(model: 'MultiExitModel', *, device: str = 'cpu', max_batch: int = 32,
                 options: dict[str, Any] | None = None) -> 'StageRunner':
     """The engine's default runner: a ``StageRunner`` for ``model`` (``options``: its extra keyword
@@ -252,6 +278,11 @@ def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
     out[:x.shape[0]].copy_(x)
     out[x.shape[0]:].zero_()
     return out
+
+
+def _to_pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """An asynchronous copy of a device tensor into pinned host memory (valid once the stream gets there)."""
+    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor, non_blocking=True)
 
 
 def _replace(result: Result, **changes: Any) -> Result:
@@ -354,6 +385,11 @@ class Engine:
         ``delen``, ``always_final``, ``static_exit``), run those steps back to back in one worker
         turn, with one head and one device sync at the end; false: one step per turn (for A/B runs).
         The attribute may be changed while serving.
+    :param pipeline: when the worker may launch the next batch before it looks at the results of
+        the last (:meth:`_serve_once`): 'behind' while some app's queue pushes frames out unserved
+        (the device then never waits for the worker's Python between batches: H200, one node above
+        its capacity), 'always', 'off'; 'auto': 'behind' on CUDA, 'off' elsewhere. The attribute
+        may be changed while serving.
     """
 
     def __init__(self, model: 'MultiExitModel', profile: 'Profile', *, device: str = 'cpu',
@@ -369,7 +405,7 @@ class Engine:
                  rate_prior_hz: float = admission.DEFAULT_RATE_HZ, external_delivery: bool = False,
                  admission_control: bool = True, utilisation_limit: float = 0.9, admission_headroom: float = 0.1,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
-                 fuse_steps: bool = True,
+                 fuse_steps: bool = True, pipeline: str = 'auto',
                  demote_after: int = 3, restore_after: int = 2):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
@@ -477,6 +513,13 @@ class Engine:
         self._upload_ahead = upload_ahead
         self._ahead_when_behind = ahead_when_behind
         self.uploads_left_to_worker = 0   # frames of apps it was behind, not uploaded on arrival (load shed)
+        if pipeline not in ('auto', 'behind', 'always', 'off'):
+            raise ValueError(f"pipeline must be 'auto', 'behind', 'always' or 'off', got {pipeline!r}")
+        # 'auto': where the device runs asynchronously to the worker (CUDA), else nothing to overlap
+        self.pipeline = ('behind' if cuda else 'off') if pipeline == 'auto' else pipeline
+        self._pending_run: _Run | None = None   # launched, not looked at yet (the worker's own)
+        self._last_end_ns = 0                   # perf_counter_ns: the last run's results were back
+        self._last_evicted_ns = -_BEHIND_NS - 1   # engine clock: a queue last pushed a frame out
         self._device_pre = DevicePreprocessor(
             self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
             memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)
@@ -791,7 +834,7 @@ class Engine:
                 if evicted is not None:
                     app.dropped_overflow += 1
                     app.w_dropped += 1
-                    app.evicted_ns = now
+                    app.evicted_ns = self._last_evicted_ns = now
                 queued += 1
             if arrival_ns is not None:
                 self._age.add(shape, (now - arrival) / _NS_PER_MS, now, app_settled=settled)
@@ -902,7 +945,8 @@ class Engine:
         if self._energy is not None:
             self._energy.start()
         if self._pre_workers > 1 and self._pre_pool is None:
-            self._pre_pool = concurrent.futures.ThreadPoolExecutor(self._pre_workers, thread_name_prefix='delen-pre')
+            self._pre_pool = concurrent.futures.ThreadPoolExecutor(
+                self._pre_workers, thread_name_prefix='delen-pre', initializer=name_os_thread, initargs=('delen-pre',))
         self._stopping = False
         self._thread = threading.Thread(target=self._worker, name='delen-engine', daemon=True)
         self._thread.start()
@@ -929,6 +973,7 @@ class Engine:
         if self._pre_pool is not None:
             self._pre_pool.shutdown(wait=True)
             self._pre_pool = None
+        self._pending_run = None   # a worker that did not stop in time: its run is not looked at
         with self._cond:
             self._scheduler.drain()
 
@@ -1005,6 +1050,7 @@ class Engine:
         with self._cond:
             us, device, pre = list(self._decision_us), list(self._device_ms), list(self._pre_frame_ms)
             steps, batched, busy_ns, energy_mj = self._steps, self._batched, self._busy_ns, self._energy_mj
+            pipelined = self._pipelined
             elapsed_s = max(0.0, (self.clock() - self._worker_stats_ns) / 1e9)
             if reset:
                 self._reset_worker_stats()
@@ -1017,7 +1063,7 @@ class Engine:
             preprocess_ms_per_frame=self.preprocess_cost.predict_ms(1), preprocess_ms_p99=percentile(pre, 99),
             energy_scale=self._energy.scale if self._energy is not None else None,
             corrections=self.corrector.snapshot(), overhead_ms=self.overhead_ms(), energy_mj=energy_mj,
-            idle_energy_mj=getattr(self, 'idle_power_w', 0.0) * elapsed_s * 1000.0)
+            idle_energy_mj=getattr(self, 'idle_power_w', 0.0) * elapsed_s * 1000.0, pipelined_runs=pipelined)
 
     def graph_count(self) -> int:
         """CUDA graphs the runner has captured (cheap, for a status line)."""
@@ -1033,8 +1079,14 @@ class Engine:
                 'graphs_on_cudnn': sum(b == 'cudnn' for b in backends.values()),
                 'graphs_settled': state is None or not getattr(self._runner, 'cuda_graphs', False) or state.settled}
 
+    def worker_counters(self) -> dict[str, int]:
+        """For ``/diagnostics``, cheap (no percentiles): failures of the worker outside a step, frames
+        left to the worker to upload (load shed), runs launched before the last one was looked at."""
+        return {'engine_worker_errors': self.worker_errors, 'uploads_left_to_worker': self.uploads_left_to_worker,
+                'pipelined_runs': self._pipelined}
+
     def _reset_worker_stats(self) -> None:
-        self._steps = self._batched = self._busy_ns = 0
+        self._steps = self._batched = self._busy_ns = self._pipelined = 0
         self._energy_mj = 0.0
         self._worker_stats_ns = self.clock()
         self._decision_us: collections.deque[float] = collections.deque(maxlen=10_000)
@@ -1056,6 +1108,7 @@ class Engine:
         return self._predict_ms(step, batch, margin=0.0)
 
     def _worker(self) -> None:
+        name_os_thread('delen-engine')   # top -H, py-spy and the e2e bench's CPU by thread see it
         device = getattr(self._runner, 'device', torch.device('cpu'))
         if device.type == 'cuda':
             # The current device is per thread: graphs and default-device ops of this worker must
@@ -1075,39 +1128,77 @@ class Engine:
                 time.sleep(0.01)   # an error that repeats does not spin
 
     def _serve_once(self) -> bool:
-        """Wait for work, then schedule and run one batch; false once the engine is stopping."""
+        """Wait for work, then schedule and launch one batch and look at the results of the batch
+        launched before it, if one is pending; false once the engine is stopping.
+
+        Pipelined (:meth:`_pipelining`): while the device runs one batch, the worker chooses,
+        prepares and launches the next from the frames that came meanwhile, then looks at the
+        first; the device keeps work queued instead of waiting for the worker's Python between
+        batches (with nothing to launch, the worker looks at the pending batch at once). Its
+        results wait up to one turn of the worker, so it is on only when frames are being pushed
+        out unserved (see ``pipeline``).
+        """
+        pending, schedule, decision_ns = self._pending_run, None, 0
         with self._cond:
-            while not self._stopping and not self._scheduler.pending():
+            while not self._stopping and pending is None and not self._scheduler.pending():
                 self._idle = True
                 self._cond.wait()
             self._idle = False
-            if self._stopping:
-                return False
-            t0 = time.perf_counter_ns()
-            schedule = self._scheduler.next_batch(self.clock())
-            decision_ns = time.perf_counter_ns() - t0
-            for r in schedule.dropped:
-                app = self._apps.get(r.app_id)
-                if app is not None:
-                    app.dropped_late += 1
-                    app.w_dropped += 1
-                    app.w_late_dropped += 1
-        for r in schedule.expired:   # were waiting in flight, not running: nothing to release
-            self._finish(r, expired=True)
-        if schedule.batch is not None:
-            try:
-                self._execute(schedule.batch, decision_ns)
-            except Exception:  # noqa: BLE001 -- one bad batch must not kill the server
-                _log.exception('step %d failed for %d requests; dropped', schedule.batch.step,
-                               len(schedule.batch.requests))
-                with self._cond:
-                    self._scheduler.finished(len(schedule.batch.requests))
-                    for r in schedule.batch.requests:
-                        app = self._apps.get(r.app_id)
-                        if app is not None:
-                            app.failed += 1
-                            app.w_dropped += 1
-        return True
+            stopping = self._stopping
+            if not stopping and self._scheduler.pending():
+                t0 = time.perf_counter_ns()
+                now = self.clock()
+                # behind a pending run the batch starts when the device is done with it
+                schedule = self._scheduler.next_batch(max(now, pending.free_at) if pending is not None else now)
+                decision_ns = time.perf_counter_ns() - t0
+                for r in schedule.dropped:
+                    app = self._apps.get(r.app_id)
+                    if app is not None:
+                        app.dropped_late += 1
+                        app.w_dropped += 1
+                        app.w_late_dropped += 1
+        if schedule is not None:
+            for r in schedule.expired:   # were waiting in flight, not running: nothing to release
+                self._finish(r, expired=True)
+        run = None
+        if schedule is not None and schedule.batch is not None:
+            run = self._guarded(schedule.batch, self._launch, schedule.batch, decision_ns,
+                                pipelined=not stopping and self._pipelining(),
+                                start_at=pending.free_at if pending is not None else 0)
+        if pending is not None:
+            self._pending_run = None
+            self._guarded(pending.batch, self._complete, pending)
+        if run is not None:
+            if run.pipelined:
+                self._pending_run = run
+            else:
+                self._guarded(run.batch, self._complete, run)
+        return not stopping
+
+    def _guarded(self, batch: Batch, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``; if it raises, ``batch``'s requests are counted failed and
+        dropped (one bad batch must not kill the server) and ``None`` is returned."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001 -- one bad batch must not kill the server
+            _log.exception('step %d failed for %d requests; dropped', batch.step, len(batch.requests))
+            with self._cond:
+                self._scheduler.finished(len(batch.requests))
+                for r in batch.requests:
+                    app = self._apps.get(r.app_id)
+                    if app is not None:
+                        app.failed += 1
+                        app.w_dropped += 1
+            return None
+
+    def _pipelining(self) -> bool:
+        """Whether the next batch may be launched before the last one's results are looked at:
+        ``pipeline`` 'always', or 'behind' while some app's queue pushed a frame out in the last
+        ``_BEHIND_NS`` (the worker cannot keep up: throughput is what its apps lack, and a turn's
+        wait is small beside their frames' queueing)."""
+        if self.pipeline == 'always':
+            return True
+        return self.pipeline == 'behind' and self.clock() - self._last_evicted_ns <= _BEHIND_NS
 
     def _padded_size(self, n: int) -> int:
         for size in self._pad_sizes:
@@ -1164,6 +1255,18 @@ class Engine:
         return out, 0
 
     def _execute(self, batch: Batch, decision_ns: int) -> None:
+        """Run ``batch`` and act on its results (launch and look, no pipelining)."""
+        self._complete(self._launch(batch, decision_ns))
+
+    def _launch(self, batch: Batch, decision_ns: int, *, pipelined: bool = False, start_at: int = 0) -> _Run:
+        """Prepare ``batch``'s input and queue its steps on the device, without waiting for them.
+
+        :param pipelined: the worker will launch another batch before it looks at this one: on
+            CUDA its results are copied to pinned memory behind an event of their own, so that
+            looking at them later waits for this batch only, not for the one launched after it.
+        :param start_at: engine clock when the device is predicted to be free (a run pending before
+            this one), 0: now.
+        """
         step, requests = batch.step, batch.requests
         # Apps on one camera sit at the same step with the same frame: compute its features once.
         slot: dict[int, int] = {}
@@ -1175,8 +1278,9 @@ class Engine:
         n = len(unique)
         t_start = time.perf_counter_ns()
         start_clock = self.clock()
+        begins = max(start_clock, start_at)
         enforce = self._scheduler.enforce_deadlines
-        last_step = self._fuse_to(step, requests, n, start_clock, enforce=enforce)
+        last_step = self._fuse_to(step, requests, n, begins, enforce=enforce)
         steps = range(step, last_step + 1)
         plan_ns = time.perf_counter_ns() - t_start
         x, pre_ns = self._batch_input(batch, unique)
@@ -1189,19 +1293,48 @@ class Engine:
             features = self._runner.stage(k, features)
         logits = self._runner.head(last_step, features)
         confidence, class_id = torch.softmax(logits[:n].float(), dim=1).max(dim=1)
-        to_host = getattr(self._runner, 'to_host', None)
-        if to_host is not None:   # a StageRunner: with blocking_sync the copies wait in synchronize
-            confidence, class_id = to_host(confidence), to_host(class_id)
-        self._runner.synchronize()
-        confidence, class_id = confidence.cpu().tolist(), class_id.cpu().tolist()
+        done = None
+        if pipelined and confidence.device.type == 'cuda':
+            confidence, class_id = _to_pinned(confidence), _to_pinned(class_id)
+            # a blocking event where the runner sleeps in its waits (DELEN_BLOCKING_SYNC=1)
+            done = torch.cuda.Event(blocking=getattr(self._runner, 'blocking_sync', False))
+            done.record()
+        free_at = begins + int(sum(self._predict_ms(k, len(requests)) for k in steps) * _NS_PER_MS) \
+            if pipelined else 0
+        return _Run(batch, decision_ns, slot, n, steps, t_start, t_run, start_clock, plan_ns, pre_ns, padded,
+                    features, confidence, class_id, pipelined=pipelined, done=done, free_at=free_at)
+
+    def _complete(self, run: _Run) -> None:
+        """Wait for a launched batch, then decide per request: deliver its result, or put it back in
+        flight for its next step; the device's measured time teaches the corrector."""
+        requests, steps, n = run.batch.requests, run.steps, run.n
+        last_step = steps[-1]
+        if run.done is not None:
+            run.done.synchronize()
+            confidence, class_id = run.confidence.tolist(), run.class_id.tolist()
+        else:
+            confidence, class_id = run.confidence, run.class_id
+            to_host = getattr(self._runner, 'to_host', None)
+            if to_host is not None and confidence.device.type != 'cpu':
+                # a StageRunner: with blocking_sync the copies wait in synchronize
+                confidence, class_id = to_host(confidence), to_host(class_id)
+            self._runner.synchronize()
+            confidence, class_id = confidence.cpu().tolist(), class_id.cpu().tolist()
         t_end = time.perf_counter_ns()
-        features = features[:n] if padded > n else features
+        # A batch launched while the one before it still ran started on the device when that one
+        # ended: its time is from there (in a pipeline, one turn of the worker per batch).
+        began = max(run.t_start, self._last_end_ns)
+        ran = max(run.t_run, began)
+        self._last_end_ns = t_end
+        features = run.features[:n] if run.padded > n else run.features
         step_energy_mj = sum(self.profile.step_energy_mj(k, n) for k in steps) * n
         if self._energy is not None:
             self._energy.add(step_energy_mj)
         share_mj = step_energy_mj / len(requests)
         now = self.clock()
         last = last_step == self.profile.final_exit
+        enforce = self._scheduler.enforce_deadlines
+        slot, start_clock = run.slot, run.start_clock
 
         t_decide = time.perf_counter_ns()
         # The next step's prediction is the same for the whole batch: made once, not per request.
@@ -1216,7 +1349,7 @@ class Engine:
                 if s.idle_submit_ns is not None:   # the worker was idle: how long it took to start
                     self._wake.add((start_clock - s.idle_submit_ns) / _NS_PER_MS)
                     s.idle_submit_ns = None
-            s.compute_ns += t_end - t_start
+            s.compute_ns += t_end - began
             s.energy_est_mj += share_mj
             s.features = None if last else (features, i)
             s.class_id, s.confidence, s.exit_index = class_id[i], confidence[i], last_step
@@ -1231,8 +1364,12 @@ class Engine:
         t_decided = time.perf_counter_ns()
         decide_ns = t_decided - t_decide
         # What a step really costs a request: scheduling, input, stage, head, softmax, decisions
-        # (preprocessing is predicted separately, per frame).
-        measured_ms = (decision_ns + t_decided - t_start - pre_ns) / 1e6
+        # (preprocessing is predicted separately, per frame). Launched behind another batch, the
+        # scheduling and input were done while the device was busy: from its start there on.
+        if began == run.t_start:
+            measured_ms = (run.decision_ns + t_decided - run.t_start - run.pre_ns) / 1e6
+        else:
+            measured_ms = (t_decided - ran) / 1e6
         split = self._split_run(steps, n)
         for k, profiled_ms, share in split:
             self.corrector.update(k, n, measured_ms * share, profiled_ms)
@@ -1240,11 +1377,12 @@ class Engine:
         with self._cond:
             self._steps += len(steps)
             self._batched += len(requests) * len(steps)
-            self._busy_ns += t_end - t_start
-            self._decision_us.append((decision_ns + plan_ns + decide_ns) / 1e3)
-            self._device_ms.extend((t_end - t_run) / 1e6 * share for _, _, share in split)
-            if pre_ns:
-                self._pre_frame_ms.append(pre_ns / 1e6 / n)
+            self._busy_ns += t_end - began
+            self._pipelined += run.pipelined
+            self._decision_us.append((run.decision_ns + run.plan_ns + decide_ns) / 1e3)
+            self._device_ms.extend((t_end - ran) / 1e6 * share for _, _, share in split)
+            if run.pre_ns:
+                self._pre_frame_ms.append(run.pre_ns / 1e6 / n)
             self._scheduler.finished(len(finished))
             for r in going_on:
                 r.next_step = last_step + 1

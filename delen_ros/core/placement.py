@@ -40,6 +40,7 @@ Example (CPU "devices" stand in for GPUs)::
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -54,6 +55,7 @@ import torch
 from . import admission
 from .bounds import Bounds, FeasibleRange, InfeasibleBounds, LatePolicy, Plan
 from .engine import AppStats, Result, WorkerStats
+from .thread_names import name_os_thread
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -450,7 +452,7 @@ class DevicePool:
             preprocess_ms_p99=worst('preprocess_ms_p99'),
             energy_scale=sum(scales) / len(scales) if scales else None, corrections=parts[0].corrections,
             overhead_ms=worst('overhead_ms'), energy_mj=sum(p.energy_mj for p in parts),
-            idle_energy_mj=sum(p.idle_energy_mj for p in parts))
+            idle_energy_mj=sum(p.idle_energy_mj for p in parts), pipelined_runs=sum(p.pipelined_runs for p in parts))
 
     def graph_count(self) -> int:
         return sum(e.graph_count() for e in self.engines)
@@ -460,6 +462,13 @@ class DevicePool:
         return {'graphs_captured': sum(r['graphs_captured'] for r in reports),
                 'graphs_on_cudnn': sum(r['graphs_on_cudnn'] for r in reports),
                 'graphs_settled': all(r['graphs_settled'] for r in reports)}
+
+    def worker_counters(self) -> dict[str, int]:
+        """Every device's :meth:`Engine.worker_counters`, summed."""
+        total: collections.Counter[str] = collections.Counter()
+        for e in self.engines:
+            total.update(e.worker_counters())
+        return dict(total)
 
     def device_worker_stats(self, *, reset: bool = False) -> list[WorkerStats]:
         return [e.worker_stats(reset=reset) for e in self.engines]
@@ -643,6 +652,7 @@ class DevicePool:
             self._monitor.start()
 
     def _run_monitor(self) -> None:
+        name_os_thread('delen-placement')
         while not self._stop_monitor.wait(self.rebalance_period_s):
             try:
                 self.rebalance()

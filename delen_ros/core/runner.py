@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVa
 import torch
 from torch import Tensor, nn
 
+from .thread_names import name_os_thread
+
 if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
 
@@ -562,6 +564,7 @@ class StageRunner:
         return all((kind, k, b) in self._graphs for k in range(self.num_exits) for kind in ('stage', 'head'))
 
     def _capture_in_background(self, stop: threading.Event) -> None:
+        name_os_thread('delen-capture')
         t0 = time.perf_counter_ns()
         try:
             with self._capture_thread_context() as (capture_stream, sync), torch.inference_mode():

@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 from delen_ros.core.frame_ring import FrameRing
 from delen_ros.core.host_memory import HostMemory, pinnable
+from delen_ros.core.thread_names import name_os_thread
 
 __all__ = ['auto_processes', 'native_receiver', 'IngressPool', 'main']
 
@@ -328,6 +329,7 @@ class IngressPool:
 
     # --- the reader thread ----------------------------------------------------------------------------
     def _read(self) -> None:
+        name_os_thread('delen-ingress')
         while not self._closing:
             try:
                 self._read_once()

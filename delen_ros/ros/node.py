@@ -340,8 +340,7 @@ class DelenNode(LifecycleNode):
                 'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
                 'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(round_.stats), 'cameras': len(round_.cameras),
                 'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
-                **served.engine.graph_report(), 'engine_worker_errors': served.engine.worker_errors,
-                'uploads_left_to_worker': served.engine.uploads_left_to_worker,
+                **served.engine.graph_report(), **served.engine.worker_counters(),
                 'status_tick_ms': f'{round_.longest_tick_ms:.2f}',
                 **self._ingress_report(), **_gc_report()}))
 

@@ -40,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from ..core.thread_names import name_os_thread
 from .processes import Children, ros_child_env
 
 __all__ = ['DemoCamera', 'CAMERAS', 'FALLBACK_CAMERAS', 'DEFAULT_MODEL', 'FALLBACK_MODEL', 'NAVIGATION_ALLOWANCE_MS',
@@ -216,10 +217,11 @@ class Watcher:
         self.records: dict[str, list[Record]] = collections.defaultdict(list)
         self.status: dict[str, Any] = {}
         self._clients: dict[str, Any] = {}
-        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread = threading.Thread(target=self._spin, name='demo-spin', daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
+        name_os_thread('demo-spin')
         try:
             self.executor.spin()
         except Exception:  # noqa: BLE001 - ends when the context shuts down

@@ -24,7 +24,8 @@ answered, latency stamp->receive p50/p99, attainment at the result topic (a fram
 result arrived within the bound; unanswered frames are misses), the node's own ``bounds_met``,
 exit mix, energy per result, accuracy when the frames carry labels, where a frame's time goes
 (stamp->arrival, queue, compute, rest of the node, delivery), node CPU per frame
-(``/proc/<pid>/stat``), node RSS / PSS / shared-memory segments (``/proc/<pid>/smaps``) and their
+(``/proc/<pid>/stat``) and by class of thread (``/proc/<pid>/task/*/stat``, :mod:`~delen_ros.tools.thread_cpu`),
+node RSS / PSS / shared-memory segments (``/proc/<pid>/smaps``) and their
 growth, GPU busy share (NVML or nvidia-smi; absent on a CPU), the node's configure time (its
 ``configured in X s`` log line). With the echo at the same N, node overhead = p(node stamp->receive
 - compute) - p(echo stamp->receive), at p50 and p99.
@@ -83,11 +84,13 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from ..core.thread_names import name_os_thread
 from .e2e_failover import (FAILOVER_DDS_PROFILE, FAILOVER_STATUS_PERIOD_S, failover_section,
                            parse_placer_log)
 from .e2e_report import (admission_check, failover_summary, fmt, memory_growth, overheads, render_table, replot,
                          write_plots)
 from .processes import Children, config_file, package_root, ros_child_env
+from .thread_cpu import THREAD_CLASSES, cpu_by_thread_class, sample_threads
 
 __all__ = ['Config', 'NodeParam', 'parse_node_param', 'proc_sample', 'GpuSampler', 'analyze', 'overheads',
            'render_table', 'write_plots', 'device_slug', 'REGISTER_MODES', 'registration_order', 'configure_refusals',
@@ -195,6 +198,11 @@ def proc_tree_sample(pid: int) -> dict[str, float] | None:
     return out
 
 
+def thread_tree_sample(pid: int) -> dict[str, Any] | None:
+    """:func:`~delen_ros.tools.thread_cpu.sample_threads` of ``pid``, with every live process under it."""
+    return sample_threads(pid, _descendants(pid))
+
+
 def _host_cpu() -> tuple[float, float]:
     """(busy, total) jiffies of the whole machine, from ``/proc/stat``."""
     try:
@@ -259,10 +267,11 @@ class GpuSampler:
             return
         self._stop.clear()
         self._samples = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name='e2e-gpu-sampler', daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        name_os_thread('e2e-gpu-sampler')
         while not self._stop.wait(self.period_s):
             try:
                 value = self._read()
@@ -896,6 +905,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         raw['window_ns'] = window
         _sleep_until_ns(window[0])
         raw['target_start'] = proc_tree_sample(target.pid)
+        raw['target_threads_start'] = thread_tree_sample(target.pid)
         raw['host_cpu_start'] = _host_cpu()
         raw['procs_start'] = {name: proc_sample(p.pid) for name, p in children.procs.items()}
         if os.environ.get('DELEN_E2E_WINDOW_MARK'):   # a profiler watching it samples the nodes now
@@ -908,6 +918,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         _sleep_until_ns(window[1])
         raw['gpu'] = gpu.stop()
         raw['target_end'] = proc_tree_sample(target.pid)
+        raw['target_threads_end'] = thread_tree_sample(target.pid)
         raw['host_cpu_end'] = _host_cpu()
         raw['procs_end'] = {name: proc_sample(p.pid) for name, p in children.procs.items()}
         raw['exit_codes'] = children.stop(publishers)
@@ -1199,6 +1210,7 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
                 res[f'{key}_start'], res[f'{key}_end'] = s0[key], s1[key]
         if 'rss_mb' in s0:
             res['rss_growth_in_window'] = _ratio(s1['rss_mb'] - s0['rss_mb'], s0['rss_mb'])
+        res.update(_cpu_by_thread(raw.get('target_threads_start'), raw.get('target_threads_end'), totals['sent']))
         tot['resources'] = res
     h0, h1 = raw.get('host_cpu_start'), raw.get('host_cpu_end')
     if h0 and h1 and h1[1] > h0[1]:
@@ -1210,6 +1222,16 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
                          'skipped_ticks': skipped}
     out['total'] = tot
     return out
+
+
+def _cpu_by_thread(start: dict[str, Any] | None, end: dict[str, Any] | None, sent: int) -> dict[str, Any]:
+    """The node's CPU per frame sent by class of thread (:mod:`~delen_ros.tools.thread_cpu`; ``receivers``: the
+    processes under it) and how many threads each class had at the end; nothing without both samples."""
+    if not (start and end):
+        return {}
+    by_class = cpu_by_thread_class(start, end)
+    return {'cpu_ms_per_frame_by_thread': {c: _ratio(by_class['cpu_s'][c] * 1e3, sent) for c in THREAD_CLASSES},
+            'threads_by_class': by_class['count']}
 
 
 def engine_reference(path: str | None) -> dict[str, Any] | None:

@@ -188,6 +188,16 @@ def _cpu(res: dict[str, Any]) -> str:
     return text
 
 
+def thread_cpu_words(res: dict[str, Any]) -> str | None:
+    """``engine 2.10, ingress 0.31, ...``: CPU ms per frame sent by class of thread, the classes the node had
+    (or that spent something), in report order; ``None`` for a run without the figure."""
+    by_class, count = res.get('cpu_ms_per_frame_by_thread'), res.get('threads_by_class') or {}
+    if not by_class:
+        return None
+    shown = [(c, v) for c, v in by_class.items() if count.get(c) or (v or 0) >= 0.005]
+    return ', '.join(f'{c} {fmt(v, ".2f")}' for c, v in shown)
+
+
 _COLUMNS = ('config', 'cams', 'sent/s', 'results/s', 'answered', 'within bound', 'worst app answered / within',
             'node bounds_met', 'node rx / drop', 'p50 ms', 'p99 ms', 'overhead p50 / p99 ms', 'exit mix %',
             'mJ/result', 'acc', 'node CPU ms/frame', 'RSS / PSS MB (shm)', 'GPU busy', 'host CPU', 'configure s')
@@ -250,6 +260,12 @@ def render_table(report: dict[str, Any]) -> str:
             f"{name}: {g['full_collections']} full, longest {fmt(g['pause_max_ms'], '.1f')} ms, "
             f"{fmt(g['pause_total_ms'], '.0f')} ms in all; status tick up to "
             f"{fmt(g.get('status_tick_max_ms'), '.1f')} ms" for name, g in gc_rows.items())]
+    by_thread = {name: words for name, r in report['configs'].items()
+                 if (words := thread_cpu_words((r.get('total') or {}).get('resources') or {}))}
+    if by_thread:   # issue 8: which threads spend the node's CPU
+        lines += ['', 'Node CPU ms per frame sent, by thread (OS thread names; *main*: rclpy\'s executor; '
+                      '*receivers*: the processes under the node; *exited*: threads that ended in the window, and '
+                      'rounding): ' + '; '.join(f'{name}: {words}' for name, words in by_thread.items())]
     silent = {name: r['apps_without_results_or_reason'] for name, r in report['configs'].items()
               if r.get('apps_without_results_or_reason')}
     if silent:   # issue 10: never starved in silence (a refusal, a flag or a camera warning is a reason)

@@ -27,8 +27,9 @@
 #              bench first (ENGINE_SAT=1); one folder per rate, sat_<rate>/; SAT_EXTRA (e.g. --no-echo)
 #   ahead      DELEN_UPLOAD_WHEN_BEHIND=1: every frame uploaded on arrival, also for apps the worker is behind
 #              (before session 12); NS_SAT cameras at each of RATES_AHEAD ("90 120") Hz, POLICIES_SAT, no echo
-#   sat_ab     the environment SAT_AB_ENV (e.g. DELEN_RAW_COPY=0) on NS_SAT cameras at each of RATES_SAT_AB ("120") Hz,
-#              POLICIES_SAT, no echo
+#   sat_ab     the environment SAT_AB_ENV (e.g. DELEN_RAW_COPY=0, DELEN_PIPELINE=off) on NS_SAT cameras at each of
+#              RATES_SAT_AB ("120") Hz, POLICIES_SAT, no echo; ENGINE_SAT_AB=1: the engine bench first, in that
+#              environment too
 #   nopin      DELEN_PIN_RINGS=0: frames staged through pinned buffers, not uploaded from their registered
 #              rings; NS_SAT cameras at RATE_NOPIN (60) Hz, POLICIES_SAT, no echo
 #   admission  the same cameras and bounds (NS_ADM 16, BOUNDS_ADM 5,10,33), delen, registered twice (issue 10):
@@ -61,6 +62,13 @@ fi
 # UPLOAD_PATHS=1: what one frame's upload costs the receiving thread, staged / in place / pageable (benchmarks/upload_paths.py)
 if [ "${UPLOAD_PATHS:-0}" = 1 ]; then
   timeout 120 python3 benchmarks/upload_paths.py --out "$WORK/upload_paths" 2>&1 | tail -6
+fi
+# PIPELINE_CHECK=1: the engine's pipeline on and off over one backlog, engine only: same answers? how much faster?
+if [ "${PIPELINE_CHECK:-0}" = 1 ]; then
+  mkdir -p "$WORK/pipeline_check"
+  PYTHONPATH="$ROOT:${PYTHONPATH:-}" timeout 150 python3 benchmarks/pipeline_check.py --model cifar10_lite0 \
+    --out "$WORK/pipeline_check/pipeline_check.json" 2>&1 | tail -4
+  echo "[ab] pipeline check rc ${PIPESTATUS[0]} at $(( $(date +%s) - t0 )) s"
 fi
 # PROFILE_FIRST=1: profile models/cifar10_lite0 here first (scripts/device/train_cifar.sh with
 # MODEL_DIR=models: CUDA graphs, NVML above idle, delen_bench), and serve the parts below with it
@@ -171,7 +179,7 @@ if ! skip sat_ab; then
   for i in "${!rates[@]}"; do
     rate=${rates[$i]}
     share=$(( ($(left) - 5 - ${AFTER_SAT_AB_S:-150}) / (${#rates[@]} - i) ))
-    env ${SAT_AB_ENV:-} TOTAL_S="$share" ENGINE=0 NS="${NS_SAT:-32}" RATE="$rate" \
+    env ${SAT_AB_ENV:-} TOTAL_S="$share" ENGINE="${ENGINE_SAT_AB:-0}" NS="${NS_SAT:-32}" RATE="$rate" \
       POLICIES="${POLICIES_SAT:-always_final}" EXTRA="--no-echo" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/sat_ab_$rate"
   done
 fi
