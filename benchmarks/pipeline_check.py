@@ -28,7 +28,7 @@ from delen_ros.core.engine import Engine, make_runner
 from delen_ros.core.profile import Profile, device_slug, profile_filename
 
 APPS = {'final': Bounds(), 'bounded': Bounds(max_latency_ms=5000.0),
-        'accurate': Bounds(min_accuracy=0.8, objective='min_energy')}
+        'accurate': Bounds(min_accuracy=0.9, objective='min_energy')}
 
 
 class Collector:
