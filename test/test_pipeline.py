@@ -122,6 +122,6 @@ def test_behind_pipelines_only_while_queues_push_frames_out():
 
 
 def test_pipeline_defaults_and_validation():
-    assert make_engine(Collector()).pipeline == 'off'   # 'auto' on the CPU: nothing to overlap
+    assert make_engine(Collector()).pipeline == 'off'
     with pytest.raises(ValueError, match='pipeline'):
         make_engine(Collector(), pipeline='sometimes')

@@ -210,6 +210,13 @@ def test_to_host_and_synchronize_on_cpu_are_plain(monkeypatch):
     runner.synchronize()            # no-op on CPU
 
 
+def test_blocking_sync_is_the_default_and_spinning_is_asked_for(monkeypatch):
+    monkeypatch.delenv('DELEN_BLOCKING_SYNC', raising=False)
+    assert StageRunner(fake_model(), device='cpu').blocking_sync
+    monkeypatch.setenv('DELEN_BLOCKING_SYNC', '0')
+    assert not StageRunner(fake_model(), device='cpu').blocking_sync
+
+
 @needs_cuda
 def test_cuda_blocking_sync_gives_the_same_answers(monkeypatch):
     """DELEN_BLOCKING_SYNC=1: the worker sleeps in CUDA waits; copies to pinned memory are complete

@@ -386,10 +386,11 @@ class Engine:
         turn, with one head and one device sync at the end; false: one step per turn (for A/B runs).
         The attribute may be changed while serving.
     :param pipeline: when the worker may launch the next batch before it looks at the results of
-        the last (:meth:`_serve_once`): 'behind' while some app's queue pushes frames out unserved
-        (the device then never waits for the worker's Python between batches: H200, one node above
-        its capacity), 'always', 'off'; 'auto': 'behind' on CUDA, 'off' elsewhere. The attribute
-        may be changed while serving.
+        the last (:meth:`_serve_once`): 'off', 'behind' (while some app's queue pushes frames out
+        unserved) or 'always'. Off by default: on one H200 it served a backlog 1.1-1.7x faster
+        engine only, but through ROS above capacity it served no more results and added a worker
+        turn of latency (``benchmarks/h200/e2e_session13``). The attribute may be changed while
+        serving.
     """
 
     def __init__(self, model: 'MultiExitModel', profile: 'Profile', *, device: str = 'cpu',
@@ -405,7 +406,7 @@ class Engine:
                  rate_prior_hz: float = admission.DEFAULT_RATE_HZ, external_delivery: bool = False,
                  admission_control: bool = True, utilisation_limit: float = 0.9, admission_headroom: float = 0.1,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
-                 fuse_steps: bool = True, pipeline: str = 'auto',
+                 fuse_steps: bool = True, pipeline: str = 'off',
                  demote_after: int = 3, restore_after: int = 2):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
@@ -513,10 +514,9 @@ class Engine:
         self._upload_ahead = upload_ahead
         self._ahead_when_behind = ahead_when_behind
         self.uploads_left_to_worker = 0   # frames of apps it was behind, not uploaded on arrival (load shed)
-        if pipeline not in ('auto', 'behind', 'always', 'off'):
-            raise ValueError(f"pipeline must be 'auto', 'behind', 'always' or 'off', got {pipeline!r}")
-        # 'auto': where the device runs asynchronously to the worker (CUDA), else nothing to overlap
-        self.pipeline = ('behind' if cuda else 'off') if pipeline == 'auto' else pipeline
+        if pipeline not in ('off', 'behind', 'always'):
+            raise ValueError(f"pipeline must be 'off', 'behind' or 'always', got {pipeline!r}")
+        self.pipeline = pipeline
         self._pending_run: _Run | None = None   # launched, not looked at yet (the worker's own)
         self._last_end_ns = 0                   # perf_counter_ns: the last run's results were back
         self._last_evicted_ns = -_BEHIND_NS - 1   # engine clock: a queue last pushed a frame out

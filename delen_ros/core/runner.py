@@ -381,8 +381,10 @@ class StageRunner:
         self.background_capture = bool(background_capture)
         self.native_first = bool(native_first)
         self.trial_smallest = bool(trial_smallest)
-        # an A/B, not yet measured on a GPU: sleep in CUDA waits instead of spinning (synchronize)
-        self.blocking_sync = os.environ.get('DELEN_BLOCKING_SYNC') == '1'
+        # Sleep in CUDA waits instead of spinning (synchronize). H200, 16-32 cameras x 30 Hz, four
+        # pairs in session 13: the worker thread's CPU per frame 10-42 % lower, no result later;
+        # DELEN_BLOCKING_SYNC=0 spins (CUDA's default with one context on a many-core host).
+        self.blocking_sync = os.environ.get('DELEN_BLOCKING_SYNC', '1') != '0'
         self.model = model.prepare(self.device, dtype=self.dtype, channels_last=self.channels_last)
         self.num_exits = model.num_exits
         # Read by the serving thread while the background thread adds to it: a graph is put in only

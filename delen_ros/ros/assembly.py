@@ -157,8 +157,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0',
                           # an A/B: every frame uploaded on arrival, as before session 12
                           ahead_when_behind=os.environ.get('DELEN_UPLOAD_WHEN_BEHIND') == '1',
-                          # an A/B: 'off' looks at every batch's results before launching the next
-                          pipeline=os.environ.get('DELEN_PIPELINE', 'auto'))
+                          # an A/B: 'behind' launches the next batch before looking at the last one's results
+                          pipeline=os.environ.get('DELEN_PIPELINE', 'off'))
             if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run
                 built.split_runs_for = 'earlier'
             if os.environ.get('DELEN_CORRECTOR_PER_BATCH') == '1':   # an A/B: step times learnt per batch size

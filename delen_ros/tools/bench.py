@@ -298,7 +298,7 @@ def _drain(engine: Engine, timeout_s: float = 3.0) -> None:
 def run_once(model, profile: Profile, apps: Sequence[AppSpec], frames: Frames, reference: np.ndarray, *,
              policy: str, runner, pattern: str, duration_s: float, warmup_s: float, max_batch: int,
              queue_depth: int, meter: Any = None, idle_power_w: float = 0.0, preprocess_workers: int = 1,
-             seed: int = 0, pipeline: str = 'auto') -> dict[str, Any]:
+             seed: int = 0, pipeline: str = 'off') -> dict[str, Any]:
     """One policy under one arrival pattern: a fresh engine, a warm-up, then ``duration_s`` measured.
 
     Energy three ways: per result as the engine reports it (meter-scaled share of the device's
@@ -545,8 +545,8 @@ def _parser() -> argparse.ArgumentParser:
                    help='engine preprocessing threads (default: 1 for cpu, 4 for cuda)')
     p.add_argument('--half', action='store_true', help='fp16 on CUDA (runner option)')
     p.add_argument('--cuda-graphs', action='store_true', help='CUDA graphs per stage and batch size (runner option)')
-    p.add_argument('--pipeline', choices=('auto', 'behind', 'always', 'off'), default='auto',
-                   help="the engine's pipeline (Engine's pipeline): 'auto' = 'behind' on CUDA, 'off' on the CPU")
+    p.add_argument('--pipeline', choices=('off', 'behind', 'always'), default='off',
+                   help="the engine's pipeline (Engine's pipeline parameter)")
     p.add_argument('--energy-meter', default='auto', help='auto | none | jetson | nvml | rapl | estimate')
     p.add_argument('--include-idle', action='store_true',
                    help="keep idle power in the runs' metered energy (default: measure it first and subtract it, "

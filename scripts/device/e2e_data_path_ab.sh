@@ -10,8 +10,9 @@
 #   status_whole DELEN_STATUS_PARTS=1: the status period in one tick, held whole (ros/status_round.py); NS_AB, POLICIES_AB
 #   nofuse     fuse_steps:=false (one step per worker turn) on NS_AB cameras, delen
 #   cudnn_first DELEN_NATIVE_FIRST=0: graphs captured on cuDNN from the start; NS_AB cameras, delen
-#   blocking_sync DELEN_BLOCKING_SYNC=1: the worker sleeps in CUDA waits (blocking events) instead of spinning;
-#              NS_AB cameras, POLICIES_AB
+#   blocking_sync DELEN_BLOCKING_SYNC=1: the worker sleeps in CUDA waits (blocking events) instead of spinning
+#              (the default since session 13); NS_AB cameras, POLICIES_AB
+#   spin_sync  DELEN_BLOCKING_SYNC=0: CUDA's spinning wait, the default before session 13; NS_AB cameras, POLICIES_AB
 #   per_batch  DELEN_CORRECTOR_PER_BATCH=1: step times learnt per batch size (before session 8); NS_AB cameras,
 #              POLICIES_AB (delen,always_final)
 #   no_upload  DELEN_UPLOAD_AHEAD=0: the worker stages and uploads each batch itself; NS_AB cameras, delen
@@ -116,6 +117,9 @@ skip per_batch || DELEN_CORRECTOR_PER_BATCH=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_
 # the worker sleeps in CUDA waits instead of spinning (node CPU per frame; issue 8's 0.5 ms target)
 skip blocking_sync || DELEN_BLOCKING_SYNC=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_BLOCKING_SYNC_S:-150} )) ENGINE=0 \
   NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/blocking_sync"
+# CUDA's spinning wait, the default before session 13 (DELEN_BLOCKING_SYNC=0)
+skip spin_sync || DELEN_BLOCKING_SYNC=0 TOTAL_S=$(( $(left) - 5 - ${AFTER_SPIN_SYNC_S:-150} )) ENGINE=0 \
+  NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/spin_sync"
 skip no_upload || DELEN_UPLOAD_AHEAD=0 TOTAL_S=$(( $(left) - 100 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \
   DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/no_upload"
 skip py_recv || DELEN_RECEIVER=python TOTAL_S=$(( $(left) - 50 )) ENGINE=0 NS="${NS_AB:-32}" POLICIES=delen \

@@ -43,7 +43,7 @@ if [ "${ENGINE:-1}" != 0 ]; then
   # Engine alone, no ROS: served frames/s under overload (always_final), batched and per frame.
   if timeout 150 python3 -m delen_ros.tools.bench --model "$MODEL" --device cuda --scenarios overload \
       --policies always_final --duration 3 --warmup 1 --cuda-graphs "${FRAMES[@]}" ${BENCH_ARGS:-} \
-      --pipeline "${DELEN_PIPELINE:-auto}" \
+      --pipeline "${DELEN_PIPELINE:-off}" \
       --out /tmp/delen_engine_bench > /tmp/delen_engine_bench.log 2>&1; then
     cp /tmp/delen_engine_bench/bench.json "$OUT/engine_bench.json"
     ENGINE_ARGS=(--engine-bench "$OUT/engine_bench.json")
