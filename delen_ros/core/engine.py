@@ -1296,7 +1296,7 @@ class Engine:
         done = None
         if pipelined and confidence.device.type == 'cuda':
             confidence, class_id = _to_pinned(confidence), _to_pinned(class_id)
-            # a blocking event where the runner sleeps in its waits (DELEN_BLOCKING_SYNC=1)
+            # a blocking event where the runner sleeps in its waits (the default; DELEN_BLOCKING_SYNC=0 spins)
             done = torch.cuda.Event(blocking=getattr(self._runner, 'blocking_sync', False))
             done.record()
         free_at = begins + int(sum(self._predict_ms(k, len(requests)) for k in steps) * _NS_PER_MS) \
