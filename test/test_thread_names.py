@@ -45,3 +45,16 @@ def test_the_process_keeps_its_name():
 
 def test_an_empty_name_does_not_raise():
     name_os_thread('')
+
+
+@needs_proc
+def test_without_a_name_the_os_gets_the_python_name():
+    seen: list[str] = []
+
+    def run() -> None:
+        name_os_thread()
+        seen.append(pathlib.Path(f'/proc/self/task/{threading.get_native_id()}/comm').read_text().rstrip('\n'))
+    thread = threading.Thread(target=run, name='delen-pythonname')
+    thread.start()
+    thread.join()
+    assert seen == ['delen-pythonnam']   # 15 bytes

@@ -222,7 +222,7 @@ class JetsonMeter(EnergyMeter):
             self._last = (now, power)
 
     def _run(self) -> None:
-        name_os_thread('jetson-power-sampler')
+        name_os_thread()
         period = self.period_s
         next_t = time.monotonic()
         while not self._stop.is_set():
@@ -381,7 +381,7 @@ class RaplMeter(EnergyMeter):
                 d.last_uj = now
 
     def _run(self, poll_s: float) -> None:
-        name_os_thread('rapl-wrap-guard')
+        name_os_thread()
         while not self._stop.wait(poll_s):
             try:
                 self._update()

@@ -58,7 +58,7 @@ class EnergyScaler:
             return time.perf_counter_ns(), None
 
     def _run(self) -> None:
-        name_os_thread('delen-energy')
+        name_os_thread()
         t_prev, e_prev = self._read()
         with self._lock:
             self._estimated_mj = 0.0

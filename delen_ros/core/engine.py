@@ -66,13 +66,13 @@ from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, pla
 from .energy_scaling import EnergyScaler
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
 from .preprocess import DevicePreprocessor, check_image, preprocess
+from .runner import StageRunner, to_pinned
 from .scheduler import Batch, Request, Scheduler
 from .thread_names import name_os_thread
 
 if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
     from .profile import Profile
-    from .runner import StageRunner
 
 __all__ = ['Result', 'AppStats', 'WorkerStats', 'Engine', 'make_runner']
 
@@ -257,10 +257,9 @@ class _Run:
 
 
 def make_runner(model: 'MultiExitModel', *, device: str = 'cpu', max_batch: int = 32,
-                options: dict[str, Any] | None = None) -> 'StageRunner':
+                options: dict[str, Any] | None = None) -> StageRunner:
     """The engine's default runner: a ``StageRunner`` for ``model`` (``options``: its extra keyword
     arguments, e.g. ``half``, ``channels_last``, ``cuda_graphs``)."""
-    from .runner import StageRunner
     return StageRunner(model, device=device, max_batch=max_batch, **dict(options or {}))
 
 
@@ -278,11 +277,6 @@ def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
     out[:x.shape[0]].copy_(x)
     out[x.shape[0]:].zero_()
     return out
-
-
-def _to_pinned(tensor: torch.Tensor) -> torch.Tensor:
-    """An asynchronous copy of a device tensor into pinned host memory (valid once the stream gets there)."""
-    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor, non_blocking=True)
 
 
 def _replace(result: Result, **changes: Any) -> Result:
@@ -946,7 +940,7 @@ class Engine:
             self._energy.start()
         if self._pre_workers > 1 and self._pre_pool is None:
             self._pre_pool = concurrent.futures.ThreadPoolExecutor(
-                self._pre_workers, thread_name_prefix='delen-pre', initializer=name_os_thread, initargs=('delen-pre',))
+                self._pre_workers, thread_name_prefix='delen-pre', initializer=name_os_thread)
         self._stopping = False
         self._thread = threading.Thread(target=self._worker, name='delen-engine', daemon=True)
         self._thread.start()
@@ -1108,7 +1102,7 @@ class Engine:
         return self._predict_ms(step, batch, margin=0.0)
 
     def _worker(self) -> None:
-        name_os_thread('delen-engine')   # top -H, py-spy and the e2e bench's CPU by thread see it
+        name_os_thread()   # top -H, py-spy and the e2e bench's CPU by thread see it
         device = getattr(self._runner, 'device', torch.device('cpu'))
         if device.type == 'cuda':
             # The current device is per thread: graphs and default-device ops of this worker must
@@ -1295,7 +1289,7 @@ class Engine:
         confidence, class_id = torch.softmax(logits[:n].float(), dim=1).max(dim=1)
         done = None
         if pipelined and confidence.device.type == 'cuda':
-            confidence, class_id = _to_pinned(confidence), _to_pinned(class_id)
+            confidence, class_id = to_pinned(confidence), to_pinned(class_id)
             # a blocking event where the runner sleeps in its waits (the default; DELEN_BLOCKING_SYNC=0 spins)
             done = torch.cuda.Event(blocking=getattr(self._runner, 'blocking_sync', False))
             done.record()
@@ -1315,8 +1309,7 @@ class Engine:
         else:
             confidence, class_id = run.confidence, run.class_id
             to_host = getattr(self._runner, 'to_host', None)
-            if to_host is not None and confidence.device.type != 'cpu':
-                # a StageRunner: with blocking_sync the copies wait in synchronize
+            if to_host is not None:   # a StageRunner: with blocking_sync the copies wait in synchronize
                 confidence, class_id = to_host(confidence), to_host(class_id)
             self._runner.synchronize()
             confidence, class_id = confidence.cpu().tolist(), class_id.cpu().tolist()

@@ -652,7 +652,7 @@ class DevicePool:
             self._monitor.start()
 
     def _run_monitor(self) -> None:
-        name_os_thread('delen-placement')
+        name_os_thread()
         while not self._stop_monitor.wait(self.rebalance_period_s):
             try:
                 self.rebalance()

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
 
 __all__ = ['StageRunner', 'CaptureState', 'conv_backend', 'faster_backend', 'resolve_device', 'warm_cuda_libraries', 'graph_batch_sizes', 'padded_graph_sizes',
-           'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped']
+           'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped', 'to_pinned']
 
 _log = logging.getLogger(__name__)
 _DEVICE = re.compile(r'auto|cpu|cuda(:\d+)?')
@@ -334,6 +334,11 @@ class _Graph:
         return start.elapsed_time(end) / reps
 
 
+def to_pinned(tensor: Tensor) -> Tensor:
+    """An asynchronous copy of a device tensor into pinned host memory, valid once its stream gets there."""
+    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor, non_blocking=True)
+
+
 class StageRunner:
     """Runs a :class:`~delen_ros.core.multi_exit.MultiExitModel` step by step on one device.
 
@@ -465,8 +470,7 @@ class StageRunner:
         else ``tensor.cpu()``."""
         if self.device.type != 'cuda' or not self.blocking_sync or tensor.device.type != 'cuda':
             return tensor.cpu()
-        out = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        return out.copy_(tensor, non_blocking=True)
+        return to_pinned(tensor)
 
     def warmup(self, batch_sizes: Sequence[int] | None = None, *, background: bool | None = None) -> None:
         """Run every stage and head once per batch size (capturing their graphs, if enabled), so that
@@ -566,7 +570,7 @@ class StageRunner:
         return all((kind, k, b) in self._graphs for k in range(self.num_exits) for kind in ('stage', 'head'))
 
     def _capture_in_background(self, stop: threading.Event) -> None:
-        name_os_thread('delen-capture')
+        name_os_thread()
         t0 = time.perf_counter_ns()
         try:
             with self._capture_thread_context() as (capture_stream, sync), torch.inference_mode():

@@ -3,7 +3,8 @@
 Python's ``threading`` keeps a thread's name to itself: at the OS level every thread shows as the
 process (``python3``) in ``/proc/<pid>/task/*/comm``, ``top -H``, ``perf`` and ``py-spy``, so the
 CPU of the engine worker cannot be told from that of the frame reader or of rclpy. A thread calls
-:func:`name_os_thread` first thing to fix that. Linux only; elsewhere it does nothing.
+:func:`name_os_thread` first thing to fix that: the OS gets the name the thread has in Python. Linux
+only; elsewhere it does nothing.
 
 Threads that a named thread starts (torch's intra-op pool, the CUDA driver's) inherit its name
 until they set their own.
@@ -14,6 +15,7 @@ import ctypes
 import ctypes.util
 import functools
 import sys
+import threading
 from typing import Callable
 
 __all__ = ['OS_NAME_MAX_BYTES', 'name_os_thread']
@@ -43,14 +45,14 @@ def _os_name(name: str) -> bytes:
     return name.encode('utf-8', 'replace')[:OS_NAME_MAX_BYTES].decode('utf-8', 'ignore').encode('utf-8')
 
 
-def name_os_thread(name: str) -> None:
-    """Give the calling thread the OS-level name ``name`` (as much of it as fits in 15 bytes of
-    UTF-8); a no-op where the platform has no way to, or if it fails: a name is a diagnostic, never
-    worth an error."""
+def name_os_thread(name: str | None = None) -> None:
+    """Give the calling thread the OS-level name ``name`` (``None``: its Python name), as much of it
+    as fits in 15 bytes of UTF-8; a no-op where the platform has no way to, or if it fails: a name is
+    a diagnostic, never worth an error."""
     set_own_name = _set_own_name()
     if set_own_name is None:
         return
     try:
-        set_own_name(_os_name(name))   # failure: a return code, ignored
+        set_own_name(_os_name(threading.current_thread().name if name is None else name))   # failure: a return code, ignored
     except (OSError, ValueError, ctypes.ArgumentError):
         pass

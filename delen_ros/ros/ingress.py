@@ -329,7 +329,7 @@ class IngressPool:
 
     # --- the reader thread ----------------------------------------------------------------------------
     def _read(self) -> None:
-        name_os_thread('delen-ingress')
+        name_os_thread()
         while not self._closing:
             try:
                 self._read_once()

@@ -12,9 +12,8 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 
+from ..core.thread_names import name_os_thread
 from . import params
-from delen_ros.core.thread_names import name_os_thread
-
 from .multi_device import device_list
 from .rejections import clean_message
 
@@ -43,7 +42,7 @@ def _in_background(name: str, work: Callable[[], object]) -> threading.Thread:
     """Run ``work()`` on a daemon thread; its errors are dropped: configure does the same work
     again and reports them."""
     def run() -> None:
-        name_os_thread(name)
+        name_os_thread()
         try:
             work()
         except Exception:   # noqa: BLE001 - see above

@@ -221,7 +221,7 @@ class Watcher:
         self._thread.start()
 
     def _spin(self) -> None:
-        name_os_thread('demo-spin')
+        name_os_thread()
         try:
             self.executor.spin()
         except Exception:  # noqa: BLE001 - ends when the context shuts down

@@ -90,7 +90,7 @@ from .e2e_failover import (FAILOVER_DDS_PROFILE, FAILOVER_STATUS_PERIOD_S, failo
 from .e2e_report import (admission_check, failover_summary, fmt, memory_growth, overheads, render_table, replot,
                          write_plots)
 from .processes import Children, config_file, package_root, ros_child_env
-from .thread_cpu import THREAD_CLASSES, cpu_by_thread_class, sample_threads
+from .thread_cpu import THREAD_CLASSES, cpu_by_thread_class, sample_threads, stat_cpu_s, stat_fields
 
 __all__ = ['Config', 'NodeParam', 'parse_node_param', 'proc_sample', 'GpuSampler', 'analyze', 'overheads',
            'render_table', 'write_plots', 'device_slug', 'REGISTER_MODES', 'registration_order', 'configure_refusals',
@@ -132,7 +132,6 @@ def _refused(registrar_out: str) -> set[str]:
 
 
 # --- /proc and GPU sampling -----------------------------------------------------------------------------------
-_CLK_TCK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
 
 
 def proc_sample(pid: int) -> dict[str, float] | None:
@@ -140,10 +139,8 @@ def proc_sample(pid: int) -> dict[str, float] | None:
     RSS / PSS of shared-memory mappings (``/dev/shm``: the DDS transport segments) of process ``pid``;
     ``None`` if it is gone."""
     try:
-        stat = pathlib.Path(f'/proc/{pid}/stat').read_text()
-        fields = stat[stat.rindex(')') + 2:].split()  # the command name may hold spaces
-        out: dict[str, float] = {'t_ns': time.time_ns(), 'cpu_s': (int(fields[11]) + int(fields[12])) / _CLK_TCK,
-                                 'threads': int(fields[17])}
+        _, fields = stat_fields(pathlib.Path(f'/proc/{pid}/stat').read_text())
+        out: dict[str, float] = {'t_ns': time.time_ns(), 'cpu_s': stat_cpu_s(fields), 'threads': int(fields[17])}
         rollup = pathlib.Path(f'/proc/{pid}/smaps_rollup').read_text()
         for line in rollup.splitlines():
             parts = line.split()
@@ -172,8 +169,7 @@ def _descendants(pid: int) -> list[int]:
     for entry in pathlib.Path('/proc').iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / 'stat').read_text()
-                parent[int(entry.name)] = int(stat[stat.rindex(')') + 2:].split()[1])
+                parent[int(entry.name)] = int(stat_fields((entry / 'stat').read_text())[1][1])
             except (OSError, ValueError, IndexError):
                 continue
     found, todo = [], [pid]
@@ -271,7 +267,7 @@ class GpuSampler:
         self._thread.start()
 
     def _run(self) -> None:
-        name_os_thread('e2e-gpu-sampler')
+        name_os_thread()
         while not self._stop.wait(self.period_s):
             try:
                 value = self._read()

@@ -14,7 +14,7 @@ import os
 import pathlib
 from typing import Any, Iterable
 
-__all__ = ['THREAD_CLASSES', 'parse_stat', 'thread_class', 'sample_threads', 'cpu_by_thread_class']
+__all__ = ['THREAD_CLASSES', 'stat_fields', 'stat_cpu_s', 'parse_stat', 'thread_class', 'sample_threads', 'cpu_by_thread_class']
 
 _CLK_TCK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
 
@@ -33,20 +33,28 @@ _PREFIXES = (
 )
 
 
+def stat_fields(text: str) -> tuple[str, list[str]]:
+    """``(comm, the fields after it)`` of a ``/proc/<pid>[/task/<tid>]/stat`` line: the name sits
+    in parentheses and may itself hold spaces and parentheses, so the fields are counted from its
+    last ``)`` (the state, field 3 of the line, comes first)."""
+    close = text.rindex(')')
+    return text[text.index('(') + 1:close], text[close + 2:].split()
+
+
+def stat_cpu_s(fields: list[str]) -> float:
+    """User + system CPU s from :func:`stat_fields`' fields: utime and stime, fields 14 and 15 of
+    the line, the 12th and 13th after the name."""
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
 def parse_stat(text: str) -> tuple[str, float]:
     """``(comm, user + system CPU s)`` of a ``/proc/<pid>[/task/<tid>]/stat`` line.
-
-    The name sits in parentheses and may itself hold spaces and parentheses, so the fields are
-    counted from its last ``)``: utime and stime, fields 14 and 15 of the line, are the 12th and
-    13th after it.
 
     >>> parse_stat('42 (a (b) c) S 1 42 42 0 -1 4194560 10 0 0 0 150 50 0 0 20 0 3 0 9 0 0')
     ('a (b) c', 2.0)
     """
-    close = text.rindex(')')
-    comm = text[text.index('(') + 1:close]
-    after = text[close + 2:].split()
-    return comm, (int(after[11]) + int(after[12])) / _CLK_TCK
+    comm, fields = stat_fields(text)
+    return comm, stat_cpu_s(fields)
 
 
 def thread_class(comm: str, *, is_main: bool) -> str:
