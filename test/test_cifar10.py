@@ -95,6 +95,47 @@ def test_architecture_rejects_bad_options(kwargs, match):
         get_architecture('cifar10_lite0')(**kwargs)
 
 
+def test_resnet9_exits_at_native_size_and_staged_equals_full():
+    from delen_ros.core.architectures import available_architectures, get_architecture
+    assert 'cifar10_resnet9' in available_architectures()
+    torch.manual_seed(0)
+    model = get_architecture('cifar10_resnet9')().eval()
+    info = model.info
+    assert info.exit_names == ('layer1', 'res1', 'layer2', 'final') and info.input_size == (32, 32)
+    assert len(set(info.mean)) == 3   # per-channel statistics, not one value for all
+    x = torch.randn(2, 3, 32, 32)
+    full = model(x)
+    assert [tuple(lg.shape) for lg in full] == [(2, 10)] * 4
+    feats = x
+    for k, side in enumerate((16, 16, 8, 4)):
+        feats = model.run_stage(k, feats)
+        assert feats.shape[-1] == side
+        torch.testing.assert_close(model.run_head(k, feats), full[k])
+        torch.testing.assert_close(model.forward_to(k, x), full[k])
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'widths': (64, 128, 256)}, 'need 4 positive widths'),
+    ({'head_widths': (256, 0, 512)}, 'need 4 positive widths and 3 head widths'),
+])
+def test_resnet9_rejects_bad_options(kwargs, match):
+    from delen_ros.core.architectures import get_architecture
+    with pytest.raises(ValueError, match=match):
+        get_architecture('cifar10_resnet9')(**kwargs)
+
+
+def test_training_normalises_per_channel_as_serving_does():
+    """``channel_stats`` + ``to_input`` at the native 32 px equal ``preprocess`` for per-channel statistics."""
+    from delen_ros.core.architectures import get_architecture
+    from delen_ros.tools.train_cifar import channel_stats, to_input, upsample_matrix
+    info = get_architecture('cifar10_resnet9')().info
+    images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    mean, std = channel_stats(info, torch.device('cpu'))
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    ours = to_input(x, upsample_matrix(32, mode='area')[None], None, mean=mean, std=std, channels_last=False)
+    torch.testing.assert_close(ours, preprocess(list(images), info), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize('size', [64, 160])
 def test_training_upsampling_equals_serving_preprocessing(size):
     """The training script scales 32x32 photos exactly as ``preprocess`` (cv2 INTER_AREA) does."""
@@ -146,6 +187,24 @@ def test_training_smoke_run_writes_a_loadable_model(tmp_path):
     assert log['info']['exit_accuracy'] == log['accuracy']['test']['area']
     with torch.inference_mode():
         assert model(torch.zeros(1, 3, 32, 32))[-1].shape == (1, 10)
+
+
+@needs_data
+def test_resnet9_training_smoke_run_from_scratch(tmp_path):
+    from delen_ros.core import zoo
+    from delen_ros.tools.train_cifar import main
+    rc = main(['--arch', 'cifar10_resnet9', '--device', 'cpu', '--limit', '16', '--batch-size', '16', '--epochs', '1',
+               '--widths', '8,16,16,32', '--head-widths', '8,8,16', '--eval-batch', '16', '--out', str(tmp_path),
+               '--no-plot'])
+    assert rc == 0
+    meta = zoo.read_model_json(tmp_path / 'cifar10_resnet9.json')
+    assert meta['architecture'] == 'cifar10_resnet9' and meta['arch_kwargs']['widths'] == [8, 16, 16, 32]
+    assert 'pretrained' not in meta['arch_kwargs'] and 'from scratch' in meta['training']['recipe']
+    model = zoo.load_model(tmp_path / 'cifar10_resnet9.json')
+    assert model.info.exit_names == ('layer1', 'res1', 'layer2', 'final')
+    assert len(model.info.exit_accuracy) == 4 and 'CIFAR-10 test set' in model.info.accuracy_note
+    with pytest.raises(SystemExit, match='32 px'):
+        main(['--arch', 'cifar10_resnet9', '--device', 'cpu', '--size', '64', '--out', str(tmp_path)])
 
 
 # --- honest calibration ----------------------------------------------------------------------------------------

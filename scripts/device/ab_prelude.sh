@@ -4,7 +4,7 @@
 t0=$(date +%s)
 WORK=/tmp/delen_ab; rm -rf "$WORK"; mkdir -p "$WORK"
 exec > >(tee "$WORK/ab.log") 2>&1
-export PYTHONUNBUFFERED=1 DELEN_CIFAR10="$PWD/.devdata/cifar10_test.npz" MODEL=cifar10_lite0 SOURCE=cifar10
+export PYTHONUNBUFFERED=1 DELEN_CIFAR10="$PWD/.devdata/cifar10_test.npz" MODEL="${MODEL:-cifar10_lite0}" SOURCE=cifar10
 bash scripts/device/setup_offline.sh || exit 1
 if [ ! -f .devdata/cifar10_test.npz ] && [ -f .devdata/cifar10_test.packed.npz ]; then
   # only the packed test photos were carried (a third of the bytes): restored outside the checkout

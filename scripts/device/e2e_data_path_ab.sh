@@ -67,11 +67,11 @@ fi
 # PIPELINE_CHECK=1: the engine's pipeline on and off over one backlog, engine only: same answers? how much faster?
 if [ "${PIPELINE_CHECK:-0}" = 1 ]; then
   mkdir -p "$WORK/pipeline_check"
-  PYTHONPATH="$ROOT:${PYTHONPATH:-}" timeout 150 python3 benchmarks/pipeline_check.py --model cifar10_lite0 \
+  PYTHONPATH="$ROOT:${PYTHONPATH:-}" timeout 150 python3 benchmarks/pipeline_check.py --model "$MODEL" \
     --out "$WORK/pipeline_check/pipeline_check.json" 2>&1 | tail -4
   echo "[ab] pipeline check rc ${PIPESTATUS[0]} at $(( $(date +%s) - t0 )) s"
 fi
-# PROFILE_FIRST=1: profile models/cifar10_lite0 here first (scripts/device/train_cifar.sh with
+# PROFILE_FIRST=1: profile models/$MODEL here first (scripts/device/train_cifar.sh with
 # MODEL_DIR=models: CUDA graphs, NVML above idle, delen_bench), and serve the parts below with it
 if [ "${PROFILE_FIRST:-0}" = 1 ]; then
   MODEL_DIR=models TEST_NPZ="${PROFILE_TEST_NPZ:-.devdata/cifar10_test.packed.npz}" \
@@ -81,8 +81,8 @@ fi
 # BENCH_FIRST=1: delen_bench (engine only, every policy, CIFAR-10 test frames, CUDA graphs, NVML above
 # idle) with the committed H200 profile: issue 9's energy and latency ratios at an accuracy bound
 if [ "${BENCH_FIRST:-0}" = 1 ]; then
-  timeout "${BENCH_TIMEOUT_S:-150}" python3 -m delen_ros.tools.bench --model cifar10_lite0 --device cuda --cuda-graphs \
-    --energy-meter nvml --profile models/profiles/cifar10_lite0__cuda-nvidia-h200.json --duration "${BENCH_S:-5}" \
+  timeout "${BENCH_TIMEOUT_S:-150}" python3 -m delen_ros.tools.bench --model "$MODEL" --device cuda --cuda-graphs \
+    --energy-meter nvml --profile "models/profiles/${MODEL}__cuda-nvidia-h200.json" --duration "${BENCH_S:-5}" \
     --warmup 1 --scenarios "${BENCH_SCENARIOS:-steady,bursty,overload}" --out "$WORK/bench" 2>&1 | tail -45
   echo "[ab] bench done at $(( $(date +%s) - t0 )) s"
 fi

