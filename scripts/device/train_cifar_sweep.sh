@@ -16,7 +16,7 @@
 # Environment (defaults in brackets):
 #   ARCH [cifar10_lite0]  or cifar10_resnet9 (from scratch at 32 px; its recipes are named r9*)
 #   VARIANTS ["fd gs gsmix lowlr", for cifar10_resnet9 "r9mix r9"]  recipes to run at once (see
-#                         variant_args below; also: base, gsb2, gs192, r9wide, r9d, r9dw, r9qw)
+#                         variant_args below; also: base, gsb2, gs192, r9wide, r9d, r9dw, r9qw, r9q)
 #   TOTAL_S [530]         wall-clock budget of this whole script, start-up to copies; it writes what it
 #                         has when the time is up
 #   TRAIN_BUDGET_S [400]  training-loop budget of every variant (they run concurrently)
@@ -108,13 +108,16 @@ variant_args() {
     r9d)   echo "--batch-size 512 --lr 0.2 --weight-decay 5e-4 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
     # r9d at 1.5x the widths
     r9dw)  echo "--batch-size 512 --lr 0.2 --weight-decay 5e-4 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85 --widths 96,192,384,768 --head-widths 384,384,768" ;;
+    # r9 with a tenth of the early exits' gradient into the backbone and more mixing (80 % of batches,
+    # until 90 %): sweep 2026-11-29f fit the training photos to 100 % at every setting
+    r9q)   echo "--batch-size 512 --lr 0.2 --weight-decay 5e-4 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.1 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.8 --mix-end 0.9" ;;
     # r9wide with a tenth of the early exits' gradient into the backbone
     r9qw)  echo "--batch-size 512 --lr 0.2 --weight-decay 5e-4 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.1 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85 --widths 96,192,384,768 --head-widths 384,384,768" ;;
     *) return 1 ;;
   esac
 }
 for v in $VARIANTS; do
-  variant_args "$v" >/dev/null || { echo "unknown variant '$v' (known: base fd gs gsmix gsmixwd lowlr gsb2 gs192 r9 r9mix r9wide r9d r9dw r9qw)"; exit 2; }
+  variant_args "$v" >/dev/null || { echo "unknown variant '$v' (known: base fd gs gsmix gsmixwd lowlr gsb2 gs192 r9 r9mix r9wide r9d r9dw r9qw r9q)"; exit 2; }
 done
 
 stamp "checks (budget: ${TOTAL_S} s in all; training loops ${TRAIN_BUDGET_S} s each, over by +$(( LOOP_DEADLINE - T0 )) s at the latest; variants: $VARIANTS)"
