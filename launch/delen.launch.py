@@ -26,7 +26,7 @@ def generate_launch_description() -> LaunchDescription:
     config = os.path.join(get_package_share_directory('delen_ros'), 'config')
     return LaunchDescription([
         DeclareLaunchArgument('model', default_value='cifar10_lite0',
-                              description='model zoo name (cifar10_lite0, fashion_mnist, efficientnet_lite0) or a path'),
+                              description='model zoo name (cifar10_lite0, cifar10_resnet9, fashion_mnist, efficientnet_lite0) or a path'),
         DeclareLaunchArgument('device', default_value='auto', description='auto | cpu | cuda | cuda:N'),
         DeclareLaunchArgument('namespace', default_value='', description='namespace of the node'),
         DeclareLaunchArgument('params_file', default_value=os.path.join(config, 'delen.yaml'),
