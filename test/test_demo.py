@@ -58,6 +58,11 @@ def test_without_cifar10_the_demo_falls_back_and_says_so():
     assert demo_setup('efficientnet_lite0', ['cifar10']) == ('efficientnet_lite0', FALLBACK_CAMERAS, None)
 
 
+def test_every_cifar10_model_gets_the_labelled_cameras():
+    assert demo_setup('cifar10_resnet9', ['cifar10', 'vtest']) == ('cifar10_resnet9', CAMERAS, None)
+    assert demo_setup('cifar10_resnet9', ['vtest']) == ('cifar10_resnet9', FALLBACK_CAMERAS, None)
+
+
 def test_tightened_bound_leaves_room_for_about_exit_one():
     recent = [_record(t, 3, 2.6) for t in range(10)]          # overhead = 2.6 - 0.6 = 2.0 ms
     assert tightened_latency_ms(recent, PROFILE, 3.6) == pytest.approx(2.0 + 0.2 + 0.1)

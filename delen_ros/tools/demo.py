@@ -61,6 +61,8 @@ class DemoCamera:
 
 
 DEFAULT_MODEL = 'cifar10_lite0'
+#: Models trained on CIFAR-10: their cameras replay its labelled test photos, so accuracy is scored.
+CIFAR10_MODELS = (DEFAULT_MODEL, 'cifar10_resnet9')
 #: What the demo runs when the CIFAR-10 file is absent (the set-up never downloads it).
 FALLBACK_MODEL = 'fashion_mnist'
 
@@ -88,13 +90,14 @@ def demo_setup(model: str, available: Sequence[str]) -> tuple[str, tuple[DemoCam
     :param available: names of the camera sources installed here (``delen_camera list``).
     :returns: ``(model, cameras, note)``; ``note`` is ``None`` unless :data:`DEFAULT_MODEL` was asked
         for without its ``cifar10`` source, in which case :data:`FALLBACK_MODEL` and its cameras run.
-        Any other model gets the fallback cameras (their frames fit any model; accuracy is scored
-        where a frame is labelled).
+        A CIFAR-10 model (:data:`CIFAR10_MODELS`) gets the CIFAR-10 cameras where the source is
+        installed; any other model gets the fallback cameras (their frames fit any model; accuracy is
+        scored where a frame is labelled).
     """
+    if model in CIFAR10_MODELS and 'cifar10' in available:
+        return model, CAMERAS, None
     if model != DEFAULT_MODEL:
         return model, FALLBACK_CAMERAS, None
-    if 'cifar10' in available:
-        return model, CAMERAS, None
     from delen_ros.core.datasets import cifar10_path
     return FALLBACK_MODEL, FALLBACK_CAMERAS, (
         f'note: CIFAR-10 not found at {cifar10_path()} (put cifar10_jpeg.npz there or set $DELEN_CIFAR10); '
