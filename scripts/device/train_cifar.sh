@@ -25,6 +25,9 @@ PY="${PYTHON:-python3}"
 TRAIN_BUDGET_S="${TRAIN_BUDGET_S:-230}"
 EPOCHS="${EPOCHS:-16}"
 BENCH_S="${BENCH_S:-5}"
+# a stream's accuracy at a bound a point wide needs ~900 frames an app (BENCH_S=60 at 15 Hz, steady only)
+BENCH_SCENARIOS="${BENCH_SCENARIOS:-steady,bursty,overload}"
+BENCH_POLICIES="${BENCH_POLICIES:-always_final,check_after_stage,delen,fixed_confidence,static_exit}"
 TRAIN_ARGS="${TRAIN_ARGS:-}"
 MODEL_DIR="${MODEL_DIR:-}"
 MODEL="${MODEL:-cifar10_lite0}"
@@ -122,7 +125,8 @@ LAT_PNG="${PROFILE%.json}.latency.png"
 
 stamp "3. delen_bench (every policy, CIFAR-10 test frames, CUDA graphs, NVML)"
 "$PY" -m delen_ros.tools.bench --model "$MODEL" --device cuda --cuda-graphs --energy-meter nvml \
-  --profile "$PROFILE" --duration "$BENCH_S" --warmup 1 --out "$WORK/bench" 2>&1 | tail -45 || \
+  --profile "$PROFILE" --duration "$BENCH_S" --warmup 1 --scenarios "$BENCH_SCENARIOS" --policies "$BENCH_POLICIES" \
+  --frame-count 3000 --out "$WORK/bench" 2>&1 | tail -45 || \
   echo "delen_bench exited with an error (see above)"
 [ -f "$WORK/bench/bench.json" ] && cp "$WORK/bench/bench.json" "$OUT_DIR/"
 
