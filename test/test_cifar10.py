@@ -155,7 +155,8 @@ def test_training_upsampling_equals_serving_preprocessing(size):
 
 
 def test_augment_keeps_shape_and_pixels():
-    from delen_ros.tools.train_cifar import augment, lr_factor
+    from delen_ros.tools.train_cifar import augment
+    from delen_ros.tools.train_recipe import lr_factor
     x = torch.randint(1, 256, (8, 3, 32, 32), dtype=torch.uint8)
     out = augment(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8

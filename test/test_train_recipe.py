@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from delen_ros.core.multi_exit import ModelInfo, MultiExitModel
-from delen_ros.tools.train_cifar import (WeightEma, exit_loss_weights, install_drop_connect, install_exit_grad_scales,
-                                         mix_batch, mixed_cross_entropy, scale_grad, schedule_progress)
+from delen_ros.tools.train_recipe import (WeightEma, exit_loss_weights, install_drop_connect, install_exit_grad_scales,
+                                          mix_batch, mixed_cross_entropy, scale_grad, schedule_progress)
 
 HAVE_LITE = importlib.util.find_spec('efficientnet_lite_pytorch') is not None
 HAVE_WEIGHTS = HAVE_LITE and (bool(os.environ.get('DELEN_LITE0_WEIGHTS'))
@@ -263,7 +263,7 @@ def test_cli_smoke_run_with_every_recipe_option(tmp_path):
 
 # --- packing the data for the device machine -------------------------------------------------------------------------
 def test_pack_unpack_restores_the_file_byte_for_byte(tmp_path):
-    from delen_ros.tools.train_cifar import is_packed_npz, pack_jpeg_npz, unpack_jpeg_npz
+    from delen_ros.tools.cifar_pack import is_packed_npz, pack_jpeg_npz, unpack_jpeg_npz
     src = tmp_path / 'c.npz'
     _fake_cifar(src, train_per_class=3, test_per_class=2)
     with np.load(src) as z:   # a photo with other tables (quality): a second header

@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED=1 DELEN_CIFAR10="$PWD/.devdata/cifar10_test.npz" MODEL="
 bash scripts/device/setup_offline.sh || exit 1
 if [ ! -f .devdata/cifar10_test.npz ] && [ -f .devdata/cifar10_test.packed.npz ]; then
   # only the packed test photos were carried (a third of the bytes): restored outside the checkout
-  python3 -c "import sys; from delen_ros.tools.train_cifar import unpack_jpeg_npz as u; print('unpacked', u(*sys.argv[1:]))" \
+  python3 -c "import sys; from delen_ros.tools.cifar_pack import unpack_jpeg_npz as u; print('unpacked', u(*sys.argv[1:]))" \
     .devdata/cifar10_test.packed.npz "$WORK/cifar10_test.npz" && export DELEN_CIFAR10="$WORK/cifar10_test.npz"
 fi
 # shellcheck disable=SC1091

@@ -43,7 +43,7 @@ stamp() { echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
 # Packed files (train_cifar_sweep.sh pack) are restored first, byte for byte, into WORK.
 read -r NPZ TEST_NPZ <<< "$("$PY" - "$NPZ" "${TEST_NPZ:-}" "$WORK" <<'EOF'
 import pathlib, sys
-from delen_ros.tools.train_cifar import is_packed_npz, unpack_jpeg_npz
+from delen_ros.tools.cifar_pack import is_packed_npz, unpack_jpeg_npz
 paths = []
 for path, name in ((sys.argv[1], 'train.npz'), (sys.argv[2], 'test.npz')):
     if path and is_packed_npz(path):

@@ -8,7 +8,7 @@
 #     TEST_NPZ   the test split (test_* arrays, 10 000 photos; default .devdata/cifar10_test.packed.npz,
 #                else .devdata/cifar10_test.npz): every exit is scored on all of it.
 #     OUT_DIR    default $OUT.
-#   Either file may be packed (delen_ros.tools.train_cifar.pack_jpeg_npz: the JPEG header that every
+#   Either file may be packed (delen_ros.tools.cifar_pack.pack_jpeg_npz: the JPEG header that every
 #   CIFAR photo shares stored once, a third of the bytes; unpacked here and checked byte for byte), so
 #   that the data fits the device machine's 64 MiB working tree. Pack them on the machine you call from:
 #   scripts/device/train_cifar_sweep.sh pack [SRC_TRAIN_NPZ] [SRC_TEST_NPZ]
@@ -43,7 +43,7 @@ if [ "${1:-}" = pack ]; then
   mkdir -p .devdata
   "$PY" - "${2:-.devdata/cifar10_train.npz}" "${3:-.devdata/cifar10_test.npz}" <<'EOF'
 import os, sys
-from delen_ros.tools.train_cifar import pack_jpeg_npz
+from delen_ros.tools.cifar_pack import pack_jpeg_npz
 for src, part, dst in ((sys.argv[1], 'train', '.devdata/cifar10_train.packed.npz'),
                        (sys.argv[2], 'test', '.devdata/cifar10_test.packed.npz')):
     sizes = pack_jpeg_npz(src, dst, parts=(part,))
@@ -134,7 +134,7 @@ fi
 # Packed data files: restored into WORK (temporary, never copied out: they hold CIFAR images).
 UNPACKED="$("$PY" - "$TRAIN_NPZ" "$TEST_NPZ" "$WORK" <<'EOF'
 import pathlib, sys
-from delen_ros.tools.train_cifar import is_packed_npz, unpack_jpeg_npz
+from delen_ros.tools.cifar_pack import is_packed_npz, unpack_jpeg_npz
 paths = []
 for path, name in ((sys.argv[1], 'train.npz'), (sys.argv[2], 'test.npz')):
     if is_packed_npz(path):
