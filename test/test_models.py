@@ -235,6 +235,12 @@ def test_int8_storage_is_a_quarter_and_within_half_a_step(fashion, tmp_path):
         step = q[k + INT8_SCALE].view(-1, *([1] * (state[k].dim() - 1)))
         assert ((back[k] - state[k]).abs() <= step / 2 + 1e-7).all(), k
     assert dequantize_int8(state) == state   # nothing quantized: unchanged
+    name = weights[0]
+    for broken in ({k: v for k, v in q.items() if k != name},                      # the weight is missing
+                   {**q, name + INT8_SCALE: q[name + INT8_SCALE][:-1]},             # a scale too few
+                   {**q, name: q[name].float()}):                                   # not int8
+        with pytest.raises(ValueError, match=INT8_SCALE):
+            dequantize_int8(broken)
     pt, _ = save_model(fashion, tmp_path / 'fm8', architecture='fashion_mnist', weights_dtype=torch.int8)
     pt32, _ = save_model(fashion, tmp_path / 'fm32', architecture='fashion_mnist')
     assert pt.stat().st_size < 0.3 * pt32.stat().st_size

@@ -52,12 +52,18 @@ def quantize_int8(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def dequantize_int8(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`quantize_int8` (float32 weights); a state without int8 weights is
-    returned as it is."""
+    returned as it is.
+
+    :raises ValueError: a scale without its int8 weight, or of another length than its output channels.
+    """
     out = {k: v for k, v in state.items() if not k.endswith(INT8_SCALE)}
     for k, scale in state.items():
         if k.endswith(INT8_SCALE):
             name = k[:-len(INT8_SCALE)]
-            q = out[name]
+            q = out.get(name)
+            if q is None or q.dtype != torch.int8 or q.dim() < 2 or scale.shape != (len(q),):
+                raise ValueError(f'{k}: scales of shape {tuple(scale.shape)} do not fit an int8 weight '
+                                 f'{name!r} ({"absent" if q is None else f"{q.dtype}, shape {tuple(q.shape)}"})')
             out[name] = (q.float().reshape(len(q), -1) * scale.float()[:, None]).reshape(q.shape)
     return out
 
