@@ -125,14 +125,15 @@ def test_resnet9_rejects_bad_options(kwargs, match):
 
 
 def test_training_normalises_per_channel_as_serving_does():
-    """``channel_stats`` + ``to_input`` at the native 32 px equal ``preprocess`` for per-channel statistics."""
+    """``normalisation`` + ``to_input`` at the native 32 px equal ``preprocess`` for per-channel statistics."""
     from delen_ros.core.architectures import get_architecture
-    from delen_ros.tools.train_cifar import channel_stats, to_input, upsample_matrix
+    from delen_ros.core.preprocess import normalisation
+    from delen_ros.tools.train_cifar import to_input, upsample_matrix
     info = get_architecture('cifar10_resnet9')().info
     images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    mean, std = channel_stats(info, torch.device('cpu'))
+    mean, inv_std = normalisation(info, torch.device('cpu'))
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    ours = to_input(x, upsample_matrix(32, mode='area')[None], None, mean=mean, std=std, channels_last=False)
+    ours = to_input(x, upsample_matrix(32, mode='area')[None], None, mean=mean, inv_std=inv_std, channels_last=False)
     torch.testing.assert_close(ours, preprocess(list(images), info), atol=1e-5, rtol=0)
 
 
@@ -146,9 +147,9 @@ def test_training_upsampling_equals_serving_preprocessing(size):
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     matrices = torch.stack([upsample_matrix(size, mode='area'), upsample_matrix(size, mode='linear')])
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    ours = to_input(x, matrices, None, mean=127.0, std=128.0, channels_last=False)
+    ours = to_input(x, matrices, None, mean=127.0, inv_std=1 / 128, channels_last=False)
     torch.testing.assert_close(ours, preprocess(list(images), info), atol=1e-6, rtol=0)
-    linear = to_input(x, matrices, torch.ones(3, dtype=torch.long), mean=127.0, std=128.0, channels_last=False)
+    linear = to_input(x, matrices, torch.ones(3, dtype=torch.long), mean=127.0, inv_std=1 / 128, channels_last=False)
     cv_linear = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) for im in images])
     expected = (torch.from_numpy(cv_linear).permute(0, 3, 1, 2).float() - 127.0) / 128.0
     assert (linear - expected).abs().max() <= 1.0 / 128 + 1e-6   # cv2's fixed-point rounding: within 1 grey level

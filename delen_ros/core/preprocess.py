@@ -23,7 +23,7 @@ from .host_memory import HOST_MEMORY, raw_copy_api
 if TYPE_CHECKING:
     from .multi_exit import ModelInfo
 
-__all__ = ['preprocess', 'check_image', 'DevicePreprocessor']
+__all__ = ['preprocess', 'check_image', 'normalisation', 'DevicePreprocessor']
 
 def check_image(image: object, *, index: int = 0) -> np.ndarray:
     """Validate one input image; returns it as ``H x W`` or ``H x W x 3`` uint8, else ``ValueError``."""
@@ -94,9 +94,16 @@ def preprocess(images: Sequence[np.ndarray], info: 'ModelInfo', *,
         stack = _resize(_convert_channels(stack, c), (h, w))
         batch[indices] = stack if stack.shape[-1] == c else np.repeat(stack, c, axis=-1)
     x = torch.from_numpy(batch).to(device=device).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(info.mean, dtype=torch.float32, device=x.device).view(1, c, 1, 1)
-    inv_std = torch.tensor([1.0 / s for s in info.std], dtype=torch.float32, device=x.device).view(1, c, 1, 1)
+    mean, inv_std = normalisation(info, x.device)
     return ((x - mean) * inv_std).contiguous()
+
+
+def normalisation(info: ModelInfo, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's ``(mean, 1 / std)`` per channel (``ModelInfo``, 0..255 units) as ``1 x C x 1 x 1``
+    float32 tensors on ``device``: ``(pixels - mean) * inv_std`` is its input."""
+    c = info.in_channels
+    return (torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, c, 1, 1),
+            torch.tensor([1.0 / s for s in info.std], dtype=torch.float32, device=device).view(1, c, 1, 1))
 
 
 _MAX_STAGING_SHAPES = 8
@@ -129,10 +136,7 @@ class DevicePreprocessor:
         self.memory_format = memory_format
         self._stream = torch.cuda.Stream(device=self.device)
         self._staging: dict[tuple[int, ...], tuple[torch.Tensor, torch.cuda.Event | None]] = {}
-        c = info.in_channels
-        self._mean = torch.tensor(info.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        self._inv_std = torch.tensor([1.0 / s for s in info.std], dtype=torch.float32,
-                                     device=self.device).view(1, c, 1, 1)
+        self._mean, self._inv_std = normalisation(info, self.device)
         self._luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         # upload(): its own stream and pinned frame buffers, per shape, reused in turn
         self._upload_stream = torch.cuda.Stream(device=self.device)

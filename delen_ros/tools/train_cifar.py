@@ -73,10 +73,11 @@ import torch.nn.functional as F
 
 from ..core import datasets
 from ..core.multi_exit import MultiExitModel
+from ..core.preprocess import normalisation
 from .train_recipe import (WeightEma, exit_loss_weights, install_drop_connect, install_exit_grad_scales, lr_factor,
                            mix_batch, mixed_cross_entropy, schedule_progress)
 
-__all__ = ['main', 'build_parser', 'upsample_matrix', 'augment', 'to_input', 'channel_stats', 'evaluate', 'train']
+__all__ = ['main', 'build_parser', 'upsample_matrix', 'augment', 'to_input', 'evaluate', 'train']
 
 NAME = 'cifar10_lite0'
 #: architectures this trainer knows; the value: trained from the ImageNet weights (else from scratch)
@@ -105,22 +106,18 @@ def upsample_matrix(size: int, *, mode: str, source: int = 32) -> torch.Tensor:
 
 
 def to_input(x: torch.Tensor, matrices: torch.Tensor, choice: torch.Tensor | None, *,
-             mean: float | torch.Tensor, std: float | torch.Tensor, channels_last: bool) -> torch.Tensor:
+             mean: float | torch.Tensor, inv_std: float | torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 ``N x 3 x 32 x 32`` -> the normalised float input ``N x 3 x S x S``.
 
     :param matrices: ``M x S x 32`` upsampling maps (:func:`upsample_matrix`).
     :param choice: per image, which map (``None``: the first for all).
-    :param mean: a scalar or one value per channel (``1 x C x 1 x 1``, :func:`channel_stats`); ``std`` too.
+    :param mean: a scalar or one value per channel (``1 x C x 1 x 1``: ``core.preprocess.normalisation``);
+        ``inv_std`` (1 / std) too.
     """
     a = matrices[0].expand(x.shape[0], -1, -1) if choice is None else matrices[choice]
     y = torch.matmul(torch.matmul(a[:, None], x.float()), a.transpose(1, 2)[:, None])
-    y = (y.round_() - mean) / std   # cv2 rounds its uint8 output
+    y = (y.round_() - mean) * inv_std   # cv2 rounds its uint8 output
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
-
-
-def channel_stats(info, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's per-channel mean and std (``ModelInfo``, 0..255 units) as ``1 x C x 1 x 1`` tensors."""
-    return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in (info.mean, info.std))
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, *, pad: int = PAD_PX) -> torch.Tensor:
@@ -147,10 +144,10 @@ def evaluate(model: MultiExitModel, images: torch.Tensor, labels: torch.Tensor, 
     """Per-exit top-1 accuracy of ``model`` on uint8 device ``images`` scaled by ``matrix``."""
     was_training = model.training
     model.eval()
-    mean, std = channel_stats(model.info, images.device)
+    mean, inv_std = normalisation(model.info, images.device)
     correct = torch.zeros(model.num_exits, dtype=torch.long, device=images.device)
     for i in range(0, len(images), batch):
-        x = to_input(images[i:i + batch], matrix[None], None, mean=mean, std=std, channels_last=images.is_cuda)
+        x = to_input(images[i:i + batch], matrix[None], None, mean=mean, inv_std=inv_std, channels_last=images.is_cuda)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         y = labels[i:i + batch]
@@ -331,7 +328,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pa
     optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
     matrices = torch.stack([upsample_matrix(size, mode='area'), upsample_matrix(size, mode='linear')]).to(device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    mean, std = channel_stats(info, device)
+    mean, inv_std = normalisation(info, device)
     batch = min(args.batch_size, len(tr_y))
     steps_per_epoch = max(1, len(tr_y) // batch)   # drop the ragged last batch (BN, equal step sizes)
     planned_epochs = args.epochs
@@ -380,7 +377,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pa
             idx = order[i * batch:(i + 1) * batch]
             xb = augment(tr_x[idx], generator)
             choice = (torch.rand(len(idx), generator=generator, device=device) < args.linear_fraction).long()
-            xb = to_input(xb, matrices, choice, mean=mean, std=std, channels_last=cuda)
+            xb = to_input(xb, matrices, choice, mean=mean, inv_std=inv_std, channels_last=cuda)
             yb = tr_y[idx]
             yb2, lam = yb, 1.0
             if mixing and prog < args.mix_end:

@@ -387,7 +387,8 @@ try:
     import numpy as np
     import torch
     from delen_ros.core import datasets, zoo
-    from delen_ros.tools.train_cifar import channel_stats, to_input, upsample_matrix
+    from delen_ros.core.preprocess import normalisation
+    from delen_ros.tools.train_cifar import to_input, upsample_matrix
     dev = torch.device(device if device != 'cpu' and torch.cuda.is_available() else 'cpu')
     images, labels = datasets.load_cifar10('test', path=test_npz)
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(dev)
@@ -401,12 +402,12 @@ try:
         try:
             model = zoo.load_model(work / v / FILES[1], device=dev)
             info = model.info
-            mean, std = channel_stats(info, dev)
+            mean, inv_std = normalisation(info, dev)
             matrix = upsample_matrix(info.input_size[0], mode='area').to(dev)
             preds = [[] for _ in range(model.num_exits)]
             with torch.inference_mode():
                 for i in range(0, len(x), 500):
-                    xb = to_input(x[i:i + 500], matrix[None], None, mean=mean, std=std, channels_last=False)
+                    xb = to_input(x[i:i + 500], matrix[None], None, mean=mean, inv_std=inv_std, channels_last=False)
                     for k, lg in enumerate(model(xb)):
                         preds[k].append(lg.argmax(1).cpu())
             del model
