@@ -250,7 +250,7 @@ def test_a_late_frame_is_served_at_the_fastest_exit_unfused():
     engine.submit(['cam'], fake_image(1, 200), arrival_ns=clock() - 100 * 1_000_000)   # already past its bound
     batch = engine._scheduler.next_batch(clock()).batch
     assert batch.requests[0].late
-    engine._execute(batch, 0)
+    engine._complete(engine._launch(batch, 0))   # launch and look, as _serve_once unpipelined
     assert [r.exit_index for r in results] == [0] and results[0].late
     assert runner.calls == [(0, 1)] and runner.heads == [0]
 

@@ -1248,10 +1248,6 @@ class Engine:
             out[torch.tensor(positions, device=t.device)] = t[torch.tensor(rows, device=t.device)]
         return out, 0
 
-    def _execute(self, batch: Batch, decision_ns: int) -> None:
-        """Run ``batch`` and act on its results (launch and look, no pipelining)."""
-        self._complete(self._launch(batch, decision_ns))
-
     def _launch(self, batch: Batch, decision_ns: int, *, pipelined: bool = False, start_at: int = 0) -> _Run:
         """Prepare ``batch``'s input and queue its steps on the device, without waiting for them.
 
