@@ -6,6 +6,7 @@ Seen on an H200: 60-90 ms old first frames refused 17 of 32 feasible apps behind
 import numpy as np
 import pytest
 
+from delen_ros.core.admission import Unschedulable
 from delen_ros.core.bounds import Bounds
 from delen_ros.core.engine import Engine
 from fakes import FakeClock, FakeRunner, fake_model, synthetic_profile
@@ -109,3 +110,16 @@ def test_before_any_frame_is_measured_the_age_prior_counts():
     assert engine.feasible_range().transport_ms == pytest.approx(2.0)
     submit(engine, clock, age_ms=0.5, count=45)
     assert engine.feasible_range().transport_ms == pytest.approx(0.5)   # measured
+
+
+def test_frames_aged_while_a_request_is_refused_are_not_taken_as_the_age():
+    # the refusal's evaluation holds the node's executor thread: frames taken meanwhile come late
+    clock = FakeClock()
+    engine = make_engine(clock)
+    submit(engine, clock, age_ms=2.0, count=45)
+    with pytest.raises(Unschedulable):   # a camera at 10 kHz: the device would be busy many times over
+        engine.set_app('refused', Bounds(max_latency_ms=100.0), source='refused', rate_hz=10_000.0)
+    assert set(engine.apps()) == {'cam'}
+    submit(engine, clock, age_ms=20.0, count=5)          # aged by the refusal
+    submit(engine, clock, age_ms=2.0, count=45)
+    assert engine.feasible_range().transport_ms == pytest.approx(2.0)

@@ -325,10 +325,22 @@ ROOMY = Bounds(max_latency_ms=10.0, min_accuracy=0.7)   # two apps: 7.68 ms by 9
 
 def test_admission_headroom_refuses_a_request_that_fits_without_slack():
     engine = admitted('old', bounds=ROOMY, overhead_prior_ms=1.0, admission_headroom=0.25)
-    with pytest.raises(Unschedulable, match=r'25% of each bound kept as admission headroom.*within 6.5 ms'):
+    with pytest.raises(Unschedulable, match=r'max\(25% of the bound, 1 ms\) kept as admission headroom.*within 6.5 ms'):
         engine.set_app('new', ROOMY, rate_hz=10.0)                               # 7.68 ms by 10 x 0.75 - 1
     assert set(engine.apps()) == {'old'}
     admitted('old', 'new', bounds=ROOMY, overhead_prior_ms=1.0, admission_headroom=0.0)
+
+
+def test_admission_keeps_at_least_headroom_min_ms_of_a_tight_bound():
+    # 5 % of 10 ms is 0.5 ms: two apps fit (7.68 ms by 8.5); kept at least 1.5 ms they do not (by 7.5)
+    admitted('old', 'new', bounds=ROOMY, overhead_prior_ms=1.0, admission_headroom=0.05, admission_headroom_min_ms=0.0)
+    engine = admitted('old', bounds=ROOMY, overhead_prior_ms=1.0, admission_headroom=0.05, admission_headroom_min_ms=1.5)
+    with pytest.raises(Unschedulable, match=r'max\(5% of the bound, 1.5 ms\) kept as admission headroom'):
+        engine.set_app('new', ROOMY, rate_hz=10.0)
+    assert set(engine.apps()) == {'old'}
+    assert recheck(engine, slowdown=1.0) == {}        # the re-check keeps none: 'old' is not at risk
+    with pytest.raises(ValueError, match='admission_headroom_min_ms'):
+        make_engine(admission_headroom_min_ms=-1.0)
 
 
 def test_tails_may_grow_by_the_headroom_before_an_admitted_app_is_at_risk():

@@ -119,7 +119,10 @@ class FrameAge:
     from registration alone, ages of 10-37 ms on arrival refused 33 ms apps that then met their bound;
     with a 0.3 s pause, the first app's old frames, 45-80 ms, still got in and refused 15 of 16).
     The pause is 2 s: with 1 s, in 3 of 6 H200 runs every camera's frames arrived 20-45 ms old for a
-    moment 1-1.5 s after the last app registered, and that tail refused the next requests.
+    moment 1-1.5 s after the last app registered, and that tail refused the next requests. A request
+    refused pauses it too: its evaluation runs on the node's executor thread, and in one H200 run
+    (session 13) frames 16-22 ms old, taken after four refusals in a row, had the next three
+    requests refused as infeasible alone, where the frames' measured age was 0.02 ms p50.
     """
 
     __slots__ = ('tail', 'prior_ms', '_sizes', '_settle_until_ns')
@@ -130,7 +133,8 @@ class FrameAge:
         self._sizes = Sizes()
         self._settle_until_ns = 0
 
-    def app_added(self, now_ns: int) -> None:
+    def pause(self, now_ns: int) -> None:
+        """Take no samples for ``SETTLE_NS`` from ``now_ns`` (a request, an app's first frame)."""
         self._settle_until_ns = max(self._settle_until_ns, now_ns + SETTLE_NS)
 
     def add(self, size: tuple[int, ...], age_ms: float, now_ns: int, *, app_settled: bool) -> None:

@@ -367,6 +367,8 @@ class Engine:
         admitted, [0-1); the re-check keeps none (:attr:`admission.CostModel.headroom`). Admission
         judges at the tails measured at the request, and they grow with the load it lets in (H200,
         16 cameras: a 5 ms app admitted with no slack then met its bound for 75 % of its frames).
+    :param admission_headroom_min_ms: the least kept free of any bound, ms
+        (:attr:`admission.CostModel.headroom_min_ms`): the tails grow by absolute amounts.
     :param demote_after: the admission re-check (:meth:`check_schedulable`) serves an app after the
         others once it has found it not fitting beside the apps admitted before it this many times in
         a row (one marginal verdict demotes nobody; it is reported at once all the same).
@@ -399,6 +401,7 @@ class Engine:
                  overhead_prior_ms: float = 1.0, transport_prior_ms: float = 0.0,
                  rate_prior_hz: float = admission.DEFAULT_RATE_HZ, external_delivery: bool = False,
                  admission_control: bool = True, utilisation_limit: float = 0.9, admission_headroom: float = 0.1,
+                 admission_headroom_min_ms: float = 1.0,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
                  fuse_steps: bool = True, pipeline: str = 'off',
                  demote_after: int = 3, restore_after: int = 2):
@@ -428,6 +431,8 @@ class Engine:
             raise ValueError(f'utilisation_limit must be in (0, 1], got {utilisation_limit!r}')
         if not 0.0 <= admission_headroom < 1.0:
             raise ValueError(f'admission_headroom must be in [0, 1), got {admission_headroom!r}')
+        if not math.isfinite(admission_headroom_min_ms) or admission_headroom_min_ms < 0:
+            raise ValueError(f'admission_headroom_min_ms must be >= 0, got {admission_headroom_min_ms!r}')
         if not isinstance(demote_after, int) or demote_after < 1:
             raise ValueError(f'demote_after must be an int >= 1, got {demote_after!r}')
         if not isinstance(restore_after, int) or restore_after < 1:
@@ -472,6 +477,7 @@ class Engine:
         self.admission_control = admission_control
         self.utilisation_limit = utilisation_limit
         self.admission_headroom = admission_headroom
+        self.admission_headroom_min_ms = float(admission_headroom_min_ms)
         self.demote_after = demote_after
         self.restore_after = restore_after
         self._admitted = 0   # admissions so far: the next app's AppLedger.seq
@@ -552,6 +558,9 @@ class Engine:
         result = self.plan(bounds)
         with self._cond:
             now = self.clock()
+            # admitted or not, the evaluation below holds the caller's thread (the node's executor)
+            # and a new app's subscription follows: frames aged meanwhile are of the node's making
+            self._age.pause(now)
             old = self._apps.get(app_id)
             source = source if source is not None else (old.source if old is not None else None)
             if rate_hz is None:
@@ -561,7 +570,8 @@ class Engine:
         new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, self._required_exit(bounds), source)
         if self.admission_control:
             outside = self._outside_ms()
-            cost = dataclasses.replace(self._cost_model(outside), headroom=self.admission_headroom)
+            cost = dataclasses.replace(self._cost_model(outside), headroom=self.admission_headroom,
+                                       headroom_min_ms=self.admission_headroom_min_ms)
             verdict = admission.check(tasks + [new], cost)
             if not verdict.ok:
                 # on the caller's thread (the node's executor): yield between tests, see suggest
@@ -569,7 +579,7 @@ class Engine:
                 fits = [f'at most {max_rate:.3g} Hz at this bound' if max_rate > 0 else 'no rate at this bound']
                 if min_latency is not None:
                     fits.append(f'max_latency_ms >= {min_latency:.3g} at {rate_hz:.3g} Hz')
-                kept = f' ({cost.headroom:.0%} of each bound kept as admission headroom)' if cost.headroom else ''
+                kept = f' ({cost.headroom_text()} kept as admission headroom)' if cost.headroom else ''
                 raise admission.Unschedulable(
                     f'{app_id!r} at {rate_hz:.3g} Hz does not fit beside {len(tasks)} admitted app(s){kept}: '
                     f'{verdict.message}; would fit: {" or ".join(fits)}',
@@ -577,8 +587,7 @@ class Engine:
             self._admitted_outside = outside
         with self._cond:
             app = self._apps.get(app_id)
-            if app is None:   # its subscription, made next, holds up the other cameras' frames a moment
-                self._age.app_added(self.clock())
+            if app is None:
                 app = self._apps[app_id] = AppLedger(
                     bounds, window=self._stats_window, now_ns=self.clock(), num_exits=self.profile.num_exits,
                     late_policy=late_policy, source=source, rate_prior_hz=rate_hz, seq=self._admitted)
@@ -817,7 +826,7 @@ class Engine:
                 if app.first_frame_ns is None:
                     app.first_frame_ns = now
                     # its subscription matched about now, which holds up every camera's frames too
-                    self._age.app_added(now)
+                    self._age.pause(now)
                 settled = settled or now - app.first_frame_ns >= SETTLE_NS
                 app.rate.add(arrival)
                 request = self._scheduler.make_request(app_id, frame, arrival, tag=tag)

@@ -93,6 +93,11 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                            'before an admitted app is told it is at risk. With none, an H200 admitted a 5 ms app with '
                            'no slack that then met its bound for 75 % of its frames (benchmarks/h200/e2e_session10).'
                            + _LATER, (0.0, 0.9), False),
+    'admission_headroom_min_ms': (1.0, 'The least of any latency bound admission keeps free, ms (admission_headroom '
+                                  'is a share, but the tails grow by absolute amounts as load is admitted: H200, 16 '
+                                  'cameras, frame age and serving overhead grew 1.1 ms from a 5 ms app\'s admission to '
+                                  'full load, and kept 0.5 ms it met its bound for 84 % of its frames; '
+                                  'benchmarks/h200/e2e_session13). 0 = the share alone.' + _LATER, (0.0, 1000.0), False),
     'transport_prior_ms': (2.0, "The frames' age on arrival (stamp -> node) assumed until it is measured, ms: an app "
                            "registered before its camera's first frames reach the node is judged against it (measured "
                            'p99 at 640x480: 2.3-3.5 ms on the H200 hosts and a 2-core VM). 0 = judge such apps on compute '
@@ -135,6 +140,7 @@ class NodeParams:
     latency_from: str
     delivery_allowance_ms: float
     admission_headroom: float
+    admission_headroom_min_ms: float
     transport_prior_ms: float
     rate_prior_hz: float
     ingress_processes: int
