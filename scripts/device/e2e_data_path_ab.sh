@@ -43,7 +43,8 @@
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
 # BENCH_FIRST=1 runs delen_bench (issue 9's engine bench, committed profile) before the parts: BENCH_S seconds
-# (5) of each of BENCH_SCENARIOS (steady,bursty,overload) and BENCH_POLICIES (all five).
+# (5) of each of BENCH_SCENARIOS (steady,bursty,overload) and BENCH_POLICIES (all five); BENCH_EXTRA: more
+# delen_bench arguments (e.g. --frame-count 3000 for 60 s at 15 Hz without repeating a frame).
 # NODES_EXTRA: more delen_e2e_bench arguments for nodes2 / nodes4 (e.g. --no-echo).
 # Settings: NS_NEW (16,32,48), NS_AB (32), NS_NODES2 (32,48), NS_NODES4 (32,48), POLICIES_NEW (delen,always_final), POLICIES_NODES2 (delen,always_final), POLICIES_NODES4 (delen), NS_MIXED (16), GIL_MS (0.5), BOUNDS_MIXED (5,10,33), DURATION (5),
 # NS_ADM (16), BOUNDS_ADM (5,10,33), REGISTER_GAP_S (0.5), TOTAL_S (570), SKIP (space-separated parts to leave out,
@@ -86,7 +87,7 @@ if [ "${BENCH_FIRST:-0}" = 1 ]; then
     --energy-meter nvml --profile "models/profiles/${MODEL}__cuda-nvidia-h200.json" --duration "${BENCH_S:-5}" \
     --warmup 1 --scenarios "${BENCH_SCENARIOS:-steady,bursty,overload}" \
     --policies "${BENCH_POLICIES:-always_final,check_after_stage,delen,fixed_confidence,static_exit}" \
-    --out "$WORK/bench" 2>&1 | tail -45
+    ${BENCH_EXTRA:-} --out "$WORK/bench" 2>&1 | tail -45
   echo "[ab] bench done at $(( $(date +%s) - t0 )) s"
 fi
 # each node sampled in its measuring window (delen_e2e_bench writes the mark when the window opens)
