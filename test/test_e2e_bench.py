@@ -10,6 +10,7 @@ import doctest
 import json
 import pathlib
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
@@ -116,6 +117,20 @@ def test_node_param_twice_is_an_error_and_doctests_hold():
     with pytest.raises(ValueError, match='more than once: a'):
         _parse_node_params(['a:=1', 'b:=2', 'a=3'])
     assert doctest.testmod(e2e_bench).failed == 0
+
+
+def test_the_forced_run_judges_apps_on_compute_alone():
+    # the run that forces in what 'service' refused: no assumed frame age, no headroom kept, so a
+    # refusal is shown to miss wherever compute alone admits the app
+    args = SimpleNamespace(model='fashion_mnist', device='cpu', max_batch=8, image_qos='sensor_data',
+                           registers=('service', 'param'))
+    forced = e2e_bench._node_params(args, e2e_bench.Config('node', 3, 'delen', 'param'), [3.0, 20.0])
+    assert (forced['transport_prior_ms'], forced['admission_headroom'], forced['admission_headroom_min_ms']) == (0, 0, 0)
+    assert len(e2e_bench.yaml.safe_load(forced['apps'])) == 3
+    service = e2e_bench._node_params(args, e2e_bench.Config('node', 3, 'delen', 'service'), [3.0, 20.0])
+    assert 'admission_headroom_min_ms' not in service and e2e_bench.yaml.safe_load(service['apps']) == []
+    args.registers = ('param',)   # no service run to compare with: the node's own defaults
+    assert 'transport_prior_ms' not in e2e_bench._node_params(args, e2e_bench.Config('node', 3, 'delen'), [3.0])
 
 
 def test_node_params_follow_the_params_file_as_ros_args(tmp_path):
