@@ -128,3 +128,63 @@ def test_delen_policy_follows_the_cascade_and_judges_the_stream():
     assert reported == pytest.approx(cascade.exit_accuracy[2])
     assert judged == pytest.approx(cascade.accuracy) and judged >= 0.85
     assert plan(bounds, profile).accuracy == pytest.approx(cascade.accuracy)
+
+
+def _reliable_first_exit_samples(n: int = 4000, seed: int = 0) -> dict:
+    """40 % easy inputs, confident and right everywhere; the others are right at exit 1 about as
+    often as it is confident, and at the final exit 85 % of the time. The first exit's confident
+    group is all right, so a single accuracy target for both early exits is not the cheapest."""
+    rng = np.random.default_rng(seed)
+    easy = rng.random(n) < 0.4
+    conf = np.empty((3, n))
+    correct = np.empty((3, n), dtype=int)
+    conf[0] = np.where(easy, rng.uniform(0.9, 1.0, n), rng.uniform(0.1, 0.6, n))
+    correct[0] = easy | (rng.random(n) < 0.3)
+    conf[1] = np.where(easy, rng.uniform(0.9, 1.0, n), rng.uniform(0.3, 1.0, n))
+    correct[1] = easy | (rng.random(n) < conf[1])
+    conf[2] = rng.uniform(0.5, 1.0, n)
+    correct[2] = easy | (rng.random(n) < 0.85)
+    return {'confidence': conf.tolist(), 'correct': correct.tolist()}
+
+
+def _expected_energy(profile: Profile, thresholds) -> float:
+    conf = np.asarray(profile.samples['confidence'])
+    taken = np.full(conf.shape[1], len(thresholds) - 1)
+    for k in range(len(thresholds) - 2, -1, -1):
+        if thresholds[k] is not None:
+            taken = np.where(conf[k] >= thresholds[k], k, taken)
+    return float(np.mean([profile.exit_energy_mj(int(k)) for k in taken]))
+
+
+def _one_target_only(monkeypatch) -> None:
+    """The cascade as the bisection alone leaves it (one accuracy target for every exit)."""
+    monkeypatch.setattr(profile_module, '_cheapest', lambda conf, correct, cost, start, *a, **k: tuple(start))
+
+
+@pytest.mark.parametrize('min_accuracy', [0.8, 0.85, 0.88])
+def test_priced_thresholds_cost_less_than_one_target_and_keep_the_bound(min_accuracy, monkeypatch):
+    priced = _profile(_reliable_first_exit_samples()).cascade(min_accuracy)
+    with monkeypatch.context() as m:
+        _one_target_only(m)
+        one_target = _profile(_reliable_first_exit_samples()).cascade(min_accuracy)
+    profile = _profile(_reliable_first_exit_samples())
+    assert _expected_energy(profile, priced.thresholds) < 0.99 * _expected_energy(profile, one_target.thresholds)
+    n = len(profile.samples['correct'][0])
+    assert priced.accuracy >= min_accuracy + CASCADE_Z * math.sqrt(min_accuracy * (1 - min_accuracy) / n)
+    assert _stream_accuracy(profile, priced.thresholds) == pytest.approx(priced.accuracy)
+    fresh = [_stream_accuracy(_profile(_reliable_first_exit_samples(seed=s)), priced.thresholds) for s in range(1, 21)]
+    assert np.mean([a >= min_accuracy for a in fresh]) >= 0.9, fresh   # the margin still carries to new inputs
+
+
+@pytest.mark.parametrize('min_accuracy', [0.75, 0.8, 0.85, 0.9])
+def test_priced_thresholds_are_never_dearer_and_stop_enough_inputs_to_judge(min_accuracy, monkeypatch):
+    profile = _profile(_hard_easy_samples())
+    priced = profile.cascade(min_accuracy, min_count=50)
+    with monkeypatch.context() as m:
+        _one_target_only(m)
+        one_target = _profile(_hard_easy_samples()).cascade(min_accuracy, min_count=50)
+    assert _expected_energy(profile, priced.thresholds) <= _expected_energy(profile, one_target.thresholds) + 1e-12
+    n = len(profile.samples['correct'][0])
+    for k, t in enumerate(priced.thresholds[:-1]):
+        if t is not None:
+            assert priced.fractions[k] * n >= 50

@@ -555,12 +555,14 @@ class Engine:
         late_policy = LatePolicy.parse(late_policy)
         if rate_hz is not None and (not math.isfinite(rate_hz) or rate_hz <= 0):
             raise ValueError(f'rate_hz must be > 0, got {rate_hz!r}')
+        with self._cond:
+            # admitted or not, what follows holds the caller's thread (the node's executor: the plan's
+            # cascade, the admission tests) and a new app's subscription follows: frames aged
+            # meanwhile are of the node's making
+            self._age.pause(self.clock())
         result = self.plan(bounds)
         with self._cond:
             now = self.clock()
-            # admitted or not, the evaluation below holds the caller's thread (the node's executor)
-            # and a new app's subscription follows: frames aged meanwhile are of the node's making
-            self._age.pause(now)
             old = self._apps.get(app_id)
             source = source if source is not None else (old.source if old is not None else None)
             if rate_hz is None:
