@@ -188,3 +188,11 @@ def test_priced_thresholds_are_never_dearer_and_stop_enough_inputs_to_judge(min_
     for k, t in enumerate(priced.thresholds[:-1]):
         if t is not None:
             assert priced.fractions[k] * n >= 50
+
+
+def test_a_profile_without_energy_keeps_the_one_target_cascade():
+    profile = _profile(_reliable_first_exit_samples())
+    free = dataclasses.replace(profile, exits=tuple(
+        dataclasses.replace(e, stage_energy_mj={b: 0.0 for b in e.stage_energy_mj}) for e in profile.exits))
+    cascade = free.cascade(0.85)
+    assert cascade is not None and cascade.accuracy >= 0.85
