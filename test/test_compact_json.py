@@ -1,0 +1,33 @@
+"""scripts/compact_json.py: committed results rewritten smaller, their values unchanged."""
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location('compact_json', REPO / 'scripts' / 'compact_json.py')
+compact_json = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compact_json)
+
+
+def test_indented_results_are_rewritten_smaller_with_the_same_values(tmp_path):
+    data = {'configs': {'delen_n16': {'p50_ms': 5.7, 'p99_ms': float('nan'), 'exits': [0, 0, 0, 100]}},
+            'note': 'Dělen'}
+    path = tmp_path / 'e2e.json'
+    path.write_text(json.dumps(data, indent=2))
+    before, after = compact_json.compact(path)
+    assert after < before == len(json.dumps(data, indent=2).encode())
+    back = json.loads(path.read_text())
+    assert math.isnan(back['configs']['delen_n16']['p99_ms'])
+    assert json.dumps(back) == json.dumps(data)
+    assert compact_json.compact(path) == (after, after)   # already compact: left as it is
+
+
+def test_a_file_that_is_not_json_raises_and_is_left_alone(tmp_path):
+    path = tmp_path / 'broken.json'
+    path.write_text('{"a": ')
+    with pytest.raises(ValueError):
+        compact_json.compact(path)
+    assert path.read_text() == '{"a": '
