@@ -11,9 +11,8 @@ import pytest
 from delen_ros.core.profile import Profile
 from delen_ros.srv import SetBounds
 from delen_ros.tools.demo import (CAMERAS, DEFAULT_MODEL, FALLBACK_CAMERAS, FALLBACK_MODEL, NAVIGATION_ALLOWANCE_MS,
-                                  Record, demo_bounds, demo_setup, render_table, retry_latency_ms, summarize,
-                                  tightened_latency_ms,
-                                  write_plot)
+                                  Record, demo_bounds, demo_setup, first_fit_latency_ms, render_table, retry_latency_ms,
+                                  summarize, tightened_latency_ms, write_plot)
 
 PROFILE = types.SimpleNamespace(  # a GetProfile answer
     accuracy=[0.80, 0.86, 0.90, 0.92], latency_ms=[0.1, 0.2, 0.4, 0.6], latency_p99_ms=[0.2, 0.4, 0.8, 90.0],
@@ -76,6 +75,12 @@ def test_tightened_bound_leaves_room_for_about_exit_one():
 ])
 def test_a_refused_tightening_retries_at_what_the_node_says_would_fit(would_fit, expected):
     assert retry_latency_ms(20.0, 30.0, would_fit) == expected
+
+
+def test_a_refused_first_latency_bound_asks_what_the_node_says_would_fit():
+    assert first_fit_latency_ms(31.6, 35.7) == pytest.approx(36.41)   # the node's answer, with a little room
+    assert first_fit_latency_ms(31.6, 0.0) is None                    # no answer: nothing to ask
+    assert first_fit_latency_ms(31.6, 30.0) is None                   # not looser than what was refused
 
 
 def test_summarize():
