@@ -240,3 +240,24 @@ def test_misfits_pauses_before_each_check():
     assert admission.misfits(tasks, cost(overhead_ms=1.0), pause=lambda: calls.append(1)) \
         == admission.misfits(tasks, cost(overhead_ms=1.0))
     assert 3 <= len(calls) <= 2 * len(tasks)          # alone-checks, then one per task after the first
+
+
+# --- where fused runs end: the exits an app's policy must look at -----------------------------------------
+
+def test_a_fused_run_blocks_for_its_longest_stretch_between_stops():
+    c = CostModel(step_ms=lambda k, b: 1.0 + k, num_exits=4, fused_runs=True)   # steps 1, 2, 3, 4 ms
+    assert c.blocking_ms(3, 1) == 10.0                      # all four back to back
+    assert c.blocking_ms(3, 1, stops=(0, 1, 2)) == 4.0      # a step at a time: the longest step
+    assert c.blocking_ms(3, 1, stops=(1,)) == 7.0           # 1 + 2, then 3 + 4
+    assert dataclasses.replace(c, fused_runs=False).blocking_ms(3, 1) == 4.0
+
+
+def test_a_frame_of_a_source_runs_on_unless_every_app_on_it_looks():
+    c = cost(fused_runs=True, max_batch=4)
+    looks = Task('arm', 10.0, None, 3, source='cam', stops=(0, 1, 2))
+    tight = Task('nav', 10.0, 8.0, 0, source='front')   # 1.1 ms of work, 8 ms: room for a 4.1 ms step, not 10.4
+    assert check([tight, looks], c).ok
+    assert not check([tight, dataclasses.replace(looks, stops=())], c).ok
+    # another app on the arm's camera that runs straight through keeps its frames' runs long
+    through = Task('log', 10.0, None, 3, source='cam')
+    assert not check([tight, looks, through], c).ok

@@ -364,3 +364,13 @@ def test_a_real_model_gives_the_same_answers_fused():
     assert answers[True][0] == answers[False][0]
     assert all(exit_index == final for exit_index, _, _ in answers[True][0])
     assert answers[True][1] == [final] * 4 and answers[False][1] == list(range(final + 1)) * 4
+
+
+def test_admission_takes_an_accuracy_bound_apps_runs_as_ending_where_its_cascade_looks():
+    model = fake_model(3)
+    engine = Engine(model, CASCADE, on_result=lambda r: None, runner=FakeRunner(model), fuse_steps=True)
+    cascade = Bounds(min_accuracy=0.85, objective='min_energy')   # a threshold at exit 1, none at exit 0
+    assert engine._run_stops(cascade, 2) == (1,)
+    assert engine._run_stops(Bounds(max_latency_ms=LOOSE_MS), 2) == ()    # decided ahead: one run
+    off = Engine(model, CASCADE, on_result=lambda r: None, runner=FakeRunner(model), fuse_steps=False)
+    assert off._run_stops(cascade, 2) == ()   # a step at a time anyway: blocking is per step

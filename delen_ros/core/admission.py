@@ -14,8 +14,9 @@ and at most one per source).
 The test (:func:`check`) is EDF's processor-demand test on one processor, with non-preemptive runs
 (George, Rivierre and Spuri, 1996): a frame due at ``t`` may find the device busy with one run of an
 app due later than ``t`` or of a demoted app (``blocking(t)``: ``blocking_ms``, the longest step at
-that batch size, a first step with its preprocessing, or every step up to the exit where the engine
-fuses them), and what is not device time shortens every
+that batch size, a first step with its preprocessing, or where the engine fuses steps the longest
+run of them: up to the exit, or to an exit where the app's policy must look at a confidence,
+``Task.stops``), and what is not device time shortens every
 deadline (:attr:`CostModel.outside_ms`): the frames' age when they reach the engine (transport from
 the camera's stamp, conversion), the serving overhead (wake-up, publication) and the delivery
 allowance (publication -> subscriber). It passes when utilisation <= ``utilisation_limit`` and, for every
@@ -57,6 +58,9 @@ class Task:
     :param deadline_ms: end-to-end latency bound, ms; ``None``: unbounded (soft).
     :param exit_index: the exit its frames need at least.
     :param source: camera name; apps on one source share every frame's work (``None``: its own).
+    :param stops: exits before ``exit_index`` where a fused run of its frames ends, for the policy
+        to look at their confidences (an accuracy bound's cascade); ``()``: it may run them all
+        back to back.
     """
 
     app_id: str
@@ -64,6 +68,7 @@ class Task:
     deadline_ms: float | None
     exit_index: int
     source: str | None = None
+    stops: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,13 +169,22 @@ class CostModel:
         """Device time of one frame up to ``exit_index`` when steps run in batches of ``batch``."""
         return self.preprocess_ms + sum(self.step_ms(k, batch) / batch for k in range(exit_index + 1))
 
-    def blocking_ms(self, exit_index: int, batch: int) -> float:
+    def blocking_ms(self, exit_index: int, batch: int, stops: Sequence[int] = ()) -> float:
         """The longest run (a whole batch) a new frame may have to wait for: one step, a first step
         with its frames' preprocessing, which the worker runs inside it; with ``fused_runs`` (the
-        engine runs steps decided without confidences back to back), every step up to the exit."""
+        engine runs steps decided without confidences back to back), the longest stretch of steps
+        up to the exit between the ``stops`` (exits where the run ends for a confidence)."""
         steps = [self.step_ms(k, batch) + (self.preprocess_ms * batch if k == 0 else 0.0)
                  for k in range(exit_index + 1)]
-        return sum(steps) if self.fused_runs else max(steps)
+        if not self.fused_runs:
+            return max(steps)
+        longest = run = 0.0
+        for k, ms in enumerate(steps):
+            run += ms
+            longest = max(longest, run)
+            if k in stops:
+                run = 0.0
+        return longest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +194,7 @@ class _Group:
     deadline_ms: float        # shortened by cost.outside_ms; the soft horizon for unbounded apps
     hard: bool
     exit_index: int
+    stops: frozenset[int] = frozenset()
 
 
 def _groups(tasks: Sequence[Task], cost: CostModel) -> list[_Group]:
@@ -193,8 +208,10 @@ def _groups(tasks: Sequence[Task], cost: CostModel) -> list[_Group]:
             continue
         hard = [t.deadline_ms for t in members if t.deadline_ms is not None]
         deadline = min(hard) - cost.kept_ms(min(hard)) - cost.outside_ms if hard else cost.default_deadline_ms
+        # a frame's run ends only where every app on it must look (the others go on without it)
+        stops = frozenset.intersection(*(frozenset(t.stops) for t in members))
         out.append(_Group(apps=tuple(t.app_id for t in members), period_ms=1000.0 / rate, deadline_ms=deadline,
-                          hard=bool(hard), exit_index=max(t.exit_index for t in members)))
+                          hard=bool(hard), exit_index=max(t.exit_index for t in members), stops=stops))
     return out
 
 
@@ -221,8 +238,8 @@ def check(tasks: Sequence[Task], cost: CostModel, *, blocking: Sequence[Task] = 
     c = [cost.frame_ms(g.exit_index, b) for g in groups]
     # Non-preemptive EDF: a frame due at t waits at most for one run that started before it came, of
     # an app due later than t (one due sooner is the frame's own demand), or of a demoted app
-    runs = [(g.deadline_ms, cost.blocking_ms(g.exit_index, b)) for g in groups]
-    demoted = [cost.blocking_ms(g.exit_index, b) for g in _groups(blocking, cost)]
+    runs = [(g.deadline_ms, cost.blocking_ms(g.exit_index, b, g.stops)) for g in groups]
+    demoted = [cost.blocking_ms(g.exit_index, b, g.stops) for g in _groups(blocking, cost)]
 
     def block_at(t: float) -> float:
         return max([run for due, run in runs if due > t] + demoted, default=0.0)

@@ -569,7 +569,9 @@ class Engine:
                 rate_hz = old.rate_hz(now) if old is not None else self._source_rate(source, now)
             tasks = [self._task(a, st, now) for a, st in self._apps.items() if a != app_id]
             old_task = self._task(app_id, old, now) if old is not None else None
-        new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, self._required_exit(bounds), source)
+        exit_index = self._required_exit(bounds)
+        new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, exit_index, source,
+                             stops=self._run_stops(bounds, exit_index))
         if self.admission_control:
             outside = self._outside_ms()
             cost = dataclasses.replace(self._cost_model(outside), headroom=self.admission_headroom,
@@ -681,8 +683,20 @@ class Engine:
         return self.rate_prior_hz
 
     def _task(self, app_id: str, app: AppLedger, now: int) -> admission.Task:
-        return admission.Task(app_id, app.rate_hz(now), app.bounds.max_latency_ms,
-                              self._required_exit(app.bounds), app.source)
+        exit_index = self._required_exit(app.bounds)
+        return admission.Task(app_id, app.rate_hz(now), app.bounds.max_latency_ms, exit_index, app.source,
+                              stops=self._run_stops(app.bounds, exit_index))
+
+    def _run_stops(self, bounds: Bounds, exit_index: int) -> tuple[int, ...]:
+        """The exits before ``exit_index`` where the worker ends a fused run of this app's frames
+        (:meth:`_fuse_to`): where its policy does not go on without a look, decided with nothing spent
+        yet (time and energy spent only end runs sooner). An accuracy bound's cascade looks at every
+        exit with a threshold, so its frames run a step at a time there, not as one long run."""
+        if not self.fuse_steps:
+            return ()
+        return tuple(k for k in range(exit_index) if self.policy.decide_ahead(ExitContext(
+            bounds=bounds, profile=self.profile, exit_index=k, confidence=math.nan, elapsed_ms=0.0,
+            corrector=self.corrector)) is not Decision.CONTINUE)
 
     def _cost_model(self, outside: dict[str, float] | None = None) -> admission.CostModel:
         """Admission's costs now; ``outside``: these parts outside the device instead of :meth:`_outside_ms`."""
