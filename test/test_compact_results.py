@@ -1,4 +1,4 @@
-"""scripts/compact_json.py: committed results rewritten smaller, their values unchanged."""
+"""scripts/compact_results.py: committed results (JSON) rewritten smaller, their values unchanged."""
 import importlib.util
 import json
 import math
@@ -7,9 +7,9 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location('compact_json', REPO / 'scripts' / 'compact_json.py')
-compact_json = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compact_json)
+_spec = importlib.util.spec_from_file_location('compact_results', REPO / 'scripts' / 'compact_results.py')
+compact_results = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compact_results)
 
 
 def test_indented_results_are_rewritten_smaller_with_the_same_values(tmp_path):
@@ -17,17 +17,17 @@ def test_indented_results_are_rewritten_smaller_with_the_same_values(tmp_path):
             'note': 'Dělen'}
     path = tmp_path / 'e2e.json'
     path.write_text(json.dumps(data, indent=2))
-    before, after = compact_json.compact(path)
+    before, after = compact_results.compact_json(path)
     assert after < before == len(json.dumps(data, indent=2).encode())
     back = json.loads(path.read_text())
     assert math.isnan(back['configs']['delen_n16']['p99_ms'])
     assert json.dumps(back) == json.dumps(data)
-    assert compact_json.compact(path) == (after, after)   # already compact: left as it is
+    assert compact_results.compact_json(path) == (after, after)   # already compact: left as it is
 
 
 def test_a_file_that_is_not_json_raises_and_is_left_alone(tmp_path):
     path = tmp_path / 'broken.json'
     path.write_text('{"a": ')
     with pytest.raises(ValueError):
-        compact_json.compact(path)
+        compact_results.compact_json(path)
     assert path.read_text() == '{"a": '
