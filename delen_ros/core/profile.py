@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ['Cascade', 'ExitProfile', 'Profile', 'device_slug', 'profile_filename']
+__all__ = ['Cascade', 'ExitProfile', 'Profile', 'device_slug', 'exits_taken', 'profile_filename']
 
 PROFILE_VERSION = 1
 
@@ -273,36 +273,22 @@ class Profile:
 
 def _run_cascade(conf: np.ndarray, correct: np.ndarray, target: float, min_count: int):
     """Thresholds exit by exit on the inputs still left: the largest most-confident group whose
-    accuracy reaches ``target``. Returns (thresholds, exit_acc, rest_acc, fractions, stream_acc)."""
+    accuracy reaches ``target``. Returns what they give (:func:`_stream`)."""
     n_exits, n = conf.shape
     left = np.ones(n, dtype=bool)
-    thresholds, exit_acc, rest_acc, fractions = [], [], [], []
-    total_correct = 0.0
-    for k in range(n_exits):
+    thresholds: list[float | None] = []
+    for k in range(n_exits - 1):
         idx = np.flatnonzero(left)
-        if k == n_exits - 1 or idx.size == 0:
-            acc = float(correct[k, idx].mean()) if idx.size else 1.0
-            thresholds.append(None); exit_acc.append(acc); rest_acc.append(acc)
-            fractions.append(idx.size / n); total_correct += float(correct[k, idx].sum())
-            left[:] = False
-            continue
         order = idx[np.argsort(-conf[k, idx], kind='stable')]
         cum_acc = np.cumsum(correct[k, order]) / np.arange(1, order.size + 1)
         ok = np.flatnonzero((cum_acc >= target) & (np.arange(1, order.size + 1) >= min_count))
         if ok.size == 0 or target >= 1.0:
-            thresholds.append(None); exit_acc.append(0.0); fractions.append(0.0)
-            rest_acc.append(float(correct[k, idx].mean()))
+            thresholds.append(None)
             continue
         threshold = float(conf[k, order[ok[-1]]])
-        stop = idx[conf[k, idx] >= threshold]
-        rest = idx[conf[k, idx] < threshold]
         thresholds.append(threshold)
-        exit_acc.append(float(correct[k, stop].mean()))
-        rest_acc.append(float(correct[k, rest].mean()) if rest.size else exit_acc[-1])
-        fractions.append(stop.size / n)
-        total_correct += float(correct[k, stop].sum())
-        left[stop] = False
-    return tuple(thresholds), tuple(exit_acc), tuple(rest_acc), tuple(fractions), total_correct / n
+        left &= conf[k] < threshold
+    return _stream(conf, correct, (*thresholds, None))
 
 
 def device_slug(device: str = 'cpu') -> str:
@@ -330,24 +316,30 @@ def profile_filename(model: str, device_slug_: str) -> str:
     return f'{model}__{device_slug_}.json'
 
 
+def exits_taken(confidence: np.ndarray, thresholds: Sequence[float | None]) -> np.ndarray:
+    """Per input (a column of ``confidence``, exits x inputs), the exit it stops at: the first whose
+    threshold its confidence meets (``None``: never stops there), else the final exit."""
+    n_exits, n = confidence.shape
+    out = np.full(n, n_exits - 1)
+    for k in range(n_exits - 2, -1, -1):      # the earliest confident exit wins
+        if thresholds[k] is not None:
+            out = np.where(confidence[k] >= thresholds[k], k, out)
+    return out
+
+
 def _stream(conf: np.ndarray, correct: np.ndarray, thresholds: Sequence[float | None]):
-    """What ``thresholds`` give on these inputs: (thresholds, exit_acc, rest_acc, fractions, stream_acc),
-    as :func:`_run_cascade` returns them."""
+    """What ``thresholds`` give on these inputs: (thresholds, exit_acc, rest_acc, fractions, stream_acc)
+    as :class:`Cascade` holds them (an exit no input stops at: accuracy 0, the final exit's: 1)."""
     n_exits, n = conf.shape
-    left = np.ones(n, dtype=bool)
+    taken = exits_taken(conf, thresholds)
     exit_acc, rest_acc, fractions = [], [], []
-    total_correct = 0.0
-    for k, threshold in enumerate(thresholds):
-        idx = np.flatnonzero(left)
-        final = k == n_exits - 1
-        stop = idx if final else (idx[conf[k, idx] >= threshold] if threshold is not None else idx[:0])
-        rest = idx[:0] if final else np.setdiff1d(idx, stop, assume_unique=True)
-        exit_acc.append(float(correct[k, stop].mean()) if stop.size else (1.0 if final else 0.0))
-        rest_acc.append(float(correct[k, rest].mean()) if rest.size else exit_acc[-1])
-        fractions.append(stop.size / n)
-        total_correct += float(correct[k, stop].sum())
-        left[stop] = False
-    return tuple(thresholds), tuple(exit_acc), tuple(rest_acc), tuple(fractions), total_correct / n
+    for k in range(n_exits):
+        stop, rest = taken == k, taken > k     # of the inputs reaching k: stopping there, going on
+        exit_acc.append(float(correct[k, stop].mean()) if stop.any() else (1.0 if k == n_exits - 1 else 0.0))
+        rest_acc.append(float(correct[k, rest].mean()) if rest.any() else exit_acc[-1])
+        fractions.append(float(np.count_nonzero(stop)) / n)
+    return tuple(thresholds), tuple(exit_acc), tuple(rest_acc), tuple(fractions), \
+        float(correct[taken, np.arange(n)].mean())
 
 
 def _cheapest(conf: np.ndarray, correct: np.ndarray, cost: np.ndarray, start: Sequence[float | None],
@@ -371,13 +363,6 @@ def _cheapest(conf: np.ndarray, correct: np.ndarray, cost: np.ndarray, start: Se
     n_exits, n = conf.shape
     rows = np.arange(n)
 
-    def taken(th: Sequence[float | None]) -> np.ndarray:
-        out = np.full(n, n_exits - 1)
-        for k in range(n_exits - 2, -1, -1):      # the earliest confident exit wins
-            if th[k] is not None:
-                out = np.where(conf[k] >= th[k], k, out)
-        return out
-
     def best_at(k: int, th: Sequence[float | None], value: np.ndarray) -> float | None:
         """Exit k's threshold (None: no stop there) worth most, the others held: every cut of the
         inputs reaching k, most confident first, from one cumulative sum."""
@@ -385,7 +370,7 @@ def _cheapest(conf: np.ndarray, correct: np.ndarray, cost: np.ndarray, start: Se
         for j in range(k):
             if th[j] is not None:
                 reach &= conf[j] < th[j]
-        later = taken([None] * (k + 1) + list(th[k + 1:]))   # where an input not stopping at k ends
+        later = exits_taken(conf, [None] * (k + 1) + list(th[k + 1:]))   # where an input not stopping at k ends
         idx = np.flatnonzero(reach)
         order = idx[np.argsort(-conf[k, idx], kind='stable')]
         gain = np.cumsum(value[k, order] - value[later[order], order])
@@ -406,7 +391,7 @@ def _cheapest(conf: np.ndarray, correct: np.ndarray, cost: np.ndarray, start: Se
         return th
 
     def accuracy_and_cost(th: Sequence[float | None]) -> tuple[float, float]:
-        exits = taken(th)
+        exits = exits_taken(conf, th)
         return float(correct[exits, rows].mean()), float(cost[exits].mean())
 
     best = tuple(start)

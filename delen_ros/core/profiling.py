@@ -20,7 +20,7 @@ except ImportError:   # progress bars are a nicety: the node and a bare install 
 
 from .energy import EnergyMeter, measure_energy, measure_idle_power_w  # re-exported: profiling's API
 from .preprocess import preprocess
-from .profile import ExitProfile, Profile, device_slug
+from .profile import ExitProfile, Profile, device_slug, exits_taken
 from .runner import StageRunner
 
 if TYPE_CHECKING:
@@ -355,14 +355,7 @@ def cascade_report(profile: Profile, confidence: Sequence[np.ndarray], correct: 
         if c is None:
             rows.append({'min_accuracy': float(bound), 'feasible': False})
             continue
-        stop = np.full(n, final)
-        left = np.ones(n, dtype=bool)
-        for k, t in enumerate(c.thresholds[:-1]):
-            if t is None:
-                continue
-            here = left & (conf[k] >= t)
-            stop[here] = k
-            left &= ~here
+        stop = exits_taken(conf, c.thresholds)
         fractions = np.bincount(stop, minlength=n_exits) / n
         accuracy = float(right[stop, np.arange(n)].mean())
         rows.append({

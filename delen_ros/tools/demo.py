@@ -153,11 +153,17 @@ def tightened_latency_ms(recent: Sequence['Record'], profile: Any, current_ms: f
     return round(max(lat[0], overhead + lat[k1] + 0.5 * (lat[k2] - lat[k1])), 2)
 
 
+def _with_room(would_fit_ms: float) -> float:
+    """A latency bound the node says would fit, with a little room (+2 %): it fits at the node's
+    measurements now, which move."""
+    return round(would_fit_ms * 1.02, 2)
+
+
 def retry_latency_ms(asked_ms: float, current_ms: float, would_fit_ms: float) -> tuple[float | None, str]:
     """After a refused tightening, the bound to ask next and why; ``None``: nothing tighter than the
     current bound fits now (``would_fit_ms``: the refusal's ``would_fit_max_latency_ms``, 0 if none)."""
     if would_fit_ms > 0:
-        retry = round(would_fit_ms * 1.02, 2)
+        retry = _with_room(would_fit_ms)
         if retry < current_ms:
             return retry, 'what the node says would fit, +2 %'
         return None, f'the node says only >= {would_fit_ms:.3g} ms would fit now'
@@ -170,7 +176,7 @@ def first_fit_latency_ms(asked_ms: float, would_fit_ms: float) -> float | None:
     looser. The first bound is priced from the profile and a fixed allowance, but admission also
     counts the longest run of another app a frame may wait behind: on a 2-core CPU, now and then,
     a few milliseconds more than the allowance."""
-    return round(would_fit_ms * 1.02, 2) if would_fit_ms > asked_ms else None
+    return _with_room(would_fit_ms) if would_fit_ms > asked_ms else None
 
 
 @dataclasses.dataclass(frozen=True)
