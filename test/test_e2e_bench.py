@@ -454,3 +454,62 @@ def test_an_app_with_no_result_is_silent_unless_the_node_said_why():
     assert warned['apps_without_results_or_reason'] == []
     assert 'no reason from the node' not in render_table({'meta': _meta(), 'configs': {'delen_n1': warned},
                                                            'engine_reference': None})
+
+
+@pytest.mark.parametrize('text, entries', [
+    ('33', [(33.0, 0.0, '')]), ('5, 10,33@0.9124', [(5.0, 0.0, ''), (10.0, 0.0, ''), (33.0, 0.9124, '')]),
+    ('0@0.8:MIN_ENERGY', [(0.0, 0.8, 'min_energy')]), ('33@0.9:min_latency', [(33.0, 0.9, 'min_latency')]),
+])
+def test_bounds_take_an_accuracy_and_objective_after_the_latency(text, entries):
+    assert e2e_bench.parse_bounds(text) == [e2e_bench.AppBounds(*e) for e in entries]
+
+
+@pytest.mark.parametrize('text', ['', '33@', 'x', '33@1.2', '-5', 'nan', '33@0.9@0.8', '33@0.9:fast', '33@0.9:'])
+def test_bad_bounds_are_refused(text):
+    with pytest.raises(ValueError, match='--bounds'):
+        e2e_bench.parse_bounds(text)
+
+
+def test_accuracy_bounds_reach_the_node_and_the_registrar():
+    """``--bounds 5,33@0.91:min_energy``: the apps parameter (param) and the registrar's requests (service)
+    carry the accuracy bound and objective of every second camera, and only theirs."""
+    args = SimpleNamespace(model='cifar10_resnet9', device='cpu', max_batch=8, image_qos='sensor_data',
+                           registers=('param',), app_bounds=e2e_bench.parse_bounds('5,33@0.91:min_energy'))
+    apps = e2e_bench.yaml.safe_load(e2e_bench._node_params(args, e2e_bench.Config('node', 3, 'delen'), [5.0, 33.0])['apps'])
+    assert [(a.get('min_accuracy'), a.get('objective')) for a in apps] == [(None, None), (0.91, 'min_energy'),
+                                                                           (None, None)]
+    assert [a['max_latency_ms'] for a in apps] == [5.0, 33.0, 5.0]
+    ordered = e2e_bench.registration_order(e2e_bench._config_apps(args, e2e_bench.Config('node', 2, 'delen'), [5.0, 33.0]))
+    assert [(a['app_id'], a.get('min_accuracy')) for a in ordered] == [('cam01', 0.91), ('cam00', None)]
+    assert e2e_bench._SRV_OBJECTIVE['min_energy'] == 3 and e2e_bench._SRV_OBJECTIVE['default'] == 0
+
+
+def test_an_accuracy_bound_app_is_scored_and_compared_with_always_final():
+    """Per app: accuracy over its labelled results (with a standard error), exit mix and energy; the report
+    sets the app's energy against the same app under always_final and says whether the bound was met."""
+    stamps = [T0 + i * 100 * MS for i in range(10)]
+
+    def run(policy: str, exit_index: int, energy: float, right: int) -> dict:
+        rows = [_row(s, e2e_ms=10.0, exit_index=exit_index, label=1, class_id=1 if i < right else 0)
+                for i, s in enumerate(stamps)]
+        for r in rows:
+            r[_RESULT_FIELDS.index('energy_mj')] = energy
+        raw = _raw('node', rows, stamps)
+        raw['config']['policy'] = policy
+        raw['min_accuracy'] = [0.85]
+        return analyze(raw, duration_s=1.0)
+
+    delen, final = run('delen', 0, 1.0, 9), run('always_final', 3, 4.0, 10)
+    app = delen['apps']['cam00']
+    assert (app['min_accuracy'], app['scored'], app['accuracy']) == (0.85, 10, pytest.approx(0.9))
+    assert app['accuracy_se'] == pytest.approx((0.9 * 0.1 / 10) ** 0.5)
+    assert app['exit_mix'] == [1.0, 0.0, 0.0, 0.0] and app['energy_mj_per_result'] == pytest.approx(1.0)
+    final['config']['policy'] = 'always_final'
+    meta = {**_meta(), 'min_accuracy': [0.85]}
+    table = render_table({'meta': meta, 'configs': {'delen_n1': delen, 'always_final_n1': final},
+                          'engine_reference': None})
+    assert 'accuracy bounds [0.85]' in table
+    line = next(x for x in table.splitlines() if x.startswith('- delen_n1 cam00'))
+    assert 'accuracy 0.900 ± 0.095 over 10 frames (met)' in line
+    assert "0.25 × always_final's 4" in line and 'exits 100/0/0/0' in line
+    assert 'missed' not in line

@@ -84,6 +84,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from ..core.bounds import SRV_OBJECTIVES, Objective
 from ..core.thread_names import name_os_thread
 from .e2e_failover import (FAILOVER_DDS_PROFILE, FAILOVER_STATUS_PERIOD_S, failover_section,
                            parse_placer_log)
@@ -109,9 +110,59 @@ def _app(i: int) -> str:
     return f'cam{i:02d}'
 
 
-def _camera_apps(bounds_ms: Sequence[float]) -> list[dict[str, Any]]:
-    """One app per camera, camera ``i``'s with latency bound ``bounds_ms[i]``."""
-    return [{'app_id': _app(i), 'image_topic': _topic(i), 'max_latency_ms': b} for i, b in enumerate(bounds_ms)]
+@dataclasses.dataclass(frozen=True)
+class AppBounds:
+    """One ``--bounds`` entry: a camera's app's latency bound (ms, 0: none), accuracy bound (0: none) and
+    objective (``''``: the node's default)."""
+
+    latency_ms: float
+    min_accuracy: float = 0.0
+    objective: str = ''
+
+
+def _camera_apps(bounds: Sequence[AppBounds]) -> list[dict[str, Any]]:
+    """One app per camera, camera ``i``'s with ``bounds[i]`` (its accuracy bound and objective only where set)."""
+    apps = []
+    for i, b in enumerate(bounds):
+        app = {'app_id': _app(i), 'image_topic': _topic(i), 'max_latency_ms': b.latency_ms}
+        if b.min_accuracy > 0:
+            app['min_accuracy'] = b.min_accuracy
+        if b.objective:
+            app['objective'] = b.objective
+        apps.append(app)
+    return apps
+
+
+def parse_bounds(text: str) -> list[AppBounds]:
+    """``--bounds``: comma-separated ``LATENCY_MS[@MIN_ACCURACY[:OBJECTIVE]]`` (0: unbounded; ``ValueError``
+    names a bad entry).
+
+    >>> parse_bounds('5,33@0.9124:min_energy')  # doctest: +NORMALIZE_WHITESPACE
+    [AppBounds(latency_ms=5.0, min_accuracy=0.0, objective=''),
+     AppBounds(latency_ms=33.0, min_accuracy=0.9124, objective='min_energy')]
+    """
+    out = []
+    for entry in (e.strip() for e in text.split(',')):
+        if not entry:
+            continue
+        latency, at, rest = entry.partition('@')
+        accuracy, colon, objective = rest.partition(':')
+        try:
+            b = AppBounds(float(latency), float(accuracy) if at else 0.0,
+                          Objective.parse(objective).value if colon else '')
+        except ValueError:
+            raise ValueError(f'--bounds entry {entry!r}: expected LATENCY_MS[@MIN_ACCURACY[:OBJECTIVE]], objective '
+                             f'one of {[o.value for o in Objective]}') from None
+        if not (math.isfinite(b.latency_ms) and b.latency_ms >= 0 and 0 <= b.min_accuracy < 1):
+            raise ValueError(f'--bounds entry {entry!r}: latency must be >= 0 ms and accuracy in [0, 1)')
+        out.append(b)
+    if not out:
+        raise ValueError('--bounds is empty')
+    return out
+
+
+#: objective name -> ``SetBounds.srv`` constant
+_SRV_OBJECTIVE = {name: value for value, name in SRV_OBJECTIVES.items()}
 
 
 def _write_json_whole(path: pathlib.Path, data: Any) -> None:
@@ -616,6 +667,13 @@ def _bounds_for(bounds: Sequence[float], n: int) -> list[float]:
     return [float(bounds[i % len(bounds)]) for i in range(n)]
 
 
+def _config_apps(args, config: 'Config', bounds: Sequence[float]) -> list[dict[str, Any]]:
+    """The configuration's apps: ``--bounds``'s entries (``args.app_bounds``; else latency bounds
+    ``bounds`` alone) given to the cameras in turn."""
+    entries = getattr(args, 'app_bounds', None) or [AppBounds(float(b)) for b in bounds]
+    return _camera_apps([entries[i % len(entries)] for i in range(config.cameras)])
+
+
 #: node parameters the bench sets from its own options (a --node-param for one would contradict the report)
 _BENCH_SET_PARAMS = {'model': '--model', 'device': '--device', 'devices': '--devices', 'policy': '--policies',
                      'max_batch': '--max-batch', 'image_qos': '--image-qos', 'apps': '--ns / --bounds'}
@@ -678,7 +736,7 @@ def _parse_node_params(items: Sequence[str]) -> list[NodeParam]:
 def _node_params(args, config: Config, bounds: Sequence[float]) -> dict[str, Any]:
     """The parameters the bench sets (the node's params file); ``--node-param`` goes on as ``-p`` (:func:`_node_ros_args`)."""
     # under 'service' the registrar asks for them once the node is up
-    apps = [] if config.register == 'service' else _camera_apps(_bounds_for(bounds, config.cameras))
+    apps = [] if config.register == 'service' else _config_apps(args, config, bounds)
     params: dict[str, Any] = {'model': args.model, 'device': args.device, 'policy': config.policy,
                               'max_batch': args.max_batch, 'state_file': '', 'image_qos': args.image_qos,
                               'max_apps': max(64, config.cameras), 'apps': yaml.safe_dump(apps, default_flow_style=True)}
@@ -714,7 +772,7 @@ def _start_nodes_and_placer(args, config: Config, children: Children, workdir: p
     devices = [d for d in args.devices.split(',') if d] or [args.device]
     base = _node_params(args, config, bounds)
     base.pop('apps')   # the placer's, through the registrar
-    apps = _camera_apps(_bounds_for(bounds, config.cameras))
+    apps = _config_apps(args, config, bounds)
     base.pop('devices', None)
     # the placer declares a node dead after liveness_timeout_s (1 s) without its ~/status: with the
     # node's default period (1 s) a busy but live node could be found dead
@@ -761,7 +819,7 @@ def _register_main(argv: Sequence[str]) -> int:
     admitted meanwhile run, so each request is judged beside their measured load); write every answer,
     with when it came (system clock), to ``--out``."""
     p = argparse.ArgumentParser(prog='e2e_bench _register')
-    p.add_argument('--apps', required=True, help='JSON list of {app_id, image_topic, max_latency_ms}')
+    p.add_argument('--apps', required=True, help='JSON list of {app_id, image_topic, max_latency_ms[, min_accuracy, objective]}')
     p.add_argument('--via', required=True, help='the SetBounds service to register through')
     p.add_argument('--wait', default='', help='comma-separated services that must be up too (e.g. every node\'s)')
     p.add_argument('--gap-s', type=float, default=0.0, help='seconds between one answer and the next request')
@@ -785,6 +843,8 @@ def _register_main(argv: Sequence[str]) -> int:
             time.sleep(a.gap_s)
         request = SetBounds.Request(app_id=app['app_id'], image_topic=app['image_topic'],
                                     max_latency_ms=float(app['max_latency_ms']),
+                                    min_accuracy=float(app.get('min_accuracy', 0.0)),
+                                    objective=_SRV_OBJECTIVE[app.get('objective', 'default')],
                                     result_topic=f'{RESULT_PREFIX_NODE}/{app["app_id"]}/result')
         future = client.call_async(request)
         rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
@@ -814,7 +874,8 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
     result_topics = [f'{prefix}/{_app(i)}/result' for i in range(n)]
     raw: dict[str, Any] = {'config': dataclasses.asdict(config), 'name': config.name, 'domain_id': domain_id,
                            'rate_hz': args.rate, 'topics': topics, 'result_topics': result_topics,
-                           'bounds_ms': _bounds_for(bounds, n)}
+                           'bounds_ms': _bounds_for(bounds, n),
+                           'min_accuracy': [a.get('min_accuracy', 0.0) for a in _config_apps(args, config, bounds)]}
     # Who admits the apps, and so who may refuse some: the placer (--nodes), the node's ~/set_bounds
     # (--register service), or the node at configure (its apps parameter). Every refusal lands in
     # registrar.json (app -> accepted, message): publishers and recorder do not wait for refused apps.
@@ -843,7 +904,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
             target = children.start('node', ['-m', 'delen_ros.ros.node', *_node_ros_args(params_path, node_params)])
             param_nodes = ['/delen']
             if config.register == 'service':
-                ordered = registration_order(_camera_apps(raw['bounds_ms']))
+                ordered = registration_order(_config_apps(args, config, bounds))
                 raw['register_order'] = [a['app_id'] for a in ordered]
                 raw['register_gap_s'] = args.register_gap_s
                 _start_registrar(children, workdir, ordered, via=f'{RESULT_PREFIX_NODE}/set_bounds',
@@ -1020,6 +1081,23 @@ def over_time(by_app: dict[str, dict[str, Any]], t0: int, t1: int, *, bin_ms: in
             'max_ms': [round(v, 2) for v in slowest]}
 
 
+def _served(rows: Sequence[Sequence[Any]], col: dict[str, int]) -> dict[str, Any]:
+    """What one app was served: its exit mix and energy per result, and, over the results of labelled
+    frames, their accuracy with its standard error (empty without results)."""
+    if not rows:
+        return {}
+    exits = np.array([int(r[col['exit_index']]) for r in rows])
+    num_exits = max(int(max(r[col['num_exits']] for r in rows)), int(exits.max()) + 1)
+    out: dict[str, Any] = {'exit_mix': (np.bincount(exits, minlength=num_exits) / len(rows)).tolist(),
+                           'energy_mj_per_result': float(np.mean([float(r[col['energy_mj']]) for r in rows]))}
+    right = [int(r[col['class_id']]) == int(r[col['label']]) for r in rows if int(r[col['label']]) >= 0]
+    if right:
+        accuracy = float(np.mean(right))
+        out.update(scored=len(right), accuracy=accuracy,
+                   accuracy_se=math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / len(right)))
+    return out
+
+
 def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     """Per-app and total figures of one configuration from what :func:`run_config` gathered."""
     out: dict[str, Any] = {k: raw.get(k) for k in ('name', 'config', 'domain_id', 'bounds_ms', 'startup_s', 'wall_s',
@@ -1081,7 +1159,10 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
             'answered_share': _ratio(len(matched), num_sent), 'attainment': _ratio(within, num_sent),
             'node_bounds_met_share': _ratio(node_met, num_sent),
             'e2e_p50_ms': _pct(e2e, 50), 'e2e_p99_ms': _pct(e2e, 99),
-            'unmatched': unmatched, 'duplicates': duplicates}
+            'unmatched': unmatched, 'duplicates': duplicates, **_served(matched, col)}
+        accuracy_bound = (raw.get('min_accuracy') or [])[cam:cam + 1]
+        if accuracy_bound and accuracy_bound[0] > 0:
+            apps[_app(cam)]['min_accuracy'] = accuracy_bound[0]
         for key, value in (('sent', num_sent), ('answered', len(matched)), ('within', within),
                            ('node_met', node_met), ('unmatched', unmatched), ('duplicates', duplicates)):
             totals[key] += value
@@ -1288,7 +1369,9 @@ def build_parser() -> argparse.ArgumentParser:
                    'cifar10 where installed, a folder or video), "synthetic", or auto (the model\'s data set if '
                    'shipped, else vtest, else synthetic); labelled sources are scored for accuracy')
     p.add_argument('--pool', type=int, default=30, help='distinct frames each publisher process cycles through')
-    p.add_argument('--bounds', default='33', help='latency bound(s) in ms, comma-separated, assigned to cameras in turn')
+    p.add_argument('--bounds', default='33', help='bounds, comma-separated, assigned to cameras in turn: a latency '
+                   'bound in ms, or LATENCY_MS@MIN_ACCURACY[:OBJECTIVE] for an app that also bounds accuracy (e.g. '
+                   '33@0.9124:min_energy; objective default, max_accuracy, min_latency or min_energy)')
     p.add_argument('--devices', default='', help='comma-separated devices (cuda:0,cuda:1): one node drives them all '
                    '(node parameter devices); with --nodes, node j runs on the j-th in turn')
     p.add_argument('--nodes', type=int, default=1, help='delen nodes in namespaces /n0.. behind delen_placer (hosts '
@@ -1380,7 +1463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     policies = [p for p in args.policies.split(',') if p]
     ns = [int(v) for v in args.ns.split(',') if v]
     echo_ns = [int(v) for v in (args.echo_ns or args.ns).split(',') if v] if args.echo else []
-    bounds = [float(v) for v in args.bounds.split(',') if v]
+    try:
+        args.app_bounds = parse_bounds(args.bounds)
+    except ValueError as e:
+        parser.error(str(e))
+    bounds = [b.latency_ms for b in args.app_bounds]
     if args.source == 'auto':
         args.source = _default_source(args.model)
     registers = args.registers = [r for r in args.register.split(',') if r]
@@ -1408,6 +1495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             'device_name': gpu.name if args.device.startswith('cuda') and gpu.name else platform.processor() or 'CPU',
             'cpu_count': os.cpu_count(), 'policies': policies, 'ns': ns, 'echo_ns': echo_ns, 'rate_hz': args.rate,
             'size': args.size, 'encoding': args.encoding, 'source': args.source, 'bounds_ms': bounds,
+            'min_accuracy': [b.min_accuracy for b in args.app_bounds],
+            'objectives': [b.objective or 'default' for b in args.app_bounds],
             'max_batch': args.max_batch, 'image_qos': args.image_qos, 'nodes': args.nodes, 'register': registers,
             'register_gap_s': args.register_gap_s,
             'kill_node_at_s': args.kill_node_at, 'liveness_timeout_s': args.liveness_timeout_s,

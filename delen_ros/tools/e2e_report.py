@@ -203,6 +203,14 @@ _COLUMNS = ('config', 'cams', 'sent/s', 'results/s', 'answered', 'within bound',
             'mJ/result', 'acc', 'node CPU ms/frame', 'RSS / PSS MB (shm)', 'GPU busy', 'host CPU', 'configure s')
 
 
+def _accuracy_words(meta: dict[str, Any]) -> str:
+    """What the apps ask of accuracy: ``--bounds``'s accuracy bounds, in turn with the latency bounds."""
+    accuracies = meta.get('min_accuracy') or []
+    if not any(accuracies):
+        return 'as accurate as the bound allows'
+    return 'accuracy bounds ' + str([a or None for a in accuracies]) + ' in turn with them, else as accurate as allowed'
+
+
 def render_table(report: dict[str, Any]) -> str:
     """The markdown table of a report (one row per configuration)."""
     m = report['meta']
@@ -211,7 +219,7 @@ def render_table(report: dict[str, Any]) -> str:
              f"{m['started'][:10]}, git {m.get('git') or '?'})",
              '',
              f"{m['size']} {m['encoding']} @ {m['rate_hz']:g} Hz per camera, source `{m['source']}`, one app per camera, "
-             f"latency bounds {m['bounds_ms']} ms (as accurate as the bound allows), max_batch {m['max_batch']}"
+             f"latency bounds {m['bounds_ms']} ms ({_accuracy_words(m)}), max_batch {m['max_batch']}"
              f"{_node_params_words(m)}; "
              f"{m['duration_s']:g} s measured after {m['warmup_s']:g} s warm-up, {m['drain_s']:g} s drain. "
              + (f"Echo: {_ECHO_WORDS.get(echo_mode(m), echo_mode(m))}. " if echo_ran else '') +
@@ -309,6 +317,7 @@ def render_table(report: dict[str, Any]) -> str:
         admission = admission_check(report['configs'])
     for name, a in admission.items():
         lines += ['', *_admission_lines(name, a, report['configs'])]
+    lines += accuracy_lines(report)
     timeline = [(name, r['total']['timeline_p50_ms']) for name, r in report['configs'].items()
                 if r.get('total', {}).get('timeline_p50_ms')]
     if timeline:
@@ -316,6 +325,44 @@ def render_table(report: dict[str, Any]) -> str:
                       'node | result delivery):', '']
         lines += [f"- {name}: " + ' | '.join(fmt(v, '.2f') for v in tl.values()) for name, tl in timeline]
     return '\n'.join(lines) + '\n'
+
+
+def accuracy_lines(report: dict[str, Any]) -> list[str]:
+    """The apps with an accuracy bound (``--bounds 33@0.91``), per node configuration: accuracy at the result
+    topic over labelled frames (± one standard error), whether it met the bound, energy per result against the
+    same app's under ``always_final`` at the same camera count and registration, and the exit mix."""
+    lines = []
+    for name, r in report['configs'].items():
+        if r['config']['kind'] != 'node':
+            continue
+        c = r['config']
+        final = next((f for f in report['configs'].values() if f['config']['kind'] == 'node'
+                      and f['config'].get('policy') == 'always_final' and f['config']['cameras'] == c['cameras']
+                      and f['config'].get('register') == c.get('register')), None)
+        for app, a in sorted(r.get('apps', {}).items()):
+            if not a.get('min_accuracy'):
+                continue
+            if not lines:
+                lines += ['', 'Apps with an accuracy bound (accuracy at the result topic over the labelled frames '
+                              'answered, ± one standard error; energy per result against the same app under '
+                              '`always_final` in this run; exit mix in %):', '']
+            words = [f"{name} {app} (≤ {a['bound_ms']:g} ms, accuracy ≥ {a['min_accuracy']:g}):"]
+            if a.get('scored'):
+                met = 'met' if a['accuracy'] >= a['min_accuracy'] else 'missed'
+                words.append(f"accuracy {a['accuracy']:.3f} ± {a['accuracy_se']:.3f} over {a['scored']} frames "
+                             f"({met});")
+            else:
+                words.append('no labelled result;')
+            other = (final or {}).get('apps', {}).get(app, {}) if final is not r else {}
+            ratio = (f" ({a['energy_mj_per_result'] / other['energy_mj_per_result']:.2f} × always_final's "
+                     f"{other['energy_mj_per_result']:.3g}, accuracy {fmt(other.get('accuracy'), '.3f')})"
+                     if a.get('energy_mj_per_result') is not None and other.get('energy_mj_per_result') else '')
+            words.append(f"{fmt(a.get('energy_mj_per_result'), '.3g')} mJ/result{ratio};")
+            if a.get('exit_mix'):
+                words.append('exits ' + '/'.join(f'{x * 100:.0f}' for x in a['exit_mix']) + ';')
+            words.append(f"within its latency bound {fmt(a.get('attainment'), '.1f', 100)} % of frames sent")
+            lines.append('- ' + ' '.join(words))
+    return lines
 
 
 # --- failover (--kill-node-at) ------------------------------------------------------------------------------------
