@@ -132,12 +132,24 @@ def open_source(source: str) -> FrameSource:
     return FrameSource(sources[source], name=source)
 
 
-def _resize(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    if size is None or (image.shape[1], image.shape[0]) == size:
+def scale_frame(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """``image`` at ``size`` ``(width, height)`` (``None``: as it is). Shrinking averages (``INTER_AREA``).
+    Growing by whole factors in both directions replicates pixels (``INTER_NEAREST``): a node's area
+    downscale back to the source's size then gets the source's pixels exactly, so a labelled photo
+    (CIFAR-10's 32x32 at 640x480: 20 x 15) is served as the photo the model was validated on. Bilinear
+    growth blurred it: on the H200 the final exit scored 0.908 at the result topic against 0.922 on the
+    photos themselves. Other growth is bilinear."""
+    h, w = image.shape[:2]
+    if size is None or (w, h) == size:
         return image
     import cv2
-    shrinking = size[0] * size[1] < image.shape[0] * image.shape[1]
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if size[0] * size[1] < w * h:
+        interpolation = cv2.INTER_AREA
+    elif size[0] % w == 0 and size[1] % h == 0:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation)
 
 
 class CameraPlayer:
@@ -194,7 +206,7 @@ class CameraPlayer:
             if item is None and self.loop:
                 self._frames = iter(self.source)
                 item = next(self._frames, None)
-            return None if item is None else (_resize(item[0], self.size), item[1])
+            return None if item is None else (scale_frame(item[0], self.size), item[1])
         n = len(self.source.files)
         for _ in range(n):  # skips unreadable files, at most one pass
             if self._index >= n:
@@ -208,7 +220,7 @@ class CameraPlayer:
             item = self.source.frame(i)
             if item is None:
                 continue
-            frame = (_resize(item[0], self.size), item[1])
+            frame = (scale_frame(item[0], self.size), item[1])
             if self._cache_bytes + frame[0].nbytes <= self.CACHE_BYTES:  # re-read nothing on the next loop
                 self._cache[i] = frame
                 self._cache_bytes += frame[0].nbytes

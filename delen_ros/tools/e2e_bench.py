@@ -361,11 +361,11 @@ def _load_pool(source: str, *, size: tuple[int, int], encoding: str, count: int,
     """
     import cv2
 
+    from delen_ros.ros.camera_player import open_source, scale_frame
     from delen_ros.ros.conversions import array_to_image
     rng = np.random.default_rng(seed)
     items: list[tuple[np.ndarray, int | None]] = []
     if source != 'synthetic':
-        from delen_ros.ros.camera_player import open_source
         src = open_source(source)
         if src.kind == 'video':
             for image, label in src:
@@ -386,10 +386,7 @@ def _load_pool(source: str, *, size: tuple[int, int], encoding: str, count: int,
             items.append((cv2.resize(small, size, interpolation=cv2.INTER_CUBIC), None))
     pool = []
     for image, label in items:
-        if (image.shape[1], image.shape[0]) != size:
-            shrink = size[0] * size[1] < image.shape[0] * image.shape[1]
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        pool.append((array_to_image(np.ascontiguousarray(image), encoding=encoding), label))
+        pool.append((array_to_image(np.ascontiguousarray(scale_frame(image, size)), encoding=encoding), label))
     return pool
 
 
