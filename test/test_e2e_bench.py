@@ -513,3 +513,10 @@ def test_an_accuracy_bound_app_is_scored_and_compared_with_always_final():
     assert 'accuracy 0.900 ± 0.095 over 10 frames (met)' in line
     assert "0.25 × always_final's 4" in line and 'exits 100/0/0/0' in line
     assert 'missed' not in line
+    # two such apps: their frames pooled, beside always_final's
+    for result, right in ((delen, 8), (final, 10)):
+        result['apps']['cam01'] = {**result['apps']['cam00'], 'accuracy': right / 10}
+    table = render_table({'meta': meta, 'configs': {'delen_n1': delen, 'always_final_n1': final},
+                          'engine_reference': None})
+    pooled = next(x for x in table.splitlines() if x.startswith('- **delen_n1'))
+    assert 'accuracy 0.8500 ± 0.0798 over 20 frames' in pooled and "0.25 × always_final's 4" in pooled

@@ -362,7 +362,31 @@ def accuracy_lines(report: dict[str, Any]) -> list[str]:
                 words.append('exits ' + '/'.join(f'{x * 100:.0f}' for x in a['exit_mix']) + ';')
             words.append(f"within its latency bound {fmt(a.get('attainment'), '.1f', 100)} % of frames sent")
             lines.append('- ' + ' '.join(words))
+        pooled = pooled_accuracy_apps(r)
+        if pooled and pooled['apps'] > 1:
+            other = pooled_accuracy_apps(final) if final is not None and final is not r else None
+            versus = (f" ({pooled['energy_mj_per_result'] / other['energy_mj_per_result']:.2f} × always_final's "
+                      f"{other['energy_mj_per_result']:.3g}; always_final's accuracy {fmt(other.get('accuracy'), '.4f')})"
+                      if other and other.get('energy_mj_per_result') else '')
+            lines.append(f"- **{name}, its {pooled['apps']} accuracy-bound apps together**: accuracy "
+                         f"{fmt(pooled.get('accuracy'), '.4f')} ± {fmt(pooled.get('accuracy_se'), '.4f')} over "
+                         f"{pooled['scored']} frames; {pooled['energy_mj_per_result']:.3g} mJ/result{versus}")
     return lines
+
+
+def pooled_accuracy_apps(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A configuration's accuracy-bound apps taken together: accuracy over all their scored frames (± one
+    standard error), energy per result over all their results; ``None`` without such an app."""
+    apps = [a for a in config.get('apps', {}).values() if a.get('min_accuracy') and a.get('answered')]
+    if not apps:
+        return None
+    answered = sum(a['answered'] for a in apps)
+    out: dict[str, Any] = {'apps': len(apps), 'scored': sum(a.get('scored', 0) for a in apps),
+                           'energy_mj_per_result': sum(a['energy_mj_per_result'] * a['answered'] for a in apps) / answered}
+    if out['scored']:
+        accuracy = sum(a['accuracy'] * a['scored'] for a in apps if a.get('scored')) / out['scored']
+        out.update(accuracy=accuracy, accuracy_se=math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / out['scored']))
+    return out
 
 
 # --- failover (--kill-node-at) ------------------------------------------------------------------------------------
