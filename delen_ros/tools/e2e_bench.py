@@ -1156,10 +1156,12 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
             'answered_share': _ratio(len(matched), num_sent), 'attainment': _ratio(within, num_sent),
             'node_bounds_met_share': _ratio(node_met, num_sent),
             'e2e_p50_ms': _pct(e2e, 50), 'e2e_p99_ms': _pct(e2e, 99),
-            'unmatched': unmatched, 'duplicates': duplicates, **_served(matched, col)}
+            'unmatched': unmatched, 'duplicates': duplicates}
         accuracy_bound = (raw.get('min_accuracy') or [])[cam:cam + 1]
-        if accuracy_bound and accuracy_bound[0] > 0:
-            apps[_app(cam)]['min_accuracy'] = accuracy_bound[0]
+        if raw['config']['kind'] == 'node':   # the echo answers with no class, exit or energy
+            apps[_app(cam)].update(_served(matched, col))
+            if accuracy_bound and accuracy_bound[0] > 0:
+                apps[_app(cam)]['min_accuracy'] = accuracy_bound[0]
         for key, value in (('sent', num_sent), ('answered', len(matched)), ('within', within),
                            ('node_met', node_met), ('unmatched', unmatched), ('duplicates', duplicates)):
             totals[key] += value
