@@ -58,9 +58,14 @@ def compact_json(path: pathlib.Path) -> tuple[int, int]:
 def main(argv: list[str]) -> int:
     paths = [pathlib.Path(a) for a in argv] or [pathlib.Path(p) for p in subprocess.check_output(
         ['git', 'ls-files', '*.png', 'benchmarks/*.json'], text=True).split()]
+    compact = {'.json': compact_json, '.png': compact_png}
+    others = [p for p in paths if p.suffix not in compact]
+    if others:   # nothing is rewritten: a glob that caught a report must not half-run
+        print(f'neither a plot (.png) nor results (.json): {", ".join(map(str, others))}', file=sys.stderr)
+        return 2
     total_before = total_after = 0
     for path in paths:
-        before, after = (compact_json if path.suffix == '.json' else compact_png)(path)
+        before, after = compact[path.suffix](path)
         total_before += before
         total_after += after
     print(f'{len(paths)} files: {total_before / 2**20:.1f} -> {total_after / 2**20:.1f} MiB')

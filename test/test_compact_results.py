@@ -31,3 +31,13 @@ def test_a_file_that_is_not_json_raises_and_is_left_alone(tmp_path):
     with pytest.raises(ValueError):
         compact_results.compact_json(path)
     assert path.read_text() == '{"a": '
+
+
+def test_a_report_among_the_files_stops_the_run_before_anything_is_rewritten(tmp_path, capsys):
+    results = tmp_path / 'e2e.json'
+    results.write_text(json.dumps({'a': [1, 2]}, indent=2))
+    report = tmp_path / 'e2e.md'
+    report.write_text('| table |\n')
+    assert compact_results.main([str(results), str(report)]) == 2
+    assert 'neither a plot (.png) nor results (.json)' in capsys.readouterr().err
+    assert results.read_text() == json.dumps({'a': [1, 2]}, indent=2) and report.read_text() == '| table |\n'
