@@ -23,7 +23,7 @@ from delen_ros.core.multi_exit import ModelInfo, MultiExitModel
 from delen_ros.core.profile import ExitProfile, Profile
 
 if TYPE_CHECKING:
-    from delen_ros.core.engine import Result
+    from delen_ros.core.results import Result
 
 __all__ = ['FAKE_SCALES', 'FakeHead', 'fake_model', 'fake_image', 'fake_confidence', 'FakeRunner',
            'synthetic_profile', 'FakeClock']

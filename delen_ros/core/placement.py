@@ -54,7 +54,7 @@ import torch
 
 from . import admission
 from .bounds import Bounds, FeasibleRange, InfeasibleBounds, LatePolicy, Plan
-from .engine import AppStats, Result, WorkerStats
+from .results import AppStats, Result, WorkerStats
 from .thread_names import name_os_thread
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ _CUMULATIVE = ('frames_in', 'results_out', 'dropped', 'dropped_overflow', 'dropp
 
 @dataclasses.dataclass(frozen=True)
 class PlacedResult(Result):
-    """A :class:`~delen_ros.core.engine.Result` with the index of the pool device that computed it."""
+    """A :class:`~delen_ros.core.results.Result` with the index of the pool device that computed it."""
 
     device_index: int = -1
 

@@ -1,11 +1,11 @@
 """The node's messages, built by pure functions from the engine's ledger (no node, no clock reads).
 
-* :func:`result_message`: one :class:`~delen_ros.core.engine.Result`, already delivered
+* :func:`result_message`: one :class:`~delen_ros.core.results.Result`, already delivered
   (:meth:`Engine.deliver <delen_ros.core.engine.Engine.deliver>` is the one definition of latency
   and ``bounds_met``), as ``delen_ros/msg/InferenceResult``; :func:`result_cdr`: the same message
   serialized, byte for byte what rclpy would send for it, which the node publishes (a fifth of the
   GIL time of building the Python message and having rclpy convert it, once per result).
-* :func:`status_message`: one app's :class:`~delen_ros.core.engine.AppStats` as ``AppStatus``;
+* :func:`status_message`: one app's :class:`~delen_ros.core.results.AppStats` as ``AppStatus``;
   :func:`status_cdr`: the same serialized, which the node publishes.
 * :func:`diagnostics_array`: per camera and for the engine, ``diagnostic_msgs/DiagnosticArray``.
 """

@@ -37,7 +37,8 @@ import torch
 
 from ..core.bounds import Bounds, InfeasibleBounds, Objective
 from ..core.energy import measure_idle_power_w
-from ..core.engine import Engine, Result, make_runner
+from ..core.engine import Engine, make_runner
+from ..core.results import Result
 from ..core.policies import available_policies
 from ..core.preprocess import preprocess
 from ..core.profile import Profile, device_slug, profile_filename
