@@ -9,7 +9,8 @@ shipped Fast DDS profile, a ROS domain per configuration):
   publication (``header.stamp``, system clock) and every stamp is recorded, with how late each
   publication was against its schedule (so a publisher that cannot keep up shows).
 * **the node** (``python -m delen_ros.ros.node``), one app per camera from the ``apps`` parameter
-  (latency bound ``--bounds``, 33 ms by default, as accurate as that allows); the bench's own
+  (``--bounds``, in turn: a latency bound, 33 ms by default, as accurate as that allows; or with an
+  accuracy bound and objective too, ``33@0.9124:min_energy``, scored per app); the bench's own
   parameters go in a params file, each ``--node-param NAME:=VALUE`` after it as ``-p NAME:=VALUE``.
   Or the **echo** (:mod:`delen_ros.tools.e2e_echo`): a pass-through that takes images raw as the node
   does and answers each with its header (``--echo-deserialize``: a Python message per image, as before).
@@ -22,7 +23,9 @@ has ``--drain`` s to answer the last ones. A result is matched to the frame it a
 (camera, ``header.stamp``). Per configuration and per app: frames sent/s vs results/s, share
 answered, latency stamp->receive p50/p99, attainment at the result topic (a frame counts when its
 result arrived within the bound; unanswered frames are misses), the node's own ``bounds_met``,
-exit mix, energy per result, accuracy when the frames carry labels, where a frame's time goes
+exit mix, energy per result, accuracy when the frames carry labels (per app too, with its standard
+error, and pooled over the apps with an accuracy bound against the same apps under ``always_final``),
+where a frame's time goes
 (stamp->arrival, queue, compute, rest of the node, delivery), node CPU per frame
 (``/proc/<pid>/stat``) and by class of thread (``/proc/<pid>/task/*/stat``, :mod:`~delen_ros.tools.thread_cpu`),
 node RSS / PSS / shared-memory segments (``/proc/<pid>/smaps``) and their
