@@ -12,7 +12,8 @@ Why: a device call carries the whole working tree and its carried paths within 6
 
 Run it on new results before committing them:
 
-    python3 scripts/compact_results.py                   # every tracked PNG, and every JSON under benchmarks/
+    python3 scripts/compact_results.py                   # every tracked PNG, every JSON under benchmarks/ and
+                                                         # every profile
     python3 scripts/compact_results.py a.png b.json      # these files
 """
 from __future__ import annotations
@@ -57,7 +58,7 @@ def compact_json(path: pathlib.Path) -> tuple[int, int]:
 
 def main(argv: list[str]) -> int:
     paths = [pathlib.Path(a) for a in argv] or [pathlib.Path(p) for p in subprocess.check_output(
-        ['git', 'ls-files', '*.png', 'benchmarks/*.json'], text=True).split()]
+        ['git', 'ls-files', '*.png', 'benchmarks/*.json', 'models/profiles/*.json'], text=True).split()]
     compact = {'.json': compact_json, '.png': compact_png}
     others = [p for p in paths if p.suffix not in compact]
     if others:   # nothing is rewritten: a glob that caught a report must not half-run

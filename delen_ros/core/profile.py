@@ -263,7 +263,9 @@ class Profile:
     def save(self, path: str | pathlib.Path) -> pathlib.Path:
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + '\n')
+        # compact: the per-input samples are most of a profile, and indented they doubled its size
+        # (a device call carries every committed profile); delen_profile's report is what people read
+        path.write_text(json.dumps(self.to_dict(), separators=(',', ':')) + '\n')
         return path
 
     @classmethod
