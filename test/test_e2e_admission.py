@@ -9,7 +9,8 @@ import json
 import pytest
 
 from delen_ros.tools import e2e_bench
-from delen_ros.tools.e2e_bench import _RESULT_FIELDS, Config, analyze, configure_refusals, registration_order
+from delen_ros.tools.e2e_bench import Config, analyze, configure_refusals, registration_order
+from delen_ros.tools.e2e_children import RESULT_FIELDS
 from delen_ros.tools.e2e_report import admission_check, render_table
 
 MS = 1_000_000
@@ -70,7 +71,7 @@ def _row(stamp_ns: int, e2e_ms: float) -> list:
     values = {'stamp_ns': stamp_ns, 'cb_ns': stamp_ns + int(e2e_ms * MS), 'rx_ns': 0, 'exit_index': 3,
               'num_exits': 4, 'class_id': 0, 'label': -1, 'latency_ms': e2e_ms - 2.0, 'stamp_latency_ms': e2e_ms - 0.5,
               'queue_ms': 0.5, 'compute_ms': 1.0, 'energy_mj': 2.0, 'energy_measured': False, 'bounds_met': True}
-    return [values[f] for f in _RESULT_FIELDS]
+    return [values[f] for f in RESULT_FIELDS]
 
 
 def _raw(register: str, bounds: list[float], e2e_ms: list[float | None], *, refused: dict[str, str] | None = None,
@@ -84,7 +85,7 @@ def _raw(register: str, bounds: list[float], e2e_ms: list[float | None], *, refu
            'window_ns': (T0, T0 + 1000 * MS),
            'publishers': [{'cameras': list(range(n)), 'stamps_ns': stamps, 'skipped_ticks': [0] * n,
                            'publish_lag_p99_ms': 0.1, 'cpu_s': 0.01}],
-           'recorder': {'fields': list(_RESULT_FIELDS), 'status': status or [],
+           'recorder': {'fields': list(RESULT_FIELDS), 'status': status or [],
                         'rows': [[] if e is None else [_row(s, e) for s in stamps[i]] for i, e in enumerate(e2e_ms)]}}
     if refused is not None:
         raw['refused'] = refused

@@ -15,8 +15,10 @@ from types import SimpleNamespace
 import pytest
 
 from delen_ros.tools import e2e_bench
-from delen_ros.tools.e2e_bench import (_RESULT_FIELDS, NodeParam, _node_ros_args, _parse_node_params, analyze,
-                                       configure_seconds, device_slug, parse_node_param)
+from delen_ros.tools import e2e_children
+from delen_ros.tools.e2e_bench import (NodeParam, _node_ros_args, _parse_node_params, analyze, configure_seconds,
+                                       device_slug, parse_node_param)
+from delen_ros.tools.e2e_children import RESULT_FIELDS
 from delen_ros.tools.e2e_report import overheads, render_table, replot, write_plots
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -31,7 +33,7 @@ def _row(stamp_ns: int, *, e2e_ms: float, compute_ms: float = 1.0, exit_index: i
               'exit_index': exit_index, 'num_exits': 4, 'class_id': class_id, 'label': label,
               'latency_ms': e2e_ms - 2.0, 'stamp_latency_ms': e2e_ms - 0.5, 'queue_ms': 0.5, 'compute_ms': compute_ms,
               'energy_mj': 2.0, 'energy_measured': False, 'bounds_met': met}
-    return [values[f] for f in _RESULT_FIELDS]
+    return [values[f] for f in RESULT_FIELDS]
 
 
 def _raw(kind: str, rows: list[list], stamps: list[int], *, bound_ms: float = 33.0) -> dict:
@@ -39,7 +41,7 @@ def _raw(kind: str, rows: list[list], stamps: list[int], *, bound_ms: float = 33
             'name': f'{kind}_n1', 'bounds_ms': [bound_ms], 'window_ns': (T0, T0 + 1000 * MS),
             'publishers': [{'cameras': [0], 'stamps_ns': [stamps], 'skipped_ticks': [0], 'publish_lag_p99_ms': 0.1,
                             'cpu_s': 0.01}],
-            'recorder': {'fields': list(_RESULT_FIELDS), 'rows': [rows], 'status': []},
+            'recorder': {'fields': list(RESULT_FIELDS), 'rows': [rows], 'status': []},
             'target_start': {'cpu_s': 1.0, 'rss_mb': 100.0, 'pss_mb': 80.0},
             'target_end': {'cpu_s': 1.5, 'rss_mb': 101.0, 'pss_mb': 81.0}}
 
@@ -388,7 +390,7 @@ def test_a_node_param_the_node_does_not_declare_stops_the_sweep(tmp_path):
 
 
 def test_refused_apps_are_read_from_the_registrars_answers(tmp_path):
-    from delen_ros.tools.e2e_bench import _refused
+    from delen_ros.tools.e2e_children import _refused
     path = tmp_path / 'registrar.json'
     assert _refused(str(path)) == set() and _refused('') == set()    # not written yet / not --nodes
     path.write_text('{"cam00": {"accepted": tr')                      # being written
@@ -481,7 +483,7 @@ def test_accuracy_bounds_reach_the_node_and_the_registrar():
     assert [a['max_latency_ms'] for a in apps] == [5.0, 33.0, 5.0]
     ordered = e2e_bench.registration_order(e2e_bench._config_apps(args, e2e_bench.Config('node', 2, 'delen'), [5.0, 33.0]))
     assert [(a['app_id'], a.get('min_accuracy')) for a in ordered] == [('cam01', 0.91), ('cam00', None)]
-    assert e2e_bench._SRV_OBJECTIVE['min_energy'] == 3 and e2e_bench._SRV_OBJECTIVE['default'] == 0
+    assert e2e_children._SRV_OBJECTIVE['min_energy'] == 3 and e2e_children._SRV_OBJECTIVE['default'] == 0
 
 
 def test_an_accuracy_bound_app_is_scored_and_compared_with_always_final():
@@ -493,7 +495,7 @@ def test_an_accuracy_bound_app_is_scored_and_compared_with_always_final():
         rows = [_row(s, e2e_ms=10.0, exit_index=exit_index, label=1, class_id=1 if i < right else 0)
                 for i, s in enumerate(stamps)]
         for r in rows:
-            r[_RESULT_FIELDS.index('energy_mj')] = energy
+            r[RESULT_FIELDS.index('energy_mj')] = energy
         raw = _raw('node', rows, stamps)
         raw['config']['policy'] = policy
         raw['min_accuracy'] = [0.85]
@@ -520,3 +522,8 @@ def test_an_accuracy_bound_app_is_scored_and_compared_with_always_final():
                           'engine_reference': None})
     pooled = next(x for x in table.splitlines() if x.startswith('- **delen_n1'))
     assert 'accuracy 0.8500 ± 0.0798 over 20 frames' in pooled and "0.25 × always_final's 4" in pooled
+
+
+def test_the_bench_processes_refuse_an_unknown_part(capsys):
+    assert e2e_children.main([]) == 2 and e2e_children.main(['publsh']) == 2
+    assert 'publish|record|register' in capsys.readouterr().err

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from delen_ros.tools import e2e_bench
-from delen_ros.tools.e2e_bench import _RESULT_FIELDS, analyze
+from delen_ros.tools.e2e_bench import analyze
+from delen_ros.tools.e2e_children import RESULT_FIELDS
 from delen_ros.tools.e2e_failover import failover_figures, longest_gap, parse_placer_log, recovery_s, serving_nodes
 from delen_ros.tools.e2e_report import failover_summary, render_table, write_plots
 
@@ -144,7 +145,7 @@ def _row(stamp: int, received: int) -> list:
     values = {'stamp_ns': stamp, 'cb_ns': received, 'rx_ns': received - MS, 'exit_index': 3, 'num_exits': 4,
               'class_id': 0, 'label': -1, 'latency_ms': 5.0, 'stamp_latency_ms': 6.0, 'queue_ms': 1.0,
               'compute_ms': 2.0, 'energy_mj': 1.0, 'energy_measured': False, 'bounds_met': True}
-    return [values[f] for f in _RESULT_FIELDS]
+    return [values[f] for f in RESULT_FIELDS]
 
 
 def test_analyze_reports_the_failover_in_json_markdown_and_plot(tmp_path):
@@ -153,7 +154,7 @@ def test_analyze_reports_the_failover_in_json_markdown_and_plot(tmp_path):
            'bounds_ms': [33.0, 33.0], 'window_ns': WINDOW,
            'publishers': [{'cameras': [0, 1], 'stamps_ns': [apps['cam00']['sent_ns'], apps['cam01']['sent_ns']],
                            'skipped_ticks': [0, 0], 'publish_lag_p99_ms': 0.1, 'cpu_s': 0.1}],
-           'recorder': {'fields': list(_RESULT_FIELDS), 'status_topics': ['/n0/delen/status', '/n1/delen/status'],
+           'recorder': {'fields': list(RESULT_FIELDS), 'status_topics': ['/n0/delen/status', '/n1/delen/status'],
                         'rows': [[_row(s, r) for s, r in apps[a]['results']] for a in ('cam00', 'cam01')],
                         'status': [(KILL - S, 'cam00', 1, 1, 0, 0), (KILL - S, 'cam01', 1, 1, 0, 1),
                                    (KILL + 3 * S, 'cam00', 1, 1, 0, 1)]},

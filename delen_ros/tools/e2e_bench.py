@@ -3,7 +3,7 @@
 Each part runs in its own process, on loopback DDS (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, the
 shipped Fast DDS profile, a ROS domain per configuration):
 
-* **publishers** (``e2e_bench _publish``): cameras publishing ``sensor_msgs/Image`` (640x480 rgb8,
+* **publishers** (:mod:`~delen_ros.tools.e2e_children` ``publish``): cameras publishing ``sensor_msgs/Image`` (640x480 rgb8,
   30 Hz by default), a few cameras per process (``--cams-per-proc``), phases spread over the period.
   A publisher starts only once every one of its topics is matched; each frame is stamped at
   publication (``header.stamp``, system clock) and every stamp is recorded, with how late each
@@ -14,7 +14,7 @@ shipped Fast DDS profile, a ROS domain per configuration):
   parameters go in a params file, each ``--node-param NAME:=VALUE`` after it as ``-p NAME:=VALUE``.
   Or the **echo** (:mod:`delen_ros.tools.e2e_echo`): a pass-through that takes images raw as the node
   does and answers each with its header (``--echo-deserialize``: a Python message per image, as before).
-* **a recorder** (``e2e_bench _record``): subscribes to every result topic (``RESULT_QOS``) and the
+* **a recorder** (:mod:`~delen_ros.tools.e2e_children` ``record``): subscribes to every result topic (``RESULT_QOS``) and the
   node's ``~/status``, keeps every result with its receive time, and reads the ``--node-param``
   names back from the node (``~/get_parameters``: one the node does not declare stops the sweep).
 
@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import heapq
 import json
 import math
 import os
@@ -87,8 +86,10 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from ..core.bounds import SRV_OBJECTIVES, Objective
+from ..core.bounds import Objective
 from ..core.thread_names import name_os_thread
+from .e2e_children import (RESULT_PREFIX_ECHO, RESULT_PREFIX_NODE, STATUS_TOPIC, camera_app, camera_topic,
+                           write_json_whole)
 from .e2e_failover import (FAILOVER_DDS_PROFILE, FAILOVER_STATUS_PERIOD_S, failover_section,
                            parse_placer_log)
 from .e2e_report import (admission_check, failover_summary, fmt, memory_growth, overheads, render_table, replot,
@@ -99,19 +100,6 @@ from .thread_cpu import THREAD_CLASSES, cpu_by_thread_class, sample_threads, sta
 __all__ = ['Config', 'NodeParam', 'parse_node_param', 'proc_sample', 'GpuSampler', 'analyze', 'overheads',
            'render_table', 'write_plots', 'device_slug', 'REGISTER_MODES', 'registration_order', 'configure_refusals',
            'main']
-
-RESULT_PREFIX_NODE = '/delen'
-RESULT_PREFIX_ECHO = '/e2e_echo'
-STATUS_TOPIC = '/delen/status'
-
-
-def _topic(i: int) -> str:
-    return f'/e2e/cam{i:02d}/image_raw'
-
-
-def _app(i: int) -> str:
-    return f'cam{i:02d}'
-
 
 @dataclasses.dataclass(frozen=True)
 class AppBounds:
@@ -127,7 +115,7 @@ def _camera_apps(bounds: Sequence[AppBounds]) -> list[dict[str, Any]]:
     """One app per camera, camera ``i``'s with ``bounds[i]`` (its accuracy bound and objective only where set)."""
     apps = []
     for i, b in enumerate(bounds):
-        app = {'app_id': _app(i), 'image_topic': _topic(i), 'max_latency_ms': b.latency_ms}
+        app = {'app_id': camera_app(i), 'image_topic': camera_topic(i), 'max_latency_ms': b.latency_ms}
         if b.min_accuracy > 0:
             app['min_accuracy'] = b.min_accuracy
         if b.objective:
@@ -162,27 +150,6 @@ def parse_bounds(text: str) -> list[AppBounds]:
     if not out:
         raise ValueError('--bounds is empty')
     return out
-
-
-#: objective name -> ``SetBounds.srv`` constant
-_SRV_OBJECTIVE = {name: value for value, name in SRV_OBJECTIVES.items()}
-
-
-def _write_json_whole(path: pathlib.Path, data: Any) -> None:
-    """Write ``data`` to ``path`` as JSON, whole, then renamed: a reader never sees half a file."""
-    tmp = pathlib.Path(str(path) + '.tmp')
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
-
-
-def _refused(registrar_out: str) -> set[str]:
-    """Apps the placer refused (``--nodes``: the registrar's answers, once written): nobody will
-    subscribe to their cameras or publish their results, so start-up does not wait for them."""
-    try:
-        answers = json.loads(pathlib.Path(registrar_out).read_text()) if registrar_out else {}
-    except (OSError, ValueError):   # not written yet, or being written
-        return set()
-    return {app for app, answer in answers.items() if not answer.get('accepted')}
 
 
 # --- /proc and GPU sampling -----------------------------------------------------------------------------------
@@ -353,250 +320,6 @@ def device_slug(device: str, gpu_name: str | None = None) -> str:
         return 'cuda'
     words = [w for w in re.split(r'[^a-z0-9]+', gpu_name.lower()) if w and w not in ('nvidia', 'geforce', 'tesla')]
     return '_'.join(words[:2]) if words else 'cuda'
-
-
-# --- the publisher process ---------------------------------------------------------------------------------------
-def _load_pool(source: str, *, size: tuple[int, int], encoding: str, count: int, seed: int) -> list[tuple[Any, int | None]]:
-    """Up to ``count`` distinct frames of ``source`` as ready ``sensor_msgs/Image`` messages, with labels.
-
-    ``source``: a camera-player source (``delen_camera list``) or path; ``synthetic``: smooth random
-    colour frames (no file needed).
-    """
-    import cv2
-
-    from delen_ros.ros.camera_player import open_source, scale_frame
-    from delen_ros.ros.conversions import array_to_image
-    rng = np.random.default_rng(seed)
-    items: list[tuple[np.ndarray, int | None]] = []
-    if source != 'synthetic':
-        src = open_source(source)
-        if src.kind == 'video':
-            for image, label in src:
-                items.append((image, label))
-                if len(items) >= count:
-                    break
-        else:
-            order = rng.permutation(len(src.files))
-            for i in order:
-                item = src.frame(int(i))
-                if item is not None:
-                    items.append(item)
-                if len(items) >= count:
-                    break
-    if not items:
-        for _ in range(max(1, count)):
-            small = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
-            items.append((cv2.resize(small, size, interpolation=cv2.INTER_CUBIC), None))
-    pool = []
-    for image, label in items:
-        pool.append((array_to_image(np.ascontiguousarray(scale_frame(image, size)), encoding=encoding), label))
-    return pool
-
-
-def _publish_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog='e2e_bench _publish')
-    p.add_argument('--first', type=int, required=True, help='index of this process\'s first camera')
-    p.add_argument('--count', type=int, required=True, help='cameras in this process')
-    p.add_argument('--total', type=int, required=True, help='cameras in the run (for the phases)')
-    p.add_argument('--rate', type=float, required=True)
-    p.add_argument('--size', required=True)
-    p.add_argument('--encoding', default='rgb8')
-    p.add_argument('--source', default='synthetic')
-    p.add_argument('--pool', type=int, default=30)
-    p.add_argument('--qos', default='sensor_data')
-    p.add_argument('--phase', default='spread', choices=['spread', 'sync'])
-    p.add_argument('--ready', required=True, help='file written once every topic is matched')
-    p.add_argument('--registrar', default='', help="the registrar's answers (--nodes): refused apps are not waited for")
-    p.add_argument('--early', action='store_true', help='publish from the start (cameras that run while apps '
-                   'register), not only once every topic is matched or refused; --ready is written then all the same')
-    p.add_argument('--out', required=True)
-    args = p.parse_args(argv)
-
-    import rclpy
-    from rclpy.signals import SignalHandlerOptions
-    from sensor_msgs.msg import Image
-
-    from delen_ros.ros.camera_player import labelled_frame_id, parse_size
-    from delen_ros.ros.qos import image_qos
-
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    width, height = parse_size(args.size)
-    pool = _load_pool(args.source, size=(width, height), encoding=args.encoding, count=args.pool, seed=args.first)
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    node = rclpy.create_node(f'e2e_camera_{args.first:02d}')
-    cams = list(range(args.first, args.first + args.count))
-    pubs = [node.create_publisher(Image, _topic(i), image_qos(args.qos)) for i in cams]
-    def matched() -> bool:
-        refused = _refused(args.registrar)
-        return all(pub.get_subscription_count() > 0 or _app(i) in refused for i, pub in zip(cams, pubs))
-
-    ready = False
-    while not args.early and not stop.is_set() and not matched():
-        time.sleep(0.02)
-    if not args.early:
-        pathlib.Path(args.ready).write_text(str(time.time_ns()))
-        ready = True
-    next_check_ns = 0
-    period_ns = int(1e9 / args.rate)
-    t0 = time.time_ns() + 20_000_000
-    heap = [(t0 + (period_ns * i // args.total if args.phase == 'spread' else 0), j) for j, i in enumerate(cams)]
-    heapq.heapify(heap)
-    stamps: list[list[int]] = [[] for _ in cams]
-    lags_us: list[int] = []
-    skipped = [0] * len(cams)
-    seq = [0] * len(cams)
-    cpu0 = time.process_time()
-    while not stop.is_set():
-        due, j = heap[0]
-        now = time.time_ns()
-        if not ready and now >= next_check_ns:   # --early: publishing already, ready once matched or refused
-            next_check_ns = now + 50_000_000
-            if matched():
-                pathlib.Path(args.ready).write_text(str(now))
-                ready = True
-        if due > now:
-            time.sleep(min(0.05, (due - now) / 1e9))
-            continue
-        msg, label = pool[(seq[j] + 7 * j) % len(pool)]
-        frame_id = _app(cams[j])
-        msg.header.frame_id = frame_id if label is None else labelled_frame_id(frame_id, label)
-        stamp = time.time_ns()
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-        pubs[j].publish(msg)
-        stamps[j].append(stamp)
-        lags_us.append((stamp - due) // 1000)
-        seq[j] += 1
-        nxt = due + period_ns
-        late = time.time_ns() - nxt
-        if late > period_ns:  # a camera does not catch up in bursts: skip the missed ticks, count them
-            missed = late // period_ns
-            skipped[j] += int(missed)
-            nxt += missed * period_ns
-        heapq.heapreplace(heap, (nxt, j))
-    lag = np.array(lags_us or [0]) / 1000.0
-    pathlib.Path(args.out).write_text(json.dumps({
-        'cameras': cams, 'stamps_ns': stamps, 'skipped_ticks': skipped,
-        'publish_lag_p50_ms': float(np.percentile(lag, 50)), 'publish_lag_p99_ms': float(np.percentile(lag, 99)),
-        'cpu_s': time.process_time() - cpu0, 'pool_frames': len(pool),
-        'labelled': any(label is not None for _, label in pool)}))
-    node.destroy_node()
-    rclpy.try_shutdown()
-    return 0
-
-
-# --- the recorder process ------------------------------------------------------------------------------------
-_RESULT_FIELDS = ('stamp_ns', 'cb_ns', 'rx_ns', 'exit_index', 'num_exits', 'class_id', 'label', 'latency_ms',
-                  'stamp_latency_ms', 'queue_ms', 'compute_ms', 'energy_mj', 'energy_measured', 'bounds_met')
-
-
-def _record_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog='e2e_bench _record')
-    p.add_argument('--topics', required=True, help='comma-separated result topics')
-    p.add_argument('--status', default='', help='comma-separated ~/status topics of the node(s), or empty; each '
-                   'entry records the index of the topic it came from (which node served the app)')
-    p.add_argument('--param-nodes', default='', help='comma-separated node names to ask for --param-names')
-    p.add_argument('--param-names', default='', help='comma-separated parameters to read back once ready')
-    p.add_argument('--ready', required=True)
-    p.add_argument('--registrar', default='', help="the registrar's answers (--nodes): refused apps are not waited for")
-    p.add_argument('--out', required=True)
-    args = p.parse_args(argv)
-
-    import functools
-
-    import rclpy
-    from rcl_interfaces.msg import ParameterType
-    from rcl_interfaces.srv import GetParameters
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import parameter_value_to_python
-    from rclpy.signals import SignalHandlerOptions
-
-    from delen_ros.msg import AppStatus, InferenceResult
-    from delen_ros.ros.camera_player import label_from_frame_id
-    from delen_ros.ros.qos import RESULT_QOS, status_qos
-
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    topics = [t for t in args.topics.split(',') if t]
-    rows: list[list[tuple]] = [[] for _ in topics]
-    status: list[tuple] = []
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    node = rclpy.create_node('delen_e2e_recorder')
-
-    def on_result(i: int, msg: Any, info: Any) -> None:
-        cb_ns = time.time_ns()
-        label = label_from_frame_id(msg.header.frame_id)
-        rows[i].append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, cb_ns,
-                        int(info.get('received_timestamp', 0) if isinstance(info, dict) else 0),
-                        msg.exit_index, msg.num_exits, msg.class_id, -1 if label is None else label,
-                        msg.latency_ms, msg.stamp_latency_ms, msg.queue_ms, msg.compute_ms, msg.energy_mj,
-                        msg.energy_measured, msg.bounds_met))
-
-    def on_status(source: int, msg: Any) -> None:
-        status.append((time.time_ns(), msg.app_id, int(msg.frames_in), int(msg.results_out), int(msg.dropped),
-                       source, msg.unschedulable_reason, msg.warning))
-
-    gc_pauses: list[tuple] = []
-
-    def on_diagnostics(msg: Any) -> None:   # the node's engine entry: Python's collections in each period
-        for entry in msg.status:
-            values = {kv.key: kv.value for kv in entry.values}
-            if 'gc_pause_max_ms' in values:
-                gc_pauses.append((time.time_ns(), entry.name, int(values.get('gc_full_collections', 0)),
-                                  float(values['gc_pause_max_ms']), float(values.get('gc_pause_total_ms', 0.0)),
-                                  float(values.get('status_tick_ms', 'nan'))))
-
-    subs = [node.create_subscription(InferenceResult, t, functools.partial(on_result, i), RESULT_QOS)
-            for i, t in enumerate(topics)]
-    status_topics = [t for t in args.status.split(',') if t]
-    # one message per app per period on one topic: a depth below the apps' count loses some of each burst
-    subs += [node.create_subscription(AppStatus, t, functools.partial(on_status, k), status_qos(256))
-             for k, t in enumerate(status_topics)]
-    if status_topics:
-        from diagnostic_msgs.msg import DiagnosticArray
-        node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
-    # The node's own values of the --node-param names, asked once its results are matched (it is up):
-    # rclpy ignores an override of a parameter the node never declares, and that would go unseen. One
-    # name per request: rclpy answers a request naming any undeclared parameter with no values at all.
-    param_names = [n for n in args.param_names.split(',') if n]
-    param_clients = {name: node.create_client(GetParameters, f'{name.rstrip("/")}/get_parameters')
-                     for name in args.param_nodes.split(',') if name and param_names}
-    param_futures: dict[str, list[Any]] = {}
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    ready = False
-    cpu0 = time.process_time()
-    while not stop.is_set():
-        executor.spin_once(timeout_sec=0.05)
-        refused = set() if ready else _refused(args.registrar)
-        if not ready and all(s.get_publisher_count() > 0 or _app(i) in refused for i, s in enumerate(subs[:len(topics)])):
-            pathlib.Path(args.ready).write_text(str(time.time_ns()))
-            ready = True
-        if ready and len(param_futures) < len(param_clients):
-            for name, client in param_clients.items():
-                if name not in param_futures and client.service_is_ready():
-                    param_futures[name] = [client.call_async(GetParameters.Request(names=[n])) for n in param_names]
-    params_seen: dict[str, Any] = {}
-    for name in param_clients:
-        answers = [f.result() if f.done() else None for f in param_futures.get(name, [])]
-        if len(answers) != len(param_names) or any(a is None for a in answers):
-            params_seen[name] = None   # not answered while the recorder ran
-            continue
-        params_seen[name] = {}
-        for n, answer in zip(param_names, answers):   # no value, or NOT_SET: the node does not declare it
-            value = answer.values[0] if len(answer.values) == 1 else None
-            params_seen[name][n] = (None if value is None or value.type == ParameterType.PARAMETER_NOT_SET
-                                    else parameter_value_to_python(value))
-    pathlib.Path(args.out).write_text(json.dumps({
-        'topics': topics, 'fields': _RESULT_FIELDS, 'rows': rows, 'status': status, 'status_topics': status_topics,
-        'gc_pauses': gc_pauses, 'node_params_seen': params_seen,
-        'cpu_s': time.process_time() - cpu0}, default=list))
-    executor.shutdown(timeout_sec=1.0)
-    node.destroy_node()
-    rclpy.try_shutdown()
-    return 0
 
 
 # --- one configuration ------------------------------------------------------------------------------------------
@@ -804,59 +527,13 @@ def _start_nodes_and_placer(args, config: Config, children: Children, workdir: p
 
 def _start_registrar(children: Children, workdir: pathlib.Path, apps: Sequence[dict[str, Any]], *, via: str,
                      wait: Sequence[str] = (), gap_s: float, timeout_s: float) -> subprocess.Popen:
-    """Start the registrar (:func:`_register_main`): once ``via`` and every service in ``wait`` are up, it asks
+    """Start the registrar (:mod:`~delen_ros.tools.e2e_children`, ``register``): once ``via`` and every service in ``wait`` are up, it asks
     ``via`` (a ``SetBounds`` service) for ``apps`` in the given order, ``gap_s`` apart, and writes each answer
     to ``workdir/registrar.json``."""
     (workdir / 'apps.json').write_text(json.dumps(list(apps)))
-    return children.start('registrar', ['-m', 'delen_ros.tools.e2e_bench', '_register', '--apps', workdir / 'apps.json',
+    return children.start('registrar', ['-m', 'delen_ros.tools.e2e_children', 'register', '--apps', workdir / 'apps.json',
                                         '--via', via, '--wait', ','.join(wait), '--gap-s', gap_s,
                                         '--out', workdir / 'registrar.json', '--timeout', timeout_s])
-
-
-def _register_main(argv: Sequence[str]) -> int:
-    """Register apps through a ``SetBounds`` service (the placer's, or one node's) once it and the services
-    named in ``--wait`` are up, in the order of the ``--apps`` file, ``--gap-s`` apart (the apps already
-    admitted meanwhile run, so each request is judged beside their measured load); write every answer,
-    with when it came (system clock), to ``--out``."""
-    p = argparse.ArgumentParser(prog='e2e_bench _register')
-    p.add_argument('--apps', required=True, help='JSON list of {app_id, image_topic, max_latency_ms[, min_accuracy, objective]}')
-    p.add_argument('--via', required=True, help='the SetBounds service to register through')
-    p.add_argument('--wait', default='', help='comma-separated services that must be up too (e.g. every node\'s)')
-    p.add_argument('--gap-s', type=float, default=0.0, help='seconds between one answer and the next request')
-    p.add_argument('--out', required=True)
-    p.add_argument('--timeout', type=float, default=90.0)
-    a = p.parse_args(argv)
-    import rclpy
-
-    from delen_ros.srv import SetBounds
-    rclpy.init()
-    node = rclpy.create_node('e2e_registrar')
-    deadline = time.monotonic() + a.timeout
-    for name in [*[w for w in a.wait.split(',') if w and w != a.via], a.via]:
-        client = node.create_client(SetBounds, name)
-        if not client.wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
-            print(f'{name} not up within {a.timeout:g} s', file=sys.stderr)
-            return 1
-    answers = {}
-    for k, app in enumerate(json.loads(pathlib.Path(a.apps).read_text())):
-        if k and a.gap_s > 0:
-            time.sleep(a.gap_s)
-        request = SetBounds.Request(app_id=app['app_id'], image_topic=app['image_topic'],
-                                    max_latency_ms=float(app['max_latency_ms']),
-                                    min_accuracy=float(app.get('min_accuracy', 0.0)),
-                                    objective=_SRV_OBJECTIVE[app.get('objective', 'default')],
-                                    result_topic=f'{RESULT_PREFIX_NODE}/{app["app_id"]}/result')
-        future = client.call_async(request)
-        rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
-        answer = future.result()
-        answers[app['app_id']] = {'accepted': bool(answer and answer.accepted),
-                                  'message': answer.message if answer else 'no answer', 't_ns': time.time_ns(),
-                                  'max_latency_ms': float(app['max_latency_ms'])}
-        print(f'{app["app_id"]}: {answers[app["app_id"]]}', flush=True)
-    _write_json_whole(pathlib.Path(a.out), answers)
-    node.destroy_node()
-    rclpy.try_shutdown()
-    return 0
 
 
 def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, bounds: Sequence[float],
@@ -869,9 +546,9 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(config_file(FAILOVER_DDS_PROFILE))
     children = Children(workdir, env, cwd=workdir, log_command=True)
     n = config.cameras
-    topics = [_topic(i) for i in range(n)]
+    topics = [camera_topic(i) for i in range(n)]
     prefix = RESULT_PREFIX_ECHO if config.kind == 'echo' else RESULT_PREFIX_NODE
-    result_topics = [f'{prefix}/{_app(i)}/result' for i in range(n)]
+    result_topics = [f'{prefix}/{camera_app(i)}/result' for i in range(n)]
     raw: dict[str, Any] = {'config': dataclasses.asdict(config), 'name': config.name, 'domain_id': domain_id,
                            'rate_hz': args.rate, 'topics': topics, 'result_topics': result_topics,
                            'bounds_ms': _bounds_for(bounds, n),
@@ -916,7 +593,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
             target_name = 'node1'
             target = children.procs[target_name]
         raw['target'] = target_name
-        children.start('recorder', ['-m', 'delen_ros.tools.e2e_bench', '_record', '--topics', ','.join(result_topics),
+        children.start('recorder', ['-m', 'delen_ros.tools.e2e_children', 'record', '--topics', ','.join(result_topics),
                                     '--status', ','.join(status_topics),
                                     '--param-nodes', ','.join(param_nodes) if node_params else '',
                                     '--param-names', ','.join(p.name for p in node_params),
@@ -926,7 +603,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         for k, first in enumerate(range(0, n, args.cams_per_proc)):
             count = min(args.cams_per_proc, n - first)
             name = f'pub{k}'
-            children.start(name, ['-m', 'delen_ros.tools.e2e_bench', '_publish', '--first', first, '--count', count,
+            children.start(name, ['-m', 'delen_ros.tools.e2e_children', 'publish', '--first', first, '--count', count,
                                   '--total', n, '--rate', args.rate, '--size', args.size, '--encoding', args.encoding,
                                   '--source', args.source, '--pool', args.pool, '--qos', args.image_qos,
                                   '--phase', args.phase, '--ready', workdir / f'{name}.ready',
@@ -942,7 +619,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
             if refused_by and refused_by.startswith('node at') and not answers_path.exists():
                 verdict = configure_refusals(children.log_path('node').read_text(errors='replace'))
                 if verdict is not None:   # configured: the apps it did not restore are refused
-                    _write_json_whole(answers_path, verdict)
+                    write_json_whole(answers_path, verdict)
             dead = children.dead(done=('registrar',))
             if dead:
                 raise RuntimeError(f'{", ".join(dead)} exited before the run started')
@@ -1153,7 +830,7 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
         within = int(np.sum(e2e <= bound)) if bound > 0 else len(matched)
         node_met = int(sum(bool(r[col['bounds_met']]) for r in matched))
         num_sent = len(sent_set)
-        apps[_app(cam)] = {
+        apps[camera_app(cam)] = {
             'bound_ms': bound, 'sent': num_sent, 'answered': len(matched),
             'sent_hz': num_sent / span_s, 'results_hz': len(matched) / span_s,
             'answered_share': _ratio(len(matched), num_sent), 'attainment': _ratio(within, num_sent),
@@ -1162,14 +839,14 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
             'unmatched': unmatched, 'duplicates': duplicates}
         accuracy_bound = (raw.get('min_accuracy') or [])[cam:cam + 1]
         if raw['config']['kind'] == 'node':   # the echo answers with no class, exit or energy
-            apps[_app(cam)].update(_served(matched, col))
+            apps[camera_app(cam)].update(_served(matched, col))
             if accuracy_bound and accuracy_bound[0] > 0:
-                apps[_app(cam)]['min_accuracy'] = accuracy_bound[0]
+                apps[camera_app(cam)]['min_accuracy'] = accuracy_bound[0]
         for key, value in (('sent', num_sent), ('answered', len(matched)), ('within', within),
                            ('node_met', node_met), ('unmatched', unmatched), ('duplicates', duplicates)):
             totals[key] += value
         all_rows.extend(matched)
-        answered_by_app[_app(cam)] = {'sent_ns': sorted(sent_set), 'bound_ms': bound,
+        answered_by_app[camera_app(cam)] = {'sent_ns': sorted(sent_set), 'bound_ms': bound,
                                       'results': [(int(r[col['stamp_ns']]), int(r[col['cb_ns']])) for r in matched]}
     # the node's own word on each app in the window: ~/status unschedulable_reason (its admission re-check)
     for entry in raw['recorder'].get('status') or []:
@@ -1440,12 +1117,6 @@ def _git_revision() -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == '_publish':
-        return _publish_main(argv[1:])
-    if argv and argv[0] == '_record':
-        return _record_main(argv[1:])
-    if argv and argv[0] == '_register':
-        return _register_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.replot:
