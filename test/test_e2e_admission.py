@@ -9,7 +9,8 @@ import json
 import pytest
 
 from delen_ros.tools import e2e_bench
-from delen_ros.tools.e2e_bench import Config, analyze, configure_refusals, registration_order
+from delen_ros.tools.e2e_analysis import analyze
+from delen_ros.tools.e2e_bench import Config, configure_refusals, registration_order
 from delen_ros.tools.e2e_children import RESULT_FIELDS
 from delen_ros.tools.e2e_report import admission_check, render_table
 

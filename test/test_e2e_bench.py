@@ -16,8 +16,9 @@ import pytest
 
 from delen_ros.tools import e2e_bench
 from delen_ros.tools import e2e_children
-from delen_ros.tools.e2e_bench import (NodeParam, _node_ros_args, _parse_node_params, analyze, configure_seconds,
-                                       device_slug, parse_node_param)
+from delen_ros.tools.e2e_analysis import analyze
+from delen_ros.tools.e2e_bench import (NodeParam, _node_ros_args, _parse_node_params, configure_seconds, device_slug,
+                                       parse_node_param)
 from delen_ros.tools.e2e_children import RESULT_FIELDS
 from delen_ros.tools.e2e_report import overheads, render_table, replot, write_plots
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from delen_ros.tools import e2e_bench
-from delen_ros.tools.e2e_bench import analyze
+from delen_ros.tools.e2e_analysis import analyze
 from delen_ros.tools.e2e_children import RESULT_FIELDS
 from delen_ros.tools.e2e_failover import failover_figures, longest_gap, parse_placer_log, recovery_s, serving_nodes
 from delen_ros.tools.e2e_report import failover_summary, render_table, write_plots
