@@ -121,6 +121,10 @@ class CostModel:
         grow by absolute amounts, not in proportion to the bound (H200, 16 cameras: frame age and
         serving overhead grew 1.1 ms from a 5 ms app's admission to full load; kept 10 %, 0.5 ms, it met
         its bound for 84 % of its frames).
+    :param turn_ms: a worker turn's own cost besides its steps (scheduling, planning, decisions), ms,
+        paid once per run (:meth:`runs`); 0 where ``step_ms`` has it folded in (the engine's default).
+        Folded into the steps, a frame that runs a step at a time is priced below its cost and a fused
+        run above it.
     """
 
     step_ms: Callable[[int, int], float]
@@ -135,6 +139,7 @@ class CostModel:
     fused_runs: bool = False
     headroom: float = 0.0
     headroom_min_ms: float = 0.0
+    turn_ms: float = 0.0
 
     @classmethod
     def from_profile(cls, profile: 'Profile', **kwargs) -> 'CostModel':
@@ -165,26 +170,36 @@ class CostModel:
                               delivery_ms=self.delivery_ms) or '0 ms serving overhead'
         return parts + (f', {self.headroom_text()} kept as admission headroom' if self.headroom else '')
 
-    def frame_ms(self, exit_index: int, batch: int) -> float:
-        """Device time of one frame up to ``exit_index`` when steps run in batches of ``batch``."""
-        return self.preprocess_ms + sum(self.step_ms(k, batch) / batch for k in range(exit_index + 1))
+    def runs(self, exit_index: int, stops: Sequence[int] = ()) -> int:
+        """Worker turns a frame takes to ``exit_index``: one a step, or with ``fused_runs`` one a stretch
+        between the ``stops`` before the exit."""
+        if not self.fused_runs:
+            return exit_index + 1
+        return 1 + len({k for k in stops if k < exit_index})
+
+    def frame_ms(self, exit_index: int, batch: int, stops: Sequence[int] = ()) -> float:
+        """Device time of one frame up to ``exit_index`` when steps run in batches of ``batch``, with its
+        share of each turn's own cost (:attr:`turn_ms`)."""
+        return (self.preprocess_ms + sum(self.step_ms(k, batch) / batch for k in range(exit_index + 1))
+                + self.runs(exit_index, stops) * self.turn_ms / batch)
 
     def blocking_ms(self, exit_index: int, batch: int, stops: Sequence[int] = ()) -> float:
         """The longest run (a whole batch) a new frame may have to wait for: one step, a first step
         with its frames' preprocessing, which the worker runs inside it; with ``fused_runs`` (the
         engine runs steps decided without confidences back to back), the longest stretch of steps
-        up to the exit between the ``stops`` (exits where the run ends for a confidence)."""
+        up to the exit between the ``stops`` (exits where the run ends for a confidence); and that
+        run's turn (:attr:`turn_ms`)."""
         steps = [self.step_ms(k, batch) + (self.preprocess_ms * batch if k == 0 else 0.0)
                  for k in range(exit_index + 1)]
         if not self.fused_runs:
-            return max(steps)
+            return max(steps) + self.turn_ms
         longest = run = 0.0
         for k, ms in enumerate(steps):
             run += ms
             longest = max(longest, run)
             if k in stops:
                 run = 0.0
-        return longest
+        return longest + self.turn_ms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +250,7 @@ def check(tasks: Sequence[Task], cost: CostModel, *, blocking: Sequence[Task] = 
     if not groups:
         return Verdict(True, {}, 0.0, 1, 'nothing to schedule')
     b = _batch(groups, cost)
-    c = [cost.frame_ms(g.exit_index, b) for g in groups]
+    c = [cost.frame_ms(g.exit_index, b, g.stops) for g in groups]
     # Non-preemptive EDF: a frame due at t waits at most for one run that started before it came, of
     # an app due later than t (one due sooner is the frame's own demand), or of a demoted app
     runs = [(g.deadline_ms, cost.blocking_ms(g.exit_index, b, g.stops)) for g in groups]

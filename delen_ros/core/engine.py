@@ -266,6 +266,14 @@ class Engine:
         engine only, but through ROS above capacity it served no more results and added a worker
         turn of latency (``benchmarks/h200/e2e_session13``). The attribute may be changed while
         serving.
+    :param separate_turn_cost: learn a worker turn's own cost (scheduling, planning, the policy's
+        decisions) apart from its steps' (:meth:`~delen_ros.core.policies.LatencyCorrector.turn_ms`),
+        and count it once a turn: in the scheduler's and the policy's predictions, a fused run's and
+        admission's costs (:attr:`~delen_ros.core.admission.CostModel.turn_ms`). Off by default,
+        where a turn's cost is folded into the steps it ran: then a frame that runs a step at a time
+        (a cascade that looks at every exit) is priced below its cost and a fused run above it (session
+        16 on the H200: 10 ms apps beside Lite0's cascades met their bound for 98.7 % of frames). Not yet
+        measured on the H200: ``DELEN_TURN_COST=1`` in the node turns it on for an A/B.
     """
 
     def __init__(self, model: 'MultiExitModel', profile: 'Profile', *, device: str = 'cpu',
@@ -283,7 +291,7 @@ class Engine:
                  admission_headroom_min_ms: float = 1.0,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
                  fuse_steps: bool = True, pipeline: str = 'off',
-                 demote_after: int = 3, restore_after: int = 2):
+                 demote_after: int = 3, restore_after: int = 2, separate_turn_cost: bool = False):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
                              f'model has {model.num_exits}')
@@ -338,6 +346,7 @@ class Engine:
         self.default_deadline_ms = default_deadline_ms
         self.delivery_allowance_ms = delivery_allowance_ms
         self.fuse_steps = fuse_steps
+        self.separate_turn_cost = bool(separate_turn_cost)
         # What ends a fused run early: 'any' waiting frame that must start before the run would end
         # (the shipped rule), or only work due before the run's own members ('earlier': an A/B,
         # benchmarks/fused_runs.py; DELEN_SPLIT_RUNS=earlier in the node). Not a parameter yet: on
@@ -525,7 +534,7 @@ class Engine:
         return self._exit_latency_ms(self._outside_ms())
 
     def _exit_latency_ms(self, outside: dict[str, float]) -> list[float]:
-        base = sum(outside.values()) + self.preprocess_cost.predict_ms(1)
+        base = sum(outside.values()) + self.preprocess_cost.predict_ms(1) + self._turn_ms(0.0)
         out, total = [], base
         for k in range(self.profile.num_exits):
             total += self.corrector.factor(k, 1) * self.profile.step_ms(k, 1)
@@ -581,9 +590,9 @@ class Engine:
         """Admission's costs now; ``outside``: these parts outside the device instead of :meth:`_outside_ms`."""
         return admission.CostModel(
             # the first step with its batch's preprocessing (per call + per frame: amortised over the batch)
-            step_ms=self._expected_ms, num_exits=self.profile.num_exits, **(outside or self._outside_ms()),
-            max_batch=self.max_batch, default_deadline_ms=self.default_deadline_ms,
-            utilisation_limit=self.utilisation_limit, fused_runs=self.fuse_steps)
+            step_ms=lambda k, b: self._predict_ms(k, b, margin=0.0, turn=False), num_exits=self.profile.num_exits,
+            **(outside or self._outside_ms()), max_batch=self.max_batch, default_deadline_ms=self.default_deadline_ms,
+            utilisation_limit=self.utilisation_limit, fused_runs=self.fuse_steps, turn_ms=self._turn_ms(0.0))
 
     def schedulability(self) -> 'admission.Verdict':
         """Admission's test on the registered apps at their measured rates now (nothing stored)."""
@@ -992,15 +1001,22 @@ class Engine:
         self._pre_frame_ms: collections.deque[float] = collections.deque(maxlen=10_000)
 
     # --- the worker -----------------------------------------------------------------------------------
-    def _predict_ms(self, step: int, batch: int, *, margin: float | None = None) -> float:
+    def _predict_ms(self, step: int, batch: int, *, margin: float | None = None, turn: bool = True) -> float:
         """Step time for the scheduler (first step: with preprocessing), with the corrector's
-        margin or ``margin`` deviations."""
+        margin or ``margin`` deviations; ``turn``: run as a turn of its own (its cost, where it is
+        learnt apart: ``separate_turn_cost``)."""
         margin = self.corrector.margin if margin is None else margin
         ms = self.corrector.predict_ms(self.profile, step, batch, margin=margin)
+        if turn:
+            ms += self._turn_ms(margin)
         if step > 0:
             return ms
         # preprocessing runs on the CPU and jitters too: the same margin as the steps
         return ms + self.preprocess_cost.predict_ms(batch, margin=margin)
+
+    def _turn_ms(self, margin: float | None = None) -> float:
+        """A worker turn's own cost besides its steps, where it is learnt apart (``separate_turn_cost``), else 0."""
+        return self.corrector.turn_ms(margin=margin) if self.separate_turn_cost else 0.0
 
     def _expected_ms(self, step: int, batch: int) -> float:
         return self._predict_ms(step, batch, margin=0.0)
@@ -1193,8 +1209,8 @@ class Engine:
             # a blocking event where the runner sleeps in its waits (the default; DELEN_BLOCKING_SYNC=0 spins)
             done = torch.cuda.Event(blocking=getattr(self._runner, 'blocking_sync', False))
             done.record()
-        free_at = begins + int(sum(self._predict_ms(k, len(requests)) for k in steps) * _NS_PER_MS) \
-            if pipelined else 0
+        free_at = begins + int((sum(self._predict_ms(k, len(requests), turn=False) for k in steps)
+                                + self._turn_ms()) * _NS_PER_MS) if pipelined else 0
         return _Run(batch, decision_ns, slot, n, steps, t_start, t_run, start_clock, plan_ns, pre_ns, padded,
                     features, confidence, class_id, pipelined=pipelined, done=done, free_at=free_at)
 
@@ -1232,7 +1248,7 @@ class Engine:
         t_decide = time.perf_counter_ns()
         # The next step's prediction is the same for the whole batch: made once, not per request.
         next_ms = None if last else self.corrector.predict_ms(self.profile, last_step + 1, len(requests)) + \
-            self.corrector.tail_ms()
+            self._turn_ms() + self.corrector.tail_ms()   # a step after a look is a turn of its own
         finished, going_on = [], []
         for r in requests:
             s: _State = r.state
@@ -1261,8 +1277,13 @@ class Engine:
         # scheduling and input were done while the device was busy: from its start there on.
         if began == run.t_start:
             measured_ms = (run.decision_ns + t_decided - run.t_start - run.pre_ns) / 1e6
+            turn_own_ms = (run.decision_ns + run.plan_ns + decide_ns) / 1e6
         else:
             measured_ms = (t_decided - ran) / 1e6
+            turn_own_ms = decide_ns / 1e6
+        if self.separate_turn_cost:   # the turn's own cost once, the steps learn the rest
+            self.corrector.update_turn(turn_own_ms)
+            measured_ms = max(0.0, measured_ms - turn_own_ms)
         split = self._split_run(steps, n)
         for k, profiled_ms, share in split:
             self.corrector.update(k, n, measured_ms * share, profiled_ms)

@@ -51,6 +51,36 @@ class Decision(str, enum.Enum):
     CONTINUE = 'continue'
 
 
+class _MeanDeviation:
+    """EWMAs of a measured time and of its absolute deviation (as TCP's retransmission timer), a lone
+    outlier folded in as at most ``outlier`` x the mean."""
+
+    __slots__ = ('alpha', 'beta', 'outlier', 'mean', 'dev')
+
+    def __init__(self, alpha: float, beta: float, outlier: float):
+        self.alpha, self.beta, self.outlier = alpha, beta, outlier
+        self.mean: float | None = None
+        self.dev = 0.0
+
+    @property
+    def known(self) -> bool:
+        return self.mean is not None
+
+    def update(self, ms: float) -> None:
+        if not math.isfinite(ms) or ms < 0:
+            return
+        if self.mean is None:
+            self.mean, self.dev = ms, ms / 4
+            return
+        ms = min(ms, self.outlier * max(self.mean, 1e-3))
+        self.dev += self.beta * (abs(ms - self.mean) - self.dev)
+        self.mean += self.alpha * (ms - self.mean)
+
+    def value(self, margin: float) -> float:
+        """Mean + ``margin`` deviations; 0 before any measurement."""
+        return 0.0 if self.mean is None else self.mean + margin * self.dev
+
+
 class LatencyCorrector:
     """Online correction of the profile's step times, per (step, batch size) or per step.
 
@@ -113,7 +143,10 @@ class LatencyCorrector:
         # (step, batch) -> (mean ratio, mean |deviation|, clock of the last update)
         self._stats: dict[tuple[int, int], tuple[float, float, float]] = {}
         # decision -> result delivered (ms): no step covers it, but the latency bound does
-        self._tail: tuple[float, float] | None = None
+        self._tail = _MeanDeviation(alpha, beta, self.OUTLIER)
+        # a worker turn's own cost (ms: scheduling, planning, the policy's decisions), learnt apart from
+        # the steps' only where the engine separates it (Engine(separate_turn_cost=True))
+        self._turn = _MeanDeviation(alpha, beta, self.OUTLIER)
         # (step, batch) -> (p50, prior) of _priors_of, the profile they were read from: predictions
         # run several times per request and step, and a profile never changes
         self._priors: dict[tuple[int, int], tuple[float, float]] = {}
@@ -121,27 +154,24 @@ class LatencyCorrector:
 
     def update_tail(self, measured_ms: float) -> None:
         """Fold in one measured time from the last decision on a request to its result's delivery."""
-        if not math.isfinite(measured_ms) or measured_ms < 0:
-            return
-        if self._tail is None:
-            self._tail = (measured_ms, measured_ms / 4)
-            return
-        mean, dev = self._tail
-        measured_ms = min(measured_ms, self.OUTLIER * max(mean, 1e-3))
-        dev += self.beta * (abs(measured_ms - mean) - dev)
-        self._tail = (mean + self.alpha * (measured_ms - mean), dev)
+        self._tail.update(measured_ms)
 
     @property
     def has_tail(self) -> bool:
         """Whether a decision -> delivery time has been measured."""
-        return self._tail is not None
+        return self._tail.known
 
     def tail_ms(self, *, margin: float | None = None) -> float:
         """Predicted decision -> delivery time, ms (mean + ``margin`` deviations; 0 before any)."""
-        if self._tail is None:
-            return 0.0
-        mean, dev = self._tail
-        return mean + (self.margin if margin is None else margin) * dev
+        return self._tail.value(self.margin if margin is None else margin)
+
+    def update_turn(self, measured_ms: float) -> None:
+        """Fold in one worker turn's own cost (what it spent besides its steps), ms."""
+        self._turn.update(measured_ms)
+
+    def turn_ms(self, *, margin: float | None = None) -> float:
+        """Predicted cost of a worker turn besides its steps, ms (0 before any is measured)."""
+        return self._turn.value(self.margin if margin is None else margin)
 
     def update(self, step: int, batch: int, measured_ms: float, predicted_ms: float) -> None:
         """Fold one measured step (``predicted_ms``: the profile's p50 for it) into the estimates."""
@@ -254,8 +284,10 @@ class ExitContext:
         k = self.exit_index + 1
         if self.corrector is None:
             return self.profile.step_ms(k, self.next_batch)
-        # The step, then what it takes from the decision after it to the delivered result.
-        return self.corrector.predict_ms(self.profile, k, self.next_batch) + self.corrector.tail_ms()
+        # The step (a turn of its own: it follows a look), then what it takes from the decision
+        # after it to the delivered result.
+        return (self.corrector.predict_ms(self.profile, k, self.next_batch) + self.corrector.turn_ms()
+                + self.corrector.tail_ms())
 
     def predicted_next_energy_mj(self) -> float:
         """Predicted per-frame energy of the next step at ``next_batch``."""

@@ -24,7 +24,8 @@
 #   failover   NSF (8) cameras on two nodes behind delen_placer, /n0 killed (scripts/device/e2e_multi_gpu.sh)
 #   mixed      bounds BOUNDS_MIXED in turn on NS_MIXED cameras, POLICIES_MIXED (delen), DURATION_MIXED s, MIXED_EXTRA
 #              (more delen_e2e_bench arguments, e.g. --pool 300); LATENCY@ACCURACY entries (33@0.9124) add an
-#              accuracy bound, scored at the result topic (issues 9 and 10)
+#              accuracy bound, scored at the result topic (issues 9 and 10); MIXED_ENV: environment for the node
+#              (e.g. DELEN_TURN_COST=1)
 #   sat        throughput at saturation (issue 8: served >= 0.9 x the engine): NS_SAT (32) cameras at each of
 #              RATES_SAT ("60 120") Hz, POLICIES_SAT (always_final, full depth as the engine bench), the engine
 #              bench first (ENGINE_SAT=1); one folder per rate, sat_<rate>/; SAT_EXTRA (e.g. --no-echo)
@@ -39,7 +40,9 @@
 #              --register service (the node starts with none; each app asks ~/set_bounds, loosest bound first,
 #              REGISTER_GAP_S apart, beside the admitted apps' measured load), then param (all in the apps
 #              parameter), so the report runs every refused request anyway ("Refused requests run anyway");
-#              ADM_REPEATS (1) times: admission/, admission_2/, ...; ADM_EXTRA: more delen_e2e_bench arguments
+#              ADM_REPEATS (1) times: admission/, admission_2/, ...; ADM_EXTRA: more delen_e2e_bench arguments;
+#              ADM_ENV: environment for the node. An A/B in one call: the script twice, e.g.
+#              "ADM_ENV= bash ... $OUT/a; ADM_ENV=DELEN_TURN_COST=1 bash ... $OUT/b"
 # py-spy samples every node (scripts/device/spy_nodes.sh). One archive comes back: OUT/ab.tgz.
 #   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
@@ -156,7 +159,7 @@ skip nodes4 || TOTAL_S=$(( $(left) - 5 - ${AFTER_NODES4_S:-95} )) ENGINE=0 NS="$
 # issue 12 on one GPU: two nodes behind delen_placer, /n0 killed 4 s into the window
 skip failover || BUDGET_S=$(( $(left) - 5 - ${AFTER_FAILOVER_S:-45} )) SWEEPS=failover NSF="${NSF:-8}" POLICIES=delen \
   bash scripts/device/e2e_multi_gpu.sh "$WORK/failover"
-skip mixed || TOTAL_S=$(( $(left) - 5 - ${AFTER_MIXED_S:-80} )) ENGINE=0 NS="${NS_MIXED:-16}" POLICIES="${POLICIES_MIXED:-delen}" \
+skip mixed || env ${MIXED_ENV:-} TOTAL_S=$(( $(left) - 5 - ${AFTER_MIXED_S:-80} )) ENGINE=0 NS="${NS_MIXED:-16}" POLICIES="${POLICIES_MIXED:-delen}" \
   BOUNDS="${BOUNDS_MIXED:-5,10,33}" DURATION="${DURATION_MIXED:-$D}" EXTRA="${MIXED_EXTRA:-}" bash scripts/device/e2e_gpu.sh "$WORK/mixed"
 # issue 8's throughput at saturation: full depth, as many frames as the engine bench serves alone
 if ! skip sat; then
@@ -204,7 +207,7 @@ if ! skip admission; then
     dir=admission; [ "$i" -gt 1 ] && dir="admission_$i"
     # each repeat but the last leaves the later ones an equal share of what is left
     share=$(( ($(left) - 5) / (${ADM_REPEATS:-1} - i + 1) ))
-    TOTAL_S="$share" ENGINE=0 NS="${NS_ADM:-16}" POLICIES=delen BOUNDS="${BOUNDS_ADM:-5,10,33}" \
+    env ${ADM_ENV:-} TOTAL_S="$share" ENGINE=0 NS="${NS_ADM:-16}" POLICIES=delen BOUNDS="${BOUNDS_ADM:-5,10,33}" \
       DURATION="$D" EXTRA="--register service,param --register-gap-s ${REGISTER_GAP_S:-0.5} --no-echo ${ADM_EXTRA:-}" \
       bash scripts/device/e2e_gpu.sh "$WORK/$dir"
   done
