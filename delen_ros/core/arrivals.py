@@ -43,14 +43,15 @@ def percentiles(values: Sequence[float], qs: Sequence[float]) -> list[float]:
 
 
 class Mean:
-    """EWMA of a value and of its absolute deviation (ms); ``None`` until the first sample."""
+    """EWMAs of a value (ms) and of its absolute deviation, as TCP's retransmission timer (Jacobson
+    and Karels); ``None`` until the first sample; a lone stall folded in as at most ``outlier`` x the mean."""
 
-    __slots__ = ('mean', 'dev', 'alpha')
+    __slots__ = ('mean', 'dev', 'alpha', 'beta', 'outlier')
 
-    def __init__(self, alpha: float = 0.125):
+    def __init__(self, alpha: float = 0.125, beta: float = 0.25, outlier: float = 4.0):
         self.mean: float | None = None
         self.dev = 0.0
-        self.alpha = alpha
+        self.alpha, self.beta, self.outlier = alpha, beta, outlier
 
     def add(self, value: float) -> None:
         if not math.isfinite(value) or value < 0:
@@ -58,9 +59,13 @@ class Mean:
         if self.mean is None:
             self.mean, self.dev = value, value / 4
             return
-        value = min(value, 4.0 * max(self.mean, 1e-3))   # one stall is folded in as an outlier
-        self.dev += 0.25 * (abs(value - self.mean) - self.dev)
+        value = min(value, self.outlier * max(self.mean, 1e-3))
+        self.dev += self.beta * (abs(value - self.mean) - self.dev)
         self.mean += self.alpha * (value - self.mean)
+
+    def value(self, margin: float) -> float:
+        """Mean + ``margin`` deviations; 0 before any sample."""
+        return 0.0 if self.mean is None else self.mean + margin * self.dev
 
 
 SETTLE_NS = 2_000_000_000   # no frame-age samples this long after a new frame size, app or app's first frame

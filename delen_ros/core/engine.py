@@ -515,8 +515,7 @@ class Engine:
         + ``latency_margin`` deviations, ms; ``overhead_prior_ms`` until a delivery is measured."""
         if not self.corrector.has_tail:
             return self.overhead_prior_ms
-        wake = self._wake
-        return self.corrector.tail_ms() + (wake.mean or 0.0) + self.corrector.margin * wake.dev
+        return self.corrector.tail_ms() + self._wake.value(self.corrector.margin)
 
     def _outside_ms(self) -> dict[str, float]:
         """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,

@@ -33,6 +33,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+from .arrivals import Mean
 from .registry import Registry
 from .bounds import Bounds, InfeasibleBounds, Objective, plan
 
@@ -49,36 +50,6 @@ DEFAULT_POLICY = 'delen'
 class Decision(str, enum.Enum):
     STOP = 'stop'
     CONTINUE = 'continue'
-
-
-class _MeanDeviation:
-    """EWMAs of a measured time and of its absolute deviation (as TCP's retransmission timer), a lone
-    outlier folded in as at most ``outlier`` x the mean."""
-
-    __slots__ = ('alpha', 'beta', 'outlier', 'mean', 'dev')
-
-    def __init__(self, alpha: float, beta: float, outlier: float):
-        self.alpha, self.beta, self.outlier = alpha, beta, outlier
-        self.mean: float | None = None
-        self.dev = 0.0
-
-    @property
-    def known(self) -> bool:
-        return self.mean is not None
-
-    def update(self, ms: float) -> None:
-        if not math.isfinite(ms) or ms < 0:
-            return
-        if self.mean is None:
-            self.mean, self.dev = ms, ms / 4
-            return
-        ms = min(ms, self.outlier * max(self.mean, 1e-3))
-        self.dev += self.beta * (abs(ms - self.mean) - self.dev)
-        self.mean += self.alpha * (ms - self.mean)
-
-    def value(self, margin: float) -> float:
-        """Mean + ``margin`` deviations; 0 before any measurement."""
-        return 0.0 if self.mean is None else self.mean + margin * self.dev
 
 
 class LatencyCorrector:
@@ -143,10 +114,10 @@ class LatencyCorrector:
         # (step, batch) -> (mean ratio, mean |deviation|, clock of the last update)
         self._stats: dict[tuple[int, int], tuple[float, float, float]] = {}
         # decision -> result delivered (ms): no step covers it, but the latency bound does
-        self._tail = _MeanDeviation(alpha, beta, self.OUTLIER)
+        self._tail = Mean(alpha, beta, self.OUTLIER)
         # a worker turn's own cost (ms: scheduling, planning, the policy's decisions), learnt apart from
         # the steps' only where the engine separates it (Engine(separate_turn_cost=True))
-        self._turn = _MeanDeviation(alpha, beta, self.OUTLIER)
+        self._turn = Mean(alpha, beta, self.OUTLIER)
         # (step, batch) -> (p50, prior) of _priors_of, the profile they were read from: predictions
         # run several times per request and step, and a profile never changes
         self._priors: dict[tuple[int, int], tuple[float, float]] = {}
@@ -154,12 +125,12 @@ class LatencyCorrector:
 
     def update_tail(self, measured_ms: float) -> None:
         """Fold in one measured time from the last decision on a request to its result's delivery."""
-        self._tail.update(measured_ms)
+        self._tail.add(measured_ms)
 
     @property
     def has_tail(self) -> bool:
         """Whether a decision -> delivery time has been measured."""
-        return self._tail.known
+        return self._tail.mean is not None
 
     def tail_ms(self, *, margin: float | None = None) -> float:
         """Predicted decision -> delivery time, ms (mean + ``margin`` deviations; 0 before any)."""
@@ -167,7 +138,7 @@ class LatencyCorrector:
 
     def update_turn(self, measured_ms: float) -> None:
         """Fold in one worker turn's own cost (what it spent besides its steps), ms."""
-        self._turn.update(measured_ms)
+        self._turn.add(measured_ms)
 
     def turn_ms(self, *, margin: float | None = None) -> float:
         """Predicted cost of a worker turn besides its steps, ms (0 before any is measured)."""
