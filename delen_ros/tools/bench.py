@@ -299,7 +299,7 @@ def _drain(engine: Engine, timeout_s: float = 3.0) -> None:
 def run_once(model, profile: Profile, apps: Sequence[AppSpec], frames: Frames, reference: np.ndarray, *,
              policy: str, runner, pattern: str, duration_s: float, warmup_s: float, max_batch: int,
              queue_depth: int, meter: Any = None, idle_power_w: float = 0.0, preprocess_workers: int = 1,
-             seed: int = 0, pipeline: str = 'off') -> dict[str, Any]:
+             seed: int = 0, pipeline: str = 'off', separate_turn_cost: bool = False) -> dict[str, Any]:
     """One policy under one arrival pattern: a fresh engine, a warm-up, then ``duration_s`` measured.
 
     Energy three ways: per result as the engine reports it (meter-scaled share of the device's
@@ -314,7 +314,8 @@ def run_once(model, profile: Profile, apps: Sequence[AppSpec], frames: Frames, r
     # served (end-to-end) latencies already, so no overhead prior is added on top.
     engine = Engine(model, profile, policy=policy, runner=runner, meter=meter, queue_depth=queue_depth,
                     max_batch=max_batch, on_result=collector, preprocess_workers=preprocess_workers,
-                    energy_window_s=1.0, admission_control=False, overhead_prior_ms=0.0, pipeline=pipeline)
+                    energy_window_s=1.0, admission_control=False, overhead_prior_ms=0.0, pipeline=pipeline,
+                    separate_turn_cost=separate_turn_cost)
     for a in apps:
         engine.set_app(a.app_id, a.bounds, source=f'camera{a.camera}')
     engine.start()
@@ -548,6 +549,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--cuda-graphs', action='store_true', help='CUDA graphs per stage and batch size (runner option)')
     p.add_argument('--pipeline', choices=('off', 'behind', 'always'), default='off',
                    help="the engine's pipeline (Engine's pipeline parameter)")
+    p.add_argument('--separate-turn-cost', action='store_true',
+                   help="learn a worker turn's own cost apart from its steps' (Engine's separate_turn_cost; "
+                        "DELEN_TURN_COST=1 in the node), for an A/B")
     p.add_argument('--energy-meter', default='auto', help='auto | none | jetson | nvml | rapl | estimate')
     p.add_argument('--include-idle', action='store_true',
                    help="keep idle power in the runs' metered energy (default: measure it first and subtract it, "
@@ -688,7 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report['apps'] = [{'app_id': a.app_id, 'camera': a.camera, 'fps': a.fps, 'bounds': a.bounds.to_dict()}
                       for a in apps]
     common = dict(runner=runner, meter=meter, idle_power_w=idle_w, seed=args.seed, warmup_s=args.warmup,
-                  preprocess_workers=args.preprocess_workers, pipeline=args.pipeline)
+                  preprocess_workers=args.preprocess_workers, pipeline=args.pipeline,
+                  separate_turn_cost=args.separate_turn_cost)
     try:
         for scenario in scenarios:
             if scenario == 'overload':
