@@ -368,10 +368,7 @@ def _cheapest(conf: np.ndarray, correct: np.ndarray, cost: np.ndarray, start: Se
     def best_at(k: int, th: Sequence[float | None], value: np.ndarray) -> float | None:
         """Exit k's threshold (None: no stop there) worth most, the others held: every cut of the
         inputs reaching k, most confident first, from one cumulative sum."""
-        reach = np.ones(n, dtype=bool)
-        for j in range(k):
-            if th[j] is not None:
-                reach &= conf[j] < th[j]
+        reach = exits_taken(conf, [*th[:k], *[None] * (n_exits - k)]) >= k   # not stopped before k
         later = exits_taken(conf, [None] * (k + 1) + list(th[k + 1:]))   # where an input not stopping at k ends
         idx = np.flatnonzero(reach)
         order = idx[np.argsort(-conf[k, idx], kind='stable')]
