@@ -19,7 +19,7 @@ from .e2e_children import STATUS_TOPIC, camera_app
 from .e2e_failover import failover_section
 from .thread_cpu import THREAD_CLASSES, cpu_by_thread_class
 
-__all__ = ['analyze', 'over_time', 'engine_reference', 'OVER_TIME_BIN_MS']
+__all__ = ['analyze', 'over_time', 'engine_reference', 'accuracy_se', 'OVER_TIME_BIN_MS']
 
 
 def _pct(values: Sequence[float] | np.ndarray, q: float) -> float | None:
@@ -66,6 +66,11 @@ def over_time(by_app: dict[str, dict[str, Any]], t0: int, t1: int, *, bin_ms: in
             'max_ms': [round(v, 2) for v in slowest]}
 
 
+def accuracy_se(accuracy: float, n: int) -> float:
+    """One standard error of an accuracy measured on ``n`` frames (binomial)."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / n)
+
+
 def _served(rows: Sequence[Sequence[Any]], col: dict[str, int]) -> dict[str, Any]:
     """What one app was served: its exit mix and energy per result, and, over the results of labelled
     frames, their accuracy with its standard error (empty without results)."""
@@ -79,7 +84,7 @@ def _served(rows: Sequence[Sequence[Any]], col: dict[str, int]) -> dict[str, Any
     if right:
         accuracy = float(np.mean(right))
         out.update(scored=len(right), accuracy=accuracy,
-                   accuracy_se=math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / len(right)))
+                   accuracy_se=accuracy_se(accuracy, len(right)))
     return out
 
 

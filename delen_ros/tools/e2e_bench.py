@@ -387,10 +387,6 @@ def configure_refusals(log_text: str) -> dict[str, dict[str, Any]] | None:
     return {app: {'accepted': False, 'message': why.strip()} for app, why in _NOT_RESTORED.findall(log_text)}
 
 
-def _bounds_for(bounds: Sequence[float], n: int) -> list[float]:
-    return [float(bounds[i % len(bounds)]) for i in range(n)]
-
-
 def _config_apps(args, config: 'Config', bounds: Sequence[float]) -> list[dict[str, Any]]:
     """The configuration's apps: ``--bounds``'s entries (``args.app_bounds``; else latency bounds
     ``bounds`` alone) given to the cameras in turn."""
@@ -551,10 +547,11 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
     topics = [camera_topic(i) for i in range(n)]
     prefix = RESULT_PREFIX_ECHO if config.kind == 'echo' else RESULT_PREFIX_NODE
     result_topics = [f'{prefix}/{camera_app(i)}/result' for i in range(n)]
+    apps = _config_apps(args, config, bounds)
     raw: dict[str, Any] = {'config': dataclasses.asdict(config), 'name': config.name, 'domain_id': domain_id,
                            'rate_hz': args.rate, 'topics': topics, 'result_topics': result_topics,
-                           'bounds_ms': _bounds_for(bounds, n),
-                           'min_accuracy': [a.get('min_accuracy', 0.0) for a in _config_apps(args, config, bounds)]}
+                           'bounds_ms': [float(a['max_latency_ms']) for a in apps],
+                           'min_accuracy': [a.get('min_accuracy', 0.0) for a in apps]}
     # Who admits the apps, and so who may refuse some: the placer (--nodes), the node's ~/set_bounds
     # (--register service), or the node at configure (its apps parameter). Every refusal lands in
     # registrar.json (app -> accepted, message): publishers and recorder do not wait for refused apps.
@@ -583,7 +580,7 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
             target = children.start('node', ['-m', 'delen_ros.ros.node', *_node_ros_args(params_path, node_params)])
             param_nodes = ['/delen']
             if config.register == 'service':
-                ordered = registration_order(_config_apps(args, config, bounds))
+                ordered = registration_order(apps)
                 raw['register_order'] = [a['app_id'] for a in ordered]
                 raw['register_gap_s'] = args.register_gap_s
                 _start_registrar(children, workdir, ordered, via=f'{RESULT_PREFIX_NODE}/set_bounds',

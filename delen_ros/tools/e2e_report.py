@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .e2e_analysis import accuracy_se
+
 __all__ = ['overheads', 'memory_growth', 'render_table', 'write_plots', 'replot', 'fmt', 'echo_mode',
            'failover_summary', 'failover_plot_names', 'admission_check', 'RECOVERY_TARGET_S', 'WITHIN_TARGET']
 
@@ -385,7 +387,7 @@ def pooled_accuracy_apps(config: dict[str, Any]) -> dict[str, Any] | None:
                            'energy_mj_per_result': sum(a['energy_mj_per_result'] * a['answered'] for a in apps) / answered}
     if out['scored']:
         accuracy = sum(a['accuracy'] * a['scored'] for a in apps if a.get('scored')) / out['scored']
-        out.update(accuracy=accuracy, accuracy_se=math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / out['scored']))
+        out.update(accuracy=accuracy, accuracy_se=accuracy_se(accuracy, out['scored']))
     return out
 
 
