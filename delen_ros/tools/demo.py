@@ -507,6 +507,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bounds_after = bounds_before
         watcher.follow_status('/delen/status')
         tokens: dict[str, str] = {}  # each app's ownership token: an update without it is refused
+
+        def set_bounds(app_id: str, topic: str, bounds: dict[str, Any], token: str = '') -> Any:
+            return watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
+                app_id=app_id, image_topic=topic, token=token, **bounds), timeout=10.0)
+
         # Latency-bound apps last: admission prices a new camera at 30 Hz, and such an app at its
         # cheapest exit (it degrades there under load), so it fits where the others might not.
         for cam in sorted(cameras, key=lambda c: bool(bounds_before[c.app_id].get('max_latency_ms'))):
@@ -515,8 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # overhead (transport included) is measured only once the other apps' frames flow.
                 fresh = watcher.call(GetProfile, '/delen/get_profile', GetProfile.Request(), timeout=10.0)
                 bounds_before[cam.app_id] = demo_bounds(fresh)[cam.app_id]
-            response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
-                app_id=cam.app_id, image_topic=cam.topic, **bounds_before[cam.app_id]), timeout=10.0)
+            response = set_bounds(cam.app_id, cam.topic, bounds_before[cam.app_id])
             asked_ms = bounds_before[cam.app_id].get('max_latency_ms')
             looser_ms = first_fit_latency_ms(asked_ms, float(response.would_fit_max_latency_ms)) \
                 if not response.accepted and asked_ms else None
@@ -524,8 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f'  {cam.app_id}: lat<={asked_ms:g}ms refused ({response.message.split(": ", 1)[0]}); '
                       f'asking lat<={looser_ms:g}ms, what the node says would fit, +2 %', flush=True)
                 bounds_before[cam.app_id] = {**bounds_before[cam.app_id], 'max_latency_ms': looser_ms}
-                response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
-                    app_id=cam.app_id, image_topic=cam.topic, **bounds_before[cam.app_id]), timeout=10.0)
+                response = set_bounds(cam.app_id, cam.topic, bounds_before[cam.app_id])
             if not response.accepted:
                 raise SystemExit(f'delen_demo: {cam.app_id} rejected: {response.message}')
             tokens[cam.app_id] = response.token
@@ -556,9 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bounds_after = {**bounds_before,
                                 'navigation': {**bounds_before['navigation'], 'max_latency_ms': new_ms}}
                 nav_topic = next(c.topic for c in cameras if c.app_id == 'navigation')
-                response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
-                    app_id='navigation', image_topic=nav_topic, token=tokens['navigation'],
-                    **bounds_after['navigation']), timeout=10.0)
+                response = set_bounds('navigation', nav_topic, bounds_after['navigation'], tokens['navigation'])
                 if not response.accepted:   # too tight beside the others: ask for what the node says would fit
                     retry_ms, how = retry_latency_ms(new_ms, old_ms, float(response.would_fit_max_latency_ms))
                     print(f'{now:5.1f} s: {new_ms:g} ms refused ({response.message}); '
@@ -569,9 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         change.update(fields={'max_latency_ms': new_ms},
                                       why=f'navigation tightens its latency bound {old_ms:g} -> {new_ms:g} ms')
                         bounds_after['navigation'] = {**bounds_before['navigation'], 'max_latency_ms': new_ms}
-                        response = watcher.call(SetBounds, '/delen/set_bounds', SetBounds.Request(
-                            app_id='navigation', image_topic=nav_topic, token=tokens['navigation'],
-                            **bounds_after['navigation']), timeout=10.0)
+                        response = set_bounds('navigation', nav_topic, bounds_after['navigation'],
+                                              tokens['navigation'])
                 changed = True
                 if response.accepted:
                     tokens['navigation'] = response.token or tokens['navigation']
