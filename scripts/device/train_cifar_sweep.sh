@@ -16,7 +16,9 @@
 # Environment (defaults in brackets):
 #   ARCH [cifar10_lite0]  or cifar10_resnet9 (from scratch at 32 px; its recipes are named r9*)
 #   VARIANTS ["fd gs gsmix lowlr", for cifar10_resnet9 "r9mix r9"]  recipes to run at once (see
-#                         variant_args below; also: base, gsb2, gs192, r9wide, r9d, r9dw, r9qw, r9q)
+#                         variant_args below; also: base, gsb2, gs192, w224, w192, w192q, w160d, r9wide,
+#                         r9d, r9dw, r9qw, r9q). On a machine with several GPUs, variant i runs alone on
+#                         GPU i mod their count.
 #   TOTAL_S [530]         wall-clock budget of this whole script, start-up to copies; it writes what it
 #                         has when the time is up
 #   TRAIN_BUDGET_S [400]  training-loop budget of every variant (they run concurrently)
@@ -113,11 +115,19 @@ variant_args() {
     r9q)   echo "--batch-size 512 --lr 0.2 --weight-decay 5e-4 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.1 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.8 --mix-end 0.9" ;;
     # r9wide with a tenth of the early exits' gradient into the backbone
     r9qw)  echo "--batch-size 512 --lr 0.2 --weight-decay 5e-4 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.1 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85 --widths 96,192,384,768 --head-widths 384,384,768" ;;
+    # warm from the shipped model (stage 2, 94.1 % at 160 px) at a larger input: ImageNet features see
+    # the 32 px photo at nearer their own object scale (issue 9's 95 %); gsmix at a lower peak rate
+    w224)  echo "--init models/cifar10_lite0.json --size 224 --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.5 0.3 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
+    w192)  echo "--init models/cifar10_lite0.json --size 192 --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.5 0.3 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
+    # w192 with a tenth of the early exits' gradient into the backbone
+    w192q) echo "--init models/cifar10_lite0.json --size 192 --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.1 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
+    # at 160 px with detached early heads: what the final exit reaches without their pull
+    w160d) echo "--init models/cifar10_lite0.json --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
     *) return 1 ;;
   esac
 }
 for v in $VARIANTS; do
-  variant_args "$v" >/dev/null || { echo "unknown variant '$v' (known: base fd gs gsmix gsmixwd lowlr gsb2 gs192 r9 r9mix r9wide r9d r9dw r9qw r9q)"; exit 2; }
+  variant_args "$v" >/dev/null || { echo "unknown variant '$v' (known: base fd gs gsmix gsmixwd lowlr gsb2 gs192 w224 w192 w192q w160d r9 r9mix r9wide r9d r9dw r9qw r9q)"; exit 2; }
 done
 
 stamp "checks (budget: ${TOTAL_S} s in all; training loops ${TRAIN_BUDGET_S} s each, over by +$(( LOOP_DEADLINE - T0 )) s at the latest; variants: $VARIANTS)"
@@ -148,10 +158,13 @@ EOF
 )" || { stamp "could not read or unpack $TRAIN_NPZ / $TEST_NPZ: nothing was trained"; exit 1; }
 read -r TRAIN_NPZ TEST_NPZ <<< "$UNPACKED"
 [ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,utilization.gpu --format=csv,noheader || true
-"$PY" - "$TRAIN_NPZ" "$TEST_NPZ" "$DEVICE" "$ARCH" <<'EOF' || { stamp "checks failed: nothing was trained"; exit 1; }
+NEED_PRETRAINED=0
+for v in $VARIANTS; do case " $(variant_args "$v") $EXTRA_ARGS " in *" --init "*) ;; *) NEED_PRETRAINED=1 ;; esac; done
+"$PY" - "$TRAIN_NPZ" "$TEST_NPZ" "$DEVICE" "$ARCH" "$NEED_PRETRAINED" <<'EOF' || { stamp "checks failed: nothing was trained"; exit 1; }
 import importlib.util, os, sys
 train_npz, test_npz, device, arch = sys.argv[1:5]
 lite0 = arch == 'cifar10_lite0'
+need_pretrained = lite0 and sys.argv[5] == '1'   # warm starts (--init) carry every weight
 problems = []
 print('python', sys.version.split()[0])
 try:
@@ -172,8 +185,8 @@ for mod, needed in (('numpy', True), ('cv2', True), ('efficientnet_lite_pytorch'
     if needed and not ok:
         problems.append(f'{mod} missing')
 weights = os.environ.get('DELEN_LITE0_WEIGHTS')
-if not lite0:
-    pass   # trained from scratch: no pretrained weights
+if not need_pretrained:
+    pass   # trained from scratch or warm from a model of ours: no ImageNet weights
 elif weights:
     print('pretrained weights:', weights, 'ok' if os.path.isfile(weights) else 'MISSING')
     if not os.path.isfile(weights):
@@ -207,15 +220,23 @@ fi
 
 stamp "training ${VARIANTS} at once (loops end by +$(( LOOP_DEADLINE - T0 )) s)"
 declare -A PID
+NGPU=1
+[ "$DEVICE" = cpu ] || NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU') || true
+[ "${NGPU:-0}" -ge 1 ] || NGPU=1
+i=0
 for v in $VARIANTS; do
   mkdir -p "$WORK/$v"
+  # several GPUs: each variant alone on one (none: they share GPU 0)
+  [ "$NGPU" -gt 1 ] && export CUDA_VISIBLE_DEVICES=$(( i % NGPU ))
+  i=$(( i + 1 ))
   # shellcheck disable=SC2046 - the recipe strings are word lists
   "$PY" -m delen_ros.tools.train_cifar --device "$DEVICE" --data "$TRAIN_NPZ" --test-data "$TEST_NPZ" \
     --out "$WORK/$v" --log-dir "$WORK/$v" --time-budget-s "$TRAIN_BUDGET_S" --deadline-unix "$LOOP_DEADLINE" \
     $PLOT $COMMON $(variant_args "$v") $EXTRA_ARGS > "$WORK/$v/train.out" 2>&1 &
   PID[$v]=$!
-  echo "$v (pid ${PID[$v]}): $COMMON $(variant_args "$v") $EXTRA_ARGS"
+  echo "$v (pid ${PID[$v]}${CUDA_VISIBLE_DEVICES:+, GPU $CUDA_VISIBLE_DEVICES}): $COMMON $(variant_args "$v") $EXTRA_ARGS"
 done
+unset CUDA_VISIBLE_DEVICES
 
 running() { local n=0; for v in $VARIANTS; do kill -0 "${PID[$v]}" 2>/dev/null && n=$((n + 1)); done; echo $n; }
 last_report=0
