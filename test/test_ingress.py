@@ -14,6 +14,7 @@ pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
 
 from delen_ros.ros.conversions import array_to_image  # noqa: E402
 from delen_ros.ros.ingress import auto_processes, native_receiver  # noqa: E402
+from delen_ros.tools.processes import child_pids  # noqa: E402
 
 from ros_helpers import ImageFeeder, node_and_peer, register_cameras, wait_until  # noqa: E402
 
@@ -31,18 +32,13 @@ def test_auto_uses_one_c_receiver_on_few_cores_and_a_quarter_of_many():
 def _receivers(pid: int) -> list[int]:
     """Child processes of ``pid`` running the receiver module."""
     found = []
-    for task in pathlib.Path(f'/proc/{pid}/task').iterdir():
+    for child in child_pids(pid):
         try:
-            children = [int(c) for c in (task / 'children').read_text().split()]
-        except OSError:   # a thread that just ended
-            continue
-        for child in children:
-            try:
-                cmdline = pathlib.Path(f'/proc/{child}/cmdline').read_bytes()
-                if b'delen_ros.ros.ingress' in cmdline or b'delen_receiver' in cmdline:
-                    found.append(child)
-            except OSError:   # a child that just ended (the receiver the test killed)
-                pass
+            cmdline = pathlib.Path(f'/proc/{child}/cmdline').read_bytes()
+            if b'delen_ros.ros.ingress' in cmdline or b'delen_receiver' in cmdline:
+                found.append(child)
+        except OSError:   # a child that just ended (the receiver the test killed)
+            pass
     return found
 
 
@@ -91,6 +87,26 @@ def test_frames_come_through_receivers_and_a_killed_receiver_is_replaced(tmp_pat
     leftovers = [p for d in ('/dev/shm', '/tmp') if os.path.isdir(d) for p in pathlib.Path(d).glob('delen-frames-*')
                  if p.stat().st_uid == os.getuid() and p.stat().st_mtime > time.time() - 300]
     assert not leftovers, leftovers
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_ctrl_c_to_the_whole_group_stops_the_node_without_restarting_receivers(tmp_path: pathlib.Path, monkeypatch,
+                                                                                kind):
+    """A terminal's Ctrl-C signals the foreground process group; the receivers (sessions of their own)
+    must not die first and be taken for crashed ones in the middle of the node's shutdown."""
+    monkeypatch.setenv('DELEN_RECEIVER', kind.lower())
+    with node_and_peer(tmp_path, ingress_processes=2) as (node, peer):
+        assert wait_until(lambda: 'active:' in node.log() and len(_receivers(node.proc.pid)) == 2,
+                          timeout=15.0), node.log()[-2000:]
+        register_cameras(peer, [f'/ingress/ctrl_c{i}' for i in range(CAMERAS)])   # receivers in DDS waits
+        time.sleep(1.0)
+        kids = _receivers(node.proc.pid)
+        os.killpg(node.proc.pid, signal.SIGINT)
+        node.proc.wait(timeout=20.0)
+        log = node.log()
+        assert node.proc.returncode == 0, log[-2000:]
+        assert 'starting another' not in log and 'ended (exit' not in log, log[-2000:]
+    assert wait_until(lambda: not any(pathlib.Path(f'/proc/{k}').exists() for k in kids), timeout=10.0)
 
 
 def test_a_slow_camera_is_not_taken_for_a_silent_one():

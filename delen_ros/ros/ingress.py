@@ -281,7 +281,10 @@ class IngressPool:
             env['PYTHONPATH'] = root + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
             cmd = [sys.executable, '-m', 'delen_ros.ros.ingress', *args]
         try:
-            popen = subprocess.Popen(cmd, pass_fds=(ctl_r, frm_w), env=env)
+            # A session of its own: a terminal's Ctrl-C (SIGINT to the whole foreground group) must not
+            # end it before the node, whose reader would take that for a crash and start another in
+            # the middle of the shutdown. It ends when the node closes its control pipe, or dies.
+            popen = subprocess.Popen(cmd, pass_fds=(ctl_r, frm_w), env=env, start_new_session=True)
         finally:
             os.close(ctl_r)
             os.close(frm_w)

@@ -41,7 +41,7 @@ frames count as misses. With both, the report runs every app refused under ``ser
 ``param`` run) and says whether it would have missed (``e2e.json`` ``admission``, :func:`admission_check`).
 
 **Failover** (``--nodes K --kill-node-at S``, issue 12): S s into the window the bench SIGKILLs node
-``/n0``'s process group and keeps everything else running; every process speaks DDS with
+``/n0``'s process group and its receivers, and keeps everything else running; every process speaks DDS with
 ``config/fastdds_placement.xml`` (1 s lease), the nodes publish ``~/status`` every 0.2 s, and the recorder
 follows every node's ``~/status`` (which node serves which app). Per app: node before / after, the
 **recovery time** (kill -> first result at the result topic of a frame sent after the kill), the longest
@@ -95,7 +95,7 @@ from .e2e_children import (RESULT_PREFIX_ECHO, RESULT_PREFIX_NODE, STATUS_TOPIC,
 from .e2e_failover import FAILOVER_DDS_PROFILE, FAILOVER_STATUS_PERIOD_S, parse_placer_log
 from .e2e_report import (admission_check, failover_summary, fmt, memory_growth, overheads, render_table, replot,
                          write_plots)
-from .processes import Children, config_file, package_root, ros_child_env
+from .processes import Children, child_pids, config_file, package_root, ros_child_env
 from .thread_cpu import sample_threads, stat_cpu_s, stat_fields
 
 __all__ = ['Config', 'NodeParam', 'parse_node_param', 'proc_sample', 'GpuSampler', 'overheads',
@@ -678,11 +678,17 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
 
 
 def _kill_node(children: Children, name: str, *, namespace: str) -> dict[str, Any]:
-    """SIGKILL child ``name``'s process group (it leads its own session: the node and any ingress receiver
-    processes it started, as when its host dies); when it happened (system clock, as the stamps)."""
+    """SIGKILL child ``name``'s process group and the ingress receivers it started (each in a session
+    of its own), as when its host dies; when it happened (system clock, as the stamps)."""
     proc = children.procs[name]
+    receivers = child_pids(proc.pid)
     t_ns = time.time_ns()
     os.killpg(proc.pid, signal.SIGKILL)
+    for pid in receivers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     try:
         proc.wait(timeout=5.0)
     except subprocess.TimeoutExpired:
@@ -754,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--nodes', type=int, default=1, help='delen nodes in namespaces /n0.. behind delen_placer (hosts '
                    'on one machine); apps registered through the placer')
     p.add_argument('--kill-node-at', type=float, default=None, metavar='S',
-                   help='with --nodes K >= 2: SIGKILL node /n0 (its process group: the node and its receivers) S s '
+                   help='with --nodes K >= 2: SIGKILL node /n0 (its process group and its receivers) S s '
                    'into the measured window, keep the rest running, and report the failover (per app: node before / '
                    'after, recovery = kill -> first result of a frame sent after it, longest gap, attainment before / '
                    'during the outage / after, moved vs untouched apps; e2e_failover.png). Every process then uses '

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import Iterable, Sequence
 
-__all__ = ['package_root', 'config_file', 'ros_child_env', 'Children']
+__all__ = ['package_root', 'config_file', 'ros_child_env', 'child_pids', 'Children']
 
 
 def package_root() -> pathlib.Path:
@@ -30,6 +30,22 @@ def config_file(name: str) -> pathlib.Path:
         return pathlib.Path(get_package_share_directory('delen_ros')) / 'config' / name
     except Exception:  # noqa: BLE001 - fall back to the source-tree path (may not exist)
         return source
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started that still run (Linux ``/proc``; none elsewhere): the node's
+    ingress receivers, which run in sessions of their own."""
+    found = []
+    try:
+        tasks = list(pathlib.Path(f'/proc/{pid}/task').iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(c) for c in (task / 'children').read_text().split()]
+        except OSError:   # a thread that just ended
+            pass
+    return found
 
 
 def ros_child_env(domain_id: int) -> dict[str, str]:
