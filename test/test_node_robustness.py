@@ -291,6 +291,7 @@ def test_malformed_frames_counted_in_status_and_gaps_detected(peer, domain_id, t
         from sensor_msgs.msg import Image
         pub = peer.node.create_publisher(Image, '/gap/cam', QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         wait_until(lambda: pub.get_subscription_count() > 0, timeout=30.0, what='the node subscribed')
+        time.sleep(1.0)   # matched here is not yet matched there: a reliable frame sent now may be lost
         t = time.time_ns()
         sent = skipped = 0
         for i in range(60):                      # a 20 Hz camera whose every 6th frame is lost on the way
