@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from . import admission
+from . import admission, warmup
 from .app_ledger import AppLedger
 from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes, percentile, percentiles
 from .batch_cost import BatchCost
@@ -772,68 +772,10 @@ class Engine:
 
     # --- life cycle -----------------------------------------------------------------------------------
     def warm_up(self, *, reps: int = 3, background_capture: bool | None = None) -> None:
-        """Run every step ``reps`` times on a noise frame at batch 1, before serving.
-
-        The first calls of a stage pay for lazy allocation, kernel selection or graph capture. On
-        CUDA the runner's own ``warmup`` comes first: with CUDA graphs it captures batch 1 now and,
-        with ``background_capture`` (``None``: the runner's default), leaves the larger sizes to a
-        thread started at the end, once batch 1 is timed; the engine serves meanwhile, a batch of
-        a size not captured yet running as several replays of those that are. ``background_capture=False``:
-        every size is captured here, before serving (the old behaviour, for benchmarks of steady state).
-        The fastest of the later reps, timed as the worker times a step (softmax and transfer
-        included), seeds the latency corrector, so that the first real frames are predicted from
-        this device rather than from the profile alone -- the fastest, because a stall here must not
-        lock tight apps out.
-        """
-        runner = self._runner
-        cuda = getattr(runner, 'device', torch.device('cpu')).type == 'cuda'
-        if (cuda or getattr(runner, 'cuda_graphs', False)) and hasattr(runner, 'warmup'):
-            # graph capture and kernel choice happen now: batch 1 or every size
-            if background_capture is None:
-                runner.warmup()
-            else:
-                runner.warmup(background=background_capture)
-        h, w = self.info.input_size
-        # A noise image, not zeros: all-zero activations can go subnormal and run 100x slower on CPUs.
-        noise = np.random.default_rng(0).integers(0, 256, (h, w) if self.info.in_channels == 1 else (h, w, 3),
-                                                  dtype=np.uint8)
-        x0 = preprocess([noise], self.info)
-        best = [math.inf] * self.profile.num_exits
-        for rep in range(reps):
-            x = self._runner.to_input(x0)
-            for k in range(self.profile.num_exits):
-                t0 = time.perf_counter_ns()
-                x = self._runner.stage(k, x)
-                logits = self._runner.head(k, x)
-                torch.softmax(logits.float(), dim=1).max(dim=1)[0].cpu()
-                self._runner.synchronize()
-                if rep > 0 or reps == 1:
-                    best[k] = min(best[k], (time.perf_counter_ns() - t0) / 1e6)
-        for k, ms in enumerate(best):
-            self.corrector.update(k, 1, ms, self.profile.step_ms(k, 1))
-        # after the timing above: the capture thread competes with it for the GIL and the GPU
-        start_capture = getattr(runner, 'start_background_capture', None)
-        if start_capture is not None:
-            start_capture()
-        if not cuda:
-            self._warm_cpu_batch_sizes(x0)
-
-    def _warm_cpu_batch_sizes(self, x0: torch.Tensor, budget_s: float = 3.0) -> None:
-        """On CPU, run every step once at each batch size up to ``max_batch`` (within ``budget_s``).
-
-        A size's first call builds its kernels (oneDNN primitives) and maps their code: at batch 8
-        on this 2-core VM, +11 ms for fashion_mnist and +58 ms for cifar10_lite0 over the next
-        calls. Done here, the first busy second does not pay for it, and the node's memory does not
-        grow with its camera count for it (~8 MB of libtorch pages; benchmarks/cpu/memory_growth).
-        """
-        deadline = time.monotonic() + budget_s
-        for b in range(2, self.max_batch + 1):
-            if time.monotonic() > deadline:
-                break
-            x = self._runner.to_input(x0.expand(b, *x0.shape[1:]).contiguous())
-            for k in range(self.profile.num_exits):
-                x = self._runner.stage(k, x)
-                self._runner.head(k, x)
+        """Capture graphs, choose kernels and seed the latency corrector before serving
+        (:func:`~delen_ros.core.warmup.warm_up`)."""
+        warmup.warm_up(self._runner, self.info, self.profile, self.corrector, max_batch=self.max_batch,
+                       reps=reps, background_capture=background_capture)
 
     def start(self, *, warm_up: bool = True, background_capture: bool | None = None) -> None:
         """Start the worker thread, after :meth:`warm_up` unless ``warm_up`` is false (then a
