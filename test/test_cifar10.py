@@ -197,9 +197,10 @@ def test_resnet9_training_smoke_run_from_scratch(tmp_path):
     from delen_ros.tools.train_cifar import main
     rc = main(['--arch', 'cifar10_resnet9', '--device', 'cpu', '--limit', '16', '--batch-size', '16', '--epochs', '1',
                '--widths', '8,16,16,32', '--head-widths', '8,8,16', '--eval-batch', '16', '--out', str(tmp_path),
-               '--no-plot'])
+               '--no-plot', '--trivial-augment', '1.0'])
     assert rc == 0
     meta = zoo.read_model_json(tmp_path / 'cifar10_resnet9.json')
+    assert 'TrivialAugment on 100% of the photos' in meta['training']['recipe']
     assert meta['architecture'] == 'cifar10_resnet9' and meta['arch_kwargs']['widths'] == [8, 16, 16, 32]
     assert 'pretrained' not in meta['arch_kwargs'] and 'from scratch' in meta['training']['recipe']
     model = zoo.load_model(tmp_path / 'cifar10_resnet9.json')

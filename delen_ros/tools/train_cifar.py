@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from ..core import datasets
 from ..core.multi_exit import MultiExitModel
 from ..core.preprocess import normalisation
+from .photo_augment import trivial_augment
 from .train_recipe import (WeightEma, exit_loss_weights, install_drop_connect, install_exit_grad_scales, lr_factor,
                            mix_batch, mixed_cross_entropy, schedule_progress)
 
@@ -339,7 +340,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pa
          f'{planned_epochs} epochs x {steps_per_epoch} steps of {batch}, lr {args.lr} (new layers x'
          f'{args.head_lr_mult if pretrained else 1.0}), exit weights {[round(float(w), 3) for w in weights]}, backbone gradient '
          f'scale of early exits {args.exit_grad_scale}, drop-connect {args.drop_connect}, mixup '
-         f'{args.mixup_alpha} / cutmix {args.cutmix_alpha}, EMA {args.ema_decay}, budget {budget_s:.0f} s'
+         f'{args.mixup_alpha} / cutmix {args.cutmix_alpha}, TrivialAugment {args.trivial_augment}, EMA {args.ema_decay}, budget {budget_s:.0f} s'
          f'{" (clock-driven schedule)" if args.time_schedule else ""}, amp {"bf16" if amp else "off"}')
 
     history: list[dict[str, Any]] = []
@@ -376,6 +377,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pa
                 g['lr'] = g['base_lr'] * factor
             idx = order[i * batch:(i + 1) * batch]
             xb = augment(tr_x[idx], generator)
+            if args.trivial_augment > 0:
+                xb = trivial_augment(xb, generator, prob=args.trivial_augment)
             choice = (torch.rand(len(idx), generator=generator, device=device) < args.linear_fraction).long()
             xb = to_input(xb, matrices, choice, mean=mean, inv_std=inv_std, channels_last=cuda)
             yb = tr_y[idx]
@@ -472,6 +475,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pa
         extras.append(f'early exits\' gradient into the backbone scaled by {list(args.exit_grad_scale)}')
     if args.drop_connect:
         extras.append(f'drop-connect {args.drop_connect}')
+    if args.trivial_augment > 0:
+        extras.append(f'TrivialAugment on {args.trivial_augment:.0%} of the photos (tools/photo_augment.py)')
     if mixing:
         extras.append(f'mixup alpha {args.mixup_alpha} / cutmix alpha {args.cutmix_alpha} on {args.mix_prob:.0%} '
                       f'of batches until {args.mix_end:.0%} of training')
@@ -584,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cutmix-alpha', type=float, default=0.0, help='CutMix Beta(a, a) on the device (0: off)')
     p.add_argument('--mix-prob', type=float, default=1.0, help='share of batches mixed (mixup or CutMix)')
     p.add_argument('--mix-end', type=float, default=1.0, help='no mixing after this share of training progress')
+    p.add_argument('--trivial-augment', type=float, default=0.0, metavar='PROB',
+                   help='share of the photos put through one TrivialAugment operation after crop and flip '
+                        '(tools/photo_augment.py; 0: off)')
     p.add_argument('--ema-decay', type=float, default=0.0,
                    help='EMA of the weights per step (0: off); the better of raw and EMA on validation ships')
     p.add_argument('--time-schedule', action='store_true',
@@ -612,10 +620,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f'delen_train_cifar: --epochs, --batch-size and --limit must be >= 1, got '
                          f'{args.epochs}, {args.batch_size}, {args.limit}')
     if args.drop_connect < 0 or args.drop_connect >= 1 or args.ema_decay < 0 or args.ema_decay >= 1 or \
-            not 0 <= args.mix_prob <= 1 or args.mixup_alpha < 0 or args.cutmix_alpha < 0:
-        raise SystemExit(f'delen_train_cifar: need 0 <= --drop-connect, --ema-decay < 1, 0 <= --mix-prob <= 1 and '
-                         f'alphas >= 0, got {args.drop_connect}, {args.ema_decay}, {args.mix_prob}, '
-                         f'{args.mixup_alpha}, {args.cutmix_alpha}')
+            not 0 <= args.mix_prob <= 1 or args.mixup_alpha < 0 or args.cutmix_alpha < 0 or \
+            not 0 <= args.trivial_augment <= 1:
+        raise SystemExit(f'delen_train_cifar: need 0 <= --drop-connect, --ema-decay < 1, 0 <= --mix-prob, '
+                         f'--trivial-augment <= 1 and alphas >= 0, got {args.drop_connect}, {args.ema_decay}, '
+                         f'{args.mix_prob}, {args.trivial_augment}, {args.mixup_alpha}, {args.cutmix_alpha}')
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.device.startswith('cuda') and not torch.cuda.is_available():

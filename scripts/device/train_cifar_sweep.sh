@@ -16,7 +16,7 @@
 # Environment (defaults in brackets):
 #   ARCH [cifar10_lite0]  or cifar10_resnet9 (from scratch at 32 px; its recipes are named r9*)
 #   VARIANTS ["fd gs gsmix lowlr", for cifar10_resnet9 "r9mix r9"]  recipes to run at once (see
-#                         variant_args below; also: base, gsb2, gs192, w224, w192, w192q, w160d, r9wide,
+#                         variant_args below; also: base, gsb2, gs192, w224, w192, w192q, w160d, w160, w160ta, r9wide,
 #                         r9d, r9dw, r9qw, r9q). On a machine with several GPUs, variant i runs alone on
 #                         GPU i mod their count.
 #   TOTAL_S [530]         wall-clock budget of this whole script, start-up to copies; it writes what it
@@ -123,6 +123,10 @@ variant_args() {
     w192q) echo "--init models/cifar10_lite0.json --size 192 --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.1 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
     # at 160 px with detached early heads: what the final exit reaches without their pull
     w160d) echo "--init models/cifar10_lite0.json --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
+    # w160d's twin with the early exits' pull kept (gsmix, warm, lr 0.008), and the same with TrivialAugment on
+    # every photo (tools/photo_augment.py): does variety in the training photos move the final exit?
+    w160)  echo "--init models/cifar10_lite0.json --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.5 0.3 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
+    w160ta) echo "--init models/cifar10_lite0.json --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.5 0.3 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85 --trivial-augment 1.0" ;;
     *) return 1 ;;
   esac
 }
