@@ -56,6 +56,7 @@
 # e.g. "py_recv mixed"; the admission part alone: SKIP="new no_upload py_recv arrival gil nodes2 nodes4 failover mixed").
 set -uo pipefail
 OUT="${1:?usage: e2e_data_path_ab.sh OUT_DIR}"
+mkdir -p "$OUT"   # a folder that does not exist yet (OUT/a, OUT/b for an A/B in one call) lost a whole call's archive
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 # shellcheck source=scripts/device/ab_prelude.sh

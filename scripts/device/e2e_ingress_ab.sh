@@ -9,6 +9,7 @@
 # after set-up, e.g. a CUDA test).
 set -uo pipefail
 OUT="${1:?usage: e2e_ingress_ab.sh OUT_DIR}"
+mkdir -p "$OUT"   # a folder that does not exist yet (OUT/a, OUT/b for an A/B in one call) lost a whole call's archive
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 # shellcheck source=scripts/device/ab_prelude.sh
