@@ -305,9 +305,14 @@ def test_malformed_frames_counted_in_status_and_gaps_detected(peer, domain_id, t
             sent += 1
             time.sleep(0.05)
         status = peer.subscribe(AppStatus, '/delen/status')
-        m = wait_until(lambda: next((s for s in reversed(status.messages()) if s.frames_in >= sent), None),
-                       timeout=30.0, what='status with every frame')
-        assert abs(m.frames_missed - skipped) <= 1, (m.frames_missed, skipped)
+        # every stamp accounted for: received, or missed (the skipped ones; a frame lost on the way
+        # under load shows as a gap too, as AppStatus promises); a gap at the very end cannot show
+        m = wait_until(lambda: next((s for s in reversed(status.messages())
+                                     if s.frames_in + s.frames_missed >= sent + skipped - 1), None),
+                       timeout=30.0, what='status accounting for every frame')
+        lost = sent - m.frames_in
+        assert 0 <= lost <= 3, (m.frames_in, sent)
+        assert abs(m.frames_missed - (skipped + lost)) <= 1, (m.frames_missed, skipped, lost)
     finally:
         _stop(node)
 
