@@ -28,20 +28,12 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / 'test')]   # this checkout first, as the tests
 
+from delen_ros.tools.processes import descendants  # noqa: E402
+from delen_ros.tools.thread_cpu import parse_stat  # noqa: E402
+
 
 def _cpu_s(pid: int) -> float:
-    fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in pathlib.Path(f'/proc/{pid}/task').iterdir():
-        try:
-            out += [int(c) for c in (task / 'children').read_text().split()]
-        except OSError:
-            pass
-    return out
+    return parse_stat(pathlib.Path(f'/proc/{pid}/stat').read_text())[1]
 
 
 def run(kind: str, *, cameras: int, rate_hz: float, seconds: float, receivers: int, workdir: pathlib.Path) -> dict:
@@ -59,7 +51,7 @@ def run(kind: str, *, cameras: int, rate_hz: float, seconds: float, receivers: i
         feeder = ImageFeeder(peer, {t: [frame] for t in topics}, rate_hz=rate_hz, reliable=True)
         time.sleep(3.0)                                   # discovery, first rings
         pid = node.proc.pid
-        kids = _children(pid)
+        kids = descendants(pid)
         node0, kids0 = _cpu_s(pid), sum(_cpu_s(k) for k in kids)
         sent0, t0 = sum(feeder.published.values()), time.monotonic_ns()
         time.sleep(seconds)

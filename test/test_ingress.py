@@ -14,7 +14,7 @@ pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
 
 from delen_ros.ros.conversions import array_to_image  # noqa: E402
 from delen_ros.ros.ingress import auto_processes, native_receiver  # noqa: E402
-from delen_ros.tools.processes import child_pids  # noqa: E402
+from delen_ros.tools.processes import descendants  # noqa: E402
 
 from ros_helpers import ImageFeeder, node_and_peer, register_cameras, wait_until  # noqa: E402
 
@@ -30,9 +30,9 @@ def test_auto_uses_one_c_receiver_on_few_cores_and_a_quarter_of_many():
 
 
 def _receivers(pid: int) -> list[int]:
-    """Child processes of ``pid`` running the receiver module."""
+    """Processes under ``pid`` running the receiver module."""
     found = []
-    for child in child_pids(pid):
+    for child in descendants(pid):
         try:
             cmdline = pathlib.Path(f'/proc/{child}/cmdline').read_bytes()
             if b'delen_ros.ros.ingress' in cmdline or b'delen_receiver' in cmdline:

@@ -95,7 +95,7 @@ from .e2e_children import (RESULT_PREFIX_ECHO, RESULT_PREFIX_NODE, STATUS_TOPIC,
 from .e2e_failover import FAILOVER_DDS_PROFILE, FAILOVER_STATUS_PERIOD_S, parse_placer_log
 from .e2e_report import (admission_check, failover_summary, fmt, memory_growth, overheads, render_table, replot,
                          write_plots)
-from .processes import Children, child_pids, config_file, package_root, ros_child_env
+from .processes import Children, config_file, descendants, package_root, ros_child_env
 from .thread_cpu import sample_threads, stat_cpu_s, stat_fields
 
 __all__ = ['Config', 'NodeParam', 'parse_node_param', 'proc_sample', 'GpuSampler', 'overheads',
@@ -185,31 +185,13 @@ def proc_sample(pid: int) -> dict[str, float] | None:
         return None
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live process under ``pid`` (children, grandchildren, ...), from ``/proc/*/stat``."""
-    parent: dict[int, int] = {}
-    for entry in pathlib.Path('/proc').iterdir():
-        if entry.name.isdigit():
-            try:
-                parent[int(entry.name)] = int(stat_fields((entry / 'stat').read_text())[1][1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, todo = [], [pid]
-    while todo:
-        children = [c for c, p in parent.items() if p == todo[-1]]
-        todo.pop()
-        found += children
-        todo += children
-    return found
-
-
 def proc_tree_sample(pid: int) -> dict[str, float] | None:
     """:func:`proc_sample` of ``pid``, plus ``tree_cpu_s`` / ``tree_pss_mb`` / ``tree_procs`` over it and every
     live process under it (e.g. the node's ingress receiver processes; PSS adds up, RSS would not)."""
     out = proc_sample(pid)
     if out is None:
         return None
-    samples = [out, *filter(None, (proc_sample(c) for c in _descendants(pid)))]
+    samples = [out, *filter(None, (proc_sample(c) for c in descendants(pid)))]
     out['tree_cpu_s'] = sum(x['cpu_s'] for x in samples)
     out['tree_pss_mb'] = sum(x.get('pss_mb', 0.0) for x in samples)
     out['tree_procs'] = len(samples)
@@ -218,7 +200,7 @@ def proc_tree_sample(pid: int) -> dict[str, float] | None:
 
 def thread_tree_sample(pid: int) -> dict[str, Any] | None:
     """:func:`~delen_ros.tools.thread_cpu.sample_threads` of ``pid``, with every live process under it."""
-    return sample_threads(pid, _descendants(pid))
+    return sample_threads(pid, descendants(pid))
 
 
 def _host_cpu() -> tuple[float, float]:
@@ -681,7 +663,7 @@ def _kill_node(children: Children, name: str, *, namespace: str) -> dict[str, An
     """SIGKILL child ``name``'s process group and the ingress receivers it started (each in a session
     of its own), as when its host dies; when it happened (system clock, as the stamps)."""
     proc = children.procs[name]
-    receivers = child_pids(proc.pid)
+    receivers = descendants(proc.pid)
     t_ns = time.time_ns()
     os.killpg(proc.pid, signal.SIGKILL)
     for pid in receivers:

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from typing import Iterable, Sequence
 
-__all__ = ['package_root', 'config_file', 'ros_child_env', 'child_pids', 'Children']
+from .thread_cpu import stat_fields
+
+__all__ = ['package_root', 'config_file', 'ros_child_env', 'descendants', 'Children']
 
 
 def package_root() -> pathlib.Path:
@@ -32,19 +34,22 @@ def config_file(name: str) -> pathlib.Path:
         return source
 
 
-def child_pids(pid: int) -> list[int]:
-    """The processes ``pid`` started that still run (Linux ``/proc``; none elsewhere): the node's
-    ingress receivers, which run in sessions of their own."""
-    found = []
-    try:
-        tasks = list(pathlib.Path(f'/proc/{pid}/task').iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            found += [int(c) for c in (task / 'children').read_text().split()]
-        except OSError:   # a thread that just ended
-            pass
+def descendants(pid: int) -> list[int]:
+    """Every live process under ``pid`` (children, grandchildren, ...), from ``/proc/*/stat``: e.g. the
+    node's ingress receivers, which run in sessions of their own."""
+    parent: dict[int, int] = {}
+    for entry in pathlib.Path('/proc').iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int(stat_fields((entry / 'stat').read_text())[1][1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, todo = [], [pid]
+    while todo:
+        children = [c for c, p in parent.items() if p == todo[-1]]
+        todo.pop()
+        found += children
+        todo += children
     return found
 
 
