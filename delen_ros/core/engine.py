@@ -272,8 +272,9 @@ class Engine:
         admission's costs (:attr:`~delen_ros.core.admission.CostModel.turn_ms`). Off by default,
         where a turn's cost is folded into the steps it ran: then a frame that runs a step at a time
         (a cascade that looks at every exit) is priced below its cost and a fused run above it (session
-        16 on the H200: 10 ms apps beside Lite0's cascades met their bound for 98.7 % of frames). Not yet
-        measured on the H200: ``DELEN_TURN_COST=1`` in the node turns it on for an A/B.
+        16 on the H200: 10 ms apps beside Lite0's cascades met their bound for 98.7 % of frames). On the
+        H200 (session 17, ``DELEN_TURN_COST=1`` in the node) it admitted the same apps and did worse
+        beside cascades admitted at configure (71.3 % against 86.7 %), so it stays off: an A/B switch.
     """
 
     def __init__(self, model: 'MultiExitModel', profile: 'Profile', *, device: str = 'cpu',
