@@ -80,6 +80,9 @@ SUMMARY_DEADLINE=$(( T0 + TOTAL_S - 10 ))      # the re-check stops scoring mode
 COMMON="--arch $ARCH --epochs 100 --time-schedule --ema-decay 0.998 --threads 3"
 # From scratch at 32 px an epoch takes seconds: the budget, not --epochs, sets their number.
 [ "$ARCH" = cifar10_resnet9 ] && COMMON="--arch $ARCH --epochs 1000 --time-schedule --ema-decay 0.998 --threads 3"
+# The warm restarts (w*): from the shipped model (stage 2), gsmix at a lower peak rate; each adds its
+# early exits' gradient scale and what it tries
+WARM="--init models/cifar10_lite0.json --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85"
 variant_args() {
   case "$1" in
     # the old recipe, clock-driven: the reference (not in the default set: its result is known, 92 %)
@@ -117,16 +120,16 @@ variant_args() {
     r9qw)  echo "--batch-size 512 --lr 0.2 --weight-decay 5e-4 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.1 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85 --widths 96,192,384,768 --head-widths 384,384,768" ;;
     # warm from the shipped model (stage 2, 94.1 % at 160 px) at a larger input: ImageNet features see
     # the 32 px photo at nearer their own object scale (issue 9's 95 %); gsmix at a lower peak rate
-    w224)  echo "--init models/cifar10_lite0.json --size 224 --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.5 0.3 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
-    w192)  echo "--init models/cifar10_lite0.json --size 192 --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.5 0.3 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
+    w224)  echo "$WARM --exit-grad-scale 0.5 0.3 0.3 --size 224" ;;
+    w192)  echo "$WARM --exit-grad-scale 0.5 0.3 0.3 --size 192" ;;
     # w192 with a tenth of the early exits' gradient into the backbone
-    w192q) echo "--init models/cifar10_lite0.json --size 192 --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.1 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
+    w192q) echo "$WARM --exit-grad-scale 0.1 --size 192" ;;
     # at 160 px with detached early heads: what the final exit reaches without their pull
-    w160d) echo "--init models/cifar10_lite0.json --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
+    w160d) echo "$WARM --exit-grad-scale 0" ;;
     # w160d's twin with the early exits' pull kept (gsmix, warm, lr 0.008), and the same with TrivialAugment on
     # every photo (tools/photo_augment.py): does variety in the training photos move the final exit?
-    w160)  echo "--init models/cifar10_lite0.json --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.5 0.3 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
-    w160ta) echo "--init models/cifar10_lite0.json --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.5 0.3 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85 --trivial-augment 1.0" ;;
+    w160)  echo "$WARM --exit-grad-scale 0.5 0.3 0.3" ;;
+    w160ta) echo "$WARM --exit-grad-scale 0.5 0.3 0.3 --trivial-augment 1.0" ;;
     *) return 1 ;;
   esac
 }
