@@ -380,6 +380,26 @@ def test_native_first_leaves_batch_1_s_trial_to_the_background(fake_graphs):
     assert runner.start_background_capture() is False   # nothing left to capture or try
 
 
+def test_trials_while_serving_leave_warmup_the_native_captures_only(fake_graphs):
+    runner = graph_runner(num_exits=2, native_first=True, trials_while_serving=True)
+    runner.warmup()
+    # every size natively, no trial yet: configure's warm-up in milliseconds
+    assert captures(fake_graphs.log) == [1] * 4 + [2] * 4 + [4] * 4 + [8] * 4
+    assert set(runner.conv_backends().values()) == {'native'} and runner.cudnn_trials() == {}
+    assert runner.capture_state().to_upgrade == (2, 4, 8) and not runner.capture_state().settled
+    mark = len(fake_graphs.log)
+    assert runner.start_background_capture() is True
+    # served meanwhile, on the native graphs
+    torch.testing.assert_close(run_chain(runner, frames(5))[-1], fake_model(2)(frames(5))[-1])
+    wait_for(lambda: runner.capture_state().settled)
+    # on the capture thread, the largest size first (where cuDNN wins most); batch 1 stays native
+    trial_sizes = [b for what, thread, b, _ in fake_graphs.log[mark:] if what == 'capture' and thread == 'delen-capture']
+    assert trial_sizes == [8] * 8 + [4] * 8 + [2] * 8
+    assert runner.conv_backends() == {(kind, k, b): 'cudnn' if b >= 4 else 'native'
+                                      for kind in ('stage', 'head') for k in range(2) for b in (1, 2, 4, 8)}
+    assert runner.capture_state().error is None
+
+
 def test_native_first_trials_stop_and_resume(fake_graphs):
     runner = graph_runner(num_exits=2, native_first=True, trial_smallest=True)
     runner.warmup()

@@ -7,6 +7,7 @@ kill -9 during registrations, a corrupt and an unwritable state file, bad parame
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import re
 import subprocess
@@ -279,6 +280,26 @@ def test_bad_parameters_exit_1_with_one_line(domain_id, override):
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 1, lines
     assert len(lines) == 1 and override.split(':=')[0] in lines[0] and 'Traceback' not in lines[0], lines
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_at_the_end_of_configure_is_a_clean_shutdown(domain_id, tmp_path, sig):
+    """SIGTERM (systemd, launch's escalation) or SIGINT as autostart's configure logs its phases (the
+    model warm, its services and publishers next) exits 0 without an error line. Under SIGTERM rclpy
+    closes the context without an exception: the rcl calls that follow fail, and that is a shutdown,
+    not a failed configure."""
+    params = {**_params(tmp_path), 'model': 'cifar10_lite0'}
+    del params['profile']   # the committed one for this CPU, or a quick one
+    node = NodeProcess(params=params, domain_id=domain_id, workdir=tmp_path).start()
+    try:
+        wait_until(lambda: 'configure phases' in node.log(), timeout=START, what='configure phases', interval=0.002)
+        node.proc.send_signal(sig)
+        node.proc.wait(timeout=30.0)
+        log = node.log()
+        assert node.proc.returncode == 0, log[-3000:]
+        assert 'configure failed' not in log and 'Traceback' not in log, log[-3000:]
+    finally:
+        node.stop()
 
 
 def test_malformed_frames_counted_in_status_and_gaps_detected(peer, domain_id, tmp_path):

@@ -361,6 +361,10 @@ class StageRunner:
         Without a background capture, graphs use cuDNN.
     :param trial_smallest: with ``native_first``, also try cuDNN for the smallest size's graphs, in
         the background while serving (see the module's notes); false: they stay native.
+    :param trials_while_serving: with ``native_first``, the larger sizes' cuDNN trials too are left
+        to the background, largest first, so that ``warmup`` takes milliseconds instead of seconds
+        (issue 8's configure -> first result); the first seconds of service then run those sizes
+        natively, beside the trials.
 
     All calls run under ``torch.inference_mode()``. Calls are asynchronous on CUDA: time them
     between :meth:`synchronize` calls. One thread serves (calls :meth:`stage` and :meth:`head`);
@@ -370,7 +374,7 @@ class StageRunner:
     def __init__(self, model: 'MultiExitModel', *, device: str | torch.device = 'cpu', half: bool | None = None,
                  channels_last: bool | None = None, cuda_graphs: bool = False, max_batch: int = 32,
                  graph_sizes: Sequence[int] | None = None, background_capture: bool = True,
-                 native_first: bool = True, trial_smallest: bool = False):
+                 native_first: bool = True, trial_smallest: bool = False, trials_while_serving: bool = False):
         self.device = resolve_device(device)
         cuda = self.device.type == 'cuda'
         half = cuda if half is None else half
@@ -386,6 +390,7 @@ class StageRunner:
         self.background_capture = bool(background_capture)
         self.native_first = bool(native_first)
         self.trial_smallest = bool(trial_smallest)
+        self.trials_while_serving = bool(trials_while_serving)
         # Sleep in CUDA waits instead of spinning (synchronize). H200, 16-32 cameras x 30 Hz, four
         # pairs in session 13: the worker thread's CPU per frame 10-42 % lower, no result later;
         # DELEN_BLOCKING_SYNC=0 spins (CUDA's default with one context on a many-core host).
@@ -496,6 +501,8 @@ class StageRunner:
                 sizes, later = self.graph_sizes, ()
             self._deferred = frozenset(later)   # before the calls below: they must not capture these
             self._to_upgrade = frozenset(self.graph_sizes[:1] if self._capture_native and self.trial_smallest else ())
+            if self._capture_native and self.trials_while_serving:
+                self._to_upgrade |= frozenset(self.graph_sizes[1:])
         # Most of this is each convolution's first call at a new shape (kernel choice, ~0.3-0.8 s a
         # stage on an H200). PyTorch keeps those choices per thread: choosing them in parallel
         # threads first did not shorten the captures (H200: 12.3 s instead of 6.2 s).
@@ -505,7 +512,7 @@ class StageRunner:
                 x = self.stage(k, x)
                 self.head(k, x)
         self.synchronize()
-        if self.cuda_graphs and batch_sizes is None and self._capture_native:
+        if self.cuda_graphs and batch_sizes is None and self._capture_native and not self.trials_while_serving:
             # Before serving, not while: tried in the background as the node served 32 cameras on
             # an H200, the larger sizes' trials (~9 s) overlapped the first seconds of service, at
             # 4x the batch-32 cost meanwhile. The largest first: where cuDNN wins most.
@@ -603,7 +610,9 @@ class StageRunner:
 
                 run_until_stopped(capture_order(self._pending(), self.num_exits), capture, stop)
                 if not self._pending() and self._to_upgrade:   # every size serves at full batch: now cuDNN's trials
-                    run_until_stopped(capture_order(sorted(self._to_upgrade), self.num_exits), try_cudnn, stop)
+                    # the largest first, as before serving: where cuDNN wins most
+                    run_until_stopped(capture_order(sorted(self._to_upgrade, reverse=True), self.num_exits),
+                                      try_cudnn, stop)
                     if not self._to_upgrade:
                         backends = self.conv_backends()
                         _log.info('CUDA graphs settled after %.1f s in the background: %d of %d on cuDNN, the '

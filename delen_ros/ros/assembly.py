@@ -142,11 +142,13 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 # replays captured sizes (cuDNN's set-up on the worker once cost 20+ s of misses).
                 from delen_ros.core.runner import padded_graph_sizes
                 # DELEN_NATIVE_FIRST=0: capture on cuDNN from the start (the A/B of runner's native first);
-                # DELEN_TRIAL_BATCH1=1: batch 1's cuDNN trial in the background while serving (before session 9)
+                # DELEN_TRIAL_BATCH1=1: batch 1's cuDNN trial in the background while serving (before session 9);
+                # DELEN_TRIALS_WHILE_SERVING=1: every size's trial there (configure in a second, issue 8)
                 options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': padded_graph_sizes(
                     params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits))),
                     'native_first': os.environ.get('DELEN_NATIVE_FIRST', '1') != '0',
-                    'trial_smallest': os.environ.get('DELEN_TRIAL_BATCH1') == '1'}
+                    'trial_smallest': os.environ.get('DELEN_TRIAL_BATCH1') == '1',
+                    'trials_while_serving': os.environ.get('DELEN_TRIALS_WHILE_SERVING') == '1'}
             built = Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,

@@ -71,7 +71,10 @@ class DelenNode(LifecycleNode):
         try:
             self._configure()
         except Exception as exc:  # noqa: BLE001 - a failed configure leaves the node unconfigured, not crashed
-            self.get_logger().error(f'configure failed: {type(exc).__name__}: {clean_message(exc)}')
+            if self.context.ok():
+                self.get_logger().error(f'configure failed: {type(exc).__name__}: {clean_message(exc)}')
+            else:   # Ctrl-C / SIGTERM mid-configure: rcl calls then fail on the closed context; not an error
+                self.get_logger().info('configure stopped: shutting down')
             self._release()
             return TransitionCallbackReturn.FAILURE
         return super().on_configure(state)

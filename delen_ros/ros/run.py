@@ -106,10 +106,11 @@ def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         if node.get_parameter('autostart').value:
+            # a transition that fails because Ctrl-C / SIGTERM closed the context is a shutdown, not an error
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return 1   # on_configure logged the one-line reason
+                return 1 if node.context.ok() else 0   # on_configure logged the one-line reason
             if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                return 1
+                return 1 if node.context.ok() else 0
         else:
             node.get_logger().info('waiting for lifecycle transitions (autostart false)')
         executor.spin()

@@ -10,6 +10,8 @@
 #   status_whole DELEN_STATUS_PARTS=1: the status period in one tick, held whole (ros/status_round.py); NS_AB, POLICIES_AB
 #   nofuse     fuse_steps:=false (one step per worker turn) on NS_AB cameras, delen
 #   cudnn_first DELEN_NATIVE_FIRST=0: graphs captured on cuDNN from the start; NS_AB cameras, delen
+#   trials_bg  DELEN_TRIALS_WHILE_SERVING=1: the larger sizes' cuDNN trials in the background while serving,
+#              not in configure (issue 8's configure <= 5 s); NS_AB cameras, POLICIES_AB
 #   blocking_sync DELEN_BLOCKING_SYNC=1: the worker sleeps in CUDA waits (blocking events) instead of spinning
 #              (the default since session 13); NS_AB cameras, POLICIES_AB
 #   spin_sync  DELEN_BLOCKING_SYNC=0: CUDA's spinning wait, the default before session 13; NS_AB cameras, POLICIES_AB
@@ -121,6 +123,9 @@ skip nofuse || TOTAL_S=$(( $(left) - 5 - ${AFTER_NOFUSE_S:-120} )) ENGINE=0 NS="
 # graphs on cuDNN from the start (before native first): big batches run as batch-1 replays until cuDNN's set-up is done
 skip cudnn_first || DELEN_NATIVE_FIRST=0 TOTAL_S=$(( $(left) - 5 - ${AFTER_CUDNN_FIRST_S:-200} )) ENGINE=0 NS="${NS_AB:-32}" \
   POLICIES=delen DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/cudnn_first"
+# the cuDNN trials while serving, configure in natively captured graphs only: what the first seconds cost
+skip trials_bg || DELEN_TRIALS_WHILE_SERVING=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_TRIALS_BG_S:-150} )) ENGINE=0 \
+  NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/trials_bg"
 # step times learnt per (step, batch size), as before session 8 (the A/B of the pooled corrector)
 skip per_batch || DELEN_CORRECTOR_PER_BATCH=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_PER_BATCH_S:-200} )) ENGINE=0 \
   NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/per_batch"
@@ -149,6 +154,15 @@ if ! skip configure; then
   # A/B: graphs on cuDNN from the start (before native first: its set-up per new shape was most of the captures)
   [ "${CONFIGURE_NATIVE:-1}" = 1 ] && DELEN_NATIVE_FIRST=0 python3 scripts/device/configure_profile.py \
     "$WORK/configure/cudnn_first.json" 2>&1 | tail -2
+  # A/B: the cuDNN trials while serving (configure captures natively only); cuDNN's pre-v8 API (its set-up per shape)
+  [ "${CONFIGURE_TRIALS_BG:-1}" = 1 ] && DELEN_TRIALS_WHILE_SERVING=1 python3 scripts/device/configure_profile.py \
+    "$WORK/configure/trials_bg.json" 2>&1 | tail -2
+  [ "${CONFIGURE_V7:-1}" = 1 ] && TORCH_CUDNN_V8_API_DISABLED=1 python3 scripts/device/configure_profile.py \
+    "$WORK/configure/cudnn_v7_api.json" 2>&1 | tail -2
+  # import torch, twice: cold and warm page cache (and whether its bytecode is cached)
+  for i in 1 2; do python3 -X importtime -c 'import torch' 2>"$WORK/configure/importtime_$i.txt"; done
+  python3 -c 'import torch, pathlib, sys; p = pathlib.Path(torch.__file__).parent; print("torch", torch.__version__, sys.version.split()[0], "pyc files", len(list(p.rglob("*.pyc"))), "py files", len(list(p.rglob("*.py"))))'
+  tail -3 "$WORK/configure/importtime_2.txt"
   echo "[ab] configure profile done at $(( $(date +%s) - t0 )) s"
 fi
 # the same cameras on two delen nodes (namespaces, each its own process and GIL) on the one GPU,
