@@ -7,7 +7,6 @@ kill -9 during registrations, a corrupt and an unwritable state file, bad parame
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import re
 import subprocess

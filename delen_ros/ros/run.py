@@ -95,6 +95,9 @@ def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
         print(f'delen_node: {params.describe_error(exc)}', file=sys.stderr)
         rclpy.try_shutdown()
         return 1
+    except KeyboardInterrupt:   # Ctrl-C while the node is made: a shutdown, not a traceback
+        rclpy.try_shutdown()
+        return 0
     try:
         devices = device_list(settings.devices)
     except ValueError:   # a device named twice: configure says so
