@@ -28,6 +28,14 @@ batches then never run as chains of batch-1 replays while cuDNN sets up (the fir
 its trial in the background: on an H200 it won 6 % at full depth at best (0.768 ms native), and its
 cuDNN set-up held the GIL for the first 5-10 s of service beside the worker (py-spy: a third of the
 node's Python samples in a 32-camera window), which cost frames.
+
+Where the larger sizes' trials run (``trials_while_serving``): ``warmup`` ran them before serving
+until session 18, which made ``cifar10_lite0``'s configure 4.4-5.7 s of warm-up on an H200 (cuDNN's
+set-up, 0.5-1.8 s a stage at batch 32); in the background, the warm-up is 0.3 s and the trials end
+~5 s into service, batch 32 running natively meanwhile (1.9 -> 3.9 ms at full depth). At 32 cameras x
+30 Hz that cost nothing in one run and a 0.2 s stall (0.5 % of a window's frames) in another; before
+serving, every frame of those seconds went unanswered, the node not yet active. The node's assembly
+passes true; the runner's default stays false, for profiles and benchmarks of steady state.
 """
 from __future__ import annotations
 
