@@ -33,9 +33,10 @@ Where the larger sizes' trials run (``trials_while_serving``): ``warmup`` ran th
 until session 18, which made ``cifar10_lite0``'s configure 4.4-5.7 s of warm-up on an H200 (cuDNN's
 set-up, 0.5-1.8 s a stage at batch 32); in the background, the warm-up is 0.3 s and the trials end
 ~5 s into service, batch 32 running natively meanwhile (1.9 -> 3.9 ms at full depth). At 32 cameras x
-30 Hz that cost nothing in one run and a 0.2 s stall (0.5 % of a window's frames) in another; before
-serving, every frame of those seconds went unanswered, the node not yet active. The node's assembly
-passes true; the runner's default stays false, for profiles and benchmarks of steady state.
+30 Hz, 4 of 6 runs lost nothing, 2 lost 0.2-1 s of frames (up to 1.3 s late) while the trials ran,
+against none of 4 with the trials before serving (session 18). So before serving stays the default;
+the node's ``cudnn_trials:=serving`` chooses the quick start, for robots that restart often or start
+with few cameras.
 """
 from __future__ import annotations
 

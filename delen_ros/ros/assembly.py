@@ -137,20 +137,18 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
             options = None
             if dev.startswith('cuda'):
-                # Graphs for the few batch sizes worth padding to, all captured here, natively; cuDNN is
-                # tried for the larger sizes in the background once serving (runner.py's notes). The
-                # worker only ever replays captured sizes (cuDNN's set-up on the worker once cost 20+ s
-                # of misses).
+                # Graphs for the few batch sizes worth padding to, all captured here: natively first,
+                # then cuDNN tried for the larger sizes, here or while serving (cudnn_trials; runner.py's
+                # notes). The worker only ever replays captured sizes (cuDNN's set-up on the worker once
+                # cost 20+ s of misses).
                 from delen_ros.core.runner import padded_graph_sizes
                 # DELEN_NATIVE_FIRST=0: capture on cuDNN from the start (the A/B of runner's native first);
-                # DELEN_TRIAL_BATCH1=1: batch 1's cuDNN trial in the background while serving (before session 9);
-                # DELEN_TRIALS_WHILE_SERVING=0: the larger sizes' trials in configure, before serving (the
-                # default until session 18: cifar10_lite0's warm-up 4.4-5.7 s instead of 0.3-0.4 s on an H200)
+                # DELEN_TRIAL_BATCH1=1: batch 1's cuDNN trial in the background while serving (before session 9)
                 options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': padded_graph_sizes(
                     params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits))),
                     'native_first': os.environ.get('DELEN_NATIVE_FIRST', '1') != '0',
                     'trial_smallest': os.environ.get('DELEN_TRIAL_BATCH1') == '1',
-                    'trials_while_serving': os.environ.get('DELEN_TRIALS_WHILE_SERVING', '1') != '0'}
+                    'trials_while_serving': params.cudnn_trials == 'serving'}
             built = Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,

@@ -14,11 +14,13 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-__all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 'EXECUTORS', 'IMAGE_QOS']
+__all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 'EXECUTORS', 'IMAGE_QOS',
+           'CUDNN_TRIALS']
 
 EXECUTORS = ('single', 'events', 'multi')
 IMAGE_QOS = ('sensor_data', 'reliable')
 LATENCY_FROM = ('stamp', 'arrival')
+CUDNN_TRIALS = ('configure', 'serving')
 _LATER = ' Read at configure: a change takes effect at the next configure.'
 
 
@@ -64,8 +66,14 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'cuda_graphs': (True, 'On CUDA: capture every stage and head as a CUDA graph at configure, for batch 1, '
                     'max_batch and the sizes in between worth padding to (by the profile): first with PyTorch\'s own '
                     'convolutions (milliseconds), then the larger sizes again with cuDNN, keeping the faster graph '
-                    '(batch 1\'s cuDNN trial runs in the background while serving); then replay them. '
-                    'False: eager.' + _LATER, None, False),
+                    '(batch 1 stays native: cuDNN wins little there); then replay them. False: eager.' + _LATER,
+                    None, False),
+    'cudnn_trials': ('configure', "With cuda_graphs: when the larger batch sizes' graphs are tried on cuDNN. "
+                     "'configure' (default): before serving; cifar10_lite0 on an H200 configures in 5.5-6.4 s, "
+                     "of which ~2.5 s are cuDNN's set-up. 'serving': in the background once active; configure "
+                     'takes 2.7-3.3 s, but those sizes run natively (2x slower at batch 32) for the first ~5 s '
+                     'and, at 32 cameras x 30 Hz, 2 of 6 runs lost 0.2-1 s of frames then '
+                     '(benchmarks/h200/e2e_session18).' + _LATER, CUDNN_TRIALS, False),
     'fuse_steps': (True, 'Run the steps whose exits the policy decides without a confidence (latency or energy bounds '
                    'alone, always_final) back to back: one head and one device sync per worker turn, not one per '
                    'exit. False: one step per turn (A/B).' + _LATER, None, False),
@@ -134,6 +142,7 @@ class NodeParams:
     service_queue_depth: int
     torch_threads: int
     cuda_graphs: bool
+    cudnn_trials: str
     fuse_steps: bool
     executor: str
     gil_switch_interval_ms: float

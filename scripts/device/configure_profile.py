@@ -9,7 +9,8 @@ It prints one JSON line: the seconds of ``import torch``, the CUDA context, each
 the first served frame (from configure's start and from the process's), the background capture's
 duration (``background_capture_s``, after the first frame, while serving), and each CUDA graph's
 capture (its eager warm-up included) by stage / head, batch size and thread (``background``).
-``BACKGROUND_CAPTURE=0``: every size captured in configure, as before. ``DELEN_NATIVE_FIRST=0``:
+``BACKGROUND_CAPTURE=0``: every size captured in configure, as before. ``CUDNN_TRIALS=serving``: the
+node's ``cudnn_trials:=serving`` (the larger sizes' cuDNN trials in the background, after the first frame). ``DELEN_NATIVE_FIRST=0``:
 graphs captured on cuDNN from the start (the runner's default captures with PyTorch's own
 convolutions first and tries cuDNN per graph afterwards; ``background_capture_wall_s`` includes the
 background's trial, ``conv_backends`` says how they came out). Run it under ``py-spy record`` for the rest.
@@ -80,7 +81,8 @@ def _init(self, *args, **kwargs):
 runner.StageRunner.__init__ = _init
 defaults = params.NodeParams(**{name: spec[0] for name, spec in params._SPECS.items()})
 p = dataclasses.replace(defaults, model=os.environ.get('MODEL', 'cifar10_lite0'), device='cuda',
-                        max_batch=int(os.environ.get('MAX_BATCH', '32')))
+                        max_batch=int(os.environ.get('MAX_BATCH', '32')),
+                        cudnn_trials=os.environ.get('CUDNN_TRIALS', defaults.cudnn_trials))
 first_result = threading.Event()
 t_build = time.perf_counter()
 served = assembly.build(p, on_result=lambda *a, **k: first_result.set(), log=lambda text: print(text, file=sys.stderr))
@@ -121,7 +123,8 @@ def _full_depth_ms(batch: int, reps: int = 100) -> float:
 
 steady = {b: _full_depth_ms(b) for b in getattr(stage_runner, 'graph_sizes', (1,))}
 out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'MODEL', 'MAX_BATCH', 'BACKGROUND_CAPTURE',
-                                                'FRAME_HW', 'CUDNN', 'WARM_LIBRARIES', 'DELEN_NATIVE_FIRST')},
+                                                'FRAME_HW', 'CUDNN', 'WARM_LIBRARIES', 'DELEN_NATIVE_FIRST',
+                                                'CUDNN_TRIALS')},
        'idle_power_at_start_s': round(t_idle - t0, 3), 'import_torch_s': round(t_import - t_idle, 3),
        'cuda_context_s': round(t_cuda - t_import, 3), 'full_depth_ms_by_batch': steady,
        'cuda_libraries_s': round(t_libraries - t_cuda, 3),

@@ -10,9 +10,8 @@
 #   status_whole DELEN_STATUS_PARTS=1: the status period in one tick, held whole (ros/status_round.py); NS_AB, POLICIES_AB
 #   nofuse     fuse_steps:=false (one step per worker turn) on NS_AB cameras, delen
 #   cudnn_first DELEN_NATIVE_FIRST=0: graphs captured on cuDNN from the start; NS_AB cameras, delen
-#   trials_first DELEN_TRIALS_WHILE_SERVING=0: the larger sizes' cuDNN trials in configure, before serving
-#              (the default until session 18, when they moved to the background for issue 8's configure <= 5 s);
-#              NS_AB cameras, POLICIES_AB
+#   trials_bg  cudnn_trials:=serving: the larger sizes' cuDNN trials in the background once serving, not in
+#              configure (issue 8's configure <= 5 s); NS_AB cameras, POLICIES_AB
 #   blocking_sync DELEN_BLOCKING_SYNC=1: the worker sleeps in CUDA waits (blocking events) instead of spinning
 #              (the default since session 13); NS_AB cameras, POLICIES_AB
 #   spin_sync  DELEN_BLOCKING_SYNC=0: CUDA's spinning wait, the default before session 13; NS_AB cameras, POLICIES_AB
@@ -124,9 +123,10 @@ skip nofuse || TOTAL_S=$(( $(left) - 5 - ${AFTER_NOFUSE_S:-120} )) ENGINE=0 NS="
 # graphs on cuDNN from the start (before native first): big batches run as batch-1 replays until cuDNN's set-up is done
 skip cudnn_first || DELEN_NATIVE_FIRST=0 TOTAL_S=$(( $(left) - 5 - ${AFTER_CUDNN_FIRST_S:-200} )) ENGINE=0 NS="${NS_AB:-32}" \
   POLICIES=delen DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/cudnn_first"
-# the cuDNN trials in configure, before serving (until session 18): no trial beside the first seconds of service
-skip trials_first || DELEN_TRIALS_WHILE_SERVING=0 TOTAL_S=$(( $(left) - 5 - ${AFTER_TRIALS_FIRST_S:-150} )) ENGINE=0 \
-  NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/trials_first"
+# the cuDNN trials in the background once serving: configure in natively captured graphs only; what the first seconds cost
+skip trials_bg || TOTAL_S=$(( $(left) - 5 - ${AFTER_TRIALS_BG_S:-150} )) ENGINE=0 NS="${NS_AB:-32}" \
+  POLICIES="${POLICIES_AB:-delen,always_final}" NODE_PARAMS="cudnn_trials:=serving" DURATION="$D" \
+  bash scripts/device/e2e_gpu.sh "$WORK/trials_bg"
 # step times learnt per (step, batch size), as before session 8 (the A/B of the pooled corrector)
 skip per_batch || DELEN_CORRECTOR_PER_BATCH=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_PER_BATCH_S:-200} )) ENGINE=0 \
   NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/per_batch"
@@ -155,10 +155,10 @@ if ! skip configure; then
   # A/B: graphs on cuDNN from the start (before native first: its set-up per new shape was most of the captures)
   [ "${CONFIGURE_NATIVE:-1}" = 1 ] && DELEN_NATIVE_FIRST=0 python3 scripts/device/configure_profile.py \
     "$WORK/configure/cudnn_first.json" 2>&1 | tail -2
-  # A/B: the cuDNN trials in configure (before session 18); cuDNN's pre-v8 API (session 18: set-up in tens of
-  # ms a graph instead of 0.5-1.8 s, but its kernels half as fast at batch 32)
-  [ "${CONFIGURE_TRIALS_FIRST:-1}" = 1 ] && DELEN_TRIALS_WHILE_SERVING=0 python3 scripts/device/configure_profile.py \
-    "$WORK/configure/trials_first.json" 2>&1 | tail -2
+  # A/B: the cuDNN trials while serving (cudnn_trials:=serving); cuDNN's pre-v8 API (session 18: set-up in tens
+  # of ms a graph instead of 0.5-1.8 s, but its kernels half as fast at batch 32)
+  [ "${CONFIGURE_TRIALS_BG:-1}" = 1 ] && CUDNN_TRIALS=serving python3 scripts/device/configure_profile.py \
+    "$WORK/configure/trials_bg.json" 2>&1 | tail -2
   [ "${CONFIGURE_V7:-0}" = 1 ] && TORCH_CUDNN_V8_API_DISABLED=1 python3 scripts/device/configure_profile.py \
     "$WORK/configure/cudnn_v7_api.json" 2>&1 | tail -2
   # import torch, twice: cold and warm page cache (and whether its bytecode is cached)
