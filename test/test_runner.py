@@ -236,3 +236,44 @@ def test_cuda_blocking_sync_gives_the_same_answers(monkeypatch):
         assert host.device.type == 'cpu' and (host.is_pinned() or blocking == '0')
         answers.append(host.tolist())
     assert answers[0] == pytest.approx(answers[1], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason='needs two CUDA devices')
+@pytest.mark.parametrize('background', [False, True])
+def test_graphs_on_the_second_gpu_are_captured_there_with_the_first_current(background):
+    """A runner on cuda:1 warmed up with cuda:0 current (a node with device:=cuda:1, or a pool's second
+    engine): every capture on cuda:1's own stream. torch.cuda.graph's default capture stream is made
+    on the device current at its first use, which invalidated every cuda:1 capture (H200 x2, session 18)."""
+    from delen_ros.core.warmup import warm_up
+    from delen_ros.core.policies import LatencyCorrector
+    from fakes import synthetic_profile
+    torch.cuda.set_device(0)
+    for device in ('cuda:0', 'cuda:1'):   # cuda:0 first: the default capture stream, if any, is made there
+        x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        eager = _eager_chain(conv_model(seed=3), x)
+        model = conv_model(seed=3)
+        runner = StageRunner(model, device=device, half=False, cuda_graphs=True, max_batch=8,
+                             background_capture=background)
+        warm_up(runner, model.info, synthetic_profile(runner.num_exits), LatencyCorrector(), max_batch=8)
+        if background:
+            assert runner.wait_background_capture(timeout=120) and runner.capture_state().error is None
+        assert torch.cuda.current_device() == 0
+        with torch.cuda.device(runner.device):   # as the engine's worker, which sets its device
+            f = runner.to_input(x)
+            out = []
+            for k in range(runner.num_exits):
+                f = runner.stage(k, f)
+                out.append(runner.head(k, f).float().cpu())
+        assert runner.graph_count > 0
+        for a, b in zip(out, eager):
+            torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)   # TF32 convolutions on the GPU
+
+
+def _eager_chain(model, x):
+    model = model.eval()
+    out = []
+    with torch.inference_mode():
+        for k in range(model.num_exits):
+            x = model.stages[k](x)
+            out.append(model.heads[k](x))
+    return out

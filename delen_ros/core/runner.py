@@ -313,7 +313,13 @@ class _Graph:
         # thread_local: another thread's CUDA calls (a node's preprocessing, the serving worker's
         # replays) may go on meanwhile; only this thread's unsafe calls would break the capture.
         if stream is None:
-            with torch.cuda.graph(self.graph, pool=pool, capture_error_mode='thread_local'):
+            # A capture stream on the example's device, and that device current: torch.cuda.graph's
+            # own default stream is made once per process on whatever device is current then, so a
+            # second GPU's graphs were captured on the first's stream and the capture invalidated
+            # (H200 x2, session 18: every configure on cuda:1 failed).
+            with torch.cuda.device(example.device), torch.cuda.graph(
+                    self.graph, pool=pool, stream=torch.cuda.Stream(device=example.device),
+                    capture_error_mode='thread_local'):
                 out = module(self.static_in)
                 self.static_out = out.float() if as_float else out
         else:

@@ -5,6 +5,7 @@ configure, the first served frames do not.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import TYPE_CHECKING
@@ -37,6 +38,16 @@ def warm_up(runner: 'StageRunner', info: 'ModelInfo', profile: 'Profile', correc
     rather than from the profile alone -- the fastest, because a stall here must not lock tight
     apps out.
     """
+    device = getattr(runner, 'device', torch.device('cpu'))
+    # the runner's GPU current for everything here (its streams, syncs and captures): a node on cuda:1
+    # configured with cuda:0 current otherwise
+    with torch.cuda.device(device) if device.type == 'cuda' else contextlib.nullcontext():
+        _warm_up(runner, info, profile, corrector, max_batch=max_batch, reps=reps,
+                 background_capture=background_capture)
+
+
+def _warm_up(runner: 'StageRunner', info: 'ModelInfo', profile: 'Profile', corrector: 'LatencyCorrector', *,
+             max_batch: int, reps: int, background_capture: bool | None) -> None:
     cuda = getattr(runner, 'device', torch.device('cpu')).type == 'cuda'
     if (cuda or getattr(runner, 'cuda_graphs', False)) and hasattr(runner, 'warmup'):
         # graph capture and kernel choice happen now: batch 1 or every size
