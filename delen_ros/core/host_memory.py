@@ -67,6 +67,7 @@ def _clear_cuda_error() -> None:
 
 
 _H2D = 1   # cudaMemcpyHostToDevice
+_HOST_REGISTER_PORTABLE = 1   # cudaHostRegisterPortable
 
 
 def raw_copy_api() -> Callable[[int, int, int, int], bool] | None:
@@ -109,7 +110,10 @@ def cuda_host_api() -> tuple[Callable[[int, int], bool], Callable[[int], bool]] 
         return int(getattr(err, 'value', err)) == 0   # cudaSuccess
 
     def register(address: int, nbytes: int) -> bool:
-        if ok(host_register(address, nbytes, 0)):
+        # Portable: pinned for every device's context, not only the current one's (a node driving
+        # cuda:0 and cuda:1 copies frames of one ring to both); cudaHostAlloc's memory is portable
+        # under UVA, cudaHostRegister's is not unless asked
+        if ok(host_register(address, nbytes, _HOST_REGISTER_PORTABLE)):
             return True
         _clear_cuda_error()
         return False
