@@ -290,6 +290,27 @@ def test_efficientnet_final_exit_is_the_original_classifier(effnet):
         torch.testing.assert_close(effnet.forward_to(3, x), load_backbone()(x))
 
 
+@needs_wheel
+def test_pretrained_weights_without_the_imagenet_classifier_load_only_where_it_is_replaced(tmp_path, monkeypatch):
+    """A weight file without ``_fc`` (the 1 000-class layer, 2.6 MB in fp16: what lets the weights fit
+    a device machine's tree beside the CIFAR-10 photos) builds cifar10_lite0, whose classifier is new,
+    with every other weight the ImageNet one; the ImageNet model, which needs it, refuses the file."""
+    from delen_ros.core.architectures.efficientnet_lite0 import load_backbone
+    full = load_backbone().state_dict()
+    path = tmp_path / 'nofc.pt'
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in full.items() if not k.startswith('_fc.')}, path)
+    monkeypatch.setenv('DELEN_LITE0_WEIGHTS', str(path))
+    with pytest.raises(ValueError, match='_fc'):
+        load_backbone()
+    net = load_backbone(with_classifier=False).state_dict()
+    for k, v in full.items():
+        if not k.startswith('_fc.') and v.is_floating_point():
+            torch.testing.assert_close(net[k], v.half().float())
+    torch.save({'nonsense.weight': torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match='not EfficientNet-Lite0'):
+        load_backbone(with_classifier=False)
+
+
 # --- shipped models ----------------------------------------------------------------------------------
 def _shipped(name):
     path = models_dir() / f'{name}.json'

@@ -12,11 +12,12 @@
 #   CIFAR photo shares stored once, a third of the bytes; unpacked here and checked byte for byte), so
 #   that the data fits the device machine's 64 MiB working tree. Pack them on the machine you call from:
 #   scripts/device/train_cifar_sweep.sh pack [SRC_TRAIN_NPZ] [SRC_TEST_NPZ]
-#     -> .devdata/cifar10_train.packed.npz (train split only, ~15 MB), .devdata/cifar10_test.packed.npz (~3 MB)
+#     -> .devdata/cifar10_train.packed.npz (train split only, ~15 MB), .devdata/cifar10_test.packed.npz (~3 MB),
+#        .devdata/lite0_imagenet_fp16_nofc.pt (the ImageNet weights without their classifier, 6.9 MB; where installed)
 # Environment (defaults in brackets):
 #   ARCH [cifar10_lite0]  or cifar10_resnet9 (from scratch at 32 px; its recipes are named r9*)
 #   VARIANTS ["fd gs gsmix lowlr", for cifar10_resnet9 "r9mix r9"]  recipes to run at once (see
-#                         variant_args below; also: base, gsb2, gs192, w224, w192, w192q, w160d, w160, w160ta, w224ta, r9wide,
+#                         variant_args below; also: base, gsb2, gs192, w224, w192, w192q, w160d, w160, w160ta, w224ta, gsta, r9wide,
 #                         r9d, r9dw, r9qw, r9q). On a machine with several GPUs, variant i runs alone on
 #                         GPU i mod their count.
 #   TOTAL_S [530]         wall-clock budget of this whole script, start-up to copies; it writes what it
@@ -26,7 +27,7 @@
 #                         on the test file and the copies: every loop ends by TOTAL_S - FINISH_S
 #   DEVICE [cuda], PYTHON [python3], EXTRA_ARGS [] (appended to every variant: smoke runs),
 #   KEEP_WORK [0] (1: keep the temporary folder with every variant's model and output),
-#   DELEN_LITE0_WEIGHTS [.devdata/lite0_imagenet_fp16.pt], LITE_WHEEL [.devdata/efficientnet_lite_pytorch-*.whl]
+#   DELEN_LITE0_WEIGHTS [.devdata/lite0_imagenet_fp16_nofc.pt, else .devdata/lite0_imagenet_fp16.pt], LITE_WHEEL [.devdata/efficientnet_lite_pytorch-*.whl]
 # Selection, on the validation split (the test photos only report): the best final-exit accuracy
 # among the variants whose first exit scores at least MIN_FIRST_RATIO [0.70] x their final exit; if
 # none does, the best final exit (flagged).
@@ -50,6 +51,15 @@ for src, part, dst in ((sys.argv[1], 'train', '.devdata/cifar10_train.packed.npz
                        (sys.argv[2], 'test', '.devdata/cifar10_test.packed.npz')):
     sizes = pack_jpeg_npz(src, dst, parts=(part,))
     print(f'{src} ({part} split, {sizes[part]} JPEG bytes) -> {dst} ({os.path.getsize(dst)} bytes)')
+try:   # the ImageNet weights in fp16 without their 1 000-class layer (6.9 MB): they fit beside the photos
+    import torch
+    from delen_ros.core.architectures.efficientnet_lite0 import load_backbone
+    dst = '.devdata/lite0_imagenet_fp16_nofc.pt'
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in load_backbone().state_dict().items()
+                if not k.startswith('_fc.')}, dst)
+    print(f'ImageNet weights -> {dst} ({os.path.getsize(dst)} bytes)')
+except ImportError as exc:
+    print(f'no ImageNet weights written ({exc}): the warm restarts (w*) need none')
 EOF
   exit 0
 fi
@@ -132,17 +142,22 @@ variant_args() {
     w160ta) echo "$WARM --exit-grad-scale 0.5 0.3 0.3 --trivial-augment 1.0" ;;
     # w224 (the best warm restart, 94.2 %) with TrivialAugment on every photo
     w224ta) echo "$WARM --exit-grad-scale 0.5 0.3 0.3 --size 224 --trivial-augment 1.0" ;;
+    # gsmix from the ImageNet weights with TrivialAugment on every photo (the warm restarts start from a
+    # model that fits its training photos to 99.5 %: here the variety comes before that)
+    gsta)  echo "--lr 0.015 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.5 0.3 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85 --trivial-augment 1.0" ;;
     *) return 1 ;;
   esac
 }
 for v in $VARIANTS; do
-  variant_args "$v" >/dev/null || { echo "unknown variant '$v' (known: base fd gs gsmix gsmixwd lowlr gsb2 gs192 w224 w192 w192q w160d w160 w160ta w224ta r9 r9mix r9wide r9d r9dw r9qw r9q)"; exit 2; }
+  variant_args "$v" >/dev/null || { echo "unknown variant '$v' (known: base fd gs gsmix gsmixwd lowlr gsb2 gs192 w224 w192 w192q w160d w160 w160ta w224ta gsta r9 r9mix r9wide r9d r9dw r9qw r9q)"; exit 2; }
 done
 
 stamp "checks (budget: ${TOTAL_S} s in all; training loops ${TRAIN_BUDGET_S} s each, over by +$(( LOOP_DEADLINE - T0 )) s at the latest; variants: $VARIANTS)"
-if [ "$ARCH" = cifar10_lite0 ] && [ -z "${DELEN_LITE0_WEIGHTS:-}" ] && [ -f .devdata/lite0_imagenet_fp16.pt ]; then
-  export DELEN_LITE0_WEIGHTS="$PWD/.devdata/lite0_imagenet_fp16.pt"
-fi
+for w in .devdata/lite0_imagenet_fp16_nofc.pt .devdata/lite0_imagenet_fp16.pt; do
+  if [ "$ARCH" = cifar10_lite0 ] && [ -z "${DELEN_LITE0_WEIGHTS:-}" ] && [ -f "$w" ]; then
+    export DELEN_LITE0_WEIGHTS="$PWD/$w"
+  fi
+done
 if [ "$ARCH" = cifar10_lite0 ] && ! "$PY" -c "import efficientnet_lite_pytorch" 2>/dev/null; then
   WHEEL="${LITE_WHEEL:-$(ls .devdata/efficientnet_lite_pytorch-*.whl 2>/dev/null | head -1)}"
   if [ -n "$WHEEL" ] && [ -f "$WHEEL" ]; then

@@ -93,7 +93,7 @@ def cifar10_lite0(*, exit_blocks: Sequence[int] = DEFAULT_EXIT_BLOCKS, head_widt
                          f'{head_grids!r}, {head_depthwise!r}')
     if input_size < 32:
         raise ValueError(f'input_size must be >= 32, got {input_size!r}')
-    net = load_backbone(pretrained=pretrained)
+    net = load_backbone(pretrained=pretrained, with_classifier=False)   # its _fc is replaced below
     starts = (0,) + tuple(b + 1 for b in exit_blocks)
     stage_blocks = tuple(zip(starts, starts[1:] + (NUM_BLOCKS,)))
     stages, channels = backbone_stages(net, stage_blocks)
