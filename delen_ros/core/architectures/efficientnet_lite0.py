@@ -43,8 +43,9 @@ def load_backbone(*, pretrained: bool = True, with_classifier: bool = True) -> n
         that replaces it): a weight file without it is taken too (2.6 of its 9.4 MB in fp16, what
         lets it fit a device machine's tree beside the CIFAR-10 photos), and ``_fc`` stays random.
 
-    Loads the weight file directly (strictly) rather than through ``from_pretrained``, which
-    prints and does not map to CPU.
+    Loads the weight file directly rather than through ``from_pretrained``, which prints and does not
+    map to CPU; every weight must be there (``_fc`` excepted without ``with_classifier``), else
+    ``ValueError``.
     """
     import torch
     from efficientnet_lite_pytorch import EfficientNet
