@@ -295,10 +295,10 @@ def test_pretrained_weights_without_the_imagenet_classifier_load_only_where_it_i
     """A weight file without ``_fc`` (the 1 000-class layer, 2.6 MB in fp16: what lets the weights fit
     a device machine's tree beside the CIFAR-10 photos) builds cifar10_lite0, whose classifier is new,
     with every other weight the ImageNet one; the ImageNet model, which needs it, refuses the file."""
-    from delen_ros.core.architectures.efficientnet_lite0 import load_backbone
+    from delen_ros.core.architectures.efficientnet_lite0 import backbone_weights_fp16, load_backbone
     full = load_backbone().state_dict()
     path = tmp_path / 'nofc.pt'
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in full.items() if not k.startswith('_fc.')}, path)
+    torch.save(backbone_weights_fp16(), path)
     monkeypatch.setenv('DELEN_LITE0_WEIGHTS', str(path))
     with pytest.raises(ValueError, match='_fc'):
         load_backbone()

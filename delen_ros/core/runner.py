@@ -275,7 +275,8 @@ class _Graph:
     """One captured call ``module(static_in) -> static_out`` of a fixed batch size.
 
     :param stream: the capture stream; ``None``: a new one on the example's device, through
-        ``torch.cuda.graph`` (its device-wide synchronisation and ``empty_cache``: before serving). A background capture passes its
+        ``torch.cuda.graph`` (its device-wide synchronisation and ``empty_cache``: before serving).
+        A background capture passes its
         own and skips both: they would stall the serving worker (``empty_cache`` hands back the
         worker's cached blocks, so that its next allocations call ``cudaMalloc``).
     :param keep_output: keep the eager warm-up's output as ``warm_output`` (the example input of the

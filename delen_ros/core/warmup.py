@@ -39,16 +39,16 @@ def warm_up(runner: 'StageRunner', info: 'ModelInfo', profile: 'Profile', correc
     apps out.
     """
     device = getattr(runner, 'device', torch.device('cpu'))
+    cuda = device.type == 'cuda'
     # the runner's GPU current for everything here (its streams, syncs and captures): a node on cuda:1
     # configured with cuda:0 current otherwise
-    with torch.cuda.device(device) if device.type == 'cuda' else contextlib.nullcontext():
-        _warm_up(runner, info, profile, corrector, max_batch=max_batch, reps=reps,
+    with torch.cuda.device(device) if cuda else contextlib.nullcontext():
+        _warm_up(runner, info, profile, corrector, cuda=cuda, max_batch=max_batch, reps=reps,
                  background_capture=background_capture)
 
 
 def _warm_up(runner: 'StageRunner', info: 'ModelInfo', profile: 'Profile', corrector: 'LatencyCorrector', *,
-             max_batch: int, reps: int, background_capture: bool | None) -> None:
-    cuda = getattr(runner, 'device', torch.device('cpu')).type == 'cuda'
+             cuda: bool, max_batch: int, reps: int, background_capture: bool | None) -> None:
     if (cuda or getattr(runner, 'cuda_graphs', False)) and hasattr(runner, 'warmup'):
         # graph capture and kernel choice happen now: batch 1 or every size
         if background_capture is None:

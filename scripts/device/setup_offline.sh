@@ -72,9 +72,13 @@ export PATH="$(dirname "$(command -v "$PY")"):\$PATH"
 unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX="\${PYTHONPYCACHEPREFIX:-/tmp/delen_pycache}"
 ENV
-# fill that cache with what a node imports (once a machine: later imports read it)
-( source "$WHL/env.sh" && "$PY" -c 'import torch, numpy, rclpy, sensor_msgs.msg, delen_ros.ros.node' 2>/dev/null ) \
-  && log "bytecode cached in ${PYTHONPYCACHEPREFIX:-/tmp/delen_pycache}"
+# fill that cache with what a node imports, once a machine (each later set-up found it filled and paid
+# 3 s a call for nothing): later imports read it
+PYCACHE="${PYTHONPYCACHEPREFIX:-/tmp/delen_pycache}"
+if [ ! -f "$PYCACHE/.filled" ]; then
+  ( source "$WHL/env.sh" && "$PY" -c 'import torch, numpy, rclpy, sensor_msgs.msg, delen_ros.ros.node' 2>/dev/null ) \
+    && touch "$PYCACHE/.filled" && log "bytecode cached in $PYCACHE"
+fi
 "$PY" - <<'PYCHECK'
 import rclpy, sensor_msgs.msg, delen_ros.msg  # noqa: F401  (the wheels, the RMW and our msgs import)
 print('[setup_offline] rclpy, sensor_msgs and delen_ros.msg import')

@@ -53,10 +53,9 @@ for src, part, dst in ((sys.argv[1], 'train', '.devdata/cifar10_train.packed.npz
     print(f'{src} ({part} split, {sizes[part]} JPEG bytes) -> {dst} ({os.path.getsize(dst)} bytes)')
 try:   # the ImageNet weights in fp16 without their 1 000-class layer (6.9 MB): they fit beside the photos
     import torch
-    from delen_ros.core.architectures.efficientnet_lite0 import load_backbone
+    from delen_ros.core.architectures.efficientnet_lite0 import backbone_weights_fp16
     dst = '.devdata/lite0_imagenet_fp16_nofc.pt'
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in load_backbone().state_dict().items()
-                if not k.startswith('_fc.')}, dst)
+    torch.save(backbone_weights_fp16(), dst)
     print(f'ImageNet weights -> {dst} ({os.path.getsize(dst)} bytes)')
 except ImportError as exc:
     print(f'no ImageNet weights written ({exc}): the warm restarts (w*) need none')
