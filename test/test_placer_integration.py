@@ -73,13 +73,21 @@ class PlacerProcess:
 
 
 def _wait_for_services(peer, nodes, placer) -> None:
-    """Every node's and the placer's ``set_bounds`` up, or the test fails with their logs."""
+    """Every node's and the placer's ``set_bounds`` up, and the placer seeing every node up (its own
+    discovery lags this peer's under load: a CI run once had it refuse the first app with "no delen
+    node is alive"), or the test fails with their logs."""
+    def logs() -> str:
+        return '\n'.join(n.log()[-2000:] for n in nodes.values()) + placer.log()[-2000:]
     for name in [f'{ns}/delen/set_bounds' for ns in HOSTS] + ['/delen_placer/set_bounds']:
         try:
             peer.wait_for_service(SetBounds, name, timeout=START_TIMEOUT)
         except TimeoutError:
-            pytest.fail(f'{name} did not come up; logs:\n' + '\n'.join(
-                n.log()[-2000:] for n in nodes.values()) + placer.log()[-2000:])
+            pytest.fail(f'{name} did not come up; logs:\n' + logs())
+    try:
+        wait_until(lambda: all(f'{ns}/delen is up' in placer.log() for ns in HOSTS), timeout=START_TIMEOUT,
+                   what='the placer seeing every node up')
+    except TimeoutError:
+        pytest.fail('the placer did not see every node up; logs:\n' + logs())
 
 
 @pytest.fixture(scope='module')
