@@ -19,8 +19,7 @@ H200, four served 32 cameras where one node's single worker could not). Each get
 and ``state_file: ''`` whatever the file says, because the placer persists nothing: apps a restarted
 node restored from its file would be unknown to the placer, their tokens the old placer's, their
 result topics held against a re-registration. Apps register through the placer, so leave the
-file's ``apps`` empty. Each node keeps its own ``priors_file`` in ``priors_dir`` (``~/.ros/delen``:
-``serving_priors_n0.json``, ...; ``priors_dir:=''``: none): what one node learnt about serving is its own.
+file's ``apps`` empty.
 
 DDS: every process gets ``config/fastdds_placement.xml`` (``fastdds_profile:=`` to use another): the
 loopback profile's 16 MiB shared-memory segments plus a 1 s participant lease, so a dead node's
@@ -106,7 +105,6 @@ def _fleet(context, *args, **kwargs):
             parameters=[config['params_file'], {
                 'model': config['model'], 'device': device, 'autostart': autostart,
                 'status_period_s': status_period_s, 'state_file': '',
-                'priors_file': priors_file(config['priors_dir'], namespace),
             }],
             arguments=log_args)
         for namespace, device in placement]
@@ -117,11 +115,6 @@ def _fleet(context, *args, **kwargs):
                      'overload_grace_s': overload_grace_s}],
         arguments=log_args)
     return [*nodes, placer]
-
-
-def priors_file(priors_dir: str, namespace: str) -> str:
-    """Node ``namespace``'s own serving-priors file in ``priors_dir`` ('' for none)."""
-    return os.path.join(priors_dir, f'serving_priors{namespace.replace("/", "_")}.json') if priors_dir else ''
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -135,8 +128,6 @@ def generate_launch_description() -> LaunchDescription:
                               description="comma-separated devices, one per node in turn (cuda:0,cuda:1); '' = device"),
         DeclareLaunchArgument('params_file', default_value=os.path.join(config, 'delen.yaml'),
                               description="YAML parameters of every delen node (its state_file is replaced by '')"),
-        DeclareLaunchArgument('priors_dir', default_value='~/.ros/delen',
-                              description="where each node keeps its priors_file (serving_priors_n0.json, ...); '' = none"),
         DeclareLaunchArgument('autostart', default_value='true',
                               description='configure + activate at start (false: wait for a lifecycle manager)'),
         DeclareLaunchArgument('status_period_s', default_value='0.2',

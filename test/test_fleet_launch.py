@@ -112,21 +112,12 @@ def test_defaults_two_nodes_behind_the_placer(fleet):
         params_file, overrides = node.kwargs['parameters']
         assert params_file == str(REPO / 'config' / 'delen.yaml')
         assert overrides['state_file'] == ''
-        assert overrides['priors_file'] == f"~/.ros/delen/serving_priors{node.kwargs['namespace'].replace('/', '_')}.json"
         # floats, as the parameters are declared (an int would be refused)
         assert isinstance(overrides['status_period_s'], float)
         assert overrides['status_period_s'] <= placer_params['liveness_timeout_s'] / 2
         assert overrides['autostart'] is True
     assert isinstance(placer_params['liveness_timeout_s'], float)
     assert isinstance(placer_params['check_period_s'], float)
-
-
-def test_each_node_keeps_its_own_priors_file_or_none(fleet):
-    nodes, _ = _build(fleet, nodes='2', priors_dir='/var/lib/delen')
-    assert [n.kwargs['parameters'][1]['priors_file'] for n in nodes] == [
-        '/var/lib/delen/serving_priors_n0.json', '/var/lib/delen/serving_priors_n1.json']
-    nodes, _ = _build(fleet, priors_dir='')
-    assert {n.kwargs['parameters'][1]['priors_file'] for n in nodes} == {''}
 
 
 def test_arguments_reach_every_node(fleet):

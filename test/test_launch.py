@@ -70,7 +70,7 @@ def generate_test_description(launch_file):
     if launch_file in ('delen.launch.py', FLEET):   # the model argument overrides the file's
         arguments.update(params_file=_delen_params_file(), model=MODELS[launch_file])
     if launch_file == FLEET:   # the file's status_period_s (0.5) gives way to the fleet's (0.2)
-        arguments.update(nodes=str(len(FLEET_NODES)), priors_dir='')   # nothing written to $HOME
+        arguments['nodes'] = str(len(FLEET_NODES))
     return launch.LaunchDescription([
         SetEnvironmentVariable('ROS_DOMAIN_ID', str(DOMAIN_ID)),
         IncludeLaunchDescription(PythonLaunchDescriptionSource(str(LAUNCH_DIR / launch_file)),

@@ -21,7 +21,6 @@ from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 
 from delen_ros.msg import AppStatus, InferenceResult  # noqa: E402
-from delen_ros.core.serving_priors import read as read_priors  # noqa: E402
 from delen_ros.ros.apps import load_state  # noqa: E402
 from delen_ros.ros.camera_player import labelled_frame_id  # noqa: E402
 from delen_ros.ros.conversions import array_to_image  # noqa: E402
@@ -79,8 +78,7 @@ def workdir(tmp_path_factory):
 def params(workdir) -> dict:
     return {'model': 'fashion_mnist', 'device': 'cpu', 'energy_meter': 'estimate',
             'profile': str(write_test_profile(workdir / 'profile.json')),
-            'state_file': str(workdir / 'state' / 'apps.yaml'), 'priors_file': str(workdir / 'state' / 'priors.json'),
-            'status_period_s': 0.5, 'max_batch': 4,
+            'state_file': str(workdir / 'state' / 'apps.yaml'), 'status_period_s': 0.5, 'max_batch': 4,
             'torch_threads': 1}
 
 
@@ -286,9 +284,6 @@ def test_restart_restores_apps_from_the_state_file(peer, server, feeder, results
     saved = {a.app_id: a for a in load_state(params['state_file'])}
     assert {'inspect', 'nav'} <= set(saved) and saved['nav'].objective.value == 'max_accuracy'
     assert server.stop() == 0
-    # what the engine learnt while serving, written as it stopped (priors_file)
-    learnt, why = read_priors(params['priors_file'], model='fashion_mnist', device='cpu', num_exits=NUM_EXITS)
-    assert learnt is not None and learnt.step_levels[0] is not None, why
     t_restart = time.time_ns()
     server.start()
     # no SetBounds after the restart: the apps come back from the state file
@@ -296,7 +291,6 @@ def test_restart_restores_apps_from_the_state_file(peer, server, feeder, results
     after = results['nav'].wait_for(5, timeout=RESULT_TIMEOUT, where=_after(t_restart))
     assert sum(m.exit_index == FINAL for m in after) >= len(after) / 2   # the updated bound, restored
     assert {a.app_id for a in load_state(params['state_file'])} == set(saved)
-    assert f"serving priors from {params['priors_file']}" in server.log()   # judged on them at configure
 
 
 def _lifecycle(peer, prefix: str, transition_id: int) -> bool:
@@ -312,7 +306,7 @@ def _state(peer, prefix: str) -> int:
 @pytest.mark.parametrize('receivers', [0, 1], ids=['in_process', 'receiver_process'])
 def test_lifecycle_without_autostart_serves_nothing_until_activated(peer, domain_id, workdir, params, receivers):
     topic = f'/test/lc_cam{receivers}'
-    lc_params = {**params, 'autostart': False, 'state_file': '', 'priors_file': '', 'max_apps': 1, 'ingress_processes': receivers}
+    lc_params = {**params, 'autostart': False, 'state_file': '', 'max_apps': 1, 'ingress_processes': receivers}
     node = NodeProcess(params=lc_params, domain_id=domain_id, workdir=workdir, namespace='/lc', name='lc').start()
     prefix = node.prefix
     try:

@@ -29,7 +29,7 @@ class BatchCost:
         measured (before session 9).
     """
 
-    __slots__ = ('forget', 'per_call', 'outlier', 'per_call_ms', 'per_frame_ms', 'dev_ms', 'prior',
+    __slots__ = ('forget', 'per_call', 'outlier', 'per_call_ms', 'per_frame_ms', 'dev_ms',
                  '_s0', '_s1', '_s2', '_t0', '_t1')
 
     def __init__(self, forget: float = 0.95, *, per_call: bool = True, outlier: float | None = 4.0):
@@ -43,8 +43,6 @@ class BatchCost:
         self.per_call_ms = 0.0
         self.per_frame_ms = 0.0
         self.dev_ms = 0.0   # mean |residual| of a call, ms
-        # (per call, per frame) ms before any call is measured: an earlier run's (core/serving_priors)
-        self.prior: tuple[float, float] = (0.0, 0.0)
         self._s0 = self._s1 = self._s2 = self._t0 = self._t1 = 0.0
 
     @classmethod
@@ -90,7 +88,7 @@ class BatchCost:
         self.per_call_ms, self.per_frame_ms = per_call, per_frame
 
     def predict_ms(self, batch: int, margin: float = 0.0) -> float:
-        """A call's cost for ``batch`` frames, plus ``margin`` mean deviations (:attr:`prior` before any call)."""
+        """A call's cost for ``batch`` frames, plus ``margin`` mean deviations (0 before any call)."""
         if not self.measured:
-            return self.prior[0] + self.prior[1] * batch
+            return 0.0
         return self.per_call_ms + self.per_frame_ms * batch + margin * self.dev_ms

@@ -69,7 +69,6 @@ from .preprocess import DevicePreprocessor, check_image, preprocess
 from .results import AppStats, Result, WorkerStats
 from .runner import StageRunner, to_pinned
 from .scheduler import Batch, Request, Scheduler
-from .serving_priors import ServingPriors
 from .thread_names import name_os_thread
 
 if TYPE_CHECKING:
@@ -518,34 +517,6 @@ class Engine:
         if not self.corrector.has_tail:
             return self.overhead_prior_ms
         return self.corrector.tail_ms() + self._wake.value(self.corrector.margin)
-
-    def serving_priors(self, *, model: str, device: str) -> ServingPriors:
-        """What this engine has learnt about serving here, for its next start on this host
-        (:mod:`~delen_ros.core.serving_priors`); ``None`` in the parts not measured yet."""
-        with self._cond:
-            pre = self.preprocess_cost
-            return ServingPriors(model, device, tuple(self.corrector.levels(self.profile.num_exits)),
-                                 overhead_ms=self.overhead_ms() if self.corrector.has_tail else None,
-                                 transport_ms=self._age.tail.p99(self.clock()),
-                                 preprocess_ms=(pre.per_call_ms, pre.per_frame_ms) if pre.measured else None,
-                                 saved_unix=time.time())
-
-    def use_priors(self, priors: ServingPriors) -> None:
-        """Start from what an earlier run learnt on this host, in place of the defaults and of the
-        warm-up's bare step times: call after :meth:`warm_up`, before apps are registered.
-
-        :raises ValueError: priors of another number of exits, or a step level out of range.
-        """
-        if len(priors.step_levels) != self.profile.num_exits:
-            raise ValueError(f'{len(priors.step_levels)} step levels for {self.profile.num_exits} exits')
-        with self._cond:
-            self.corrector.set_prior_levels(priors.step_levels)
-            if priors.overhead_ms is not None:
-                self.overhead_prior_ms = priors.overhead_ms
-            if priors.transport_ms is not None:
-                self._age.prior_ms = priors.transport_ms
-            if priors.preprocess_ms is not None:
-                self.preprocess_cost.prior = priors.preprocess_ms
 
     def _outside_ms(self) -> dict[str, float]:
         """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,

@@ -31,7 +31,7 @@ import dataclasses
 import enum
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .arrivals import Mean
 from .registry import Registry
@@ -122,9 +122,6 @@ class LatencyCorrector:
         # run several times per request and step, and a profile never changes
         self._priors: dict[tuple[int, int], tuple[float, float]] = {}
         self._priors_of: 'Profile | None' = None
-        # step -> the level its prior starts from (measured / profile p50 learnt by an earlier run on
-        # this host: core/serving_priors); 1 where none
-        self._prior_levels: dict[int, float] = {}
 
     def update_tail(self, measured_ms: float) -> None:
         """Fold in one measured time from the last decision on a request to its result's delivery."""
@@ -185,38 +182,9 @@ class LatencyCorrector:
         return mean, dev, math.exp(-(now - t - self.stale_s) / (self.stale_s / 4))
 
     def factor(self, step: int, batch: int) -> float:
-        """The mean ratio measured / profile p50 in use for ``step`` at ``batch`` (none measured: its
-        prior level, 1 without one)."""
+        """The mean ratio measured / profile p50 in use for ``step`` at ``batch`` (1: none)."""
         found = self._lookup(step, batch)
-        return self._prior_levels.get(step, 1.0) if found is None else found[0]
-
-    def levels(self, num_steps: int) -> list[float | None]:
-        """Per step, the mean ratio measured / profile p50 last learnt (``None``: never measured);
-        per batch size where they are learnt apart, their median."""
-        out: list[float | None] = []
-        for step in range(num_steps):
-            means = sorted(m for (s, _), (m, _d, _t) in self._stats.items() if s == step)
-            out.append(means[len(means) // 2] if means else None)
-        return out
-
-    def set_prior_levels(self, levels: Sequence[float | None]) -> None:
-        """Start each step's prior from ``levels[step]`` x the profile's times (``None``: 1), as an
-        earlier run on this host measured them while serving. A step given a level forgets what it
-        measured so far (a warm-up's bare replays: the cost of serving is more than that); the next
-        measurements replace the level as before.
-
-        :raises ValueError: a level not finite or outside [min_factor, max_factor].
-        """
-        prior_levels = {}
-        for step, level in enumerate(levels):
-            if level is None:
-                continue
-            if not (math.isfinite(level) and self.min_factor <= level <= self.max_factor):
-                raise ValueError(f'step {step}: level must be in [{self.min_factor}, {self.max_factor}], got {level!r}')
-            prior_levels[step] = float(level)
-        self._prior_levels = prior_levels
-        self._priors, self._priors_of = {}, None   # cached priors were read at the old levels
-        self._stats = {key: v for key, v in self._stats.items() if key[0] not in prior_levels}
+        return 1.0 if found is None else found[0]
 
     def deviation(self, step: int, batch: int) -> float:
         found = self._lookup(step, batch)
@@ -244,9 +212,7 @@ class LatencyCorrector:
         found = self._priors.get(key)
         if found is None:
             p50 = profile.step_ms(step, batch)
-            level = self._prior_levels.get(step, 1.0)
-            found = self._priors[key] = (p50, level * (p50 + self.safety * max(0.0, profile.step_ms(step, batch, p99=True)
-                                                                                 - p50)))
+            found = self._priors[key] = (p50, p50 + self.safety * max(0.0, profile.step_ms(step, batch, p99=True) - p50))
         return found
 
     def snapshot(self) -> dict[str, list[float]]:

@@ -88,7 +88,6 @@ class Served:
     engine: Any
     idle_power_w: float
     phases: dict[str, float] = dataclasses.field(default_factory=dict)   # configure's phases, s
-    priors: Any = None   # core.serving_priors.Keeper of priors_file (one device), else None
 
     def close(self) -> None:
         """Stop the engine, close the meter, free the model (and
@@ -181,28 +180,12 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         clock.lap('engine')
         engine.warm_up()
         clock.lap('warm-up')
-        priors = _restore_priors(params, engine, model.info.name, device, len(devices), log)
     except BaseException:
         meter.close()
         raise
     log(f'configure phases: {_phase_line(phases, engine)}')
     return Served(device=device, model=model, profile=profile, profile_source=source, meter=meter, engine=engine,
-                  idle_power_w=idle_power_w, phases=phases, priors=priors)
-
-
-def _restore_priors(params: NodeParams, engine: Any, model: str, device: str, devices: int,
-                    log: Callable[[str], None]) -> Any:
-    """The engine started from ``priors_file`` (after its warm-up, before any app): its keeper, or None."""
-    if not params.priors_file:
-        return None
-    if devices > 1:
-        log('priors_file ignored: it keeps one device\'s costs, and this node drives several')
-        return None
-    from delen_ros.core.serving_priors import Keeper
-    keeper = Keeper(os.path.expandvars(os.path.expanduser(params.priors_file)), engine, model=model, device=device,
-                    num_exits=engine.profile.num_exits)
-    log(keeper.restore())
-    return keeper
+                  idle_power_w=idle_power_w, phases=phases)
 
 
 class _PhaseClock:

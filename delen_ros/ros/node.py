@@ -155,13 +155,6 @@ class DelenNode(LifecycleNode):
             self._status_timer = None
         if self._served is not None:
             self._served.engine.stop()
-            self._keep_priors(due_only=False)
-
-    def _keep_priors(self, *, due_only: bool) -> None:
-        """Write what the engine learnt to ``priors_file`` (every 10 s while serving, and when it stops)."""
-        keeper = self._served.priors if self._served is not None else None
-        if keeper is not None and not (keeper.save_if_due() if due_only else keeper.save()):
-            self.get_logger().warning(keeper.error, throttle_duration_sec=60.0)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
@@ -294,7 +287,6 @@ class DelenNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the timer
             self.get_logger().error(f'status: {type(exc).__name__}: {clean_message(exc)}', throttle_duration_sec=10.0)
         if closing:   # once a round: the period's summaries of refused requests and malformed frames
-            self._keep_priors(due_only=True)
             for log in (self._apps.rejections if self._apps is not None else None, self._malformed):
                 line = log.summary() if log is not None else ''
                 if line:

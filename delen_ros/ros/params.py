@@ -51,12 +51,6 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'max_batch': (8, 'Most frames run as one batch, across applications.' + _LATER, (1, 1024), False),
     'state_file': ('', "YAML file where registered apps persist across restarts ('~' expands); '' = no "
                    'persistence.' + _LATER, None, False),
-    'priors_file': ('', "JSON file where the engine keeps what it learns while serving (each step's cost against the "
-                    "profile, the serving overhead, the frames' age on arrival, preprocessing), written every 10 s and at "
-                    "deactivate, and read at the next configure on this host as admission's priors ('~' expands; '' = "
-                    'none): without them the apps parameter is judged on the profile\'s bare step times, which an H200 '
-                    'under load exceeded about four times over (benchmarks/cpu/configure_admission_gap). One device only.'
-                    + _LATER, None, False),
     'apps': ('', 'Apps to register at configure: a YAML list of {app_id, image_topic, max_latency_ms, min_accuracy, '
              'max_energy_mj, objective, result_topic, late_policy}; a bound is a number (0 = unbounded) or '
              '"exit:K" / "exit:K*F". Such apps belong to the operator: clients change them only with '
@@ -142,7 +136,6 @@ class NodeParams:
     queue_depth: int
     max_batch: int
     state_file: str
-    priors_file: str
     apps: str
     max_apps: int
     allow_takeover: bool

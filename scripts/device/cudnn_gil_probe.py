@@ -12,7 +12,8 @@ kept the GIL. Variants:
   script:  the same through a TorchScript function, then the eager forward
 ``MODE=parallel``: cuDNN's first use in several threads at once (per batch size, per stage), after a
 serving loop's longest replay alone and beside cuDNN's set-up on another thread (``MODE=stall``:
-only that).
+only that). ``MODE=driver``: the worker's and the receivers' other CUDA calls, each timed, alone and
+beside cuDNN's set-up.
 It prints one JSON line per variant: seconds, the longest tick, ticks over 20 ms, the eager
 forward's seconds after the warm-up.
 """
@@ -185,6 +186,85 @@ def serving_stall(model, h: int, w: int) -> list[dict]:
     return rows
 
 
+def driver_ops_stall(model, h: int, w: int) -> list[dict]:
+    """The node's other CUDA calls while serving, each timed on its own, alone and beside cuDNN's
+    set-up of a fresh batch size on another thread: graph replays waited for, a new pinned host
+    buffer (a staging buffer's growth: cudaHostAlloc), an upload from pinned memory with its event
+    queried, a new event, a new stream, host memory registered with CUDA (a frame ring's)."""
+    import numpy as np
+    from delen_ros.core.runner import _Graph
+    x = stage_inputs(model, 1, h, w)
+    with torch.inference_mode():
+        graphs = [_Graph(stage, x[k], 1, pool=None, as_float=False, cudnn=False) for k, stage in enumerate(model.stages)]
+    stream = torch.cuda.Stream()
+    cudart = torch.cuda.cudart()
+    frame = 480 * 640 * 3
+    staged = torch.empty(frame, dtype=torch.uint8, pin_memory=True)
+    rows = []
+    for label, batch in (('alone', 0), ('beside_cudnn_setup', 14), ('beside_cudnn_setup_2', 6)):
+        worst: dict[str, float] = {}
+        kept: list = []
+        registered: list = []
+        done = threading.Event()
+        setup_s: list[float] = []
+
+        def setup() -> None:
+            inputs = stage_inputs(model, batch, h, w)
+            t = time.perf_counter()
+            with torch.inference_mode(), conv_backend(True):
+                for k, stage in enumerate(model.stages):
+                    stage(inputs[k])
+                torch.cuda.synchronize()
+            setup_s.append(time.perf_counter() - t)
+            done.set()
+
+        def timed(name: str, fn) -> None:
+            t = time.perf_counter()
+            fn()
+            worst[name] = max(worst.get(name, 0.0), time.perf_counter() - t)
+
+        def register() -> None:
+            buf = np.empty(frame, np.uint8)
+            cudart.cudaHostRegister(buf.ctypes.data, buf.nbytes, 0)
+            registered.append(buf)
+
+        def upload() -> None:
+            dev = staged.to('cuda', non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            event.query()
+            del dev
+
+        helper = threading.Thread(target=setup) if label != 'alone' else None
+        if helper:
+            helper.start()
+        t_end = time.perf_counter() + 1.5
+        i = 0
+        with torch.cuda.stream(stream):
+            while (not done.is_set()) if helper else time.perf_counter() < t_end:
+                i += 1
+                timed('replay', lambda: ([g.graph.replay() for g in graphs], stream.synchronize()))
+                timed('upload', upload)
+                timed('event', lambda: torch.cuda.Event().record())
+                if i % 10 == 0 and len(kept) < 200:
+                    # a size of its own each time: the caching host allocator cannot hand a cached block back
+                    timed('pinned_alloc', lambda: kept.append(torch.empty(frame + 4096 * len(kept), dtype=torch.uint8,
+                                                                           pin_memory=True)))
+                if i % 50 == 0:
+                    timed('stream', lambda: torch.cuda.Stream())
+                    if len(registered) < 40:
+                        timed('host_register', register)
+                time.sleep(0.0005)
+        if helper:
+            helper.join()
+        for buf in registered:
+            cudart.cudaHostUnregister(buf.ctypes.data)
+        rows.append({'variant': f'driver_{label}', 'iterations': i, 'setup_s': [round(v, 3) for v in setup_s],
+                     'worst_ms': {k: round(v * 1e3, 2) for k, v in sorted(worst.items())}})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     out_path = sys.argv[1] if len(sys.argv) > 1 else None
     t_ctx = time.perf_counter()
@@ -193,6 +273,12 @@ def main() -> None:
     model = load_model(MODEL).prepare('cuda', dtype=torch.half, channels_last=True)
     size = model.info.input_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+    if os.environ.get('MODE') == 'driver':
+        rows = driver_ops_stall(model, h, w)
+        if out_path:
+            with open(out_path, 'w') as f:
+                json.dump({'meta': {'torch': torch.__version__}, 'rows': rows}, f, indent=1)
+        return
     if os.environ.get('MODE') in ('parallel', 'stall'):
         rows = serving_stall(model, h, w) + (parallel(model, h, w) if os.environ['MODE'] == 'parallel' else [])
         if out_path:
