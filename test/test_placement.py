@@ -135,7 +135,9 @@ def _feed(pool, apps_by_source, *, rate_hz, seconds):
 
 
 def test_rebalance_moves_a_camera_off_an_overloaded_device_and_accounts_every_frame():
-    pool, results, _ = make_pool(2, sleep_ms=SLEEP_MS, queue_depth=8, rebalance_period_s=0)
+    # recheck_s=0: each pass judges on the load measured now (the node's monitor acts on a verdict up to 1 s old)
+    pool, results, _ = make_pool(2, sleep_ms=SLEEP_MS, queue_depth=8, rebalance_period_s=0, recheck_s=0,
+                                 overload_grace_s=0, move_backoff_s=0)
     pool.set_app('a', Bounds(), rate_hz=10, source='/cam0', device_index=0)
     pool.set_app('b', Bounds(), rate_hz=10, source='/cam1', device_index=0)   # 25 % at the hinted rates
     pool.start(warm_up=False)
@@ -220,3 +222,54 @@ def test_pool_figures_and_validation():
     pool.engines[0].worker_errors, pool.engines[1].worker_errors = 2, 3
     assert pool.worker_counters() == {'engine_worker_errors': 5, 'uploads_left_to_worker': 0, 'pipelined_runs': 0}
     assert [d.index for d in pool.devices()] == [0, 1]
+
+
+def test_the_monitor_reads_counters_and_rechecks_admission_once_per_recheck_period():
+    """A pass runs every rebalance_period_s (0.25 s): it must not build every app's AppStats
+    (percentiles over its results) nor run an EDF test per device each time. At 64 cameras on two
+    H200s those passes held the GIL ~40 ms each (session 18: half the frames unanswered)."""
+    pool, _, _ = make_pool(2, rebalance_period_s=0, recheck_s=60.0)
+    for i in range(4):
+        pool.set_app(f'app{i}', Bounds(max_latency_ms=500.0), rate_hz=10, source=f'/cam{i}')
+    calls = {'stats': 0, 'check': 0}
+    for engine in pool.engines:
+        stats, check = engine.stats, engine.check_schedulable
+
+        def counted_stats(*args, _f=stats, **kwargs):
+            calls['stats'] += 1
+            return _f(*args, **kwargs)
+
+        def counted_check(_f=check):
+            calls['check'] += 1
+            return _f()
+        engine.stats, engine.check_schedulable = counted_stats, counted_check
+        engine._last_check_ns -= int(120e9)   # the last re-check is 2 minutes old
+    for _ in range(5):
+        assert pool.rebalance() == []
+    assert calls == {'stats': 0, 'check': 2}, calls   # one re-check per device, then its verdict
+    assert [e.totals() for e in pool.engines] == [(0, 0), (0, 0)]
+    assert pool.engines[0].pending('app0') == 0 and pool.engines[0].pending('nobody') == 0
+
+
+def test_a_device_at_risk_is_moved_off_only_after_the_grace_and_then_at_most_once_a_backoff():
+    """Moving costs an admission test on every device: a start-up's old frames (every app at risk
+    everywhere, nowhere to move to) must not make the monitor try on every pass."""
+    pool, _, _ = make_pool(2, rebalance_period_s=0, recheck_s=60.0, overload_grace_s=0.3, move_backoff_s=0.4)
+    for i in range(4):
+        pool.set_app(f'app{i}', Bounds(max_latency_ms=500.0), rate_hz=10, source=f'/cam{i}', device_index=0)
+    tries = []
+    pool._move_group = lambda group, index, reason: tries.append((tuple(group), index)) and False
+    risky = {f'app{i}': 'at risk' for i in range(4)}
+    pool.engines[0].at_risk = lambda recheck_s: dict(risky)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.05:
+        pool.rebalance()
+        time.sleep(0.01)
+    # at risk from t0: first try after 0.3 s, then every 0.4 s: at ~0.3 and ~0.7 s (~1.1 s is past the loop)
+    assert len({t for t in tries}) >= 1 and len([t for t in tries if t[0] == ('app0',)]) == 2, tries
+    risky.clear()   # fits again: the grace starts over
+    pool.rebalance()
+    risky.update({'app0': 'at risk'})
+    n = len(tries)
+    pool.rebalance()
+    assert len(tries) == n

@@ -107,7 +107,9 @@ class Tail:
             self.values.append((now_ns, value))
 
     def p99(self, now_ns: int) -> float | None:
-        recent = [v for t, v in self.values if now_ns - t <= self.horizon_ns]
+        # tuple() copies in one C call, which no other thread can interleave with: the engine reads
+        # the tail outside its lock (admission checks) while submit() appends to it
+        recent = [v for t, v in tuple(self.values) if now_ns - t <= self.horizon_ns]
         return percentile(recent, 99) if recent else None
 
 

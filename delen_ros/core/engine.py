@@ -928,6 +928,39 @@ class Engine:
                 'graphs_on_cudnn': sum(b == 'cudnn' for b in backends.values()),
                 'graphs_settled': state is None or not getattr(self._runner, 'cuda_graphs', False) or state.settled}
 
+    def at_risk(self, *, recheck_s: float = 1.0) -> dict[str, str]:
+        """Why each app at risk may miss its bounds (app -> reason), as the last admission re-check
+        found; re-run first (:meth:`check_schedulable`) when that is older than ``recheck_s`` s, as
+        :meth:`stats` does. For a monitor that polls often: a re-check is an EDF test over every app."""
+        now = self.clock()
+        if self.admission_control and (now - self._last_check_ns) / 1e9 >= recheck_s:
+            self._last_check_ns = now
+            return self.check_schedulable()
+        with self._cond:
+            return {a: app.reason for a, app in self._apps.items() if app.reason}
+
+    def pending(self, app_id: str) -> int:
+        """Frames of ``app_id`` queued or under way (0 for an app not registered); cheap."""
+        with self._cond:
+            app = self._apps.get(app_id)
+            if app is None:
+                return 0
+            done = app.results_out + app.dropped_overflow + app.dropped_late + app.dropped_malformed + app.failed
+            return max(0, app.frames_in - done)
+
+    def measured_rate_hz(self, app_id: str) -> float | None:
+        """``app_id``'s frame rate as measured now (``None``: not yet, or not registered); cheap."""
+        with self._cond:
+            app = self._apps.get(app_id)
+            return None if app is None else app.rate_hz(self.clock())
+
+    def totals(self) -> tuple[int, int]:
+        """``(results delivered, requests failed)`` summed over the registered apps; cheap (no
+        percentiles), for a health check that polls."""
+        with self._cond:
+            apps = self._apps.values()
+            return sum(a.results_out for a in apps), sum(a.failed for a in apps)
+
     def worker_counters(self) -> dict[str, int]:
         """For ``/diagnostics``, cheap (no percentiles): failures of the worker outside a step, frames
         left to the worker to upload (load shed), runs launched before the last one was looked at."""
