@@ -37,7 +37,9 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'device': ('auto', "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'." + _LATER, None, False),
     'devices': ([''], "Several accelerators of this host, e.g. ['cuda:0', 'cuda:1']: one engine each, apps (with "
                 "their camera) placed where admission leaves the most headroom and moved when load changes or a "
-                "device fails; [''] = the device parameter alone." + _LATER, None, False),
+                "device fails; [''] = the device parameter alone. Not for heavy loads yet: on two H200s one node "
+                'answered 30-71 % of 64 cameras\' frames where one node per GPU (launch/delen_fleet.launch.py) '
+                'answered all of them in time (benchmarks/h200/multi_gpu_session19).' + _LATER, None, False),
     'profile': ('', "Profile JSON file; '' = the committed profile of this model on this device if present, else a "
                 'quick on-device measurement.' + _LATER, None, False),
     'energy_meter': ('auto', "'auto', 'jetson', 'nvml', 'rapl' or 'estimate' (from the profile)." + _LATER,
