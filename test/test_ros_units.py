@@ -256,3 +256,15 @@ def test_shipped_demo_config_parses():
 ])
 def test_describe(fields, text):
     assert AppConfig('a', '/c', **fields).describe() == text
+
+
+@pytest.mark.parametrize('kind, devices, expected', [
+    ('auto', ['cuda:0', 'cuda:1'], 'estimate'),   # NVML meters in one node on two GPUs held its workers up
+    ('nvml', ['cuda:0', 'cuda:1'], 'nvml'),       # asked for: measured all the same
+    ('auto', ['cuda:0'], 'auto'),
+    ('auto', ['cpu', 'cpu'], 'auto'),
+    ('auto', [], 'auto'),
+])
+def test_energy_meter_on_several_gpus_is_estimated_unless_asked_for(kind, devices, expected):
+    from delen_ros.ros.multi_device import meter_kind
+    assert meter_kind(kind, devices) == expected

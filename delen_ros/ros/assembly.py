@@ -108,7 +108,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
     from delen_ros.core.engine import Engine
     from delen_ros.core.zoo import load_model
 
-    from .multi_device import device_list
+    from .multi_device import device_list, meter_kind
     devices = device_list(params.devices)   # several: one engine per device behind a DevicePool (issue 12)
     device = resolve_device(devices[0] if devices else params.device)
     if params.torch_threads > 0:
@@ -117,7 +117,11 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
     phases: dict[str, float] = {}
     clock = _PhaseClock(phases)
     cuda = device.startswith('cuda')
-    meter = make_meter(params.energy_meter, device=device)
+    meter_name = meter_kind(params.energy_meter, [resolve_device(d) for d in devices])
+    if meter_name != params.energy_meter:
+        log(f'energy_meter auto on {len(devices)} GPUs: energy estimated from the profile (NVML meters, one per GPU '
+            'in one node, held its workers up; energy_meter:=nvml measures anyway)')
+    meter = make_meter(meter_name, device=device)
     clock.lap('meter')
     try:
         # before anything of ours runs on the device; usually read at the process's start already

@@ -38,11 +38,14 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'devices': ([''], "Several accelerators of this host, e.g. ['cuda:0', 'cuda:1']: one engine each, apps (with "
                 "their camera) placed where admission leaves the most headroom and moved when load changes or a "
                 "device fails; [''] = the device parameter alone. Not for heavy loads yet: on two H200s one node "
-                'answered 30-71 % of 64 cameras\' frames where one node per GPU (launch/delen_fleet.launch.py) '
-                'answered all of them in time (benchmarks/h200/multi_gpu_session19).' + _LATER, None, False),
+                'answered 93-96 % of 64 cameras\' frames (energy estimated: energy_meter auto does so on several '
+                'GPUs; with NVML meters 30-71 %) where one node per GPU (launch/delen_fleet.launch.py) answered '
+                'all of them in time (benchmarks/h200/multi_gpu_session19).' + _LATER, None, False),
     'profile': ('', "Profile JSON file; '' = the committed profile of this model on this device if present, else a "
                 'quick on-device measurement.' + _LATER, None, False),
-    'energy_meter': ('auto', "'auto', 'jetson', 'nvml', 'rapl' or 'estimate' (from the profile)." + _LATER,
+    'energy_meter': ('auto', "'auto', 'jetson', 'nvml', 'rapl' or 'estimate' (from the profile). 'auto' on several "
+                     "GPUs (devices) estimates: one NVML meter per GPU held one node's workers up "
+                     '(benchmarks/h200/multi_gpu_session19).' + _LATER,
                      None, False),
     'policy': ('delen', "Exit policy: 'delen' (predictive) or a baseline ('always_final', 'static_exit', "
                "'check_after_stage', 'fixed_confidence')." + _LATER, None, False),
