@@ -6,8 +6,12 @@ Before, each pass built every app's ``AppStats`` (its results' percentiles) to r
 an admission re-check (an EDF test over every app) on every device, and where some app was at risk tried
 to move a group (an admission test on every device). Now it reads the counters (``Engine.totals``), acts
 on the last re-check's verdict, re-run once a second at most (``Engine.at_risk``), and tries a move only
-after 2 s at risk and then every 2 s (``overload_grace_s``, ``move_backoff_s``). Engine level, CPU, no ROS: two CPU "devices", ``--apps`` apps, each camera's frames at 30 Hz, ``--age-ms`` old on arrival (every app at risk, as there), each pass's
-wall time on an otherwise idle process (the GIL it holds), and its share of the monitor's period.
+after 2 s at risk and then every 2 s (``overload_grace_s``, ``move_backoff_s``).
+
+Engine level, CPU, no ROS: two CPU "devices", ``--apps`` apps, each camera's frames at 30 Hz,
+``--age-ms`` old on arrival (every app at risk, as there); measured: each pass's wall time on an
+otherwise idle process (the GIL it holds) and its share of the monitor's period. (On the H200s the
+monitor was not the main cause: ``benchmarks/h200/multi_gpu_session19``.)
 
     python benchmarks/pool_monitor_cost.py --out benchmarks/cpu/pool_monitor_cost      (seconds)
 """

@@ -20,7 +20,7 @@ Placement:
   group (at risk, lightest first) to another device that admits it beside its own apps, and tries
   again ``move_backoff_s`` later at the soonest. A try costs an admission test on every device (tens
   of ms of Python at 64 cameras): tried on every pass, with every app at risk after a start-up's old
-  frames, it held the GIL 15 % of the time and the node never recovered (two H200s, session 18).
+  frames, the monitor held the GIL a fifth of the time (``benchmarks/pool_monitor_cost.py``).
 * A **move** loses no frame in flight: the group is registered on the new device first, new frames
   go there at once, and the old device keeps the apps until it has answered (or dropped) every frame
   it had (``drain_timeout_s`` at most); then they are removed there and their counters are carried
@@ -574,8 +574,8 @@ class DevicePool:
             if self._started and not engine.running:
                 self._fail(index, 'its worker thread stopped')
                 continue
-            # counters only: a full AppStats per app (percentiles over its results) for every app,
-            # every rebalance_period_s, held the GIL ~40 ms a pass at 64 cameras (H200 x2, session 18)
+            # counters only: not every app's AppStats (percentiles over its results) every
+            # rebalance_period_s for two sums
             results, failed = engine.totals()
             h = self._health[index]
             bad = failed > h.failed_requests and results == h.results
