@@ -38,6 +38,11 @@ class AppLedger:
             collections.deque(maxlen=window)
         self.reset_window(now_ns)
 
+    @property
+    def dropped(self) -> int:
+        """Frames that will get no result: pushed out, late, malformed or failed."""
+        return self.dropped_overflow + self.dropped_late + self.dropped_malformed + self.failed
+
     def reset_window(self, now_ns: int) -> None:
         self.window_start_ns = now_ns
         self.w_in = self.w_out = self.w_dropped = self.w_met = self.w_latency_met = self.w_measured = 0

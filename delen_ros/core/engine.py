@@ -847,10 +847,7 @@ class Engine:
             than this, s (0: now; ``math.inf``: never from here).
         :raises KeyError: unknown app (the message lists the known ones).
         """
-        now = self.clock()
-        if self.admission_control and (now - self._last_check_ns) / 1e9 >= recheck_s:
-            self._last_check_ns = now
-            self.check_schedulable()
+        self._recheck_if_older(recheck_s)
         with self._cond:
             try:
                 app = self._apps[app_id]
@@ -863,7 +860,7 @@ class Engine:
                      w_latency_met=app.w_latency_met, w_measured=app.w_measured, w_energy=app.w_energy,
                      w_accuracy=app.w_accuracy, w_exits=tuple(app.w_exits), w_late_dropped=app.w_late_dropped)
             counters = dict(app_id=app_id, bounds=app.bounds, frames_in=app.frames_in, results_out=app.results_out,
-                            dropped=app.dropped_overflow + app.dropped_late + app.dropped_malformed + app.failed,
+                            dropped=app.dropped,
                             dropped_overflow=app.dropped_overflow, dropped_late=app.dropped_late, failed=app.failed,
                             expired=app.expired, dropped_malformed=app.dropped_malformed,
                             served_late=app.served_late, late_policy=app.late_policy.value)
@@ -932,12 +929,20 @@ class Engine:
         """Why each app at risk may miss its bounds (app -> reason), as the last admission re-check
         found; re-run first (:meth:`check_schedulable`) when that is older than ``recheck_s`` s, as
         :meth:`stats` does. For a monitor that polls often: a re-check is an EDF test over every app."""
-        now = self.clock()
-        if self.admission_control and (now - self._last_check_ns) / 1e9 >= recheck_s:
-            self._last_check_ns = now
-            return self.check_schedulable()
+        reasons = self._recheck_if_older(recheck_s)
+        if reasons is not None:
+            return reasons
         with self._cond:
             return {a: app.reason for a, app in self._apps.items() if app.reason}
+
+    def _recheck_if_older(self, recheck_s: float) -> dict[str, str] | None:
+        """:meth:`check_schedulable`'s reasons if the last re-check is older than ``recheck_s`` s (it
+        runs now), else ``None``; the status tick (:meth:`stats`) and a device pool's monitor share it."""
+        now = self.clock()
+        if not self.admission_control or (now - self._last_check_ns) / 1e9 < recheck_s:
+            return None
+        self._last_check_ns = now
+        return self.check_schedulable()
 
     def pending(self, app_id: str) -> int:
         """Frames of ``app_id`` queued or under way (0 for an app not registered); cheap."""
@@ -945,8 +950,7 @@ class Engine:
             app = self._apps.get(app_id)
             if app is None:
                 return 0
-            done = app.results_out + app.dropped_overflow + app.dropped_late + app.dropped_malformed + app.failed
-            return max(0, app.frames_in - done)
+            return max(0, app.frames_in - app.results_out - app.dropped)
 
     def measured_rate_hz(self, app_id: str) -> float | None:
         """``app_id``'s frame rate as measured now (``None``: not yet, or not registered); cheap."""

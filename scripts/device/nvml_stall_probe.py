@@ -21,14 +21,10 @@ import time
 
 import torch
 
+from delen_ros.core.arrivals import percentile
 from delen_ros.core.energy import NvmlMeter
 
 SECONDS = float(os.environ.get('SECONDS_PER_RUN', '3'))
-
-
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q / 100 * len(values)))] if values else float('nan')
 
 
 def serve(device: int, stop: threading.Event, turns: list[float]) -> None:
