@@ -595,10 +595,12 @@ def test_engine_graph_report_follows_the_cudnn_trials(fake_graphs):
     runner.start_background_capture = lambda: False   # batch 1's cuDNN trial held back
     engine.warm_up()
     # every size captured; the larger ones tried in warm-up (the fake's cuDNN wins from batch 4)
-    assert engine.graph_report() == {'graphs_captured': 16, 'graphs_on_cudnn': 8, 'graphs_settled': False}
+    assert engine.graph_report() == {'graphs_captured': 16, 'graphs_on_cudnn': 8, 'pointwise_matmul': False,
+                                     'graphs_settled': False}
     assert start() is True
     wait_for(lambda: engine.graph_report()['graphs_settled'])
-    assert engine.graph_report() == {'graphs_captured': 16, 'graphs_on_cudnn': 8, 'graphs_settled': True}
+    assert engine.graph_report() == {'graphs_captured': 16, 'graphs_on_cudnn': 8, 'pointwise_matmul': False,
+                                     'graphs_settled': True}
     engine.stop()
 
 
@@ -606,4 +608,15 @@ def test_engine_graph_report_without_graphs():
     from fakes import FakeRunner
     model = fake_model(2)
     engine = Engine(model, synthetic_profile(2), runner=FakeRunner(model), on_result=lambda r: None)
-    assert engine.graph_report() == {'graphs_captured': 0, 'graphs_on_cudnn': 0, 'graphs_settled': True}
+    assert engine.graph_report() == {'graphs_captured': 0, 'graphs_on_cudnn': 0, 'pointwise_matmul': False,
+                                     'graphs_settled': True}
+
+
+def test_pointwise_matmul_captures_every_size_natively_and_tries_nothing(fake_graphs):
+    """1x1 convolutions as matrix products: no cuDNN at all, so warm-up captures every size with it
+    off and nothing is left to try, before serving or while (whatever the trial options say)."""
+    runner = graph_runner(num_exits=2, pointwise_matmul=True, trial_smallest=True, trials_while_serving=True)
+    runner.warmup()
+    assert captures(fake_graphs.log) == [1] * 4 + [2] * 4 + [4] * 4 + [8] * 4
+    assert set(runner.conv_backends().values()) == {'native'} and runner.cudnn_trials() == {}
+    assert runner.capture_state().settled and runner.start_background_capture() is False

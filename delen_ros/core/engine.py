@@ -917,12 +917,14 @@ class Engine:
 
     def graph_report(self) -> dict[str, int | bool]:
         """For ``/diagnostics``: graphs captured, how many run on cuDNN (the others on PyTorch's
-        own convolutions, faster there or not tried yet), and whether every capture and cuDNN trial
+        own convolutions, faster there or not tried yet), whether 1x1 convolutions run as matrix
+        products (``conv_kernels``), and whether every capture and cuDNN trial
         is done (until then the background thread competes with serving)."""
         backends = self._runner.conv_backends() if hasattr(self._runner, 'conv_backends') else {}
         state = self._runner.capture_state() if hasattr(self._runner, 'capture_state') else None
         return {'graphs_captured': self.graph_count(),
                 'graphs_on_cudnn': sum(b == 'cudnn' for b in backends.values()),
+                'pointwise_matmul': bool(getattr(self._runner, 'pointwise_matmul', False)),
                 'graphs_settled': state is None or not getattr(self._runner, 'cuda_graphs', False) or state.settled}
 
     def at_risk(self, *, recheck_s: float = 1.0) -> dict[str, str]:

@@ -476,6 +476,7 @@ class DevicePool:
         reports = [e.graph_report() for e in self.engines]
         return {'graphs_captured': sum(r['graphs_captured'] for r in reports),
                 'graphs_on_cudnn': sum(r['graphs_on_cudnn'] for r in reports),
+                'pointwise_matmul': any(r['pointwise_matmul'] for r in reports),
                 'graphs_settled': all(r['graphs_settled'] for r in reports)}
 
     def worker_counters(self) -> dict[str, int]:

@@ -294,6 +294,7 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
         'device_name': str(runner.device),
         'channels_last': runner.channels_last,
         'cuda_graphs': runner.cuda_graphs,
+        'pointwise_matmul': getattr(runner, 'pointwise_matmul', False),
         'runs_per_batch_size': {str(b): n for b, n in runs_done.items()},
         'warmup_runs': warmup,
         'eval_images': eval_count,

@@ -37,6 +37,12 @@ set-up, 0.5-1.8 s a stage at batch 32); in the background, the warm-up is 0.3 s 
 against none of 4 with the trials before serving (session 18). So before serving stays the default;
 the node's ``cudnn_trials:=serving`` chooses the quick start, for robots that restart often or start
 with few cameras.
+
+Pointwise as matmul (``pointwise_matmul``, the node's default for MBConv networks on CUDA since session
+20): the model's 1x1 convolutions become cuBLAS matrix products (``core/pointwise.py``), the rest run on
+PyTorch's own kernels, NCHW, and cuDNN is never used: every size is captured in milliseconds and
+nothing is tried, before serving or while (H200, ``cifar10_lite0`` full depth at batch 32: 2.25 ms,
+against cuDNN's 1.37 and PyTorch's convolutions' 6.1).
 """
 from __future__ import annotations
 
@@ -53,6 +59,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVa
 import torch
 from torch import Tensor, nn
 
+from .pointwise import pointwise_as_matmul
 from .thread_names import name_os_thread
 
 if TYPE_CHECKING:
@@ -381,6 +388,11 @@ class StageRunner:
         to the background, largest first, so that ``warmup`` takes milliseconds instead of seconds
         (issue 8's configure -> first result); the first seconds of service then run those sizes
         natively, beside the trials.
+    :param pointwise_matmul: serve the model's 1x1 convolutions as matrix products and the others on
+        PyTorch's own kernels (the model is changed in place), NCHW unless ``channels_last`` says
+        otherwise; graphs never use cuDNN, so there is nothing to try (``native_first``,
+        ``trial_smallest`` and ``trials_while_serving`` do not apply). Eager calls (``cuda_graphs``
+        false, or a batch over ``max_batch``) may still use cuDNN for the other convolutions.
 
     All calls run under ``torch.inference_mode()``. Calls are asynchronous on CUDA: time them
     between :meth:`synchronize` calls. One thread serves (calls :meth:`stage` and :meth:`head`);
@@ -390,13 +402,18 @@ class StageRunner:
     def __init__(self, model: 'MultiExitModel', *, device: str | torch.device = 'cpu', half: bool | None = None,
                  channels_last: bool | None = None, cuda_graphs: bool = False, max_batch: int = 32,
                  graph_sizes: Sequence[int] | None = None, background_capture: bool = True,
-                 native_first: bool = True, trial_smallest: bool = False, trials_while_serving: bool = False):
+                 native_first: bool = True, trial_smallest: bool = False, trials_while_serving: bool = False,
+                 pointwise_matmul: bool = False):
         self.device = resolve_device(device)
         cuda = self.device.type == 'cuda'
         half = cuda if half is None else half
         if half and not cuda:
             raise ValueError(f'half=True needs a CUDA device, got {self.device}')
-        self.channels_last = cuda if channels_last is None else bool(channels_last)
+        self.pointwise_matmul = bool(pointwise_matmul)
+        if self.pointwise_matmul:
+            pointwise_as_matmul(model)   # before prepare: the new parameters move with the rest
+        # NCHW for matrix products (channels-last: 2.8 against 2.25 ms at batch 32 on an H200)
+        self.channels_last = (cuda and not self.pointwise_matmul) if channels_last is None else bool(channels_last)
         self.dtype = torch.float16 if half else torch.float32
         self.max_batch = max_batch
         self.graph_sizes = tuple(sorted(set(graph_sizes))) if graph_sizes else graph_batch_sizes(max_batch)
@@ -426,13 +443,14 @@ class StageRunner:
         self._capture_error: str | None = None
         # Native first: set by warmup when a background capture follows; the sizes whose cuDNN
         # trial is still to come, and each trial's timings (key -> (native ms, cuDNN ms), best of).
-        self._capture_native = False
+        self._capture_native = self.pointwise_matmul   # matmul graphs never use cuDNN, whatever warmup does
         self._to_upgrade: frozenset[int] = frozenset()
         self._trials: dict[tuple[str, int, int], tuple[float, float]] = {}
 
     def __repr__(self) -> str:
         return (f'StageRunner({self.model.info.name!r}, device={str(self.device)!r}, dtype={self.dtype}, '
-                f'channels_last={self.channels_last}, cuda_graphs={self.cuda_graphs})')
+                f'channels_last={self.channels_last}, cuda_graphs={self.cuda_graphs}, '
+                f'pointwise_matmul={self.pointwise_matmul})')
 
     @property
     def graph_count(self) -> int:
@@ -510,14 +528,15 @@ class StageRunner:
             if not background:
                 self.stop_background_capture(timeout=None)
             sizes, later = split_capture_sizes(self.graph_sizes, background=background)
-            self._capture_native = background and self.native_first
+            self._capture_native = (background and self.native_first) or self.pointwise_matmul
             if self._capture_native:
                 # every size now, natively (milliseconds); cuDNN tried below for the larger sizes and,
                 # with trial_smallest, in the background for the smallest (see the module's notes)
                 sizes, later = self.graph_sizes, ()
             self._deferred = frozenset(later)   # before the calls below: they must not capture these
-            self._to_upgrade = frozenset(self.graph_sizes[:1] if self._capture_native and self.trial_smallest else ())
-            if self._capture_native and self.trials_while_serving:
+            trials = self._capture_native and not self.pointwise_matmul
+            self._to_upgrade = frozenset(self.graph_sizes[:1] if trials and self.trial_smallest else ())
+            if trials and self.trials_while_serving:
                 self._to_upgrade |= frozenset(self.graph_sizes[1:])
         # Most of this is each convolution's first call at a new shape (kernel choice, ~0.3-0.8 s a
         # stage on an H200). PyTorch keeps those choices per thread: choosing them in parallel
@@ -528,7 +547,8 @@ class StageRunner:
                 x = self.stage(k, x)
                 self.head(k, x)
         self.synchronize()
-        if self.cuda_graphs and batch_sizes is None and self._capture_native and not self.trials_while_serving:
+        if self.cuda_graphs and batch_sizes is None and self._capture_native and not self.trials_while_serving \
+                and not self.pointwise_matmul:
             # Before serving, not while: tried in the background as the node served 32 cameras on
             # an H200, the larger sizes' trials (~9 s) overlapped the first seconds of service, at
             # 4x the batch-32 cost meanwhile. The largest first: where cuDNN wins most.
@@ -651,11 +671,12 @@ class StageRunner:
                 y = self.model.stages[k](x)
             else:
                 graph = made[stage_key] = _Graph(self.model.stages[k], x, b, pool=pool, as_float=False,
-                                                 stream=stream, keep_output=True)
+                                                 stream=stream, keep_output=True, cudnn=not self._capture_native)
                 y, graph.warm_output = graph.warm_output, None
         with _CAPTURE_LOCK:
             if head_key not in self._graphs:
-                made[head_key] = _Graph(self.model.heads[k], y, b, pool=pool, as_float=True, stream=stream)
+                made[head_key] = _Graph(self.model.heads[k], y, b, pool=pool, as_float=True, stream=stream,
+                                        cudnn=not self._capture_native)
         # The static inputs were filled on this thread's stream: let that finish before the
         # serving thread (on its own stream) may write them.
         sync()

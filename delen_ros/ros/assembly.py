@@ -141,18 +141,22 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
             options = None
             if dev.startswith('cuda'):
-                # Graphs for the few batch sizes worth padding to, all captured here: natively first,
-                # then cuDNN tried for the larger sizes, here or while serving (cudnn_trials; runner.py's
-                # notes). The worker only ever replays captured sizes (cuDNN's set-up on the worker once
-                # cost 20+ s of misses).
+                # Graphs for the few batch sizes worth padding to, all captured here. MBConv models
+                # (conv_kernels auto): 1x1 convolutions as matrix products, no cuDNN, milliseconds a size;
+                # else natively first, then cuDNN tried for the larger sizes, here or while serving
+                # (cudnn_trials; runner.py's notes). The worker only ever replays captured sizes (cuDNN's
+                # set-up on the worker once cost 20+ s of misses).
+                from delen_ros.core.pointwise import use_matmul
                 from delen_ros.core.runner import padded_graph_sizes
+                graph_sizes = padded_graph_sizes(
+                    params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits)))
                 # DELEN_NATIVE_FIRST=0: capture on cuDNN from the start (the A/B of runner's native first);
                 # DELEN_TRIAL_BATCH1=1: batch 1's cuDNN trial in the background while serving (before session 9)
-                options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': padded_graph_sizes(
-                    params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits))),
-                    'native_first': os.environ.get('DELEN_NATIVE_FIRST', '1') != '0',
-                    'trial_smallest': os.environ.get('DELEN_TRIAL_BATCH1') == '1',
-                    'trials_while_serving': params.cudnn_trials == 'serving'}
+                options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': graph_sizes,
+                           'pointwise_matmul': use_matmul(params.conv_kernels, model, 'cuda'),
+                           'native_first': os.environ.get('DELEN_NATIVE_FIRST', '1') != '0',
+                           'trial_smallest': os.environ.get('DELEN_TRIAL_BATCH1') == '1',
+                           'trials_while_serving': params.cudnn_trials == 'serving'}
             built = Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,
@@ -210,5 +214,6 @@ def _phase_line(phases: dict[str, float], engine: Any) -> str:
     line = ', '.join(f'{name} {s:.1f} s' for name, s in phases.items())
     captured = engine.graph_count()
     if captured:
-        line += f' ({captured} graphs captured)'
+        matmul = engine.graph_report().get('pointwise_matmul')
+        line += f' ({captured} graphs captured{", 1x1 convolutions as matrix products" if matmul else ""})'
     return line

@@ -15,12 +15,13 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 __all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 'EXECUTORS', 'IMAGE_QOS',
-           'CUDNN_TRIALS']
+           'CUDNN_TRIALS', 'CONV_KERNELS']
 
 EXECUTORS = ('single', 'events', 'multi')
 IMAGE_QOS = ('sensor_data', 'reliable')
 LATENCY_FROM = ('stamp', 'arrival')
 CUDNN_TRIALS = ('configure', 'serving')
+CONV_KERNELS = ('auto', 'matmul', 'cudnn')   # core.pointwise.CONV_KERNELS (this module stays torch-free)
 _LATER = ' Read at configure: a change takes effect at the next configure.'
 
 
@@ -73,7 +74,14 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                     'convolutions (milliseconds), then the larger sizes again with cuDNN, keeping the faster graph '
                     '(batch 1 stays native: cuDNN wins little there); then replay them. False: eager.' + _LATER,
                     None, False),
-    'cudnn_trials': ('configure', "With cuda_graphs: when the larger batch sizes' graphs are tried on cuDNN. "
+    'conv_kernels': ('auto', "On CUDA, the convolutions' kernels. 'matmul': 1x1 convolutions as cuBLAS matrix "
+                     "products, the others on PyTorch's own kernels, no cuDNN: nothing to set up or try, so "
+                     'cifar10_lite0 configures in ~3 s on an H200 instead of 6-7 s (batch-32 graphs 2.25 ms full depth '
+                     "against cuDNN's 1.37 ms; the node is host-bound long before). 'cudnn': PyTorch's kernels first, "
+                     "then cuDNN tried for the larger batch sizes (cudnn_trials). 'auto' (default): 'matmul' for a "
+                     "model whose convolutions are mostly 1x1 (EfficientNet, MobileNet), else 'cudnn'." + _LATER,
+                     CONV_KERNELS, False),
+    'cudnn_trials': ('configure', "With cuda_graphs and conv_kernels 'cudnn': when the larger batch sizes' graphs are tried on cuDNN. "
                      "'configure' (default): before serving; cifar10_lite0 on an H200 configures in 5.5-6.4 s, "
                      "of which ~2.5 s are cuDNN's set-up. 'serving': in the background once active; configure "
                      'takes 2.7-3.3 s, but those sizes run natively (2x slower at batch 32) for the first ~5 s '
@@ -147,6 +155,7 @@ class NodeParams:
     service_queue_depth: int
     torch_threads: int
     cuda_graphs: bool
+    conv_kernels: str
     cudnn_trials: str
     fuse_steps: bool
     executor: str

@@ -82,7 +82,8 @@ runner.StageRunner.__init__ = _init
 defaults = params.NodeParams(**{name: spec[0] for name, spec in params._SPECS.items()})
 p = dataclasses.replace(defaults, model=os.environ.get('MODEL', 'cifar10_lite0'), device='cuda',
                         max_batch=int(os.environ.get('MAX_BATCH', '32')),
-                        cudnn_trials=os.environ.get('CUDNN_TRIALS', defaults.cudnn_trials))
+                        cudnn_trials=os.environ.get('CUDNN_TRIALS', defaults.cudnn_trials),
+                        conv_kernels=os.environ.get('CONV_KERNELS', defaults.conv_kernels))
 first_result = threading.Event()
 t_build = time.perf_counter()
 served = assembly.build(p, on_result=lambda *a, **k: first_result.set(), log=lambda text: print(text, file=sys.stderr))
@@ -124,7 +125,7 @@ def _full_depth_ms(batch: int, reps: int = 100) -> float:
 steady = {b: _full_depth_ms(b) for b in getattr(stage_runner, 'graph_sizes', (1,))}
 out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'MODEL', 'MAX_BATCH', 'BACKGROUND_CAPTURE',
                                                 'FRAME_HW', 'CUDNN', 'WARM_LIBRARIES', 'DELEN_NATIVE_FIRST',
-                                                'CUDNN_TRIALS')},
+                                                'CUDNN_TRIALS', 'CONV_KERNELS')},
        'idle_power_at_start_s': round(t_idle - t0, 3), 'import_torch_s': round(t_import - t_idle, 3),
        'cuda_context_s': round(t_cuda - t_import, 3), 'full_depth_ms_by_batch': steady,
        'cuda_libraries_s': round(t_libraries - t_cuda, 3),

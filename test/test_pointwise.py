@@ -1,0 +1,122 @@
+"""1x1 convolutions as matrix products (core/pointwise.py; the node's ``conv_kernels``, issue 8): the
+same answers as the convolutions, the choice of ``auto``, and the runner serving a model changed so.
+The speed is measured on an H200 (``scripts/device/conv_kernels_probe.py``), not here."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from delen_ros.core.multi_exit import ModelInfo, MultiExitModel
+from delen_ros.core.pointwise import PointwiseMatmul, is_pointwise, pointwise_as_matmul, pointwise_share, use_matmul
+from delen_ros.core.runner import StageRunner
+
+HAVE_LITE = importlib.util.find_spec('efficientnet_lite_pytorch') is not None
+needs_lite = pytest.mark.skipif(not HAVE_LITE, reason='efficientnet-lite-pytorch wheel not installed')
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+
+
+def mbconv_like() -> nn.Sequential:
+    """Expand 1x1, depthwise 3x3, project 1x1 (with and without bias), as an MBConv block."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(8, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+                         nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.ReLU6(),
+                         nn.Sequential(nn.Conv2d(32, 16, 1)), nn.Conv2d(16, 16, 3, padding=1)).eval()
+
+
+def test_pointwise_convolutions_become_matrix_products_with_the_same_answers():
+    net = mbconv_like()
+    x = torch.randn(3, 8, 10, 7)
+    want = net(x)
+    changed = copy.deepcopy(net)
+    assert pointwise_as_matmul(changed) == 2   # the nested one too; the 3x3 ones stay
+    assert isinstance(changed[0], PointwiseMatmul) and isinstance(changed[5][0], PointwiseMatmul)
+    assert isinstance(changed[3], nn.Conv2d) and isinstance(changed[6], nn.Conv2d)
+    torch.testing.assert_close(changed(x), want, rtol=1e-5, atol=1e-5)
+    assert pointwise_as_matmul(changed) == 0   # nothing left to replace
+
+
+@pytest.mark.parametrize('conv', [nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1, stride=2), nn.Conv2d(4, 4, 1, groups=2),
+                                  nn.Conv2d(4, 4, 1, padding=1), nn.Conv2d(4, 4, 1, dilation=2)])
+def test_only_true_pointwise_convolutions_qualify(conv):
+    assert not is_pointwise(conv)
+    with pytest.raises(ValueError, match='not a 1x1'):
+        PointwiseMatmul(conv)
+
+
+def test_auto_takes_matmul_on_cuda_for_mostly_pointwise_models_only():
+    net = mbconv_like()   # 2 of 4 convolutions are 1x1
+    assert pointwise_share(net) == 0.5
+    assert use_matmul('auto', net, 'cuda') and not use_matmul('auto', net, 'cpu')
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 1))
+    assert not use_matmul('auto', plain, 'cuda')
+    assert use_matmul('matmul', plain, 'cpu') and not use_matmul('cudnn', net, 'cuda')
+    assert pointwise_share(nn.Linear(2, 2)) == 0.0
+    with pytest.raises(ValueError, match='conv_kernels must be one of auto, matmul, cudnn'):
+        use_matmul('fast', net, 'cuda')
+
+
+def mbconv_model(num_exits: int = 3) -> MultiExitModel:
+    """A tiny multi-exit model of MBConv-like stages (1x1 expand, depthwise 3x3, 1x1 project) on 16 x 16 RGB."""
+    torch.manual_seed(1)
+    info = ModelInfo(name='tiny_mbconv', input_size=(16, 16), in_channels=3, mean=(0.0,) * 3, std=(1.0,) * 3,
+                     labels=tuple('abcde'), exit_names=tuple(f'e{k}' for k in range(num_exits)),
+                     exit_accuracy=(0.5,) * num_exits, accuracy_note='untrained')
+    stages, heads, c = [], [], 3
+    for k in range(num_exits):
+        wide, out = 16 * (k + 1), 8 * (k + 1)
+        stages.append(nn.Sequential(nn.Conv2d(c, wide, 1, bias=False), nn.BatchNorm2d(wide), nn.ReLU6(),
+                                    nn.Conv2d(wide, wide, 3, stride=2 if k else 1, padding=1, groups=wide),
+                                    nn.ReLU6(), nn.Conv2d(wide, out, 1)))
+        c = out
+        heads.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 5)))
+    return MultiExitModel(info, stages, heads)
+
+
+def chain(runner: StageRunner, x: torch.Tensor) -> list[torch.Tensor]:
+    x, logits = runner.to_input(x), []
+    for k in range(runner.num_exits):
+        x = runner.stage(k, x)
+        logits.append(runner.head(k, x).cpu())
+    return logits
+
+
+def test_the_runner_serves_a_model_changed_so_with_the_same_answers():
+    x = torch.randn(4, 3, 16, 16)
+    plain = StageRunner(mbconv_model(), device='cpu')
+    matmul = StageRunner(mbconv_model(), device='cpu', pointwise_matmul=True)
+    assert matmul.pointwise_matmul and not matmul.channels_last and 'pointwise_matmul=True' in repr(matmul)
+    assert pointwise_share(matmul.model) == 2 / 3 and not any(is_pointwise(m) for m in matmul.model.modules())
+    for got, want in zip(chain(matmul, x), chain(plain, x)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+def test_cuda_matmul_graphs_need_no_cudnn_and_answer_as_cudnn_does():
+    """Every size captured in warm-up with cuDNN off, nothing tried: the graphs' answers are the
+    eager cuDNN ones (fp16 tolerance)."""
+    x = torch.randn(5, 3, 16, 16)
+    eager = StageRunner(mbconv_model(), device='cuda', cuda_graphs=False)
+    graphs = StageRunner(mbconv_model(), device='cuda', cuda_graphs=True, max_batch=8, pointwise_matmul=True,
+                         trials_while_serving=True, trial_smallest=True)
+    graphs.warmup()
+    assert graphs.graph_count == 2 * 3 * 4 and set(graphs.conv_backends().values()) == {'native'}
+    assert graphs.cudnn_trials() == {} and graphs.capture_state().settled
+    assert graphs.start_background_capture() is False
+    for got, want in zip(chain(graphs, x), chain(eager, x)):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+@needs_lite
+def test_cifar10_lite0_is_mostly_pointwise_and_answers_the_same():
+    from delen_ros.core.zoo import load_model
+    model = load_model('cifar10_lite0').eval()
+    assert pointwise_share(model) > 0.6 and use_matmul('auto', model, 'cuda')
+    x = torch.randn(2, 3, 64, 64)
+    want = model.forward(x)
+    assert pointwise_as_matmul(model) == 35
+    for got, expected in zip(model.forward(x), want):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
