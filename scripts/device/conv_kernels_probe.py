@@ -12,14 +12,17 @@ Run THERE from the repository root, with the network code wheel importable:
   native_nchw  the same, contiguous NCHW
   mm_nchw      1x1 convolutions as cuBLAS batched matmuls, the rest native, NCHW
   mm_cl        1x1 convolutions as a linear layer over the channels-last (NHWC) view, the rest native
+  mm_dw_cudnn  1x1 convolutions as matmuls, the rest (depthwise, stem, heads) on cuDNN, NCHW (VARIANTS=all)
   cudnn_cl     cuDNN, channels-last (the runner's cuDNN graphs; set-up paid here, last)
 Each variant's final logits are compared with cudnn_cl's on the same inputs (largest difference, argmax
-agreement). One JSON object.
+agreement); each graph is also timed on its own (``module_ms``: stages 0-3, then the final head). One JSON
+object. ``VARIANTS``: a comma-separated subset, in that order (default: all).
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 import time
 
@@ -89,6 +92,20 @@ def capture(model, batch: int, channels_last: bool):
     return graphs, static_in, cur, time.perf_counter() - t0
 
 
+def module_ms(graphs, reps: int = 100) -> list[float]:
+    out = []
+    for g in graphs:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        g.replay()
+        start.record()
+        for _ in range(reps):
+            g.replay()
+        end.record()
+        end.synchronize()
+        out.append(round(start.elapsed_time(end) / reps, 4))
+    return out
+
+
 def replay_ms(graphs) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for g in graphs:
@@ -110,19 +127,21 @@ def main() -> None:
     report = {'torch': torch.__version__, 'cudnn': torch.backends.cudnn.version(),
               'gpu': torch.cuda.get_device_name(0), 'replays': REPLAYS, 'variants': {}}
     logits = {}
-    for variant in ('native_cl', 'native_nchw', 'mm_nchw', 'mm_cl', 'cudnn_cl'):
+    variants = os.environ.get('VARIANTS', 'native_cl,native_nchw,mm_nchw,mm_cl,mm_dw_cudnn,cudnn_cl').split(',')
+    for variant in variants + ([] if 'cudnn_cl' in variants else ['cudnn_cl']):
         channels_last = variant.endswith('_cl')
         model = copy.deepcopy(base)
         replaced = pointwise_as_matmul(model, channels_last) if variant.startswith('mm') else 0
         model.prepare('cuda', dtype=torch.half, channels_last=channels_last)
-        torch.backends.cudnn.enabled = variant.startswith('cudnn')
+        torch.backends.cudnn.enabled = 'cudnn' in variant
         entry = {'pointwise_replaced': replaced, 'batches': {}}
         for b in BATCHES:
             graphs, static_in, static_out, setup_s = capture(model, b, channels_last)
             static_in.copy_(inputs[b])
             ms = replay_ms(graphs)
             logits[(variant, b)] = static_out.float().clone()
-            entry['batches'][b] = {'capture_s': round(setup_s, 3), 'full_depth_ms': round(ms, 4)}
+            entry['batches'][b] = {'capture_s': round(setup_s, 3), 'full_depth_ms': round(ms, 4),
+                                   'module_ms': module_ms(graphs)}
             print(variant, b, entry['batches'][b], flush=True)
             del graphs
         report['variants'][variant] = entry
