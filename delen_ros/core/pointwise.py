@@ -1,4 +1,4 @@
-"""1x1 convolutions as matrix products: CUDA graphs with no cuDNN set-up.
+"""1x1 convolutions as matrix products: CUDA graphs with no cuDNN set-up (the node's ``conv_kernels:=matmul``).
 
 cuDNN sets each convolution shape up on its first call, about 35 ms a convolution on an H200
 (torch 2.11, cuDNN 9.19): 1.5-3.2 s per batch size for ``cifar10_lite0``, most of the node's configure
@@ -17,21 +17,19 @@ on PyTorch's kernels are cheap. Measured on an H200 (``scripts/device/conv_kerne
     matmul (this)  0.60 ms    1.03 ms     2.25 ms     0.03-0.04 s
     ============  =========  ==========  ==========  ==========================
 
-The node's worker is host-bound long before batch-32 kernels are (3 600-3 700 frames/s served at
-saturation, session 15, where matmul graphs would allow ~14 000), so the node takes this path by
-default for such networks (``conv_kernels: auto``).
+The node configures in 2.6 s instead of 6.4-6.7 s with it, and 32 cameras x 30 Hz at 33 ms lose
+nothing; but steps at batch 8-32 run 1.5-1.9x longer, and tight bounds pay for it (10 ms apps beside
+accuracy cascades at 16 cameras: 45-78 % of frames in time against 91 % on cuDNN). So cuDNN stays the
+default and this is the quick start, for robots that restart often and run loose bounds.
 """
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ['CONV_KERNELS', 'PointwiseMatmul', 'is_pointwise', 'pointwise_as_matmul', 'pointwise_share',
-           'use_matmul']
+__all__ = ['CONV_KERNELS', 'PointwiseMatmul', 'is_pointwise', 'pointwise_as_matmul']
 
-#: the node's ``conv_kernels`` choices
-CONV_KERNELS = ('auto', 'matmul', 'cudnn')
-#: ``auto`` takes the matmul path when at least this share of a model's convolutions are 1x1
-MOSTLY_POINTWISE = 0.5
+#: the node's ``conv_kernels`` choices, the default first
+CONV_KERNELS = ('cudnn', 'matmul')
 
 
 def is_pointwise(module: nn.Module) -> bool:
@@ -79,27 +77,4 @@ def pointwise_as_matmul(module: nn.Module) -> int:
         else:
             count += pointwise_as_matmul(child)
     return count
-
-
-def pointwise_share(module: nn.Module) -> float:
-    """The share of ``module``'s convolutions that are pointwise (0 when it has none)."""
-    convs = [m for m in module.modules() if isinstance(m, (nn.Conv2d, PointwiseMatmul))]
-    if not convs:
-        return 0.0
-    return sum(isinstance(m, PointwiseMatmul) or is_pointwise(m) for m in convs) / len(convs)
-
-
-def use_matmul(choice: str, module: nn.Module, device_type: str) -> bool:
-    """Whether the runner should serve ``module`` with pointwise convolutions as matrix products.
-
-    :param choice: ``'matmul'`` (yes), ``'cudnn'`` (no) or ``'auto'``: on CUDA, for a model whose
-        convolutions are mostly pointwise (an MBConv network); on a CPU, no (its convolutions need
-        no set-up).
-    :raises ValueError: another choice.
-    """
-    if choice not in CONV_KERNELS:
-        raise ValueError(f'conv_kernels must be one of {", ".join(CONV_KERNELS)}, got {choice!r}')
-    if choice != 'auto':
-        return choice == 'matmul'
-    return device_type == 'cuda' and pointwise_share(module) >= MOSTLY_POINTWISE
 

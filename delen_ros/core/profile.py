@@ -314,8 +314,10 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def profile_filename(model: str, device_slug_: str) -> str:
-    return f'{model}__{device_slug_}.json'
+def profile_filename(model: str, device_slug_: str, kernels: str = '') -> str:
+    """``<model>__<device>.json``, or ``<model>__<device>__<kernels>.json`` for a profile measured with
+    other kernels than the default (``'matmul'``: the node's ``conv_kernels:=matmul``)."""
+    return f'{model}__{device_slug_}{"__" + kernels if kernels else ""}.json'
 
 
 def exits_taken(confidence: np.ndarray, thresholds: Sequence[float | None]) -> np.ndarray:

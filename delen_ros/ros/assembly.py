@@ -57,6 +57,9 @@ def load_profile(params: NodeParams, model: Any, device: str, meter: Any, log: C
     name = model.info.name
     folder = models_dir() / 'profiles'
     committed = folder / profile_filename(name, device_slug(device))
+    if device.startswith('cuda') and params.conv_kernels == 'matmul':   # measured with the kernels that serve
+        own = folder / profile_filename(name, device_slug(device), 'matmul')
+        committed = own if own.is_file() else committed
     if committed.is_file():
         return Profile.load(committed), str(committed)
     from delen_ros.core.profiling import quick_profile
@@ -141,19 +144,18 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
         def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
             options = None
             if dev.startswith('cuda'):
-                # Graphs for the few batch sizes worth padding to, all captured here. MBConv models
-                # (conv_kernels auto): 1x1 convolutions as matrix products, no cuDNN, milliseconds a size;
-                # else natively first, then cuDNN tried for the larger sizes, here or while serving
-                # (cudnn_trials; runner.py's notes). The worker only ever replays captured sizes (cuDNN's
-                # set-up on the worker once cost 20+ s of misses).
-                from delen_ros.core.pointwise import use_matmul
+                # Graphs for the few batch sizes worth padding to, all captured here: natively first,
+                # then cuDNN tried for the larger sizes, here or while serving (cudnn_trials; runner.py's
+                # notes), or (conv_kernels:=matmul) 1x1 convolutions as matrix products and no cuDNN,
+                # milliseconds a size. The worker only ever replays captured sizes (cuDNN's set-up on
+                # the worker once cost 20+ s of misses).
                 from delen_ros.core.runner import padded_graph_sizes
                 graph_sizes = padded_graph_sizes(
                     params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits)))
                 # DELEN_NATIVE_FIRST=0: capture on cuDNN from the start (the A/B of runner's native first);
                 # DELEN_TRIAL_BATCH1=1: batch 1's cuDNN trial in the background while serving (before session 9)
                 options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': graph_sizes,
-                           'pointwise_matmul': use_matmul(params.conv_kernels, model, 'cuda'),
+                           'pointwise_matmul': params.conv_kernels == 'matmul',
                            'native_first': os.environ.get('DELEN_NATIVE_FIRST', '1') != '0',
                            'trial_smallest': os.environ.get('DELEN_TRIAL_BATCH1') == '1',
                            'trials_while_serving': params.cudnn_trials == 'serving'}

@@ -21,7 +21,7 @@ EXECUTORS = ('single', 'events', 'multi')
 IMAGE_QOS = ('sensor_data', 'reliable')
 LATENCY_FROM = ('stamp', 'arrival')
 CUDNN_TRIALS = ('configure', 'serving')
-CONV_KERNELS = ('auto', 'matmul', 'cudnn')   # core.pointwise.CONV_KERNELS (this module stays torch-free)
+CONV_KERNELS = ('cudnn', 'matmul')   # core.pointwise.CONV_KERNELS (this module stays torch-free)
 _LATER = ' Read at configure: a change takes effect at the next configure.'
 
 
@@ -74,13 +74,13 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                     'convolutions (milliseconds), then the larger sizes again with cuDNN, keeping the faster graph '
                     '(batch 1 stays native: cuDNN wins little there); then replay them. False: eager.' + _LATER,
                     None, False),
-    'conv_kernels': ('auto', "On CUDA, the convolutions' kernels. 'matmul': 1x1 convolutions as cuBLAS matrix "
-                     "products, the others on PyTorch's own kernels, no cuDNN: nothing to set up or try, so "
-                     'cifar10_lite0 configures in ~3 s on an H200 instead of 6-7 s (batch-32 graphs 2.25 ms full depth '
-                     "against cuDNN's 1.37 ms; the node is host-bound long before). 'cudnn': PyTorch's kernels first, "
-                     "then cuDNN tried for the larger batch sizes (cudnn_trials). 'auto' (default): 'matmul' for a "
-                     "model whose convolutions are mostly 1x1 (EfficientNet, MobileNet), else 'cudnn'." + _LATER,
-                     CONV_KERNELS, False),
+    'conv_kernels': ('cudnn', "On CUDA, the convolutions' kernels. 'cudnn' (default): PyTorch's own first, then "
+                     'cuDNN tried for the larger batch sizes (cudnn_trials). \'matmul\': 1x1 convolutions as cuBLAS '
+                     "matrix products, the others on PyTorch's kernels, no cuDNN: nothing to set up, so cifar10_lite0 "
+                     'configures in 2.6 s on an H200 instead of 6.4-6.7 s, but its steps run 1.5-1.9x slower at batch '
+                     '8-32, and 10 ms apps beside accuracy cascades at 16 cameras met their bound for 45-78 % of frames '
+                     "against 91 % (benchmarks/h200/conv_kernels_session20). For robots that restart often and run "
+                     'loose bounds.' + _LATER, CONV_KERNELS, False),
     'cudnn_trials': ('configure', "With cuda_graphs and conv_kernels 'cudnn': when the larger batch sizes' graphs are tried on cuDNN. "
                      "'configure' (default): before serving; cifar10_lite0 on an H200 configures in 5.5-6.4 s, "
                      "of which ~2.5 s are cuDNN's set-up. 'serving': in the background once active; configure "

@@ -38,12 +38,11 @@ import torch
 from ..core.bounds import Bounds, InfeasibleBounds, Objective
 from ..core.energy import measure_idle_power_w
 from ..core.engine import Engine, make_runner
-from ..core.pointwise import CONV_KERNELS, use_matmul
+from ..core.pointwise import CONV_KERNELS
 from ..core.results import Result
 from ..core.policies import available_policies
 from ..core.preprocess import preprocess
 from ..core.profile import Profile, device_slug, profile_filename
-from ..core.runner import resolve_device
 
 __all__ = ['main', 'AppSpec', 'Frames', 'quick_bench_profile', 'default_apps', 'arrival_schedule', 'run_once',
            'served_exit_latencies']
@@ -549,9 +548,9 @@ def _parser() -> argparse.ArgumentParser:
                    help='engine preprocessing threads (default: 1 for cpu, 4 for cuda)')
     p.add_argument('--half', action='store_true', help='fp16 on CUDA (runner option)')
     p.add_argument('--cuda-graphs', action='store_true', help='CUDA graphs per stage and batch size (runner option)')
-    p.add_argument('--conv-kernels', choices=CONV_KERNELS, default='auto',
-                   help="on CUDA: 1x1 convolutions as matrix products, no cuDNN ('matmul'), or cuDNN tried ('cudnn'); "
-                        "'auto': as the node (matmul for mostly-1x1 models)")
+    p.add_argument('--conv-kernels', choices=CONV_KERNELS, default='cudnn',
+                   help="on CUDA: cuDNN tried for the larger batch sizes ('cudnn', as the node by default) or 1x1 "
+                        "convolutions as matrix products and no cuDNN ('matmul'); the committed profile of those kernels")
     p.add_argument('--pipeline', choices=('off', 'behind', 'always'), default='off',
                    help="the engine's pipeline (Engine's pipeline parameter)")
     p.add_argument('--separate-turn-cost', action='store_true',
@@ -605,9 +604,14 @@ def _idle_power_w(meter, seconds: float = 2.0) -> float:
     return measure_idle_power_w(meter, window_s=seconds)   # the node's reading: aligned to the meter's updates
 
 
-def _runner_options(args, model=None) -> dict[str, Any]:
+def _kernels_suffix(runner) -> str:
+    """The profile name's kernels part: 'matmul' for a runner serving 1x1 convolutions as matrix products."""
+    return 'matmul' if getattr(runner, 'pointwise_matmul', False) else ''
+
+
+def _runner_options(args) -> dict[str, Any]:
     opts: dict[str, Any] = {}
-    if model is not None and use_matmul(args.conv_kernels, model, resolve_device(args.device).type):
+    if args.conv_kernels == 'matmul':
         opts['pointwise_matmul'] = True
     if args.half:
         opts['half'] = True
@@ -648,13 +652,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runner = make_runner(model, device=args.device, max_batch=max(args.max_batch, args.overload_max_batch),
-                         options=_runner_options(args, model))
+                         options=_runner_options(args))
     meter = _make_meter(args.energy_meter, args.device)
     slug = device_slug(args.device)
     device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith('cuda') else slug
 
     from ..core import zoo
-    committed = zoo.models_dir() / 'profiles' / profile_filename(info.name, slug)
+    committed = zoo.models_dir() / 'profiles' / profile_filename(info.name, slug, _kernels_suffix(runner))
     if args.profile and args.profile != 'quick':
         profile, profile_source = Profile.load(args.profile), args.profile
     elif committed.is_file() and args.profile != 'quick':
@@ -667,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         profile = quick_bench_profile(model, runner, calib, device=args.device, batch_sizes=sizes,
                                       runs=args.profile_reps, meter=meter, power_w=args.power_w)
-        profile.save(out / profile_filename(info.name, slug))
+        profile.save(out / profile_filename(info.name, slug, _kernels_suffix(runner)))
         if args.save_profile:
             profile.save(args.save_profile)
         profile_source = f'quick measurement ({time.perf_counter() - t0:.1f} s, saved in {out})'
@@ -678,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         'model': info.name, 'trained': trained, 'device': args.device, 'device_name': device_name,
         'device_slug': slug, 'torch': torch.__version__, 'python': platform.python_version(),
         'threads': torch.get_num_threads(), 'runner': type(runner).__module__ + '.' + type(runner).__name__,
-        'runner_options': {**_runner_options(args), 'pointwise_matmul': runner.pointwise_matmul}, 'profile_source': profile_source,
+        'runner_options': _runner_options(args), 'profile_source': profile_source,
         'energy_source': meter.source if meter is not None and meter.measured else 'estimate',
         'idle_power_w_subtracted': idle_w, 'accuracy_note': frames.note, 'frames': len(frames.images),
         'args': vars(args), 'profile_exits': [

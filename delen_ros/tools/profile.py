@@ -47,9 +47,8 @@ from typing import Sequence
 import torch
 
 from ..core.energy import MeterUnavailable, available_meters, make_meter
-from ..core.pointwise import CONV_KERNELS, use_matmul
+from ..core.pointwise import CONV_KERNELS
 from ..core.profile import Profile, profile_filename
-from ..core.runner import resolve_device
 from ..core.profiling import (CALIBRATION_THRESHOLDS, CPU_THREAD_POWER_W, GPU_POWER_W, DEFAULT_BATCH_SIZES, calibration_table, cascade_report,  # noqa: F401
                               default_estimate_power_w, format_cascade_report, measure_energy,
                               measure_idle_power_w, profile_model, quick_batch_sizes, quick_profile)
@@ -165,9 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--half', action=argparse.BooleanOptionalAction, default=None, help='fp16 (default: on CUDA)')
     p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='(default: on CUDA)')
     p.add_argument('--cuda-graphs', action='store_true', help='time CUDA-graph replays (as the engine with that option)')
-    p.add_argument('--conv-kernels', choices=CONV_KERNELS, default='auto',
-                   help="on CUDA: 1x1 convolutions as matrix products ('matmul') or on cuDNN ('cudnn'); "
-                        "'auto': as the node does (matmul for mostly-1x1 models)")
+    p.add_argument('--conv-kernels', choices=CONV_KERNELS, default='cudnn',
+                   help="on CUDA: the node's conv_kernels ('cudnn' by default; 'matmul': 1x1 convolutions as matrix "
+                        "products, saved as <model>__<device>__matmul.json)")
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     p.add_argument('--out', default=None, help='output folder (default: <models dir>/profiles)')
     p.add_argument('--no-plots', action='store_true')
@@ -211,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if calib is not None:
                     print(f'{name}: thresholds calibrated on {calib.note}; accuracy reported on {data.note}')
             options = {'half': args.half, 'channels_last': args.channels_last, 'cuda_graphs': args.cuda_graphs,
-                       'pointwise_matmul': use_matmul(args.conv_kernels, model, resolve_device(args.device).type)}
+                       'pointwise_matmul': args.conv_kernels == 'matmul'}
             profile = profile_model(
                 model, device=args.device, batch_sizes=batch_sizes, runs=10 if quick else args.runs,
                 warmup=2 if quick else args.warmup, min_runs=3 if quick else 5,
@@ -221,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 subtract_idle=args.subtract_idle, estimate_power_w=args.estimate_power_w, progress=not args.quiet,
                 max_samples=None if args.max_samples < 0 else args.max_samples,
                 tool='delen_profile --quick' if quick else 'delen_profile', calibration_set=calib)
-            path = profile.save(out_dir / profile_filename(profile.model, profile.device))
+            kernels = 'matmul' if profile.meta.get('pointwise_matmul') else ''
+            path = profile.save(out_dir / profile_filename(profile.model, profile.device, kernels))
             plots = [] if args.no_plots else plot_profile(profile, path)
             print(format_profile(profile))
             if 'cascade_test' in profile.meta:

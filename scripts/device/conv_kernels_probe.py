@@ -12,7 +12,9 @@ Run THERE from the repository root, with the network code wheel importable:
   native_nchw  the same, contiguous NCHW
   mm_nchw      1x1 convolutions as cuBLAS batched matmuls, the rest native, NCHW
   mm_cl        1x1 convolutions as a linear layer over the channels-last (NHWC) view, the rest native
-  mm_dw_cudnn  1x1 convolutions as matmuls, the rest (depthwise, stem, heads) on cuDNN, NCHW (VARIANTS=all)
+  mm_dw_cudnn  1x1 convolutions as matmuls, the rest (depthwise, stem, heads) on cuDNN, NCHW
+  mm_gN        mm_nchw, with maps of at most N pixels through one GEMM over the batch (NHWC view)
+  mm_gN_hiM    mm_gN, with the other convolutions on cuDNN where their maps have at least M pixels
   cudnn_cl     cuDNN, channels-last (the runner's cuDNN graphs; set-up paid here, last)
 Each variant's final logits are compared with cudnn_cl's on the same inputs (largest difference, argmax
 agreement); each graph is also timed on its own (``module_ms``: stages 0-3, then the final head). One JSON
@@ -29,42 +31,11 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-
+from delen_ros.core.pointwise import PointwiseMatmul, is_pointwise
 from delen_ros.core.zoo import load_model
 
 BATCHES = (1, 8, 32)
 REPLAYS = 200
-
-
-class PointwiseMatmul(nn.Module):
-    """A 1x1, stride-1, ungrouped convolution as a matrix product (cuBLAS: no per-shape set-up)."""
-
-    def __init__(self, conv: nn.Conv2d, channels_last: bool):
-        super().__init__()
-        self.weight = nn.Parameter(conv.weight.detach().flatten(1).clone(), requires_grad=False)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        self.channels_last = channels_last
-
-    def forward(self, x):
-        n, c, h, w = x.shape
-        if self.channels_last:
-            # the NHWC view of a channels-last tensor is contiguous: one GEMM [N*H*W, C] x [C, C_out]
-            return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
-        y = torch.matmul(self.weight, x.reshape(n, c, h * w)).view(n, -1, h, w)
-        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
-
-
-def pointwise_as_matmul(module: nn.Module, channels_last: bool) -> int:
-    """Replace every 1x1 / stride-1 / ungrouped / unpadded convolution below ``module``; how many."""
-    count = 0
-    for name, child in module.named_children():
-        if isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1) and child.stride == (1, 1) \
-                and child.groups == 1 and child.padding in ((0, 0), 0, 'valid') and child.dilation == (1, 1):
-            setattr(module, name, PointwiseMatmul(child, channels_last))
-            count += 1
-        else:
-            count += pointwise_as_matmul(child, channels_last)
-    return count
 
 
 def capture(model, batch: int, channels_last: bool):
@@ -90,6 +61,67 @@ def capture(model, batch: int, channels_last: bool):
         cur = out
     torch.cuda.synchronize()
     return graphs, static_in, cur, time.perf_counter() - t0
+
+
+class SingleGemmPointwise(PointwiseMatmul):
+    """The node's PointwiseMatmul, but maps of at most ``max_hw`` pixels go through one GEMM over every
+    pixel of the batch (the NHWC view) instead of one product per image (variants mm_gN, mm_cl)."""
+
+    def __init__(self, conv: nn.Conv2d, max_hw: int):
+        super().__init__(conv)
+        self.max_hw = max_hw
+
+    def forward(self, x):
+        if x.shape[-2] * x.shape[-1] <= self.max_hw:
+            return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+class LargeMapsOnCudnn(nn.Module):
+    """A convolution switched onto cuDNN (a process-wide flag, restored after) for maps of at least
+    ``min_hw`` pixels (variants mm_gN_hiM)."""
+
+    def __init__(self, conv: nn.Conv2d, min_hw: int):
+        super().__init__()
+        self.conv, self.min_hw = conv, min_hw
+
+    def forward(self, x):
+        if x.shape[-2] * x.shape[-1] < self.min_hw or torch.backends.cudnn.enabled:
+            return self.conv(x)
+        torch.backends.cudnn.enabled = True
+        try:
+            return self.conv(x)
+        finally:
+            torch.backends.cudnn.enabled = False
+
+
+def mm_options(variant: str) -> dict:
+    """The options of a variant name: mm_cl, mm_nchw, mm_dw_cudnn, mm_g100, mm_g100_hi1600."""
+    if variant == 'mm_cl':
+        return {'single_gemm_max_hw': 1 << 30}   # every map through one GEMM over the NHWC view
+    opts = {}
+    for part in variant.split('_')[1:]:
+        if part[:1] == 'g' and part[1:].isdigit():
+            opts['single_gemm_max_hw'] = int(part[1:])
+        elif part.startswith('hi'):
+            opts['cudnn_min_hw'] = int(part[2:])
+    return opts
+
+
+def pointwise_as_matmul(module: nn.Module, *, single_gemm_max_hw: int = 0, cudnn_min_hw: int | None = None) -> int:
+    """core.pointwise.pointwise_as_matmul with the variants' options; how many 1x1 convolutions replaced."""
+    count = 0
+    for name, child in module.named_children():
+        if is_pointwise(child):
+            setattr(module, name, SingleGemmPointwise(child, single_gemm_max_hw) if single_gemm_max_hw
+                    else PointwiseMatmul(child))
+            count += 1
+        elif isinstance(child, nn.Conv2d):
+            if cudnn_min_hw is not None:
+                setattr(module, name, LargeMapsOnCudnn(child, cudnn_min_hw))
+        else:
+            count += pointwise_as_matmul(child, single_gemm_max_hw=single_gemm_max_hw, cudnn_min_hw=cudnn_min_hw)
+    return count
 
 
 def module_ms(graphs, reps: int = 100) -> list[float]:
@@ -131,9 +163,9 @@ def main() -> None:
     for variant in variants + ([] if 'cudnn_cl' in variants else ['cudnn_cl']):
         channels_last = variant.endswith('_cl')
         model = copy.deepcopy(base)
-        replaced = pointwise_as_matmul(model, channels_last) if variant.startswith('mm') else 0
+        replaced = pointwise_as_matmul(model, **mm_options(variant)) if variant.startswith('mm') else 0
         model.prepare('cuda', dtype=torch.half, channels_last=channels_last)
-        torch.backends.cudnn.enabled = 'cudnn' in variant
+        torch.backends.cudnn.enabled = 'cudnn' in variant   # mm_gN_hiM: switched on per call, large maps only
         entry = {'pointwise_replaced': replaced, 'batches': {}}
         for b in BATCHES:
             graphs, static_in, static_out, setup_s = capture(model, b, channels_last)

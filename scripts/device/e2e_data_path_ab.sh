@@ -12,8 +12,8 @@
 #   cudnn_first DELEN_NATIVE_FIRST=0: graphs captured on cuDNN from the start; NS_AB cameras, delen
 #   trials_bg  cudnn_trials:=serving: the larger sizes' cuDNN trials in the background once serving, not in
 #              configure (issue 8's configure <= 5 s); NS_AB cameras, POLICIES_AB
-#   cudnn_kernels conv_kernels:=cudnn: cuDNN tried for the larger sizes at configure (the default before session
-#              20, which serves MBConv models' 1x1 convolutions as matrix products); NS_AB cameras, POLICIES_AB
+#   matmul_kernels conv_kernels:=matmul: 1x1 convolutions as matrix products, no cuDNN (configure in ~2.6 s
+#              instead of ~6.5 s, steps slower at batch 8-32); NS_AB cameras, POLICIES_AB
 #   blocking_sync DELEN_BLOCKING_SYNC=1: the worker sleeps in CUDA waits (blocking events) instead of spinning
 #              (the default since session 13); NS_AB cameras, POLICIES_AB
 #   spin_sync  DELEN_BLOCKING_SYNC=0: CUDA's spinning wait, the default before session 13; NS_AB cameras, POLICIES_AB
@@ -129,10 +129,10 @@ skip cudnn_first || DELEN_NATIVE_FIRST=0 TOTAL_S=$(( $(left) - 5 - ${AFTER_CUDNN
 skip trials_bg || TOTAL_S=$(( $(left) - 5 - ${AFTER_TRIALS_BG_S:-150} )) ENGINE=0 NS="${NS_AB:-32}" \
   POLICIES="${POLICIES_AB:-delen,always_final}" NODE_PARAMS="cudnn_trials:=serving" DURATION="$D" \
   bash scripts/device/e2e_gpu.sh "$WORK/trials_bg"
-# cuDNN's kernels, tried at configure: the default before session 20 (1x1 convolutions as matrix products since)
-skip cudnn_kernels || TOTAL_S=$(( $(left) - 5 - ${AFTER_CUDNN_KERNELS_S:-150} )) ENGINE=0 NS="${NS_AB:-32}" \
-  POLICIES="${POLICIES_AB:-delen,always_final}" NODE_PARAMS="conv_kernels:=cudnn" DURATION="$D" \
-  bash scripts/device/e2e_gpu.sh "$WORK/cudnn_kernels"
+# 1x1 convolutions as matrix products and no cuDNN (session 20's quick start): configure and 32 cameras
+skip matmul_kernels || TOTAL_S=$(( $(left) - 5 - ${AFTER_MATMUL_KERNELS_S:-150} )) ENGINE=0 NS="${NS_AB:-32}" \
+  POLICIES="${POLICIES_AB:-delen,always_final}" NODE_PARAMS="conv_kernels:=matmul" DURATION="$D" \
+  bash scripts/device/e2e_gpu.sh "$WORK/matmul_kernels"
 # step times learnt per (step, batch size), as before session 8 (the A/B of the pooled corrector)
 skip per_batch || DELEN_CORRECTOR_PER_BATCH=1 TOTAL_S=$(( $(left) - 5 - ${AFTER_PER_BATCH_S:-200} )) ENGINE=0 \
   NS="${NS_AB:-32}" POLICIES="${POLICIES_AB:-delen,always_final}" DURATION="$D" bash scripts/device/e2e_gpu.sh "$WORK/per_batch"
@@ -163,10 +163,10 @@ if ! skip configure; then
     "$WORK/configure/cudnn_first.json" 2>&1 | tail -2
   # A/B: the cuDNN trials while serving (cudnn_trials:=serving); cuDNN's pre-v8 API (session 18: set-up in tens
   # of ms a graph instead of 0.5-1.8 s, but its kernels half as fast at batch 32)
-  # A/B: cuDNN tried at configure (conv_kernels:=cudnn, the default before session 20)
-  [ "${CONFIGURE_CUDNN:-1}" = 1 ] && CONV_KERNELS=cudnn python3 scripts/device/configure_profile.py \
-    "$WORK/configure/cudnn_kernels.json" 2>&1 | tail -2
-  [ "${CONFIGURE_TRIALS_BG:-1}" = 1 ] && CONV_KERNELS=cudnn CUDNN_TRIALS=serving python3 scripts/device/configure_profile.py \
+  # A/B: 1x1 convolutions as matrix products, no cuDNN (conv_kernels:=matmul)
+  [ "${CONFIGURE_MATMUL:-1}" = 1 ] && CONV_KERNELS=matmul python3 scripts/device/configure_profile.py \
+    "$WORK/configure/matmul_kernels.json" 2>&1 | tail -2
+  [ "${CONFIGURE_TRIALS_BG:-1}" = 1 ] && CUDNN_TRIALS=serving python3 scripts/device/configure_profile.py \
     "$WORK/configure/trials_bg.json" 2>&1 | tail -2
   [ "${CONFIGURE_V7:-0}" = 1 ] && TORCH_CUDNN_V8_API_DISABLED=1 python3 scripts/device/configure_profile.py \
     "$WORK/configure/cudnn_v7_api.json" 2>&1 | tail -2
