@@ -236,6 +236,22 @@ def test_cli_quick(tmp_path, capsys):
     assert 'wrote' in capsys.readouterr().out
 
 
+def test_cli_profile_of_matmul_kernels_has_a_name_of_its_own(tmp_path):
+    """--conv-kernels matmul (the node's conv_kernels:=matmul) is timed through a runner serving 1x1
+    convolutions as matrix products and saved beside the default profile, not over it."""
+    from delen_ros.core.architectures import get_architecture
+    from delen_ros.core.zoo import save_model
+    model = get_architecture('fashion_mnist')(info=None)
+    save_model(model, tmp_path / 'models' / 'fashion_mnist', architecture='fashion_mnist')
+    out = tmp_path / 'profiles'
+    rc = main([str(tmp_path / 'models' / 'fashion_mnist.json'), '--quick', '--quiet', '--out', str(out), '--no-plots',
+               '--meter', 'estimate', '--batch-sizes', '1', '--eval-limit', '20', '--conv-kernels', 'matmul'])
+    assert rc == 0
+    [path] = out.iterdir()
+    assert path.name.startswith('fashion_mnist__cpu-') and path.name.endswith('__matmul.json')
+    assert Profile.from_dict(json.loads(path.read_text())).meta['pointwise_matmul'] is True
+
+
 @pytest.mark.parametrize('argv, rc', [
     (['fashion_mnist', '--meter', 'tegrastats'], 2),
     (['no_such_model', '--meter', 'estimate', '--quick', '--quiet'], 1),

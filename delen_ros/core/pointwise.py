@@ -77,4 +77,3 @@ def pointwise_as_matmul(module: nn.Module) -> int:
         else:
             count += pointwise_as_matmul(child)
     return count
-

@@ -38,11 +38,11 @@ against none of 4 with the trials before serving (session 18). So before serving
 the node's ``cudnn_trials:=serving`` chooses the quick start, for robots that restart often or start
 with few cameras.
 
-Pointwise as matmul (``pointwise_matmul``, the node's default for MBConv networks on CUDA since session
-20): the model's 1x1 convolutions become cuBLAS matrix products (``core/pointwise.py``), the rest run on
-PyTorch's own kernels, NCHW, and cuDNN is never used: every size is captured in milliseconds and
-nothing is tried, before serving or while (H200, ``cifar10_lite0`` full depth at batch 32: 2.25 ms,
-against cuDNN's 1.37 and PyTorch's convolutions' 6.1).
+Pointwise as matmul (``pointwise_matmul``, the node's ``conv_kernels:=matmul``, session 20): the model's
+1x1 convolutions become cuBLAS matrix products (``core/pointwise.py``), the rest run on PyTorch's own
+kernels, NCHW, and cuDNN is never used: every size is captured in milliseconds and nothing is tried,
+before serving or while (H200, ``cifar10_lite0`` full depth at batch 32: 2.25 ms, against cuDNN's 1.37
+and PyTorch's convolutions' 6.1). The quick start: its slower steps cost tight bounds.
 """
 from __future__ import annotations
 

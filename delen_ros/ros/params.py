@@ -81,7 +81,8 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                      '8-32, and 10 ms apps beside accuracy cascades at 16 cameras met their bound for 45-78 % of frames '
                      "against 91 % (benchmarks/h200/conv_kernels_session20). For robots that restart often and run "
                      'loose bounds.' + _LATER, CONV_KERNELS, False),
-    'cudnn_trials': ('configure', "With cuda_graphs and conv_kernels 'cudnn': when the larger batch sizes' graphs are tried on cuDNN. "
+    'cudnn_trials': ('configure', "With cuda_graphs and conv_kernels 'cudnn': when the larger batch sizes' graphs "
+                     "are tried on cuDNN. "
                      "'configure' (default): before serving; cifar10_lite0 on an H200 configures in 5.5-6.4 s, "
                      "of which ~2.5 s are cuDNN's set-up. 'serving': in the background once active; configure "
                      'takes 2.7-3.3 s, but those sizes run natively (2x slower at batch 32) for the first ~5 s '
