@@ -56,9 +56,10 @@ def load_profile(params: NodeParams, model: Any, device: str, meter: Any, log: C
         return Profile.load(path), path
     name = model.info.name
     folder = models_dir() / 'profiles'
-    committed = folder / profile_filename(name, device_slug(device))
+    slug = device_slug(device)
+    committed = folder / profile_filename(name, slug)
     if device.startswith('cuda') and params.conv_kernels == 'matmul':   # measured with the kernels that serve
-        own = folder / profile_filename(name, device_slug(device), 'matmul')
+        own = folder / profile_filename(name, slug, 'matmul')
         committed = own if own.is_file() else committed
     if committed.is_file():
         return Profile.load(committed), str(committed)

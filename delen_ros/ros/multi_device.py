@@ -34,7 +34,8 @@ def meter_kind(energy_meter: str, devices: Sequence[str]) -> str:
     Why: on two H200s, one node with an NVML meter per GPU answered 30-71 % of 64 cameras' frames in
     six runs, and 93-96 % with estimated energy in two (benchmarks/h200/multi_gpu_session19); one node
     per GPU, each with its one NVML meter, answered 100 %. How the meters hold the workers up is not
-    known. ``energy_meter:=nvml`` still measures.
+    known: the reads themselves (2.6 ms each) hold no CUDA work up, on one GPU or two, in one process
+    or two (session 20, benchmarks/h200/conv_kernels_session20). ``energy_meter:=nvml`` still measures.
     """
     if energy_meter == 'auto' and sum(1 for d in devices if d.startswith('cuda')) > 1:
         return 'estimate'
