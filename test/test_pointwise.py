@@ -120,7 +120,7 @@ def test_cifar10_lite0_answers_the_same_with_its_1x1_convolutions_as_matrix_prod
 
 def test_the_node_takes_the_profile_measured_with_its_kernels(monkeypatch):
     """conv_kernels:=matmul on CUDA loads <model>__<device>__matmul.json where it is committed (its steps
-    run 1.5-1.9x longer at batch 8-32 than the default profile says), else the default one."""
+    run longer at batch 32 than the default profile says: 1.4x for block 2 in session 21), else the default one."""
     pytest.importorskip('rcl_interfaces')
     import dataclasses
 
@@ -137,4 +137,5 @@ def test_the_node_takes_the_profile_measured_with_its_kernels(monkeypatch):
         assert source.endswith(expected) and profile.num_exits == 4, (kernels, device, source)
     matmul = assembly.load_profile(dataclasses.replace(defaults, conv_kernels='matmul'), model, 'cuda:0', None, print)[0]
     cudnn = assembly.load_profile(defaults, model, 'cuda:0', None, print)[0]
-    assert matmul.meta['pointwise_matmul'] and matmul.step_ms(0, 32) > 1.5 * cudnn.step_ms(0, 32)
+    assert matmul.meta['pointwise_matmul'] and not cudnn.meta.get('pointwise_matmul')
+    assert matmul.step_ms(0, 32) > 1.2 * cudnn.step_ms(0, 32)

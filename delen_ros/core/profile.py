@@ -232,6 +232,29 @@ class Profile:
         return Cascade(min_accuracy=min_accuracy, thresholds=thresholds, exit_accuracy=exit_acc,
                        rest_accuracy=rest_acc, fractions=fractions, accuracy=accuracy)
 
+    #: meta entries that describe accuracy and calibration, not timing (:meth:`with_accuracy_from`)
+    ACCURACY_META = ('eval_images', 'samples', 'samples_from', 'calibration_note', 'calibration_images',
+                     'calibration_accuracy', 'cascade_test', 'cascade_test_note')
+
+    def with_accuracy_from(self, other: 'Profile', *, note: str) -> 'Profile':
+        """This profile's times and energies with ``other``'s accuracy, calibration and samples: a
+        re-timing (new kernels, a simplified network computing the same function) without the data set.
+        ``meta['accuracy_from']`` says where they came from (``note``); ``cascade_test``'s latency and
+        energy ratios stay ``other``'s.
+
+        :raises ValueError: ``other`` profiles another model or other exits.
+        """
+        if (other.model, [e.name for e in other.exits]) != (self.model, [e.name for e in self.exits]):
+            raise ValueError(f'accuracy from a profile of {other.model!r} {[e.name for e in other.exits]} cannot '
+                             f'go into one of {self.model!r} {[e.name for e in self.exits]}')
+        exits = tuple(dataclasses.replace(e, accuracy=o.accuracy, calibration=o.calibration)
+                      for e, o in zip(self.exits, other.exits))
+        meta = {k: v for k, v in self.meta.items() if k not in self.ACCURACY_META}
+        meta.update({k: other.meta[k] for k in self.ACCURACY_META if k in other.meta})
+        meta['accuracy_from'] = note
+        return dataclasses.replace(self, exits=exits, samples=other.samples, accuracy_note=other.accuracy_note,
+                                   meta=meta)
+
     # --- persistence -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

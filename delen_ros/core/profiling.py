@@ -295,6 +295,7 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
         'channels_last': runner.channels_last,
         'cuda_graphs': runner.cuda_graphs,
         'pointwise_matmul': getattr(runner, 'pointwise_matmul', False),
+        'folded_batch_norms': runner.folded.batch_norms if getattr(runner, 'folded', None) else 0,
         'runs_per_batch_size': {str(b): n for b, n in runs_done.items()},
         'warmup_runs': warmup,
         'eval_images': eval_count,

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 
 from .architectures import get_architecture
+from .fold import is_folded
 from .multi_exit import ModelInfo, MultiExitModel
 
 __all__ = ['FORMAT_VERSION', 'models_dir', 'available_models', 'load_model', 'save_model', 'read_model_json',
@@ -167,6 +168,9 @@ def save_model(model: MultiExitModel, path: str | os.PathLike, *, architecture: 
         loading converts back to the model's dtype); ``torch.int8``: :func:`quantize_int8`.
     """
     get_architecture(architecture)  # fail before writing anything if the name is unknown
+    if is_folded(model):
+        raise ValueError(f'{model.info.name!r} has been folded for serving (its batch norms are in its convolutions): '
+                         'its weights no longer fit its architecture; save the model before a StageRunner serves it')
     path = pathlib.Path(path)
     if path.suffix in ('.pt', '.json'):
         path = path.with_suffix('')

@@ -156,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
                         f'CPU thread; {GPU_POWER_W:g} W on CUDA)')
     p.add_argument('--eval-limit', type=int, default=None, help='at most this many eval images (default all; quick 500)')
     p.add_argument('--no-eval', action='store_true', help='take accuracy from the model file; no calibration')
+    p.add_argument('--accuracy-from', default=None, metavar='PROFILE',
+                   help="re-time only: accuracy, calibration and samples from this profile (the same model; implies "
+                        "--no-eval), e.g. on a device without the data set")
     p.add_argument('--calibration', choices=('auto', 'eval'), default='auto',
                    help='auto: calibrate on the data set\'s validation split where it has one (CIFAR-10), else '
                         'on the eval set; eval: always on the eval set')
@@ -196,10 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f'energy meter: {meter.source} ({meter.detail})')
     try:
+        accuracy_from = Profile.load(args.accuracy_from) if args.accuracy_from else None
         for name in args.models:
             model = load_model(name)
             data = None
-            if not args.no_eval:
+            if not args.no_eval and accuracy_from is None:
                 try:
                     data = datasets.eval_set(model.info.name, limit=eval_limit)
                 except (KeyError, FileNotFoundError) as exc:
@@ -220,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 subtract_idle=args.subtract_idle, estimate_power_w=args.estimate_power_w, progress=not args.quiet,
                 max_samples=None if args.max_samples < 0 else args.max_samples,
                 tool='delen_profile --quick' if quick else 'delen_profile', calibration_set=calib)
+            if accuracy_from is not None:
+                profile = profile.with_accuracy_from(accuracy_from, note=f'accuracy, calibration and samples from '
+                                                     f'{pathlib.Path(args.accuracy_from).name} ({accuracy_from.meta.get("date", "?")})')
             kernels = 'matmul' if profile.meta.get('pointwise_matmul') else ''
             path = profile.save(out_dir / profile_filename(profile.model, profile.device, kernels))
             plots = [] if args.no_plots else plot_profile(profile, path)

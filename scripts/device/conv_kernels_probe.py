@@ -16,6 +16,8 @@ Run THERE from the repository root, with the network code wheel importable:
   mm_gN        mm_nchw, with maps of at most N pixels through one GEMM over the batch (NHWC view)
   mm_gN_hiM    mm_gN, with the other convolutions on cuDNN where their maps have at least M pixels
   cudnn_cl     cuDNN, channels-last (the runner's cuDNN graphs; set-up paid here, last)
+  fold_<v>     variant <v> on the network folded for inference (core/fold.py: batch norms into the
+               convolutions, symmetric "same" padding into them), as the runner serves it since session 21
 Each variant's final logits are compared with cudnn_cl's on the same inputs (largest difference, argmax
 agreement); each graph is also timed on its own (``module_ms``: stages 0-3, then the final head). One JSON
 object. ``VARIANTS``: a comma-separated subset, in that order (default: all).
@@ -31,6 +33,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+from delen_ros.core.fold import fold_for_inference
 from delen_ros.core.pointwise import PointwiseMatmul, is_pointwise
 from delen_ros.core.zoo import load_model
 
@@ -163,10 +166,13 @@ def main() -> None:
     for variant in variants + ([] if 'cudnn_cl' in variants else ['cudnn_cl']):
         channels_last = variant.endswith('_cl')
         model = copy.deepcopy(base)
-        replaced = pointwise_as_matmul(model, **mm_options(variant)) if variant.startswith('mm') else 0
+        kernels = variant.removeprefix('fold_')
+        folded = fold_for_inference(model) if kernels != variant else None
+        replaced = pointwise_as_matmul(model, **mm_options(kernels)) if kernels.startswith('mm') else 0
         model.prepare('cuda', dtype=torch.half, channels_last=channels_last)
         torch.backends.cudnn.enabled = 'cudnn' in variant   # mm_gN_hiM: switched on per call, large maps only
-        entry = {'pointwise_replaced': replaced, 'batches': {}}
+        entry = {'pointwise_replaced': replaced, 'batches': {},
+                 'folded': None if folded is None else {'batch_norms': folded.batch_norms, 'paddings': folded.paddings}}
         for b in BATCHES:
             graphs, static_in, static_out, setup_s = capture(model, b, channels_last)
             static_in.copy_(inputs[b])

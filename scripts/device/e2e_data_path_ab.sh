@@ -51,6 +51,7 @@
 #   device call, carry [".whl", ".devdata/cifar10_test.npz", ".devdata/pytest"]:
 #     bash scripts/device/e2e_data_path_ab.sh "$OUT"
 #   here: tar xzf OUT/ab.tgz -C somewhere; delen_e2e_bench --replot somewhere/new/e2e/e2e.json --out ...
+# KERNELS_PROBE=1, RETIME=1 (RETIME_EXTRA) and FOLD_AB=1: see below (the kernels alone; the profiles re-timed before the parts).
 # BENCH_FIRST=1 runs delen_bench (issue 9's engine bench, committed profile) before the parts: BENCH_S seconds
 # (5) of each of BENCH_SCENARIOS (steady,bursty,overload) and BENCH_POLICIES (all five); BENCH_EXTRA: more
 # delen_bench arguments (e.g. --frame-count 3000 for 60 s at 15 Hz without repeating a frame).
@@ -71,6 +72,44 @@ if ls .devdata/pytest/*.whl >/dev/null 2>&1; then
       test/test_preprocess.py test/test_runner.py test/test_engine.py test/test_graph_sizes.py \
       test/test_background_capture.py test/test_fused_steps.py test/test_preload.py 2>&1 | tail -15
   echo "[ab] CUDA tests done at $(( $(date +%s) - t0 )) s"
+fi
+# KERNELS_PROBE=1: scripts/device/conv_kernels_probe.py (its VARIANTS) on cuda:0 before any node: the kernels alone
+if [ "${KERNELS_PROBE:-0}" = 1 ]; then
+  timeout 300 python3 scripts/device/conv_kernels_probe.py "$WORK/conv_kernels_probe.json" 2>&1 | grep -v '^ \|^{\|^}' | tail -30
+  echo "[ab] kernels probe done at $(( $(date +%s) - t0 )) s"
+fi
+# RETIME=1: re-time the committed H200 profiles of $MODEL (cudnn and matmul kernels) through the runner as it
+# serves now (delen_profile --accuracy-from the committed one: accuracy, calibration and samples kept), written
+# into models/profiles so that every part below serves with them; copies in $WORK/profiles
+if [ "${RETIME:-0}" = 1 ]; then
+  mkdir -p "$WORK/profiles"
+  for kernels in cudnn matmul; do
+    name="${MODEL}__cuda-nvidia-h200"; [ "$kernels" = matmul ] && name="${name}__matmul"
+    cp "models/profiles/$name.json" "$WORK/profiles/$name.committed.json"
+    timeout 200 python3 -m delen_ros.tools.profile "$MODEL" --device cuda --cuda-graphs --conv-kernels "$kernels" \
+      --subtract-idle --energy-window-s 0.6 --accuracy-from "$WORK/profiles/$name.committed.json" --quiet \
+      --out models/profiles 2>&1 | tail -8
+    cp models/profiles/"$name".* "$WORK/profiles/"
+  done
+  echo "[ab] re-timed at $(( $(date +%s) - t0 )) s"
+fi
+# RETIME_EXTRA: the same for more models, cuDNN kernels only (e.g. "cifar10_resnet9 fashion_mnist")
+if [ -n "${RETIME_EXTRA:-}" ]; then
+  mkdir -p "$WORK/profiles"
+  for extra in ${RETIME_EXTRA:-}; do
+    name="${extra}__cuda-nvidia-h200"
+    cp "models/profiles/$name.json" "$WORK/profiles/$name.committed.json"
+    timeout 200 python3 -m delen_ros.tools.profile "$extra" --device cuda --cuda-graphs --subtract-idle \
+      --energy-window-s 0.6 --accuracy-from "$WORK/profiles/$name.committed.json" --quiet --no-plots \
+      --out models/profiles 2>&1 | tail -6
+    cp "models/profiles/$name.json" "$WORK/profiles/"
+  done
+  echo "[ab] re-timed at $(( $(date +%s) - t0 )) s"
+fi
+# FOLD_AB=1: benchmarks/fold_ab.py on cuda:0 (the network folded for inference against as trained, through the runner)
+if [ "${FOLD_AB:-0}" = 1 ]; then
+  PYTHONPATH="$ROOT:${PYTHONPATH:-}" timeout 240 python3 benchmarks/fold_ab.py --device cuda --out "$WORK/fold_ab" 2>&1 | tail -12
+  echo "[ab] fold A/B done at $(( $(date +%s) - t0 )) s"
 fi
 # UPLOAD_PATHS=1: what one frame's upload costs the receiving thread, staged / in place / pageable (benchmarks/upload_paths.py)
 if [ "${UPLOAD_PATHS:-0}" = 1 ]; then
@@ -168,6 +207,9 @@ if ! skip configure; then
     "$WORK/configure/matmul_kernels.json" 2>&1 | tail -2
   [ "${CONFIGURE_TRIALS_BG:-1}" = 1 ] && CUDNN_TRIALS=serving python3 scripts/device/configure_profile.py \
     "$WORK/configure/trials_bg.json" 2>&1 | tail -2
+  # A/B: batch 1's cuDNN trial too, in the background (DELEN_TRIAL_BATCH1=1): native or cuDNN at batch 1, per graph
+  [ "${CONFIGURE_TRIAL_BATCH1:-0}" = 1 ] && DELEN_TRIAL_BATCH1=1 python3 scripts/device/configure_profile.py \
+    "$WORK/configure/trial_batch1.json" 2>&1 | tail -2
   [ "${CONFIGURE_V7:-0}" = 1 ] && TORCH_CUDNN_V8_API_DISABLED=1 python3 scripts/device/configure_profile.py \
     "$WORK/configure/cudnn_v7_api.json" 2>&1 | tail -2
   # import torch, twice: cold and warm page cache (and whether its bytecode is cached)
