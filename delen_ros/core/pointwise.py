@@ -17,7 +17,8 @@ on PyTorch's kernels are cheap. Measured on an H200 (``scripts/device/conv_kerne
     matmul (this)  0.60 ms    1.03 ms     2.25 ms     0.03-0.04 s
     ============  =========  ==========  ==========  ==========================
 
-The node configures in 2.6 s instead of 6.4-6.7 s with it, and 32 cameras x 30 Hz at 33 ms lose
+(The network as trained. Folded for inference, as the runner now serves it, ``core/fold.py``: cuDNN 0.39 / 0.57 /
+1.04 ms, matmul 0.37 / 0.70 / 1.68 ms.) The node configures in 2.6 s instead of 6.4-6.7 s with it, and 32 cameras x 30 Hz at 33 ms lose
 nothing; but steps at batch 8-32 run 1.5-1.9x longer, and tight bounds pay for it (10 ms apps beside
 accuracy cascades at 16 cameras: 45-78 % of frames in time against 91 % on cuDNN). So cuDNN stays the
 default and this is the quick start, for robots that restart often and run loose bounds.
