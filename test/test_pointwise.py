@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from delen_ros.core.multi_exit import ModelInfo, MultiExitModel
-from delen_ros.core.pointwise import CONV_KERNELS, PointwiseMatmul, is_pointwise, pointwise_as_matmul
+from delen_ros.core.pointwise import (CONV_KERNELS, PointwiseMatmul, PointwiseNative, is_pointwise, nchw_matmul,
+                                     nhwc_linear, pointwise_as_matmul, pointwise_native_linear)
 from delen_ros.core.profile import profile_filename
 from delen_ros.core.runner import StageRunner
 
@@ -103,6 +104,47 @@ def test_cuda_matmul_graphs_need_no_cudnn_and_answer_as_cudnn_does():
     assert graphs.graph_count == 2 * 3 * 4 and set(graphs.conv_backends().values()) == {'native'}
     assert graphs.cudnn_trials() == {} and graphs.capture_state().settled
     assert graphs.start_background_capture() is False
+    for got, want in zip(chain(graphs, x), chain(eager, x)):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize('bias', [False, True])
+def test_a_pointwise_convolution_as_matrix_products_is_the_convolution(bias):
+    torch.manual_seed(2)
+    conv = nn.Conv2d(12, 20, 1, bias=bias).eval()
+    x = torch.randn(5, 12, 7, 9).contiguous(memory_format=torch.channels_last)
+    got = nhwc_linear(conv, x)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == (5, 20, 7, 9)
+    torch.testing.assert_close(got, conv(x), rtol=1e-5, atol=1e-5)
+    nchw = x.contiguous()
+    torch.testing.assert_close(nchw_matmul(conv, nchw), conv(nchw), rtol=1e-5, atol=1e-5)
+
+
+def test_the_native_wrapper_is_the_convolution_where_it_takes_no_product():
+    model = mbconv_model()
+    assert pointwise_native_linear(model) == 6 and pointwise_native_linear(model) == 0   # not wrapped twice
+    wrapper = next(m for m in model.modules() if isinstance(m, PointwiseNative))
+    x = torch.randn(8, wrapper.conv.in_channels, 5, 5).contiguous(memory_format=torch.channels_last)
+    with torch.backends.cudnn.flags(enabled=False):   # cuDNN off, but a CPU batch
+        assert torch.equal(wrapper(x), wrapper.conv(x))
+    with pytest.raises(ValueError, match='1x1'):
+        PointwiseNative(nn.Conv2d(4, 4, 3))
+
+
+def test_runners_wrap_only_on_cuda_with_cudnn_kernels():
+    cpu = StageRunner(mbconv_model(), device='cpu')
+    assert not cpu.native_linear and not any(isinstance(m, PointwiseNative) for m in cpu.model.modules())
+
+
+@needs_cuda
+def test_cuda_native_graphs_run_the_1x1_convolutions_as_products_with_the_same_answers():
+    """Native first: every size captured with cuDNN off, the 1x1 convolutions of batch 4 and up as matrix
+    products over the NHWC view; the cuDNN trial of the larger size follows. Answers as eager cuDNN's."""
+    x = torch.randn(6, 3, 16, 16)
+    eager = StageRunner(mbconv_model(), device='cuda', cuda_graphs=False, native_linear=False)
+    graphs = StageRunner(mbconv_model(), device='cuda', cuda_graphs=True, max_batch=8, background_capture=True)
+    assert graphs.native_linear and sum(isinstance(m, PointwiseNative) for m in graphs.model.modules()) == 6
+    graphs.warmup()
     for got, want in zip(chain(graphs, x), chain(eager, x)):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 

@@ -34,9 +34,11 @@ until session 18, which made ``cifar10_lite0``'s configure 4.4-5.7 s of warm-up 
 set-up, 0.5-1.8 s a stage at batch 32); in the background, the warm-up is 0.3 s and the trials end
 ~5 s into service, batch 32 running natively meanwhile (1.9 -> 3.9 ms at full depth). At 32 cameras x
 30 Hz, 4 of 6 runs lost nothing, 2 lost 0.2-1 s of frames (up to 1.3 s late) while the trials ran,
-against none of 4 with the trials before serving (session 18). So before serving stays the default;
-the node's ``cudnn_trials:=serving`` chooses the quick start, for robots that restart often or start
-with few cameras.
+against none of 4 with the trials before serving (session 18). Since session 21 the native graphs run the
+1x1 convolutions as matrix products (``native_linear``: batch 32 full depth 1.7 ms, not 5.4) on a network
+folded for inference, and the trials take ~2 s: the node's default is ``cudnn_trials:=serving`` (configure ->
+first result 0.4-0.6 s; 32 cameras x 30 Hz 100 / 100 % in 4 of 4 runs, and with the first frames counted
+as lossy as the trials before serving), ``cudnn_trials:=configure`` the trials before serving.
 
 Pointwise as matmul (``pointwise_matmul``, the node's ``conv_kernels:=matmul``, session 20): the model's
 1x1 convolutions become cuBLAS matrix products (``core/pointwise.py``), the rest run on PyTorch's own
@@ -60,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from .fold import FoldCount, fold_for_inference
-from .pointwise import pointwise_as_matmul
+from .pointwise import pointwise_as_matmul, pointwise_native_linear
 from .thread_names import name_os_thread
 
 if TYPE_CHECKING:
@@ -397,6 +399,10 @@ class StageRunner:
     :param fold_batch_norms: fold the model's batch norms into its convolutions and its symmetric
         "same" padding into them (:func:`~delen_ros.core.fold.fold_for_inference`; in place, so the
         model is for serving only from then on): the same outputs with fewer passes over the features.
+    :param native_linear: on CUDA, channels-last, with cuDNN's kernels (not ``pointwise_matmul``): the graphs
+        captured with cuDNN off run the 1x1 convolutions of batches of 4 or more as matrix products over the
+        NHWC view (:class:`~delen_ros.core.pointwise.PointwiseNative`) rather than on PyTorch's slow 1x1
+        convolution: what serves until, or where, cuDNN's graphs are not faster.
 
     All calls run under ``torch.inference_mode()``. Calls are asynchronous on CUDA: time them
     between :meth:`synchronize` calls. One thread serves (calls :meth:`stage` and :meth:`head`);
@@ -407,7 +413,7 @@ class StageRunner:
                  channels_last: bool | None = None, cuda_graphs: bool = False, max_batch: int = 32,
                  graph_sizes: Sequence[int] | None = None, background_capture: bool = True,
                  native_first: bool = True, trial_smallest: bool = False, trials_while_serving: bool = False,
-                 pointwise_matmul: bool = False, fold_batch_norms: bool = True):
+                 pointwise_matmul: bool = False, fold_batch_norms: bool = True, native_linear: bool = True):
         self.device = resolve_device(device)
         cuda = self.device.type == 'cuda'
         half = cuda if half is None else half
@@ -420,6 +426,10 @@ class StageRunner:
             pointwise_as_matmul(model)   # after folding: the matrix products take the folded biases
         # NCHW for matrix products (channels-last: 2.8 against 2.25 ms at batch 32 on an H200)
         self.channels_last = (cuda and not self.pointwise_matmul) if channels_last is None else bool(channels_last)
+        # the native graphs (cuDNN off) run 1x1 convolutions as matrix products over the NHWC view
+        self.native_linear = bool(native_linear) and cuda and self.channels_last and not self.pointwise_matmul
+        if self.native_linear:
+            pointwise_native_linear(model)
         self.dtype = torch.float16 if half else torch.float32
         self.max_batch = max_batch
         self.graph_sizes = tuple(sorted(set(graph_sizes))) if graph_sizes else graph_batch_sizes(max_batch)

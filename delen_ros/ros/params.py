@@ -20,7 +20,7 @@ __all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 
 EXECUTORS = ('single', 'events', 'multi')
 IMAGE_QOS = ('sensor_data', 'reliable')
 LATENCY_FROM = ('stamp', 'arrival')
-CUDNN_TRIALS = ('configure', 'serving')
+CUDNN_TRIALS = ('serving', 'configure')   # the default first
 CONV_KERNELS = ('cudnn', 'matmul')   # core.pointwise.CONV_KERNELS (this module stays torch-free)
 _LATER = ' Read at configure: a change takes effect at the next configure.'
 
@@ -81,13 +81,14 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                      '8-32, and 10 ms apps beside accuracy cascades at 16 cameras met their bound for 45-78 % of frames '
                      "against 91 % (benchmarks/h200/conv_kernels_session20). For robots that restart often and run "
                      'loose bounds.' + _LATER, CONV_KERNELS, False),
-    'cudnn_trials': ('configure', "With cuda_graphs and conv_kernels 'cudnn': when the larger batch sizes' graphs "
-                     "are tried on cuDNN. "
-                     "'configure' (default): before serving; cifar10_lite0 on an H200 configures in 5.5-6.4 s, "
-                     "of which ~2.5 s are cuDNN's set-up. 'serving': in the background once active; configure "
-                     'takes 2.7-3.3 s, but those sizes run natively (2x slower at batch 32) for the first ~5 s '
-                     'and, at 32 cameras x 30 Hz, 2 of 6 runs lost 0.2-1 s of frames then '
-                     '(benchmarks/h200/e2e_session18).' + _LATER, CUDNN_TRIALS, False),
+    'cudnn_trials': ('serving', "With cuda_graphs and conv_kernels 'cudnn': when the larger batch sizes' graphs "
+                     "are tried on cuDNN. 'serving' (default, session 21): in the background once active; until "
+                     "then those sizes replay graphs captured without cuDNN (1x1 convolutions as matrix products: "
+                     "1.7 against 1.0 ms full depth at batch 32 for cifar10_lite0 on an H200), for ~2 s; configure "
+                     "-> first result 0.4-0.6 s, the node's configure from a cold start 2.2-3.1 s. 'configure': before "
+                     "serving, 2.6-3.4 s and 4.3-9.5 s (benchmarks/h200/fold_session21). In sessions 18-19, with "
+                     "~6 ms native batch-32 graphs and ~5 s of trials, 2 of 8 runs at 32 cameras lost 0.2-1 s of "
+                     "frames while they ran." + _LATER, CUDNN_TRIALS, False),
     'fuse_steps': (True, 'Run the steps whose exits the policy decides without a confidence (latency or energy bounds '
                    'alone, always_final) back to back: one head and one device sync per worker turn, not one per '
                    'exit. False: one step per turn (A/B).' + _LATER, None, False),

@@ -16,6 +16,8 @@ Run THERE from the repository root, with the network code wheel importable:
   mm_gN        mm_nchw, with maps of at most N pixels through one GEMM over the batch (NHWC view)
   mm_gN_hiM    mm_gN, with the other convolutions on cuDNN where their maps have at least M pixels
   cudnn_cl     cuDNN, channels-last (the runner's cuDNN graphs; set-up paid here, last)
+  nlin_cl      channels-last, cuDNN off, 1x1 convolutions of batches >= 4 through core.pointwise.PointwiseNative
+               (one matrix product over the NHWC view): the runner's native graphs since session 21
   fold_<v>     variant <v> on the network folded for inference (core/fold.py: batch norms into the
                convolutions, symmetric "same" padding into them), as the runner serves it since session 21
 Each variant's final logits are compared with cudnn_cl's on the same inputs (largest difference, argmax
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from delen_ros.core.fold import fold_for_inference
-from delen_ros.core.pointwise import PointwiseMatmul, is_pointwise
+from delen_ros.core.pointwise import PointwiseMatmul, is_pointwise, pointwise_native_linear
 from delen_ros.core.zoo import load_model
 
 BATCHES = (1, 8, 32)
@@ -169,6 +171,8 @@ def main() -> None:
         kernels = variant.removeprefix('fold_')
         folded = fold_for_inference(model) if kernels != variant else None
         replaced = pointwise_as_matmul(model, **mm_options(kernels)) if kernels.startswith('mm') else 0
+        if kernels == 'nlin_cl':
+            replaced = pointwise_native_linear(model)
         model.prepare('cuda', dtype=torch.half, channels_last=channels_last)
         torch.backends.cudnn.enabled = 'cudnn' in variant   # mm_gN_hiM: switched on per call, large maps only
         entry = {'pointwise_replaced': replaced, 'batches': {},

@@ -11,7 +11,7 @@
 #   nofuse     fuse_steps:=false (one step per worker turn) on NS_AB cameras, delen
 #   cudnn_first DELEN_NATIVE_FIRST=0: graphs captured on cuDNN from the start; NS_AB cameras, delen
 #   trials_bg  cudnn_trials:=serving: the larger sizes' cuDNN trials in the background once serving, not in
-#              configure (issue 8's configure <= 5 s); NS_AB cameras, POLICIES_AB
+#              configure (issue 8's configure <= 5 s; the default since session 21); NS_AB cameras, POLICIES_AB
 #   matmul_kernels conv_kernels:=matmul: 1x1 convolutions as matrix products, no cuDNN (configure in ~2.6 s
 #              instead of ~6.5 s, steps slower at batch 8-32); NS_AB cameras, POLICIES_AB
 #   blocking_sync DELEN_BLOCKING_SYNC=1: the worker sleeps in CUDA waits (blocking events) instead of spinning
@@ -70,7 +70,7 @@ if ls .devdata/pytest/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/delen_pytest .devdata/pytest/*.whl \
     && PYTHONPATH="/tmp/delen_pytest:${PYTHONPATH:-}" timeout 150 python3 -m pytest -q -p no:cacheprovider \
       test/test_preprocess.py test/test_runner.py test/test_engine.py test/test_graph_sizes.py \
-      test/test_background_capture.py test/test_fused_steps.py test/test_preload.py 2>&1 | tail -15
+      test/test_background_capture.py test/test_fused_steps.py test/test_preload.py test/test_pointwise.py 2>&1 | tail -15
   echo "[ab] CUDA tests done at $(( $(date +%s) - t0 )) s"
 fi
 # KERNELS_PROBE=1: scripts/device/conv_kernels_probe.py (its VARIANTS) on cuda:0 before any node: the kernels alone
@@ -207,6 +207,9 @@ if ! skip configure; then
     "$WORK/configure/matmul_kernels.json" 2>&1 | tail -2
   [ "${CONFIGURE_TRIALS_BG:-1}" = 1 ] && CUDNN_TRIALS=serving python3 scripts/device/configure_profile.py \
     "$WORK/configure/trials_bg.json" 2>&1 | tail -2
+  # A/B: the trials before serving (cudnn_trials:=configure; the default until session 21)
+  [ "${CONFIGURE_TRIALS_BEFORE:-1}" = 1 ] && CUDNN_TRIALS=configure python3 scripts/device/configure_profile.py \
+    "$WORK/configure/trials_before.json" 2>&1 | tail -2
   # A/B: batch 1's cuDNN trial too, in the background (DELEN_TRIAL_BATCH1=1): native or cuDNN at batch 1, per graph
   [ "${CONFIGURE_TRIAL_BATCH1:-0}" = 1 ] && DELEN_TRIAL_BATCH1=1 python3 scripts/device/configure_profile.py \
     "$WORK/configure/trial_batch1.json" 2>&1 | tail -2
