@@ -63,9 +63,7 @@ class PointwiseMatmul(nn.Module):
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=conv.bias.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
-        n, _, h, w = x.shape
-        y = (self.weight @ x.reshape(n, self.in_channels, h * w)).view(n, self.out_channels, h, w)
-        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+        return _per_image_matmul(self.weight, self.bias, x)
 
     def extra_repr(self) -> str:
         return f'{self.in_channels}, {self.out_channels}, bias={self.bias is not None}'
@@ -118,9 +116,14 @@ class PointwiseNative(nn.Module):
 def nchw_matmul(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """``conv(x)`` for a pointwise ``conv`` and a contiguous NCHW ``x``: ``W @ x`` per image (as
     :class:`PointwiseMatmul`, with the convolution's own weights)."""
+    return _per_image_matmul(conv.weight.flatten(1), conv.bias, x)
+
+
+def _per_image_matmul(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    """``weight`` (``C_out x C_in``) times each image's ``C_in x H*W`` features, plus ``bias``, as NCHW."""
     n, c, h, w = x.shape
-    y = (conv.weight.flatten(1) @ x.reshape(n, c, h * w)).view(n, conv.out_channels, h, w)
-    return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
+    y = (weight @ x.reshape(n, c, h * w)).view(n, weight.shape[0], h, w)
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
 def nhwc_linear(conv: nn.Conv2d, x: Tensor) -> Tensor:
