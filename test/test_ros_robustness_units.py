@@ -287,3 +287,9 @@ def test_status_message_reads_the_ledger():
     assert (msg.malformed, msg.frames_missed, msg.dropped_late, msg.late_policy) == (5, 7, 1, 'drop')
     assert msg.unschedulable_reason == 'too fast' and msg.warning == 'w' and msg.state_error == 'disk full'
     assert math.isnan(msg.attainment) and list(msg.exit_counts) == [1, 2, 3] and msg.objective == 'default'
+
+
+def test_the_node_offers_the_kernels_the_core_serves():
+    """params keeps its own copy of core.pointwise.CONV_KERNELS (that module imports torch): the two must agree."""
+    from delen_ros.core.pointwise import CONV_KERNELS
+    assert params.CONV_KERNELS == CONV_KERNELS

@@ -25,6 +25,8 @@ default and this is the quick start, for robots that restart often and run loose
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,6 +49,24 @@ def is_pointwise(module: nn.Module) -> bool:
         and module.padding_mode == 'zeros'
 
 
+def _check_pointwise(conv: nn.Module) -> None:
+    if not is_pointwise(conv):
+        raise ValueError(f'not a 1x1 / stride-1 / ungrouped convolution: {conv!r}')
+
+
+def _replace_pointwise(module: nn.Module, replacement: Callable[[nn.Conv2d], nn.Module]) -> int:
+    """Put ``replacement(conv)`` in place of every pointwise convolution below ``module`` (not below a
+    replacement already made); how many were replaced."""
+    count = 0
+    for name, child in module.named_children():
+        if is_pointwise(child):
+            setattr(module, name, replacement(child))
+            count += 1
+        elif not isinstance(child, (PointwiseMatmul, PointwiseNative)):
+            count += _replace_pointwise(child, replacement)
+    return count
+
+
 class PointwiseMatmul(nn.Module):
     """A pointwise convolution's weights, applied as ``W @ x`` per image (cuBLAS), for NCHW input.
 
@@ -56,8 +76,7 @@ class PointwiseMatmul(nn.Module):
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        if not is_pointwise(conv):
-            raise ValueError(f'not a 1x1 / stride-1 / ungrouped convolution: {conv!r}')
+        _check_pointwise(conv)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.weight = nn.Parameter(conv.weight.detach().flatten(1), requires_grad=conv.weight.requires_grad)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=conv.bias.requires_grad)
@@ -75,14 +94,7 @@ def pointwise_as_matmul(module: nn.Module) -> int:
 
     A model changed so keeps its state-dict keys but not its weights' shapes: serve it, do not save it.
     """
-    count = 0
-    for name, child in module.named_children():
-        if is_pointwise(child):
-            setattr(module, name, PointwiseMatmul(child))
-            count += 1
-        else:
-            count += pointwise_as_matmul(child)
-    return count
+    return _replace_pointwise(module, PointwiseMatmul)
 
 
 class PointwiseNative(nn.Module):
@@ -99,8 +111,7 @@ class PointwiseNative(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, *, min_batch: int = NATIVE_LINEAR_MIN_BATCH):
         super().__init__()
-        if not is_pointwise(conv):
-            raise ValueError(f'not a 1x1 / stride-1 / ungrouped convolution: {conv!r}')
+        _check_pointwise(conv)
         self.conv, self.min_batch = conv, min_batch
 
     def forward(self, x: Tensor) -> Tensor:
@@ -135,11 +146,4 @@ def nhwc_linear(conv: nn.Conv2d, x: Tensor) -> Tensor:
 def pointwise_native_linear(module: nn.Module, *, min_batch: int = NATIVE_LINEAR_MIN_BATCH) -> int:
     """Wrap every pointwise convolution below ``module`` in a :class:`PointwiseNative` (in place); returns how
     many. Like :func:`pointwise_as_matmul`, for serving (the state dict's keys change), after any folding."""
-    count = 0
-    for name, child in module.named_children():
-        if is_pointwise(child):
-            setattr(module, name, PointwiseNative(child, min_batch=min_batch))
-            count += 1
-        elif not isinstance(child, PointwiseNative):
-            count += pointwise_native_linear(child, min_batch=min_batch)
-    return count
+    return _replace_pointwise(module, lambda conv: PointwiseNative(conv, min_batch=min_batch))
