@@ -80,30 +80,24 @@ if [ "${KERNELS_PROBE:-0}" = 1 ]; then
 fi
 # RETIME=1: re-time the committed H200 profiles of $MODEL (cudnn and matmul kernels) through the runner as it
 # serves now (delen_profile --accuracy-from the committed one: accuracy, calibration and samples kept), written
-# into models/profiles so that every part below serves with them; copies in $WORK/profiles
-if [ "${RETIME:-0}" = 1 ]; then
+# into models/profiles so that every part below serves with them; copies in $WORK/profiles.
+# RETIME_EXTRA: the same for more models, cuDNN kernels only, no plots (e.g. "cifar10_resnet9 fashion_mnist")
+retime() {   # MODEL KERNELS [more delen_profile arguments]
+  local model=$1 kernels=$2 name="${1}__cuda-nvidia-h200"
+  [ "$kernels" = matmul ] && name="${name}__matmul"
   mkdir -p "$WORK/profiles"
-  for kernels in cudnn matmul; do
-    name="${MODEL}__cuda-nvidia-h200"; [ "$kernels" = matmul ] && name="${name}__matmul"
-    cp "models/profiles/$name.json" "$WORK/profiles/$name.committed.json"
-    timeout 200 python3 -m delen_ros.tools.profile "$MODEL" --device cuda --cuda-graphs --conv-kernels "$kernels" \
-      --subtract-idle --energy-window-s 0.6 --accuracy-from "$WORK/profiles/$name.committed.json" --quiet \
-      --out models/profiles 2>&1 | tail -8
-    cp models/profiles/"$name".* "$WORK/profiles/"
-  done
+  cp "models/profiles/$name.json" "$WORK/profiles/$name.committed.json"
+  timeout 200 python3 -m delen_ros.tools.profile "$model" --device cuda --cuda-graphs --conv-kernels "$kernels" \
+    --subtract-idle --energy-window-s 0.6 --accuracy-from "$WORK/profiles/$name.committed.json" --quiet \
+    --out models/profiles "${@:3}" 2>&1 | tail -8
+  cp models/profiles/"$name".* "$WORK/profiles/"
+}
+if [ "${RETIME:-0}" = 1 ]; then
+  for kernels in cudnn matmul; do retime "$MODEL" "$kernels"; done
   echo "[ab] re-timed at $(( $(date +%s) - t0 )) s"
 fi
-# RETIME_EXTRA: the same for more models, cuDNN kernels only (e.g. "cifar10_resnet9 fashion_mnist")
 if [ -n "${RETIME_EXTRA:-}" ]; then
-  mkdir -p "$WORK/profiles"
-  for extra in ${RETIME_EXTRA:-}; do
-    name="${extra}__cuda-nvidia-h200"
-    cp "models/profiles/$name.json" "$WORK/profiles/$name.committed.json"
-    timeout 200 python3 -m delen_ros.tools.profile "$extra" --device cuda --cuda-graphs --subtract-idle \
-      --energy-window-s 0.6 --accuracy-from "$WORK/profiles/$name.committed.json" --quiet --no-plots \
-      --out models/profiles 2>&1 | tail -6
-    cp "models/profiles/$name.json" "$WORK/profiles/"
-  done
+  for extra in ${RETIME_EXTRA}; do retime "$extra" cudnn --no-plots; done
   echo "[ab] re-timed at $(( $(date +%s) - t0 )) s"
 fi
 # FOLD_AB=1: benchmarks/fold_ab.py on cuda:0 (the network folded for inference against as trained, through the runner)
