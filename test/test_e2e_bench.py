@@ -459,6 +459,25 @@ def test_an_app_with_no_result_is_silent_unless_the_node_said_why():
                                                            'engine_reference': None})
 
 
+def test_apps_the_node_demoted_are_named_and_the_worst_kept_app_is_reported_apart():
+    """Issue 10: an app whose guarantee the node withdrew (demoted, told why) is not among the apps
+    whose bound it kept; their worst share is reported on its own."""
+    stamps = [T0 + i * 100 * MS for i in range(10)]
+    raw = _raw('node', [_row(s, e2e_ms=10.0) for s in stamps], stamps)
+    raw['config']['cameras'] = 2
+    raw['bounds_ms'] = [33.0, 33.0]
+    raw['publishers'][0].update(cameras=[0, 1], stamps_ns=[stamps, stamps])
+    raw['recorder']['rows'] = [raw['recorder']['rows'][0], [_row(s, e2e_ms=50.0) for s in stamps]]   # cam01 late
+    raw['recorder']['status'] = [(T0 + 500 * MS, 'cam00', 5, 5, 0, 0, ''),
+                                 (T0 + 500 * MS, 'cam01', 5, 5, 0, 0, 'it does not fit; demoted: served after')]
+    total = analyze(raw, duration_s=1.0)['total']
+    assert total['apps_demoted'] == ['cam01']
+    assert total['attainment_min_app'] == 0.0 and total['attainment_min_app_kept'] == 1.0
+    table = render_table({'meta': _meta(), 'configs': {'delen_n2': analyze(raw, duration_s=1.0)},
+                          'engine_reference': None})
+    assert 'delen_n2: cam01; worst of the others within bound 100.0 %' in table
+
+
 @pytest.mark.parametrize('text, entries', [
     ('33', [(33.0, 0.0, '')]), ('5, 10,33@0.9124', [(5.0, 0.0, ''), (10.0, 0.0, ''), (33.0, 0.9124, '')]),
     ('0@0.8:MIN_ENERGY', [(0.0, 0.8, 'min_energy')]), ('33@0.9:min_latency', [(33.0, 0.9, 'min_latency')]),

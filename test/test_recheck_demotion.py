@@ -349,3 +349,68 @@ def test_tails_may_grow_by_the_headroom_before_an_admitted_app_is_at_risk():
     assert demoted(engine) == frozenset()
     with pytest.raises(Unschedulable):                                              # 8.32 > 8: no third app now
         engine.set_app('third', Bounds(max_latency_ms=50.0), rate_hz=10.0)
+
+
+# --- admissions made on priors are confirmed once measured -----------------------------------------------------
+def measured(engine: Engine, *, age_ms: float, seconds: float = 5.0) -> None:
+    """Frames of every app arriving ``age_ms`` old at 10 Hz for ``seconds``, a serving overhead of 0
+    measured, and a re-check every 100 ms (the first one starts the clock of :func:`confirm`'s wait)."""
+    clock = engine.clock
+    engine.corrector.update_tail(0.0)
+    for _ in range(int(seconds * 10)):
+        engine.submit(list(engine.apps()), np.zeros((8, 8), np.uint8), arrival_ns=clock() - int(age_ms * 1e6))
+        clock.advance(100.0)
+        engine.check_schedulable()
+
+
+def test_apps_admitted_on_priors_are_judged_again_at_measured_costs_and_the_latest_demoted():
+    """Admitted on the profile with no frame age (two apps need 7.68 ms by 8: 9 less 1 ms headroom).
+    Frames then arrive 2 ms old: 7.68 by 6 with the headroom. The re-check on its own would only have
+    called them at risk (it demotes on the device's demand, not on tails), as for apps admitted on
+    measurements; these two were admitted blind, so the latest is not confirmed."""
+    engine = make_engine(admission_headroom=0.1)
+    engine.set_app('old', TIGHT, rate_hz=10.0)
+    engine.set_app('new', TIGHT, rate_hz=10.0)
+    measured(engine, age_ms=2.0)
+    reasons = engine.check_schedulable()
+    assert demoted(engine) == {'new'}
+    assert 'admitted on priors, before anything was measured' in reasons['new']
+    assert 'max(10% of the bound, 1 ms) headroom' in reasons['new'] and 'demoted' in reasons['new']
+    assert 'old' not in reasons
+    late = make_engine(admission_headroom=0.1)   # the same apps, the second admitted on measurements
+    late.set_app('old', TIGHT, rate_hz=10.0)
+    measured(late, age_ms=2.0)
+    with pytest.raises(Unschedulable):
+        late.set_app('new', TIGHT, rate_hz=10.0)
+
+
+def test_apps_that_fit_at_measured_costs_are_confirmed_and_judged_as_usual_from_then_on():
+    engine = make_engine(admission_headroom=0.1)
+    engine.set_app('old', TIGHT, rate_hz=10.0)
+    engine.set_app('new', TIGHT, rate_hz=10.0)
+    measured(engine, age_ms=0.2)                      # 7.68 ms by 7.8: both confirmed
+    assert engine.check_schedulable() == {} and demoted(engine) == frozenset()
+    measured(engine, age_ms=2.0)                      # tails grown since: at most at risk, as before
+    assert demoted(engine) == frozenset()
+
+
+def test_nothing_is_confirmed_before_the_costs_have_been_measured_a_while():
+    engine = make_engine(admission_headroom=0.1)
+    engine.set_app('old', TIGHT, rate_hz=10.0)
+    engine.set_app('new', TIGHT, rate_hz=10.0)
+    for _ in range(20):                               # no frame arrives: nothing measured, nothing judged
+        engine.clock.advance(100.0)
+        assert engine.check_schedulable() == {}
+    measured(engine, age_ms=2.0, seconds=3.0)         # 2 s settle (no samples), 1 s measured: too soon
+    assert not any('on priors' in why for why in engine.check_schedulable().values())
+    measured(engine, age_ms=2.0, seconds=1.5)
+    assert demoted(engine) == {'new'}
+
+
+def test_without_admission_control_nothing_is_on_priors():
+    engine = make_engine(admission_headroom=0.1, admission_control=False)
+    engine.set_app('old', TIGHT, rate_hz=10.0)
+    engine.set_app('new', TIGHT, rate_hz=10.0)
+    measured(engine, age_ms=2.0)
+    # judged as without admission: at the tails now (nothing admitted anything to confirm)
+    assert demoted(engine) == {'new'} and 'on priors' not in reason(engine, 'new')

@@ -25,7 +25,8 @@ checkpoint ``t`` (each deadline ``D_i + m T_i`` up to the busy-period bound), th
 
 :func:`misfits` says, when admitted apps no longer fit together (their rates or the device changed),
 which to serve after the others: the fewest, latest admitted first, so that an app keeps the
-guarantee it was given at admission. :func:`suggest` says what would fit for an app the test
+guarantee it was given at admission. :func:`confirm` judges again, at measured costs, apps admitted on
+priors (before anything was measured), as if each asked now. :func:`suggest` says what would fit for an app the test
 rejects: the highest frame rate at its bound, and the tightest latency bound at its rate.
 Everything is pure (no engine, no clock).
 """
@@ -40,8 +41,8 @@ from .bounds import FeasibleRange, InfeasibleBounds, latency_parts
 if TYPE_CHECKING:
     from .profile import Profile
 
-__all__ = ['DEFAULT_RATE_HZ', 'Task', 'Verdict', 'Unschedulable', 'CostModel', 'asks_more', 'check', 'infeasible_alone',
-           'misfits', 'suggest']
+__all__ = ['DEFAULT_RATE_HZ', 'Task', 'Verdict', 'Unschedulable', 'CostModel', 'asks_more', 'check', 'confirm',
+           'infeasible_alone', 'misfits', 'suggest']
 
 #: frame rate assumed for a new app whose camera has sent nothing yet and that gave no hint, Hz
 DEFAULT_RATE_HZ = 30.0
@@ -343,12 +344,46 @@ def misfits(tasks: Sequence[Task], cost: CostModel, *, alone: CostModel | None =
         if verdict.ok:
             kept.append(task)
             continue
-        own = verdict.at_risk.get(task.app_id)
-        if own is None:
-            who = sorted(verdict.at_risk)
-            own = f'{", ".join(who)} would miss ({verdict.at_risk[who[0]]})'
-        out[task.app_id] = f'it does not fit beside the {len(kept)} app(s) admitted before it: {own}'
+        out[task.app_id] = (f'it does not fit beside the {len(kept)} app(s) admitted before it: '
+                            f'{_why(verdict, task.app_id)}')
     return out
+
+
+def confirm(kept: Sequence[Task], pending: Sequence[Task], cost: CostModel, *,
+            pause: Callable[[], None] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Admit ``pending`` (apps admitted on priors, in order of admission) again at ``cost`` (measured
+    now, with the admission headroom), each beside ``kept`` and the pending apps confirmed before it,
+    as if each asked now. Returns (the apps confirmed, app -> why for the others). ``pause``: as
+    :func:`misfits`.
+
+    >>> cost = CostModel(step_ms=lambda k, b: 1.0, num_exits=1)
+    >>> confirm([Task('old', 10.0, 5.0, 0)], [Task('a', 10.0, 5.0, 0), Task('b', 10.0, 1.5, 0)], cost)[0]
+    ['a']
+    """
+    kept = list(kept)
+    confirmed: list[str] = []
+    out: dict[str, str] = {}
+    for task in pending:
+        if pause is not None:
+            pause()
+        verdict = check([*kept, task], cost)
+        if verdict.ok:
+            kept.append(task)
+            confirmed.append(task.app_id)
+            continue
+        out[task.app_id] = (f'admitted on priors, before anything was measured; at the costs measured since '
+                            f'({cost.headroom_text() or "no"} headroom) it does not fit beside the {len(kept)} '
+                            f'app(s) confirmed before it: {_why(verdict, task.app_id)}')
+    return confirmed, out
+
+
+def _why(verdict: Verdict, app_id: str) -> str:
+    """Why ``app_id`` does not fit in ``verdict``: its own risk, else who it would make miss."""
+    own = verdict.at_risk.get(app_id)
+    if own is None:
+        who = sorted(verdict.at_risk)
+        own = f'{", ".join(who)} would miss ({verdict.at_risk[who[0]]})'
+    return own
 
 
 def _first_overload(groups: Sequence[_Group], c: Sequence[float], block_at: Callable[[float], float], u: float

@@ -30,6 +30,7 @@ class AppLedger:
         self.misfit_checks = 0   # consecutive re-checks that found it not fitting beside the older apps
         self.fit_checks = 0      # consecutive re-checks that found it fitting, while demoted
         self.demoted = False     # served after the other apps (Scheduler.set_best_effort)
+        self.on_priors = False   # admitted before the engine had measured anything: to be confirmed
         self.first_frame_ns: int | None = None
         self.evicted_ns: int | None = None   # when a newer frame last pushed one of its frames out
         self.frames_in = self.results_out = self.dropped_overflow = self.dropped_late = self.expired = self.failed = 0

@@ -169,11 +169,14 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
             if entry[6]:
                 a['node_flagged'] = a.get('node_flagged', 0) + 1
                 a['node_flagged_reason'] = entry[6]
+                if 'demoted: ' in entry[6]:   # its guarantee withdrawn: served after the others, told why
+                    a['node_demoted'] = a.get('node_demoted', 0) + 1
             if len(entry) > 7 and entry[7]:   # its camera's warning (e.g. publishers, but no frame arrives)
                 a['node_warning'] = entry[7]
     for a in apps.values():
         if a.get('status_seen'):
             a['node_flagged_share'] = a.pop('node_flagged', 0) / a['status_seen']
+            a['node_demoted_share'] = a.pop('node_demoted', 0) / a['status_seen']
     out['apps'] = apps
     refused = raw.get('refused') or {}
     out['apps_without_results_or_reason'] = sorted(
@@ -190,6 +193,10 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
         'answered_share_min_app': min((a['answered_share'] for a in apps.values() if a['answered_share'] is not None),
                                       default=None),
         'attainment_min_app': min((a['attainment'] for a in apps.values() if a['attainment'] is not None), default=None),
+        # the apps whose guarantee the node kept all along (never demoted in the window: issue 10's "admitted")
+        'attainment_min_app_kept': min((a['attainment'] for a in apps.values() if a['attainment'] is not None
+                                        and not a.get('node_demoted_share')), default=None),
+        'apps_demoted': sorted(app for app, a in apps.items() if a.get('node_demoted_share')),
         'unmatched_results': totals['unmatched'], 'duplicate_results': totals['duplicates'],
         'window_s': span_s}
     if totals['sent']:

@@ -263,6 +263,13 @@ def render_table(report: dict[str, Any]) -> str:
             fmt(gpu.get('busy_share'), '.1f', 100) + ' %' if gpu.get('busy_share') is not None else '–',
             f"{fmt(t.get('host_cpu_busy_share'), '.0f', 100)} %", _configure_s(r) if is_node else '–']
         lines.append('| ' + ' | '.join(cells) + ' |')
+    demoted = {name: r['total'] for name, r in report['configs'].items()
+               if r.get('total') and r['total'].get('apps_demoted')}
+    if demoted:   # issue 10: an app whose admission the node withdrew is told so; the others keep their bound
+        lines += ['', 'Apps the node demoted in the window (served after the others, told why in `~/status`): '
+                  + '; '.join(
+            f"{name}: {', '.join(t['apps_demoted'])}; worst of the others within bound "
+            f"{fmt(t.get('attainment_min_app_kept'), '.1f', 100)} %" for name, t in demoted.items())]
     gc_rows = {name: r['total']['node_gc'] for name, r in report['configs'].items()
                if r.get('total') and r['total'].get('node_gc')}
     if gc_rows:   # a long collection stalls every thread of the node: a burst of late frames
