@@ -414,3 +414,15 @@ def test_without_admission_control_nothing_is_on_priors():
     measured(engine, age_ms=2.0)
     # judged as without admission: at the tails now (nothing admitted anything to confirm)
     assert demoted(engine) == {'new'} and 'on priors' not in reason(engine, 'new')
+
+
+def test_an_app_demoted_at_confirmation_is_restored_once_it_fits_and_then_judged_as_usual():
+    engine = make_engine(admission_headroom=0.1)
+    engine.set_app('old', TIGHT, rate_hz=10.0)
+    engine.set_app('new', TIGHT, rate_hz=10.0)
+    measured(engine, age_ms=2.0)
+    assert demoted(engine) == {'new'}
+    measured(engine, age_ms=0.2, seconds=6.0)         # the 2 ms tail forgotten: fits with the headroom
+    assert demoted(engine) == frozenset() and reason(engine, 'new') == ''
+    measured(engine, age_ms=2.0)                      # confirmed: from now on at risk at most, as usual
+    assert demoted(engine) == frozenset() and 'at risk, not demoted' in reason(engine, 'new')

@@ -640,10 +640,12 @@ class Engine:
         misfit.update(unconfirmed)
         with self._cond:
             for app_id, app in states:
-                if app_id in confirmed:
-                    app.on_priors = False
                 app.note_check(fits=hopeless or app_id not in misfit, demote_after=self.demote_after,
                                restore_after=self.restore_after)
+                # one demoted for not fitting is restored only by confirmations (with the headroom), not by
+                # the usual re-check: on an H200 the two in turn demoted and restored it every few seconds
+                if app_id in confirmed and not app.demoted:
+                    app.on_priors = False
             demoted = {app_id for app_id, app in states if app.demoted}
         # at risk as served now: the apps not demoted (a running step of a demoted app may block them)
         at_risk = verdict.at_risk if not demoted else admission.check(

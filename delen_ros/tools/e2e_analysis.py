@@ -169,7 +169,7 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
             if entry[6]:
                 a['node_flagged'] = a.get('node_flagged', 0) + 1
                 a['node_flagged_reason'] = entry[6]
-                if 'demoted: ' in entry[6]:   # its guarantee withdrawn: served after the others, told why
+                if 'demoted: served after' in entry[6]:   # its guarantee withdrawn (not 'not demoted: ...')
                     a['node_demoted'] = a.get('node_demoted', 0) + 1
             if len(entry) > 7 and entry[7]:   # its camera's warning (e.g. publishers, but no frame arrives)
                 a['node_warning'] = entry[7]
