@@ -426,3 +426,14 @@ def test_an_app_demoted_at_confirmation_is_restored_once_it_fits_and_then_judged
     assert demoted(engine) == frozenset() and reason(engine, 'new') == ''
     measured(engine, age_ms=2.0)                      # confirmed: from now on at risk at most, as usual
     assert demoted(engine) == frozenset() and 'at risk, not demoted' in reason(engine, 'new')
+
+
+def test_an_app_admitted_once_something_was_measured_is_not_on_priors_even_if_the_tail_aged_out():
+    engine = make_engine(admission_headroom=0.1)
+    engine.set_app('old', TIGHT, rate_hz=10.0)
+    measured(engine, age_ms=0.2)
+    engine.clock.advance(6000.0)                      # no frame for 6 s: the frame-age tail is empty again
+    engine.set_app('new', TIGHT, rate_hz=10.0)
+    measured(engine, age_ms=2.0)                      # would not be confirmed now, but it was admitted on
+    assert demoted(engine) == frozenset()             # measurements: at risk at most, as usual
+    assert 'on priors' not in reason(engine, 'new')

@@ -151,6 +151,10 @@ class FrameAge:
         if app_settled and now_ns >= self._settle_until_ns:
             self.tail.add(age_ms, now_ns)
 
+    def ever_sampled(self) -> bool:
+        """Whether any age was sampled since the start (the tail's horizon may have forgotten them)."""
+        return bool(self.tail.values)
+
     def p99_ms(self, now_ns: int) -> float:
         measured = self.tail.p99(now_ns)
         return self.prior_ms if measured is None else measured

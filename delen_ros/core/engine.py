@@ -525,9 +525,11 @@ class Engine:
         return self.corrector.tail_ms() + self._wake.value(self.corrector.margin)
 
     def _measured(self) -> bool:
-        """Whether admission's costs outside the device are measured, not priors: frames' age on
-        arrival and the serving overhead."""
-        return self._age.tail.p99(self.clock()) is not None and self.corrector.has_tail
+        """Whether admission's costs outside the device have been measured since the start, not priors
+        only: frames' age on arrival and the serving overhead. Since the start, not now: while apps
+        register one after another every new app's first frame pauses the sampling (FrameAge), and on an
+        H200 the apps asking ``~/set_bounds`` 0.5 s apart all counted as admitted on priors."""
+        return self._age.ever_sampled() and self.corrector.has_tail
 
     def _outside_ms(self) -> dict[str, float]:
         """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,
