@@ -378,7 +378,7 @@ class Engine:
         # the outside-the-device parts (transport, overhead, delivery) the last admission passed with:
         # what the apps were guaranteed beside (check_schedulable)
         self._admitted_outside: dict[str, float] | None = None
-        self._measured_since_ns: int | None = None   # since when frame age and overhead have been measured
+        self._measured_since_ns: int | None = None   # the first re-check with frame age and overhead measured
         self._stats_window = stats_window
         self._cond = threading.Condition()
         self._apps: dict[str, AppLedger] = {}
@@ -697,9 +697,7 @@ class Engine:
         A profile prices the device, not the node serving it: on an H200 at 16 cameras, 10 ms apps
         admitted at configure beside cascades met their bounds for 93-98 % of frames, while the same
         apps asking ``~/set_bounds`` under load were refused or met them for all their frames."""
-        if not self._measured():
-            self._measured_since_ns = None
-        elif self._measured_since_ns is None:
+        if self._measured_since_ns is None and self._measured():
             self._measured_since_ns = now
         pending = [i for i, (_, app) in enumerate(states) if app.on_priors]
         if not pending or self._measured_since_ns is None or now - self._measured_since_ns < _CONFIRM_AFTER_NS:
