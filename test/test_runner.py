@@ -73,7 +73,7 @@ def test_staged_execution_matches_the_model(batch):
     expected = model(x)
     runner = StageRunner(model, device='cpu')
     assert (runner.device, runner.dtype, runner.channels_last, runner.cuda_graphs) == \
-        (torch.device('cpu'), torch.float32, False, False)
+        (torch.device('cpu'), torch.float32, True, False)
     features = runner.to_input(x)
     for k in range(model.num_exits):
         features = runner.stage(k, features)
@@ -90,13 +90,15 @@ def test_cuda_graphs_are_ignored_on_cpu():
     assert runner.graph_count == 0
 
 
-def test_channels_last_on_cpu_when_asked():
+@pytest.mark.parametrize('channels_last', [None, True, False])
+def test_channels_last_on_cpu_by_default_and_nchw_when_asked(channels_last):
     model = conv_model()
     x = torch.randn(2, 3, 16, 16)
     expected = model(x)
-    runner = StageRunner(model, device='cpu', channels_last=True)
+    runner = StageRunner(model, device='cpu', channels_last=channels_last)
     x = runner.to_input(x)
-    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert x.is_contiguous(memory_format=torch.channels_last) is (channels_last is not False)
+    assert runner.channels_last is (channels_last is not False)
     for k in range(model.num_exits):
         x = runner.stage(k, x)
     torch.testing.assert_close(runner.head(model.num_exits - 1, x), expected[-1], rtol=1e-4, atol=1e-5)

@@ -372,7 +372,9 @@ class StageRunner:
     :param device: ``'auto'`` (CUDA if available), ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
     :param half: float16 weights and activations; ``None``: on CUDA yes, on CPU no (CPU float16
         kernels are slow). ``True`` on CPU raises ``ValueError``.
-    :param channels_last: NHWC memory format; ``None``: on CUDA yes, on CPU no.
+    :param channels_last: NHWC memory format; ``None``: yes, but with ``pointwise_matmul``. On CPU too
+        (oneDNN): on an Intel Xeon's two cores full depth took 0.79-1.00x the time at batch 1 and
+        0.64-0.95x at batch 8, for every shipped model in two runs (``benchmarks/cpu/channels_last``).
     :param cuda_graphs: capture and replay CUDA graphs (CUDA only; ignored on CPU). Each
         (stage/head, exit, batch size of ``graph_sizes``) is captured on first use or by
         :meth:`warmup`; a larger batch than ``max_batch`` runs eagerly.
@@ -426,7 +428,7 @@ class StageRunner:
         if self.pointwise_matmul:
             pointwise_as_matmul(model)   # after folding: the matrix products take the folded biases
         # NCHW for matrix products (channels-last: 2.8 against 2.25 ms at batch 32 on an H200)
-        self.channels_last = (cuda and not self.pointwise_matmul) if channels_last is None else bool(channels_last)
+        self.channels_last = (not self.pointwise_matmul) if channels_last is None else bool(channels_last)
         # the native graphs (cuDNN off) run 1x1 convolutions as matrix products
         self.native_linear = bool(native_linear) and cuda and not self.pointwise_matmul
         if self.native_linear:

@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--max-samples', type=int, default=5000,
                    help='per-input confidences kept in the profile for cascade calibration (0: none, -1: all)')
     p.add_argument('--half', action=argparse.BooleanOptionalAction, default=None, help='fp16 (default: on CUDA)')
-    p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='(default: on CUDA)')
+    p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='NHWC memory format (default: yes, but with --conv-kernels matmul)')
     p.add_argument('--cuda-graphs', action='store_true', help='time CUDA-graph replays (as the engine with that option)')
     p.add_argument('--conv-kernels', choices=CONV_KERNELS, default='cudnn',
                    help="on CUDA: the node's conv_kernels ('cudnn' by default; 'matmul': 1x1 convolutions as matrix "
