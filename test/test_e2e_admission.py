@@ -101,7 +101,7 @@ def test_refused_requests_are_joined_with_their_forced_run():
     """cam00 (3 ms) refused and would have missed; cam01 (20 ms) refused but would have met; cam03 refused
     under both; the admitted cam02 within bound on 100 %, cam04 admitted but silent."""
     bounds = [3.0, 20.0, 33.0, 0.5, 33.0]
-    flagged = [(T0 + 100 * MS, 'cam00', 1, 1, 0, 0, 'unschedulable: cam00 ...'),
+    flagged = [(T0 + 100 * MS, 'cam00', 1, 1, 0, 0, 'unschedulable: cam00 ...; demoted: served after the others'),
                (T0 + 300 * MS, 'cam00', 2, 2, 0, 0, ''),
                (T0 + 200 * MS, 'cam01', 1, 1, 0, 0, '')]
     service = analyze(_raw('service', bounds, [None, None, 8.0, None, None],
@@ -110,7 +110,8 @@ def test_refused_requests_are_joined_with_their_forced_run():
     param = analyze(_raw('param', bounds, [9.0, 12.0, 8.0, None, 8.0], refused={'cam03': 'not restored'},
                          status=flagged), duration_s=1.0)
     assert param['apps']['cam00']['node_flagged_share'] == pytest.approx(0.5)
-    assert param['apps']['cam00']['node_flagged_reason'] == 'unschedulable: cam00 ...'
+    assert param['apps']['cam00']['node_flagged_reason'] == 'unschedulable: cam00 ...; demoted: served after the others'
+    assert param['apps']['cam00']['node_demoted_share'] == pytest.approx(0.5)
     assert param['apps']['cam01']['node_flagged_share'] == 0.0 and 'node_flagged_share' not in param['apps']['cam02']
     assert service['apps_without_results_or_reason'] == ['cam04']      # refused apps have a reason
     configs = {'delen_n3_service': service, 'delen_n3': param}
@@ -132,7 +133,8 @@ def test_refused_requests_are_joined_with_their_forced_run():
             'node_params': [], 'duration_s': 1.0, 'warmup_s': 1.0, 'drain_s': 1.0, 'policies': ['delen']}
     table = render_table({'meta': meta, 'configs': configs, 'engine_reference': None, 'admission': check})
     assert '### Refused requests run anyway' in table
-    assert '| cam00 | 3 | does not fit | 100.0 / 0.0 % |' in table and 'would have missed: refusal right' in table
+    assert '| cam00 | 3 | does not fit | 100.0 / 0.0 % |' in table
+    assert 'would have missed: refusal right (the node demoted it in 50 % of its status messages)' in table
     assert '**would have met its bound: refusal too cautious**' in table
     assert 'Not every refusal was needed: cam01 met its bound when forced in.' in table
     assert 'refused at configure too: not restored' in table

@@ -65,7 +65,8 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
                                        else None), 'not run'
             else:
                 forced_row = {k: f.get(k) for k in ('sent', 'answered', 'answered_share', 'node_flagged_share',
-                                                    'node_flagged_reason', 'e2e_p50_ms', 'e2e_p99_ms')}
+                                                    'node_demoted_share', 'node_flagged_reason', 'e2e_p50_ms',
+                                                    'e2e_p99_ms')}
                 forced_row['within'] = f.get('attainment')
                 verdict = 'would have missed' if (f.get('attainment') or 0.0) < target else 'would have met'
             rows[app] = {'bound_ms': svc['apps'][app]['bound_ms'], 'reason': why, 'forced': forced_row,
@@ -127,6 +128,8 @@ def _admission_lines(name: str, a: dict[str, Any], configs: dict[str, dict[str, 
         verdict = {'would have missed': 'would have missed: refusal right',
                    'would have met': '**would have met its bound: refusal too cautious**'}.get(row['verdict'],
                                                                                                row['verdict'])
+        if f and f.get('node_demoted_share'):   # forced in, then its admission withdrawn: served after the others
+            verdict += f" (the node demoted it in {fmt(f['node_demoted_share'], '.0f', 100)} % of its status messages)"
         lines.append(f"| {app} | {row['bound_ms']:g} | {row['reason'][:300]} | " + ' | '.join(cells)
                      + f' | {verdict} |')
     met = [app for app, row in a['refused'].items() if row['verdict'] == 'would have met']
