@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from delen_ros.core.app_ledger import DEMOTED_NOTE
 from delen_ros.tools import e2e_bench
 from delen_ros.tools.e2e_analysis import analyze
 from delen_ros.tools.e2e_bench import Config, configure_refusals, registration_order
@@ -101,7 +102,7 @@ def test_refused_requests_are_joined_with_their_forced_run():
     """cam00 (3 ms) refused and would have missed; cam01 (20 ms) refused but would have met; cam03 refused
     under both; the admitted cam02 within bound on 100 %, cam04 admitted but silent."""
     bounds = [3.0, 20.0, 33.0, 0.5, 33.0]
-    flagged = [(T0 + 100 * MS, 'cam00', 1, 1, 0, 0, 'unschedulable: cam00 ...; demoted: served after the others'),
+    flagged = [(T0 + 100 * MS, 'cam00', 1, 1, 0, 0, 'unschedulable: cam00 ...; ' + DEMOTED_NOTE),
                (T0 + 300 * MS, 'cam00', 2, 2, 0, 0, ''),
                (T0 + 200 * MS, 'cam01', 1, 1, 0, 0, '')]
     service = analyze(_raw('service', bounds, [None, None, 8.0, None, None],
@@ -110,7 +111,7 @@ def test_refused_requests_are_joined_with_their_forced_run():
     param = analyze(_raw('param', bounds, [9.0, 12.0, 8.0, None, 8.0], refused={'cam03': 'not restored'},
                          status=flagged), duration_s=1.0)
     assert param['apps']['cam00']['node_flagged_share'] == pytest.approx(0.5)
-    assert param['apps']['cam00']['node_flagged_reason'] == 'unschedulable: cam00 ...; demoted: served after the others'
+    assert param['apps']['cam00']['node_flagged_reason'] == 'unschedulable: cam00 ...; ' + DEMOTED_NOTE
     assert param['apps']['cam00']['node_demoted_share'] == pytest.approx(0.5)
     assert param['apps']['cam01']['node_flagged_share'] == 0.0 and 'node_flagged_share' not in param['apps']['cam02']
     assert service['apps_without_results_or_reason'] == ['cam04']      # refused apps have a reason

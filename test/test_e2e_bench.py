@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from delen_ros.core.app_ledger import DEMOTED_NOTE
 from delen_ros.tools import e2e_bench
 from delen_ros.tools import e2e_children
 from delen_ros.tools.e2e_analysis import analyze
@@ -469,7 +470,7 @@ def test_apps_the_node_demoted_are_named_and_the_worst_kept_app_is_reported_apar
     raw['publishers'][0].update(cameras=[0, 1], stamps_ns=[stamps, stamps])
     raw['recorder']['rows'] = [raw['recorder']['rows'][0], [_row(s, e2e_ms=50.0) for s in stamps]]   # cam01 late
     raw['recorder']['status'] = [(T0 + 500 * MS, 'cam00', 5, 5, 0, 0, 'at risk, not demoted: it fits beside ...'),
-                                 (T0 + 500 * MS, 'cam01', 5, 5, 0, 0, 'it does not fit; demoted: served after the others')]
+                                 (T0 + 500 * MS, 'cam01', 5, 5, 0, 0, 'it does not fit; ' + DEMOTED_NOTE)]
     total = analyze(raw, duration_s=1.0)['total']
     assert total['apps_demoted'] == ['cam01']
     assert total['attainment_min_app'] == 0.0 and total['attainment_min_app_kept'] == 1.0

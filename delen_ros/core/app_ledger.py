@@ -9,7 +9,10 @@ import collections
 from .arrivals import Rate
 from .bounds import Bounds, LatePolicy
 
-__all__ = ['AppLedger']
+__all__ = ['AppLedger', 'DEMOTED_NOTE']
+
+#: how a demoted app's ``unschedulable_reason`` ends (read back by the e2e report)
+DEMOTED_NOTE = 'demoted: served after the others until it fits again'
 
 
 class AppLedger:

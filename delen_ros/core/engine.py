@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from . import admission, warmup
-from .app_ledger import AppLedger
+from .app_ledger import DEMOTED_NOTE, AppLedger
 from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes, percentile, percentiles
 from .batch_cost import BatchCost
 from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, plan
@@ -658,7 +658,7 @@ class Engine:
         for app_id, app in states:
             if app_id in misfit:
                 if app.demoted:
-                    state = 'demoted: served after the others until it fits again'
+                    state = DEMOTED_NOTE
                 elif hopeless:
                     state = 'at risk, not demoted: no app fits even alone'
                 else:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..core.app_ledger import DEMOTED_NOTE
 from .e2e_children import STATUS_TOPIC, camera_app
 from .e2e_failover import failover_section
 from .thread_cpu import THREAD_CLASSES, cpu_by_thread_class
@@ -169,7 +170,7 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
             if entry[6]:
                 a['node_flagged'] = a.get('node_flagged', 0) + 1
                 a['node_flagged_reason'] = entry[6]
-                if 'demoted: served after' in entry[6]:   # its guarantee withdrawn (not 'not demoted: ...')
+                if entry[6].endswith(DEMOTED_NOTE):   # its guarantee withdrawn (not 'at risk, not demoted')
                     a['node_demoted'] = a.get('node_demoted', 0) + 1
             if len(entry) > 7 and entry[7]:   # its camera's warning (e.g. publishers, but no frame arrives)
                 a['node_warning'] = entry[7]
