@@ -60,7 +60,9 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'apps': ('', 'Apps to register at configure: a YAML list of {app_id, image_topic, max_latency_ms, min_accuracy, '
              'max_energy_mj, objective, result_topic, late_policy}; a bound is a number (0 = unbounded) or '
              '"exit:K" / "exit:K*F". Such apps belong to the operator: clients change them only with '
-             'allow_takeover.' + _LATER, None, False),
+             'allow_takeover. Admitted on the profile alone, then judged again at the measured costs once the '
+             'node has served for 2 s (one that does not fit is served after the others, told why).' + _LATER,
+             None, False),
     'max_apps': (64, 'Most registered apps; SetBounds for a new app beyond it is rejected.' + _LATER,
                  (1, 4096), False),
     'allow_takeover': (False, 'Any client may update or remove any app (no token needed). False: only the client '
