@@ -467,8 +467,7 @@ class Engine:
                              stops=self._run_stops(bounds, exit_index))
         if self.admission_control:
             outside = self._outside_ms()
-            cost = dataclasses.replace(self._cost_model(outside), headroom=self.admission_headroom,
-                                       headroom_min_ms=self.admission_headroom_min_ms)
+            cost = self._with_headroom(self._cost_model(outside))
             verdict = admission.check(tasks + [new], cost)
             if not verdict.ok:
                 # on the caller's thread (the node's executor): yield between tests, see suggest
@@ -607,6 +606,11 @@ class Engine:
             **(outside or self._outside_ms()), max_batch=self.max_batch, default_deadline_ms=self.default_deadline_ms,
             utilisation_limit=self.utilisation_limit, fused_runs=self.fuse_steps, turn_ms=self._turn_ms(0.0))
 
+    def _with_headroom(self, cost: admission.CostModel) -> admission.CostModel:
+        """``cost`` as a request is judged: with ``admission_headroom`` of each bound kept free."""
+        return dataclasses.replace(cost, headroom=self.admission_headroom,
+                                   headroom_min_ms=self.admission_headroom_min_ms)
+
     def schedulability(self) -> 'admission.Verdict':
         """Admission's test on the registered apps at their measured rates now (nothing stored)."""
         with self._cond:
@@ -638,7 +642,7 @@ class Engine:
         verdict = admission.check(tasks, cost)   # who is at risk: at the tails measured now
         misfit = {} if verdict.ok else self._misfits(tasks, outside, cost)
         hopeless = len(misfit) == len(tasks) > 0
-        confirmed, unconfirmed = self._confirm(states, tasks, outside, now)
+        confirmed, unconfirmed = self._confirm(states, tasks, outside, cost, now)
         misfit.update(unconfirmed)
         with self._cond:
             for app_id, app in states:
@@ -687,10 +691,12 @@ class Engine:
         return reasons
 
     def _confirm(self, states: list[tuple[str, AppLedger]], tasks: list[admission.Task],
-                 outside: dict[str, float], now: int) -> tuple[list[str], dict[str, str]]:
+                 outside: dict[str, float], cost: admission.CostModel, now: int
+                 ) -> tuple[list[str], dict[str, str]]:
         """Apps admitted on priors (``AppLedger.on_priors``: before anything was measured, e.g. at
         configure) judged again once the costs are measured, as if each asked now, in order of
-        admission (:func:`~delen_ros.core.admission.confirm`): (confirmed, app -> why not). One that
+        admission (:func:`~delen_ros.core.admission.confirm`), at ``cost`` (the re-check's, measured
+        at ``outside``) with the admission headroom: (confirmed, app -> why not). One that
         does not fit is a misfit of :meth:`check_schedulable` (demoted after ``demote_after`` re-checks
         in a row) and is judged again at the next re-check.
 
@@ -702,8 +708,7 @@ class Engine:
         pending = [i for i, (_, app) in enumerate(states) if app.on_priors]
         if not pending or self._measured_since_ns is None or now - self._measured_since_ns < _CONFIRM_AFTER_NS:
             return [], {}
-        cost = dataclasses.replace(self._cost_model(outside), headroom=self.admission_headroom,
-                                   headroom_min_ms=self.admission_headroom_min_ms)
+        cost = self._with_headroom(cost)
         kept = [t for t, (_, app) in zip(tasks, states) if not app.on_priors and not app.demoted]
         confirmed, out = admission.confirm(kept, [tasks[i] for i in pending], cost, pause=_yield_gil)
         if confirmed:   # what these admissions passed with: the re-check's settled costs from now on

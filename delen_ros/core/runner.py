@@ -37,8 +37,10 @@ set-up, 0.5-1.8 s a stage at batch 32); in the background, the warm-up is 0.3 s 
 against none of 4 with the trials before serving (session 18). Since session 21 the native graphs run the
 1x1 convolutions as matrix products (``native_linear``: batch 32 full depth 1.7 ms, not 5.4) on a network
 folded for inference, and the trials take ~2 s: the node's default is ``cudnn_trials:=serving`` (configure ->
-first result 0.4-0.6 s; 32 cameras x 30 Hz 100 / 100 % in 4 of 4 runs, and with the first frames counted
-as lossy as the trials before serving), ``cudnn_trials:=configure`` the trials before serving.
+first result 0.4-0.6 s; 32 cameras x 30 Hz at least 99 / 99 % in 8 of 8 node runs of session 22, 6 of them
+100 / 100 %, two losing 0.4-0.5 % of frames while the trials ran, against 100 / 100 % and 100 / 99.7 % with the
+trials before serving, which then configured in 4.8-5.6 s from a cold start), ``cudnn_trials:=configure`` the
+trials before serving.
 
 Pointwise as matmul (``pointwise_matmul``, the node's ``conv_kernels:=matmul``, session 20): the model's
 1x1 convolutions become cuBLAS matrix products (``core/pointwise.py``), the rest run on PyTorch's own

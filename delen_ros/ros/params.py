@@ -88,9 +88,10 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                      "then those sizes replay graphs captured without cuDNN (1x1 convolutions as matrix products: "
                      "1.7 against 1.0 ms full depth at batch 32 for cifar10_lite0 on an H200), for ~2 s; configure "
                      "-> first result 0.4-0.6 s, the node's configure from a cold start 2.2-3.1 s. 'configure': before "
-                     "serving, 2.6-3.4 s and 4.3-9.5 s (benchmarks/h200/fold_session21). In sessions 18-19, with "
-                     "~6 ms native batch-32 graphs and ~5 s of trials, 2 of 8 runs at 32 cameras lost 0.2-1 s of "
-                     "frames while they ran." + _LATER, CUDNN_TRIALS, False),
+                     "serving, 2.6-3.4 s and 4.3-9.5 s (benchmarks/h200/fold_session21). At 32 cameras x 30 Hz 2 of 8 "
+                     "runs with 'serving' lost 0.4-0.5 % of frames while the trials ran, none of 4 with 'configure' "
+                     "(benchmarks/h200/admission_confirm_session22); in sessions 18-19, with ~6 ms native batch-32 "
+                     "graphs and ~5 s of trials, 2 of 8 lost 0.2-1 s of frames." + _LATER, CUDNN_TRIALS, False),
     'fuse_steps': (True, 'Run the steps whose exits the policy decides without a confidence (latency or energy bounds '
                    'alone, always_final) back to back: one head and one device sync per worker turn, not one per '
                    'exit. False: one step per turn (A/B).' + _LATER, None, False),
