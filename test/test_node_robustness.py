@@ -20,6 +20,7 @@ pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
 
 from delen_ros.msg import AppStatus  # noqa: E402
 from delen_ros.ros.apps import load_state, save_state, AppConfig  # noqa: E402
+from delen_ros.ros.dds_shm import zombie_segments  # noqa: E402
 from delen_ros.ros.status_round import STATUS_PARTS  # noqa: E402
 from delen_ros.srv import RemoveApp, SetBounds  # noqa: E402
 
@@ -191,9 +192,14 @@ def test_kill9_during_registrations_keeps_every_acknowledged_one(peer, domain_id
         assert acknowledged, 'no registration was acknowledged before the kill'
         saved = {a.app_id: a.max_latency_ms for a in load_state(tmp_path / 'state' / 'apps.yaml')}
         assert {a: saved.get(a) for a in acknowledged} == acknowledged
+        # The killed node's Fast DDS segments stay in /dev/shm (memory) until a node starts again.
+        time.sleep(1.1)   # older than a segment being created (dds_shm's min_age_s)
+        left = zombie_segments()
+        assert left, 'a SIGKILLed node left no shared-memory segment: is the SHM transport off?'
         node = _start(peer, domain_id, tmp_path)
         restored = _status_apps(peer)
         assert set(acknowledged) <= set(restored)
+        assert not [s for s in left if os.path.exists(s)] and 'reclaimed' in node.log().split('===== start')[-1]
     finally:
         if node is not None:
             node.stop()

@@ -1,5 +1,6 @@
-"""The ``delen_node`` process around the node: parameters checked, executor chosen, GIL switch
-interval set, lifecycle driven (``autostart``), spun until Ctrl-C / SIGTERM, then torn down."""
+"""The ``delen_node`` process around the node: shared memory that dead DDS processes left reclaimed,
+parameters checked, executor chosen, GIL switch interval set, lifecycle driven (``autostart``), spun
+until Ctrl-C / SIGTERM, then torn down."""
 from __future__ import annotations
 
 import importlib
@@ -14,6 +15,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 
 from ..core.thread_names import name_os_thread
 from . import params
+from .dds_shm import Reclaimed, reclaim_zombie_segments, uses_fast_dds
 from .multi_device import device_list
 from .rejections import clean_message
 
@@ -86,9 +88,12 @@ def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
     one line on stderr, for a bad parameter or (with ``autostart``) a failed configure or activate."""
     from rclpy.exceptions import ParameterException
     preload_inference_libraries()
+    reclaimed = reclaim_zombie_segments() if uses_fast_dds() else Reclaimed()
     rclpy.init(args=list(sys.argv if argv is None else argv))
     try:
         node = node_class()
+        if reclaimed.segments:
+            node.get_logger().info(f'reclaimed {reclaimed} that processes which died had left in /dev/shm')
         settings = params.read(node)
         executor = make_executor(settings.executor)
     except (ParameterException, params.ParameterError, ValueError, ImportError) as exc:
