@@ -73,7 +73,7 @@ def _row(stamp_ns: int, e2e_ms: float) -> list:
     values = {'stamp_ns': stamp_ns, 'cb_ns': stamp_ns + int(e2e_ms * MS), 'rx_ns': 0, 'exit_index': 3,
               'num_exits': 4, 'class_id': 0, 'label': -1, 'latency_ms': e2e_ms - 2.0, 'stamp_latency_ms': e2e_ms - 0.5,
               'queue_ms': 0.5, 'compute_ms': 1.0, 'energy_mj': 2.0, 'energy_measured': False, 'bounds_met': True}
-    return [values[f] for f in RESULT_FIELDS]
+    return [values.get(f, 0) for f in RESULT_FIELDS]
 
 
 def _raw(register: str, bounds: list[float], e2e_ms: list[float | None], *, refused: dict[str, str] | None = None,

@@ -35,7 +35,7 @@ def _row(stamp_ns: int, *, e2e_ms: float, compute_ms: float = 1.0, exit_index: i
               'exit_index': exit_index, 'num_exits': 4, 'class_id': class_id, 'label': label,
               'latency_ms': e2e_ms - 2.0, 'stamp_latency_ms': e2e_ms - 0.5, 'queue_ms': 0.5, 'compute_ms': compute_ms,
               'energy_mj': 2.0, 'energy_measured': False, 'bounds_met': met}
-    return [values[f] for f in RESULT_FIELDS]
+    return [values.get(f, 0) for f in RESULT_FIELDS]
 
 
 def _raw(kind: str, rows: list[list], stamps: list[int], *, bound_ms: float = 33.0) -> dict:
@@ -548,3 +548,29 @@ def test_an_accuracy_bound_app_is_scored_and_compared_with_always_final():
 def test_the_bench_processes_refuse_an_unknown_part(capsys):
     assert e2e_children.main([]) == 2 and e2e_children.main(['publsh']) == 2
     assert 'publish|record|register' in capsys.readouterr().err
+
+
+def test_result_delivery_is_split_where_dds_stamps_it():
+    """With the writer's and the reader's DDS timestamps, the way out is split: the node's publish call ->
+    its writer's write -> the recorder's reception -> its callback; a stall shows in its own part."""
+    stamps = [T0 + i * 10 * MS for i in range(50)]
+    rows = []
+    for k, s in enumerate(stamps):
+        row = dict(zip(RESULT_FIELDS, _row(s, e2e_ms=12.0, compute_ms=4.0)))
+        published = s + int(row['stamp_latency_ms'] * MS)              # the node's publish call
+        stall = 300 * MS if k == 49 else 0                            # one sample late between the two DDS ends
+        row['src_ns'] = published + MS // 5                           # written 0.2 ms after the call
+        row['rx_ns'] = row['src_ns'] + MS // 10 + stall               # received 0.1 ms later (or 300.1)
+        row['cb_ns'] = row['rx_ns'] + MS // 2                         # its callback 0.5 ms after that
+        row['pub_seq'] = k + 1
+        rows.append([row[f] for f in RESULT_FIELDS])
+    total = analyze(_raw('node', rows, stamps), duration_s=1.0)['total']
+    split = total['delivery_split_ms']
+    assert split['write'][0] == pytest.approx(0.2, abs=1e-6) and split['callback'][0] == pytest.approx(0.5, abs=1e-6)
+    assert split['transport'][0] == pytest.approx(0.1, abs=1e-6) and split['transport'][2] == pytest.approx(300.1)
+    table = render_table({'meta': _meta(), 'configs': {'delen_n1': analyze(_raw('node', rows, stamps), duration_s=1.0)},
+                          'engine_reference': None})
+    assert "Result delivery, split where DDS stamps it" in table and '- delen_n1: 0.20 / ' in table
+    # without the timestamps (an older recorder, or a middleware that gives none) there is no split
+    old = analyze(_raw('node', [_row(s, e2e_ms=12.0) for s in stamps], stamps), duration_s=1.0)['total']
+    assert 'delivery_split_ms' not in old

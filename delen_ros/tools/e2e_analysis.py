@@ -230,6 +230,13 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
                 'delivery': e2e - c['stamp_latency_ms']}
             tot['timeline_p50_ms'] = {k: _pct(v, 50) for k, v in parts.items()}
             tot['timeline_p99_ms'] = {k: _pct(v, 99) for k, v in parts.items()}
+            src = c.get('src_ns')
+            if src is not None and np.all(src > 0) and np.all(rx > 0):
+                # the result's way out, split where DDS stamps it: the node's publish call -> its writer's
+                # write -> the recorder's DDS reception -> its callback (one host, one clock)
+                way_out = {'write': (src - c['stamp_ns']) / 1e6 - c['stamp_latency_ms'],
+                           'transport': (rx - src) / 1e6, 'callback': (c['cb_ns'] - rx) / 1e6}
+                tot['delivery_split_ms'] = {k: (_pct(v, 50), _pct(v, 99), float(v.max())) for k, v in way_out.items()}
             tot['node_latency_p50_ms'], tot['node_latency_p99_ms'] = _pct(c['latency_ms'], 50), _pct(c['latency_ms'], 99)
     # Node-side rates from ~/status (cumulative counters, one message per app per status period): from each
     # app's last status before the window to its last before the window's end, so within one period of it.

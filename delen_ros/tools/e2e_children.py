@@ -196,8 +196,11 @@ def _publish_main(argv: Sequence[str]) -> int:
 
 
 # --- the recorder process ------------------------------------------------------------------------------------
+# rx_ns / src_ns / pub_seq: from DDS's message info (0 where the middleware gives none): when the recorder's
+# DDS layer received the sample, when the node's writer wrote it, and the writer's sequence number.
 RESULT_FIELDS = ('stamp_ns', 'cb_ns', 'rx_ns', 'exit_index', 'num_exits', 'class_id', 'label', 'latency_ms',
-                  'stamp_latency_ms', 'queue_ms', 'compute_ms', 'energy_mj', 'energy_measured', 'bounds_met')
+                  'stamp_latency_ms', 'queue_ms', 'compute_ms', 'energy_mj', 'energy_measured', 'bounds_met',
+                  'src_ns', 'pub_seq')
 
 
 def _record_main(argv: Sequence[str]) -> int:
@@ -237,11 +240,13 @@ def _record_main(argv: Sequence[str]) -> int:
     def on_result(i: int, msg: Any, info: Any) -> None:
         cb_ns = time.time_ns()
         label = label_from_frame_id(msg.header.frame_id)
+        info = info if isinstance(info, dict) else {}
         rows[i].append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, cb_ns,
-                        int(info.get('received_timestamp', 0) if isinstance(info, dict) else 0),
+                        int(info.get('received_timestamp', 0)),
                         msg.exit_index, msg.num_exits, msg.class_id, -1 if label is None else label,
                         msg.latency_ms, msg.stamp_latency_ms, msg.queue_ms, msg.compute_ms, msg.energy_mj,
-                        msg.energy_measured, msg.bounds_met))
+                        msg.energy_measured, msg.bounds_met, int(info.get('source_timestamp', 0)),
+                        int(info.get('publication_sequence_number', 0))))
 
     def on_status(source: int, msg: Any) -> None:
         status.append((time.time_ns(), msg.app_id, int(msg.frames_in), int(msg.results_out), int(msg.dropped),

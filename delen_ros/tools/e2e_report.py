@@ -336,6 +336,13 @@ def render_table(report: dict[str, Any]) -> str:
         lines += ['', 'Where a frame\'s time goes, p50 ms (stamp→arrival at the node | queue | compute | rest of the '
                       'node | result delivery):', '']
         lines += [f"- {name}: " + ' | '.join(fmt(v, '.2f') for v in tl.values()) for name, tl in timeline]
+    split = [(name, r['total']['delivery_split_ms']) for name, r in report['configs'].items()
+             if r.get('total', {}).get('delivery_split_ms')]
+    if split:
+        lines += ['', 'Result delivery, split where DDS stamps it, p50 / p99 / max ms (the node\'s publish → its '
+                      'writer\'s write | → the recorder\'s DDS reception | → its callback):', '']
+        lines += [f"- {name}: " + ' | '.join(' / '.join(fmt(x, '.2f') for x in part) for part in sp.values())
+                  for name, sp in split]
     return '\n'.join(lines) + '\n'
 
 
