@@ -10,6 +10,7 @@ import doctest
 import json
 import pathlib
 import shutil
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -574,3 +575,21 @@ def test_result_delivery_is_split_where_dds_stamps_it():
     # without the timestamps (an older recorder, or a middleware that gives none) there is no split
     old = analyze(_raw('node', [_row(s, e2e_ms=12.0) for s in stamps], stamps), duration_s=1.0)['total']
     assert 'delivery_split_ms' not in old
+
+
+def test_provenance_names_the_commit_of_a_checkout_and_not_of_an_installed_copy(tmp_path, monkeypatch):
+    """A venv inside a checkout: its installed copy must not be reported under the checkout's commit."""
+    from delen_ros.tools.e2e_report import _provenance
+    git = ['git', '-c', 'user.email=t@example.com', '-c', 'user.name=t']
+    subprocess.run([*git, 'init', '-q', str(tmp_path)], check=True)
+    subprocess.run([*git, '-C', str(tmp_path), 'commit', '-q', '--allow-empty', '-m', 'x'], check=True)
+    head = subprocess.run(['git', '-C', str(tmp_path), 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    monkeypatch.setattr(e2e_bench, 'package_root', lambda: tmp_path)            # run from the checkout
+    assert e2e_bench._git_revision() == head
+    installed = tmp_path / '.venv' / 'site-packages'                            # a venv inside it
+    (installed / 'delen_ros').mkdir(parents=True)
+    monkeypatch.setattr(e2e_bench, 'package_root', lambda: installed)
+    assert e2e_bench._git_revision() == f'installed copy in {installed}'
+    assert _provenance(f'installed copy in {installed}') == f'installed copy in {installed}'
+    assert _provenance('abc1234+dirty') == 'git abc1234+dirty' and _provenance(None) == 'git ?'

@@ -790,8 +790,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _git_revision() -> str | None:
+    """The commit of the code that the children run (``+dirty`` with uncommitted changes). When that code is
+    an installed copy (``pip install``, ``colcon``), ``installed copy`` instead: a venv inside a checkout
+    would otherwise report the checkout's commit for code that ``scripts/setup.sh`` installed earlier."""
+    root = package_root()
     try:
-        root = package_root()
+        top = subprocess.run(['git', 'rev-parse', '--show-toplevel'], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        if not top or pathlib.Path(top).resolve() != root.resolve():
+            return f'installed copy in {root}'
         rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True,
                              timeout=5).stdout.strip()
         dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,

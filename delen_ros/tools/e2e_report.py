@@ -216,12 +216,19 @@ def _accuracy_words(meta: dict[str, Any]) -> str:
     return 'accuracy bounds ' + str([a or None for a in accuracies]) + ' in turn with them, else as accurate as allowed'
 
 
+def _provenance(git: str | None) -> str:
+    """``git <commit>`` for a run from a checkout, else what the bench recorded (``installed copy in ...``)."""
+    if not git:
+        return 'git ?'
+    return git if git.startswith('installed') else f'git {git}'
+
+
 def render_table(report: dict[str, Any]) -> str:
     """The markdown table of a report (one row per configuration)."""
     m = report['meta']
     echo_ran = any(r['config']['kind'] == 'echo' for r in report['configs'].values())
     lines = [f"# delen_ros end to end over DDS: {m['model']} on {m['device_name']} ({m['cpu_count']} CPU cores, "
-             f"{m['started'][:10]}, git {m.get('git') or '?'})",
+             f"{m['started'][:10]}, {_provenance(m.get('git'))})",
              '',
              f"{m['size']} {m['encoding']} @ {m['rate_hz']:g} Hz per camera, source `{m['source']}`, one app per camera, "
              f"latency bounds {m['bounds_ms']} ms ({_accuracy_words(m)}), max_batch {m['max_batch']}"
