@@ -145,7 +145,7 @@ def _row(stamp: int, received: int) -> list:
     values = {'stamp_ns': stamp, 'cb_ns': received, 'rx_ns': received - MS, 'exit_index': 3, 'num_exits': 4,
               'class_id': 0, 'label': -1, 'latency_ms': 5.0, 'stamp_latency_ms': 6.0, 'queue_ms': 1.0,
               'compute_ms': 2.0, 'energy_mj': 1.0, 'energy_measured': False, 'bounds_met': True}
-    return [values[f] for f in RESULT_FIELDS]
+    return [values.get(f, 0) for f in RESULT_FIELDS]
 
 
 def test_analyze_reports_the_failover_in_json_markdown_and_plot(tmp_path):
