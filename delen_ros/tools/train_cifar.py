@@ -85,8 +85,6 @@ NAME = 'cifar10_lite0'
 #: architectures this trainer knows; the value: the EfficientNet-Lite variant whose ImageNet weights it
 #: starts from (None: from scratch)
 ARCHITECTURES = {'cifar10_lite0': 'lite0', 'cifar10_lite2': 'lite2', 'cifar10_resnet9': None}
-#: the early exits' blocks by default, per pretrained architecture
-DEFAULT_EXIT_BLOCKS = {'cifar10_lite0': (2, 5, 8), 'cifar10_lite2': (3, 7, 11)}
 PAD_PX = 4
 
 
@@ -217,7 +215,9 @@ def _build(args: argparse.Namespace) -> tuple[MultiExitModel, dict[str, Any], st
             kwargs['input_size'] = args.size
         source = f'checkpoint {args.init}'
     elif ARCHITECTURES[arch]:
-        kwargs = {'exit_blocks': list(args.exit_blocks or DEFAULT_EXIT_BLOCKS[arch]), 'input_size': args.size or 160}
+        # what is not given takes the builder's default (saved with the others below)
+        kwargs = {k: v for k, v in (('exit_blocks', args.exit_blocks and list(args.exit_blocks)),
+                                    ('input_size', args.size)) if v}
         if args.head_widths:
             kwargs['head_widths'] = list(args.head_widths)
         model = get_architecture(arch)(pretrained=True, **kwargs)
@@ -573,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--widths', type=_int_tuple, default=None,
                    help='cifar10_resnet9: prep and layer widths (default: the architecture\'s, 64,128,256,512)')
     p.add_argument('--exit-blocks', type=_int_tuple, default=None,
-                   help='early exits after these blocks (default: cifar10_lite0 2,5,8; cifar10_lite2 3,7,11)')
+                   help="early exits after these blocks (default: the architecture's, cifar10_lite0 2,5,8)")
     p.add_argument('--batch-size', type=int, default=256)
     p.add_argument('--lr', type=float, default=0.04, help='peak learning rate of the pretrained layers')
     p.add_argument('--head-lr-mult', type=float, default=3.0, help='new layers learn this much faster')

@@ -31,12 +31,15 @@ from . import register_architecture
 from .efficientnet_lite0 import MEAN, STD, FinalHead, backbone_stages, load_backbone
 
 __all__ = ['CIFAR10_LABELS', 'ExitHead', 'cifar10_lite0', 'build_cifar10_lite', 'DEFAULT_EXIT_BLOCKS',
-           'DEFAULT_INPUT_SIZE']
+           'DEFAULT_INPUT_SIZE', 'HEAD_WIDTHS', 'HEAD_GRIDS', 'HEAD_DEPTHWISE']
 
 CIFAR10_LABELS = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 #: the early exits come after these MBConv blocks (0-based; Lite0 has 16)
 DEFAULT_EXIT_BLOCKS = (2, 5, 8)
 DEFAULT_INPUT_SIZE = 160
+#: per early exit, its head's 1x1 conv width, the grid it pools to first, whether it has a depthwise conv
+#: (the same on every Lite variant)
+HEAD_WIDTHS, HEAD_GRIDS, HEAD_DEPTHWISE = (256, 512, 768), (8, None, None), (True, False, False)
 
 
 class ExitHead(nn.Sequential):
@@ -65,9 +68,9 @@ class ExitHead(nn.Sequential):
 
 
 @register_architecture('cifar10_lite0')
-def cifar10_lite0(*, exit_blocks: Sequence[int] = DEFAULT_EXIT_BLOCKS, head_widths: Sequence[int] = (256, 512, 768),
-                  head_grids: Sequence[int | None] = (8, None, None),
-                  head_depthwise: Sequence[bool] = (True, False, False), head_dropout: float = 0.2,
+def cifar10_lite0(*, exit_blocks: Sequence[int] = DEFAULT_EXIT_BLOCKS, head_widths: Sequence[int] = HEAD_WIDTHS,
+                  head_grids: Sequence[int | None] = HEAD_GRIDS,
+                  head_depthwise: Sequence[bool] = HEAD_DEPTHWISE, head_dropout: float = 0.2,
                   input_size: int = DEFAULT_INPUT_SIZE, pretrained: bool = False,
                   info: ModelInfo | None = None) -> MultiExitModel:
     """EfficientNet-Lite0 for CIFAR-10 with early exits after ``exit_blocks`` and a new 10-way final layer.

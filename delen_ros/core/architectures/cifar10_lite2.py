@@ -23,7 +23,7 @@ from typing import Sequence
 
 from ..multi_exit import ModelInfo, MultiExitModel
 from . import register_architecture
-from .cifar10_lite0 import DEFAULT_INPUT_SIZE, build_cifar10_lite
+from .cifar10_lite0 import DEFAULT_INPUT_SIZE, HEAD_DEPTHWISE, HEAD_GRIDS, HEAD_WIDTHS, build_cifar10_lite
 
 __all__ = ['cifar10_lite2', 'DEFAULT_EXIT_BLOCKS']
 
@@ -32,9 +32,9 @@ DEFAULT_EXIT_BLOCKS = (3, 7, 11)
 
 
 @register_architecture('cifar10_lite2')
-def cifar10_lite2(*, exit_blocks: Sequence[int] = DEFAULT_EXIT_BLOCKS, head_widths: Sequence[int] = (256, 512, 768),
-                  head_grids: Sequence[int | None] = (8, None, None),
-                  head_depthwise: Sequence[bool] = (True, False, False), head_dropout: float = 0.2,
+def cifar10_lite2(*, exit_blocks: Sequence[int] = DEFAULT_EXIT_BLOCKS, head_widths: Sequence[int] = HEAD_WIDTHS,
+                  head_grids: Sequence[int | None] = HEAD_GRIDS,
+                  head_depthwise: Sequence[bool] = HEAD_DEPTHWISE, head_dropout: float = 0.2,
                   input_size: int = DEFAULT_INPUT_SIZE, pretrained: bool = False,
                   info: ModelInfo | None = None) -> MultiExitModel:
     """EfficientNet-Lite2 for CIFAR-10; the options are :func:`~.cifar10_lite0.cifar10_lite0`'s
