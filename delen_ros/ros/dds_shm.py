@@ -56,8 +56,9 @@ def _held(path: str) -> bool:
         os.close(fd)   # closing releases the probe's own lock
 
 
-def zombie_segments(shm_dir: str = SHM_DIR, *, min_age_s: float = 1.0, now: float | None = None) -> list[str]:
-    """The segments in ``shm_dir`` (paths) whose lock file nobody holds and is older than ``min_age_s``."""
+def _zombies(shm_dir: str, min_age_s: float, now: float | None) -> list[tuple[str, str]]:
+    """(segment, lock file) of every segment in ``shm_dir`` whose lock file nobody holds and is older
+    than ``min_age_s``."""
     now = time.time() if now is None else now
     try:
         names = os.listdir(shm_dir)
@@ -68,10 +69,15 @@ def zombie_segments(shm_dir: str = SHM_DIR, *, min_age_s: float = 1.0, now: floa
         lock = os.path.join(shm_dir, name)
         try:
             if _LOCK_FILE.match(name) and now - os.stat(lock).st_mtime >= min_age_s and not _held(lock):
-                found.append(lock[:-3])
+                found.append((lock[:-3], lock))
         except OSError:   # gone meanwhile
             continue
     return found
+
+
+def zombie_segments(shm_dir: str = SHM_DIR, *, min_age_s: float = 1.0, now: float | None = None) -> list[str]:
+    """The segments in ``shm_dir`` (paths) whose lock file nobody holds and is older than ``min_age_s``."""
+    return [segment for segment, _ in _zombies(shm_dir, min_age_s, now)]
 
 
 def reclaim_zombie_segments(shm_dir: str = SHM_DIR, *, min_age_s: float = 1.0,
@@ -79,13 +85,18 @@ def reclaim_zombie_segments(shm_dir: str = SHM_DIR, *, min_age_s: float = 1.0,
     """Remove :func:`zombie_segments` with their lock files. Files this process may not remove are
     skipped; never raises ``OSError``."""
     segments = size = 0
-    for segment in zombie_segments(shm_dir, min_age_s=min_age_s, now=now):
+    for segment, lock in _zombies(shm_dir, min_age_s, now):
+        held_bytes = 0
         try:
-            held_bytes = os.stat(segment).st_blocks * 512 if os.path.exists(segment) else 0
-            if os.path.exists(segment):
-                os.remove(segment)
-            os.remove(segment + '_el' if os.path.exists(segment + '_el') else segment + '_sl')
-        except OSError:   # gone meanwhile, or another user's
+            held_bytes = os.stat(segment).st_blocks * 512
+            os.remove(segment)
+        except FileNotFoundError:   # its lock file outlived it
+            pass
+        except OSError:   # another user's
+            continue
+        try:
+            os.remove(lock)
+        except OSError:
             continue
         segments += 1
         size += held_bytes
