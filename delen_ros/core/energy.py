@@ -35,7 +35,7 @@ from .thread_names import name_os_thread
 
 __all__ = ['EnergyMeter', 'MeterUnavailable', 'JetsonMeter', 'NvmlMeter', 'RaplMeter', 'EstimateMeter',
            'make_meter', 'register_meter', 'available_meters', 'AUTO_ORDER', 'measure_energy',
-           'measure_idle_power_w', 'idle_power_w', 'read_idle_power_early', 'IDLE_READING_MAX_AGE_S']
+           'measure_idle_power_w', 'idle_power_w', 'idle_power_with_context_w', 'IDLE_READING_MAX_AGE_S']
 
 _log = logging.getLogger(__name__)
 
@@ -551,9 +551,9 @@ _idle_readings: dict[tuple[str, str], tuple[float, float]] = {}   # (source, det
 def idle_power_w(meter: EnergyMeter, *, window_s: float, max_age_s: float = IDLE_READING_MAX_AGE_S) -> float:
     """:func:`measure_idle_power_w`, read once per sensor and process and reused for ``max_age_s``.
 
-    The node's process start reads it in the background while torch imports (the GPU is idle then:
-    nothing of ours runs on it yet), so that configure does not spend ~0.7 s on it. A reading in
-    progress is waited for, never overlapped; a meter that measures nothing reads 0 at once.
+    A reconfigure of the same process looks it up instead of spending another window on it (see
+    :func:`idle_power_with_context_w` for when to read it). A reading in progress is waited for,
+    never overlapped; a meter that measures nothing reads 0 at once.
     """
     if not meter.measured:
         return 0.0
@@ -567,17 +567,26 @@ def idle_power_w(meter: EnergyMeter, *, window_s: float, max_age_s: float = IDLE
         return watts
 
 
-def read_idle_power_early(kind: str, device: str, *, window_s: float) -> float | None:
-    """:func:`idle_power_w` of the meter ``make_meter(kind, device=device)`` would build, from a meter
-    of its own (closed after): what the node's start calls before it runs anything on the device.
-    ``'auto'`` and ``'cuda'`` read CUDA device 0, the one they resolve to.
+def idle_power_with_context_w(meter: EnergyMeter, device: str, *, window_s: float,
+                              synchronize: Callable[[str], None] | None = None) -> float:
+    """:func:`idle_power_w` of a GPU with this process's CUDA context up on ``device`` and nothing of ours
+    running: the floor the node draws while it serves, the one its results' energy is counted above.
 
-    Only a discrete GPU's own sensor (NVML) is read this early: the process is importing torch on
-    the CPU meanwhile, which a board's rails (Jetson) or a CPU package (RAPL) would count as idle.
-    Others return ``None`` and are read at configure.
+    A GPU with no context draws much less, and one another process has just left a little more. On an
+    H200 (``scripts/device/idle_power_probe.py``, session 24): 79 W with no context, 121 W steady from
+    the moment one is created (the SM clock goes from 345 to 1980 MHz), about 125 W for 1.5 s after
+    another process exits. Read before any context of ours existed, the idle figure was whichever of
+    those the GPU happened to sit at, and two nodes serving the same frames reported 66 and 138 mJ per
+    result. The profiler reads its idle the same way (``profiling.profile_model``), so a profile's
+    step energies and the node's measurements are above the same floor.
+
+    :param synchronize: ``(device) -> None``, creating the context if need be and waiting for its
+        queued work (default ``torch.cuda.synchronize``); a device that is not CUDA reads 0.
     """
-    meter = make_meter(kind, device=device if device.startswith('cuda:') else 'cuda:0')
-    try:
-        return idle_power_w(meter, window_s=window_s) if meter.source == 'nvml' else None
-    finally:
-        meter.close()
+    if not device.startswith('cuda') or not meter.measured:
+        return 0.0
+    if synchronize is None:
+        import torch
+        synchronize = torch.cuda.synchronize
+    synchronize(device)
+    return idle_power_w(meter, window_s=window_s)

@@ -108,7 +108,7 @@ class Served:
 def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]) -> Served:
     """Load everything configure needs and warm the engine up (graph capture, kernel choice)."""
     from delen_ros.core.batch_cost import BatchCost
-    from delen_ros.core.energy import idle_power_w as read_idle_power, make_meter
+    from delen_ros.core.energy import idle_power_with_context_w, make_meter
     from delen_ros.core.engine import Engine
     from delen_ros.core.zoo import load_model
 
@@ -128,14 +128,13 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
     meter = make_meter(meter_name, device=device)
     clock.lap('meter')
     try:
-        # before anything of ours runs on the device; usually read at the process's start already
-        # (run.preload_cuda_libraries), and then this is a look-up
-        idle_power_w = read_idle_power(meter, window_s=IDLE_WINDOW_S) if cuda else 0.0
-        clock.lap('idle power')
         if cuda:
             from delen_ros.core.runner import warm_cuda_libraries
             warm_cuda_libraries(device)   # done at the process's start (run.py), or waited for here
             clock.lap('cuda libraries')
+        # with our context up and nothing running: the floor results are counted above (energy.py)
+        idle_power_w = idle_power_with_context_w(meter, device, window_s=IDLE_WINDOW_S)
+        clock.lap('idle power')
         model = load_model(params.model, device=device)
         clock.lap('model')
         profile, source = load_profile(params, model, device, meter, log)

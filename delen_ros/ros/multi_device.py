@@ -50,7 +50,7 @@ def build_pool(params: Any, make_engine: Callable[..., Any], *, first: dict[str,
     :param first: ``model``, ``profile``, ``meter``, ``idle_power_w`` already built for the first device.
     :param on_result: the node's result callback (gets :class:`~delen_ros.core.placement.PlacedResult`).
     """
-    from delen_ros.core.energy import idle_power_w, make_meter
+    from delen_ros.core.energy import idle_power_with_context_w, make_meter
     from delen_ros.core.placement import DevicePool
     from delen_ros.core.zoo import load_model
 
@@ -67,8 +67,7 @@ def build_pool(params: Any, make_engine: Callable[..., Any], *, first: dict[str,
             if profile.num_exits != model.num_exits:
                 raise ValueError(f'profile {source} has {profile.num_exits} exits, the model {model.num_exits}')
             resources[-1]['profile'] = profile
-            resources[-1]['idle_power_w'] = (idle_power_w(meter, window_s=IDLE_WINDOW_S)
-                                             if device.startswith('cuda') else 0.0)
+            resources[-1]['idle_power_w'] = idle_power_with_context_w(meter, device, window_s=IDLE_WINDOW_S)
             log(f'{device}: profile {source}, energy {meter.source}')
         built = iter(resources)
         pool = DevicePool(devices, lambda device, callback: make_engine(device, callback, **next(built)),

@@ -64,22 +64,17 @@ def preload_inference_libraries() -> threading.Thread:
     return _in_background('delen-preload', lambda: importlib.import_module('delen_ros.core.engine'))
 
 
-def preload_cuda_libraries(device: str, energy_meter: str = 'auto') -> threading.Thread | None:
-    """When ``device`` may be CUDA (``auto``, ``cuda*``), on a background thread: read the GPU's idle
-    power (0.7 s, while torch still imports and nothing of ours runs on the GPU), then load cuDNN and
-    cuBLAS (about a second). Configure would pay both otherwise; it waits for this thread's work
-    instead of overlapping it (see ``idle_power_w`` and ``warm_cuda_libraries``)."""
+def preload_cuda_libraries(device: str) -> threading.Thread | None:
+    """When ``device`` may be CUDA (``auto``, ``cuda*``), load cuDNN and cuBLAS on a background thread
+    (about a second, while rclpy starts): configure would pay for it otherwise, and waits for this
+    thread's work instead of overlapping it (``warm_cuda_libraries``). The GPU's idle power is read at
+    configure, once this process's context is up (``energy.idle_power_with_context_w``)."""
     if not (device == 'auto' or device.startswith('cuda')):
         return None
 
     def load() -> None:
-        from delen_ros.core.energy import read_idle_power_early
-        from .assembly import IDLE_WINDOW_S
-        try:
-            read_idle_power_early(energy_meter, device, window_s=IDLE_WINDOW_S)
-        finally:   # the libraries whatever the meter did
-            from delen_ros.core.runner import warm_cuda_libraries
-            warm_cuda_libraries(device)
+        from delen_ros.core.runner import warm_cuda_libraries
+        warm_cuda_libraries(device)
     return _in_background('delen-preload-cuda', load)
 
 
@@ -107,7 +102,7 @@ def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
         devices = device_list(settings.devices)
     except ValueError:   # a device named twice: configure says so
         devices = []
-    preload_cuda_libraries(devices[0] if devices else settings.device, settings.energy_meter)
+    preload_cuda_libraries(devices[0] if devices else settings.device)
     if settings.gil_switch_interval_ms > 0:
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
     executor.add_node(node)

@@ -25,13 +25,10 @@ import threading
 import time
 
 t0 = time.perf_counter()
-# what the node's start does in the background (delen_ros/ros/run.py preload_cuda_libraries): the
-# GPU's idle power while torch imports, then cuDNN / cuBLAS; WARM_LIBRARIES=0: leave both to configure
+# what the node's start does in the background (delen_ros/ros/run.py preload_cuda_libraries): cuDNN /
+# cuBLAS; WARM_LIBRARIES=0: leave them to configure (the GPU's idle power is read in configure since session 24)
 warm = os.environ.get('WARM_LIBRARIES', '1') != '0'
-if warm:
-    from delen_ros.core.energy import read_idle_power_early  # noqa: E402
-    read_idle_power_early('auto', 'cuda', window_s=0.6)   # assembly.IDLE_WINDOW_S
-t_idle = time.perf_counter()
+t_before_import = time.perf_counter()
 import torch  # noqa: E402 - timed
 
 if os.environ.get('CUDNN', '1') == '0':   # A/B: PyTorch's own convolutions (no cuDNN set-up per shape)
@@ -126,7 +123,7 @@ steady = {b: _full_depth_ms(b) for b in getattr(stage_runner, 'graph_sizes', (1,
 out = {'env': {k: os.environ.get(k) for k in ('CUDA_MODULE_LOADING', 'MODEL', 'MAX_BATCH', 'BACKGROUND_CAPTURE',
                                                 'FRAME_HW', 'CUDNN', 'WARM_LIBRARIES', 'DELEN_NATIVE_FIRST',
                                                 'CUDNN_TRIALS', 'CONV_KERNELS')},
-       'idle_power_at_start_s': round(t_idle - t0, 3), 'import_torch_s': round(t_import - t_idle, 3),
+       'import_torch_s': round(t_import - t_before_import, 3),
        'cuda_context_s': round(t_cuda - t_import, 3), 'full_depth_ms_by_batch': steady,
        'cuda_libraries_s': round(t_libraries - t_cuda, 3),
        'imports_delen_s': round(t_build - t_libraries, 3), 'build_s': round(t_done - t_build, 3),
