@@ -19,7 +19,8 @@ _B = TypeVar('_B', bound=Builder)
 _REGISTRY: Registry[Builder] = Registry('architecture')
 # Modules that register the shipped architectures; imported lazily so that importing the registry
 # does not pull in optional dependencies (the EfficientNet wheel) until one is asked for.
-_BUILTIN_MODULES = ('fashion_mnist', 'efficientnet_lite0', 'cifar10_lite0', 'cifar10_lite2', 'cifar10_resnet9')
+_BUILTIN_MODULES = ('fashion_mnist', 'efficientnet_lite0', 'cifar10_lite0', 'cifar10_lite2', 'cifar10_resnet9',
+                   'cifar10_committee')
 
 
 def register_architecture(name: str) -> Callable[[_B], _B]:
