@@ -86,7 +86,7 @@ class _FirstMemberStage(nn.Module):
     def __init__(self, k: int, member: MultiExitModel, to_member: _MemberInput, carry: _Carry,
                  in_shape: Sequence[int] | None, out_shape: Sequence[int] | None):
         super().__init__()
-        self.k, self.carry, self.in_shape, self.out_shape = k, carry, in_shape, out_shape
+        self.k, self.carry, self.in_shape = k, carry, in_shape
         self.stage, self.to_member = member.stages[k], to_member
         self.final_head = member.heads[k] if out_shape is None else None
 
@@ -100,16 +100,13 @@ class _FirstMemberStage(nn.Module):
 
 
 class _FirstMemberHead(nn.Module):
-    """Exit ``k`` of the first member: its own head on the carried features, or, at its last exit,
-    the log of the probabilities already computed by the stage."""
+    """An early exit of the first member: its own head on the carried features."""
 
-    def __init__(self, head: nn.Module | None, carry: _Carry, shape: Sequence[int], num_classes: int):
+    def __init__(self, head: nn.Module, carry: _Carry, shape: Sequence[int]):
         super().__init__()
-        self.head, self.carry, self.shape, self.num_classes = head, carry, tuple(shape), num_classes
+        self.head, self.carry, self.shape = head, carry, tuple(shape)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.head is None:
-            return torch.log(self.carry.extra(x, (self.num_classes,)).float().clamp_min(1e-12))
         return self.head(self.carry.extra(x, self.shape))
 
 
@@ -129,7 +126,8 @@ class _MemberStage(nn.Module):
 
 
 class _CommitteeHead(nn.Module):
-    """Logits whose softmax is the mean of the ``count`` members' probabilities: log of that mean."""
+    """Logits whose softmax is the mean of the ``count`` members' probabilities: log of that mean (the
+    first member's last exit too, ``count`` 1)."""
 
     def __init__(self, carry: _Carry, count: int, num_classes: int):
         super().__init__()
@@ -182,7 +180,8 @@ def cifar10_committee(*, members: Sequence[str] = DEFAULT_MEMBERS, info: ModelIn
     for k in range(first.num_exits):
         stages.append(_FirstMemberStage(k, first, to_first, carry, shapes[k - 1] if k else None,
                                         None if k == last else shapes[k]))
-        heads.append(_FirstMemberHead(None if k == last else first.heads[k], carry, shapes[k], info.num_classes))
+        heads.append(_CommitteeHead(carry, 1, info.num_classes) if k == last
+                     else _FirstMemberHead(first.heads[k], carry, shapes[k]))
     for count, member in enumerate(loaded[1:], start=2):
         stages.append(_MemberStage(member, _MemberInput(info, member.info), carry))
         heads.append(_CommitteeHead(carry, count, info.num_classes))
