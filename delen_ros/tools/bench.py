@@ -304,7 +304,8 @@ def run_once(model, profile: Profile, apps: Sequence[AppSpec], frames: Frames, r
     """One policy under one arrival pattern: a fresh engine, a warm-up, then ``duration_s`` measured.
 
     Energy three ways: per result as the engine reports it (meter-scaled share of the device's
-    energy, idle included, where a meter measures; else the profile's estimate), per app from the
+    energy above ``idle_power_w``, as the node reports it, where a meter measures; else the profile's
+    estimate), per app from the
     exits taken and the profile (``estimated_energy_per_frame_mj``, comparable across policies), and
     for the whole run from the meter read around it, ``idle_power_w`` subtracted
     (``metered['dynamic_mj_per_result']``).
@@ -316,7 +317,7 @@ def run_once(model, profile: Profile, apps: Sequence[AppSpec], frames: Frames, r
     engine = Engine(model, profile, policy=policy, runner=runner, meter=meter, queue_depth=queue_depth,
                     max_batch=max_batch, on_result=collector, preprocess_workers=preprocess_workers,
                     energy_window_s=1.0, admission_control=False, overhead_prior_ms=0.0, pipeline=pipeline,
-                    separate_turn_cost=separate_turn_cost)
+                    separate_turn_cost=separate_turn_cost, idle_power_w=idle_power_w)
     for a in apps:
         engine.set_app(a.app_id, a.bounds, source=f'camera{a.camera}')
     engine.start()
