@@ -226,6 +226,35 @@ def test_measured_energy_is_flagged_and_scaled():
     assert np.mean([r.energy_mj for r in measured]) > PROFILE.exit_energy_mj(3)
 
 
+def test_energy_beyond_the_steps_is_shared_evenly_between_results():
+    """A device drawing far more than the profile's steps (uploads, launches, a busy host): a result that
+    stopped at the first exit is charged its steps plus the same share as a full-depth one, not the
+    measured / estimated multiple of its estimate (which, across policies, charged early exits more)."""
+    c = Collector()
+    engine, _ = make_engine(c, meter=FakeMeter(power_w=30.0), sleep_ms=(1, 1, 1, 1), queue_depth=32, max_batch=1)
+    first, final = PROFILE.exit_energy_mj(0), PROFILE.exit_energy_mj(3)
+    engine.set_app('shallow', Bounds(max_energy_mj=first * 1.01, objective='max_accuracy'))
+    engine.set_app('deep', Bounds())
+    with engine:
+        run_frames(engine, [([app], fake_image(0)) for _ in range(20) for app in ('shallow', 'deep')], gap_s=0.004)
+        results = c.wait(40)
+    measured = [r for r in results if r.energy_measured]
+    shallow = [r.energy_mj for r in measured if r.app_id == 'shallow' and r.exit_index == 0]
+    deep = [r.energy_mj for r in measured if r.app_id == 'deep' and r.exit_index == 3]
+    assert shallow and deep, 'no measured results at both exits'
+    share = np.mean(shallow) - first
+    assert share > 5 * (final - first)   # the meter saw far more than the steps: most of it is the share
+    # the two differ by their steps' estimates, not by a multiple of them
+    assert np.mean(deep) - np.mean(shallow) == pytest.approx(final - first, abs=0.5 * share)
+
+
+def test_attribution_keeps_the_steps_and_splits_the_rest():
+    from delen_ros.core.energy_scaling import attribution
+    assert attribution(300.0, 100.0, 4) == (1.0, 50.0)      # 200 mJ beyond the steps, 50 a result
+    assert attribution(100.0, 100.0, 3) == (1.0, 0.0)
+    assert attribution(50.0, 100.0, 4) == (0.5, 0.0)        # the meter saw less: the steps scaled down
+
+
 def test_estimate_meter_keeps_estimates():
     class EstimateMeter:
         source, measured = 'estimate', False

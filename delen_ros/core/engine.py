@@ -38,8 +38,10 @@ that they cannot make the apps admitted before them miss.
 Energy of a result is its share of each batch it ran in: the profile's estimate of the step's
 energy split evenly among the batch's requests. With a real meter (``meter.measured``), a thread of
 its own reads the meter (never the worker: an NVML read can take milliseconds) every window of at
-least the meter's update period, and results are scaled by measured / estimated over the last
-windows; such results say ``energy_measured=True``. The measured energy is the whole device's over
+least the meter's update period, and the measured energy is split over the window's results: each
+keeps its steps' estimate (scaled down only where the meter saw less) plus an even share of the rest,
+the per-frame work outside the steps (``energy_scaling.attribution``); such results say
+``energy_measured=True``. The measured energy is the whole device's over
 the window's wall time, gaps between steps included, so it *includes idle power* unless
 ``idle_power_w`` is given (then ``idle_power_w x window`` is subtracted first).
 """
@@ -1402,9 +1404,11 @@ class Engine:
             if app is None:
                 return   # removed while running: nobody to deliver to
             app.expired += expired
-            scale = self._energy.scale if self._energy is not None else None
-        measured = scale is not None
-        energy = s.energy_est_mj * scale if measured else s.energy_est_mj
+            split = self._energy.attribution if self._energy is not None else None
+        if self._energy is not None:
+            self._energy.count_result()
+        measured = split is not None
+        energy = s.energy_est_mj * split[0] + split[1] if measured else s.energy_est_mj
         accuracy, judged = self.policy.result_accuracy(self.profile, s.bounds, s.exit_index, s.confidence)
         latency_ms = (finish - r.arrival_ns) / _NS_PER_MS
         labels = self.info.labels
