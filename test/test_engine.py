@@ -255,6 +255,21 @@ def test_attribution_keeps_the_steps_and_splits_the_rest():
     assert attribution(50.0, 100.0, 4) == (0.5, 0.0)        # the meter saw less: the steps scaled down
 
 
+def test_windows_read_below_idle_still_count():
+    """A meter's counter moves in steps: one window above idle reads +12, the next -11, where the work
+    drew 1 in all. Skipping the negative one would charge the results for 12."""
+    from delen_ros.core.energy_scaling import RecentWindows
+    recent = RecentWindows(10)
+    assert recent.add(12.0, 1.0, 10) == (1.0, 1.1)
+    assert recent.add(-11.0, 1.0, 10) == (0.5, 0.0)         # 1 mJ measured in all, 2 estimated
+    assert RecentWindows(10).add(-5.0, 1.0, 10) == (0.0, 0.0)
+    assert RecentWindows(10).add(3.0, 0.0, 0) is None        # no result yet: nothing to split
+    old = RecentWindows(2)
+    for window in ((100.0, 1.0, 1), (1.0, 1.0, 1), (1.0, 1.0, 1)):
+        split = old.add(*window)
+    assert split == (1.0, 0.0)                               # the first window has left the horizon
+
+
 def test_estimate_meter_keeps_estimates():
     class EstimateMeter:
         source, measured = 'estimate', False
