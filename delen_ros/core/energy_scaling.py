@@ -37,8 +37,6 @@ class EnergyScaler:
         self._lock = threading.Lock()
         self._estimated_mj = 0.0
         self._results = 0
-        self._horizon_windows = max(1, math.ceil(HORIZON_S / window_s))
-        self._recent = RecentWindows(self._horizon_windows)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,7 +78,7 @@ class EnergyScaler:
         t_prev, e_prev = self._read()
         with self._lock:
             self._estimated_mj, self._results = 0.0, 0
-        self._recent = RecentWindows(self._horizon_windows)
+        recent = RecentWindows(max(1, math.ceil(HORIZON_S / self.window_s)))
         while not self._stop.wait(self.window_s):
             t, e = self._read()
             with self._lock:
@@ -92,7 +90,7 @@ class EnergyScaler:
             measured = e - e_prev - self.idle_power_w * (t - t_prev) / 1e6   # W x ms = mJ
             t_prev, e_prev = t, e
             # every window, the idle ones too: the sum over consecutive windows is the meter's own difference
-            self.attribution = self._recent.add(measured, estimated, results) or self.attribution
+            self.attribution = recent.add(measured, estimated, results) or self.attribution
 
 
 #: how far back the measured energy is summed before it is split: a meter's counter moves in steps

@@ -38,9 +38,9 @@ that they cannot make the apps admitted before them miss.
 Energy of a result is its share of each batch it ran in: the profile's estimate of the step's
 energy split evenly among the batch's requests. With a real meter (``meter.measured``), a thread of
 its own reads the meter (never the worker: an NVML read can take milliseconds) every window of at
-least the meter's update period, and the measured energy is split over the window's results: each
-keeps its steps' estimate (scaled down only where the meter saw less) plus an even share of the rest,
-the per-frame work outside the steps (``energy_scaling.attribution``); such results say
+least the meter's update period, and the measured energy of the last windows (``energy_scaling.HORIZON_S``)
+is split over their results: each keeps its steps' estimate (scaled down only where the meter saw less)
+plus an even share of the rest, the per-frame work outside the steps (``energy_scaling.attribution``); such results say
 ``energy_measured=True``. The measured energy is the whole device's over
 the window's wall time, gaps between steps included, so it *includes idle power* unless
 ``idle_power_w`` is given (then ``idle_power_w x window`` is subtracted first).
@@ -1404,9 +1404,10 @@ class Engine:
             if app is None:
                 return   # removed while running: nobody to deliver to
             app.expired += expired
-            split = self._energy.attribution if self._energy is not None else None
+        split = None
         if self._energy is not None:
             self._energy.count_result()
+            split = self._energy.attribution   # replaced whole by the meter's thread: no lock needed
         measured = split is not None
         energy = s.energy_est_mj * split[0] + split[1] if measured else s.energy_est_mj
         accuracy, judged = self.policy.result_accuracy(self.profile, s.bounds, s.exit_index, s.confidence)

@@ -303,8 +303,8 @@ def run_once(model, profile: Profile, apps: Sequence[AppSpec], frames: Frames, r
              seed: int = 0, pipeline: str = 'off', separate_turn_cost: bool = False) -> dict[str, Any]:
     """One policy under one arrival pattern: a fresh engine, a warm-up, then ``duration_s`` measured.
 
-    Energy three ways: per result as the engine reports it (meter-scaled share of the device's
-    energy above ``idle_power_w``, as the node reports it, where a meter measures; else the profile's
+    Energy three ways: per result as the engine reports it (its share of the device's measured energy
+    above ``idle_power_w``, as the node reports it, where a meter measures; else the profile's
     estimate), per app from the
     exits taken and the profile (``estimated_energy_per_frame_mj``, comparable across policies), and
     for the whole run from the meter read around it, ``idle_power_w`` subtracted
