@@ -84,11 +84,10 @@ class _FirstMemberStage(nn.Module):
     ``k = 0``); after its last stage it passes on that member's probabilities instead of features."""
 
     def __init__(self, k: int, member: MultiExitModel, to_member: _MemberInput, carry: _Carry,
-                 in_shape: Sequence[int] | None, out_shape: Sequence[int] | None):
+                 in_shape: Sequence[int] | None, final_head: nn.Module | None):
         super().__init__()
         self.k, self.carry, self.in_shape = k, carry, in_shape
-        self.stage, self.to_member = member.stages[k], to_member
-        self.final_head = member.heads[k] if out_shape is None else None
+        self.stage, self.to_member, self.final_head = member.stages[k], to_member, final_head
 
     def forward(self, x: Tensor) -> Tensor:
         image = x if self.k == 0 else self.carry.image(x)
@@ -179,7 +178,7 @@ def cifar10_committee(*, members: Sequence[str] = DEFAULT_MEMBERS, info: ModelIn
     last = first.num_exits - 1
     for k in range(first.num_exits):
         stages.append(_FirstMemberStage(k, first, to_first, carry, shapes[k - 1] if k else None,
-                                        None if k == last else shapes[k]))
+                                        first.heads[k] if k == last else None))
         heads.append(_CommitteeHead(carry, 1, info.num_classes) if k == last
                      else _FirstMemberHead(first.heads[k], carry, shapes[k]))
     for count, member in enumerate(loaded[1:], start=2):
