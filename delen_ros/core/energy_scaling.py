@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+from .flight_recorder import RECORDER
 from .thread_names import name_os_thread
 
 __all__ = ['EnergyScaler', 'RecentWindows', 'attribution', 'HORIZON_S']
@@ -68,7 +69,11 @@ class EnergyScaler:
 
     def _read(self) -> tuple[int, float | None]:
         try:
-            return time.perf_counter_ns(), self.meter.energy_mj()
+            t0 = time.perf_counter_ns()
+            energy = self.meter.energy_mj()
+            if RECORDER is not None:
+                RECORDER.add('meter', t0, time.perf_counter_ns())
+            return t0, energy
         except Exception:  # noqa: BLE001 -- a flaky sensor must not take serving down
             _log.exception('energy meter read failed')
             return time.perf_counter_ns(), None

@@ -66,6 +66,7 @@ from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes, percentile, percentiles
 from .batch_cost import BatchCost
 from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, plan
 from .energy_scaling import EnergyScaler
+from .flight_recorder import RECORDER
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
 from .preprocess import DevicePreprocessor, check_image, preprocess
 from .results import AppStats, Result, WorkerStats
@@ -757,6 +758,7 @@ class Engine:
         :returns: how many apps it was queued for (unknown app ids are skipped).
         :raises ValueError: a malformed image.
         """
+        t_submit = time.perf_counter_ns()
         image = check_image(image)
         shape = tuple(image.shape)
         ahead = self._upload_ahead and self._device_pre is not None and self._uploads_ahead(app_ids)
@@ -797,6 +799,8 @@ class Engine:
                 self._age.add(shape, (now - arrival) / _NS_PER_MS, now, app_settled=settled)
             if queued:
                 self._cond.notify()
+        if RECORDER is not None:
+            RECORDER.add('submit', t_submit, time.perf_counter_ns(), apps=len(app_ids), ahead=ahead, queued=queued)
         return queued
 
     def _uploads_ahead(self, app_ids: Sequence[str]) -> bool | None:
@@ -994,7 +998,13 @@ class Engine:
         if not self.admission_control or (now - self._last_check_ns) / 1e9 < recheck_s:
             return None
         self._last_check_ns = now
-        return self.check_schedulable()
+        if RECORDER is None:
+            return self.check_schedulable()
+        t0 = time.perf_counter_ns()
+        try:
+            return self.check_schedulable()
+        finally:
+            RECORDER.add('recheck', t0, time.perf_counter_ns())
 
     def pending(self, app_id: str) -> int:
         """Frames of ``app_id`` queued or under way (0 for an app not registered); cheap."""
@@ -1084,7 +1094,10 @@ class Engine:
         out unserved (see ``pipeline``).
         """
         pending, schedule, decision_ns = self._pending_run, None, 0
+        t_lock = time.perf_counter_ns()
         with self._cond:
+            if RECORDER is not None:   # the lock's wait only: an idle worker's wait for frames follows
+                RECORDER.add('worker_lock', t_lock, time.perf_counter_ns())
             while not self._stopping and pending is None and not self._scheduler.pending():
                 self._idle = True
                 self._cond.wait()
@@ -1240,6 +1253,10 @@ class Engine:
             # a blocking event where the runner sleeps in its waits (the default; DELEN_BLOCKING_SYNC=0 spins)
             done = torch.cuda.Event(blocking=getattr(self._runner, 'blocking_sync', False))
             done.record()
+        if RECORDER is not None:
+            RECORDER.add('launch', t_start, time.perf_counter_ns(), run_ns=t_run, plan_ns=plan_ns, pre_ns=pre_ns, n=n,
+                         requests=len(requests), steps=[steps[0], steps[-1]], padded=padded,
+                         apps=[r.app_id for r in requests])
         free_at = begins + int((sum(self._predict_ms(k, len(requests), turn=False) for k in steps)
                                 + self._turn_ms()) * _NS_PER_MS) if pipelined else 0
         return _Run(batch, decision_ns, slot, n, steps, t_start, t_run, start_clock, plan_ns, pre_ns, padded,
@@ -1250,6 +1267,7 @@ class Engine:
         flight for its next step; the device's measured time teaches the corrector."""
         requests, steps, n = run.batch.requests, run.steps, run.n
         last_step = steps[-1]
+        t_wait = time.perf_counter_ns()
         if run.done is not None:
             run.done.synchronize()
             confidence, class_id = run.confidence.tolist(), run.class_id.tolist()
@@ -1303,6 +1321,9 @@ class Engine:
             (finished if stop else going_on).append(r)
         t_decided = time.perf_counter_ns()
         decide_ns = t_decided - t_decide
+        if RECORDER is not None:
+            RECORDER.add('complete', t_wait, t_decided, synced_ns=t_end, n=n, steps=[steps[0], last_step],
+                         finished=len(finished))
         # What a step really costs a request: scheduling, input, stage, head, softmax, decisions
         # (preprocessing is predicted separately, per frame). Launched behind another batch, the
         # scheduling and input were done while the device was busy: from its start there on.
@@ -1424,6 +1445,10 @@ class Engine:
             bounds_met=s.bounds.met(latency_ms=latency_ms, accuracy=judged, energy_mj=energy),
             arrival_ns=r.arrival_ns, finish_ns=finish, late=r.late, bounds=s.bounds,
             decided_ns=None if expired else s.decided_ns)
+        if RECORDER is not None:
+            RECORDER.add('result', r.arrival_ns, finish, app=r.app_id, bound_ms=s.bounds.max_latency_ms,
+                         exit=s.exit_index, served_ns=s.start_ns,
+                         compute_ns=s.compute_ns, late=r.late, expired=expired)
         if not self.external_delivery:
             result = self.deliver(result)
         try:

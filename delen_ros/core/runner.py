@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVa
 import torch
 from torch import Tensor, nn
 
+from .flight_recorder import RECORDER
 from .fold import FoldCount, fold_for_inference
 from .pointwise import pointwise_as_matmul, pointwise_native_linear
 from .thread_names import name_os_thread
@@ -686,6 +687,7 @@ class StageRunner:
         """Capture stage ``k`` and head ``k`` at batch ``b`` from stage ``k``'s example input ``x``
         (those captured already are kept), put them in use, and return stage ``k``'s output."""
         stage_key, head_key = ('stage', k, b), ('head', k, b)
+        t0 = time.perf_counter_ns()
         made: dict[tuple[str, int, int], _Graph] = {}
         with _CAPTURE_LOCK:
             if stage_key in self._graphs:   # a first use captured it: its output, eagerly
@@ -703,6 +705,8 @@ class StageRunner:
         sync()
         for key, graph in made.items():
             self._graphs[key] = graph   # publish: one atomic assignment under the GIL
+        if RECORDER is not None:
+            RECORDER.add('capture', t0, time.perf_counter_ns(), batch=b, exit=k)
         return y
 
     def _try_cudnn_pair(self, b: int, k: int, x: Tensor, *, stream, sync: Callable[[], None],
@@ -714,6 +718,7 @@ class StageRunner:
         The pair's cuDNN graphs get a pool of their own: they are replayed here, for timing, while
         the worker may replay graphs published before (graphs sharing a pool must never be
         replayed concurrently; this ran wrong answers on an H200 with a pool per size)."""
+        t0 = time.perf_counter_ns()
         pool, twin_pool = self._new_pool(), self._new_pool()   # the twins' is dropped with them
         pairs: dict[str, tuple[_Graph, _Graph]] = {}
         with _CAPTURE_LOCK:
@@ -737,6 +742,8 @@ class StageRunner:
             served = self._graphs.get((kind, k, b))
             if faster_backend(native_ms, cudnn_ms) == 'cudnn' and served is not None and not served.cudnn:
                 self._graphs[kind, k, b] = cudnn   # publish: one atomic assignment under the GIL
+        if RECORDER is not None:
+            RECORDER.add('cudnn_trial', t0, time.perf_counter_ns(), batch=b, exit=k)
         return y
 
     @contextlib.contextmanager

@@ -24,6 +24,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from delen_ros.core.flight_recorder import RECORDER
 from delen_ros.core.gc_pauses import freeze_long_lived, pause_recorder, thaw
 from delen_ros.core.host_memory import HOST_MEMORY
 from delen_ros.msg import AppStatus
@@ -217,6 +218,8 @@ class DelenNode(LifecycleNode):
         process's shared memory (``arrival_ns`` then is when the receiver took it)."""
         if arrival_ns is None:
             arrival_ns = time.perf_counter_ns()   # the engine's clock: latency bounds run from here
+        elif RECORDER is not None:   # taken by a receiver process: how long the hand-over took
+            RECORDER.add('handover', arrival_ns, time.perf_counter_ns(), topic=camera.topic)
         served = self._served
         if not self._active or served is None:
             return
@@ -273,6 +276,8 @@ class DelenNode(LifecycleNode):
             delivered = served.engine.deliver(result)   # the ledger's one definition of latency and bounds_met
             pub.publish(result_cdr(delivered, stamp_sec=sec, stamp_nanosec=nanosec, frame_id=frame_id,
                                    image_topic=topic, now_ns=self._ros_now_ns()))
+            if RECORDER is not None:
+                RECORDER.add('publish', delivered.finish_ns, time.perf_counter_ns(), app=result.app_id)
         except Exception as exc:  # noqa: BLE001 - never kill the worker over one result
             self.get_logger().error(f'could not publish a result for {result.app_id}: {type(exc).__name__}: '
                                     f'{clean_message(exc)}', throttle_duration_sec=5.0)
@@ -292,6 +297,8 @@ class DelenNode(LifecycleNode):
                 if line:
                     self.get_logger().warning(line)
         self._round.done((time.perf_counter() - started) * 1e3, time.monotonic_ns())   # the GIL the worker waits for
+        if RECORDER is not None:
+            RECORDER.add('status', int(started * 1e9), time.perf_counter_ns(), closing=closing)
 
     def _camera_report(self, camera: Camera, period_s: float) -> CameraReport:
         frames, errors = camera.counters.take()

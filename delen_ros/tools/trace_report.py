@@ -1,0 +1,131 @@
+"""What held up the late frames: a report from a flight recorder's spans (``DELEN_TRACE``,
+:mod:`delen_ros.core.flight_recorder`).
+
+    python3 -m delen_ros.tools.trace_report TRACE.jsonl [--margin-ms 1.0] [--json OUT.json]
+
+A result is *late* when its node-side latency (the frame's stamp -> the worker deciding it) is
+within ``--margin-ms`` of its latency bound, or over it (the result still has to reach its
+subscriber). For late results and for all the others it compares what happened while they were in
+the node: the worker's turns that served them (time to take the lock, plan, preprocess, launch,
+wait for the device, decide) and every other thread's spans overlapping them (status ticks,
+admission re-checks, meter reads, graph captures, garbage collections, frame submissions). It also
+prints when the late results came, modulo a period (``--period-s``), to show a beat.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import collections
+import json
+import math
+import statistics
+import sys
+from typing import Any, Iterable
+
+__all__ = ['load', 'late_report', 'main']
+
+
+def load(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding='utf-8') as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
+    return max(0, min(a1, b1) - max(a0, b0))
+
+
+class _Spans:
+    """Spans of one kind, sorted by start, for overlap queries."""
+
+    def __init__(self, spans: Iterable[dict[str, Any]]):
+        self.spans = sorted(spans, key=lambda s: s['start_ns'])
+        self.starts = [s['start_ns'] for s in self.spans]
+        self.longest = max((s['end_ns'] - s['start_ns'] for s in self.spans), default=0)
+
+    def overlapping(self, t0: int, t1: int) -> list[dict[str, Any]]:
+        lo = bisect.bisect_left(self.starts, t0 - self.longest)
+        hi = bisect.bisect_right(self.starts, t1)
+        return [s for s in self.spans[lo:hi] if s['end_ns'] > t0]
+
+
+def _turns(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The worker's turns: each launch with the wait for the lock before it (not the idle wait for frames
+    after it) and the complete after it."""
+    worker = sorted((s for s in spans if s['kind'] in ('worker_lock', 'launch', 'complete')),
+                    key=lambda s: s['start_ns'])
+    turns, wait, launch = [], None, None
+    for s in worker:
+        if s['kind'] == 'worker_lock':
+            wait = s
+        elif s['kind'] == 'launch':
+            launch = s
+        elif launch is not None:
+            t0, run = launch['start_ns'], launch['run_ns']
+            turns.append({
+                'start_ns': t0, 'end_ns': s['end_ns'],
+                'apps': launch.get('apps', []), 'steps': launch['steps'], 'n': launch['n'],
+                'lock': wait['end_ns'] - wait['start_ns'] if wait is not None else 0,
+                'plan': launch['plan_ns'], 'pre': launch['pre_ns'],
+                'input': max(0, run - t0 - launch['plan_ns'] - launch['pre_ns']),
+                'launch': launch['end_ns'] - run, 'device': s['synced_ns'] - s['start_ns'],
+                'decide': s['end_ns'] - s['synced_ns'], 'gap': s['start_ns'] - launch['end_ns']})
+            wait = launch = None
+    return turns
+
+
+def late_report(spans: list[dict[str, Any]], *, margin_ms: float = 1.0, period_s: float = 0.5) -> dict[str, Any]:
+    results = [s for s in spans if s['kind'] == 'result' and s.get('bound_ms')]
+    if not results:
+        return {'results': 0}
+    t_first = min(s['start_ns'] for s in results)
+    others = {kind: _Spans(s for s in spans if s['kind'] == kind)
+              for kind in ('status', 'recheck', 'meter', 'capture', 'cudnn_trial', 'gc', 'submit', 'publish',
+                           'handover')}
+    turns = _Spans(_turns(spans))
+    groups: dict[str, list[dict[str, Any]]] = {'late': [], 'on_time': []}
+    for r in results:
+        latency = (r['end_ns'] - r['start_ns']) / 1e6
+        late = latency > r['bound_ms'] - margin_ms
+        t0, t1 = r['start_ns'], r['end_ns']
+        row: dict[str, Any] = {'app': r['app'], 'bound_ms': r['bound_ms'], 'latency_ms': round(latency, 3),
+                               'exit': r['exit'], 'at_s': round((t0 - t_first) / 1e9, 3),
+                               'queue_ms': round(((r['served_ns'] if r.get('served_ns') else t1) - t0) / 1e6, 3),
+                               'compute_ms': round(r['compute_ns'] / 1e6, 3)}
+        served = [t for t in turns.overlapping(t0, t1) if r['app'] in t['apps']]
+        for part in ('lock', 'plan', 'pre', 'input', 'launch', 'device', 'decide'):
+            row[f'turn_{part}_ms'] = round(sum(t[part] for t in served) / 1e6, 3)
+        row['turns'] = len(served)
+        row['turns_of_others_ms'] = round(sum(_overlap(t0, t1, t['start_ns'], t['end_ns'])
+                                              for t in turns.overlapping(t0, t1) if r['app'] not in t['apps']) / 1e6, 3)
+        for kind, index in others.items():
+            row[f'{kind}_ms'] = round(sum(_overlap(t0, t1, s['start_ns'], s['end_ns'])
+                                          for s in index.overlapping(t0, t1)) / 1e6, 3)
+        groups['late' if late else 'on_time'].append(row)
+    keys = [k for k in groups['late'][0] if k.endswith('_ms') and k != 'bound_ms'] if groups['late'] else []
+    summary = {name: {k: round(statistics.fmean(row[k] for row in rows), 3) for k in keys} | {'count': len(rows)}
+               for name, rows in groups.items() if rows}
+    phases = collections.Counter(round(math.fmod(row['at_s'], period_s), 2) for row in groups['late'])
+    return {'results': len(results), 'margin_ms': margin_ms, 'mean': summary,
+            'late_phase_mod_period': {'period_s': period_s, 'counts': dict(phases.most_common(12))},
+            'late': groups['late']}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('trace')
+    p.add_argument('--margin-ms', type=float, default=1.0)
+    p.add_argument('--period-s', type=float, default=0.5)
+    p.add_argument('--json', default='')
+    args = p.parse_args(argv)
+    report = late_report(load(args.trace), margin_ms=args.margin_ms, period_s=args.period_s)
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump(report, f)
+    print(json.dumps({k: v for k, v in report.items() if k != 'late'}, indent=1))
+    for row in report.get('late', [])[:60]:
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

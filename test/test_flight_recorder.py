@@ -1,0 +1,63 @@
+"""The flight recorder (DELEN_TRACE) and the late-frame report read from it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from delen_ros.core.flight_recorder import FlightRecorder
+from delen_ros.tools.trace_report import late_report, load
+
+MS = 1_000_000
+
+
+def _turn(recorder: FlightRecorder, t0: int, device_ms: float, app: str) -> int:
+    """One worker turn from ``t0``: 0.1 ms plan, launch, ``device_ms`` waiting; returns its end."""
+    launched = t0 + MS // 5
+    recorder.add('worker_lock', t0 - 1000, t0)
+    recorder.add('launch', t0, launched, run_ns=t0 + MS // 10, plan_ns=MS // 10, pre_ns=0, n=1, requests=1,
+                 steps=[0, 0], padded=1, apps=[app])
+    synced = launched + int(device_ms * MS)
+    recorder.add('complete', launched, synced + MS // 10, synced_ns=synced, n=1, steps=[0, 0], finished=1)
+    return synced + MS // 10
+
+
+def test_spans_round_trip_and_a_late_frame_is_blamed_on_what_overlapped_it(tmp_path):
+    recorder = FlightRecorder(str(tmp_path / 'trace.jsonl'))
+    # an on-time frame: 1 ms in the node, bound 10 ms
+    end = _turn(recorder, 0, 0.5, 'a')
+    recorder.add('result', 0, end, app='a', bound_ms=10.0, exit=0, served_ns=0, compute_ns=end, late=False,
+                 expired=False)
+    # a late one: a 4 ms status tick on another thread, the device wait stretched to 9.5 ms
+    t0 = 100 * MS
+    recorder.add('status', t0 + MS, t0 + 5 * MS, closing=False)
+    end = _turn(recorder, t0, 9.5, 'a')
+    recorder.add('result', t0, end, app='a', bound_ms=10.0, exit=0, served_ns=t0, compute_ns=end - t0, late=False,
+                 expired=False)
+    recorder.write()
+    recorder.write()   # once only: the second call does nothing
+    spans = load(str(tmp_path / 'trace.jsonl'))
+    assert [s['kind'] for s in spans].count('result') == 2
+    report = late_report(spans, margin_ms=1.0)
+    assert report['mean']['late']['count'] == 1 and report['mean']['on_time']['count'] == 1
+    late = report['late'][0]
+    assert late['status_ms'] == 4.0
+    assert late['turn_device_ms'] == 9.5
+    assert report['mean']['on_time']['status_ms'] == 0.0
+
+
+def test_unset_means_no_recorder_and_set_writes_at_exit(tmp_path):
+    code = ('from delen_ros.core import flight_recorder as f; import time; '
+            'print(f.RECORDER is None); f.RECORDER and f.RECORDER.add("status", 0, 1)')
+    env = {k: v for k, v in os.environ.items() if k != 'DELEN_TRACE'}
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == 'True'
+    path = tmp_path / 'node_{pid}.jsonl'
+    out = subprocess.run([sys.executable, '-c', code], env=env | {'DELEN_TRACE': str(path)}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == 'False'
+    written = list(tmp_path.glob('node_*.jsonl'))
+    assert len(written) == 1 and '{pid}' not in written[0].name
+    kinds = {json.loads(line)['kind'] for line in written[0].read_text().splitlines()}
+    assert 'status' in kinds
