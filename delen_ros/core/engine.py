@@ -67,6 +67,7 @@ from .batch_cost import BatchCost
 from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, plan
 from .energy_scaling import EnergyScaler
 from .flight_recorder import RECORDER
+from .plan_reserve import PlanReserve
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
 from .preprocess import DevicePreprocessor, check_image, preprocess
 from .results import AppStats, Result, WorkerStats
@@ -115,6 +116,7 @@ class _State:
     compute_ns: int = 0
     energy_est_mj: float = 0.0
     decided_ns: int | None = None    # engine clock when the last exit's decision was taken
+    planned_ns: int | None = None    # the finish predicted when its depth was last decided (PlanReserve)
     idle_submit_ns: int | None = None   # submitted while the worker was idle: measures its wake-up
 
 
@@ -272,6 +274,9 @@ class Engine:
         engine only, but through ROS above capacity it served no more results and added a worker
         turn of latency (``benchmarks/h200/e2e_session13``). The attribute may be changed while
         serving.
+    :param plan_reserve: latency plans keep free the tail of their own measured errors
+        (:class:`~delen_ros.core.plan_reserve.PlanReserve`: stalls that the step-time margins do not
+        cover); false: plans on predictions alone (for A/B runs).
     :param separate_turn_cost: learn a worker turn's own cost (scheduling, planning, the policy's
         decisions) apart from its steps' (:meth:`~delen_ros.core.policies.LatencyCorrector.turn_ms`),
         and count it once a turn: in the scheduler's and the policy's predictions, a fused run's and
@@ -297,7 +302,7 @@ class Engine:
                  admission_control: bool = True, utilisation_limit: float = 0.9, admission_headroom: float = 0.1,
                  admission_headroom_min_ms: float = 1.0,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
-                 fuse_steps: bool = True, pipeline: str = 'off',
+                 fuse_steps: bool = True, pipeline: str = 'off', plan_reserve: bool = True,
                  demote_after: int = 3, restore_after: int = 2, separate_turn_cost: bool = False):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
@@ -416,6 +421,7 @@ class Engine:
         self._pending_run: _Run | None = None   # launched, not looked at yet (the worker's own)
         self._last_end_ns = 0                   # perf_counter_ns: the last run's results were back
         self._last_evicted_ns = -_BEHIND_NS - 1   # engine clock: a queue last pushed a frame out
+        self.plan_reserve = PlanReserve(enabled=plan_reserve)
         self._device_pre = DevicePreprocessor(
             self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
             memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)
@@ -1031,7 +1037,7 @@ class Engine:
         """For ``/diagnostics``, cheap (no percentiles): failures of the worker outside a step, frames
         left to the worker to upload (load shed), runs launched before the last one was looked at."""
         return {'engine_worker_errors': self.worker_errors, 'uploads_left_to_worker': self.uploads_left_to_worker,
-                'pipelined_runs': self._pipelined}
+                'pipelined_runs': self._pipelined, 'plan_reserve_ms': round(self.plan_reserve.reserve_ms(), 3)}
 
     def _reset_worker_stats(self) -> None:
         self._steps = self._batched = self._busy_ns = self._pipelined = 0
@@ -1237,6 +1243,7 @@ class Engine:
         last_step = self._fuse_to(step, requests, n, begins, enforce=enforce)
         steps = range(step, last_step + 1)
         plan_ns = time.perf_counter_ns() - t_start
+        self._note_plans(requests, step, last_step, begins)
         x, pre_ns = self._batch_input(batch, unique)
         padded = self._padded_size(n)
         if padded > n:
@@ -1255,8 +1262,8 @@ class Engine:
             done.record()
         if RECORDER is not None:
             RECORDER.add('launch', t_start, time.perf_counter_ns(), run_ns=t_run, plan_ns=plan_ns, pre_ns=pre_ns, n=n,
-                         requests=len(requests), steps=[steps[0], steps[-1]], padded=padded,
-                         apps=[r.app_id for r in requests])
+                         requests=len(requests), steps=(steps[0], steps[-1]), padded=padded,
+                         apps=tuple(r.app_id for r in requests))   # tuples: left alone by the collector
         free_at = begins + int((sum(self._predict_ms(k, len(requests), turn=False) for k in steps)
                                 + self._turn_ms()) * _NS_PER_MS) if pipelined else 0
         return _Run(batch, decision_ns, slot, n, steps, t_start, t_run, start_clock, plan_ns, pre_ns, padded,
@@ -1298,6 +1305,7 @@ class Engine:
         # The next step's prediction is the same for the whole batch: made once, not per request.
         next_ms = None if last else self.corrector.predict_ms(self.profile, last_step + 1, len(requests)) + \
             self._turn_ms() + self.corrector.tail_ms()   # a step after a look is a turn of its own
+        reserve_ms = self.plan_reserve.reserve_ms()
         finished, going_on = [], []
         for r in requests:
             s: _State = r.state
@@ -1314,7 +1322,8 @@ class Engine:
             s.decided_ns = now
             ctx = ExitContext(bounds=s.bounds, profile=self.profile, exit_index=last_step, confidence=s.confidence,
                               elapsed_ms=(now - r.arrival_ns) / _NS_PER_MS, energy_mj=s.energy_est_mj,
-                              next_batch=len(requests), corrector=self.corrector, next_ms=next_ms)
+                              next_batch=len(requests), corrector=self.corrector,
+                              next_ms=None if next_ms is None else next_ms + reserve_ms)
             # A late frame (cannot meet its bound any more) is served at the fastest exit when the
             # engine enforces deadlines; the baselines decide as their systems do.
             stop = (r.late and enforce) or self.policy.decide(ctx) is Decision.STOP
@@ -1322,7 +1331,7 @@ class Engine:
         t_decided = time.perf_counter_ns()
         decide_ns = t_decided - t_decide
         if RECORDER is not None:
-            RECORDER.add('complete', t_wait, t_decided, synced_ns=t_end, n=n, steps=[steps[0], last_step],
+            RECORDER.add('complete', t_wait, t_decided, synced_ns=t_end, n=n, steps=(steps[0], last_step),
                          finished=len(finished))
         # What a step really costs a request: scheduling, input, stage, head, softmax, decisions
         # (preprocessing is predicted separately, per frame). Launched behind another batch, the
@@ -1352,10 +1361,24 @@ class Engine:
             self._scheduler.finished(len(finished))
             for r in going_on:
                 r.next_step = last_step + 1
+                r.state.planned_ns = now + int(next_ms * _NS_PER_MS)   # the plan it goes on with
                 self._scheduler.requeue(r)
         for r in finished:
             r.state.features = None
             self._finish(r, expired=False)
+
+    def _note_plans(self, requests: Sequence[Request], step: int, last_step: int, begins_ns: int) -> None:
+        """Record the finish predicted for the requests whose depth this launch decides: a frame's
+        first step, or a run fused past the step decided before (:class:`PlanReserve`)."""
+        todo = [r for r in requests if r.state.planned_ns is None or last_step > step]
+        if not todo:
+            return
+        size = len(requests)
+        ms = self._predict_ms(step, size) + self.corrector.tail_ms() + \
+            sum(self.corrector.predict_ms(self.profile, k, size) for k in range(step + 1, last_step + 1))
+        planned = begins_ns + int(ms * _NS_PER_MS)
+        for r in todo:
+            r.state.planned_ns = planned
 
     def _fuse_to(self, step: int, requests: Sequence[Request], n: int, now_ns: int, *, enforce: bool) -> int:
         """The last step to run before the host looks at the results: ``step``, or further while the
@@ -1376,7 +1399,10 @@ class Engine:
         if not self.fuse_steps or step >= final or (enforce and any(r.late for r in requests)):
             return step
         size = len(requests)
-        tail_ms, expiry_tail_ms = self.corrector.tail_ms(), self._scheduler.tail_ms()
+        # the policy's plans keep the reserve free; the scheduler's expiry test does not (a frame is
+        # not given up on for a stall that may not come)
+        tail_ms = self.corrector.tail_ms() + self.plan_reserve.reserve_ms()
+        expiry_tail_ms = self._scheduler.tail_ms()
         # Steps are not preempted: a run must end before waiting work has to start ('earlier': only
         # work due before the run's own members, which EDF would put first).
         due_ns = math.inf if self.split_runs_for == 'any' else \
@@ -1444,7 +1470,7 @@ class Engine:
             energy_source=self.energy_source if measured else 'estimate',
             bounds_met=s.bounds.met(latency_ms=latency_ms, accuracy=judged, energy_mj=energy),
             arrival_ns=r.arrival_ns, finish_ns=finish, late=r.late, bounds=s.bounds,
-            decided_ns=None if expired else s.decided_ns)
+            decided_ns=None if expired else s.decided_ns, planned_ns=None if expired else s.planned_ns)
         if RECORDER is not None:
             RECORDER.add('result', r.arrival_ns, finish, app=r.app_id, bound_ms=s.bounds.max_latency_ms,
                          exit=s.exit_index, served_ns=s.start_ns,
@@ -1475,6 +1501,9 @@ class Engine:
             self.corrector.update_tail((now - result.decided_ns) / _NS_PER_MS)
         with self._cond:
             app = self._apps.get(result.app_id)
+            if app is not None and result.planned_ns is not None and not result.late and not app.demoted:
+                # demoted apps wait behind the others and late frames run regardless: not plans' errors
+                self.plan_reserve.add((now - result.planned_ns) / _NS_PER_MS, now)
             if app is not None:
                 app.results_out += 1
                 app.served_late += not latency_met

@@ -42,6 +42,7 @@ class Result:
     late: bool = False
     bounds: Bounds | None = None
     decided_ns: int | None = None
+    planned_ns: int | None = None   # the finish its last depth decision predicted (plan_reserve)
 
 
 @dataclasses.dataclass(frozen=True)
