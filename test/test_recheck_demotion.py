@@ -437,3 +437,28 @@ def test_an_app_admitted_once_something_was_measured_is_not_on_priors_even_if_th
     measured(engine, age_ms=2.0)                      # would not be confirmed now, but it was admitted on
     assert demoted(engine) == frozenset()             # measurements: at risk at most, as usual
     assert 'on priors' not in reason(engine, 'new')
+
+
+# --- where the re-check runs ---------------------------------------------------------------------------
+@pytest.mark.parametrize('on_worker', [True, False])
+def test_the_status_ticks_re_check_runs_on_the_idle_worker(on_worker):
+    # run beside the worker, its pure Python takes the GIL in the middle of runs already planned
+    import threading
+    import time
+    model = fake_model()
+    engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model), recheck_on_worker=on_worker)
+    engine.set_app('a', TIGHT, rate_hz=10.0)
+    ran_on = []
+    check = engine.check_schedulable
+    engine.check_schedulable = lambda: (ran_on.append(threading.current_thread().name), check())[1]
+    with engine:
+        engine._last_check_ns -= 2_000_000_000   # the last re-check 2 s ago
+        engine.stats('a', recheck_s=1.0)
+        deadline = time.monotonic() + 5.0
+        while not ran_on and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine.stats('a', recheck_s=1.0)   # just re-checked: not again
+    assert ran_on == ['delen-engine' if on_worker else threading.current_thread().name]
+    # recheck_s=0 asks for a verdict now: on the caller's thread whatever the setting
+    engine.stats('a', recheck_s=0)
+    assert ran_on[-1] == threading.current_thread().name

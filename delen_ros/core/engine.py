@@ -87,6 +87,7 @@ _NS_PER_MS = 1_000_000
 # upload them (see Engine._uploads_ahead).
 _BEHIND_NS = 500_000_000
 _RISK_LOG_REPEAT_NS = 60_000_000_000   # the re-check's warning: on every change, else at most this often
+_RECHECK_LATEST_NS = 500_000_000   # a worker that never runs out of frames re-checks between two turns after this
 # Admissions made on priors are confirmed once frame ages and serving overhead have been measured this long
 # (the first seconds of serving are transients of the node's own making: see FrameAge)
 _CONFIRM_AFTER_NS = SETTLE_NS
@@ -277,6 +278,13 @@ class Engine:
     :param plan_reserve: latency plans keep free the tail of their own measured errors
         (:class:`~delen_ros.core.plan_reserve.PlanReserve`: stalls that the step-time margins do not
         cover); false: plans on predictions alone (for A/B runs).
+    :param recheck_on_worker: the once-a-second admission re-check asked by :meth:`stats` runs on the
+        worker, when it has nothing to serve (or between two turns once it has waited
+        :data:`_RECHECK_LATEST_NS`), not on the caller's thread. Run beside it, its pure Python took
+        the GIL from the worker in the middle of runs already planned: on an H200 (16 cameras, 10 ms
+        apps beside accuracy cascades) each re-check made every 10 ms app's frame in flight late
+        (session 25, ``benchmarks/h200/recheck_session25``). Before a run, a delay is planned for.
+        False: on the caller's thread, as before (for A/B runs).
     :param separate_turn_cost: learn a worker turn's own cost (scheduling, planning, the policy's
         decisions) apart from its steps' (:meth:`~delen_ros.core.policies.LatencyCorrector.turn_ms`),
         and count it once a turn: in the scheduler's and the policy's predictions, a fused run's and
@@ -303,6 +311,7 @@ class Engine:
                  admission_headroom_min_ms: float = 1.0,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
                  fuse_steps: bool = True, pipeline: str = 'off', plan_reserve: bool = True,
+                 recheck_on_worker: bool = True,
                  demote_after: int = 3, restore_after: int = 2, separate_turn_cost: bool = False):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
@@ -383,6 +392,8 @@ class Engine:
         self._admitted = 0   # admissions so far: the next app's AppLedger.seq
         self._risk_logged: tuple[object, int] = ((), 0)   # the re-check's last warning: what, when (ns)
         self._last_check_ns = clock()
+        self.recheck_on_worker = recheck_on_worker
+        self._recheck_wanted_ns = 0   # engine clock: a re-check asked of the worker since (0: none)
         # the outside-the-device parts (transport, overhead, delivery) the last admission passed with:
         # what the apps were guaranteed beside (check_schedulable)
         self._admitted_outside: dict[str, float] | None = None
@@ -999,11 +1010,22 @@ class Engine:
 
     def _recheck_if_older(self, recheck_s: float) -> dict[str, str] | None:
         """:meth:`check_schedulable`'s reasons if the last re-check is older than ``recheck_s`` s (it
-        runs now), else ``None``; the status tick (:meth:`stats`) and a device pool's monitor share it."""
+        runs now), else ``None``; the status tick (:meth:`stats`) and a device pool's monitor share it.
+        With ``recheck_on_worker`` and a running worker the re-check is asked of the worker instead
+        (``None``; the reasons stored by the last one stand), unless ``recheck_s`` is 0."""
         now = self.clock()
         if not self.admission_control or (now - self._last_check_ns) / 1e9 < recheck_s:
             return None
-        self._last_check_ns = now
+        if self.recheck_on_worker and recheck_s > 0 and self.running:   # asked of the worker (recheck_on_worker)
+            with self._cond:
+                if not self._recheck_wanted_ns:
+                    self._recheck_wanted_ns = now
+                    self._cond.notify()
+            return None
+        return self._recheck()
+
+    def _recheck(self) -> dict[str, str]:
+        self._last_check_ns, self._recheck_wanted_ns = self.clock(), 0
         if RECORDER is None:
             return self.check_schedulable()
         t0 = time.perf_counter_ns()
@@ -1011,6 +1033,16 @@ class Engine:
             return self.check_schedulable()
         finally:
             RECORDER.add('recheck', t0, time.perf_counter_ns())
+
+    def _recheck_due(self) -> bool:
+        """Whether the worker runs the re-check asked of it now: it has nothing to serve, or it was asked
+        :data:`_RECHECK_LATEST_NS` ago."""
+        wanted = self._recheck_wanted_ns
+        if not wanted:
+            return False
+        with self._cond:
+            idle = self._pending_run is None and not self._scheduler.pending()
+        return idle or self.clock() - wanted >= _RECHECK_LATEST_NS
 
     def pending(self, app_id: str) -> int:
         """Frames of ``app_id`` queued or under way (0 for an app not registered); cheap."""
@@ -1099,12 +1131,15 @@ class Engine:
         results wait up to one turn of the worker, so it is on only when frames are being pushed
         out unserved (see ``pipeline``).
         """
+        if self._recheck_due():
+            self._recheck()
         pending, schedule, decision_ns = self._pending_run, None, 0
         t_lock = time.perf_counter_ns()
         with self._cond:
             if RECORDER is not None:   # the lock's wait only: an idle worker's wait for frames follows
                 RECORDER.add('worker_lock', t_lock, time.perf_counter_ns())
-            while not self._stopping and pending is None and not self._scheduler.pending():
+            while not self._stopping and pending is None and not self._scheduler.pending() and \
+                    not self._recheck_wanted_ns:
                 self._idle = True
                 self._cond.wait()
             self._idle = False
@@ -1361,17 +1396,19 @@ class Engine:
             self._scheduler.finished(len(finished))
             for r in going_on:
                 r.next_step = last_step + 1
-                r.state.planned_ns = now + int(next_ms * _NS_PER_MS)   # the plan it goes on with
+                # its next launch plans it again: the wait for it is the scheduler's choice, not an error
+                r.state.planned_ns = None
                 self._scheduler.requeue(r)
         for r in finished:
             r.state.features = None
             self._finish(r, expired=False)
 
     def _note_plans(self, requests: Sequence[Request], step: int, last_step: int, begins_ns: int) -> None:
-        """Record the finish predicted for the requests whose depth this launch decides: a frame's
-        first step, or a run fused past the step decided before (:class:`PlanReserve`)."""
+        """Record the finish this launch predicts for its requests (:class:`PlanReserve`), from its
+        start: the wait before it (the scheduler's order, a cascade's frame queued behind more urgent
+        ones) is planned for where it is known, so it is not a plan's error."""
         todo = [r for r in requests if r.state.planned_ns is None or last_step > step]
-        if not todo:
+        if not todo or not self.plan_reserve.enabled:
             return
         size = len(requests)
         ms = self._predict_ms(step, size) + self.corrector.tail_ms() + \

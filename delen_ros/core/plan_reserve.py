@@ -8,8 +8,9 @@ interval. An H200 running 10 ms apps beside accuracy cascades at 16 cameras (ses
 ``benchmarks/h200/plan_reserve_session25``) lost 1-5 % of a kept app's frames that way, each planned
 to the bound and a few milliseconds late.
 
-So every delivered result's *plan error* is kept: delivery time minus the finish its last depth
-decision predicted (a positive error is a plan that came true late). Latency plans then keep the
+So every delivered result's *plan error* is kept: delivery time minus the finish predicted when its
+last run was launched (a positive error is a plan that came true late; a cascade's wait between two
+runs is the scheduler's order, not an error). Latency plans then keep the
 error's :data:`QUANTILE` over the last :data:`WINDOW` results of the last :data:`HORIZON_S` seconds free
 (:meth:`PlanReserve.reserve_ms`):
 a stall that hits one frame in a hundred makes plans stop early by about that stall, for every app,
