@@ -67,7 +67,6 @@ from .batch_cost import BatchCost
 from .bounds import Bounds, FeasibleRange, LatePolicy, Plan, feasible_range, plan
 from .energy_scaling import EnergyScaler
 from .flight_recorder import RECORDER
-from .plan_reserve import PlanReserve
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy, static_fallback_exit
 from .preprocess import DevicePreprocessor, check_image, preprocess
 from .results import AppStats, Result, WorkerStats
@@ -117,7 +116,6 @@ class _State:
     compute_ns: int = 0
     energy_est_mj: float = 0.0
     decided_ns: int | None = None    # engine clock when the last exit's decision was taken
-    planned_ns: int | None = None    # the finish predicted when its depth was last decided (PlanReserve)
     idle_submit_ns: int | None = None   # submitted while the worker was idle: measures its wake-up
 
 
@@ -275,9 +273,6 @@ class Engine:
         engine only, but through ROS above capacity it served no more results and added a worker
         turn of latency (``benchmarks/h200/e2e_session13``). The attribute may be changed while
         serving.
-    :param plan_reserve: latency plans keep free the tail of their own measured errors
-        (:class:`~delen_ros.core.plan_reserve.PlanReserve`: stalls that the step-time margins do not
-        cover); false: plans on predictions alone (for A/B runs).
     :param recheck_on_worker: the once-a-second admission re-check asked by :meth:`stats` runs on the
         worker, when it has nothing to serve (or between two turns once it has waited
         :data:`_RECHECK_LATEST_NS`), not on the caller's thread. Run beside it, its pure Python took
@@ -310,8 +305,7 @@ class Engine:
                  admission_control: bool = True, utilisation_limit: float = 0.9, admission_headroom: float = 0.1,
                  admission_headroom_min_ms: float = 1.0,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
-                 fuse_steps: bool = True, pipeline: str = 'off', plan_reserve: bool = True,
-                 recheck_on_worker: bool = True,
+                 fuse_steps: bool = True, pipeline: str = 'off', recheck_on_worker: bool = True,
                  demote_after: int = 3, restore_after: int = 2, separate_turn_cost: bool = False):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
@@ -432,7 +426,7 @@ class Engine:
         self._pending_run: _Run | None = None   # launched, not looked at yet (the worker's own)
         self._last_end_ns = 0                   # perf_counter_ns: the last run's results were back
         self._last_evicted_ns = -_BEHIND_NS - 1   # engine clock: a queue last pushed a frame out
-        self.plan_reserve = PlanReserve(enabled=plan_reserve)
+
         self._device_pre = DevicePreprocessor(
             self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
             memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)
@@ -1069,7 +1063,7 @@ class Engine:
         """For ``/diagnostics``, cheap (no percentiles): failures of the worker outside a step, frames
         left to the worker to upload (load shed), runs launched before the last one was looked at."""
         return {'engine_worker_errors': self.worker_errors, 'uploads_left_to_worker': self.uploads_left_to_worker,
-                'pipelined_runs': self._pipelined, 'plan_reserve_ms': round(self.plan_reserve.reserve_ms(), 3)}
+                'pipelined_runs': self._pipelined}
 
     def _reset_worker_stats(self) -> None:
         self._steps = self._batched = self._busy_ns = self._pipelined = 0
@@ -1278,7 +1272,6 @@ class Engine:
         last_step = self._fuse_to(step, requests, n, begins, enforce=enforce)
         steps = range(step, last_step + 1)
         plan_ns = time.perf_counter_ns() - t_start
-        self._note_plans(requests, step, last_step, begins)
         x, pre_ns = self._batch_input(batch, unique)
         padded = self._padded_size(n)
         if padded > n:
@@ -1340,7 +1333,6 @@ class Engine:
         # The next step's prediction is the same for the whole batch: made once, not per request.
         next_ms = None if last else self.corrector.predict_ms(self.profile, last_step + 1, len(requests)) + \
             self._turn_ms() + self.corrector.tail_ms()   # a step after a look is a turn of its own
-        reserve_ms = self.plan_reserve.reserve_ms()
         finished, going_on = [], []
         for r in requests:
             s: _State = r.state
@@ -1357,8 +1349,7 @@ class Engine:
             s.decided_ns = now
             ctx = ExitContext(bounds=s.bounds, profile=self.profile, exit_index=last_step, confidence=s.confidence,
                               elapsed_ms=(now - r.arrival_ns) / _NS_PER_MS, energy_mj=s.energy_est_mj,
-                              next_batch=len(requests), corrector=self.corrector,
-                              next_ms=None if next_ms is None else next_ms + reserve_ms)
+                              next_batch=len(requests), corrector=self.corrector, next_ms=next_ms)
             # A late frame (cannot meet its bound any more) is served at the fastest exit when the
             # engine enforces deadlines; the baselines decide as their systems do.
             stop = (r.late and enforce) or self.policy.decide(ctx) is Decision.STOP
@@ -1396,26 +1387,10 @@ class Engine:
             self._scheduler.finished(len(finished))
             for r in going_on:
                 r.next_step = last_step + 1
-                # its next launch plans it again: the wait for it is the scheduler's choice, not an error
-                r.state.planned_ns = None
                 self._scheduler.requeue(r)
         for r in finished:
             r.state.features = None
             self._finish(r, expired=False)
-
-    def _note_plans(self, requests: Sequence[Request], step: int, last_step: int, begins_ns: int) -> None:
-        """Record the finish this launch predicts for its requests (:class:`PlanReserve`), from its
-        start: the wait before it (the scheduler's order, a cascade's frame queued behind more urgent
-        ones) is planned for where it is known, so it is not a plan's error."""
-        todo = [r for r in requests if r.state.planned_ns is None or last_step > step]
-        if not todo or not self.plan_reserve.enabled:
-            return
-        size = len(requests)
-        ms = self._predict_ms(step, size) + self.corrector.tail_ms() + \
-            sum(self.corrector.predict_ms(self.profile, k, size) for k in range(step + 1, last_step + 1))
-        planned = begins_ns + int(ms * _NS_PER_MS)
-        for r in todo:
-            r.state.planned_ns = planned
 
     def _fuse_to(self, step: int, requests: Sequence[Request], n: int, now_ns: int, *, enforce: bool) -> int:
         """The last step to run before the host looks at the results: ``step``, or further while the
@@ -1436,10 +1411,7 @@ class Engine:
         if not self.fuse_steps or step >= final or (enforce and any(r.late for r in requests)):
             return step
         size = len(requests)
-        # the policy's plans keep the reserve free; the scheduler's expiry test does not (a frame is
-        # not given up on for a stall that may not come)
-        tail_ms = self.corrector.tail_ms() + self.plan_reserve.reserve_ms()
-        expiry_tail_ms = self._scheduler.tail_ms()
+        tail_ms, expiry_tail_ms = self.corrector.tail_ms(), self._scheduler.tail_ms()
         # Steps are not preempted: a run must end before waiting work has to start ('earlier': only
         # work due before the run's own members, which EDF would put first).
         due_ns = math.inf if self.split_runs_for == 'any' else \
@@ -1507,7 +1479,7 @@ class Engine:
             energy_source=self.energy_source if measured else 'estimate',
             bounds_met=s.bounds.met(latency_ms=latency_ms, accuracy=judged, energy_mj=energy),
             arrival_ns=r.arrival_ns, finish_ns=finish, late=r.late, bounds=s.bounds,
-            decided_ns=None if expired else s.decided_ns, planned_ns=None if expired else s.planned_ns)
+            decided_ns=None if expired else s.decided_ns)
         if RECORDER is not None:
             RECORDER.add('result', r.arrival_ns, finish, app=r.app_id, bound_ms=s.bounds.max_latency_ms,
                          exit=s.exit_index, served_ns=s.start_ns,
@@ -1538,9 +1510,6 @@ class Engine:
             self.corrector.update_tail((now - result.decided_ns) / _NS_PER_MS)
         with self._cond:
             app = self._apps.get(result.app_id)
-            if app is not None and result.planned_ns is not None and not result.late and not app.demoted:
-                # demoted apps wait behind the others and late frames run regardless: not plans' errors
-                self.plan_reserve.add((now - result.planned_ns) / _NS_PER_MS, now)
             if app is not None:
                 app.results_out += 1
                 app.served_late += not latency_met

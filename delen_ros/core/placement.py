@@ -43,6 +43,7 @@ Example (CPU "devices" stand in for GPUs)::
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -478,13 +479,12 @@ class DevicePool:
                 'pointwise_matmul': any(r['pointwise_matmul'] for r in reports),
                 'graphs_settled': all(r['graphs_settled'] for r in reports)}
 
-    def worker_counters(self) -> dict[str, float]:
-        """Every device's :meth:`Engine.worker_counters`: the counts summed, the times (``*_ms``) the largest."""
-        total: dict[str, float] = {}
+    def worker_counters(self) -> dict[str, int]:
+        """Every device's :meth:`Engine.worker_counters`, summed."""
+        total: collections.Counter[str] = collections.Counter()
         for e in self.engines:
-            for key, value in e.worker_counters().items():
-                total[key] = max(total.get(key, value), value) if key.endswith('_ms') else total.get(key, 0) + value
-        return total
+            total.update(e.worker_counters())
+        return dict(total)
 
     def device_worker_stats(self, *, reset: bool = False) -> list[WorkerStats]:
         return [e.worker_stats(reset=reset) for e in self.engines]

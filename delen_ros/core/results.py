@@ -42,7 +42,6 @@ class Result:
     late: bool = False
     bounds: Bounds | None = None
     decided_ns: int | None = None
-    planned_ns: int | None = None   # the finish its last depth decision predicted (plan_reserve)
 
 
 @dataclasses.dataclass(frozen=True)

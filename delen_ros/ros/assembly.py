@@ -174,8 +174,6 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           pipeline=os.environ.get('DELEN_PIPELINE', 'off'),
                           # an A/B: a worker turn's own cost learnt apart from the steps' (session 16)
                           separate_turn_cost=os.environ.get('DELEN_TURN_COST') == '1',
-                          # an A/B: latency plans without the reserve for their own errors (session 25)
-                          plan_reserve=os.environ.get('DELEN_PLAN_RESERVE', '1') != '0',
                           # an A/B: the admission re-check on the status tick's thread, as before session 25
                           recheck_on_worker=os.environ.get('DELEN_RECHECK_ON_WORKER', '1') != '0')
             if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run
