@@ -13,6 +13,7 @@ a demoted one, holds a frame up), so they need 9.6 ms by their deadline; one alo
 beside the other demoted 4.8 + 3.15 = 7.95 ms.
 """
 import numpy as np
+import torch
 import pytest
 
 from delen_ros.core.admission import CostModel, Task, Unschedulable, asks_more, check, misfits
@@ -462,3 +463,13 @@ def test_the_status_ticks_re_check_runs_on_the_idle_worker(on_worker):
     # recheck_s=0 asks for a verdict now: on the caller's thread whatever the setting
     engine.stats('a', recheck_s=0)
     assert ran_on[-1] == threading.current_thread().name
+
+
+def test_by_default_the_re_check_runs_on_the_worker_on_cuda_only():
+    # on a CPU the worker computes the steps itself: the caller's thread runs it on another core
+    model = fake_model()
+    assert not Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model)).recheck_on_worker
+    runner = FakeRunner(model)
+    engine = Engine(model, PROFILE, on_result=lambda r: None, runner=runner)
+    runner.device = torch.device('cuda')   # read when asked: no CUDA needed here
+    assert engine.recheck_on_worker

@@ -279,7 +279,10 @@ class Engine:
         the GIL from the worker in the middle of runs already planned: on an H200 (16 cameras, 10 ms
         apps beside accuracy cascades) each re-check made every 10 ms app's frame in flight late
         (session 25, ``benchmarks/h200/recheck_session25``). Before a run, a delay is planned for.
-        False: on the caller's thread, as before (for A/B runs).
+        On a CPU the worker computes the steps itself, so the re-check adds to its time, where the
+        caller's thread ran it on another core while torch's kernels let go of the GIL: a 10 ms app at
+        3 cameras met its bound for 88-92 % of frames against 92-98 % (``benchmarks/cpu/recheck_session25``).
+        ``None`` (default): on the worker where the runner's device is CUDA, else on the caller's thread.
     :param separate_turn_cost: learn a worker turn's own cost (scheduling, planning, the policy's
         decisions) apart from its steps' (:meth:`~delen_ros.core.policies.LatencyCorrector.turn_ms`),
         and count it once a turn: in the scheduler's and the policy's predictions, a fused run's and
@@ -305,7 +308,7 @@ class Engine:
                  admission_control: bool = True, utilisation_limit: float = 0.9, admission_headroom: float = 0.1,
                  admission_headroom_min_ms: float = 1.0,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
-                 fuse_steps: bool = True, pipeline: str = 'off', recheck_on_worker: bool = True,
+                 fuse_steps: bool = True, pipeline: str = 'off', recheck_on_worker: bool | None = None,
                  demote_after: int = 3, restore_after: int = 2, separate_turn_cost: bool = False):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
@@ -386,7 +389,7 @@ class Engine:
         self._admitted = 0   # admissions so far: the next app's AppLedger.seq
         self._risk_logged: tuple[object, int] = ((), 0)   # the re-check's last warning: what, when (ns)
         self._last_check_ns = clock()
-        self.recheck_on_worker = recheck_on_worker
+        self._recheck_on_worker = recheck_on_worker
         self._recheck_wanted_ns = 0   # engine clock: a re-check asked of the worker since (0: none)
         # the outside-the-device parts (transport, overhead, delivery) the last admission passed with:
         # what the apps were guaranteed beside (check_schedulable)
@@ -1002,6 +1005,13 @@ class Engine:
         with self._cond:
             return {a: app.reason for a, app in self._apps.items() if app.reason}
 
+    @property
+    def recheck_on_worker(self) -> bool:
+        """Whether the status tick's re-check runs on the worker (see the ``recheck_on_worker`` parameter)."""
+        if self._recheck_on_worker is not None:
+            return self._recheck_on_worker
+        return getattr(self._runner, 'device', torch.device('cpu')).type == 'cuda'
+
     def _recheck_if_older(self, recheck_s: float) -> dict[str, str] | None:
         """:meth:`check_schedulable`'s reasons if the last re-check is older than ``recheck_s`` s (it
         runs now), else ``None``; the status tick (:meth:`stats`) and a device pool's monitor share it.
@@ -1010,7 +1020,7 @@ class Engine:
         now = self.clock()
         if not self.admission_control or (now - self._last_check_ns) / 1e9 < recheck_s:
             return None
-        if self.recheck_on_worker and recheck_s > 0 and self.running:   # asked of the worker (recheck_on_worker)
+        if self.recheck_on_worker and recheck_s > 0 and self.running:   # asked of the worker
             with self._cond:
                 if not self._recheck_wanted_ns:
                     self._recheck_wanted_ns = now

@@ -174,8 +174,9 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           pipeline=os.environ.get('DELEN_PIPELINE', 'off'),
                           # an A/B: a worker turn's own cost learnt apart from the steps' (session 16)
                           separate_turn_cost=os.environ.get('DELEN_TURN_COST') == '1',
-                          # an A/B: the admission re-check on the status tick's thread, as before session 25
-                          recheck_on_worker=os.environ.get('DELEN_RECHECK_ON_WORKER', '1') != '0')
+                          # an A/B: the admission re-check on the worker (1) or the status tick's thread (0);
+                          # unset: on the worker on CUDA only (session 25)
+                          recheck_on_worker={'0': False, '1': True}.get(os.environ.get('DELEN_RECHECK_ON_WORKER', '')))
             if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run
                 built.split_runs_for = 'earlier'
             if os.environ.get('DELEN_CORRECTOR_PER_BATCH') == '1':   # an A/B: step times learnt per batch size
