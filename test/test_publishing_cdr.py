@@ -84,3 +84,25 @@ def test_status_cdr_is_the_serialized_status_message(app_id, reason, exits, nan)
         assert len(got) == len(want)
         ours, theirs = (rclpy_serialization.deserialize_message(b, AppStatus) for b in (got, want))
         assert repr(ours) == repr(theirs)   # repr: NaN fields compare equal as text
+
+
+@pytest.mark.parametrize('cameras', [0, 1, 3])
+def test_diagnostics_cdr_is_the_serialized_diagnostics_array(cameras):
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from delen_ros.ros.publishing import diagnostics_array, diagnostics_cdr
+    reports, stats = [], {}
+    for i in range(cameras):
+        config, app_stats, camera = _status_inputs('cam' + 'x' * i, ['', 'at risk: é'][i % 2], 4, nan=i == 2)
+        reports.append(camera)
+        stats[config.app_id] = types.SimpleNamespace(**vars(app_stats), window_results=30 + i, window_dropped=i,
+                                                     window_energy_mj=12.5 * i)
+    rows = dict(prefix='/delen', hardware_id='cuda:0', cameras=reports, stats=stats, period_s=1.0,
+                engine={'active': True, 'model': 'cifar10_lite0', 'state_error': '' if cameras != 1 else 'disk',
+                        'graphs': 16, 'idle_power_w': '121.4'})
+    want = rclpy_serialization.serialize_message(diagnostics_array(stamp=Time(sec=1_795_922_979, nanosec=7), **rows))
+    got = diagnostics_cdr(stamp_sec=1_795_922_979, stamp_nanosec=7, **rows)
+    assert len(got) == len(want)
+    ours, theirs = (rclpy_serialization.deserialize_message(b, DiagnosticArray) for b in (got, want))
+    assert ours == theirs and len(ours.status) == cameras + 1

@@ -35,7 +35,7 @@ from .apps import parse_apps_param
 from .conversions import ImageFormatError, image_to_array, parse_image_cdr
 from .ingress import IngressPool, auto_processes
 from .manager import SUBSCRIPTION_DEPTH, AppManager, Camera
-from .publishing import CameraReport, diagnostics_array, result_cdr, status_cdr
+from .publishing import CameraReport, diagnostics_cdr, result_cdr, status_cdr
 from .qos import RESULT_QOS, status_qos
 from .registry import Registry, StateStore
 from .rejections import RejectionLog, clean_message
@@ -343,8 +343,9 @@ class DelenNode(LifecycleNode):
         if not round_.closing:
             return
         round_.forget(in_use)
-        self._diagnostics_pub.publish(diagnostics_array(
-            stamp=stamp, prefix=self.get_fully_qualified_name(), hardware_id=served.device,
+        self._diagnostics_pub.publish(diagnostics_cdr(
+            stamp_sec=stamp.sec, stamp_nanosec=stamp.nanosec, prefix=self.get_fully_qualified_name(),
+            hardware_id=served.device,
             cameras=list(round_.cameras.values()), stats=round_.stats, period_s=round_.round_s(now_ns), engine={
                 'active': self._active, 'model': served.model.info.name, 'device': served.device,
                 'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
