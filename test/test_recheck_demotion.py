@@ -290,7 +290,7 @@ def test_the_warning_is_logged_on_changes_not_every_recheck(caplog):
 
 
 def test_the_recheck_warning_spells_out_three_apps_and_names_the_rest():
-    from delen_ros.core.engine import risk_summary
+    from delen_ros.core.engine_admission import risk_summary
     reasons = {f'cam{i:02d}': f'frames due within 18 ms need {20 + i} ms' for i in range(32)}
     line = risk_summary(reasons)
     assert line.startswith('32 app(s) at risk or demoted: cam00: frames due within 18 ms need 20 ms; ')

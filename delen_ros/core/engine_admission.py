@@ -1,0 +1,338 @@
+"""Admission control and its re-check, the part of :class:`~delen_ros.core.engine.Engine` that judges
+whether the registered apps can all meet their bounds together (``Engine`` inherits it).
+
+End to end: a frame's latency is its age on arrival, the worker's compute and the serving overhead,
+plus the delivery allowance (:meth:`AdmissionMixin._outside_ms`). ``set_app`` admits an app only if
+every app stays schedulable beside it (:mod:`~delen_ros.core.admission`'s EDF demand test at measured
+rates and costs). Once a second the status tick's :meth:`~AdmissionMixin.stats` asks for the same test
+again (:meth:`~AdmissionMixin.check_schedulable`): apps at risk are told why, and those that no longer
+fit beside the apps admitted before them are served after the others. On CUDA the re-check runs on the
+worker when it has nothing to serve (``Engine(recheck_on_worker=...)``).
+
+The state read here (apps, scheduler, corrector, frame ages) is the engine's; this module keeps none
+of its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import admission
+from .app_ledger import DEMOTED_NOTE
+from .arrivals import SETTLE_NS
+from .bounds import Bounds, FeasibleRange, Plan, feasible_range, plan
+from .flight_recorder import RECORDER
+from .policies import Decision, ExitContext, static_fallback_exit
+
+if TYPE_CHECKING:
+    from .app_ledger import AppLedger
+
+__all__ = ['AdmissionMixin', 'risk_summary']
+
+# the logger of the engine: its re-check warnings read as the engine's
+_log = logging.getLogger('delen_ros.core.engine')
+_RISK_LOG_REPEAT_NS = 60_000_000_000   # the re-check's warning: on every change, else at most this often
+_RECHECK_LATEST_NS = 500_000_000   # a worker that never runs out of frames re-checks between two turns after this
+# Admissions made on priors are confirmed once frame ages and serving overhead have been measured this long
+# (the first seconds of serving are transients of the node's own making: see FrameAge)
+_CONFIRM_AFTER_NS = SETTLE_NS
+
+
+def _yield_gil() -> None:
+    """Let a thread waiting for the GIL have it now: ``time.sleep(0)`` releases it even for 0 s."""
+    time.sleep(0)
+
+
+_RISK_LOG_APPS = 3   # apps whose reason a re-check's warning spells out; each app's is in its AppStatus
+
+
+def risk_summary(reasons: dict[str, str], spelled_out: int = _RISK_LOG_APPS) -> str:
+    """One line for the log: the first apps' reasons in full, the others by name (at 32 apps the full
+    text ran to 20 000 characters a warning; every app reads its own reason in ``~/status``).
+
+    >>> risk_summary({'a': 'x', 'b': 'y', 'c': 'z'}, spelled_out=1)
+    '3 app(s) at risk or demoted: a: x; and b, c (reasons in ~/status)'
+    """
+    items = list(reasons.items())
+    text = '; '.join(f'{a}: {why}' for a, why in items[:spelled_out])
+    rest = [a for a, _ in items[spelled_out:]]
+    more = f'; and {", ".join(rest)} (reasons in ~/status)' if rest else ''
+    return f'{len(items)} app(s) at risk or demoted: {text}{more}'
+
+
+class AdmissionMixin:
+    """Admission and the re-check, for :class:`~delen_ros.core.engine.Engine` (see the module docstring)."""
+
+    def overhead_ms(self) -> float:
+        """Serving overhead now, at its tail: the worker's wake-up and decision -> delivery, each mean
+        + ``latency_margin`` deviations, ms; ``overhead_prior_ms`` until a delivery is measured."""
+        if not self.corrector.has_tail:
+            return self.overhead_prior_ms
+        return self.corrector.tail_ms() + self._wake.value(self.corrector.margin)
+
+    def _measured(self) -> bool:
+        """Whether admission's costs outside the device have been measured since the start, not priors
+        only: frames' age on arrival and the serving overhead. Since the start, not now: while apps
+        register one after another every new app's first frame pauses the sampling (FrameAge), and on an
+        H200 the apps asking ``~/set_bounds`` 0.5 s apart all counted as admitted on priors."""
+        return self._age.ever_sampled() and self.corrector.has_tail
+
+    def _outside_ms(self) -> dict[str, float]:
+        """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,
+        the frames' age when :meth:`submit` gets them (from the stamp: transport to the node and
+        conversion) at their 99th percentile of late (:class:`~delen_ros.core.arrivals.FrameAge`),
+        ``transport_prior_ms`` while none is measured; ``overhead_ms`` (:meth:`overhead_ms`);
+        ``delivery_ms``, the delivery allowance."""
+        return {'transport_ms': self._age.p99_ms(self.clock()), 'overhead_ms': self.overhead_ms(),
+                'delivery_ms': self.delivery_allowance_ms}
+
+    def exit_latency_ms(self) -> list[float]:
+        """End-to-end latency of a lone frame to each exit now, ms, as its subscriber sees it: the
+        frames' age on arrival and the serving overhead (tails), the delivery allowance,
+        preprocessing, and each step at batch 1 (the profile's p50 x this device's measured ratio)."""
+        return self._exit_latency_ms(self._outside_ms())
+
+    def _exit_latency_ms(self, outside: dict[str, float]) -> list[float]:
+        base = sum(outside.values()) + self.preprocess_cost.predict_ms(1) + self._turn_ms(0.0)
+        out, total = [], base
+        for k in range(self.profile.num_exits):
+            total += self.corrector.factor(k, 1) * self.profile.step_ms(k, 1)
+            out.append(total)
+        return out
+
+    def feasible_range(self) -> FeasibleRange:
+        """What this engine can serve now, end to end (see :meth:`exit_latency_ms`)."""
+        outside = self._outside_ms()   # once: the parts named are the parts summed
+        return feasible_range(self.profile, exit_latency_ms=self._exit_latency_ms(outside), **outside)
+
+    def plan(self, bounds: Bounds) -> Plan:
+        """The end-to-end plan for ``bounds`` now (no registration, no admission)."""
+        outside = self._outside_ms()
+        return plan(bounds, self.profile, exit_latency_ms=self._exit_latency_ms(outside), **outside)
+
+    def _required_exit(self, bounds: Bounds) -> int:
+        """The exit admission must make room for: a latency-bound app degrades to its cheapest
+        acceptable exit under load; an app without one runs where its plan says."""
+        if bounds.max_latency_ms is not None:
+            return static_fallback_exit(self.profile, bounds.min_accuracy)
+        try:
+            return plan(bounds, self.profile).exit_index
+        except ValueError:
+            return self.profile.final_exit
+
+    def _source_rate(self, source: str | None, now: int) -> float:
+        """Prior rate of a new app: the measured rate of an app on the same source, else ``rate_prior_hz``."""
+        if source is not None:
+            rates = [r for st in self._apps.values() if st.source == source
+                     for r in (st.rate.hz(now),) if r is not None]
+            if rates:
+                return max(rates)
+        return self.rate_prior_hz
+
+    def _task(self, app_id: str, app: AppLedger, now: int) -> admission.Task:
+        exit_index = self._required_exit(app.bounds)
+        return admission.Task(app_id, app.rate_hz(now), app.bounds.max_latency_ms, exit_index, app.source,
+                              stops=self._run_stops(app.bounds, exit_index))
+
+    def _run_stops(self, bounds: Bounds, exit_index: int) -> tuple[int, ...]:
+        """The exits before ``exit_index`` where the worker ends a fused run of this app's frames
+        (:meth:`_fuse_to`): where its policy does not go on without a look, decided with nothing spent
+        yet (time and energy spent only end runs sooner). An accuracy bound's cascade looks at every
+        exit with a threshold, so its frames run a step at a time there, not as one long run."""
+        if not self.fuse_steps:
+            return ()
+        return tuple(k for k in range(exit_index) if self.policy.decide_ahead(ExitContext(
+            bounds=bounds, profile=self.profile, exit_index=k, confidence=math.nan, elapsed_ms=0.0,
+            corrector=self.corrector)) is not Decision.CONTINUE)
+
+    def _cost_model(self, outside: dict[str, float] | None = None) -> admission.CostModel:
+        """Admission's costs now; ``outside``: these parts outside the device instead of :meth:`_outside_ms`."""
+        return admission.CostModel(
+            # the first step with its batch's preprocessing (per call + per frame: amortised over the batch)
+            step_ms=lambda k, b: self._predict_ms(k, b, margin=0.0, turn=False), num_exits=self.profile.num_exits,
+            **(outside or self._outside_ms()), max_batch=self.max_batch, default_deadline_ms=self.default_deadline_ms,
+            utilisation_limit=self.utilisation_limit, fused_runs=self.fuse_steps, turn_ms=self._turn_ms(0.0))
+
+    def _with_headroom(self, cost: admission.CostModel) -> admission.CostModel:
+        """``cost`` as a request is judged: with ``admission_headroom`` of each bound kept free."""
+        return dataclasses.replace(cost, headroom=self.admission_headroom,
+                                   headroom_min_ms=self.admission_headroom_min_ms)
+
+    def schedulability(self) -> 'admission.Verdict':
+        """Admission's test on the registered apps at their measured rates now (nothing stored)."""
+        with self._cond:
+            now = self.clock()
+            tasks = [self._task(a, st, now) for a, st in sorted(self._apps.items(), key=lambda item: item[1].seq)]
+        return admission.check(tasks, self._cost_model())
+
+    def check_schedulable(self) -> dict[str, str]:
+        """Re-run admission on the registered apps at their measured rates; store and return why each
+        app at risk may miss its bounds (``AppStats.unschedulable_reason``; serving goes on).
+
+        When the apps no longer fit together, the fewest are served after the others (demoted:
+        :meth:`~delen_ros.core.scheduler.Scheduler.set_best_effort`), the most recently admitted
+        first (:func:`~delen_ros.core.admission.misfits`): an app keeps the guarantee it was given
+        at admission, and one infeasible alone is always demoted. Who is at risk is judged at the
+        tails measured now, who is demoted on device demand (:meth:`_misfits`). An app is demoted only after
+        ``demote_after`` re-checks in a row found it not fitting, and restored after
+        ``restore_after`` in a row found it fitting; its reason is reported at every re-check all
+        the same, and says whether it is demoted or only at risk. When no app fits even alone,
+        none is demoted (an order among hopeless apps helps nobody). The warning is logged when
+        the apps at risk or demoted change, else at most once a minute.
+        """
+        with self._cond:
+            now = self.clock()
+            states = sorted(self._apps.items(), key=lambda item: item[1].seq)
+            tasks = [self._task(a, st, now) for a, st in states]
+        outside = self._outside_ms()   # the checks run outside the lock: the worker must not wait for them
+        cost = self._cost_model(outside)
+        verdict = admission.check(tasks, cost)   # who is at risk: at the tails measured now
+        misfit = {} if verdict.ok else self._misfits(tasks, outside, cost)
+        hopeless = len(misfit) == len(tasks) > 0
+        confirmed, unconfirmed = self._confirm(states, tasks, outside, cost, now)
+        misfit.update(unconfirmed)
+        with self._cond:
+            for app_id, app in states:
+                app.note_check(fits=hopeless or app_id not in misfit, demote_after=self.demote_after,
+                               restore_after=self.restore_after)
+                # one demoted for not fitting is restored only by confirmations (with the headroom), not by
+                # the usual re-check: on an H200 the two in turn demoted and restored it every few seconds
+                if app_id in confirmed and not app.demoted:
+                    app.on_priors = False
+            demoted = {app_id for app_id, app in states if app.demoted}
+        # at risk as served now: the apps not demoted (a running step of a demoted app may block them)
+        at_risk = verdict.at_risk if not demoted else admission.check(
+            [t for t in tasks if t.app_id not in demoted], cost,
+            blocking=[t for t in tasks if t.app_id in demoted]).at_risk
+        pending = [a for a in misfit if a not in demoted and not hopeless]
+        reasons: dict[str, str] = {}
+        for app_id, app in states:
+            if app_id in misfit:
+                if app.demoted:
+                    state = DEMOTED_NOTE
+                elif hopeless:
+                    state = 'at risk, not demoted: no app fits even alone'
+                else:
+                    state = (f'at risk: served after the others if this holds for '
+                             f'{self.demote_after - app.misfit_checks} more re-check(s)')
+                reasons[app_id] = f'{misfit[app_id]}; {state}'
+            elif app_id in at_risk:
+                later = f'; {", ".join(pending)}, admitted after it, would be served after it' if pending else ''
+                reasons[app_id] = (f'{at_risk[app_id]}; at risk, not demoted: it fits beside the apps '
+                                   f'admitted before it{later}')
+        with self._cond:
+            for app_id, app in states:
+                if self._apps.get(app_id) is app:   # not removed meanwhile
+                    app.reason = reasons.get(app_id, '')
+                    self._scheduler.set_best_effort(app_id, app.demoted)
+            key = (tuple(sorted(reasons)), tuple(sorted(demoted))) if reasons or demoted else ()
+            last_key, last_ns = self._risk_logged
+            log = key != last_key or (bool(reasons) and now - last_ns >= _RISK_LOG_REPEAT_NS)
+            if log:
+                self._risk_logged = (key, now)
+        if log and reasons:
+            _log.warning('admission re-check at the measured rates: %s', risk_summary(reasons))
+        elif log:
+            _log.info('admission re-check: every app fits%s', f' ({", ".join(sorted(demoted))} served after the '
+                      'others until the next clean re-checks)' if demoted else '')
+        return reasons
+
+    def _confirm(self, states: list[tuple[str, AppLedger]], tasks: list[admission.Task],
+                 outside: dict[str, float], cost: admission.CostModel, now: int
+                 ) -> tuple[list[str], dict[str, str]]:
+        """Apps admitted on priors (``AppLedger.on_priors``: before anything was measured, e.g. at
+        configure) judged again once the costs are measured, as if each asked now, in order of
+        admission (:func:`~delen_ros.core.admission.confirm`), at ``cost`` (the re-check's, measured
+        at ``outside``) with the admission headroom: (confirmed, app -> why not). One that
+        does not fit is a misfit of :meth:`check_schedulable` (demoted after ``demote_after`` re-checks
+        in a row) and is judged again at the next re-check.
+
+        A profile prices the device, not the node serving it: on an H200 at 16 cameras, 10 ms apps
+        admitted at configure beside cascades met their bounds for 93-98 % of frames, while the same
+        apps asking ``~/set_bounds`` under load were refused or met them for all their frames."""
+        if self._measured_since_ns is None and self._measured():
+            self._measured_since_ns = now
+        pending = [i for i, (_, app) in enumerate(states) if app.on_priors]
+        if not pending or self._measured_since_ns is None or now - self._measured_since_ns < _CONFIRM_AFTER_NS:
+            return [], {}
+        cost = self._with_headroom(cost)
+        kept = [t for t, (_, app) in zip(tasks, states) if not app.on_priors and not app.demoted]
+        confirmed, out = admission.confirm(kept, [tasks[i] for i in pending], cost, pause=_yield_gil)
+        if confirmed:   # what these admissions passed with: the re-check's settled costs from now on
+            self._admitted_outside = outside
+        return confirmed, out
+
+    def _misfits(self, tasks: list[admission.Task], outside: dict[str, float], cost: admission.CostModel
+                 ) -> dict[str, str]:
+        """Who to demote, app -> why (:func:`~delen_ros.core.admission.misfits`), on device demand:
+        the parts outside the device (``outside``, measured now) no worse than the last admission
+        passed with. Demoting frees device time; it cannot shorten the node's own transients (a
+        GIL-bound spell inflates the frame-age and overhead tails for their whole window), and
+        demoting on them fed back: on an H200 at 32 cameras the tails of a 1 s spike left 7.7 of 33 ms
+        for the device, 21 apps were demoted and their frames went late. An app that misses even
+        alone at the tails now (``cost``) is demoted all the same: its frames are late anyway."""
+        if not self._admitted_outside:   # on the status timer's thread: yield between the checks
+            return admission.misfits(tasks, cost, pause=_yield_gil)
+        settled = self._cost_model({k: min(v, self._admitted_outside.get(k, v)) for k, v in outside.items()})
+        if admission.check(tasks, settled).ok:
+            return admission.infeasible_alone(tasks, cost, pause=_yield_gil)
+        return admission.misfits(tasks, settled, alone=cost, pause=_yield_gil)
+
+    def at_risk(self, *, recheck_s: float = 1.0) -> dict[str, str]:
+        """Why each app at risk may miss its bounds (app -> reason), as the last admission re-check
+        found; re-run first (:meth:`check_schedulable`) when that is older than ``recheck_s`` s, as
+        :meth:`stats` does. For a monitor that polls often: a re-check is an EDF test over every app."""
+        reasons = self._recheck_if_older(recheck_s)
+        if reasons is not None:
+            return reasons
+        with self._cond:
+            return {a: app.reason for a, app in self._apps.items() if app.reason}
+
+    @property
+    def recheck_on_worker(self) -> bool:
+        """Whether the status tick's re-check runs on the worker (see the ``recheck_on_worker`` parameter)."""
+        if self._recheck_on_worker is not None:
+            return self._recheck_on_worker
+        return getattr(self._runner, 'device', torch.device('cpu')).type == 'cuda'
+
+    def _recheck_if_older(self, recheck_s: float) -> dict[str, str] | None:
+        """:meth:`check_schedulable`'s reasons if the last re-check is older than ``recheck_s`` s (it
+        runs now), else ``None``; the status tick (:meth:`stats`) and a device pool's monitor share it.
+        With ``recheck_on_worker`` and a running worker the re-check is asked of the worker instead
+        (``None``; the reasons stored by the last one stand), unless ``recheck_s`` is 0."""
+        now = self.clock()
+        if not self.admission_control or (now - self._last_check_ns) / 1e9 < recheck_s:
+            return None
+        if self.recheck_on_worker and recheck_s > 0 and self.running:   # asked of the worker
+            with self._cond:
+                if not self._recheck_wanted_ns:
+                    self._recheck_wanted_ns = now
+                    self._cond.notify()
+            return None
+        return self._recheck()
+
+    def _recheck(self) -> dict[str, str]:
+        self._last_check_ns, self._recheck_wanted_ns = self.clock(), 0
+        if RECORDER is None:
+            return self.check_schedulable()
+        t0 = time.perf_counter_ns()
+        try:
+            return self.check_schedulable()
+        finally:
+            RECORDER.add('recheck', t0, time.perf_counter_ns())
+
+    def _recheck_due(self) -> bool:
+        """Whether the worker runs the re-check asked of it now: it has nothing to serve, or it was asked
+        :data:`_RECHECK_LATEST_NS` ago."""
+        wanted = self._recheck_wanted_ns
+        if not wanted:
+            return False
+        with self._cond:
+            idle = self._pending_run is None and not self._scheduler.pending()
+        return idle or self.clock() - wanted >= _RECHECK_LATEST_NS
+
