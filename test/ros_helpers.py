@@ -87,11 +87,13 @@ class NodeProcess:
     :param domain_id: ROS domain.
     :param workdir: where the params file and the log go.
     :param namespace: the node's namespace (``''`` = root): the services are ``<ns>/delen/...``.
+    :param env: more environment variables for the node's process.
     """
 
     def __init__(self, *, params: Mapping[str, Any], domain_id: int, workdir: pathlib.Path,
-                 namespace: str = '', name: str = 'node'):
+                 namespace: str = '', name: str = 'node', env: Mapping[str, str] | None = None):
         self.params, self.domain_id, self.namespace = dict(params), domain_id, namespace
+        self.env = dict(env or {})
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f'{name}.log'
@@ -113,7 +115,7 @@ class NodeProcess:
         log = open(self.log_path, 'a')
         log.write(f'\n===== start {self._starts}: {" ".join(cmd)}\n')
         log.flush()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=ros_env(self.domain_id), stdout=log,
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**ros_env(self.domain_id), **self.env}, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return self
@@ -321,13 +323,14 @@ CPU_NODE = {'model': 'fashion_mnist', 'device': 'cpu', 'torch_threads': 1}
 
 
 @contextlib.contextmanager
-def node_and_peer(workdir: pathlib.Path, **params: Any):
-    """``(node, peer)``: the real node (``CPU_NODE`` updated with ``params``) in a domain of its own,
-    its ``set_bounds`` service up, and a peer in that domain; both stopped on the way out."""
+def node_and_peer(workdir: pathlib.Path, *, node_env: Mapping[str, str] | None = None, **params: Any):
+    """``(node, peer)``: the real node (``CPU_NODE`` updated with ``params``; ``node_env`` added to its
+    environment) in a domain of its own, its ``set_bounds`` service up, and a peer in that domain; both
+    stopped on the way out."""
     from delen_ros.srv import SetBounds
     domain = unique_domain_id()
     use_ros_env(domain)
-    node = NodeProcess(params={**CPU_NODE, **params}, domain_id=domain, workdir=workdir).start()
+    node = NodeProcess(params={**CPU_NODE, **params}, domain_id=domain, workdir=workdir, env=node_env).start()
     peer = RosPeer(domain)
     try:
         peer.wait_for_service(SetBounds, '/delen/set_bounds', timeout=90.0)

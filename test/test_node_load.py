@@ -59,3 +59,27 @@ def test_three_cameras_at_30_hz_are_answered_and_services_respond(tmp_path: path
         assert sent >= CAMERAS * RATE_HZ * SECONDS * 0.5, f'the test peer published only {sent} frames'
         assert answered >= 0.9 * sent, f'{answered} of {sent} frames answered\n{node.log()[-3000:]}'
         assert node.alive()
+
+
+def test_status_ticks_asked_of_the_engine_worker_run_there_and_still_report(tmp_path: pathlib.Path):
+    # DELEN_STATUS_ON_WORKER=1 (an A/B): the status tick's work runs on the worker when it is idle; the
+    # node's flight recorder tells which thread ran each tick
+    import json
+
+    from delen_ros.msg import AppStatus
+    env = {'DELEN_STATUS_ON_WORKER': '1', 'DELEN_TRACE': str(tmp_path / 'trace_{pid}.jsonl')}
+    with node_and_peer(tmp_path, node_env=env) as (node, peer):
+        collectors = register_cameras(peer, ['/load/cam0'])
+        status = peer.subscribe(AppStatus, '/delen/status')
+        frame = array_to_image(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
+        feeder = ImageFeeder(peer, {'/load/cam0': [frame]}, rate_hz=15.0, reliable=True)
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline and not any(s.rate_out_hz > 0 for s in status.messages()):
+            time.sleep(0.2)
+        feeder.stop()
+        assert any(s.app_id == 'cam0' and s.rate_out_hz > 0 for s in status.messages()), node.log()[-3000:]
+        assert collectors[0].messages()
+    traces = list(tmp_path.glob('trace_*.jsonl'))
+    assert len(traces) == 1, node.log()[-3000:]
+    ticks = [json.loads(line) for line in traces[0].read_text().splitlines() if '"kind": "status"' in line]
+    assert ticks and {t['thread'] for t in ticks} == {'delen-engine'}

@@ -473,3 +473,29 @@ def test_by_default_the_re_check_runs_on_the_worker_on_cuda_only():
     engine = Engine(model, PROFILE, on_result=lambda r: None, runner=runner)
     runner.device = torch.device('cuda')   # read when asked: no CUDA needed here
     assert engine.recheck_on_worker
+
+
+def test_work_asked_of_the_worker_runs_there_once_per_key_and_a_failure_does_not_stop_it():
+    import threading
+    import time
+    model = fake_model()
+    engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model))
+    assert not engine.call_when_idle('x', lambda: None)   # no worker: the caller runs it
+    calls, release = [], threading.Event()
+
+    def wait_for(count):
+        deadline = time.monotonic() + 5.0
+        while len(calls) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with engine:
+        assert engine.call_when_idle('block', lambda: (calls.append('block'), release.wait(5.0)))
+        wait_for(1)
+        for _ in range(3):   # asked again and again while the worker is busy: one call
+            engine.call_when_idle('b', lambda: calls.append(threading.current_thread().name))
+        engine.call_when_idle('boom', lambda: 1 / 0)
+        release.set()
+        wait_for(2)
+        engine.call_when_idle('after', lambda: calls.append('after'))   # the failure did not stop it
+        wait_for(3)
+    assert calls == ['block', 'delen-engine', 'after']

@@ -84,6 +84,7 @@ __all__ = ['Result', 'AppStats', 'WorkerStats', 'Engine', 'make_runner']
 
 _log = logging.getLogger(__name__)
 _NS_PER_MS = 1_000_000
+_IDLE_TASK_LATEST_NS = 500_000_000   # a worker that never runs out of frames runs what is asked between two turns after this
 # An app whose queue pushed a frame out this recently is behind: its frames wait for the worker to
 # upload them (see Engine._uploads_ahead).
 _BEHIND_NS = 500_000_000
@@ -250,7 +251,7 @@ class Engine(AdmissionMixin):
         serving.
     :param recheck_on_worker: the once-a-second admission re-check asked by :meth:`stats` runs on the
         worker, when it has nothing to serve (or between two turns once it has waited
-        :data:`~delen_ros.core.engine_admission._RECHECK_LATEST_NS`), not on the caller's thread. Run beside it, its pure Python took
+        :data:`_IDLE_TASK_LATEST_NS`; :meth:`call_when_idle`), not on the caller's thread. Run beside it, its pure Python took
         the GIL from the worker in the middle of runs already planned: on an H200 (16 cameras, 10 ms
         apps beside accuracy cascades) each re-check made every 10 ms app's frame in flight late
         (session 25, ``benchmarks/h200/recheck_session25``). Before a run, a delay is planned for.
@@ -365,7 +366,8 @@ class Engine(AdmissionMixin):
         self._risk_logged: tuple[object, int] = ((), 0)   # the re-check's last warning: what, when (ns)
         self._last_check_ns = clock()
         self._recheck_on_worker = recheck_on_worker
-        self._recheck_wanted_ns = 0   # engine clock: a re-check asked of the worker since (0: none)
+        # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
+        self._idle_tasks: dict[str, tuple[Callable[[], Any], int]] = {}
         # the outside-the-device parts (transport, overhead, delivery) the last admission passed with:
         # what the apps were guaranteed beside (check_schedulable)
         self._admitted_outside: dict[str, float] | None = None
@@ -651,6 +653,7 @@ class Engine(AdmissionMixin):
             self._pre_pool.shutdown(wait=True)
             self._pre_pool = None
         self._pending_run = None   # a worker that did not stop in time: its run is not looked at
+        self._idle_tasks.clear()   # asked of a worker that is gone: the caller asks again
         with self._cond:
             self._scheduler.drain()
 
@@ -831,6 +834,33 @@ class Engine(AdmissionMixin):
                                    self.worker_errors)
                 time.sleep(0.01)   # an error that repeats does not spin
 
+    def call_when_idle(self, key: str, fn: Callable[[], Any]) -> bool:
+        """Ask the worker to call ``fn`` when it has nothing to serve, or between two turns once it has
+        been asked :data:`_IDLE_TASK_LATEST_NS` ago; one pending call per ``key`` (asking again before it
+        ran changes nothing). On the worker, pure Python cannot take the GIL from a run already planned
+        (session 25: the admission re-check). False, and nothing asked, when the worker is not running:
+        the caller runs ``fn`` itself."""
+        if not self.running:
+            return False
+        with self._cond:
+            if key not in self._idle_tasks:
+                self._idle_tasks[key] = (fn, self.clock())
+                self._cond.notify()
+        return True
+
+    def _run_idle_tasks(self) -> None:
+        """Call the functions asked of the worker (:meth:`call_when_idle`) that are due now."""
+        with self._cond:
+            idle = self._pending_run is None and not self._scheduler.pending()
+            oldest = self.clock() - _IDLE_TASK_LATEST_NS
+            due = [key for key, (_, asked) in self._idle_tasks.items() if idle or asked <= oldest]
+            tasks = [self._idle_tasks.pop(key)[0] for key in due]
+        for fn in tasks:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 -- a task's failure must not stop serving
+                _log.exception('a task run on the engine worker failed')
+
     def _serve_once(self) -> bool:
         """Wait for work, then schedule and launch one batch and look at the results of the batch
         launched before it, if one is pending; false once the engine is stopping.
@@ -842,15 +872,15 @@ class Engine(AdmissionMixin):
         results wait up to one turn of the worker, so it is on only when frames are being pushed
         out unserved (see ``pipeline``).
         """
-        if self._recheck_due():
-            self._recheck()
+        if self._idle_tasks:
+            self._run_idle_tasks()
         pending, schedule, decision_ns = self._pending_run, None, 0
         t_lock = time.perf_counter_ns()
         with self._cond:
             if RECORDER is not None:   # the lock's wait only: an idle worker's wait for frames follows
                 RECORDER.add('worker_lock', t_lock, time.perf_counter_ns())
             while not self._stopping and pending is None and not self._scheduler.pending() and \
-                    not self._recheck_wanted_ns:
+                    not self._idle_tasks:
                 self._idle = True
                 self._cond.wait()
             self._idle = False

@@ -37,7 +37,6 @@ __all__ = ['AdmissionMixin', 'risk_summary']
 # the logger of the engine: its re-check warnings read as the engine's
 _log = logging.getLogger('delen_ros.core.engine')
 _RISK_LOG_REPEAT_NS = 60_000_000_000   # the re-check's warning: on every change, else at most this often
-_RECHECK_LATEST_NS = 500_000_000   # a worker that never runs out of frames re-checks between two turns after this
 # Admissions made on priors are confirmed once frame ages and serving overhead have been measured this long
 # (the first seconds of serving are transients of the node's own making: see FrameAge)
 _CONFIRM_AFTER_NS = SETTLE_NS
@@ -308,16 +307,12 @@ class AdmissionMixin:
         now = self.clock()
         if not self.admission_control or (now - self._last_check_ns) / 1e9 < recheck_s:
             return None
-        if self.recheck_on_worker and recheck_s > 0 and self.running:   # asked of the worker
-            with self._cond:
-                if not self._recheck_wanted_ns:
-                    self._recheck_wanted_ns = now
-                    self._cond.notify()
+        if self.recheck_on_worker and recheck_s > 0 and self.call_when_idle('recheck', self._recheck):
             return None
         return self._recheck()
 
     def _recheck(self) -> dict[str, str]:
-        self._last_check_ns, self._recheck_wanted_ns = self.clock(), 0
+        self._last_check_ns = self.clock()
         if RECORDER is None:
             return self.check_schedulable()
         t0 = time.perf_counter_ns()
@@ -325,14 +320,3 @@ class AdmissionMixin:
             return self.check_schedulable()
         finally:
             RECORDER.add('recheck', t0, time.perf_counter_ns())
-
-    def _recheck_due(self) -> bool:
-        """Whether the worker runs the re-check asked of it now: it has nothing to serve, or it was asked
-        :data:`_RECHECK_LATEST_NS` ago."""
-        wanted = self._recheck_wanted_ns
-        if not wanted:
-            return False
-        with self._cond:
-            idle = self._pending_run is None and not self._scheduler.pending()
-        return idle or self.clock() - wanted >= _RECHECK_LATEST_NS
-

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 
-__all__ = ['freeze_long_lived', 'thaw', 'PauseRecorder', 'pause_recorder']
+__all__ = ['freeze_long_lived', 'thaw', 'PauseRecorder', 'pause_recorder', 'pause_report']
 
 
 def freeze_long_lived() -> int:
@@ -95,3 +95,10 @@ def pause_recorder() -> PauseRecorder:
         if _recorder is None:
             _recorder = PauseRecorder().install()
         return _recorder
+
+
+def pause_report() -> dict:
+    """For ``/diagnostics``: Python's collections since the last report (a long one stalls every thread)."""
+    pauses = pause_recorder().read()
+    return {'gc_full_collections': pauses['collections_gen2'], 'gc_pause_total_ms': pauses['pause_total_ms'],
+            'gc_pause_max_ms': max(pauses[f'pause_max_ms_gen{g}'] for g in range(3))}

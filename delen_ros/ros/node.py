@@ -25,7 +25,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from delen_ros.core.flight_recorder import RECORDER
-from delen_ros.core.gc_pauses import freeze_long_lived, pause_recorder, thaw
+from delen_ros.core.gc_pauses import freeze_long_lived, pause_recorder, pause_report, thaw
 from delen_ros.core.host_memory import HOST_MEMORY
 from delen_ros.msg import AppStatus
 from delen_ros.srv import GetProfile, RemoveApp, SetBounds
@@ -64,6 +64,7 @@ class DelenNode(LifecycleNode):
         self._delen_services: list[Any] = []
         self._status_pub = self._diagnostics_pub = self._status_timer = None
         self._round = StatusRound(STATUS_PARTS, 0)   # the status period in progress
+        self._status_on_worker = os.environ.get('DELEN_STATUS_ON_WORKER') == '1'   # an A/B: _publish_status
         self._wall_time = False   # no simulated time (each status tick checks): see _ros_now_ns
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
 
@@ -284,6 +285,14 @@ class DelenNode(LifecycleNode):
 
     # --- status and diagnostics ------------------------------------------------------------------------
     def _publish_status(self) -> None:
+        """The status timer: one tick of the status round, here or, with ``DELEN_STATUS_ON_WORKER=1`` (an
+        A/B for session 26), on the engine's worker when it has nothing to serve (``call_when_idle``)."""
+        engine = self._served.engine if self._served is not None else None
+        if not (self._status_on_worker and hasattr(engine, 'call_when_idle') and
+                engine.call_when_idle('status', self._status_tick)):
+            self._status_tick()
+
+    def _status_tick(self) -> None:
         """One tick of the status round (:mod:`.status_round`): a share of the cameras and their apps."""
         started = time.perf_counter()
         closing = self._round.closing
@@ -353,7 +362,7 @@ class DelenNode(LifecycleNode):
                 'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
                 **served.engine.graph_report(), **served.engine.worker_counters(),
                 'status_tick_ms': f'{round_.longest_tick_ms:.2f}',
-                **self._ingress_report(), **_gc_report()}))
+                **self._ingress_report(), **pause_report()}))
 
     def _ingress_report(self) -> dict:
         ingress = self._ingress
@@ -374,13 +383,6 @@ def log_at(logger, level: str, text: str) -> None:
         logger.warning(text)
     else:
         logger.info(text)
-
-
-def _gc_report() -> dict:
-    """Python's collections since the last status: a long one stalls every thread of the node."""
-    pauses = pause_recorder().read()
-    return {'gc_full_collections': pauses['collections_gen2'], 'gc_pause_total_ms': pauses['pause_total_ms'],
-            'gc_pause_max_ms': max(pauses[f'pause_max_ms_gen{g}'] for g in range(3))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
