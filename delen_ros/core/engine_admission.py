@@ -4,10 +4,10 @@ whether the registered apps can all meet their bounds together (``Engine`` inher
 End to end: a frame's latency is its age on arrival, the worker's compute and the serving overhead,
 plus the delivery allowance (:meth:`AdmissionMixin._outside_ms`). ``set_app`` admits an app only if
 every app stays schedulable beside it (:mod:`~delen_ros.core.admission`'s EDF demand test at measured
-rates and costs). Once a second the status tick's :meth:`~AdmissionMixin.stats` asks for the same test
-again (:meth:`~AdmissionMixin.check_schedulable`): apps at risk are told why, and those that no longer
+rates and costs). Once a second the status tick's ``Engine.stats`` asks for the same test again
+(:meth:`~AdmissionMixin.check_schedulable`): apps at risk are told why, and those that no longer
 fit beside the apps admitted before them are served after the others. On CUDA the re-check runs on the
-worker when it has nothing to serve (``Engine(recheck_on_worker=...)``).
+worker when it has nothing to serve (``Engine(recheck_on_worker=...)``, ``Engine.call_when_idle``).
 
 The state read here (apps, scheduler, corrector, frame ages) is the engine's; this module keeps none
 of its own.
