@@ -71,3 +71,13 @@ def test_spans_leave_the_collectors_books(tmp_path):
         recorder.add('launch', i, i + 1, n=1, steps=(0, 3), apps=('cam00', 'cam01'), late=False, bound_ms=None)
     gc.collect()
     assert not any(gc.is_tracked(span) for span in recorder.spans)
+
+
+def test_a_trace_without_late_frames_still_sums_the_on_time_ones(tmp_path):
+    recorder = FlightRecorder(str(tmp_path / 'trace.jsonl'))
+    end = _turn(recorder, 0, 0.5, 'a')
+    recorder.add('result', 0, end, app='a', bound_ms=10.0, exit=0, served_ns=0, compute_ns=end, late=False,
+                 expired=False)
+    recorder.write()
+    on_time = late_report(load(str(tmp_path / 'trace.jsonl')))['mean']['on_time']
+    assert on_time['count'] == 1 and on_time['turn_device_ms'] == 0.5

@@ -406,7 +406,6 @@ class Engine(AdmissionMixin):
         self._pending_run: _Run | None = None   # launched, not looked at yet (the worker's own)
         self._last_end_ns = 0                   # perf_counter_ns: the last run's results were back
         self._last_evicted_ns = -_BEHIND_NS - 1   # engine clock: a queue last pushed a frame out
-
         self._device_pre = DevicePreprocessor(
             self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
             memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)

@@ -294,7 +294,7 @@ class DelenNode(LifecycleNode):
 
     def _status_tick(self) -> None:
         """One tick of the status round (:mod:`.status_round`): a share of the cameras and their apps."""
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         closing = self._round.closing
         try:
             self._publish_status_now()
@@ -305,9 +305,10 @@ class DelenNode(LifecycleNode):
                 line = log.summary() if log is not None else ''
                 if line:
                     self.get_logger().warning(line)
-        self._round.done((time.perf_counter() - started) * 1e3, time.monotonic_ns())   # the GIL the worker waits for
+        ended = time.perf_counter_ns()
+        self._round.done((ended - started) / 1e6, time.monotonic_ns())   # the GIL the worker waits for
         if RECORDER is not None:
-            RECORDER.add('status', int(started * 1e9), time.perf_counter_ns(), closing=closing)
+            RECORDER.add('status', started, ended, closing=closing)
 
     def _camera_report(self, camera: Camera, period_s: float) -> CameraReport:
         frames, errors = camera.counters.take()

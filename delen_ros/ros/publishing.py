@@ -171,8 +171,8 @@ def _fmt(value: float, spec: str = '.3f') -> str:
 
 def diagnostic_rows(*, prefix: str, hardware_id: str, cameras: Sequence[CameraReport], stats: Mapping[str, Any],
                     period_s: float, engine: Mapping[str, Any]) -> list[tuple[int, str, str, str, list[tuple[str, str]]]]:
-    """``/diagnostics``' statuses as ``(level, name, message, hardware_id, [(key, value), ...])``: one per
-    camera (its apps' period figures summed) and one for the engine.
+    """``/diagnostics``' statuses as ``(level, name, message, hardware_id, [(key, value), ...])``, the level
+    as an int (``DiagnosticStatus``'s constants are one byte each): one per camera (its apps' period figures summed) and one for the engine.
 
     :param stats: app id -> the period's ``AppStats`` (apps missing from it are skipped).
     :param engine: key -> value of the engine's entry (``active`` decides its message).
@@ -205,12 +205,10 @@ def diagnostic_rows(*, prefix: str, hardware_id: str, cameras: Sequence[CameraRe
             ('conversion_errors_total', str(cam.malformed_total)), ('frames_total', str(cam.frames_total)),
             ('frames_missed_total', str(cam.missed_total)), ('unschedulable', '; '.join(reasons)),
         ]
-        rows.append((int.from_bytes(level, 'little') if isinstance(level, bytes) else int(level),
-                     f'{prefix}: {cam.topic}', summary, hardware_id, values))
+        rows.append((level[0], f'{prefix}: {cam.topic}', summary, hardware_id, values))
     level = DiagnosticStatus.OK if not engine.get('state_error') else DiagnosticStatus.WARN
-    rows.append((int.from_bytes(level, 'little') if isinstance(level, bytes) else int(level), f'{prefix}: engine',
-                 engine.get('state_error') or ('active' if engine.get('active') else 'inactive'), hardware_id,
-                 [(str(k), str(v)) for k, v in engine.items()]))
+    rows.append((level[0], f'{prefix}: engine', engine.get('state_error') or ('active' if engine.get('active') else 'inactive'),
+                 hardware_id, [(str(k), str(v)) for k, v in engine.items()]))
     return rows
 
 

@@ -62,13 +62,12 @@ def _turns(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif launch is not None:
             t0, run = launch['start_ns'], launch['run_ns']
             turns.append({
-                'start_ns': t0, 'end_ns': s['end_ns'],
-                'apps': launch.get('apps', []), 'steps': launch['steps'], 'n': launch['n'],
+                'start_ns': t0, 'end_ns': s['end_ns'], 'apps': launch.get('apps', []),
                 'lock': wait['end_ns'] - wait['start_ns'] if wait is not None else 0,
                 'plan': launch['plan_ns'], 'pre': launch['pre_ns'],
                 'input': max(0, run - t0 - launch['plan_ns'] - launch['pre_ns']),
                 'launch': launch['end_ns'] - run, 'device': s['synced_ns'] - s['start_ns'],
-                'decide': s['end_ns'] - s['synced_ns'], 'gap': s['start_ns'] - launch['end_ns']})
+                'decide': s['end_ns'] - s['synced_ns']})
             wait = launch = None
     return turns
 
@@ -91,17 +90,19 @@ def late_report(spans: list[dict[str, Any]], *, margin_ms: float = 1.0, period_s
                                'exit': r['exit'], 'at_s': round((t0 - t_first) / 1e9, 3),
                                'queue_ms': round(((r['served_ns'] if r.get('served_ns') else t1) - t0) / 1e6, 3),
                                'compute_ms': round(r['compute_ns'] / 1e6, 3)}
-        served = [t for t in turns.overlapping(t0, t1) if r['app'] in t['apps']]
+        during = turns.overlapping(t0, t1)
+        served = [t for t in during if r['app'] in t['apps']]
         for part in ('lock', 'plan', 'pre', 'input', 'launch', 'device', 'decide'):
             row[f'turn_{part}_ms'] = round(sum(t[part] for t in served) / 1e6, 3)
         row['turns'] = len(served)
         row['turns_of_others_ms'] = round(sum(_overlap(t0, t1, t['start_ns'], t['end_ns'])
-                                              for t in turns.overlapping(t0, t1) if r['app'] not in t['apps']) / 1e6, 3)
+                                              for t in during if r['app'] not in t['apps']) / 1e6, 3)
         for kind, index in others.items():
             row[f'{kind}_ms'] = round(sum(_overlap(t0, t1, s['start_ns'], s['end_ns'])
                                           for s in index.overlapping(t0, t1)) / 1e6, 3)
         groups['late' if late else 'on_time'].append(row)
-    keys = [k for k in groups['late'][0] if k.endswith('_ms') and k != 'bound_ms'] if groups['late'] else []
+    first = next((rows[0] for rows in groups.values() if rows), {})   # every row has the same keys
+    keys = [k for k in first if k.endswith('_ms') and k != 'bound_ms']
     summary = {name: {k: round(statistics.fmean(row[k] for row in rows), 3) for k in keys} | {'count': len(rows)}
                for name, rows in groups.items() if rows}
     phases = collections.Counter(round(math.fmod(row['at_s'], period_s), 2) for row in groups['late'])
