@@ -255,6 +255,24 @@ def test_a_late_frame_is_served_at_the_fastest_exit_unfused():
     assert runner.calls == [(0, 1)] and runner.heads == [0]
 
 
+def test_a_late_frame_riding_with_on_time_work_leaves_the_run_to_them_and_ends_with_it():
+    clock = FakeClock()
+    model = fake_model()
+    runner = CountingRunner(model)
+    results = []
+    engine = Engine(model, PROFILE, on_result=results.append, runner=runner, clock=clock, policy='always_final',
+                    enforce_deadlines=True)
+    engine.set_app('late', Bounds(max_latency_ms=50.0))
+    engine.set_app('cam', Bounds(max_latency_ms=1000.0))
+    engine.submit(['late'], fake_image(1, 200), arrival_ns=clock() - 100 * 1_000_000)   # already past its bound
+    engine.submit(['cam'], fake_image(1, 100))
+    batch = engine._scheduler.next_batch(clock()).batch
+    assert [r.app_id for r in batch.requests] == ['cam', 'late'] and batch.requests[1].late
+    engine._complete(engine._launch(batch, 0))
+    assert runner.calls == [(0, 2), (1, 2), (2, 2), (3, 2)] and runner.heads == [3]   # one fused run, unbroken
+    assert sorted((r.app_id, r.exit_index, r.late) for r in results) == [('cam', 3, False), ('late', 3, True)]
+
+
 @pytest.mark.parametrize('enforce, last', [(True, 2), (False, 3)])
 def test_fusing_stops_where_the_scheduler_would_expire_the_request(enforce, last):
     # always_final goes on, but with enforcement the scheduler expires a request whose next step would

@@ -120,6 +120,40 @@ def test_hopeless_frames_served_late_only_in_idle_time():
     assert s.next_batch(clock()).batch.requests == (late,)  # then the late one, in idle time
 
 
+def test_a_late_frame_rides_behind_on_time_work_where_the_batch_has_room_for_it():
+    clock = FakeClock()
+    s = make([('a', 5.0), ('b', 50.0)])
+    late = arrive(s, 'a', clock)
+    clock.advance(4.0)
+    ok = arrive(s, 'b', clock)
+    out = s.next_batch(clock())
+    assert late.late and out.batch.requests == (ok, late)   # led by the on-time frame, the late one behind
+
+
+def test_without_late_riders_late_frames_wait_for_idle_time():   # the A/B switch, as before session 26
+    clock = FakeClock()
+    s = make([('a', 5.0), ('b', 50.0)])
+    s.late_riders = False
+    late = arrive(s, 'a', clock)
+    clock.advance(4.0)
+    ok = arrive(s, 'b', clock)
+    assert s.next_batch(clock()).batch.requests == (ok,)
+    s.finished(1)
+    assert s.next_batch(clock()).batch.requests == (late,) and late.late
+
+
+def test_a_late_frame_never_makes_the_batch_it_would_ride_in_late():
+    clock = FakeClock()
+    s = make([('a', 5.0), ('b', 1.2)])          # b's step 0: 1.1 ms alone fits 1.2 ms, 1.375 ms at batch 2 does not
+    late = arrive(s, 'a', clock)
+    clock.advance(4.0)
+    ok = arrive(s, 'b', clock)
+    out = s.next_batch(clock())
+    assert late.late and out.batch.requests == (ok,)
+    s.finished(1)
+    assert s.next_batch(clock()).batch.requests == (late,)  # then in idle time
+
+
 def test_tail_counts_in_the_late_test():
     clock = FakeClock()
     s = make([('a', 5.0)], late_policy='drop', tail_ms=lambda: 1.0)

@@ -660,6 +660,17 @@ class Engine(AdmissionMixin):
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def late_riders(self) -> bool:
+        """Late frames ride in batches led by on-time work (:meth:`Scheduler.next_batch`); ``False``
+        (an A/B): they run in idle time only, as before session 26."""
+        return self._scheduler.late_riders
+
+    @late_riders.setter
+    def late_riders(self, on: bool) -> None:
+        with self._cond:
+            self._scheduler.late_riders = bool(on)
+
     def __enter__(self) -> 'Engine':
         self.start()
         return self
@@ -1148,15 +1159,18 @@ class Engine(AdmissionMixin):
         where some request would stop, needs its confidence (:meth:`Policy.decide_ahead` gives
         ``None``), would be expired by the scheduler before its next step, or where the next step
         would end after the most urgent waiting frame must start. Whoever would go
-        further is decided again there, on the measured time, as always. A late request with
-        enforcement stops at this step: the fastest exit.
+        further is decided again there, on the measured time, as always. With enforcement a late
+        request does not steer the run: alone (idle time) it stops at this step, the fastest exit;
+        riding in a batch of on-time work it stops where the run ends, at no later time.
 
         :param n: the batch's unique frames (the device's batch size).
         """
         final = self.profile.final_exit
-        if not self.fuse_steps or step >= final or (enforce and any(r.late for r in requests)):
-            return step
         size = len(requests)
+        if enforce:
+            requests = [r for r in requests if not r.late]
+        if not self.fuse_steps or step >= final or not requests:
+            return step
         tail_ms, expiry_tail_ms = self.corrector.tail_ms(), self._scheduler.tail_ms()
         # Steps are not preempted: a run must end before waiting work has to start ('earlier': only
         # work due before the run's own members, which EDF would put first).
