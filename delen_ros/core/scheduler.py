@@ -321,11 +321,7 @@ class Scheduler:
         if not self.late_riders:
             candidates = [r for r in candidates if not r.late] or candidates
         demoted = self.best_effort_apps()
-        if demoted:
-            key = lambda r: (r.late, r.app_id in demoted, r.deadline_ns, r.arrival_ns)  # noqa: E731
-        else:
-            key = lambda r: (r.late, r.deadline_ns, r.arrival_ns)  # noqa: E731
-        candidates.sort(key=key)
+        candidates.sort(key=lambda r: (r.late, r.app_id in demoted, r.deadline_ns, r.arrival_ns))
         head = candidates[0]
         step = head.next_step
         limit = self.max_batch if step > 0 else min(self.max_batch, can_start)
