@@ -10,7 +10,7 @@
 * ``cleanup``: destroy services and publishers, free the model.
 
 Who may change what, and what is checked before any side effect: :mod:`.registry`. Messages:
-:mod:`.publishing` (pure functions of the engine's ledger). The image callback converts a view of
+:mod:`.publishing` (pure functions of the engine's ledger); the status timer's: :mod:`.node_status`. The image callback converts a view of
 the message and queues it (``engine.submit``); inference and publication run on the engine's worker.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from delen_ros.core.flight_recorder import RECORDER
-from delen_ros.core.gc_pauses import freeze_long_lived, pause_recorder, pause_report, thaw
+from delen_ros.core.gc_pauses import freeze_long_lived, pause_recorder, thaw
 from delen_ros.core.host_memory import HOST_MEMORY
 from delen_ros.msg import AppStatus
 from delen_ros.srv import GetProfile, RemoveApp, SetBounds
@@ -35,21 +35,20 @@ from .apps import parse_apps_param
 from .conversions import ImageFormatError, image_to_array, parse_image_cdr
 from .ingress import IngressPool, auto_processes
 from .manager import SUBSCRIPTION_DEPTH, AppManager, Camera
-from .publishing import CameraReport, diagnostics_cdr, result_cdr, status_cdr
+from .publishing import result_cdr
 from .qos import RESULT_QOS, status_qos
 from .registry import Registry, StateStore
 from .rejections import RejectionLog, clean_message
+from .node_status import StatusMixin
 from .status_round import STATUS_PARTS, StatusRound
 
 __all__ = ['DelenNode', 'NODE_NAME', 'log_at', 'main']
 
 NODE_NAME = 'delen'
 _MAX_STAMP_AGE_NS = 1_000_000_000   # older: not the camera's clock, or not live
-_QUIET_WARNING_S = 3.0           # a camera with publishers but no frames for this long is reported
-_RESUBSCRIBE_MAX_S = 60.0        # ... and subscribed afresh, then again after twice as long, at least this often
 
 
-class DelenNode(LifecycleNode):
+class DelenNode(StatusMixin, LifecycleNode):
     """Serves a multi-exit model to many apps on many camera topics (see the module docstring)."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
@@ -64,7 +63,6 @@ class DelenNode(LifecycleNode):
         self._delen_services: list[Any] = []
         self._status_pub = self._diagnostics_pub = self._status_timer = None
         self._round = StatusRound(STATUS_PARTS, 0)   # the status period in progress
-        self._status_on_worker = os.environ.get('DELEN_STATUS_ON_WORKER') == '1'   # an A/B: _publish_status
         self._wall_time = False   # no simulated time (each status tick checks): see _ros_now_ns
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
 
@@ -136,7 +134,7 @@ class DelenNode(LifecycleNode):
                 self._active = True
                 self._apps.activate()
                 self._round = StatusRound(STATUS_PARTS, time.monotonic_ns())
-                self._status_timer = self.create_timer(self._p.status_period_s / STATUS_PARTS, self._publish_status)
+                self._status_timer = self.create_timer(self._p.status_period_s / STATUS_PARTS, self._status_tick)
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f'activate failed: {type(exc).__name__}: {clean_message(exc)}')
             self._deactivate()
@@ -282,97 +280,6 @@ class DelenNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - never kill the worker over one result
             self.get_logger().error(f'could not publish a result for {result.app_id}: {type(exc).__name__}: '
                                     f'{clean_message(exc)}', throttle_duration_sec=5.0)
-
-    # --- status and diagnostics ------------------------------------------------------------------------
-    def _publish_status(self) -> None:
-        """The status timer: one tick of the status round, here or, with ``DELEN_STATUS_ON_WORKER=1`` (an
-        A/B for session 26), on the engine's worker when it has nothing to serve (``call_when_idle``)."""
-        engine = self._served.engine if self._served is not None else None
-        if not (self._status_on_worker and hasattr(engine, 'call_when_idle') and
-                engine.call_when_idle('status', self._status_tick)):
-            self._status_tick()
-
-    def _status_tick(self) -> None:
-        """One tick of the status round (:mod:`.status_round`): a share of the cameras and their apps."""
-        started = time.perf_counter_ns()
-        closing = self._round.closing
-        try:
-            self._publish_status_now()
-        except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the timer
-            self.get_logger().error(f'status: {type(exc).__name__}: {clean_message(exc)}', throttle_duration_sec=10.0)
-        if closing:   # once a round: the period's summaries of refused requests and malformed frames
-            for log in (self._apps.rejections if self._apps is not None else None, self._malformed):
-                line = log.summary() if log is not None else ''
-                if line:
-                    self.get_logger().warning(line)
-        ended = time.perf_counter_ns()
-        self._round.done((ended - started) / 1e6, time.monotonic_ns())   # the GIL the worker waits for
-        if RECORDER is not None:
-            RECORDER.add('status', started, ended, closing=closing)
-
-    def _camera_report(self, camera: Camera, period_s: float) -> CameraReport:
-        frames, errors = camera.counters.take()
-        camera.note_period(frames, period_s)
-        warning = ''
-        if camera.too_quiet(_QUIET_WARNING_S) and camera.subscription is not None:
-            publishers = self.count_publishers(camera.topic)
-            if publishers:
-                warning = (f'{publishers} publisher(s) on {camera.topic} but no frame for {camera.quiet_s:.0f} s: '
-                           'frames larger than the DDS transport carries, or a QoS mismatch')
-                if self._apps is not None and camera.resubscribe_due(_RESUBSCRIBE_MAX_S):
-                    self.get_logger().warning(f'{warning}; subscribed again {self._apps.resubscribe(camera)}')
-        c = camera.counters
-        return CameraReport(topic=camera.topic, app_ids=camera.app_ids, frames=frames, frames_total=c.frames_total,
-                            malformed=errors, malformed_total=c.errors_total, missed_total=c.missed_total,
-                            warning=warning)
-
-    def _publish_status_now(self) -> None:
-        self._wall_time = not self.get_clock().ros_time_is_active
-        served, apps, round_ = self._served, self._apps, self._round
-        if served is None or apps is None:
-            return
-        now_ns = time.monotonic_ns()
-        stamp = self.get_clock().now().to_msg()
-        configs = apps.registry.apps()
-        in_use = {c.image_topic for c in configs.values()} | set(apps.cameras)
-        topics = set(round_.topics(in_use))
-        for topic in topics:
-            camera = apps.cameras.get(topic)
-            if camera is not None:
-                round_.cameras[topic] = self._camera_report(camera, round_.period_s(topic, now_ns))
-        for app_id, config in configs.items():   # the first read re-runs admission, once a second at most
-            if config.image_topic not in topics:
-                continue
-            try:
-                stats = round_.stats[app_id] = served.engine.stats(app_id, reset=True)
-            except KeyError:   # removed meanwhile
-                continue
-            self._status_pub.publish(status_cdr(config, stats, stamp_sec=stamp.sec, stamp_nanosec=stamp.nanosec,
-                                                camera=round_.cameras.get(config.image_topic),
-                                                state_error=apps.store.status))
-        if not round_.closing:
-            return
-        round_.forget(in_use)
-        self._diagnostics_pub.publish(diagnostics_cdr(
-            stamp_sec=stamp.sec, stamp_nanosec=stamp.nanosec, prefix=self.get_fully_qualified_name(),
-            hardware_id=served.device,
-            cameras=list(round_.cameras.values()), stats=round_.stats, period_s=round_.round_s(now_ns), engine={
-                'active': self._active, 'model': served.model.info.name, 'device': served.device,
-                'policy': self._p.policy, 'profile': served.profile_source, 'energy_source': served.meter.source,
-                'idle_power_w': f'{served.idle_power_w:.1f}', 'apps': len(round_.stats), 'cameras': len(round_.cameras),
-                'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
-                **served.engine.graph_report(), **served.engine.worker_counters(),
-                'status_tick_ms': f'{round_.longest_tick_ms:.2f}',
-                **self._ingress_report(), **pause_report()}))
-
-    def _ingress_report(self) -> dict:
-        ingress = self._ingress
-        if ingress is None:
-            return {'receiver_processes': 0}
-        return {'receiver_processes': ingress.processes, 'receiver': ingress.kind, 'receiver_restarts': ingress.restarts,
-                'frames_dropped_at_receivers': ingress.ring_full,
-                'rings_pinned': len(ingress.host_memory) if ingress.host_memory is not None else 0}
-
 
 def log_at(logger, level: str, text: str) -> None:
     """``logger`` at ``level`` (``'error'``, ``'warning'``, else info). One call site per severity:

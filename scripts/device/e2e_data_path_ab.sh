@@ -29,7 +29,7 @@
 #   mixed      bounds BOUNDS_MIXED in turn on NS_MIXED cameras, POLICIES_MIXED (delen), DURATION_MIXED s, MIXED_EXTRA
 #              (more delen_e2e_bench arguments, e.g. --pool 300); LATENCY@ACCURACY entries (33@0.9124) add an
 #              accuracy bound, scored at the result topic (issues 9 and 10); MIXED_ENV: environment for the node
-#              (e.g. DELEN_TURN_COST=1, DELEN_STATUS_ON_WORKER=1, or DELEN_TRACE=/tmp/trace/node_{pid}.jsonl for the
+#              (e.g. DELEN_TURN_COST=1, DELEN_LATE_RIDERS=0, or DELEN_TRACE=/tmp/trace/node_{pid}.jsonl for the
 #              flight recorder: then python3 -m delen_ros.tools.trace_report FILE; see benchmarks/h200/recheck_session25)
 #   sat        throughput at saturation (issue 8: served >= 0.9 x the engine): NS_SAT (32) cameras at each of
 #              RATES_SAT ("60 120") Hz, POLICIES_SAT (always_final, full depth as the engine bench), the engine
