@@ -3,7 +3,7 @@
     python3 benchmarks/h200/riders_session26/plot.py
 
 worst_kept.png: per run, the worst kept app's share of frames within its bound (e2e.json files), for the
-four calls; riders.png: the 10 ms apps' node-side latency in the traced pair of the riders A/B
+five calls; riders.png: the 10 ms apps' node-side latency in the traced pair of the riders A/B
 (results.json, taken from the node's flight recorder), frames the scheduler marked late in red."""
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def strip() -> None:
         'call 3: defaults\n(riders)': [HERE / f'defaults/M_{i}/e2e.json' for i in RUNS[:4]],
         'call 4: defaults\n(allowance 1 ms)': [HERE / f'allowance/a10_{i}/e2e.json' for i in RUNS + ('6',)],
         'call 4: delivery\nallowance 1.5 ms': [HERE / f'allowance/a15_{i}/e2e.json' for i in RUNS + ('6',)],
+        'call 5: final\ncode': [HERE / f'final/F_{i}/e2e.json' for i in RUNS],
     }
-    fig, ax = plt.subplots(figsize=(11, 4))
+    fig, ax = plt.subplots(figsize=(12, 4))
     for i, (name, files) in enumerate(groups.items()):
         ys = [worst_kept(f) for f in files]
         ax.scatter([i] * len(ys), ys, s=30)
