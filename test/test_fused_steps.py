@@ -239,23 +239,9 @@ def test_always_final_runs_the_whole_network_in_one_worker_turn():
     assert _answers(stepped) == _answers(fused) and stepped_runner.requeues == [1, 2, 3]
 
 
-def test_a_late_frame_is_served_at_the_fastest_exit_unfused():
-    clock = FakeClock()
-    model = fake_model()
-    runner = CountingRunner(model)
-    results = []
-    engine = Engine(model, PROFILE, on_result=results.append, runner=runner, clock=clock, policy='always_final',
-                    enforce_deadlines=True)
-    engine.set_app('cam', Bounds(max_latency_ms=50.0))
-    engine.submit(['cam'], fake_image(1, 200), arrival_ns=clock() - 100 * 1_000_000)   # already past its bound
-    batch = engine._scheduler.next_batch(clock()).batch
-    assert batch.requests[0].late
-    engine._complete(engine._launch(batch, 0))   # launch and look, as _serve_once unpipelined
-    assert [r.exit_index for r in results] == [0] and results[0].late
-    assert runner.calls == [(0, 1)] and runner.heads == [0]
-
-
-def test_a_late_frame_riding_with_on_time_work_leaves_the_run_to_them_and_ends_with_it():
+def _late_frame(*on_time_apps: str):
+    """An always_final engine with enforcement, a frame of app 'late' already past its 50 ms bound, and
+    one on-time frame of each of ``on_time_apps`` (bound 1 s); (engine, runner, results, first batch)."""
     clock = FakeClock()
     model = fake_model()
     runner = CountingRunner(model)
@@ -263,10 +249,23 @@ def test_a_late_frame_riding_with_on_time_work_leaves_the_run_to_them_and_ends_w
     engine = Engine(model, PROFILE, on_result=results.append, runner=runner, clock=clock, policy='always_final',
                     enforce_deadlines=True)
     engine.set_app('late', Bounds(max_latency_ms=50.0))
-    engine.set_app('cam', Bounds(max_latency_ms=1000.0))
-    engine.submit(['late'], fake_image(1, 200), arrival_ns=clock() - 100 * 1_000_000)   # already past its bound
-    engine.submit(['cam'], fake_image(1, 100))
-    batch = engine._scheduler.next_batch(clock()).batch
+    engine.submit(['late'], fake_image(1, 200), arrival_ns=clock() - 100 * 1_000_000)
+    for i, app in enumerate(on_time_apps):
+        engine.set_app(app, Bounds(max_latency_ms=1000.0))
+        engine.submit([app], fake_image(1, 100 + i))
+    return engine, runner, results, engine._scheduler.next_batch(clock()).batch
+
+
+def test_a_late_frame_is_served_at_the_fastest_exit_unfused():
+    engine, runner, results, batch = _late_frame()
+    assert batch.requests[0].late
+    engine._complete(engine._launch(batch, 0))   # launch and look, as _serve_once unpipelined
+    assert [r.exit_index for r in results] == [0] and results[0].late
+    assert runner.calls == [(0, 1)] and runner.heads == [0]
+
+
+def test_a_late_frame_riding_with_on_time_work_leaves_the_run_to_them_and_ends_with_it():
+    engine, runner, results, batch = _late_frame('cam')
     assert [r.app_id for r in batch.requests] == ['cam', 'late'] and batch.requests[1].late
     engine._complete(engine._launch(batch, 0))
     assert runner.calls == [(0, 2), (1, 2), (2, 2), (3, 2)] and runner.heads == [3]   # one fused run, unbroken

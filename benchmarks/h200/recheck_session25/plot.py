@@ -10,21 +10,34 @@ from __future__ import annotations
 import gzip
 import json
 import pathlib
-
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))   # benchmarks/
+from mixed_plots import latency_panels, strip  # noqa: E402
 
 
-def worst_kept(path: pathlib.Path) -> float:
-    t = json.loads(path.read_text())['configs']['delen_n16']['total']
-    return 100 * t['attainment_min_app_kept']
+def timeline_panel(ax, name: str) -> str:
+    label = {'A_4': 'A: re-check on the status tick\'s thread', 'B_4': 'B: re-check on the worker'}[name]
+    with gzip.open(HERE / 'ab_recheck' / f'{name}_trace.jsonl.gz', 'rt') as f:
+        spans = [json.loads(line) for line in f]
+    results = [s for s in spans if s['kind'] == 'result']
+    t0 = min(s['start_ns'] for s in results) + 4e9
+    xs, ys = [], []
+    for s in results:
+        x = (s['end_ns'] - t0) / 1e9
+        if s.get('bound_ms') == 10.0 and 0 <= x <= 3:
+            xs.append(x)
+            ys.append((s['end_ns'] - s['start_ns']) / 1e6)
+    ax.scatter(xs, ys, s=3)
+    for s in spans:
+        if s['kind'] == 'recheck' and 0 <= (s['start_ns'] - t0) / 1e9 <= 3:
+            ax.axvspan((s['start_ns'] - t0) / 1e9, (s['end_ns'] - t0) / 1e9 + 0.004, color='red', alpha=0.4)
+    return f'{label}: 10 ms apps, node-side latency; red: re-checks'
 
 
-def strip() -> None:
-    groups = {
+if __name__ == '__main__':
+    strip({
         'before (session 24)': sorted(HERE.glob('../mixed_gil_session24/gil_ab/a*/e2e.json')),
         'before, traced (25)': sorted(HERE.glob('traced_before/m*/e2e.json')),
         'before, 2nd call\n(reserve A/B, off)': sorted(HERE.glob('ab_reserve/r0_*/e2e.json')),
@@ -32,46 +45,5 @@ def strip() -> None:
         'B: re-check on\nthe worker': sorted(HERE.glob('ab_recheck/B_*/e2e.json')),
         'C: B + plan reserve\n(removed)': sorted(HERE.glob('ab_recheck/C_*/e2e.json')),
         'defaults now\n(= B)': sorted(HERE.glob('defaults/m_*/e2e.json')),
-    }
-    fig, ax = plt.subplots(figsize=(10, 4))
-    for i, (name, files) in enumerate(groups.items()):
-        ys = [worst_kept(f) for f in files]
-        ax.scatter([i] * len(ys), ys, s=30)
-    ax.axhline(99, color='grey', ls='--', lw=1)
-    ax.set_xticks(range(len(groups)), groups.keys(), fontsize=8)
-    ax.set_ylabel('worst kept app within bound, %')
-    ax.set_title('H200, cifar10_lite0, 16 cameras x 30 Hz: 8 apps at 10 ms, 8 at 33 ms + accuracy >= 0.9306')
-    ax.title.set_fontsize(9)
-    fig.tight_layout()
-    fig.savefig(HERE / 'worst_kept.png', dpi=110)
-
-
-def timeline() -> None:
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True, sharey=True)
-    for ax, name, label in zip(axes, ('A_4', 'B_4'), ('A: re-check on the status tick\'s thread',
-                                                      'B: re-check on the worker')):
-        with gzip.open(HERE / 'ab_recheck' / f'{name}_trace.jsonl.gz', 'rt') as f:
-            spans = [json.loads(line) for line in f]
-        results = [s for s in spans if s['kind'] == 'result']
-        t0 = min(s['start_ns'] for s in results) + 4e9
-        xs, ys = [], []
-        for s in results:
-            x = (s['end_ns'] - t0) / 1e9
-            if s.get('bound_ms') == 10.0 and 0 <= x <= 3:
-                xs.append(x)
-                ys.append((s['end_ns'] - s['start_ns']) / 1e6)
-        ax.scatter(xs, ys, s=3)
-        for s in spans:
-            if s['kind'] == 'recheck' and 0 <= (s['start_ns'] - t0) / 1e9 <= 3:
-                ax.axvspan((s['start_ns'] - t0) / 1e9, (s['end_ns'] - t0) / 1e9 + 0.004, color='red', alpha=0.4)
-        ax.axhline(10, color='grey', ls='--', lw=1)
-        ax.set_title(f'{label}: 10 ms apps, node-side latency; red: re-checks', fontsize=9)
-        ax.set_ylabel('ms')
-    axes[-1].set_xlabel('s (4 s into the run)')
-    fig.tight_layout()
-    fig.savefig(HERE / 'timeline.png', dpi=110)
-
-
-if __name__ == '__main__':
-    strip()
-    timeline()
+    }, HERE / 'worst_kept.png')
+    latency_panels(('A_4', 'B_4'), HERE / 'timeline.png', 's (4 s into the run)', timeline_panel)
