@@ -68,15 +68,16 @@ def stamp_ns(stamp: Any) -> int:
 
 
 def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.05,
-               what: str = 'condition') -> Any:
-    """Poll ``condition`` until it returns something truthy (returned); ``TimeoutError`` at the deadline."""
+               what: str | Callable[[], str] = 'condition') -> Any:
+    """Poll ``condition`` until it returns something truthy (returned); ``TimeoutError`` at the deadline,
+    saying ``what`` (a callable is asked then: e.g. the node's log as it stands at the timeout)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f'timed out after {timeout:g} s waiting for {what}')
+            raise TimeoutError(f'timed out after {timeout:g} s waiting for {what() if callable(what) else what}')
         time.sleep(interval)
 
 

@@ -54,7 +54,7 @@ def test_frames_come_through_receivers_and_a_killed_receiver_is_replaced(tmp_pat
     monkeypatch.setenv('DELEN_RECEIVER', kind.lower())   # the node's environment comes from this one
     with node_and_peer(tmp_path, ingress_processes=2) as (node, peer):
         said = f'2 {"Python" if kind == "python" else kind} receiver process(es)'
-        assert wait_until(lambda: said in node.log(), timeout=10.0), node.log()[-2000:]
+        wait_until(lambda: said in node.log(), timeout=10.0, what=lambda: node.log()[-2000:])
         receivers = _receivers(node.proc.pid)
         assert len(receivers) == 2, node.log()[-2000:]
         collectors = register_cameras(peer, [f'/ingress/cam{i}' for i in range(CAMERAS)])
@@ -72,12 +72,12 @@ def test_frames_come_through_receivers_and_a_killed_receiver_is_replaced(tmp_pat
         assert all(m.exit_index >= 0 and m.latency_ms > 0 for c in collectors for m in c.messages(since_ns=t0))
 
         os.kill(receivers[0], signal.SIGKILL)             # a receiver dies: its cameras come back
-        assert wait_until(lambda: len(_receivers(node.proc.pid)) == 2 and receivers[0] not in _receivers(
-            node.proc.pid), timeout=20.0), node.log()[-3000:]
+        wait_until(lambda: len(_receivers(node.proc.pid)) == 2 and receivers[0] not in _receivers(
+            node.proc.pid), timeout=20.0, what=lambda: node.log()[-3000:])
         time.sleep(1.5)
         t1 = time.time_ns()
-        assert wait_until(lambda: all(c.messages(since_ns=t1) for c in collectors), timeout=10.0), \
-            f'a camera was not served again after its receiver died\n{node.log()[-3000:]}'
+        wait_until(lambda: all(c.messages(since_ns=t1) for c in collectors), timeout=10.0,
+                   what=lambda: f'a camera was not served again after its receiver died\n{node.log()[-3000:]}')
         assert 'starting another' in node.log()
         assert node.alive()
         feeder.stop()
@@ -96,8 +96,8 @@ def test_ctrl_c_to_the_whole_group_stops_the_node_without_restarting_receivers(t
     must not die first and be taken for crashed ones in the middle of the node's shutdown."""
     monkeypatch.setenv('DELEN_RECEIVER', kind.lower())
     with node_and_peer(tmp_path, ingress_processes=2) as (node, peer):
-        assert wait_until(lambda: 'active:' in node.log() and len(_receivers(node.proc.pid)) == 2,
-                          timeout=15.0), node.log()[-2000:]
+        wait_until(lambda: 'active:' in node.log() and len(_receivers(node.proc.pid)) == 2,
+                   timeout=15.0, what=lambda: node.log()[-2000:])
         register_cameras(peer, [f'/ingress/ctrl_c{i}' for i in range(CAMERAS)])   # receivers in DDS waits
         time.sleep(1.0)
         kids = _receivers(node.proc.pid)
@@ -142,7 +142,7 @@ def test_cameras_of_a_receiver_that_hangs_are_subscribed_again_through_another(t
     Fast DDS type lookup error, and its cameras got nothing): the node sees publishers but no frames,
     says so, and subscribes those cameras again through the other receiver."""
     with node_and_peer(tmp_path, ingress_processes=2) as (node, peer):
-        assert wait_until(lambda: 'receiver process(es)' in node.log(), timeout=10.0), node.log()[-2000:]
+        wait_until(lambda: 'receiver process(es)' in node.log(), timeout=10.0, what=lambda: node.log()[-2000:])
         receivers = _receivers(node.proc.pid)
         assert len(receivers) == 2, node.log()[-2000:]
         topics = [f'/hang/cam{i}' for i in range(2)]     # one on each receiver (the least loaded takes a camera)
@@ -150,12 +150,12 @@ def test_cameras_of_a_receiver_that_hangs_are_subscribed_again_through_another(t
         frame = array_to_image(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
         feeder = ImageFeeder(peer, {t: [frame] for t in topics}, rate_hz=RATE_HZ, reliable=True)
         try:
-            assert wait_until(lambda: all(c.messages() for c in collectors), timeout=15.0), node.log()[-3000:]
+            wait_until(lambda: all(c.messages() for c in collectors), timeout=15.0, what=lambda: node.log()[-3000:])
             os.kill(receivers[0], signal.SIGSTOP)
             time.sleep(1.0)
             t0 = time.time_ns()
-            assert wait_until(lambda: all(c.messages(since_ns=t0) for c in collectors), timeout=20.0), \
-                f'a camera of the hung receiver was not served again\n{node.log()[-3000:]}'
+            wait_until(lambda: all(c.messages(since_ns=t0) for c in collectors), timeout=20.0,
+                       what=lambda: f'a camera of the hung receiver was not served again\n{node.log()[-3000:]}')
             assert "but no frame for" in node.log() and "subscribed again through receiver 1 (was 0)" in node.log()
             assert node.alive()
         finally:
@@ -237,7 +237,8 @@ def test_the_reader_outlives_a_log_that_fails():
     for _ in range(3):   # every slot busy: counted, and a warning that fails to log
         frames_w.send_bytes(_FRAME.pack(b'F', 0, -1, 100, 0))
         pool._warned = 0.0
-    assert wait_until(lambda: pool.ring_full == 3, timeout=5.0), f'the reader stopped after {pool.ring_full} note(s)'
+    wait_until(lambda: pool.ring_full == 3, timeout=5.0,
+               what=lambda: f'the reader stopped after {pool.ring_full} note(s)')
     assert reader.is_alive()
     pool._restart = lambda proc: (_ for _ in ()).throw(OSError('cannot start a receiver'))
     frames_w.close()                                  # the receiver "died", and restarting it fails
@@ -272,18 +273,18 @@ def test_the_c_receiver_takes_frames_into_slots_and_grows_its_ring(tmp_path: pat
     monkeypatch.delenv('DELEN_RECEIVER', raising=False)
     monkeypatch.setenv('DELEN_RECEIVER_IN_SLOT', '1')   # the node's environment comes from this one
     with node_and_peer(tmp_path, ingress_processes=1) as (node, peer):
-        assert wait_until(lambda: '1 C receiver process(es)' in node.log(), timeout=10.0), node.log()[-2000:]
+        wait_until(lambda: '1 C receiver process(es)' in node.log(), timeout=10.0, what=lambda: node.log()[-2000:])
         [collector] = register_cameras(peer, ['/slots/cam'])
         rng = np.random.default_rng(1)
         small = array_to_image(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
         big = array_to_image(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
         feeder = ImageFeeder(peer, {'/slots/cam': [small]}, rate_hz=RATE_HZ, reliable=True)
-        assert wait_until(lambda: len(collector.messages()) >= 10, timeout=15.0), node.log()[-3000:]
+        wait_until(lambda: len(collector.messages()) >= 10, timeout=15.0, what=lambda: node.log()[-3000:])
         feeder.set_frames('/slots/cam', [big])
         time.sleep(1.0)                                   # frames of the old size still in flight
         t_after = time.time_ns()
-        assert wait_until(lambda: len(collector.messages(since_ns=t_after)) >= 10, timeout=15.0), \
-            f'no results after the frames grew past their slots\n{node.log()[-3000:]}'
+        wait_until(lambda: len(collector.messages(since_ns=t_after)) >= 10, timeout=15.0,
+                   what=lambda: f'no results after the frames grew past their slots\n{node.log()[-3000:]}')
         feeder.stop()
         assert 'malformed' not in node.log() and 'ended (exit' not in node.log(), node.log()[-3000:]
         assert node.alive()
