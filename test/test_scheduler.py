@@ -154,6 +154,45 @@ def test_a_late_frame_never_makes_the_batch_it_would_ride_in_late():
     assert s.next_batch(clock()).batch.requests == (late,)  # then in idle time
 
 
+def _drain_random_queues(seed: int) -> int:
+    """Random queues of on-time and late frames, drained batch by batch, checking that a late frame never
+    leads a batch while on-time work waits and that no batch is predicted to end after an on-time
+    member's deadline; returns how many late frames rode behind on-time work."""
+    import random
+    rng = random.Random(seed)
+    clock = FakeClock()
+    apps = [(f'app{i}', rng.choice([3.0, 5.0, 10.0, 33.0])) for i in range(6)]
+    s = make(apps, queue_depth=4, max_batch=4)
+    for _ in range(40):
+        arrive(s, rng.choice(apps)[0], clock)
+        clock.advance(rng.uniform(0.0, 1.5))
+    riders = 0
+    while s.pending():
+        now = clock()
+        waiting = [r for q in s._apps.values() for r in q.frames] + list(s._in_flight)
+        batch = s.next_batch(now).batch
+        if batch is None:
+            break
+        members = batch.requests
+        assert not members[0].late or all(r.late for r in waiting), 'a late frame led while on-time work waited'
+        riders += 0 if members[0].late else sum(r.late for r in members)
+        due = [r.deadline_ns for r in members if r.hard and not r.late]
+        if due:
+            assert now + batch.predicted_ms * 1_000_000 <= min(due)
+        clock.advance(batch.predicted_ms)
+        s.finished(len(members))
+    return riders
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_riders_never_lead_and_never_make_an_on_time_member_late(seed):
+    _drain_random_queues(seed)
+
+
+def test_random_queues_have_riders():   # the property above is not checked on batches without one
+    assert sum(_drain_random_queues(seed) for seed in range(20)) > 0
+
+
 def test_tail_counts_in_the_late_test():
     clock = FakeClock()
     s = make([('a', 5.0)], late_policy='drop', tail_ms=lambda: 1.0)
