@@ -29,8 +29,8 @@ Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever 
    in a batch led by on-time work where it has room for them, and never lead one but in idle time;
    frames start only while fewer than ``max_in_flight`` requests are in flight.
 
-Late requests are marked (``Request.late``): the engine serves late frames at the fastest exit
-(with enforcement) and counts them as served late.
+Late requests are marked (``Request.late``): with enforcement the engine serves a late frame at its
+fastest exit, or where the run it rides in ends, and counts it as served late.
 
 Memory is bounded under any load: each app keeps at most ``queue_depth`` newest frames (a new frame
 pushes out the oldest, counted), requests in flight are at most ``max_in_flight`` (+ one batch).

@@ -10,8 +10,9 @@
 * ``cleanup``: destroy services and publishers, free the model.
 
 Who may change what, and what is checked before any side effect: :mod:`.registry`. Messages:
-:mod:`.publishing` (pure functions of the engine's ledger); the status timer's: :mod:`.node_status`. The image callback converts a view of
-the message and queues it (``engine.submit``); inference and publication run on the engine's worker.
+:mod:`.publishing` (pure functions of the engine's ledger); the status timer's work: :mod:`.node_status`.
+The image callback converts a view of the message and queues it (``engine.submit``); inference and
+publication run on the engine's worker.
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@
   GIL time of building the Python message and having rclpy convert it, once per result).
 * :func:`status_message`: one app's :class:`~delen_ros.core.results.AppStats` as ``AppStatus``;
   :func:`status_cdr`: the same serialized, which the node publishes.
-* :func:`diagnostics_array`: per camera and for the engine, ``diagnostic_msgs/DiagnosticArray``.
+* :func:`diagnostics_array`: per camera and for the engine, ``diagnostic_msgs/DiagnosticArray``, from
+  :func:`diagnostic_rows`; :func:`diagnostics_cdr`: the same serialized, which the node publishes.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from delen_ros.msg import AppStatus, InferenceResult
 
-__all__ = ['CameraReport', 'result_message', 'result_cdr', 'status_message', 'status_cdr', 'diagnostics_array']
+__all__ = ['CameraReport', 'result_message', 'result_cdr', 'status_message', 'status_cdr', 'diagnostic_rows',
+           'diagnostics_array', 'diagnostics_cdr']
 
 
 def result_message(result: Any, *, header: Any, image_topic: str, now_ns: int) -> InferenceResult:
