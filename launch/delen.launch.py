@@ -1,6 +1,6 @@
 """Launch the delen lifecycle node with its parameters file.
 
-    ros2 launch delen_ros delen.launch.py                       # cifar10_lite0, device auto
+    ros2 launch delen_ros delen.launch.py                       # cifar10_committee, device auto
     ros2 launch delen_ros delen.launch.py model:=efficientnet_lite0 device:=cuda namespace:=robot1
     ros2 launch delen_ros delen.launch.py params_file:=/path/to/my_delen.yaml autostart:=false
 
@@ -25,8 +25,8 @@ from launch_ros.parameter_descriptions import ParameterValue
 def generate_launch_description() -> LaunchDescription:
     config = os.path.join(get_package_share_directory('delen_ros'), 'config')
     return LaunchDescription([
-        DeclareLaunchArgument('model', default_value='cifar10_lite0',
-                              description='model zoo name (cifar10_lite0, cifar10_resnet9, fashion_mnist, efficientnet_lite0) or a path'),
+        DeclareLaunchArgument('model', default_value='cifar10_committee',
+                              description='model zoo name (cifar10_committee, cifar10_lite0, cifar10_resnet9, fashion_mnist, efficientnet_lite0) or a path'),
         DeclareLaunchArgument('device', default_value='auto', description='auto | cpu | cuda | cuda:N'),
         DeclareLaunchArgument('namespace', default_value='', description='namespace of the node'),
         DeclareLaunchArgument('params_file', default_value=os.path.join(config, 'delen.yaml'),

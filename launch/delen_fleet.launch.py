@@ -121,8 +121,8 @@ def generate_launch_description() -> LaunchDescription:
     config = os.path.join(get_package_share_directory('delen_ros'), 'config')
     return LaunchDescription([
         DeclareLaunchArgument('nodes', default_value='2', description=f'how many delen nodes (1 to {MAX_NODES})'),
-        DeclareLaunchArgument('model', default_value='cifar10_lite0',
-                              description='model zoo name (cifar10_lite0, cifar10_resnet9, fashion_mnist, ...) or a path'),
+        DeclareLaunchArgument('model', default_value='cifar10_committee',
+                              description='model zoo name (cifar10_committee, cifar10_lite0, cifar10_resnet9, fashion_mnist, ...) or a path'),
         DeclareLaunchArgument('device', default_value='auto', description='auto | cpu | cuda | cuda:N, for every node'),
         DeclareLaunchArgument('devices', default_value='',
                               description="comma-separated devices, one per node in turn (cuda:0,cuda:1); '' = device"),

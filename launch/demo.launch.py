@@ -4,7 +4,7 @@
     ros2 launch delen_ros demo.launch.py device:=cuda
 
 Every camera replays CIFAR-10 test photos scaled to 320x240 (true labels in ``frame_id``) to the
-``cifar10_lite0`` model; the ``cifar10`` source needs ``../shared/data/cifar10/cifar10_jpeg.npz`` or
+``cifar10_committee`` model; the ``cifar10`` source needs ``../shared/data/cifar10/cifar10_jpeg.npz`` or
 ``$DELEN_CIFAR10`` (without it, ``delen_demo`` falls back to fashion_mnist on its own sources):
 
 * ``inspection`` on ``/inspection/image_raw``: an accuracy bound;
@@ -23,7 +23,7 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
-# (node name, source, topic, frames per second, size): rates a 2-core CPU serves with cifar10_lite0
+# (node name, source, topic, frames per second, size): rates a 2-core CPU serves with cifar10_committee
 CAMERAS = (
     ('camera_inspection', 'cifar10', '/inspection/image_raw', 8.0, '320x240'),
     ('camera_navigation', 'cifar10', '/front_camera/image_raw', 8.0, '320x240'),
@@ -45,7 +45,7 @@ def generate_launch_description() -> LaunchDescription:
              arguments=[source, '--topic', topic, '--size', size, '--rate', str(rate)])
         for name, source, topic, rate, size in CAMERAS]
     return LaunchDescription([
-        DeclareLaunchArgument('model', default_value='cifar10_lite0', description='model zoo name'),
+        DeclareLaunchArgument('model', default_value='cifar10_committee', description='model zoo name'),
         DeclareLaunchArgument('device', default_value='auto', description='auto | cpu | cuda | cuda:N'),
         DeclareLaunchArgument('demo_params_file', default_value=os.path.join(share, 'config', 'demo.yaml'),
                               description='node parameters with the demo apps (replaces config/delen.yaml)'),

@@ -11,7 +11,7 @@ from delen_ros.core.architectures import get_architecture
 from delen_ros.core.runner import StageRunner
 from delen_ros.core.zoo import load_model, read_model_json
 
-MEMBERS = ('cifar10_resnet9', 'cifar10_lite2', 'cifar10_lite0')
+MEMBERS = ('cifar10_resnet9', 'cifar10_lite0', 'cifar10_lite2')
 
 
 @pytest.fixture(scope='module')
@@ -45,13 +45,13 @@ def test_the_committee_file_holds_no_weights_of_its_own(committee):
     meta = read_model_json('cifar10_committee')
     assert meta['arch_kwargs']['members'] == list(MEMBERS)
     assert committee.trainable_state_dict() == {}
-    assert committee.info.exit_names == ('layer1', 'res1', 'layer2', 'final', '+lite2', '+lite0')
+    assert committee.info.exit_names == ('layer1', 'res1', 'layer2', 'final', '+lite0', '+lite2')
     assert committee.info.input_size == (160, 160)
 
 
 def test_each_exit_is_its_members_mean_probability(committee, members, photos):
     pixels, x = photos
-    r9, lite2, lite0 = members
+    r9, lite0, lite2 = members
     with torch.inference_mode():
         exits = committee(x)
         own = [m(_own_input(m, pixels)) for m in members]

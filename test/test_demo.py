@@ -40,13 +40,13 @@ def test_demo_bounds_follow_the_profile():
 
 def test_default_model_runs_on_labelled_cifar10_cameras():
     model, cameras, note = demo_setup(DEFAULT_MODEL, ['cifar10', 'fashion_mnist', 'vtest'])
-    assert (model, note) == ('cifar10_lite0', None)
+    assert (model, note) == ('cifar10_committee', None)
     assert cameras == CAMERAS and {c.source for c in cameras} == {'cifar10'}   # every app's accuracy is scored
     # the model's committed CPU profile: three streams at the demo's rates, each to the final exit, keep
     # the two cores below ~60 % busy with the network (the rest is cameras, DDS and the demo)
     cpu = Profile.load(pathlib.Path(__file__).resolve().parents[1] / 'models' / 'profiles'
-                       / 'cifar10_lite0__cpu-amd-epyc.json')
-    assert cpu.num_exits == 4
+                       / 'cifar10_committee__cpu-intel-r-xeon-r-processor.json')
+    assert cpu.num_exits == 6
     assert sum(c.rate_hz for c in cameras) * cpu.exit_latency_ms(cpu.final_exit) / 1000 < 0.6
 
 
@@ -60,6 +60,7 @@ def test_without_cifar10_the_demo_falls_back_and_says_so():
 def test_every_cifar10_model_gets_the_labelled_cameras():
     assert demo_setup('cifar10_resnet9', ['cifar10', 'vtest']) == ('cifar10_resnet9', CAMERAS, None)
     assert demo_setup('cifar10_resnet9', ['vtest']) == ('cifar10_resnet9', FALLBACK_CAMERAS, None)
+    assert demo_setup('cifar10_lite0', ['cifar10']) == ('cifar10_lite0', CAMERAS, None)   # the former default
 
 
 def test_tightened_bound_leaves_room_for_about_exit_one():

@@ -47,7 +47,7 @@ DEMO_APPS = ('inspection', 'navigation', 'battery')
 FLEET = 'delen_fleet.launch.py'
 FLEET_NODES = ('/n0/delen', '/n1/delen')   # nodes:=2
 # The model each launch file serves (demo.launch.py: its default; the others: the test's fashion_mnist).
-MODELS = {'delen.launch.py': 'fashion_mnist', 'demo.launch.py': 'cifar10_lite0', FLEET: 'fashion_mnist'}
+MODELS = {'delen.launch.py': 'fashion_mnist', 'demo.launch.py': 'cifar10_committee', FLEET: 'fashion_mnist'}
 
 # This process (the tests' rclpy) and the launched ones share the domain and stay on loopback.
 os.environ.update({'ROS_DOMAIN_ID': str(DOMAIN_ID), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from delen_ros.core.multi_exit import ModelInfo
-from delen_ros.core.preprocess import check_image, preprocess
+from delen_ros.core.preprocess import check_image, normalisation, normalise, preprocess
 
 GREY = ModelInfo(name='grey', input_size=(28, 28), in_channels=1, mean=(72.94,), std=(90.02,),
                  labels=tuple('abc'), exit_names=('e0',), exit_accuracy=(0.5,), accuracy_note='test')
@@ -105,6 +105,21 @@ def test_check_image_squeezes_single_channel():
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['float32', 'bfloat16'])
+def test_normalise_in_one_pass_matches_the_float_path_then_cast(dtype):
+    """The device path's one kernel for frames at the model's size: the CPU path's figures, rounded once
+    into the runner's dtype, laid out channels-last as it asked."""
+    images = [_rng_image((32, 48, 3), seed=i) for i in range(3)]
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)   # NHWC bytes seen as NCHW, as uploaded
+    mean, inv_std = normalisation(RGB, 'cpu')
+    for pixels in (x, x.float()):   # as uploaded, or as a resize leaves them
+        out = normalise(pixels, inv_std, -mean * inv_std, dtype=dtype, memory_format=torch.channels_last)
+        assert out.dtype == dtype and out.shape == (3, 3, 32, 48)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, preprocess(images, RGB).to(dtype), atol=1e-6,
+                                   rtol=0 if dtype == torch.float32 else 8e-3)
+
+
 @needs_cuda
 @pytest.mark.parametrize('info', [GREY, RGB], ids=['grey-model', 'rgb-model'])
 def test_device_preprocessing_matches_the_cpu_path(info):
@@ -115,6 +130,16 @@ def test_device_preprocessing_matches_the_cpu_path(info):
     x = pre(images)
     assert x.device.type == 'cuda' and x.shape == (3, info.in_channels, *info.input_size)
     torch.testing.assert_close(x.cpu(), preprocess(images, info), atol=0.05, rtol=0)
+
+
+@needs_cuda
+def test_device_preprocessing_of_model_sized_frames_is_one_pass_in_the_runners_dtype():
+    from delen_ros.core.preprocess import DevicePreprocessor
+    images = [_rng_image((32, 48, 3), seed=i) for i in range(2)]
+    pre = DevicePreprocessor(RGB, torch.device('cuda'), dtype=torch.float16, memory_format=torch.channels_last)
+    x = pre([pre.upload(im) for im in images])
+    assert x.dtype == torch.float16 and x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x.float().cpu(), preprocess(images, RGB), atol=4e-3, rtol=0)
 
 
 @needs_cuda

@@ -241,7 +241,7 @@ def test_shipped_demo_config_parses():
     for name in ('delen.yaml', 'demo.yaml'):
         params = yaml.safe_load((config / name).read_text())['/**']['ros__parameters']
         from delen_ros.core.zoo import read_model_json
-        num_exits = len(read_model_json(params.get('model', 'cifar10_lite0'))['info']['exit_names'])
+        num_exits = len(read_model_json(params.get('model', 'cifar10_committee'))['info']['exit_names'])
         figures = {'max_latency_ms': 1.0, 'min_accuracy': 0.8, 'max_energy_mj': 3.0}   # any exit: plausible values
         apps = parse_apps_param(params.get('apps', ''), figure=lambda field, k: figures[field] * (k + 1) ** 0.1,
                                 num_exits=num_exits)

@@ -23,7 +23,7 @@ from .host_memory import HOST_MEMORY, raw_copy_api
 if TYPE_CHECKING:
     from .multi_exit import ModelInfo
 
-__all__ = ['preprocess', 'check_image', 'normalisation', 'DevicePreprocessor']
+__all__ = ['preprocess', 'check_image', 'normalisation', 'normalise', 'DevicePreprocessor']
 
 def check_image(image: object, *, index: int = 0) -> np.ndarray:
     """Validate one input image; returns it as ``H x W`` or ``H x W x 3`` uint8, else ``ValueError``."""
@@ -106,6 +106,16 @@ def normalisation(info: ModelInfo, device: torch.device | str) -> tuple[torch.Te
             torch.tensor([1.0 / s for s in info.std], dtype=torch.float32, device=device).view(1, c, 1, 1))
 
 
+def normalise(x: torch.Tensor, inv_std: torch.Tensor, shift: torch.Tensor, *, dtype: torch.dtype,
+              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """``(x - mean) * inv_std`` of ``N x C x H x W`` pixels (uint8, or float from a resize) as
+    ``x * inv_std + shift`` (``shift = -mean * inv_std``), written straight into a new ``dtype``
+    tensor of ``memory_format``: one kernel where a float copy, two arithmetic passes and a cast were
+    four eager launches, which the host pays for every batch. Computed in float32, rounded once."""
+    out = torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=memory_format)
+    return torch.addcmul(shift, x, inv_std, out=out)
+
+
 _MAX_STAGING_SHAPES = 8
 _FRAME_BUFFERS = 16   # pinned one-frame buffers per shape for upload() at most, reused in turn
 _IN_PLACE_MAX = 256   # uploads from registered memory whose host frames are held until done, at most
@@ -137,6 +147,7 @@ class DevicePreprocessor:
         self._stream = torch.cuda.Stream(device=self.device)
         self._staging: dict[tuple[int, ...], tuple[torch.Tensor, torch.cuda.Event | None]] = {}
         self._mean, self._inv_std = normalisation(info, self.device)
+        self._shift = -self._mean * self._inv_std
         self._luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         # upload(): its own stream and pinned frame buffers, per shape, reused in turn
         self._upload_stream = torch.cuda.Stream(device=self.device)
@@ -172,20 +183,22 @@ class DevicePreprocessor:
         return upload
 
     def _convert(self, upload: torch.Tensor) -> torch.Tensor:
-        """``N x H x W [x 3]`` uint8 on the device -> normalised ``N x C x h x w`` float32."""
+        """``N x H x W [x 3]`` uint8 on the device -> the normalised ``N x C x h x w`` batch in ``dtype``
+        and ``memory_format``. Frames at the model's size and channels stay uint8 up to the one
+        kernel that normalises them; the others go through float32 to convert and resize."""
         x = upload.unsqueeze(-1) if upload.dim() == 3 else upload
-        x = x.permute(0, 3, 1, 2).float()
+        x = x.permute(0, 3, 1, 2)
         c = self.info.in_channels
         if c == 1 and x.shape[1] == 3:
-            x = (x * self._luma).sum(dim=1, keepdim=True)
+            x = (x.float() * self._luma).sum(dim=1, keepdim=True)
         h, w = self.info.input_size
         if tuple(x.shape[2:]) != (h, w):
             shrink = x.shape[2] >= h and x.shape[3] >= w
-            x = torch.nn.functional.interpolate(x, size=(h, w), mode='area' if shrink else 'bilinear',
+            x = torch.nn.functional.interpolate(x.float(), size=(h, w), mode='area' if shrink else 'bilinear',
                                                 **({} if shrink else {'align_corners': False}))
         if c == 3 and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        return (x - self._mean) * self._inv_std
+        return normalise(x, self._inv_std, self._shift, dtype=self.dtype, memory_format=self.memory_format)
 
     def upload(self, image: np.ndarray) -> torch.Tensor:
         """Start copying one frame to the device; returns its uint8 tensor there, for ``__call__``.

@@ -33,7 +33,7 @@ class ParameterError(ValueError):
 _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'autostart': (True, 'Configure and activate at start (true), or wait for lifecycle transitions (false).',
                   None, True),
-    'model': ('cifar10_lite0', "Model name in the model zoo ('cifar10_lite0', 'cifar10_lite2', 'cifar10_resnet9', 'fashion_mnist', ...) or a path "
+    'model': ('cifar10_committee', "Model name in the model zoo ('cifar10_committee', 'cifar10_lite0', 'cifar10_lite2', 'cifar10_resnet9', 'fashion_mnist', ...) or a path "
               'to its .json / .pt.' + _LATER, None, False),
     'device': ('auto', "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'." + _LATER, None, False),
     'devices': ([''], "Several accelerators of this host, e.g. ['cuda:0', 'cuda:1']: one engine each, apps (with "
