@@ -12,7 +12,8 @@ phase over the frames after a fifth of warm-up:
 * ``wake``: -> the worker starts the launch (wake-up, lock, the scheduler's choice);
 * ``plan``, ``input`` (preprocessing and the batch's input), ``launch`` (queueing the steps);
 * ``wait``: -> the device's results are on the host; ``decide``: the policy's decisions;
-* ``deliver``: -> the result is built and handed to ``on_result``.
+* ``deliver``: -> the result is built and handed to ``on_result``;
+* ``other``: the rest of the frame's latency, between those spans.
 
 ``--four-pass-normalise``: the device preprocessing's normalisation as before session 27 (a float
 copy, subtract, multiply, cast: four launches) instead of ``preprocess.normalise``'s one, for an A/B in
@@ -41,7 +42,13 @@ from delen_ros.core.engine import Engine, make_runner
 from delen_ros.core.profile import Profile, device_slug, profile_filename
 from delen_ros.tools.bench import _load_frames
 
-PHASES = ('submit', 'wake', 'plan', 'input', 'launch', 'wait', 'decide', 'deliver', 'total')
+PARTS = ('submit', 'wake', 'plan', 'input', 'launch', 'wait', 'decide', 'deliver')
+PHASES = (*PARTS, 'other', 'total')
+
+
+def _fields(span: tuple) -> dict:
+    """A recorded span's keyword fields (:meth:`FlightRecorder.add` keeps them flat after the times)."""
+    return dict(zip(span[4::2], span[5::2]))
 
 
 def _phases(spans: list[tuple], t_arrivals: list[int]) -> list[dict[str, float]]:
@@ -50,28 +57,30 @@ def _phases(spans: list[tuple], t_arrivals: list[int]) -> list[dict[str, float]]
     for s in spans:
         by_kind.setdefault(s[0], []).append(s)
     submits, launches, completes, results = (by_kind.get(k, []) for k in ('submit', 'launch', 'complete', 'result'))
+    ms = 1e-6
     rows = []
-    for i, arrival in enumerate(t_arrivals):
+    for arrival in t_arrivals:
         sub = next(s for s in submits if s[2] >= arrival)
         result = next(s for s in results if s[2] == arrival)
         runs = [s for s in launches if sub[3] <= s[2] <= result[3]]
         looks = [s for s in completes if sub[3] <= s[2] <= result[3]]
         if not runs or not looks:
             continue
-        first, f = runs[0], dict(zip(runs[0][4::2], runs[0][5::2]))
-        ms = 1e-6
+        first = _fields(runs[0])
         rows.append({
             'submit': (sub[3] - arrival) * ms,
-            'wake': (first[2] - sub[3]) * ms,
-            'plan': f['plan_ns'] * ms,
-            'input': (f['run_ns'] - first[2] - f['plan_ns']) * ms,
-            'launch': sum(r[3] - dict(zip(r[4::2], r[5::2]))['run_ns'] for r in runs) * ms,
-            'wait': sum(dict(zip(c[4::2], c[5::2]))['synced_ns'] - c[2] for c in looks) * ms,
-            'decide': sum(c[3] - dict(zip(c[4::2], c[5::2]))['synced_ns'] for c in looks) * ms,
+            'wake': (runs[0][2] - sub[3]) * ms,
+            'plan': first['plan_ns'] * ms,
+            'input': (first['run_ns'] - runs[0][2] - first['plan_ns']) * ms,
+            'launch': sum(r[3] - _fields(r)['run_ns'] for r in runs) * ms,
+            'wait': sum(_fields(c)['synced_ns'] - c[2] for c in looks) * ms,
+            'decide': sum(c[3] - _fields(c)['synced_ns'] for c in looks) * ms,
             'deliver': (result[3] - looks[-1][3]) * ms,
             'total': (result[3] - arrival) * ms,
             'turns': len(runs),
         })
+        # what no span covers: between the launch and the wait, and a run's end to the next's start
+        rows[-1]['other'] = rows[-1]['total'] - sum(rows[-1][p] for p in PARTS)
     return rows
 
 
