@@ -11,6 +11,7 @@ import pytest
 from delen_ros.core.admission import Unschedulable
 from delen_ros.core.bounds import Bounds, InfeasibleBounds
 from delen_ros.core.engine import Engine
+from delen_ros.core.policies import DelenPolicy
 from fakes import FakeClock, FakeRunner, fake_image, fake_model, synthetic_profile
 
 PROFILE = synthetic_profile()   # exit 0: 1.1 ms at batch 1, exit 1: 3.2 ms, ...
@@ -106,6 +107,35 @@ def test_the_allowance_moves_the_planned_deadline_not_the_judgement(allowance_ms
         assert result.late and result.exit_index == 0
     else:
         assert not result.late and result.exit_index == PROFILE.final_exit
+
+
+class _Spy(DelenPolicy):
+    """Ours, noting the latency limit of every decision it is asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.limits: list[float | None] = []
+
+    def _decide_with(self, ctx, confidence):
+        self.limits.append(ctx.latency_limit_ms)
+        return super()._decide_with(ctx, confidence)
+
+
+@pytest.mark.parametrize('keeps', [True, False])
+def test_the_policy_decides_by_the_schedulers_deadline(keeps):
+    """The engine hands its delivery allowance to the policy, whose latency limit is then the
+    deadline the scheduler plans by (bound - allowance); turned off (an A/B), the whole bound."""
+    results, spy = [], _Spy()
+    engine = make_engine(on_result=results.append, delivery_allowance_ms=2.0, policy=spy)
+    engine.policy_keeps_allowance = keeps
+    engine.set_app('a', Bounds(max_latency_ms=50.0))
+    with engine:
+        engine.submit(['a'], fake_image(0))
+        end = time.monotonic() + 10.0
+        while not results and time.monotonic() < end:
+            time.sleep(0.002)
+    assert results and spy.limits
+    assert set(spy.limits) == {48.0 if keeps else 50.0}
 
 
 def test_recheck_puts_an_unschedulable_app_after_the_schedulable_ones():

@@ -278,6 +278,20 @@ def test_delen_counts_the_measured_decision_to_delivery_tail():
     assert delen.decide(ctx(b, 0, elapsed=1.1, corrector=corrector)) is Decision.STOP
 
 
+def test_delen_keeps_the_delivery_allowance_in_its_latency_limit():
+    """The result must be published an allowance before the bound (the scheduler's deadline), not at it."""
+    b = Bounds(max_latency_ms=3.5)      # 1.1 elapsed + 2.1 = 3.2: fits 3.5, not 3.5 - 0.5
+    delen = get_policy('delen')
+    fits = ctx(b, 0, elapsed=1.1)
+    assert fits.latency_limit_ms == 3.5 and delen.decide(fits) is Decision.CONTINUE
+    kept = ExitContext(bounds=b, profile=PROFILE, exit_index=0, confidence=0.5, elapsed_ms=1.1, corrector=P50,
+                       delivery_allowance_ms=0.5)
+    assert kept.latency_limit_ms == 3.0
+    assert delen.decide(kept) is Decision.STOP and delen.decide_ahead(kept) is Decision.STOP
+    assert ExitContext(bounds=Bounds(), profile=PROFILE, exit_index=0, confidence=0.5, elapsed_ms=1.1,
+                       delivery_allowance_ms=0.5).latency_limit_ms is None
+
+
 @pytest.mark.parametrize('bad', [-1.0, math.nan, math.inf])
 def test_tail_ignores_impossible_measurements(bad):
     corrector = LatencyCorrector(margin=0.0)

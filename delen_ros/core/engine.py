@@ -341,6 +341,9 @@ class Engine(AdmissionMixin, StatsMixin):
                                     delivery_allowance_ms=lambda: self.delivery_allowance_ms)
         self.default_deadline_ms = default_deadline_ms
         self.delivery_allowance_ms = delivery_allowance_ms
+        #: the policy's latency limit keeps the delivery allowance, as the scheduler's deadline does
+        #: (session 27; False: the whole bound, as before, for an A/B)
+        self.policy_keeps_allowance = True
         self.fuse_steps = fuse_steps
         self.separate_turn_cost = bool(separate_turn_cost)
         # What ends a fused run early: 'any' waiting frame that must start before the run would end
@@ -694,6 +697,11 @@ class Engine(AdmissionMixin, StatsMixin):
         # preprocessing runs on the CPU and jitters too: the same margin as the steps
         return ms + self.preprocess_cost.predict_ms(batch, margin=margin)
 
+    @property
+    def policy_allowance_ms(self) -> float:
+        """The delivery allowance a policy's latency limit keeps (:attr:`policy_keeps_allowance`)."""
+        return self.delivery_allowance_ms if self.policy_keeps_allowance else 0.0
+
     def _turn_ms(self, margin: float | None = None) -> float:
         """A worker turn's own cost besides its steps, where it is learnt apart (``separate_turn_cost``), else 0."""
         return self.corrector.turn_ms(margin=margin) if self.separate_turn_cost else 0.0
@@ -968,6 +976,7 @@ class Engine(AdmissionMixin, StatsMixin):
         next_ms = None if last else self.corrector.predict_ms(self.profile, last_step + 1, len(requests)) + \
             self._turn_ms() + self.corrector.tail_ms()   # a step after a look is a turn of its own
         finished, going_on = [], []
+        allowance_ms = self.policy_allowance_ms
         for r in requests:
             s: _State = r.state
             i = slot[id(r.frame)]
@@ -983,7 +992,8 @@ class Engine(AdmissionMixin, StatsMixin):
             s.decided_ns = now
             ctx = ExitContext(bounds=s.bounds, profile=self.profile, exit_index=last_step, confidence=s.confidence,
                               elapsed_ms=(now - r.arrival_ns) / _NS_PER_MS, energy_mj=s.energy_est_mj,
-                              next_batch=len(requests), corrector=self.corrector, next_ms=next_ms)
+                              next_batch=len(requests), corrector=self.corrector, next_ms=next_ms,
+                              delivery_allowance_ms=allowance_ms)
             # A late frame (cannot meet its bound any more) is served at the fastest exit when the
             # engine enforces deadlines; the baselines decide as their systems do.
             stop = (r.late and enforce) or self.policy.decide(ctx) is Decision.STOP
@@ -1057,6 +1067,7 @@ class Engine(AdmissionMixin, StatsMixin):
             latest_ns = self._scheduler.latest_start_ns(due_before_ns=due_ns)
         ahead_ms = self._predict_ms(step, size)   # from now to the decision at exit `step`
         energy_mj = [r.state.energy_est_mj for r in requests]
+        allowance_ms = self.policy_allowance_ms
         for k in range(step, final):
             share_mj = self.profile.step_energy_mj(k, n) * n / size
             energy_mj = [e + share_mj for e in energy_mj]
@@ -1069,7 +1080,8 @@ class Engine(AdmissionMixin, StatsMixin):
             for r, e in zip(requests, energy_mj):
                 ctx = ExitContext(bounds=r.state.bounds, profile=self.profile, exit_index=k, confidence=math.nan,
                                   elapsed_ms=(at_ns - r.arrival_ns) / _NS_PER_MS, energy_mj=e, next_batch=size,
-                                  corrector=self.corrector, next_ms=next_ms + tail_ms)
+                                  corrector=self.corrector, next_ms=next_ms + tail_ms,
+                                  delivery_allowance_ms=allowance_ms)
                 if self.policy.decide_ahead(ctx) is not Decision.CONTINUE or \
                         (enforce and r.hard and expire_ns > r.deadline_ns):
                     return k

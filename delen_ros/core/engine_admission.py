@@ -147,7 +147,7 @@ class AdmissionMixin:
             return ()
         return tuple(k for k in range(exit_index) if self.policy.decide_ahead(ExitContext(
             bounds=bounds, profile=self.profile, exit_index=k, confidence=math.nan, elapsed_ms=0.0,
-            corrector=self.corrector)) is not Decision.CONTINUE)
+            corrector=self.corrector, delivery_allowance_ms=self.policy_allowance_ms)) is not Decision.CONTINUE)
 
     def _cost_model(self, outside: dict[str, float] | None = None) -> admission.CostModel:
         """Admission's costs now; ``outside``: these parts outside the device instead of :meth:`_outside_ms`."""

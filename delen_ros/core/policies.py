@@ -231,6 +231,8 @@ class ExitContext:
     :param corrector: the engine's online latency correction; ``None``: the profile's p50.
     :param next_ms: :meth:`predicted_next_ms`, when the caller computed it once for a whole batch;
         ``None``: computed here.
+    :param delivery_allowance_ms: time kept after publication for the result to reach its
+        subscriber: the engine's, so that a policy's latency limit is the scheduler's deadline.
     """
 
     bounds: Bounds
@@ -242,10 +244,18 @@ class ExitContext:
     next_batch: int = 1
     corrector: LatencyCorrector | None = None
     next_ms: float | None = None
+    delivery_allowance_ms: float = 0.0
 
     @property
     def is_last(self) -> bool:
         return self.exit_index >= self.profile.num_exits - 1
+
+    @property
+    def latency_limit_ms(self) -> float | None:
+        """When the result must be published, ms after arrival: the latency bound less the delivery
+        allowance (the scheduler's deadline); ``None`` without a latency bound."""
+        bound = self.bounds.max_latency_ms
+        return None if bound is None else bound - self.delivery_allowance_ms
 
     def predicted_next_ms(self) -> float:
         """Predicted time from now to a result after the next step (stage ``k+1`` + head) at
@@ -385,9 +395,10 @@ class DelenPolicy(Policy):
 
     In order, at exit ``k`` (not the last):
 
-    1. latency: stop when ``elapsed + predicted(step k+1) > max_latency_ms`` (the corrector's
-       prediction: profile p50 x online mean ratio + a margin of its deviation; profile p99 before
-       any measurement);
+    1. latency: stop when ``elapsed + predicted(step k+1) > max_latency_ms - delivery allowance``
+       (the corrector's prediction: profile p50 x online mean ratio + a margin of its deviation;
+       profile p99 before any measurement; the allowance: the time the result's way to its
+       subscriber is given, as in the scheduler's deadline);
     2. energy: stop when ``energy so far + predicted energy of step k+1 > max_energy_mj``;
     3. accuracy met? -- when ``k`` is at or past the fallback exit (earliest exit whose overall
        accuracy meets ``min_accuracy``), or the confidence reaches the calibrated threshold
@@ -480,8 +491,8 @@ class DelenPolicy(Policy):
     def _decide_with(self, ctx: ExitContext, confidence: float | None) -> Decision | None:
         """Steps 1-4 above; ``confidence`` ``None``: unknown (then ``None`` where step 3 needs it).
         One body for both, so that deciding ahead cannot drift from deciding after the head."""
-        bounds = ctx.bounds
-        if bounds.max_latency_ms is not None and ctx.elapsed_ms + ctx.predicted_next_ms() > bounds.max_latency_ms:
+        bounds, limit = ctx.bounds, ctx.latency_limit_ms
+        if limit is not None and ctx.elapsed_ms + ctx.predicted_next_ms() > limit:
             return Decision.STOP
         if bounds.max_energy_mj is not None and ctx.energy_mj + ctx.predicted_next_energy_mj() > bounds.max_energy_mj:
             return Decision.STOP

@@ -179,6 +179,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           recheck_on_worker={'0': False, '1': True}.get(os.environ.get('DELEN_RECHECK_ON_WORKER', '')))
             if os.environ.get('DELEN_LATE_RIDERS') == '0':   # an A/B: late frames in idle time only (before session 26)
                 built.late_riders = False
+            if os.environ.get('DELEN_POLICY_ALLOWANCE') == '0':   # an A/B: the policy's limit the whole bound (before session 27)
+                built.policy_keeps_allowance = False
             if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run
                 built.split_runs_for = 'earlier'
             if os.environ.get('DELEN_CORRECTOR_PER_BATCH') == '1':   # an A/B: step times learnt per batch size
