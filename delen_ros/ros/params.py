@@ -112,7 +112,8 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                               'node cannot measure that hop; over loopback DDS: 0.4-0.8 ms p50 / 0.7-1.2 ms p99 on the H200 '
                               'host, benchmarks/h200/e2e; 1 ms p50 / 1.7-2.3 ms p99 on a 2-core VM, '
                               'benchmarks/cpu/e2e_mixed_allowance). Frames are planned to be published by their latency '
-                              'bound less this; feasible ranges, GetProfile and admission count it. The published '
+                              'bound less this (the scheduler\'s deadline, and since session 27 the policy\'s limit for '
+                              'going deeper); feasible ranges, GetProfile and admission count it. The published '
                               'latency_ms / bounds_met stay the node-side figures.' + _LATER, (0.0, 1000.0), False),
     'admission_headroom': (0.1, 'The share of each latency bound a set_bounds request must leave free to be admitted '
                            '(0-0.9); the once-a-second re-check keeps none, so the measured tails may grow that much '
