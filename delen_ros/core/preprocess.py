@@ -147,8 +147,8 @@ class DevicePreprocessor:
         self.memory_format = memory_format
         self._stream = torch.cuda.Stream(device=self.device)
         self._staging: dict[tuple[int, ...], tuple[torch.Tensor, torch.cuda.Event | None]] = {}
-        self._mean, self._inv_std = normalisation(info, self.device)
-        self._shift = -self._mean * self._inv_std
+        mean, self._inv_std = normalisation(info, self.device)
+        self._shift = -mean * self._inv_std   # normalise(): x * inv_std + shift
         self._luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         # upload(): its own stream and pinned frame buffers, per shape, reused in turn
         self._upload_stream = torch.cuda.Stream(device=self.device)
