@@ -50,7 +50,7 @@ def test_last_exit_always_stops(name, bounds):
     # latency: stop when elapsed + predicted next step (p50 here) would pass the bound
     (Bounds(max_latency_ms=5.0), 0, 0.5, 1.1, 1.1, C),      # 1.1 + 2.1 = 3.2 <= 5
     (Bounds(max_latency_ms=5.0), 1, 0.5, 3.2, 3.2, S),      # 3.2 + 3.1 = 6.3 > 5
-    (Bounds(max_latency_ms=6.35), 1, 0.5, 3.2, 3.2, C),
+    (Bounds(max_latency_ms=7.1), 1, 0.5, 3.2, 3.2, C),      # 6.3 <= 7.1 - 0.71: a step by choice keeps 10 %
     (Bounds(max_latency_ms=20.0), 0, 0.5, 18.0, 1.1, S),    # queueing ate the budget
     # energy: stop before a step whose energy would pass the budget
     (Bounds(max_energy_mj=3.0), 0, 0.5, 1.1, 1.1, S),       # 1.1 + 2.1 > 3
@@ -88,7 +88,7 @@ def test_delen_predicts_at_the_next_batch_size(batch, expected):
 
 def test_delen_uses_online_correction_and_safety_margin():
     b = Bounds(max_latency_ms=3.5)      # 1.1 elapsed + 2.1 p50 = 3.2 fits; p99 2.52 -> 3.62 does not
-    delen = get_policy('delen')
+    delen = get_policy('delen', choice_headroom=0.0)   # the limit's arithmetic alone
     assert delen.decide(ctx(b, 0, elapsed=1.1, corrector=LatencyCorrector(safety=0.0))) is Decision.CONTINUE
     assert delen.decide(ctx(b, 0, elapsed=1.1, corrector=LatencyCorrector(safety=1.0))) is Decision.STOP
     slow = LatencyCorrector(margin=0.0)
@@ -270,7 +270,7 @@ class TestLatencyCorrector:
 def test_delen_counts_the_measured_decision_to_delivery_tail():
     b = Bounds(max_latency_ms=3.5)      # 1.1 elapsed + 2.1 p50 = 3.2 fits, without the tail
     corrector = LatencyCorrector(safety=0.0, margin=0.0)
-    delen = get_policy('delen')
+    delen = get_policy('delen', choice_headroom=0.0)   # the limit's arithmetic alone
     assert corrector.tail_ms() == 0.0
     assert delen.decide(ctx(b, 0, elapsed=1.1, corrector=corrector)) is Decision.CONTINUE
     corrector.update_tail(0.5)          # results take 0.5 ms from decision to delivery: 3.7 > 3.5
@@ -281,7 +281,7 @@ def test_delen_counts_the_measured_decision_to_delivery_tail():
 def test_delen_keeps_the_delivery_allowance_in_its_latency_limit():
     """The result must be published an allowance before the bound (the scheduler's deadline), not at it."""
     b = Bounds(max_latency_ms=3.5)      # 1.1 elapsed + 2.1 = 3.2: fits 3.5, not 3.5 - 0.5
-    delen = get_policy('delen')
+    delen = get_policy('delen', choice_headroom=0.0)   # the limit's arithmetic alone
     fits = ctx(b, 0, elapsed=1.1)
     assert fits.latency_limit_ms == 3.5 and delen.decide(fits) is Decision.CONTINUE
     kept = ExitContext(bounds=b, profile=PROFILE, exit_index=0, confidence=0.5, elapsed_ms=1.1, corrector=P50,
@@ -305,3 +305,20 @@ def test_one_slow_delivery_is_folded_in_as_an_outlier():
     corrector.update_tail(0.1)
     corrector.update_tail(50.0)         # a stall: counted as OUTLIER x the mean at most
     assert corrector.tail_ms() == pytest.approx(LatencyCorrector.OUTLIER * 0.1)
+
+
+def test_delen_keeps_a_headroom_for_steps_taken_by_choice():
+    """As accurate as allowed: a step the bounds do not ask for must end 10 % of the bound early."""
+    delen, to_the_deadline = get_policy('delen'), get_policy('delen', choice_headroom=0.0)
+    latency_only = Bounds(max_latency_ms=10.0)
+    assert delen.decide(ctx(latency_only, 0, elapsed=6.8)) is Decision.CONTINUE     # 6.8 + 2.1 <= 10 - 1
+    near = ctx(latency_only, 0, elapsed=7.5)                                          # 9.6: in the headroom
+    assert delen.decide(near) is Decision.STOP and delen.decide_ahead(near) is Decision.STOP
+    assert to_the_deadline.decide(near) is Decision.CONTINUE                          # as before session 28
+    needs = Bounds(max_latency_ms=10.0, min_accuracy=0.85, objective='max_accuracy')  # exit 0: 0.6
+    assert delen.decide(ctx(needs, 0, confidence=0.1, elapsed=7.5)) is Decision.CONTINUE   # a step it needs
+    assert delen.decide(ctx(needs, 0, confidence=0.99, elapsed=7.5)) is Decision.STOP      # met: by choice
+    assert delen.decide_ahead(ctx(needs, 0, elapsed=7.5)) is None                      # depends on the input
+    assert delen.decide(ctx(latency_only, 0, elapsed=8.0)) is Decision.STOP            # past the bound anyway
+    with pytest.raises(ValueError, match='choice_headroom'):
+        DelenPolicy(choice_headroom=1.5)
