@@ -179,9 +179,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           recheck_on_worker={'0': False, '1': True}.get(os.environ.get('DELEN_RECHECK_ON_WORKER', '')))
             if os.environ.get('DELEN_LATE_RIDERS') == '0':   # an A/B: late frames in idle time only (before session 26)
                 built.late_riders = False
-            headroom = os.environ.get('DELEN_CHOICE_HEADROOM')   # an A/B: 0 plans steps by choice to the deadline
-            if headroom and hasattr(built.policy, 'choice_headroom'):   # (before session 28), or another fraction
-                built.policy.choice_headroom = min(1.0, max(0.0, float(headroom)))
+            if hasattr(built.policy, 'choice_headroom'):   # the delen policy's
+                built.policy.choice_headroom = params.choice_headroom
             if os.environ.get('DELEN_POLICY_ALLOWANCE') == '0':   # an A/B: the policy's limit the whole bound (before session 27)
                 built.policy_keeps_allowance = False
             if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run

@@ -125,6 +125,12 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                                   'cameras, frame age and serving overhead grew 1.1 ms from a 5 ms app\'s admission to '
                                   'full load, and kept 0.5 ms it met its bound for 84 % of its frames; '
                                   'benchmarks/h200/e2e_session13). 0 = the share alone.' + _LATER, (0.0, 1000.0), False),
+    'choice_headroom': (0.1, 'For the delen policy: the share of an app\'s latency bound that a step it takes by '
+                        'choice keeps free before the deadline (0-0.9): an app as accurate as its bound allows goes '
+                        'deeper only while the step is predicted to end this early; steps its bounds need are '
+                        'planned to the deadline. Planned to the deadline, such steps made 10 ms apps miss on an '
+                        'H200 (benchmarks/h200/choice_headroom_session28). 0 = to the deadline.' + _LATER,
+                        (0.0, 0.9), False),
     'transport_prior_ms': (2.0, "The frames' age on arrival (stamp -> node) assumed until it is measured, ms: an app "
                            "registered before its camera's first frames reach the node is judged against it (measured "
                            'p99 at 640x480: 2.3-3.5 ms on the H200 hosts and a 2-core VM). 0 = judge such apps on compute '
@@ -170,6 +176,7 @@ class NodeParams:
     delivery_allowance_ms: float
     admission_headroom: float
     admission_headroom_min_ms: float
+    choice_headroom: float
     transport_prior_ms: float
     rate_prior_hz: float
     ingress_processes: int
