@@ -147,6 +147,28 @@ def test_refused_requests_are_joined_with_their_forced_run():
     assert render_table({'meta': meta, 'configs': configs, 'engine_reference': None}) == table
 
 
+def test_a_forced_run_without_an_admitted_app_does_not_judge_a_refusal():
+    """Under service the 33 ms app was admitted and the 20 and 10 ms apps refused; at configure the forced run
+    refused the 33 ms app instead: the 20 ms app met its bound there, but not beside the app it was refused
+    for (session 28 on a 2-core CPU); the 10 ms app missed even without it."""
+    bounds = [10.0, 20.0, 33.0]
+    service = analyze(_raw('service', bounds, [None, None, 8.0], refused={'cam00': 'does not fit', 'cam01': 'does not fit'}),
+                      duration_s=1.0)
+    param = analyze(_raw('param', bounds, [12.0, 9.0, None], refused={'cam02': 'does not fit beside'}), duration_s=1.0)
+    configs = {'delen_n3_service': service, 'delen_n3': param}
+    a = admission_check(configs)['delen_n3_service']
+    assert a['forced_without'] == ['cam02']
+    assert a['refused']['cam00']['verdict'] == 'would have missed'
+    assert a['refused']['cam01']['verdict'] == 'met without the admitted set'
+    meta = {'model': 'm', 'device_name': 'cpu', 'cpu_count': 2, 'started': '2026-12-01', 'size': '640x480',
+            'encoding': 'rgb8', 'rate_hz': 100.0, 'source': 'synthetic', 'bounds_ms': bounds, 'max_batch': 8,
+            'node_params': [], 'duration_s': 1.0, 'warmup_s': 1.0, 'drain_s': 1.0, 'policies': ['delen']}
+    table = render_table({'meta': meta, 'configs': configs, 'engine_reference': None, 'admission': {'delen_n3_service': a}})
+    assert 'met its bound without cam02 (refused in the forced run): not judged' in table
+    assert 'Not judged: cam01 met its bound in a forced run without cam02' in table
+    assert 'refusal too cautious' not in table and 'Not every refusal was needed' not in table
+
+
 def test_no_section_without_a_service_run_and_all_met():
     param = analyze(_raw('param', [33.0], [8.0]), duration_s=1.0)
     assert admission_check({'delen_n1': param}) == {}

@@ -42,7 +42,10 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
     flagged it unschedulable in that share of its status messages; ``refused_too``: the node refused it at
     configure as well, so it never ran), and ``verdict``: ``'would have missed'`` (within < ``target``),
     ``'would have met'`` (the refusal was too cautious), or ``'not run'``. A pair whose ``param`` run is
-    missing or failed has ``forced`` ``None`` and verdict ``'not run'``.
+    missing or failed has ``forced`` ``None`` and verdict ``'not run'``. ``forced_without``: the apps admitted
+    under ``service`` that the forced run refused at configure; a refused app that met its bound there met
+    it without them, not beside the set it was refused for: verdict ``'met without the admitted set'``
+    (one that missed would have missed beside them too).
     """
     out: dict[str, Any] = {}
     by_key = {(r['config'].get('policy'), r['config']['cameras'], _register(r)): (name, r)
@@ -54,6 +57,7 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
         forced_apps = (forced or {}).get('apps') or {}
         refused = svc.get('refused') or {}
         admitted = {app: a for app, a in svc['apps'].items() if app not in refused}
+        without = sorted(app for app in admitted if app in ((forced or {}).get('refused') or {}))
         shares = {app: a['attainment'] for app, a in admitted.items() if a.get('attainment') is not None}
         worst = min(shares, key=shares.get) if shares else None
         rows = {}
@@ -68,11 +72,13 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
                                                     'node_demoted_share', 'node_flagged_reason', 'e2e_p50_ms',
                                                     'e2e_p99_ms')}
                 forced_row['within'] = f.get('attainment')
-                verdict = 'would have missed' if (f.get('attainment') or 0.0) < target else 'would have met'
+                verdict = ('would have missed' if (f.get('attainment') or 0.0) < target
+                           else 'met without the admitted set' if without else 'would have met')
             rows[app] = {'bound_ms': svc['apps'][app]['bound_ms'], 'reason': why, 'forced': forced_row,
                          'verdict': verdict}
         out[name] = {
-            'forced_config': forced_name, 'target': target, 'policy': policy, 'cameras': cameras,
+            'forced_config': forced_name, 'forced_without': without, 'target': target, 'policy': policy,
+            'cameras': cameras,
             'register_order': svc.get('register_order'),
             'admitted': {'apps': sorted(admitted), 'worst_app': worst, 'worst_within': shares.get(worst),
                          'below_target': sorted(app for app, v in shares.items() if v < target),
@@ -126,8 +132,10 @@ def _admission_lines(name: str, a: dict[str, Any], configs: dict[str, dict[str, 
             cells = [f"{fmt(f['answered_share'], '.1f', 100)} / {fmt(f['within'], '.1f', 100)} %",
                      fmt(f.get('e2e_p99_ms')), f"{fmt(f.get('node_flagged_share'), '.0f', 100)} %"]
         verdict = {'would have missed': 'would have missed: refusal right',
-                   'would have met': '**would have met its bound: refusal too cautious**'}.get(row['verdict'],
-                                                                                               row['verdict'])
+                   'would have met': '**would have met its bound: refusal too cautious**',
+                   'met without the admitted set': f"met its bound without {', '.join(a.get('forced_without') or [])}"
+                                                   ' (refused in the forced run): not judged'}.get(row['verdict'],
+                                                                                                  row['verdict'])
         if f and f.get('node_demoted_share'):   # forced in, then its admission withdrawn: served after the others
             verdict += f" (the node demoted it in {fmt(f['node_demoted_share'], '.0f', 100)} % of its status messages)"
         lines.append(f"| {app} | {row['bound_ms']:g} | {row['reason'][:300]} | " + ' | '.join(cells)
@@ -135,6 +143,10 @@ def _admission_lines(name: str, a: dict[str, Any], configs: dict[str, dict[str, 
     met = [app for app, row in a['refused'].items() if row['verdict'] == 'would have met']
     if met:
         lines += ['', f"Not every refusal was needed: {', '.join(met)} met its bound when forced in."]
+    unjudged = [app for app, row in a['refused'].items() if row['verdict'] == 'met without the admitted set']
+    if unjudged:
+        lines += ['', f"Not judged: {', '.join(unjudged)} met its bound in a forced run without "
+                      f"{', '.join(a['forced_without'])}, which the node refused at configure there."]
     return lines
 
 
