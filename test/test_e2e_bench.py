@@ -124,16 +124,18 @@ def test_node_param_twice_is_an_error_and_doctests_hold():
     assert doctest.testmod(e2e_bench).failed == 0
 
 
-def test_the_forced_run_judges_apps_on_compute_alone():
+def test_the_forced_run_admits_every_app_compute_alone_can_serve():
     # the run that forces in what 'service' refused: no assumed frame age, no headroom kept, so a
     # refusal is shown to miss wherever compute alone admits the app
     args = SimpleNamespace(model='fashion_mnist', device='cpu', max_batch=8, image_qos='sensor_data',
                            registers=('service', 'param'))
     forced = e2e_bench._node_params(args, e2e_bench.Config('node', 3, 'delen', 'param'), [3.0, 20.0])
     assert (forced['transport_prior_ms'], forced['admission_headroom'], forced['admission_headroom_min_ms']) == (0, 0, 0)
+    assert forced['admission_control'] is False   # every app in, beside the apps 'service' admitted
     assert len(e2e_bench.yaml.safe_load(forced['apps'])) == 3
     service = e2e_bench._node_params(args, e2e_bench.Config('node', 3, 'delen', 'service'), [3.0, 20.0])
-    assert 'admission_headroom_min_ms' not in service and e2e_bench.yaml.safe_load(service['apps']) == []
+    assert 'admission_headroom_min_ms' not in service and 'admission_control' not in service
+    assert e2e_bench.yaml.safe_load(service['apps']) == []
     args.registers = ('param',)   # no service run to compare with: the node's own defaults
     assert 'transport_prior_ms' not in e2e_bench._node_params(args, e2e_bench.Config('node', 3, 'delen'), [3.0])
 

@@ -165,7 +165,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           transport_prior_ms=params.transport_prior_ms, rate_prior_hz=params.rate_prior_hz,
                           fuse_steps=params.fuse_steps,
                           delivery_allowance_ms=params.delivery_allowance_ms,
-                          admission_headroom=params.admission_headroom,
+                          admission_control=params.admission_control, admission_headroom=params.admission_headroom,
                           admission_headroom_min_ms=params.admission_headroom_min_ms,
                           upload_ahead=os.environ.get('DELEN_UPLOAD_AHEAD', '1') != '0',
                           # an A/B: every frame uploaded on arrival, as before session 12

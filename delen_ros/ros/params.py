@@ -115,6 +115,10 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                               'bound less this (the scheduler\'s deadline, and since session 27 the policy\'s limit for '
                               'going deeper); feasible ranges, GetProfile and admission count it. The published '
                               'latency_ms / bounds_met stay the node-side figures.' + _LATER, (0.0, 1000.0), False),
+    'admission_control': (True, 'Refuse a set_bounds request (or an app in the apps parameter) that would make an '
+                          'admitted app unschedulable, and re-check the apps once a second. False: admit every '
+                          'request whose bounds some exit can meet end to end, with no re-check and no demotion '
+                          '(for a benchmark that runs refused requests anyway).' + _LATER, None, False),
     'admission_headroom': (0.1, 'The share of each latency bound a set_bounds request must leave free to be admitted '
                            '(0-0.9); the once-a-second re-check keeps none, so the measured tails may grow that much '
                            'before an admitted app is told it is at risk. With none, an H200 admitted a 5 ms app with '
@@ -174,6 +178,7 @@ class NodeParams:
     gil_switch_interval_ms: float
     latency_from: str
     delivery_allowance_ms: float
+    admission_control: bool
     admission_headroom: float
     admission_headroom_min_ms: float
     choice_headroom: float

@@ -443,9 +443,11 @@ def _node_params(args, config: Config, bounds: Sequence[float]) -> dict[str, Any
                               'max_batch': args.max_batch, 'state_file': '', 'image_qos': args.image_qos,
                               'max_apps': max(64, config.cameras), 'apps': yaml.safe_dump(apps, default_flow_style=True)}
     if config.register == 'param' and 'service' in getattr(args, 'registers', ()):
-        # the forced run: apps judged at configure on compute alone (no assumed frame age, no headroom
-        # kept), so that requests refused under 'service' are run anyway wherever compute alone allows them
-        params.update(transport_prior_ms=0.0, admission_headroom=0.0, admission_headroom_min_ms=0.0)
+        # the forced run: every app admitted whose bounds compute alone can meet (no admission control, no
+        # assumed frame age), so that requests refused under 'service' run anyway beside the apps admitted
+        # there (with admission, configure refused one of those instead: session 28, a 2-core CPU)
+        params.update(admission_control=False, transport_prior_ms=0.0, admission_headroom=0.0,
+                      admission_headroom_min_ms=0.0)
     devices = [d for d in getattr(args, 'devices', '').split(',') if d]
     if len(devices) > 1 and getattr(args, 'nodes', 1) <= 1:
         params['devices'] = devices   # one node driving several GPUs (a DevicePool)
