@@ -510,7 +510,9 @@ class DelenPolicy(Policy):
         if bounds.effective_objective is Objective.MAX_ACCURACY:
             # a step taken by choice (the bounds met already) keeps a headroom before the deadline
             if done_ms is not None and done_ms > limit - self.choice_headroom * bounds.max_latency_ms:
-                return Decision.STOP if rule is True else (None if rule is not False else Decision.CONTINUE)
+                if rule is False:   # not by choice: the accuracy bound still needs it
+                    return Decision.CONTINUE
+                return Decision.STOP if rule is True else None   # None: it depends on the confidence
             return Decision.CONTINUE
         if not isinstance(rule, bool):
             return None
