@@ -452,8 +452,14 @@ class DelenPolicy(Policy):
 
     def accuracy_met(self, ctx: ExitContext) -> bool:
         """Whether stopping at ``ctx.exit_index`` with ``ctx.confidence`` meets the accuracy bound."""
+        return self._met(ctx, ctx.confidence)
+
+    def _met(self, ctx: ExitContext, confidence: float | None) -> bool | None:
+        """Rule 3 (the class docstring) at ``ctx.exit_index``; ``None``: it depends on a ``confidence`` not known yet."""
         rule = self._accuracy_rule(ctx.bounds, ctx.profile, ctx.exit_index)
-        return rule if isinstance(rule, bool) else ctx.confidence >= rule
+        if isinstance(rule, bool):
+            return rule
+        return None if confidence is None else confidence >= rule
 
     def _accuracy_rule(self, bounds: Bounds, profile: 'Profile', k: int) -> bool | float:
         """How stopping at exit ``k`` meets the accuracy bound: ``True`` or ``False`` whatever the
@@ -504,19 +510,15 @@ class DelenPolicy(Policy):
             return Decision.STOP
         if bounds.max_energy_mj is not None and ctx.energy_mj + ctx.predicted_next_energy_mj() > bounds.max_energy_mj:
             return Decision.STOP
-        rule = self._accuracy_rule(bounds, ctx.profile, ctx.exit_index)
-        if not isinstance(rule, bool) and confidence is not None:
-            rule = confidence >= rule
         if bounds.effective_objective is Objective.MAX_ACCURACY:
-            # a step taken by choice (the bounds met already) keeps a headroom before the deadline
-            if done_ms is not None and done_ms > limit - self.choice_headroom * bounds.max_latency_ms:
-                if rule is False:   # not by choice: the accuracy bound still needs it
-                    return Decision.CONTINUE
-                return Decision.STOP if rule is True else None   # None: it depends on the confidence
-            return Decision.CONTINUE
-        if not isinstance(rule, bool):
+            # as deep as 1-2 allow, but a step taken by choice (the bounds met already) keeps a headroom
+            # before the deadline: within it, stop once the bounds are met, as the other objectives do
+            if done_ms is None or done_ms <= limit - self.choice_headroom * bounds.max_latency_ms:
+                return Decision.CONTINUE
+        met = self._met(ctx, confidence)
+        if met is None:
             return None
-        return Decision.STOP if rule else Decision.CONTINUE
+        return Decision.STOP if met else Decision.CONTINUE
 
 
 @register_policy('always_final')
