@@ -261,3 +261,23 @@ def test_a_frame_of_a_source_runs_on_unless_every_app_on_it_looks():
     # another app on the arm's camera that runs straight through keeps its frames' runs long
     through = Task('log', 10.0, None, 3, source='cam')
     assert not check([tight, looks, through], c).ok
+
+
+def test_a_cascade_is_charged_its_average_frame_while_its_deadline_holds_the_deepest():
+    cost = CostModel(step_ms=lambda k, b: 1.0, num_exits=4)
+    # 90 % of its frames stop at exit 0 (1 ms), 10 % go on to exit 3 (4 ms): 1.3 ms on average
+    shares = (0.9, 0.0, 0.0, 0.1)
+    assert Task('c', 500.0, 10.0, 3, exit_shares=shares).reached(4) == pytest.approx([1.0, 0.1, 0.1, 0.1])
+    verdict = check([Task('c', 500.0, 10.0, 3, exit_shares=shares)], cost)
+    assert verdict.ok and verdict.utilisation == pytest.approx(1.3 / 2.0)
+    assert not check([Task('c', 500.0, 10.0, 3)], cost).ok            # every frame at 4 ms: twice the device
+    tight = check([Task('c', 10.0, 3.5, 3, exit_shares=shares)], cost)  # the deepest frame needs 4 ms
+    assert not tight.ok and 'a frame needs 4 ms' in tight.at_risk['c']
+
+
+def test_apps_on_one_camera_go_on_while_any_of_them_does():
+    cost = CostModel(step_ms=lambda k, b: 1.0, num_exits=3)
+    shallow = Task('a', 100.0, 50.0, 2, source='cam', exit_shares=(0.8, 0.1, 0.1))
+    deep = Task('b', 100.0, 50.0, 2, source='cam', exit_shares=(0.2, 0.0, 0.8))
+    # one frame, the larger share going on at each step: 0.2 x 1 + 0.8 x 3 ms
+    assert check([shallow, deep], cost).utilisation == pytest.approx(2.6 / 10.0)

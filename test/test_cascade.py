@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from delen_ros.core.bounds import Bounds, Objective, plan
-from delen_ros.core.policies import Decision, ExitContext, get_policy
+from delen_ros.core.policies import NEEDED_EXIT_TAIL, Decision, ExitContext, get_policy, static_fallback_exit
 from delen_ros.core import profile as profile_module
 from delen_ros.core.profile import CASCADE_Z, Profile
 
@@ -128,6 +128,17 @@ def test_delen_policy_follows_the_cascade_and_judges_the_stream():
     assert reported == pytest.approx(cascade.exit_accuracy[2])
     assert judged == pytest.approx(cascade.accuracy) and judged >= 0.85
     assert plan(bounds, profile).accuracy == pytest.approx(cascade.accuracy)
+
+
+def test_admission_makes_room_for_the_exit_the_cascade_sends_all_but_a_few_frames_to():
+    profile = _profile(_hard_easy_samples())
+    bounds = Bounds(max_latency_ms=50.0, min_accuracy=0.75, objective=Objective.MIN_ENERGY)
+    # the easy inputs stop at exit 0; the rest go on to the final exit, past the static fallback exit 1
+    assert profile.cascade(0.75).fractions[2] > NEEDED_EXIT_TAIL
+    assert get_policy('static_exit').needed_exit(profile, bounds) == static_fallback_exit(profile, 0.75) == 1
+    assert get_policy('delen').needed_exit(profile, bounds) == profile.final_exit
+    # as deep as the latency bound allows (the default objective beside it): at least the fallback exit
+    assert get_policy('delen').needed_exit(profile, Bounds(max_latency_ms=50.0, min_accuracy=0.75)) == 1
 
 
 def _reliable_first_exit_samples(n: int = 4000, seed: int = 0) -> dict:

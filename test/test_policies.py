@@ -209,7 +209,24 @@ class TestLatencyCorrector:
         c.update(1, 16, measured_ms=1.0, predicted_ms=2.0)
         assert c.factor(1, 5) == pytest.approx(1.5)
         assert c.factor(1, 14) == pytest.approx(0.5)
-        assert c.factor(2, 4) == 1.0     # another step: nothing measured
+        assert c.factor(2, 4) == 1.5     # another step, nothing measured: the others' level (upper median)
+
+    def test_an_unmeasured_step_is_priced_at_the_level_of_the_measured_ones(self):
+        clock = FakeClock()
+        c = LatencyCorrector(alpha=1.0, margin=0.0, safety=0.0, stale_s=1.0, clock=lambda: clock() / 1e9)
+        for step in (0, 1):
+            c.update(step, 1, measured_ms=2.0 * PROFILE.step_ms(step), predicted_ms=PROFILE.step_ms(step))
+        # the device runs the steps measured at twice the profile: so the step not reached yet
+        assert c.predict_ms(PROFILE, 2) == pytest.approx(2.0 * PROFILE.step_ms(2))
+        assert c.factor(2, 1) == pytest.approx(2.0)
+        clock.advance(5000)   # nothing measured lately: the profile again
+        assert c.predict_ms(PROFILE, 2) == pytest.approx(PROFILE.step_ms(2))
+
+    def test_a_device_faster_than_the_profile_keeps_the_prior_of_unmeasured_steps(self):
+        c = LatencyCorrector(alpha=1.0, margin=0.0, safety=0.0)
+        c.update(0, 1, measured_ms=0.5 * PROFILE.step_ms(0), predicted_ms=PROFILE.step_ms(0))
+        assert c.predict_ms(PROFILE, 2) == pytest.approx(PROFILE.step_ms(2))
+        assert c.factor(2, 1) == 1.0
 
     def test_fresh_batch_sizes_are_preferred_to_stale_ones(self):
         clock = FakeClock()

@@ -1,9 +1,12 @@
 """Admission control: is a set of apps schedulable on the one accelerator at their frame rates?
 
 Each app is a sporadic task (:class:`Task`): frames at ``rate_hz``, each needing the steps up to
-``exit_index`` (the cheapest exit its accuracy / energy bounds accept: a latency-bound app degrades
-to it under load, so admission asks only for that), by an end-to-end deadline ``deadline_ms`` (its
-latency bound; ``None``: no bound, a soft task with the engine's default horizon).
+``exit_index`` by an end-to-end deadline ``deadline_ms`` (its latency bound; ``None``: no bound, a
+soft task with the engine's default horizon). ``exit_index`` is the exit all but a few of its frames
+need (:meth:`~delen_ros.core.policies.Policy.needed_exit`): the cheapest its bounds accept, or for an
+accuracy cascade the one past which almost no frame goes; with ``exit_shares`` (a cascade's frames
+stop at many exits) the device time a frame takes on average counts towards utilisation and demand,
+while every deadline must still hold a frame that goes to ``exit_index``.
 
 Apps on one ``source`` (camera) share each frame's preprocessing and steps, so a source is one task:
 the highest rate of its apps, the deepest of their exits, the tightest of their deadlines
@@ -62,6 +65,8 @@ class Task:
     :param stops: exits before ``exit_index`` where a fused run of its frames ends, for the policy
         to look at their confidences (an accuracy bound's cascade); ``()``: it may run them all
         back to back.
+    :param exit_shares: the share of its frames that stop at each exit, from exit 0 (an accuracy
+        bound's cascade); ``()``: every frame at ``exit_index``.
     """
 
     app_id: str
@@ -70,6 +75,19 @@ class Task:
     exit_index: int
     source: str | None = None
     stops: tuple[int, ...] = ()
+    exit_shares: tuple[float, ...] = ()
+
+    def reached(self, num_exits: int) -> list[float]:
+        """The share of its frames that run step ``k``, for each ``k``: those that stop at ``k`` or
+        later, none past ``exit_index``."""
+        if not self.exit_shares:
+            return [1.0 if k <= self.exit_index else 0.0 for k in range(num_exits)]
+        total = sum(self.exit_shares)
+        stopped, out = 0.0, []
+        for k in range(num_exits):
+            out.append(0.0 if k > self.exit_index else max(0.0, 1.0 - stopped / total))
+            stopped += self.exit_shares[k] if k < len(self.exit_shares) else 0.0
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +202,13 @@ class CostModel:
         return (self.preprocess_ms + sum(self.step_ms(k, batch) / batch for k in range(exit_index + 1))
                 + self.runs(exit_index, stops) * self.turn_ms / batch)
 
+    def mean_frame_ms(self, reached: Sequence[float], batch: int, stops: Sequence[int] = ()) -> float:
+        """Device time a frame takes on average when the share ``reached[k]`` of frames runs step
+        ``k`` (:meth:`Task.reached`): :meth:`frame_ms` weighted by where they stop."""
+        reached = list(reached) + [0.0]
+        return sum((reached[j] - reached[j + 1]) * self.frame_ms(j, batch, stops)
+                   for j in range(len(reached) - 1) if reached[j] > reached[j + 1])
+
     def blocking_ms(self, exit_index: int, batch: int, stops: Sequence[int] = ()) -> float:
         """The longest run (a whole batch) a new frame may have to wait for: one step, a first step
         with its frames' preprocessing, which the worker runs inside it; with ``fused_runs`` (the
@@ -211,6 +236,7 @@ class _Group:
     hard: bool
     exit_index: int
     stops: frozenset[int] = frozenset()
+    reached: tuple[float, ...] = ()   # the share of its frames that run each step
 
 
 def _groups(tasks: Sequence[Task], cost: CostModel) -> list[_Group]:
@@ -226,8 +252,12 @@ def _groups(tasks: Sequence[Task], cost: CostModel) -> list[_Group]:
         deadline = min(hard) - cost.kept_ms(min(hard)) - cost.outside_ms if hard else cost.default_deadline_ms
         # a frame's run ends only where every app on it must look (the others go on without it)
         stops = frozenset.intersection(*(frozenset(t.stops) for t in members))
+        # a frame goes on while any of its apps does; an input hard for one app is hard for the others
+        # too, so the shares that go on are taken as the largest of its apps' (not as independent)
+        reached = tuple(max(shares) for shares in zip(*(t.reached(cost.num_exits) for t in members)))
         out.append(_Group(apps=tuple(t.app_id for t in members), period_ms=1000.0 / rate, deadline_ms=deadline,
-                          hard=bool(hard), exit_index=max(t.exit_index for t in members), stops=stops))
+                          hard=bool(hard), exit_index=max(t.exit_index for t in members), stops=stops,
+                          reached=reached))
     return out
 
 
@@ -251,7 +281,9 @@ def check(tasks: Sequence[Task], cost: CostModel, *, blocking: Sequence[Task] = 
     if not groups:
         return Verdict(True, {}, 0.0, 1, 'nothing to schedule')
     b = _batch(groups, cost)
-    c = [cost.frame_ms(g.exit_index, b, g.stops) for g in groups]
+    # the device's share and the demand at each frame's average cost; each deadline at the deepest
+    c = [cost.mean_frame_ms(g.reached, b, g.stops) for g in groups]
+    deepest = [cost.frame_ms(g.exit_index, b, g.stops) for g in groups]
     # Non-preemptive EDF: a frame due at t waits at most for one run that started before it came, of
     # an app due later than t (one due sooner is the frame's own demand), or of a demoted app
     runs = [(g.deadline_ms, cost.blocking_ms(g.exit_index, b, g.stops)) for g in groups]
@@ -268,7 +300,7 @@ def check(tasks: Sequence[Task], cost: CostModel, *, blocking: Sequence[Task] = 
             for app in g.apps:
                 at_risk.setdefault(app, why)
 
-    for g, ci in zip(groups, c):   # each alone: its deadline must hold the frame's work and one blocking run
+    for g, ci in zip(groups, deepest):   # each alone: its deadline must hold the frame's work and one blocking run
         block_ms = block_at(g.deadline_ms)
         if g.hard and ci + block_ms > g.deadline_ms:
             risk([g], f'its end-to-end deadline leaves {g.deadline_ms:.3g} ms of device time (after '

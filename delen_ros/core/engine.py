@@ -344,6 +344,9 @@ class Engine(AdmissionMixin, StatsMixin):
         #: the policy's latency limit keeps the delivery allowance, as the scheduler's deadline does
         #: (session 27; False: the whole bound, as before, for an A/B)
         self.policy_keeps_allowance = True
+        #: admission makes room for the exit an accuracy cascade sends all but a few frames to and
+        #: charges its average frame (session 29; False: its static fallback exit, for an A/B)
+        self.cascade_admission = True
         self.fuse_steps = fuse_steps
         self.separate_turn_cost = bool(separate_turn_cost)
         # What ends a fused run early: 'any' waiting frame that must start before the run would end
@@ -462,7 +465,7 @@ class Engine(AdmissionMixin, StatsMixin):
             old_task = self._task(app_id, old, now) if old is not None else None
         exit_index = self._required_exit(bounds)
         new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, exit_index, source,
-                             stops=self._run_stops(bounds, exit_index))
+                             stops=self._run_stops(bounds, exit_index), exit_shares=self._exit_shares(bounds))
         if self.admission_control:
             outside = self._outside_ms()
             cost = self._with_headroom(self._cost_model(outside))

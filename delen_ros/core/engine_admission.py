@@ -115,10 +115,13 @@ class AdmissionMixin:
         return plan(bounds, self.profile, exit_latency_ms=self._exit_latency_ms(outside), **outside)
 
     def _required_exit(self, bounds: Bounds) -> int:
-        """The exit admission must make room for: a latency-bound app degrades to its cheapest
-        acceptable exit under load; an app without one runs where its plan says."""
+        """The exit admission must make room for: a latency-bound app's frames need the exit its
+        policy's accuracy rule sends all but a few of them to (:meth:`~delen_ros.core.policies.Policy.needed_exit`);
+        an app without one runs where its plan says."""
         if bounds.max_latency_ms is not None:
-            return static_fallback_exit(self.profile, bounds.min_accuracy)
+            if not self.cascade_admission:
+                return static_fallback_exit(self.profile, bounds.min_accuracy)
+            return self.policy.needed_exit(self.profile, bounds)
         try:
             return plan(bounds, self.profile).exit_index
         except ValueError:
@@ -136,7 +139,14 @@ class AdmissionMixin:
     def _task(self, app_id: str, app: AppLedger, now: int) -> admission.Task:
         exit_index = self._required_exit(app.bounds)
         return admission.Task(app_id, app.rate_hz(now), app.bounds.max_latency_ms, exit_index, app.source,
-                              stops=self._run_stops(app.bounds, exit_index))
+                              stops=self._run_stops(app.bounds, exit_index),
+                              exit_shares=self._exit_shares(app.bounds))
+
+    def _exit_shares(self, bounds: Bounds) -> tuple[float, ...]:
+        """Where a latency-bound app's frames stop, where its policy knows (admission's average cost)."""
+        if bounds.max_latency_ms is None or not self.cascade_admission:
+            return ()
+        return self.policy.exit_shares(self.profile, bounds)
 
     def _run_stops(self, bounds: Bounds, exit_index: int) -> tuple[int, ...]:
         """The exits before ``exit_index`` where the worker ends a fused run of this app's frames

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ['Decision', 'ExitContext', 'LatencyCorrector', 'Policy', 'register_policy', 'get_policy',
            'available_policies', 'DelenPolicy', 'AlwaysFinalPolicy', 'StaticExitPolicy',
-           'CheckAfterStagePolicy', 'FixedConfidencePolicy', 'static_fallback_exit', 'DEFAULT_POLICY']
+           'CheckAfterStagePolicy', 'FixedConfidencePolicy', 'static_fallback_exit', 'NEEDED_EXIT_TAIL', 'DEFAULT_POLICY']
 
 DEFAULT_POLICY = 'delen'
 
@@ -59,7 +59,11 @@ class LatencyCorrector:
     deviation (Jacobson and Karels' estimator, as TCP's retransmission timeout), and predicts
     ``p50 x (mean + margin x deviation)``: the profile's shape, this device's level right now, and
     a margin that grows when step times get jittery. Without a measurement, the prediction is the
-    profile's prior ``p50 + safety x (p99 - p50)``.
+    profile's prior ``p50 + safety x (p99 - p50)``, or, where the steps measured lately run slower than
+    the profile, that step's p50 at their level (the median of their fresh ratios and deviations): a
+    step no frame has reached yet runs on the same device, under the same load (this CPU, through the
+    node: ResNet-9's steps measured at about 2x the profile while `+lite2`, never reached, was priced at
+    the profile, and an app that needs it was admitted on that and missed).
 
     Which measurement: the pair's own while fresh (updated within ``stale_s``), else the nearest
     fresh batch size of the same step, else the nearest stale one fading into the prior (time
@@ -122,6 +126,8 @@ class LatencyCorrector:
         # run several times per request and step, and a profile never changes
         self._priors: dict[tuple[int, int], tuple[float, float]] = {}
         self._priors_of: 'Profile | None' = None
+        self._level: tuple[float, float, float] | None = None   # (clock read, mean, deviation) of _fresh_level
+        self.level_prior = True   # false: an unmeasured step at the profile's prior alone (an A/B switch)
 
     def update_tail(self, measured_ms: float) -> None:
         """Fold in one measured time from the last decision on a request to its result's delivery."""
@@ -182,9 +188,10 @@ class LatencyCorrector:
         return mean, dev, math.exp(-(now - t - self.stale_s) / (self.stale_s / 4))
 
     def factor(self, step: int, batch: int) -> float:
-        """The mean ratio measured / profile p50 in use for ``step`` at ``batch`` (1: none)."""
+        """The mean ratio measured / profile p50 in use for ``step`` at ``batch``; none measured: the
+        fresh level of the other steps where it is above 1 (see the class), else 1."""
         found = self._lookup(step, batch)
-        return 1.0 if found is None else found[0]
+        return max(1.0, self._fresh_level()[0]) if found is None else found[0]
 
     def deviation(self, step: int, batch: int) -> float:
         found = self._lookup(step, batch)
@@ -198,11 +205,30 @@ class LatencyCorrector:
         margin = self.margin if margin is None else margin
         p50, prior = self._prior(profile, step, batch)
         found = self._lookup(step, batch)
+        if found is not None and found[2] >= 1.0:
+            return p50 * (found[0] + margin * found[1])
+        level_mean, level_dev = self._fresh_level()
+        prior = max(prior, p50 * (level_mean + margin * level_dev))
         if found is None:
             return prior
         mean, dev, weight = found
-        measured = p50 * (mean + margin * dev)
-        return measured if weight >= 1.0 else weight * measured + (1 - weight) * prior
+        return weight * p50 * (mean + margin * dev) + (1 - weight) * prior
+
+    def _fresh_level(self) -> tuple[float, float]:
+        """The median ratio and deviation of the estimates updated within ``stale_s`` ((0, 0): none,
+        or :attr:`level_prior` off), recomputed at most every 0.1 s (it is read for every prediction of
+        a step not measured lately)."""
+        if not self.level_prior:
+            return 0.0, 0.0
+        now = self.clock()
+        if self._level is None or now - self._level[0] > 0.1:
+            fresh = [(mean, dev) for mean, dev, t in self._stats.values() if now - t <= self.stale_s]
+            if fresh:
+                means, devs = sorted(m for m, _ in fresh), sorted(d for _, d in fresh)
+                self._level = (now, means[len(means) // 2], devs[len(devs) // 2])
+            else:
+                self._level = (now, 0.0, 0.0)
+        return self._level[1], self._level[2]
 
     def _prior(self, profile: 'Profile', step: int, batch: int) -> tuple[float, float]:
         """The profile's p50 for ``step`` at ``batch`` and the prior (p50 moved ``safety`` of the way to p99)."""
@@ -313,6 +339,17 @@ class Policy(abc.ABC):
         the engine looks at every exit, as it always did)."""
         return None
 
+    def needed_exit(self, profile: 'Profile', bounds: Bounds) -> int:
+        """The deepest exit that an app's frames need under these bounds, but for a share of at most
+        :data:`NEEDED_EXIT_TAIL` of them: what admission makes room for. Here the earliest exit whose
+        overall accuracy meets the bound (:func:`static_fallback_exit`)."""
+        return static_fallback_exit(profile, bounds.min_accuracy)
+
+    def exit_shares(self, profile: 'Profile', bounds: Bounds) -> tuple[float, ...]:
+        """The share of an app's frames expected to stop at each exit under these bounds, where the
+        policy knows it (admission's average device time per frame); ``()``: not known."""
+        return ()
+
     def result_accuracy(self, profile: 'Profile', bounds: Bounds, exit_index: int,
                         confidence: float | None) -> tuple[float, float]:
         """``(expected accuracy to report, accuracy to judge the bound by)`` for a result.
@@ -377,6 +414,11 @@ class _PlanCache:
             except InfeasibleBounds:
                 self._plans[key] = None
         return self._plans[key]
+
+
+#: the share of an app's frames that may need an exit deeper than the one admission makes room for
+#: (:meth:`Policy.needed_exit`): half of what a 99 % target leaves, the rest for the way in and out
+NEEDED_EXIT_TAIL = 0.005
 
 
 def static_fallback_exit(profile: 'Profile', min_accuracy: float | None) -> int:
@@ -478,6 +520,26 @@ class DelenPolicy(Policy):
             return False
         threshold = self._threshold(profile, k, b)
         return False if threshold is None else threshold
+
+    def needed_exit(self, profile: 'Profile', bounds: Bounds) -> int:
+        """With a calibrated cascade, the exit past which at most :data:`NEEDED_EXIT_TAIL` of the
+        held-out inputs went on: its frames stop on confidence, many of them later than the static
+        fallback exit (``cifar10_committee`` at 0.9415: 3-4 % go on to `+lite2`, past the fallback
+        `+lite0`), and each of those stopped early by the latency bound misses its accuracy."""
+        cascade = self._cascade(profile, bounds) if self.calibrated else None
+        if cascade is None:
+            return super().needed_exit(profile, bounds)
+        beyond = 1.0
+        for k, fraction in enumerate(cascade.fractions):
+            beyond -= fraction
+            if beyond <= NEEDED_EXIT_TAIL:
+                return k
+        return profile.final_exit
+
+    def exit_shares(self, profile: 'Profile', bounds: Bounds) -> tuple[float, ...]:
+        """With a calibrated cascade, where its held-out inputs stopped."""
+        cascade = self._cascade(profile, bounds) if self.calibrated else None
+        return () if cascade is None else tuple(cascade.fractions)
 
     def result_accuracy(self, profile: 'Profile', bounds: Bounds, exit_index: int,
                         confidence: float | None) -> tuple[float, float]:

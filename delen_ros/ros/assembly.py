@@ -183,6 +183,11 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 built.policy.choice_headroom = params.choice_headroom
             if os.environ.get('DELEN_POLICY_ALLOWANCE') == '0':   # an A/B: the policy's limit the whole bound (before session 27)
                 built.policy_keeps_allowance = False
+            if os.environ.get('DELEN_CASCADE_ADMISSION') == '0':
+                # an A/B: a cascade admitted at its static fallback exit for every frame, a step not
+                # measured lately at the profile's prior (before session 29)
+                built.cascade_admission = False
+                built.corrector.level_prior = False
             if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run
                 built.split_runs_for = 'earlier'
             if os.environ.get('DELEN_CORRECTOR_PER_BATCH') == '1':   # an A/B: step times learnt per batch size
