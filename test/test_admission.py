@@ -281,3 +281,16 @@ def test_apps_on_one_camera_go_on_while_any_of_them_does():
     deep = Task('b', 100.0, 50.0, 2, source='cam', exit_shares=(0.2, 0.0, 0.8))
     # one frame, the larger share going on at each step: 0.2 x 1 + 0.8 x 3 ms
     assert check([shallow, deep], cost).utilisation == pytest.approx(2.6 / 10.0)
+
+
+def test_a_request_is_judged_beside_the_apps_it_could_make_miss_not_one_that_misses_alone():
+    engine = make_engine()
+    engine.set_app('hard', Bounds(max_latency_ms=8.0), rate_hz=10.0)     # fits on the profile's 1.1 ms
+    for k in range(PROFILE.num_exits):   # then the device turns out 10x slower than its profile
+        engine.corrector.update(k, 1, measured_ms=10 * PROFILE.step_ms(k), predicted_ms=PROFILE.step_ms(k))
+    assert 'deadline' in engine.stats('hard', recheck_s=0).unschedulable_reason
+    engine.set_app('easy', Bounds(max_latency_ms=500.0), rate_hz=10.0)  # was refused: 'hard' at risk
+    assert set(engine.apps()) == {'hard', 'easy'}
+    # its running steps still hold a frame up: a bound shorter than one of them is refused
+    with pytest.raises(Unschedulable, match='waiting up to'):
+        engine.set_app('tight', Bounds(max_latency_ms=20.0), rate_hz=10.0)

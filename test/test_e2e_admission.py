@@ -206,3 +206,21 @@ def test_short_real_run_of_both_registrations(tmp_path):
     a = report['admission']['delen_n2_service']
     assert a['refused']['cam00']['verdict'] == 'not run' and a['admitted']['apps'] == ['cam01']
     assert '### Refused requests run anyway' in (out / 'e2e.md').read_text()
+
+
+def test_an_app_with_an_accuracy_bound_is_judged_by_every_bound():
+    """Forced in, the 33 ms app with an accuracy bound was on time for every frame, but the node judged its
+    accuracy unmet for a fifth of them (frames stopped early by the latency bound): its refusal was right."""
+    bounds = [20.0, 33.0]
+    service = analyze(_raw('service', bounds, [9.0, None], refused={'cam01': 'does not fit'}), duration_s=1.0)
+    forced = _raw('param', bounds, [9.0, 12.0])
+    forced['min_accuracy'] = [0.0, 0.9415]
+    bounds_met = RESULT_FIELDS.index('bounds_met')
+    for row in forced['recorder']['rows'][1][::5]:
+        row[bounds_met] = False
+    param = analyze(forced, duration_s=1.0)
+    assert param['apps']['cam01']['attainment'] == 1.0 and param['apps']['cam01']['within_all_bounds'] == 0.8
+    assert param['apps']['cam00']['within_all_bounds'] == 1.0 and 'min_accuracy' not in param['apps']['cam00']
+    a = admission_check({'delen_n3_service': service, 'delen_n3': param})['delen_n3_service']
+    assert a['refused']['cam01']['verdict'] == 'would have missed'
+    assert a['refused']['cam01']['forced']['within'] == 0.8

@@ -440,8 +440,8 @@ def _first_overload(groups: Sequence[_Group], c: Sequence[float], block_at: Call
     return None
 
 
-def suggest(others: Sequence[Task], new: Task, cost: CostModel, *, pause: Callable[[], None] | None = None
-            ) -> tuple[float, float | None]:
+def suggest(others: Sequence[Task], new: Task, cost: CostModel, *, pause: Callable[[], None] | None = None,
+            blocking: Sequence[Task] = ()) -> tuple[float, float | None]:
     """What would fit for ``new`` beside ``others``: ``(highest rate at its bound, Hz (0: none),
     tightest latency bound at its rate, ms (None: none up to 100 x the bound or 10 s))``, each found by
     bisection to ``SUGGEST_PRECISION`` (the messages print three digits), on the fitting side.
@@ -450,11 +450,12 @@ def suggest(others: Sequence[Task], new: Task, cost: CostModel, *, pause: Callab
         passes a GIL yield, for its image threads must not wait behind them (H200, 16 cameras: a
         refusal that held the GIL ~20 ms aged every camera's frames 12-45 ms on arrival, and that
         tail refused the next requests as infeasible).
+    :param blocking: as :func:`check`'s.
     """
     def fits(task: Task) -> bool:
         if pause is not None:
             pause()
-        return check(list(others) + [task], cost).ok
+        return check(list(others) + [task], cost, blocking=blocking).ok
 
     def close(lo: float, hi: float) -> bool:
         return hi - lo <= SUGGEST_PRECISION * hi

@@ -462,6 +462,7 @@ class Engine(AdmissionMixin, StatsMixin):
             if rate_hz is None:
                 rate_hz = old.rate_hz(now) if old is not None else self._source_rate(source, now)
             tasks = [self._task(a, st, now) for a, st in self._apps.items() if a != app_id]
+            demoted = {a for a, st in self._apps.items() if a != app_id and st.demoted}
             old_task = self._task(app_id, old, now) if old is not None else None
         exit_index = self._required_exit(bounds)
         new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, exit_index, source,
@@ -469,10 +470,19 @@ class Engine(AdmissionMixin, StatsMixin):
         if self.admission_control:
             outside = self._outside_ms()
             cost = self._with_headroom(self._cost_model(outside))
-            verdict = admission.check(tasks + [new], cost)
+            # A request is judged beside the admitted apps it could make miss: not beside those served
+            # after the others, nor those that miss even alone at the costs measured now (this CPU: a
+            # 33 ms app whose cascade needs `+lite2`, admitted before the load came, refused every later
+            # request, though each met its bound beside it). Their running steps still hold a frame up.
+            hopeless = admission.infeasible_alone([t for t in tasks if t.app_id not in demoted],
+                                                  self._cost_model(outside), pause=_yield_gil)
+            aside = demoted | set(hopeless)
+            blocking = [t for t in tasks if t.app_id in aside]
+            tasks = [t for t in tasks if t.app_id not in aside]
+            verdict = admission.check(tasks + [new], cost, blocking=blocking)
             if not verdict.ok:
                 # on the caller's thread (the node's executor): yield between tests, see suggest
-                max_rate, min_latency = admission.suggest(tasks, new, cost, pause=_yield_gil)
+                max_rate, min_latency = admission.suggest(tasks, new, cost, pause=_yield_gil, blocking=blocking)
                 fits = [f'at most {max_rate:.3g} Hz at this bound' if max_rate > 0 else 'no rate at this bound']
                 if min_latency is not None:
                     fits.append(f'max_latency_ms >= {min_latency:.3g} at {rate_hz:.3g} Hz')

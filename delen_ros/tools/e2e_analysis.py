@@ -154,6 +154,9 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
         accuracy_bound = (raw.get('min_accuracy') or [])[cam:cam + 1]
         if raw['config']['kind'] == 'node':   # the echo answers with no class, exit or energy
             apps[camera_app(cam)].update(_served(matched, col))
+            # within the latency bound here and every bound by the node's judgement (accuracy, energy)
+            met_all = sum(1 for r, ms in zip(matched, e2e) if (bound <= 0 or ms <= bound) and bool(r[col['bounds_met']]))
+            apps[camera_app(cam)]['within_all_bounds'] = _ratio(met_all, num_sent)
             if accuracy_bound and accuracy_bound[0] > 0:
                 apps[camera_app(cam)]['min_accuracy'] = accuracy_bound[0]
         for key, value in (('sent', num_sent), ('answered', len(matched)), ('within', within),
