@@ -224,3 +224,16 @@ def test_an_app_with_an_accuracy_bound_is_judged_by_every_bound():
     a = admission_check({'delen_n3_service': service, 'delen_n3': param})['delen_n3_service']
     assert a['refused']['cam01']['verdict'] == 'would have missed'
     assert a['refused']['cam01']['forced']['within'] == 0.8
+
+
+def test_drifting_cameras_meet_at_every_phase_within_a_run():
+    """Under --phase drift two cameras' frames come by each other: a refusal for a running step of another
+    app can be judged (with spread phases the bench's frames never meet)."""
+    import doctest
+    from delen_ros.tools import e2e_children
+    from delen_ros.tools.e2e_children import camera_period_ns
+    assert doctest.testmod(e2e_children).failed == 0
+    slow, fast = camera_period_ns(15.0, 0, 3, 'drift'), camera_period_ns(15.0, 2, 3, 'drift')
+    period = camera_period_ns(15.0, 1, 3, 'drift')
+    assert period == camera_period_ns(15.0, 0, 3, 'spread') == camera_period_ns(15.0, 2, 3, 'sync')
+    assert 450 * abs(fast - slow) > period   # 30 s at 15 Hz: one's phase against the other moves a whole period

@@ -90,7 +90,7 @@ import yaml
 from ..core.bounds import Objective
 from ..core.thread_names import name_os_thread
 from .e2e_analysis import analyze, engine_reference
-from .e2e_children import (RESULT_PREFIX_ECHO, RESULT_PREFIX_NODE, STATUS_TOPIC, camera_app, camera_topic,
+from .e2e_children import (PHASES, RESULT_PREFIX_ECHO, RESULT_PREFIX_NODE, STATUS_TOPIC, camera_app, camera_topic,
                            write_json_whole)
 from .e2e_failover import FAILOVER_DDS_PROFILE, FAILOVER_STATUS_PERIOD_S, parse_placer_log
 from .e2e_report import (admission_check, failover_summary, fmt, memory_growth, overheads, render_table, replot,
@@ -772,8 +772,10 @@ def build_parser() -> argparse.ArgumentParser:
                    'also works); recorded in e2e.json and the report, and read back from the node: a name the node '
                    'does not declare stops the sweep')
     p.add_argument('--cams-per-proc', type=int, default=4, help='cameras per publisher process')
-    p.add_argument('--phase', default='spread', choices=['spread', 'sync'],
-                   help='camera phases spread over the period, or all at once')
+    p.add_argument('--phase', default='spread', choices=PHASES,
+                   help='camera phases spread over the period, all at once, or spread and drifting (rates off '
+                        'by up to 0.2 %%, as free-running cameras: a refusal for a running step is judged only '
+                        'where frames of two cameras can meet)')
     p.add_argument('--duration', type=float, default=8.0, help='measured seconds per configuration')
     p.add_argument('--warmup', type=float, default=2.0, help='seconds after everything matched, not counted')
     p.add_argument('--drain', type=float, default=2.0, help='seconds after the last counted frame for its result')

@@ -102,6 +102,25 @@ def _load_pool(source: str, *, size: tuple[int, int], encoding: str, count: int,
     return pool
 
 
+#: camera phases: spread over the period, all at once, or spread and drifting (each camera's rate off by up to
+#: ±DRIFT, as free-running cameras are: every phase between two of them comes by within a few hundred frames)
+PHASES = ('spread', 'sync', 'drift')
+DRIFT = 0.002
+
+
+def camera_period_ns(rate_hz: float, camera: int, total: int, phase: str) -> int:
+    """Camera ``camera``'s frame period of ``total``: ``1 / rate_hz``, or under ``'drift'`` that scaled by
+    ``1 + d`` with ``d`` spread evenly over [-DRIFT, +DRIFT] across the cameras.
+
+    >>> [camera_period_ns(10.0, i, 3, 'drift') for i in range(3)]
+    [99800000, 100000000, 100200000]
+    """
+    period = 1e9 / rate_hz
+    if phase == 'drift' and total > 1:
+        period *= 1 + DRIFT * (2 * camera / (total - 1) - 1)
+    return int(round(period))
+
+
 def _publish_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog='e2e_children publish')
     p.add_argument('--first', type=int, required=True, help='index of this process\'s first camera')
@@ -113,7 +132,7 @@ def _publish_main(argv: Sequence[str]) -> int:
     p.add_argument('--source', default='synthetic')
     p.add_argument('--pool', type=int, default=30)
     p.add_argument('--qos', default='sensor_data')
-    p.add_argument('--phase', default='spread', choices=['spread', 'sync'])
+    p.add_argument('--phase', default='spread', choices=PHASES)
     p.add_argument('--ready', required=True, help='file written once every topic is matched')
     p.add_argument('--registrar', default='', help="the registrar's answers (--nodes): refused apps are not waited for")
     p.add_argument('--early', action='store_true', help='publish from the start (cameras that run while apps '
@@ -149,8 +168,9 @@ def _publish_main(argv: Sequence[str]) -> int:
         ready = True
     next_check_ns = 0
     period_ns = int(1e9 / args.rate)
+    periods = [camera_period_ns(args.rate, i, args.total, args.phase) for i in cams]
     t0 = time.time_ns() + 20_000_000
-    heap = [(t0 + (period_ns * i // args.total if args.phase == 'spread' else 0), j) for j, i in enumerate(cams)]
+    heap = [(t0 + (period_ns * i // args.total if args.phase != 'sync' else 0), j) for j, i in enumerate(cams)]
     heapq.heapify(heap)
     stamps: list[list[int]] = [[] for _ in cams]
     lags_us: list[int] = []
@@ -177,12 +197,12 @@ def _publish_main(argv: Sequence[str]) -> int:
         stamps[j].append(stamp)
         lags_us.append((stamp - due) // 1000)
         seq[j] += 1
-        nxt = due + period_ns
+        nxt = due + periods[j]
         late = time.time_ns() - nxt
-        if late > period_ns:  # a camera does not catch up in bursts: skip the missed ticks, count them
-            missed = late // period_ns
+        if late > periods[j]:  # a camera does not catch up in bursts: skip the missed ticks, count them
+            missed = late // periods[j]
             skipped[j] += int(missed)
-            nxt += missed * period_ns
+            nxt += missed * periods[j]
         heapq.heapreplace(heap, (nxt, j))
     lag = np.array(lags_us or [0]) / 1000.0
     pathlib.Path(args.out).write_text(json.dumps({
