@@ -128,14 +128,17 @@ def test_refused_requests_are_joined_with_their_forced_run():
     assert rows['cam00']['forced']['answered_share'] == 1.0 and rows['cam00']['forced']['node_flagged_share'] == 0.5
     assert rows['cam01']['verdict'] == 'would have met' and rows['cam01']['forced']['within'] == 1.0
     assert rows['cam03'] == {'bound_ms': 0.5, 'reason': 'below the fastest exit',
-                             'forced': {'refused_too': 'not restored'}, 'verdict': 'not run'}
+                             'forced': {'refused_too': 'not restored'}, 'verdict': 'not run',
+                             'beside_refused': ['cam00', 'cam01']}
+    assert rows['cam00']['beside_refused'] == ['cam01']   # cam03 never ran there
     meta = {'model': 'm', 'device_name': 'cpu', 'cpu_count': 2, 'started': '2026-11-30', 'size': '640x480',
             'encoding': 'rgb8', 'rate_hz': 100.0, 'source': 'synthetic', 'bounds_ms': bounds, 'max_batch': 8,
             'node_params': [], 'duration_s': 1.0, 'warmup_s': 1.0, 'drain_s': 1.0, 'policies': ['delen']}
     table = render_table({'meta': meta, 'configs': configs, 'engine_reference': None, 'admission': check})
     assert '### Refused requests run anyway' in table
     assert '| cam00 | 3 | does not fit | 100.0 / 0.0 % |' in table
-    assert 'would have missed: refusal right (the node demoted it in 50 % of its status messages)' in table
+    assert ('would have missed: refusal right (beside cam01, refused too) (the node demoted it in 50 % of its '
+            'status messages)') in table
     assert '**would have met its bound: refusal too cautious**' in table
     assert 'Not every refusal was needed: cam01 met its bound when forced in.' in table
     assert 'refused at configure too: not restored' in table

@@ -54,7 +54,8 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
     missing or failed has ``forced`` ``None`` and verdict ``'not run'``. ``forced_without``: the apps admitted
     under ``service`` that the forced run refused at configure; a refused app that met its bound there met
     it without them, not beside the set it was refused for: verdict ``'met without the admitted set'``
-    (one that missed would have missed beside them too).
+    (one that missed would have missed beside them too). ``beside_refused``: the other refused apps that ran in
+    the forced run (every app runs there), so that a miss may be theirs as much as the admitted apps'.
     """
     out: dict[str, Any] = {}
     by_key = {(r['config'].get('policy'), r['config']['cameras'], _register(r)): (name, r)
@@ -84,7 +85,10 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
                 verdict = ('would have missed' if (_within(f) or 0.0) < target
                            else 'met without the admitted set' if without else 'would have met')
             rows[app] = {'bound_ms': svc['apps'][app]['bound_ms'], 'reason': why, 'forced': forced_row,
-                         'verdict': verdict}
+                         'verdict': verdict,
+                         # the other refused apps that ran beside it in the forced run: a miss may be theirs too
+                         'beside_refused': sorted(other for other in refused if other != app and other in forced_apps
+                                                  and other not in ((forced or {}).get('refused') or {}))}
         out[name] = {
             'forced_config': forced_name, 'forced_without': without, 'target': target, 'policy': policy,
             'cameras': cameras,
@@ -117,7 +121,7 @@ def _admission_lines(name: str, a: dict[str, Any], configs: dict[str, dict[str, 
                      f"{fmt(bounds.get(adm['worst_app']), 'g')} ms): target "
                      + ('**met**.' if adm['met'] else
                         f"**missed** by {', '.join(adm['below_target'])} ("
-                        + '; '.join(f"{app}: {fmt(svc['apps'][app]['attainment'], '.1f', 100)} %, node flagged it in "
+                        + '; '.join(f"{app}: {fmt(_within(svc['apps'][app]), '.1f', 100)} %, node flagged it in "
                                     f"{fmt(svc['apps'][app].get('node_flagged_share'), '.0f', 100)} % of its status "
                                     'messages' for app in adm['below_target']) + ').'))
     silent = a.get('without_results_or_reason') or []
@@ -146,6 +150,8 @@ def _admission_lines(name: str, a: dict[str, Any], configs: dict[str, dict[str, 
                    'met without the admitted set': f"met its bound without {', '.join(a.get('forced_without') or [])}"
                                                    ' (refused in the forced run): not judged'}.get(row['verdict'],
                                                                                                   row['verdict'])
+        if row['verdict'] == 'would have missed' and row.get('beside_refused'):
+            verdict += f" (beside {', '.join(row['beside_refused'])}, refused too)"
         if f and f.get('node_demoted_share'):   # forced in, then its admission withdrawn: served after the others
             verdict += f" (the node demoted it in {fmt(f['node_demoted_share'], '.0f', 100)} % of its status messages)"
         lines.append(f"| {app} | {row['bound_ms']:g} | {row['reason'][:300]} | " + ' | '.join(cells)

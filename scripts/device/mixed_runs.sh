@@ -8,7 +8,10 @@
 # Results: $OUT/res.tgz (x/NAME/e2e.{json,md}, x/NAME/raw/w.tgz, NAME.log), rewritten after every run so that a
 # call cut short keeps the runs it finished (the device tool returns few files: one archive, not one per run).
 # MODEL (cifar10_committee), BOUNDS (10,33@0.9415:min_energy). Carry [".whl", ".devdata/cifar10_test.packed.npz"].
-# Session 28's five calls ran an earlier form of it (benchmarks/h200/choice_headroom_session28); this one is untried.
+# Refusals for another app's running step are judged only where frames of two cameras can meet: add
+# "--phase drift" to EXTRA_<NAME> for such runs (session 29: with the default spread phases they never do).
+# Session 28's five calls ran an earlier form of it (benchmarks/h200/choice_headroom_session28); session 29 ran this one
+# (benchmarks/h200/cascade_admission_session29).
 set -u
 R=/tmp/mixed_runs; mkdir -p "$R/x"
 SKIP_ALL="admission ahead arrival blocking_sync configure cudnn_first failover gil matmul_kernels new no_upload nodes2 \
