@@ -272,7 +272,7 @@ def test_a_cascade_is_charged_its_average_frame_while_its_deadline_holds_the_dee
     assert verdict.ok and verdict.utilisation == pytest.approx(1.3 / 2.0)
     assert not check([Task('c', 500.0, 10.0, 3)], cost).ok            # every frame at 4 ms: twice the device
     tight = check([Task('c', 10.0, 3.5, 3, exit_shares=shares)], cost)  # the deepest frame needs 4 ms
-    assert not tight.ok and 'a frame needs 4 ms' in tight.at_risk['c']
+    assert not tight.ok and 'a frame to exit 3 needs 4 ms' in tight.at_risk['c']
 
 
 def test_apps_on_one_camera_go_on_while_any_of_them_does():

@@ -304,7 +304,7 @@ def check(tasks: Sequence[Task], cost: CostModel, *, blocking: Sequence[Task] = 
         block_ms = block_at(g.deadline_ms)
         if g.hard and ci + block_ms > g.deadline_ms:
             risk([g], f'its end-to-end deadline leaves {g.deadline_ms:.3g} ms of device time (after '
-                      f'{cost.outside_text()}), a frame needs {ci:.3g} ms after waiting up to '
+                      f'{cost.outside_text()}), a frame to exit {g.exit_index} needs {ci:.3g} ms after waiting up to '
                       f'{block_ms:.3g} ms for a running step')
     if u > cost.utilisation_limit:
         risk(groups,

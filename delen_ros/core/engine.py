@@ -488,7 +488,8 @@ class Engine(AdmissionMixin, StatsMixin):
                     fits.append(f'max_latency_ms >= {min_latency:.3g} at {rate_hz:.3g} Hz')
                 kept = f' ({cost.headroom_text()} kept as admission headroom)' if cost.headroom else ''
                 raise admission.Unschedulable(
-                    f'{app_id!r} at {rate_hz:.3g} Hz does not fit beside {len(tasks)} admitted app(s){kept}: '
+                    f'{app_id!r} at {rate_hz:.3g} Hz does not fit '
+                    f'{f"beside {len(tasks)} admitted app(s)" if tasks else "even alone"}{kept}: '
                     f'{verdict.message}; would fit: {" or ".join(fits)}',
                     self.feasible_range(), max_rate_hz=max_rate, min_latency_ms=min_latency)
             self._admitted_outside = outside
