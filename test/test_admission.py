@@ -294,3 +294,12 @@ def test_a_request_is_judged_beside_the_apps_it_could_make_miss_not_one_that_mis
     # its running steps still hold a frame up: a bound shorter than one of them is refused
     with pytest.raises(Unschedulable, match='waiting up to'):
         engine.set_app('tight', Bounds(max_latency_ms=20.0), rate_hz=10.0)
+
+
+def test_a_demoted_app_still_counts_against_a_new_request():
+    # the re-check restores an app admitted earlier before a newer one: a request must not take its place
+    engine = make_engine()
+    engine.set_app('old', Bounds(), rate_hz=50.0)                   # unbounded: final exit, 52 % busy
+    engine._apps['old'].demoted = True                             # as a re-check leaves it
+    with pytest.raises(Unschedulable, match=r"'new' at 60 Hz does not fit beside 1 admitted app"):
+        engine.set_app('new', Bounds(min_accuracy=0.85), rate_hz=60.0)

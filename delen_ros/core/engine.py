@@ -462,7 +462,6 @@ class Engine(AdmissionMixin, StatsMixin):
             if rate_hz is None:
                 rate_hz = old.rate_hz(now) if old is not None else self._source_rate(source, now)
             tasks = [self._task(a, st, now) for a, st in self._apps.items() if a != app_id]
-            demoted = {a for a, st in self._apps.items() if a != app_id and st.demoted}
             old_task = self._task(app_id, old, now) if old is not None else None
         exit_index = self._required_exit(bounds)
         new = admission.Task(app_id, rate_hz, bounds.max_latency_ms, exit_index, source,
@@ -470,15 +469,14 @@ class Engine(AdmissionMixin, StatsMixin):
         if self.admission_control:
             outside = self._outside_ms()
             cost = self._with_headroom(self._cost_model(outside))
-            # A request is judged beside the admitted apps it could make miss: not beside those served
-            # after the others, nor those that miss even alone at the costs measured now (this CPU: a
-            # 33 ms app whose cascade needs `+lite2`, admitted before the load came, refused every later
-            # request, though each met its bound beside it). Their running steps still hold a frame up.
-            hopeless = admission.infeasible_alone([t for t in tasks if t.app_id not in demoted],
-                                                  self._cost_model(outside), pause=_yield_gil)
-            aside = demoted | set(hopeless)
-            blocking = [t for t in tasks if t.app_id in aside]
-            tasks = [t for t in tasks if t.app_id not in aside]
+            # A request is judged beside the admitted apps it could make miss, not beside those that miss
+            # even alone at the costs measured now (this CPU: a 33 ms app whose cascade needs `+lite2`,
+            # admitted before the load came, refused every later request, though each met its bound
+            # beside it); their running steps still hold a frame up. A demoted app counts in full: it
+            # was admitted first, and the re-check restores it before a newer app (misfits).
+            hopeless = admission.infeasible_alone(tasks, self._cost_model(outside), pause=_yield_gil)
+            blocking = [t for t in tasks if t.app_id in hopeless]
+            tasks = [t for t in tasks if t.app_id not in hopeless]
             verdict = admission.check(tasks + [new], cost, blocking=blocking)
             if not verdict.ok:
                 # on the caller's thread (the node's executor): yield between tests, see suggest
