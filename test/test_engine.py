@@ -629,3 +629,22 @@ def test_every_frame_is_uploaded_ahead_when_asked():
     for i in range(4):
         engine.submit(['a'], fake_image(i))
     assert recorder.ahead == [0, 1, 2, 3]
+
+
+def test_arrival_lookahead_expects_the_next_frame_of_a_regular_camera():
+    from fakes import FakeClock
+    clock = FakeClock()
+    engine, _ = make_engine(Collector(), clock=clock, arrival_lookahead=True, admission_control=False)
+    engine.set_app('fast', Bounds(max_latency_ms=10.0))
+    engine.set_app('free', Bounds())                               # no latency bound: nothing to wait for
+    for i in range(6):                                             # 30 Hz, not served (no worker)
+        clock.advance(33.0 if i else 0.0)
+        engine.submit(['fast', 'free'], fake_image(), arrival_ns=clock() - 2_000_000)
+    clock.advance(3.0)
+    assert engine._expected_frames(clock()) == []                  # its last frame is still waiting
+    engine._scheduler.drain()
+    (e,) = engine._expected_frames(clock())
+    assert e.app_id == 'fast' and e.submit_ns == clock() + 30_000_000 and e.jitter_ns == 0
+    assert e.deadline_ns == e.submit_ns - 2_000_000 + 10_000_000 - int(engine.delivery_allowance_ms * 1e6)
+    clock.advance(100.0)                                           # frames stopped: no longer expected
+    assert engine._expected_frames(clock()) == []

@@ -1,7 +1,7 @@
 """The scheduler with a fake clock: EDF, hopeless drops, bounded queues, cross-app batching, expiry."""
 import pytest
 
-from delen_ros.core.scheduler import Request, Scheduler
+from delen_ros.core.scheduler import WAIT_SLACK_NS, Expected, Request, Scheduler
 from fakes import FakeClock, synthetic_profile
 
 PROFILE = synthetic_profile()   # steps 1.1, 2.1, 3.1, 4.1 ms at batch 1; batch b costs (1 + 0.25 (b-1))x
@@ -464,3 +464,36 @@ def test_drops_use_the_expected_time_and_expiry_the_safe_one():
     r.next_step = 1
     s.requeue(r)                         # 4.0 + 2 x 2.1 > 5: finish with exit 0 rather than run late
     assert s.next_batch(clock()).expired == (r,)
+
+
+# --- arrival lookahead: a step held back for a frame due sooner that is about to come ----------------------
+def _expected(s: Scheduler, app_id: str, clock: FakeClock, in_ms: float, jitter_ns: int = 0) -> Expected:
+    submit = clock() + int(in_ms * 1_000_000)
+    return Expected(app_id, submit, s.deadline_ns(app_id, submit), jitter_ns)
+
+
+def test_a_step_waits_for_a_frame_due_sooner_that_is_about_to_come():
+    clock = FakeClock()
+    s = make([('slow', 40.0), ('fast', 1.5)], max_batch=1)
+    arrive(s, 'slow', clock)
+    # fast's frame comes in 0.5 ms and must start 0.4 ms later; slow's 1.1 ms step would still run then
+    soon = _expected(s, 'fast', clock, 0.5)
+    held = s.next_batch(clock(), [soon])
+    assert held.batch is None and held.wait_until_ns == soon.submit_ns + WAIT_SLACK_NS
+    assert s.pending()                                             # slow's frame is still queued
+    clock.advance(0.5)
+    arrive(s, 'fast', clock)
+    assert [r.app_id for r in s.next_batch(clock()).batch.requests] == ['fast']
+    assert [r.app_id for r in s.next_batch(clock()).batch.requests] == ['slow']
+
+
+@pytest.mark.parametrize('case', ['due later', 'no room to wait', 'overdue', 'arrives after the step', 'has room'])
+def test_a_step_runs_when_waiting_would_not_help(case):
+    clock = FakeClock()
+    slow_bound = {'due later': 1.2, 'no room to wait': 3.0}.get(case, 40.0)
+    fast_bound = {'has room': 10.0}.get(case, 1.5)
+    s = make([('slow', slow_bound), ('fast', fast_bound)], max_batch=1)
+    arrive(s, 'slow', clock)
+    in_ms = {'overdue': -2.0, 'arrives after the step': 1.5}.get(case, 0.5)
+    schedule = s.next_batch(clock(), [_expected(s, 'fast', clock, in_ms)])
+    assert schedule.batch is not None and schedule.wait_until_ns is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import collections
 
-from .arrivals import Rate
+from .arrivals import NextFrame, Rate
 from .bounds import Bounds, LatePolicy
 
 __all__ = ['AppLedger', 'DEMOTED_NOTE']
@@ -29,6 +29,7 @@ class AppLedger:
         self.rate_prior_hz = rate_prior_hz
         self.seq = seq
         self.rate = Rate()
+        self.next_frame = NextFrame()   # when its camera's next frame should come (arrival lookahead)
         self.reason = ''   # admission's last verdict on this app ('' = schedulable)
         self.misfit_checks = 0   # consecutive re-checks that found it not fitting beside the older apps
         self.fit_checks = 0      # consecutive re-checks that found it fitting, while demoted

@@ -8,7 +8,8 @@ import collections
 import math
 from typing import Sequence
 
-__all__ = ['Mean', 'Sizes', 'Tail', 'FrameAge', 'Rate', 'SETTLE_NS', 'MAX_SIZES_SEEN', 'percentile', 'percentiles']
+__all__ = ['Mean', 'Sizes', 'Tail', 'FrameAge', 'Rate', 'NextFrame', 'SETTLE_NS', 'MAX_SIZES_SEEN', 'percentile',
+           'percentiles']
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -180,3 +181,53 @@ class Rate:
         if self.interval_ns is None or self.last_ns is None:
             return None
         return 1e9 / max(self.interval_ns, now_ns - self.last_ns, 1.0)
+
+
+class NextFrame:
+    """When a periodic camera's next frame should reach the engine, and the stamp it will carry.
+
+    Fed each frame's submission and arrival (stamp) times; keeps the last of each, an EWMA of the
+    interval between submissions and of its absolute deviation (the jitter). :meth:`predict` answers
+    only for a camera regular enough to plan around: a few intervals seen, jitter under a quarter of
+    the interval, and the next frame not overdue by more than three jitters (a camera that stopped).
+
+    >>> nf = NextFrame()
+    >>> for k in range(6):
+    ...     nf.add(1_000 + k * 100_000_000, k * 100_000_000)
+    >>> nf.predict(550_000_000)
+    (600001000, 600000000, 0)
+    """
+
+    __slots__ = ('last_submit_ns', 'last_arrival_ns', 'interval_ns', 'jitter_ns', 'seen')
+
+    #: intervals needed before a prediction
+    MIN_SEEN = 4
+
+    def __init__(self):
+        self.last_submit_ns: int | None = None
+        self.last_arrival_ns = 0
+        self.interval_ns = 0.0
+        self.jitter_ns = 0.0
+        self.seen = 0
+
+    def add(self, submit_ns: int, arrival_ns: int) -> None:
+        if self.last_submit_ns is not None and submit_ns > self.last_submit_ns:
+            gap = submit_ns - self.last_submit_ns
+            if self.seen == 0:
+                self.interval_ns = float(gap)
+            else:
+                self.jitter_ns += 0.25 * (abs(gap - self.interval_ns) - self.jitter_ns)
+                self.interval_ns += 0.125 * (gap - self.interval_ns)
+            self.seen += 1
+        if self.last_submit_ns is None or submit_ns > self.last_submit_ns:
+            self.last_submit_ns, self.last_arrival_ns = submit_ns, arrival_ns
+
+    def predict(self, now_ns: int) -> tuple[int, int, int] | None:
+        """``(submission, stamp, jitter)`` of the next frame, ns, or ``None`` (see the class)."""
+        if self.last_submit_ns is None or self.seen < self.MIN_SEEN or self.jitter_ns > 0.25 * self.interval_ns:
+            return None
+        ahead = max(1, math.ceil((now_ns - self.last_submit_ns - 3 * self.jitter_ns) / self.interval_ns))
+        if ahead > 1:   # missed frames: the camera is not keeping its period now
+            return None
+        step = int(self.interval_ns)
+        return self.last_submit_ns + step, self.last_arrival_ns + step, int(self.jitter_ns)

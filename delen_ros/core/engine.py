@@ -75,7 +75,7 @@ from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, P
 from .preprocess import DevicePreprocessor, check_image, preprocess
 from .results import AppStats, Result, WorkerStats
 from .runner import StageRunner, to_pinned
-from .scheduler import Batch, Request, Scheduler
+from .scheduler import Batch, Expected, Request, Scheduler
 from .thread_names import name_os_thread
 
 if TYPE_CHECKING:
@@ -287,7 +287,8 @@ class Engine(AdmissionMixin, StatsMixin):
                  admission_headroom_min_ms: float = 1.0,
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
                  fuse_steps: bool = True, pipeline: str = 'off', recheck_on_worker: bool | None = None,
-                 demote_after: int = 3, restore_after: int = 2, separate_turn_cost: bool = False):
+                 demote_after: int = 3, restore_after: int = 2, separate_turn_cost: bool = False,
+                 arrival_lookahead: bool = False):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
                              f'model has {model.num_exits}')
@@ -347,6 +348,9 @@ class Engine(AdmissionMixin, StatsMixin):
         #: admission makes room for the exit an accuracy cascade sends all but a few frames to and
         #: charges its average frame (session 29; False: its static fallback exit, for an A/B)
         self.cascade_admission = True
+        #: hold a step back for a frame a periodic camera is about to send that is due sooner and would
+        #: otherwise wait behind it; runs of fused steps end before such a frame must start
+        self.arrival_lookahead = arrival_lookahead
         self.fuse_steps = fuse_steps
         self.separate_turn_cost = bool(separate_turn_cost)
         # What ends a fused run early: 'any' waiting frame that must start before the run would end
@@ -577,6 +581,7 @@ class Engine(AdmissionMixin, StatsMixin):
                     self._age.pause(now)
                 settled = settled or now - app.first_frame_ns >= SETTLE_NS
                 app.rate.add(arrival)
+                app.next_frame.add(now, arrival)
                 request = self._scheduler.make_request(app_id, frame, arrival, tag=tag)
                 request.state = _State(bounds=app.bounds, idle_submit_ns=now if self._idle else None)
                 evicted = self._scheduler.push(request)
@@ -796,8 +801,12 @@ class Engine(AdmissionMixin, StatsMixin):
                 t0 = time.perf_counter_ns()
                 now = self.clock()
                 # behind a pending run the batch starts when the device is done with it
-                schedule = self._scheduler.next_batch(max(now, pending.free_at) if pending is not None else now)
+                at = max(now, pending.free_at) if pending is not None else now
+                expected = self._expected_frames(at) if self.arrival_lookahead and pending is None else ()
+                schedule = self._scheduler.next_batch(at, expected)
                 decision_ns = time.perf_counter_ns() - t0
+                if schedule.wait_until_ns is not None:   # a frame due sooner is about to come: it goes first
+                    self._cond.wait(max(0.0, (schedule.wait_until_ns - self.clock()) / 1e9))
                 for r in schedule.dropped:
                     app = self._apps.get(r.app_id)
                     if app is not None:
@@ -821,6 +830,22 @@ class Engine(AdmissionMixin, StatsMixin):
             else:
                 self._guarded(run.batch, self._complete, run)
         return not stopping
+
+    def _expected_frames(self, now_ns: int) -> list[Expected]:
+        """The frames that regular cameras should send next, for apps with a latency bound that are
+        served with the others and have no frame waiting (:class:`~delen_ros.core.arrivals.NextFrame`;
+        ``arrival_lookahead``). Under the lock."""
+        out = []
+        demoted = self._scheduler.best_effort_apps()
+        waiting = self._scheduler.waiting_apps()
+        for app_id, app in self._apps.items():
+            if app.bounds.max_latency_ms is None or app_id in demoted or app_id in waiting:
+                continue
+            found = app.next_frame.predict(now_ns)
+            if found is not None:
+                submit_ns, arrival_ns, jitter_ns = found
+                out.append(Expected(app_id, submit_ns, self._scheduler.deadline_ns(app_id, arrival_ns), jitter_ns))
+        return out
 
     def _guarded(self, batch: Batch, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``; if it raises, ``batch``'s requests are counted failed and
@@ -1077,6 +1102,11 @@ class Engine(AdmissionMixin, StatsMixin):
             min((r.deadline_ns for r in requests if r.hard and not r.late), default=math.inf)
         with self._cond:
             latest_ns = self._scheduler.latest_start_ns(due_before_ns=due_ns)
+            if self.arrival_lookahead:   # a frame about to come, due before the run's members, must start too
+                members_due = min((r.deadline_ns for r in requests if r.hard and not r.late), default=math.inf)
+                first_ns = (self._scheduler.predict_ms(0, 1) + expiry_tail_ms) * _NS_PER_MS
+                latest_ns = min([latest_ns] + [e.deadline_ns - first_ns for e in self._expected_frames(now_ns)
+                                               if e.deadline_ns < min(members_due, due_ns)])
         ahead_ms = self._predict_ms(step, size)   # from now to the decision at exit `step`
         energy_mj = [r.state.energy_est_mj for r in requests]
         allowance_ms = self.policy_allowance_ms

@@ -42,16 +42,18 @@ import collections
 import dataclasses
 import itertools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .bounds import LatePolicy
 
-__all__ = ['Request', 'Batch', 'Schedule', 'AppQueue', 'Scheduler', 'PredictFn']
+__all__ = ['Request', 'Batch', 'Schedule', 'Expected', 'AppQueue', 'Scheduler', 'PredictFn']
 
 #: ``predict_ms(step, batch_size) -> ms``: predicted time of one step for a whole batch.
 PredictFn = Callable[[int, int], float]
 
 _NS_PER_MS = 1_000_000
+#: how long past its expected submission a frame is waited for at least (Scheduler._wait_for)
+WAIT_SLACK_NS = 1_000_000
 
 
 def _memo(fn: PredictFn) -> PredictFn:
@@ -120,6 +122,19 @@ class Schedule:
     batch: Batch | None
     dropped: tuple[Request, ...] = ()
     expired: tuple[Request, ...] = ()
+    #: no batch now: an expected frame due sooner should come first; wait for it until then (clock ns)
+    wait_until_ns: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """A frame not here yet that a periodic camera should send (the engine's arrival lookahead):
+    when it should be submitted, give or take ``jitter_ns``, and its deadline."""
+
+    app_id: str
+    submit_ns: int
+    deadline_ns: int
+    jitter_ns: int
 
 
 class AppQueue:
@@ -238,13 +253,20 @@ class Scheduler:
 
     # --- arrivals -----------------------------------------------------------------------------------
     def make_request(self, app_id: str, frame: Any, arrival_ns: int, *, tag: Any = None) -> Request:
-        """A request for ``app_id``'s frame with the deadline its current bound gives: the one
-        definition of a frame's deadline, ``arrival + bound - delivery allowance`` (when its result
-        must be published), or the default horizon for an unbounded app."""
+        """A request for ``app_id``'s frame with the deadline its current bound gives (:meth:`deadline_ns`)."""
+        return Request(app_id=app_id, frame=frame, arrival_ns=arrival_ns, deadline_ns=self.deadline_ns(app_id, arrival_ns),
+                       latency_bound_ms=self._apps[app_id].latency_bound_ms, tag=tag)
+
+    def deadline_ns(self, app_id: str, arrival_ns: int) -> int:
+        """The one definition of a frame's deadline: ``arrival + bound - delivery allowance`` (when its
+        result must be published), or the default horizon for an unbounded app."""
         bound = self._apps[app_id].latency_bound_ms
         horizon = bound - self.delivery_allowance_ms() if bound is not None else self.default_deadline_ms
-        return Request(app_id=app_id, frame=frame, arrival_ns=arrival_ns,
-                       deadline_ns=arrival_ns + int(horizon * _NS_PER_MS), latency_bound_ms=bound, tag=tag)
+        return arrival_ns + int(horizon * _NS_PER_MS)
+
+    def waiting_apps(self) -> set[str]:
+        """The apps with a frame queued or a request waiting for its next step."""
+        return {a for a, q in self._apps.items() if q.frames} | {r.app_id for r in self._in_flight}
 
     def push(self, request: Request) -> Request | None:
         """Queue a new frame; returns the oldest frame it pushed out of a full queue, if any.
@@ -299,9 +321,15 @@ class Scheduler:
     def _fits(self, request: Request, now_ns: int, ms: float) -> bool:
         return not request.hard or now_ns + ms * _NS_PER_MS <= request.deadline_ns
 
-    def next_batch(self, now_ns: int) -> Schedule:
+    def next_batch(self, now_ns: int, expected: Sequence[Expected] = ()) -> Schedule:
         """Decide what runs now (see the module docstring); the returned batch's requests leave the
-        queues, and started ones must come back through :meth:`requeue` or :meth:`finished`."""
+        queues, and started ones must come back through :meth:`requeue` or :meth:`finished`.
+
+        :param expected: frames about to come (:class:`Expected`). Steps are not preempted: a batch
+            whose step would still run when an expected frame due sooner must start is held back, if
+            it keeps its own deadlines behind that frame (:meth:`_wait_for`); the schedule then has no
+            batch and says until when to wait.
+        """
         dropped: list[Request] = []
         expired: list[Request] = []
         predict_ms, tail_ms = _memo(self.predict_ms), self.tail_ms()
@@ -348,8 +376,35 @@ class Scheduler:
             # stage), the others wait for the next turn; padded CUDA graphs make the largest cheapest
             size = min(range(1, len(members) + 1), key=lambda m: (predict_ms(step, m) / m, -m))
             members, predicted = members[:size], predict_ms(step, size)
+        if expected:
+            wait_until = self._wait_for(expected, members, predicted, now_ns, predict_ms, tail_ms)
+            if wait_until is not None:
+                return Schedule(None, tuple(dropped), tuple(expired), wait_until_ns=wait_until)
         self._take(members)
         return Schedule(Batch(step, tuple(members), predicted), tuple(dropped), tuple(expired))
+
+    def _wait_for(self, expected: Sequence[Expected], members: list[Request], predicted_ms: float, now_ns: int,
+                  predict_ms: PredictFn, tail_ms: float) -> int | None:
+        """Until when to hold ``members`` back for an expected frame, or ``None``: one that would come
+        while their step runs, must start before it ends, is due before all of them, can still make
+        its own deadline, and after which they still make theirs. A frame overdue by more than
+        :data:`WAIT_SLACK_NS` (or twice its jitter) is not waited for: its camera is late or stopped."""
+        bounded = [r.deadline_ns for r in members if r.hard and not r.late]
+        if not bounded:
+            return None
+        due = min(bounded)
+        own = {r.app_id for r in members}
+        first_ns = (predict_ms(0, 1) + tail_ms) * _NS_PER_MS     # the expected frame's own first step
+        step_ns = (predicted_ms + tail_ms) * _NS_PER_MS            # this batch's step
+        for e in expected:
+            slack = max(2 * e.jitter_ns, WAIT_SLACK_NS)
+            latest = e.deadline_ns - first_ns
+            if (e.app_id in own or e.deadline_ns >= due or now_ns > e.submit_ns + slack
+                    or e.submit_ns > now_ns + step_ns or latest >= now_ns + step_ns or e.submit_ns > latest):
+                continue
+            if e.submit_ns + slack + first_ns + step_ns <= due:
+                return e.submit_ns + slack
+        return None
 
     def _classify(self, now_ns: int, dropped: list[Request], expired: list[Request], predict_ms: PredictFn,
                   tail_ms: float) -> None:

@@ -163,7 +163,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,
                           transport_prior_ms=params.transport_prior_ms, rate_prior_hz=params.rate_prior_hz,
-                          fuse_steps=params.fuse_steps,
+                          fuse_steps=params.fuse_steps, arrival_lookahead=params.arrival_lookahead,
                           delivery_allowance_ms=params.delivery_allowance_ms,
                           admission_control=params.admission_control, admission_headroom=params.admission_headroom,
                           admission_headroom_min_ms=params.admission_headroom_min_ms,

@@ -95,6 +95,11 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
     'fuse_steps': (True, 'Run the steps whose exits the policy decides without a confidence (latency or energy bounds '
                    'alone, always_final) back to back: one head and one device sync per worker turn, not one per '
                    'exit. False: one step per turn (A/B).' + _LATER, None, False),
+    'arrival_lookahead': (False, 'Hold a step back for a frame that a regular camera is about to send, due sooner, '
+                          'that would otherwise wait behind it (steps are not preempted); runs of fused steps end '
+                          'before such a frame must start. This CPU, a 10 ms app beside a 20 ms app on drifting '
+                          'cameras: see benchmarks/cpu/arrival_lookahead_session29. Admission does not count on it '
+                          'yet. Off by default: not measured on a GPU.' + _LATER, None, False),
     'executor': ('single', "rclpy executor: 'single' (default; callbacks only hand work over), 'events' "
                  "(rclpy.experimental.EventsExecutor: with rclpy 9.1.2 it did not answer the services created at "
                  "configure) or 'multi' (MultiThreadedExecutor: busy-spins; both kept for comparison).",
@@ -174,6 +179,7 @@ class NodeParams:
     conv_kernels: str
     cudnn_trials: str
     fuse_steps: bool
+    arrival_lookahead: bool
     executor: str
     gil_switch_interval_ms: float
     latency_from: str
