@@ -394,8 +394,10 @@ class Scheduler:
             return None
         due = min(bounded)
         own = {r.app_id for r in members}
-        first_ns = (predict_ms(0, 1) + tail_ms) * _NS_PER_MS     # the expected frame's own first step
-        step_ns = (predicted_ms + tail_ms) * _NS_PER_MS            # this batch's step
+        # the expected frame's own first step at its expected time (as the drop rule judges a frame hopeless:
+        # with the margin, a 10 ms app beside its transport on a 2-core CPU looked hopeless and was never waited for)
+        first_ns = (self.expected_ms(0, 1) + tail_ms) * _NS_PER_MS
+        step_ns = (predicted_ms + tail_ms) * _NS_PER_MS            # this batch's step, on the safe side
         for e in expected:
             slack = max(2 * e.jitter_ns, WAIT_SLACK_NS)
             latest = e.deadline_ns - first_ns
