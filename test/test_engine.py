@@ -561,11 +561,11 @@ def test_a_scheduling_error_does_not_end_the_worker():
     engine.set_app('a', Bounds(max_latency_ms=LOOSE_MS))
     next_batch, calls = engine._scheduler.next_batch, []
 
-    def fails_once(now):
+    def fails_once(now, expected=()):
         calls.append(now)
         if len(calls) == 1:
             raise RuntimeError('a scheduler bug')
-        return next_batch(now)
+        return next_batch(now, expected)
     engine._scheduler.next_batch = fails_once
     with engine:
         engine.submit(['a'], fake_image(0))
