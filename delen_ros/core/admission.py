@@ -236,7 +236,7 @@ class _Group:
     hard: bool
     exit_index: int
     stops: frozenset[int] = frozenset()
-    reached: tuple[float, ...] = ()   # the share of its frames that run each step
+    reached: tuple[float, ...] = ()   # the share of its frames that run each step; (): all, to exit_index
 
 
 def _groups(tasks: Sequence[Task], cost: CostModel) -> list[_Group]:
@@ -254,7 +254,8 @@ def _groups(tasks: Sequence[Task], cost: CostModel) -> list[_Group]:
         stops = frozenset.intersection(*(frozenset(t.stops) for t in members))
         # a frame goes on while any of its apps does; an input hard for one app is hard for the others
         # too, so the shares that go on are taken as the largest of its apps' (not as independent)
-        reached = tuple(max(shares) for shares in zip(*(t.reached(cost.num_exits) for t in members)))
+        reached = tuple(max(shares) for shares in zip(*(t.reached(cost.num_exits) for t in members))) \
+            if any(t.exit_shares for t in members) else ()
         out.append(_Group(apps=tuple(t.app_id for t in members), period_ms=1000.0 / rate, deadline_ms=deadline,
                           hard=bool(hard), exit_index=max(t.exit_index for t in members), stops=stops,
                           reached=reached))
@@ -282,8 +283,8 @@ def check(tasks: Sequence[Task], cost: CostModel, *, blocking: Sequence[Task] = 
         return Verdict(True, {}, 0.0, 1, 'nothing to schedule')
     b = _batch(groups, cost)
     # the device's share and the demand at each frame's average cost; each deadline at the deepest
-    c = [cost.mean_frame_ms(g.reached, b, g.stops) for g in groups]
     deepest = [cost.frame_ms(g.exit_index, b, g.stops) for g in groups]
+    c = [cost.mean_frame_ms(g.reached, b, g.stops) if g.reached else d for g, d in zip(groups, deepest)]
     # Non-preemptive EDF: a frame due at t waits at most for one run that started before it came, of
     # an app due later than t (one due sooner is the frame's own demand), or of a demoted app
     runs = [(g.deadline_ms, cost.blocking_ms(g.exit_index, b, g.stops)) for g in groups]

@@ -472,13 +472,14 @@ class Engine(AdmissionMixin, StatsMixin):
                              stops=self._run_stops(bounds, exit_index), exit_shares=self._exit_shares(bounds))
         if self.admission_control:
             outside = self._outside_ms()
-            cost = self._with_headroom(self._cost_model(outside))
+            measured = self._cost_model(outside)
+            cost = self._with_headroom(measured)
             # A request is judged beside the admitted apps it could make miss, not beside those that miss
             # even alone at the costs measured now (this CPU: a 33 ms app whose cascade needs `+lite2`,
             # admitted before the load came, refused every later request, though each met its bound
             # beside it); their running steps still hold a frame up. A demoted app counts in full: it
             # was admitted first, and the re-check restores it before a newer app (misfits).
-            hopeless = admission.infeasible_alone(tasks, self._cost_model(outside), pause=_yield_gil)
+            hopeless = admission.infeasible_alone(tasks, measured, pause=_yield_gil)
             blocking = [t for t in tasks if t.app_id in hopeless]
             tasks = [t for t in tasks if t.app_id not in hopeless]
             verdict = admission.check(tasks + [new], cost, blocking=blocking)
@@ -1098,15 +1099,14 @@ class Engine(AdmissionMixin, StatsMixin):
         tail_ms, expiry_tail_ms = self.corrector.tail_ms(), self._scheduler.tail_ms()
         # Steps are not preempted: a run must end before waiting work has to start ('earlier': only
         # work due before the run's own members, which EDF would put first).
-        due_ns = math.inf if self.split_runs_for == 'any' else \
-            min((r.deadline_ns for r in requests if r.hard and not r.late), default=math.inf)
+        members_due = min((r.deadline_ns for r in requests if r.hard and not r.late), default=math.inf)
+        due_ns = math.inf if self.split_runs_for == 'any' else members_due
         with self._cond:
             latest_ns = self._scheduler.latest_start_ns(due_before_ns=due_ns)
             if self.arrival_lookahead:   # a frame about to come, due before the run's members, must start too
-                members_due = min((r.deadline_ns for r in requests if r.hard and not r.late), default=math.inf)
                 first_ns = (self._scheduler.predict_ms(0, 1) + expiry_tail_ms) * _NS_PER_MS
                 latest_ns = min([latest_ns] + [e.deadline_ns - first_ns for e in self._expected_frames(now_ns)
-                                               if e.deadline_ns < min(members_due, due_ns)])
+                                               if e.deadline_ns < members_due])
         ahead_ms = self._predict_ms(step, size)   # from now to the decision at exit `step`
         energy_mj = [r.state.energy_est_mj for r in requests]
         allowance_ms = self.policy_allowance_ms

@@ -485,10 +485,10 @@ class DelenPolicy(Policy):
             self._thresholds[key] = found
         return self._thresholds[key]
 
-    @staticmethod
-    def _cascade(profile: 'Profile', bounds: Bounds):
-        """The profile's per-input cascade for these bounds, when they stop on accuracy."""
-        if bounds.min_accuracy is None or bounds.effective_objective is Objective.MAX_ACCURACY:
+    def _cascade(self, profile: 'Profile', bounds: Bounds):
+        """The profile's per-input cascade for these bounds, when they stop on accuracy and the policy
+        is calibrated; else ``None``."""
+        if not self.calibrated or bounds.min_accuracy is None or bounds.effective_objective is Objective.MAX_ACCURACY:
             return None
         return profile.cascade(bounds.min_accuracy)
 
@@ -510,7 +510,7 @@ class DelenPolicy(Policy):
         if b is None:
             return True
         cascade = self._cascade(profile, bounds)
-        if cascade is not None and self.calibrated:
+        if cascade is not None:
             # Calibrated on the inputs that reach this exit, not on all of them (see Cascade).
             threshold = cascade.thresholds[k]
             return False if threshold is None else threshold
@@ -526,7 +526,7 @@ class DelenPolicy(Policy):
         held-out inputs went on: its frames stop on confidence, many of them later than the static
         fallback exit (``cifar10_committee`` at 0.9415: 3-4 % go on to `+lite2`, past the fallback
         `+lite0`), and each of those stopped early by the latency bound misses its accuracy."""
-        cascade = self._cascade(profile, bounds) if self.calibrated else None
+        cascade = self._cascade(profile, bounds)
         if cascade is None:
             return super().needed_exit(profile, bounds)
         beyond = 1.0
@@ -538,7 +538,7 @@ class DelenPolicy(Policy):
 
     def exit_shares(self, profile: 'Profile', bounds: Bounds) -> tuple[float, ...]:
         """With a calibrated cascade, where its held-out inputs stopped."""
-        cascade = self._cascade(profile, bounds) if self.calibrated else None
+        cascade = self._cascade(profile, bounds)
         return () if cascade is None else tuple(cascade.fractions)
 
     def result_accuracy(self, profile: 'Profile', bounds: Bounds, exit_index: int,
@@ -548,7 +548,7 @@ class DelenPolicy(Policy):
         judged by the cascade's stream accuracy, and reports the accuracy of its own group on the
         held-out set; a stop forced early by latency or energy reports and is judged by the
         accuracy of the not-confident inputs at that exit. Otherwise: the calibrated bin."""
-        cascade = self._cascade(profile, bounds) if self.calibrated else None
+        cascade = self._cascade(profile, bounds)
         if cascade is None or confidence is None:
             return super().result_accuracy(profile, bounds, exit_index, confidence)
         threshold = cascade.thresholds[exit_index]

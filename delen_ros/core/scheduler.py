@@ -377,22 +377,21 @@ class Scheduler:
             size = min(range(1, len(members) + 1), key=lambda m: (predict_ms(step, m) / m, -m))
             members, predicted = members[:size], predict_ms(step, size)
         if expected:
-            wait_until = self._wait_for(expected, members, predicted, now_ns, predict_ms, tail_ms)
+            wait_until = self._wait_for(expected, members, predicted, now_ns, tail_ms)
             if wait_until is not None:
                 return Schedule(None, tuple(dropped), tuple(expired), wait_until_ns=wait_until)
         self._take(members)
         return Schedule(Batch(step, tuple(members), predicted), tuple(dropped), tuple(expired))
 
     def _wait_for(self, expected: Sequence[Expected], members: list[Request], predicted_ms: float, now_ns: int,
-                  predict_ms: PredictFn, tail_ms: float) -> int | None:
+                  tail_ms: float) -> int | None:
         """Until when to hold ``members`` back for an expected frame, or ``None``: one that would come
         while their step runs, must start before it ends, is due before all of them, can still make
         its own deadline, and after which they still make theirs. A frame overdue by more than
         :data:`WAIT_SLACK_NS` (or twice its jitter) is not waited for: its camera is late or stopped."""
-        bounded = [r.deadline_ns for r in members if r.hard and not r.late]
-        if not bounded:
+        due = min(_due_by(r) for r in members)
+        if due == math.inf:
             return None
-        due = min(bounded)
         own = {r.app_id for r in members}
         # the expected frame's own first step at its expected time (as the drop rule judges a frame hopeless:
         # with the margin, a 10 ms app beside its transport on a 2-core CPU looked hopeless and was never waited for)

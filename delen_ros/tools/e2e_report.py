@@ -65,18 +65,18 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
             continue
         forced_name, forced = by_key.get((policy, cameras, 'param'), (None, None))
         forced_apps = (forced or {}).get('apps') or {}
+        forced_refused = (forced or {}).get('refused') or {}   # refused at configure in the forced run
         refused = svc.get('refused') or {}
         admitted = {app: a for app, a in svc['apps'].items() if app not in refused}
-        without = sorted(app for app in admitted if app in ((forced or {}).get('refused') or {}))
+        without = sorted(app for app in admitted if app in forced_refused)
         shares = {app: _within(a) for app, a in admitted.items() if _within(a) is not None}
         worst = min(shares, key=shares.get) if shares else None
         rows = {}
         for app, why in sorted(refused.items()):
             f = forced_apps.get(app)
-            refused_too = app in ((forced or {}).get('refused') or {})
+            refused_too = app in forced_refused
             if f is None or refused_too or not f.get('sent'):
-                forced_row, verdict = ({'refused_too': (forced or {}).get('refused', {}).get(app)} if refused_too
-                                       else None), 'not run'
+                forced_row, verdict = ({'refused_too': forced_refused[app]} if refused_too else None), 'not run'
             else:
                 forced_row = {k: f.get(k) for k in ('sent', 'answered', 'answered_share', 'node_flagged_share',
                                                     'node_demoted_share', 'node_flagged_reason', 'e2e_p50_ms',
@@ -88,7 +88,7 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
                          'verdict': verdict,
                          # the other refused apps that ran beside it in the forced run: a miss may be theirs too
                          'beside_refused': sorted(other for other in refused if other != app and other in forced_apps
-                                                  and other not in ((forced or {}).get('refused') or {}))}
+                                                  and other not in forced_refused)}
         out[name] = {
             'forced_config': forced_name, 'forced_without': without, 'target': target, 'policy': policy,
             'cameras': cameras,
