@@ -303,3 +303,21 @@ def test_a_demoted_app_still_counts_against_a_new_request():
     engine._apps['old'].demoted = True                             # as a re-check leaves it
     with pytest.raises(Unschedulable, match=r"'new' at 60 Hz does not fit beside 1 admitted app"):
         engine.set_app('new', Bounds(min_accuracy=0.85), rate_hz=60.0)
+
+
+def test_a_cost_model_prices_each_step_once_and_a_re_check_gives_the_same_verdicts():
+    # the node's re-check runs ~2n tests over the same apps: each price is taken once per cost model
+    calls = []
+
+    def step_ms(k: int, b: int) -> float:
+        calls.append((k, b))
+        return 1.0 + k
+
+    tasks = [Task(f'a{i}', 30.0, 12.0, i % 3, exit_shares=(0.5, 0.3, 0.2) if i % 2 else ()) for i in range(6)]
+    memo = CostModel(step_ms=step_ms, num_exits=3, max_batch=4)
+    first = check(tasks, memo)
+    again = [check(tasks[:n], memo) for n in range(1, 7)]
+    assert len(calls) == len(set(calls))
+    fresh = [check(tasks[:n], CostModel(step_ms=step_ms, num_exits=3, max_batch=4)) for n in range(1, 7)]
+    assert [v.at_risk for v in again] == [v.at_risk for v in fresh] and again[-1] == first
+    assert dataclasses.replace(memo, headroom=0.1)._memo == {}   # another cost model: priced anew

@@ -648,3 +648,33 @@ def test_arrival_lookahead_expects_the_next_frame_of_a_regular_camera():
     assert e.deadline_ns == e.submit_ns - 2_000_000 + 10_000_000 - int(engine.delivery_allowance_ms * 1e6)
     clock.advance(100.0)                                           # frames stopped: no longer expected
     assert engine._expected_frames(clock()) == []
+
+
+@pytest.mark.parametrize('at_priority', [True, False])
+def test_on_cuda_the_worker_launches_on_a_stream_of_the_highest_priority(monkeypatch, at_priority):
+    # its graphs replay at their stream's priority: ahead of the background capture's and cuDNN's trials
+    streams, current = [], []
+
+    class Stream:
+        def __init__(self, device=None, priority=0):
+            streams.append(priority)
+
+    monkeypatch.setattr(torch.cuda, 'Stream', Stream)
+    monkeypatch.setattr(torch.cuda, 'set_stream', lambda s: current.append((threading.current_thread().name, s)))
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda d: None)
+    model = fake_model()
+    runner = FakeRunner(model)
+    engine = Engine(model, PROFILE, on_result=lambda r: None, runner=runner, recheck_on_worker=False)
+    engine.serve_at_priority = at_priority
+    runner.device = torch.device('cuda')   # read by the worker as it starts: no CUDA needed here
+    engine.start(warm_up=False)
+    try:
+        deadline = time.monotonic() + 5.0
+        while at_priority and not current and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        engine.stop()
+    if at_priority:
+        assert streams == [-100] and [name for name, _ in current] == ['delen-engine']
+    else:
+        assert streams == [] and current == []

@@ -499,3 +499,20 @@ def test_work_asked_of_the_worker_runs_there_once_per_key_and_a_failure_does_not
         engine.call_when_idle('after', lambda: calls.append('after'))   # the failure did not stop it
         wait_for(3)
     assert calls == ['block', 'delen-engine', 'after']
+
+
+@pytest.mark.parametrize('on_worker, yields_there', [(False, False), (True, False), (True, True)])
+def test_the_re_check_yields_the_gil_between_its_tests_except_on_the_worker(monkeypatch, on_worker, yields_there):
+    # on the worker its frames wait for it anyway, and a yield let another thread keep the GIL up to a
+    # switch interval (H200: ~3 ms of Python took 15-24 ms); elsewhere the worker's frames must not wait
+    import threading
+    from delen_ros.core import engine_admission
+    engine = admitted('a', 'b')
+    engine.recheck_yields_on_worker = yields_there
+    if on_worker:
+        engine._thread = threading.current_thread()
+    yields = []
+    monkeypatch.setattr(engine_admission, '_yield_gil', lambda: yields.append(1))
+    reasons = recheck(engine, slowdown=CONFLICT)
+    assert reasons   # the misfit tests ran
+    assert bool(yields) == (not on_worker or yields_there)

@@ -36,6 +36,7 @@ Everything is pure (no engine, no clock).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -77,17 +78,22 @@ class Task:
     stops: tuple[int, ...] = ()
     exit_shares: tuple[float, ...] = ()
 
-    def reached(self, num_exits: int) -> list[float]:
+    def reached(self, num_exits: int) -> tuple[float, ...]:
         """The share of its frames that run step ``k``, for each ``k``: those that stop at ``k`` or
         later, none past ``exit_index``."""
-        if not self.exit_shares:
-            return [1.0 if k <= self.exit_index else 0.0 for k in range(num_exits)]
-        total = sum(self.exit_shares)
-        stopped, out = 0.0, []
-        for k in range(num_exits):
-            out.append(0.0 if k > self.exit_index else max(0.0, 1.0 - stopped / total))
-            stopped += self.exit_shares[k] if k < len(self.exit_shares) else 0.0
-        return out
+        return _reached(self.exit_shares, self.exit_index, num_exits)
+
+
+@functools.lru_cache(maxsize=256)   # a re-check asks it of every app in every one of its tests
+def _reached(exit_shares: tuple[float, ...], exit_index: int, num_exits: int) -> tuple[float, ...]:
+    if not exit_shares:
+        return tuple(1.0 if k <= exit_index else 0.0 for k in range(num_exits))
+    total = sum(exit_shares)
+    stopped, out = 0.0, []
+    for k in range(num_exits):
+        out.append(0.0 if k > exit_index else max(0.0, 1.0 - stopped / total))
+        stopped += exit_shares[k] if k < len(exit_shares) else 0.0
+    return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +165,10 @@ class CostModel:
     headroom: float = 0.0
     headroom_min_ms: float = 0.0
     turn_ms: float = 0.0
+    # every price (and a source's group) taken once: the node's re-check asks the same ones in each of
+    # its ~2n tests (H200, 16 apps, 6 demoted: 15-24 ms on the engine's worker, which frames waited for).
+    # So a cost model is a snapshot, made for one decision: the engine makes a new one each time.
+    _memo: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_profile(cls, profile: 'Profile', **kwargs) -> 'CostModel':
@@ -196,18 +206,30 @@ class CostModel:
             return exit_index + 1
         return 1 + len({k for k in stops if k < exit_index})
 
+    def _priced(self, key: tuple, price: Callable[[], float]) -> float:
+        ms = self._memo.get(key)
+        if ms is None:
+            ms = self._memo[key] = price()
+        return ms
+
+    def _step_ms(self, k: int, batch: int) -> float:
+        return self._priced(('step', k, batch), lambda: self.step_ms(k, batch))
+
     def frame_ms(self, exit_index: int, batch: int, stops: Sequence[int] = ()) -> float:
         """Device time of one frame up to ``exit_index`` when steps run in batches of ``batch``, with its
         share of each turn's own cost (:attr:`turn_ms`)."""
-        return (self.preprocess_ms + sum(self.step_ms(k, batch) / batch for k in range(exit_index + 1))
-                + self.runs(exit_index, stops) * self.turn_ms / batch)
+        return self._priced(('frame', exit_index, batch, frozenset(stops)), lambda: (
+            self.preprocess_ms + sum(self._step_ms(k, batch) / batch for k in range(exit_index + 1))
+            + self.runs(exit_index, stops) * self.turn_ms / batch))
 
     def mean_frame_ms(self, reached: Sequence[float], batch: int, stops: Sequence[int] = ()) -> float:
         """Device time a frame takes on average when the share ``reached[k]`` of frames runs step
         ``k`` (:meth:`Task.reached`): :meth:`frame_ms` weighted by where they stop."""
-        reached = list(reached) + [0.0]
-        return sum((reached[j] - reached[j + 1]) * self.frame_ms(j, batch, stops)
-                   for j in range(len(reached) - 1) if reached[j] > reached[j + 1])
+        def price() -> float:
+            shares = list(reached) + [0.0]
+            return sum((shares[j] - shares[j + 1]) * self.frame_ms(j, batch, stops)
+                       for j in range(len(shares) - 1) if shares[j] > shares[j + 1])
+        return self._priced(('mean', tuple(reached), batch, frozenset(stops)), price)
 
     def blocking_ms(self, exit_index: int, batch: int, stops: Sequence[int] = ()) -> float:
         """The longest run (a whole batch) a new frame may have to wait for: one step, a first step
@@ -215,7 +237,11 @@ class CostModel:
         engine runs steps decided without confidences back to back), the longest stretch of steps
         up to the exit between the ``stops`` (exits where the run ends for a confidence); and that
         run's turn (:attr:`turn_ms`)."""
-        steps = [self.step_ms(k, batch) + (self.preprocess_ms * batch if k == 0 else 0.0)
+        return self._priced(('block', exit_index, batch, frozenset(stops)),
+                            lambda: self._blocking_ms(exit_index, batch, stops))
+
+    def _blocking_ms(self, exit_index: int, batch: int, stops: Sequence[int]) -> float:
+        steps = [self._step_ms(k, batch) + (self.preprocess_ms * batch if k == 0 else 0.0)
                  for k in range(exit_index + 1)]
         if not self.fused_runs:
             return max(steps) + self.turn_ms
@@ -245,21 +271,29 @@ def _groups(tasks: Sequence[Task], cost: CostModel) -> list[_Group]:
         by_source.setdefault(t.source if t.source is not None else f'\0{t.app_id}', []).append(t)
     out = []
     for members in by_source.values():
-        rate = max(t.rate_hz for t in members)
-        if rate <= 0:
-            continue
-        hard = [t.deadline_ms for t in members if t.deadline_ms is not None]
-        deadline = min(hard) - cost.kept_ms(min(hard)) - cost.outside_ms if hard else cost.default_deadline_ms
-        # a frame's run ends only where every app on it must look (the others go on without it)
-        stops = frozenset.intersection(*(frozenset(t.stops) for t in members))
-        # a frame goes on while any of its apps does; an input hard for one app is hard for the others
-        # too, so the shares that go on are taken as the largest of its apps' (not as independent)
-        reached = tuple(max(shares) for shares in zip(*(t.reached(cost.num_exits) for t in members))) \
-            if any(t.exit_shares for t in members) else ()
-        out.append(_Group(apps=tuple(t.app_id for t in members), period_ms=1000.0 / rate, deadline_ms=deadline,
-                          hard=bool(hard), exit_index=max(t.exit_index for t in members), stops=stops,
-                          reached=reached))
+        key = ('group', tuple(members))
+        if key not in cost._memo:
+            cost._memo[key] = _group(members, cost)
+        if cost._memo[key] is not None:
+            out.append(cost._memo[key])
     return out
+
+
+def _group(members: Sequence[Task], cost: CostModel) -> _Group | None:
+    """The apps on one source as one stream of frames; ``None``: no frames."""
+    rate = max(t.rate_hz for t in members)
+    if rate <= 0:
+        return None
+    hard = [t.deadline_ms for t in members if t.deadline_ms is not None]
+    deadline = min(hard) - cost.kept_ms(min(hard)) - cost.outside_ms if hard else cost.default_deadline_ms
+    # a frame's run ends only where every app on it must look (the others go on without it)
+    stops = frozenset.intersection(*(frozenset(t.stops) for t in members))
+    # a frame goes on while any of its apps does; an input hard for one app is hard for the others
+    # too, so the shares that go on are taken as the largest of its apps' (not as independent)
+    reached = tuple(max(shares) for shares in zip(*(t.reached(cost.num_exits) for t in members))) \
+        if any(t.exit_shares for t in members) else ()
+    return _Group(apps=tuple(t.app_id for t in members), period_ms=1000.0 / rate, deadline_ms=deadline,
+                  hard=bool(hard), exit_index=max(t.exit_index for t in members), stops=stops, reached=reached)
 
 
 def _batch(groups: Sequence[_Group], cost: CostModel) -> int:

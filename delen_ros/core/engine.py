@@ -378,6 +378,10 @@ class Engine(AdmissionMixin, StatsMixin):
         self._risk_logged: tuple[object, int] = ((), 0)   # the re-check's last warning: what, when (ns)
         self._last_check_ns = clock()
         self._recheck_on_worker = recheck_on_worker
+        #: the re-check yields the GIL between its tests on the worker too (before session 30; an A/B)
+        self.recheck_yields_on_worker = False
+        #: on CUDA the worker launches on a stream of the highest priority (False: the default stream, an A/B)
+        self.serve_at_priority = True
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
         self._idle_tasks: dict[str, tuple[Callable[[], Any], int]] = {}
         # the outside-the-device parts (transport, overhead, delivery) the last admission passed with:
@@ -734,6 +738,12 @@ class Engine(AdmissionMixin, StatsMixin):
             # The current device is per thread: graphs and default-device ops of this worker must
             # go to its own GPU, not cuda:0, when one process drives several.
             torch.cuda.set_device(device)
+            if self.serve_at_priority:
+                # Its kernels before the background capture's and cuDNN's trials (a stage's trial holds
+                # the GPU on and off for 1-2 s, H200, the first ~4 s of service) where both wait for the
+                # GPU: a CUDA graph replays at the priority of the stream it is launched into. Numbers
+                # below the device's range mean its highest.
+                torch.cuda.set_stream(torch.cuda.Stream(device=device, priority=-100))
         logged = -math.inf
         while True:
             try:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -271,7 +272,7 @@ class AdmissionMixin:
             return [], {}
         cost = self._with_headroom(cost)
         kept = [t for t, (_, app) in zip(tasks, states) if not app.on_priors and not app.demoted]
-        confirmed, out = admission.confirm(kept, [tasks[i] for i in pending], cost, pause=_yield_gil)
+        confirmed, out = admission.confirm(kept, [tasks[i] for i in pending], cost, pause=self._pause_between_tests())
         if confirmed:   # what these admissions passed with: the re-check's settled costs from now on
             self._admitted_outside = outside
         return confirmed, out
@@ -285,12 +286,21 @@ class AdmissionMixin:
         demoting on them fed back: on an H200 at 32 cameras the tails of a 1 s spike left 7.7 of 33 ms
         for the device, 21 apps were demoted and their frames went late. An app that misses even
         alone at the tails now (``cost``) is demoted all the same: its frames are late anyway."""
-        if not self._admitted_outside:   # on the status timer's thread: yield between the checks
-            return admission.misfits(tasks, cost, pause=_yield_gil)
+        pause = self._pause_between_tests()
+        if not self._admitted_outside:
+            return admission.misfits(tasks, cost, pause=pause)
         settled = self._cost_model({k: min(v, self._admitted_outside.get(k, v)) for k, v in outside.items()})
         if admission.check(tasks, settled).ok:
-            return admission.infeasible_alone(tasks, cost, pause=_yield_gil)
-        return admission.misfits(tasks, settled, alone=cost, pause=_yield_gil)
+            return admission.infeasible_alone(tasks, cost, pause=pause)
+        return admission.misfits(tasks, settled, alone=cost, pause=pause)
+
+    def _pause_between_tests(self) -> Callable[[], None] | None:
+        """A GIL yield between two admission tests on another thread than the worker, whose frames must
+        not wait behind them; none on the worker (:attr:`recheck_on_worker`): its frames wait for the
+        re-check anyway, and each yield let another thread keep the GIL up to a switch interval (5 ms:
+        on an H200 at 16 cameras a re-check of ~3 ms of Python took the worker 15-24 ms)."""
+        on_worker = threading.current_thread() is self._thread and not self.recheck_yields_on_worker
+        return None if on_worker else _yield_gil
 
     def at_risk(self, *, recheck_s: float = 1.0) -> dict[str, str]:
         """Why each app at risk may miss its bounds (app -> reason), as the last admission re-check

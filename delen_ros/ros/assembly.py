@@ -188,6 +188,10 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 # measured lately at the profile's prior (before session 29)
                 built.cascade_admission = False
                 built.corrector.level_prior = False
+            if os.environ.get('DELEN_STREAM_PRIORITY') == '0':   # an A/B: the worker on the default stream (before session 30)
+                built.serve_at_priority = False
+            if os.environ.get('DELEN_RECHECK_YIELDS') == '1':   # an A/B: GIL yields in the worker's re-check (before session 30)
+                built.recheck_yields_on_worker = True
             if os.environ.get('DELEN_SPLIT_RUNS') == 'earlier':   # an A/B of what ends a fused run
                 built.split_runs_for = 'earlier'
             if os.environ.get('DELEN_CORRECTOR_PER_BATCH') == '1':   # an A/B: step times learnt per batch size

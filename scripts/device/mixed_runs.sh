@@ -3,7 +3,8 @@
 #   bash scripts/device/mixed_runs.sh NAME[:VAR=value ...] ...
 # Each NAME is one run of scripts/device/e2e_data_path_ab.sh's mixed part (16 cameras x 30 Hz, BOUNDS, 10 s, no
 # echo) with the node's environment VAR=value (an A/B switch read in delen_ros/ros/assembly.py) or none.
-# NAME starting with R keeps the recorder's raw rows (--keep-work); EXTRA_<NAME> adds e2e-bench arguments, e.g.
+# NAME starting with R keeps the recorder's raw rows (--keep-work) and any flight-recorder trace written under
+# /tmp/delen_e2e_work (e.g. R1:DELEN_TRACE=/tmp/delen_e2e_work/trace_{pid}.jsonl); EXTRA_<NAME> adds e2e-bench arguments, e.g.
 #   EXTRA_D2="--node-param delivery_allowance_ms:=2.0" bash scripts/device/mixed_runs.sh A1 D2 A2:DELEN_POLICY_ALLOWANCE=0
 # Results: $OUT/res.tgz (x/NAME/e2e.{json,md}, x/NAME/raw/w.tgz, NAME.log), rewritten after every run so that a
 # call cut short keeps the runs it finished (the device tool returns few files: one archive, not one per run).
@@ -28,8 +29,12 @@ one() {
   tar xzf "$R/$name/ab.tgz" -C "$R/x/$name" --strip-components=3 ./mixed/e2e/e2e.md ./mixed/e2e/e2e.json
   rm -f "$R/$name/ab.tgz"
   case $name in R*) mkdir -p "$R/x/$name/raw"
-    (cd /tmp/delen_e2e_work && find . -name recorder.json -o -name '*.log' -size -3M | tar czf "$R/x/$name/raw/w.tgz" -T -);; esac
+    (cd /tmp/delen_e2e_work && find . -name recorder.json -o -name '*.log' -size -3M -o -name '*.jsonl' -size -40M |
+       tar czf "$R/x/$name/raw/w.tgz" -T -);; esac
   grep -h "^| delen" "$R/x/$name/e2e.md" | cut -c1-120
+  # when the node's background cuDNN trials ended, against its start (the window starts ~2 s after configure)
+  grep -rhE "configured in|settled after|background graph capture" /tmp/delen_e2e_work --include='*.log' 2>/dev/null |
+    cut -c1-200 | head -4
 }
 for spec in "$@"; do
   name=${spec%%:*}; vars=""; [ "$spec" != "$name" ] && vars=${spec#*:}
