@@ -1,4 +1,5 @@
 """Exit policies on a synthetic profile: decision tables, the registry, the latency corrector."""
+import dataclasses
 import math
 
 import pytest
@@ -339,3 +340,15 @@ def test_delen_keeps_a_headroom_for_steps_taken_by_choice():
     assert delen.decide(ctx(latency_only, 0, elapsed=8.0)) is Decision.STOP            # past the bound anyway
     with pytest.raises(ValueError, match='choice_headroom'):
         DelenPolicy(choice_headroom=1.5)
+
+
+def test_delen_keeps_the_apps_learnt_choice_margin_too():
+    delen = get_policy('delen')
+    latency_only = Bounds(max_latency_ms=10.0)
+    at = ctx(latency_only, 0, elapsed=6.8)                                 # 6.8 + 2.1 <= 10 - 1
+    assert delen.decide(at) is Decision.CONTINUE
+    learnt = dataclasses.replace(at, choice_margin_ms=0.5)                 # 8.9 > 10 - 1 - 0.5
+    assert delen.decide(learnt) is Decision.STOP and delen.decide_ahead(learnt) is Decision.STOP
+    needs = Bounds(max_latency_ms=10.0, min_accuracy=0.85, objective='max_accuracy')
+    assert delen.decide(dataclasses.replace(ctx(needs, 0, confidence=0.1, elapsed=6.8), choice_margin_ms=0.5)) \
+        is Decision.CONTINUE                                               # a step it needs: no margin

@@ -73,6 +73,21 @@ def test_best_effort_app_goes_after_the_others_whatever_its_deadline():
     s.set_best_effort('unknown', True)                # an app removed meanwhile: nothing to do
 
 
+@pytest.mark.parametrize('demoted_last, first', [(True, 'kept'), (False, 'demoted')])
+def test_a_late_frame_of_an_app_that_fits_goes_before_a_demoted_apps_frame(demoted_last, first):
+    # marked late on expected times, it still makes its deadline about as often as not; a demoted app has
+    # been told it is served after the others
+    clock = FakeClock()
+    s = make([('kept', 3.0), ('demoted', 50.0)], max_batch=1)
+    s.demoted_last = demoted_last
+    s.set_best_effort('demoted', True)
+    kept = arrive(s, 'kept', clock)
+    clock.advance(2.5)                                 # 0.5 ms left: the first step (1.1 ms) cannot make it
+    arrive(s, 'demoted', clock)
+    assert s.next_batch(clock()).batch.requests[0].app_id == first
+    assert kept.late
+
+
 def test_edf_older_frame_of_looser_app_first_when_its_deadline_is_earlier():
     clock = FakeClock()
     s = make([('loose', 30.0), ('tight', 10.0)], max_batch=1)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import collections
 
 from .arrivals import NextFrame, Rate
-from .bounds import Bounds, LatePolicy
+from .bounds import Bounds, LatePolicy, Objective
+from .choice_margin import ChoiceMargin
 
 __all__ = ['AppLedger', 'DEMOTED_NOTE']
 
@@ -23,6 +24,7 @@ class AppLedger:
     def __init__(self, bounds: Bounds, *, window: int, now_ns: int, num_exits: int,
                  late_policy: LatePolicy, source: str | None, rate_prior_hz: float, seq: int):
         self.bounds = bounds
+        self.choice_margin = _choice_margin(bounds)
         self.num_exits = num_exits
         self.late_policy = late_policy
         self.source = source
@@ -42,6 +44,11 @@ class AppLedger:
         self.results: collections.deque[tuple[float, float, float, int, bool, bool, bool]] = \
             collections.deque(maxlen=window)
         self.reset_window(now_ns)
+
+    def set_bounds(self, bounds: Bounds) -> None:
+        """New bounds: what was learnt for the old ones (the choice margin) starts over."""
+        if bounds != self.bounds:
+            self.bounds, self.choice_margin = bounds, _choice_margin(bounds)
 
     @property
     def dropped(self) -> int:
@@ -78,3 +85,10 @@ class AppLedger:
         """Forget the re-checks so far (its bounds were just admitted, or changed)."""
         self.misfit_checks = self.fit_checks = 0
         self.demoted = demoted
+
+
+def _choice_margin(bounds: Bounds) -> ChoiceMargin | None:
+    """A margin to learn where the app takes steps by choice: a latency bound, accuracy its objective."""
+    if bounds.max_latency_ms is None or bounds.effective_objective is not Objective.MAX_ACCURACY:
+        return None
+    return ChoiceMargin(bounds.max_latency_ms)

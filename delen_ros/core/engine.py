@@ -67,6 +67,7 @@ from .app_ledger import AppLedger
 from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes
 from .batch_cost import BatchCost
 from .bounds import Bounds, LatePolicy, Plan
+from .choice_margin import ChoiceMargin
 from .energy_scaling import EnergyScaler
 from .engine_admission import AdmissionMixin, _yield_gil
 from .engine_stats import StatsMixin
@@ -117,6 +118,11 @@ class _State:
     energy_est_mj: float = 0.0
     decided_ns: int | None = None    # engine clock when the last exit's decision was taken
     idle_submit_ns: int | None = None   # submitted while the worker was idle: measures its wake-up
+    choice_margin: ChoiceMargin | None = None   # its app's, when it was submitted (AppLedger owns it)
+
+    @property
+    def choice_margin_ms(self) -> float:
+        return 0.0 if self.choice_margin is None else self.choice_margin.ms
 
 
 @dataclasses.dataclass(eq=False)
@@ -382,6 +388,9 @@ class Engine(AdmissionMixin, StatsMixin):
         self.recheck_yields_on_worker = False
         #: on CUDA the worker launches on a stream of the highest priority (False: the default stream, an A/B)
         self.serve_at_priority = True
+        #: each app's steps taken by choice keep a margin learnt from its late results (AppLedger.choice_margin;
+        #: False: the policy's choice_headroom alone, as before session 30, an A/B)
+        self.learn_choice_margin = True
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
         self._idle_tasks: dict[str, tuple[Callable[[], Any], int]] = {}
         # the outside-the-device parts (transport, overhead, delivery) the last admission passed with:
@@ -509,7 +518,8 @@ class Engine(AdmissionMixin, StatsMixin):
                     late_policy=late_policy, source=source, rate_prior_hz=rate_hz, seq=self._admitted)
                 self._admitted += 1
             else:
-                app.bounds, app.late_policy, app.source, app.rate_prior_hz = bounds, late_policy, source, rate_hz
+                app.set_bounds(bounds)
+                app.late_policy, app.source, app.rate_prior_hz = late_policy, source, rate_hz
                 app.reason = ''
                 if old_task is None or admission.asks_more(new, old_task):   # a new guarantee: ranks as new
                     app.seq, self._admitted = self._admitted, self._admitted + 1
@@ -588,7 +598,8 @@ class Engine(AdmissionMixin, StatsMixin):
                 app.rate.add(arrival)
                 app.next_frame.add(now, arrival)
                 request = self._scheduler.make_request(app_id, frame, arrival, tag=tag)
-                request.state = _State(bounds=app.bounds, idle_submit_ns=now if self._idle else None)
+                request.state = _State(bounds=app.bounds, choice_margin=app.choice_margin,
+                                       idle_submit_ns=now if self._idle else None)
                 evicted = self._scheduler.push(request)
                 app.frames_in += 1
                 app.w_in += 1
@@ -697,6 +708,17 @@ class Engine(AdmissionMixin, StatsMixin):
     def late_riders(self, on: bool) -> None:
         with self._cond:
             self._scheduler.late_riders = bool(on)
+
+    @property
+    def demoted_last(self) -> bool:
+        """Demoted apps' frames come after every other app's, late ones too (:meth:`Scheduler.next_batch`);
+        ``False`` (an A/B): after on-time frames only, as before session 30."""
+        return self._scheduler.demoted_last
+
+    @demoted_last.setter
+    def demoted_last(self, on: bool) -> None:
+        with self._cond:
+            self._scheduler.demoted_last = bool(on)
 
     def __enter__(self) -> 'Engine':
         self.start()
@@ -1041,7 +1063,7 @@ class Engine(AdmissionMixin, StatsMixin):
             ctx = ExitContext(bounds=s.bounds, profile=self.profile, exit_index=last_step, confidence=s.confidence,
                               elapsed_ms=(now - r.arrival_ns) / _NS_PER_MS, energy_mj=s.energy_est_mj,
                               next_batch=len(requests), corrector=self.corrector, next_ms=next_ms,
-                              delivery_allowance_ms=allowance_ms)
+                              delivery_allowance_ms=allowance_ms, choice_margin_ms=s.choice_margin_ms)
             # A late frame (cannot meet its bound any more) is served at the fastest exit when the
             # engine enforces deadlines; the baselines decide as their systems do.
             stop = (r.late and enforce) or self.policy.decide(ctx) is Decision.STOP
@@ -1133,7 +1155,7 @@ class Engine(AdmissionMixin, StatsMixin):
                 ctx = ExitContext(bounds=r.state.bounds, profile=self.profile, exit_index=k, confidence=math.nan,
                                   elapsed_ms=(at_ns - r.arrival_ns) / _NS_PER_MS, energy_mj=e, next_batch=size,
                                   corrector=self.corrector, next_ms=next_ms + tail_ms,
-                                  delivery_allowance_ms=allowance_ms)
+                                  delivery_allowance_ms=allowance_ms, choice_margin_ms=r.state.choice_margin_ms)
                 if self.policy.decide_ahead(ctx) is not Decision.CONTINUE or \
                         (enforce and r.hard and expire_ns > r.deadline_ns):
                     return k
@@ -1212,6 +1234,10 @@ class Engine(AdmissionMixin, StatsMixin):
         with self._cond:
             app = self._apps.get(result.app_id)
             if app is not None:
+                if app.choice_margin is not None and self.learn_choice_margin and result.exit_index > 0 \
+                        and not result.late and b == app.bounds:
+                    # past the first exit, maybe by choice: published after the scheduler's deadline?
+                    app.choice_margin.note(late=latency_ms > b.max_latency_ms - self.delivery_allowance_ms)
                 app.results_out += 1
                 app.served_late += not latency_met
                 app.w_out += 1

@@ -259,6 +259,8 @@ class ExitContext:
         ``None``: computed here.
     :param delivery_allowance_ms: time kept after publication for the result to reach its
         subscriber: the engine's, so that a policy's latency limit is the scheduler's deadline.
+    :param choice_margin_ms: more time a step taken by choice keeps free, learnt from the app's late
+        results (:class:`~delen_ros.core.choice_margin.ChoiceMargin`); 0: none.
     """
 
     bounds: Bounds
@@ -271,6 +273,7 @@ class ExitContext:
     corrector: LatencyCorrector | None = None
     next_ms: float | None = None
     delivery_allowance_ms: float = 0.0
+    choice_margin_ms: float = 0.0
 
     @property
     def is_last(self) -> bool:
@@ -447,7 +450,8 @@ class DelenPolicy(Policy):
        ``profile.confidence_threshold(k, min_accuracy)`` (rows with enough support only, see
        ``min_support``); no accuracy bound: met at once;
     4. objective: MAX_ACCURACY continues (as deep as 1-2 allow), but once 3 holds a step taken by
-       choice must be predicted to end ``choice_headroom`` of the latency bound before its deadline;
+       choice must be predicted to end ``choice_headroom`` of the latency bound before its deadline,
+       and the app's learnt ``ExitContext.choice_margin_ms`` more;
        MIN_LATENCY / MIN_ENERGY stop as soon as 3 holds, and continue otherwise.
 
     :param calibrated: use the per-input confidence threshold (False: fallback exit only).
@@ -575,7 +579,7 @@ class DelenPolicy(Policy):
         if bounds.effective_objective is Objective.MAX_ACCURACY:
             # as deep as 1-2 allow, but a step taken by choice (the bounds met already) keeps a headroom
             # before the deadline: within it, stop once the bounds are met, as the other objectives do
-            if done_ms is None or done_ms <= limit - self.choice_headroom * bounds.max_latency_ms:
+            if done_ms is None or done_ms <= limit - self.choice_headroom * bounds.max_latency_ms - ctx.choice_margin_ms:
                 return Decision.CONTINUE
         met = self._met(ctx, confidence)
         if met is None:

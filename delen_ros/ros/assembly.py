@@ -188,6 +188,10 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 # measured lately at the profile's prior (before session 29)
                 built.cascade_admission = False
                 built.corrector.level_prior = False
+            if os.environ.get('DELEN_DEMOTED_LAST') == '0':   # an A/B: demoted apps' frames before late ones (before session 30)
+                built.demoted_last = False
+            if os.environ.get('DELEN_CHOICE_MARGIN') == '0':   # an A/B: choice_headroom alone (before session 30)
+                built.learn_choice_margin = False
             if os.environ.get('DELEN_STREAM_PRIORITY') == '0':   # an A/B: the worker on the default stream (before session 30)
                 built.serve_at_priority = False
             if os.environ.get('DELEN_RECHECK_YIELDS') == '1':   # an A/B: GIL yields in the worker's re-check (before session 30)

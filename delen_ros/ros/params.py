@@ -138,7 +138,8 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                         'choice keeps free before the deadline (0-0.9): an app as accurate as its bound allows goes '
                         'deeper only while the step is predicted to end this early; steps its bounds need are '
                         'planned to the deadline. Planned to the deadline, such steps made 10 ms apps miss on an '
-                        'H200 (benchmarks/h200/choice_headroom_session28). 0 = to the deadline.' + _LATER,
+                        'H200 (benchmarks/h200/choice_headroom_session28). 0 = to the deadline. Each such app '
+                        'also keeps a margin it learns from its own late results (core/choice_margin.py).' + _LATER,
                         (0.0, 0.9), False),
     'transport_prior_ms': (2.0, "The frames' age on arrival (stamp -> node) assumed until it is measured, ms: an app "
                            "registered before its camera's first frames reach the node is judged against it (measured "

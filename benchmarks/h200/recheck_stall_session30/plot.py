@@ -1,12 +1,14 @@
 """summary.json and worst_kept.png from the runs in call1_trials/, call2_recheck/ and call3_priority/
-(python3 plot.py, from this folder).
+call4_margin_order/ (python3 plot.py, from this folder).
 
 Per run and configuration: the worst app kept with the others (not demoted, not refused), judged within
 every bound (an accuracy-bound app by the node's bounds_met too), how many were demoted, who was refused,
 and the mean accuracy of the 10 ms apps and of the accuracy-bound apps. The plot pairs each call's runs:
 call 1 A (shipped then) / T (cuDNN trials before serving), call 2 N (re-check without GIL yields on the
 worker) / Y (DELEN_RECHECK_YIELDS=1), call 3 A (the worker's stream at the highest priority, now the
-default) / B (DELEN_STREAM_PRIORITY=0). R-prefixed runs were traced (DELEN_TRACE) and pair as the A run.
+default) / B (DELEN_STREAM_PRIORITY=0), call 4 A (a learnt choice margin and demoted apps after late frames,
+the defaults now) / C (DELEN_CHOICE_MARGIN=0 DELEN_DEMOTED_LAST=0). R-prefixed runs were traced (DELEN_TRACE)
+and pair as the A run.
 """
 import json
 import pathlib
@@ -18,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = pathlib.Path(__file__).parent
 PAIRS = {'call1_trials': ('A', 'T', 'shipped then', 'cuDNN trials before serving'),
          'call2_recheck': ('N', 'Y', 're-check: no GIL yields on the worker', 'DELEN_RECHECK_YIELDS=1'),
-         'call3_priority': ('A', 'B', 'worker stream at highest priority', 'DELEN_STREAM_PRIORITY=0')}
+         'call3_priority': ('A', 'B', 'worker stream at highest priority', 'DELEN_STREAM_PRIORITY=0'),
+         'call4_margin_order': ('A', 'C', 'choice margin, demoted apps last', 'DELEN_CHOICE_MARGIN=0 DELEN_DEMOTED_LAST=0')}
 
 
 def within(app: dict) -> float:
@@ -48,7 +51,7 @@ def main() -> None:
     runs = {f'{call.name}/{run.name}': run_summary(run / 'e2e.json')
             for call in sorted(HERE.glob('call*')) for run in sorted(call.iterdir()) if (run / 'e2e.json').exists()}
     (HERE / 'summary.json').write_text(json.dumps(runs, indent=1) + '\n')
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharey=True)
     for ax, (call, (a, b, a_label, b_label)) in zip(axes, PAIRS.items()):
         pairs = []
         for key, r in runs.items():
