@@ -75,5 +75,7 @@ def test_the_engine_learns_an_apps_margin_from_results_published_past_the_deadli
     assert margin.ms == (0.5 if learn else 0.0)
     engine.deliver(_result('accurate', accurate, exit_index=2, arrival_ns=clock() - 8_000_000))   # in time
     assert margin.ms == (pytest.approx(0.5 - 0.5 * TARGET_LATE_SHARE / (1 - TARGET_LATE_SHARE)) if learn else 0.0)
+    assert engine.stats('accurate', recheck_s=float('inf')).choice_margin_ms == margin.ms   # as ~/diagnostics shows it
+    assert engine.stats('frugal', recheck_s=float('inf')).choice_margin_ms == 0.0
     engine.set_app('accurate', Bounds(max_latency_ms=20.0))  # new bounds: learnt anew
     assert engine._apps['accurate'].choice_margin.ms == 0.0

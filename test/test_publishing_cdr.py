@@ -96,8 +96,9 @@ def test_diagnostics_cdr_is_the_serialized_diagnostics_array(cameras):
     for i in range(cameras):
         config, app_stats, camera = _status_inputs('cam' + 'x' * i, ['', 'at risk: é'][i % 2], 4, nan=i == 2)
         reports.append(camera)
-        stats[config.app_id] = types.SimpleNamespace(**vars(app_stats), window_results=30 + i, window_dropped=i,
-                                                     window_energy_mj=12.5 * i)
+        stats[config.app_id] = types.SimpleNamespace(**vars(app_stats), app_id=config.app_id, window_results=30 + i,
+                                                     window_dropped=i, window_energy_mj=12.5 * i,
+                                                     choice_margin_ms=0.5 * (i % 2))
     rows = dict(prefix='/delen', hardware_id='cuda:0', cameras=reports, stats=stats, period_s=1.0,
                 engine={'active': True, 'model': 'cifar10_lite0', 'state_error': '' if cameras != 1 else 'disk',
                         'graphs': 16, 'idle_power_w': '121.4'})
@@ -106,3 +107,5 @@ def test_diagnostics_cdr_is_the_serialized_diagnostics_array(cameras):
     assert len(got) == len(want)
     ours, theirs = (rclpy_serialization.deserialize_message(b, DiagnosticArray) for b in (got, want))
     assert ours == theirs and len(ours.status) == cameras + 1
+    margins = [{kv.key: kv.value for kv in status.values}['choice_margin_ms'] for status in ours.status[:-1]]
+    assert margins == ['camx=0.50' if i % 2 else '' for i in range(cameras)]   # apps that learnt one, by name

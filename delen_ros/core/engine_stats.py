@@ -46,7 +46,8 @@ class StatsMixin:
                             dropped=app.dropped,
                             dropped_overflow=app.dropped_overflow, dropped_late=app.dropped_late, failed=app.failed,
                             expired=app.expired, dropped_malformed=app.dropped_malformed,
-                            served_late=app.served_late, late_policy=app.late_policy.value)
+                            served_late=app.served_late, late_policy=app.late_policy.value,
+                            choice_margin_ms=app.choice_margin.ms if app.choice_margin is not None else 0.0)
             rate_hz, reason = app.rate_hz(now), app.reason
             if reset:
                 app.reset_window(now)

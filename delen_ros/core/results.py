@@ -62,6 +62,9 @@ class AppStats:
     ``unschedulable_reason``: why this app's bounds may be missed now ('' = none): the admission
     re-check at measured rates, or a window of frames with no result.
     ``window_energy_mj``: the window's results' energy (above idle where the engine subtracts it).
+    ``choice_margin_ms``: how much more of its latency bound a step taken by choice keeps free now,
+    learnt from its results published late (:class:`~delen_ros.core.choice_margin.ChoiceMargin`; 0: none
+    learnt, or an app that takes no step by choice).
     """
 
     app_id: str
@@ -96,6 +99,7 @@ class AppStats:
     window_energy_mj: float
     rate_measured_hz: float
     unschedulable_reason: str
+    choice_margin_ms: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -206,6 +206,8 @@ def diagnostic_rows(*, prefix: str, hardware_id: str, cameras: Sequence[CameraRe
             ('power_w', f'{energy_mj / 1000.0 / period_s:.4f}'), ('conversion_errors', str(cam.malformed)),
             ('conversion_errors_total', str(cam.malformed_total)), ('frames_total', str(cam.frames_total)),
             ('frames_missed_total', str(cam.missed_total)), ('unschedulable', '; '.join(reasons)),
+            # what its apps' steps taken by choice keep free now, past the policy's choice_headroom
+            ('choice_margin_ms', ','.join(f'{s.app_id}={s.choice_margin_ms:.2f}' for s in apps if s.choice_margin_ms > 0)),
         ]
         rows.append((level[0], f'{prefix}: {cam.topic}', summary, hardware_id, values))
     level = DiagnosticStatus.OK if not engine.get('state_error') else DiagnosticStatus.WARN
