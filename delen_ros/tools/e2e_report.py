@@ -30,7 +30,7 @@ def _register(r: dict[str, Any]) -> str:
     return r['config'].get('register') or 'param'   # files from before --register: param
 
 
-def _within(app: dict[str, Any]) -> float | None:
+def within_all_bounds(app: dict[str, Any]) -> float | None:
     """An app's share of frames sent answered within all its bounds: within the latency bound at the recorder
     and, for an app with an accuracy bound, judged met by the node (its accuracy is the stream's; files from
     before session 29 have the latency alone)."""
@@ -44,7 +44,7 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
     and cameras; one ``service``, one ``param``), keyed by the ``service`` configuration's name.
 
     ``admitted``: the apps admitted under ``service``, ``worst_app`` / ``worst_within`` (the lowest share of
-    frames sent answered within the bound; within every bound for an app with an accuracy bound, :func:`_within`), ``below_target`` (apps under ``target``), ``met`` (none is).
+    frames sent answered within the bound; within every bound for an app with an accuracy bound, :func:`within_all_bounds`), ``below_target`` (apps under ``target``), ``met`` (none is).
     ``without_results_or_reason``: apps with frames sent, none answered, and not refused. ``refused``: per app
     refused under ``service``, its bound and the node's reason, and ``forced``: how it fared under ``param``
     (``answered_share``, ``within``, ``node_flagged_share`` / ``node_flagged_reason``: the node's re-check
@@ -69,7 +69,7 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
         refused = svc.get('refused') or {}
         admitted = {app: a for app, a in svc['apps'].items() if app not in refused}
         without = sorted(app for app in admitted if app in forced_refused)
-        shares = {app: _within(a) for app, a in admitted.items() if _within(a) is not None}
+        shares = {app: within_all_bounds(a) for app, a in admitted.items() if within_all_bounds(a) is not None}
         worst = min(shares, key=shares.get) if shares else None
         rows = {}
         for app, why in sorted(refused.items()):
@@ -81,8 +81,8 @@ def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHI
                 forced_row = {k: f.get(k) for k in ('sent', 'answered', 'answered_share', 'node_flagged_share',
                                                     'node_demoted_share', 'node_flagged_reason', 'e2e_p50_ms',
                                                     'e2e_p99_ms')}
-                forced_row['within'] = _within(f)
-                verdict = ('would have missed' if (_within(f) or 0.0) < target
+                forced_row['within'] = within_all_bounds(f)
+                verdict = ('would have missed' if (within_all_bounds(f) or 0.0) < target
                            else 'met without the admitted set' if without else 'would have met')
             rows[app] = {'bound_ms': svc['apps'][app]['bound_ms'], 'reason': why, 'forced': forced_row,
                          'verdict': verdict,
@@ -121,7 +121,7 @@ def _admission_lines(name: str, a: dict[str, Any], configs: dict[str, dict[str, 
                      f"{fmt(bounds.get(adm['worst_app']), 'g')} ms): target "
                      + ('**met**.' if adm['met'] else
                         f"**missed** by {', '.join(adm['below_target'])} ("
-                        + '; '.join(f"{app}: {fmt(_within(svc['apps'][app]), '.1f', 100)} %, node flagged it in "
+                        + '; '.join(f"{app}: {fmt(within_all_bounds(svc['apps'][app]), '.1f', 100)} %, node flagged it in "
                                     f"{fmt(svc['apps'][app].get('node_flagged_share'), '.0f', 100)} % of its status "
                                     'messages' for app in adm['below_target']) + ').'))
     silent = a.get('without_results_or_reason') or []
@@ -461,7 +461,7 @@ def failover_summary(f: dict[str, Any]) -> str:
             + ' / '.join(f"{fmt(g[p]['attainment'], '.1f', 100)} %" for p in ('before', 'outage', 'after')))
 
 
-def _answered_within(phase: dict[str, Any]) -> str:
+def _answeredwithin_all_bounds(phase: dict[str, Any]) -> str:
     return f"{fmt(phase['answered_share'], '.1f', 100)} / {fmt(phase['attainment'], '.1f', 100)} %"
 
 
@@ -490,15 +490,15 @@ def _failover_lines(name: str, f: dict[str, Any]) -> list[str]:
                      f"{a.get('node_after') or '?'} | {fmt(a['recovery_s'], '.2f')} | "
                      f"{fmt(a.get('re_placed_s'), '.2f')} | "
                      f"{fmt(a.get('first_result_after_re_placed_s'), '.2f')} | {fmt(a['max_gap_s'], '.2f')} "
-                     f"({fmt(a['max_gap_at_s'], '+.2f')}) | {_answered_within(ph['before'])} | "
-                     f"{_answered_within(ph['outage'])} | {_answered_within(ph['after'])} |")
+                     f"({fmt(a['max_gap_at_s'], '+.2f')}) | {_answeredwithin_all_bounds(ph['before'])} | "
+                     f"{_answeredwithin_all_bounds(ph['outage'])} | {_answeredwithin_all_bounds(ph['after'])} |")
     phases = ('before', 'outage', 'after')
     lines += ['', '| apps | frames before / outage / after | before: answered / within | outage | after |',
               '|---|---|---|---|---|']
     for group, apps in (('moved', f['moved_apps']), ('untouched', f['untouched_apps'])):
         g = f['groups'][group]
         lines.append(f"| {group} ({len(apps)}) | {' / '.join(str(g[p]['sent']) for p in phases)} | "
-                     + ' | '.join(_answered_within(g[p]) for p in phases) + ' |')
+                     + ' | '.join(_answeredwithin_all_bounds(g[p]) for p in phases) + ' |')
     out = f['groups']['moved']['outage']
     lines += ['', f"Outage {f['recovered_s']:.2f} s: the moved apps sent {out['sent']} frames, {out['answered']} "
                   f"answered ({out['within']} within bound); the table's overall figures count the rest as misses."]

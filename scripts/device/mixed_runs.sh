@@ -32,9 +32,8 @@ one() {
     (cd /tmp/delen_e2e_work && find . -name recorder.json -o -name '*.log' -size -3M -o -name '*.jsonl' -size -40M |
        tar czf "$R/x/$name/raw/w.tgz" -T -);; esac
   grep -h "^| delen" "$R/x/$name/e2e.md" | cut -c1-120
-  # when the node's background cuDNN trials ended, against its start (the window starts ~2 s after configure)
-  grep -rhE "configured in|settled after|background graph capture" /tmp/delen_e2e_work --include='*.log' 2>/dev/null |
-    cut -c1-200 | head -4
+  # the node's configure time (when its cuDNN trials ended is in a trace: DELEN_TRACE, R runs; the log has no line)
+  grep -rh "configured in" /tmp/delen_e2e_work --include='*.log' 2>/dev/null | cut -c1-200 | head -2
 }
 for spec in "$@"; do
   name=${spec%%:*}; vars=""; [ "$spec" != "$name" ] && vars=${spec#*:}

@@ -1,4 +1,4 @@
-"""summary.json and worst_kept.png from the runs in call6/ and call7/ (python3 plot.py, from this folder).
+"""summary.json and worst_kept.png from the runs in call6/ and call7/ (python3 plot.py, from this folder, with the project installed: `source .venv/delen_env.sh`).
 
 Per run: the worst app kept with the others (not demoted, not refused), judged within every bound (an app
 with an accuracy bound by the node's bounds_met too), the apps demoted, and the accuracy apps' mean accuracy.
@@ -11,11 +11,9 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from delen_ros.tools.e2e_report import within_all_bounds  # noqa: E402
+
 HERE = pathlib.Path(__file__).parent
-
-
-def within(app: dict) -> float:
-    return app['within_all_bounds'] if app.get('min_accuracy') and 'within_all_bounds' in app else app['attainment']
 
 
 def run_summary(path: pathlib.Path) -> dict:
@@ -23,7 +21,7 @@ def run_summary(path: pathlib.Path) -> dict:
     for name, c in json.loads(path.read_text())['configs'].items():
         refused = c.get('refused') or {}
         apps = c['apps']
-        kept = {k: within(a) for k, a in apps.items() if not a.get('node_demoted_share') and k not in refused}
+        kept = {k: within_all_bounds(a) for k, a in apps.items() if not a.get('node_demoted_share') and k not in refused}
         worst = min(kept, key=kept.get)
         accuracy = [a['accuracy'] for a in apps.values() if a.get('min_accuracy') and a.get('accuracy') is not None]
         out[name] = {'worst_kept': [worst, round(kept[worst], 4)],

@@ -1,5 +1,5 @@
 """summary.json and worst_kept.png from the runs in call1_trials/, call2_recheck/ and call3_priority/
-call4_margin_order/ (python3 plot.py, from this folder).
+call4_margin_order/ (python3 plot.py, from this folder, with the project installed: `source .venv/delen_env.sh`).
 
 Per run and configuration: the worst app kept with the others (not demoted, not refused), judged within
 every bound (an accuracy-bound app by the node's bounds_met too), how many were demoted, who was refused,
@@ -17,15 +17,13 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from delen_ros.tools.e2e_report import within_all_bounds  # noqa: E402
+
 HERE = pathlib.Path(__file__).parent
 PAIRS = {'call1_trials': ('A', 'T', 'shipped then', 'cuDNN trials before serving'),
          'call2_recheck': ('N', 'Y', 're-check: no GIL yields on the worker', 'DELEN_RECHECK_YIELDS=1'),
          'call3_priority': ('A', 'B', 'worker stream at highest priority', 'DELEN_STREAM_PRIORITY=0'),
          'call4_margin_order': ('A', 'C', 'choice margin, demoted apps last', 'DELEN_CHOICE_MARGIN=0 DELEN_DEMOTED_LAST=0')}
-
-
-def within(app: dict) -> float:
-    return app['within_all_bounds'] if app.get('min_accuracy') and 'within_all_bounds' in app else app['attainment']
 
 
 def mean(values: list) -> float | None:
@@ -39,7 +37,7 @@ def run_summary(path: pathlib.Path) -> dict:
         refused = c.get('refused') or {}
         apps = c['apps']
         demoted = set(c['total'].get('apps_demoted', []))
-        kept = {k: within(a) for k, a in apps.items() if k not in demoted and k not in refused}
+        kept = {k: within_all_bounds(a) for k, a in apps.items() if k not in demoted and k not in refused}
         worst = min(kept, key=kept.get)
         out[name] = {'worst_kept': [worst, round(kept[worst], 4)], 'demoted': len(demoted), 'refused': sorted(refused),
                      'accuracy_10ms_apps': mean([a.get('accuracy') for a in apps.values() if a['bound_ms'] == 10.0]),
