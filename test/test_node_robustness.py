@@ -89,12 +89,16 @@ def _call_all(peer, srv, name, requests, *, timeout=60.0):
 
 
 def _status_apps(peer, count: int = 3) -> dict:
-    """The apps in ~/status (config fields only), from ``count`` fresh periods (a period is
-    ``STATUS_PARTS`` ticks, each with its own stamp: ros/status_round.py)."""
+    """The apps in ~/status (config fields only), from ``count`` fresh periods (a camera topic is
+    reported in one tick of a period, each tick with its own stamp: ros/status_round.py)."""
     status = peer.subscribe(AppStatus, '/delen/status', qos=1000)
     t0 = time.time_ns()
-    wait_until(lambda: len({m.stamp.sec * 10**9 + m.stamp.nanosec for m in status.messages(since_ns=t0)})
-               >= count * STATUS_PARTS, timeout=30.0, what='status periods')
+
+    def periods() -> float:
+        messages = status.messages(since_ns=t0)
+        topics = {m.image_topic for m in messages}
+        return len({m.stamp.sec * 10**9 + m.stamp.nanosec for m in messages}) / max(1, min(len(topics), STATUS_PARTS))
+    wait_until(lambda: periods() >= count, timeout=30.0, what='status periods')
     return {m.app_id: (m.image_topic, m.result_topic, m.max_latency_ms, m.min_accuracy, m.max_energy_mj,
                        m.objective, m.late_policy) for m in status.messages(since_ns=t0)}
 

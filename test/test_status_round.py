@@ -48,3 +48,15 @@ def test_a_topics_period_runs_from_its_last_report():
 def test_parts_must_be_positive():
     with pytest.raises(ValueError, match='parts'):
         StatusRound(0, now_ns=0)
+
+
+def test_diagnostics_apart_is_one_more_tick_that_reports_no_topic():
+    round_ = StatusRound(2, now_ns=0, diagnostics_apart=True)
+    assert round_.ticks == 3
+    shares, closing = [], []
+    for tick in range(3):
+        shares.append(round_.topics(TOPICS))
+        closing.append(round_.closing)
+        round_.done(1.0, now_ns=tick)
+    assert sorted(shares[0] + shares[1]) == TOPICS and shares[2] == []
+    assert closing == [False, False, True] and round_.part == 0

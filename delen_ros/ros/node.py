@@ -41,7 +41,7 @@ from .qos import RESULT_QOS, status_qos
 from .registry import Registry, StateStore
 from .rejections import RejectionLog, clean_message
 from .node_status import StatusMixin
-from .status_round import STATUS_PARTS, StatusRound
+from .status_round import DIAGNOSTICS_APART, STATUS_PARTS, StatusRound
 
 __all__ = ['DelenNode', 'NODE_NAME', 'log_at', 'main']
 
@@ -134,8 +134,8 @@ class DelenNode(StatusMixin, LifecycleNode):
                 result = super().on_activate(state)          # enables the lifecycle publishers first
                 self._active = True
                 self._apps.activate()
-                self._round = StatusRound(STATUS_PARTS, time.monotonic_ns())
-                self._status_timer = self.create_timer(self._p.status_period_s / STATUS_PARTS, self._status_tick)
+                self._round = StatusRound(STATUS_PARTS, time.monotonic_ns(), DIAGNOSTICS_APART)
+                self._status_timer = self.create_timer(self._p.status_period_s / self._round.ticks, self._status_tick)
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f'activate failed: {type(exc).__name__}: {clean_message(exc)}')
             self._deactivate()

@@ -24,7 +24,7 @@ class StatusMixin:
 
     def _status_tick(self) -> None:
         """One tick of the status round (:mod:`.status_round`): a share of the cameras and their apps."""
-        started = time.perf_counter_ns()
+        started, cpu_started = time.perf_counter_ns(), time.thread_time_ns()
         closing = self._round.closing
         try:
             self._publish_status_now()
@@ -38,7 +38,8 @@ class StatusMixin:
         ended = time.perf_counter_ns()
         self._round.done((ended - started) / 1e6, time.monotonic_ns())   # the GIL the worker waits for
         if RECORDER is not None:
-            RECORDER.add('status', started, ended, closing=closing)
+            # the thread's CPU time: the GIL it held, where the span's wall time also counts waits for it
+            RECORDER.add('status', started, ended, closing=closing, cpu_us=(time.thread_time_ns() - cpu_started) // 1000)
 
     def _camera_report(self, camera: Camera, period_s: float) -> CameraReport:
         frames, errors = camera.counters.take()

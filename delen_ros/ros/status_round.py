@@ -9,29 +9,37 @@ of the sorted list and the apps on them; the last tick of the round also publish
 from what the round gathered. Each app is still reported once a period, each camera's counters read
 once, and a tick holds the GIL for about ``1 / parts`` of the whole.
 
-``DELEN_STATUS_PARTS`` (default 4) sets ``parts``; 1 is the whole tick of before (an A/B switch).
+``/diagnostics`` gets a tick of its own after the reports (``diagnostics_apart``): on an H200 host the
+closing tick that also built it took 1.0-1.8 ms against 0.5-0.7 ms for the others, and kept apps' late
+frames gathered at that phase of the second (benchmarks/h200/recheck_stall_session30, trace RA5).
+
+``DELEN_STATUS_PARTS`` (default 8) sets ``parts``; 1 is the whole tick of before (an A/B switch).
+``DELEN_DIAGNOSTICS_APART=0`` publishes ``/diagnostics`` in the last report tick, as before session 31.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Iterable
 
-__all__ = ['STATUS_PARTS', 'StatusRound']
+__all__ = ['DIAGNOSTICS_APART', 'STATUS_PARTS', 'StatusRound']
 
-STATUS_PARTS = max(1, int(os.environ.get('DELEN_STATUS_PARTS', '4')))
+STATUS_PARTS = max(1, int(os.environ.get('DELEN_STATUS_PARTS', '8')))
+DIAGNOSTICS_APART = os.environ.get('DELEN_DIAGNOSTICS_APART', '1') != '0'
 
 
 class StatusRound:
     """Which topics this tick reports, and what the round has gathered for ``/diagnostics``.
 
-    :param parts: ticks per status period.
+    :param parts: ticks that report the topics, per status period.
     :param now_ns: the round's start (monotonic ns).
+    :param diagnostics_apart: one more tick, after those, that only publishes ``/diagnostics``.
     """
 
-    def __init__(self, parts: int, now_ns: int):
+    def __init__(self, parts: int, now_ns: int, diagnostics_apart: bool = False):
         if parts < 1:
             raise ValueError(f'parts must be >= 1, got {parts!r}')
         self.parts = parts
+        self.ticks = parts + 1 if diagnostics_apart else parts   # per round: the timer's period is 1 / ticks
         self.part = 0                        # the tick of the round now due
         self.cameras: dict[str, Any] = {}    # topic -> its report, this round
         self.stats: dict[str, Any] = {}      # app id -> its period's stats, this round
@@ -41,13 +49,16 @@ class StatusRound:
         self._reported_ns: dict[str, int] = {}
 
     def topics(self, topics: Iterable[str]) -> list[str]:
-        """This tick's share of ``topics``: every ``parts``-th of the sorted list, from ``part``."""
+        """This tick's share of ``topics``: every ``parts``-th of the sorted list, from ``part``
+        (none in the tick of ``/diagnostics`` alone)."""
+        if self.part >= self.parts:
+            return []
         return sorted(set(topics))[self.part::self.parts]
 
     @property
     def closing(self) -> bool:
         """The round's last tick: it publishes ``/diagnostics``."""
-        return self.part == self.parts - 1
+        return self.part == self.ticks - 1
 
     def period_s(self, topic: str, now_ns: int) -> float:
         """Seconds since ``topic`` was last reported (since the round began, the first time)."""
@@ -62,7 +73,7 @@ class StatusRound:
         """The tick is over (it took ``tick_ms``): on to the next; after the last, a new round."""
         self._longest_now_ms = max(self._longest_now_ms, tick_ms)
         self.part += 1
-        if self.part == self.parts:
+        if self.part == self.ticks:
             self.part, self.cameras, self.stats = 0, {}, {}
             self.longest_tick_ms, self._longest_now_ms = self._longest_now_ms, 0.0
             self.round_start_ns = now_ns
