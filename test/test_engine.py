@@ -209,6 +209,15 @@ def test_baselines_run_hopeless_frames_late():
     assert engine.stats('a').dropped_late == 0
 
 
+def test_the_meter_is_read_once_a_window_never_faster_than_it_updates():
+    """The node reads NVML once a second (energy_window_s): each read holds the driver's lock for ms."""
+    c = Collector()
+    slow, _ = make_engine(c, meter=FakeMeter(), energy_window_s=1.0)
+    default, _ = make_engine(c, meter=FakeMeter())
+    too_fast, _ = make_engine(c, meter=FakeMeter(), energy_window_s=0.001)
+    assert (slow._energy.window_s, default._energy.window_s, too_fast._energy.window_s) == (1.0, 0.03, 0.03)
+
+
 def test_measured_energy_is_flagged_and_scaled():
     c = Collector()
     engine, _ = make_engine(c, meter=FakeMeter(power_w=3.0), sleep_ms=(1, 1, 1, 1), queue_depth=32)

@@ -215,6 +215,7 @@ class _FakeNode:
     ({'queue_depth': -1}, r'queue_depth: must be in \[1, 64\]'),
     ({'max_apps': 0}, r'max_apps: must be in \[1, 4096\]'),
     ({'status_period_s': 0.0}, r'status_period_s: must be in \[0.1, 60.0\]'),
+    ({'energy_window_s': 0.0}, r'energy_window_s: must be in \[0.05, 60.0\]'),
     ({'image_qos': 'fast'}, 'image_qos: must be one of sensor_data, reliable'),
     ({'executor': 'x'}, 'executor: must be one of'),
     ({'max_batch': 'eight'}, 'max_batch: expected int'),
@@ -232,6 +233,7 @@ def test_defaults_read():
     params.declare(node)
     p = params.read(node)
     assert p.allow_takeover is False and p.service_queue_depth >= 100 and p.status_period_s == 1.0
+    assert p.energy_window_s == 1.0   # NVML read once a second while serving
 
 
 def test_a_float_parameter_takes_an_integer_from_the_command_line():

@@ -162,6 +162,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
             built = Engine(model, profile, device=dev, policy=params.policy, meter=meter,
                           queue_depth=params.queue_depth, max_batch=params.max_batch, on_result=on_result,
                           runner_options=options, idle_power_w=idle_power_w, external_delivery=True,
+                          energy_window_s=params.energy_window_s,
                           transport_prior_ms=params.transport_prior_ms, rate_prior_hz=params.rate_prior_hz,
                           fuse_steps=params.fuse_steps, arrival_lookahead=params.arrival_lookahead,
                           delivery_allowance_ms=params.delivery_allowance_ms,
