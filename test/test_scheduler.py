@@ -512,3 +512,11 @@ def test_a_step_runs_when_waiting_would_not_help(case):
     in_ms = {'overdue': -2.0, 'arrives after the step': 1.5}.get(case, 0.5)
     schedule = s.next_batch(clock(), [_expected(s, 'fast', clock, in_ms)])
     assert schedule.batch is not None and schedule.wait_until_ns is None
+
+
+def test_an_expected_frames_first_step_is_priced_at_its_expected_time():
+    """One rule for holding work back for an expected frame and for ending fused runs before it (the
+    engine's arrival lookahead): its own first step at the expected time, not the predicted one with
+    the margin, plus the tail."""
+    s = Scheduler(lambda step, b: 5.0, num_steps=2, expected_ms=lambda step, b: 2.0)
+    assert s.first_step_ns(1.0) == 3_000_000

@@ -1136,7 +1136,7 @@ class Engine(AdmissionMixin, StatsMixin):
         with self._cond:
             latest_ns = self._scheduler.latest_start_ns(due_before_ns=due_ns)
             if self.arrival_lookahead:   # a frame about to come, due before the run's members, must start too
-                first_ns = (self._scheduler.predict_ms(0, 1) + expiry_tail_ms) * _NS_PER_MS
+                first_ns = self._scheduler.first_step_ns(expiry_tail_ms)
                 latest_ns = min([latest_ns] + [e.deadline_ns - first_ns for e in self._expected_frames(now_ns)
                                                if e.deadline_ns < members_due])
         ahead_ms = self._predict_ms(step, size)   # from now to the decision at exit `step`

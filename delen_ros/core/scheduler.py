@@ -391,6 +391,14 @@ class Scheduler:
         self._take(members)
         return Schedule(Batch(step, tuple(members), predicted), tuple(dropped), tuple(expired))
 
+    def first_step_ns(self, tail_ms: float) -> float:
+        """A frame's own first step at its expected time, ``tail_ms`` on top, ns: an expected frame must
+        start by its deadline less this, both for holding work back for it (:meth:`_wait_for`) and for
+        ending a run of fused steps before it (the engine). The expected time, as the drop rule judges a
+        frame hopeless: with the margin, a 10 ms app beside its transport on a 2-core CPU looked
+        hopeless and was never waited for."""
+        return (self.expected_ms(0, 1) + tail_ms) * _NS_PER_MS
+
     def _wait_for(self, expected: Sequence[Expected], members: list[Request], predicted_ms: float, now_ns: int,
                   tail_ms: float) -> int | None:
         """Until when to hold ``members`` back for an expected frame, or ``None``: one that would come
@@ -401,9 +409,7 @@ class Scheduler:
         if due == math.inf:
             return None
         own = {r.app_id for r in members}
-        # the expected frame's own first step at its expected time (as the drop rule judges a frame hopeless:
-        # with the margin, a 10 ms app beside its transport on a 2-core CPU looked hopeless and was never waited for)
-        first_ns = (self.expected_ms(0, 1) + tail_ms) * _NS_PER_MS
+        first_ns = self.first_step_ns(tail_ms)
         step_ns = (predicted_ms + tail_ms) * _NS_PER_MS            # this batch's step, on the safe side
         for e in expected:
             slack = max(2 * e.jitter_ns, WAIT_SLACK_NS)
