@@ -60,3 +60,48 @@ def test_diagnostics_apart_is_one_more_tick_that_reports_no_topic():
         round_.done(1.0, now_ns=tick)
     assert sorted(shares[0] + shares[1]) == TOPICS and shares[2] == []
     assert closing == [False, False, True] and round_.part == 0
+
+
+def test_a_ticker_ticks_on_its_own_thread_until_stopped():
+    import threading
+    import time
+
+    from delen_ros.ros.status_round import Ticker
+    threads, count = set(), [0]
+
+    def tick():
+        threads.add(threading.current_thread().name)
+        count[0] += 1
+    ticker = Ticker(tick, 0.01, name='delen-test')
+    ticker.start()
+    deadline = time.monotonic() + 5.0
+    while count[0] < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    ticker.stop()
+    stopped_at = count[0]
+    time.sleep(0.05)
+    assert stopped_at >= 5 and count[0] == stopped_at          # none after stop() returned
+    assert threads == {'delen-test'}
+
+
+def test_a_ticker_that_overruns_skips_rather_than_bunching_up():
+    import time
+
+    from delen_ros.ros.status_round import Ticker
+    starts = []
+
+    def slow_tick():
+        starts.append(time.monotonic())
+        time.sleep(0.05)                                        # five periods
+    ticker = Ticker(slow_tick, 0.01, name='delen-test')
+    ticker.start()
+    time.sleep(0.3)
+    ticker.stop()
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps and min(gaps) >= 0.055                          # the overrun plus a period, not back to back
+
+
+def test_a_ticker_needs_a_positive_period():
+    from delen_ros.ros.status_round import Ticker
+    with pytest.raises(ValueError, match='period_s'):
+        Ticker(lambda: None, 0.0, name='x')

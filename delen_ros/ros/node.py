@@ -62,7 +62,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         self._apps: AppManager | None = None
         self._active = False
         self._delen_services: list[Any] = []
-        self._status_pub = self._diagnostics_pub = self._status_timer = None
+        self._status_pub = self._diagnostics_pub = self._status_timer = self._status_ticker = None
         self._round = StatusRound(STATUS_PARTS, 0)   # the status period in progress
         self._wall_time = False   # no simulated time (each status tick checks): see _ros_now_ns
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
@@ -135,7 +135,7 @@ class DelenNode(StatusMixin, LifecycleNode):
                 self._active = True
                 self._apps.activate()
                 self._round = StatusRound(STATUS_PARTS, time.monotonic_ns(), DIAGNOSTICS_APART)
-                self._status_timer = self.create_timer(self._p.status_period_s / self._round.ticks, self._status_tick)
+                self._start_status()
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f'activate failed: {type(exc).__name__}: {clean_message(exc)}')
             self._deactivate()
@@ -151,9 +151,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         self._active = False
         if self._apps is not None:
             self._apps.deactivate()
-        if self._status_timer is not None:
-            self.destroy_timer(self._status_timer)
-            self._status_timer = None
+        self._stop_status()
         if self._served is not None:
             self._served.engine.stop()
 

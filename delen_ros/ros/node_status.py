@@ -1,7 +1,9 @@
-"""The ``delen`` node's status round: ``~/status`` for a share of the apps at each tick of the status
-timer, ``/diagnostics`` once a round (:mod:`.status_round`), from the engine's ledger through the pure
-message builders of :mod:`.publishing`. A mixin of :class:`~delen_ros.ros.node.DelenNode`: the node owns
-the state it reads (apps, cameras, publishers, the round in progress)."""
+"""The ``delen`` node's status round: ``~/status`` for a share of the apps at each tick, ``/diagnostics``
+once a round (:mod:`.status_round`), from the engine's ledger through the pure message builders of
+:mod:`.publishing`. The ticks come from a thread of the node's own (:class:`~.status_round.Ticker`), off
+the executor, each under the app manager's lock (the services change the registry under it). A mixin of
+:class:`~delen_ros.ros.node.DelenNode`: the node owns the state it reads (apps, cameras, publishers, the
+round in progress)."""
 from __future__ import annotations
 
 import time
@@ -12,6 +14,7 @@ from delen_ros.core.gc_pauses import pause_report
 from .manager import Camera
 from .publishing import CameraReport, diagnostics_cdr, status_cdr
 from .rejections import clean_message
+from .status_round import STATUS_ON_EXECUTOR, Ticker
 
 __all__ = ['StatusMixin']
 
@@ -20,7 +23,35 @@ _RESUBSCRIBE_MAX_S = 60.0        # ... and subscribed afresh, then again after t
 
 
 class StatusMixin:
-    """The status timer's work, for :class:`~delen_ros.ros.node.DelenNode` (see the module docstring)."""
+    """The status round's work, for :class:`~delen_ros.ros.node.DelenNode` (see the module docstring)."""
+
+    def _start_status(self) -> None:
+        """Tick the round from now on: ``status_period_s`` over its ticks."""
+        period_s = self._p.status_period_s / self._round.ticks
+        if STATUS_ON_EXECUTOR:   # the A/B switch: an rclpy timer, as before session 31
+            self._status_timer = self.create_timer(period_s, self._status_tick)
+        else:
+            self._status_ticker = Ticker(self._status_tick_locked, period_s, name='delen-status')
+            self._status_ticker.start()
+
+    def _stop_status(self) -> None:
+        """No tick after this returns (one in progress has ended)."""
+        if self._status_timer is not None:
+            self.destroy_timer(self._status_timer)
+            self._status_timer = None
+        if self._status_ticker is not None:
+            self._status_ticker.stop()
+            self._status_ticker = None
+
+    def _status_tick_locked(self) -> None:
+        apps = self._apps
+        if apps is None:
+            return
+        try:
+            with apps.lock:   # the registry and cameras as a service leaves them, never half changed
+                self._status_tick()
+        except Exception as exc:  # noqa: BLE001 - the thread must keep ticking
+            self.get_logger().error(f'status: {type(exc).__name__}: {clean_message(exc)}', throttle_duration_sec=10.0)
 
     def _status_tick(self) -> None:
         """One tick of the status round (:mod:`.status_round`): a share of the cameras and their apps."""

@@ -13,18 +13,66 @@ once, and a tick holds the GIL for about ``1 / parts`` of the whole.
 closing tick that also built it took 1.0-1.8 ms against 0.5-0.7 ms for the others, and kept apps' late
 frames gathered at that phase of the second (benchmarks/h200/recheck_stall_session30, trace RA5).
 
+The ticks come from a thread of their own (:class:`Ticker`), not from an rclpy timer: each wake-up of
+rclpy's executor costs ~0.7 ms of Python (its wait set rebuilt over every service and timer; 2-core VM,
+session 31) under the GIL, besides the tick. Under load nothing else wakes the executor (frames come
+through the receiver processes, results go out from the engine's threads), so its timer was most of its GIL.
+
 ``DELEN_STATUS_PARTS`` (default 8) sets ``parts``; 1 is the whole tick of before (an A/B switch).
 ``DELEN_DIAGNOSTICS_APART=0`` publishes ``/diagnostics`` in the last report tick, as before session 31.
+``DELEN_STATUS_ON_EXECUTOR=1`` ticks from an rclpy timer on the executor, as before session 31.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+import threading
+import time
+from typing import Any, Callable, Iterable
 
-__all__ = ['DIAGNOSTICS_APART', 'STATUS_PARTS', 'StatusRound']
+from delen_ros.core.thread_names import name_os_thread
+
+__all__ = ['DIAGNOSTICS_APART', 'STATUS_ON_EXECUTOR', 'STATUS_PARTS', 'StatusRound', 'Ticker']
 
 STATUS_PARTS = max(1, int(os.environ.get('DELEN_STATUS_PARTS', '8')))
 DIAGNOSTICS_APART = os.environ.get('DELEN_DIAGNOSTICS_APART', '1') != '0'
+STATUS_ON_EXECUTOR = os.environ.get('DELEN_STATUS_ON_EXECUTOR') == '1'
+
+
+class Ticker:
+    """Calls ``tick()`` every ``period_s`` on a daemon thread of its own, from :meth:`start` until
+    :meth:`stop`. A tick that overruns skips the ticks it covered rather than running them back to
+    back; an exception from ``tick`` is the caller's to catch (it would end the thread)."""
+
+    def __init__(self, tick: Callable[[], None], period_s: float, *, name: str):
+        if not period_s > 0:
+            raise ValueError(f'period_s must be > 0, got {period_s!r}')
+        self._tick, self.period_s, self.name = tick, period_s, name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f'{self.name} already started')
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop ticking; returns once a tick in progress has ended (or after ``timeout_s``)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+
+    def _run(self) -> None:
+        name_os_thread()
+        due = time.monotonic() + self.period_s
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            self._tick()
+            due += self.period_s
+            now = time.monotonic()
+            if due < now:   # overran: the next tick a period from now
+                due = now + self.period_s
 
 
 class StatusRound:
