@@ -1,5 +1,5 @@
-"""summary.json and worst_kept.png from the runs in call1_status/, call2_energy/ and call3_lookahead/
-(python3 plot.py, from this folder, with the project installed: `source .venv/delen_env.sh`).
+"""summary.json and worst_kept.png from the runs in call1_status/, call2_energy/, call3_lookahead/ and
+call4_ticker/ (python3 plot.py, from this folder, with the project installed: `source .venv/delen_env.sh`).
 
 Per run: the worst app kept with the others (not demoted, not refused), judged within every bound (an
 accuracy-bound app by the node's bounds_met too), how many apps were demoted, who was refused, the mean
@@ -7,7 +7,8 @@ accuracy of the 10 ms apps and of the accuracy-bound apps, and the mean energy p
 The plot pairs each call's runs by number: call 1 A (the status round of session 31: 8 report ticks and
 /diagnostics in a tick of its own) / B (DELEN_STATUS_PARTS=4 DELEN_DIAGNOSTICS_APART=0, session 30's);
 call 2 A (energy_window_s 1 s, now the default) / B (energy_window_s:=0.1, as before); call 3 D (default,
-cameras drifting) / L (the same with arrival_lookahead:=true). R-prefixed runs were traced (DELEN_TRACE);
+cameras drifting) / L (the same with arrival_lookahead:=true); call 4 A (the status round on a thread of
+its own, now the default) / E (DELEN_STATUS_ON_EXECUTOR=1: an rclpy timer, as before). R-prefixed runs were traced (DELEN_TRACE);
 RA and RB pair as pair R.
 """
 import json
@@ -23,7 +24,8 @@ from delen_ros.tools.e2e_report import within_all_bounds  # noqa: E402
 HERE = pathlib.Path(__file__).parent
 PAIRS = {'call1_status': ('A', 'B', '8 report ticks + /diagnostics apart', 'session 30: 4 ticks, /diagnostics in the last'),
          'call2_energy': ('A', 'B', 'energy_window_s 1 s (default)', 'energy_window_s 0.1 s (before)'),
-         'call3_lookahead': ('D', 'L', 'default (drifting cameras)', 'arrival_lookahead:=true')}
+         'call3_lookahead': ('D', 'L', 'default (drifting cameras)', 'arrival_lookahead:=true'),
+         'call4_ticker': ('A', 'E', 'status ticks on a thread (default)', 'DELEN_STATUS_ON_EXECUTOR=1 (before)')}
 
 
 def mean(values: list) -> float | None:
@@ -55,7 +57,7 @@ def main() -> None:
     runs = {f'{call.name}/{run.name}': run_summary(run / 'e2e.json')
             for call in sorted(HERE.glob('call*')) for run in sorted(call.iterdir()) if (run / 'e2e.json').exists()}
     (HERE / 'summary.json').write_text(json.dumps(runs, indent=1) + '\n')
-    fig, axes = plt.subplots(1, len(PAIRS), figsize=(13, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, len(PAIRS), figsize=(17, 3.6), sharey=True)
     for ax, (call, (a, b, a_label, b_label)) in zip(axes, PAIRS.items()):
         names = {key.split('/')[1]: r for key, r in runs.items() if key.startswith(call + '/')}
         arm = {x: {arm_and_pair(n)[1]: r['worst_kept'][1] for n, r in names.items() if arm_and_pair(n)[0] == x}
