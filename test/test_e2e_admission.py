@@ -13,7 +13,7 @@ from delen_ros.tools import e2e_bench
 from delen_ros.tools.e2e_analysis import analyze
 from delen_ros.tools.e2e_bench import Config, configure_refusals, registration_order
 from delen_ros.tools.e2e_children import RESULT_FIELDS
-from delen_ros.tools.e2e_report import admission_check, render_table
+from delen_ros.tools.e2e_report import admission_check, kept_within, render_table
 
 MS = 1_000_000
 T0 = 1_000_000_000_000
@@ -240,3 +240,10 @@ def test_drifting_cameras_meet_at_every_phase_within_a_run():
     period = camera_period_ns(15.0, 1, 3, 'drift')
     assert period == camera_period_ns(15.0, 0, 3, 'spread') == camera_period_ns(15.0, 2, 3, 'sync')
     assert 450 * abs(fast - slow) > period   # 30 s at 15 Hz: one's phase against the other moves a whole period
+
+
+def test_kept_apps_are_those_neither_refused_nor_demoted_judged_within_all_bounds():
+    config = {'refused': {'c': 'too tight'}, 'total': {'apps_demoted': ['b']}, 'apps': {
+        'a': {'attainment': 1.0, 'min_accuracy': 0.9, 'within_all_bounds': 0.95},
+        'b': {'attainment': 0.5}, 'c': {'attainment': 0.0}, 'd': {'attainment': 0.99}}}
+    assert kept_within(config) == {'a': 0.95, 'd': 0.99}

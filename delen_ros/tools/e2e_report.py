@@ -39,6 +39,13 @@ def within_all_bounds(app: dict[str, Any]) -> float | None:
     return app.get('attainment')
 
 
+def kept_within(config: dict[str, Any]) -> dict[str, float | None]:
+    """Each app the node kept (neither refused nor demoted in the window) -> its share of frames within all
+    its bounds (:func:`within_all_bounds`): the apps issue 10's target holds for."""
+    refused, demoted = config.get('refused') or {}, set(config['total'].get('apps_demoted', []))
+    return {k: within_all_bounds(a) for k, a in config['apps'].items() if k not in demoted and k not in refused}
+
+
 def admission_check(configs: dict[str, dict[str, Any]], *, target: float = WITHIN_TARGET) -> dict[str, Any]:
     """Issue 10's evidence, per pair of node configurations that differ only in ``--register`` (same policy
     and cameras; one ``service``, one ``param``), keyed by the ``service`` configuration's name.

@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from delen_ros.tools.e2e_report import within_all_bounds  # noqa: E402
+from delen_ros.tools.e2e_report import kept_within  # noqa: E402
 
 HERE = pathlib.Path(__file__).parent
 PAIRS = {'call1_trials': ('A', 'T', 'shipped then', 'cuDNN trials before serving'),
@@ -37,7 +37,7 @@ def run_summary(path: pathlib.Path) -> dict:
         refused = c.get('refused') or {}
         apps = c['apps']
         demoted = set(c['total'].get('apps_demoted', []))
-        kept = {k: within_all_bounds(a) for k, a in apps.items() if k not in demoted and k not in refused}
+        kept = kept_within(c)
         worst = min(kept, key=kept.get)
         out[name] = {'worst_kept': [worst, round(kept[worst], 4)], 'demoted': len(demoted), 'refused': sorted(refused),
                      'accuracy_10ms_apps': mean([a.get('accuracy') for a in apps.values() if a['bound_ms'] == 10.0]),

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from delen_ros.tools.e2e_report import within_all_bounds  # noqa: E402
+from delen_ros.tools.e2e_report import kept_within  # noqa: E402
 
 HERE = pathlib.Path(__file__).parent
 PAIRS = {'call1_status': ('A', 'B', '8 report ticks + /diagnostics apart', 'session 30: 4 ticks, /diagnostics in the last'),
@@ -37,7 +37,7 @@ def run_summary(path: pathlib.Path) -> dict:
     c = json.loads(path.read_text())['configs']['delen_n16']
     refused, apps = c.get('refused') or {}, c['apps']
     demoted = set(c['total'].get('apps_demoted', []))
-    kept = {k: within_all_bounds(a) for k, a in apps.items() if k not in demoted and k not in refused}
+    kept = kept_within(c)
     worst = min(kept, key=kept.get)
     fast = [a for a in apps.values() if a['bound_ms'] == 10.0]
     accurate = [a for a in apps.values() if a.get('min_accuracy')]
