@@ -1,4 +1,4 @@
-"""One status period of the node, spread over several timer ticks.
+"""One status period of the node, spread over several ticks.
 
 The node's ``~/status`` (one message per app) and ``/diagnostics`` are pure Python under the GIL.
 Reported in one tick, at 32 apps on an H200 host it took 4-6 ms held whole and 13-19 ms yielding
@@ -14,8 +14,9 @@ closing tick that also built it took 1.0-1.8 ms against 0.5-0.7 ms for the other
 frames gathered at that phase of the second (benchmarks/h200/recheck_stall_session30, trace RA5).
 
 The ticks come from a thread of their own (:class:`Ticker`), not from an rclpy timer: each wake-up of
-rclpy's executor costs ~0.7 ms of Python (its wait set rebuilt over every service and timer; 2-core VM,
-session 31) under the GIL, besides the tick. Under load nothing else wakes the executor (frames come
+rclpy's executor costs ~0.9 ms of Python under the GIL besides the tick's own ~0.3 ms (2-core VM, 16 apps,
+session 31): it builds its wait set afresh over ~100 entities, most of them the QoS event handlers of the
+result publishers. Under load nothing else wakes the executor (frames come
 through the receiver processes, results go out from the engine's threads), so its timer was most of its GIL.
 
 ``DELEN_STATUS_PARTS`` (default 8) sets ``parts``; 1 is the whole tick of before (an A/B switch).
@@ -87,7 +88,7 @@ class StatusRound:
         if parts < 1:
             raise ValueError(f'parts must be >= 1, got {parts!r}')
         self.parts = parts
-        self.ticks = parts + 1 if diagnostics_apart else parts   # per round: the timer's period is 1 / ticks
+        self.ticks = parts + 1 if diagnostics_apart else parts   # per round: a tick every status period / ticks
         self.part = 0                        # the tick of the round now due
         self.cameras: dict[str, Any] = {}    # topic -> its report, this round
         self.stats: dict[str, Any] = {}      # app id -> its period's stats, this round
