@@ -3,7 +3,9 @@ phase log. The graphs themselves run on CUDA only (test_runner.py's CUDA tests).
 from __future__ import annotations
 
 import pytest
+import torch
 
+from delen_ros.core.cpu_threads import auto_intra_op_threads
 from delen_ros.core.runner import StageRunner, padded_graph_sizes
 from fakes import fake_model
 
@@ -34,8 +36,12 @@ def test_build_logs_its_phases():
     values.update(model='fashion_mnist', device='cpu', profile=str(profile), energy_meter='estimate',
                   max_batch=8, apps='', choice_headroom=0.25, admission_control=False, arrival_lookahead=True)
     lines = []
+    threads_before = torch.get_num_threads()
     served = build(NodeParams(**values), on_result=lambda r: None, log=lines.append)
     try:
+        # torch_threads 0 on a CPU: half the cores (this process's torch is set, as the node's is)
+        assert torch.get_num_threads() == auto_intra_op_threads('cpu')
+        assert [line for line in lines if line.startswith(f'torch intra-op threads: {auto_intra_op_threads("cpu")} (')]
         assert served.engine.policy.choice_headroom == 0.25   # the parameters reach the delen policy
         assert served.engine.admission_control is False        # ... and the engine
         assert served.engine.arrival_lookahead is True
@@ -44,3 +50,4 @@ def test_build_logs_its_phases():
         assert [line for line in lines if line.startswith('configure phases: meter ')]
     finally:
         served.close()
+        torch.set_num_threads(threads_before)

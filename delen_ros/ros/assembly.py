@@ -108,6 +108,7 @@ class Served:
 def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]) -> Served:
     """Load everything configure needs and warm the engine up (graph capture, kernel choice)."""
     from delen_ros.core.batch_cost import BatchCost
+    from delen_ros.core.cpu_threads import auto_intra_op_threads
     from delen_ros.core.energy import idle_power_with_context_w, make_meter
     from delen_ros.core.engine import Engine
     from delen_ros.core.zoo import load_model
@@ -115,9 +116,12 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
     from .multi_device import device_list, meter_kind
     devices = device_list(params.devices)   # several: one engine per device behind a DevicePool (issue 12)
     device = resolve_device(devices[0] if devices else params.device)
-    if params.torch_threads > 0:
+    threads = params.torch_threads or auto_intra_op_threads(device.split(':')[0])
+    if threads > 0:
         import torch
-        torch.set_num_threads(params.torch_threads)
+        torch.set_num_threads(threads)
+        log(f'torch intra-op threads: {threads}' + ('' if params.torch_threads else ' (torch_threads 0: half the cores, '
+                                                   'the others left to the receivers, cameras and DDS)'))
     phases: dict[str, float] = {}
     clock = _PhaseClock(phases)
     cuda = device.startswith('cuda')

@@ -69,7 +69,11 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                        'holding the token returned at registration.' + _LATER, None, False),
     'service_queue_depth': (1000, 'Requests kept per service before the node answers them (a burst from one client '
                             'beyond this is lost).' + _LATER, (1, 100000), False),
-    'torch_threads': (0, "CPU threads for torch (intra-op); 0 = torch's default (all cores)." + _LATER,
+    'torch_threads': (0, "CPU threads for torch (intra-op); 0 = auto: on a CPU device half the cores, at least one "
+                      "(torch's threads wait for each other at every operator, and on all cores any other busy "
+                      "thread stalls them: this 2-core VM ran cifar10_committee's full depth in 58 ms p50, "
+                      "241 ms p90 beside one busy process on two threads, 30 ms on one; core/cpu_threads.py); "
+                      "on CUDA torch's default." + _LATER,
                       (0, 256), False),
     'cuda_graphs': (True, 'On CUDA: capture every stage and head as a CUDA graph at configure, for batch 1, '
                     'max_batch and the sizes in between worth padding to (by the profile): first with PyTorch\'s own '
