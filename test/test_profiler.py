@@ -8,7 +8,9 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
+from delen_ros.core.cpu_threads import auto_intra_op_threads
 from delen_ros.core.energy import EnergyMeter, EstimateMeter
 from delen_ros.core.profile import Profile
 from delen_ros.tools.profile import (CALIBRATION_THRESHOLDS, calibration_table, format_profile, main,
@@ -224,6 +226,7 @@ def test_cli_quick(tmp_path, capsys):
     model = get_architecture('fashion_mnist')(info=None)
     save_model(model, tmp_path / 'models' / 'fashion_mnist', architecture='fashion_mnist')
     out = tmp_path / 'profiles'
+    threads_before = torch.get_num_threads()
     rc = main([str(tmp_path / 'models' / 'fashion_mnist.json'), '--quick', '--quiet', '--out', str(out),
                '--meter', 'estimate', '--batch-sizes', '1,2', '--eval-limit', '40'])
     assert rc == 0
@@ -234,6 +237,9 @@ def test_cli_quick(tmp_path, capsys):
     assert profile.energy_source == 'estimate' and sorted(profile.exits[0].stage_ms) == [1, 2]
     assert profile.meta['tool'] == 'delen_profile --quick'
     assert 'wrote' in capsys.readouterr().out
+    # measured on the node's threads on a CPU (half the cores), the caller's torch left as it was
+    assert profile.meta['torch_threads'] == auto_intra_op_threads('cpu')
+    assert torch.get_num_threads() == threads_before
 
 
 def test_cli_profile_of_matmul_kernels_has_a_name_of_its_own(tmp_path):

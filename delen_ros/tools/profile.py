@@ -170,7 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--conv-kernels', choices=CONV_KERNELS, default='cudnn',
                    help="on CUDA: the node's conv_kernels ('cudnn' by default; 'matmul': 1x1 convolutions as matrix "
                         "products, saved as <model>__<device>__matmul.json)")
-    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    p.add_argument('--threads', type=int, default=None,
+                   help="torch CPU threads (default: the node's, half the cores on a CPU, torch's default on CUDA)")
     p.add_argument('--out', default=None, help='output folder (default: <models dir>/profiles)')
     p.add_argument('--no-plots', action='store_true')
     p.add_argument('--quick', action='store_true', help='seconds: few runs and batch sizes, small eval set, short windows')
@@ -180,14 +181,34 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        print(f'--threads must be >= 1, got {args.threads}', file=sys.stderr)
+        return 2
+    threads_before = torch.get_num_threads()
+    try:
+        threads = args.threads if args.threads is not None else _serving_threads(args.device)
+        if threads:
+            torch.set_num_threads(threads)
+        return _profile(args)
+    finally:   # run in-process (tests), the caller's torch keeps its own
+        torch.set_num_threads(threads_before)
+
+
+def _serving_threads(device: str) -> int:
+    """The node's intra-op threads on ``device`` (its ``torch_threads`` 0): a CPU profile is measured as the
+    node serves, on half the cores (``core/cpu_threads.py``); 0, torch's default, elsewhere."""
+    from ..core.cpu_threads import auto_intra_op_threads
+    from ..core.runner import resolve_device
+    try:
+        return auto_intra_op_threads(resolve_device(device).type)
+    except ValueError:   # a device not here: the profile run says so
+        return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
     from ..core import datasets
     from ..core.zoo import load_model, models_dir
 
-    if args.threads is not None:
-        if args.threads < 1:
-            print(f'--threads must be >= 1, got {args.threads}', file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
     quick = args.quick
     batch_sizes = args.batch_sizes or ([1, 4, 8] if quick else list(DEFAULT_BATCH_SIZES))
     eval_limit = args.eval_limit if args.eval_limit is not None else (500 if quick else None)
