@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..core.bounds import Bounds, InfeasibleBounds, Objective
+from ..core.cpu_threads import auto_intra_op_threads
 from ..core.energy import measure_idle_power_w
 from ..core.engine import Engine, make_runner
 from ..core.pointwise import CONV_KERNELS
@@ -544,7 +545,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--overload-max-hz', type=float, default=4000.0,
                    help='cap on offered frames/s (the replay is Python)')
     p.add_argument('--threads', type=int, default=None,
-                   help='torch CPU threads (default: torch default for --device cpu, 4 for cuda)')
+                   help="torch CPU threads (default: the node's for --device cpu, half the cores; 4 for cuda)")
     p.add_argument('--preprocess-workers', type=int, default=None,
                    help='engine preprocessing threads (default: 1 for cpu, 4 for cuda)')
     p.add_argument('--half', action='store_true', help='fp16 on CUDA (runner option)')
@@ -626,6 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
     cuda = args.device.startswith('cuda')
+    if args.threads is None and not cuda:   # as the node serves a CPU (torch_threads 0): half the cores
+        args.threads = auto_intra_op_threads('cpu')
     if args.threads or cuda:
         # serving a GPU, torch's CPU ops are small: a big intra-op pool only adds overhead
         torch.set_num_threads(args.threads or min(4, os.cpu_count() or 1))

@@ -1,0 +1,16 @@
+"""``delen_bench`` (the engine alone) from the command line, in a process of its own (it sets torch's threads)."""
+import json
+import subprocess
+import sys
+
+from delen_ros.core.cpu_threads import auto_intra_op_threads
+
+
+def test_a_cpu_bench_runs_on_the_nodes_threads_by_default(tmp_path):
+    out = tmp_path / 'bench'
+    run = subprocess.run([sys.executable, '-m', 'delen_ros.tools.bench', '--model', 'fashion_mnist', '--device', 'cpu',
+                          '--scenarios', 'steady', '--policies', 'delen', '--duration', '1', '--frame-count', '30',
+                          '--out', str(out)], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads((out / 'bench.json').read_text())
+    assert report['threads'] == auto_intra_op_threads('cpu')   # half the cores, as torch_threads 0 serves
