@@ -79,3 +79,10 @@ def test_the_engine_learns_an_apps_margin_from_results_published_past_the_deadli
     assert engine.stats('frugal', recheck_s=float('inf')).choice_margin_ms == 0.0
     engine.set_app('accurate', Bounds(max_latency_ms=20.0))  # new bounds: learnt anew
     assert engine._apps['accurate'].choice_margin.ms == 0.0
+
+
+def test_margin_ms_is_zero_for_an_app_without_a_margin():
+    from delen_ros.core.choice_margin import margin_ms
+    margin = ChoiceMargin(10.0)
+    margin.note(late=True)
+    assert margin_ms(None) == 0.0 and margin_ms(margin) == margin.ms > 0

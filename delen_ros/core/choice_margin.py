@@ -16,7 +16,7 @@ made anew when its bounds change.
 """
 from __future__ import annotations
 
-__all__ = ['ChoiceMargin', 'TARGET_LATE_SHARE']
+__all__ = ['ChoiceMargin', 'TARGET_LATE_SHARE', 'margin_ms']
 
 #: the share of an app's results past its first exit published after the deadline the margin aims for:
 #: well under the 1 % an admitted app may miss, which other causes share
@@ -50,3 +50,8 @@ class ChoiceMargin:
 
     def __repr__(self) -> str:
         return f'ChoiceMargin({self.ms:.3g} ms)'
+
+
+def margin_ms(margin: ChoiceMargin | None) -> float:
+    """What ``margin`` keeps free now, ms; 0 for an app that keeps none (takes no step by choice)."""
+    return 0.0 if margin is None else margin.ms

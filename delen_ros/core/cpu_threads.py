@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import os
 
-__all__ = ['auto_intra_op_threads']
+__all__ = ['auto_intra_op_threads', 'usable_cpus']
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity where the OS tells it, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
 
 def auto_intra_op_threads(device_type: str, cpus: int | None = None) -> int:
@@ -24,6 +29,4 @@ def auto_intra_op_threads(device_type: str, cpus: int | None = None) -> int:
     """
     if device_type != 'cpu':
         return 0
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return max(1, cpus // 2)
+    return max(1, (usable_cpus() if cpus is None else cpus) // 2)

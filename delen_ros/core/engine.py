@@ -67,7 +67,7 @@ from .app_ledger import AppLedger
 from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes
 from .batch_cost import BatchCost
 from .bounds import Bounds, LatePolicy, Plan
-from .choice_margin import ChoiceMargin
+from .choice_margin import ChoiceMargin, margin_ms
 from .energy_scaling import EnergyScaler
 from .engine_admission import AdmissionMixin, _yield_gil
 from .engine_stats import StatsMixin
@@ -122,7 +122,7 @@ class _State:
 
     @property
     def choice_margin_ms(self) -> float:
-        return 0.0 if self.choice_margin is None else self.choice_margin.ms
+        return margin_ms(self.choice_margin)
 
 
 @dataclasses.dataclass(eq=False)

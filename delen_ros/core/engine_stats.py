@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .arrivals import percentile, percentiles
+from .choice_margin import margin_ms
 from .results import AppStats, WorkerStats
 
 __all__ = ['StatsMixin']
@@ -47,7 +48,7 @@ class StatsMixin:
                             dropped_overflow=app.dropped_overflow, dropped_late=app.dropped_late, failed=app.failed,
                             expired=app.expired, dropped_malformed=app.dropped_malformed,
                             served_late=app.served_late, late_policy=app.late_policy.value,
-                            choice_margin_ms=app.choice_margin.ms if app.choice_margin is not None else 0.0)
+                            choice_margin_ms=margin_ms(app.choice_margin))
             rate_hz, reason = app.rate_hz(now), app.reason
             if reset:
                 app.reset_window(now)

@@ -40,6 +40,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
+from delen_ros.core.cpu_threads import usable_cpus
 from delen_ros.core.frame_ring import FrameRing
 from delen_ros.core.host_memory import HostMemory, pinnable
 from delen_ros.core.thread_names import name_os_thread
@@ -98,7 +99,7 @@ def auto_processes(cpus: int | None = None, *, native: bool | None = None) -> in
     with it); none with only the Python receiver, which costs as much as the node's own take, or on
     one core."""
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+        cpus = usable_cpus()
     if cpus >= 8:
         return min(8, cpus // 4)
     if native is None:

@@ -468,7 +468,7 @@ def failover_summary(f: dict[str, Any]) -> str:
             + ' / '.join(f"{fmt(g[p]['attainment'], '.1f', 100)} %" for p in ('before', 'outage', 'after')))
 
 
-def _answeredwithin_all_bounds(phase: dict[str, Any]) -> str:
+def _answered_within(phase: dict[str, Any]) -> str:
     return f"{fmt(phase['answered_share'], '.1f', 100)} / {fmt(phase['attainment'], '.1f', 100)} %"
 
 
@@ -497,15 +497,15 @@ def _failover_lines(name: str, f: dict[str, Any]) -> list[str]:
                      f"{a.get('node_after') or '?'} | {fmt(a['recovery_s'], '.2f')} | "
                      f"{fmt(a.get('re_placed_s'), '.2f')} | "
                      f"{fmt(a.get('first_result_after_re_placed_s'), '.2f')} | {fmt(a['max_gap_s'], '.2f')} "
-                     f"({fmt(a['max_gap_at_s'], '+.2f')}) | {_answeredwithin_all_bounds(ph['before'])} | "
-                     f"{_answeredwithin_all_bounds(ph['outage'])} | {_answeredwithin_all_bounds(ph['after'])} |")
+                     f"({fmt(a['max_gap_at_s'], '+.2f')}) | {_answered_within(ph['before'])} | "
+                     f"{_answered_within(ph['outage'])} | {_answered_within(ph['after'])} |")
     phases = ('before', 'outage', 'after')
     lines += ['', '| apps | frames before / outage / after | before: answered / within | outage | after |',
               '|---|---|---|---|---|']
     for group, apps in (('moved', f['moved_apps']), ('untouched', f['untouched_apps'])):
         g = f['groups'][group]
         lines.append(f"| {group} ({len(apps)}) | {' / '.join(str(g[p]['sent']) for p in phases)} | "
-                     + ' | '.join(_answeredwithin_all_bounds(g[p]) for p in phases) + ' |')
+                     + ' | '.join(_answered_within(g[p]) for p in phases) + ' |')
     out = f['groups']['moved']['outage']
     lines += ['', f"Outage {f['recovered_s']:.2f} s: the moved apps sent {out['sent']} frames, {out['answered']} "
                   f"answered ({out['within']} within bound); the table's overall figures count the rest as misses."]
