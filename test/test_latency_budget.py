@@ -144,8 +144,16 @@ def test_recheck_puts_an_unschedulable_app_after_the_schedulable_ones():
     engine.set_app('tight', Bounds(max_latency_ms=6.0), rate_hz=10.0)
     engine.set_app('loose', Bounds(max_latency_ms=100.0), rate_hz=10.0)
     submit_aged(engine, clock, ['tight', 'loose'], age_ms=5.0)   # too old for 'tight' only
+    tight = engine._apps['tight']
+
+    def late_frames() -> None:   # its frames missing their bound: what lets the re-check demote it
+        tight.results_out += 3
+        tight.served_late += 3
+
     for _ in range(engine.demote_after - 1):                     # at risk, said at once; not yet demoted
+        late_frames()
         assert 'at risk' in engine.stats('tight', recheck_s=0).unschedulable_reason
         assert engine._scheduler.best_effort_apps() == set()
+    late_frames()
     assert 'demoted' in engine.stats('tight', recheck_s=0).unschedulable_reason
     assert engine._scheduler.best_effort_apps() == {'tight'}

@@ -31,13 +31,16 @@ def cost(**kwargs) -> CostModel:
     return CostModel.from_profile(PROFILE, **{'utilisation_limit': 1.0, 'max_batch': 1, **kwargs})
 
 
-def make_engine(**kwargs) -> Engine:
+def make_engine(*, misses_gate: bool = False, **kwargs) -> Engine:
     model = fake_model()
     # step by step: the conflicts below are tuned to one step's blocking (fused runs block longer)
     engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model, sleep_ms=(0, 0, 0, 0)),
                     **{'overhead_prior_ms': 0.0, 'utilisation_limit': 1.0, 'max_batch': 1, 'clock': FakeClock(),
                        'fuse_steps': False, 'admission_headroom': 0.0, **kwargs})
     engine.corrector.clock = lambda: 0.0   # what slow_device teaches never goes stale here
+    # the re-check's verdicts alone, as if the apps served were missing their bounds at every re-check:
+    # the gate on measured misses has tests of its own (below)
+    engine.demote_on_misses = misses_gate
     return engine
 
 
@@ -516,3 +519,61 @@ def test_the_re_check_yields_the_gil_between_its_tests_except_on_the_worker(monk
     reasons = recheck(engine, slowdown=CONFLICT)
     assert reasons   # the misfit tests ran
     assert bool(yields) == (not on_worker or yields_there)
+
+
+# --- demotion waits for the apps served to miss their bounds (session 32) ---------------------------------
+def missed(engine: Engine, app_id: str, frames: int, late: int) -> None:
+    """``frames`` results of ``app_id`` published since the last re-check, ``late`` of them after its bound."""
+    app = engine._apps[app_id]
+    app.results_out += frames
+    app.served_late += late
+
+
+def test_misfits_with_every_app_on_time_are_reported_but_demote_nobody():
+    engine = admitted('old', 'new', misses_gate=True)
+    for _ in range(6):
+        missed(engine, 'old', 30, 0)
+        missed(engine, 'new', 30, 1)                      # one late frame a re-check: within 99 % ... nearly
+        reasons = recheck(engine, slowdown=CONFLICT)
+    assert demoted(engine) == set()
+    assert 'not demoted: the apps served met their bounds since the last re-check' in reasons['new']
+
+
+@pytest.mark.parametrize('frames, late_old, late_new, demotes', [
+    (300, 3, 0, True), (300, 0, 3, True),                  # one app 3 frames late
+    (100, 2, 2, True),                                     # 4 of 200: 2 %
+    (300, 2, 2, False),                                    # 4 of 600: under 1 %
+])
+def test_misfits_while_apps_miss_demote_the_latest_admitted(frames, late_old, late_new, demotes):
+    engine = admitted('old', 'new', misses_gate=True)
+    for _ in range(3):
+        missed(engine, 'old', frames, late_old)
+        missed(engine, 'new', frames, late_new)
+        recheck(engine, slowdown=CONFLICT)
+    assert demoted(engine) == ({'new'} if demotes else set())
+
+
+def test_a_quiet_recheck_between_missing_ones_restarts_the_count_and_a_demoted_app_stays_demoted():
+    engine = admitted('old', 'new', misses_gate=True)
+    for late in (3, 3, 0, 3, 3):                           # the quiet one in the middle: no third in a row
+        missed(engine, 'old', 30, late)
+        recheck(engine, slowdown=CONFLICT)
+    assert demoted(engine) == set()
+    missed(engine, 'old', 30, 3)
+    recheck(engine, slowdown=CONFLICT)
+    assert demoted(engine) == {'new'}
+    recheck(engine, slowdown=CONFLICT, times=3)            # on time now that it is demoted: it stays so ...
+    assert demoted(engine) == {'new'}
+    recheck(engine, slowdown=1.0, times=2)                 # ... until it fits again
+    assert demoted(engine) == set()
+
+
+def test_a_demoted_apps_own_misses_and_dropped_frames_count_as_they_should():
+    engine = admitted('old', 'new', misses_gate=True)
+    app = engine._apps['old']
+    app.results_out, app.dropped_overflow, app.dropped_late, app.dropped_malformed = 27, 1, 2, 5
+    assert app.misses_since_check() == (30, 3)             # pushed out and hopeless count; malformed do not
+    assert app.misses_since_check() == (0, 0)              # since the last call
+    engine._apps['new'].demoted = True
+    missed(engine, 'new', 30, 30)                          # a demoted app missing: no reason to demote more
+    assert not engine._served_apps_missing(sorted(engine._apps.items()))

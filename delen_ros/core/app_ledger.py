@@ -36,6 +36,7 @@ class AppLedger:
         self.misfit_checks = 0   # consecutive re-checks that found it not fitting beside the older apps
         self.fit_checks = 0      # consecutive re-checks that found it fitting, while demoted
         self.demoted = False     # served after the other apps (Scheduler.set_best_effort)
+        self.checked = (0, 0)    # (frames done, of them missed) at the last re-check: see misses_since_check
         self.on_priors = False   # admitted before the engine had measured anything: to be confirmed
         self.first_frame_ns: int | None = None
         self.evicted_ns: int | None = None   # when a newer frame last pushed one of its frames out
@@ -63,13 +64,23 @@ class AppLedger:
         self.w_exits = [0] * self.num_exits
         self.results.clear()
 
+    def misses_since_check(self) -> tuple[int, int]:
+        """Frames done since the last call, and how many of them missed: published after the latency
+        bound, or dropped (pushed out, hopeless, failed; not malformed ones). The re-check calls it."""
+        dropped = self.dropped_overflow + self.dropped_late + self.failed
+        done, missed = self.results_out + dropped, self.served_late + dropped
+        (done_before, missed_before), self.checked = self.checked, (done, missed)
+        return done - done_before, missed - missed_before
+
     def rate_hz(self, now_ns: int) -> float:
         measured = self.rate.hz(now_ns)
         return self.rate_prior_hz if measured is None else measured
 
-    def note_check(self, *, fits: bool, demote_after: int, restore_after: int) -> None:
-        """One re-check's finding: demoted after ``demote_after`` consecutive misfits, restored after
-        ``restore_after`` consecutive fits (one marginal verdict changes nothing)."""
+    def note_check(self, *, fits: bool, demote_after: int, restore_after: int, misses_seen: bool = True) -> None:
+        """One re-check's finding: demoted after ``demote_after`` consecutive misfits while the apps
+        served were seen missing their bounds (``misses_seen``), restored after ``restore_after``
+        consecutive fits (one marginal verdict changes nothing). A misfit with no misses seen counts
+        for neither: it stays as it is."""
         if fits:
             self.misfit_checks = 0
             self.fit_checks = self.fit_checks + 1 if self.demoted else 0
@@ -77,6 +88,9 @@ class AppLedger:
                 self.demoted, self.fit_checks = False, 0
         else:
             self.fit_checks = 0
+            if not misses_seen and not self.demoted:
+                self.misfit_checks = 0
+                return
             self.misfit_checks += 1
             if self.misfit_checks >= demote_after:
                 self.demoted = True

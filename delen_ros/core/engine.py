@@ -379,6 +379,9 @@ class Engine(AdmissionMixin, StatsMixin):
         self.admission_headroom = admission_headroom
         self.admission_headroom_min_ms = float(admission_headroom_min_ms)
         self.demote_after = demote_after
+        # demote only while the apps served miss their bounds (check_schedulable); false: on the
+        # re-check's verdict alone, as before session 32 (an A/B)
+        self.demote_on_misses = True
         self.restore_after = restore_after
         self._admitted = 0   # admissions so far: the next app's AppLedger.seq
         self._risk_logged: tuple[object, int] = ((), 0)   # the re-check's last warning: what, when (ns)
