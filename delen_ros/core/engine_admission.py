@@ -42,7 +42,7 @@ _RISK_LOG_REPEAT_NS = 60_000_000_000   # the re-check's warning: on every change
 # (the first seconds of serving are transients of the node's own making: see FrameAge)
 _CONFIRM_AFTER_NS = SETTLE_NS
 # Misses that let the re-check demote (Engine._served_apps_missing): one app's since the last re-check (3 of
-# 30 frames: an app at 99 % misses that many within a second about once in a thousand), or all the apps'
+# 30 frames: an app at 99 % misses that many within a second a few times in a thousand), or all the apps'
 # together as a share of their frames (the target's 1 %)
 _MISSES_SEEN = 3
 _MISS_SHARE = 0.01
@@ -264,14 +264,14 @@ class AdmissionMixin:
     @staticmethod
     def _served_apps_missing(states: list[tuple[str, AppLedger]]) -> bool:
         """Whether the apps served with the others (not demoted) missed their bounds since the last
-        re-check: one app :data:`_MISSES_SEEN` frames or more, or all of them together more than
+        re-check: one app :data:`_MISSES_SEEN` frames or more, or all of them together at least
         :data:`_MISS_SHARE` of their frames and at least that many. Under the engine's lock.
 
         Demotion waits for them: the re-check prices every frame at the tails of frame age and
         serving overhead, and on a slow H200 host (session 32, 16 cameras, 10 ms apps beside
-        accuracy cascades admitted at configure) it demoted 6-15 apps that all met their bounds
+        accuracy cascades admitted at configure) it demoted 6-7 apps of a set that met all its bounds
         undemoted (worst app 99.0-100 % in 5 of 5 runs with admission off). Demoted, the 10 ms apps
-        met them for 31-94 % of frames and the kept ones for 80-99 %."""
+        met them for 31-87 % of frames and the kept ones for 80-99 %."""
         done = missed = worst = 0
         for _, app in states:
             d, m = app.misses_since_check()
