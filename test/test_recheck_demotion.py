@@ -543,6 +543,8 @@ def test_misfits_with_every_app_on_time_are_reported_but_demote_nobody():
     (300, 3, 0, True), (300, 0, 3, True),                  # one app 3 frames late
     (100, 2, 2, True),                                     # 4 of 200: 2 %
     (300, 2, 2, False),                                    # 4 of 600: under 1 %
+    (2, 2, 0, True),                                       # a slow camera: every frame it sent late
+    (2, 1, 0, False),                                      # ... one of two
 ])
 def test_misfits_while_apps_miss_demote_the_latest_admitted(frames, late_old, late_new, demotes):
     engine = admitted('old', 'new', misses_gate=True)
