@@ -579,3 +579,17 @@ def test_a_demoted_apps_own_misses_and_dropped_frames_count_as_they_should():
     engine._apps['new'].demoted = True
     missed(engine, 'new', 30, 30)                          # a demoted app missing: no reason to demote more
     assert not engine._served_apps_missing(sorted(engine._apps.items()))
+
+
+def test_a_quiet_recheck_reports_who_is_at_risk_without_searching_whom_to_demote(monkeypatch):
+    engine = admitted('old', 'new', misses_gate=True)
+    monkeypatch.setattr(engine, '_misfits', lambda *a: pytest.fail('searched whom to demote with no misses seen'))
+    missed(engine, 'old', 30, 0)
+    reasons = recheck(engine, slowdown=CONFLICT)
+    assert set(reasons) == {'old', 'new'}                  # the demand test's verdict, told at once
+    assert all(r.endswith('at risk, not demoted: the apps served met their bounds since the last re-check')
+               for r in reasons.values())
+    monkeypatch.undo()
+    missed(engine, 'old', 30, 3)                           # misses: the search runs, the latest admitted named
+    reasons = recheck(engine, slowdown=CONFLICT)
+    assert 'it does not fit beside the 1 app(s) admitted before it' in reasons['new']
