@@ -231,26 +231,7 @@ class AdmissionMixin:
         at_risk = verdict.at_risk if not demoted else admission.check(
             [t for t in tasks if t.app_id not in demoted], cost,
             blocking=[t for t in tasks if t.app_id in demoted]).at_risk
-        pending = [a for a in misfit if a not in demoted and not hopeless]
-        reasons: dict[str, str] = {}
-        for app_id, app in states:
-            if app_id in misfit:
-                if app.demoted:
-                    state = DEMOTED_NOTE
-                elif hopeless:
-                    state = 'at risk, not demoted: no app fits even alone'
-                elif not missing:
-                    state = _QUIET_NOTE
-                else:
-                    state = (f'at risk: served after the others if this holds for '
-                             f'{self.demote_after - app.misfit_checks} more re-check(s)')
-                reasons[app_id] = f'{misfit[app_id]}; {state}'
-            elif app_id in at_risk and quiet:
-                reasons[app_id] = f'{at_risk[app_id]}; {_QUIET_NOTE}'
-            elif app_id in at_risk:
-                later = f'; {", ".join(pending)}, admitted after it, would be served after it' if pending else ''
-                reasons[app_id] = (f'{at_risk[app_id]}; at risk, not demoted: it fits beside the apps '
-                                   f'admitted before it{later}')
+        reasons = self._reasons(states, misfit, at_risk, demoted=demoted, hopeless=hopeless, missing=missing)
         with self._cond:
             for app_id, app in states:
                 if self._apps.get(app_id) is app:   # not removed meanwhile
@@ -266,6 +247,32 @@ class AdmissionMixin:
         elif log:
             _log.info('admission re-check: every app fits%s', f' ({", ".join(sorted(demoted))} served after the '
                       'others until the next clean re-checks)' if demoted else '')
+        return reasons
+
+    def _reasons(self, states: list[tuple[str, AppLedger]], misfit: dict[str, str], at_risk: dict[str, str], *,
+                 demoted: set[str], hopeless: bool, missing: bool) -> dict[str, str]:
+        """Each app's reason after a re-check: why it may miss (the search's ``misfit`` verdict, else the
+        demand test's ``at_risk``), and what is done about it."""
+        pending = [a for a in misfit if a not in demoted and not hopeless]
+        reasons: dict[str, str] = {}
+        for app_id, app in states:
+            if app_id in misfit:
+                if app.demoted:
+                    state = DEMOTED_NOTE
+                elif hopeless:
+                    state = 'at risk, not demoted: no app fits even alone'
+                elif not missing:
+                    state = _QUIET_NOTE
+                else:
+                    state = (f'at risk: served after the others if this holds for '
+                             f'{self.demote_after - app.misfit_checks} more re-check(s)')
+                reasons[app_id] = f'{misfit[app_id]}; {state}'
+            elif app_id in at_risk and not missing and not demoted:   # a quiet re-check: no search was run
+                reasons[app_id] = f'{at_risk[app_id]}; {_QUIET_NOTE}'
+            elif app_id in at_risk:
+                later = f'; {", ".join(pending)}, admitted after it, would be served after it' if pending else ''
+                reasons[app_id] = (f'{at_risk[app_id]}; at risk, not demoted: it fits beside the apps '
+                                   f'admitted before it{later}')
         return reasons
 
     @staticmethod
