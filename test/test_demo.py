@@ -43,11 +43,13 @@ def test_default_model_runs_on_labelled_cifar10_cameras():
     assert (model, note) == ('cifar10_committee', None)
     assert cameras == CAMERAS and {c.source for c in cameras} == {'cifar10'}   # every app's accuracy is scored
     # the model's committed CPU profile: three streams at the demo's rates, each to the final exit, keep
-    # the two cores below ~60 % busy with the network (the rest is cameras, DDS and the demo)
+    # the two cores below ~60 % busy with the network (the rest is cameras, DDS and the demo), counting the
+    # profile's torch threads (one since session 32: the node's default on two cores)
     cpu = Profile.load(pathlib.Path(__file__).resolve().parents[1] / 'models' / 'profiles'
                        / 'cifar10_committee__cpu-intel-r-xeon-r-processor.json')
     assert cpu.num_exits == 6
-    assert sum(c.rate_hz for c in cameras) * cpu.exit_latency_ms(cpu.final_exit) / 1000 < 0.6
+    busy_cores = sum(c.rate_hz for c in cameras) * cpu.exit_latency_ms(cpu.final_exit) / 1000 * cpu.meta['torch_threads']
+    assert busy_cores / 2 < 0.6
 
 
 def test_without_cifar10_the_demo_falls_back_and_says_so():
