@@ -67,7 +67,7 @@ class AppLedger:
     def misses_since_check(self) -> tuple[int, int]:
         """Frames done since the last call, and how many of them missed: published after the latency
         bound, or dropped (pushed out, hopeless, failed; not malformed ones). The re-check calls it."""
-        dropped = self.dropped_overflow + self.dropped_late + self.failed
+        dropped = self.dropped - self.dropped_malformed   # a malformed frame is the camera's, not a miss
         done, missed = self.results_out + dropped, self.served_late + dropped
         (done_before, missed_before), self.checked = self.checked, (done, missed)
         return done - done_before, missed - missed_before
