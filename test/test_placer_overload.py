@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
 
 import ros_helpers  # noqa: E402
+from delen_ros.core.app_ledger import QUIET_NOTE  # noqa: E402
 from delen_ros.core.fleet import OverloadWatch, move_targets, rank_candidates  # noqa: E402
 from delen_ros.ros.placer import PlacerNode, Placed  # noqa: E402
 from delen_ros.srv import RemoveApp, SetBounds  # noqa: E402
@@ -46,6 +47,23 @@ def test_a_flag_that_clears_in_between_is_never_due(statuses):
     for i, reason in enumerate(statuses):   # every 0.5 s, 3 s in all
         watch.observe('nav', A, reason, now_ns=i * S // 2)
         assert watch.due({'nav': A}, now_ns=i * S // 2) == []
+
+
+def test_an_app_only_predicted_at_risk_is_not_moved_until_its_node_measures_misses():
+    """A reason ending in QUIET_NOTE (the node's prediction says at risk, its apps met their bounds)
+    never makes an app due, however long it lasts; the same risk with misses measured does."""
+    watch = OverloadWatch(grace_s=1.0, cooldown_s=0.0)
+    quiet = f'frames due within 6 ms need 6.1 ms of device time (EDF demand test); {QUIET_NOTE}'
+    for t in range(6):
+        watch.observe('nav', A, quiet, now_ns=t * S)
+        assert watch.due({'nav': A}, now_ns=t * S) == []
+    missing = 'frames due within 6 ms need 6.1 ms of device time (EDF demand test); at risk: served after the others'
+    watch.observe('nav', A, missing, now_ns=6 * S)
+    watch.observe('nav', A, quiet, now_ns=int(6.5 * S))        # a quiet re-check in between starts the count anew
+    watch.observe('nav', A, missing, now_ns=7 * S)
+    assert watch.due({'nav': A}, now_ns=int(7.5 * S)) == []
+    watch.observe('nav', A, missing, now_ns=8 * S)
+    assert watch.due({'nav': A}, now_ns=8 * S) == [('nav', A, missing, 1.0)]
 
 
 def test_only_a_flag_from_the_node_serving_the_app_counts():

@@ -10,10 +10,13 @@ from .arrivals import NextFrame, Rate
 from .bounds import Bounds, LatePolicy, Objective
 from .choice_margin import ChoiceMargin
 
-__all__ = ['AppLedger', 'DEMOTED_NOTE']
+__all__ = ['AppLedger', 'DEMOTED_NOTE', 'QUIET_NOTE']
 
 #: how a demoted app's ``unschedulable_reason`` ends (read back by the e2e report)
 DEMOTED_NOTE = 'demoted: served after the others until it fits again'
+#: how the reason of an app at risk ends while the apps served miss nothing (read back by the placer,
+#: which leaves such an app where it is)
+QUIET_NOTE = 'at risk, not demoted: the apps served met their bounds since the last re-check'
 
 
 class AppLedger:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from . import admission
-from .app_ledger import DEMOTED_NOTE
+from .app_ledger import DEMOTED_NOTE, QUIET_NOTE
 from .arrivals import SETTLE_NS
 from .bounds import Bounds, FeasibleRange, Plan, feasible_range, plan
 from .flight_recorder import RECORDER
@@ -46,8 +46,6 @@ _CONFIRM_AFTER_NS = SETTLE_NS
 # together as a share of their frames (the target's 1 %)
 _MISSES_SEEN = 3
 _MISS_SHARE = 0.01
-# how the reason of an app at risk ends while no misses are seen
-_QUIET_NOTE = 'at risk, not demoted: the apps served met their bounds since the last re-check'
 
 
 def _yield_gil() -> None:
@@ -262,13 +260,13 @@ class AdmissionMixin:
                 elif hopeless:
                     state = 'at risk, not demoted: no app fits even alone'
                 elif not missing:
-                    state = _QUIET_NOTE
+                    state = QUIET_NOTE
                 else:
                     state = (f'at risk: served after the others if this holds for '
                              f'{self.demote_after - app.misfit_checks} more re-check(s)')
                 reasons[app_id] = f'{misfit[app_id]}; {state}'
             elif app_id in at_risk and not missing and not demoted:   # a quiet re-check: no search was run
-                reasons[app_id] = f'{at_risk[app_id]}; {_QUIET_NOTE}'
+                reasons[app_id] = f'{at_risk[app_id]}; {QUIET_NOTE}'
             elif app_id in at_risk:
                 later = f'; {", ".join(pending)}, admitted after it, would be served after it' if pending else ''
                 reasons[app_id] = (f'{at_risk[app_id]}; at risk, not demoted: it fits beside the apps '

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from .app_ledger import QUIET_NOTE
+
 __all__ = ['OverloadWatch', 'rank_candidates', 'move_targets']
 
 
@@ -22,6 +24,11 @@ class OverloadWatch:
     """Which apps to move off their node: flagged unschedulable in every status of the node serving
     them for at least ``grace_s``, and not moved (or tried) in the last ``cooldown_s``. Pure: the
     caller passes the clock (monotonic ns) in.
+
+    A flag counts only while its node measures misses: a reason that ends in
+    :data:`~delen_ros.core.app_ledger.QUIET_NOTE` (at risk by the node's prediction, but every app
+    served met its bounds since its last re-check) clears it. A move pauses the app's results, and
+    on a slow H200 host (session 32) the prediction flagged apps that met their bounds all along.
 
     >>> watch = OverloadWatch(grace_s=2.0, cooldown_s=30.0)
     >>> watch.observe('nav', '/a/delen', 'busy', now_ns=0)
@@ -40,9 +47,10 @@ class OverloadWatch:
         self._cool_until_ns: dict[str, int] = {}
 
     def observe(self, app_id: str, node: str, reason: str, *, now_ns: int) -> None:
-        """A status of ``app_id`` from ``node`` (the node serving it): ``reason`` '' clears its flag."""
+        """A status of ``app_id`` from ``node`` (the node serving it): ``reason`` '' (or one that
+        ends in ``QUIET_NOTE``) clears its flag."""
         flag = self._flags.get(app_id)
-        if not reason:
+        if not reason or reason.endswith(QUIET_NOTE):
             self._flags.pop(app_id, None)
         elif flag is None or flag.node != node:
             self._flags[app_id] = _Flag(node, now_ns, reason)

@@ -24,7 +24,8 @@ it knows (parameter ``nodes``: their namespaces, each node's services at ``<ns>/
   (``unschedulable_reason``) those it can no longer serve within their bounds (it then serves them
   best-effort, after the others). An app the placer placed there that stays flagged for
   ``overload_grace_s`` (every status from that node flagged it; one status without the flag starts
-  the count again, so a noisy re-check moves nothing) is moved: to the other live nodes, chosen as
+  the count again, so a noisy re-check moves nothing; nor does one whose reason says its node measured
+  no misses, ``QUIET_NOTE``: a move pauses its results) is moved: to the other live nodes, chosen as
   for a new app (by load), each asked with the same bounds and result topic, the first that accepts
   serves it. As the new node refuses a result topic the old node still publishes, the move first
   removes the app from the old node (its results pause), then tries the others every
