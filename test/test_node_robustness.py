@@ -283,7 +283,7 @@ def test_takeover_when_allowed(peer, domain_id, tmp_path):
 
 @pytest.mark.parametrize('override', ['queue_depth:=-1', 'max_apps:=0', 'status_period_s:=0.0', 'max_batch:=eight',
                                       'image_qos:=fast', 'executor:=many', 'service_queue_depth:=0',
-                                      'cudnn_trials:=later', 'conv_kernels:=fast'])
+                                      'cudnn_trials:=later', 'conv_kernels:=fast', 'precision:=fp8'])
 def test_bad_parameters_exit_1_with_one_line(domain_id, override):
     proc = subprocess.run([sys.executable, '-m', 'delen_ros.ros.node', '--ros-args', '-p', override], cwd=REPO,
                           env=ros_env(domain_id), capture_output=True, text=True, timeout=120)

@@ -251,11 +251,33 @@ def test_cli_profile_of_matmul_kernels_has_a_name_of_its_own(tmp_path):
     save_model(model, tmp_path / 'models' / 'fashion_mnist', architecture='fashion_mnist')
     out = tmp_path / 'profiles'
     rc = main([str(tmp_path / 'models' / 'fashion_mnist.json'), '--quick', '--quiet', '--out', str(out), '--no-plots',
-               '--meter', 'estimate', '--batch-sizes', '1', '--eval-limit', '20', '--conv-kernels', 'matmul'])
+               '--meter', 'estimate', '--batch-sizes', '1', '--eval-limit', '20', '--conv-kernels', 'matmul',
+               '--precision', 'float32'])
     assert rc == 0
     [path] = out.iterdir()
     assert path.name.startswith('fashion_mnist__cpu-') and path.name.endswith('__matmul.json')
     assert Profile.from_dict(json.loads(path.read_text())).meta['pointwise_matmul'] is True
+
+
+def test_cli_profile_in_bfloat16_has_a_name_of_its_own(tmp_path):
+    """--precision bfloat16 times the model in bfloat16, records it and saves beside the float32
+    profile (the node serving in bfloat16 looks for that name first)."""
+    from delen_ros.core.architectures import get_architecture
+    from delen_ros.core.zoo import save_model
+    model = get_architecture('fashion_mnist')(info=None)
+    save_model(model, tmp_path / 'models' / 'fashion_mnist', architecture='fashion_mnist')
+    out = tmp_path / 'profiles'
+    common = [str(tmp_path / 'models' / 'fashion_mnist.json'), '--quick', '--quiet', '--out', str(out), '--no-plots',
+              '--meter', 'estimate', '--batch-sizes', '1', '--eval-limit', '20']
+    assert main(common + ['--precision', 'bfloat16']) == 0
+    assert main(common + ['--precision', 'float32']) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 2 and names[1].endswith('__bfloat16.json'), names
+    dtypes = [Profile.from_dict(json.loads((out / n).read_text())).dtype for n in names]
+    assert dtypes == ['float32', 'bfloat16']
+    assert main(common + ['--precision', 'float16']) == 1      # CPU float16: a clear error, nothing written
+    assert main(common + ['--half', '--precision', 'float32']) == 1
+    assert sorted(p.name for p in out.iterdir()) == names
 
 
 @pytest.mark.parametrize('argv, rc', [
@@ -270,3 +292,32 @@ def test_cli_errors(tmp_path, monkeypatch, argv, rc):
 def test_idle_power_of_a_meter_that_measures_nothing_is_zero():
     from delen_ros.core.profiling import measure_idle_power_w
     assert measure_idle_power_w(EstimateMeter(), window_s=0.01) == 0.0
+
+
+def test_the_node_takes_the_profile_timed_in_its_precision(monkeypatch):
+    """precision bfloat16 on this Xeon loads <model>__<device>__bfloat16.json where it is committed (the
+    committee's steps take 0.80x float32's at batch 1 there), else the plain profile, and says so."""
+    pytest.importorskip('rcl_interfaces')
+    import dataclasses
+
+    from delen_ros.core import profile as profile_module
+    from delen_ros.ros import assembly, params
+
+    monkeypatch.setattr(profile_module, 'device_slug', lambda device='cpu': 'cpu-intel-r-xeon-r-processor')
+    defaults = params.NodeParams(**{name: spec[0] for name, spec in params._SPECS.items()})
+
+    def load(name: str, precision: str) -> tuple[Profile, str, list[str]]:
+        model = type('M', (), {'info': type('I', (), {'name': name})()})()
+        said: list[str] = []
+        profile, source = assembly.load_profile(dataclasses.replace(defaults, precision=precision), model, 'cpu',
+                                                meter=None, log=said.append)
+        return profile, source, said
+
+    bf16, source, said = load('cifar10_committee', 'bfloat16')
+    assert source.endswith('__bfloat16.json') and bf16.dtype == 'bfloat16' and not said
+    fp32, source, said = load('cifar10_committee', 'float32')
+    assert source.endswith('processor.json') and fp32.dtype == 'float32' and not said
+    assert bf16.exit_latency_ms(bf16.final_exit) < 0.9 * fp32.exit_latency_ms(fp32.final_exit)
+    plain, source, said = load('cifar10_lite2', 'bfloat16')   # no bfloat16 profile committed
+    assert source.endswith('processor.json') and plain.dtype == 'float32'
+    assert said == ['profile cifar10_lite2__cpu-intel-r-xeon-r-processor.json was timed in float32; serving in bfloat16']

@@ -219,6 +219,8 @@ class _FakeNode:
     ({'image_qos': 'fast'}, 'image_qos: must be one of sensor_data, reliable'),
     ({'executor': 'x'}, 'executor: must be one of'),
     ({'max_batch': 'eight'}, 'max_batch: expected int'),
+    ({'precision': 'fp8'}, 'precision: must be one of auto, float32, float16, bfloat16'),
+    ({'precision': 'float16', 'device': 'cpu'}, 'precision: float16 needs a CUDA device'),
 ])
 def test_bad_parameters_give_one_line(overrides, match):
     node = _FakeNode(**overrides)

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from delen_ros.core.multi_exit import ModelInfo, MultiExitModel
-from delen_ros.core.runner import StageRunner, graph_batch_sizes, resolve_device
+from delen_ros.core import runner as runner_module
+from delen_ros.core.runner import StageRunner, graph_batch_sizes, resolve_device, resolve_precision
 from fakes import fake_model
 
 CUDA = torch.cuda.is_available()
@@ -107,6 +108,44 @@ def test_channels_last_on_cpu_by_default_and_nchw_when_asked(channels_last):
 def test_half_on_cpu_is_rejected():
     with pytest.raises(ValueError, match='CUDA'):
         StageRunner(fake_model(), device='cpu', half=True)
+
+
+@pytest.mark.parametrize('amx', [False, True])
+def test_auto_precision_is_float16_on_cuda_and_bfloat16_only_on_a_cpu_with_amx(monkeypatch, amx):
+    monkeypatch.setattr(runner_module, '_cpu_has_amx', lambda: amx)
+    assert resolve_precision('auto', torch.device('cpu')) == (torch.bfloat16 if amx else torch.float32)
+    assert resolve_precision('auto', torch.device('cuda', 0)) == torch.float16
+    assert resolve_precision('float32', torch.device('cpu')) == torch.float32
+    assert resolve_precision('bfloat16', torch.device('cpu')) == torch.bfloat16
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'precision': 'float16'}, 'float16 needs a CUDA device'),
+    ({'precision': 'fp8'}, 'precision must be one of'),
+    ({'precision': 'float32', 'half': False}, 'not both'),
+])
+def test_bad_precision_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        StageRunner(fake_model(), device='cpu', **kwargs)
+
+
+def test_a_bfloat16_runner_on_cpu_answers_as_the_float32_one():
+    """Weights, inputs and features in bfloat16 (8 bits of mantissa): the logits stay within a few
+    hundredths of float32's and the answers agree on nearly every input."""
+    x = torch.randn(64, 3, 16, 16)
+    outs = {}
+    for precision in ('float32', 'bfloat16'):
+        runner = StageRunner(conv_model(seed=3), device='cpu', precision=precision)
+        assert runner.dtype == getattr(torch, precision) and runner.model.dtype == runner.dtype
+        h = runner.to_input(x)
+        assert h.dtype == runner.dtype
+        outs[precision] = []
+        for k in range(runner.num_exits):
+            h = runner.stage(k, h)
+            outs[precision].append(runner.head(k, h).float())
+    for lo, hi in zip(outs['bfloat16'], outs['float32']):
+        torch.testing.assert_close(lo, hi, rtol=0.05, atol=0.05)
+        assert (lo.argmax(1) == hi.argmax(1)).float().mean() >= 0.95
 
 
 @pytest.mark.parametrize('batch, match', [

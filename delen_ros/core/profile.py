@@ -337,10 +337,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def profile_filename(model: str, device_slug_: str, kernels: str = '') -> str:
-    """``<model>__<device>.json``, or ``<model>__<device>__<kernels>.json`` for a profile measured with
-    other kernels than the default (``'matmul'``: the node's ``conv_kernels:=matmul``)."""
-    return f'{model}__{device_slug_}{"__" + kernels if kernels else ""}.json'
+def profile_filename(model: str, device_slug_: str, kernels: str = '', dtype: str = '') -> str:
+    """``<model>__<device>.json``; ``__<kernels>`` before ``.json`` for a profile measured with other
+    kernels than the default (``'matmul'``: the node's ``conv_kernels:=matmul``), and ``__bfloat16``
+    for one measured in bfloat16 (``dtype``; float32 on a CPU and float16 on CUDA keep the plain name)."""
+    parts = [model, device_slug_] + [x for x in (kernels, 'bfloat16' if dtype == 'bfloat16' else '') if x]
+    return '__'.join(parts) + '.json'
 
 
 def exits_taken(confidence: np.ndarray, thresholds: Sequence[float | None]) -> np.ndarray:

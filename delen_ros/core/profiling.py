@@ -104,7 +104,7 @@ def _exit_outputs(runner: StageRunner, images: Sequence[np.ndarray], *, batch: i
         x = runner.to_input(preprocess(images[i:i + batch], info))
         for k in range(runner.num_exits):
             x = runner.stage(k, x)
-            c, p = torch.softmax(runner.head(k, x), dim=1).max(dim=1)
+            c, p = torch.softmax(runner.head(k, x).float(), dim=1).max(dim=1)   # as the engine does
             confs[k].append(c.cpu().numpy())
             preds[k].append(p.cpu().numpy())
     return [np.concatenate(c) for c in confs], [np.concatenate(p) for p in preds]

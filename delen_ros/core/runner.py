@@ -71,11 +71,14 @@ from .thread_names import name_os_thread
 if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
 
-__all__ = ['StageRunner', 'CaptureState', 'conv_backend', 'faster_backend', 'resolve_device', 'warm_cuda_libraries', 'graph_batch_sizes', 'padded_graph_sizes',
+__all__ = ['StageRunner', 'CaptureState', 'conv_backend', 'faster_backend', 'resolve_device', 'resolve_precision',
+           'PRECISIONS', 'warm_cuda_libraries', 'graph_batch_sizes', 'padded_graph_sizes',
            'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped', 'to_pinned']
 
 _log = logging.getLogger(__name__)
 _DEVICE = re.compile(r'auto|cpu|cuda(:\d+)?')
+#: what ``precision`` may name (``'auto'``: :func:`resolve_precision` picks)
+PRECISIONS = ('auto', 'float32', 'float16', 'bfloat16')
 _Job = TypeVar('_Job')
 # One capture under way at a time in the process, whatever runner or thread (PyTorch documents that
 # restriction; and torch.cuda.graph's empty_cache, at a capture's start, fails while another capture
@@ -150,6 +153,37 @@ def resolve_device(device: str | torch.device = 'auto') -> torch.device:
             raise ValueError(f'device {text!r}: only {torch.cuda.device_count()} CUDA device(s)')
         dev = torch.device('cuda', index)
     return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of weights and activations that ``precision`` names on ``device``.
+
+    ``'auto'``: float16 on CUDA; on a CPU bfloat16 where it has AMX tiles (oneDNN's bfloat16 kernels
+    run on them), else float32. On this project's Xeon (AMX) with one thread, bfloat16 took 0.60x the
+    full depth of ``cifar10_resnet9`` at batch 1 and 0.26x at batch 8, 0.85x and 0.45x for
+    ``cifar10_lite0``; ``fashion_mnist`` at batch 1 is the exception (0.43 -> 0.63 ms: reorders
+    cost more than its convolutions). Top-1 on the CIFAR-10 test photos moved by at most 0.1 points
+    (``benchmarks/cpu/bfloat16``).
+
+    :raises ValueError: an unknown name, or float16 on a CPU (its kernels are slow there).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    if precision == 'auto':
+        if device.type == 'cuda':
+            return torch.float16
+        return torch.bfloat16 if _cpu_has_amx() else torch.float32
+    if precision == 'float16' and device.type != 'cuda':
+        raise ValueError(f'precision float16 needs a CUDA device, got {device}')
+    return getattr(torch, precision)
+
+
+def _cpu_has_amx() -> bool:
+    check = getattr(torch.cpu, '_is_amx_tile_supported', None)   # private, so looked up with care
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
 
 
 def graph_batch_sizes(max_batch: int) -> tuple[int, ...]:
@@ -374,7 +408,10 @@ class StageRunner:
     :param model: the model; it is moved to ``device`` / dtype / memory format here (in place).
     :param device: ``'auto'`` (CUDA if available), ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
     :param half: float16 weights and activations; ``None``: on CUDA yes, on CPU no (CPU float16
-        kernels are slow). ``True`` on CPU raises ``ValueError``.
+        kernels are slow). ``True`` on CPU raises ``ValueError``. Shorthand for ``precision``:
+        ``True`` is ``'float16'``, ``False`` ``'float32'``.
+    :param precision: one of :data:`PRECISIONS` (:func:`resolve_precision`); ``None``: as ``half``
+        says. Giving both raises ``ValueError``.
     :param channels_last: NHWC memory format; ``None``: yes, but with ``pointwise_matmul``. On CPU too
         (oneDNN): on an Intel Xeon's two cores full depth took 0.79-1.00x the time at batch 1 and
         0.64-0.95x at batch 8, for every shipped model in two runs (``benchmarks/cpu/channels_last``).
@@ -419,12 +456,18 @@ class StageRunner:
                  channels_last: bool | None = None, cuda_graphs: bool = False, max_batch: int = 32,
                  graph_sizes: Sequence[int] | None = None, background_capture: bool = True,
                  native_first: bool = True, trial_smallest: bool = False, trials_while_serving: bool = False,
-                 pointwise_matmul: bool = False, fold_batch_norms: bool = True, native_linear: bool = True):
+                 pointwise_matmul: bool = False, fold_batch_norms: bool = True, native_linear: bool = True,
+                 precision: str | None = None):
         self.device = resolve_device(device)
         cuda = self.device.type == 'cuda'
-        half = cuda if half is None else half
-        if half and not cuda:
-            raise ValueError(f'half=True needs a CUDA device, got {self.device}')
+        if precision is not None and half is not None:
+            raise ValueError(f'give half or precision, not both (half={half!r}, precision={precision!r})')
+        if precision is None:
+            half = cuda if half is None else half
+            if half and not cuda:
+                raise ValueError(f'half=True needs a CUDA device, got {self.device}')
+            precision = 'float16' if half else 'float32'
+        self.dtype = resolve_precision(precision, self.device)
         self.pointwise_matmul = bool(pointwise_matmul)
         # Both change the model in place, before prepare, so that the new parameters move with the rest.
         self.folded: FoldCount | None = fold_for_inference(model.eval()) if fold_batch_norms else None
@@ -436,7 +479,6 @@ class StageRunner:
         self.native_linear = bool(native_linear) and cuda and not self.pointwise_matmul
         if self.native_linear:
             pointwise_native_linear(model)
-        self.dtype = torch.float16 if half else torch.float32
         self.max_batch = max_batch
         self.graph_sizes = tuple(sorted(set(graph_sizes))) if graph_sizes else graph_batch_sizes(max_batch)
         if self.graph_sizes[0] < 1 or self.graph_sizes[-1] != max_batch:

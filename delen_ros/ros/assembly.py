@@ -48,7 +48,10 @@ def resolve_device(device: str) -> str:
 def load_profile(params: NodeParams, model: Any, device: str, meter: Any, log: Callable[[str], None]):
     """``(profile, where it came from)``: the ``profile`` parameter's file, else the committed profile
     of this model on this device, else a quick measurement (core profiling library)."""
+    import torch
+
     from delen_ros.core.profile import Profile, device_slug, profile_filename
+    from delen_ros.core.runner import resolve_precision
     from delen_ros.core.zoo import models_dir
 
     if params.profile:
@@ -57,12 +60,18 @@ def load_profile(params: NodeParams, model: Any, device: str, meter: Any, log: C
     name = model.info.name
     folder = models_dir() / 'profiles'
     slug = device_slug(device)
+    dtype = str(resolve_precision(params.precision, torch.device(device))).replace('torch.', '')
     committed = folder / profile_filename(name, slug)
-    if device.startswith('cuda') and params.conv_kernels == 'matmul':   # measured with the kernels that serve
-        own = folder / profile_filename(name, slug, 'matmul')
-        committed = own if own.is_file() else committed
+    kernels = 'matmul' if device.startswith('cuda') and params.conv_kernels == 'matmul' else ''
+    for own in (profile_filename(name, slug, kernels, dtype), profile_filename(name, slug, kernels)):
+        if (folder / own).is_file():   # measured with the kernels and the precision that serve, if there is one
+            committed = folder / own
+            break
     if committed.is_file():
-        return Profile.load(committed), str(committed)
+        profile = Profile.load(committed)
+        if profile.dtype != dtype:
+            log(f'profile {committed.name} was timed in {profile.dtype}; serving in {dtype}')
+        return profile, str(committed)
     from delen_ros.core.profiling import quick_profile
     others = sorted(folder.glob(profile_filename(name, '*')))
     reference = Profile.load(others[0]) if others else None
@@ -76,7 +85,8 @@ def load_profile(params: NodeParams, model: Any, device: str, meter: Any, log: C
     log(f'no committed profile {committed.name}: measuring a quick one on {device}')
     started = time.perf_counter()
     profile = quick_profile(model, device=device, max_batch=params.max_batch, reference=reference,
-                            eval_set=evaluation, meter=meter if meter.measured else None)
+                            eval_set=evaluation, meter=meter if meter.measured else None,
+                            runner_options={'precision': params.precision})
     return profile, f'quick measurement on {device} ({time.perf_counter() - started:.1f} s)'
 
 
@@ -146,7 +156,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
             raise ValueError(f'profile {source} has {profile.num_exits} exits, the model {model.num_exits}')
         clock.lap('profile')
         def make_engine(dev, on_result, *, model, profile, meter, idle_power_w):
-            options = None
+            options = {'precision': params.precision}
             if dev.startswith('cuda'):
                 # Graphs for the few batch sizes worth padding to, all captured here: natively first,
                 # then cuDNN tried for the larger sizes, here or while serving (cudnn_trials; runner.py's
@@ -158,7 +168,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                     params.max_batch, lambda b: sum(profile.step_ms(k, b) for k in range(profile.num_exits)))
                 # DELEN_NATIVE_FIRST=0: capture on cuDNN from the start (the A/B of runner's native first);
                 # DELEN_TRIAL_BATCH1=1: batch 1's cuDNN trial in the background while serving (before session 9)
-                options = {'cuda_graphs': params.cuda_graphs, 'graph_sizes': graph_sizes,
+                options = {'precision': params.precision, 'cuda_graphs': params.cuda_graphs, 'graph_sizes': graph_sizes,
                            'pointwise_matmul': params.conv_kernels == 'matmul',
                            'native_first': os.environ.get('DELEN_NATIVE_FIRST', '1') != '0',
                            'trial_smallest': os.environ.get('DELEN_TRIAL_BATCH1') == '1',

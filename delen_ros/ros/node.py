@@ -108,7 +108,8 @@ class DelenNode(StatusMixin, LifecycleNode):
         apps.restore(initial)
         self.get_logger().info(
             f'configured in {time.perf_counter() - started:.1f} s: model {served.model.info.name} '
-            f'({served.model.num_exits} exits) on {served.device}, profile {served.profile_source}, energy '
+            f'({served.model.num_exits} exits) on {served.device} in {str(served.model.dtype).replace("torch.", "")}, '
+            f'profile {served.profile_source}, energy '
             f'{served.meter.source} ({served.meter.detail}), policy {p.policy}, {len(registry)} app(s), '
             f'frames taken by {f"{processes} {self._ingress.kind} receiver process(es)" if processes else "the node itself"}')
 

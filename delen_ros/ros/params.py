@@ -15,13 +15,14 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 __all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 'EXECUTORS', 'IMAGE_QOS',
-           'CUDNN_TRIALS', 'CONV_KERNELS']
+           'CUDNN_TRIALS', 'CONV_KERNELS', 'PRECISIONS']
 
 EXECUTORS = ('single', 'events', 'multi')
 IMAGE_QOS = ('sensor_data', 'reliable')
 LATENCY_FROM = ('stamp', 'arrival')
 CUDNN_TRIALS = ('serving', 'configure')   # the default first
 CONV_KERNELS = ('cudnn', 'matmul')   # core.pointwise.CONV_KERNELS (this module stays torch-free)
+PRECISIONS = ('auto', 'float32', 'float16', 'bfloat16')   # core.runner.PRECISIONS
 _LATER = ' Read at configure: a change takes effect at the next configure.'
 
 
@@ -75,6 +76,13 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                       "241 ms p90 beside one busy process on two threads, 30 ms on one; core/cpu_threads.py); "
                       "on CUDA torch's default." + _LATER,
                       (0, 256), False),
+    'precision': ('auto', "Weights and activations: 'auto' (default) float16 on CUDA; on a CPU bfloat16 where it "
+                  "has AMX tiles (Intel Xeon since Sapphire Rapids), else float32; or 'float32', 'float16' (CUDA "
+                  "only), 'bfloat16'. On this project's Xeon bfloat16 ran cifar10_committee's full depth in 0.84x "
+                  "the time at batch 1 and ResNet-9 in 0.26x at batch 8, top-1 within 0.1 points "
+                  "(benchmarks/cpu/bfloat16). The committed profile of that precision is used where there is "
+                  "one (models/profiles/<model>__<device>__bfloat16.json), else the plain one." + _LATER,
+                  PRECISIONS, False),
     'cuda_graphs': (True, 'On CUDA: capture every stage and head as a CUDA graph at configure, for batch 1, '
                     'max_batch and the sizes in between worth padding to (by the profile): first with PyTorch\'s own '
                     'convolutions (milliseconds), then the larger sizes again with cuDNN, keeping the faster graph '
@@ -185,6 +193,7 @@ class NodeParams:
     allow_takeover: bool
     service_queue_depth: int
     torch_threads: int
+    precision: str
     cuda_graphs: bool
     conv_kernels: str
     cudnn_trials: str
@@ -235,6 +244,10 @@ def read(node) -> NodeParams:
     for name, (default, *_) in _SPECS.items():
         if isinstance(default, float):
             values[name] = float(values[name])
+    devices = [d for d in values['devices'] if d] or [values['device']]
+    if values['precision'] == 'float16' and 'cpu' in devices:
+        raise ParameterError(f"parameter precision: float16 needs a CUDA device, got device {values['device']!r}"
+                             f"{' in devices' if values['devices'] != [''] else ''} (float32 or bfloat16 on a CPU)")
     return NodeParams(**values)
 
 

@@ -44,6 +44,7 @@ from ..core.results import Result
 from ..core.policies import available_policies
 from ..core.preprocess import preprocess
 from ..core.profile import Profile, device_slug, profile_filename
+from ..core.runner import PRECISIONS
 
 __all__ = ['main', 'AppSpec', 'Frames', 'quick_bench_profile', 'default_apps', 'arrival_schedule', 'run_once',
            'served_exit_latencies']
@@ -548,7 +549,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default: the node's for --device cpu, half the cores; 4 for cuda)")
     p.add_argument('--preprocess-workers', type=int, default=None,
                    help='engine preprocessing threads (default: 1 for cpu, 4 for cuda)')
-    p.add_argument('--half', action='store_true', help='fp16 on CUDA (runner option)')
+    p.add_argument('--half', action='store_true', help='fp16 on CUDA (runner option; --precision float16)')
+    p.add_argument('--precision', choices=PRECISIONS, default='auto',
+                   help="weights and activations (runner option; 'auto', as the node: float16 on CUDA, bfloat16 on "
+                        "a CPU with AMX, else float32)")
     p.add_argument('--cuda-graphs', action='store_true', help='CUDA graphs per stage and batch size (runner option)')
     p.add_argument('--conv-kernels', choices=CONV_KERNELS, default='cudnn',
                    help="on CUDA: cuDNN tried for the larger batch sizes ('cudnn', as the node by default) or 1x1 "
@@ -611,12 +615,15 @@ def _kernels_suffix(runner) -> str:
     return 'matmul' if getattr(runner, 'pointwise_matmul', False) else ''
 
 
+def _dtype(runner) -> str:
+    return str(runner.dtype).replace('torch.', '')
+
+
 def _runner_options(args) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if args.conv_kernels == 'matmul':
         opts['pointwise_matmul'] = True
-    if args.half:
-        opts['half'] = True
+    opts['precision'] = 'float16' if args.half else args.precision
     if args.cuda_graphs:
         opts['cuda_graphs'] = True
     return opts
@@ -662,7 +669,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith('cuda') else slug
 
     from ..core import zoo
-    committed = zoo.models_dir() / 'profiles' / profile_filename(info.name, slug, _kernels_suffix(runner))
+    folder = zoo.models_dir() / 'profiles'
+    committed = folder / profile_filename(info.name, slug, _kernels_suffix(runner), _dtype(runner))
+    if not committed.is_file():   # as the node: the plain profile where none was timed in this precision
+        committed = folder / profile_filename(info.name, slug, _kernels_suffix(runner))
     if args.profile and args.profile != 'quick':
         profile, profile_source = Profile.load(args.profile), args.profile
     elif committed.is_file() and args.profile != 'quick':
@@ -675,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         profile = quick_bench_profile(model, runner, calib, device=args.device, batch_sizes=sizes,
                                       runs=args.profile_reps, meter=meter, power_w=args.power_w)
-        profile.save(out / profile_filename(info.name, slug, _kernels_suffix(runner)))
+        profile.save(out / profile_filename(info.name, slug, _kernels_suffix(runner), _dtype(runner)))
         if args.save_profile:
             profile.save(args.save_profile)
         profile_source = f'quick measurement ({time.perf_counter() - t0:.1f} s, saved in {out})'

@@ -49,6 +49,7 @@ import torch
 from ..core.energy import MeterUnavailable, available_meters, make_meter
 from ..core.pointwise import CONV_KERNELS
 from ..core.profile import Profile, profile_filename
+from ..core.runner import PRECISIONS
 from ..core.profiling import (CALIBRATION_THRESHOLDS, CPU_THREAD_POWER_W, GPU_POWER_W, DEFAULT_BATCH_SIZES, calibration_table, cascade_report,  # noqa: F401
                               default_estimate_power_w, format_cascade_report, measure_energy,
                               measure_idle_power_w, profile_model, quick_batch_sizes, quick_profile)
@@ -164,7 +165,11 @@ def _parser() -> argparse.ArgumentParser:
                         'on the eval set; eval: always on the eval set')
     p.add_argument('--max-samples', type=int, default=5000,
                    help='per-input confidences kept in the profile for cascade calibration (0: none, -1: all)')
-    p.add_argument('--half', action=argparse.BooleanOptionalAction, default=None, help='fp16 (default: on CUDA)')
+    p.add_argument('--half', action=argparse.BooleanOptionalAction, default=None,
+                   help='fp16 (--half) or fp32 (--no-half); shorthand for --precision')
+    p.add_argument('--precision', choices=PRECISIONS, default=None,
+                   help="weights and activations (default 'auto', as the node: float16 on CUDA, bfloat16 on a CPU "
+                        "with AMX, else float32); a bfloat16 profile is saved as <model>__<device>__bfloat16.json")
     p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='NHWC memory format (default: yes, but with --conv-kernels matmul)')
     p.add_argument('--cuda-graphs', action='store_true', help='time CUDA-graph replays (as the engine with that option)')
     p.add_argument('--conv-kernels', choices=CONV_KERNELS, default='cudnn',
@@ -205,6 +210,13 @@ def _serving_threads(device: str) -> int:
         return 0
 
 
+def _precision_options(args) -> dict:
+    """``--half`` and ``--precision`` as runner options (both given: the runner refuses); neither: 'auto'."""
+    if args.half is None and args.precision is None:
+        return {'precision': 'auto'}
+    return {k: v for k, v in (('half', args.half), ('precision', args.precision)) if v is not None}
+
+
 def _profile(args: argparse.Namespace) -> int:
     from ..core import datasets
     from ..core.zoo import load_model, models_dir
@@ -234,8 +246,9 @@ def _profile(args: argparse.Namespace) -> int:
                 calib = datasets.calibration_set(model.info.name, limit=eval_limit)
                 if calib is not None:
                     print(f'{name}: thresholds calibrated on {calib.note}; accuracy reported on {data.note}')
-            options = {'half': args.half, 'channels_last': args.channels_last, 'cuda_graphs': args.cuda_graphs,
-                       'pointwise_matmul': args.conv_kernels == 'matmul'}
+            options = {'channels_last': args.channels_last, 'cuda_graphs': args.cuda_graphs,
+                       'pointwise_matmul': args.conv_kernels == 'matmul',
+                       **_precision_options(args)}
             profile = profile_model(
                 model, device=args.device, batch_sizes=batch_sizes, runs=10 if quick else args.runs,
                 warmup=2 if quick else args.warmup, min_runs=3 if quick else 5,
@@ -249,7 +262,7 @@ def _profile(args: argparse.Namespace) -> int:
                 profile = profile.with_accuracy_from(accuracy_from, note=f'accuracy, calibration and samples from '
                                                      f'{pathlib.Path(args.accuracy_from).name} ({accuracy_from.meta.get("date", "?")})')
             kernels = 'matmul' if profile.meta.get('pointwise_matmul') else ''
-            path = profile.save(out_dir / profile_filename(profile.model, profile.device, kernels))
+            path = profile.save(out_dir / profile_filename(profile.model, profile.device, kernels, profile.dtype))
             plots = [] if args.no_plots else plot_profile(profile, path)
             print(format_profile(profile))
             if 'cascade_test' in profile.meta:
