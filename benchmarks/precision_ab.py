@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from delen_ros.core import datasets  # noqa: E402
 from delen_ros.core.preprocess import preprocess  # noqa: E402
+from delen_ros.core.profile import cpu_name  # noqa: E402
 from delen_ros.core.runner import StageRunner  # noqa: E402
 from delen_ros.core.zoo import load_model  # noqa: E402
 
@@ -61,16 +61,6 @@ def exit_accuracy(runner: StageRunner, images: list, labels: np.ndarray, batch: 
                 pred = torch.softmax(runner.head(k, h).float(), dim=1).argmax(dim=1).numpy()
                 right[k] += int((pred == labels[i:i + batch]).sum())
     return [float(r / len(images)) for r in right]
-
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

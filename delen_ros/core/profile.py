@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ['Cascade', 'ExitProfile', 'Profile', 'device_slug', 'exits_taken', 'profile_filename']
+__all__ = ['Cascade', 'ExitProfile', 'Profile', 'cpu_name', 'device_slug', 'exits_taken', 'profile_filename']
 
 PROFILE_VERSION = 1
 
@@ -323,11 +323,12 @@ def device_slug(device: str = 'cpu') -> str:
         name = torch.cuda.get_device_name(torch.device(device))
         kind = 'cuda'
     else:
-        name, kind = _cpu_name(), 'cpu'
+        name, kind = cpu_name(), 'cpu'
     return kind + '-' + re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what Python knows of it."""
     try:
         for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
             if line.startswith('model name'):
