@@ -160,8 +160,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
     ``'auto'``: float16 on CUDA; on a CPU bfloat16 where it has AMX tiles (oneDNN's bfloat16 kernels
     run on them), else float32. On this project's Xeon (AMX) with one thread, bfloat16 took 0.60x the
-    full depth of ``cifar10_resnet9`` at batch 1 and 0.26x at batch 8, 0.85x and 0.45x for
-    ``cifar10_lite0``; ``fashion_mnist`` at batch 1 is the exception (0.43 -> 0.63 ms: reorders
+    full depth of ``cifar10_resnet9`` at batch 1 and 0.26x at batch 8, 0.77x and 0.40x for
+    ``cifar10_committee``; ``fashion_mnist`` at batch 1 is the exception (0.49 -> 0.67 ms: reorders
     cost more than its convolutions). Top-1 on the CIFAR-10 test photos moved by at most 0.1 points
     (``benchmarks/cpu/bfloat16``).
 

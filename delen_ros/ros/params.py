@@ -78,7 +78,7 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                       (0, 256), False),
     'precision': ('auto', "Weights and activations: 'auto' (default) float16 on CUDA; on a CPU bfloat16 where it "
                   "has AMX tiles (Intel Xeon since Sapphire Rapids), else float32; or 'float32', 'float16' (CUDA "
-                  "only), 'bfloat16'. On this project's Xeon bfloat16 ran cifar10_committee's full depth in 0.84x "
+                  "only), 'bfloat16'. On this project's Xeon bfloat16 ran cifar10_committee's full depth in 0.77x "
                   "the time at batch 1 and ResNet-9 in 0.26x at batch 8, top-1 within 0.1 points "
                   "(benchmarks/cpu/bfloat16). The committed profile of that precision is used where there is "
                   "one (models/profiles/<model>__<device>__bfloat16.json), else the plain one." + _LATER,
