@@ -343,3 +343,28 @@ def test_lifecycle_without_autostart_serves_nothing_until_activated(peer, domain
     finally:
         code = node.stop()
     assert code == 0, node.log()[-4000:]
+
+
+@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
+def test_the_node_serves_in_the_precision_it_is_given(peer, domain_id, workdir, params, precision):
+    """``precision`` reaches the runner: the node names it at configure and serves in it, to the final
+    exit for an app with no bounds (bfloat16 kernels exist on any x86 CPU; AMX only makes them fast)."""
+    topic = f'/test/precision_{precision}'
+    node = NodeProcess(params={**params, 'precision': precision, 'state_file': ''}, domain_id=domain_id,
+                       workdir=workdir, namespace=f'/{precision}', name=precision).start()
+    prefix = node.prefix
+    try:
+        peer.wait_for_service(SetBounds, f'{prefix}/set_bounds', timeout=START_TIMEOUT)
+        assert f'on cpu in {precision}' in node.log()
+        response = peer.call(SetBounds, f'{prefix}/set_bounds', _request('p_app', image_topic=topic))
+        assert response.accepted, response.message
+        got = peer.subscribe(InferenceResult, response.result_topic)
+        feeder = ImageFeeder(peer, {topic: _fashion_frames(4)}, rate_hz=15.0)
+        try:
+            msgs = got.wait_for(5, timeout=RESULT_TIMEOUT)
+        finally:
+            feeder.stop()
+        assert all(m.exit_index == NUM_EXITS - 1 and 0.0 < m.confidence <= 1.0 and m.label for m in msgs)
+    finally:
+        code = node.stop()
+    assert code == 0, node.log()[-4000:]
