@@ -14,3 +14,13 @@ def test_a_cpu_bench_runs_on_the_nodes_threads_by_default(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads((out / 'bench.json').read_text())
     assert report['threads'] == auto_intra_op_threads('cpu')   # half the cores, as torch_threads 0 serves
+
+
+def test_float16_on_a_cpu_is_refused_with_one_line(tmp_path):
+    for flag in (['--half'], ['--precision', 'float16']):
+        run = subprocess.run([sys.executable, '-m', 'delen_ros.tools.bench', '--model', 'fashion_mnist', '--device',
+                              'cpu', *flag, '--out', str(tmp_path / 'bench')], capture_output=True, text=True,
+                             timeout=120)
+        lines = [line for line in run.stderr.splitlines() if line.strip() and 'Warning' not in line]
+        assert run.returncode == 2 and 'needs a CUDA device' in run.stderr and 'Traceback' not in run.stderr, lines
+        assert not (tmp_path / 'bench').exists()

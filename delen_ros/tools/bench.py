@@ -644,6 +644,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         print(f'delen_bench: --device {args.device} but CUDA is not available', file=sys.stderr)
         return 2
+    if not cuda and (args.half or args.precision == 'float16'):
+        print(f'delen_bench: float16 (--half) needs a CUDA device, got --device {args.device} '
+              '(--precision float32 or bfloat16 on a CPU)', file=sys.stderr)
+        return 2
     policies = [p for p in args.policies.split(',') if p]
     unknown = sorted(set(policies) - set(available_policies()))
     scenarios = [s for s in args.scenarios.split(',') if s]
