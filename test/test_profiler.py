@@ -294,7 +294,7 @@ def test_idle_power_of_a_meter_that_measures_nothing_is_zero():
     assert measure_idle_power_w(EstimateMeter(), window_s=0.01) == 0.0
 
 
-def test_the_node_takes_the_profile_timed_in_its_precision(monkeypatch):
+def test_the_node_takes_the_profile_timed_in_its_precision(monkeypatch, tmp_path):
     """precision bfloat16 on this Xeon loads <model>__<device>__bfloat16.json where it is committed (the
     committee's steps take 0.80x float32's at batch 1 there), else the plain profile, and says so."""
     pytest.importorskip('rcl_interfaces')
@@ -303,7 +303,16 @@ def test_the_node_takes_the_profile_timed_in_its_precision(monkeypatch):
     from delen_ros.core import profile as profile_module
     from delen_ros.ros import assembly, params
 
-    monkeypatch.setattr(profile_module, 'device_slug', lambda device='cpu': 'cpu-intel-r-xeon-r-processor')
+    from delen_ros.core import zoo
+
+    slug = 'cpu-intel-r-xeon-r-processor'
+    folder = tmp_path / 'profiles'   # the committee timed in both precisions, Lite2 in float32 only
+    folder.mkdir()
+    for name in (f'cifar10_committee__{slug}.json', f'cifar10_committee__{slug}__bfloat16.json',
+                 f'cifar10_lite2__{slug}.json'):
+        (folder / name).write_bytes((zoo.models_dir() / 'profiles' / name).read_bytes())
+    monkeypatch.setattr(zoo, 'models_dir', lambda: tmp_path)
+    monkeypatch.setattr(profile_module, 'device_slug', lambda device='cpu': slug)
     defaults = params.NodeParams(**{name: spec[0] for name, spec in params._SPECS.items()})
 
     def load(name: str, precision: str) -> tuple[Profile, str, list[str]]:
@@ -318,6 +327,6 @@ def test_the_node_takes_the_profile_timed_in_its_precision(monkeypatch):
     fp32, source, said = load('cifar10_committee', 'float32')
     assert source.endswith('processor.json') and fp32.dtype == 'float32' and not said
     assert bf16.exit_latency_ms(bf16.final_exit) < 0.9 * fp32.exit_latency_ms(fp32.final_exit)
-    plain, source, said = load('cifar10_lite2', 'bfloat16')   # no bfloat16 profile committed
+    plain, source, said = load('cifar10_lite2', 'bfloat16')   # no bfloat16 profile there
     assert source.endswith('processor.json') and plain.dtype == 'float32'
     assert said == ['profile cifar10_lite2__cpu-intel-r-xeon-r-processor.json was timed in float32; serving in bfloat16']
