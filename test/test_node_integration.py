@@ -355,7 +355,10 @@ def test_the_node_serves_in_the_precision_it_is_given(peer, domain_id, workdir, 
     prefix = node.prefix
     try:
         peer.wait_for_service(SetBounds, f'{prefix}/set_bounds', timeout=START_TIMEOUT)
-        assert f'on cpu in {precision}' in node.log()
+        # the line ends configure, after the services are up
+        configured = wait_until(lambda: next((line for line in node.log().splitlines() if 'configured in' in line),
+                                             None), timeout=RESULT_TIMEOUT, what='the configure line')
+        assert f'on cpu in {precision},' in configured, configured
         response = peer.call(SetBounds, f'{prefix}/set_bounds', _request('p_app', image_topic=topic))
         assert response.accepted, response.message
         got = peer.subscribe(InferenceResult, response.result_topic)
