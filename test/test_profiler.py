@@ -220,14 +220,20 @@ def test_plots_and_table(tmp_path):
     assert all(f'exit{k}' in table for k in range(4)) and '~' in table   # estimates are marked
 
 
-def test_cli_quick(tmp_path, capsys):
+def _saved_fashion_mnist(tmp_path) -> str:
+    """An untrained fashion_mnist saved under ``tmp_path/models``; the path of its JSON, for the CLI."""
     from delen_ros.core.architectures import get_architecture
     from delen_ros.core.zoo import save_model
-    model = get_architecture('fashion_mnist')(info=None)
-    save_model(model, tmp_path / 'models' / 'fashion_mnist', architecture='fashion_mnist')
+    save_model(get_architecture('fashion_mnist')(info=None), tmp_path / 'models' / 'fashion_mnist',
+               architecture='fashion_mnist')
+    return str(tmp_path / 'models' / 'fashion_mnist.json')
+
+
+def test_cli_quick(tmp_path, capsys):
+    model_json = _saved_fashion_mnist(tmp_path)
     out = tmp_path / 'profiles'
     threads_before = torch.get_num_threads()
-    rc = main([str(tmp_path / 'models' / 'fashion_mnist.json'), '--quick', '--quiet', '--out', str(out),
+    rc = main([model_json, '--quick', '--quiet', '--out', str(out),
                '--meter', 'estimate', '--batch-sizes', '1,2', '--eval-limit', '40'])
     assert rc == 0
     files = sorted(p.name for p in out.iterdir())
@@ -245,12 +251,9 @@ def test_cli_quick(tmp_path, capsys):
 def test_cli_profile_of_matmul_kernels_has_a_name_of_its_own(tmp_path):
     """--conv-kernels matmul (the node's conv_kernels:=matmul) is timed through a runner serving 1x1
     convolutions as matrix products and saved beside the default profile, not over it."""
-    from delen_ros.core.architectures import get_architecture
-    from delen_ros.core.zoo import save_model
-    model = get_architecture('fashion_mnist')(info=None)
-    save_model(model, tmp_path / 'models' / 'fashion_mnist', architecture='fashion_mnist')
+    model_json = _saved_fashion_mnist(tmp_path)
     out = tmp_path / 'profiles'
-    rc = main([str(tmp_path / 'models' / 'fashion_mnist.json'), '--quick', '--quiet', '--out', str(out), '--no-plots',
+    rc = main([model_json, '--quick', '--quiet', '--out', str(out), '--no-plots',
                '--meter', 'estimate', '--batch-sizes', '1', '--eval-limit', '20', '--conv-kernels', 'matmul',
                '--precision', 'float32'])
     assert rc == 0
@@ -262,12 +265,9 @@ def test_cli_profile_of_matmul_kernels_has_a_name_of_its_own(tmp_path):
 def test_cli_profile_in_bfloat16_has_a_name_of_its_own(tmp_path):
     """--precision bfloat16 times the model in bfloat16, records it and saves beside the float32
     profile (the node serving in bfloat16 looks for that name first)."""
-    from delen_ros.core.architectures import get_architecture
-    from delen_ros.core.zoo import save_model
-    model = get_architecture('fashion_mnist')(info=None)
-    save_model(model, tmp_path / 'models' / 'fashion_mnist', architecture='fashion_mnist')
+    model_json = _saved_fashion_mnist(tmp_path)
     out = tmp_path / 'profiles'
-    common = [str(tmp_path / 'models' / 'fashion_mnist.json'), '--quick', '--quiet', '--out', str(out), '--no-plots',
+    common = [model_json, '--quick', '--quiet', '--out', str(out), '--no-plots',
               '--meter', 'estimate', '--batch-sizes', '1', '--eval-limit', '20']
     assert main(common + ['--precision', 'bfloat16']) == 0
     assert main(common + ['--precision', 'float32']) == 0

@@ -17,7 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ['Cascade', 'ExitProfile', 'Profile', 'cpu_name', 'device_slug', 'exits_taken', 'profile_filename']
+__all__ = ['Cascade', 'ExitProfile', 'Profile', 'cpu_name', 'device_slug', 'exits_taken', 'find_profile',
+           'profile_filename']
 
 PROFILE_VERSION = 1
 
@@ -344,6 +345,17 @@ def profile_filename(model: str, device_slug_: str, kernels: str = '', dtype: st
     for one measured in bfloat16 (``dtype``; float32 on a CPU and float16 on CUDA keep the plain name)."""
     parts = [model, device_slug_] + [x for x in (kernels, 'bfloat16' if dtype == 'bfloat16' else '') if x]
     return '__'.join(parts) + '.json'
+
+
+def find_profile(folder: pathlib.Path, model: str, device_slug_: str, kernels: str = '',
+                 dtype: str = '') -> pathlib.Path | None:
+    """The profile in ``folder`` measured with these kernels and this precision, else with these
+    kernels in the plain precision (:func:`profile_filename`), else ``None``."""
+    for name in dict.fromkeys((profile_filename(model, device_slug_, kernels, dtype),
+                               profile_filename(model, device_slug_, kernels))):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
 def exits_taken(confidence: np.ndarray, thresholds: Sequence[float | None]) -> np.ndarray:

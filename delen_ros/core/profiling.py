@@ -21,7 +21,7 @@ except ImportError:   # progress bars are a nicety: the node and a bare install 
 from .energy import EnergyMeter, measure_energy, measure_idle_power_w  # re-exported: profiling's API
 from .preprocess import preprocess
 from .profile import ExitProfile, Profile, device_slug, exits_taken
-from .runner import StageRunner
+from .runner import StageRunner, dtype_name
 
 if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
@@ -324,7 +324,7 @@ def profile_model(model: 'MultiExitModel', *, device: str = 'cpu', batch_sizes: 
                      'calibration_accuracy': calib_accuracy})
     profile = Profile(model=info.name, device=device_slug(str(runner.device)), exits=tuple(exits),
                       energy_source=meter.source if measured else 'estimate', energy_includes_idle=includes_idle,
-                      accuracy_note=note, dtype=str(runner.dtype).replace('torch.', ''), meta=meta, samples=samples)
+                      accuracy_note=note, dtype=dtype_name(runner.dtype), meta=meta, samples=samples)
     if data is not None and calibration_set is not None and profile.has_samples:
         if report_bounds is None:
             report_bounds = [round(calib_accuracy[-1] - d / 100, 4) for d in (0, 0.25, 0.5, 1, 2, 3, 5, 10)]

@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
 
 __all__ = ['StageRunner', 'CaptureState', 'conv_backend', 'faster_backend', 'resolve_device', 'resolve_precision',
-           'PRECISIONS', 'warm_cuda_libraries', 'graph_batch_sizes', 'padded_graph_sizes',
+           'dtype_name', 'PRECISIONS', 'warm_cuda_libraries', 'graph_batch_sizes', 'padded_graph_sizes',
            'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped', 'to_pinned']
 
 _log = logging.getLogger(__name__)
@@ -176,6 +176,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == 'float16' and device.type != 'cuda':
         raise ValueError(f'precision float16 needs a CUDA device, got {device}')
     return getattr(torch, precision)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``'bfloat16'``: the name profiles record and :data:`PRECISIONS` use."""
+    return str(dtype).removeprefix('torch.')
 
 
 def _cpu_has_amx() -> bool:

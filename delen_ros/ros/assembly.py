@@ -50,8 +50,8 @@ def load_profile(params: NodeParams, model: Any, device: str, meter: Any, log: C
     of this model on this device, else a quick measurement (core profiling library)."""
     import torch
 
-    from delen_ros.core.profile import Profile, device_slug, profile_filename
-    from delen_ros.core.runner import resolve_precision
+    from delen_ros.core.profile import Profile, device_slug, find_profile, profile_filename
+    from delen_ros.core.runner import dtype_name, resolve_precision
     from delen_ros.core.zoo import models_dir
 
     if params.profile:
@@ -60,13 +60,10 @@ def load_profile(params: NodeParams, model: Any, device: str, meter: Any, log: C
     name = model.info.name
     folder = models_dir() / 'profiles'
     slug = device_slug(device)
-    dtype = str(resolve_precision(params.precision, torch.device(device))).replace('torch.', '')
-    committed = folder / profile_filename(name, slug)
+    dtype = dtype_name(resolve_precision(params.precision, torch.device(device)))
     kernels = 'matmul' if device.startswith('cuda') and params.conv_kernels == 'matmul' else ''
-    for own in (profile_filename(name, slug, kernels, dtype), profile_filename(name, slug, kernels)):
-        if (folder / own).is_file():   # measured with the kernels and the precision that serve, if there is one
-            committed = folder / own
-            break
+    # measured with the kernels and the precision that serve, if there is one; else the default profile
+    committed = find_profile(folder, name, slug, kernels, dtype) or folder / profile_filename(name, slug)
     if committed.is_file():
         profile = Profile.load(committed)
         if profile.dtype != dtype:

@@ -106,9 +106,10 @@ class DelenNode(StatusMixin, LifecycleNode):
             (SetBounds, '~/set_bounds', apps.set_bounds), (RemoveApp, '~/remove_app', apps.remove_app),
             (GetProfile, '~/get_profile', self._on_get_profile))]
         apps.restore(initial)
+        from delen_ros.core.runner import dtype_name   # here: importing the node module loads no torch
         self.get_logger().info(
             f'configured in {time.perf_counter() - started:.1f} s: model {served.model.info.name} '
-            f'({served.model.num_exits} exits) on {served.device} in {str(served.model.dtype).replace("torch.", "")}, '
+            f'({served.model.num_exits} exits) on {served.device} in {dtype_name(served.model.dtype)}, '
             f'profile {served.profile_source}, energy '
             f'{served.meter.source} ({served.meter.detail}), policy {p.policy}, {len(registry)} app(s), '
             f'frames taken by {f"{processes} {self._ingress.kind} receiver process(es)" if processes else "the node itself"}')

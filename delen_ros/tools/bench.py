@@ -43,8 +43,8 @@ from ..core.pointwise import CONV_KERNELS
 from ..core.results import Result
 from ..core.policies import available_policies
 from ..core.preprocess import preprocess
-from ..core.profile import Profile, device_slug, profile_filename
-from ..core.runner import PRECISIONS
+from ..core.profile import Profile, device_slug, find_profile, profile_filename
+from ..core.runner import PRECISIONS, dtype_name, resolve_precision
 
 __all__ = ['main', 'AppSpec', 'Frames', 'quick_bench_profile', 'default_apps', 'arrival_schedule', 'run_once',
            'served_exit_latencies']
@@ -615,10 +615,6 @@ def _kernels_suffix(runner) -> str:
     return 'matmul' if getattr(runner, 'pointwise_matmul', False) else ''
 
 
-def _dtype(runner) -> str:
-    return str(runner.dtype).replace('torch.', '')
-
-
 def _runner_options(args) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if args.conv_kernels == 'matmul':
@@ -644,9 +640,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         print(f'delen_bench: --device {args.device} but CUDA is not available', file=sys.stderr)
         return 2
-    if not cuda and (args.half or args.precision == 'float16'):
-        print(f'delen_bench: float16 (--half) needs a CUDA device, got --device {args.device} '
-              '(--precision float32 or bfloat16 on a CPU)', file=sys.stderr)
+    try:   # the runner's rule (float16 only on CUDA), checked before any model or frame is loaded
+        resolve_precision(_runner_options(args)['precision'], torch.device(args.device))
+    except ValueError as exc:
+        print(f'delen_bench: {exc}', file=sys.stderr)
         return 2
     policies = [p for p in args.policies.split(',') if p]
     unknown = sorted(set(policies) - set(available_policies()))
@@ -673,23 +670,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith('cuda') else slug
 
     from ..core import zoo
+    kernels, dtype = _kernels_suffix(runner), dtype_name(runner.dtype)
     folder = zoo.models_dir() / 'profiles'
-    committed = folder / profile_filename(info.name, slug, _kernels_suffix(runner), _dtype(runner))
-    if not committed.is_file():   # as the node: the plain profile where none was timed in this precision
-        committed = folder / profile_filename(info.name, slug, _kernels_suffix(runner))
+    # as the node: timed in this precision if there is such a profile, else the plain one
+    committed = find_profile(folder, info.name, slug, kernels, dtype)
     if args.profile and args.profile != 'quick':
         profile, profile_source = Profile.load(args.profile), args.profile
-    elif committed.is_file() and args.profile != 'quick':
+    elif committed is not None and args.profile != 'quick':
         profile, profile_source = Profile.load(committed), str(committed)
     else:
-        print(f'no profile {committed}: measuring a quick one', file=sys.stderr)
+        print(f'no profile {folder / profile_filename(info.name, slug, kernels, dtype)}: measuring a quick one',
+              file=sys.stderr)
         calib = _load_frames(info.name, count=args.calibration_count, offset=5000, frames_path=args.frames,
                              seed=args.seed, input_size=info.input_size, channels=info.in_channels)
         sizes = sorted({1, 2, 4, 8, 16, args.max_batch, args.overload_max_batch})
         t0 = time.perf_counter()
         profile = quick_bench_profile(model, runner, calib, device=args.device, batch_sizes=sizes,
                                       runs=args.profile_reps, meter=meter, power_w=args.power_w)
-        profile.save(out / profile_filename(info.name, slug, _kernels_suffix(runner), _dtype(runner)))
+        profile.save(out / profile_filename(info.name, slug, kernels, dtype))
         if args.save_profile:
             profile.save(args.save_profile)
         profile_source = f'quick measurement ({time.perf_counter() - t0:.1f} s, saved in {out})'
