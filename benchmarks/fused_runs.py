@@ -71,8 +71,9 @@ def busy(ms: float) -> None:
 
 
 def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float, step_ms: list[float],
-        duration_s: float, stall_at_s: float, stall_ms: float, pre_call_ms: float = 0.0, bin_s: float = 0.25) -> dict:
-    model = fake_model(len(step_ms))
+        duration_s: float, stall_at_s: float, stall_ms: float, pre_call_ms: float = 0.0, bin_s: float = 0.25,
+        queue_depth: int = 1, finish_started: bool = True) -> dict:
+    model = fake_model(len(step_ms), scales=[2.0 * (k + 1) for k in range(len(step_ms))])   # FAKE_SCALES at 4
     profile = synthetic_profile(len(step_ms), step_ms=step_ms, head_ms=0.02, batch_cost=0.0)
     runner = StallingRunner(model, sleep_ms=step_ms)
     results = []
@@ -82,8 +83,9 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
         with lock:
             results.append((r.arrival_ns, r.latency_ms))
 
-    engine = Engine(model, profile, runner=runner, policy=policy, max_batch=32, queue_depth=1,
+    engine = Engine(model, profile, runner=runner, policy=policy, max_batch=32, queue_depth=queue_depth,
                     on_result=on_result, device_preprocess=False)
+    engine.finish_started = finish_started   # benchmarks/overload_collapse.py's A/B
     engine.split_runs_for = 'earlier' if variant == 'earlier' else 'any'
     engine.corrector.pool_batch_sizes = variant in ('pooled', 'pre_per_frame', 'pre_clamped')
     if variant == 'pre_per_frame':   # as before session 9
@@ -102,13 +104,13 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
     for name in names:
         engine.set_app(name, Bounds(max_latency_ms=bound_ms))
     turns = [0]
-    execute = engine._execute
+    launch = engine._launch
 
-    def counted(batch, decision_ns):
+    def counted(batch, decision_ns, **kwargs):
         turns[0] += 1
-        return execute(batch, decision_ns)
+        return launch(batch, decision_ns, **kwargs)
 
-    engine._execute = counted
+    engine._launch = counted
     engine.start()
     warm_calls = len(runner.calls)   # warm-up's own stage calls are not served steps
     image = fake_image(1, 200)
@@ -145,11 +147,15 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
         if latency <= bound_ms:
             within_per_bin[min(bins - 1, int((arrival - t0) / 1e9 / bin_s))] += 1
     within = sum(within_per_bin)
+    latencies = sorted(latency for _, latency in results)
     after = int((stall_at_s + 1.0) / bin_s)   # from a second after the stall
     steps = len(runner.calls) - warm_calls
     return {'variant': variant, 'policy': policy, 'apps': apps, 'sent': len(sent), 'answered': len(results),
             'within_share': within / max(1, len(sent)),
             'within_share_from_1s_after_stall': sum(within_per_bin[after:]) / max(1, sum(sent_per_bin[after:])),
+            'latency_p50_ms': latencies[len(latencies) // 2] if latencies else None,
+            'latency_p99_ms': latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
+            'latency_max_ms': latencies[-1] if latencies else None,
             'turns_per_frame': turns[0] / max(1, len(sent)), 'steps_per_turn': steps / max(1, turns[0]),
             'within_share_by_bin': [w / s if s else None for w, s in zip(within_per_bin, sent_per_bin)],
             'answered_share_by_bin': [a / s if s else None for a, s in zip(answered_per_bin, sent_per_bin)]}

@@ -329,10 +329,13 @@ def test_split_runs_for_earlier_ignores_waiting_work_due_after_the_run():
     model = fake_model()
     engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model), clock=clock,
                     policy='always_final', overhead_prior_ms=0.0, max_batch=1)
-    engine.set_app('a', Bounds(max_latency_ms=9.0))
-    engine.set_app('b', Bounds(max_latency_ms=9.0))
+    # 13 ms: always_final's way to its last exit is expected to take 12.5 (with less the frame is late
+    # before it starts), and b, 0.5 ms later, must start its first step before the run would end
+    engine.set_app('a', Bounds(max_latency_ms=13.0))
+    engine.set_app('b', Bounds(max_latency_ms=13.0))
     engine.submit(['a'], fake_image(1, 200))
     batch = engine._scheduler.next_batch(clock()).batch
+    assert not batch.requests[0].late
     assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=False) == 3   # nothing waits
     clock.advance(0.5)
     engine.submit(['b'], fake_image(2, 200))   # due 0.5 ms after the running frame

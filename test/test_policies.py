@@ -168,6 +168,14 @@ def test_static_fallback_exit(min_accuracy, expected):
     assert static_fallback_exit(PROFILE, min_accuracy) == expected
 
 
+
+@pytest.mark.parametrize('name, bounds, expected', [
+    ('delen', Bounds(min_accuracy=0.9), 0), ('check_after_stage', Bounds(max_latency_ms=5.0), 0),
+    ('fixed_confidence', Bounds(), 0), ('always_final', Bounds(max_latency_ms=5.0), 3),
+    ('static_exit', Bounds(min_accuracy=0.8), 2), ('static_exit', Bounds(max_latency_ms=0.01), 3)])   # infeasible
+def test_first_stop_is_the_first_exit_a_frame_may_end_at(name, bounds, expected):
+    assert get_policy(name).first_stop(PROFILE, bounds) == expected
+
 def test_fixed_confidence_validates_threshold():
     with pytest.raises(ValueError, match='1.5'):
         get_policy('fixed_confidence', threshold=1.5)

@@ -233,6 +233,41 @@ def test_late_frames_never_delay_feasible_ones_without_enforcement(policy):
     assert served_ok == 20
 
 
+
+@pytest.mark.parametrize('enforce, first_stop, late', [
+    (False, 0, False), (False, 3, True),   # the last exit is 10.4 ms away: out of a 6 ms bound
+    (True, 3, False)])                     # with enforcement a late frame is served at its fastest exit
+def test_lateness_is_judged_on_the_way_to_the_first_exit_the_policy_may_stop_at(enforce, first_stop, late):
+    clock = FakeClock()
+    s = make(enforce_deadlines=enforce)
+    s.set_app('a', latency_bound_ms=6.0, first_stop=first_stop)
+    r = arrive(s, 'a', clock)
+    s.next_batch(clock())
+    assert r.late is late and r.first_stop == first_stop
+
+
+def test_first_stop_must_be_an_exit():
+    with pytest.raises(ValueError, match='first_stop'):
+        make().set_app('a', latency_bound_ms=6.0, first_stop=PROFILE.num_exits)
+
+
+@pytest.mark.parametrize('finish_started', [True, False])
+def test_without_enforcement_started_work_is_finished_in_edf_order_even_late(finish_started):
+    """Left waiting for idle time, late requests part-way through the network starved under overload
+    and held their in-flight slots (benchmarks/overload_collapse.py); begun, they are finished first."""
+    clock = FakeClock()
+    s = make([('a', 20.0), ('b', 20.0)], max_batch=1, enforce_deadlines=False)
+    s.finish_started = finish_started
+    started = arrive(s, 'a', clock)
+    assert s.next_batch(clock()).batch.requests == (started,)
+    started.next_step = 1
+    s.requeue(started)
+    clock.advance(19.0)                  # step 1 (2.1 ms) cannot end by its deadline any more
+    fresh = arrive(s, 'b', clock)
+    batch = s.next_batch(clock()).batch
+    assert started.late and not fresh.late
+    assert batch.requests == ((started,) if finish_started else (fresh,))
+
 def test_drop_policy_probes_one_late_frame_in_a_row():
     clock = FakeClock()
     s = make([('a', 1.0)], late_policy='drop', probe_every=3)   # 1 ms < the 1.1 ms first step: always late

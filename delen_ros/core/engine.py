@@ -530,7 +530,8 @@ class Engine(AdmissionMixin, StatsMixin):
                 # re-check's count starts over (without admission control only the count does)
                 app.restart_checks(demoted=app.demoted and not self.admission_control)
             app.on_priors = on_priors
-            self._scheduler.set_app(app_id, latency_bound_ms=bounds.max_latency_ms, late_policy=late_policy)
+            self._scheduler.set_app(app_id, latency_bound_ms=bounds.max_latency_ms, late_policy=late_policy,
+                                    first_stop=self.policy.first_stop(self.profile, bounds))
             self._scheduler.set_best_effort(app_id, app.demoted)
         return result
 
@@ -722,6 +723,18 @@ class Engine(AdmissionMixin, StatsMixin):
     def demoted_last(self, on: bool) -> None:
         with self._cond:
             self._scheduler.demoted_last = bool(on)
+
+    @property
+    def finish_started(self) -> bool:
+        """Without enforced deadlines (the baselines), started work keeps its EDF place late or not, and a
+        frame is late when it cannot reach its policy's first stop (:attr:`Scheduler.finish_started`);
+        ``False`` (an A/B): as before session 34."""
+        return self._scheduler.finish_started
+
+    @finish_started.setter
+    def finish_started(self, on: bool) -> None:
+        with self._cond:
+            self._scheduler.finish_started = bool(on)
 
     def __enter__(self) -> 'Engine':
         self.start()

@@ -342,6 +342,12 @@ class Policy(abc.ABC):
         the engine looks at every exit, as it always did)."""
         return None
 
+    def first_stop(self, profile: 'Profile', bounds: Bounds) -> int:
+        """The first exit this policy may stop a frame at under these bounds, whatever its input and
+        timing: the scheduler, where it does not enforce deadlines (the baselines), judges a frame late
+        when it cannot get there in time. Here the first exit."""
+        return 0
+
     def needed_exit(self, profile: 'Profile', bounds: Bounds) -> int:
         """The deepest exit that an app's frames need under these bounds, but for a share of at most
         :data:`NEEDED_EXIT_TAIL` of them: what admission makes room for. Here the earliest exit whose
@@ -597,6 +603,9 @@ class AlwaysFinalPolicy(Policy):
     def _decide_ahead(self, ctx: ExitContext) -> Decision:
         return Decision.CONTINUE
 
+    def first_stop(self, profile: 'Profile', bounds: Bounds) -> int:
+        return profile.final_exit
+
 
 @register_policy('static_exit')
 class StaticExitPolicy(Policy):
@@ -614,6 +623,10 @@ class StaticExitPolicy(Policy):
 
     def _decide_ahead(self, ctx: ExitContext) -> Decision:
         return self._decide(ctx)   # reads neither the input nor the time
+
+    def first_stop(self, profile: 'Profile', bounds: Bounds) -> int:
+        planned = self._plans.exit_for(bounds, profile)
+        return profile.final_exit if planned is None else planned
 
 
 @register_policy('check_after_stage')

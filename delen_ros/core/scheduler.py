@@ -6,7 +6,10 @@ Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever 
 1. classifies every waiting request with a latency bound as *on time* or *late*: a queued frame is
    late when even the fastest exit cannot make its deadline (``now + expected first step + expected
    tail > deadline``; *expected*, not the safe prediction: giving up is a certain miss, running is
-   only a likely one), a started one when its next step cannot;
+   only a likely one), a started one when its next step cannot. Without enforcement the fastest
+   exit is the first one the app's policy may stop at (``first_stop`` in :meth:`Scheduler.set_app`:
+   ``always_final`` runs every frame to the last), so a frame that cannot get there in time is
+   late before it starts, not part-way through;
 2. (with ``enforce_deadlines``, the default) drops late frames of apps that chose
    :attr:`~delen_ros.core.bounds.LatePolicy.DROP` (except one in ``probe_every`` in a row, which is
    served late, so that measurements never stop and an app is never locked out by a stale
@@ -16,6 +19,11 @@ Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever 
 3. picks the request with the earliest deadline (EDF across apps) among the *on-time* queued frames
    and requests in flight; late ones lead a batch only when nothing on time is waiting (idle time),
    so a hopeless frame never goes before a feasible one of an app that fits, whatever the policy; the
+   same holds for started work only with enforcement (a started request that goes late is finished
+   at once); without it a started request keeps its EDF place, late or not, so that work begun is
+   finished (under overload, late frames left part-way through the network waited for idle time
+   that never came, held their in-flight slots, and the baseline's served rate collapsed to a
+   third: ``benchmarks/overload_collapse.py``); the
    work of apps marked *best effort* (:meth:`Scheduler.set_best_effort`: admission's re-check found
    them, for several checks in a row, not fitting beside the apps admitted before them) comes after
    every other app's, late or not, EDF among themselves, so that they cannot make the apps that fit
@@ -81,6 +89,8 @@ class Request:
     :param next_step: the step this request runs next (0 = not started).
     :param state: opaque engine data (features, best result so far).
     :param late: cannot meet its deadline any more (set by the scheduler; it stays set).
+    :param first_stop: the first exit its app's policy may stop it at (without enforcement, lateness
+        is judged on the way there).
     """
 
     app_id: str
@@ -92,6 +102,7 @@ class Request:
     state: Any = None
     tag: Any = None
     late: bool = False
+    first_stop: int = 0
 
     @property
     def started(self) -> bool:
@@ -143,10 +154,11 @@ class AppQueue:
     dropped in a row (a probe is served when it reaches ``probe_every``)."""
 
     def __init__(self, app_id: str, *, latency_bound_ms: float | None, queue_depth: int,
-                 late_policy: LatePolicy = LatePolicy.SERVE_FASTEST):
+                 late_policy: LatePolicy = LatePolicy.SERVE_FASTEST, first_stop: int = 0):
         self.app_id = app_id
         self.latency_bound_ms = latency_bound_ms
         self.late_policy = late_policy
+        self.first_stop = first_stop
         self.late_drops = 0
         self.best_effort = False   # admission found it unschedulable: served after the others
         self.frames: collections.deque[Request] = collections.deque(maxlen=queue_depth)
@@ -214,23 +226,34 @@ class Scheduler:
         # too (H200 trace: a kept 10 ms app's frame, marked late 5.5 ms after its stamp, waited 7 ms behind
         # two demoted apps' frames; served first it would have ended ~7.5 ms after its stamp)
         self.demoted_last = True
+        # False (an A/B, before session 34): without enforcement a started request that goes late waits
+        # for idle time, and a frame is judged late on its first step only (benchmarks/overload_collapse.py)
+        self.finish_started = True
         self._apps: dict[str, AppQueue] = {}
         self._in_flight: list[Request] = []   # started, waiting for their next step
         self._running = 0                     # started requests handed out in a batch, not yet back
 
     # --- apps -----------------------------------------------------------------------------------------
     def set_app(self, app_id: str, *, latency_bound_ms: float | None,
-                late_policy: LatePolicy | str = LatePolicy.SERVE_FASTEST) -> None:
-        """Add an app or change its latency bound and late policy (queued frames keep the deadline
-        they arrived with)."""
+                late_policy: LatePolicy | str = LatePolicy.SERVE_FASTEST, first_stop: int = 0) -> None:
+        """Add an app or change its latency bound, late policy and first possible stop (queued frames
+        keep the deadline and first stop they arrived with).
+
+        :param first_stop: the first exit its policy may stop a frame at, whatever its input and time
+            (:meth:`~delen_ros.core.policies.Policy.first_stop`); without enforcement a frame is late
+            when it cannot get there in time.
+        """
         late_policy = LatePolicy.parse(late_policy)
+        if not 0 <= first_stop < self.num_steps:
+            raise ValueError(f'first_stop must be in 0..{self.num_steps - 1}, got {first_stop!r}')
         queue = self._apps.get(app_id)
         if queue is None:
             self._apps[app_id] = AppQueue(app_id, latency_bound_ms=latency_bound_ms, queue_depth=self.queue_depth,
-                                          late_policy=late_policy)
+                                          late_policy=late_policy, first_stop=first_stop)
         else:
             queue.latency_bound_ms = latency_bound_ms
             queue.late_policy = late_policy
+            queue.first_stop = first_stop
 
     def remove_app(self, app_id: str) -> list[Request]:
         """Forget an app; returns its queued and in-flight requests (the caller counts or finishes them)."""
@@ -259,8 +282,9 @@ class Scheduler:
     # --- arrivals -----------------------------------------------------------------------------------
     def make_request(self, app_id: str, frame: Any, arrival_ns: int, *, tag: Any = None) -> Request:
         """A request for ``app_id``'s frame with the deadline its current bound gives (:meth:`deadline_ns`)."""
+        queue = self._apps[app_id]
         return Request(app_id=app_id, frame=frame, arrival_ns=arrival_ns, deadline_ns=self.deadline_ns(app_id, arrival_ns),
-                       latency_bound_ms=self._apps[app_id].latency_bound_ms, tag=tag)
+                       latency_bound_ms=queue.latency_bound_ms, tag=tag, first_stop=queue.first_stop)
 
     def deadline_ns(self, app_id: str, arrival_ns: int) -> int:
         """The one definition of a frame's deadline: ``arrival + bound - delivery allowance`` (when its
@@ -323,6 +347,11 @@ class Scheduler:
                     for r in waiting if r.hard and not r.late and r.deadline_ns < due_before_ns), default=math.inf)
 
     # --- the decision ---------------------------------------------------------------------------------
+    def _behind(self, request: Request) -> bool:
+        """Whether ``request`` waits behind on-time work: late and not started (a started one only
+        without :attr:`finish_started`; with enforcement a started request never waits late)."""
+        return request.late and not (request.started and self.finish_started)
+
     def _fits(self, request: Request, now_ns: int, ms: float) -> bool:
         return not request.hard or now_ns + ms * _NS_PER_MS <= request.deadline_ns
 
@@ -351,13 +380,14 @@ class Scheduler:
         # the on-time members' deadlines (a late frame does not limit a batch, see _due_by): marked
         # late on a prediction with margins, a frame served in the next batch often still makes it,
         # while in idle time, at 16 busy cameras, it waited 12-20 ms (H200 traces, session 26).
+        behind = self._behind
         if not self.late_riders:
-            candidates = [r for r in candidates if not r.late] or candidates
+            candidates = [r for r in candidates if not behind(r)] or candidates
         demoted = self.best_effort_apps()
         if self.demoted_last:
-            candidates.sort(key=lambda r: (r.app_id in demoted, r.late, r.deadline_ns, r.arrival_ns))
+            candidates.sort(key=lambda r: (r.app_id in demoted, behind(r), r.deadline_ns, r.arrival_ns))
         else:
-            candidates.sort(key=lambda r: (r.late, r.app_id in demoted, r.deadline_ns, r.arrival_ns))
+            candidates.sort(key=lambda r: (behind(r), r.app_id in demoted, r.deadline_ns, r.arrival_ns))
         head = candidates[0]
         step = head.next_step
         limit = self.max_batch if step > 0 else min(self.max_batch, can_start)
@@ -426,13 +456,24 @@ class Scheduler:
         """Mark late requests; with enforcement, drop late frames of DROP apps (but for probes) and
         expire requests in flight whose next step would overrun."""
         expected_ms = predict_ms if self.expected_ms is self.predict_ms else _memo(self.expected_ms)
-        first_ms = expected_ms(0, 1) + tail_ms
+        on_path = not self.enforce_deadlines and self.finish_started
+        spans: dict[tuple[int, int], float] = {}
+
+        def to_stop(r: Request) -> float:
+            """Expected time from now to the first exit ``r`` may stop at, at batch 1, tail included
+            (with enforcement, the next one: a late request is served at its fastest exit)."""
+            span = (r.next_step, max(r.next_step, r.first_stop) if on_path else r.next_step)
+            ms = spans.get(span)
+            if ms is None:
+                ms = spans[span] = sum(expected_ms(k, 1) for k in range(span[0], span[1] + 1)) + tail_ms
+            return ms
+
         for q in self._apps.values():
             if not q.frames or not any(r.hard for r in q.frames):
                 continue
             keep = []
             for r in q.frames:
-                if not r.late and not self._fits(r, now_ns, first_ms):
+                if not r.late and not self._fits(r, now_ns, to_stop(r)):
                     r.late = True
                     if self.enforce_deadlines and q.late_policy is LatePolicy.DROP:
                         q.late_drops += 1
@@ -453,7 +494,7 @@ class Scheduler:
             self._in_flight = keep
         else:
             for r in self._in_flight:
-                if r.hard and not r.late and not self._fits(r, now_ns, expected_ms(r.next_step, 1) + tail_ms):
+                if r.hard and not r.late and not self._fits(r, now_ns, to_stop(r)):
                     r.late = True
 
     def _take(self, members: list[Request]) -> None:
