@@ -125,3 +125,25 @@ def test_pipeline_defaults_and_validation():
     assert make_engine(Collector()).pipeline == 'off'
     with pytest.raises(ValueError, match='pipeline'):
         make_engine(Collector(), pipeline='sometimes')
+
+
+
+def test_a_pipelined_runs_predicted_end_is_anchored_on_the_measured_end_of_the_one_before():
+    """Chained on predictions alone, each turn added the prediction's error: with steps predicted at the
+    profile's 1-4 ms and done at once, the predicted end ran ahead of the clock by more every turn, until
+    every frame looked late and was served at its first exit (benchmarks/overload_collapse.py's sim)."""
+    c = Collector()
+    engine = make_engine(c, pipeline='always', max_batch=1, queue_depth=64)
+    engine.corrector.update = lambda *args, **kwargs: None   # predictions stay the profile's, above the real time
+    engine.set_app('a', Bounds(max_latency_ms=5000.0))
+    for i in range(30):
+        engine.submit(['a'], fake_image(i % 4), tag=i)
+    ahead_ms, predicted_ms = [], []
+    for _ in range(25):
+        engine._serve_once()
+        run = engine._pending_run
+        if run is not None:
+            ahead_ms.append((run.free_at - engine.clock()) / 1e6)
+            predicted_ms.append(run.predicted_ns / 1e6)
+    assert len(ahead_ms) >= 20
+    assert max(ahead_ms) <= max(predicted_ms) + 1.0   # one run's prediction ahead at most, not one a turn

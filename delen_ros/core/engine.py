@@ -146,6 +146,8 @@ class _Run:
     pipelined: bool = False       # the worker goes on to the next batch before looking at this one
     done: Any = None              # pipelined on CUDA: event after its results' copies to pinned memory
     free_at: int = 0              # engine clock when the device is predicted to be done with it
+    predicted_ns: int = 0         # its steps and a turn, as predicted: free_at less when it started on the device
+    ended_clock: int = 0          # engine clock when its results were back (set by Engine._complete)
 
 
 def make_runner(model: 'MultiExitModel', *, device: str = 'cpu', max_batch: int = 32,
@@ -873,6 +875,12 @@ class Engine(AdmissionMixin, StatsMixin):
         if pending is not None:
             self._pending_run = None
             self._guarded(pending.batch, self._complete, pending)
+            if run is not None and run.pipelined and pending.ended_clock:
+                # Launched behind `pending`, it began on the device when that one ended: re-anchor its
+                # predicted end on that measured time. Chained on predictions alone, each turn added the
+                # prediction's error, and where it ran long the schedule drifted into the future until
+                # every frame looked late (served at its first exit; benchmarks/overload_collapse.py).
+                run.free_at = max(run.start_clock, pending.ended_clock) + run.predicted_ns
         if run is not None:
             if run.pipelined:
                 self._pending_run = run
@@ -1020,10 +1028,11 @@ class Engine(AdmissionMixin, StatsMixin):
             RECORDER.add('launch', t_start, time.perf_counter_ns(), run_ns=t_run, plan_ns=plan_ns, pre_ns=pre_ns, n=n,
                          requests=len(requests), steps=(steps[0], steps[-1]), padded=padded,
                          apps=tuple(r.app_id for r in requests))   # tuples: left alone by the collector
-        free_at = begins + int((sum(self._predict_ms(k, len(requests), turn=False) for k in steps)
-                                + self._turn_ms()) * _NS_PER_MS) if pipelined else 0
+        predicted_ns = int((sum(self._predict_ms(k, len(requests), turn=False) for k in steps)
+                            + self._turn_ms()) * _NS_PER_MS) if pipelined else 0
         return _Run(batch, decision_ns, slot, n, steps, t_start, t_run, start_clock, plan_ns, pre_ns, padded,
-                    features, confidence, class_id, pipelined=pipelined, done=done, free_at=free_at)
+                    features, confidence, class_id, pipelined=pipelined, done=done,
+                    free_at=begins + predicted_ns if pipelined else 0, predicted_ns=predicted_ns)
 
     def _complete(self, run: _Run) -> None:
         """Wait for a launched batch, then decide per request: deliver its result, or put it back in
@@ -1042,6 +1051,7 @@ class Engine(AdmissionMixin, StatsMixin):
             self._runner.synchronize()
             confidence, class_id = confidence.cpu().tolist(), class_id.cpu().tolist()
         t_end = time.perf_counter_ns()
+        run.ended_clock = self.clock()
         # A batch launched while the one before it still ran started on the device when that one
         # ended: its time is from there (in a pipeline, one turn of the worker per batch).
         began = max(run.t_start, self._last_end_ns)
