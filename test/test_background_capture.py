@@ -112,6 +112,38 @@ def test_run_until_stopped_propagates_a_failure_after_the_jobs_before_it():
     assert ran == [1, 2]
 
 
+
+def test_run_until_stopped_waits_for_its_gate_before_each_job():
+    stop, ran, answers = threading.Event(), [], iter([False, False, True, True, False, True])
+    assert run_until_stopped([1, 2, 3], ran.append, stop, gate=lambda: next(answers), poll_s=0.001) == [1, 2, 3]
+    assert ran == [1, 2, 3]   # and every answer was asked: two waits before job 1, one before job 3
+    assert next(answers, None) is None
+
+
+def test_a_closed_gate_gives_way_to_stop():
+    stop = threading.Event()
+    threading.Timer(0.05, stop.set).start()
+    ran: list[int] = []
+    assert run_until_stopped([1, 2], ran.append, stop, gate=lambda: False, poll_s=0.005) == [] and ran == []
+
+
+def test_the_engine_lets_trials_start_only_while_its_worker_waits_and_no_frame_was_pushed_out():
+    model = fake_model()
+    engine = Engine(model, synthetic_profile(), on_result=lambda r: None, device='cpu', queue_depth=1)
+    engine.set_app('a', Bounds())
+    assert engine._trial_may_start()                     # not serving: no worker to take the GIL from
+    engine._thread = threading.current_thread()          # as if serving (the worker itself is not needed)
+    engine._idle = False
+    assert not engine._trial_may_start()                 # serving
+    engine._idle = True
+    assert engine._trial_may_start()                     # waiting for frames
+    engine.submit(['a'], fake_image(1))
+    engine.submit(['a'], fake_image(2))                  # pushes the first out: behind
+    assert not engine._trial_may_start()
+    engine.trials_when_idle = False                      # the A/B: back to back
+    assert engine._trial_may_start()
+    engine._thread = None
+
 # --- the runner's machinery on CPU, with fake graphs ---------------------------------------------------
 class FakeGraph:
     """Stands in for ``runner._Graph`` on CPU: the same buffers and padding, the module run eagerly

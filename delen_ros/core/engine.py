@@ -436,6 +436,10 @@ class Engine(AdmissionMixin, StatsMixin):
         self._pending_run: _Run | None = None   # launched, not looked at yet (the worker's own)
         self._last_end_ns = 0                   # perf_counter_ns: the last run's results were back
         self._last_evicted_ns = -_BEHIND_NS - 1   # engine clock: a queue last pushed a frame out
+        # False (an A/B, before session 34): the runner's background cuDNN trials run back to back
+        self.trials_when_idle = True
+        if hasattr(self._runner, 'trial_gate'):
+            self._runner.trial_gate = self._trial_may_start
         self._device_pre = DevicePreprocessor(
             self.info, self._runner.device, dtype=getattr(self._runner, 'dtype', torch.float32),
             memory_format=torch.channels_last if getattr(self._runner, 'channels_last', False)
@@ -645,6 +649,17 @@ class Engine(AdmissionMixin, StatsMixin):
         return None if behind else False
 
     # --- life cycle -----------------------------------------------------------------------------------
+    def _trial_may_start(self) -> bool:
+        """Whether the runner's next background cuDNN trial may start: only while the worker waits for
+        frames and no queue pushed one out lately. A trial is 0.3-2 s of Python (the modules run to
+        be captured) holding the GIL against the worker and the frame reader: at 32 cameras x 120 Hz
+        on an H200 the capture thread had half of the node's Python samples, its trials unfinished after
+        20 s. Under a load that never lets the worker wait, the graphs stay native (a trial only makes
+        a graph faster where cuDNN wins)."""
+        if not self.trials_when_idle or self._thread is None:   # no worker to take the GIL from
+            return True
+        return self._idle and self.clock() - self._last_evicted_ns > _BEHIND_NS
+
     def warm_up(self, *, reps: int = 3, background_capture: bool | None = None) -> None:
         """Capture graphs, choose kernels and seed the latency corrector before serving
         (:func:`~delen_ros.core.warmup.warm_up`)."""

@@ -288,13 +288,18 @@ def faster_backend(native_ms: Sequence[float], cudnn_ms: Sequence[float]) -> str
     return 'cudnn' if min(cudnn_ms) < min(native_ms) else 'native'
 
 
-def run_until_stopped(jobs: Iterable[_Job], run: Callable[[_Job], None], stop: threading.Event) -> list[_Job]:
+def run_until_stopped(jobs: Iterable[_Job], run: Callable[[_Job], None], stop: threading.Event, *,
+                      gate: Callable[[], bool] | None = None, poll_s: float = 0.05) -> list[_Job]:
     """Run ``jobs`` in order, looking at ``stop`` before each (a job is never cut short); the jobs run.
+
+    :param gate: before each job, wait (looking again every ``poll_s``) until it answers true.
 
     An exception of ``run`` propagates, after the jobs before it ran.
     """
     done: list[_Job] = []
     for job in jobs:
+        while gate is not None and not stop.is_set() and not gate():
+            stop.wait(poll_s)
         if stop.is_set():
             break
         run(job)
@@ -490,6 +495,9 @@ class StageRunner:
             raise ValueError(f'graph sizes must be >= 1 and end at max_batch {max_batch}, got {self.graph_sizes}')
         self.cuda_graphs = bool(cuda_graphs) and cuda
         self.background_capture = bool(background_capture)
+        #: called before each cuDNN trial of the background capture: it waits until this answers true
+        #: (the engine's: its worker waits for frames). None: trials run back to back.
+        self.trial_gate: Callable[[], bool] | None = None
         self.native_first = bool(native_first)
         self.trial_smallest = bool(trial_smallest)
         self.trials_while_serving = bool(trials_while_serving)
@@ -717,7 +725,7 @@ class StageRunner:
                 if not self._pending() and self._to_upgrade:   # every size serves at full batch: now cuDNN's trials
                     # the largest first, as before serving: where cuDNN wins most
                     run_until_stopped(capture_order(sorted(self._to_upgrade, reverse=True), self.num_exits),
-                                      try_cudnn, stop)
+                                      try_cudnn, stop, gate=self.trial_gate)
                     if not self._to_upgrade:
                         backends = self.conv_backends()
                         _log.info('CUDA graphs settled after %.1f s in the background: %d of %d on cuDNN, the '
