@@ -127,10 +127,12 @@ def test_a_closed_gate_gives_way_to_stop():
     assert run_until_stopped([1, 2], ran.append, stop, gate=lambda: False, poll_s=0.005) == [] and ran == []
 
 
-def test_the_engine_lets_trials_start_only_while_its_worker_waits_and_no_frame_was_pushed_out():
+def test_trials_when_idle_lets_them_start_only_while_the_worker_waits_and_no_frame_was_pushed_out():
     model = fake_model()
     engine = Engine(model, synthetic_profile(), on_result=lambda r: None, device='cpu', queue_depth=1)
     engine.set_app('a', Bounds())
+    assert engine._trial_may_start()                     # the default: back to back
+    engine.trials_when_idle = True                       # the A/B (DELEN_TRIALS_WHEN_IDLE=1)
     assert engine._trial_may_start()                     # not serving: no worker to take the GIL from
     engine._thread = threading.current_thread()          # as if serving (the worker itself is not needed)
     engine._idle = False
@@ -140,7 +142,7 @@ def test_the_engine_lets_trials_start_only_while_its_worker_waits_and_no_frame_w
     engine.submit(['a'], fake_image(1))
     engine.submit(['a'], fake_image(2))                  # pushes the first out: behind
     assert not engine._trial_may_start()
-    engine.trials_when_idle = False                      # the A/B: back to back
+    engine.trials_when_idle = False
     assert engine._trial_may_start()
     engine._thread = None
 

@@ -436,8 +436,10 @@ class Engine(AdmissionMixin, StatsMixin):
         self._pending_run: _Run | None = None   # launched, not looked at yet (the worker's own)
         self._last_end_ns = 0                   # perf_counter_ns: the last run's results were back
         self._last_evicted_ns = -_BEHIND_NS - 1   # engine clock: a queue last pushed a frame out
-        # False (an A/B, before session 34): the runner's background cuDNN trials run back to back
-        self.trials_when_idle = True
+        # True (an A/B, session 34): the runner's background cuDNN trials wait for an idle worker. Off: at
+        # 32 cameras x 120 Hz on an H200 the graphs then stayed native, the GPU was busier per batch and the
+        # node served 12 % fewer results than with the trials competing for the GIL (benchmarks/h200/trials_gate_session34)
+        self.trials_when_idle = False
         if hasattr(self._runner, 'trial_gate'):
             self._runner.trial_gate = self._trial_may_start
         self._device_pre = DevicePreprocessor(
@@ -654,8 +656,8 @@ class Engine(AdmissionMixin, StatsMixin):
         frames and no queue pushed one out lately. A trial is 0.3-2 s of Python (the modules run to
         be captured) holding the GIL against the worker and the frame reader: at 32 cameras x 120 Hz
         on an H200 the capture thread had half of the node's Python samples, its trials unfinished after
-        20 s. Under a load that never lets the worker wait, the graphs stay native (a trial only makes
-        a graph faster where cuDNN wins)."""
+        20 s. But under a load that never lets the worker wait the graphs then stay native, and there
+        cuDNN's batch-32 graphs are worth more than the GIL the trials take: off by default."""
         if not self.trials_when_idle or self._thread is None:   # no worker to take the GIL from
             return True
         return self._idle and self.clock() - self._last_evicted_ns > _BEHIND_NS
