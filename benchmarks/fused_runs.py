@@ -161,6 +161,29 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
             'answered_share_by_bin': [a / s if s else None for a, s in zip(answered_per_bin, sent_per_bin)]}
 
 
+def plot_within_by_bin(path: pathlib.Path, panels: list, *, duration_s: float, stall_at_s: float) -> bool:
+    """One panel per ``(title, lines)``, each line ``(label, dashed, share within the bound per bin)``
+    over the run's seconds, the stall marked; false where matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)), squeeze=False)
+    for ax, (title, lines) in zip(axes[:, 0], panels):
+        for label, dashed, bins in lines:
+            ax.plot([duration_s * (i + 0.5) / len(bins) for i in range(len(bins))], bins, label=label,
+                    ls='--' if dashed else '-')
+        ax.axvline(stall_at_s, color='grey', lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel('within bound'); ax.set_ylim(0, 1.05); ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel('seconds')
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return True
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--out', type=pathlib.Path, default=REPO / 'benchmarks' / 'cpu' / 'fused_runs')
@@ -208,25 +231,12 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in vars(args).items() if k != 'out'}
     (args.out / 'fused_runs.json').write_text(json.dumps({'meta': meta, 'summary': summary, 'runs': rows}, indent=1))
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return 0
-    fig, axes = plt.subplots(len(args.apps), 1, figsize=(9, 3 * len(args.apps)), squeeze=False)
-    for ax, apps in zip(axes[:, 0], args.apps):
-        for row in (r for r in rows if r['apps'] == apps and r['repeat'] == 0):
-            xs = [args.duration * (i + 0.5) / len(row['within_share_by_bin']) for i in range(len(row['within_share_by_bin']))]
-            ax.plot(xs, row['within_share_by_bin'], label=f"{row['policy']}, {row['variant']}",
-                    ls='-' if row['variant'] == 'pooled' else '--')
-        ax.axvline(args.stall_at, color='grey', lw=0.8)
-        ax.set_title(f'{apps} apps x {args.rate:g} Hz, {args.bound_ms:g} ms bound, {args.stall_ms:g} ms stall at '
-                     f'{args.stall_at:g} s', fontsize=9)
-        ax.set_ylabel('within bound'); ax.set_ylim(0, 1.05); ax.legend(fontsize=7)
-    axes[-1, 0].set_xlabel('seconds')
-    fig.tight_layout()
-    fig.savefig(args.out / 'fused_runs.png', dpi=90)
+    stall = f'{args.stall_ms:g} ms stall at {args.stall_at:g} s'
+    plot_within_by_bin(args.out / 'fused_runs.png', [
+        (f'{apps} apps x {args.rate:g} Hz, {args.bound_ms:g} ms bound, {stall}',
+         [(f"{row['policy']}, {row['variant']}", row['variant'] != 'pooled', row['within_share_by_bin'])
+          for row in rows if row['apps'] == apps and row['repeat'] == 0])
+        for apps in args.apps], duration_s=args.duration, stall_at_s=args.stall_at)
     return 0
 
 

@@ -30,7 +30,7 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'benchmarks'))
 
-from fused_runs import run  # noqa: E402
+from fused_runs import plot_within_by_bin, run  # noqa: E402
 
 ARMS = {'before': False, 'now': True}   # Scheduler.finish_started
 
@@ -78,26 +78,12 @@ def main() -> int:
     meta = {k: v for k, v in vars(args).items() if k != 'out'}
     (args.out / 'overload_collapse.json').write_text(json.dumps({'meta': meta, 'summary': summary, 'runs': rows},
                                                                 indent=1))
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return 0
-    fig, axes = plt.subplots(len(args.policies), 1, figsize=(9, 3 * len(args.policies)), squeeze=False)
-    for ax, policy in zip(axes[:, 0], args.policies):
-        for row in (r for r in rows if r['policy'] == policy and r['repeat'] == 0):
-            bins = row['within_share_by_bin']
-            xs = [args.duration * (i + 0.5) / len(bins) for i in range(len(bins))]
-            ax.plot(xs, bins, ls='-' if row['arm'] == 'now' else '--',
-                    label=f"{row['arm']}: within {row['within_share']:.1%}, p99 {row['latency_p99_ms']:.0f} ms")
-        ax.axvline(args.stall_at, color='grey', lw=0.8)
-        ax.set_title(f'{policy}: {args.apps} apps x {args.rate:g} Hz, {args.bound_ms:g} ms bound, '
-                     f'{args.stall_ms:g} ms stall at {args.stall_at:g} s', fontsize=9)
-        ax.set_ylabel('within bound'); ax.set_ylim(0, 1.05); ax.legend(fontsize=7)
-    axes[-1, 0].set_xlabel('seconds')
-    fig.tight_layout()
-    fig.savefig(args.out / 'overload_collapse.png', dpi=90)
+    plot_within_by_bin(args.out / 'overload_collapse.png', [
+        (f'{policy}: {args.apps} apps x {args.rate:g} Hz, {args.bound_ms:g} ms bound, '
+         f'{args.stall_ms:g} ms stall at {args.stall_at:g} s',
+         [(f"{row['arm']}: within {row['within_share']:.1%}, p99 {row['latency_p99_ms']:.0f} ms", row['arm'] != 'now',
+           row['within_share_by_bin']) for row in rows if row['policy'] == policy and row['repeat'] == 0])
+        for policy in args.policies], duration_s=args.duration, stall_at_s=args.stall_at)
     return 0
 
 
