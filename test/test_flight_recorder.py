@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from delen_ros.core.flight_recorder import FlightRecorder
-from delen_ros.tools.trace_report import late_report, load
+from delen_ros.tools.trace_report import late_report, load, step_times
+from fakes import synthetic_profile
 
 MS = 1_000_000
 
@@ -81,3 +82,15 @@ def test_a_trace_without_late_frames_still_sums_the_on_time_ones(tmp_path):
     recorder.write()
     on_time = late_report(load(str(tmp_path / 'trace.jsonl')))['mean']['on_time']
     assert on_time['count'] == 1 and on_time['turn_device_ms'] == 0.5
+
+
+def test_step_times_pair_each_run_with_its_results_and_compare_them_with_the_profile(tmp_path):
+    recorder = FlightRecorder(str(tmp_path / 'trace.jsonl'))
+    t = 10 * MS
+    for device_ms in (2.0, 3.0, 4.0):   # the turn's step 0 at batch 1: the profile says 1.1 ms (stage + head)
+        t = _turn(recorder, t, device_ms, 'a') + MS
+    recorder.write()
+    rows = step_times(load(str(tmp_path / 'trace.jsonl')), synthetic_profile())
+    # from the stages' launch (0.1 ms in) to the results back (0.2 ms launch + the device's time)
+    assert rows == [{'steps': [0, 0], 'batch': 1, 'count': 3, 'p50_ms': 3.1, 'p90_ms': 4.1, 'profile_ms': 1.1,
+                     'ratio': 2.82}]

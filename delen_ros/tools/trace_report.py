@@ -10,6 +10,9 @@ the node: the worker's turns that served them (time to take the lock, plan, prep
 wait for the device, decide) and every other thread's spans overlapping them (status ticks,
 admission re-checks, meter reads, graph captures, garbage collections, frame submissions). It also
 prints when the late results came, modulo a period (``--period-s``), to show a beat.
+
+With ``--profile PROFILE.json`` it also prints how long the worker's runs took against that profile
+(:func:`step_times`): per run of steps and batch size, from its stages' launch to its results back.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import statistics
 import sys
 from typing import Any, Iterable
 
-__all__ = ['load', 'late_report', 'main']
+__all__ = ['load', 'late_report', 'step_times', 'main']
 
 
 def load(path: str) -> list[dict[str, Any]]:
@@ -111,18 +114,50 @@ def late_report(spans: list[dict[str, Any]], *, margin_ms: float = 1.0, period_s
             'late': groups['late']}
 
 
+def step_times(spans: list[dict[str, Any]], profile: Any) -> list[dict[str, Any]]:
+    """The worker's runs against ``profile`` (a :class:`~delen_ros.core.profile.Profile`): per (first
+    step, last step, batch size), how many, their measured ms (launch of the stages -> results back:
+    each launch paired with the next complete of the same steps and size, as the worker does them)
+    at p50 and p90, the profile's p50 for those steps and the measured p50's ratio to it. A run
+    launched behind another (the pipeline) counts the wait for that one too."""
+    launched: dict[tuple[int, int, int], collections.deque] = collections.defaultdict(collections.deque)
+    measured: dict[tuple[int, int, int], list[float]] = collections.defaultdict(list)
+    for span in sorted((s for s in spans if s['kind'] in ('launch', 'complete')), key=lambda s: s['start_ns']):
+        key = (span['steps'][0], span['steps'][1], span['n'])
+        if span['kind'] == 'launch':
+            launched[key].append(span['run_ns'])
+        elif launched[key]:
+            measured[key].append((span['synced_ns'] - launched[key].popleft()) / 1e6)
+    rows = []
+    for (first, last, n), ms in sorted(measured.items()):
+        ms.sort()
+        profiled = sum(profile.stage_ms(k, n) for k in range(first, last + 1)) + profile.head_ms(last, n)
+        p50 = statistics.median(ms)
+        rows.append({'steps': [first, last], 'batch': n, 'count': len(ms), 'p50_ms': round(p50, 3),
+                     'p90_ms': round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 3),
+                     'profile_ms': round(profiled, 3), 'ratio': round(p50 / profiled, 2) if profiled else None})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('trace')
     p.add_argument('--margin-ms', type=float, default=1.0)
     p.add_argument('--period-s', type=float, default=0.5)
     p.add_argument('--json', default='')
+    p.add_argument('--profile', default='', help='also the runs against this profile (step_times)')
     args = p.parse_args(argv)
-    report = late_report(load(args.trace), margin_ms=args.margin_ms, period_s=args.period_s)
+    spans = load(args.trace)
+    report = late_report(spans, margin_ms=args.margin_ms, period_s=args.period_s)
+    if args.profile:
+        from ..core.profile import Profile
+        report['step_times'] = step_times(spans, Profile.load(args.profile))
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
             json.dump(report, f)
-    print(json.dumps({k: v for k, v in report.items() if k != 'late'}, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k not in ('late', 'step_times')}, indent=1))
+    for row in report.get('step_times', []):
+        print(json.dumps(row))
     for row in report.get('late', [])[:60]:
         print(json.dumps(row))
     return 0
