@@ -296,6 +296,26 @@ def test_a_request_is_judged_beside_the_apps_it_could_make_miss_not_one_that_mis
         engine.set_app('tight', Bounds(max_latency_ms=20.0), rate_hz=10.0)
 
 
+
+@pytest.mark.parametrize('judged_at_measured_costs', [True, False])
+def test_an_app_short_of_headroom_alone_holds_a_request_to_its_bound_at_measured_costs(judged_at_measured_costs,
+                                                                                       monkeypatch):
+    engine = make_engine(admission_headroom=0.3)
+    engine.set_app('hard', Bounds(max_latency_ms=18.0, min_accuracy=0.9), rate_hz=10.0)   # exit 3, 12.5 ms of 12.6
+    for k in range(PROFILE.num_exits):   # then the device turns out 1.3x slower: short of the headroom alone
+        engine.corrector.update(k, 1, measured_ms=1.3 * PROFILE.step_ms(k), predicted_ms=PROFILE.step_ms(k))
+    if not judged_at_measured_costs:   # as before session 34: every later request refused for 'hard'
+        monkeypatch.setattr(Engine, '_short_of_headroom_alone', staticmethod(lambda *args: False))
+        with pytest.raises(Unschedulable, match='kept as admission headroom.*hard'):
+            engine.set_app('easy', Bounds(min_accuracy=0.6, objective='min_energy'), rate_hz=10.0)
+        return
+    engine.set_app('easy', Bounds(min_accuracy=0.6, objective='min_energy'), rate_hz=10.0)   # a 1.4 ms step
+    assert set(engine.apps()) == {'hard', 'easy'}
+    # one that would make it miss at those costs is still refused (its full-depth runs hold a frame up)
+    with pytest.raises(Unschedulable, match=r'hard: its end-to-end deadline leaves 18 ms of device time \(after 0 ms '
+                                            r'serving overhead\)'):
+        engine.set_app('heavy', Bounds(), rate_hz=10.0)
+
 def test_a_demoted_app_still_counts_against_a_new_request():
     # the re-check restores an app admitted earlier before a newer one: a request must not take its place
     engine = make_engine()
