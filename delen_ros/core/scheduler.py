@@ -21,9 +21,8 @@ Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever 
    so a hopeless frame never goes before a feasible one of an app that fits, whatever the policy; the
    same holds for started work only with enforcement (a started request that goes late is finished
    at once); without it a started request keeps its EDF place, late or not, so that work begun is
-   finished (under overload, late frames left part-way through the network waited for idle time
-   that never came, held their in-flight slots, and the baseline's served rate collapsed to a
-   third: ``benchmarks/overload_collapse.py``); the
+   finished (under overload, late frames left part-way through the network waited up to 1.3 s for
+   idle time that never came and held their in-flight slots: ``benchmarks/overload_collapse.py``); the
    work of apps marked *best effort* (:meth:`Scheduler.set_best_effort`: admission's re-check found
    them, for several checks in a row, not fitting beside the apps admitted before them) comes after
    every other app's, late or not, EDF among themselves, so that they cannot make the apps that fit
