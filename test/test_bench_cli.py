@@ -24,3 +24,16 @@ def test_float16_on_a_cpu_is_refused_with_one_line(tmp_path):
         lines = [line for line in run.stderr.splitlines() if line.strip() and 'Warning' not in line]
         assert run.returncode == 2 and 'needs a CUDA device' in run.stderr and 'Traceback' not in run.stderr, lines
         assert not (tmp_path / 'bench').exists()
+
+
+def test_the_overload_scenario_can_bound_its_apps_as_the_nodes_saturation_runs_do(tmp_path):
+    out = tmp_path / 'bench'
+    run = subprocess.run([sys.executable, '-m', 'delen_ros.tools.bench', '--model', 'fashion_mnist', '--device', 'cpu',
+                          '--scenarios', 'overload', '--overload-bound-ms', '33', '--overload-policy', 'delen',
+                          '--overload-max-hz', '600', '--duration', '1', '--frame-count', '30', '--out', str(out)],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    over = json.loads((out / 'bench.json').read_text())['scenarios']['overload']
+    assert over['bound_ms'] == 33.0 and over['policy'] == 'delen'
+    assert 0 < over['batched']['within_bound_hz'] <= over['batched']['served_hz'] * 1.0001
+    assert 'within 33 ms' in run.stdout
