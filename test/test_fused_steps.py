@@ -394,3 +394,46 @@ def test_admission_takes_an_accuracy_bound_apps_runs_as_ending_where_its_cascade
     assert engine._run_stops(Bounds(max_latency_ms=LOOSE_MS), 2) == ()    # decided ahead: one run
     off = Engine(model, CASCADE, on_result=lambda r: None, runner=FakeRunner(model), fuse_steps=False)
     assert off._run_stops(cascade, 2) == ()   # a step at a time anyway: blocking is per step
+
+
+# --- asking once per app: monotone policies ----------------------------------------------------------
+
+PRESSURES = [(0.0, 0.0), (1.0, 0.5), (1.1, 1.1), (2.5, 3.0), (3.2, 3.2), (4.0, 2.0), (6.0, 2.0), (6.0, 4.0)]
+
+
+@pytest.mark.parametrize('profile', [PROFILE, CASCADE], ids=['calibration-rows', 'cascade'])
+@pytest.mark.parametrize('name, options', POLICIES)
+def test_a_policy_that_says_it_is_monotone_is(profile, name, options):
+    # Engine._fuse_to asks a monotone policy once per app, for its most pressed frame: a frame that
+    # arrived later and spent less must then never stop where that one goes on.
+    policy = get_policy(name, **options)
+    if not policy.monotone_ahead:
+        pytest.skip(f'{name} is asked per frame')
+    for bounds in BOUNDS:
+        for k in range(profile.num_exits):
+            for pressed in PRESSURES:
+                if policy.decide_ahead(_ctx(profile, bounds, k, elapsed=pressed[0], energy=pressed[1])) is not C:
+                    continue
+                for eased in PRESSURES:
+                    if eased[0] <= pressed[0] and eased[1] <= pressed[1]:
+                        decided = policy.decide_ahead(_ctx(profile, bounds, k, elapsed=eased[0], energy=eased[1]))
+                        assert decided is C, (bounds, k, pressed, eased)
+
+
+def test_the_fused_run_asks_each_app_once_for_its_most_pressed_frame():
+    from delen_ros.core.engine import _ahead_deciders, _State
+    from delen_ros.core.scheduler import Request
+    nav, arm = Bounds(max_latency_ms=10.0), Bounds(max_latency_ms=33.0, min_accuracy=0.9)
+
+    def request(app, bounds, arrival, energy):
+        return Request(app_id=app, frame=None, arrival_ns=arrival, deadline_ns=arrival + 1000,
+                       latency_bound_ms=bounds.max_latency_ms, state=_State(bounds=bounds, energy_est_mj=energy))
+    batch = [request('nav', nav, 300, 1.0), request('arm', arm, 100, 0.5), request('nav', nav, 200, 0.2),
+             request('nav', nav, 250, 2.0)]
+    grouped = _ahead_deciders(batch, True, grouped=True)
+    assert sorted(grouped, key=lambda d: d[2]) == [(arm, 0.0, 100, 0.5, 1100), (nav, 0.0, 200, 2.0, 1200)]
+    # not enforcing deadlines: nobody is expired ahead
+    assert {d[4] for d in _ahead_deciders(batch, False, grouped=True)} == {math.inf}
+    # a policy that does not say it is monotone: every frame asked, as it is
+    assert [d[2:] for d in _ahead_deciders(batch, True, grouped=False)] == \
+        [(300, 1.0, 1300), (100, 0.5, 1100), (200, 0.2, 1200), (250, 2.0, 1250)]

@@ -125,6 +125,32 @@ class _State:
         return margin_ms(self.choice_margin)
 
 
+def _ahead_deciders(requests: Sequence[Request], enforce: bool, *,
+                    grouped: bool) -> list[tuple[Bounds, float, int, float, float]]:
+    """Whom :meth:`Engine._fuse_to` asks at each exit ahead: ``(bounds, choice margin ms, arrival ns,
+    energy so far mJ, hard deadline ns or inf)``. ``grouped`` (a policy whose ahead decisions are
+    monotone, :attr:`~delen_ros.core.policies.Policy.monotone_ahead`): one per app, its most pressed
+    member (the oldest arrival, the most energy, the earliest hard deadline): if that one goes on,
+    every member does. Else one per request. A batch of 28 frames from as many apps asked each of 6
+    exits in turn was ~15 % of the saturated worker's Python time on an H200 (py-spy, session 35)."""
+    if not grouped:
+        return [(r.state.bounds, r.state.choice_margin_ms, r.arrival_ns, r.state.energy_est_mj,
+                 r.deadline_ns if enforce and r.hard else math.inf) for r in requests]
+    worst: dict[tuple[Bounds, float], list] = {}
+    for r in requests:
+        s = r.state
+        deadline_ns = r.deadline_ns if enforce and r.hard else math.inf
+        key = (s.bounds, s.choice_margin_ms)
+        found = worst.get(key)
+        if found is None:
+            worst[key] = [r.arrival_ns, s.energy_est_mj, deadline_ns]
+        else:
+            found[0] = min(found[0], r.arrival_ns)
+            found[1] = max(found[1], s.energy_est_mj)
+            found[2] = min(found[2], deadline_ns)
+    return [(bounds, margin_ms, *values) for (bounds, margin_ms), values in worst.items()]
+
+
 @dataclasses.dataclass(eq=False)
 class _Run:
     """A batch the worker has launched on the device and not yet looked at (see :meth:`Engine._launch`)."""
@@ -1199,24 +1225,23 @@ class Engine(AdmissionMixin, StatsMixin):
                 latest_ns = min([latest_ns] + [e.deadline_ns - first_ns for e in self._expected_frames(now_ns)
                                                if e.deadline_ns < members_due])
         ahead_ms = self._predict_ms(step, size)   # from now to the decision at exit `step`
-        energy_mj = [r.state.energy_est_mj for r in requests]
+        deciders = _ahead_deciders(requests, enforce, grouped=self.policy.monotone_ahead)
+        added_mj = 0.0
         allowance_ms = self.policy_allowance_ms
         for k in range(step, final):
-            share_mj = self.profile.step_energy_mj(k, n) * n / size
-            energy_mj = [e + share_mj for e in energy_mj]
+            added_mj += self.profile.step_energy_mj(k, n) * n / size
             next_ms = self.corrector.predict_ms(self.profile, k + 1, size)
             at_ns = now_ns + int(ahead_ms * _NS_PER_MS)
             if at_ns + next_ms * _NS_PER_MS > latest_ns:
                 return k
             # the scheduler's expiry test, as it would run right after this exit
             expire_ns = at_ns + int((self._predict_ms(k + 1, 1) + expiry_tail_ms) * _NS_PER_MS)
-            for r, e in zip(requests, energy_mj):
-                ctx = ExitContext(bounds=r.state.bounds, profile=self.profile, exit_index=k, confidence=math.nan,
-                                  elapsed_ms=(at_ns - r.arrival_ns) / _NS_PER_MS, energy_mj=e, next_batch=size,
-                                  corrector=self.corrector, next_ms=next_ms + tail_ms,
-                                  delivery_allowance_ms=allowance_ms, choice_margin_ms=r.state.choice_margin_ms)
-                if self.policy.decide_ahead(ctx) is not Decision.CONTINUE or \
-                        (enforce and r.hard and expire_ns > r.deadline_ns):
+            for bounds, margin_ms, arrival_ns, energy_mj, hard_deadline_ns in deciders:
+                ctx = ExitContext(bounds=bounds, profile=self.profile, exit_index=k, confidence=math.nan,
+                                  elapsed_ms=(at_ns - arrival_ns) / _NS_PER_MS, energy_mj=energy_mj + added_mj,
+                                  next_batch=size, corrector=self.corrector, next_ms=next_ms + tail_ms,
+                                  delivery_allowance_ms=allowance_ms, choice_margin_ms=margin_ms)
+                if self.policy.decide_ahead(ctx) is not Decision.CONTINUE or expire_ns > hard_deadline_ns:
                     return k
             ahead_ms += next_ms
         return final

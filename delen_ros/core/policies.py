@@ -314,6 +314,11 @@ class Policy(abc.ABC):
     #: whether the engine should enforce deadlines by prediction for this policy (drop frames that
     #: cannot make it, finish requests early rather than late); baselines run as their systems do
     predictive: bool = False
+    #: whether :meth:`decide_ahead` is monotone in the request's pressure: if it answers CONTINUE for
+    #: a request of some bounds, it does for one of the same bounds that arrived later, has spent less
+    #: energy and is due no sooner. Then the engine asks once per app, for its most pressed frame,
+    #: rather than once per frame (``Engine._fuse_to``); False (a policy that does not say): per frame.
+    monotone_ahead: bool = False
 
     def decide(self, ctx: ExitContext) -> Decision:
         """STOP or CONTINUE after head ``ctx.exit_index``; the last exit always stops."""
@@ -472,6 +477,7 @@ class DelenPolicy(Policy):
 
     uses_confidence = True
     predictive = True
+    monotone_ahead = True   # later, cheaper, due later: never stops where a more pressed frame goes on
 
     def __init__(self, *, calibrated: bool = True, min_support: float = 0.02, choice_headroom: float = 0.1):
         for name, value in (('min_support', min_support), ('choice_headroom', choice_headroom)):
@@ -597,6 +603,8 @@ class DelenPolicy(Policy):
 class AlwaysFinalPolicy(Policy):
     """Baseline: the whole network for every frame, whatever the bounds."""
 
+    monotone_ahead = True
+
     def _decide(self, ctx: ExitContext) -> Decision:
         return Decision.CONTINUE
 
@@ -611,6 +619,8 @@ class AlwaysFinalPolicy(Policy):
 class StaticExitPolicy(Policy):
     """Baseline: stop at the static plan's exit (:func:`~delen_ros.core.bounds.plan`); the final
     exit when the bounds are infeasible. Ignores the input and the time actually spent."""
+
+    monotone_ahead = True
 
     def __init__(self):
         self._plans = _PlanCache()
@@ -635,6 +645,8 @@ class CheckAfterStagePolicy(Policy):
     already exceeds the bound -- the check comes after the work, so results overshoot by up to
     one stage. An accuracy bound stops at the fallback exit (earliest exit accurate enough on
     average) when the objective is MIN_LATENCY / MIN_ENERGY; MAX_ACCURACY goes on."""
+
+    monotone_ahead = True
 
     def _decide(self, ctx: ExitContext) -> Decision:
         bounds = ctx.bounds
