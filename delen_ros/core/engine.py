@@ -148,7 +148,7 @@ def _ahead_deciders(requests: Sequence[Request], enforce: bool, *,
             found[0] = min(found[0], r.arrival_ns)
             found[1] = max(found[1], s.energy_est_mj)
             found[2] = min(found[2], deadline_ns)
-    return [(bounds, margin_ms, *values) for (bounds, margin_ms), values in worst.items()]
+    return [(bounds, choice_ms, *values) for (bounds, choice_ms), values in worst.items()]
 
 
 @dataclasses.dataclass(eq=False)
@@ -1236,11 +1236,11 @@ class Engine(AdmissionMixin, StatsMixin):
                 return k
             # the scheduler's expiry test, as it would run right after this exit
             expire_ns = at_ns + int((self._predict_ms(k + 1, 1) + expiry_tail_ms) * _NS_PER_MS)
-            for bounds, margin_ms, arrival_ns, energy_mj, hard_deadline_ns in deciders:
+            for bounds, choice_ms, arrival_ns, energy_mj, hard_deadline_ns in deciders:
                 ctx = ExitContext(bounds=bounds, profile=self.profile, exit_index=k, confidence=math.nan,
                                   elapsed_ms=(at_ns - arrival_ns) / _NS_PER_MS, energy_mj=energy_mj + added_mj,
                                   next_batch=size, corrector=self.corrector, next_ms=next_ms + tail_ms,
-                                  delivery_allowance_ms=allowance_ms, choice_margin_ms=margin_ms)
+                                  delivery_allowance_ms=allowance_ms, choice_margin_ms=choice_ms)
                 if self.policy.decide_ahead(ctx) is not Decision.CONTINUE or expire_ns > hard_deadline_ns:
                     return k
             ahead_ms += next_ms
