@@ -106,7 +106,7 @@ COMMITTEE_CPU = pathlib.Path(__file__).resolve().parents[1] / 'models' / 'profil
     'cifar10_committee__cpu-intel-r-xeon-r-processor__bfloat16.json'
 
 
-@pytest.mark.parametrize('rate', [0.25, 0.5, 0.7])
+@pytest.mark.parametrize('rate', [0.25, 0.5, 1.0])
 def test_a_plan_for_forced_stops_keeps_the_bound_in_the_stream_they_give(rate):
     # The committee's cascade at 0.9415 sends ~4 % of its held-out photos on to +lite2, which a 33 ms
     # bound on this CPU does not reach beside the cameras: a share of them is stopped at +lite0.
@@ -125,13 +125,6 @@ def test_a_plan_is_absent_where_forced_stops_leave_no_way_to_the_bound():
     profile = _two_level_profile()
     assert profile.cascade(0.85, forced=(1.0, 0.0)) is None    # every frame answered at exit 0
     assert profile.cascade(0.85, forced=(0.0, 0.0)) == profile.cascade(0.85)
-    # The committee with most frames going on from +lite0 stopped there: only the final exit for every
-    # frame would come near the bound, at 5x the plain plan's work, and it misses the margin anyway.
-    committee = Profile.load(COMMITTEE_CPU)
-    assert committee.cascade(0.9415, forced=(0.0, 0.0, 0.0, 0.0, 0.9)) is None
-    policy, bounds = get_policy('delen'), Bounds(min_accuracy=0.9415, max_latency_ms=33.0, objective='min_energy')
-    assert policy.result_accuracy(committee, bounds, 4, 0.1, (0.0, 0.0, 0.0, 0.0, 0.9)) == \
-        policy.result_accuracy(committee, bounds, 4, 0.1)
 
 
 # --- judging -----------------------------------------------------------------------------------------

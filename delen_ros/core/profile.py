@@ -208,9 +208,8 @@ class Profile:
 
         :param forced: per exit, the share of frames going on from it that a latency or energy bound
             stops there instead (:class:`~delen_ros.core.forced_stops.ForcedStops`); planned for.
-        ``None`` without per-input samples, or when even the final exit misses ``min_accuracy``;
-        with ``forced``, also when no thresholds keep the bound with its margin in the stream those
-        stops give.
+        ``None`` without per-input samples, or when even the final exit misses ``min_accuracy``
+        (with ``forced``: in the stream those stops give).
         """
         if not self.has_samples:
             return None
@@ -250,12 +249,6 @@ class Profile:
         cost = np.array([self.exit_energy_mj(k) for k in range(conf.shape[0])])
         chosen = _cheapest(conf, correct, cost, best[0], bound, min_count)
         accuracy = _stream(conf, correct, chosen)[-1]
-        if forced and accuracy < bound:
-            # No thresholds keep the margin with these stops: the best left is the final exit for
-            # every frame, each forced where it is (this CPU's committee at 0.9415 with 80 % of the
-            # frames going on from +lite0 stopped there: 5x the plain plan's work, and the 20 ms app
-            # beside it missed more; session 35). None: the plain plan, its forced stops misses.
-            return None
         # the groups' own accuracies as they come out (a stop forced at k delivers exit k's answer)
         thresholds, exit_acc, rest_acc, fractions, _ = _stream(conf, plain, chosen)
         return Cascade(min_accuracy=min_accuracy, thresholds=thresholds, exit_accuracy=exit_acc,
