@@ -431,9 +431,9 @@ def test_the_fused_run_asks_each_app_once_for_its_most_pressed_frame():
     batch = [request('nav', nav, 300, 1.0), request('arm', arm, 100, 0.5), request('nav', nav, 200, 0.2),
              request('nav', nav, 250, 2.0)]
     grouped = _ahead_deciders(batch, True, grouped=True)
-    assert sorted(grouped, key=lambda d: d[3]) == [(arm, 0.0, (), 100, 0.5, 1100), (nav, 0.0, (), 200, 2.0, 1200)]
+    assert sorted(grouped, key=lambda d: d[2]) == [(arm, 0.0, 100, 0.5, 1100), (nav, 0.0, 200, 2.0, 1200)]
     # not enforcing deadlines: nobody is expired ahead
-    assert {d[5] for d in _ahead_deciders(batch, False, grouped=True)} == {math.inf}
+    assert {d[4] for d in _ahead_deciders(batch, False, grouped=True)} == {math.inf}
     # a policy that does not say it is monotone: every frame asked, as it is
-    assert [d[3:] for d in _ahead_deciders(batch, True, grouped=False)] == \
+    assert [d[2:] for d in _ahead_deciders(batch, True, grouped=False)] == \
         [(300, 1.0, 1300), (100, 0.5, 1100), (200, 0.2, 1200), (250, 2.0, 1250)]

@@ -9,7 +9,6 @@ import collections
 from .arrivals import NextFrame, Rate
 from .bounds import Bounds, LatePolicy, Objective
 from .choice_margin import ChoiceMargin
-from .forced_stops import ForcedStops
 
 __all__ = ['AppLedger', 'DEMOTED_NOTE', 'QUIET_NOTE']
 
@@ -30,7 +29,6 @@ class AppLedger:
         self.bounds = bounds
         self.choice_margin = _choice_margin(bounds)
         self.num_exits = num_exits
-        self.forced_stops = ForcedStops(num_exits)   # what its accuracy cascade plans for
         self.late_policy = late_policy
         self.source = source
         self.rate_prior_hz = rate_prior_hz
@@ -52,10 +50,9 @@ class AppLedger:
         self.reset_window(now_ns)
 
     def set_bounds(self, bounds: Bounds) -> None:
-        """New bounds: what was learnt for the old ones (the choice margin, the forced stops) starts over."""
+        """New bounds: what was learnt for the old ones (the choice margin) starts over."""
         if bounds != self.bounds:
             self.bounds, self.choice_margin = bounds, _choice_margin(bounds)
-            self.forced_stops = ForcedStops(self.num_exits)
 
     @property
     def dropped(self) -> int:

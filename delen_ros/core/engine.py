@@ -119,7 +119,6 @@ class _State:
     decided_ns: int | None = None    # engine clock when the last exit's decision was taken
     idle_submit_ns: int | None = None   # submitted while the worker was idle: measures its wake-up
     choice_margin: ChoiceMargin | None = None   # its app's, when it was submitted (AppLedger owns it)
-    forced_rates: tuple[float, ...] = ()   # its app's forced stops when it was submitted: its plan's
 
     @property
     def choice_margin_ms(self) -> float:
@@ -127,21 +126,21 @@ class _State:
 
 
 def _ahead_deciders(requests: Sequence[Request], enforce: bool, *,
-                    grouped: bool) -> list[tuple[Bounds, float, tuple[float, ...], int, float, float]]:
-    """Whom :meth:`Engine._fuse_to` asks at each exit ahead: ``(bounds, choice margin ms, forced rates,
-    arrival ns, energy so far mJ, hard deadline ns or inf)``. ``grouped`` (a policy whose ahead decisions are
+                    grouped: bool) -> list[tuple[Bounds, float, int, float, float]]:
+    """Whom :meth:`Engine._fuse_to` asks at each exit ahead: ``(bounds, choice margin ms, arrival ns,
+    energy so far mJ, hard deadline ns or inf)``. ``grouped`` (a policy whose ahead decisions are
     monotone, :attr:`~delen_ros.core.policies.Policy.monotone_ahead`): one per app, its most pressed
     member (the oldest arrival, the most energy, the earliest hard deadline): if that one goes on,
     every member does. Else one per request. A batch of 28 frames from as many apps asked each of 6
     exits in turn was ~15 % of the saturated worker's Python time on an H200 (py-spy, session 35)."""
     if not grouped:
-        return [(r.state.bounds, r.state.choice_margin_ms, r.state.forced_rates, r.arrival_ns, r.state.energy_est_mj,
+        return [(r.state.bounds, r.state.choice_margin_ms, r.arrival_ns, r.state.energy_est_mj,
                  r.deadline_ns if enforce and r.hard else math.inf) for r in requests]
-    worst: dict[tuple[Bounds, float, tuple[float, ...]], list] = {}
+    worst: dict[tuple[Bounds, float], list] = {}
     for r in requests:
         s = r.state
         deadline_ns = r.deadline_ns if enforce and r.hard else math.inf
-        key = (s.bounds, s.choice_margin_ms, s.forced_rates)
+        key = (s.bounds, s.choice_margin_ms)
         found = worst.get(key)
         if found is None:
             worst[key] = [r.arrival_ns, s.energy_est_mj, deadline_ns]
@@ -149,7 +148,7 @@ def _ahead_deciders(requests: Sequence[Request], enforce: bool, *,
             found[0] = min(found[0], r.arrival_ns)
             found[1] = max(found[1], s.energy_est_mj)
             found[2] = min(found[2], deadline_ns)
-    return [(*key, *values) for key, values in worst.items()]
+    return [(bounds, choice_ms, *values) for (bounds, choice_ms), values in worst.items()]
 
 
 @dataclasses.dataclass(eq=False)
@@ -423,9 +422,6 @@ class Engine(AdmissionMixin, StatsMixin):
         #: each app's steps taken by choice keep a margin learnt from its late results (AppLedger.choice_margin;
         #: False: the policy's choice_headroom alone, as before session 30, an A/B)
         self.learn_choice_margin = True
-        #: an accuracy cascade plans for the forced stops measured for its app (AppLedger.forced_stops;
-        #: False: the plain cascade, whose forced stops miss, as before session 35, an A/B)
-        self.plan_forced_stops = True
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
         self._idle_tasks: dict[str, tuple[Callable[[], Any], int]] = {}
         # the outside-the-device parts (transport, overhead, delivery) the last admission passed with:
@@ -657,7 +653,6 @@ class Engine(AdmissionMixin, StatsMixin):
                 app.next_frame.add(now, arrival)
                 request = self._scheduler.make_request(app_id, frame, arrival, tag=tag)
                 request.state = _State(bounds=app.bounds, choice_margin=app.choice_margin,
-                                       forced_rates=app.forced_stops.rates if self.plan_forced_stops else (),
                                        idle_submit_ns=now if self._idle else None)
                 evicted = self._scheduler.push(request)
                 app.frames_in += 1
@@ -1153,8 +1148,7 @@ class Engine(AdmissionMixin, StatsMixin):
             ctx = ExitContext(bounds=s.bounds, profile=self.profile, exit_index=last_step, confidence=s.confidence,
                               elapsed_ms=(now - r.arrival_ns) / _NS_PER_MS, energy_mj=s.energy_est_mj,
                               next_batch=len(requests), corrector=self.corrector, next_ms=next_ms,
-                              delivery_allowance_ms=allowance_ms, choice_margin_ms=s.choice_margin_ms,
-                              forced_rates=s.forced_rates)
+                              delivery_allowance_ms=allowance_ms, choice_margin_ms=s.choice_margin_ms)
             # A late frame (cannot meet its bound any more) is served at the fastest exit when the
             # engine enforces deadlines; the baselines decide as their systems do.
             stop = (r.late and enforce) or self.policy.decide(ctx) is Decision.STOP
@@ -1242,12 +1236,11 @@ class Engine(AdmissionMixin, StatsMixin):
                 return k
             # the scheduler's expiry test, as it would run right after this exit
             expire_ns = at_ns + int((self._predict_ms(k + 1, 1) + expiry_tail_ms) * _NS_PER_MS)
-            for bounds, choice_ms, forced, arrival_ns, energy_mj, hard_deadline_ns in deciders:
+            for bounds, choice_ms, arrival_ns, energy_mj, hard_deadline_ns in deciders:
                 ctx = ExitContext(bounds=bounds, profile=self.profile, exit_index=k, confidence=math.nan,
                                   elapsed_ms=(at_ns - arrival_ns) / _NS_PER_MS, energy_mj=energy_mj + added_mj,
                                   next_batch=size, corrector=self.corrector, next_ms=next_ms + tail_ms,
-                                  delivery_allowance_ms=allowance_ms, choice_margin_ms=choice_ms,
-                                  forced_rates=forced)
+                                  delivery_allowance_ms=allowance_ms, choice_margin_ms=choice_ms)
                 if self.policy.decide_ahead(ctx) is not Decision.CONTINUE or expire_ns > hard_deadline_ns:
                     return k
             ahead_ms += next_ms
@@ -1274,18 +1267,13 @@ class Engine(AdmissionMixin, StatsMixin):
             if app is None:
                 return   # removed while running: nobody to deliver to
             app.expired += expired
-            if s.exit_index >= 0:
-                forced = self.policy.forced_stop(self.profile, s.bounds, s.exit_index, s.confidence, s.forced_rates)
-                if forced is not None and s.bounds == app.bounds:
-                    app.forced_stops.note(s.exit_index, forced=forced)
         split = None
         if self._energy is not None:
             self._energy.count_result()
             split = self._energy.attribution   # replaced whole by the meter's thread: no lock needed
         measured = split is not None
         energy = s.energy_est_mj * split[0] + split[1] if measured else s.energy_est_mj
-        accuracy, judged = self.policy.result_accuracy(self.profile, s.bounds, s.exit_index, s.confidence,
-                                                       s.forced_rates)
+        accuracy, judged = self.policy.result_accuracy(self.profile, s.bounds, s.exit_index, s.confidence)
         latency_ms = (finish - r.arrival_ns) / _NS_PER_MS
         labels = self.info.labels
         result = Result(
@@ -1298,7 +1286,7 @@ class Engine(AdmissionMixin, StatsMixin):
             energy_source=self.energy_source if measured else 'estimate',
             bounds_met=s.bounds.met(latency_ms=latency_ms, accuracy=judged, energy_mj=energy),
             arrival_ns=r.arrival_ns, finish_ns=finish, late=r.late, bounds=s.bounds,
-            decided_ns=None if expired else s.decided_ns, judged_accuracy=judged)
+            decided_ns=None if expired else s.decided_ns)
         if RECORDER is not None:
             RECORDER.add('result', r.arrival_ns, finish, app=r.app_id, bound_ms=s.bounds.max_latency_ms,
                          exit=s.exit_index, served_ns=s.start_ns,
@@ -1322,9 +1310,7 @@ class Engine(AdmissionMixin, StatsMixin):
         now = self.clock() if delivered_ns is None else int(delivered_ns)
         latency_ms = (now - result.arrival_ns) / _NS_PER_MS
         b = result.bounds if result.bounds is not None else Bounds()
-        judged = result.judged_accuracy
-        if judged is None:
-            _, judged = self.policy.result_accuracy(self.profile, b, result.exit_index, result.confidence)
+        _, judged = self.policy.result_accuracy(self.profile, b, result.exit_index, result.confidence)
         met = b.met(latency_ms=latency_ms, accuracy=judged, energy_mj=result.energy_mj)
         latency_met = b.max_latency_ms is None or latency_ms <= b.max_latency_ms
         if result.decided_ns is not None:

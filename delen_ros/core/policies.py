@@ -261,9 +261,6 @@ class ExitContext:
         subscriber: the engine's, so that a policy's latency limit is the scheduler's deadline.
     :param choice_margin_ms: more time a step taken by choice keeps free, learnt from the app's late
         results (:class:`~delen_ros.core.choice_margin.ChoiceMargin`); 0: none.
-    :param forced_rates: per exit, the share of the app's frames going on from it that its bounds
-        stopped there instead, measured (:class:`~delen_ros.core.forced_stops.ForcedStops`) when the
-        frame arrived: an accuracy cascade plans for them. ``()``: none.
     """
 
     bounds: Bounds
@@ -277,7 +274,6 @@ class ExitContext:
     next_ms: float | None = None
     delivery_allowance_ms: float = 0.0
     choice_margin_ms: float = 0.0
-    forced_rates: tuple[float, ...] = ()
 
     @property
     def is_last(self) -> bool:
@@ -369,21 +365,13 @@ class Policy(abc.ABC):
         return ()
 
     def result_accuracy(self, profile: 'Profile', bounds: Bounds, exit_index: int,
-                        confidence: float | None, forced: tuple[float, ...] = ()) -> tuple[float, float]:
-        """``(expected accuracy to report, accuracy to judge the bound by)`` for a result; ``forced``:
-        the frame's :attr:`ExitContext.forced_rates`.
+                        confidence: float | None) -> tuple[float, float]:
+        """``(expected accuracy to report, accuracy to judge the bound by)`` for a result.
 
         They differ only where a policy calibrates a stream: see :meth:`DelenPolicy.result_accuracy`.
         """
         accuracy = self.expected_accuracy(profile, exit_index, confidence)
         return accuracy, accuracy
-
-    def forced_stop(self, profile: 'Profile', bounds: Bounds, exit_index: int, confidence: float,
-                    forced: tuple[float, ...] = ()) -> bool | None:
-        """Whether a result at ``exit_index`` was stopped there by a latency or energy bound where the
-        policy's accuracy plan would have gone on; ``None``: the policy plans no such thing (then
-        nothing is measured). See :class:`~delen_ros.core.forced_stops.ForcedStops`."""
-        return None
 
     def expected_accuracy(self, profile: 'Profile', exit_index: int, confidence: float | None) -> float:
         """Accuracy to report for a result at ``exit_index`` with this confidence (0-1)."""
@@ -513,14 +501,12 @@ class DelenPolicy(Policy):
             self._thresholds[key] = found
         return self._thresholds[key]
 
-    def _cascade(self, profile: 'Profile', bounds: Bounds, forced: tuple[float, ...] = ()):
+    def _cascade(self, profile: 'Profile', bounds: Bounds):
         """The profile's per-input cascade for these bounds, when they stop on accuracy and the policy
-        is calibrated; else ``None``. With ``forced`` (measured forced stops), the plan that counts
-        them, where one keeps the bound; else the plain one (its forced stops then miss)."""
+        is calibrated; else ``None``."""
         if not self.calibrated or bounds.min_accuracy is None or bounds.effective_objective is Objective.MAX_ACCURACY:
             return None
-        planned = profile.cascade(bounds.min_accuracy, forced=forced) if forced else None
-        return planned if planned is not None else profile.cascade(bounds.min_accuracy)
+        return profile.cascade(bounds.min_accuracy)
 
     def accuracy_met(self, ctx: ExitContext) -> bool:
         """Whether stopping at ``ctx.exit_index`` with ``ctx.confidence`` meets the accuracy bound."""
@@ -528,19 +514,18 @@ class DelenPolicy(Policy):
 
     def _met(self, ctx: ExitContext, confidence: float | None) -> bool | None:
         """Rule 3 (the class docstring) at ``ctx.exit_index``; ``None``: it depends on a ``confidence`` not known yet."""
-        rule = self._accuracy_rule(ctx.bounds, ctx.profile, ctx.exit_index, ctx.forced_rates)
+        rule = self._accuracy_rule(ctx.bounds, ctx.profile, ctx.exit_index)
         if isinstance(rule, bool):
             return rule
         return None if confidence is None else confidence >= rule
 
-    def _accuracy_rule(self, bounds: Bounds, profile: 'Profile', k: int,
-                       forced: tuple[float, ...] = ()) -> bool | float:
+    def _accuracy_rule(self, bounds: Bounds, profile: 'Profile', k: int) -> bool | float:
         """How stopping at exit ``k`` meets the accuracy bound: ``True`` or ``False`` whatever the
         confidence, or the confidence threshold it takes."""
         b = bounds.min_accuracy
         if b is None:
             return True
-        cascade = self._cascade(profile, bounds, forced)
+        cascade = self._cascade(profile, bounds)
         if cascade is not None:
             # Calibrated on the inputs that reach this exit, not on all of them (see Cascade).
             threshold = cascade.thresholds[k]
@@ -573,33 +558,19 @@ class DelenPolicy(Policy):
         return () if cascade is None else tuple(cascade.fractions)
 
     def result_accuracy(self, profile: 'Profile', bounds: Bounds, exit_index: int,
-                        confidence: float | None, forced: tuple[float, ...] = ()) -> tuple[float, float]:
+                        confidence: float | None) -> tuple[float, float]:
         """With a calibrated cascade (an accuracy bound, objective not MAX_ACCURACY), the bound is on
         the stream: a result that followed the cascade (stopped confident, or at the final exit) is
         judged by the cascade's stream accuracy, and reports the accuracy of its own group on the
-        held-out set; a stop forced early by latency or energy reports the accuracy of the
-        not-confident inputs at that exit, and is judged by it too, unless the cascade planned for
-        forced stops there (``forced``, measured): then by the stream's. Otherwise: the calibrated bin."""
-        cascade = self._cascade(profile, bounds, forced)
+        held-out set; a stop forced early by latency or energy reports and is judged by the
+        accuracy of the not-confident inputs at that exit. Otherwise: the calibrated bin."""
+        cascade = self._cascade(profile, bounds)
         if cascade is None or confidence is None:
             return super().result_accuracy(profile, bounds, exit_index, confidence)
-        if not self._forced_at(cascade, profile, exit_index, confidence):
-            return cascade.exit_accuracy[exit_index], cascade.accuracy
-        rest = cascade.rest_accuracy[exit_index]
-        return rest, cascade.accuracy if cascade.plans_forced_stop(exit_index) else rest
-
-    def forced_stop(self, profile: 'Profile', bounds: Bounds, exit_index: int, confidence: float,
-                    forced: tuple[float, ...] = ()) -> bool | None:
-        cascade = self._cascade(profile, bounds, forced)
-        if cascade is None:
-            return None
-        return self._forced_at(cascade, profile, exit_index, confidence)
-
-    @staticmethod
-    def _forced_at(cascade, profile: 'Profile', exit_index: int, confidence: float) -> bool:
-        """Stopped at ``exit_index`` though the cascade goes on from there with this confidence."""
         threshold = cascade.thresholds[exit_index]
-        return exit_index != profile.final_exit and (threshold is None or not confidence >= threshold)
+        if exit_index == profile.final_exit or (threshold is not None and confidence >= threshold):
+            return cascade.exit_accuracy[exit_index], cascade.accuracy
+        return cascade.rest_accuracy[exit_index], cascade.rest_accuracy[exit_index]
 
     def _decide(self, ctx: ExitContext) -> Decision:
         return self._decide_with(ctx, ctx.confidence)

@@ -85,11 +85,6 @@ class Cascade:
     ``exit_accuracy[k]``: accuracy of the inputs that stop confidently at k (the final exit: of all
     that reach it); ``rest_accuracy[k]``: of those that reach k and are not confident (what a stop
     forced by a latency or energy bound delivers); ``fractions[k]``: share of inputs stopping at k.
-
-    ``forced[k]``: the measured share of the frames going on from exit k that a latency or energy
-    bound stops there instead (a deadline the deep exits cannot make in time for some frames); the
-    thresholds are then chosen for the stream those stops give, and ``accuracy`` is its expected
-    accuracy: such a stop follows the plan. ``()``: none planned for.
     """
 
     min_accuracy: float
@@ -98,11 +93,6 @@ class Cascade:
     rest_accuracy: tuple[float, ...]
     fractions: tuple[float, ...]
     accuracy: float
-    forced: tuple[float, ...] = ()
-
-    def plans_forced_stop(self, k: int) -> bool:
-        """Whether a stop forced at exit ``k`` is part of this plan (its stream accuracy counts it)."""
-        return k < len(self.forced) and self.forced[k] > 0.0
 
     @property
     def typical_exit(self) -> int:
@@ -202,21 +192,14 @@ class Profile:
     def has_samples(self) -> bool:
         return bool(self.samples) and len(self.samples['confidence'][0]) > 0
 
-    def cascade(self, min_accuracy: float, *, min_count: int = 20,
-                forced: Sequence[float] = ()) -> Cascade | None:
+    def cascade(self, min_accuracy: float, *, min_count: int = 20) -> Cascade | None:
         """The per-input early-exit cascade for ``min_accuracy`` (see :class:`Cascade`).
 
-        :param forced: per exit, the share of frames going on from it that a latency or energy bound
-            stops there instead (:class:`~delen_ros.core.forced_stops.ForcedStops`); planned for.
-        ``None`` without per-input samples, or when even the final exit misses ``min_accuracy``
-        (with ``forced``: in the stream those stops give).
+        ``None`` without per-input samples, or when even the final exit misses ``min_accuracy``.
         """
         if not self.has_samples:
             return None
-        forced = tuple(float(f) for f in forced[:self.num_exits - 1])
-        if not any(forced):
-            forced = ()
-        key = (round(float(min_accuracy), 4), min_count, forced)
+        key = (round(float(min_accuracy), 4), min_count)
         cache = self.__dict__.setdefault('_cascades', {})  # frozen: a private memo, not a field
         if key not in cache:
             if len(cache) > 256:
@@ -224,14 +207,12 @@ class Profile:
             cache[key] = self._cascade(*key)
         return cache[key]
 
-    def _cascade(self, min_accuracy: float, min_count: int, forced: tuple[float, ...]) -> Cascade | None:
+    def _cascade(self, min_accuracy: float, min_count: int) -> Cascade | None:
         # One accuracy target for every exit, the strictest that keeps the stream above the bound
         # (bisection); then the exits' thresholds priced against each other for the lowest expected
-        # energy that keeps the bound (_cheapest). With forced stops, on each input's expected
-        # correctness where its plan ends (_expected_correct).
+        # energy that keeps the bound (_cheapest).
         conf = np.asarray(self.samples['confidence'], dtype=np.float64)
-        plain = np.asarray(self.samples['correct'], dtype=np.float64)
-        correct = _expected_correct(plain, forced) if forced else plain
+        correct = np.asarray(self.samples['correct'], dtype=np.float64)
         if correct[-1].mean() < min_accuracy:
             return None
         # the held-out accuracy must clear the bound by its standard error's margin (Cascade)
@@ -247,12 +228,10 @@ class Profile:
             else:
                 lo = mid
         cost = np.array([self.exit_energy_mj(k) for k in range(conf.shape[0])])
-        chosen = _cheapest(conf, correct, cost, best[0], bound, min_count)
-        accuracy = _stream(conf, correct, chosen)[-1]
-        # the groups' own accuracies as they come out (a stop forced at k delivers exit k's answer)
-        thresholds, exit_acc, rest_acc, fractions, _ = _stream(conf, plain, chosen)
+        best = _stream(conf, correct, _cheapest(conf, correct, cost, best[0], bound, min_count))
+        thresholds, exit_acc, rest_acc, fractions, accuracy = best
         return Cascade(min_accuracy=min_accuracy, thresholds=thresholds, exit_accuracy=exit_acc,
-                       rest_accuracy=rest_acc, fractions=fractions, accuracy=accuracy, forced=forced)
+                       rest_accuracy=rest_acc, fractions=fractions, accuracy=accuracy)
 
     #: meta entries that describe accuracy and calibration, not timing (:meth:`with_accuracy_from`)
     ACCURACY_META = ('eval_images', 'samples', 'samples_from', 'calibration_note', 'calibration_images',
@@ -316,21 +295,6 @@ class Profile:
     @classmethod
     def load(cls, path: str | pathlib.Path) -> 'Profile':
         return cls.from_dict(json.loads(pathlib.Path(path).read_text()))
-
-
-def _expected_correct(correct: np.ndarray, forced: Sequence[float]) -> np.ndarray:
-    """Per exit ``j`` and input: how often the input is answered right when its plan stops it at
-    ``j`` and each exit ``k`` before stops it anyway with probability ``forced[k]`` (independent of the
-    input: a matter of timing). Row j = sum over k < j of P(first forced at k) x correct[k] + P(none)
-    x correct[j]."""
-    out = np.empty_like(correct)
-    reached, carried = 1.0, np.zeros(correct.shape[1])
-    for j in range(correct.shape[0]):
-        out[j] = carried + reached * correct[j]
-        f = forced[j] if j < len(forced) else 0.0
-        carried = carried + reached * f * correct[j]
-        reached *= 1.0 - f
-    return out
 
 
 def _run_cascade(conf: np.ndarray, correct: np.ndarray, target: float, min_count: int):

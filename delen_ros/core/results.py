@@ -19,9 +19,7 @@ class Result:
     (and preprocessing) it took part in; ``energy_mj`` its share of those steps' energy; ``tag``
     whatever was given to :meth:`Engine.submit`. ``late``: the frame could no longer meet its latency
     bound when it was scheduled (served at the fastest exit, or as a baseline policy said);
-    ``bounds``: the bounds it is judged by; ``decided_ns``: when its last exit was decided;
-    ``judged_accuracy``: the accuracy its bound is judged by (a calibrated cascade's: the stream's,
-    see :meth:`~delen_ros.core.policies.Policy.result_accuracy`); ``None``: judged again at delivery.
+    ``bounds``: the bounds it is judged by; ``decided_ns``: when its last exit was decided.
     """
 
     app_id: str
@@ -44,7 +42,6 @@ class Result:
     late: bool = False
     bounds: Bounds | None = None
     decided_ns: int | None = None
-    judged_accuracy: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
