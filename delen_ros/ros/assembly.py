@@ -204,6 +204,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 built.demoted_last = False
             if os.environ.get('DELEN_TRIALS_WHEN_IDLE') == '1':   # an A/B: cuDNN trials only while the worker waits (session 34)
                 built.trials_when_idle = True
+            if os.environ.get('DELEN_FUSE_PER_FRAME') == '1':   # an A/B: a fused run asks every frame (before session 35)
+                built.policy.monotone_ahead = False
             if os.environ.get('DELEN_FINISH_STARTED') == '0':   # an A/B: a baseline's late started work in idle time (before session 34)
                 built.finish_started = False
             if os.environ.get('DELEN_DEMOTE_ON_MISSES') == '0':   # an A/B: demoted on the re-check's verdict alone (before session 32)
