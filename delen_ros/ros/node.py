@@ -11,8 +11,8 @@
 
 Who may change what, and what is checked before any side effect: :mod:`.registry`. Messages:
 :mod:`.publishing` (pure functions of the engine's ledger); the status timer's work: :mod:`.node_status`.
-The image callback converts a view of the message and queues it (``engine.submit``); inference runs on
-the engine's worker, publication on a thread of its own (:mod:`.result_thread`).
+The image callback converts a view of the message and queues it (``engine.submit``); inference and
+publication run on the engine's worker (:mod:`.result_thread`: on a thread of its own, an A/B).
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ class DelenNode(StatusMixin, LifecycleNode):
         self._round = StatusRound(STATUS_PARTS, 0)   # the status period in progress
         self._wall_time = False   # no simulated time (each status tick checks): see _ros_now_ns
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
-        # the engine's on_result: publishes on its own thread while active (DELEN_PUBLISH_THREAD=0: on
-        # the worker, as before session 35, an A/B)
+        # the engine's on_result: publishes on the worker, or (DELEN_PUBLISH_THREAD=1, an A/B) on a
+        # thread of its own while active
         self._results = ResultThread(self._publish_result)
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         freeze_long_lived()
         try:
             with self._apps.lock:
-                if os.environ.get('DELEN_PUBLISH_THREAD') != '0':
+                if os.environ.get('DELEN_PUBLISH_THREAD') == '1':
                     self._results.start()
                 self._served.engine.start(warm_up=False)   # warmed up at configure
                 result = super().on_activate(state)          # enables the lifecycle publishers first
