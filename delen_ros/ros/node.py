@@ -12,7 +12,9 @@
 Who may change what, and what is checked before any side effect: :mod:`.registry`. Messages:
 :mod:`.publishing` (pure functions of the engine's ledger); the status timer's work: :mod:`.node_status`.
 The image callback converts a view of the message and queues it (``engine.submit``); inference and
-publication run on the engine's worker (:mod:`.result_thread`: on a thread of its own, an A/B).
+publication run on the engine's worker. (Published from a thread of their own, the node served fewer
+results at saturation on an H200 in 8 of 8 pairs, 0.21-0.96x: likely that thread holding the GIL when
+the worker came back from the device; session 35, ``benchmarks/h200/sat_session35``.)
 """
 from __future__ import annotations
 
@@ -39,7 +41,6 @@ from .manager import SUBSCRIPTION_DEPTH, AppManager, Camera
 from .publishing import result_cdr
 from .qos import RESULT_QOS, status_qos
 from .registry import Registry, StateStore
-from .result_thread import ResultThread
 from .rejections import RejectionLog, clean_message
 from .node_status import StatusMixin
 from .status_round import DIAGNOSTICS_APART, STATUS_PARTS, StatusRound
@@ -67,9 +68,6 @@ class DelenNode(StatusMixin, LifecycleNode):
         self._round = StatusRound(STATUS_PARTS, 0)   # the status period in progress
         self._wall_time = False   # no simulated time (each status tick checks): see _ros_now_ns
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
-        # the engine's on_result: publishes on the worker, or (DELEN_PUBLISH_THREAD=1, an A/B) on a
-        # thread of its own while active
-        self._results = ResultThread(self._publish_result)
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -92,7 +90,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         if processes:   # started first: they boot while the model loads
             self._ingress = IngressPool(processes, on_frame=self._on_image, log=self._log, qos_name=p.image_qos,
                                         depth=SUBSCRIPTION_DEPTH)
-        served = self._served = assembly.build(p, on_result=self._results, log=self.get_logger().info)
+        served = self._served = assembly.build(p, on_result=self._on_result, log=self.get_logger().info)
         if self._ingress is not None and served.device.startswith('cuda') and os.environ.get('DELEN_PIN_RINGS') != '0':
             self._ingress.host_memory = HOST_MEMORY   # frames uploaded from their rings, no staging copy
         profile = served.profile
@@ -136,8 +134,6 @@ class DelenNode(StatusMixin, LifecycleNode):
         freeze_long_lived()
         try:
             with self._apps.lock:
-                if os.environ.get('DELEN_PUBLISH_THREAD') == '1':
-                    self._results.start()
                 self._served.engine.start(warm_up=False)   # warmed up at configure
                 result = super().on_activate(state)          # enables the lifecycle publishers first
                 self._active = True
@@ -162,7 +158,6 @@ class DelenNode(StatusMixin, LifecycleNode):
         self._stop_status()
         if self._served is not None:
             self._served.engine.stop()
-        self._results.stop()   # after the worker: what it finished is published, the publishers still on
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
@@ -272,8 +267,8 @@ class DelenNode(StatusMixin, LifecycleNode):
         if line:
             self.get_logger().warning(line)
 
-    def _publish_result(self, result) -> None:
-        """Every finished inference, on the result thread (:attr:`_results`): deliver, publish."""
+    def _on_result(self, result) -> None:
+        """Called by the engine's worker thread for every finished inference: deliver, publish."""
         try:
             served, apps = self._served, self._apps
             pub = apps.publisher(result.app_id) if apps is not None else None
