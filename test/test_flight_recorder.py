@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from delen_ros.core.flight_recorder import FlightRecorder
-from delen_ros.tools.trace_report import late_report, load, step_times
+from delen_ros.tools.trace_report import late_report, load, step_times, turn_cycle
 from fakes import synthetic_profile
 
 MS = 1_000_000
@@ -94,3 +94,22 @@ def test_step_times_pair_each_run_with_its_results_and_compare_them_with_the_pro
     # from the stages' launch (0.1 ms in) to the results back (0.2 ms launch + the device's time)
     assert rows == [{'steps': [0, 0], 'batch': 1, 'count': 3, 'p50_ms': 3.1, 'p90_ms': 4.1, 'profile_ms': 1.1,
                      'ratio': 2.82}]
+
+
+def test_the_turn_cycle_splits_the_time_between_turns_into_publishing_and_the_rest(tmp_path):
+    recorder = FlightRecorder(str(tmp_path / 'trace.jsonl'))
+    t = 10 * MS
+    for _ in range(4):
+        end = _turn(recorder, t, 2.0, 'a')
+        for i in range(1, 4):   # three results published, the last 0.6 ms after the turn
+            recorder.add('publish', end + (i - 1) * MS // 5, end + i * MS // 5, app='a')
+        t = end + MS      # the next turn 1 ms after this one ended (its lock wait 1 µs of it)
+    recorder.write()
+    cycle = turn_cycle(load(str(tmp_path / 'trace.jsonl')), skip=0.0)
+    parts = cycle['parts_ms']
+    assert cycle['turns'] == 4 and cycle['mean_frames'] == 1
+    assert parts['device']['mean'] == 2.0 and parts['plan']['mean'] == 0.1
+    assert parts['publish']['mean'] == 0.6
+    assert abs(parts['between']['mean'] - 0.399) < 1e-9
+    # the parts add up to the time from one turn's launch to the next's
+    assert abs(cycle['cycle_ms'] - (0.2 + 2.0 + 0.1 + 1.0)) < 1e-9

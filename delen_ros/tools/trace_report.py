@@ -13,6 +13,10 @@ prints when the late results came, modulo a period (``--period-s``), to show a b
 
 With ``--profile PROFILE.json`` it also prints how long the worker's runs took against that profile
 (:func:`step_times`): per run of steps and batch size, from its stages' launch to its results back.
+
+``turn_cycle`` (always printed) is where the worker's time goes, turn by turn rather than result by
+result: each part of a turn, then the time to the next turn split into publishing the results and the
+rest; at saturation the sum is the worker's cycle, and the device's share of it is what the GPU works.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import statistics
 import sys
 from typing import Any, Iterable
 
-__all__ = ['load', 'late_report', 'step_times', 'main']
+__all__ = ['load', 'late_report', 'step_times', 'turn_cycle', 'main']
 
 
 def load(path: str) -> list[dict[str, Any]]:
@@ -139,6 +143,36 @@ def step_times(spans: list[dict[str, Any]], profile: Any) -> list[dict[str, Any]
     return rows
 
 
+def turn_cycle(spans: list[dict[str, Any]], *, skip: float = 0.2) -> dict[str, Any]:
+    """The worker's turns after the first ``skip`` of them (start-up): turns per second, mean frames per
+    turn, and per part -- ``lock`` .. ``decide`` as in :func:`_turns`, then ``publish`` (the turn's end to
+    its last result published) and ``between`` (from there to the next turn's launch: the next batch's
+    choice, the worker's bookkeeping, waits for the GIL) -- the mean and p50 in ms."""
+    turns = _turns(spans)
+    turns = turns[int(skip * len(turns)):]
+    if len(turns) < 2:
+        return {}
+    published = sorted(s['end_ns'] for s in spans if s['kind'] == 'publish')
+    launches = sorted((s for s in spans if s['kind'] == 'launch'), key=lambda s: s['start_ns'])
+    launch_starts = [s['start_ns'] for s in launches]
+    parts: dict[str, list[float]] = collections.defaultdict(list)
+    for turn, after in zip(turns, turns[1:]):
+        for part in ('lock', 'plan', 'pre', 'input', 'launch', 'device', 'decide'):
+            parts[part].append(turn[part] / 1e6)
+        i, j = bisect.bisect_left(published, turn['end_ns']), bisect.bisect_left(published, after['start_ns'])
+        last = published[j - 1] if j > i else turn['end_ns']
+        parts['publish'].append((last - turn['end_ns']) / 1e6)
+        parts['between'].append((after['start_ns'] - last - after['lock']) / 1e6)   # its lock counted apart
+    span_s = (turns[-1]['start_ns'] - turns[0]['start_ns']) / 1e9
+    first = bisect.bisect_left(launch_starts, turns[0]['start_ns'])
+    sizes = [s['n'] for s in launches[first:first + len(turns)]]
+    return {'turns': len(turns), 'turns_per_s': round((len(turns) - 1) / span_s, 1) if span_s > 0 else None,
+            'mean_frames': round(statistics.mean(sizes), 2) if sizes else None,
+            'cycle_ms': round(sum(statistics.mean(v) for v in parts.values()), 3),
+            'parts_ms': {k: {'mean': round(statistics.mean(v), 3), 'p50': round(statistics.median(v), 3)}
+                         for k, v in parts.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('trace')
@@ -149,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     spans = load(args.trace)
     report = late_report(spans, margin_ms=args.margin_ms, period_s=args.period_s)
+    report['turn_cycle'] = turn_cycle(spans)
     if args.profile:
         from ..core.profile import Profile
         report['step_times'] = step_times(spans, Profile.load(args.profile))
