@@ -221,10 +221,11 @@ def test_the_reader_outlives_a_log_that_fails():
     from multiprocessing import Pipe
     from types import SimpleNamespace
 
-    from delen_ros.ros.ingress import _FRAME, IngressPool
+    from delen_ros.ros.ingress import _FRAME, IngressPool, NoteBuffer
     pool = object.__new__(IngressPool)   # the reader alone: no receiver processes
     frames_r, frames_w = Pipe(duplex=False)
-    pool._processes = [SimpleNamespace(frames=frames_r, dead=False)]
+    pool._processes = [SimpleNamespace(frames=frames_r, dead=False, notes=NoteBuffer())]
+    pool.read_many = True
     pool._wake_r, pool._wake_w = os.pipe()
     pool._closing, pool.ring_full, pool._warned = False, 0, 0.0
     pool._rings, pool._cameras = {}, {}
@@ -288,3 +289,43 @@ def test_the_c_receiver_takes_frames_into_slots_and_grows_its_ring(tmp_path: pat
         feeder.stop()
         assert 'malformed' not in node.log() and 'ended (exit' not in node.log(), node.log()[-3000:]
         assert node.alive()
+
+
+# --- the frames pipe's notes, read many at a time -------------------------------------------------------
+
+def _framed(*notes: bytes) -> bytes:
+    return b''.join(len(n).to_bytes(4, 'big') + n for n in notes)
+
+
+def test_notes_are_read_whole_however_the_pipe_cuts_them():
+    from delen_ros.ros.ingress import NoteBuffer
+    notes = [b'F' + bytes(range(20)), b'Rpath/of/a/ring', b'', b'Ereceiver 1: x' * 3]
+    stream = _framed(*notes)
+    for cut in range(1, len(stream)):   # every place a read can end
+        r, w = os.pipe()
+        try:
+            buffer, got = NoteBuffer(), []
+            os.write(w, stream[:cut])
+            got += buffer.take(r)
+            os.write(w, stream[cut:])
+            got += buffer.take(r)
+            assert got == notes, cut
+        finally:
+            os.close(r)
+            os.close(w)
+
+
+def test_a_closed_pipe_is_an_end_of_file_and_many_notes_come_in_one_read():
+    from multiprocessing.connection import Connection
+    from delen_ros.ros.ingress import NoteBuffer
+    r, w = os.pipe()
+    sender = Connection(w, readable=False)   # the Python receiver's framing
+    for i in range(100):
+        sender.send_bytes(b'F' + i.to_bytes(20, 'little'))
+    buffer = NoteBuffer()
+    notes = buffer.take(r)
+    assert len(notes) == 100 and notes[7] == b'F' + (7).to_bytes(20, 'little')
+    sender.close()
+    with pytest.raises(EOFError):
+        buffer.take(r)
+    os.close(r)

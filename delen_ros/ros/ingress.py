@@ -45,7 +45,7 @@ from delen_ros.core.frame_ring import FrameRing
 from delen_ros.core.host_memory import HostMemory, pinnable
 from delen_ros.core.thread_names import name_os_thread
 
-__all__ = ['auto_processes', 'native_receiver', 'IngressPool', 'main']
+__all__ = ['auto_processes', 'native_receiver', 'IngressPool', 'NoteBuffer', 'main']
 
 _FRAME = struct.Struct('<cIiIQ')
 _HEAD = struct.Struct('<cI')
@@ -54,6 +54,7 @@ _CONTROL_PERIOD_S = 0.02   # a subscribe takes effect within this
 _RESTARTS_PER_MINUTE = 5   # a receiver that keeps dying is given up on (logged), not restarted forever
 _WARN_EVERY_S = 5.0
 _NATIVE_START_S = 3.0      # a C receiver that ends sooner did not start: fall back to Python
+_READ_BYTES = 1 << 16      # notes read at once from a frames pipe (~3 000 frame notes)
 _LIBRARY_HINTS = ('rcl', 'rmw', 'rcutils', 'rosidl', 'fastdds', 'fastcdr', 'tracetools', 'tinyxml2', 'lttng',
                   'yaml', 'spdlog', 'fmt', 'ssl', 'crypto', '_msgs', 'interfaces')
 
@@ -222,6 +223,34 @@ class IngressSubscription:
     camera_id: int
 
 
+class NoteBuffer:
+    """The notes of one frames pipe, read many at a time: one ``read`` for every note there, where
+    ``Connection.recv_bytes`` and ``poll`` take three system calls a note (the framing: a 4-byte
+    big-endian length, then the note). A note cut off at the end of a read waits for the rest."""
+
+    def __init__(self):
+        self._pending = b''
+
+    def take(self, fd: int) -> list[bytes]:
+        """The whole notes readable now from ``fd`` (which must be readable: this blocks otherwise).
+
+        :raises EOFError: the writer closed the pipe.
+        """
+        data = os.read(fd, _READ_BYTES)
+        if not data:
+            raise EOFError('frames pipe closed')
+        buf = self._pending + data if self._pending else data
+        notes, at, end = [], 0, len(buf)
+        while end - at >= 4:
+            n = int.from_bytes(buf[at:at + 4], 'big')
+            if end - at - 4 < n:
+                break
+            notes.append(buf[at + 4:at + 4 + n])
+            at += 4 + n
+        self._pending = buf[at:]
+        return notes
+
+
 @dataclasses.dataclass
 class _Process:
     index: int
@@ -232,6 +261,7 @@ class _Process:
     dead: bool = False     # given up on after dying too often
     native: bool = False   # the C receiver
     started: float = 0.0   # time.monotonic() at start
+    notes: NoteBuffer = dataclasses.field(default_factory=NoteBuffer)
 
 
 class IngressPool:
@@ -266,6 +296,8 @@ class IngressPool:
         self.host_memory: HostMemory | None = None
         self._pin_said: bool | None = None   # the last registration outcome logged
         self._wake_r, self._wake_w = os.pipe()   # wakes the reader when the process set changes
+        #: notes read many at a time (NoteBuffer); False: one by one, as before session 35 (an A/B)
+        self.read_many = os.environ.get('DELEN_NOTE_READS') != 'one'
         self._reader = threading.Thread(target=self._read, name='delen-ingress', daemon=True)
         self._reader.start()
 
@@ -350,15 +382,24 @@ class IngressPool:
                 continue
             proc = by_conn[conn]
             try:
-                while True:   # drain what is there before waiting again
-                    self._handle(conn.recv_bytes())
-                    if not conn.poll():
-                        break
+                notes = proc.notes.take(conn.fileno()) if self.read_many else self._drain_one_by_one(conn)
             except (EOFError, OSError):
                 if not self._closing:
                     self._restart(proc)
-            except Exception as exc:  # noqa: BLE001 - one bad note must not stop the reader
-                self._report(exc)
+                continue
+            for note in notes:
+                try:
+                    self._handle(note)
+                except Exception as exc:  # noqa: BLE001 - one bad note must not stop the reader
+                    self._report(exc)
+
+    @staticmethod
+    def _drain_one_by_one(conn: Connection) -> list[bytes]:
+        """What is there, a note at a time (before session 35; ``DELEN_NOTE_READS=one``, an A/B)."""
+        notes = [conn.recv_bytes()]
+        while conn.poll():
+            notes.append(conn.recv_bytes())
+        return notes
 
     def _report(self, exc: Exception) -> None:
         try:
