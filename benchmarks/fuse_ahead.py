@@ -35,7 +35,7 @@ MIXES = {
 }
 
 
-def _batch(engine: Engine, bounds: list[Bounds], size: int, now_ns: int) -> list[Request]:
+def _batch(bounds: list[Bounds], size: int, now_ns: int) -> list[Request]:
     out = []
     for i in range(size):
         b = bounds[i % len(bounds)]
@@ -67,7 +67,7 @@ def main() -> int:
         engine = Engine(model, profile, policy=policy, on_result=lambda r: None, max_batch=32)
         for mix, bounds in MIXES.items():
             now_ns = time.perf_counter_ns()
-            requests = _batch(engine, bounds, args.batch, now_ns)
+            requests = _batch(bounds, args.batch, now_ns)
             times = {True: [], False: []}
             reached = {}
             for _ in range(args.repeats):

@@ -5,8 +5,8 @@
 (``benchmarks/h200/sat_session35``).
 
 A writer process sends notes in bursts (``--burst`` notes, then a pause), as receivers do when the
-reader is held up; the reader waits for the pipe, reads and unpacks every note (as ``IngressPool``
-does, without the node's callback). Both ways in one run, interleaved, ``--repeats`` times.
+reader is held up; the reader waits for the pipe, reads and unpacks every note with ``IngressPool``'s
+own reads, without the node's callback). Both ways in one run, interleaved, ``--repeats`` times.
 
     python benchmarks/ingress_notes.py --out benchmarks/cpu/ingress_notes      (about 20 s)
 
@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection, wait
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from delen_ros.ros.ingress import _FRAME, NoteBuffer  # noqa: E402
+from delen_ros.ros.ingress import _FRAME, IngressPool, NoteBuffer  # noqa: E402
 
 
 def _writer(conn: Connection, notes: int, burst: int, pause_s: float) -> None:
@@ -48,12 +48,7 @@ def _read(conn: Connection, many: bool) -> tuple[float, int]:
     while True:
         wait([conn])
         try:
-            if many:
-                notes = buffer.take(conn.fileno())
-            else:
-                notes = [conn.recv_bytes()]
-                while conn.poll():
-                    notes.append(conn.recv_bytes())
+            notes = buffer.take(conn.fileno()) if many else IngressPool._drain_one_by_one(conn)
         except EOFError:
             break
         for note in notes:

@@ -71,7 +71,7 @@ def _turns(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
             turns.append({
                 'start_ns': t0, 'end_ns': s['end_ns'], 'apps': launch.get('apps', []),
                 'lock': wait['end_ns'] - wait['start_ns'] if wait is not None else 0,
-                'plan': launch['plan_ns'], 'pre': launch['pre_ns'],
+                'n': launch['n'], 'plan': launch['plan_ns'], 'pre': launch['pre_ns'],
                 'input': max(0, run - t0 - launch['plan_ns'] - launch['pre_ns']),
                 'launch': launch['end_ns'] - run, 'device': s['synced_ns'] - s['start_ns'],
                 'decide': s['end_ns'] - s['synced_ns']})
@@ -153,8 +153,6 @@ def turn_cycle(spans: list[dict[str, Any]], *, skip: float = 0.2) -> dict[str, A
     if len(turns) < 2:
         return {}
     published = sorted(s['end_ns'] for s in spans if s['kind'] == 'publish')
-    launches = sorted((s for s in spans if s['kind'] == 'launch'), key=lambda s: s['start_ns'])
-    launch_starts = [s['start_ns'] for s in launches]
     parts: dict[str, list[float]] = collections.defaultdict(list)
     for turn, after in zip(turns, turns[1:]):
         for part in ('lock', 'plan', 'pre', 'input', 'launch', 'device', 'decide'):
@@ -164,10 +162,8 @@ def turn_cycle(spans: list[dict[str, Any]], *, skip: float = 0.2) -> dict[str, A
         parts['publish'].append((last - turn['end_ns']) / 1e6)
         parts['between'].append((after['start_ns'] - last - after['lock']) / 1e6)   # its lock counted apart
     span_s = (turns[-1]['start_ns'] - turns[0]['start_ns']) / 1e9
-    first = bisect.bisect_left(launch_starts, turns[0]['start_ns'])
-    sizes = [s['n'] for s in launches[first:first + len(turns)]]
     return {'turns': len(turns), 'turns_per_s': round((len(turns) - 1) / span_s, 1) if span_s > 0 else None,
-            'mean_frames': round(statistics.mean(sizes), 2) if sizes else None,
+            'mean_frames': round(statistics.mean(t['n'] for t in turns), 2),
             'cycle_ms': round(sum(statistics.mean(v) for v in parts.values()), 3),
             'parts_ms': {k: {'mean': round(statistics.mean(v), 3), 'p50': round(statistics.median(v), 3)}
                          for k, v in parts.items()}}
