@@ -687,3 +687,21 @@ def test_on_cuda_the_worker_launches_on_a_stream_of_the_highest_priority(monkeyp
         assert streams == [-100] and [name for name, _ in current] == ['delen-engine']
     else:
         assert streams == [] and current == []
+
+
+def test_preprocessed_frames_are_taken_as_their_batch_when_they_are_all_of_it():
+    """A step-0 input is the preprocessed batch itself when its frames are that batch's rows in order
+    (a saturated turn: no slice and no copy per frame); otherwise their rows, in the step's order."""
+    from delen_ros.core.engine import _Frame
+    batch = torch.arange(4.0).view(4, 1, 1, 1)
+    frames = [_Frame(None) for _ in range(4)]
+    for i, f in enumerate(frames):
+        f.batch, f.row = batch, i
+    assert Engine._rows_of(frames) is batch
+    assert Engine._rows_of(frames[2:3]).flatten().tolist() == [2.0]
+    assert Engine._rows_of([frames[3], frames[1]]).flatten().tolist() == [3.0, 1.0]
+    assert Engine._rows_of(frames[:3]).flatten().tolist() == [0.0, 1.0, 2.0]   # part of it: copied
+    other = _Frame(None)
+    other.batch, other.row = torch.full((1, 1, 1, 1), 9.0), 0
+    assert Engine._rows_of([frames[0], other]).flatten().tolist() == [0.0, 9.0]
+    assert _Frame(None).tensor is None
