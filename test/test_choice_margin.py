@@ -7,7 +7,7 @@ from delen_ros.core.bounds import Bounds
 from delen_ros.core.choice_margin import TARGET_LATE_SHARE, ChoiceMargin
 from delen_ros.core.engine import Engine
 from delen_ros.core.results import Result
-from fakes import FakeClock, FakeRunner, fake_model, synthetic_profile
+from fakes import FakeClock, FakeRunner, fake_image, fake_model, synthetic_profile
 
 
 def test_a_late_result_moves_it_up_a_step_and_on_time_ones_bring_it_back_slowly():
@@ -86,3 +86,32 @@ def test_margin_ms_is_zero_for_an_app_without_a_margin():
     margin = ChoiceMargin(10.0)
     margin.note(late=True)
     assert margin_ms(None) == 0.0 and margin_ms(margin) == margin.ms > 0
+
+
+@pytest.mark.parametrize('when_behind', [False, True])
+def test_results_late_behind_a_backlog_do_not_raise_the_margin(when_behind):
+    """While newer frames push an app's out of its queue (the node behind it), its late results are the
+    backlog's, not its steps' by choice: they leave the margin where it is, and on-time ones still lower
+    it. ``margin_learns_when_behind`` (before session 36) counts them all."""
+    clock = FakeClock()
+    model = fake_model()
+    engine = Engine(model, synthetic_profile(), on_result=lambda r: None, runner=FakeRunner(model), clock=clock,
+                    delivery_allowance_ms=1.0, admission_control=False, queue_depth=1)
+    engine.margin_learns_when_behind = when_behind
+    accurate = Bounds(max_latency_ms=10.0)
+    engine.set_app('accurate', accurate)
+    margin = engine._apps['accurate'].choice_margin
+    image = fake_image(1, 200)
+    engine.submit(['accurate'], image)
+    engine.submit(['accurate'], image)            # pushes the first out: the node is behind the app
+    late_start = clock() - 9_500_000
+    engine.deliver(_result('accurate', accurate, exit_index=2, arrival_ns=late_start))
+    assert margin.ms == (0.5 if when_behind else 0.0)
+    margin.note(late=True)                         # 0.5 (or 1.0) learnt before
+    held = margin.ms
+    engine.deliver(_result('accurate', accurate, exit_index=2, arrival_ns=clock() - 8_000_000))   # in time
+    assert margin.ms < held                        # on time: lowered, behind or not
+    clock.advance(600)                             # no frame pushed out for 0.6 s: caught up
+    held = margin.ms
+    engine.deliver(_result('accurate', accurate, exit_index=2, arrival_ns=clock() - 9_500_000))
+    assert margin.ms == pytest.approx(held + 0.5)

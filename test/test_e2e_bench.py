@@ -436,6 +436,20 @@ def test_collections_in_the_window_are_summed_and_reported():
     assert '1 full, longest 42.0 ms' in table
 
 
+def test_choice_margins_in_the_window_are_reported():
+    """delen's learnt margins, as the cameras' /diagnostics entries name them, summed up over the window."""
+    stamps = [T0 + i * 100 * MS for i in range(10)]
+    raw = _raw('node', [_row(s, e2e_ms=10.0) for s in stamps], stamps)
+    raw['recorder']['choice_margins'] = [(T0 - MS, '/delen: /cam00', 1, 16.5),    # before the window
+                                         (T0 + 500 * MS, '/delen: /cam00', 2, 3.3),
+                                         (T0 + 900 * MS, '/delen: /cam01', 1, 1.6)]
+    result = analyze(raw, duration_s=1.0)
+    margin = result['total']['node_choice_margin']
+    assert (margin['max_ms'], margin['reports'], margin['apps_max']) == (3.3, 2, 2)
+    table = render_table({'meta': _meta(), 'configs': {'delen_n1': result}, 'engine_reference': None})
+    assert 'delen_n1: up to 3.3 ms, 2 app(s) at most' in table
+
+
 def test_frames_over_time_are_binned_and_plotted(tmp_path):
     stamps = [T0 + i * 50 * MS for i in range(20)]            # 1 s, two frames per 100 ms bin
     rows = [_row(s, e2e_ms=10.0 if i < 10 else 60.0) for i, s in enumerate(stamps[:16])]   # 4 unanswered

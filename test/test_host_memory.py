@@ -131,19 +131,5 @@ def test_raw_copies_only_on_the_runtime_torch_loaded(monkeypatch):
     monkeypatch.setenv('DELEN_RAW_COPY', '0')
     assert host_memory.raw_copy_api() is None
     monkeypatch.delenv('DELEN_RAW_COPY')
-    monkeypatch.setattr(host_memory, '_loaded_cudart', lambda kind=None: None)
+    monkeypatch.setattr(host_memory, '_loaded_cudart', lambda: None)
     assert host_memory.raw_copy_api() is None
-
-
-def test_raw_copies_keep_the_gil_unless_asked(monkeypatch):
-    """The copy is queued holding the GIL (``ctypes.PyDLL``): let go, each frame's copy handed it to a
-    waiting thread. ``DELEN_RAW_COPY_GIL=release`` loads it as ``ctypes.CDLL``, which lets it go."""
-    import ctypes
-    from delen_ros.core import host_memory
-    kinds = []
-    monkeypatch.setattr(host_memory, '_loaded_cudart', lambda kind=ctypes.CDLL: kinds.append(kind))
-    monkeypatch.delenv('DELEN_RAW_COPY_GIL', raising=False)
-    host_memory.raw_copy_api()
-    monkeypatch.setenv('DELEN_RAW_COPY_GIL', 'release')
-    host_memory.raw_copy_api()
-    assert kinds == [ctypes.PyDLL, ctypes.CDLL]

@@ -429,6 +429,9 @@ class Engine(AdmissionMixin, StatsMixin):
         #: each app's steps taken by choice keep a margin learnt from its late results (AppLedger.choice_margin;
         #: False: the policy's choice_headroom alone, as before session 30, an A/B)
         self.learn_choice_margin = True
+        #: a result published late while its app's frames are being pushed out of its queue raises the
+        #: margin too (True: as before session 36, an A/B; see deliver)
+        self.margin_learns_when_behind = False
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
         self._idle_tasks: dict[str, tuple[Callable[[], Any], int]] = {}
         # the outside-the-device parts (transport, overhead, delivery) the last admission passed with:
@@ -1337,7 +1340,14 @@ class Engine(AdmissionMixin, StatsMixin):
                 if app.choice_margin is not None and self.learn_choice_margin and result.exit_index > 0 \
                         and not result.late and b == app.bounds:
                     # past the first exit, maybe by choice: published after the scheduler's deadline?
-                    app.choice_margin.note(late=latency_ms > b.max_latency_ms - self.delivery_allowance_ms)
+                    late = latency_ms > b.max_latency_ms - self.delivery_allowance_ms
+                    # While newer frames push the app's out of its queue, the node is behind it and its
+                    # late results are the backlog's, not a step's taken by choice: they do not raise the
+                    # margin. (At 32 cameras x 120 Hz on an H200 they did, to its ceiling: the steps
+                    # stopped early, the runs split into more turns, and `delen` served half the frames.)
+                    behind = app.evicted_ns is not None and now - app.evicted_ns <= _BEHIND_NS
+                    if not late or not behind or self.margin_learns_when_behind:
+                        app.choice_margin.note(late=late)
                 app.results_out += 1
                 app.served_late += not latency_met
                 app.w_out += 1

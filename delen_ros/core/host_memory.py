@@ -44,14 +44,13 @@ def pinnable(path: str) -> bool:
     return kind == 'tmpfs'
 
 
-def _loaded_cudart(kind: type[ctypes.CDLL] = ctypes.CDLL) -> ctypes.CDLL | None:
+def _loaded_cudart() -> ctypes.CDLL | None:
     """The CUDA runtime library torch loaded in this process (the same instance: same per-thread
-    device, same streams), or ``None`` where there is none to find (torch built with it inside).
-    ``kind`` ``ctypes.PyDLL``: its functions keep the GIL while they run."""
+    device, same streams), or ``None`` where there is none to find (torch built with it inside)."""
     try:
         with open('/proc/self/maps') as maps:
             path = next((line.split()[-1] for line in maps if '/libcudart' in line), None)
-        return None if path is None else kind(path)
+        return None if path is None else ctypes.CDLL(path)
     except OSError:
         return None
 
@@ -79,12 +78,7 @@ def raw_copy_api() -> Callable[[int, int, int, int], bool] | None:
     (``benchmarks/upload_paths.py``)."""
     if os.environ.get('DELEN_RAW_COPY') == '0':
         return None
-    # The GIL is kept across the call (it only queues the copy: a few µs). Let go, as ctypes.CDLL
-    # does, every frame's copy handed the GIL to a waiting thread (the frame reader, behind it the
-    # receivers' notes), and the worker copying a batch waited for it back once a frame.
-    # DELEN_RAW_COPY_GIL=release lets it go, as before session 36 (an A/B).
-    keep_gil = os.environ.get('DELEN_RAW_COPY_GIL', 'keep') != 'release'
-    cudart = _loaded_cudart(ctypes.PyDLL if keep_gil else ctypes.CDLL)
+    cudart = _loaded_cudart()
     memcpy = getattr(cudart, 'cudaMemcpyAsync', None)
     if memcpy is None:
         return None

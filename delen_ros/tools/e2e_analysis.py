@@ -280,6 +280,13 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
                           'status_tick_max_ms': max(ticks) if ticks else None,
                           'note': 'from the nodes\' /diagnostics in the window: collections of generation 2, the '
                                   'longest collection of any generation, the time all collections took'}
+    # the learnt choice margins (delen) the nodes' cameras reported in the window (/diagnostics)
+    margins = [m for m in raw['recorder'].get('choice_margins') or [] if t0 < m[0] <= t1]
+    if margins:
+        tot['node_choice_margin'] = {'max_ms': max(m[3] for m in margins), 'reports': len(margins),
+                                     'apps_max': max(m[2] for m in margins),
+                                     'note': "from the nodes' /diagnostics in the window, per camera and period: the "
+                                             'largest margin any app kept for its steps taken by choice, and how many apps kept one'}
     # resources of the node (or echo) over the window
     s0, s1 = raw.get('target_start'), raw.get('target_end')
     if s0 and s1:

@@ -274,9 +274,14 @@ def _record_main(argv: Sequence[str]) -> int:
 
     gc_pauses: list[tuple] = []
 
-    def on_diagnostics(msg: Any) -> None:   # the node's engine entry: Python's collections in each period
+    choice_margins: list[tuple] = []
+
+    def on_diagnostics(msg: Any) -> None:   # the engine's entry: Python's collections; a camera's: its apps' margins
         for entry in msg.status:
             values = {kv.key: kv.value for kv in entry.values}
+            if values.get('choice_margin_ms'):   # 'app=ms,...', the apps keeping a learnt margin now
+                margins = [float(part.rpartition('=')[2]) for part in values['choice_margin_ms'].split(',')]
+                choice_margins.append((time.time_ns(), entry.name, len(margins), max(margins)))
             if 'gc_pause_max_ms' in values:
                 gc_pauses.append((time.time_ns(), entry.name, int(values.get('gc_full_collections', 0)),
                                   float(values['gc_pause_max_ms']), float(values.get('gc_pause_total_ms', 0.0)),
@@ -325,7 +330,7 @@ def _record_main(argv: Sequence[str]) -> int:
                                     else parameter_value_to_python(value))
     pathlib.Path(args.out).write_text(json.dumps({
         'topics': topics, 'fields': RESULT_FIELDS, 'rows': rows, 'status': status, 'status_topics': status_topics,
-        'gc_pauses': gc_pauses, 'node_params_seen': params_seen,
+        'gc_pauses': gc_pauses, 'choice_margins': choice_margins, 'node_params_seen': params_seen,
         'cpu_s': time.process_time() - cpu0}, default=list))
     executor.shutdown(timeout_sec=1.0)
     node.destroy_node()

@@ -322,6 +322,12 @@ def render_table(report: dict[str, Any]) -> str:
             f"{name}: {g['full_collections']} full, longest {fmt(g['pause_max_ms'], '.1f')} ms, "
             f"{fmt(g['pause_total_ms'], '.0f')} ms in all; status tick up to "
             f"{fmt(g.get('status_tick_max_ms'), '.1f')} ms" for name, g in gc_rows.items())]
+    margin_rows = {name: r['total']['node_choice_margin'] for name, r in report['configs'].items()
+                   if r.get('total') and r['total'].get('node_choice_margin')}
+    if margin_rows:   # delen: a margin kept by steps taken by choice stops frames earlier (core/choice_margin.py)
+        lines += ['', 'Learnt choice margins in the window (`/diagnostics`): ' + '; '.join(
+            f"{name}: up to {fmt(m['max_ms'], '.1f')} ms, {m['apps_max']} app(s) at most"
+            for name, m in margin_rows.items())]
     by_thread = {name: words for name, r in report['configs'].items()
                  if (words := thread_cpu_words((r.get('total') or {}).get('resources') or {}))}
     if by_thread:   # issue 8: which threads spend the node's CPU
