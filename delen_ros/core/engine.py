@@ -1054,8 +1054,8 @@ class Engine(AdmissionMixin, StatsMixin):
     @staticmethod
     def _rows_of(frames: list[_Frame]) -> torch.Tensor:
         """The preprocessed frames as one batch: the batch they were preprocessed in, as it is, when
-        they are all of it in its order (a saturated turn: no slice and no copy per frame; before
-        session 36, 31 slices and a cat cost the worker's turn ~0.2 ms of host time and the GIL)."""
+        they are all of it in its order (a saturated turn: no slice and no copy per frame, where a
+        31-frame turn took 31 slices and a cat before session 36; not measured apart)."""
         first = frames[0].batch
         if first.shape[0] == len(frames) and all(f.batch is first and f.row == i for i, f in enumerate(frames)):
             return first
@@ -1343,8 +1343,9 @@ class Engine(AdmissionMixin, StatsMixin):
                     late = latency_ms > b.max_latency_ms - self.delivery_allowance_ms
                     # While newer frames push the app's out of its queue, the node is behind it and its
                     # late results are the backlog's, not a step's taken by choice: they do not raise the
-                    # margin. (At 32 cameras x 120 Hz on an H200 they did, to its ceiling: the steps
-                    # stopped early, the runs split into more turns, and `delen` served half the frames.)
+                    # margin. (At 32 cameras x 120 Hz on an H200 they raised nearly every app's, up to 5 ms:
+                    # steps stopped early, runs split into more turns, and `delen` served half the frames;
+                    # benchmarks/h200/sat_session36.)
                     behind = app.evicted_ns is not None and now - app.evicted_ns <= _BEHIND_NS
                     if not late or not behind or self.margin_learns_when_behind:
                         app.choice_margin.note(late=late)
