@@ -191,6 +191,7 @@ class RosPeer:
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
         self._clients: dict[tuple[type, str], Any] = {}
+        self._replies_matched: set[tuple[type, str]] = set()
 
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
@@ -222,6 +223,8 @@ class RosPeer:
         """
         client = self.client(srv_type, name)
         self.wait_for_service(srv_type, name, timeout=timeout)
+        if resend_every is None:
+            self._match_replies(srv_type, name, timeout=timeout)
         deadline = time.monotonic() + timeout
         futures = [client.call_async(request)]
         while True:
@@ -235,6 +238,19 @@ class RosPeer:
                 if time.monotonic() >= deadline:
                     raise
                 futures.append(client.call_async(request))
+
+    def _match_replies(self, srv_type: type, name: str, *, timeout: float) -> None:
+        """Before a client's first request that changes state: a request every server rejects (an
+        empty app id), sent again each second until answered, so that the server's reply writer has
+        matched this client. rmw_fastrtps waits 100 ms for that match, then drops the reply: under a
+        loaded CI machine a first ``set_bounds`` once went unanswered for 20 s."""
+        from delen_ros.srv import RemoveApp, SetBounds
+        probe = {SetBounds: SetBounds.Request, RemoveApp: RemoveApp.Request}.get(srv_type)
+        if probe is None or (srv_type, name) in self._replies_matched:
+            return
+        response = self.call(srv_type, name, probe(), timeout=timeout, resend_every=1.0)
+        assert not getattr(response, 'accepted', getattr(response, 'removed', False)), response
+        self._replies_matched.add((srv_type, name))
 
     def subscribe(self, msg_type: type, topic: str, *, qos: Any = 10) -> Collector:
         collector = Collector()
