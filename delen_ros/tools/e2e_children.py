@@ -280,8 +280,12 @@ def _record_main(argv: Sequence[str]) -> int:
         for entry in msg.status:
             values = {kv.key: kv.value for kv in entry.values}
             if values.get('choice_margin_ms'):   # 'app=ms,...', the apps keeping a learnt margin now
-                margins = [float(part.rpartition('=')[2]) for part in values['choice_margin_ms'].split(',')]
-                choice_margins.append((time.time_ns(), entry.name, len(margins), max(margins)))
+                try:
+                    margins = [float(part.rpartition('=')[2]) for part in values['choice_margin_ms'].split(',')]
+                except ValueError:   # not the node's format: not the recorder's to fail over
+                    margins = []
+                if margins:
+                    choice_margins.append((time.time_ns(), entry.name, len(margins), max(margins)))
             if 'gc_pause_max_ms' in values:
                 gc_pauses.append((time.time_ns(), entry.name, int(values.get('gc_full_collections', 0)),
                                   float(values['gc_pause_max_ms']), float(values.get('gc_pause_total_ms', 0.0)),
