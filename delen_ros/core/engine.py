@@ -1345,7 +1345,8 @@ class Engine(AdmissionMixin, StatsMixin):
                     # late results are the backlog's, not a step's taken by choice: they do not raise the
                     # margin. (At 32 cameras x 120 Hz on an H200 they raised nearly every app's, up to 5 ms:
                     # steps stopped early, runs split into more turns, and `delen` served half the frames;
-                    # benchmarks/h200/sat_session36.)
+                    # benchmarks/h200/sat_session36. Where the device limits instead, they shed depth and
+                    # served more frames: benchmarks/cpu/margin_behind.)
                     behind = app.evicted_ns is not None and now - app.evicted_ns <= _BEHIND_NS
                     if not late or not behind or self.margin_learns_when_behind:
                         app.choice_margin.note(late=late)
