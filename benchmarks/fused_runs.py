@@ -70,6 +70,36 @@ def busy(ms: float) -> None:
         pass
 
 
+def offer(engine: Engine, runner: StallingRunner, names: list[str], *, rate_hz: float, duration_s: float,
+          stall_at_s: float, stall_ms: float) -> tuple[int, list[int]]:
+    """Submit a frame of every app in ``names`` once a period, spread over it (as free-running cameras),
+    for ``duration_s``; ``runner`` stalls ``stall_ms`` once at ``stall_at_s``; then 0.5 s to drain.
+    Returns the start and when each frame was submitted (monotonic ns)."""
+    image = fake_image(1, 200)
+    sent: list[int] = []
+    t0 = time.monotonic_ns()
+    period_ns = int(1e9 / rate_hz)
+    end_ns = t0 + int(duration_s * 1e9)
+    stalled = False
+    # due times only grow
+    schedule = ((t0 + tick * period_ns + i * period_ns // len(names), name)
+                for tick in itertools.count() for i, name in enumerate(names))
+    for due, name in schedule:
+        if due >= end_ns:
+            break
+        delay = (due - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+        if not stalled and due - t0 >= stall_at_s * 1e9:
+            runner.stall(stall_ms)
+            stalled = True
+        now = time.monotonic_ns()
+        engine.submit([name], image, arrival_ns=now)
+        sent.append(now)
+    time.sleep(0.5)   # drain
+    return t0, sent
+
+
 def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float, step_ms: list[float],
         duration_s: float, stall_at_s: float, stall_ms: float, pre_call_ms: float = 0.0, bin_s: float = 0.25,
         queue_depth: int = 1, finish_started: bool = True) -> dict:
@@ -113,28 +143,8 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
     engine._launch = counted
     engine.start()
     warm_calls = len(runner.calls)   # warm-up's own stage calls are not served steps
-    image = fake_image(1, 200)
-    sent: list[int] = []
-    t0 = time.monotonic_ns()
-    period_ns = int(1e9 / rate_hz)
-    end_ns = t0 + int(duration_s * 1e9)
-    stalled = False
-    # every camera once a period, spread over it (as free-running cameras); due times only grow
-    schedule = ((t0 + tick * period_ns + i * period_ns // apps, name)
-                for tick in itertools.count() for i, name in enumerate(names))
-    for due, name in schedule:
-        if due >= end_ns:
-            break
-        delay = (due - time.monotonic_ns()) / 1e9
-        if delay > 0:
-            time.sleep(delay)
-        if not stalled and due - t0 >= stall_at_s * 1e9:
-            runner.stall(stall_ms)
-            stalled = True
-        now = time.monotonic_ns()
-        engine.submit([name], image, arrival_ns=now)
-        sent.append(now)
-    time.sleep(0.5)   # drain
+    t0, sent = offer(engine, runner, names, rate_hz=rate_hz, duration_s=duration_s, stall_at_s=stall_at_s,
+                     stall_ms=stall_ms)
     engine.stop()
     bins = int(math.ceil(duration_s / bin_s))
     sent_per_bin = [0] * bins

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import json
 import math
 import pathlib
 import sys
 import threading
-import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,8 +35,8 @@ sys.path.insert(0, str(REPO / 'benchmarks'))
 
 from delen_ros.core.bounds import Bounds  # noqa: E402
 from delen_ros.core.engine import Engine  # noqa: E402
-from fakes import fake_image, fake_model, synthetic_profile  # noqa: E402
-from fused_runs import StallingRunner, busy  # noqa: E402
+from fakes import fake_model, synthetic_profile  # noqa: E402
+from fused_runs import StallingRunner, busy, offer  # noqa: E402
 
 ARMS = {'always_final': ('always_final', False), 'delen, before': ('delen', True), 'delen, now': ('delen', False)}
 
@@ -74,24 +72,8 @@ def run(*, policy: str, learns_when_behind: bool, args: argparse.Namespace) -> d
     for name in names:
         engine.set_app(name, Bounds(max_latency_ms=args.bound_ms))
     engine.start()
-    image = fake_image(1, 200)
-    sent, t0 = [], time.monotonic_ns()
-    period, end = int(1e9 / args.rate), t0 + int(args.duration * 1e9)
-    stalled = False
-    for due, name in ((t0 + tick * period + i * period // args.apps, name)
-                      for tick in itertools.count() for i, name in enumerate(names)):
-        if due >= end:
-            break
-        delay = (due - time.monotonic_ns()) / 1e9
-        if delay > 0:
-            time.sleep(delay)
-        if not stalled and due - t0 >= args.stall_at * 1e9:
-            runner.stall(args.stall_ms)
-            stalled = True
-        now = time.monotonic_ns()
-        engine.submit([name], image, arrival_ns=now)
-        sent.append(now)
-    time.sleep(0.5)
+    t0, sent = offer(engine, runner, names, rate_hz=args.rate, duration_s=args.duration, stall_at_s=args.stall_at,
+                     stall_ms=args.stall_ms)
     margins = [engine.stats(n, recheck_s=math.inf).choice_margin_ms for n in names]
     engine.stop()
     bins = int(math.ceil(args.duration))

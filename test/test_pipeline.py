@@ -7,8 +7,9 @@ import time
 import pytest
 import torch
 
+from delen_ros.core.app_ledger import BEHIND_NS
 from delen_ros.core.bounds import Bounds
-from delen_ros.core.engine import _BEHIND_NS, Engine
+from delen_ros.core.engine import Engine
 from fakes import Collector, FakeRunner, fake_image, fake_model, synthetic_profile
 
 torch.set_num_threads(1)
@@ -117,7 +118,7 @@ def test_behind_pipelines_only_while_queues_push_frames_out():
     engine.submit(['a'], fake_image(0))
     engine.submit(['a'], fake_image(1))   # queue_depth 1: frame 0 pushed out unserved
     assert engine._pipelining()
-    clock.offset_ns += _BEHIND_NS + 100_000_000
+    clock.offset_ns += BEHIND_NS + 100_000_000
     assert not engine._pipelining()
 
 

@@ -10,7 +10,10 @@ from .arrivals import NextFrame, Rate
 from .bounds import Bounds, LatePolicy, Objective
 from .choice_margin import ChoiceMargin
 
-__all__ = ['AppLedger', 'DEMOTED_NOTE', 'QUIET_NOTE']
+__all__ = ['AppLedger', 'BEHIND_NS', 'DEMOTED_NOTE', 'QUIET_NOTE']
+
+#: an app whose queue pushed a frame out this recently is behind (:meth:`AppLedger.behind`)
+BEHIND_NS = 500_000_000
 
 #: how a demoted app's ``unschedulable_reason`` ends (read back by the e2e report)
 DEMOTED_NOTE = 'demoted: served after the others until it fits again'
@@ -53,6 +56,11 @@ class AppLedger:
         """New bounds: what was learnt for the old ones (the choice margin) starts over."""
         if bounds != self.bounds:
             self.bounds, self.choice_margin = bounds, _choice_margin(bounds)
+
+    def behind(self, now_ns: int) -> bool:
+        """Whether a newer frame pushed one of its frames out of its queue in the last :data:`BEHIND_NS`:
+        the worker is not keeping up with it."""
+        return self.evicted_ns is not None and now_ns - self.evicted_ns <= BEHIND_NS
 
     @property
     def dropped(self) -> int:

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from . import admission, warmup
-from .app_ledger import AppLedger
+from .app_ledger import BEHIND_NS, AppLedger
 from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes
 from .batch_cost import BatchCost
 from .bounds import Bounds, LatePolicy, Plan
@@ -88,9 +88,6 @@ __all__ = ['Result', 'AppStats', 'WorkerStats', 'Engine', 'make_runner']
 _log = logging.getLogger(__name__)
 _NS_PER_MS = 1_000_000
 _IDLE_TASK_LATEST_NS = 500_000_000   # a worker that never runs out of frames runs what is asked between two turns after this
-# An app whose queue pushed a frame out this recently is behind: its frames wait for the worker to
-# upload them (see Engine._uploads_ahead).
-_BEHIND_NS = 500_000_000
 
 
 class _Frame:
@@ -130,6 +127,15 @@ class _State:
     @property
     def choice_margin_ms(self) -> float:
         return margin_ms(self.choice_margin)
+
+
+def _whole_batch(sources: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor | None:
+    """The batch that ``(batch, row)`` sources are all the rows of, in its order (taken as it is, no
+    copy); ``None`` where they are not."""
+    first = sources[0][0]
+    if all(t is first for t, _ in sources) and [row for _, row in sources] == list(range(first.shape[0])):
+        return first
+    return None
 
 
 def _ahead_deciders(requests: Sequence[Request], enforce: bool, *,
@@ -471,7 +477,7 @@ class Engine(AdmissionMixin, StatsMixin):
         self.pipeline = pipeline
         self._pending_run: _Run | None = None   # launched, not looked at yet (the worker's own)
         self._last_end_ns = 0                   # perf_counter_ns: the last run's results were back
-        self._last_evicted_ns = -_BEHIND_NS - 1   # engine clock: a queue last pushed a frame out
+        self._last_evicted_ns = -BEHIND_NS - 1   # engine clock: a queue last pushed a frame out
         # True (an A/B, session 34): the runner's background cuDNN trials wait for an idle worker. Off: at
         # 32 cameras x 120 Hz on an H200 the graphs then stayed native, the GPU was busier per batch and the
         # node served 12 % fewer results than with the trials competing for the GIL (benchmarks/h200/trials_gate_session34)
@@ -682,7 +688,7 @@ class Engine(AdmissionMixin, StatsMixin):
 
     def _uploads_ahead(self, app_ids: Sequence[str]) -> bool | None:
         """Whether a frame for ``app_ids`` is worth uploading now, in the caller's thread: yes for
-        a registered app that has not had a frame pushed out of its queue in the last ``_BEHIND_NS``;
+        a registered app that has not had a frame pushed out of its queue in the last ``BEHIND_NS``;
         ``None`` where every one of its registered apps has (false: none is registered).
 
         When the worker is behind an app, most of its frames are pushed out by newer ones before the
@@ -697,7 +703,7 @@ class Engine(AdmissionMixin, StatsMixin):
             app = self._apps.get(app_id)
             if app is None:
                 continue
-            if self._ahead_when_behind or app.evicted_ns is None or now - app.evicted_ns > _BEHIND_NS:
+            if self._ahead_when_behind or not app.behind(now):
                 return True
             behind = True
         return None if behind else False
@@ -712,7 +718,7 @@ class Engine(AdmissionMixin, StatsMixin):
         cuDNN's batch-32 graphs are worth more than the GIL the trials take: off by default."""
         if not self.trials_when_idle or self._thread is None:   # no worker to take the GIL from
             return True
-        return self._idle and self.clock() - self._last_evicted_ns > _BEHIND_NS
+        return self._idle and self.clock() - self._last_evicted_ns > BEHIND_NS
 
     def warm_up(self, *, reps: int = 3, background_capture: bool | None = None) -> None:
         """Capture graphs, choose kernels and seed the latency corrector before serving
@@ -992,11 +998,11 @@ class Engine(AdmissionMixin, StatsMixin):
     def _pipelining(self) -> bool:
         """Whether the next batch may be launched before the last one's results are looked at:
         ``pipeline`` 'always', or 'behind' while some app's queue pushed a frame out in the last
-        ``_BEHIND_NS`` (the worker cannot keep up: throughput is what its apps lack, and a turn's
+        ``BEHIND_NS`` (the worker cannot keep up: throughput is what its apps lack, and a turn's
         wait is small beside their frames' queueing)."""
         if self.pipeline == 'always':
             return True
-        return self.pipeline == 'behind' and self.clock() - self._last_evicted_ns <= _BEHIND_NS
+        return self.pipeline == 'behind' and self.clock() - self._last_evicted_ns <= BEHIND_NS
 
     def _padded_size(self, n: int) -> int:
         for size in self._pad_sizes:
@@ -1037,9 +1043,10 @@ class Engine(AdmissionMixin, StatsMixin):
                     self.preprocess_cost.add(len(todo), pre_ns / 1e6)
             return self._runner.to_input(self._rows_of([r.frame for r in unique])), pre_ns
         sources = [r.state.features for r in unique]
+        whole = _whole_batch(sources)
+        if whole is not None:
+            return whole, 0   # the same batch, in the same order, goes on together: no copy
         first = sources[0][0]
-        if all(t is first for t, _ in sources) and [row for _, row in sources] == list(range(first.shape[0])):
-            return first, 0   # the same batch, in the same order, goes on together: no copy
         out = torch.empty((len(sources),) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device,
                           memory_format=_memory_format(first))
         groups: dict[int, tuple[torch.Tensor, list[int], list[int]]] = {}
@@ -1056,9 +1063,9 @@ class Engine(AdmissionMixin, StatsMixin):
         """The preprocessed frames as one batch: the batch they were preprocessed in, as it is, when
         they are all of it in its order (a saturated turn: no slice and no copy per frame, where a
         31-frame turn took 31 slices and a cat before session 36; not measured apart)."""
-        first = frames[0].batch
-        if first.shape[0] == len(frames) and all(f.batch is first and f.row == i for i, f in enumerate(frames)):
-            return first
+        whole = _whole_batch([(f.batch, f.row) for f in frames])
+        if whole is not None:
+            return whole
         return frames[0].tensor if len(frames) == 1 else torch.cat([f.tensor for f in frames])
 
     def _launch(self, batch: Batch, decision_ns: int, *, pipelined: bool = False, start_at: int = 0) -> _Run:
@@ -1347,8 +1354,7 @@ class Engine(AdmissionMixin, StatsMixin):
                     # steps stopped early, runs split into more turns, and `delen` served half the frames;
                     # benchmarks/h200/sat_session36. Where the device limits instead, they shed depth and
                     # served more frames: benchmarks/cpu/margin_behind.)
-                    behind = app.evicted_ns is not None and now - app.evicted_ns <= _BEHIND_NS
-                    if not late or not behind or self.margin_learns_when_behind:
+                    if not late or not app.behind(now) or self.margin_learns_when_behind:
                         app.choice_margin.note(late=late)
                 app.results_out += 1
                 app.served_late += not latency_met
