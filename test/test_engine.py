@@ -87,6 +87,25 @@ def test_end_to_end_every_app_gets_results():
     assert all(r.exit_index == 1 and r.energy_mj <= 4.0 for r in c.of('inspect'))
 
 
+def test_after_results_follows_each_turn_that_handed_out_results():
+    """A sink that batches (the ROS layer's result outlet) writes out after each turn's results: every
+    result is followed by an ``after_results`` call before the worker waits for frames again."""
+    c = Collector()
+    engine, _ = make_engine(c, max_batch=4, queue_depth=32)
+    seen_at_calls = []
+    engine.after_results = lambda: seen_at_calls.append(len(c.results))
+    engine.set_app('nav', Bounds(max_latency_ms=LOOSE_MS))
+    engine.set_app('arm', Bounds(max_latency_ms=LOOSE_MS))
+    with engine:
+        run_frames(engine, [(['nav', 'arm'], fake_image(1, 250)) for _ in range(6)], gap_s=0.02)
+        c.wait(12)
+        time.sleep(0.2)
+    assert seen_at_calls and seen_at_calls[-1] == 12, seen_at_calls
+    assert seen_at_calls == sorted(seen_at_calls) and len(set(seen_at_calls)) == len(seen_at_calls), \
+        'one call per turn with results, none for a turn without'
+    assert len(seen_at_calls) <= 6   # batched across the two apps: not one call per result
+
+
 def test_uncertain_frames_go_deeper_for_accuracy():
     c = Collector()
     engine, _ = make_engine(c)

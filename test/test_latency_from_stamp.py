@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import time
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -25,16 +26,22 @@ pytestmark = pytest.mark.timeout(180)
 AGED_MS = 150.0   # the age given to the stamps
 
 
-def _publish_aged(peer: RosPeer, topic: str, *, age_ms: float, count: int) -> None:
+def _publish_aged(peer: RosPeer, topic: str, *, age_ms: float, count: int,
+                  until: Callable[[], bool] | None = None, timeout: float = 20.0) -> None:
     """``count`` frames 0.1 s apart, from once the node's subscription has matched (frames sent
-    before would be lost, and the node samples ages only 1 s after an app's first frame)."""
+    before would be lost, and the node samples ages only 1 s after an app's first frame); then on
+    until ``until()`` holds (at most ``timeout`` s): the publisher can see the match before the
+    node's receiver does, and the first frames then go nowhere."""
     pub = peer.node.create_publisher(Image, topic, image_qos('reliable'))
     wait_until(lambda: pub.get_subscription_count() > 0, timeout=20.0, what=f'a subscriber of {topic}')
     frame = array_to_image(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8))
-    for _ in range(count):
+    deadline = time.monotonic() + timeout
+    sent = 0
+    while sent < count or (until is not None and not until() and time.monotonic() < deadline):
         stamp_ns = peer.node.get_clock().now().nanoseconds - int(age_ms * 1e6)
         frame.header.stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
         pub.publish(frame)
+        sent += 1
         time.sleep(0.1)
 
 
@@ -76,6 +83,7 @@ def test_a_stamp_from_another_clock_falls_back_to_arrival(tmp_path: pathlib.Path
         assert response.accepted, response.message
         results = peer.subscribe(InferenceResult, response.result_topic)
         time.sleep(1.0)
-        _publish_aged(peer, '/skewed/cam', age_ms=3600e3, count=10)   # an hour behind: not this host's clock
+        _publish_aged(peer, '/skewed/cam', age_ms=3600e3, count=10,   # an hour behind: not this host's clock
+                      until=lambda: len(results.messages()) >= 3)
         wait_until(lambda: len(results.messages()) >= 3, timeout=20.0, what=lambda: node.log()[-2000:])
         assert all(m.latency_ms < 100.0 and m.bounds_met for m in results.messages())

@@ -375,6 +375,10 @@ class Engine(AdmissionMixin, StatsMixin):
         # one level per step, whatever the batch size: see LatencyCorrector's pool_batch_sizes
         self.corrector = LatencyCorrector(margin=latency_margin, pool_batch_sizes=True)
         self.on_result = on_result
+        #: called on the worker after a turn handed results to ``on_result``: a sink that batches
+        #: (the ROS layer's result outlet) writes them out there, once a turn
+        self.after_results: Callable[[], None] | None = None
+        self._results_in_turn = 0
         self.clock = clock
         self.max_batch = max_batch
         self.queue_depth = queue_depth
@@ -961,6 +965,12 @@ class Engine(AdmissionMixin, StatsMixin):
                 self._pending_run = run
             else:
                 self._guarded(run.batch, self._complete, run)
+        if self._results_in_turn and self.after_results is not None:
+            self._results_in_turn = 0
+            try:
+                self.after_results()
+            except Exception:  # noqa: BLE001 -- a sink's failure must not stop serving
+                _log.exception('after_results raised')
         return not stopping
 
     def _expected_frames(self, now_ns: int) -> list[Expected]:
@@ -1319,6 +1329,7 @@ class Engine(AdmissionMixin, StatsMixin):
                          compute_ns=s.compute_ns, late=r.late, expired=expired)
         if not self.external_delivery:
             result = self.deliver(result)
+        self._results_in_turn += 1
         try:
             self.on_result(result)
         except Exception:  # noqa: BLE001 -- a subscriber's bug must not stop serving

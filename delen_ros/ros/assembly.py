@@ -112,8 +112,10 @@ class Served:
             torch.cuda.empty_cache()
 
 
-def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]) -> Served:
-    """Load everything configure needs and warm the engine up (graph capture, kernel choice)."""
+def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None],
+          after_results: Callable[[], None] | None = None) -> Served:
+    """Load everything configure needs and warm the engine up (graph capture, kernel choice);
+    ``after_results``: each engine's :attr:`~delen_ros.core.engine.Engine.after_results`."""
     from delen_ros.core.batch_cost import BatchCost
     from delen_ros.core.cpu_threads import auto_intra_op_threads
     from delen_ros.core.energy import idle_power_with_context_w, make_meter
@@ -224,6 +226,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 built.corrector.pool_batch_sizes = False
             if os.environ.get('DELEN_PRE_PER_FRAME') == '1':   # an A/B: preprocessing's cost as before session 9
                 built.preprocess_cost = BatchCost.per_frame_only()
+            built.after_results = after_results
             return built
         first = dict(model=model, profile=profile, meter=meter, idle_power_w=idle_power_w)
         if len(devices) > 1:

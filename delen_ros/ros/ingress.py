@@ -45,6 +45,8 @@ from delen_ros.core.frame_ring import FrameRing
 from delen_ros.core.host_memory import HostMemory, pinnable
 from delen_ros.core.thread_names import name_os_thread
 
+from .native import native_env, native_program
+
 __all__ = ['auto_processes', 'native_receiver', 'IngressPool', 'NoteBuffer', 'main']
 
 _FRAME = struct.Struct('<cIiIQ')
@@ -55,41 +57,13 @@ _RESTARTS_PER_MINUTE = 5   # a receiver that keeps dying is given up on (logged)
 _WARN_EVERY_S = 5.0
 _NATIVE_START_S = 3.0      # a C receiver that ends sooner did not start: fall back to Python
 _READ_BYTES = 1 << 16      # notes read at once from a frames pipe (~3 000 frame notes)
-_LIBRARY_HINTS = ('rcl', 'rmw', 'rcutils', 'rosidl', 'fastdds', 'fastcdr', 'tracetools', 'tinyxml2', 'lttng',
-                  'yaml', 'spdlog', 'fmt', 'ssl', 'crypto', '_msgs', 'interfaces')
 
 
 def native_receiver() -> str | None:
     """The built C receiver (``<prefix>/lib/delen_ros/delen_receiver``), unless ``DELEN_RECEIVER=python``."""
     if os.environ.get('DELEN_RECEIVER', '').lower() == 'python':
         return None
-    prefixes = [sys.prefix, *os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)]
-    for prefix in filter(None, prefixes):
-        path = os.path.join(prefix, 'lib', 'delen_ros', 'delen_receiver')
-        if os.access(path, os.X_OK):
-            return path
-    return None
-
-
-def _native_env() -> dict:
-    """The environment for the C receiver: the folders of the ROS libraries this process loaded
-    first on the library path (PyPI wheels keep their dependencies where only their own RPATHs
-    look; on an apt install this changes nothing)."""
-    folders: list[str] = []
-    try:
-        with open('/proc/self/maps') as maps:
-            for line in maps:
-                path = line.split()[-1] if line.count(' ') >= 5 else ''
-                name = os.path.basename(path)
-                if '.so' in name and any(h in name for h in _LIBRARY_HINTS):
-                    folder = os.path.dirname(path)
-                    if folder not in folders:
-                        folders.append(folder)
-    except OSError:
-        pass
-    env = dict(os.environ)
-    env['LD_LIBRARY_PATH'] = os.pathsep.join(folders + ([env['LD_LIBRARY_PATH']] if env.get('LD_LIBRARY_PATH') else []))
-    return env
+    return native_program('delen_receiver')
 
 
 def auto_processes(cpus: int | None = None, *, native: bool | None = None) -> int:
@@ -283,7 +257,7 @@ class IngressPool:
         self._on_frame, self._log, self._qos, self._depth, self._slots = on_frame, log, qos_name, depth, slots
         self._lock = threading.Lock()
         self._native = native_receiver()
-        self._native_env = _native_env() if self._native else None
+        self._native_env = native_env() if self._native else None
         self._processes = [self._spawn(i) for i in range(processes)]
         self._cameras: dict[int, tuple[Any, int]] = {}    # camera id -> (camera, process index)
         self._rings: dict[int, FrameRing] = {}

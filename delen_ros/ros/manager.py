@@ -17,6 +17,7 @@ from delen_ros.msg import InferenceResult
 from delen_ros.srv import RemoveApp, SetBounds
 
 from .apps import AppConfig
+from .outlet import OutletPublisher
 from .qos import RESULT_QOS, image_qos
 from .registry import Registry, Rejected, StateStore
 from .rejections import RejectionLog, clean_message
@@ -75,12 +76,16 @@ class AppManager:
     :param on_image: ``(serialized, camera)``, the node's image callback.
     :param ingress: receiver processes (:class:`.ingress.IngressPool`) to subscribe through; ``None``:
         the node subscribes itself.
+    :param outlet: the process that publishes results (:class:`.outlet.ResultOutlet`), whose
+        publishers the result topics get; ``None``, or one that does not start: the node's own.
     """
 
     def __init__(self, node, *, engine, registry: Registry, store: StateStore, image_qos_name: str,
-                 on_image: Callable[[Image, Camera], None], ingress=None):
+                 on_image: Callable[[Image, Camera], None], ingress=None, outlet=None):
         self._node, self.engine, self.registry, self.store = node, engine, registry, store
         self._ingress = ingress   # an ingress.IngressPool: receiver processes hold the subscriptions
+        self.outlet = outlet      # an outlet.ResultOutlet until it fails to start
+        self._outlet_checked = False
         self._qos_name, self._on_image = image_qos_name, on_image
         self.lock = threading.RLock()   # registry changes vs transitions
         self.cameras: dict[str, Camera] = {}
@@ -104,8 +109,28 @@ class AppManager:
         return dataclasses.replace(config, **resolved)
 
     def _foreign_publishers(self, topic: str) -> int:
-        me = (self._node.get_name(), self._node.get_namespace())
-        return sum((i.node_name, i.node_namespace) != me for i in self._node.get_publishers_info_by_topic(topic))
+        mine = {(self._node.get_name(), self._node.get_namespace())}
+        if self.outlet is not None:
+            mine.add((self.outlet.node_name, '/'))
+        return sum((i.node_name, i.node_namespace) not in mine for i in self._node.get_publishers_info_by_topic(topic))
+
+    def _create_publisher(self, topic: str) -> Any:
+        """A result publisher of ``topic``, inactive: in the outlet while it runs, else the node's own."""
+        if self.outlet is not None and not self._outlet_checked:   # once: later deaths it restarts itself
+            self._outlet_checked = True
+            if not self.outlet.ready():
+                self._node.get_logger().error('the result outlet did not start: the node publishes the results itself')
+                self.outlet.close()
+                self.outlet = None
+        if self.outlet is not None:
+            return self.outlet.advertise(topic, RESULT_QOS.depth)
+        return self._node.create_lifecycle_publisher(InferenceResult, topic, RESULT_QOS)
+
+    def _destroy_publisher(self, pub: Any) -> None:
+        if isinstance(pub, OutletPublisher):
+            pub.withdraw()
+        else:
+            self._node.destroy_lifecycle_publisher(pub)
 
     def _check(self, config: AppConfig, *, token: str = '', restore: bool = False):
         return self.registry.check(self._resolve(config), token=token, restore=restore,
@@ -117,7 +142,7 @@ class AppManager:
         config, new_pub, new_cam = change.config, None, None
         try:
             if change.new_result_topic:
-                new_pub = self._node.create_lifecycle_publisher(InferenceResult, config.result_topic, RESULT_QOS)
+                new_pub = self._create_publisher(config.result_topic)
                 if self.active:   # lifecycle publishers start disabled; the node is already past activate
                     new_pub.on_activate(None)
             if change.new_image_topic:
@@ -130,7 +155,7 @@ class AppManager:
             if new_cam is not None:
                 self.unsubscribe(new_cam)
             if new_pub is not None:
-                self._node.destroy_lifecycle_publisher(new_pub)
+                self._destroy_publisher(new_pub)
             raise
         if new_pub is not None:
             self.result_pubs[config.result_topic] = new_pub
@@ -142,7 +167,7 @@ class AppManager:
 
     def _drop_unused(self, result_topic: str | None, image_topic: str | None) -> None:
         if result_topic and result_topic in self.result_pubs:
-            self._node.destroy_lifecycle_publisher(self.result_pubs.pop(result_topic))
+            self._destroy_publisher(self.result_pubs.pop(result_topic))
         if image_topic and image_topic in self.cameras:
             self.unsubscribe(self.cameras.pop(image_topic))
             self._node.get_logger().info(f'unsubscribed from {image_topic}: no app uses it any more')
@@ -278,12 +303,18 @@ class AppManager:
     def activate(self) -> None:
         with self.lock:
             self.active = True
+            for pub in self.result_pubs.values():   # the node's own: enabled by the lifecycle transition
+                if isinstance(pub, OutletPublisher):
+                    pub.on_activate()
             for camera in self.cameras.values():
                 self.subscribe(camera)
 
     def deactivate(self) -> None:
         with self.lock:
             self.active = False
+            for pub in self.result_pubs.values():
+                if isinstance(pub, OutletPublisher):
+                    pub.on_deactivate()
             for camera in self.cameras.values():
                 self.unsubscribe(camera)
 
@@ -292,7 +323,7 @@ class AppManager:
         with self.lock:
             self.deactivate()
             for pub in self.result_pubs.values():
-                self._node.destroy_lifecycle_publisher(pub)
+                self._destroy_publisher(pub)
             self.result_pubs.clear()
             self.cameras.clear()
             self.registry.clear()

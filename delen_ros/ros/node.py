@@ -37,6 +37,7 @@ from . import assembly, params
 from .apps import parse_apps_param
 from .conversions import ImageFormatError, image_to_array, parse_image_cdr
 from .ingress import IngressPool, auto_processes
+from .outlet import ResultOutlet, native_outlet
 from .manager import SUBSCRIPTION_DEPTH, AppManager, Camera
 from .publishing import result_cdr
 from .qos import RESULT_QOS, status_qos
@@ -61,6 +62,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         self._p: params.NodeParams | None = None
         self._served: assembly.Served | None = None
         self._ingress: IngressPool | None = None
+        self._outlet: ResultOutlet | None = None
         self._apps: AppManager | None = None
         self._active = False
         self._delen_services: list[Any] = []
@@ -90,7 +92,10 @@ class DelenNode(StatusMixin, LifecycleNode):
         if processes:   # started first: they boot while the model loads
             self._ingress = IngressPool(processes, on_frame=self._on_image, log=self._log, qos_name=p.image_qos,
                                         depth=SUBSCRIPTION_DEPTH)
-        served = self._served = assembly.build(p, on_result=self._on_result, log=self.get_logger().info)
+        if p.result_outlet == 'auto' and native_outlet() is not None:   # boots while the model loads
+            self._outlet = ResultOutlet(log=self._log)
+        served = self._served = assembly.build(p, on_result=self._on_result, log=self.get_logger().info,
+                                               after_results=self._flush_results)
         if self._ingress is not None and served.device.startswith('cuda') and os.environ.get('DELEN_PIN_RINGS') != '0':
             self._ingress.host_memory = HOST_MEMORY   # frames uploaded from their rings, no staging copy
         profile = served.profile
@@ -99,7 +104,8 @@ class DelenNode(StatusMixin, LifecycleNode):
             self.resolve_topic_name(t) for t in ('~/status', '~/transition_event')])
         store = StateStore(os.path.expandvars(os.path.expanduser(p.state_file)) if p.state_file else None)
         apps = self._apps = AppManager(self, engine=served.engine, registry=registry, store=store,
-                                       image_qos_name=p.image_qos, on_image=self._on_image, ingress=self._ingress)
+                                       image_qos_name=p.image_qos, on_image=self._on_image, ingress=self._ingress,
+                                       outlet=self._outlet)
         self._status_pub = self.create_lifecycle_publisher(AppStatus, '~/status', status_qos(p.max_apps))
         self._diagnostics_pub = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', RESULT_QOS)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=p.service_queue_depth,
@@ -114,7 +120,8 @@ class DelenNode(StatusMixin, LifecycleNode):
             f'({served.model.num_exits} exits) on {served.device} in {dtype_name(served.model.dtype)}, '
             f'profile {served.profile_source}, energy '
             f'{served.meter.source} ({served.meter.detail}), policy {p.policy}, {len(registry)} app(s), '
-            f'frames taken by {f"{processes} {self._ingress.kind} receiver process(es)" if processes else "the node itself"}')
+            f'frames taken by {f"{processes} {self._ingress.kind} receiver process(es)" if processes else "the node itself"}, '
+            f'results published by {"the outlet process" if self._outlet is not None else "the node itself"}')
 
     def _log(self, level: str, text: str) -> None:
         log_at(self.get_logger(), level, text)
@@ -188,6 +195,9 @@ class DelenNode(StatusMixin, LifecycleNode):
         apps, self._apps = self._apps, None
         if apps is not None:
             apps.close()
+        outlet, self._outlet = self._outlet, None
+        if outlet is not None:
+            outlet.close()
         ingress, self._ingress = self._ingress, None
         if ingress is not None:
             ingress.close()
@@ -266,6 +276,13 @@ class DelenNode(StatusMixin, LifecycleNode):
         line = self._malformed.add(camera.topic, f'{camera.topic}: dropping a malformed image ({exc})')
         if line:
             self.get_logger().warning(line)
+
+    def _flush_results(self) -> None:
+        """After each worker turn with results: the outlet publishes them (one write)."""
+        apps = self._apps
+        outlet = apps.outlet if apps is not None else None
+        if outlet is not None:
+            outlet.flush()
 
     def _on_result(self, result) -> None:
         """Called by the engine's worker thread for every finished inference: deliver, publish."""

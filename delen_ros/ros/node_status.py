@@ -125,7 +125,14 @@ class StatusMixin:
                 'state_error': apps.store.status, 'rejected_requests_total': apps.rejections.total,
                 **served.engine.graph_report(), **served.engine.worker_counters(),
                 'status_tick_ms': f'{round_.longest_tick_ms:.2f}',
-                **self._ingress_report(), **pause_report()}))
+                **self._ingress_report(), **self._outlet_report(), **pause_report()}))
+
+    def _outlet_report(self) -> dict:
+        outlet = self._apps.outlet if self._apps is not None else None
+        if outlet is None:
+            return {'results_published_by': 'node'}
+        return {'results_published_by': 'outlet', 'outlet_restarts': outlet.restarts,
+                'results_lost_at_outlet': outlet.lost}
 
     def _ingress_report(self) -> dict:
         ingress = self._ingress

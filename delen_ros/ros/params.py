@@ -164,6 +164,10 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                           '-1 = auto (from 8 cores a quarter of them, at most 8; below 8 cores one where the C '
                           'receiver is built, else none).' + _LATER,
                           (-1, 64), False),
+    'result_outlet': ('auto', "Who publishes the results: 'auto' = the C outlet process where it was built "
+                      "(delen_ros/ros/outlet.py: the DDS writes outside the node's GIL; the result topics' publisher "
+                      "is then its hidden node _delen_outlet_*), else the node; 'node' = the node itself." + _LATER,
+                      ('auto', 'node'), False),
     'status_period_s': (1.0, 'Period of ~/status and /diagnostics, seconds.' + _LATER, (0.1, 60.0), False),
     'energy_window_s': (1.0, 'How often the energy meter is read while serving, seconds (the measured energy is '
                         'summed over 10 s before it is split over results, so a longer window loses nothing but '
@@ -210,6 +214,7 @@ class NodeParams:
     transport_prior_ms: float
     rate_prior_hz: float
     ingress_processes: int
+    result_outlet: str
     status_period_s: float
     energy_window_s: float
 

@@ -332,7 +332,7 @@ def render_table(report: dict[str, Any]) -> str:
                  if (words := thread_cpu_words((r.get('total') or {}).get('resources') or {}))}
     if by_thread:   # issue 8: which threads spend the node's CPU
         lines += ['', 'Node CPU ms per frame sent, by thread (OS thread names; *main*: rclpy\'s executor; '
-                      '*receivers*: the processes under the node; *exited*: threads that ended in the window, and '
+                      '*receivers*: the processes under the node, camera receivers and the result outlet; *exited*: threads that ended in the window, and '
                       'rounding): ' + '; '.join(f'{name}: {words}' for name, words in by_thread.items())]
     silent = {name: r['apps_without_results_or_reason'] for name, r in report['configs'].items()
               if r.get('apps_without_results_or_reason')}

@@ -1,0 +1,172 @@
+"""The result outlet: results published by a C process of their own (delen_ros/ros/outlet.py).
+
+The outlet runs for real here (the built ``delen_outlet``), and a ROS participant in this process
+subscribes to what it publishes. The last test starts the real node in its own process, with the
+outlet and without, and reads who publishes its result topic.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+
+from delen_ros.msg import InferenceResult  # noqa: E402
+from delen_ros.ros.conversions import array_to_image  # noqa: E402
+from delen_ros.ros.outlet import ResultOutlet, native_outlet  # noqa: E402
+
+from ros_helpers import ImageFeeder, RosPeer, node_and_peer, register_cameras, unique_domain_id, wait_until  # noqa: E402
+
+pytestmark = [pytest.mark.timeout(240),
+              pytest.mark.skipif(native_outlet() is None, reason='the C outlet (delen_outlet) is not built here')]
+
+
+def _serialized(class_id: int) -> bytes:
+    from rclpy.serialization import serialize_message
+    return serialize_message(InferenceResult(app_id='app', class_id=class_id, label=f'class {class_id}',
+                                             energy_source='estimate', bounds_met=True))
+
+
+def _class_ids(got: list[bytes]) -> list[int]:
+    """The class ids of what arrived (DDS pads a payload to 4 bytes: compared as messages), probes left out."""
+    from rclpy.serialization import deserialize_message
+    ids = [deserialize_message(g, InferenceResult).class_id for g in got]
+    return [i for i in ids if i != 9999]
+
+
+def _publisher_nodes(peer: RosPeer, topic: str) -> set[str]:
+    return {i.node_name for i in peer.node.get_publishers_info_by_topic(topic)}
+
+
+@pytest.fixture
+def peer():
+    peer = RosPeer(unique_domain_id())
+    yield peer
+    peer.close()
+
+
+@pytest.fixture
+def outlet(peer):
+    logged = []
+    outlet = ResultOutlet(log=lambda level, text: logged.append((level, text)))
+    outlet.logged = logged
+    assert outlet.ready(), 'the outlet did not start'
+    yield outlet
+    outlet.close()
+
+
+def _raw_collector(peer: RosPeer, topic: str) -> list[bytes]:
+    got: list[bytes] = []
+    peer.node.create_subscription(InferenceResult, topic, got.append, 100, raw=True)
+    return got
+
+
+def _publish_until_heard(pub, outlet, got: list, first: int, count: int, *, timeout: float = 20.0) -> None:
+    """Publish ``count`` results (class ids from ``first``) once a subscriber hears the topic."""
+    deadline = time.monotonic() + timeout
+    while not got and time.monotonic() < deadline:   # DDS discovery: probe until one arrives
+        pub.publish(_serialized(9999))
+        outlet.flush()
+        time.sleep(0.1)
+    assert got, 'nothing published by the outlet arrived'
+    got.clear()
+    for i in range(first, first + count):
+        pub.publish(_serialized(i))
+    outlet.flush()
+    wait_until(lambda: len(_class_ids(got)) >= count, timeout=10.0,
+               what=lambda: f'{len(got)} of {count} results arrived')
+
+
+def test_published_bytes_arrive_unchanged_from_the_outlets_hidden_node(peer, outlet):
+    got = _raw_collector(peer, '/outlet_test/a')
+    pub = outlet.advertise('/outlet_test/a', 100)
+    pub.on_activate()
+    _publish_until_heard(pub, outlet, got, 0, 20)
+    assert _class_ids(got) == list(range(20))
+    from rclpy.serialization import deserialize_message
+    assert deserialize_message(got[-1], InferenceResult).label == 'class 19'
+    assert _publisher_nodes(peer, '/outlet_test/a') == {outlet.node_name}
+    assert outlet.node_name.startswith('_delen_outlet_')   # hidden: ros2 node list leaves it out
+
+
+def test_an_inactive_publisher_publishes_nothing_and_a_withdrawn_one_leaves_the_graph(peer, outlet):
+    got = _raw_collector(peer, '/outlet_test/b')
+    pub = outlet.advertise('/outlet_test/b', 10)
+    wait_until(lambda: _publisher_nodes(peer, '/outlet_test/b'), timeout=10.0, what='the outlet advertised')
+    time.sleep(0.5)
+    for i in range(5):
+        pub.publish(_serialized(i))
+    outlet.flush()
+    time.sleep(1.0)
+    assert got == [], 'a publisher not activated published'
+    pub.withdraw()
+    wait_until(lambda: not _publisher_nodes(peer, '/outlet_test/b'), timeout=10.0, what='the publisher withdrawn')
+
+
+def test_a_killed_outlet_is_started_again_with_its_topics(peer, outlet):
+    got = _raw_collector(peer, '/outlet_test/c')
+    pub = outlet.advertise('/outlet_test/c', 100)
+    pub.on_activate()
+    _publish_until_heard(pub, outlet, got, 0, 3)
+    first = outlet.node_name
+    os.kill(outlet._popen.pid, signal.SIGKILL)
+    outlet._popen.wait()
+    pub.publish(_serialized(50))   # written to the dead one: lost, and counted
+    outlet.flush()
+    assert outlet.restarts == 1 and outlet.lost == 1 and outlet.node_name != first
+    assert any(level == 'error' and 'starting another' in text for level, text in outlet.logged)
+    assert outlet.ready()
+    got.clear()
+    _publish_until_heard(pub, outlet, got, 100, 5)
+    assert _class_ids(got) == list(range(100, 105))
+
+
+def test_an_outlet_that_does_not_start_says_so(tmp_path: pathlib.Path):
+    failing = tmp_path / 'no_outlet'
+    failing.write_text('#!/bin/sh\nexit 3\n')
+    failing.chmod(0o755)
+    outlet = ResultOutlet(log=lambda level, text: None, program=str(failing))
+    try:
+        assert not outlet.ready(timeout_s=5.0)
+    finally:
+        outlet.close()
+
+
+def _diagnostics_value(array, key: str) -> str | None:
+    for status in array.status:
+        for kv in status.values:
+            if kv.key == key:
+                return kv.value
+    return None
+
+
+@pytest.mark.parametrize('mode', ['auto', 'node'])
+def test_the_node_publishes_through_the_outlet_unless_told_not_to(tmp_path: pathlib.Path, mode):
+    with node_and_peer(tmp_path, result_outlet=mode) as (node, peer):
+        diagnostics = peer.subscribe(DiagnosticArray, '/diagnostics')
+        collectors = register_cameras(peer, ['/outlet_node/cam0', '/outlet_node/cam1'])
+        frame = array_to_image(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8), encoding='mono8')
+        feeder = ImageFeeder(peer, {'/outlet_node/cam0': [frame], '/outlet_node/cam1': [frame]}, rate_hz=10.0,
+                             reliable=True)
+        try:
+            wait_until(lambda: all(c.messages() for c in collectors), timeout=60.0,
+                       what=lambda: f'results on both topics\n{node.log()[-3000:]}')
+            publishers = _publisher_nodes(peer, '/delen/cam0/result')
+            by = wait_until(lambda: next((v for a in diagnostics.messages()
+                                          if (v := _diagnostics_value(a, 'results_published_by'))), None),
+                            timeout=15.0, what='results_published_by in /diagnostics')
+        finally:
+            feeder.stop()
+        if mode == 'auto':
+            assert by == 'outlet' and len(publishers) == 1 and next(iter(publishers)).startswith('_delen_outlet_')
+            assert 'results published by the outlet process' in node.log()
+        else:
+            assert by == 'node' and publishers == {'delen'}
+        assert all(m.exit_index >= 0 and m.app_id for c in collectors for m in c.messages())
