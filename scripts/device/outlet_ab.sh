@@ -10,10 +10,15 @@ set -uo pipefail
 OUT="${1:?usage: outlet_ab.sh OUT ARM ...}"; shift
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 keep=/tmp/outlet_ab; rm -rf "$keep"; mkdir -p "$keep" "$OUT"
+bash scripts/device/setup_offline.sh > "$keep/setup.log" 2>&1 || { tail -30 "$keep/setup.log"; exit 1; }
+if [ -f .devdata/cifar10_test.packed.npz ]; then   # the camera players replay the test photos (unpacked outside the checkout)
+  python3 -c "import sys; from delen_ros.tools.cifar_pack import unpack_jpeg_npz as u; u(*sys.argv[1:])" \
+    .devdata/cifar10_test.packed.npz /tmp/outlet_ab_cifar10_test.npz && export DELEN_CIFAR10=/tmp/outlet_ab_cifar10_test.npz
+fi
 i=0
 for arm in "$@"; do
   i=$((i + 1)); params=""; [ "$arm" = o ] && params="result_outlet:=node"
-  env MODEL=cifar10_committee SOURCE=cifar10 NS="${NS:-16,32}" DURATION="${DURATION:-10}" NODE_PARAMS="$params" \
+  env ENGINE=0 MODEL=cifar10_committee SOURCE=cifar10 NS="${NS:-16,32}" DURATION="${DURATION:-10}" NODE_PARAMS="$params" \
     TOTAL_S="${ARM_S:-200}" bash scripts/device/e2e_gpu.sh "/tmp/outlet_ab_$i" > "$keep/$i$arm.log" 2>&1
   mkdir -p "$keep/$i$arm"; cp /tmp/outlet_ab_$i/e2e/e2e.json /tmp/outlet_ab_$i/e2e/e2e.md "$keep/$i$arm/" 2>/dev/null
   echo "== arm $i$arm [$params] done at $(date +%T)"; grep -h "^| " "$keep/$i$arm/e2e.md" 2>/dev/null | cut -c1-160 | head -8
