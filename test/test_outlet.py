@@ -170,3 +170,46 @@ def test_the_node_publishes_through_the_outlet_unless_told_not_to(tmp_path: path
         else:
             assert by == 'node' and publishers == {'delen'}
         assert all(m.exit_index >= 0 and m.app_id for c in collectors for m in c.messages())
+
+
+def test_an_outlet_that_stops_reading_never_blocks_the_worker(peer, outlet):
+    got = _raw_collector(peer, '/outlet_test/d')
+    pub = outlet.advertise('/outlet_test/d', 100)
+    pub.on_activate()
+    _publish_until_heard(pub, outlet, got, 0, 3)
+    os.kill(outlet._popen.pid, signal.SIGSTOP)   # alive, reading nothing
+    data = _serialized(7)
+    sent, longest, deadline = 0, 0.0, time.monotonic() + 30.0
+    while outlet.restarts == 0 and time.monotonic() < deadline:   # turns of 32 results, as a busy worker hands over
+        started = time.monotonic()
+        for _ in range(32):
+            pub.publish(data)
+        outlet.flush()
+        longest = max(longest, time.monotonic() - started)
+        sent += 32
+        time.sleep(0.001)
+    assert outlet.restarts == 1, 'a stuck outlet was not replaced'
+    assert longest < 0.5, f'a turn waited {longest:.2f} s for a stuck outlet'
+    assert 0 < outlet.lost < sent
+    assert len(outlet._pending) == 0   # what waited for the stuck one is counted lost, not kept
+    assert any('read nothing' in text for _, text in outlet.logged)
+    assert outlet.ready()
+    got.clear()
+    _publish_until_heard(pub, outlet, got, 200, 5)
+    assert _class_ids(got) == list(range(200, 205))
+
+
+def test_an_outlet_that_keeps_dying_is_given_up_on_and_counts_what_it_loses(outlet):
+    pub = outlet.advertise('/outlet_test/e', 10)
+    pub.on_activate()
+    for _ in range(6):
+        os.kill(outlet._popen.pid, signal.SIGKILL)
+        outlet._popen.wait()
+        pub.publish(_serialized(1))
+        outlet.flush()
+    assert outlet.given_up and outlet.restarts == 5
+    lost = outlet.lost
+    pub.publish(_serialized(2))
+    outlet.flush()
+    assert outlet.lost == lost + 1
+    assert any('not started again' in text for _, text in outlet.logged)

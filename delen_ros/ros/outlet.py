@@ -10,8 +10,10 @@ bytes (:meth:`ResultOutlet.queue`), hands a turn's results over a pipe in one wr
 
 The result topics' publisher is then the outlet's node (``_delen_outlet_<pid>_<n>``, hidden), not the
 delen node. Where the program was not built, where it does not start, or with ``result_outlet:=node``,
-the node publishes itself, as before. An outlet that dies is started again and every publisher
-advertised anew; results queued for the dead one are lost, counted (:attr:`ResultOutlet.lost`) and logged.
+the node publishes itself, as before. The worker never waits for the outlet: the pipe is written without
+blocking, and what it does not take waits in the node, up to a bound. An outlet that dies, or takes nothing for
+2 s with that much waiting, is started again (killed first) and every publisher advertised anew; results lost
+on the way are counted (:attr:`ResultOutlet.lost`, in ``/diagnostics``) and logged.
 
 Messages on the pipe (node -> outlet): ``multiprocessing.connection``'s framing (a 4-byte big-endian
 length), then ``kind`` (one byte), the publisher's id (u32) and the rest, little-endian: ``A`` depth
@@ -40,6 +42,8 @@ _DEPTH = struct.Struct('<I')
 _PIPE_BYTES = 1 << 20             # asked of the kernel: a turn's results never wait for the outlet
 _FLUSH_BYTES = 1 << 16            # a longer queue is written at once
 _START_S = 5.0                    # an outlet not up by then did not start: the node publishes itself
+_STUCK_BYTES = 4 << 20            # results waiting beyond the pipe's own buffer: newer ones are lost, not kept
+_STUCK_S = 2.0                    # and with no byte taken for this long the outlet is killed and started again
 _RESTARTS_PER_MINUTE = 5
 _F_SETPIPE_SZ = 1031
 
@@ -90,11 +94,13 @@ class ResultOutlet:
         self._lock = threading.Lock()
         self._publishers: dict[int, OutletPublisher] = {}
         self._next_id = 0
-        self._queue = bytearray()
+        self._queue = bytearray()       # results not handed over yet (the turn goes on)
         self._queued = 0
+        self._pending = bytearray()     # handed over, not yet taken by the pipe
+        self._chunks: collections.deque = collections.deque()   # [bytes of _pending, results in them], in order
         self._spawned = 0
         self._restarted: collections.deque = collections.deque(maxlen=_RESTARTS_PER_MINUTE)
-        self.lost = 0          # results queued for an outlet that died, or written after it was given up
+        self.lost = 0          # results handed to an outlet that died or was stuck, or after it was given up on
         self.restarts = 0
         self.given_up = False
         self._popen: subprocess.Popen | None = None
@@ -121,7 +127,9 @@ class ResultOutlet:
         finally:
             os.close(pipe_r)
             os.close(ready_w)
+        os.set_blocking(pipe_w, False)   # a full pipe never blocks the worker (see _send)
         self._fd, self._ready_fd = pipe_w, ready_r
+        self._progress_at = time.monotonic()   # a new outlet reads nothing until its node is up
 
     def ready(self, timeout_s: float = _START_S) -> bool:
         """Wait until the outlet's node is up (its one byte on stdout); false if it ended or is not up by then."""
@@ -133,22 +141,49 @@ class ResultOutlet:
         self._ready_fd = -1
         return up
 
-    def _write(self, data: bytes | bytearray) -> None:
-        """Everything in ``data`` to the pipe; an outlet that died is started again (or given up on)."""
-        view = memoryview(data)
-        while view:
+    def _send(self, data: bytes | bytearray, results: int = 0) -> None:
+        """Under the lock: ``data`` (whole messages, ``results`` of them results) to the outlet, without ever
+        blocking the worker: what the pipe does not take now waits in :attr:`_pending` for the next write,
+        up to ``_STUCK_BYTES`` of it; results beyond are lost. An outlet that died is started again, and so is
+        one that took nothing for ``_STUCK_S`` with that much waiting (killed first). Every result lost is
+        counted in :attr:`lost`."""
+        if self.given_up or self._fd < 0:   # given up on, or closed
+            self.lost += results
+            return
+        if results and len(self._pending) >= _STUCK_BYTES:   # not kept up with: these are lost, not kept
+            self.lost += results
+            if time.monotonic() - self._progress_at > _STUCK_S:
+                self._popen.kill()
+                self._popen.wait()
+                self._restart(f'read nothing for {_STUCK_S:g} s; killed')
+            return
+        self._pending += data
+        self._chunks.append([len(data), results])
+        while self._pending:
             try:
-                n = os.write(self._fd, view)
-            except BrokenPipeError:
-                self._restart()
-                return
+                n = os.write(self._fd, self._pending)
+            except BlockingIOError:
+                break
             except InterruptedError:
                 continue
-            view = view[n:]
+            except OSError:   # BrokenPipeError: it died
+                self._restart('ended')
+                return
+            del self._pending[:n]
+            self._progress_at = time.monotonic()
+            while n and self._chunks:
+                taken = min(n, self._chunks[0][0])
+                self._chunks[0][0] -= taken
+                n -= taken
+                if not self._chunks[0][0]:
+                    self._chunks.popleft()
 
-    def _restart(self) -> None:
-        """Under the lock: the outlet died. Start another and advertise every publisher there again."""
+    def _restart(self, why: str) -> None:
+        """Under the lock: the outlet is gone. Start another and advertise every publisher there again."""
         code = self._popen.poll() if self._popen is not None else None
+        self.lost += sum(results for _, results in self._chunks)
+        self._pending.clear()
+        self._chunks.clear()
         os.close(self._fd)
         self._fd = -1
         if self._ready_fd >= 0:
@@ -157,16 +192,16 @@ class ResultOutlet:
         now = time.monotonic()
         if len(self._restarted) == self._restarted.maxlen and now - self._restarted[0] < 60.0:
             self.given_up = True
-            self._log('error', f'outlet: ended (exit {code}) {len(self._restarted) + 1} times in a minute: not '
+            self._log('error', f'outlet: {why} (exit {code}), {len(self._restarted) + 1} times in a minute: not '
                                f'started again; results are not published')
             return
         self._restarted.append(now)
         self.restarts += 1
-        self._log('error', f'outlet: ended (exit {code}); starting another, {len(self._publishers)} topic(s) advertised '
-                           'anew')
+        self._log('error', f'outlet: {why} (exit {code}); starting another, {len(self._publishers)} topic(s) '
+                           'advertised anew')
         self._spawn()
         for pub in self._publishers.values():
-            self._write(self._advertise_message(pub))
+            self._send(self._advertise_message(pub))
 
     # --- publishers --------------------------------------------------------------------------------------
     @staticmethod
@@ -182,16 +217,15 @@ class ResultOutlet:
             self._next_id += 1
             pub = self._publishers[self._next_id] = OutletPublisher(self, self._next_id, topic, depth)
             self._flush_locked()   # what was queued goes first: the order on the pipe is the order of calls
-            if not self.given_up:
-                self._write(self._advertise_message(pub))
+            self._send(self._advertise_message(pub))
             return pub
 
     def withdraw(self, pub: OutletPublisher) -> None:
         pub.active = False
         with self._lock:
-            if self._publishers.pop(pub.id, None) is not None and not self.given_up:
+            if self._publishers.pop(pub.id, None) is not None:
                 self._flush_locked()
-                self._write(self._message(b'W', pub.id))
+                self._send(self._message(b'W', pub.id))
 
     # --- results -----------------------------------------------------------------------------------------
     def queue(self, pub_id: int, data: bytes) -> None:
@@ -214,19 +248,21 @@ class ResultOutlet:
         queued, data = self._queued, bytes(self._queue)
         self._queue.clear()
         self._queued = 0
-        if self.given_up:
-            self.lost += queued
-            return
-        restarts = self.restarts
-        self._write(data)
-        if self.restarts != restarts or self.given_up:   # written to an outlet that had died
-            self.lost += queued
+        self._send(data, queued)
 
     def close(self, timeout: float = 3.0) -> None:
         """Flush, then end the outlet (closing its pipe ends it)."""
         with self._lock:
-            if not self.given_up and self._fd >= 0:
+            if self._fd >= 0:
                 self._flush_locked()
+            deadline = time.monotonic() + 1.0   # the last of it, if the outlet reads it soon
+            while self._pending and self._fd >= 0 and time.monotonic() < deadline:
+                try:
+                    del self._pending[:os.write(self._fd, self._pending)]
+                except BlockingIOError:
+                    time.sleep(0.01)
+                except OSError:
+                    break
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
