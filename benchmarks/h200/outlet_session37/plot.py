@@ -1,5 +1,5 @@
-"""Session 37's result outlet on one H200 host: every saturation run's results/s over the engine alone at the same
-load (``call1_saturation/n1/engine_bench.json``), arms interleaved; and the 30 Hz runs' latency.
+"""Session 37's result outlet on the H200: every saturation run's results/s over the engine alone at the same load
+(each call's ``n1/engine_bench.json``), arms interleaved; and the 30 Hz runs' latency.
 
     python benchmarks/h200/outlet_session37/plot.py     (writes summary.json and outlet.png beside it)
 """
@@ -15,15 +15,17 @@ def _configs(run: pathlib.Path) -> dict:
 
 
 def main() -> None:
-    sat = HERE / 'call1_saturation'
-    engine = json.loads((sat / 'n1' / 'engine_bench.json').read_text())['scenarios']['overload']['batched']['served_hz']
     saturation = []
-    for run in sorted(sat.iterdir(), key=lambda p: (p.name[1:], p.name[0] != 'n')):
-        for name, c in _configs(run).items():
-            t = c['total']
-            saturation.append({'run': run.name, 'arm': ARMS[run.name[0]], 'policy': name.split('_n')[0],
-                               'results_hz': round(t['results_hz'], 1), 'engine_hz': round(engine, 1),
-                               'ratio': round(t['results_hz'] / engine, 3), 'final_exit_share': round(t['exit_mix'][-1], 3)})
+    for call in ('call1_saturation', 'call4_saturation_slow_host'):
+        sat = HERE / call
+        engine = json.loads((sat / 'n1' / 'engine_bench.json').read_text())['scenarios']['overload']['batched']['served_hz']
+        for run in sorted((p for p in sat.iterdir() if p.is_dir()), key=lambda p: (p.name[1:], p.name[0] != 'n')):
+            for name, c in _configs(run).items():
+                t = c['total']
+                saturation.append({'call': call, 'run': run.name, 'arm': ARMS[run.name[0]],
+                                   'policy': name.split('_n')[0], 'results_hz': round(t['results_hz'], 1),
+                                   'engine_hz': round(engine, 1), 'ratio': round(t['results_hz'] / engine, 3),
+                                   'final_exit_share': round(t['exit_mix'][-1], 3)})
     light = []
     for run in sorted((HERE / 'call3_30hz').iterdir()):
         for name, c in _configs(run).items():
@@ -44,10 +46,12 @@ def main() -> None:
         ax.bar(i, r['ratio'], color='tab:blue' if r['policy'] == 'always_final' else 'tab:orange',
                hatch=None if r['run'][0] == 'n' else '//', edgecolor='k', lw=0.4)
     ax.axhline(0.9, color='grey', ls='--', lw=0.8)
-    ax.set_xticks(range(len(saturation)), [f"{r['run']}\n{r['policy'][:6]}" for r in saturation], fontsize=7)
-    ax.set_ylim(0.7, 1.0)
+    ax.set_xticks(range(len(saturation)), [f"{r['call'][4]}:{r['run']}\n{r['policy'][:6]}" for r in saturation],
+                  fontsize=6)
+    ax.set_ylim(0.4, 1.0)
     ax.set_ylabel('results/s ÷ engine alone, same load')
-    ax.set_title('32 cameras x 120 Hz, 33 ms (hatched: the node publishes; plain: the outlet)', fontsize=9)
+    ax.set_title('32 cameras x 120 Hz, 33 ms, calls 1 and 4 (hatched: the node publishes; plain: the outlet)',
+                 fontsize=9)
     for k, (name, marker) in enumerate((('delen_n32', 'o'), ('always_final_n32', 's'))):
         for arm, colour in (('n', 'tab:green'), ('o', 'tab:red')):
             pts = [r['p50_ms'] for r in light if r['config'] == name and r['run'][-1] == arm]
