@@ -27,6 +27,8 @@
 #include <rosidl_runtime_c/message_type_support_struct.h>
 #include <delen_ros/msg/inference_result.h>
 
+#include "delen_pipe.h"
+
 #define MAX_PUBLISHERS 4096
 #define MAX_MESSAGE (1u << 20)
 
@@ -37,17 +39,6 @@ typedef struct {
 } Outlet;
 
 static Outlet outlets[MAX_PUBLISHERS];
-
-static int read_all(int fd, void *buf, size_t n) {
-  uint8_t *p = buf;
-  while (n) {
-    ssize_t r = read(fd, p, n);
-    if (r == 0) return -1;
-    if (r < 0) { if (errno == EINTR) continue; return -1; }
-    p += r; n -= (size_t)r;
-  }
-  return 0;
-}
 
 static void error_line(const char *what, uint32_t id, const char *detail) {
   fprintf(stderr, "delen_outlet %d: %s (publisher %u): %s\n", (int)getpid(), what, id, detail ? detail : "");

@@ -31,6 +31,8 @@
 #include <rosidl_runtime_c/message_type_support_struct.h>
 #include <sensor_msgs/msg/image.h>
 
+#include "delen_pipe.h"
+
 #define MAX_CAMERAS 1024
 #define HEADER_BYTES 24            /* magic 8 | slots u32 | pad u32 | slot_bytes u64 */
 #define ALIGN 64
@@ -52,27 +54,6 @@ static char created[MAX_CAMERAS * 4][256];   /* ring names, unlinked at exit (th
 static int n_created = 0;
 
 static size_t aligned(size_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
-
-static int write_all(int fd, const void *buf, size_t n) {
-  const uint8_t *p = buf;
-  while (n) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) { if (errno == EINTR) continue; return -1; }
-    p += w; n -= (size_t)w;
-  }
-  return 0;
-}
-
-static int read_all(int fd, void *buf, size_t n) {
-  uint8_t *p = buf;
-  while (n) {
-    ssize_t r = read(fd, p, n);
-    if (r == 0) return -1;
-    if (r < 0) { if (errno == EINTR) continue; return -1; }
-    p += r; n -= (size_t)r;
-  }
-  return 0;
-}
 
 static int send_note(const void *payload, uint32_t n) {
   uint8_t head[4] = {(uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n};
