@@ -19,7 +19,8 @@ it knows (parameter ``nodes``: their namespaces, each node's services at ``<ns>/
   on the other live nodes, retried every ``check_period_s`` until one accepts. A node's result
   publishers leave the graph only when DDS drops the dead participant (its lease), and a node refuses
   a result topic that another node still publishes, so the recovery time is bounded by the DDS lease
-  (``config/fastdds_placement.xml``: 1 s).
+  (``config/fastdds_placement.xml``: 1 s). (Where a node's results go out through its result outlet,
+  ``ros/outlet.py``, the outlet ends as soon as its node is gone and takes its publishers with it.)
 * **overload**: a node's engine re-checks its apps at their measured rates and flags in ``~/status``
   (``unschedulable_reason``) those it can no longer serve within their bounds (it then serves them
   best-effort, after the others). An app the placer placed there that stays flagged for
