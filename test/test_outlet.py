@@ -213,3 +213,45 @@ def test_an_outlet_that_keeps_dying_is_given_up_on_and_counts_what_it_loses(outl
     outlet.flush()
     assert outlet.lost == lost + 1
     assert any('not started again' in text for _, text in outlet.logged)
+
+
+def _outlet_pid(node_pid: int) -> int | None:
+    """The live outlet process under the node, if any."""
+    from delen_ros.tools.processes import descendants
+    for child in descendants(node_pid):
+        try:
+            cmdline = pathlib.Path(f'/proc/{child}/cmdline').read_bytes()
+            if b'delen_outlet' in cmdline and pathlib.Path(f'/proc/{child}/stat').read_text().split()[2] != 'Z':
+                return child
+        except OSError:
+            pass
+    return None
+
+
+def test_a_node_whose_outlet_keeps_dying_publishes_its_results_itself(tmp_path: pathlib.Path):
+    with node_and_peer(tmp_path) as (node, peer):
+        diagnostics = peer.subscribe(DiagnosticArray, '/diagnostics')
+        collectors = register_cameras(peer, ['/outlet_dies/cam0'])
+        frame = array_to_image(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8), encoding='mono8')
+        feeder = ImageFeeder(peer, {'/outlet_dies/cam0': [frame]}, rate_hz=20.0, reliable=True)
+        try:
+            wait_until(lambda: collectors[0].messages(), timeout=60.0, what=lambda: node.log()[-3000:])
+            killed: list[int] = []
+            for _ in range(6):   # restarted five times, then given up on (6 deaths in a minute)
+                pid = wait_until(lambda: (p := _outlet_pid(node.proc.pid)) not in (None, *killed) and p,
+                                 timeout=20.0, what=lambda: f'a new outlet\n{node.log()[-3000:]}')
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            given_up = 'node (the outlet was given up on)'
+            wait_until(lambda: any(_diagnostics_value(a, 'results_published_by') == given_up
+                                   for a in diagnostics.messages()), timeout=20.0,
+                       what=lambda: f'the fall-back in /diagnostics\n{node.log()[-3000:]}')
+            since = time.time_ns()
+            wait_until(lambda: collectors[0].messages(since_ns=since), timeout=20.0,
+                       what=lambda: f'results after the fall-back\n{node.log()[-3000:]}')
+            # the node's own publisher now (the killed outlets' linger in the graph until their DDS lease ends)
+            assert 'delen' in _publisher_nodes(peer, '/delen/cam0/result')
+            assert 'the node publishes the results itself' in node.log()
+            assert _outlet_pid(node.proc.pid) is None
+        finally:
+            feeder.stop()

@@ -84,7 +84,8 @@ class AppManager:
                  on_image: Callable[[Image, Camera], None], ingress=None, outlet=None):
         self._node, self.engine, self.registry, self.store = node, engine, registry, store
         self._ingress = ingress   # an ingress.IngressPool: receiver processes hold the subscriptions
-        self.outlet = outlet      # an outlet.ResultOutlet until it fails to start
+        self.outlet = outlet      # an outlet.ResultOutlet until it fails to start or is given up on
+        self.retired_outlet = None   # one given up on (its count of lost results stays in /diagnostics)
         self._outlet_checked = False
         self._qos_name, self._on_image = image_qos_name, on_image
         self.lock = threading.RLock()   # registry changes vs transitions
@@ -125,6 +126,24 @@ class AppManager:
         if self.outlet is not None:
             return self.outlet.advertise(topic, RESULT_QOS.depth)
         return self._node.create_lifecycle_publisher(InferenceResult, topic, RESULT_QOS)
+
+    def fall_back_from_outlet(self) -> bool:
+        """If the outlet was given up on (it kept dying), give every result topic the node's own
+        publisher; true when it did. From the status tick: results in between are counted lost."""
+        outlet = self.outlet
+        if outlet is None or not outlet.given_up:
+            return False
+        with self.lock:
+            self._node.get_logger().error('the result outlet was given up on: the node publishes the results itself')
+            for topic, pub in list(self.result_pubs.items()):
+                if isinstance(pub, OutletPublisher):
+                    own = self._node.create_lifecycle_publisher(InferenceResult, topic, RESULT_QOS)
+                    if self.active:
+                        own.on_activate(None)
+                    self.result_pubs[topic] = own
+            self.outlet, self.retired_outlet = None, outlet
+        outlet.close()
+        return True
 
     def _destroy_publisher(self, pub: Any) -> None:
         if isinstance(pub, OutletPublisher):

@@ -93,6 +93,7 @@ class StatusMixin:
         served, apps, round_ = self._served, self._apps, self._round
         if served is None or apps is None:
             return
+        apps.fall_back_from_outlet()
         now_ns = time.monotonic_ns()
         stamp = self.get_clock().now().to_msg()
         configs = apps.registry.apps()
@@ -128,11 +129,16 @@ class StatusMixin:
                 **self._ingress_report(), **self._outlet_report(), **pause_report()}))
 
     def _outlet_report(self) -> dict:
-        outlet = self._apps.outlet if self._apps is not None else None
-        if outlet is None:
-            return {'results_published_by': 'node'}
-        return {'results_published_by': 'outlet', 'outlet_restarts': outlet.restarts,
-                'results_lost_at_outlet': outlet.lost}
+        apps = self._apps
+        outlet = apps.outlet if apps is not None else None
+        if outlet is not None:
+            return {'results_published_by': 'outlet', 'outlet_restarts': outlet.restarts,
+                    'results_lost_at_outlet': outlet.lost}
+        retired = apps.retired_outlet if apps is not None else None
+        if retired is not None:
+            return {'results_published_by': 'node (the outlet was given up on)', 'outlet_restarts': retired.restarts,
+                    'results_lost_at_outlet': retired.lost}
+        return {'results_published_by': 'node'}
 
     def _ingress_report(self) -> dict:
         ingress = self._ingress

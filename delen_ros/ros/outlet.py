@@ -13,7 +13,9 @@ delen node. Where the program was not built, where it does not start, or with ``
 the node publishes itself, as before. The worker never waits for the outlet: the pipe is written without
 blocking, and what it does not take waits in the node, up to a bound. An outlet that dies, or takes nothing for
 2 s with that much waiting, is started again (killed first) and every publisher advertised anew; results lost
-on the way are counted (:attr:`ResultOutlet.lost`, in ``/diagnostics``) and logged.
+on the way are counted (:attr:`ResultOutlet.lost`, in ``/diagnostics``) and logged. One that dies 6 times in a
+minute is given up on, and the node's status tick gives every result topic the node's own publisher again
+(:meth:`.manager.AppManager.fall_back_from_outlet`).
 
 Messages on the pipe (node -> outlet): ``multiprocessing.connection``'s framing (a 4-byte big-endian
 length), then ``kind`` (one byte), the publisher's id (u32) and the rest, little-endian: ``A`` depth
