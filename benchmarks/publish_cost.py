@@ -56,8 +56,9 @@ def run(arm: str, args: argparse.Namespace) -> dict:
     outlet = ResultOutlet(log=lambda level, text: print(level, text)) if arm == 'outlet' else None
     if outlet is not None:
         assert outlet.ready(), 'the outlet did not start'
-        pubs = {a: outlet.advertise(t, RESULT_QOS.depth) for a, t in topics.items()}
+        pubs = {a: outlet.publisher(t, RESULT_QOS.depth) for a, t in topics.items()}
         for pub in pubs.values():
+            pub.advertise()
             pub.on_activate()
     else:
         pubs = {a: node.create_publisher(InferenceResult, t, RESULT_QOS) for a, t in topics.items()}

@@ -86,7 +86,8 @@ def _publish_until_heard(pub, outlet, got: list, first: int, count: int, *, time
 
 def test_published_bytes_arrive_unchanged_from_the_outlets_hidden_node(peer, outlet):
     got = _raw_collector(peer, '/outlet_test/a')
-    pub = outlet.advertise('/outlet_test/a', 100)
+    pub = outlet.publisher('/outlet_test/a', 100)
+    pub.advertise()
     pub.on_activate()
     _publish_until_heard(pub, outlet, got, 0, 20)
     assert _class_ids(got) == list(range(20))
@@ -98,7 +99,8 @@ def test_published_bytes_arrive_unchanged_from_the_outlets_hidden_node(peer, out
 
 def test_an_inactive_publisher_publishes_nothing_and_a_withdrawn_one_leaves_the_graph(peer, outlet):
     got = _raw_collector(peer, '/outlet_test/b')
-    pub = outlet.advertise('/outlet_test/b', 10)
+    pub = outlet.publisher('/outlet_test/b', 10)
+    pub.advertise()
     wait_until(lambda: _publisher_nodes(peer, '/outlet_test/b'), timeout=10.0, what='the outlet advertised')
     time.sleep(0.5)
     for i in range(5):
@@ -110,9 +112,24 @@ def test_an_inactive_publisher_publishes_nothing_and_a_withdrawn_one_leaves_the_
     wait_until(lambda: not _publisher_nodes(peer, '/outlet_test/b'), timeout=10.0, what='the publisher withdrawn')
 
 
+def test_a_publisher_not_advertised_puts_nothing_on_the_graph(peer, outlet):
+    pub = outlet.publisher('/outlet_test/never', 10)   # made for a request that admission then refused
+    pub.on_activate()
+    pub.publish(_serialized(1))
+    outlet.flush()
+    pub.withdraw()
+    other = outlet.publisher('/outlet_test/other', 10)
+    other.advertise()   # what the outlet does next shows it has read the pipe up to here
+    wait_until(lambda: _publisher_nodes(peer, '/outlet_test/other'), timeout=10.0, what='the other topic advertised')
+    time.sleep(0.5)
+    assert not _publisher_nodes(peer, '/outlet_test/never')
+    assert outlet.restarts == 0 and not any(level == 'error' for level, _ in outlet.logged)
+
+
 def test_a_killed_outlet_is_started_again_with_its_topics(peer, outlet):
     got = _raw_collector(peer, '/outlet_test/c')
-    pub = outlet.advertise('/outlet_test/c', 100)
+    pub = outlet.publisher('/outlet_test/c', 100)
+    pub.advertise()
     pub.on_activate()
     _publish_until_heard(pub, outlet, got, 0, 3)
     first = outlet.node_name
@@ -174,7 +191,8 @@ def test_the_node_publishes_through_the_outlet_unless_told_not_to(tmp_path: path
 
 def test_an_outlet_that_stops_reading_never_blocks_the_worker(peer, outlet):
     got = _raw_collector(peer, '/outlet_test/d')
-    pub = outlet.advertise('/outlet_test/d', 100)
+    pub = outlet.publisher('/outlet_test/d', 100)
+    pub.advertise()
     pub.on_activate()
     _publish_until_heard(pub, outlet, got, 0, 3)
     os.kill(outlet._popen.pid, signal.SIGSTOP)   # alive, reading nothing
@@ -200,7 +218,8 @@ def test_an_outlet_that_stops_reading_never_blocks_the_worker(peer, outlet):
 
 
 def test_an_outlet_that_keeps_dying_is_given_up_on_and_counts_what_it_loses(outlet):
-    pub = outlet.advertise('/outlet_test/e', 10)
+    pub = outlet.publisher('/outlet_test/e', 10)
+    pub.advertise()
     pub.on_activate()
     for _ in range(6):
         os.kill(outlet._popen.pid, signal.SIGKILL)

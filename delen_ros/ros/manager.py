@@ -110,13 +110,15 @@ class AppManager:
         return dataclasses.replace(config, **resolved)
 
     def _foreign_publishers(self, topic: str) -> int:
+        """Publishers of ``topic`` that are neither this node's nor its outlet's."""
         mine = {(self._node.get_name(), self._node.get_namespace())}
         if self.outlet is not None:
             mine.add((self.outlet.node_name, '/'))
         return sum((i.node_name, i.node_namespace) not in mine for i in self._node.get_publishers_info_by_topic(topic))
 
     def _create_publisher(self, topic: str) -> Any:
-        """A result publisher of ``topic``, inactive: in the outlet while it runs, else the node's own."""
+        """A result publisher of ``topic``, inactive: in the outlet while it runs (advertised by the caller once
+        the request is admitted), else the node's own."""
         if self.outlet is not None and not self._outlet_checked:   # once: later deaths it restarts itself
             self._outlet_checked = True
             if not self.outlet.ready():
@@ -124,7 +126,7 @@ class AppManager:
                 self.outlet.close()
                 self.outlet = None
         if self.outlet is not None:
-            return self.outlet.advertise(topic, RESULT_QOS.depth)
+            return self.outlet.publisher(topic, RESULT_QOS.depth)   # advertised once admitted (_apply)
         return self._node.create_lifecycle_publisher(InferenceResult, topic, RESULT_QOS)
 
     def fall_back_from_outlet(self) -> bool:
@@ -170,6 +172,8 @@ class AppManager:
                     self.subscribe(new_cam)
             plan = self.engine.set_app(config.app_id, config.bounds, late_policy=config.late_policy,
                                                source=config.image_topic)
+            if isinstance(new_pub, OutletPublisher):
+                new_pub.advertise()
         except BaseException:
             if new_cam is not None:
                 self.unsubscribe(new_cam)

@@ -59,17 +59,22 @@ class OutletPublisher:
     """A result topic's publisher in the outlet: ``publish(serialized bytes)``, as the node's own
     result publishers; like a lifecycle publisher it publishes only while activated."""
 
-    __slots__ = ('_outlet', 'id', 'topic', 'depth', 'active')
+    __slots__ = ('_outlet', 'id', 'topic', 'depth', 'active', 'advertised')
 
     def __init__(self, outlet: 'ResultOutlet', pub_id: int, topic: str, depth: int):
-        self._outlet, self.id, self.topic, self.depth, self.active = outlet, pub_id, topic, depth, False
+        self._outlet, self.id, self.topic, self.depth = outlet, pub_id, topic, depth
+        self.active = self.advertised = False
 
     def publish(self, data: bytes) -> None:
-        if self.active:
+        if self.active and self.advertised:
             self._outlet.queue(self.id, data)
 
+    def advertise(self) -> None:
+        """Make it in the outlet (:meth:`ResultOutlet.advertise`)."""
+        self._outlet.advertise(self)
+
     def withdraw(self) -> None:
-        """Destroy it in the outlet; it publishes nothing more."""
+        """Destroy it in the outlet (if it was made there); it publishes nothing more."""
         self._outlet.withdraw(self)
 
     def on_activate(self, state=None) -> None:
@@ -213,17 +218,27 @@ class ResultOutlet:
     def _advertise_message(self, pub: OutletPublisher) -> bytes:
         return self._message(b'A', pub.id, _DEPTH.pack(pub.depth) + pub.topic.encode())
 
-    def advertise(self, topic: str, depth: int) -> OutletPublisher:
-        """A publisher of ``topic`` (an absolute name; reliable, volatile, keep-last ``depth``), inactive."""
+    def publisher(self, topic: str, depth: int) -> OutletPublisher:
+        """A publisher of ``topic`` (an absolute name; reliable, volatile, keep-last ``depth``), inactive and
+        not advertised yet: the node advertises it once the request it is for has been admitted, so that a
+        refused request puts nothing on the graph (a publisher made and destroyed at once there stayed
+        unnamed for seconds, and the next request took it for another node's)."""
         with self._lock:
             self._next_id += 1
-            pub = self._publishers[self._next_id] = OutletPublisher(self, self._next_id, topic, depth)
+            return OutletPublisher(self, self._next_id, topic, depth)
+
+    def advertise(self, pub: OutletPublisher) -> None:
+        """Have the outlet make ``pub`` (it keeps it across restarts until :meth:`withdraw`)."""
+        with self._lock:
+            if pub.id in self._publishers:
+                return
+            self._publishers[pub.id] = pub
             self._flush_locked()   # what was queued goes first: the order on the pipe is the order of calls
             self._send(self._advertise_message(pub))
-            return pub
+            pub.advertised = True
 
     def withdraw(self, pub: OutletPublisher) -> None:
-        pub.active = False
+        pub.active = pub.advertised = False
         with self._lock:
             if self._publishers.pop(pub.id, None) is not None:
                 self._flush_locked()
