@@ -1,7 +1,7 @@
 """Results published by a process of their own (``result_outlet``): their DDS writes outside the node's GIL.
 
 The worker serializes each result itself (:func:`.publishing.result_cdr`), and rclpy's ``publish``
-then holds the GIL through the DDS write: 44 against 9 µs a result on a 2-core VM with a subscriber
+then holds the GIL through the DDS write: 45 against 9 µs a result on a 2-core VM with a subscriber
 matched or not, and 1.7-1.8 ms of a 9-10 ms turn of 31 results on an H200 host at saturation, where
 the turn is the node's limit (benchmarks/h200/sat_session35). Here the worker queues each result's
 bytes (:meth:`ResultOutlet.queue`), hands a turn's results over a pipe in one write
