@@ -62,6 +62,14 @@ def outlet(peer):
     outlet.close()
 
 
+def _live(outlet, topic: str, depth: int):
+    """A publisher of ``topic`` advertised in ``outlet`` and activated, as the node's are once admitted."""
+    pub = outlet.publisher(topic, depth)
+    pub.advertise()
+    pub.on_activate()
+    return pub
+
+
 def _raw_collector(peer: RosPeer, topic: str) -> list[bytes]:
     got: list[bytes] = []
     peer.node.create_subscription(InferenceResult, topic, got.append, 100, raw=True)
@@ -86,9 +94,7 @@ def _publish_until_heard(pub, outlet, got: list, first: int, count: int, *, time
 
 def test_published_bytes_arrive_unchanged_from_the_outlets_hidden_node(peer, outlet):
     got = _raw_collector(peer, '/outlet_test/a')
-    pub = outlet.publisher('/outlet_test/a', 100)
-    pub.advertise()
-    pub.on_activate()
+    pub = _live(outlet, '/outlet_test/a', 100)
     _publish_until_heard(pub, outlet, got, 0, 20)
     assert _class_ids(got) == list(range(20))
     from rclpy.serialization import deserialize_message
@@ -128,9 +134,7 @@ def test_a_publisher_not_advertised_puts_nothing_on_the_graph(peer, outlet):
 
 def test_a_killed_outlet_is_started_again_with_its_topics(peer, outlet):
     got = _raw_collector(peer, '/outlet_test/c')
-    pub = outlet.publisher('/outlet_test/c', 100)
-    pub.advertise()
-    pub.on_activate()
+    pub = _live(outlet, '/outlet_test/c', 100)
     _publish_until_heard(pub, outlet, got, 0, 3)
     first = outlet.node_name
     os.kill(outlet._popen.pid, signal.SIGKILL)
@@ -191,9 +195,7 @@ def test_the_node_publishes_through_the_outlet_unless_told_not_to(tmp_path: path
 
 def test_an_outlet_that_stops_reading_never_blocks_the_worker(peer, outlet):
     got = _raw_collector(peer, '/outlet_test/d')
-    pub = outlet.publisher('/outlet_test/d', 100)
-    pub.advertise()
-    pub.on_activate()
+    pub = _live(outlet, '/outlet_test/d', 100)
     _publish_until_heard(pub, outlet, got, 0, 3)
     os.kill(outlet._popen.pid, signal.SIGSTOP)   # alive, reading nothing
     data = _serialized(7)
@@ -218,9 +220,7 @@ def test_an_outlet_that_stops_reading_never_blocks_the_worker(peer, outlet):
 
 
 def test_an_outlet_that_keeps_dying_is_given_up_on_and_counts_what_it_loses(outlet):
-    pub = outlet.publisher('/outlet_test/e', 10)
-    pub.advertise()
-    pub.on_activate()
+    pub = _live(outlet, '/outlet_test/e', 10)
     for _ in range(6):
         os.kill(outlet._popen.pid, signal.SIGKILL)
         outlet._popen.wait()

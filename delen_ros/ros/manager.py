@@ -127,6 +127,10 @@ class AppManager:
                 self.outlet = None
         if self.outlet is not None:
             return self.outlet.publisher(topic, RESULT_QOS.depth)   # advertised once admitted (_apply)
+        return self._own_publisher(topic)
+
+    def _own_publisher(self, topic: str) -> Any:
+        """The node's own result publisher of ``topic`` (a lifecycle publisher: inactive until activated)."""
         return self._node.create_lifecycle_publisher(InferenceResult, topic, RESULT_QOS)
 
     def fall_back_from_outlet(self) -> bool:
@@ -139,7 +143,7 @@ class AppManager:
             self._node.get_logger().error('the result outlet was given up on: the node publishes the results itself')
             for topic, pub in list(self.result_pubs.items()):
                 if isinstance(pub, OutletPublisher):
-                    own = self._node.create_lifecycle_publisher(InferenceResult, topic, RESULT_QOS)
+                    own = self._own_publisher(topic)
                     if self.active:
                         own.on_activate(None)
                     self.result_pubs[topic] = own
@@ -342,7 +346,7 @@ class AppManager:
                 self.unsubscribe(camera)
 
     def close(self) -> None:
-        """Destroy every subscription and result publisher (the engine is the node's to stop)."""
+        """Destroy every subscription and result publisher, and end the outlet (the engine is the node's to stop)."""
         with self.lock:
             self.deactivate()
             for pub in self.result_pubs.values():
@@ -350,6 +354,9 @@ class AppManager:
             self.result_pubs.clear()
             self.cameras.clear()
             self.registry.clear()
+            outlet, self.outlet = self.outlet, None
+        if outlet is not None:
+            outlet.close()
 
     def publisher(self, app_id: str) -> Any:
         """The result publisher of ``app_id`` (``None``: not registered now)."""

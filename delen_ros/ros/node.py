@@ -62,7 +62,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         self._p: params.NodeParams | None = None
         self._served: assembly.Served | None = None
         self._ingress: IngressPool | None = None
-        self._outlet: ResultOutlet | None = None
+        self._outlet: ResultOutlet | None = None   # started early in configure, until the app manager takes it
         self._apps: AppManager | None = None
         self._active = False
         self._delen_services: list[Any] = []
@@ -106,6 +106,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         apps = self._apps = AppManager(self, engine=served.engine, registry=registry, store=store,
                                        image_qos_name=p.image_qos, on_image=self._on_image, ingress=self._ingress,
                                        outlet=self._outlet)
+        self._outlet = None   # the manager's from here on (it closes it)
         self._status_pub = self.create_lifecycle_publisher(AppStatus, '~/status', status_qos(p.max_apps))
         self._diagnostics_pub = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', RESULT_QOS)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=p.service_queue_depth,
@@ -121,7 +122,7 @@ class DelenNode(StatusMixin, LifecycleNode):
             f'profile {served.profile_source}, energy '
             f'{served.meter.source} ({served.meter.detail}), policy {p.policy}, {len(registry)} app(s), '
             f'frames taken by {f"{processes} {self._ingress.kind} receiver process(es)" if processes else "the node itself"}, '
-            f'results published by {"the outlet process" if self._outlet is not None else "the node itself"}')
+            f'results published by {"the outlet process" if apps.outlet is not None else "the node itself"}')
 
     def _log(self, level: str, text: str) -> None:
         log_at(self.get_logger(), level, text)
@@ -196,7 +197,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         if apps is not None:
             apps.close()
         outlet, self._outlet = self._outlet, None
-        if outlet is not None:
+        if outlet is not None:   # configure failed before the manager took it
             outlet.close()
         ingress, self._ingress = self._ingress, None
         if ingress is not None:

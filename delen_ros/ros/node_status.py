@@ -130,15 +130,11 @@ class StatusMixin:
 
     def _outlet_report(self) -> dict:
         apps = self._apps
-        outlet = apps.outlet if apps is not None else None
-        if outlet is not None:
-            return {'results_published_by': 'outlet', 'outlet_restarts': outlet.restarts,
-                    'results_lost_at_outlet': outlet.lost}
-        retired = apps.retired_outlet if apps is not None else None
-        if retired is not None:
-            return {'results_published_by': 'node (the outlet was given up on)', 'outlet_restarts': retired.restarts,
-                    'results_lost_at_outlet': retired.lost}
-        return {'results_published_by': 'node'}
+        outlet = (apps.outlet or apps.retired_outlet) if apps is not None else None
+        if outlet is None:
+            return {'results_published_by': 'node'}
+        by = 'outlet' if outlet is apps.outlet else 'node (the outlet was given up on)'
+        return {'results_published_by': by, 'outlet_restarts': outlet.restarts, 'results_lost_at_outlet': outlet.lost}
 
     def _ingress_report(self) -> dict:
         ingress = self._ingress
