@@ -443,6 +443,31 @@ def test_an_app_admitted_once_something_was_measured_is_not_on_priors_even_if_th
     assert 'on priors' not in reason(engine, 'new')
 
 
+def test_a_request_waits_for_the_first_frames_of_the_apps_admitted_just_before_it():
+    """Engine.unmeasured_apps: the node holds a request while it names an app (not the asker itself)
+    admitted in the last 2 s whose first 3 frames are not done; an app whose camera never sends is not
+    waited for past those 2 s, and without admission control nothing is waited for."""
+    from fakes import Collector
+    collector = Collector()
+    model = fake_model()
+    engine = Engine(model, PROFILE, on_result=collector, runner=FakeRunner(model, sleep_ms=(0, 0, 0, 0)),
+                    clock=FakeClock())
+    engine.set_app('old', TIGHT, rate_hz=10.0)
+    engine.set_app('quiet', Bounds(max_latency_ms=100.0), rate_hz=10.0)
+    assert engine.unmeasured_apps('new') == ['old', 'quiet']
+    assert engine.unmeasured_apps('old') == ['quiet']          # not itself (a change of its own bounds)
+    with engine:
+        for i in range(3):
+            engine.submit(['old'], np.zeros((8, 8), np.uint8))
+            collector.wait(i + 1)
+    assert engine.unmeasured_apps('new') == ['quiet']
+    engine.clock.advance(2000.0)
+    assert engine.unmeasured_apps('new') == []
+    blind = make_engine(admission_control=False)
+    blind.set_app('old', TIGHT, rate_hz=10.0)
+    assert blind.unmeasured_apps('new') == []
+
+
 # --- where the re-check runs ---------------------------------------------------------------------------
 @pytest.mark.parametrize('on_worker', [True, False])
 def test_the_status_ticks_re_check_runs_on_the_idle_worker(on_worker):

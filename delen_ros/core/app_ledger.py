@@ -44,6 +44,7 @@ class AppLedger:
         self.demoted = False     # served after the other apps (Scheduler.set_best_effort)
         self.checked = (0, 0)    # (frames done, of them missed) at the last re-check: see misses_since_check
         self.on_priors = False   # admitted before the engine had measured anything: to be confirmed
+        self.registered_ns = now_ns   # when it was first admitted (a change of bounds keeps it)
         self.first_frame_ns: int | None = None
         self.evicted_ns: int | None = None   # when a newer frame last pushed one of its frames out
         self.frames_in = self.results_out = self.dropped_overflow = self.dropped_late = self.expired = self.failed = 0

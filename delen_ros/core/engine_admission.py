@@ -46,6 +46,11 @@ _CONFIRM_AFTER_NS = SETTLE_NS
 # together as a share of their frames (the target's 1 %)
 _MISSES_SEEN = 3
 _MISS_SHARE = 0.01
+# A request waits for the frames of apps admitted this recently (Engine.unmeasured_apps): an app whose
+# camera never sends is not waited for past it
+_UNMEASURED_WITHIN_NS = SETTLE_NS
+# an app's results before the costs measured since count its load (a dropped frame measures nothing)
+_FRAMES_TO_MEASURE = 3
 
 
 def _yield_gil() -> None:
@@ -86,6 +91,26 @@ class AdmissionMixin:
         register one after another every new app's first frame pauses the sampling (FrameAge), and on an
         H200 the apps asking ``~/set_bounds`` 0.5 s apart all counted as admitted on priors."""
         return self._age.ever_sampled() and self.corrector.has_tail
+
+    def unmeasured_apps(self, app_id: str, *, within_ns: int | None = _UNMEASURED_WITHIN_NS) -> list[str]:
+        """The apps besides ``app_id``, admitted in the last seconds, whose first frames the worker has not
+        served yet (none without admission control). A request judged now would price the device at costs
+        measured without their load; the node holds such a request until they are served, up to
+        ``admission_settle_s``.
+
+        This CPU (session 37, three cameras at 640x480): a frame to exit 0 cost 1.47 ms on the warm-up's
+        idle figures and 3.1-3.9 ms once the 20 ms app's frames were being served. A 10 ms app that asked
+        before them was admitted and met its bound for 92-93 % of frames; asking after them, it was
+        refused (``benchmarks/cpu/e2e_admission_session37``).
+
+        :param within_ns: admitted this recently (``None``: whenever)."""
+        if not self.admission_control:
+            return []
+        with self._cond:
+            now = self.clock()
+            return [a for a, app in self._apps.items()
+                    if a != app_id and (within_ns is None or now - app.registered_ns < within_ns)
+                    and app.results_out < _FRAMES_TO_MEASURE]
 
     def _outside_ms(self) -> dict[str, float]:
         """The parts of end-to-end latency that are not the worker's compute, ms: ``transport_ms``,

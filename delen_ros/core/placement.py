@@ -386,6 +386,10 @@ class DevicePool:
     def overhead_ms(self) -> float:
         return self._best().overhead_ms()
 
+    def unmeasured_apps(self, app_id: str, **kwargs) -> list[str]:
+        """Every device's (:meth:`Engine.unmeasured_apps`): a request may be placed on any of them."""
+        return [a for engine in self.engines for a in engine.unmeasured_apps(app_id, **kwargs)]
+
     def plan(self, bounds: Bounds) -> Plan:
         return self._best().plan(bounds)
 

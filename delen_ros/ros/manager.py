@@ -78,11 +78,16 @@ class AppManager:
         the node subscribes itself.
     :param outlet: the process that publishes results (:class:`.outlet.ResultOutlet`), whose
         publishers the result topics get; ``None``, or one that does not start: the node's own.
+    :param held: the node's :class:`.held_requests.HeldRequests`; with ``settle_s`` > 0 a request is
+        held up to that long while apps admitted just before it have had no frames served.
     """
 
     def __init__(self, node, *, engine, registry: Registry, store: StateStore, image_qos_name: str,
-                 on_image: Callable[[Image, Camera], None], ingress=None, outlet=None):
+                 on_image: Callable[[Image, Camera], None], ingress=None, outlet=None, held=None,
+                 settle_s: float = 0.0):
         self._node, self.engine, self.registry, self.store = node, engine, registry, store
+        self._held, self._settle_s = held, settle_s
+        self.closed = False
         self._ingress = ingress   # an ingress.IngressPool: receiver processes hold the subscriptions
         self.outlet = outlet      # an outlet.ResultOutlet until it fails to start or is given up on
         self.retired_outlet = None   # one given up on (its count of lost results stays in /diagnostics)
@@ -263,7 +268,38 @@ class AppManager:
         response.feasible_accuracy = [float(v) for v in feasible.accuracy]
         response.feasible_energy_mj = [float(v) for v in feasible.energy_mj]
 
-    def set_bounds(self, request: SetBounds.Request, response: SetBounds.Response) -> SetBounds.Response:
+    async def set_bounds(self, request: SetBounds.Request, response: SetBounds.Response) -> SetBounds.Response:
+        """``~/set_bounds``, judged (:meth:`judge_bounds`) once the apps admitted just before it whose cameras
+        publish have had frames served (:meth:`_unmeasured`): their load is then in the costs it is judged
+        on. Held for that up to ``settle_s``, without holding the executor; judged on what is known then."""
+        unmeasured = self._unmeasured(request.app_id)
+        if unmeasured:
+            held_s, _ = await self._held.until(
+                lambda: self.closed or not self._unmeasured(request.app_id), self._settle_s)
+            unserved = set(self.engine.unmeasured_apps(request.app_id, within_ns=None)) & set(unmeasured)
+            self._node.get_logger().info(
+                f'set_bounds({request.app_id[:64]!r}) held {held_s * 1e3:.0f} ms for the first frames of '
+                f'{", ".join(unmeasured[:4])}' + (f' ({len(unserved)} of them not served: judged on the costs known '
+                                                  'now)' if unserved else ''))
+        if self.closed:
+            response.accepted, response.planned_exit = False, -1
+            response.message = 'the node was cleaned up or shut down while the request was held; ask again once it is active'
+            return response
+        return self.judge_bounds(request, response)
+
+    def _unmeasured(self, app_id: str) -> list[str]:
+        """``Engine.unmeasured_apps`` whose camera has a publisher (one that sends nothing yet is not waited
+        for); none while inactive (no frame is served) or with ``settle_s`` 0."""
+        if not self.active or self._held is None or self._settle_s <= 0:
+            return []
+        out = []
+        for other in self.engine.unmeasured_apps(app_id):
+            config = self.registry.get(other)
+            if config is not None and self._node.count_publishers(config.image_topic) > 0:
+                out.append(other)
+        return out
+
+    def judge_bounds(self, request: SetBounds.Request, response: SetBounds.Response) -> SetBounds.Response:
         from delen_ros.core.bounds import InfeasibleBounds
         response.accepted, response.planned_exit, kind = False, -1, 'invalid'
         try:
@@ -348,6 +384,7 @@ class AppManager:
     def close(self) -> None:
         """Destroy every subscription and result publisher, and end the outlet (the engine is the node's to stop)."""
         with self.lock:
+            self.closed = True
             self.deactivate()
             for pub in self.result_pubs.values():
                 self._destroy_publisher(pub)

@@ -24,6 +24,7 @@ import time
 from typing import Any, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -36,6 +37,7 @@ from delen_ros.srv import GetProfile, RemoveApp, SetBounds
 from . import assembly, params
 from .apps import parse_apps_param
 from .conversions import ImageFormatError, image_to_array, parse_image_cdr
+from .held_requests import HeldRequests
 from .ingress import IngressPool, auto_processes
 from .outlet import ResultOutlet, native_outlet
 from .manager import SUBSCRIPTION_DEPTH, AppManager, Camera
@@ -66,6 +68,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         self._apps: AppManager | None = None
         self._active = False
         self._delen_services: list[Any] = []
+        self._held = HeldRequests(self)   # set_bounds requests waiting for measurements (outlive a cleanup)
         self._status_pub = self._diagnostics_pub = self._status_timer = self._status_ticker = None
         self._round = StatusRound(STATUS_PARTS, 0)   # the status period in progress
         self._wall_time = False   # no simulated time (each status tick checks): see _ros_now_ns
@@ -105,15 +108,19 @@ class DelenNode(StatusMixin, LifecycleNode):
         store = StateStore(os.path.expandvars(os.path.expanduser(p.state_file)) if p.state_file else None)
         apps = self._apps = AppManager(self, engine=served.engine, registry=registry, store=store,
                                        image_qos_name=p.image_qos, on_image=self._on_image, ingress=self._ingress,
-                                       outlet=self._outlet)
+                                       outlet=self._outlet, held=self._held, settle_s=p.admission_settle_s)
         self._outlet = None   # the manager's from here on (it closes it)
         self._status_pub = self.create_lifecycle_publisher(AppStatus, '~/status', status_qos(p.max_apps))
         self._diagnostics_pub = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', RESULT_QOS)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=p.service_queue_depth,
                          reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-        self._delen_services = [self.create_service(t, n, cb, qos_profile=qos) for t, n, cb in (
-            (SetBounds, '~/set_bounds', apps.set_bounds), (RemoveApp, '~/remove_app', apps.remove_app),
-            (GetProfile, '~/get_profile', self._on_get_profile))]
+        # set_bounds in a group of its own: a request held for measurements (a coroutine) keeps its group
+        # busy until answered, and everything else in that group would wait with it
+        admissions = MutuallyExclusiveCallbackGroup()
+        self._delen_services = [self.create_service(t, n, cb, qos_profile=qos, callback_group=group)
+                                for t, n, cb, group in (
+            (SetBounds, '~/set_bounds', apps.set_bounds, admissions), (RemoveApp, '~/remove_app', apps.remove_app, None),
+            (GetProfile, '~/get_profile', self._on_get_profile, None))]
         apps.restore(initial)
         from delen_ros.core.runner import dtype_name   # here: importing the node module loads no torch
         self.get_logger().info(
@@ -190,9 +197,10 @@ class DelenNode(StatusMixin, LifecycleNode):
         served, self._served = self._served, None
         if served is not None and served.engine is not None:
             served.engine.stop()
-        for service in self._delen_services:
-            self.destroy_service(service)
-        self._delen_services = []
+        # a held request answers through its service once its wait ends: destroyed after that
+        self._held.cancel()
+        services, self._delen_services = self._delen_services, []
+        self._held.release_when_done(lambda: [self.destroy_service(service) for service in services])
         apps, self._apps = self._apps, None
         if apps is not None:
             apps.close()

@@ -146,6 +146,12 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                                   'cameras, frame age and serving overhead grew 1.1 ms from a 5 ms app\'s admission to '
                                   'full load, and kept 0.5 ms it met its bound for 84 % of its frames; '
                                   'benchmarks/h200/e2e_session13). 0 = the share alone.' + _LATER, (0.0, 1000.0), False),
+    'admission_settle_s': (1.0, 'Longest a set_bounds request is held, s, while apps admitted in the 2 s before it '
+                           'have had no frames served: judged then, their load is in the costs (this CPU: a 10 ms '
+                           'app judged before its neighbour\'s frames priced exit 0 at the warm-up\'s 1.47 ms instead '
+                           'of the 3.1-3.9 ms measured under load, was admitted, and met its bound for 92-93 % of '
+                           'frames). The executor serves everything else meanwhile. 0 = judge at once.' + _LATER,
+                           (0.0, 10.0), False),
     'choice_headroom': (0.1, 'For the delen policy: the share of an app\'s latency bound that a step it takes by '
                         'choice keeps free before the deadline (0-0.9): an app as accurate as its bound allows goes '
                         'deeper only while the step is predicted to end this early; steps its bounds need are '
@@ -210,6 +216,7 @@ class NodeParams:
     admission_control: bool
     admission_headroom: float
     admission_headroom_min_ms: float
+    admission_settle_s: float
     choice_headroom: float
     transport_prior_ms: float
     rate_prior_hz: float
