@@ -105,9 +105,10 @@ def test_refused_requests_are_joined_with_their_forced_run():
     flagged = [(T0 + 100 * MS, 'cam00', 1, 1, 0, 0, 'unschedulable: cam00 ...; ' + DEMOTED_NOTE),
                (T0 + 300 * MS, 'cam00', 2, 2, 0, 0, ''),
                (T0 + 200 * MS, 'cam01', 1, 1, 0, 0, '')]
-    service = analyze(_raw('service', bounds, [None, None, 8.0, None, None],
-                           refused={'cam00': 'does not fit', 'cam01': 'infeasible', 'cam03': 'below the fastest exit'}),
-                      duration_s=1.0)
+    raw_service = _raw('service', bounds, [None, None, 8.0, None, None],
+                       refused={'cam00': 'does not fit', 'cam01': 'infeasible', 'cam03': 'below the fastest exit'})
+    raw_service['held_requests'] = [{'app': 'cam01', 'held_ms': 212, 'waited_for': ['cam02', 'cam04'], 'unserved': 1}]
+    service = analyze(raw_service, duration_s=1.0)
     param = analyze(_raw('param', bounds, [9.0, 12.0, 8.0, None, 8.0], refused={'cam03': 'not restored'},
                          status=flagged), duration_s=1.0)
     assert param['apps']['cam00']['node_flagged_share'] == pytest.approx(0.5)
@@ -144,6 +145,8 @@ def test_refused_requests_are_joined_with_their_forced_run():
     assert 'refused at configure too: not restored' in table
     assert 'worst within bound **0.0 %** (cam04, 33 ms): target **missed** by cam04' in table
     assert 'Apps with no result and no reason: 1 (cam04).' in table
+    assert ('Requests held until the apps admitted before them had frames served (`admission_settle_s`): cam01 '
+            '212 ms for cam02, cam04 (1 not served by then).') in table
     assert 'delen_n3_service: refused by the node ~/set_bounds, 3 app(s)' in table
     assert 'delen_n3: refused by the node at configure (apps parameter), 1 app(s)' in table
     # without the admission key (a file from before it), the table computes it

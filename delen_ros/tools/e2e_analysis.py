@@ -94,7 +94,7 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     out: dict[str, Any] = {k: raw.get(k) for k in ('name', 'config', 'domain_id', 'bounds_ms', 'startup_s', 'wall_s',
                                                    'error', 'log_tails', 'exit_codes', 'target_alive_at_end', 'gpu')}
     for key in ('echo', 'node_params', 'node_param_overrides', 'node_configure_s', 'refused', 'refused_by',
-                'register_order', 'register_gap_s', 'register_answers'):
+                'register_order', 'register_gap_s', 'register_answers', 'held_requests'):
         if key in raw:
             out[key] = raw[key]
     if 'recorder' not in raw:

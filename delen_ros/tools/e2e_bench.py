@@ -658,6 +658,8 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         if config.kind == 'node':
             raw['node_configure_s'] = [configure_seconds(children.log_path(name))
                                        for name in children.procs if re.fullmatch(r'node\d*', name)]
+            raw['held_requests'] = [h for name in children.procs if re.fullmatch(r'node\d*', name)
+                                    for h in held_requests(children.log_path(name))]
     return raw
 
 
@@ -692,6 +694,26 @@ def configure_seconds(log: pathlib.Path) -> float | None:
     except OSError:
         return None
     return float(found[-1]) if found else None
+
+
+_HELD = re.compile(r"set_bounds\('([^']*)'\) held ([0-9]+) ms for the first frames of ([^(\n]*)(?:\(([0-9]+) of them)?")
+
+
+def held_requests(log: pathlib.Path) -> list[dict[str, Any]]:
+    """The node's requests held for the first frames of the apps admitted before them (its ``set_bounds(...)
+    held N ms`` lines): ``app``, ``held_ms``, ``waited_for`` (apps), ``unserved`` (of them, not served by then).
+
+    >>> import tempfile; f = tempfile.NamedTemporaryFile('w', suffix='.log', delete=False)
+    >>> _ = f.write("[INFO] [1.2] [delen]: set_bounds('cam00') held 412 ms for the first frames of cam01\\n"); f.close()
+    >>> held_requests(pathlib.Path(f.name))
+    [{'app': 'cam00', 'held_ms': 412, 'waited_for': ['cam01'], 'unserved': 0}]
+    """
+    try:
+        text = pathlib.Path(log).read_text(errors='replace')
+    except OSError:
+        return []
+    return [{'app': app, 'held_ms': int(ms), 'waited_for': [a.strip() for a in others.split(',') if a.strip()],
+             'unserved': int(unserved or 0)} for app, ms, others, unserved in _HELD.findall(text)]
 
 
 def _sleep_until_ns(t_ns: int) -> None:

@@ -131,6 +131,12 @@ def _admission_lines(name: str, a: dict[str, Any], configs: dict[str, dict[str, 
                         + '; '.join(f"{app}: {fmt(within_all_bounds(svc['apps'][app]), '.1f', 100)} %, node flagged it in "
                                     f"{fmt(svc['apps'][app].get('node_flagged_share'), '.0f', 100)} % of its status "
                                     'messages' for app in adm['below_target']) + ').'))
+    held = svc.get('held_requests') or []
+    if held:
+        lines.append('Requests held until the apps admitted before them had frames served (`admission_settle_s`): '
+                     + '; '.join(f"{h['app']} {h['held_ms']} ms for {', '.join(h['waited_for'])}"
+                                 + (f" ({h['unserved']} not served by then)" if h['unserved'] else '') for h in held)
+                     + '.')
     silent = a.get('without_results_or_reason') or []
     lines.append(f"Apps with no result and no reason: {len(silent)}" + (f" ({', '.join(silent)})." if silent else '.'))
     lines += ['', '### Refused requests run anyway', '']
