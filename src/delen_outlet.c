@@ -10,8 +10,12 @@
  *   'A' publisher u32, depth u32, topic     advertise: a reliable, volatile, keep-last publisher
  *   'W' publisher u32                       withdraw it
  *   'P' publisher u32, CDR bytes            publish (the bytes start with CDR's encapsulation header)
+ *   'T' 0 u32, u64 written (CLOCK_MONOTONIC ns): the node wrote the messages before it then; answered on
+ *                                           stdout with 16 bytes, u64 written and u64 when they were all
+ *                                           published (the node keeps that lag in its latency bounds)
  * Several messages may come in one write. Errors go to stderr, one line each. Exits when the pipe
- * closes (the node went away). Once its node is up it writes one byte, 'R', on stdout.
+ * closes (the node went away). Once its node is up it writes one byte, 'R', on stdout; stdout is
+ * written without blocking from then on (a stamp the node does not take in time is dropped).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <rcl/error_handling.h>
@@ -111,7 +117,7 @@ int main(int argc, char **argv) {
   uint8_t *buf = malloc(MAX_MESSAGE + 1);
   if (!buf) return 1;
   if (write(1, "R", 1) != 1) return 1;
-  close(1);
+  fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
   for (;;) {
     uint8_t head[4];
     if (read_all(0, head, 4)) break;
@@ -129,6 +135,13 @@ int main(int argc, char **argv) {
       advertise(&node, id, depth ? depth : 1, (const char *)buf + 9);
     } else if (buf[0] == 'W') {
       withdraw(&node, id);
+    } else if (buf[0] == 'T' && n == 13) {
+      struct timespec now;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      uint64_t stamps[2];
+      memcpy(&stamps[0], buf + 5, 8);
+      stamps[1] = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+      (void)!write(1, stamps, sizeof stamps);   /* a full pipe drops it: the node reads stamps when it writes */
     } else {
       error_line("unknown message", id, NULL);
     }

@@ -88,6 +88,24 @@ def test_delivery_allowance_counts_in_feasibility_and_admission():
         make_engine(delivery_allowance_ms=-1.0)
 
 
+def test_a_publication_lag_is_kept_with_the_allowance():
+    """Another process publishing (the node's outlet) adds its measured lag to what each bound keeps:
+    feasibility, plans, and the scheduler's deadlines read the sum."""
+    allowance = make_engine(delivery_allowance_ms=2.0)
+    lagging = make_engine(delivery_allowance_ms=1.5)
+    lagging.publication_lag_ms = 0.5
+    assert lagging.kept_after_handover_ms == 2.0 and lagging.delivery_allowance_ms == 1.5
+    assert lagging.exit_latency_ms() == pytest.approx(allowance.exit_latency_ms())
+    assert lagging.feasible_range().delivery_ms == 2.0
+    assert lagging.plan(Bounds(max_latency_ms=4.0)).exit_index == allowance.plan(Bounds(max_latency_ms=4.0)).exit_index
+    lagging.set_app('a', Bounds(max_latency_ms=10.0))
+    assert lagging._scheduler.deadline_ns('a', 0) == allowance_deadline(10.0, 2.0)
+
+
+def allowance_deadline(bound_ms: float, kept_ms: float) -> int:
+    return int((bound_ms - kept_ms) * 1e6)
+
+
 @pytest.mark.parametrize('allowance_ms', [0.0, 100.0])
 def test_the_allowance_moves_the_planned_deadline_not_the_judgement(allowance_ms):
     """A frame 150 ms old with a 200 ms bound: without an allowance there is time for the final exit;

@@ -145,8 +145,28 @@ def test_a_killed_outlet_is_started_again_with_its_topics(peer, outlet):
     assert any(level == 'error' and 'starting another' in text for level, text in outlet.logged)
     assert outlet.ready()
     got.clear()
+    outlet.lag.values.clear()
     _publish_until_heard(pub, outlet, got, 100, 5)
     assert _class_ids(got) == list(range(100, 105))
+    _stamps_read(outlet, pub)   # the new outlet's stamps come after its ready byte, on the same pipe
+
+
+def _stamps_read(outlet, pub) -> float:
+    """The outlet's publication lag, once a flush has read a stamp (they are read at the next flush)."""
+    def lag():
+        pub.publish(_serialized(9999))
+        outlet.flush()
+        return outlet.lag_p99_ms()
+    return wait_until(lag, timeout=10.0, interval=0.05, what='a publication stamp from the outlet')
+
+
+def test_the_outlet_stamps_each_turns_publication_and_the_lag_is_measured(peer, outlet):
+    got = _raw_collector(peer, '/outlet_test/lag')
+    pub = _live(outlet, '/outlet_test/lag', 100)
+    _publish_until_heard(pub, outlet, got, 0, 3)
+    lag = _stamps_read(outlet, pub)
+    assert 0.0 < lag < 1000.0   # written -> published, in ms: CLOCK_MONOTONIC on both sides
+    assert outlet._stamps == bytearray() or len(outlet._stamps) < 16   # whole records parsed, at most a part left
 
 
 def test_an_outlet_that_does_not_start_says_so(tmp_path: pathlib.Path):
@@ -183,11 +203,17 @@ def test_the_node_publishes_through_the_outlet_unless_told_not_to(tmp_path: path
             by = wait_until(lambda: next((v for a in diagnostics.messages()
                                           if (v := _diagnostics_value(a, 'results_published_by'))), None),
                             timeout=15.0, what='results_published_by in /diagnostics')
+            # the outlet's lag from hand-over to publication, measured and kept in the bounds (0: the node's own)
+            lag = wait_until(lambda: next((float(v) for a in diagnostics.messages()[::-1]
+                                           if (v := _diagnostics_value(a, 'outlet_lag_p99_ms'))
+                                           and float(v) > 0), None) if mode == 'auto' else True,
+                             timeout=15.0, what='outlet_lag_p99_ms in /diagnostics')
         finally:
             feeder.stop()
         if mode == 'auto':
             assert by == 'outlet' and len(publishers) == 1 and next(iter(publishers)).startswith('_delen_outlet_')
             assert 'results published by the outlet process' in node.log()
+            assert 0 < lag < 1000
         else:
             assert by == 'node' and publishers == {'delen'}
         assert all(m.exit_index >= 0 and m.app_id for c in collectors for m in c.messages())

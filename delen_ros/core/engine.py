@@ -263,6 +263,8 @@ class Engine(AdmissionMixin, StatsMixin):
         subscriber, ms (that hop is not measured here): frames are planned to be published by their
         bound less this, and feasibility and admission count it; ``latency_ms`` / ``bounds_met`` of
         a result stay arrival -> delivery. The attribute may be changed before apps are registered.
+        Where another process publishes the results, the hand-over's lag (:attr:`publication_lag_ms`)
+        is kept too (:attr:`kept_after_handover_ms`).
     :param upload_ahead: with device preprocessing, :meth:`submit` starts each frame's upload
         (staging copy included) in the caller's thread, so the worker only converts frames already
         on the device; false: the worker stages and uploads each batch itself.
@@ -390,9 +392,12 @@ class Engine(AdmissionMixin, StatsMixin):
                                     enforce_deadlines=self.policy.predictive if enforce_deadlines is None
                                     else enforce_deadlines, expected_ms=self._expected_ms,
                                     tail_ms=lambda: self.corrector.tail_ms(margin=0.0),
-                                    delivery_allowance_ms=lambda: self.delivery_allowance_ms)
+                                    delivery_allowance_ms=lambda: self.kept_after_handover_ms)
         self.default_deadline_ms = default_deadline_ms
         self.delivery_allowance_ms = delivery_allowance_ms
+        #: the time between the worker's hand-over of a result and its publication, at its tail, ms, where
+        #: another process publishes (the node's result outlet measures it): kept with the allowance
+        self.publication_lag_ms = 0.0
         #: the policy's latency limit keeps the delivery allowance, as the scheduler's deadline does
         #: (session 27; False: the whole bound, as before, for an A/B)
         self.policy_keeps_allowance = True
@@ -839,9 +844,15 @@ class Engine(AdmissionMixin, StatsMixin):
         return ms + self.preprocess_cost.predict_ms(batch, margin=margin)
 
     @property
+    def kept_after_handover_ms(self) -> float:
+        """What a latency bound keeps after the worker hands a result over, ms: the delivery allowance,
+        and the publication lag where another process publishes (:attr:`publication_lag_ms`)."""
+        return self.delivery_allowance_ms + self.publication_lag_ms
+
+    @property
     def policy_allowance_ms(self) -> float:
         """The delivery allowance a policy's latency limit keeps (:attr:`policy_keeps_allowance`)."""
-        return self.delivery_allowance_ms if self.policy_keeps_allowance else 0.0
+        return self.kept_after_handover_ms if self.policy_keeps_allowance else 0.0
 
     def _turn_ms(self, margin: float | None = None) -> float:
         """A worker turn's own cost besides its steps, where it is learnt apart (``separate_turn_cost``), else 0."""
@@ -1358,7 +1369,7 @@ class Engine(AdmissionMixin, StatsMixin):
                 if app.choice_margin is not None and self.learn_choice_margin and result.exit_index > 0 \
                         and not result.late and b == app.bounds:
                     # past the first exit, maybe by choice: published after the scheduler's deadline?
-                    late = latency_ms > b.max_latency_ms - self.delivery_allowance_ms
+                    late = latency_ms > b.max_latency_ms - self.kept_after_handover_ms
                     # While newer frames push the app's out of its queue, the node is behind it and its
                     # late results are the backlog's, not a step's taken by choice: they do not raise the
                     # margin. (At 32 cameras x 120 Hz on an H200 they raised nearly every app's, up to 5 ms:

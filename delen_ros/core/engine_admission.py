@@ -117,9 +117,9 @@ class AdmissionMixin:
         the frames' age when :meth:`submit` gets them (from the stamp: transport to the node and
         conversion) at their 99th percentile of late (:class:`~delen_ros.core.arrivals.FrameAge`),
         ``transport_prior_ms`` while none is measured; ``overhead_ms`` (:meth:`overhead_ms`);
-        ``delivery_ms``, the delivery allowance."""
+        ``delivery_ms``, the delivery allowance with the publication lag (``kept_after_handover_ms``)."""
         return {'transport_ms': self._age.p99_ms(self.clock()), 'overhead_ms': self.overhead_ms(),
-                'delivery_ms': self.delivery_allowance_ms}
+                'delivery_ms': self.kept_after_handover_ms}
 
     def exit_latency_ms(self) -> list[float]:
         """End-to-end latency of a lone frame to each exit now, ms, as its subscriber sees it: the

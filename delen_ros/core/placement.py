@@ -386,6 +386,16 @@ class DevicePool:
     def overhead_ms(self) -> float:
         return self._best().overhead_ms()
 
+    @property
+    def publication_lag_ms(self) -> float:
+        """Every device's :attr:`Engine.publication_lag_ms` (one publisher serves them all)."""
+        return self.engines[0].publication_lag_ms
+
+    @publication_lag_ms.setter
+    def publication_lag_ms(self, ms: float) -> None:
+        for engine in self.engines:
+            engine.publication_lag_ms = ms
+
     def unmeasured_apps(self, app_id: str, **kwargs) -> list[str]:
         """Every device's (:meth:`Engine.unmeasured_apps`): a request may be placed on any of them."""
         return [a for engine in self.engines for a in engine.unmeasured_apps(app_id, **kwargs)]

@@ -8,6 +8,7 @@ leaves no trace. It also answers ``~/set_bounds`` and ``~/remove_app``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from typing import Any, Callable, Sequence
 
@@ -137,6 +138,15 @@ class AppManager:
     def _own_publisher(self, topic: str) -> Any:
         """The node's own result publisher of ``topic`` (a lifecycle publisher: inactive until activated)."""
         return self._node.create_lifecycle_publisher(InferenceResult, topic, RESULT_QOS)
+
+    def publication_lag_ms(self) -> float:
+        """The outlet's lag from the worker's hand-over of a turn's results to their publication, p99 over
+        the last seconds, ms (:meth:`.outlet.ResultOutlet.lag_p99_ms`); 0 where the node publishes, none
+        is measured yet, or ``DELEN_OUTLET_LAG=0`` (an A/B: the lag not kept, as before session 38)."""
+        outlet = self.outlet
+        if outlet is None or os.environ.get('DELEN_OUTLET_LAG') == '0':
+            return 0.0
+        return outlet.lag_p99_ms() or 0.0
 
     def fall_back_from_outlet(self) -> bool:
         """If the outlet was given up on (it kept dying), give every result topic the node's own

@@ -94,6 +94,8 @@ class StatusMixin:
         if served is None or apps is None:
             return
         apps.fall_back_from_outlet()
+        # a result published by the outlet reaches DDS later than the worker's hand-over: kept in every bound
+        served.engine.publication_lag_ms = apps.publication_lag_ms()
         now_ns = time.monotonic_ns()
         stamp = self.get_clock().now().to_msg()
         configs = apps.registry.apps()
@@ -134,7 +136,8 @@ class StatusMixin:
         if outlet is None:
             return {'results_published_by': 'node'}
         by = 'outlet' if outlet is apps.outlet else 'node (the outlet was given up on)'
-        return {'results_published_by': by, 'outlet_restarts': outlet.restarts, 'results_lost_at_outlet': outlet.lost}
+        return {'results_published_by': by, 'outlet_restarts': outlet.restarts, 'results_lost_at_outlet': outlet.lost,
+                'outlet_lag_p99_ms': f'{apps.publication_lag_ms():.3f}'}
 
     def _ingress_report(self) -> dict:
         ingress = self._ingress
