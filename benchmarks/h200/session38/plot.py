@@ -1,6 +1,6 @@
 """Session 38 on one H200 host: issue 10's mixed set registered through ~/set_bounds with requests held for their
 neighbours' first frames (S, shipped) or not (Z, admission_settle_s:=0); saturation with the result outlet (n) or the
-node publishing (o); 16 cameras x 30 Hz with the echo node.
+node publishing (o); 16 cameras x 30 Hz with the echo node; the mixed set at configure (call 4).
 
     python benchmarks/h200/session38/plot.py     (writes summary.json and session38.png beside it)
 """
@@ -62,8 +62,26 @@ def cameras_16() -> list[dict]:
     return out
 
 
+def at_configure() -> list[dict]:
+    """Call 4: the mixed set with its apps in the node's parameter (G; F: through ~/set_bounds, then every app
+    forced in at configure), each app within its bounds at the recorder and as the node judged it."""
+    out = []
+    for run in sorted((HERE / 'call4_mixed_configure').iterdir(), key=lambda p: (p.name[1:], p.name[0])):
+        d = _e2e(run)
+        for name, c in d['configs'].items():
+            apps = c['apps']
+            worst = min(apps, key=lambda a: apps[a].get('attainment', 1.0))
+            out.append({'run': run.name, 'config': name, 'refused': sorted(c.get('refused') or {}),
+                        'worst_app': worst, 'worst_within': round(apps[worst]['attainment'], 4),
+                        'worst_node_bounds_met': round(apps[worst]['node_bounds_met_share'], 4),
+                        'delivery_split_p50_p99_ms': {k: [round(x, 2) for x in v[:2]]
+                                                      for k, v in c['total']['delivery_split_ms'].items()}})
+    return out
+
+
 def main() -> None:
-    summary = {'admission_service': admission(), 'saturation': saturation(), 'cameras_16_30hz': cameras_16()}
+    summary = {'admission_service': admission(), 'saturation': saturation(), 'cameras_16_30hz': cameras_16(),
+               'mixed_at_configure': at_configure()}
     (HERE / 'summary.json').write_text(json.dumps(summary, indent=1))
     import matplotlib
     matplotlib.use('Agg')
