@@ -79,9 +79,25 @@ def at_configure() -> list[dict]:
     return out
 
 
+def outlet_lag() -> list[dict]:
+    """Call 5 (a second host): the mixed set at configure, N the outlet keeping its measured lag (shipped), U the
+    outlet without (DELEN_OUTLET_LAG=0), O the node publishing."""
+    arms = {'N': 'outlet, lag kept', 'U': 'outlet, lag not kept', 'O': 'node publishes'}
+    out = []
+    for name in ('N1', 'O1', 'U1', 'N2', 'O2'):
+        c = next(iter(_e2e(HERE / 'call5_outlet_lag' / name)['configs'].values()))
+        apps = c['apps']
+        worst = min(apps, key=lambda a: apps[a].get('attainment', 1.0))
+        out.append({'run': name, 'arm': arms[name[0]], 'worst_app': worst,
+                    'worst_within': round(apps[worst]['attainment'], 4),
+                    'worst_node_bounds_met': round(apps[worst]['node_bounds_met_share'], 4),
+                    'write_p50_p99_ms': [round(x, 2) for x in c['total']['delivery_split_ms']['write'][:2]]})
+    return out
+
+
 def main() -> None:
     summary = {'admission_service': admission(), 'saturation': saturation(), 'cameras_16_30hz': cameras_16(),
-               'mixed_at_configure': at_configure()}
+               'mixed_at_configure': at_configure(), 'outlet_lag': outlet_lag()}
     (HERE / 'summary.json').write_text(json.dumps(summary, indent=1))
     import matplotlib
     matplotlib.use('Agg')
