@@ -273,3 +273,15 @@ def test_a_device_at_risk_is_moved_off_only_after_the_grace_and_then_at_most_onc
     n = len(tries)
     pool.rebalance()
     assert len(tries) == n
+
+
+def test_the_publication_lag_and_unmeasured_apps_reach_every_device():
+    """One outlet publishes every device's results: its lag is kept on each; a request may land on any device,
+    so the apps not yet measured are every device's."""
+    pool, _, _ = make_pool(2, rebalance_period_s=0)
+    pool.publication_lag_ms = 0.4
+    assert [e.kept_after_handover_ms for e in pool.engines] == [0.4, 0.4] and pool.publication_lag_ms == 0.4
+    pool.set_app('a', Bounds(max_latency_ms=100.0), rate_hz=30, source='/cam0')
+    pool.set_app('b', Bounds(max_latency_ms=100.0), rate_hz=30, source='/cam1')
+    assert sorted(pool.unmeasured_apps('new')) == ['a', 'b']
+    assert pool.unmeasured_apps('a') == ['b']
