@@ -436,6 +436,17 @@ def test_collections_in_the_window_are_summed_and_reported():
     assert '1 full, longest 42.0 ms' in table
 
 
+def test_the_outlet_lag_in_the_window_is_reported():
+    stamps = [T0 + i * 100 * MS for i in range(10)]
+    raw = _raw('node', [_row(s, e2e_ms=10.0) for s in stamps], stamps)
+    raw['recorder']['outlet_lags'] = [(T0 - MS, '/delen: engine', 9.0),       # before the window
+                                      (T0 + 300 * MS, '/delen: engine', 0.25),
+                                      (T0 + 600 * MS, '/delen: engine', 0.45),
+                                      (T0 + 900 * MS, '/delen: engine', 0.3)]
+    lag = analyze(raw, duration_s=1.0)['total']['node_outlet_lag_p99_ms']
+    assert (lag['median'], lag['max'], lag['periods']) == (0.3, 0.45, 3)
+
+
 def test_choice_margins_in_the_window_are_reported():
     """delen's learnt margins, as the cameras' /diagnostics entries name them, summed up over the window."""
     stamps = [T0 + i * 100 * MS for i in range(10)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import statistics
 from typing import Any, Sequence
 
 import numpy as np
@@ -287,6 +288,12 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
                                      'apps_max': max(m[2] for m in margins),
                                      'note': "from the nodes' /diagnostics in the window, per camera and period: the "
                                              'largest margin any app kept for its steps taken by choice, and how many apps kept one'}
+    # the result outlet's publication lag the nodes kept in their bounds in the window (/diagnostics, p99 each period)
+    lags = [g[2] for g in raw['recorder'].get('outlet_lags') or [] if t0 < g[0] <= t1]
+    if lags:
+        tot['node_outlet_lag_p99_ms'] = {'median': statistics.median(lags), 'max': max(lags), 'periods': len(lags),
+                                         'note': "the result outlet's write -> published lag (p99 over the last "
+                                                 'seconds) each node reported and kept in its latency bounds'}
     # resources of the node (or echo) over the window
     s0, s1 = raw.get('target_start'), raw.get('target_end')
     if s0 and s1:

@@ -275,6 +275,7 @@ def _record_main(argv: Sequence[str]) -> int:
     gc_pauses: list[tuple] = []
 
     choice_margins: list[tuple] = []
+    outlet_lags: list[tuple] = []   # (t_ns, diagnostics entry, outlet_lag_p99_ms)
 
     def on_diagnostics(msg: Any) -> None:   # the engine's entry: Python's collections; a camera's: its apps' margins
         for entry in msg.status:
@@ -286,6 +287,11 @@ def _record_main(argv: Sequence[str]) -> int:
                     margins = []
                 if margins:
                     choice_margins.append((time.time_ns(), entry.name, len(margins), max(margins)))
+            if values.get('outlet_lag_p99_ms'):   # the result outlet's write -> published, kept in the bounds
+                try:
+                    outlet_lags.append((time.time_ns(), entry.name, float(values['outlet_lag_p99_ms'])))
+                except ValueError:
+                    pass
             if 'gc_pause_max_ms' in values:
                 gc_pauses.append((time.time_ns(), entry.name, int(values.get('gc_full_collections', 0)),
                                   float(values['gc_pause_max_ms']), float(values.get('gc_pause_total_ms', 0.0)),
@@ -334,7 +340,8 @@ def _record_main(argv: Sequence[str]) -> int:
                                     else parameter_value_to_python(value))
     pathlib.Path(args.out).write_text(json.dumps({
         'topics': topics, 'fields': RESULT_FIELDS, 'rows': rows, 'status': status, 'status_topics': status_topics,
-        'gc_pauses': gc_pauses, 'choice_margins': choice_margins, 'node_params_seen': params_seen,
+        'gc_pauses': gc_pauses, 'choice_margins': choice_margins, 'outlet_lags': outlet_lags,
+        'node_params_seen': params_seen,
         'cpu_s': time.process_time() - cpu0}, default=list))
     executor.shutdown(timeout_sec=1.0)
     node.destroy_node()
