@@ -293,7 +293,8 @@ class AppManager:
                                                   'now)' if unserved else ''))
         if self.closed:
             response.accepted, response.planned_exit = False, -1
-            response.message = 'the node was cleaned up or shut down while the request was held; ask again once it is active'
+            response.message = ('the node was cleaned up or shut down while the request was held; ask again once '
+                                'it is active')
             return response
         return self.judge_bounds(request, response)
 

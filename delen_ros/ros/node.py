@@ -119,7 +119,8 @@ class DelenNode(StatusMixin, LifecycleNode):
         admissions = MutuallyExclusiveCallbackGroup()
         self._delen_services = [self.create_service(t, n, cb, qos_profile=qos, callback_group=group)
                                 for t, n, cb, group in (
-            (SetBounds, '~/set_bounds', apps.set_bounds, admissions), (RemoveApp, '~/remove_app', apps.remove_app, None),
+            (SetBounds, '~/set_bounds', apps.set_bounds, admissions),
+            (RemoveApp, '~/remove_app', apps.remove_app, None),
             (GetProfile, '~/get_profile', self._on_get_profile, None))]
         apps.restore(initial)
         from delen_ros.core.runner import dtype_name   # here: importing the node module loads no torch
