@@ -48,7 +48,7 @@ def test_a_held_request_leaves_the_executor_to_others_and_waits_no_longer_than_t
         profile = peer.call(GetProfile, '/delen/get_profile', GetProfile.Request(), timeout=10.0)
         assert len(profile.latency_ms) == 4 and not held.done(), 'get_profile waited for the held request'
         wait_until(held.done, timeout=SETTLE_S + 10.0, what='the held answer')
-        assert held.result().accepted, held.result().message
+        assert held.result().accepted and '(1 of them not served' in held.result().message, held.result().message
         assert time.monotonic() - asked >= SETTLE_S * 0.9
         line = wait_until(lambda: _held(node, 'next'), timeout=5.0, what='the log line')
         assert 'first frames of silent (1 of them not served' in line, line
@@ -63,7 +63,8 @@ def test_a_request_is_held_until_the_frames_of_the_app_before_it_are_served(tmp_
         first.wait_for(3, timeout=30.0)
         results = peer.subscribe(InferenceResult, '/delen/live/result')
         assert peer.call(SetBounds, '/delen/set_bounds', _request('live', '/held/live')).accepted
-        assert peer.call(SetBounds, '/delen/set_bounds', _request('after', '/held/after')).accepted
+        after = peer.call(SetBounds, '/delen/set_bounds', _request('after', '/held/after'))
+        assert after.accepted and after.message.startswith('held ') and 'first frames of live' in after.message
         line = wait_until(lambda: _held(node, 'after'), timeout=5.0, what='the log line')
         assert 'first frames of live' in line and 'not served' not in line, line
         results.wait_for(1, timeout=10.0)

@@ -282,21 +282,23 @@ class AppManager:
         """``~/set_bounds``, judged (:meth:`judge_bounds`) once the apps admitted just before it whose cameras
         publish have had frames served (:meth:`_unmeasured`): their load is then in the costs it is judged
         on. Held for that up to ``settle_s``, without holding the executor; judged on what is known then."""
-        unmeasured = self._unmeasured(request.app_id)
+        unmeasured, held = self._unmeasured(request.app_id), ''
         if unmeasured:
             held_s, _ = await self._held.until(
                 lambda: self.closed or not self._unmeasured(request.app_id), self._settle_s)
             unserved = set(self.engine.unmeasured_apps(request.app_id, within_ns=None)) & set(unmeasured)
-            self._node.get_logger().info(
-                f'set_bounds({request.app_id[:64]!r}) held {held_s * 1e3:.0f} ms for the first frames of '
-                f'{", ".join(unmeasured[:4])}' + (f' ({len(unserved)} of them not served: judged on the costs known '
-                                                  'now)' if unserved else ''))
+            held = (f'held {held_s * 1e3:.0f} ms for the first frames of {", ".join(unmeasured[:4])}'
+                    + (f' ({len(unserved)} of them not served: judged on the costs known now)' if unserved else ''))
+            self._node.get_logger().info(f'set_bounds({request.app_id[:64]!r}) {held}')
         if self.closed:
             response.accepted, response.planned_exit = False, -1
             response.message = ('the node was cleaned up or shut down while the request was held; ask again once '
                                 'it is active')
             return response
-        return self.judge_bounds(request, response)
+        response = self.judge_bounds(request, response)
+        if held:   # why the answer took that long, in the answer itself
+            response.message = f'{response.message} ({held})' if response.message else held
+        return response
 
     def _unmeasured(self, app_id: str) -> list[str]:
         """``Engine.unmeasured_apps`` whose camera has a publisher (one that sends nothing yet is not waited
