@@ -43,12 +43,12 @@ class HeldRequests:
         self._when_done: list[Callable[[], None]] = []
         self._group = MutuallyExclusiveCallbackGroup()
 
-    async def until(self, ready: Callable[[], bool], timeout_s: float) -> tuple[float, bool]:
-        """Yield to the executor until ``ready()`` or ``timeout_s`` s (or :meth:`cancel`); returns
-        (seconds held, whether ``ready()`` held at the end)."""
+    async def until(self, ready: Callable[[], bool], timeout_s: float) -> float:
+        """Yield to the executor until ``ready()`` or ``timeout_s`` s (or :meth:`cancel`); returns the
+        seconds held."""
         start = time.monotonic()
         if timeout_s <= 0 or ready():
-            return 0.0, True
+            return 0.0
         epoch = self._epoch
         self.waiting += 1
         if self._timer is None:
@@ -58,8 +58,8 @@ class HeldRequests:
             while time.monotonic() - start < timeout_s and self._epoch == epoch:
                 await _NextWake()
                 if ready():
-                    return time.monotonic() - start, True
-            return time.monotonic() - start, False
+                    break
+            return time.monotonic() - start
         finally:
             self.waiting -= 1
 

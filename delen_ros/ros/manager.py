@@ -284,8 +284,8 @@ class AppManager:
         on. Held for that up to ``settle_s``, without holding the executor; judged on what is known then."""
         unmeasured, held = self._unmeasured(request.app_id), ''
         if unmeasured:
-            held_s, _ = await self._held.until(
-                lambda: self.closed or not self._unmeasured(request.app_id), self._settle_s)
+            # a cleanup ends the wait too: _unmeasured is empty once inactive, and HeldRequests.cancel
+            held_s = await self._held.until(lambda: not self._unmeasured(request.app_id), self._settle_s)
             unserved = set(self.engine.unmeasured_apps(request.app_id, within_ns=None)) & set(unmeasured)
             held = (f'held {held_s * 1e3:.0f} ms for the first frames of {", ".join(unmeasured[:4])}'
                     + (f' ({len(unserved)} of them not served: judged on the costs known now)' if unserved else ''))
