@@ -20,7 +20,7 @@ from delen_ros.tools import e2e_bench
 from delen_ros.tools import e2e_children
 from delen_ros.tools.e2e_analysis import analyze
 from delen_ros.tools.e2e_bench import (NodeParam, _node_ros_args, _parse_node_params, configure_seconds, device_slug,
-                                       parse_node_param)
+                                       graphs_settled_seconds, parse_node_param)
 from delen_ros.tools.e2e_children import RESULT_FIELDS
 from delen_ros.tools.e2e_report import overheads, render_table, replot, write_plots
 
@@ -162,6 +162,15 @@ def test_configure_seconds_from_the_node_log(tmp_path):
     log.write_text('delen_node: parameter torch_threads: must be in [0, 256]; got -3\n')
     assert configure_seconds(log) is None
     assert configure_seconds(tmp_path / 'missing.log') is None
+
+
+def test_graphs_settled_seconds_from_the_node_log(tmp_path):
+    log = tmp_path / 'node.log'
+    log.write_text('[INFO] [5.0] [delen]: CUDA graphs settled after 2.7 s in the background: 9 of 60 on cuDNN, '
+                   'the others on native convolutions (faster there)\n')
+    assert graphs_settled_seconds(log) == pytest.approx(2.7)
+    log.write_text('[INFO] [2.0] [delen]: configured in 3.4 s: model fashion_mnist (4 exits) on cpu\n')
+    assert graphs_settled_seconds(log) is None   # the CPU: no graphs
 
 
 def test_report_header_names_node_params_echo_and_configure_time():

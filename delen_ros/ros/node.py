@@ -34,7 +34,7 @@ from delen_ros.core.host_memory import HOST_MEMORY
 from delen_ros.msg import AppStatus
 from delen_ros.srv import GetProfile, RemoveApp, SetBounds
 
-from . import assembly, params
+from . import assembly, core_log, params
 from .apps import parse_apps_param
 from .conversions import ImageFormatError, image_to_array, parse_image_cdr
 from .held_requests import HeldRequests
@@ -59,6 +59,7 @@ class DelenNode(StatusMixin, LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
         super().__init__(node_name, **kwargs)
+        self._core_log = core_log.attach(self.get_logger())   # the ROS-free core's logging lines, in this node's log
         params.declare(self)
         # Attribute names must not collide with rclpy.Node's own (it has _services, _timers, ...).
         self._p: params.NodeParams | None = None
@@ -191,6 +192,10 @@ class DelenNode(StatusMixin, LifecycleNode):
         """Stop serving and free everything, whatever the state (idempotent; for shutdown paths)."""
         self._deactivate()
         self._release()
+
+    def destroy_node(self) -> None:
+        core_log.detach(self._core_log)
+        super().destroy_node()
 
     def _release(self) -> None:
         """Undo configure: engine first (its worker publishes), then services, publishers, apps, model."""

@@ -94,8 +94,8 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     """Per-app and total figures of one configuration from what :func:`run_config` gathered."""
     out: dict[str, Any] = {k: raw.get(k) for k in ('name', 'config', 'domain_id', 'bounds_ms', 'startup_s', 'wall_s',
                                                    'error', 'log_tails', 'exit_codes', 'target_alive_at_end', 'gpu')}
-    for key in ('echo', 'node_params', 'node_param_overrides', 'node_configure_s', 'refused', 'refused_by',
-                'register_order', 'register_gap_s', 'register_answers', 'held_requests'):
+    for key in ('echo', 'node_params', 'node_param_overrides', 'node_configure_s', 'node_graphs_settled_s', 'refused',
+                'refused_by', 'register_order', 'register_gap_s', 'register_answers', 'held_requests'):
         if key in raw:
             out[key] = raw[key]
     if 'recorder' not in raw:
@@ -316,6 +316,8 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
     h0, h1 = raw.get('host_cpu_start'), raw.get('host_cpu_end')
     if h0 and h1 and h1[1] > h0[1]:
         tot['host_cpu_busy_share'] = (h1[0] - h0[0]) / (h1[1] - h0[1])
+        if len(h0) > 2 and len(h1) > 2:   # recorded since session 39
+            tot['host_cpu_steal_share'] = (h1[2] - h0[2]) / (h1[1] - h0[1])
     p0, p1 = raw.get('procs_start') or {}, raw.get('procs_end') or {}
     tot['cpu_share_by_process'] = {k: (p1[k]['cpu_s'] - p0[k]['cpu_s']) / span_s for k in p0
                                    if p0.get(k) and p1.get(k)}

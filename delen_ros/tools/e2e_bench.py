@@ -203,14 +203,15 @@ def thread_tree_sample(pid: int) -> dict[str, Any] | None:
     return sample_threads(pid, descendants(pid))
 
 
-def _host_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from ``/proc/stat``."""
+def _host_cpu() -> tuple[float, float, float]:
+    """(busy, total, stolen) jiffies of the whole machine, from ``/proc/stat``. Stolen: time a virtual
+    machine's CPUs were ready but its host ran something else (a noisy neighbour), counted in busy."""
     try:
         values = [int(v) for v in pathlib.Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
     except (OSError, ValueError):
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return float(sum(values) - idle), float(sum(values))
+    return float(sum(values) - idle), float(sum(values)), float(values[7] if len(values) > 7 else 0)
 
 
 class GpuSampler:
@@ -658,6 +659,8 @@ def run_config(args, config: Config, *, domain_id: int, workdir: pathlib.Path, b
         if config.kind == 'node':
             raw['node_configure_s'] = [configure_seconds(children.log_path(name))
                                        for name in children.procs if re.fullmatch(r'node\d*', name)]
+            raw['node_graphs_settled_s'] = [graphs_settled_seconds(children.log_path(name))
+                                            for name in children.procs if re.fullmatch(r'node\d*', name)]
             raw['held_requests'] = [h for name in children.procs if re.fullmatch(r'node\d*', name)
                                     for h in held_requests(children.log_path(name))]
     return raw
@@ -684,16 +687,28 @@ def _kill_node(children: Children, name: str, *, namespace: str) -> dict[str, An
 
 #: ``[SEVERITY] [seconds.nanoseconds] [delen_placer]: message``: the ROS console's default line
 _CONFIGURED = re.compile(r'configured in ([0-9]+(?:\.[0-9]*)?) s\b')
+_SETTLED = re.compile(r'CUDA graphs settled after ([0-9]+(?:\.[0-9]*)?) s in the background')
+
+
+def _last_seconds(log: pathlib.Path, pattern: re.Pattern) -> float | None:
+    """The seconds in ``pattern``'s last match in the node's log; ``None`` if none (or no log)."""
+    try:
+        found = pattern.findall(pathlib.Path(log).read_text(errors='replace'))
+    except OSError:
+        return None
+    return float(found[-1]) if found else None
 
 
 def configure_seconds(log: pathlib.Path) -> float | None:
     """The node's configure time from its log (its ``configured in X s`` line; the last, if it configured
     more than once); ``None`` if the log has none (the node failed or never got that far)."""
-    try:
-        found = _CONFIGURED.findall(pathlib.Path(log).read_text(errors='replace'))
-    except OSError:
-        return None
-    return float(found[-1]) if found else None
+    return _last_seconds(log, _CONFIGURED)
+
+
+def graphs_settled_seconds(log: pathlib.Path) -> float | None:
+    """How long the node's background CUDA-graph captures and cuDNN trials took (its ``CUDA graphs settled
+    after X s`` line); ``None`` where they did not end in the run, or there were none (CPU, no graphs)."""
+    return _last_seconds(log, _SETTLED)
 
 
 _HELD = re.compile(r"set_bounds\('([^']*)'\) held ([0-9]+) ms for the first frames of ([^(\n]*)(?:\(([0-9]+) of them)?")

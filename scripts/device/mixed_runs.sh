@@ -11,6 +11,8 @@
 # MODEL (cifar10_committee), BOUNDS (10,33@0.9415:min_energy). Carry [".whl", ".devdata/cifar10_test.packed.npz"].
 # Refusals for another app's running step are judged only where frames of two cameras can meet: add
 # "--phase drift" to EXTRA_<NAME> for such runs (session 29: with the default spread phases they never do).
+# COLD=1 among a run's VARs is not the node's: before that run the host's page cache is written back and dropped
+# (sync; drop_caches), as on a host's first run after set-up (session 39).
 # Session 28's five calls ran an earlier form of it (benchmarks/h200/choice_headroom_session28); session 29 ran this one
 # (benchmarks/h200/cascade_admission_session29).
 set -u
@@ -33,10 +35,15 @@ one() {
        tar czf "$R/x/$name/raw/w.tgz" -T -);; esac
   grep -h "^| delen" "$R/x/$name/e2e.md" | cut -c1-120
   # the node's configure time (when its cuDNN trials ended is in a trace: DELEN_TRACE, R runs; the log has no line)
-  grep -rh "configured in" /tmp/delen_e2e_work --include='*.log' 2>/dev/null | cut -c1-200 | head -2
+  grep -rh "configured in\|graphs settled after" /tmp/delen_e2e_work --include='*.log' 2>/dev/null | cut -c1-200 | head -3
 }
 for spec in "$@"; do
   name=${spec%%:*}; vars=""; [ "$spec" != "$name" ] && vars=${spec#*:}
+  case " $vars " in *" COLD=1 "*)
+    vars=$(echo " $vars " | sed 's/ COLD=1 / /; s/^ *//; s/ *$//')
+    t0=$(date +%s.%N); sync; echo 3 > /proc/sys/vm/drop_caches && echo "page cache dropped ($(date +%s.%N) - $t0 s)"
+    ;;
+  esac
   echo "== $name [$vars] $(date +%T)"
   one "$name" $vars
   (cd "$R" && tar czf "$OUT/res.tgz" x ./*.log)
