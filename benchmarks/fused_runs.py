@@ -9,6 +9,8 @@ fused run (issue 8, session 8). Variants (``--variants``):
               (before session 9; the engine now learns per call + per frame, a lone stall clamped:
               ``core/batch_cost.BatchCost``)
   pre_clamped pre_per_frame with the stall clamp alone
+  choice_behind  pooled, with steps taken by choice while the app is behind (before session 39; the engine
+              now stops such a frame at the first exit meeting its bounds: ``Engine.choice_steps_when_behind``)
 
 ``--pre-call-ms``: preprocessing costs this much Python (GIL held) per call whatever the batch, as the
 GPU path does (a few kernel launches for the whole batch); 0: the CPU preprocessing of a tiny image.
@@ -111,13 +113,14 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
 
     def on_result(r):
         with lock:
-            results.append((r.arrival_ns, r.latency_ms))
+            results.append((r.arrival_ns, r.latency_ms, r.exit_index))
 
     engine = Engine(model, profile, runner=runner, policy=policy, max_batch=32, queue_depth=queue_depth,
                     on_result=on_result, device_preprocess=False)
     engine.finish_started = finish_started   # benchmarks/overload_collapse.py's A/B
     engine.split_runs_for = 'earlier' if variant == 'earlier' else 'any'
-    engine.corrector.pool_batch_sizes = variant in ('pooled', 'pre_per_frame', 'pre_clamped')
+    engine.corrector.pool_batch_sizes = variant in ('pooled', 'pre_per_frame', 'pre_clamped', 'choice_behind')
+    engine.choice_steps_when_behind = variant == 'choice_behind'   # as before session 39
     if variant == 'pre_per_frame':   # as before session 9
         engine.preprocess_cost = BatchCost.per_frame_only()
     elif variant == 'pre_clamped':
@@ -152,12 +155,15 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
     answered_per_bin = [0] * bins
     for t in sent:
         sent_per_bin[min(bins - 1, int((t - t0) / 1e9 / bin_s))] += 1
-    for arrival, latency in results:
+    for arrival, latency, _ in results:
         answered_per_bin[min(bins - 1, int((arrival - t0) / 1e9 / bin_s))] += 1
         if latency <= bound_ms:
             within_per_bin[min(bins - 1, int((arrival - t0) / 1e9 / bin_s))] += 1
     within = sum(within_per_bin)
-    latencies = sorted(latency for _, latency in results)
+    latencies = sorted(latency for _, latency, _ in results)
+    exits = [0] * len(step_ms)
+    for *_, k in results:
+        exits[k] += 1
     after = int((stall_at_s + 1.0) / bin_s)   # from a second after the stall
     steps = len(runner.calls) - warm_calls
     return {'variant': variant, 'policy': policy, 'apps': apps, 'sent': len(sent), 'answered': len(results),
@@ -166,6 +172,7 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
             'latency_p50_ms': latencies[len(latencies) // 2] if latencies else None,
             'latency_p99_ms': latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
             'latency_max_ms': latencies[-1] if latencies else None,
+            'exit_mix': [round(n / max(1, len(results)), 4) for n in exits], 'stops_behind': engine.stops_behind,
             'turns_per_frame': turns[0] / max(1, len(sent)), 'steps_per_turn': steps / max(1, turns[0]),
             'within_share_by_bin': [w / s if s else None for w, s in zip(within_per_bin, sent_per_bin)],
             'answered_share_by_bin': [a / s if s else None for a, s in zip(answered_per_bin, sent_per_bin)]}
@@ -208,7 +215,7 @@ def main() -> int:
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--pre-call-ms', type=float, default=0.0)
     p.add_argument('--variants', nargs='+', default=['per_batch', 'pooled'],
-                   choices=['per_batch', 'pooled', 'earlier', 'pre_per_frame', 'pre_clamped'])
+                   choices=['per_batch', 'pooled', 'earlier', 'pre_per_frame', 'pre_clamped', 'choice_behind'])
     args = p.parse_args()
     rows = []
     for apps in args.apps:

@@ -129,9 +129,9 @@ class CountingRunner(FakeRunner):
         self.syncs += 1
 
 
-def serve(fuse: bool, apps: dict[str, Bounds], frames, *, sleep_ms=(0.2, 0.2, 0.2, 0.2), **kwargs):
+def serve(fuse: bool, apps: dict[str, Bounds], frames, *, sleep_ms=(0.2, 0.2, 0.2, 0.2), before_frame=None, **kwargs):
     """Serve ``frames`` (``(app_ids, image)``, one at a time) on a fresh engine; returns the results
-    (in order), the runner and the engine (stopped)."""
+    (in order), the runner and the engine (stopped). ``before_frame(engine)``: called before each submit."""
     model = fake_model()
     runner = CountingRunner(model, sleep_ms=sleep_ms)
     collector = Collector()
@@ -145,6 +145,8 @@ def serve(fuse: bool, apps: dict[str, Bounds], frames, *, sleep_ms=(0.2, 0.2, 0.
     try:
         expected = 0
         for app_ids, image in frames:
+            if before_frame is not None:
+                before_frame(engine)
             engine.submit(app_ids, image)
             expected += len(app_ids)
             collector.wait(expected)   # one frame at a time: the same batches with and without fusion
@@ -194,6 +196,27 @@ def test_a_mixed_batch_fuses_to_the_earliest_stop_and_the_rest_goes_on():
     assert runner.calls == [(0, 1), (1, 1), (2, 1), (3, 1)]     # the frame's features computed once
     assert runner.heads == [1, 3] and runner.syncs == 2
     assert runner.requeues == [2]                                 # 'nav' went on from exit 1, once
+
+
+@pytest.mark.parametrize('choice_when_behind', [False, True])
+def test_an_app_behind_takes_no_step_by_choice_past_a_cut_run(choice_when_behind):
+    """The batch above, with 'nav' behind (a frame of its pushed out of its queue just now): it stops at
+    exit 1 with 'inspect', its bound met, in the same turn. ``choice_steps_when_behind`` (before session
+    39) sends it on in a turn of its own, as when it keeps up."""
+    apps = {'nav': Bounds(max_latency_ms=LOOSE_MS), 'inspect': Bounds(max_energy_mj=3.0)}
+
+    def nav_behind(engine):
+        engine.choice_steps_when_behind = choice_when_behind
+        engine._apps['nav'].evicted_ns = engine.clock()
+
+    results, runner, engine = serve(True, apps, [(['nav', 'inspect'], fake_image(2, 200))], before_frame=nav_behind)
+    exits = {r.app_id: r.exit_index for r in results}
+    if choice_when_behind:
+        assert exits == {'nav': 3, 'inspect': 1} and runner.syncs == 2 and engine.stops_behind == 0
+    else:
+        assert exits == {'nav': 1, 'inspect': 1} and runner.syncs == 1 and engine.stops_behind == 1
+        assert all(r.bounds_met for r in results)
+        assert engine.worker_counters()['stops_behind'] == 1
 
 
 def test_energy_and_compute_are_accounted_as_step_by_step():

@@ -447,6 +447,12 @@ class Engine(AdmissionMixin, StatsMixin):
         #: a result published late while its app's frames are being pushed out of its queue raises the
         #: margin too (True: as before session 36, an A/B; see deliver)
         self.margin_learns_when_behind = False
+        #: a frame of an app whose queue pushes frames out may still go deeper than its bounds ask, by choice
+        #: (True: as before session 39, an A/B). Off, it stops at the first exit that meets them: a fused
+        #: run cut there for its pressed frames ends for all of them, instead of going on in turns of its own
+        #: (on a slow H200 host `delen` at saturation served half the frames so: sat_session36/37)
+        self.choice_steps_when_behind = False
+        self.stops_behind = 0   # frames stopped so (their app behind), since start
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
         self._idle_tasks: dict[str, tuple[Callable[[], Any], int]] = {}
         # the outside-the-device parts (transport, overhead, delivery) the last admission passed with:
@@ -1179,6 +1185,14 @@ class Engine(AdmissionMixin, StatsMixin):
             self._turn_ms() + self.corrector.tail_ms()   # a step after a look is a turn of its own
         finished, going_on = [], []
         allowance_ms = self.policy_allowance_ms
+        # An app whose frames are being pushed out of its queue takes no step by choice (its bounds met
+        # at this exit): its frame stops here, with the run's others, and its next frames start sooner.
+        met_at = None if last or self.choice_steps_when_behind else getattr(self.policy, 'accuracy_met', None)
+        behind: set[str] = set()
+        if met_at is not None:
+            with self._cond:
+                behind = {a for a in {r.app_id for r in requests}
+                          if (app := self._apps.get(a)) is not None and app.behind(now)}
         for r in requests:
             s: _State = r.state
             i = slot[id(r.frame)]
@@ -1199,6 +1213,9 @@ class Engine(AdmissionMixin, StatsMixin):
             # A late frame (cannot meet its bound any more) is served at the fastest exit when the
             # engine enforces deadlines; the baselines decide as their systems do.
             stop = (r.late and enforce) or self.policy.decide(ctx) is Decision.STOP
+            if not stop and r.app_id in behind and met_at(ctx):
+                stop = True
+                self.stops_behind += 1
             (finished if stop else going_on).append(r)
         t_decided = time.perf_counter_ns()
         decide_ns = t_decided - t_decide
