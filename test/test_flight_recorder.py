@@ -84,6 +84,20 @@ def test_a_trace_without_late_frames_still_sums_the_on_time_ones(tmp_path):
     assert on_time['count'] == 1 and on_time['turn_device_ms'] == 0.5
 
 
+def test_a_late_frame_says_how_long_after_its_arrival_it_was_queued(tmp_path):
+    recorder = FlightRecorder(str(tmp_path / 'trace.jsonl'))
+    recorder.add('submit', 5 * MS, 6 * MS, apps=1, ahead=True, queued=1, arrival_ns=0)   # queued 6 ms after it came
+    end = _turn(recorder, 7 * MS, 3.0, 'a')
+    recorder.add('result', 0, end, app='a', bound_ms=10.0, exit=0, served_ns=7 * MS, compute_ns=3 * MS, late=True,
+                 expired=False)
+    recorder.add('result', 1, 2 * MS, app='b', bound_ms=10.0, exit=0, served_ns=MS, compute_ns=MS, late=False,
+                 expired=False)   # no submit recorded for it (a trace from before session 39)
+    recorder.write()
+    report = late_report(load(str(tmp_path / 'trace.jsonl')))
+    assert report['late'][0]['submitted_ms'] == 6.0 and report['mean']['late']['submitted_ms'] == 6.0
+    assert 'submitted_ms' not in report['mean']['on_time']
+
+
 def test_step_times_pair_each_run_with_its_results_and_compare_them_with_the_profile(tmp_path):
     recorder = FlightRecorder(str(tmp_path / 'trace.jsonl'))
     t = 10 * MS

@@ -698,7 +698,8 @@ class Engine(AdmissionMixin, StatsMixin):
             if queued:
                 self._cond.notify()
         if RECORDER is not None:
-            RECORDER.add('submit', t_submit, time.perf_counter_ns(), apps=len(app_ids), ahead=ahead, queued=queued)
+            RECORDER.add('submit', t_submit, time.perf_counter_ns(), apps=len(app_ids), ahead=ahead, queued=queued,
+                         arrival_ns=arrival)   # the frame's results carry it: how long after it was it queued
         return queued
 
     def _uploads_ahead(self, app_ids: Sequence[str]) -> bool | None:

@@ -88,6 +88,8 @@ def late_report(spans: list[dict[str, Any]], *, margin_ms: float = 1.0, period_s
               for kind in ('status', 'recheck', 'meter', 'capture', 'cudnn_trial', 'gc', 'submit', 'publish',
                            'handover')}
     turns = _Spans(_turns(spans))
+    # when each frame was queued (its submit's end), by its arrival (recorded since session 39)
+    queued_at = {s['arrival_ns']: s['end_ns'] for s in spans if s['kind'] == 'submit' and 'arrival_ns' in s}
     groups: dict[str, list[dict[str, Any]]] = {'late': [], 'on_time': []}
     for r in results:
         latency = (r['end_ns'] - r['start_ns']) / 1e6
@@ -97,6 +99,8 @@ def late_report(spans: list[dict[str, Any]], *, margin_ms: float = 1.0, period_s
                                'exit': r['exit'], 'at_s': round((t0 - t_first) / 1e9, 3),
                                'queue_ms': round(((r['served_ns'] if r.get('served_ns') else t1) - t0) / 1e6, 3),
                                'compute_ms': round(r['compute_ns'] / 1e6, 3)}
+        if r['start_ns'] in queued_at:   # arrival -> in the engine's queue (parse, upload ahead, the reader's turn)
+            row['submitted_ms'] = round((queued_at[r['start_ns']] - t0) / 1e6, 3)
         during = turns.overlapping(t0, t1)
         served = [t for t in during if r['app'] in t['apps']]
         for part in ('lock', 'plan', 'pre', 'input', 'launch', 'device', 'decide'):
@@ -108,9 +112,10 @@ def late_report(spans: list[dict[str, Any]], *, margin_ms: float = 1.0, period_s
             row[f'{kind}_ms'] = round(sum(_overlap(t0, t1, s['start_ns'], s['end_ns'])
                                           for s in index.overlapping(t0, t1)) / 1e6, 3)
         groups['late' if late else 'on_time'].append(row)
-    first = next((rows[0] for rows in groups.values() if rows), {})   # every row has the same keys
-    keys = [k for k in first if k.endswith('_ms') and k != 'bound_ms']
-    summary = {name: {k: round(statistics.fmean(row[k] for row in rows), 3) for k in keys} | {'count': len(rows)}
+    keys = list(dict.fromkeys(k for rows in groups.values() for row in rows for k in row
+                              if k.endswith('_ms') and k != 'bound_ms'))   # submitted_ms: where a submit matched
+    summary = {name: {k: round(statistics.fmean(row[k] for row in rows if k in row), 3)
+                      for k in keys if any(k in row for row in rows)} | {'count': len(rows)}
                for name, rows in groups.items() if rows}
     phases = collections.Counter(round(math.fmod(row['at_s'], period_s), 2) for row in groups['late'])
     return {'results': len(results), 'margin_ms': margin_ms, 'mean': summary,
