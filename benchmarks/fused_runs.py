@@ -9,8 +9,9 @@ fused run (issue 8, session 8). Variants (``--variants``):
               (before session 9; the engine now learns per call + per frame, a lone stall clamped:
               ``core/batch_cost.BatchCost``)
   pre_clamped pre_per_frame with the stall clamp alone
-  choice_behind  pooled, with steps taken by choice while the app is behind (before session 39; the engine
-              now stops such a frame at the first exit meeting its bounds: ``Engine.choice_steps_when_behind``)
+  choice_behind  pooled, with steps taken by choice while the app is behind (before session 39)
+  no_choice_behind  pooled, a frame of an app that is behind stops at the first exit meeting its bounds
+              (``Engine.choice_steps_when_behind`` off: the engine's default since session 39)
 
 ``--pre-call-ms``: preprocessing costs this much Python (GIL held) per call whatever the batch, as the
 GPU path does (a few kernel launches for the whole batch); 0: the CPU preprocessing of a tiny image.
@@ -119,8 +120,9 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
                     on_result=on_result, device_preprocess=False)
     engine.finish_started = finish_started   # benchmarks/overload_collapse.py's A/B
     engine.split_runs_for = 'earlier' if variant == 'earlier' else 'any'
-    engine.corrector.pool_batch_sizes = variant in ('pooled', 'pre_per_frame', 'pre_clamped', 'choice_behind')
-    engine.choice_steps_when_behind = variant == 'choice_behind'   # as before session 39
+    engine.corrector.pool_batch_sizes = variant in ('pooled', 'pre_per_frame', 'pre_clamped', 'choice_behind',
+                                                    'no_choice_behind')
+    engine.choice_steps_when_behind = variant != 'no_choice_behind'
     if variant == 'pre_per_frame':   # as before session 9
         engine.preprocess_cost = BatchCost.per_frame_only()
     elif variant == 'pre_clamped':
@@ -215,7 +217,8 @@ def main() -> int:
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--pre-call-ms', type=float, default=0.0)
     p.add_argument('--variants', nargs='+', default=['per_batch', 'pooled'],
-                   choices=['per_batch', 'pooled', 'earlier', 'pre_per_frame', 'pre_clamped', 'choice_behind'])
+                   choices=['per_batch', 'pooled', 'earlier', 'pre_per_frame', 'pre_clamped', 'choice_behind',
+                            'no_choice_behind'])
     args = p.parse_args()
     rows = []
     for apps in args.apps:

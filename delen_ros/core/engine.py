@@ -448,9 +448,12 @@ class Engine(AdmissionMixin, StatsMixin):
         #: margin too (True: as before session 36, an A/B; see deliver)
         self.margin_learns_when_behind = False
         #: a frame of an app whose queue pushes frames out may still go deeper than its bounds ask, by choice
-        #: (True: as before session 39, an A/B). Off, it stops at the first exit that meets them: a fused
-        #: run cut there for its pressed frames ends for all of them, instead of going on in turns of its own
-        #: (on a slow H200 host `delen` at saturation served half the frames so: sat_session36/37)
+        #: (True: as before session 39, an A/B). Off, it stops at the first exit that meets them, so that a
+        #: fused run cut there for its pressed frames ends for all of them instead of going on in turns of
+        #: their own (on slow H200 hosts `delen` at saturation served half the frames so: sat_session36/37).
+        #: The CPU stand-in of such a host (benchmarks/cpu/choice_behind_session39): within the bound 0.83-0.95
+        #: against 0.34-0.63 in 5 of 5 interleaved pairs; on an H200 that did not collapse, no difference
+        #: (benchmarks/h200/session39, 0.83-0.92x the engine against 0.84-0.96x).
         self.choice_steps_when_behind = False
         self.stops_behind = 0   # frames stopped so (their app behind), since start
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
