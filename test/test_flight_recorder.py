@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -62,6 +63,27 @@ def test_unset_means_no_recorder_and_set_writes_at_exit(tmp_path):
     assert len(written) == 1 and '{pid}' not in written[0].name
     kinds = {json.loads(line)['kind'] for line in written[0].read_text().splitlines()}
     assert 'status' in kinds
+
+
+def test_the_engine_records_each_schedule_and_each_submits_arrival(tmp_path):
+    # a real engine in a process of its own (the recorder is made at import, from DELEN_TRACE)
+    code = ('import sys; sys.path.insert(0, sys.argv[1]); '
+            'from delen_ros.core.bounds import Bounds; from delen_ros.core.engine import Engine; '
+            'from fakes import Collector, FakeRunner, fake_image, fake_model, synthetic_profile; '
+            'm = fake_model(); c = Collector(); '
+            'e = Engine(m, synthetic_profile(), on_result=c, runner=FakeRunner(m)); '
+            'e.set_app("a", Bounds(max_latency_ms=500.0)); e.start(warm_up=False); '
+            'e.submit(["a"], fake_image(1), arrival_ns=e.clock() - 2_000_000); c.wait(1); e.stop()')
+    path = tmp_path / 'trace.jsonl'
+    subprocess.run([sys.executable, '-c', code, str(pathlib.Path(__file__).parent)],
+                   env=os.environ | {'DELEN_TRACE': str(path)}, check=True, timeout=60)
+    spans = load(str(path))
+    schedule = next(s for s in spans if s['kind'] == 'schedule')
+    assert schedule['step'] == 0 and schedule['n'] == 1 and schedule['queued_after'] == 0
+    assert 0 < schedule['head_slack_ms'] < 500.0
+    submit = next(s for s in spans if s['kind'] == 'submit')
+    result = next(s for s in spans if s['kind'] == 'result')
+    assert submit['arrival_ns'] == result['start_ns'] <= submit['start_ns'] - 2_000_000
 
 
 def test_spans_leave_the_collectors_books(tmp_path):

@@ -956,6 +956,12 @@ class Engine(AdmissionMixin, StatsMixin):
                 expected = self._expected_frames(at) if self.arrival_lookahead and pending is None else ()
                 schedule = self._scheduler.next_batch(at, expected)
                 decision_ns = time.perf_counter_ns() - t0
+                if RECORDER is not None and schedule.batch is not None:   # why a batch was no bigger
+                    batch, (queued, late) = schedule.batch, self._scheduler.queued_counts()
+                    RECORDER.add('schedule', t0, t0 + decision_ns, step=batch.step, n=len(batch.requests),
+                                 queued_after=queued, queued_late=late, predicted_ms=round(batch.predicted_ms, 3),
+                                 head_slack_ms=round((batch.requests[0].deadline_ns - at) / _NS_PER_MS
+                                                     - batch.predicted_ms, 3))
                 if schedule.wait_until_ns is not None:   # a frame due sooner is about to come: it goes first
                     self._cond.wait(max(0.0, (schedule.wait_until_ns - self.clock()) / 1e9))
                 for r in schedule.dropped:

@@ -329,6 +329,11 @@ class Scheduler:
         """Started, unfinished requests (waiting for a step or running in one)."""
         return len(self._in_flight) + self._running
 
+    def queued_counts(self) -> tuple[int, int]:
+        """(frames queued, not started; of them marked late), for the flight recorder."""
+        frames = [r for q in self._apps.values() for r in q.frames]
+        return len(frames), sum(r.late for r in frames)
+
     def pending(self) -> bool:
         return bool(self._in_flight) or any(q.frames for q in self._apps.values())
 
