@@ -457,6 +457,17 @@ def test_the_outlet_lag_in_the_window_is_reported():
     assert (lag['median'], lag['max'], lag['periods']) == (0.3, 0.45, 3)
 
 
+def test_frames_stopped_early_behind_count_within_the_window_per_node():
+    stamps = [T0 + i * 100 * MS for i in range(10)]
+    raw = _raw('node', [_row(s, e2e_ms=10.0) for s in stamps], stamps)
+    raw['recorder']['stops_behind'] = [(T0 - MS, '/n0/delen: engine', 40),       # before the window: not counted
+                                       (T0 + 300 * MS, '/n0/delen: engine', 55),
+                                       (T0 + 900 * MS, '/n0/delen: engine', 70),
+                                       (T0 + 500 * MS, '/n1/delen: engine', 3),   # a second node, from 0
+                                       (T0 + 2000 * MS, '/n1/delen: engine', 99)]  # after the window
+    assert analyze(raw, duration_s=1.0)['total']['node_stops_behind'] == 30 + 3
+
+
 def test_choice_margins_in_the_window_are_reported():
     """delen's learnt margins, as the cameras' /diagnostics entries name them, summed up over the window."""
     stamps = [T0 + i * 100 * MS for i in range(10)]

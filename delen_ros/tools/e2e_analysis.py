@@ -68,6 +68,18 @@ def over_time(by_app: dict[str, dict[str, Any]], t0: int, t1: int, *, bin_ms: in
             'max_ms': [round(v, 2) for v in slowest]}
 
 
+def _counted_in(samples: Sequence[Sequence[Any]], name: str, t0: int, t1: int) -> int:
+    """How much the counter ``name`` reported in ``samples`` (``(t_ns, name, value)``) rose within ``t0..t1``:
+    its last value in the window less its last before it (0 before the first report).
+
+    >>> _counted_in([(1, 'n', 5), (3, 'n', 9), (5, 'n', 12), (9, 'n', 20)], 'n', 2, 6)
+    7
+    """
+    before = [g[2] for g in samples if g[1] == name and g[0] <= t0]
+    within = [g[2] for g in samples if g[1] == name and t0 < g[0] <= t1]
+    return (within[-1] - (before[-1] if before else 0)) if within else 0
+
+
 def accuracy_se(accuracy: float, n: int) -> float:
     """One standard error of an accuracy measured on ``n`` frames (binomial)."""
     return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / n)
@@ -294,6 +306,11 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
         tot['node_outlet_lag_p99_ms'] = {'median': statistics.median(lags), 'max': max(lags), 'periods': len(lags),
                                          'note': "the result outlet's write -> published lag (p99 over the last "
                                                  'seconds) each node reported and kept in its latency bounds'}
+    # frames of apps the node was behind that stopped at the first exit meeting their bounds, in the window
+    # (/diagnostics: a counter per node since it started; Engine.choice_steps_when_behind)
+    stops = raw['recorder'].get('stops_behind') or []
+    if stops:
+        tot['node_stops_behind'] = sum(_counted_in(stops, name, t0, t1) for name in {g[1] for g in stops})
     # resources of the node (or echo) over the window
     s0, s1 = raw.get('target_start'), raw.get('target_end')
     if s0 and s1:
