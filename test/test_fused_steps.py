@@ -207,7 +207,7 @@ def test_an_app_behind_takes_no_step_by_choice_past_a_cut_run(choice_when_behind
 
     def nav_behind(engine):
         engine.choice_steps_when_behind = choice_when_behind
-        engine._apps['nav'].evicted_ns = engine.clock()
+        engine._apps['nav'].evicted_ns = engine._last_evicted_ns = engine.clock()   # as submit's push-out
 
     results, runner, engine = serve(True, apps, [(['nav', 'inspect'], fake_image(2, 200))], before_frame=nav_behind)
     exits = {r.app_id: r.exit_index for r in results}

@@ -737,7 +737,11 @@ class Engine(AdmissionMixin, StatsMixin):
         cuDNN's batch-32 graphs are worth more than the GIL the trials take: off by default."""
         if not self.trials_when_idle or self._thread is None:   # no worker to take the GIL from
             return True
-        return self._idle and self.clock() - self._last_evicted_ns > BEHIND_NS
+        return self._idle and not self._pushed_out_lately(self.clock())
+
+    def _pushed_out_lately(self, now_ns: int) -> bool:
+        """Whether some app's queue pushed a frame out within :data:`BEHIND_NS` (the worker is behind someone)."""
+        return now_ns - self._last_evicted_ns <= BEHIND_NS
 
     def warm_up(self, *, reps: int = 3, background_capture: bool | None = None) -> None:
         """Capture graphs, choose kernels and seed the latency corrector before serving
@@ -1050,7 +1054,7 @@ class Engine(AdmissionMixin, StatsMixin):
         wait is small beside their frames' queueing)."""
         if self.pipeline == 'always':
             return True
-        return self.pipeline == 'behind' and self.clock() - self._last_evicted_ns <= BEHIND_NS
+        return self.pipeline == 'behind' and self._pushed_out_lately(self.clock())
 
     def _padded_size(self, n: int) -> int:
         for size in self._pad_sizes:
@@ -1210,7 +1214,7 @@ class Engine(AdmissionMixin, StatsMixin):
         # at this exit): its frame stops here, with the run's others, and its next frames start sooner.
         met_at = None if last or self.choice_steps_when_behind else getattr(self.policy, 'accuracy_met', None)
         behind: set[str] = set()
-        if met_at is not None:
+        if met_at is not None and self._pushed_out_lately(now):   # else no app is behind: no lock, no set
             with self._cond:
                 behind = {a for a in {r.app_id for r in requests}
                           if (app := self._apps.get(a)) is not None and app.behind(now)}
