@@ -465,7 +465,9 @@ def test_frames_stopped_early_behind_count_within_the_window_per_node():
                                        (T0 + 900 * MS, '/n0/delen: engine', 70),
                                        (T0 + 500 * MS, '/n1/delen: engine', 3),   # a second node, from 0
                                        (T0 + 2000 * MS, '/n1/delen: engine', 99)]  # after the window
-    assert analyze(raw, duration_s=1.0)['total']['node_stops_behind'] == 30 + 3
+    raw['recorder']['stops_yielded'] = [(T0 - MS, '/n0/delen: engine', 7), (T0 + 800 * MS, '/n0/delen: engine', 12)]
+    total = analyze(raw, duration_s=1.0)['total']
+    assert total['node_stops_behind'] == 30 + 3 and total['node_stops_yielded'] == 5
 
 
 def test_choice_margins_in_the_window_are_reported():

@@ -344,6 +344,53 @@ def test_a_run_ends_before_waiting_work_must_start():
     assert engine._fuse_to(0, batch.requests, 1, clock(), enforce=True) == 2
 
 
+def test_a_step_by_choice_would_delay_waiting_work_due_after_its_frame_that_must_start_before_it_ends():
+    # 'deep' (12 ms, no accuracy bound: it goes past its first exit by choice) took its first step; 'tight'
+    # (9 ms) came 3.5 ms later, due 0.5 ms after it: its first step (1.32 ms safe) must start by 11.18 ms.
+    # deep's step 1 (~2.5 ms safe) from 9 ms would end after that; from 3.5 ms it would not.
+    clock = FakeClock()
+    t0 = clock()
+    model = fake_model()
+    engine = Engine(model, PROFILE, on_result=lambda r: None, runner=FakeRunner(model), clock=clock,
+                    overhead_prior_ms=0.0, max_batch=1)
+    engine.set_app('deep', Bounds(max_latency_ms=12.0))
+    engine.set_app('tight', Bounds(max_latency_ms=9.0))
+    engine.submit(['deep'], fake_image(1, 200))
+    deep = engine._scheduler.next_batch(clock()).batch.requests[0]
+    assert not engine._choice_would_delay(clock(), 1, 1, deep.deadline_ns)   # nothing waits
+    clock.advance(3.5)
+    engine.submit(['tight'], fake_image(2, 200))
+    step_ms = engine.corrector.predict_ms(PROFILE, 1, 1)
+    assert engine._scheduler.latest_start_ns(due_from_ns=deep.deadline_ns) == pytest.approx(t0 + (12.5 - 1.32) * 1e6)
+    assert not engine._choice_would_delay(clock(), 1, 1, deep.deadline_ns)
+    pressed_ns = t0 + int((12.5 - 1.32 - step_ms + 0.05) * 1e6)
+    assert engine._choice_would_delay(pressed_ns, 1, 1, deep.deadline_ns)
+    # work due before the frame's goes first in EDF order: its step by choice delays none of it
+    assert not engine._choice_would_delay(pressed_ns, 1, 1, deep.deadline_ns + 600_000)
+    # nor a frame that is late already (it is served at its fastest exit, behind on-time work)
+    next(iter(engine._scheduler._apps['tight'].frames)).late = True
+    assert not engine._choice_would_delay(pressed_ns, 1, 1, deep.deadline_ns)
+
+
+@pytest.mark.parametrize('yields', [True, False])
+def test_a_frame_takes_no_step_by_choice_where_it_would_delay_waiting_work(yields):
+    """Where its next step would make waiting work start too late (stood in for here), a frame of an app
+    without an accuracy bound stops at its first exit, its bounds met, counted for /diagnostics;
+    ``choice_yields_to_waiting`` off (before session 40), it goes on to its last."""
+    asked = []
+
+    def setup(engine):
+        engine.choice_yields_to_waiting = yields
+        engine._choice_would_delay = lambda *args: asked.append(args) or True
+
+    results, runner, engine = serve(False, {'nav': Bounds(max_latency_ms=LOOSE_MS)},
+                                    [(['nav'], fake_image(2, 200))], before_frame=setup)
+    assert [r.exit_index for r in results] == ([0] if yields else [3]) and all(r.bounds_met for r in results)
+    assert engine.worker_counters()['stops_yielded'] == (1 if yields else 0) == len(asked)
+    if yields:
+        assert asked[0][1:3] == (1, 1)   # its next step, at its batch size
+
+
 def test_split_runs_for_earlier_ignores_waiting_work_due_after_the_run():
     # Two apps with one bound (as 32 cameras at 33 ms): a frame that arrives while the batch runs is
     # due after every member, so EDF would run it after them anyway. 'any' (shipped) still ends the

@@ -221,7 +221,7 @@ def test_pool_figures_and_validation():
     # /diagnostics reads these from a pool as from one engine: summed over its devices
     pool.engines[0].worker_errors, pool.engines[1].worker_errors = 2, 3
     assert pool.worker_counters() == {'engine_worker_errors': 5, 'uploads_left_to_worker': 0,
-                                    'stops_behind': 0, 'pipelined_runs': 0}
+                                    'stops_behind': 0, 'stops_yielded': 0, 'pipelined_runs': 0}
     assert [d.index for d in pool.devices()] == [0, 1]
 
 

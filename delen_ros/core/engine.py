@@ -456,6 +456,12 @@ class Engine(AdmissionMixin, StatsMixin):
         #: (benchmarks/h200/session39, 0.83-0.92x the engine against 0.84-0.96x).
         self.choice_steps_when_behind = False
         self.stops_behind = 0   # frames stopped so (their app behind), since start
+        #: a frame whose bounds are met at its exit takes no step by choice that would end after the most
+        #: urgent waiting on-time work must start (False: as before session 40, an A/B). EDF puts such a step
+        #: first (its frame came first), though it is optional: on an H200 10 ms apps' steps to exits 2-3 by
+        #: choice left the next 10 ms frames pressed, then served one per turn and late (session 39's trace).
+        self.choice_yields_to_waiting = True
+        self.stops_yielded = 0   # frames stopped so (waiting work pressed), since start
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
         self._idle_tasks: dict[str, tuple[Callable[[], Any], int]] = {}
         # the outside-the-device parts (transport, overhead, delivery) the last admission passed with:
@@ -1210,14 +1216,16 @@ class Engine(AdmissionMixin, StatsMixin):
             self._turn_ms() + self.corrector.tail_ms()   # a step after a look is a turn of its own
         finished, going_on = [], []
         allowance_ms = self.policy_allowance_ms
-        # An app whose frames are being pushed out of its queue takes no step by choice (its bounds met
-        # at this exit): its frame stops here, with the run's others, and its next frames start sooner.
-        met_at = None if last or self.choice_steps_when_behind else getattr(self.policy, 'accuracy_met', None)
+        # A step by choice (the frame's bounds met at this exit) is not taken by a frame of an app whose
+        # frames are being pushed out of its queue: it stops here, with the run's others, and its next frames
+        # start sooner; nor where it would make waiting work start too late (_choice_would_delay).
+        met_at = None if last else getattr(self.policy, 'accuracy_met', None)
         behind: set[str] = set()
-        if met_at is not None and self._pushed_out_lately(now):   # else no app is behind: no lock, no set
-            with self._cond:
+        if met_at is not None and not self.choice_steps_when_behind and self._pushed_out_lately(now):
+            with self._cond:   # else no app is behind: no lock, no set
                 behind = {a for a in {r.app_id for r in requests}
                           if (app := self._apps.get(a)) is not None and app.behind(now)}
+        delays: bool | None = None if self.choice_yields_to_waiting else False   # asked once, where needed
         for r in requests:
             s: _State = r.state
             i = slot[id(r.frame)]
@@ -1238,9 +1246,17 @@ class Engine(AdmissionMixin, StatsMixin):
             # A late frame (cannot meet its bound any more) is served at the fastest exit when the
             # engine enforces deadlines; the baselines decide as their systems do.
             stop = (r.late and enforce) or self.policy.decide(ctx) is Decision.STOP
-            if not stop and r.app_id in behind and met_at(ctx):
-                stop = True
-                self.stops_behind += 1
+            if not stop and met_at is not None and (r.app_id in behind or delays is not False) and met_at(ctx):
+                if r.app_id in behind:
+                    stop = True
+                    self.stops_behind += 1
+                else:
+                    if delays is None:   # from the batch's earliest deadline: work due before goes first anyway
+                        delays = self._choice_would_delay(now, last_step + 1, len(requests),
+                                                          min(q.deadline_ns for q in requests))
+                    if delays:
+                        stop = True
+                        self.stops_yielded += 1
             (finished if stop else going_on).append(r)
         t_decided = time.perf_counter_ns()
         decide_ns = t_decided - t_decide
@@ -1334,6 +1350,19 @@ class Engine(AdmissionMixin, StatsMixin):
                     return k
             ahead_ms += next_ms
         return final
+
+    def _choice_would_delay(self, now_ns: int, step: int, size: int, due_ns: int) -> bool:
+        """Whether ``step``, as a turn of its own for ``size`` frames due from ``due_ns``, would end after
+        waiting on-time work due no earlier (or a frame about to come) must start for its next step to make
+        its deadline: the fused runs' gate (:meth:`_fuse_to`), for the steps taken by choice between turns."""
+        step_ms = self.corrector.predict_ms(self.profile, step, size) + self._turn_ms()
+        with self._cond:
+            latest_ns = self._scheduler.latest_start_ns(due_from_ns=due_ns)
+            if self.arrival_lookahead:
+                first_ns = self._scheduler.first_step_ns(self._scheduler.tail_ms())
+                latest_ns = min([latest_ns] + [e.deadline_ns - first_ns for e in self._expected_frames(now_ns)
+                                               if e.deadline_ns >= due_ns])
+        return now_ns + step_ms * _NS_PER_MS > latest_ns
 
     def _split_run(self, steps: range, n: int) -> list[tuple[int, float, float]]:
         """``(step, profile ms of its work, share of the run's time)`` for a run of ``steps`` at batch ``n``.

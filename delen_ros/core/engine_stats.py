@@ -136,9 +136,11 @@ class StatsMixin:
     def worker_counters(self) -> dict[str, int]:
         """For ``/diagnostics``, cheap (no percentiles): failures of the worker outside a step, frames
         left to the worker to upload (load shed), frames stopped at the first exit meeting their bounds
-        while their app was behind, runs launched before the last one was looked at."""
+        while their app was behind, or where a step by choice would have made waiting work start too late,
+        runs launched before the last one was looked at."""
         return {'engine_worker_errors': self.worker_errors, 'uploads_left_to_worker': self.uploads_left_to_worker,
-                'stops_behind': self.stops_behind, 'pipelined_runs': self._pipelined}
+                'stops_behind': self.stops_behind, 'stops_yielded': self.stops_yielded,
+                'pipelined_runs': self._pipelined}
 
     def _reset_worker_stats(self) -> None:
         self._steps = self._batched = self._busy_ns = self._pipelined = 0

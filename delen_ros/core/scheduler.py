@@ -342,18 +342,20 @@ class Scheduler:
     def pending(self) -> bool:
         return bool(self._in_flight) or any(q.frames for q in self._apps.values())
 
-    def latest_start_ns(self, due_before_ns: float = math.inf) -> float:
+    def latest_start_ns(self, due_before_ns: float = math.inf, due_from_ns: float = -math.inf) -> float:
         """When the most urgent waiting work must start for its next step to make its deadline:
-        min over on-time bounded requests due before ``due_before_ns`` of ``deadline - (that step at
-        batch 1 + tail)``; ``inf``: nothing waits that could be made late. A run that ends after it
-        would cost that request its bound (the engine stops fusing steps there).
+        min over on-time bounded requests due in ``[due_from_ns, due_before_ns)`` of ``deadline - (that
+        step at batch 1 + tail)``; ``inf``: nothing waits that could be made late. A run that ends after
+        it would cost that request its bound (the engine stops fusing steps there).
 
         ``due_before_ns``: the running batch's earliest deadline (the engine's ``split_runs_for``
-        'earlier' A/B): work due later would come after the batch in EDF order anyway."""
+        'earlier' A/B): work due later would come after the batch in EDF order anyway.
+        ``due_from_ns``: a step by choice's deadline: work due before it goes first in EDF order."""
         tail_ms = self.tail_ms()
         waiting = itertools.chain(self._in_flight, *(q.frames for q in self._apps.values()))
         return min((r.deadline_ns - (self.predict_ms(r.next_step, 1) + tail_ms) * _NS_PER_MS
-                    for r in waiting if r.hard and not r.late and r.deadline_ns < due_before_ns), default=math.inf)
+                    for r in waiting if r.hard and not r.late and due_from_ns <= r.deadline_ns < due_before_ns),
+                   default=math.inf)
 
     # --- the decision ---------------------------------------------------------------------------------
     def _behind(self, request: Request) -> bool:

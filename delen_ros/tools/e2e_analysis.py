@@ -306,11 +306,13 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
         tot['node_outlet_lag_p99_ms'] = {'median': statistics.median(lags), 'max': max(lags), 'periods': len(lags),
                                          'note': "the result outlet's write -> published lag (p99 over the last "
                                                  'seconds) each node reported and kept in its latency bounds'}
-    # frames of apps the node was behind that stopped at the first exit meeting their bounds, in the window
-    # (/diagnostics: a counter per node since it started; Engine.choice_steps_when_behind)
-    stops = raw['recorder'].get('stops_behind') or []
-    if stops:
-        tot['node_stops_behind'] = sum(_counted_in(stops, name, t0, t1) for name in {g[1] for g in stops})
+    # frames that stopped at the first exit meeting their bounds, in the window, their app behind or others'
+    # waiting work pressed (/diagnostics: counters per node since it started; Engine.choice_steps_when_behind,
+    # Engine.choice_yields_to_waiting)
+    for counter in ('stops_behind', 'stops_yielded'):
+        stops = raw['recorder'].get(counter) or []
+        if stops:
+            tot[f'node_{counter}'] = sum(_counted_in(stops, name, t0, t1) for name in {g[1] for g in stops})
     # resources of the node (or echo) over the window
     s0, s1 = raw.get('target_start'), raw.get('target_end')
     if s0 and s1:

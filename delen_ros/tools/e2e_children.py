@@ -276,7 +276,8 @@ def _record_main(argv: Sequence[str]) -> int:
 
     choice_margins: list[tuple] = []
     outlet_lags: list[tuple] = []   # (t_ns, diagnostics entry, outlet_lag_p99_ms)
-    stops_behind: list[tuple] = []  # (t_ns, diagnostics entry, frames stopped early behind so far: a counter)
+    # counter -> [(t_ns, diagnostics entry, frames stopped early so far)]: the engine's stops_behind, stops_yielded
+    early_stops: dict[str, list[tuple]] = {'stops_behind': [], 'stops_yielded': []}
 
     def on_diagnostics(msg: Any) -> None:   # the engine's entry: Python's collections; a camera's: its apps' margins
         for entry in msg.status:
@@ -293,8 +294,9 @@ def _record_main(argv: Sequence[str]) -> int:
                     outlet_lags.append((time.time_ns(), entry.name, float(values['outlet_lag_p99_ms'])))
                 except ValueError:
                     pass
-            if values.get('stops_behind', '').isdigit():   # frames of apps the node was behind, stopped early
-                stops_behind.append((time.time_ns(), entry.name, int(values['stops_behind'])))
+            for counter in ('stops_behind', 'stops_yielded'):   # frames stopped early: their app behind, others pressed
+                if values.get(counter, '').isdigit():
+                    early_stops[counter].append((time.time_ns(), entry.name, int(values[counter])))
             if 'gc_pause_max_ms' in values:
                 gc_pauses.append((time.time_ns(), entry.name, int(values.get('gc_full_collections', 0)),
                                   float(values['gc_pause_max_ms']), float(values.get('gc_pause_total_ms', 0.0)),
@@ -344,7 +346,7 @@ def _record_main(argv: Sequence[str]) -> int:
     pathlib.Path(args.out).write_text(json.dumps({
         'topics': topics, 'fields': RESULT_FIELDS, 'rows': rows, 'status': status, 'status_topics': status_topics,
         'gc_pauses': gc_pauses, 'choice_margins': choice_margins, 'outlet_lags': outlet_lags,
-        'stops_behind': stops_behind,
+        **early_stops,
         'node_params_seen': params_seen,
         'cpu_s': time.process_time() - cpu0}, default=list))
     executor.shutdown(timeout_sec=1.0)
