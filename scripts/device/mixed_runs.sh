@@ -34,6 +34,17 @@ one() {
     (cd /tmp/delen_e2e_work && find . -name recorder.json -o -name '*.log' -size -3M -o -name '*.jsonl' -size -40M |
        tar czf "$R/x/$name/raw/w.tgz" -T -);; esac
   grep -h "^| delen" "$R/x/$name/e2e.md" | cut -c1-120
+  # the run in one line: its worst app, the frames missed, the CPU the hypervisor stole, the early stops
+  python3 - "$R/x/$name/e2e.json" <<'PY' 2>/dev/null
+import json, sys
+c = next(iter(json.load(open(sys.argv[1]))['configs'].values()))
+apps, t = c['apps'], c['total']
+w = min(apps, key=lambda a: apps[a]['attainment'])
+missed = sum(round((1 - a['attainment']) * a['sent']) for a in apps.values())
+print(f"worst {w} {100 * apps[w]['attainment']:.1f} %, {missed} frames missed, "
+      f"{100 * (t.get('host_cpu_steal_share') or 0):.2f} % CPU stolen, "
+      f"stops yielded {t.get('node_stops_yielded', 0)} / behind {t.get('node_stops_behind', 0)}")
+PY
   # the node's configure time (when its cuDNN trials ended is in a trace: DELEN_TRACE, R runs; the log has no line)
   grep -rh "configured in\|graphs settled after" /tmp/delen_e2e_work --include='*.log' 2>/dev/null | cut -c1-200 | head -3
 }
