@@ -362,29 +362,6 @@ def test_batch_stops_growing_before_a_member_would_miss_its_deadline():
     assert s.queued == 1
 
 
-@pytest.mark.parametrize('lookahead', [False, True])
-@pytest.mark.parametrize('others_slack_ms, together', [(1.7, True), (5.0, False)])
-def test_frames_left_out_of_a_batch_count_with_the_lookahead(lookahead, others_slack_ms, together):
-    """A head pressed for time (1.1 ms left, 1.0 alone) takes no partner. Three frames with 1.7 ms left then
-    wait a turn and all miss (1.0 + 1.4 ms); with ``batch_lookahead`` the four run together (1.6 ms): the head
-    misses, three meet. Frames that make it in the next turn anyway (5 ms left) leave the head alone."""
-    costs = {1: 1.0, 2: 1.2, 3: 1.4, 4: 1.6}
-    s = Scheduler(lambda step, b: costs[b], num_steps=1, max_batch=8)
-    s.batch_lookahead = lookahead
-    for app in ('a', 'b', 'c', 'd'):
-        s.set_app(app, latency_bound_ms=10.0)
-    clock = FakeClock()
-    head = arrive(s, 'a', clock)
-    clock.advance(others_slack_ms - 1.1)
-    others = [arrive(s, app, clock) for app in ('b', 'c', 'd')]
-    clock.now = head.deadline_ns - 1_100_000
-    batch = s.next_batch(clock()).batch
-    if lookahead and together:
-        assert list(batch.requests) == [head, *others] and batch.predicted_ms == 1.6
-    else:
-        assert list(batch.requests) == [head] and batch.predicted_ms == 1.0
-
-
 def test_a_batch_is_the_prefix_that_costs_least_per_frame():
     """A device where a batch costs more than its frames one after another (seen on a 2-core CPU: a
     batch of 2 took 3.7x one frame) runs them one at a time; where a larger batch is cheaper per

@@ -831,17 +831,6 @@ class Engine(AdmissionMixin, StatsMixin):
             self._scheduler.demoted_last = bool(on)
 
     @property
-    def batch_lookahead(self) -> bool:
-        """A batch also counts the frames it leaves out, served a turn later (:meth:`Scheduler._left_behind`);
-        ``False`` (the default): it grows only while no on-time member would miss. An A/B of session 39."""
-        return self._scheduler.batch_lookahead
-
-    @batch_lookahead.setter
-    def batch_lookahead(self, on: bool) -> None:
-        with self._cond:
-            self._scheduler.batch_lookahead = bool(on)
-
-    @property
     def finish_started(self) -> bool:
         """Without enforced deadlines (the baselines), started work keeps its EDF place late or not, and a
         frame is late when it cannot reach its policy's first stop (:attr:`Scheduler.finish_started`);

@@ -35,9 +35,7 @@ Each call of :meth:`Scheduler.next_batch` (made by the engine's worker whenever 
    time (and the expected tail to publication) keeps every on-time bounded member's deadline (the
    head's included), up to ``max_batch``; late requests come last in that order, so they *ride*
    in a batch led by on-time work where it has room for them, and never lead one but in idle time;
-   frames start only while fewer than ``max_in_flight`` requests are in flight. With
-   ``batch_lookahead`` (an A/B) the batch grows further where that keeps more of its members and of
-   the frames it would leave out on time than serving those in the next turn would.
+   frames start only while fewer than ``max_in_flight`` requests are in flight.
 
 Late requests are marked (``Request.late``): with enforcement the engine serves a late frame at its
 fastest exit, or where the run it rides in ends, and counts it as served late.
@@ -230,9 +228,6 @@ class Scheduler:
         # False (an A/B, before session 34): without enforcement a started request that goes late waits
         # for idle time, and a frame is judged late on its first step only (benchmarks/overload_collapse.py)
         self.finish_started = True
-        # True (an A/B, session 39, not yet measured on an H200): the frames the batch leaves out are
-        # counted too; see _left_behind
-        self.batch_lookahead = False
         self._apps: dict[str, AppQueue] = {}
         self._in_flight: list[Request] = []   # started, waiting for their next step
         self._running = 0                     # started requests handed out in a batch, not yet back
@@ -419,12 +414,6 @@ class Scheduler:
                 members.append(r)
                 predicted = ms
                 earliest = min(earliest, _due_by(r))
-        if self.batch_lookahead and len(members) < limit:
-            left = [r for r in candidates[1:] if r.next_step == step and math.isfinite(_due_by(r))
-                    and all(r is not m for m in members)]
-            if left:
-                members = self._left_behind(members, left[:limit - len(members)], step, now_ns, predict_ms, tail_ms)
-                predicted = predict_ms(step, len(members))
         if len(members) > 1:
             # the EDF prefix that costs least per frame: where a batch costs more than its frames one
             # after another (a 2-core CPU: a batch of 2 took 3.7x one frame at cifar10_lite0's first
@@ -437,31 +426,6 @@ class Scheduler:
                 return Schedule(None, tuple(dropped), tuple(expired), wait_until_ns=wait_until)
         self._take(members)
         return Schedule(Batch(step, tuple(members), predicted), tuple(dropped), tuple(expired))
-
-    @staticmethod
-    def _left_behind(members: list[Request], left: list[Request], step: int, now_ns: int, predict_ms: PredictFn,
-                     tail_ms: float) -> list[Request]:
-        """``members`` grown by the EDF prefix of ``left`` (on-time requests at the same step that would make a
-        member miss) under which the most of them all keep their deadlines, counted against ``left``'s prefix
-        run in the next turn, at its own batch size, after ``members``. Unchanged where no prefix gains.
-
-        Batching stops where a member would miss, and the frames left out each wait a turn. Where several
-        frames of tight bounds come together after a wait, a head pressed for time went alone, and so did
-        the next: on an H200 three 10 ms apps' frames ran one per ~2 ms turn and the fourth missed, where a
-        batch of four takes 1.4-1.6 ms (benchmarks/h200/session39, the traced run)."""
-        ns = _NS_PER_MS
-        first_ms = predict_ms(step, len(members))
-        first_end = now_ns + (first_ms + tail_ms) * ns
-        kept_first = sum(_due_by(r) >= first_end for r in members)
-        best, gain = 0, 0
-        for k in range(1, len(left) + 1):
-            together_end = now_ns + (predict_ms(step, len(members) + k) + tail_ms) * ns
-            together = sum(_due_by(r) >= together_end for r in itertools.chain(members, left[:k]))
-            apart_end = now_ns + (first_ms + predict_ms(step, k) + tail_ms) * ns
-            apart = kept_first + sum(_due_by(r) >= apart_end for r in left[:k])
-            if together - apart > gain:
-                best, gain = k, together - apart
-        return members + left[:best]
 
     def first_step_ns(self, tail_ms: float) -> float:
         """A frame's own first step at its expected time, ``tail_ms`` on top, ns: an expected frame must

@@ -214,8 +214,6 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 built.demote_on_misses = False
             if os.environ.get('DELEN_CHOICE_MARGIN') == '0':   # an A/B: choice_headroom alone (before session 30)
                 built.learn_choice_margin = False
-            if os.environ.get('DELEN_BATCH_LOOKAHEAD') == '1':   # an A/B: batches count the frames they leave out (session 39)
-                built.batch_lookahead = True
             if os.environ.get('DELEN_CHOICE_WHEN_BEHIND') == '1':   # an A/B: steps by choice while behind (before session 39)
                 built.choice_steps_when_behind = True
             if os.environ.get('DELEN_CHOICE_YIELDS') == '0':   # an A/B: steps by choice before pressed waiting work (before session 40)
