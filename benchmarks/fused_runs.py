@@ -73,6 +73,20 @@ def busy(ms: float) -> None:
         pass
 
 
+def with_pre_call_cost(engine: Engine, pre_call_ms: float) -> None:
+    """Make each of ``engine``'s preprocessing calls cost ``pre_call_ms`` of Python (GIL held) on top, whatever
+    the batch, as the GPU path's kernel launches do."""
+    if pre_call_ms <= 0:
+        return
+    preprocess = engine._preprocess
+
+    def gpu_like(images):
+        busy(pre_call_ms)
+        return preprocess(images)
+
+    engine._preprocess = gpu_like
+
+
 def offer(engine: Engine, runner: StallingRunner, names: list[str], *, rate_hz: float, duration_s: float,
           stall_at_s: float, stall_ms: float) -> tuple[int, list[int]]:
     """Submit a frame of every app in ``names`` once a period, spread over it (as free-running cameras),
@@ -127,14 +141,7 @@ def run(*, variant: str, policy: str, apps: int, rate_hz: float, bound_ms: float
         engine.preprocess_cost = BatchCost.per_frame_only()
     elif variant == 'pre_clamped':
         engine.preprocess_cost = BatchCost(per_call=False)
-    if pre_call_ms > 0:
-        preprocess = engine._preprocess
-
-        def gpu_like(images):
-            busy(pre_call_ms)
-            return preprocess(images)
-
-        engine._preprocess = gpu_like
+    with_pre_call_cost(engine, pre_call_ms)
     names = [f'cam{i:02d}' for i in range(apps)]
     for name in names:
         engine.set_app(name, Bounds(max_latency_ms=bound_ms))

@@ -367,8 +367,14 @@ def test_a_step_by_choice_would_delay_waiting_work_due_after_its_frame_that_must
     assert engine._choice_would_delay(pressed_ns, 1, 1, deep.deadline_ns)
     # work due before the frame's goes first in EDF order: its step by choice delays none of it
     assert not engine._choice_would_delay(pressed_ns, 1, 1, deep.deadline_ns + 600_000)
+    # 'waiting': any waiting work due no earlier is enough
+    engine.choice_yields = 'waiting'
+    assert engine._choice_would_delay(clock(), 1, 1, deep.deadline_ns)
+    assert not engine._choice_would_delay(clock(), 1, 1, deep.deadline_ns + 600_000)
     # nor a frame that is late already (it is served at its fastest exit, behind on-time work)
     next(iter(engine._scheduler._apps['tight'].frames)).late = True
+    assert not engine._choice_would_delay(clock(), 1, 1, deep.deadline_ns)
+    engine.choice_yields = 'pressed'
     assert not engine._choice_would_delay(pressed_ns, 1, 1, deep.deadline_ns)
 
 
@@ -376,11 +382,11 @@ def test_a_step_by_choice_would_delay_waiting_work_due_after_its_frame_that_must
 def test_a_frame_takes_no_step_by_choice_where_it_would_delay_waiting_work(yields):
     """Where its next step would make waiting work start too late (stood in for here), a frame of an app
     without an accuracy bound stops at its first exit, its bounds met, counted for /diagnostics;
-    ``choice_yields_to_waiting`` off (before session 40), it goes on to its last."""
+    ``choice_yields='never'`` (before session 40), it goes on to its last."""
     asked = []
 
     def setup(engine):
-        engine.choice_yields_to_waiting = yields
+        engine.choice_yields = 'pressed' if yields else 'never'
         engine._choice_would_delay = lambda *args: asked.append(args) or True
 
     results, runner, engine = serve(False, {'nav': Bounds(max_latency_ms=LOOSE_MS)},

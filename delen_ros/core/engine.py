@@ -456,11 +456,12 @@ class Engine(AdmissionMixin, StatsMixin):
         #: (benchmarks/h200/session39, 0.83-0.92x the engine against 0.84-0.96x).
         self.choice_steps_when_behind = False
         self.stops_behind = 0   # frames stopped so (their app behind), since start
-        #: a frame whose bounds are met at its exit takes no step by choice that would end after the most
-        #: urgent waiting on-time work must start (False: as before session 40, an A/B). EDF puts such a step
-        #: first (its frame came first), though it is optional: on an H200 10 ms apps' steps to exits 2-3 by
-        #: choice left the next 10 ms frames pressed, then served one per turn and late (session 39's trace).
-        self.choice_yields_to_waiting = True
+        #: when a frame whose bounds are met at its exit takes no step by choice, for waiting on-time work due no
+        #: earlier (_choice_would_delay): 'pressed' where the step would end after that work must start;
+        #: 'waiting' where any waits; 'never' (before session 40). EDF puts such a step first (its frame came
+        #: first), though it is optional: on an H200 10 ms apps' steps to exits 2-3 by choice left the next
+        #: 10 ms frames pressed, then served one per turn and late (session 39's trace). A/Bs: session 40.
+        self.choice_yields = 'pressed'
         self.stops_yielded = 0   # frames stopped so (waiting work pressed), since start
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
         self._idle_tasks: dict[str, tuple[Callable[[], Any], int]] = {}
@@ -1214,7 +1215,7 @@ class Engine(AdmissionMixin, StatsMixin):
             with self._cond:   # else no app is behind: no lock, no set
                 behind = {a for a in {r.app_id for r in requests}
                           if (app := self._apps.get(a)) is not None and app.behind(now)}
-        delays: bool | None = None if self.choice_yields_to_waiting else False   # asked once, where needed
+        delays: bool | None = False if self.choice_yields == 'never' else None   # asked once, where needed
         for r in requests:
             s: _State = r.state
             i = slot[id(r.frame)]
@@ -1343,7 +1344,8 @@ class Engine(AdmissionMixin, StatsMixin):
     def _choice_would_delay(self, now_ns: int, step: int, size: int, due_ns: int) -> bool:
         """Whether ``step``, as a turn of its own for ``size`` frames due from ``due_ns``, would end after
         waiting on-time work due no earlier (or a frame about to come) must start for its next step to make
-        its deadline: the fused runs' gate (:meth:`_fuse_to`), for the steps taken by choice between turns."""
+        its deadline: the fused runs' gate (:meth:`_fuse_to`), for the steps taken by choice between turns.
+        With :attr:`choice_yields` ``'waiting'``: whether any such work waits."""
         step_ms = self.corrector.predict_ms(self.profile, step, size) + self._turn_ms()
         with self._cond:
             latest_ns = self._scheduler.latest_start_ns(due_from_ns=due_ns)
@@ -1351,6 +1353,8 @@ class Engine(AdmissionMixin, StatsMixin):
                 first_ns = self._scheduler.first_step_ns(self._scheduler.tail_ms())
                 latest_ns = min([latest_ns] + [e.deadline_ns - first_ns for e in self._expected_frames(now_ns)
                                                if e.deadline_ns >= due_ns])
+        if self.choice_yields == 'waiting':
+            return latest_ns < math.inf
         return now_ns + step_ms * _NS_PER_MS > latest_ns
 
     def _split_run(self, steps: range, n: int) -> list[tuple[int, float, float]]:

@@ -308,7 +308,7 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
                                                  'seconds) each node reported and kept in its latency bounds'}
     # frames that stopped at the first exit meeting their bounds, in the window, their app behind or others'
     # waiting work pressed (/diagnostics: counters per node since it started; Engine.choice_steps_when_behind,
-    # Engine.choice_yields_to_waiting)
+    # Engine.choice_yields)
     for counter in ('stops_behind', 'stops_yielded'):
         stops = raw['recorder'].get(counter) or []
         if stops:
