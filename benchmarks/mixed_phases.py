@@ -149,7 +149,8 @@ def plot(path: pathlib.Path, runs: list[dict]) -> None:
         a.bar(xs, [100 * rows[s]['worst_within'] for s in seeds if s in rows], width, label=v)
         b.bar(xs, [rows[s]['missed'] for s in seeds if s in rows], width, label=v)
     for ax in (a, b):
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(seeds))], [f'phases {s}' for s in seeds])
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(seeds))], [str(s) for s in seeds])
+        ax.set_xlabel('phase pattern (seed)')
         ax.legend(fontsize=7)
     a.axhline(99, color='r', linestyle=':')
     a.set_ylim(50, 101)
@@ -177,8 +178,12 @@ def main() -> int:
     p.add_argument('--delivery-ms', type=float, default=0.6)
     p.add_argument('--duration', type=float, default=5.0)
     p.add_argument('--warmup', type=float, default=1.0)
+    p.add_argument('--replot', action='store_true', help='redraw the plot from --out/mixed_phases.json')
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        plot(args.out / 'mixed_phases.png', json.loads((args.out / 'mixed_phases.json').read_text())['runs'])
+        return 0
     runs = []
     for seed in args.seeds:
         for variant in args.variants:   # interleaved: each phase pattern under every variant in turn
