@@ -10,6 +10,7 @@ random per repeat, so that the same rule is tried on several phase patterns, and
   shipped     the engine as the node runs it (a step by choice yields to pressed waiting work, session 40)
   no_yield    ``Engine.choice_yields = 'never'`` (before session 40)
   yield_waiting  ``Engine.choice_yields = 'waiting'``: a step by choice yields to any waiting work due no earlier
+  yield_demand   ``Engine.choice_yields = 'demand'``: it yields where the waiting work, batched, must start
   arrivals    ``arrival_lookahead`` on: steps are held back and fused runs end for frames about to come
   no_choice   the 10 ms apps stop at their first exit (``objective='min_latency'``): what the choice costs
 
@@ -43,7 +44,7 @@ from delen_ros.core.engine import Engine  # noqa: E402
 from fakes import FakeRunner, fake_image, fake_model, synthetic_profile  # noqa: E402
 from fused_runs import with_pre_call_cost  # noqa: E402
 
-VARIANTS = ('shipped', 'no_yield', 'yield_waiting', 'arrivals', 'no_choice')
+VARIANTS = ('shipped', 'no_yield', 'yield_waiting', 'yield_demand', 'arrivals', 'no_choice')
 
 
 def phases(seed: int, *, cameras: int, groups: int, period_ms: float, within_ms: float) -> list[float]:
@@ -78,7 +79,8 @@ def run(*, variant: str, seed: int, cameras: int, groups: int, rate_hz: float, t
 
     engine = Engine(model, profile, runner=runner, max_batch=8, on_result=on_result, device_preprocess=False,
                     arrival_lookahead=variant == 'arrivals', admission_control=False)
-    engine.choice_yields = {'no_yield': 'never', 'yield_waiting': 'waiting'}.get(variant, 'pressed')
+    engine.choice_yields = {'no_yield': 'never', 'yield_waiting': 'waiting', 'yield_demand': 'demand'}.get(variant,
+                                                                                                        'pressed')
     with_pre_call_cost(engine, pre_call_ms)
     names = [f'cam{i:02d}' for i in range(cameras)]
     bounds = {}

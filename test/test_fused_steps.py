@@ -376,6 +376,8 @@ def test_a_step_by_choice_would_delay_waiting_work_due_after_its_frame_that_must
     assert not engine._choice_would_delay(clock(), 1, 1, deep.deadline_ns)
     engine.choice_yields = 'pressed'
     assert not engine._choice_would_delay(pressed_ns, 1, 1, deep.deadline_ns)
+    engine.choice_yields = 'demand'   # the same, one frame waiting: nothing to batch
+    assert not engine._choice_would_delay(pressed_ns, 1, 1, deep.deadline_ns)
 
 
 @pytest.mark.parametrize('yields', [True, False])

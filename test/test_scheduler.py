@@ -1,4 +1,6 @@
 """The scheduler with a fake clock: EDF, hopeless drops, bounded queues, cross-app batching, expiry."""
+import math
+
 import pytest
 
 from delen_ros.core.scheduler import WAIT_SLACK_NS, Expected, Request, Scheduler
@@ -360,6 +362,30 @@ def test_batch_stops_growing_before_a_member_would_miss_its_deadline():
     assert batch.requests[0] is tight and len(batch.requests) == 2
     assert batch.requests[1] is others[0]
     assert s.queued == 1
+
+
+def test_waiting_work_must_start_in_time_for_all_of_it_batched():
+    """Four frames come together with one bound: alone, each could start 1.0 ms before its deadline; together
+    they need one batch of four (1.6 ms), so all four must start by then. Past ``max_batch`` the rest run as a
+    second batch; work due before ``due_from_ns`` and late work do not count."""
+    costs = {1: 1.0, 2: 1.2, 3: 1.4, 4: 1.6}
+    s = Scheduler(lambda step, b: costs[b], num_steps=1, max_batch=3, tail_ms=lambda: 0.5)
+    for app in ('a', 'b', 'c', 'd'):
+        s.set_app(app, latency_bound_ms=10.0)
+    clock = FakeClock()
+    assert s.demand_start_ns() == math.inf
+    first = arrive(s, 'a', clock)
+    assert s.demand_start_ns() == s.latest_start_ns() == first.deadline_ns - 1.5e6
+    clock.advance(0.1)
+    others = [arrive(s, app, clock) for app in ('b', 'c', 'd')]
+    due = others[0].deadline_ns
+    assert s.latest_start_ns() == first.deadline_ns - 1.5e6
+    # a, b, c in one batch of three (1.4 ms), d in a second (1.0 ms): d's deadline less 2.4 + 0.5 ms
+    assert s.demand_start_ns() == pytest.approx(due - 2.9e6)
+    assert s.demand_start_ns(due_from_ns=due) == pytest.approx(due - 1.9e6)   # b, c, d: one batch of three
+    for r in others:
+        r.late = True
+    assert s.demand_start_ns() == first.deadline_ns - 1.5e6
 
 
 def test_a_batch_is_the_prefix_that_costs_least_per_frame():

@@ -458,7 +458,8 @@ class Engine(AdmissionMixin, StatsMixin):
         self.stops_behind = 0   # frames stopped so (their app behind), since start
         #: when a frame whose bounds are met at its exit takes no step by choice, for waiting on-time work due no
         #: earlier (_choice_would_delay): 'pressed' where the step would end after that work must start;
-        #: 'waiting' where any waits; 'never' (before session 40). EDF puts such a step first (its frame came
+        #: 'demand' where it would end after that work must start to make its deadlines together, batched
+        #: (Scheduler.demand_start_ns); 'waiting' where any waits; 'never' (before session 40). EDF puts such a step first (its frame came
         #: first), though it is optional: on an H200 10 ms apps' steps to exits 2-3 by choice left the next
         #: 10 ms frames pressed, then served one per turn and late (session 39's trace). A/Bs: session 40.
         self.choice_yields = 'pressed'
@@ -1345,10 +1346,14 @@ class Engine(AdmissionMixin, StatsMixin):
         """Whether ``step``, as a turn of its own for ``size`` frames due from ``due_ns``, would end after
         waiting on-time work due no earlier (or a frame about to come) must start for its next step to make
         its deadline: the fused runs' gate (:meth:`_fuse_to`), for the steps taken by choice between turns.
-        With :attr:`choice_yields` ``'waiting'``: whether any such work waits."""
+        With :attr:`choice_yields` ``'waiting'``: whether any such work waits; ``'demand'``: that work's
+        latest start is when it must start to make its deadlines together (:meth:`Scheduler.demand_start_ns`)."""
         step_ms = self.corrector.predict_ms(self.profile, step, size) + self._turn_ms()
         with self._cond:
-            latest_ns = self._scheduler.latest_start_ns(due_from_ns=due_ns)
+            if self.choice_yields == 'demand':
+                latest_ns = self._scheduler.demand_start_ns(due_from_ns=due_ns)
+            else:
+                latest_ns = self._scheduler.latest_start_ns(due_from_ns=due_ns)
             if self.arrival_lookahead:
                 first_ns = self._scheduler.first_step_ns(self._scheduler.tail_ms())
                 latest_ns = min([latest_ns] + [e.deadline_ns - first_ns for e in self._expected_frames(now_ns)

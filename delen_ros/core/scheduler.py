@@ -352,6 +352,27 @@ class Scheduler:
                     for r in waiting if r.hard and not r.late and due_from_ns <= r.deadline_ns < due_before_ns),
                    default=math.inf)
 
+    def demand_start_ns(self, due_from_ns: float = -math.inf) -> float:
+        """When the waiting on-time bounded work due from ``due_from_ns`` must start for all of it to make its
+        deadlines, run in EDF order with the requests at one step batched: min over each such deadline ``D`` of
+        ``D - tail - sum over steps of that step for the requests at it due by D`` (in batches of at most
+        ``max_batch``); ``inf``: nothing waits. :meth:`latest_start_ns` asks the same of each request alone:
+        four frames that came together need one batch of four, which takes longer than one."""
+        tail_ms = self.tail_ms()
+        predict_ms = _memo(self.predict_ms)
+        waiting = sorted((r for r in itertools.chain(self._in_flight, *(q.frames for q in self._apps.values()))
+                          if r.hard and not r.late and r.deadline_ns >= due_from_ns), key=lambda r: r.deadline_ns)
+        at_step: collections.Counter[int] = collections.Counter()
+        latest = math.inf
+        for r in waiting:
+            at_step[r.next_step] += 1
+            ms = tail_ms
+            for step, n in at_step.items():
+                full, rest = divmod(n, self.max_batch)
+                ms += full * predict_ms(step, self.max_batch) + (predict_ms(step, rest) if rest else 0.0)
+            latest = min(latest, r.deadline_ns - ms * _NS_PER_MS)
+        return latest
+
     # --- the decision ---------------------------------------------------------------------------------
     def _behind(self, request: Request) -> bool:
         """Whether ``request`` waits behind on-time work: late and not started (a started one only
