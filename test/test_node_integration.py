@@ -20,6 +20,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 
+from delen_ros.core.host_cpu import read_jiffies  # noqa: E402
 from delen_ros.msg import AppStatus, InferenceResult  # noqa: E402
 from delen_ros.ros.apps import load_state  # noqa: E402
 from delen_ros.ros.camera_player import labelled_frame_id  # noqa: E402
@@ -250,6 +251,24 @@ def test_malformed_images_are_counted_and_serving_goes_on(peer, server, feeder, 
     feeder.set_frames(CAM_A, good)
     results['inspect'].wait_for(5, timeout=RESULT_TIMEOUT, where=_after(t_good))
     assert server.alive()
+
+
+def test_diagnostics_report_the_cpu_the_host_stole(peer, server):
+    """The engine's /diagnostics entry carries the share of the machine's CPU its host took over the round
+    (0 on bare metal; a VM's stolen time), so that a user can tell the host's theft from the node's misses."""
+    if read_jiffies() is None:
+        pytest.skip('no /proc/stat here')
+    diagnostics = peer.subscribe(DiagnosticArray, '/diagnostics')
+
+    def stolen():
+        for array in diagnostics.messages():
+            for status in array.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if 'host_cpu_stolen_pct' in values:
+                    return values['host_cpu_stolen_pct']   # a string: '0.00' is an answer too
+        return None
+    pct = float(wait_until(stolen, timeout=RESULT_TIMEOUT, what='host_cpu_stolen_pct in /diagnostics'))
+    assert 0.0 <= pct <= 100.0
 
 
 def test_status_reports_every_app(peer, server, feeder, results):

@@ -30,6 +30,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from delen_ros.core.flight_recorder import RECORDER
 from delen_ros.core.gc_pauses import freeze_long_lived, pause_recorder, thaw
+from delen_ros.core.host_cpu import StolenShare
 from delen_ros.core.host_memory import HOST_MEMORY
 from delen_ros.msg import AppStatus
 from delen_ros.srv import GetProfile, RemoveApp, SetBounds
@@ -72,6 +73,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         self._held = HeldRequests(self)   # set_bounds requests waiting for measurements (outlive a cleanup)
         self._status_pub = self._diagnostics_pub = self._status_timer = self._status_ticker = None
         self._round = StatusRound(STATUS_PARTS, 0)   # the status period in progress
+        self._stolen_cpu = StolenShare()               # the host's stolen CPU time, per status round
         self._wall_time = False   # no simulated time (each status tick checks): see _ros_now_ns
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
 

@@ -88,6 +88,7 @@ import numpy as np
 import yaml
 
 from ..core.bounds import Objective
+from ..core.host_cpu import read_jiffies
 from ..core.thread_names import name_os_thread
 from .e2e_analysis import analyze, engine_reference
 from .e2e_children import (PHASES, RESULT_PREFIX_ECHO, RESULT_PREFIX_NODE, STATUS_TOPIC, camera_app, camera_topic,
@@ -204,14 +205,9 @@ def thread_tree_sample(pid: int) -> dict[str, Any] | None:
 
 
 def _host_cpu() -> tuple[float, float, float]:
-    """(busy, total, stolen) jiffies of the whole machine, from ``/proc/stat``. Stolen: time a virtual
-    machine's CPUs were ready but its host ran something else (a noisy neighbour), counted in busy."""
-    try:
-        values = [int(v) for v in pathlib.Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0, 0.0, 0.0
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return float(sum(values) - idle), float(sum(values)), float(values[7] if len(values) > 7 else 0)
+    """(busy, total, stolen) jiffies of the whole machine (:func:`~delen_ros.core.host_cpu.read_jiffies`);
+    zeros where they cannot be read."""
+    return read_jiffies() or (0.0, 0.0, 0.0)
 
 
 class GpuSampler:
