@@ -14,14 +14,14 @@ from fakes import synthetic_profile
 MS = 1_000_000
 
 
-def _turn(recorder: FlightRecorder, t0: int, device_ms: float, app: str) -> int:
-    """One worker turn from ``t0``: 0.1 ms plan, launch, ``device_ms`` waiting; returns its end."""
+def _turn(recorder: FlightRecorder, t0: int, device_ms: float, app: str, step: int = 0) -> int:
+    """One worker turn from ``t0`` at ``step``: 0.1 ms plan, launch, ``device_ms`` waiting; returns its end."""
     launched = t0 + MS // 5
     recorder.add('worker_lock', t0 - 1000, t0)
     recorder.add('launch', t0, launched, run_ns=t0 + MS // 10, plan_ns=MS // 10, pre_ns=0, n=1, requests=1,
-                 steps=[0, 0], padded=1, apps=[app])
+                 steps=[step, step], padded=1, apps=[app])
     synced = launched + int(device_ms * MS)
-    recorder.add('complete', launched, synced + MS // 10, synced_ns=synced, n=1, steps=[0, 0], finished=1)
+    recorder.add('complete', launched, synced + MS // 10, synced_ns=synced, n=1, steps=[step, step], finished=1)
     return synced + MS // 10
 
 
@@ -94,6 +94,20 @@ def test_spans_leave_the_collectors_books(tmp_path):
         recorder.add('launch', i, i + 1, n=1, steps=(0, 3), apps=('cam00', 'cam01'), late=False, bound_ms=None)
     gc.collect()
     assert not any(gc.is_tracked(span) for span in recorder.spans)
+
+
+def test_a_late_frame_s_wait_behind_others_splits_into_their_first_steps_and_their_later_ones(tmp_path):
+    recorder = FlightRecorder(str(tmp_path / 'trace.jsonl'))
+    t = _turn(recorder, 0, 1.7, 'b')               # b's frame starts: 2.0 ms (0.3 ms of it not the device's)
+    t = _turn(recorder, t, 2.7, 'b', step=1)       # b goes on (by choice): 3.0 ms
+    t = _turn(recorder, t, 3.7, 'c', step=2)       # c further still: 4.0 ms
+    end = _turn(recorder, t, 0.7, 'a')             # at last a's own: 1.0 ms
+    recorder.add('result', 0, end, app='a', bound_ms=10.0, exit=0, served_ns=t, compute_ns=end - t, late=True,
+                 expired=False)
+    recorder.write()
+    late = late_report(load(str(tmp_path / 'trace.jsonl')))['late'][0]
+    assert late['turns_of_others_ms'] == 9.0
+    assert (late['others_first_steps_ms'], late['others_later_steps_ms']) == (2.0, 7.0)
 
 
 def test_a_trace_without_late_frames_still_sums_the_on_time_ones(tmp_path):

@@ -7,7 +7,8 @@ A result is *late* when its node-side latency (the frame's stamp -> the worker d
 within ``--margin-ms`` of its latency bound, or over it (the result still has to reach its
 subscriber). For late results and for all the others it compares what happened while they were in
 the node: the worker's turns that served them (time to take the lock, plan, preprocess, launch,
-wait for the device, decide) and every other thread's spans overlapping them (status ticks,
+wait for the device, decide), the turns that served other frames meanwhile (those that started frames
+and those that took frames further, by choice or by need), and every other thread's spans overlapping them (status ticks,
 admission re-checks, meter reads, graph captures, garbage collections, frame submissions). It also
 prints when the late results came, modulo a period (``--period-s``), to show a beat.
 
@@ -70,6 +71,7 @@ def _turns(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
             t0, run = launch['start_ns'], launch['run_ns']
             turns.append({
                 'start_ns': t0, 'end_ns': s['end_ns'], 'apps': launch.get('apps', []),
+                'first_step': (launch.get('steps') or [0])[0],
                 'lock': wait['end_ns'] - wait['start_ns'] if wait is not None else 0,
                 'n': launch['n'], 'plan': launch['plan_ns'], 'pre': launch['pre_ns'],
                 'input': max(0, run - t0 - launch['plan_ns'] - launch['pre_ns']),
@@ -108,6 +110,11 @@ def late_report(spans: list[dict[str, Any]], *, margin_ms: float = 1.0, period_s
         row['turns'] = len(served)
         row['turns_of_others_ms'] = round(sum(_overlap(t0, t1, t['start_ns'], t['end_ns'])
                                               for t in during if r['app'] not in t['apps']) / 1e6, 3)
+        # of those, the turns that started other frames (step 0) and those that took frames further: steps
+        # their bounds needed or steps by choice (an app without an accuracy bound goes deeper while it can)
+        row['others_first_steps_ms'] = round(sum(_overlap(t0, t1, t['start_ns'], t['end_ns']) for t in during
+                                                 if r['app'] not in t['apps'] and t['first_step'] == 0) / 1e6, 3)
+        row['others_later_steps_ms'] = round(row['turns_of_others_ms'] - row['others_first_steps_ms'], 3)
         for kind, index in others.items():
             row[f'{kind}_ms'] = round(sum(_overlap(t0, t1, s['start_ns'], s['end_ns'])
                                           for s in index.overlapping(t0, t1)) / 1e6, 3)
