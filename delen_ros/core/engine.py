@@ -459,9 +459,10 @@ class Engine(AdmissionMixin, StatsMixin):
         #: when a frame whose bounds are met at its exit takes no step by choice, for waiting on-time work due no
         #: earlier (_choice_would_delay): 'pressed' where the step would end after that work must start;
         #: 'demand' where it would end after that work must start to make its deadlines together, batched
-        #: (Scheduler.demand_start_ns); 'waiting' where any waits; 'never' (before session 40). EDF puts such a step first (its frame came
-        #: first), though it is optional: on an H200 10 ms apps' steps to exits 2-3 by choice left the next
-        #: 10 ms frames pressed, then served one per turn and late (session 39's trace). A/Bs: session 40.
+        #: (Scheduler.demand_start_ns); 'waiting' where any waits; 'never' (before session 40). EDF puts such
+        #: a step first (its frame came first), though it is optional: on an H200 10 ms apps' steps to exits
+        #: 2-3 by choice left the next 10 ms frames pressed, then served one per turn and late (session 39's
+        #: trace). A/Bs: benchmarks/h200/session40, benchmarks/cpu/mixed_phases_session40.
         self.choice_yields = 'pressed'
         self.stops_yielded = 0   # frames stopped so (waiting work pressed), since start
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
