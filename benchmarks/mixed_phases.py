@@ -99,7 +99,8 @@ def run(*, variant: str, seed: int, cameras: int, groups: int, rate_hz: float, t
     bounds = {}
     for i, name in enumerate(names):
         if i % 2 == 0:   # as the e2e bench's mixed set: even cameras tight, latency only
-            bounds[name] = Bounds(max_latency_ms=tight_ms, objective='min_latency' if variant == 'no_choice' else 'default')
+            objective = 'min_latency' if variant == 'no_choice' else 'default'
+            bounds[name] = Bounds(max_latency_ms=tight_ms, objective=objective)
         else:
             bounds[name] = Bounds(max_latency_ms=loose_ms, min_accuracy=min_accuracy, objective='min_energy')
         engine.set_app(name, bounds[name])

@@ -8,8 +8,9 @@ within ``--margin-ms`` of its latency bound, or over it (the result still has to
 subscriber). For late results and for all the others it compares what happened while they were in
 the node: the worker's turns that served them (time to take the lock, plan, preprocess, launch,
 wait for the device, decide), the turns that served other frames meanwhile (those that started frames
-and those that took frames further, by choice or by need), and every other thread's spans overlapping them (status ticks,
-admission re-checks, meter reads, graph captures, garbage collections, frame submissions). It also
+and those that took frames further, by choice or by need), and every other thread's spans overlapping
+them (status ticks, admission re-checks, meter reads, graph captures, garbage collections, frame
+submissions). It also
 prints when the late results came, modulo a period (``--period-s``), to show a beat.
 
 With ``--profile PROFILE.json`` it also prints how long the worker's runs took against that profile
