@@ -1315,12 +1315,9 @@ class Engine(AdmissionMixin, StatsMixin):
         # work due before the run's own members, which EDF would put first).
         members_due = min((r.deadline_ns for r in requests if r.hard and not r.late), default=math.inf)
         due_ns = math.inf if self.split_runs_for == 'any' else members_due
-        with self._cond:
-            latest_ns = self._scheduler.latest_start_ns(due_before_ns=due_ns)
-            if self.arrival_lookahead:   # a frame about to come, due before the run's members, must start too
-                first_ns = self._scheduler.first_step_ns(expiry_tail_ms)
-                latest_ns = min([latest_ns] + [e.deadline_ns - first_ns for e in self._expected_frames(now_ns)
-                                               if e.deadline_ns < members_due])
+        with self._cond:   # a frame about to come, due before the run's members, must start too
+            latest_ns = min(self._scheduler.latest_start_ns(due_before_ns=due_ns),
+                            self._expected_start_ns(now_ns, due_before_ns=members_due))
         ahead_ms = self._predict_ms(step, size)   # from now to the decision at exit `step`
         deciders = _ahead_deciders(requests, enforce, grouped=self.policy.monotone_ahead)
         added_mj = 0.0
@@ -1343,6 +1340,16 @@ class Engine(AdmissionMixin, StatsMixin):
             ahead_ms += next_ms
         return final
 
+    def _expected_start_ns(self, now_ns: int, *, due_from_ns: float = -math.inf,
+                           due_before_ns: float = math.inf) -> float:
+        """When the most urgent frame about to come (:attr:`arrival_lookahead`), due in ``[due_from_ns,
+        due_before_ns)``, must start its first step; ``inf``: none, or the look-ahead off. Under the lock."""
+        if not self.arrival_lookahead:
+            return math.inf
+        first_ns = self._scheduler.first_step_ns(self._scheduler.tail_ms())
+        return min((e.deadline_ns - first_ns for e in self._expected_frames(now_ns)
+                    if due_from_ns <= e.deadline_ns < due_before_ns), default=math.inf)
+
     def _choice_would_delay(self, now_ns: int, step: int, size: int, due_ns: int) -> bool:
         """Whether ``step``, as a turn of its own for ``size`` frames due from ``due_ns``, would end after
         waiting on-time work due no earlier (or a frame about to come) must start for its next step to make
@@ -1351,14 +1358,9 @@ class Engine(AdmissionMixin, StatsMixin):
         latest start is when it must start to make its deadlines together (:meth:`Scheduler.demand_start_ns`)."""
         step_ms = self.corrector.predict_ms(self.profile, step, size) + self._turn_ms()
         with self._cond:
-            if self.choice_yields == 'demand':
-                latest_ns = self._scheduler.demand_start_ns(due_from_ns=due_ns)
-            else:
-                latest_ns = self._scheduler.latest_start_ns(due_from_ns=due_ns)
-            if self.arrival_lookahead:
-                first_ns = self._scheduler.first_step_ns(self._scheduler.tail_ms())
-                latest_ns = min([latest_ns] + [e.deadline_ns - first_ns for e in self._expected_frames(now_ns)
-                                               if e.deadline_ns >= due_ns])
+            waiting = self._scheduler.demand_start_ns if self.choice_yields == 'demand' else \
+                self._scheduler.latest_start_ns
+            latest_ns = min(waiting(due_from_ns=due_ns), self._expected_start_ns(now_ns, due_from_ns=due_ns))
         if self.choice_yields == 'waiting':
             return latest_ns < math.inf
         return now_ns + step_ms * _NS_PER_MS > latest_ns

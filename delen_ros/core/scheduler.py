@@ -50,7 +50,7 @@ import collections
 import dataclasses
 import itertools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .bounds import LatePolicy
 
@@ -347,10 +347,15 @@ class Scheduler:
         'earlier' A/B): work due later would come after the batch in EDF order anyway.
         ``due_from_ns``: a step by choice's deadline: work due before it goes first in EDF order."""
         tail_ms = self.tail_ms()
-        waiting = itertools.chain(self._in_flight, *(q.frames for q in self._apps.values()))
         return min((r.deadline_ns - (self.predict_ms(r.next_step, 1) + tail_ms) * _NS_PER_MS
-                    for r in waiting if r.hard and not r.late and due_from_ns <= r.deadline_ns < due_before_ns),
-                   default=math.inf)
+                    for r in self._on_time_waiting(due_from_ns, due_before_ns)), default=math.inf)
+
+    def _on_time_waiting(self, due_from_ns: float, due_before_ns: float) -> Iterator[Request]:
+        """The waiting (queued or started) on-time requests with a latency bound, due in ``[due_from_ns,
+        due_before_ns)``: the work a run or a step by choice could make late."""
+        for r in itertools.chain(self._in_flight, *(q.frames for q in self._apps.values())):
+            if r.hard and not r.late and due_from_ns <= r.deadline_ns < due_before_ns:
+                yield r
 
     def demand_start_ns(self, due_from_ns: float = -math.inf) -> float:
         """When the waiting on-time bounded work due from ``due_from_ns`` must start for all of it to make its
@@ -360,8 +365,7 @@ class Scheduler:
         four frames that came together need one batch of four, which takes longer than one."""
         tail_ms = self.tail_ms()
         predict_ms = _memo(self.predict_ms)
-        waiting = sorted((r for r in itertools.chain(self._in_flight, *(q.frames for q in self._apps.values()))
-                          if r.hard and not r.late and r.deadline_ns >= due_from_ns), key=lambda r: r.deadline_ns)
+        waiting = sorted(self._on_time_waiting(due_from_ns, math.inf), key=lambda r: r.deadline_ns)
         at_step: collections.Counter[int] = collections.Counter()
         latest = math.inf
         for r in waiting:

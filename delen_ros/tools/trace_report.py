@@ -10,8 +10,7 @@ the node: the worker's turns that served them (time to take the lock, plan, prep
 wait for the device, decide), the turns that served other frames meanwhile (those that started frames
 and those that took frames further, by choice or by need), and every other thread's spans overlapping
 them (status ticks, admission re-checks, meter reads, graph captures, garbage collections, frame
-submissions). It also
-prints when the late results came, modulo a period (``--period-s``), to show a beat.
+submissions). It also prints when the late results came, modulo a period (``--period-s``), to show a beat.
 
 With ``--profile PROFILE.json`` it also prints how long the worker's runs took against that profile
 (:func:`step_times`): per run of steps and batch size, from its stages' launch to its results back.
