@@ -276,6 +276,7 @@ def _record_main(argv: Sequence[str]) -> int:
 
     choice_margins: list[tuple] = []
     outlet_lags: list[tuple] = []   # (t_ns, diagnostics entry, outlet_lag_p99_ms)
+    stolen_pcts: list[tuple] = []   # (t_ns, diagnostics entry, host_cpu_stolen_pct): the node's own view of the host
     # counter -> [(t_ns, diagnostics entry, frames stopped early so far)]: the engine's stops_behind, stops_yielded
     early_stops: dict[str, list[tuple]] = {'stops_behind': [], 'stops_yielded': []}
 
@@ -292,6 +293,11 @@ def _record_main(argv: Sequence[str]) -> int:
             if values.get('outlet_lag_p99_ms'):   # the result outlet's write -> published, kept in the bounds
                 try:
                     outlet_lags.append((time.time_ns(), entry.name, float(values['outlet_lag_p99_ms'])))
+                except ValueError:
+                    pass
+            if values.get('host_cpu_stolen_pct'):
+                try:
+                    stolen_pcts.append((time.time_ns(), entry.name, float(values['host_cpu_stolen_pct'])))
                 except ValueError:
                     pass
             for counter in ('stops_behind', 'stops_yielded'):   # frames stopped early: their app behind, others pressed
@@ -346,7 +352,7 @@ def _record_main(argv: Sequence[str]) -> int:
     pathlib.Path(args.out).write_text(json.dumps({
         'topics': topics, 'fields': RESULT_FIELDS, 'rows': rows, 'status': status, 'status_topics': status_topics,
         'gc_pauses': gc_pauses, 'choice_margins': choice_margins, 'outlet_lags': outlet_lags,
-        **early_stops,
+        'stolen_pcts': stolen_pcts, **early_stops,
         'node_params_seen': params_seen,
         'cpu_s': time.process_time() - cpu0}, default=list))
     executor.shutdown(timeout_sec=1.0)

@@ -43,7 +43,8 @@ w = min(apps, key=lambda a: apps[a]['attainment'])
 missed = sum(round((1 - a['attainment']) * a['sent']) for a in apps.values())
 print(f"worst {w} {100 * apps[w]['attainment']:.1f} %, {missed} frames missed, "
       f"{100 * (t.get('host_cpu_steal_share') or 0):.2f} % CPU stolen, "
-      f"stops yielded {t.get('node_stops_yielded', 0)} / behind {t.get('node_stops_behind', 0)}")
+      f"stops yielded {t.get('node_stops_yielded', 0)} / behind {t.get('node_stops_behind', 0)}, "
+      f"node saw {(t.get('node_host_cpu_stolen_pct') or {}).get('max', 'no')} % stolen at most")
 PY
   # the node's configure time (when its cuDNN trials ended is in a trace: DELEN_TRACE, R runs; the log has no line)
   grep -rh "configured in\|graphs settled after" /tmp/delen_e2e_work --include='*.log' 2>/dev/null | cut -c1-200 | head -3
