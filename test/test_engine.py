@@ -458,6 +458,7 @@ def test_requests_from_different_batches_continue_together():
     runner = GatedRunner(model)
     # one step per turn: fused, each batch would run to the final exit on its own (test_fused_steps.py)
     engine = Engine(model, PROFILE, on_result=c, runner=runner, max_batch=8, fuse_steps=False)
+    engine.choice_yields = 'never'   # else b, its bounds met at exit 0, stops there for a, waiting
     engine.set_app('a', Bounds(max_latency_ms=LOOSE_MS))
     engine.set_app('b', Bounds(max_latency_ms=LOOSE_MS / 2))   # earlier deadline: its step 0 goes first
     engine.start(warm_up=False)

@@ -355,6 +355,7 @@ def test_a_step_by_choice_would_delay_waiting_work_due_after_its_frame_that_must
                     overhead_prior_ms=0.0, max_batch=1)
     engine.set_app('deep', Bounds(max_latency_ms=12.0))
     engine.set_app('tight', Bounds(max_latency_ms=9.0))
+    engine.choice_yields = 'pressed'   # first: the rule 'demand' and 'waiting' (the default) ease or tighten
     engine.submit(['deep'], fake_image(1, 200))
     deep = engine._scheduler.next_batch(clock()).batch.requests[0]
     assert not engine._choice_would_delay(clock(), 1, 1, deep.deadline_ns)   # nothing waits

@@ -297,3 +297,9 @@ def test_the_node_offers_the_kernels_the_core_serves():
     """params keeps its own copy of core.pointwise.CONV_KERNELS (that module imports torch): the two must agree."""
     from delen_ros.core.pointwise import CONV_KERNELS
     assert params.CONV_KERNELS == CONV_KERNELS
+
+
+def test_the_node_offers_the_choice_yields_the_engine_knows():
+    """params keeps its own copy of core.engine.CHOICE_YIELDS, default first: the two must agree."""
+    from delen_ros.core.engine import CHOICE_YIELDS
+    assert params.CHOICE_YIELDS == CHOICE_YIELDS

@@ -87,6 +87,8 @@ __all__ = ['Result', 'AppStats', 'WorkerStats', 'Engine', 'make_runner']
 
 _log = logging.getLogger(__name__)
 _NS_PER_MS = 1_000_000
+#: when a frame whose bounds are met takes no step by choice (Engine.choice_yields), the default first
+CHOICE_YIELDS = ('waiting', 'pressed', 'demand', 'never')
 _IDLE_TASK_LATEST_NS = 500_000_000   # a worker that never runs out of frames runs what is asked between two turns after this
 
 
@@ -462,8 +464,9 @@ class Engine(AdmissionMixin, StatsMixin):
         #: (Scheduler.demand_start_ns); 'waiting' where any waits; 'never' (before session 40). EDF puts such
         #: a step first (its frame came first), though it is optional: on an H200 10 ms apps' steps to exits
         #: 2-3 by choice left the next 10 ms frames pressed, then served one per turn and late (session 39's
-        #: trace). A/Bs: benchmarks/h200/session40, benchmarks/cpu/mixed_phases_session40.
-        self.choice_yields = 'pressed'
+        #: trace). 'waiting' since session 41: on an H200 it met every app's bound in more runs than the
+        #: others, at a few points of the unbounded apps' accuracy. A/Bs: benchmarks/h200/session40, session41, benchmarks/cpu/mixed_phases_session40.
+        self.choice_yields = CHOICE_YIELDS[0]
         self.stops_yielded = 0   # frames stopped so (waiting work pressed), since start
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
         self._idle_tasks: dict[str, tuple[Callable[[], Any], int]] = {}

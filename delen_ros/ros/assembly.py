@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any, Callable
 
-from .params import NodeParams
+from .params import CHOICE_YIELDS, NodeParams
 
 __all__ = ['Served', 'resolve_device', 'load_profile', 'build']
 
@@ -216,9 +216,10 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 built.learn_choice_margin = False
             if os.environ.get('DELEN_CHOICE_WHEN_BEHIND') == '1':   # an A/B: steps by choice while behind (before session 39)
                 built.choice_steps_when_behind = True
-            yields = os.environ.get('DELEN_CHOICE_YIELDS', '')   # an A/B (session 40): 0 = never (before), waiting, demand
+            built.choice_yields = params.choice_yields
+            yields = os.environ.get('DELEN_CHOICE_YIELDS', '')   # an A/B (sessions 40-41): 0 = never, or a mode's name
             if yields:
-                built.choice_yields = {'0': 'never', 'waiting': 'waiting', 'demand': 'demand'}.get(yields, 'pressed')
+                built.choice_yields = 'never' if yields == '0' else yields if yields in CHOICE_YIELDS else 'pressed'
             if os.environ.get('DELEN_MARGIN_WHEN_BEHIND') == '1':   # an A/B: late results behind a backlog raise it (before session 36)
                 built.margin_learns_when_behind = True
             if os.environ.get('DELEN_STREAM_PRIORITY') == '0':   # an A/B: the worker on the default stream (before session 30)
