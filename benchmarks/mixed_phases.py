@@ -7,8 +7,9 @@ on 79-97 % of frames while crowded ones stopped at exit 0 on 50-72 % and still m
 phases decided (four publisher processes of four cameras each). This stand-in draws the four groups' phases at
 random per repeat, so that the same rule is tried on several phase patterns, and compares variants on each:
 
-  shipped     the engine as the node runs it (a step by choice yields to pressed waiting work, session 40)
+  shipped     the engine as the node runs it (since session 41 a step by choice yields to any waiting work)
   no_yield    ``Engine.choice_yields = 'never'`` (before session 40)
+  yield_pressed  ``Engine.choice_yields = 'pressed'`` (session 40): it yields where waiting work must start first
   yield_waiting  ``Engine.choice_yields = 'waiting'``: a step by choice yields to any waiting work due no earlier
   yield_demand   ``Engine.choice_yields = 'demand'``: it yields where the waiting work, batched, must start
   arrivals    ``arrival_lookahead`` on: steps are held back and fused runs end for frames about to come
@@ -57,7 +58,7 @@ class BatchedSleepRunner(FakeRunner):
         return super().stage(k, x)
 
 
-VARIANTS = ('shipped', 'no_yield', 'yield_waiting', 'yield_demand', 'arrivals', 'no_choice')
+VARIANTS = ('shipped', 'no_yield', 'yield_pressed', 'yield_waiting', 'yield_demand', 'arrivals', 'no_choice')
 
 
 def phases(seed: int, *, cameras: int, groups: int, period_ms: float, within_ms: float) -> list[float]:
@@ -92,8 +93,8 @@ def run(*, variant: str, seed: int, cameras: int, groups: int, rate_hz: float, t
 
     engine = Engine(model, profile, runner=runner, max_batch=8, on_result=on_result, device_preprocess=False,
                     arrival_lookahead=variant == 'arrivals', admission_control=False)
-    engine.choice_yields = {'no_yield': 'never', 'yield_waiting': 'waiting', 'yield_demand': 'demand'}.get(variant,
-                                                                                                        'pressed')
+    engine.choice_yields = {'no_yield': 'never', 'yield_pressed': 'pressed', 'yield_waiting': 'waiting',
+                            'yield_demand': 'demand'}.get(variant, engine.choice_yields)
     with_pre_call_cost(engine, pre_call_ms)
     names = [f'cam{i:02d}' for i in range(cameras)]
     bounds = {}
