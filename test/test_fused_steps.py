@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from delen_ros.core.bounds import Bounds
+from delen_ros.core.bounds import Bounds, Objective
 from delen_ros.core.engine import Engine
 from delen_ros.core.policies import Decision, DelenPolicy, ExitContext, LatencyCorrector, get_policy
 from delen_ros.core.profile import Profile
@@ -398,6 +398,21 @@ def test_a_frame_takes_no_step_by_choice_where_it_would_delay_waiting_work(yield
     assert engine.worker_counters()['stops_yielded'] == (1 if yields else 0) == len(asked)
     if yields:
         assert asked[0][1:3] == (1, 1)   # its next step, at its batch size
+
+
+@pytest.mark.parametrize('objective, rule', [(Objective.DEFAULT, 'waiting'), (Objective.MAX_ACCURACY, 'pressed')])
+def test_an_app_that_asked_for_max_accuracy_yields_only_where_pressed(objective, rule):
+    """With ``choice_yields='waiting'`` (the default) a frame yields to any waiting work, unless its app
+    asked for ``MAX_ACCURACY`` itself: then only where its step would make that work start too late."""
+    asked = []
+
+    def setup(engine):
+        assert engine.choice_yields == 'waiting'
+        engine._choice_would_delay = lambda *args: asked.append(args) or False
+
+    serve(False, {'nav': Bounds(max_latency_ms=LOOSE_MS, objective=objective)}, [(['nav'], fake_image(2, 200))],
+          before_frame=setup)
+    assert asked and {a[4] for a in asked} == {rule}
 
 
 def test_split_runs_for_earlier_ignores_waiting_work_due_after_the_run():

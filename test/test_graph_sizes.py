@@ -34,7 +34,8 @@ def test_build_logs_its_phases():
     values = {name: spec[0] for name, spec in _SPECS.items()}
     profile = sorted((models_dir() / 'profiles').glob('fashion_mnist__cpu-*.json'))[0]
     values.update(model='fashion_mnist', device='cpu', profile=str(profile), energy_meter='estimate',
-                  max_batch=8, apps='', choice_headroom=0.25, admission_control=False, arrival_lookahead=True)
+                  max_batch=8, apps='', choice_headroom=0.25, admission_control=False, arrival_lookahead=True,
+                  choice_yields='demand')
     lines = []
     threads_before = torch.get_num_threads()
     served = build(NodeParams(**values), on_result=lambda r: None, log=lines.append)
@@ -45,6 +46,7 @@ def test_build_logs_its_phases():
         assert served.engine.policy.choice_headroom == 0.25   # the parameters reach the delen policy
         assert served.engine.admission_control is False        # ... and the engine
         assert served.engine.arrival_lookahead is True
+        assert served.engine.choice_yields == 'demand'
         assert list(served.phases) == ['meter', 'idle power', 'model', 'profile', 'engine', 'warm-up']
         assert all(s >= 0 for s in served.phases.values())
         assert [line for line in lines if line.startswith('configure phases: meter ')]

@@ -66,7 +66,7 @@ from . import admission, warmup
 from .app_ledger import BEHIND_NS, AppLedger
 from .arrivals import SETTLE_NS, FrameAge, Mean, Sizes
 from .batch_cost import BatchCost
-from .bounds import Bounds, LatePolicy, Plan
+from .bounds import Bounds, LatePolicy, Objective, Plan
 from .choice_margin import ChoiceMargin, margin_ms
 from .energy_scaling import EnergyScaler
 from .engine_admission import AdmissionMixin, _yield_gil
@@ -461,11 +461,13 @@ class Engine(AdmissionMixin, StatsMixin):
         #: when a frame whose bounds are met at its exit takes no step by choice, for waiting on-time work due no
         #: earlier (_choice_would_delay): 'pressed' where the step would end after that work must start;
         #: 'demand' where it would end after that work must start to make its deadlines together, batched
-        #: (Scheduler.demand_start_ns); 'waiting' where any waits; 'never' (before session 40). EDF puts such
-        #: a step first (its frame came first), though it is optional: on an H200 10 ms apps' steps to exits
-        #: 2-3 by choice left the next 10 ms frames pressed, then served one per turn and late (session 39's
-        #: trace). 'waiting' since session 41: on an H200 it met every app's bound in more runs than the
-        #: others, at a few points of the unbounded apps' accuracy. A/Bs: benchmarks/h200/session40, session41, benchmarks/cpu/mixed_phases_session40.
+        #: (Scheduler.demand_start_ns); 'waiting' where any waits ('pressed' for an app that asked for
+        #: MAX_ACCURACY itself: _yield_rule); 'never' (before session 40). EDF puts such a step first (its
+        #: frame came first), though it is optional: on an H200 10 ms apps' steps to exits 2-3 by choice left
+        #: the next 10 ms frames pressed, then served one per turn and late (session 39's trace). 'waiting'
+        #: since session 41: on an H200 it met every app's bound in more runs than the others, at a few
+        #: points of the unbounded apps' accuracy. A/Bs: benchmarks/h200/session40, session41,
+        #: benchmarks/cpu/mixed_phases_session40.
         self.choice_yields = CHOICE_YIELDS[0]
         self.stops_yielded = 0   # frames stopped so (waiting work pressed), since start
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
@@ -1220,7 +1222,7 @@ class Engine(AdmissionMixin, StatsMixin):
             with self._cond:   # else no app is behind: no lock, no set
                 behind = {a for a in {r.app_id for r in requests}
                           if (app := self._apps.get(a)) is not None and app.behind(now)}
-        delays: bool | None = False if self.choice_yields == 'never' else None   # asked once, where needed
+        delays: dict[str, bool] = {}   # per yield rule: asked once, where needed
         for r in requests:
             s: _State = r.state
             i = slot[id(r.frame)]
@@ -1241,15 +1243,16 @@ class Engine(AdmissionMixin, StatsMixin):
             # A late frame (cannot meet its bound any more) is served at the fastest exit when the
             # engine enforces deadlines; the baselines decide as their systems do.
             stop = (r.late and enforce) or self.policy.decide(ctx) is Decision.STOP
-            if not stop and met_at is not None and (r.app_id in behind or delays is not False) and met_at(ctx):
+            rule = self._yield_rule(s.bounds)
+            if not stop and met_at is not None and (r.app_id in behind or rule != 'never') and met_at(ctx):
                 if r.app_id in behind:
                     stop = True
                     self.stops_behind += 1
                 else:
-                    if delays is None:   # from the batch's earliest deadline: work due before goes first anyway
-                        delays = self._choice_would_delay(now, last_step + 1, len(requests),
-                                                          min(q.deadline_ns for q in requests))
-                    if delays:
+                    if rule not in delays:   # from the batch's earliest deadline: work due before goes first anyway
+                        delays[rule] = self._choice_would_delay(now, last_step + 1, len(requests),
+                                                                min(q.deadline_ns for q in requests), rule)
+                    if delays[rule]:
                         stop = True
                         self.stops_yielded += 1
             (finished if stop else going_on).append(r)
@@ -1353,18 +1356,26 @@ class Engine(AdmissionMixin, StatsMixin):
         return min((e.deadline_ns - first_ns for e in self._expected_frames(now_ns)
                     if due_from_ns <= e.deadline_ns < due_before_ns), default=math.inf)
 
-    def _choice_would_delay(self, now_ns: int, step: int, size: int, due_ns: int) -> bool:
+    def _yield_rule(self, bounds: Bounds) -> str:
+        """:attr:`choice_yields` for a frame with these bounds: an app that asked for ``MAX_ACCURACY`` in so
+        many words keeps its depth unless a step would make waiting work start too late (``'pressed'``)."""
+        if self.choice_yields == 'waiting' and bounds.objective is Objective.MAX_ACCURACY:
+            return 'pressed'
+        return self.choice_yields
+
+    def _choice_would_delay(self, now_ns: int, step: int, size: int, due_ns: int, rule: str | None = None) -> bool:
         """Whether ``step``, as a turn of its own for ``size`` frames due from ``due_ns``, would end after
         waiting on-time work due no earlier (or a frame about to come) must start for its next step to make
         its deadline: the fused runs' gate (:meth:`_fuse_to`), for the steps taken by choice between turns.
-        With :attr:`choice_yields` ``'waiting'``: whether any such work waits; ``'demand'``: that work's
-        latest start is when it must start to make its deadlines together (:meth:`Scheduler.demand_start_ns`)."""
+        With ``rule`` (:attr:`choice_yields` unless given) ``'waiting'``: whether any such work waits;
+        ``'demand'``: that work's latest start is when it must start to make its deadlines together
+        (:meth:`Scheduler.demand_start_ns`)."""
+        rule = rule or self.choice_yields
         step_ms = self.corrector.predict_ms(self.profile, step, size) + self._turn_ms()
         with self._cond:
-            waiting = self._scheduler.demand_start_ns if self.choice_yields == 'demand' else \
-                self._scheduler.latest_start_ns
+            waiting = self._scheduler.demand_start_ns if rule == 'demand' else self._scheduler.latest_start_ns
             latest_ns = min(waiting(due_from_ns=due_ns), self._expected_start_ns(now_ns, due_from_ns=due_ns))
-        if self.choice_yields == 'waiting':
+        if rule == 'waiting':
             return latest_ns < math.inf
         return now_ns + step_ms * _NS_PER_MS > latest_ns
 

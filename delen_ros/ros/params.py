@@ -161,11 +161,12 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                         'also keeps a margin it learns from its own late results (core/choice_margin.py).' + _LATER,
                         (0.0, 0.9), False),
     'choice_yields': ('waiting', 'When a frame whose bounds are already met at an exit stops there rather than go '
-                      "deeper by choice, for other apps' on-time frames waiting: 'waiting' = whenever any wait; "
-                      "'pressed' = where the step would end after they must start; 'demand' = after they must start "
-                      "to make their deadlines together, batched; 'never' = it always goes on. On an H200 (16 "
-                      "cameras, 10 ms and 33 ms apps) 'waiting' had every app at 99 % or more in more runs than "
-                      "'pressed' and cost the apps with no accuracy bound about 3 points of accuracy "
+                      "deeper by choice, for other apps' on-time frames waiting: 'waiting' = whenever any wait (as "
+                      "'pressed' for an app that asked for MAX_ACCURACY itself); 'pressed' = where the step would "
+                      "end after they must start; 'demand' = after they must start to make their deadlines "
+                      "together, batched; 'never' = it always goes on. On an H200 (16 cameras, 10 ms and 33 ms "
+                      "apps) 'waiting' had every app at 99 % or more in 8 of 10 runs, 'pressed' and 'demand' in 5 "
+                      'of 10, and cost the apps with no accuracy bound 3 points of accuracy '
                       '(benchmarks/h200/session41).' + _LATER, CHOICE_YIELDS, False),
     'transport_prior_ms': (2.0, "The frames' age on arrival (stamp -> node) assumed until it is measured, ms: an app "
                            "registered before its camera's first frames reach the node is judged against it (measured "
