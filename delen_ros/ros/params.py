@@ -165,8 +165,8 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                       "'pressed' for an app that asked for MAX_ACCURACY itself); 'pressed' = where the step would "
                       "end after they must start; 'demand' = after they must start to make their deadlines "
                       "together, batched; 'never' = it always goes on. On an H200 (16 cameras, 10 ms and 33 ms "
-                      "apps) 'waiting' had every app at 99 % or more in 8 of 10 runs, 'pressed' and 'demand' in 5 "
-                      'of 10, and cost the apps with no accuracy bound 3 points of accuracy '
+                      "apps) 'waiting' had every app at 99 % or more in 8 of 10 interleaved runs, 'pressed' and "
+                      "'demand' in 5 of 10, and cost the apps with no accuracy bound 3 points of accuracy "
                       '(benchmarks/h200/session41).' + _LATER, CHOICE_YIELDS, False),
     'transport_prior_ms': (2.0, "The frames' age on arrival (stamp -> node) assumed until it is measured, ms: an app "
                            "registered before its camera's first frames reach the node is judged against it (measured "
