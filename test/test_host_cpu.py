@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from delen_ros.core.host_cpu import StolenShare, read_jiffies
+from delen_ros.core.host_cpu import Stolen, StolenShare, read_core_jiffies, read_jiffies
 
 #        user nice system idle iowait irq softirq steal guest guest_nice
 LINE = 'cpu  {user} 0 {system} {idle} 10 0 5 {steal} 0 0\ncpu0 1 2 3 4\nintr 12345\n'
@@ -34,9 +34,41 @@ def test_the_stolen_share_is_over_the_time_since_the_last_take(tmp_path):
     share = StolenShare(stat)
     assert share.take() is None                      # no time passed
     _stat(stat, user=1540, idle=5450, steal=50)      # 1000 jiffies more, 10 of them stolen
-    assert share.take() == pytest.approx(0.01)
+    assert share.take().share == pytest.approx(0.01)
     _stat(stat, user=1640, idle=6350, steal=50)      # 1000 more, none stolen
-    assert share.take() == 0.0
+    assert share.take().share == 0.0
+
+
+def _cores(path: pathlib.Path, cores: list[tuple[int, int]]) -> pathlib.Path:
+    """A stat of cores given as (idle, steal) jiffies, each with 100 user; the machine's line their sum."""
+    lines = [f'cpu{i} 100 0 0 {idle} 0 0 0 {steal} 0 0' for i, (idle, steal) in enumerate(cores)]
+    total_idle, total_steal = sum(c[0] for c in cores), sum(c[1] for c in cores)
+    path.write_text('\n'.join([f'cpu  {100 * len(cores)} 0 0 {total_idle} 0 0 0 {total_steal} 0 0', *lines,
+                               'intr 1']) + '\n')
+    return path
+
+
+def test_the_worst_core_shows_a_stall_the_machine_share_spreads_out(tmp_path):
+    # 16 cores, a second each (100 jiffies): one core loses 60 ms to the host, the machine 0.375 %
+    stat = _cores(tmp_path / 'stat', [(1000, 0)] * 16)
+    assert read_core_jiffies(stat) == {f'cpu{i}': (1100.0, 0.0) for i in range(16)}
+    share = StolenShare(stat)
+    _cores(stat, [(1094, 6)] + [(1100, 0)] * 15)
+    stolen = share.take()
+    assert stolen.share == pytest.approx(6 / 1600) and stolen.worst_core_share == pytest.approx(0.06)
+    # a core that appears between two reads (hot-plug) is left out, the others still read
+    _cores(stat, [(1194, 6)] + [(1200, 0)] * 15 + [(5, 5)])
+    assert share.take().worst_core_share == 0.0
+
+
+def test_a_stat_without_core_lines_gives_the_machine_share_alone(tmp_path):
+    stat = _stat(tmp_path / 'stat', user=1000, idle=5000, steal=40)
+    stat.write_text(stat.read_text().replace('cpu0 1 2 3 4\n', ''))
+    assert read_core_jiffies(stat) is None
+    share = StolenShare(stat)
+    _stat(stat, user=1540, idle=5450, steal=50)
+    stat.write_text(stat.read_text().replace('cpu0 1 2 3 4\n', ''))
+    assert share.take() == Stolen(pytest.approx(0.01), None)
 
 
 def test_this_machine_s_stat_reads_where_it_exists():
@@ -65,12 +97,16 @@ class _Node:
         return self.logger
 
 
-@pytest.mark.parametrize('share, warned', [(None, False), (0.002, False), (0.026, True)])
-def test_the_node_reports_the_share_and_warns_above_one_percent(share, warned):
+@pytest.mark.parametrize('share, worst, warned', [(None, None, False), (0.002, None, False), (0.002, 0.032, False),
+                                                  (0.026, 0.4, True)])
+def test_the_node_reports_the_share_and_warns_above_one_percent(share, worst, warned):
     from delen_ros.ros.node_status import StatusMixin
-    node = _Node(share)
+    node = _Node(None if share is None else Stolen(share, worst))
     report = StatusMixin._stolen_report(node, 1.0)
-    assert report == ({} if share is None else {'host_cpu_stolen_pct': f'{100 * share:.2f}'})
+    expected = {} if share is None else {'host_cpu_stolen_pct': f'{100 * share:.2f}'}
+    if worst is not None:
+        expected['host_cpu_stolen_worst_core_pct'] = f'{100 * worst:.2f}'
+    assert report == expected
     assert bool(node.logger.warnings) == warned
     if warned:
         text, kwargs = node.logger.warnings[0]

@@ -136,17 +136,21 @@ class StatusMixin:
                 **self._ingress_report(), **self._outlet_report(), **pause_report()}))
 
     def _stolen_report(self, period_s: float) -> dict:
-        """The share of the machine's CPU its host took over the round (a VM's stolen time), warned about
-        above :data:`STOLEN_WARN_SHARE`: bounds of a few ms are then missed for reasons outside the node."""
-        share = self._stolen_cpu.take()
-        if share is None:
+        """The share of the machine's CPU its host took over the round (a VM's stolen time), and of its worst
+        core, warned about above :data:`STOLEN_WARN_SHARE`: bounds of a few ms are then missed for reasons
+        outside the node."""
+        stolen = self._stolen_cpu.take()
+        if stolen is None:
             return {}
-        if share > STOLEN_WARN_SHARE:
+        if stolen.share > STOLEN_WARN_SHARE:
             self.get_logger().warning(
-                f"this machine's host took {100 * share:.1f} % of its CPU time over the last {period_s:.1f} s "
-                '(stolen time: a virtual machine whose host runs other work); tight latency bounds may be '
-                'missed for it', throttle_duration_sec=60.0)
-        return {'host_cpu_stolen_pct': f'{100 * share:.2f}'}
+                f"this machine's host took {100 * stolen.share:.1f} % of its CPU time over the last "
+                f'{period_s:.1f} s (stolen time: a virtual machine whose host runs other work); tight latency '
+                'bounds may be missed for it', throttle_duration_sec=60.0)
+        report = {'host_cpu_stolen_pct': f'{100 * stolen.share:.2f}'}
+        if stolen.worst_core_share is not None:
+            report['host_cpu_stolen_worst_core_pct'] = f'{100 * stolen.worst_core_share:.2f}'
+        return report
 
     def _outlet_report(self) -> dict:
         apps = self._apps

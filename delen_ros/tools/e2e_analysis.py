@@ -308,12 +308,16 @@ def analyze(raw: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
                                                  'seconds) each node reported and kept in its latency bounds'}
     # the host's CPU theft as the nodes saw it in the window (/diagnostics, one share per round): the recorder's
     # own reading of the machine is host_cpu_steal_share; this one shows what a user of the node would see
-    stolen = [g[2] for g in raw['recorder'].get('stolen_pcts') or [] if t0 < g[0] <= t1]
-    if stolen:
+    rounds = [g for g in raw['recorder'].get('stolen_pcts') or [] if t0 < g[0] <= t1]
+    if rounds:
+        stolen = [g[2] for g in rounds]
+        worst = [g[3] for g in rounds if len(g) > 3 and g[3] is not None]
         tot['node_host_cpu_stolen_pct'] = {'median': statistics.median(stolen), 'max': max(stolen),
                                            'rounds': len(stolen),
+                                           'worst_core_max': max(worst) if worst else None,
                                            'note': "host_cpu_stolen_pct in the nodes' /diagnostics over the window: "
-                                                   'the share of the machine the hypervisor took, each round'}
+                                                   'the share of the machine the hypervisor took, each round; '
+                                                   'worst_core_max: the most any one core lost in a round'}
     # frames that stopped at the first exit meeting their bounds, in the window, their app behind or others'
     # waiting work pressed (/diagnostics: counters per node since it started; Engine.choice_steps_when_behind,
     # Engine.choice_yields)

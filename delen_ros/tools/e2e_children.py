@@ -276,7 +276,8 @@ def _record_main(argv: Sequence[str]) -> int:
 
     choice_margins: list[tuple] = []
     outlet_lags: list[tuple] = []   # (t_ns, diagnostics entry, outlet_lag_p99_ms)
-    stolen_pcts: list[tuple] = []   # (t_ns, diagnostics entry, host_cpu_stolen_pct): the node's own view of the host
+    # (t_ns, diagnostics entry, host_cpu_stolen_pct, host_cpu_stolen_worst_core_pct or None): the node's view of the host
+    stolen_pcts: list[tuple] = []
     # counter -> [(t_ns, diagnostics entry, frames stopped early so far)]: the engine's stops_behind, stops_yielded
     early_stops: dict[str, list[tuple]] = {'stops_behind': [], 'stops_yielded': []}
 
@@ -297,7 +298,9 @@ def _record_main(argv: Sequence[str]) -> int:
                     pass
             if values.get('host_cpu_stolen_pct'):
                 try:
-                    stolen_pcts.append((time.time_ns(), entry.name, float(values['host_cpu_stolen_pct'])))
+                    worst = values.get('host_cpu_stolen_worst_core_pct')
+                    stolen_pcts.append((time.time_ns(), entry.name, float(values['host_cpu_stolen_pct']),
+                                        float(worst) if worst else None))
                 except ValueError:
                     pass
             for counter in ('stops_behind', 'stops_yielded'):   # frames stopped early: their app behind, others pressed

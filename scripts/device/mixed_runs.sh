@@ -44,7 +44,8 @@ missed = sum(round((1 - a['attainment']) * a['sent']) for a in apps.values())
 print(f"worst {w} {100 * apps[w]['attainment']:.1f} %, {missed} frames missed, "
       f"{100 * (t.get('host_cpu_steal_share') or 0):.2f} % CPU stolen, "
       f"stops yielded {t.get('node_stops_yielded', 0)} / behind {t.get('node_stops_behind', 0)}, "
-      f"node saw {(t.get('node_host_cpu_stolen_pct') or {}).get('max', 'no')} % stolen at most")
+      f"node saw {(t.get('node_host_cpu_stolen_pct') or {}).get('max', 'no')} % stolen at most, "
+      f"{(t.get('node_host_cpu_stolen_pct') or {}).get('worst_core_max', 'no')} % of one core")
 PY
   # the node's configure time (when its cuDNN trials ended is in a trace: DELEN_TRACE, R runs; the log has no line)
   grep -rh "configured in\|graphs settled after" /tmp/delen_e2e_work --include='*.log' 2>/dev/null | cut -c1-200 | head -3
