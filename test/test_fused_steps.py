@@ -515,7 +515,8 @@ def test_a_policy_that_says_it_is_monotone_is(profile, name, options):
 
 
 def test_the_fused_run_asks_each_app_once_for_its_most_pressed_frame():
-    from delen_ros.core.engine import _ahead_deciders, _State
+    from delen_ros.core.engine import _State
+    from delen_ros.core.engine_depth import _ahead_deciders
     from delen_ros.core.scheduler import Request
     nav, arm = Bounds(max_latency_ms=10.0), Bounds(max_latency_ms=33.0, min_accuracy=0.9)
 
