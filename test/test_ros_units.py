@@ -246,6 +246,15 @@ def test_shipped_demo_config_parses():
         apps = parse_apps_param(params.get('apps', ''), figure=lambda field, k: figures[field] * (k + 1) ** 0.1,
                                 num_exits=num_exits)
         assert name != 'demo.yaml' or [a.app_id for a in apps] == ['inspection', 'navigation', 'battery']
+        # every name a parameter the node declares (rclpy ignores an override of one it does not), every
+        # value of its type and among its choices
+        from delen_ros.ros.params import _SPECS
+        for key, value in params.items():
+            assert key in _SPECS, f'{name}: {key} is not a parameter of the node'
+            default, _, limits, _ = _SPECS[key]
+            assert isinstance(value, type(default)) or isinstance(default, float) and isinstance(value, int), key
+            if isinstance(limits, tuple) and limits and isinstance(limits[0], str):
+                assert value in limits, (name, key, value)
 
 
 @pytest.mark.parametrize('fields, text', [
