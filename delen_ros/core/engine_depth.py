@@ -132,10 +132,10 @@ class DepthMixin:
         ``'demand'``: that work's latest start is when it must start to make its deadlines together
         (:meth:`Scheduler.demand_start_ns`)."""
         rule = rule or self.choice_yields
-        step_ms = self.corrector.predict_ms(self.profile, step, size) + self._turn_ms()
         with self._cond:
             waiting = self._scheduler.demand_start_ns if rule == 'demand' else self._scheduler.latest_start_ns
             latest_ns = min(waiting(due_from_ns=due_ns), self._expected_start_ns(now_ns, due_from_ns=due_ns))
-        if rule == 'waiting':
+        if rule == 'waiting' or latest_ns == math.inf:
             return latest_ns < math.inf
+        step_ms = self.corrector.predict_ms(self.profile, step, size) + self._turn_ms()
         return now_ns + step_ms * _NS_PER_MS > latest_ns
