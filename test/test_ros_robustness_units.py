@@ -220,6 +220,7 @@ class _FakeNode:
     ({'executor': 'x'}, 'executor: must be one of'),
     ({'max_batch': 'eight'}, 'max_batch: expected int'),
     ({'precision': 'fp8'}, 'precision: must be one of auto, float32, float16, bfloat16'),
+    ({'choice_yields': 'sometimes'}, 'choice_yields: must be one of waiting, pressed, demand, never'),
     ({'precision': 'float16', 'device': 'cpu'}, 'precision: float16 needs a CUDA device'),
 ])
 def test_bad_parameters_give_one_line(overrides, match):
