@@ -10,6 +10,7 @@ random per repeat, so that the same rule is tried on several phase patterns, and
   shipped     the engine as the node runs it (since session 41 a step by choice yields to any waiting work)
   no_yield    ``Engine.choice_yields = 'never'`` (before session 40)
   yield_pressed  ``Engine.choice_yields = 'pressed'`` (session 40): it yields where waiting work must start first
+  yield_margin   'pressed' with ``choice_yield_margin_ms`` (``--yield-margin-ms``): where it must start that soon after
   yield_waiting  ``Engine.choice_yields = 'waiting'``: a step by choice yields to any waiting work due no earlier
   yield_demand   ``Engine.choice_yields = 'demand'``: it yields where the waiting work, batched, must start
   arrivals    ``arrival_lookahead`` on: steps are held back and fused runs end for frames about to come
@@ -58,7 +59,7 @@ class BatchedSleepRunner(FakeRunner):
         return super().stage(k, x)
 
 
-VARIANTS = ('shipped', 'no_yield', 'yield_pressed', 'yield_waiting', 'yield_demand', 'arrivals', 'no_choice')
+VARIANTS = ('shipped', 'no_yield', 'yield_pressed', 'yield_margin', 'yield_waiting', 'yield_demand', 'arrivals', 'no_choice')
 
 
 def phases(seed: int, *, cameras: int, groups: int, period_ms: float, within_ms: float) -> list[float]:
@@ -80,7 +81,7 @@ def stolen_ticks() -> int:
 
 def run(*, variant: str, seed: int, cameras: int, groups: int, rate_hz: float, tight_ms: float, loose_ms: float,
         min_accuracy: float, step_ms: list[float], pre_call_ms: float, transport_ms: float, delivery_ms: float,
-        duration_s: float, warmup_s: float, batch_cost: float = 0.0) -> dict:
+        duration_s: float, warmup_s: float, batch_cost: float = 0.0, yield_margin_ms: float = 2.0) -> dict:
     model = fake_model(len(step_ms), scales=[2.0 * (k + 1) for k in range(len(step_ms))])
     profile = synthetic_profile(len(step_ms), step_ms=step_ms, head_ms=0.02, batch_cost=batch_cost)
     runner = BatchedSleepRunner(model, sleep_ms=list(step_ms), batch_cost=batch_cost)
@@ -93,8 +94,10 @@ def run(*, variant: str, seed: int, cameras: int, groups: int, rate_hz: float, t
 
     engine = Engine(model, profile, runner=runner, max_batch=8, on_result=on_result, device_preprocess=False,
                     arrival_lookahead=variant == 'arrivals', admission_control=False)
-    engine.choice_yields = {'no_yield': 'never', 'yield_pressed': 'pressed', 'yield_waiting': 'waiting',
-                            'yield_demand': 'demand'}.get(variant, engine.choice_yields)
+    engine.choice_yields = {'no_yield': 'never', 'yield_pressed': 'pressed', 'yield_margin': 'pressed',
+                            'yield_waiting': 'waiting', 'yield_demand': 'demand'}.get(variant, engine.choice_yields)
+    if variant == 'yield_margin':
+        engine.choice_yield_margin_ms = yield_margin_ms
     with_pre_call_cost(engine, pre_call_ms)
     names = [f'cam{i:02d}' for i in range(cameras)]
     bounds = {}
@@ -193,6 +196,7 @@ def main() -> int:
     p.add_argument('--pre-call-ms', type=float, default=0.4)
     p.add_argument('--batch-cost', type=float, default=0.0,
                    help='a batch of b sleeps (1 + this x (b - 1)) x a step (0: as one frame, the runs of session 40)')
+    p.add_argument('--yield-margin-ms', type=float, default=2.0, help="yield_margin's choice_yield_margin_ms")
     p.add_argument('--transport-ms', type=float, default=1.9)
     p.add_argument('--delivery-ms', type=float, default=0.6)
     p.add_argument('--duration', type=float, default=5.0)
@@ -210,7 +214,7 @@ def main() -> int:
                     tight_ms=args.tight_ms, loose_ms=args.loose_ms, min_accuracy=args.min_accuracy,
                     step_ms=args.step_ms, pre_call_ms=args.pre_call_ms, transport_ms=args.transport_ms,
                     delivery_ms=args.delivery_ms, duration_s=args.duration, warmup_s=args.warmup,
-                    batch_cost=args.batch_cost)
+                    batch_cost=args.batch_cost, yield_margin_ms=args.yield_margin_ms)
             runs.append(r)
             print(f"phases {seed} {variant:9s}: worst {100 * r['worst_within']:.1f} %, {r['missed']} missed, "
                   f"10 ms apps at the final exit {r['tight_final_exit_share']}, yielded {r['stops_yielded']}, "

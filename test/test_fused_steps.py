@@ -364,6 +364,13 @@ def test_a_step_by_choice_would_delay_waiting_work_due_after_its_frame_that_must
     step_ms = engine.corrector.predict_ms(PROFILE, 1, 1)
     assert engine._scheduler.latest_start_ns(due_from_ns=deep.deadline_ns) == pytest.approx(t0 + (12.5 - 1.32) * 1e6)
     assert not engine._choice_would_delay(clock(), 1, 1, deep.deadline_ns)
+    # with a margin, where the step would end less than that before tight must start
+    slack_ms = 12.5 - 1.32 - 3.5 - step_ms - engine._turn_ms()
+    engine.choice_yield_margin_ms = slack_ms + 0.1
+    assert engine._choice_would_delay(clock(), 1, 1, deep.deadline_ns)
+    engine.choice_yield_margin_ms = slack_ms - 0.1
+    assert not engine._choice_would_delay(clock(), 1, 1, deep.deadline_ns)
+    engine.choice_yield_margin_ms = 0.0
     pressed_ns = t0 + int((12.5 - 1.32 - step_ms + 0.05) * 1e6)
     assert engine._choice_would_delay(pressed_ns, 1, 1, deep.deadline_ns)
     # work due before the frame's goes first in EDF order: its step by choice delays none of it

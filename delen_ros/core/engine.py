@@ -443,6 +443,9 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         #: points of the unbounded apps' accuracy. A/Bs: benchmarks/h200/session40, session41,
         #: benchmarks/cpu/mixed_phases_session40.
         self.choice_yields = CHOICE_YIELDS[0]
+        #: 'pressed' and 'demand' yield where the step would end less than this before the waiting work must
+        #: start (an A/B between the two ends, 0 and 'waiting'; session 41's stand-in)
+        self.choice_yield_margin_ms = 0.0
         self.stops_yielded = 0   # frames stopped so (waiting work pressed), since start
         # work asked of the worker for when it has nothing to serve: key -> (function, engine clock asked)
         self._idle_tasks: dict[str, tuple[Callable[[], Any], int]] = {}

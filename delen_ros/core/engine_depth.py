@@ -138,4 +138,4 @@ class DepthMixin:
         if rule == 'waiting' or latest_ns == math.inf:
             return latest_ns < math.inf
         step_ms = self.corrector.predict_ms(self.profile, step, size) + self._turn_ms()
-        return now_ns + step_ms * _NS_PER_MS > latest_ns
+        return now_ns + (step_ms + self.choice_yield_margin_ms) * _NS_PER_MS > latest_ns

@@ -220,6 +220,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
             yields = os.environ.get('DELEN_CHOICE_YIELDS', '')   # an A/B (sessions 40-41): 0 = never, or a mode's name
             if yields:
                 built.choice_yields = 'never' if yields == '0' else yields if yields in CHOICE_YIELDS else 'pressed'
+            if os.environ.get('DELEN_CHOICE_YIELD_MARGIN_MS'):   # an A/B (session 41): with pressed or demand
+                built.choice_yield_margin_ms = float(os.environ['DELEN_CHOICE_YIELD_MARGIN_MS'])
             if os.environ.get('DELEN_MARGIN_WHEN_BEHIND') == '1':   # an A/B: late results behind a backlog raise it (before session 36)
                 built.margin_learns_when_behind = True
             if os.environ.get('DELEN_STREAM_PRIORITY') == '0':   # an A/B: the worker on the default stream (before session 30)
