@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO / 'benchmarks'))
 
 from delen_ros.core.bounds import Bounds  # noqa: E402
 from delen_ros.core.engine import Engine  # noqa: E402
+from delen_ros.core.host_cpu import read_jiffies  # noqa: E402
 from fakes import FakeRunner, fake_image, fake_model, synthetic_profile  # noqa: E402
 from fused_runs import with_pre_call_cost  # noqa: E402
 
@@ -71,12 +72,8 @@ def phases(seed: int, *, cameras: int, groups: int, period_ms: float, within_ms:
 
 
 def stolen_ticks() -> int:
-    """The CPU time the hypervisor has taken from this machine, in ticks (/proc/stat; 0 where there is none)."""
-    try:
-        with open('/proc/stat') as f:
-            return int(f.readline().split()[8])
-    except (OSError, IndexError, ValueError):
-        return 0
+    """The CPU time the hypervisor has taken from this machine, in ticks (0 where it cannot be read)."""
+    return int((read_jiffies() or (0.0, 0.0, 0.0))[2])
 
 
 def run(*, variant: str, seed: int, cameras: int, groups: int, rate_hz: float, tight_ms: float, loose_ms: float,

@@ -73,7 +73,7 @@ class DelenNode(StatusMixin, LifecycleNode):
         self._held = HeldRequests(self)   # set_bounds requests waiting for measurements (outlive a cleanup)
         self._status_pub = self._diagnostics_pub = self._status_timer = self._status_ticker = None
         self._round = StatusRound(STATUS_PARTS, 0)   # the status period in progress
-        self._stolen_cpu = StolenShare()               # the host's stolen CPU time, per status round
+        self._stolen_cpu: StolenShare | None = None   # the host's stolen CPU time per status round, from each start
         self._wall_time = False   # no simulated time (each status tick checks): see _ros_now_ns
         self._malformed = RejectionLog(what='malformed frame(s) dropped')
 
