@@ -65,7 +65,10 @@ def read_core_jiffies(path: pathlib.Path = PROC_STAT) -> dict[str, tuple[float, 
 
 
 class Stolen(NamedTuple):
-    """CPU time the host took over an interval: of the whole machine, and of its worst core (``None``: not told)."""
+    """CPU time the host took over an interval: of the whole machine, and of its worst core (``None``: not told).
+
+    The kernel rounds the machine's line to ticks after summing its cores, so over a short interval the
+    machine's share can run a tick ahead of every core's (0.5 % against 0 over 1 s on a 2-core VM)."""
 
     share: float
     worst_core_share: float | None
