@@ -78,7 +78,9 @@ def test_a_shutdown_while_a_request_is_held_answers_it_and_the_node_lives_on(tmp
         peer.node.create_publisher(Image, '/held/silent', image_qos('reliable'))
         assert peer.call(SetBounds, '/delen/set_bounds', _request('silent', '/held/silent')).accepted
         held = peer.client(SetBounds, '/delen/set_bounds').call_async(_request('next', '/held/next'))
-        time.sleep(0.2)   # the request is held now (up to 2 s after silent's admission)
+        # held now (up to 2 s after silent's admission); a shutdown before the node took the request
+        # would destroy the service under it, unanswered, as any ROS service (once in CI, at 0.2 s)
+        wait_until(lambda: "set_bounds('next') holding" in node.log(), timeout=LONG_S, what='the hold')
         assert not held.done()
         request = ChangeState.Request()
         request.transition.id = Transition.TRANSITION_ACTIVE_SHUTDOWN

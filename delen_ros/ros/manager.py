@@ -284,6 +284,9 @@ class AppManager:
         on. Held for that up to ``settle_s``, without holding the executor; judged on what is known then."""
         unmeasured, held = self._unmeasured(request.app_id), ''
         if unmeasured:
+            # said at the start too: a caller whose answer is slow can see why (and a test, that it is held)
+            self._node.get_logger().info(f'set_bounds({request.app_id[:64]!r}) holding for the first frames of '
+                                         f'{", ".join(unmeasured[:4])} (at most {self._settle_s:g} s)')
             # a cleanup ends the wait too: _unmeasured is empty once inactive, and HeldRequests.cancel
             held_s = await self._held.until(lambda: not self._unmeasured(request.app_id), self._settle_s)
             unserved = set(self.engine.unmeasured_apps(request.app_id, within_ns=None)) & set(unmeasured)
