@@ -53,3 +53,29 @@ def test_build_logs_its_phases():
     finally:
         served.close()
         torch.set_num_threads(threads_before)
+
+
+@pytest.mark.parametrize('env, expected', [('pressed', 'pressed'), ('0', 'never'), ('sometimes', 'demand')])
+def test_the_choice_yields_ab_switch_names_a_rule_or_is_refused_with_a_line(monkeypatch, env, expected):
+    """``DELEN_CHOICE_YIELDS`` (a developer's A/B) overrides the parameter with a rule it names; an unknown
+    value leaves the parameter in force and says so (it meant ``pressed`` until session 42)."""
+    from delen_ros.core.zoo import models_dir
+    from delen_ros.ros.assembly import build
+    from delen_ros.ros.params import _SPECS, NodeParams
+    monkeypatch.setenv('DELEN_CHOICE_YIELDS', env)
+    values = {name: spec[0] for name, spec in _SPECS.items()}
+    profile = sorted((models_dir() / 'profiles').glob('fashion_mnist__cpu-*.json'))[0]
+    values.update(model='fashion_mnist', device='cpu', profile=str(profile), energy_meter='estimate',
+                  max_batch=8, apps='', choice_yields='demand')
+    lines = []
+    threads_before = torch.get_num_threads()
+    served = build(NodeParams(**values), on_result=lambda r: None, log=lines.append)
+    try:
+        assert served.engine.choice_yields == expected
+        refused = [line for line in lines if line.startswith('DELEN_CHOICE_YIELDS=')]
+        assert refused == ([] if env != 'sometimes' else
+                           ["DELEN_CHOICE_YIELDS='sometimes' is not one of waiting, pressed, demand, never (or 0): "
+                            "choice_yields stays 'demand'"])
+    finally:
+        served.close()
+        torch.set_num_threads(threads_before)

@@ -218,8 +218,11 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 built.choice_steps_when_behind = True
             built.choice_yields = params.choice_yields
             yields = os.environ.get('DELEN_CHOICE_YIELDS', '')   # an A/B (sessions 40-41): 0 = never, or a mode's name
-            if yields:
-                built.choice_yields = 'never' if yields == '0' else yields if yields in CHOICE_YIELDS else 'pressed'
+            if yields == '0' or yields in CHOICE_YIELDS:
+                built.choice_yields = 'never' if yields == '0' else yields
+            elif yields:
+                log(f'DELEN_CHOICE_YIELDS={yields[:32]!r} is not one of {", ".join(CHOICE_YIELDS)} (or 0): '
+                    f'choice_yields stays {params.choice_yields!r}')
             if os.environ.get('DELEN_CHOICE_YIELD_MARGIN_MS'):   # an A/B (session 41): with pressed or demand
                 built.choice_yield_margin_ms = float(os.environ['DELEN_CHOICE_YIELD_MARGIN_MS'])
             if os.environ.get('DELEN_MARGIN_WHEN_BEHIND') == '1':   # an A/B: late results behind a backlog raise it (before session 36)
