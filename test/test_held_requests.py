@@ -61,9 +61,17 @@ def test_a_request_is_held_until_the_frames_of_the_app_before_it_are_served(tmp_
         first = peer.subscribe(InferenceResult, '/delen/first/result')
         assert peer.call(SetBounds, '/delen/set_bounds', _request('first', '/held/live')).accepted
         first.wait_for(3, timeout=30.0)
+        # the camera paused while live and after register: a frame of live's served before after's request
+        # was taken would leave nothing to hold it for (under load in CI, 33 ms apart, it was)
+        feeder.set_frames('/held/live', [])
+        time.sleep(0.3)
         results = peer.subscribe(InferenceResult, '/delen/live/result')
         assert peer.call(SetBounds, '/delen/set_bounds', _request('live', '/held/live')).accepted
-        after = peer.call(SetBounds, '/delen/set_bounds', _request('after', '/held/after'))
+        pending = peer.client(SetBounds, '/delen/set_bounds').call_async(_request('after', '/held/after'))
+        wait_until(lambda: "set_bounds('after') holding" in node.log(), timeout=LONG_S, what='the hold')
+        feeder.set_frames('/held/live', [FRAME])
+        after = wait_until(lambda: pending.result() if pending.done() else None, timeout=LONG_S + 5.0,
+                           what='the held answer')
         assert after.accepted and after.message.startswith('held ') and 'first frames of live' in after.message
         line = wait_until(lambda: _held(node, 'after'), timeout=5.0, what='the log line')
         assert 'first frames of live' in line and 'not served' not in line, line
