@@ -37,6 +37,25 @@ def test_missing_file_error_says_where_and_how(tmp_path, monkeypatch):
         datasets.cifar10_split_indices('validation')
 
 
+def test_without_the_file_its_expected_place_is_beside_the_checkout_not_inside_an_installed_copy(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.delenv(datasets.CIFAR10_ENV, raising=False)
+    checkout = tmp_path / 'work' / 'delen_ros'
+    checkout.mkdir(parents=True)
+    monkeypatch.chdir(checkout)
+    expected = tmp_path / 'work' / 'shared' / 'data' / 'cifar10' / 'cifar10_jpeg.npz'
+    installed = checkout / '.venv' / 'lib' / 'python3.11' / 'site-packages' / 'delen_ros' / 'core' / 'datasets.py'
+    monkeypatch.setattr(datasets, '__file__', str(installed))
+    assert datasets.cifar10_path() == expected
+    (checkout / 'package.xml').touch()   # run from the source tree itself: its own root comes first
+    monkeypatch.setattr(datasets, '__file__', str(checkout / 'delen_ros' / 'core' / 'datasets.py'))
+    assert datasets.cifar10_path() == expected
+    expected.parent.mkdir(parents=True)
+    expected.touch()
+    monkeypatch.setattr(datasets, '__file__', str(installed))
+    assert datasets.cifar10_path() == expected
+
+
 @needs_data
 def test_splits_are_disjoint_and_balanced():
     train, val, test = (datasets.cifar10_split_indices(s) for s in ('train', 'val', 'test'))

@@ -102,12 +102,15 @@ _CIFAR10_RELATIVE = pathlib.Path('shared') / 'data' / 'cifar10' / 'cifar10_jpeg.
 def cifar10_path() -> pathlib.Path:
     """Where the CIFAR-10 file is: ``$DELEN_CIFAR10`` if set, else ``../shared/data/cifar10/cifar10_jpeg.npz``
     relative to the repository root (the source tree holding this package, else the working
-    directory or one of its parents). Returns the first candidate that exists, else the first one."""
+    directory or one of its parents). Returns the first candidate that exists, else the first one: the
+    path a "not found" message names, so an installed copy's own folder is no candidate (it named
+    ``.venv/lib/python3.11/shared/...`` to every user of a fresh clone)."""
     env = os.environ.get(CIFAR10_ENV)
     if env:
         return pathlib.Path(env).expanduser()
-    roots = [pathlib.Path(__file__).resolve().parents[2], pathlib.Path.cwd().resolve()]
-    roots += list(pathlib.Path.cwd().resolve().parents)[:3]
+    source = pathlib.Path(__file__).resolve().parents[2]
+    cwd = pathlib.Path.cwd().resolve()
+    roots = ([source] if (source / 'package.xml').is_file() else []) + [cwd] + list(cwd.parents)[:3]
     candidates = [root.parent / _CIFAR10_RELATIVE for root in roots] + [root / '.devdata' / 'cifar10_jpeg.npz'
                                                                          for root in roots[:2]]
     return next((c for c in candidates if c.is_file()), candidates[0])
