@@ -80,6 +80,15 @@ def test_a_refused_tightening_retries_at_what_the_node_says_would_fit(would_fit,
     assert retry_latency_ms(20.0, 30.0, would_fit) == expected
 
 
+def test_a_tightening_below_the_fastest_exit_retries_half_way_from_that_exit():
+    # the fashion_mnist fallback: 4.21 ms asked, the fastest exit 7.73 ms end to end; half-way from the ask
+    # (7.14 ms) was below it too, and refused again
+    assert retry_latency_ms(4.21, 10.07, 0.0, 7.73) == (8.9, 'half-way from the fastest exit end to end, 7.73 ms')
+    assert retry_latency_ms(20.0, 30.0, 0.0, 18.0) == (25.0, 'half-way')       # the ask was above it
+    assert retry_latency_ms(4.28, 11.46, 0.0, 13.2) == (   # the frames' age on arrival had grown past the bound
+        None, 'the fastest exit takes 13.2 ms end to end now: nothing tighter fits')
+
+
 def test_a_refused_first_latency_bound_asks_what_the_node_says_would_fit():
     assert first_fit_latency_ms(31.6, 35.7) == pytest.approx(36.41)   # the node's answer, with a little room
     assert first_fit_latency_ms(31.6, 0.0) is None                    # no answer: nothing to ask

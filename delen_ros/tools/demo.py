@@ -160,14 +160,20 @@ def _with_room(would_fit_ms: float) -> float:
     return round(would_fit_ms * 1.02, 2)
 
 
-def retry_latency_ms(asked_ms: float, current_ms: float, would_fit_ms: float) -> tuple[float | None, str]:
+def retry_latency_ms(asked_ms: float, current_ms: float, would_fit_ms: float,
+                     fastest_ms: float = 0.0) -> tuple[float | None, str]:
     """After a refused tightening, the bound to ask next and why; ``None``: nothing tighter than the
-    current bound fits now (``would_fit_ms``: the refusal's ``would_fit_max_latency_ms``, 0 if none)."""
+    current bound fits now (``would_fit_ms``: the refusal's ``would_fit_max_latency_ms``, 0 if none;
+    ``fastest_ms``: the low end of its feasible latency range, the fastest exit end to end)."""
     if would_fit_ms > 0:
         retry = _with_room(would_fit_ms)
         if retry < current_ms:
             return retry, 'what the node says would fit, +2 %'
         return None, f'the node says only >= {would_fit_ms:.3g} ms would fit now'
+    if fastest_ms >= current_ms:
+        return None, f'the fastest exit takes {fastest_ms:.3g} ms end to end now: nothing tighter fits'
+    if asked_ms < fastest_ms:   # below the fastest exit: half-way from there, not from the ask
+        return round((fastest_ms + current_ms) / 2, 2), f'half-way from the fastest exit end to end, {fastest_ms:.3g} ms'
     return round((asked_ms + current_ms) / 2, 2), 'half-way'
 
 
@@ -562,7 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 nav_topic = next(c.topic for c in cameras if c.app_id == 'navigation')
                 response = set_bounds('navigation', nav_topic, bounds_after['navigation'], tokens['navigation'])
                 if not response.accepted:   # too tight beside the others: ask for what the node says would fit
-                    retry_ms, how = retry_latency_ms(new_ms, old_ms, float(response.would_fit_max_latency_ms))
+                    feasible = list(response.feasible_latency_ms)
+                    retry_ms, how = retry_latency_ms(new_ms, old_ms, float(response.would_fit_max_latency_ms),
+                                                     float(feasible[0]) if feasible else 0.0)
                     print(f'{now:5.1f} s: {new_ms:g} ms refused ({response.message}); '
                           + (f'trying {retry_ms:g} ms ({how})' if retry_ms else f'{how}: keeping {old_ms:g} ms'),
                           flush=True)
