@@ -292,6 +292,18 @@ def test_bad_parameters_exit_1_with_one_line(domain_id, override):
     assert len(lines) == 1 and override.split(':=')[0] in lines[0] and 'Traceback' not in lines[0], lines
 
 
+def test_help_prints_every_parameter_and_starts_nothing(domain_id):
+    from delen_ros.ros.params import _SPECS
+    proc = subprocess.run([sys.executable, '-m', 'delen_ros.ros.node', '--help'], cwd=REPO, env=ros_env(domain_id),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == '', proc.stderr
+    assert proc.stdout.startswith('usage: delen_node [--ros-args')
+    listed = re.findall(r'^  (\w+) \(default ', proc.stdout, re.MULTILINE)
+    assert listed == list(_SPECS)
+    assert "  choice_yields (default 'waiting'; one of: waiting, pressed, demand, never)" in proc.stdout
+    assert '[delen]' not in proc.stdout   # no node was made: it would have logged
+
+
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_at_the_end_of_configure_is_a_clean_shutdown(domain_id, tmp_path, sig):
     """SIGTERM (systemd, launch's escalation) or SIGINT as autostart's configure logs its phases (the

@@ -14,7 +14,7 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-__all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 'EXECUTORS', 'IMAGE_QOS',
+__all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 'usage', 'EXECUTORS', 'IMAGE_QOS',
            'CUDNN_TRIALS', 'CONV_KERNELS', 'PRECISIONS']
 
 EXECUTORS = ('single', 'events', 'multi')
@@ -285,3 +285,24 @@ def describe_error(exc: BaseException) -> str:
     if spec is not None and isinstance(spec[2], tuple) and not isinstance(spec[2][0], str):
         return f'bad parameter {name}: must be in [{spec[2][0]}, {spec[2][1]}] ({text})'
     return f'bad parameter: {text}'
+
+
+def usage(program: str = 'delen_node') -> str:
+    """``delen_node --help``: how to set a parameter, then each one's default, limits and meaning."""
+    import textwrap
+    lines = [f'usage: {program} [--ros-args (-p NAME:=VALUE | --params-file FILE.yaml) ...]',
+             '',
+             'The delen lifecycle node: one multi-exit network served to many camera topics, each app under',
+             'its own latency / accuracy / energy bounds (register them with the ~/set_bounds service).',
+             'Parameters (config/delen.yaml lists them too):', '']
+    for name, (default, description, limits, read_only) in _SPECS.items():
+        facts = [f'default {str(default).lower() if isinstance(default, bool) else repr(default)}']
+        if isinstance(limits, tuple) and limits and isinstance(limits[0], str):
+            facts.append(f'one of: {", ".join(limits)}')
+        elif isinstance(limits, tuple):
+            facts.append(f'in [{limits[0]}, {limits[1]}]')
+        if read_only:
+            facts.append('read-only')
+        lines.append(f'  {name} ({"; ".join(facts)})')
+        lines += textwrap.wrap(description, width=100, initial_indent='      ', subsequent_indent='      ')
+    return '\n'.join(lines) + '\n'

@@ -82,9 +82,14 @@ def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
     """Run a ``node_class()`` lifecycle node until Ctrl-C / SIGTERM. Returns the exit status: 1, with
     one line on stderr, for a bad parameter or (with ``autostart``) a failed configure or activate."""
     from rclpy.exceptions import ParameterException
+    args = list(sys.argv if argv is None else argv)
+    ours = args[1:args.index('--ros-args')] if '--ros-args' in args else args[1:]
+    if '-h' in ours or '--help' in ours:   # before anything starts: a node that configured was no answer
+        print(params.usage(), end='')
+        return 0
     preload_inference_libraries()
     reclaimed = reclaim_zombie_segments() if uses_fast_dds() else Reclaimed()
-    rclpy.init(args=list(sys.argv if argv is None else argv))
+    rclpy.init(args=args)
     try:
         node = node_class()
         if reclaimed.segments:
