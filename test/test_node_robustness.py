@@ -292,16 +292,18 @@ def test_bad_parameters_exit_1_with_one_line(domain_id, override):
     assert len(lines) == 1 and override.split(':=')[0] in lines[0] and 'Traceback' not in lines[0], lines
 
 
-def test_help_prints_every_parameter_and_starts_nothing(domain_id):
-    from delen_ros.ros.params import _SPECS
-    proc = subprocess.run([sys.executable, '-m', 'delen_ros.ros.node', '--help'], cwd=REPO, env=ros_env(domain_id),
-                          capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize('module, program', [('node', 'delen_node'), ('placer', 'delen_placer')])
+def test_help_prints_every_parameter_and_starts_nothing(domain_id, module, program):
+    from delen_ros.ros import params, placer
+    proc = subprocess.run([sys.executable, '-m', f'delen_ros.ros.{module}', '--help'], cwd=REPO,
+                          env=ros_env(domain_id), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr == '', proc.stderr
-    assert proc.stdout.startswith('usage: delen_node [--ros-args')
+    assert proc.stdout.startswith(f'usage: {program} [--ros-args')
     listed = re.findall(r'^  (\w+) \(default ', proc.stdout, re.MULTILINE)
-    assert listed == list(_SPECS)
-    assert "  choice_yields (default 'waiting'; one of: waiting, pressed, demand, never)" in proc.stdout
-    assert '[delen]' not in proc.stdout   # no node was made: it would have logged
+    assert listed == list(params._SPECS if module == 'node' else placer._PARAMS)
+    assert ("  choice_yields (default 'waiting'; one of: waiting, pressed, demand, never)" if module == 'node' else
+            '  move_cooldown_s (default 30.0; in [0.0, 3600.0])') in proc.stdout
+    assert '[delen' not in proc.stdout   # no node was made: it would have logged
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])

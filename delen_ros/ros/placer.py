@@ -123,35 +123,46 @@ def _ns_prefix(namespace: str, node_name: str) -> str:
     return f'{ns}/{node_name}'
 
 
+#: name -> (default, description, (low, high) for seconds); all read-only
+_PARAMS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
+    'nodes': ([''], "Namespaces of the delen nodes, e.g. ['/host_a', '/host_b'] ('' = the root namespace).", None),
+    'node_name': ('delen', 'Name of each delen node.', None),
+    'liveness_timeout_s': (1.0, 'A node serving apps is dead when its ~/status is silent this long, s.', (0.1, 60.0)),
+    'check_period_s': (0.1, 'Period of the liveness check and of re-placement retries, s.', (0.01, 10.0)),
+    'call_timeout_s': (5.0, "Longest wait for a node's answer, s.", (0.1, 60.0)),
+    'allow_takeover': (False, 'Any client may update or remove any app (no token needed).', None),
+    'overload_grace_s': (2.0, "Move an app off a node whose ~/status has flagged it unschedulable this long, s "
+                              '(0 = never move apps for overload).', (0.0, 3600.0)),
+    'move_timeout_s': (3.0, 'Longest a move tries the other nodes before the app goes back to its old node, s.',
+                       (0.1, 60.0)),
+    'move_cooldown_s': (30.0, 'After a move (successful or not), the app is not moved again for this long, s.',
+                        (0.0, 3600.0)),
+}
+
+
+def usage() -> str:
+    """``delen_placer --help``: how to set a parameter, then each one's default, range and meaning."""
+    lines = ['usage: delen_placer [--ros-args (-p NAME:=VALUE | --params-file FILE.yaml) ...]', '',
+             'Places apps on delen nodes: register them with /delen_placer/set_bounds instead of a node\'s.',
+             'Parameters (read-only):', '']
+    for name, (default, description, limits) in _PARAMS.items():
+        shown = str(default).lower() if isinstance(default, bool) else repr(default)
+        lines.append(f'  {name} (default {shown}' + (f'; in [{limits[0]}, {limits[1]}])' if limits else ')'))
+        lines.append(f'      {description}')
+    return '\n'.join(lines) + '\n'
+
+
 class PlacerNode(Node):
     """The placement service (see the module docstring)."""
 
     def __init__(self, node_name: str = PLACER_NAME, **kwargs: Any):
         super().__init__(node_name, **kwargs)
-        describe = ParameterDescriptor
-
-        def seconds(name: str, default: float, low: float, high: float, description: str) -> None:
-            limits = FloatingPointRange(from_value=low, to_value=high, step=0.0)
-            self.declare_parameter(name, default, describe(description=description, read_only=True,
-                                                           floating_point_range=[limits]))
-
-        self.declare_parameter('nodes', [''], describe(
-            description="Namespaces of the delen nodes, e.g. ['/host_a', '/host_b'] ('' = the root namespace).",
-            read_only=True))
-        self.declare_parameter('node_name', 'delen', describe(description='Name of each delen node.', read_only=True))
-        seconds('liveness_timeout_s', 1.0, 0.1, 60.0,
-                'A node serving apps is dead when its ~/status is silent this long, s.')
-        seconds('check_period_s', 0.1, 0.01, 10.0, 'Period of the liveness check and of re-placement retries, s.')
-        seconds('call_timeout_s', 5.0, 0.1, 60.0, "Longest wait for a node's answer, s.")
-        self.declare_parameter('allow_takeover', False, describe(
-            description='Any client may update or remove any app (no token needed).', read_only=True))
-        seconds('overload_grace_s', 2.0, 0.0, 3600.0,
-                'Move an app off a node whose ~/status has flagged it unschedulable this long, s (0 = never move '
-                'apps for overload).')
-        seconds('move_timeout_s', 3.0, 0.1, 60.0,
-                'Longest a move tries the other nodes before the app goes back to its old node, s.')
-        seconds('move_cooldown_s', 30.0, 0.0, 3600.0,
-                'After a move (successful or not), the app is not moved again for this long, s.')
+        for name, (default, description, limits) in _PARAMS.items():   # all read-only
+            descriptor = ParameterDescriptor(description=description, read_only=True)
+            if limits is not None:
+                descriptor.floating_point_range = [FloatingPointRange(from_value=limits[0], to_value=limits[1],
+                                                                      step=0.0)]
+            self.declare_parameter(name, default, descriptor)
         namespaces = [str(n) for n in self.get_parameter('nodes').value]
         name = str(self.get_parameter('node_name').value)
         self.liveness_timeout_s = float(self.get_parameter('liveness_timeout_s').value)
@@ -492,7 +503,12 @@ class PlacerNode(Node):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the placer (``delen_placer``) until Ctrl-C / SIGTERM."""
-    rclpy.init(args=list(sys.argv if argv is None else argv))
+    args = list(sys.argv if argv is None else argv)
+    ours = args[1:args.index('--ros-args')] if '--ros-args' in args else args[1:]
+    if '-h' in ours or '--help' in ours:
+        print(usage(), end='')
+        return 0
+    rclpy.init(args=args)
     try:
         node = PlacerNode()
     except (ValueError, rclpy.exceptions.ParameterException) as exc:
