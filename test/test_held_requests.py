@@ -42,6 +42,8 @@ def test_a_held_request_leaves_the_executor_to_others_and_waits_no_longer_than_t
     with node_and_peer(tmp_path, admission_settle_s=SETTLE_S) as (node, peer):
         # a camera that is up but sends nothing: the request after its app's waits the whole setting
         peer.node.create_publisher(Image, '/held/silent', image_qos('reliable'))
+        # get_profile's client discovered and matched first: the call during the hold is one round trip
+        peer.call(GetProfile, '/delen/get_profile', GetProfile.Request(), timeout=10.0)
         assert peer.call(SetBounds, '/delen/set_bounds', _request('silent', '/held/silent')).accepted
         asked = time.monotonic()
         held = peer.client(SetBounds, '/delen/set_bounds').call_async(_request('next', '/held/next'))
