@@ -457,7 +457,6 @@ def test_the_outlet_lag_in_the_window_is_reported():
     assert (lag['median'], lag['max'], lag['periods']) == (0.3, 0.45, 3)
 
 
-
 def test_the_nodes_view_of_the_hosts_theft_in_the_window_is_reported():
     stamps = [T0 + i * 100 * MS for i in range(10)]
     raw = _raw('node', [_row(s, e2e_ms=10.0) for s in stamps], stamps)
@@ -466,6 +465,7 @@ def test_the_nodes_view_of_the_hosts_theft_in_the_window_is_reported():
                                       (T0 + 900 * MS, '/delen: engine', 2.5, 4.0)]
     stolen = analyze(raw, duration_s=1.0)['total']['node_host_cpu_stolen_pct']
     assert (stolen['median'], stolen['max'], stolen['rounds'], stolen['worst_core_max']) == (1.5, 2.5, 2, 8.0)
+
 
 def test_frames_stopped_early_behind_count_within_the_window_per_node():
     stamps = [T0 + i * 100 * MS for i in range(10)]

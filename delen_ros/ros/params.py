@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-__all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 'usage', 'EXECUTORS', 'IMAGE_QOS',
+__all__ = ['NodeParams', 'ParameterError', 'declare', 'read', 'describe_error', 'asks_for_help', 'format_usage', 'usage', 'EXECUTORS', 'IMAGE_QOS',
            'CUDNN_TRIALS', 'CONV_KERNELS', 'PRECISIONS']
 
 EXECUTORS = ('single', 'events', 'multi')
@@ -287,15 +287,19 @@ def describe_error(exc: BaseException) -> str:
     return f'bad parameter: {text}'
 
 
-def usage(program: str = 'delen_node') -> str:
-    """``delen_node --help``: how to set a parameter, then each one's default, limits and meaning."""
+def asks_for_help(argv: Sequence[str]) -> bool:
+    """Whether a program's own arguments (after its name, before ``--ros-args``) ask for ``-h`` / ``--help``."""
+    own = argv[1:argv.index('--ros-args')] if '--ros-args' in argv else argv[1:]
+    return '-h' in own or '--help' in own
+
+
+def format_usage(program: str, about: Sequence[str],
+                 rows: Iterable[tuple[str, Any, str, Any, bool]]) -> str:
+    """A ROS program's ``--help``: how to set a parameter, ``about``, then per ``(name, default, description,
+    limits, read_only)`` row its default, its range or choices and its meaning."""
     import textwrap
-    lines = [f'usage: {program} [--ros-args (-p NAME:=VALUE | --params-file FILE.yaml) ...]',
-             '',
-             'The delen lifecycle node: one multi-exit network served to many camera topics, each app under',
-             'its own latency / accuracy / energy bounds (register them with the ~/set_bounds service).',
-             'Parameters (config/delen.yaml lists them too):', '']
-    for name, (default, description, limits, read_only) in _SPECS.items():
+    lines = [f'usage: {program} [--ros-args (-p NAME:=VALUE | --params-file FILE.yaml) ...]', '', *about, '']
+    for name, default, description, limits, read_only in rows:
         facts = [f'default {str(default).lower() if isinstance(default, bool) else repr(default)}']
         if isinstance(limits, tuple) and limits and isinstance(limits[0], str):
             facts.append(f'one of: {", ".join(limits)}')
@@ -306,3 +310,11 @@ def usage(program: str = 'delen_node') -> str:
         lines.append(f'  {name} ({"; ".join(facts)})')
         lines += textwrap.wrap(description, width=100, initial_indent='      ', subsequent_indent='      ')
     return '\n'.join(lines) + '\n'
+
+
+def usage() -> str:
+    """``delen_node --help``: how to set a parameter, then each one's default, limits and meaning."""
+    return format_usage('delen_node', [
+        'The delen lifecycle node: one multi-exit network served to many camera topics, each app under',
+        'its own latency / accuracy / energy bounds (register them with the ~/set_bounds service).',
+        'Parameters (config/delen.yaml lists them too):'], ((name, *spec) for name, spec in _SPECS.items()))

@@ -61,6 +61,7 @@ from delen_ros.msg import AppStatus
 from delen_ros.srv import RemoveApp, SetBounds
 
 from .apps import new_token, token_hash, validate_app_id
+from .params import asks_for_help, format_usage
 from .rejections import clean_message
 
 __all__ = ['PLACER_NAME', 'NodeView', 'Placed', 'Move', 'PlacerNode', 'main']
@@ -142,14 +143,10 @@ _PARAMS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
 
 def usage() -> str:
     """``delen_placer --help``: how to set a parameter, then each one's default, range and meaning."""
-    lines = ['usage: delen_placer [--ros-args (-p NAME:=VALUE | --params-file FILE.yaml) ...]', '',
-             'Places apps on delen nodes: register them with /delen_placer/set_bounds instead of a node\'s.',
-             'Parameters (read-only):', '']
-    for name, (default, description, limits) in _PARAMS.items():
-        shown = str(default).lower() if isinstance(default, bool) else repr(default)
-        lines.append(f'  {name} (default {shown}' + (f'; in [{limits[0]}, {limits[1]}])' if limits else ')'))
-        lines.append(f'      {description}')
-    return '\n'.join(lines) + '\n'
+    return format_usage('delen_placer', [
+        "Places apps on delen nodes: register them with /delen_placer/set_bounds instead of a node's.",
+        'Parameters (read-only):'], ((name, default, description, limits, False)   # all read-only: said once
+                                     for name, (default, description, limits) in _PARAMS.items()))
 
 
 class PlacerNode(Node):
@@ -504,8 +501,7 @@ class PlacerNode(Node):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the placer (``delen_placer``) until Ctrl-C / SIGTERM."""
     args = list(sys.argv if argv is None else argv)
-    ours = args[1:args.index('--ros-args')] if '--ros-args' in args else args[1:]
-    if '-h' in ours or '--help' in ours:
+    if asks_for_help(args):
         print(usage(), end='')
         return 0
     rclpy.init(args=args)

@@ -83,8 +83,7 @@ def run_node(node_class: Any, argv: Sequence[str] | None = None) -> int:
     one line on stderr, for a bad parameter or (with ``autostart``) a failed configure or activate."""
     from rclpy.exceptions import ParameterException
     args = list(sys.argv if argv is None else argv)
-    ours = args[1:args.index('--ros-args')] if '--ros-args' in args else args[1:]
-    if '-h' in ours or '--help' in ours:   # before anything starts: a node that configured was no answer
+    if params.asks_for_help(args):   # before anything starts: a node that configured was no answer
         print(params.usage(), end='')
         return 0
     preload_inference_libraries()
