@@ -3,6 +3,7 @@ camera sources and labels, QoS names (no DDS, no node)."""
 from __future__ import annotations
 
 import math
+import time
 import os
 
 import numpy as np
@@ -277,3 +278,40 @@ def test_describe(fields, text):
 def test_energy_meter_on_several_gpus_is_estimated_unless_asked_for(kind, devices, expected):
     from delen_ros.ros.multi_device import meter_kind
     assert meter_kind(kind, devices) == expected
+
+
+# --- held requests ---------------------------------------------------------------------------------------
+class _TimerNode:
+    """What HeldRequests uses of a node: a timer it can create and destroy (ticked by hand here)."""
+
+    def __init__(self):
+        self.timers, self.destroyed = [], []
+
+    def create_timer(self, period_s, callback, callback_group=None):
+        self.timers.append(callback)
+        return callback
+
+    def destroy_timer(self, timer):
+        self.destroyed.append(timer)
+
+
+def test_a_held_requests_service_outlives_its_reply_by_the_linger():
+    from delen_ros.ros.held_requests import HeldRequests
+    node, ready = _TimerNode(), [False]
+    held = HeldRequests(node, linger_s=0.2)
+    wait = held.until(lambda: ready[0], timeout_s=5.0)
+    wait.send(None)                        # the request is held: the ticker is started
+    released = []
+    held.release_when_done(lambda: released.append(True))
+    node.timers[0]()
+    assert released == [] and held.waiting == 1
+    ready[0] = True
+    with pytest.raises(StopIteration):     # its wait ends: the reply is sent now, through the service
+        wait.send(None)
+    node.timers[0]()
+    assert released == [] and node.destroyed == []   # not destroyed under the reply
+    time.sleep(0.25)
+    node.timers[0]()
+    assert released == [True] and node.destroyed == node.timers
+    held.release_when_done(lambda: released.append('now'))   # nothing held for the linger: at once
+    assert released == [True, 'now']

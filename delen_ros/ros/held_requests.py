@@ -12,8 +12,10 @@ busy until its coroutine returns, and nothing else in that group runs meanwhile 
 in the node's default group a held request stopped the status tick and never woke again).
 
 A service answers through its handle after its coroutine returns, so a service with a request held
-must outlive it: :meth:`HeldRequests.release_when_done` destroys such services once no request is
-held (a lifecycle cleanup first ends every wait: :meth:`HeldRequests.cancel`).
+must outlive it: :meth:`HeldRequests.release_when_done` destroys such services once no request has
+been held for ``linger_s`` (a lifecycle cleanup first ends every wait: :meth:`HeldRequests.cancel`).
+The linger is for the reply: it leaves in the service's writer, and a reliable reply that DDS must
+send again is lost with the writer.
 """
 from __future__ import annotations
 
@@ -35,9 +37,10 @@ class _NextWake:
 class HeldRequests:
     """The node's held requests: how many, the ticker that resumes them, what waits for them to end."""
 
-    def __init__(self, node: Any, *, tick_s: float = 0.02):
-        self._node, self._tick_s = node, tick_s
+    def __init__(self, node: Any, *, tick_s: float = 0.02, linger_s: float = 0.5):
+        self._node, self._tick_s, self._linger_s = node, tick_s, linger_s
         self.waiting = 0
+        self._idle_since = -float('inf')   # when the last held request ended (monotonic s)
         self._timer = None
         self._epoch = 0         # a cancel() ends every wait begun before it
         self._when_done: list[Callable[[], None]] = []
@@ -62,21 +65,23 @@ class HeldRequests:
             return time.monotonic() - start
         finally:
             self.waiting -= 1
+            if not self.waiting:
+                self._idle_since = time.monotonic()
 
     def cancel(self) -> None:
         """End every wait now (at its next wake): the node is being cleaned up."""
         self._epoch += 1
 
     def release_when_done(self, release: Callable[[], None]) -> None:
-        """Call ``release`` now if no request is held, else once none is (from the ticker: after the
-        last held request has been answered)."""
-        if self.waiting == 0:
+        """Call ``release`` now if no request is held or has been for ``linger_s``, else once none has
+        (from the ticker: after the last held request has been answered)."""
+        if self.waiting == 0 and time.monotonic() - self._idle_since >= self._linger_s:
             release()
         else:
             self._when_done.append(release)
 
     def _tick(self) -> None:
-        if self.waiting:
+        if self.waiting or time.monotonic() - self._idle_since < self._linger_s:
             return
         when_done, self._when_done = self._when_done, []
         for release in when_done:
