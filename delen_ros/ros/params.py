@@ -112,7 +112,9 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                           'that would otherwise wait behind it (steps are not preempted); runs of fused steps end '
                           'before such a frame must start. This CPU, a 10 ms app beside a 20 ms app on drifting '
                           'cameras: see benchmarks/cpu/arrival_lookahead_session29. Admission does not count on it '
-                          'yet. Off by default: not measured on a GPU.' + _LATER, None, False),
+                          'yet. Off by default: on the H200 (16 cameras, mixed bounds) it met the bounds as often '
+                          'as without and gave up 0.7 points of accuracy (benchmarks/h200/session43).' + _LATER,
+                          None, False),
     'executor': ('single', "rclpy executor: 'single' (default; callbacks only hand work over), 'events' "
                  "(rclpy.experimental.EventsExecutor: with rclpy 9.1.2 it did not answer the services created at "
                  "configure) or 'multi' (MultiThreadedExecutor: busy-spins; both kept for comparison).",
