@@ -2,6 +2,8 @@
 phase log. The graphs themselves run on CUDA only (test_runner.py's CUDA tests)."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -27,19 +29,30 @@ def test_graph_sizes_must_end_at_max_batch():
             StageRunner(fake_model(), max_batch=8, graph_sizes=bad)
 
 
-def test_build_logs_its_phases():
+@contextlib.contextmanager
+def _built(**params):
+    """The node's core built on a CPU as configure builds it (fashion_mnist, its CPU profile), with
+    ``params`` over the defaults; yields it and the lines it logged. Restores torch's thread count."""
     from delen_ros.core.zoo import models_dir
     from delen_ros.ros.assembly import build
     from delen_ros.ros.params import _SPECS, NodeParams
     values = {name: spec[0] for name, spec in _SPECS.items()}
     profile = sorted((models_dir() / 'profiles').glob('fashion_mnist__cpu-*.json'))[0]
     values.update(model='fashion_mnist', device='cpu', profile=str(profile), energy_meter='estimate',
-                  max_batch=8, apps='', choice_headroom=0.25, admission_control=False, arrival_lookahead=True,
-                  choice_yields='demand')
+                  max_batch=8, apps='', **params)
     lines = []
     threads_before = torch.get_num_threads()
     served = build(NodeParams(**values), on_result=lambda r: None, log=lines.append)
     try:
+        yield served, lines
+    finally:
+        served.close()
+        torch.set_num_threads(threads_before)
+
+
+def test_build_logs_its_phases():
+    with _built(choice_headroom=0.25, admission_control=False, arrival_lookahead=True,
+                choice_yields='demand') as (served, lines):
         # torch_threads 0 on a CPU: half the cores (this process's torch is set, as the node's is)
         assert torch.get_num_threads() == auto_intra_op_threads('cpu')
         assert [line for line in lines if line.startswith(f'torch intra-op threads: {auto_intra_op_threads("cpu")} (')]
@@ -50,32 +63,29 @@ def test_build_logs_its_phases():
         assert list(served.phases) == ['meter', 'idle power', 'model', 'profile', 'engine', 'warm-up']
         assert all(s >= 0 for s in served.phases.values())
         assert [line for line in lines if line.startswith('configure phases: meter ')]
-    finally:
-        served.close()
-        torch.set_num_threads(threads_before)
 
 
 @pytest.mark.parametrize('env, expected', [('pressed', 'pressed'), ('0', 'never'), ('sometimes', 'demand')])
 def test_the_choice_yields_ab_switch_names_a_rule_or_is_refused_with_a_line(monkeypatch, env, expected):
     """``DELEN_CHOICE_YIELDS`` (a developer's A/B) overrides the parameter with a rule it names; an unknown
     value leaves the parameter in force and says so (it meant ``pressed`` until session 42)."""
-    from delen_ros.core.zoo import models_dir
-    from delen_ros.ros.assembly import build
-    from delen_ros.ros.params import _SPECS, NodeParams
     monkeypatch.setenv('DELEN_CHOICE_YIELDS', env)
-    values = {name: spec[0] for name, spec in _SPECS.items()}
-    profile = sorted((models_dir() / 'profiles').glob('fashion_mnist__cpu-*.json'))[0]
-    values.update(model='fashion_mnist', device='cpu', profile=str(profile), energy_meter='estimate',
-                  max_batch=8, apps='', choice_yields='demand')
-    lines = []
-    threads_before = torch.get_num_threads()
-    served = build(NodeParams(**values), on_result=lambda r: None, log=lines.append)
-    try:
+    with _built(choice_yields='demand') as (served, lines):
         assert served.engine.choice_yields == expected
         refused = [line for line in lines if line.startswith('DELEN_CHOICE_YIELDS=')]
         assert refused == ([] if env != 'sometimes' else
                            ["DELEN_CHOICE_YIELDS='sometimes' is not one of waiting, pressed, demand, never (or 0): "
                             "choice_yields stays 'demand'"])
-    finally:
-        served.close()
-        torch.set_num_threads(threads_before)
+
+
+@pytest.mark.parametrize('env, expected', [('2', 2.0), ('nan', 0.0), ('-1', 0.0), ('two', 0.0)])
+def test_the_choice_yield_margin_ab_switch_takes_a_number_or_is_refused_with_a_line(monkeypatch, env, expected):
+    """``DELEN_CHOICE_YIELD_MARGIN_MS`` that is not a finite number >= 0 leaves the margin as it was (0 ms) and
+    says so; before session 43 it stopped the configure with a bare ValueError."""
+    monkeypatch.setenv('DELEN_CHOICE_YIELD_MARGIN_MS', env)
+    with _built() as (served, lines):
+        assert served.engine.choice_yield_margin_ms == expected
+        refused = [line for line in lines if line.startswith('DELEN_CHOICE_YIELD_MARGIN_MS=')]
+        assert refused == ([] if expected else
+                           [f"DELEN_CHOICE_YIELD_MARGIN_MS={env!r} is not a finite number of ms >= 0: the margin "
+                            "stays 0 ms"])

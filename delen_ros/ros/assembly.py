@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
 import re
 import time
@@ -223,8 +224,13 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
             elif yields:
                 log(f'DELEN_CHOICE_YIELDS={yields[:32]!r} is not one of {", ".join(CHOICE_YIELDS)} (or 0): '
                     f'choice_yields stays {params.choice_yields!r}')
-            if os.environ.get('DELEN_CHOICE_YIELD_MARGIN_MS'):   # an A/B (session 41): with pressed or demand
-                built.choice_yield_margin_ms = float(os.environ['DELEN_CHOICE_YIELD_MARGIN_MS'])
+            margin = os.environ.get('DELEN_CHOICE_YIELD_MARGIN_MS', '')   # an A/B (session 41): with pressed or demand
+            if margin:
+                try:
+                    built.choice_yield_margin_ms = _non_negative_ms(margin)
+                except ValueError:
+                    log(f'DELEN_CHOICE_YIELD_MARGIN_MS={margin[:32]!r} is not a finite number of ms >= 0: '
+                        f'the margin stays {built.choice_yield_margin_ms:g} ms')
             if os.environ.get('DELEN_MARGIN_WHEN_BEHIND') == '1':   # an A/B: late results behind a backlog raise it (before session 36)
                 built.margin_learns_when_behind = True
             if os.environ.get('DELEN_STREAM_PRIORITY') == '0':   # an A/B: the worker on the default stream (before session 30)
@@ -267,6 +273,13 @@ class _PhaseClock:
         t = time.perf_counter()
         self.phases[name] = t - self._t
         self._t = t
+
+
+def _non_negative_ms(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
 
 
 def _phase_line(phases: dict[str, float], engine: Any) -> str:
