@@ -105,3 +105,10 @@ def test_a_ticker_needs_a_positive_period():
     from delen_ros.ros.status_round import Ticker
     with pytest.raises(ValueError, match='period_s'):
         Ticker(lambda: None, 0.0, name='x')
+
+
+def test_a_status_parts_ab_switch_that_is_no_count_keeps_the_default(caplog):
+    from delen_ros.ros.status_round import _status_parts
+    assert _status_parts('3') == 3 and _status_parts('0') == 1
+    assert _status_parts('many') == 8
+    assert "DELEN_STATUS_PARTS='many' is not a whole number: 8 parts" in caplog.text

@@ -25,6 +25,7 @@ through the receiver processes, results go out from the engine's threads), so it
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -34,7 +35,18 @@ from delen_ros.core.thread_names import name_os_thread
 
 __all__ = ['DIAGNOSTICS_APART', 'STATUS_ON_EXECUTOR', 'STATUS_PARTS', 'StatusRound', 'Ticker']
 
-STATUS_PARTS = max(1, int(os.environ.get('DELEN_STATUS_PARTS', '8')))
+
+
+def _status_parts(text: str, default: int = 8) -> int:
+    """``DELEN_STATUS_PARTS`` (an A/B, 1 = the period whole): a count >= 1, else the default, said once."""
+    try:
+        return max(1, int(text))
+    except ValueError:
+        logging.getLogger(__name__).warning('DELEN_STATUS_PARTS=%r is not a whole number: %d parts', text[:32], default)
+        return default
+
+
+STATUS_PARTS = _status_parts(os.environ.get('DELEN_STATUS_PARTS', '8'))
 DIAGNOSTICS_APART = os.environ.get('DELEN_DIAGNOSTICS_APART', '1') != '0'
 STATUS_ON_EXECUTOR = os.environ.get('DELEN_STATUS_ON_EXECUTOR') == '1'
 
