@@ -1,6 +1,7 @@
 """Session 43 on one H200 host: issue 10's mixed set at configure with the arrival look-ahead against the
 default (call 1, interleaved, and four more default runs in call 4), through ``~/set_bounds`` (call 4), the
-admission part with every refused request run anyway (call 2); issue 8's saturation (call 3).
+admission part with every refused request run anyway (call 2); issue 8's saturation (call 3). Call 5: the
+default and ``~/set_bounds`` on a second host whose hypervisor took more of its CPU.
 
     python benchmarks/h200/session43/plot.py     (writes summary.json and session43.png beside it)
 """
@@ -10,9 +11,10 @@ import statistics
 
 HERE = pathlib.Path(__file__).resolve().parent
 ARMS = {'W': 'default', 'R': 'default, traced', 'L': 'arrival_lookahead', 'S': 'through ~/set_bounds'}
-FLOOR = 93.0   # % within: the plot's floor
-ORDER = {'call1_lookahead': 'R1 L1 W1 L2 W2 L3 W3 L4 W4 L5 W5 L6 W6 L7 W7'.split(),   # as they ran
-         'call4_service': 'S1 W8 S2 W9 S3 W10 S4 W11'.split()}
+FLOOR = 90.0   # % within: the plot's floor
+ORDER = {'call1_lookahead': ('A', 'R1 L1 W1 L2 W2 L3 W3 L4 W4 L5 W5 L6 W6 L7 W7'.split()),   # host, runs as they ran
+         'call4_service': ('A', 'S1 W8 S2 W9 S3 W10 S4 W11'.split()),
+         'call5_second_host': ('B', 'W1 W2 S1 W3 W4 W5 S2 W6 W7 W8'.split())}
 
 
 def _config(run: pathlib.Path) -> dict:
@@ -23,14 +25,16 @@ def mixed_runs() -> list[dict]:
     """Each mixed-set run: the worst admitted app (one that got results) within all its bounds at the recorder,
     the admitted apps' frames missed, the node's CPU per frame sent and the CPU the hypervisor stole."""
     out = []
-    for call, names in ORDER.items():
+    for call, (host, names) in ORDER.items():
         for run in (HERE / call / name for name in names):
             c = _config(run)
             t, res = c['total'], c['total']['resources']
             admitted = {k: a for k, a in c['apps'].items() if a['answered']}
             worst = min(admitted, key=lambda k: admitted[k]['attainment'])
             ten = [a for a in admitted.values() if a['bound_ms'] == 10.0]
-            out.append({'call': call, 'run': run.name, 'arm': ARMS[run.name[0]], 'admitted': len(admitted),
+            out.append({'call': call, 'host': host, 'run': f'{host}:{run.name}', 'arm': ARMS[run.name[0]],
+                        'admitted': len(admitted), 'demoted': len(t.get('apps_demoted') or []),
+                        'worst_app_flagged_share': admitted[worst].get('node_flagged_share'),
                         'worst_app': worst, 'worst_within': round(admitted[worst]['attainment'], 4),
                         'every_admitted_app_99': admitted[worst]['attainment'] >= 0.99,
                         'missed_frames': sum(round((1 - a['attainment']) * a['sent']) for a in admitted.values()),
@@ -47,10 +51,12 @@ def mixed_runs() -> list[dict]:
 
 def arms(runs: list[dict]) -> dict:
     out = {}
-    for arm in ARMS.values():
-        rows = [r for r in runs if r['arm'] == arm]
-        out[arm] = {'runs': len(rows), 'every_admitted_app_99': sum(r['every_admitted_app_99'] for r in rows),
+    for host, arm in sorted({(r['host'], r['arm']) for r in runs}):
+        rows = [r for r in runs if (r['host'], r['arm']) == (host, arm)]
+        out[f'host {host}, {arm}'] = {'runs': len(rows), 'every_admitted_app_99': sum(r['every_admitted_app_99'] for r in rows),
                     'missed_frames_median': statistics.median(r['missed_frames'] for r in rows),
+                    'host_cpu_steal_share': [min(r['host_cpu_steal_share'] for r in rows),
+                                             max(r['host_cpu_steal_share'] for r in rows)],
                     'accuracy_10ms_apps_median': statistics.median(r['accuracy_10ms_apps'] for r in rows),
                     'node_cpu_ms_per_frame': [min(r['node_cpu_ms_per_frame'] for r in rows),
                                               max(r['node_cpu_ms_per_frame'] for r in rows)]}
@@ -90,17 +96,21 @@ def main() -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={'width_ratios': [1.6, 1, 0.8]})
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw={'width_ratios': [2.2, 1, 0.8]})
     colours = {'default': 'C3', 'default, traced': 'C1', 'arrival_lookahead': 'C0', 'through ~/set_bounds': 'C2'}
     for i, r in enumerate(runs):
-        a.bar(i, 100 * r['worst_within'] - FLOOR, bottom=FLOOR, color=colours[r['arm']])
-    a.set_xticks(range(len(runs)), [r['run'] for r in runs], fontsize=7)
+        a.bar(i, max(100 * r['worst_within'], FLOOR) - FLOOR, bottom=FLOOR, color=colours[r['arm']],
+              hatch='//' if r['host'] == 'B' else None)
+        if 100 * r['worst_within'] < FLOOR:   # off the scale: its figure written at the floor
+            a.annotate(f"{100 * r['worst_within']:.0f} %", (i, FLOOR - 0.2), ha='center', va='top', fontsize=7,
+                       rotation=90)
+    a.set_xticks(range(len(runs)), [r['run'] for r in runs], fontsize=6, rotation=90)
     a.axhline(99, color='r', linestyle=':')
-    a.set_ylim(FLOOR, 100.3)
+    a.set_ylim(FLOOR - 4, 100.3)   # below the floor: the off-scale figures and the legend
     a.set_ylabel('worst admitted app within its bounds, %')
-    a.set_title('16 cameras × 30 Hz, 8 × 10 ms + 8 × 33 ms @ 0.9415, in run order', fontsize=10)
+    a.set_title('16 cameras × 30 Hz, 8 × 10 ms + 8 × 33 ms @ 0.9415, in run order (hatched: host B)', fontsize=10)
     a.legend(handles=[Patch(color=colour, label=arm) for arm, colour in colours.items()], fontsize=8,
-             loc='lower right', ncol=2)
+             loc='lower right', ncol=4)
     ref = summary['refusals']
     b.bar(range(len(ref)), [100 * r['forced_within'] for r in ref], color='C2')
     b.axhline(99, color='r', linestyle=':')
