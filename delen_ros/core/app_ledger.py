@@ -10,7 +10,7 @@ from .arrivals import NextFrame, Rate
 from .bounds import Bounds, LatePolicy, Objective
 from .choice_margin import ChoiceMargin
 
-__all__ = ['AppLedger', 'BEHIND_NS', 'DEMOTED_NOTE', 'QUIET_NOTE']
+__all__ = ['AppLedger', 'BEHIND_NS', 'DEMOTED_NOTE', 'OWN_MISSES_NOTE', 'QUIET_NOTE']
 
 #: an app whose queue pushed a frame out this recently is behind (:meth:`AppLedger.behind`)
 BEHIND_NS = 500_000_000
@@ -20,6 +20,9 @@ DEMOTED_NOTE = 'demoted: served after the others until it fits again'
 #: how the reason of an app at risk ends while the apps served miss nothing (read back by the placer,
 #: which leaves such an app where it is)
 QUIET_NOTE = 'at risk, not demoted: the apps served met their bounds since the last re-check'
+#: ... while only the apps at risk miss theirs: served after the others, they would miss more and spare nobody
+OWN_MISSES_NOTE = ('at risk, not demoted: only the apps at risk missed their bounds, so serving them last '
+                   'would spare no other')
 
 
 class AppLedger:

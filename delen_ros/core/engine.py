@@ -408,6 +408,8 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         # demote only while the apps served miss their bounds (check_schedulable); false: on the
         # re-check's verdict alone, as before session 32 (an A/B)
         self.demote_on_misses = True
+        # True (an A/B, before session 43): the misfits' own misses are enough to demote them
+        self.demote_for_own_misses = False
         self.restore_after = restore_after
         self._admitted = 0   # admissions so far: the next app's AppLedger.seq
         self._risk_logged: tuple[object, int] = ((), 0)   # the re-check's last warning: what, when (ns)
