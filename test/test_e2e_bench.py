@@ -653,3 +653,46 @@ def test_provenance_names_the_commit_of_a_checkout_and_not_of_an_installed_copy(
     assert e2e_bench._git_revision() == f'installed copy in {installed}'
     assert _provenance(f'installed copy in {installed}') == f'installed copy in {installed}'
     assert _provenance('abc1234+dirty') == 'git abc1234+dirty' and _provenance(None) == 'git ?'
+
+
+def test_a_sigterm_stops_the_bench_and_every_process_it_started(tmp_path):
+    """A kill (or a CI job's timeout) ends the bench as Ctrl-C does: its children stopped, what ran written.
+    Before session 43 the node and its receivers ran on, orphaned."""
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2 wheels) not installed')
+    import os
+    import signal
+    import sys
+    import time
+    from delen_ros.tools.processes import descendants
+    args = _short_run_args(tmp_path, 3)
+    args[args.index('--duration') + 1] = '60'
+    bench = subprocess.Popen([sys.executable, '-m', 'delen_ros.tools.e2e_bench', *args, '--policies', 'delen',
+                              '--no-echo', '--model', 'fashion_mnist', '--device', 'cpu'],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        started: list[int] = []
+        while time.monotonic() < deadline and bench.poll() is None:   # the node and its receivers are up
+            started = descendants(bench.pid)
+            if (tmp_path / 'work' / 'delen_n1' / 'recorder.log').exists() and len(started) >= 3:
+                break
+            time.sleep(0.2)
+        assert bench.poll() is None and len(started) >= 3, bench.stdout.read() if bench.poll() is not None else ''
+        bench.send_signal(signal.SIGTERM)
+        out, _ = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert '[e2e] interrupted: writing what ran' in out, out[-2000:]
+    time.sleep(0.5)
+    alive = []
+    for pid in started:
+        try:
+            state = pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != 'Z':
+            alive.append(pid)
+            os.kill(pid, signal.SIGKILL)
+    assert alive == [], f'left running: {alive}'
+    assert json.loads((tmp_path / 'out' / 'e2e.json').read_text())['meta']['interrupted'] is True

@@ -845,6 +845,10 @@ def _git_revision() -> str | None:
         return None
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f'signal {signum}')
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -919,6 +923,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {'meta': meta, 'engine_reference': engine_reference(args.engine_bench), 'configs': {}}
     interrupted = False
     t_all = time.monotonic()
+    # a SIGTERM (a kill, a CI job's timeout) stops the children as Ctrl-C does: Python's default ends
+    # this process at once, and the node with its receivers would run on, orphaned
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
         for k, config in enumerate(configs):
             print(f'[e2e] {config.name}: {config.cameras} camera(s) at {args.rate:g} Hz ...', flush=True)
@@ -952,6 +959,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print('[e2e] interrupted: writing what ran', flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
     overheads(report['configs'])
     report['admission'] = admission_check(report['configs'])
     report['memory_growth'] = memory_growth(report)
