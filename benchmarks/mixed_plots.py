@@ -58,3 +58,13 @@ def rows(path: pathlib.Path) -> Iterator[dict]:
     data = json.loads(path.read_text())
     for row in data['rows']:
         yield dict(zip(data['columns'], row))
+
+
+def saturation_bars(ax, sat: Sequence[dict], colours: Sequence[str], title: str) -> None:
+    """Saturation arms as bars of results/s over the engine alone (``sat``: rows with ``run``, ``ratio`` and
+    ``engine_hz``), the 0.9 x target dotted: ``benchmarks/h200/session41`` and ``session43``."""
+    ax.bar([r['run'] for r in sat], [r['ratio'] for r in sat], color=list(colours))
+    ax.axhline(0.9, color='r', linestyle=':')
+    ax.set_ylim(0.6, 1.0)
+    ax.set_ylabel(f"results/s ÷ the engine alone ({sat[0]['engine_hz']:.0f}/s)")
+    ax.set_title(title, fontsize=10)

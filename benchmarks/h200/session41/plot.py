@@ -7,8 +7,11 @@ hypervisor stole in each run; issue 8's saturation under the new default (call 3
 import json
 import pathlib
 import statistics
+import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))   # benchmarks/
+from mixed_plots import saturation_bars  # noqa: E402
 MODES = {'W': 'waiting', 'Y': 'pressed', 'P': 'pressed', 'D': 'demand'}   # Y: pressed as shipped then, P: by env
 CONFIGURE_CALLS = ('call1_yields', 'call2_yields', 'call4_waiting')
 FLOOR = 91.0   # % within: the plot's floor
@@ -109,11 +112,8 @@ def main() -> None:
     b.set_title('the price: accuracy of apps with no accuracy bound', fontsize=10)
     b.legend(fontsize=8)
     sat = summary['saturation']
-    c.bar([r['run'] for r in sat], [r['ratio'] for r in sat], color=['C3' if r['mode'] == 'waiting' else 'C0' for r in sat])
-    c.axhline(0.9, color='r', linestyle=':')
-    c.set_ylim(0.6, 1.0)
-    c.set_ylabel(f"results/s ÷ the engine alone ({sat[0]['engine_hz']:.0f}/s)")
-    c.set_title('saturation, 32 cams × 120 Hz (w: waiting, p: pressed)', fontsize=10)
+    saturation_bars(c, sat, ['C3' if r['mode'] == 'waiting' else 'C0' for r in sat],
+                    'saturation, 32 cams × 120 Hz (w: waiting, p: pressed)')
     fig.tight_layout()
     fig.savefig(HERE / 'session41.png', dpi=110)
 

@@ -8,8 +8,11 @@ default and ``~/set_bounds`` on a second host whose hypervisor took more of its 
 import json
 import pathlib
 import statistics
+import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))   # benchmarks/
+from mixed_plots import saturation_bars  # noqa: E402
 ARMS = {'W': 'default', 'R': 'default, traced', 'L': 'arrival_lookahead', 'S': 'through ~/set_bounds'}
 FLOOR = 90.0   # % within: the plot's floor
 ORDER = {'call1_lookahead': ('A', 'R1 L1 W1 L2 W2 L3 W3 L4 W4 L5 W5 L6 W6 L7 W7'.split()),   # host, runs as they ran
@@ -119,12 +122,7 @@ def main() -> None:
     b.set_ylim(0, 102)
     b.set_ylabel('refused 5 ms request forced in: within, %')
     b.set_title('admission (5 / 10 / 33 ms): every refusal run anyway', fontsize=10)
-    sat = summary['saturation']
-    c.bar([r['run'] for r in sat], [r['ratio'] for r in sat], color='C3')
-    c.axhline(0.9, color='r', linestyle=':')
-    c.set_ylim(0.6, 1.0)
-    c.set_ylabel(f"results/s ÷ the engine alone ({sat[0]['engine_hz']:.0f}/s)")
-    c.set_title('saturation, 32 cams × 120 Hz', fontsize=10)
+    saturation_bars(c, summary['saturation'], ['C3'] * len(summary['saturation']), 'saturation, 32 cams × 120 Hz')
     fig.tight_layout()
     fig.savefig(HERE / 'session43.png', dpi=110)
 
