@@ -162,11 +162,12 @@ def test_recheck_puts_an_unschedulable_app_after_the_schedulable_ones():
     engine.set_app('tight', Bounds(max_latency_ms=6.0), rate_hz=10.0)
     engine.set_app('loose', Bounds(max_latency_ms=100.0), rate_hz=10.0)
     submit_aged(engine, clock, ['tight', 'loose'], age_ms=5.0)   # too old for 'tight' only
-    tight = engine._apps['tight']
+    tight, loose = engine._apps['tight'], engine._apps['loose']
 
-    def late_frames() -> None:   # its frames missing their bound: what lets the re-check demote it
-        tight.results_out += 3
-        tight.served_late += 3
+    def late_frames() -> None:   # the other app's frames missing theirs too: what lets the re-check demote it
+        for app in (tight, loose):
+            app.results_out += 3
+            app.served_late += 3
 
     for _ in range(engine.demote_after - 1):                     # at risk, said at once; not yet demoted
         late_frames()
