@@ -217,7 +217,7 @@ class AdmissionMixin:
         When the apps no longer fit together, the fewest are served after the others (demoted:
         :meth:`~delen_ros.core.scheduler.Scheduler.set_best_effort`), the most recently admitted
         first (:func:`~delen_ros.core.admission.misfits`): an app keeps the guarantee it was given
-        at admission, and one infeasible alone is always demoted. Who is at risk is judged at the
+        at admission, and one infeasible alone is among them whatever its age. Who is at risk is judged at the
         tails measured now, who is demoted on device demand (:meth:`_misfits`). An app is demoted only after
         ``demote_after`` re-checks in a row found it not fitting while the apps served with the
         others were missing their bounds (:meth:`_served_apps_missing`; ``demote_on_misses``), apps
