@@ -302,3 +302,14 @@ def test_the_fleet_launch_passes_overload_grace_s(monkeypatch):
     assert placer.kwargs['parameters'][0]['overload_grace_s'] == 0.0
     with pytest.raises(ValueError, match="overload_grace_s must be 0 or more, got '-1'"):
         test_fleet_launch._build(fleet, overload_grace_s='-1')
+
+
+def test_an_app_missing_alone_its_node_will_not_demote_is_moved():
+    """OWN_MISSES_NOTE (only the apps at risk missed: the node serves them with the others rather than
+    last, session 43) makes the app due: another node may serve it within its bounds."""
+    from delen_ros.core.app_ledger import OWN_MISSES_NOTE
+    watch = OverloadWatch(grace_s=1.0, cooldown_s=0.0)
+    reason = f'its end-to-end deadline leaves 0.5 ms of device time; {OWN_MISSES_NOTE}'
+    watch.observe('nav', A, reason, now_ns=0)
+    watch.observe('nav', A, reason, now_ns=S)
+    assert watch.due({'nav': A}, now_ns=S) == [('nav', A, reason, 1.0)]
