@@ -20,9 +20,9 @@ def _result(**changes):
     return types.SimpleNamespace(**fields)
 
 
-@pytest.mark.parametrize('frame_id, app_id, topic, label, source', itertools.product(
+@pytest.mark.parametrize('frame_id, app_id, topic, label, source', list(itertools.product(
     ['', 'c', 'cam', 'camera_fr'], ['a', 'nav', 'abcd', 'navi1'], ['/c', '/cam0/image_raw'],
-    ['x', 'dress', 'T-shirt/top', 'é'], ['estimate', 'nvml_above_idle']))
+    ['x', 'dress', 'T-shirt/top', 'é'], ['estimate', 'nvml_above_idle'])))
 def test_result_cdr_is_the_serialized_result_message(frame_id, app_id, topic, label, source):
     from builtin_interfaces.msg import Time
     from std_msgs.msg import Header
@@ -69,8 +69,8 @@ def _status_inputs(app_id: str, reason: str, exits: int, *, nan: bool = False):
     return config, stats, camera
 
 
-@pytest.mark.parametrize('app_id, reason, exits, nan', itertools.product(
-    ['a', 'nav', 'abcd', 'navi1'], ['', 'x', 'at risk: é', 'demoted: 12 chars'], [0, 1, 4], [False, True]))
+@pytest.mark.parametrize('app_id, reason, exits, nan', list(itertools.product(
+    ['a', 'nav', 'abcd', 'navi1'], ['', 'x', 'at risk: é', 'demoted: 12 chars'], [0, 1, 4], [False, True])))
 def test_status_cdr_is_the_serialized_status_message(app_id, reason, exits, nan):
     from builtin_interfaces.msg import Time
 
