@@ -41,7 +41,7 @@ import numpy as np
 import yaml
 
 from ..core.thread_names import name_os_thread
-from .processes import Children, ros_child_env
+from .processes import Children, ros_child_env, sigterm_as_interrupt
 
 __all__ = ['DemoCamera', 'CAMERAS', 'FALLBACK_CAMERAS', 'DEFAULT_MODEL', 'FALLBACK_MODEL', 'NAVIGATION_ALLOWANCE_MS',
            'demo_setup', 'demo_bounds', 'tightened_latency_ms', 'retry_latency_ms', 'Record', 'summarize', 'render_table',
@@ -441,14 +441,6 @@ def _pick_sources(cameras: Sequence[DemoCamera], available: Sequence[str]) -> di
     return picked
 
 
-class _Terminate(Exception):
-    pass
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminate()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from delen_ros.srv import GetProfile, SetBounds
 
@@ -478,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params_path = out / 'logs' / 'node_params.yaml'
     params_path.write_text(yaml.safe_dump({'/**': {'ros__parameters': params}}))
     children = Children(out / 'logs', env)
-    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_sigterm = sigterm_as_interrupt()   # Ctrl-C's clean stop on SIGTERM too
     watcher: Watcher | None = None
     t0 = time.monotonic()
     records: dict[str, list[Record]] = {}
@@ -603,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    window_s=5.0, num_exits=num_exits, header=header, cameras=cameras) + '\n',
                       flush=True)
             time.sleep(0.5)
-    except (KeyboardInterrupt, _Terminate):
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM
         interrupted = True
         print('\ndelen_demo: interrupted; stopping ...', flush=True)
     finally:

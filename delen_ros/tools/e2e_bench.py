@@ -96,7 +96,7 @@ from .e2e_children import (PHASES, RESULT_PREFIX_ECHO, RESULT_PREFIX_NODE, STATU
 from .e2e_failover import FAILOVER_DDS_PROFILE, FAILOVER_STATUS_PERIOD_S, parse_placer_log
 from .e2e_report import (admission_check, failover_summary, fmt, memory_growth, overheads, render_table, replot,
                          write_plots)
-from .processes import Children, config_file, descendants, package_root, ros_child_env
+from .processes import Children, config_file, descendants, package_root, ros_child_env, sigterm_as_interrupt
 from .thread_cpu import sample_threads, stat_cpu_s, stat_fields
 
 __all__ = ['Config', 'NodeParam', 'parse_node_param', 'proc_sample', 'GpuSampler', 'overheads',
@@ -845,10 +845,6 @@ def _git_revision() -> str | None:
         return None
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f'signal {signum}')
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -923,9 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {'meta': meta, 'engine_reference': engine_reference(args.engine_bench), 'configs': {}}
     interrupted = False
     t_all = time.monotonic()
-    # a SIGTERM (a kill, a CI job's timeout) stops the children as Ctrl-C does: Python's default ends
-    # this process at once, and the node with its receivers would run on, orphaned
-    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    previous_sigterm = sigterm_as_interrupt()   # the children stopped and what ran written, as on Ctrl-C
     try:
         for k, config in enumerate(configs):
             print(f'[e2e] {config.name}: {config.cameras} camera(s) at {args.rate:g} Hz ...', flush=True)

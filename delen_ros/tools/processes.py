@@ -67,6 +67,18 @@ def ros_child_env(domain_id: int) -> dict[str, str]:
     return env
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f'signal {signum}')
+
+
+def sigterm_as_interrupt():
+    """From now on a SIGTERM (a kill, a CI job's timeout) raises ``KeyboardInterrupt`` in the main thread, so
+    that a tool's cleanup, stopping its :class:`Children`, runs as on Ctrl-C: Python's default ends the process
+    at once and the children run on, orphaned. Returns the previous handler, to put back with
+    ``signal.signal(signal.SIGTERM, previous)``."""
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
 class Children:
     """Python child processes by name, each logging to ``<log_dir>/<name>.log``.
 
