@@ -34,7 +34,7 @@ from delen_ros.core.bounds import Bounds  # noqa: E402
 from delen_ros.core.engine import Engine  # noqa: E402
 from fakes import fake_image, fake_model, synthetic_profile  # noqa: E402
 from fused_runs import with_pre_call_cost  # noqa: E402
-from mixed_phases import BatchedSleepRunner, phases, stolen_ticks  # noqa: E402
+from mixed_phases import BatchedSleepRunner, feed_cameras, phases, stolen_ticks  # noqa: E402
 
 RULES = ('shipped', 'own_misses')
 
@@ -79,20 +79,9 @@ def run(*, rule: str, seed: int, cameras: int, rate_hz: float, tight_ms: float, 
     t0 = time.monotonic_ns() + int(0.05e9)
     start_ns = t0 + int(warmup_s * 1e9)
     end_ns = start_ns + int(duration_s * 1e9)
-    sent = {n: 0 for n in names}
-    tick = 0
-    while t0 + tick * period_ns < end_ns:
-        base = t0 + tick * period_ns
-        for off, name in schedule:
-            due = base + off
-            delay = (due - time.monotonic_ns()) / 1e9
-            if delay > 0:
-                time.sleep(delay)
-            age_ms = transport_ms + (rng.uniform(*tail_ms) if rng.random() < tail_share else 0.0)
-            engine.submit([name], images[(tick + off) % len(images)], arrival_ns=time.monotonic_ns() - int(age_ms * 1e6))
-            if start_ns <= due < end_ns:
-                sent[name] += 1
-        tick += 1
+    sent = feed_cameras(engine, schedule, period_ns=period_ns, t0=t0, start_ns=start_ns, end_ns=end_ns,
+                        images=images, age_ms=lambda: transport_ms + (rng.uniform(*tail_ms)
+                                                                      if rng.random() < tail_share else 0.0))
     time.sleep(0.3)   # drain
     stop.set()
     checker.join()

@@ -35,6 +35,7 @@ import random
 import sys
 import threading
 import time
+from typing import Callable
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -69,6 +70,28 @@ def phases(seed: int, *, cameras: int, groups: int, period_ms: float, within_ms:
     rng = random.Random(seed)
     starts = [rng.uniform(0.0, period_ms) for _ in range(groups)]
     return [(starts[i % groups] + (i // groups) * within_ms) % period_ms for i in range(cameras)]
+
+
+def feed_cameras(engine: Engine, schedule: list[tuple[int, str]], *, period_ns: int, t0: int, start_ns: int,
+                 end_ns: int, images: list, age_ms: Callable[[], float]) -> dict[str, int]:
+    """Submit each camera's frames at its offset in every period from ``t0`` until ``end_ns`` (``schedule``:
+    (offset ns, app) in time order), each stamped ``age_ms()`` before it is submitted; returns the frames each
+    app was sent in ``[start_ns, end_ns)``."""
+    sent = {name: 0 for _, name in schedule}
+    tick = 0
+    while t0 + tick * period_ns < end_ns:
+        base = t0 + tick * period_ns
+        for off, name in schedule:
+            due = base + off
+            delay = (due - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                time.sleep(delay)
+            engine.submit([name], images[(tick + off) % len(images)],
+                          arrival_ns=time.monotonic_ns() - int(age_ms() * 1e6))
+            if start_ns <= due < end_ns:
+                sent[name] += 1
+        tick += 1
+    return sent
 
 
 def stolen_ticks() -> int:
@@ -114,23 +137,8 @@ def run(*, variant: str, seed: int, cameras: int, groups: int, rate_hz: float, t
     t0 = time.monotonic_ns() + int(0.05e9)
     start_ns = t0 + int(warmup_s * 1e9)
     end_ns = start_ns + int(duration_s * 1e9)
-    sent: dict[str, int] = {n: 0 for n in names}
-    tick = 0
-    while True:
-        base = t0 + tick * period_ns
-        if base >= end_ns:
-            break
-        for off, name in schedule:
-            due = base + off
-            delay = (due - time.monotonic_ns()) / 1e9
-            if delay > 0:
-                time.sleep(delay)
-            now = time.monotonic_ns()
-            engine.submit([name], images[(tick + off) % len(images)],
-                          arrival_ns=now - int(transport_ms * 1e6))
-            if start_ns <= due < end_ns:
-                sent[name] += 1
-        tick += 1
+    sent = feed_cameras(engine, schedule, period_ns=period_ns, t0=t0, start_ns=start_ns, end_ns=end_ns,
+                        images=images, age_ms=lambda: transport_ms)
     time.sleep(0.3)   # drain
     engine.stop()
     stolen = stolen_ticks() - stolen
