@@ -76,12 +76,9 @@ def run(*, rule: str, seed: int, cameras: int, rate_hz: float, tight_ms: float, 
     checker = threading.Thread(target=recheck, daemon=True)
     checker.start()
     stolen = stolen_ticks()
-    t0 = time.monotonic_ns() + int(0.05e9)
-    start_ns = t0 + int(warmup_s * 1e9)
-    end_ns = start_ns + int(duration_s * 1e9)
-    sent = feed_cameras(engine, schedule, period_ns=period_ns, t0=t0, start_ns=start_ns, end_ns=end_ns,
-                        images=images, age_ms=lambda: transport_ms + (rng.uniform(*tail_ms)
-                                                                      if rng.random() < tail_share else 0.0))
+    sent, start_ns, end_ns = feed_cameras(
+        engine, schedule, period_ns=period_ns, warmup_s=warmup_s, duration_s=duration_s, images=images,
+        age_ms=lambda: transport_ms + (rng.uniform(*tail_ms) if rng.random() < tail_share else 0.0))
     time.sleep(0.3)   # drain
     stop.set()
     checker.join()

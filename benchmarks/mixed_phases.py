@@ -72,11 +72,14 @@ def phases(seed: int, *, cameras: int, groups: int, period_ms: float, within_ms:
     return [(starts[i % groups] + (i // groups) * within_ms) % period_ms for i in range(cameras)]
 
 
-def feed_cameras(engine: Engine, schedule: list[tuple[int, str]], *, period_ns: int, t0: int, start_ns: int,
-                 end_ns: int, images: list, age_ms: Callable[[], float]) -> dict[str, int]:
-    """Submit each camera's frames at its offset in every period from ``t0`` until ``end_ns`` (``schedule``:
-    (offset ns, app) in time order), each stamped ``age_ms()`` before it is submitted; returns the frames each
-    app was sent in ``[start_ns, end_ns)``."""
+def feed_cameras(engine: Engine, schedule: list[tuple[int, str]], *, period_ns: int, warmup_s: float,
+                 duration_s: float, images: list, age_ms: Callable[[], float]) -> tuple[dict[str, int], int, int]:
+    """Submit each camera's frames at its offset in every period (``schedule``: (offset ns, app) in time
+    order) for ``warmup_s`` then ``duration_s``, each stamped ``age_ms()`` before it is submitted; returns the
+    frames each app was sent in the measured window, and that window ``[start_ns, end_ns)``."""
+    t0 = time.monotonic_ns() + int(0.05e9)
+    start_ns = t0 + int(warmup_s * 1e9)
+    end_ns = start_ns + int(duration_s * 1e9)
     sent = {name: 0 for _, name in schedule}
     tick = 0
     while t0 + tick * period_ns < end_ns:
@@ -91,7 +94,7 @@ def feed_cameras(engine: Engine, schedule: list[tuple[int, str]], *, period_ns: 
             if start_ns <= due < end_ns:
                 sent[name] += 1
         tick += 1
-    return sent
+    return sent, start_ns, end_ns
 
 
 def stolen_ticks() -> int:
@@ -134,11 +137,8 @@ def run(*, variant: str, seed: int, cameras: int, groups: int, rate_hz: float, t
     images = [fake_image(i, s) for i, s in enumerate((250, 120, 80, 40, 10))]
     engine.start()
     stolen = stolen_ticks()
-    t0 = time.monotonic_ns() + int(0.05e9)
-    start_ns = t0 + int(warmup_s * 1e9)
-    end_ns = start_ns + int(duration_s * 1e9)
-    sent = feed_cameras(engine, schedule, period_ns=period_ns, t0=t0, start_ns=start_ns, end_ns=end_ns,
-                        images=images, age_ms=lambda: transport_ms)
+    sent, start_ns, end_ns = feed_cameras(engine, schedule, period_ns=period_ns, warmup_s=warmup_s,
+                                          duration_s=duration_s, images=images, age_ms=lambda: transport_ms)
     time.sleep(0.3)   # drain
     engine.stop()
     stolen = stolen_ticks() - stolen
