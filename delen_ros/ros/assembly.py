@@ -215,6 +215,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 built.demote_on_misses = False
             if os.environ.get('DELEN_DEMOTE_FOR_OWN_MISSES') == '1':   # an A/B: the misfits' own misses demote them (before session 43)
                 built.demote_for_own_misses = True
+            if os.environ.get('DELEN_DEMOTE_NEVER') == '1':   # an A/B (session 44): the re-check flags, never demotes
+                built.demote_after = 10 ** 9
             if os.environ.get('DELEN_CHOICE_MARGIN') == '0':   # an A/B: choice_headroom alone (before session 30)
                 built.learn_choice_margin = False
             if os.environ.get('DELEN_CHOICE_WHEN_BEHIND') == '1':   # an A/B: steps by choice while behind (before session 39)
