@@ -10,7 +10,7 @@ from .arrivals import NextFrame, Rate
 from .bounds import Bounds, LatePolicy, Objective
 from .choice_margin import ChoiceMargin
 
-__all__ = ['AppLedger', 'BEHIND_NS', 'DEMOTED_NOTE', 'OWN_MISSES_NOTE', 'QUIET_NOTE']
+__all__ = ['AppLedger', 'BEHIND_NS', 'DEMOTED_NOTE', 'HOST_TAILS_NOTE', 'OWN_MISSES_NOTE', 'QUIET_NOTE']
 
 #: an app whose queue pushed a frame out this recently is behind (:meth:`AppLedger.behind`)
 BEHIND_NS = 500_000_000
@@ -23,6 +23,10 @@ QUIET_NOTE = 'at risk, not demoted: the apps served met their bounds since the l
 #: ... while only the apps at risk miss theirs: served after the others, they would miss more and spare nobody
 OWN_MISSES_NOTE = ('at risk, not demoted: only the apps at risk missed their bounds, so serving them last '
                    'would spare no other')
+#: ... while it misses for the parts of latency outside the device (frame age, serving overhead): served after the
+#: others it would get no more device time than it lacks, and miss more
+HOST_TAILS_NOTE = ('at risk, not demoted: it is short of time outside the device (frame age, serving overhead, '
+                   'delivery), which serving it last would not give back')
 
 
 class AppLedger:

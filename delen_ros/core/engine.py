@@ -410,6 +410,9 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         self.demote_on_misses = True
         # True (an A/B, before session 43): the misfits' own misses are enough to demote them
         self.demote_for_own_misses = False
+        # True (an A/B, before session 44): a misfit short of time outside the device (frame age, overhead)
+        # is demoted too, not only one short of device time
+        self.demote_on_host_tails = False
         self.restore_after = restore_after
         self._admitted = 0   # admissions so far: the next app's AppLedger.seq
         self._risk_logged: tuple[object, int] = ((), 0)   # the re-check's last warning: what, when (ns)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import torch
 
 from . import admission
-from .app_ledger import DEMOTED_NOTE, OWN_MISSES_NOTE, QUIET_NOTE
+from .app_ledger import DEMOTED_NOTE, HOST_TAILS_NOTE, OWN_MISSES_NOTE, QUIET_NOTE
 from .arrivals import SETTLE_NS
 from .bounds import Bounds, FeasibleRange, Plan, feasible_range, plan
 from .flight_recorder import RECORDER
@@ -214,11 +214,12 @@ class AdmissionMixin:
         """Re-run admission on the registered apps at their measured rates; store and return why each
         app at risk may miss its bounds (``AppStats.unschedulable_reason``; serving goes on).
 
-        When the apps no longer fit together, the fewest are served after the others (demoted:
+        When the apps no longer fit together on the device, the fewest are served after the others (demoted:
         :meth:`~delen_ros.core.scheduler.Scheduler.set_best_effort`), the most recently admitted
         first (:func:`~delen_ros.core.admission.misfits`): an app keeps the guarantee it was given
-        at admission, and one infeasible alone is among them whatever its age. Who is at risk is judged at the
-        tails measured now, who is demoted on device demand (:meth:`_misfits`). An app is demoted only after
+        at admission. Who is at risk is judged at the tails measured now, who is demoted on device demand
+        (:meth:`_misfits`): an app short of time outside the device (frame age, serving overhead), even one
+        admitted on priors and not confirmed at the tails measured since, is told, not demoted. An app is demoted only after
         ``demote_after`` re-checks in a row found it not fitting while the apps served with the
         others were missing their bounds (:meth:`_served_apps_missing`; ``demote_on_misses``), apps
         other than those it would demote among them (demoting protects the others: where only the
@@ -240,17 +241,20 @@ class AdmissionMixin:
         outside = self._outside_ms()   # the checks run outside the lock: the worker must not wait for them
         cost = self._cost_model(outside)
         verdict = admission.check(tasks, cost)   # who is at risk: at the tails measured now
-        misfit = {} if verdict.ok or quiet else self._misfits(tasks, outside, cost)
+        misfit, on_device = ({}, set()) if verdict.ok or quiet else self._misfits(tasks, outside, cost)
         hopeless = len(misfit) == len(tasks) > 0
         confirmed, unconfirmed = ([], {}) if quiet else self._confirm(states, tasks, outside, cost, now)
         misfit.update(unconfirmed)
+        # whom serving last would help: every misfit as before session 44 (an A/B), else only those short of
+        # device time with the parts outside it no worse than admission priced them
+        demotable = set(misfit) if self.demote_on_host_tails else on_device & set(misfit)
         with self._cond:
             # session 43, an H200 host that stole CPU: with only the 10 ms apps (the misfits) missing, six to
             # eight of them demoted met 17.7-62 % of their frames, 92.3-98.7 % where none was
             protects = missing and (not self.demote_on_misses or self.demote_for_own_misses or
                                     self._served_apps_missing(states, misses, besides=misfit.keys()))
             for app_id, app in states:
-                app.note_check(fits=hopeless or app_id not in misfit, demote_after=self.demote_after,
+                app.note_check(fits=hopeless or app_id not in demotable, demote_after=self.demote_after,
                                restore_after=self.restore_after, misses_seen=protects)
                 # one demoted for not fitting is restored only by confirmations (with the headroom), not by
                 # the usual re-check: on an H200 the two in turn demoted and restored it every few seconds
@@ -262,7 +266,7 @@ class AdmissionMixin:
             [t for t in tasks if t.app_id not in demoted], cost,
             blocking=[t for t in tasks if t.app_id in demoted]).at_risk
         reasons = self._reasons(states, misfit, at_risk, demoted=demoted, hopeless=hopeless, missing=missing,
-                                protects=protects)
+                                protects=protects, demotable=demotable)
         with self._cond:
             for app_id, app in states:
                 if self._apps.get(app_id) is app:   # not removed meanwhile
@@ -281,11 +285,13 @@ class AdmissionMixin:
         return reasons
 
     def _reasons(self, states: list[tuple[str, AppLedger]], misfit: dict[str, str], at_risk: dict[str, str], *,
-                 demoted: set[str], hopeless: bool, missing: bool, protects: bool) -> dict[str, str]:
+                 demoted: set[str], hopeless: bool, missing: bool, protects: bool, demotable: set[str]
+                 ) -> dict[str, str]:
         """Each app's reason after a re-check: why it may miss (the search's ``misfit`` verdict, else the
         demand test's ``at_risk``), and what is done about it (``missing``: the apps served missed their
-        bounds; ``protects``: apps other than the misfits among them)."""
-        pending = [a for a in misfit if a not in demoted and not hopeless]
+        bounds; ``protects``: apps other than the misfits among them; ``demotable``: the misfits short of
+        device time, whom serving last would help)."""
+        pending = [a for a in misfit if a in demotable and a not in demoted and not hopeless]
         reasons: dict[str, str] = {}
         for app_id, app in states:
             if app_id in misfit:
@@ -297,6 +303,8 @@ class AdmissionMixin:
                     state = QUIET_NOTE
                 elif not protects:
                     state = OWN_MISSES_NOTE
+                elif app_id not in demotable:
+                    state = HOST_TAILS_NOTE
                 else:
                     state = (f'at risk: served after the others if this holds for '
                              f'{self.demote_after - app.misfit_checks} more re-check(s)')
@@ -341,8 +349,8 @@ class AdmissionMixin:
         configure) judged again once the costs are measured, as if each asked now, in order of
         admission (:func:`~delen_ros.core.admission.confirm`), at ``cost`` (the re-check's, measured
         at ``outside``) with the admission headroom: (confirmed, app -> why not). One that
-        does not fit is a misfit of :meth:`check_schedulable` (demoted after ``demote_after`` re-checks
-        in a row) and is judged again at the next re-check.
+        does not fit is a misfit of :meth:`check_schedulable`, told why (demoted after ``demote_after``
+        re-checks in a row if it is short of device time too) and judged again at the next re-check.
 
         A profile prices the device, not the node serving it: on an H200 at 16 cameras, 10 ms apps
         admitted at configure beside cascades met their bounds for 93-98 % of frames, while the same
@@ -360,21 +368,35 @@ class AdmissionMixin:
         return confirmed, out
 
     def _misfits(self, tasks: list[admission.Task], outside: dict[str, float], cost: admission.CostModel
-                 ) -> dict[str, str]:
-        """Who to demote, app -> why (:func:`~delen_ros.core.admission.misfits`), on device demand:
-        the parts outside the device (``outside``, measured now) no worse than the last admission
-        passed with. Demoting frees device time; it cannot shorten the node's own transients (a
-        GIL-bound spell inflates the frame-age and overhead tails for their whole window), and
-        demoting on them fed back: on an H200 at 32 cameras the tails of a 1 s spike left 7.7 of 33 ms
-        for the device, 21 apps were demoted and their frames went late. An app that misses even
-        alone at the tails now (``cost``) is demoted all the same: its frames are late anyway."""
+                 ) -> tuple[dict[str, str], set[str]]:
+        """Who does not fit, app -> why, and among them whom serving last would help: ``(why, on_device)``.
+
+        Demoting frees device time, so only apps short of it are demoted: those that do not fit beside
+        the apps admitted before them (:func:`~delen_ros.core.admission.misfits`) with each part outside
+        the device (``outside``, measured now) at most what the last admission priced it at and its prior
+        (``transport_prior_ms``, ``overhead_prior_ms``: a host that serves as expected). Demotion cannot
+        shorten those parts: the node's own transients (a GIL-bound spell inflates the frame-age and
+        overhead tails for their whole window; on an H200 at 32 cameras the tails of a 1 s spike left 7.7
+        of 33 ms for the device, 21 apps were demoted and their frames went late), or a host that steals
+        CPU (sessions 43-44, 10 ms apps admitted at configure beside cascades, short of time at 6-7 ms
+        p99 frame age: demoted, they met 17.7-80 % of their frames, served with the others 92.3-98.7 %,
+        and the others missed as much either way). An app that misses even alone at the tails now
+        (``cost``) is named, and so told, but not demoted unless it is short of device time too."""
         pause = self._pause_between_tests()
-        if not self._admitted_outside:
-            return admission.misfits(tasks, cost, pause=pause)
-        settled = self._cost_model({k: min(v, self._admitted_outside.get(k, v)) for k, v in outside.items()})
+        caps = [self._admitted_outside or {}]
+        if not self.demote_on_host_tails:   # the A/B: capped at the last admission's alone, as in session 43
+            caps.append(self._prior_outside_ms())
+        settled = self._cost_model({k: min([v, *(cap.get(k, v) for cap in caps)]) for k, v in outside.items()})
+        alone_now = admission.infeasible_alone(tasks, cost, pause=pause)
         if admission.check(tasks, settled).ok:
-            return admission.infeasible_alone(tasks, cost, pause=pause)
-        return admission.misfits(tasks, settled, alone=cost, pause=pause)
+            return alone_now, set()
+        on_device = admission.misfits(tasks, settled, pause=pause)
+        return {**alone_now, **on_device}, set(on_device)
+
+    def _prior_outside_ms(self) -> dict[str, float]:
+        """:meth:`_outside_ms` as admission prices it before anything is measured: the priors."""
+        return {'transport_ms': self._age.prior_ms, 'overhead_ms': self.overhead_prior_ms,
+                'delivery_ms': self.kept_after_handover_ms}
 
     def _pause_between_tests(self) -> Callable[[], None] | None:
         """A GIL yield between two admission tests on another thread than the worker, whose frames must

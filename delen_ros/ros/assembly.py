@@ -215,6 +215,8 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                 built.demote_on_misses = False
             if os.environ.get('DELEN_DEMOTE_FOR_OWN_MISSES') == '1':   # an A/B: the misfits' own misses demote them (before session 43)
                 built.demote_for_own_misses = True
+            if os.environ.get('DELEN_DEMOTE_ON_HOST_TAILS') == '1':   # an A/B: misfits short of time outside the device demoted too (before session 44)
+                built.demote_on_host_tails = True
             if os.environ.get('DELEN_DEMOTE_NEVER') == '1':   # an A/B (session 44): the re-check flags, never demotes
                 built.demote_after = 10 ** 9
             if os.environ.get('DELEN_CHOICE_MARGIN') == '0':   # an A/B: choice_headroom alone (before session 30)
