@@ -378,7 +378,7 @@ class AdmissionMixin:
         shorten those parts: the node's own transients (a GIL-bound spell inflates the frame-age and
         overhead tails for their whole window; on an H200 at 32 cameras the tails of a 1 s spike left 7.7
         of 33 ms for the device, 21 apps were demoted and their frames went late), or a host that steals
-        CPU (sessions 43-44, 10 ms apps admitted at configure beside cascades, short of time at 6-7 ms
+        CPU (sessions 43-44, 10 ms apps admitted at configure beside cascades, short of time at 5-7 ms
         p99 frame age: demoted, they met 17.7-80 % of their frames, served with the others 92.3-98.7 %,
         and the others missed as much either way). An app that misses even alone at the tails now
         (``cost``) is named, and so told, but not demoted unless it is short of device time too."""
