@@ -80,6 +80,7 @@ from .results import AppStats, Result, WorkerStats
 from .runner import StageRunner, to_pinned
 from .scheduler import Batch, Expected, Request, Scheduler
 from .thread_names import name_os_thread
+from .thread_priority import NICE_RANGE, set_own_nice
 
 if TYPE_CHECKING:
     from .multi_exit import MultiExitModel
@@ -295,6 +296,11 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         16 on the H200: 10 ms apps beside Lite0's cascades met their bound for 98.7 % of frames). On the
         H200 (session 17, ``DELEN_TURN_COST=1`` in the node) it admitted the same apps and did worse
         beside cascades admitted at configure (71.3 % against 86.7 %), so it stays off: an A/B switch.
+    :param worker_nice: the worker thread's nice value (:func:`~delen_ros.core.thread_priority.set_own_nice`),
+        ``None`` (default): the process's. Lower puts its steps ahead of other threads and processes on
+        the same cores (on a 2-core VM a 20 ms app's late frames were its own steps stretched 3-8x,
+        ``benchmarks/cpu/e2e_admission_session44``); where that is not permitted the worker says so in
+        the log and serves at the process's.
     """
 
     def __init__(self, model: 'MultiExitModel', profile: 'Profile', *, device: str = 'cpu',
@@ -313,12 +319,16 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
                  delivery_allowance_ms: float = 0.0, upload_ahead: bool = True, ahead_when_behind: bool = False,
                  fuse_steps: bool = True, pipeline: str = 'off', recheck_on_worker: bool | None = None,
                  demote_after: int = 3, restore_after: int = 2, separate_turn_cost: bool = False,
-                 arrival_lookahead: bool = False):
+                 arrival_lookahead: bool = False, worker_nice: int | None = None):
         if profile.num_exits != model.num_exits:
             raise ValueError(f'profile {profile.model!r} has {profile.num_exits} exits, '
                              f'model has {model.num_exits}')
         if not callable(on_result):
             raise ValueError(f'on_result must be callable, got {on_result!r}')
+        if worker_nice is not None and (not isinstance(worker_nice, int) or isinstance(worker_nice, bool)
+                                        or not NICE_RANGE[0] <= worker_nice <= NICE_RANGE[1]):
+            raise ValueError(f'worker_nice must be an int in {NICE_RANGE[0]}..{NICE_RANGE[1]} or None, '
+                             f'got {worker_nice!r}')
         if max_batch < 1 or queue_depth < 1:
             raise ValueError(f'max_batch and queue_depth must be >= 1, got {max_batch!r} and {queue_depth!r}')
         if stats_window < 1:
@@ -383,6 +393,7 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         #: hold a step back for a frame a periodic camera is about to send that is due sooner and would
         #: otherwise wait behind it; runs of fused steps end before such a frame must start
         self.arrival_lookahead = arrival_lookahead
+        self.worker_nice = worker_nice
         self.fuse_steps = fuse_steps
         self.separate_turn_cost = bool(separate_turn_cost)
         # What ends a fused run early: 'any' waiting frame that must start before the run would end
@@ -873,6 +884,12 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
 
     def _worker(self) -> None:
         name_os_thread()   # top -H, py-spy and the e2e bench's CPU by thread see it
+        if self.worker_nice is not None:
+            why_not = set_own_nice(self.worker_nice)
+            if why_not:
+                _log.warning('the engine worker keeps the process\'s priority: %s', why_not)
+            else:
+                _log.info('the engine worker runs at nice %d', self.worker_nice)
         device = getattr(self._runner, 'device', torch.device('cpu'))
         if device.type == 'cuda':
             # The current device is per thread: graphs and default-device ops of this worker must

@@ -179,6 +179,7 @@ def build(params: NodeParams, *, on_result: Callable, log: Callable[[str], None]
                           energy_window_s=params.energy_window_s,
                           transport_prior_ms=params.transport_prior_ms, rate_prior_hz=params.rate_prior_hz,
                           fuse_steps=params.fuse_steps, arrival_lookahead=params.arrival_lookahead,
+                          worker_nice=params.worker_nice or None,
                           delivery_allowance_ms=params.delivery_allowance_ms,
                           admission_control=params.admission_control, admission_headroom=params.admission_headroom,
                           admission_headroom_min_ms=params.admission_headroom_min_ms,

@@ -77,6 +77,14 @@ _SPECS: dict[str, tuple[Any, str, Any, bool]] = {
                       "241 ms p90 beside one busy process on two threads, 30 ms on one; core/cpu_threads.py); "
                       "on CUDA torch's default." + _LATER,
                       (0, 256), False),
+    'worker_nice': (0, "The engine worker thread's nice value; 0 leaves it at the process's. Negative puts its steps "
+                    'ahead of the cameras, the DDS threads and other processes on the same cores (on a 2-core VM a '
+                    "20 ms app's late frames were its own steps stretched 3-8x: benchmarks/cpu/"
+                    'e2e_admission_session44; there -10 made no difference the runs could show, their late frames '
+                    "coming with the hypervisor's theft: benchmarks/cpu/worker_nice_session44). Lowering it needs "
+                    'CAP_SYS_NICE or an RLIMIT_NICE that allows it '
+                    '(ulimit -e); where not permitted the node logs a warning and serves at the process\'s.'
+                    + _LATER, (-20, 19), False),
     'precision': ('auto', "Weights and activations: 'auto' (default) float16 on CUDA; on a CPU bfloat16 where it "
                   "has AMX tiles (Intel Xeon since Sapphire Rapids), else float32; or 'float32', 'float16' (CUDA "
                   "only), 'bfloat16'. On this project's Xeon bfloat16 ran cifar10_committee's full depth in 0.77x "
@@ -216,6 +224,7 @@ class NodeParams:
     allow_takeover: bool
     service_queue_depth: int
     torch_threads: int
+    worker_nice: int
     precision: str
     cuda_graphs: bool
     conv_kernels: str
