@@ -41,8 +41,18 @@ def _class_ids(got: list[bytes]) -> list[int]:
     return [i for i in ids if i != 9999]
 
 
+_UNKNOWN = '_NODE_NAME_UNKNOWN_'   # rmw's name for a publisher whose participant's node list has not arrived yet
+
+
 def _publisher_nodes(peer: RosPeer, topic: str) -> set[str]:
     return {i.node_name for i in peer.node.get_publishers_info_by_topic(topic)}
+
+
+def _named_publisher_nodes(peer: RosPeer, topic: str) -> set[str]:
+    """The publishers' node names once every one is known: DDS can announce an endpoint before its
+    participant's ROS node list (a fresh clone's CI saw ``_NODE_NAME_UNKNOWN_`` right after the first results)."""
+    return wait_until(lambda: (names := _publisher_nodes(peer, topic)) and _UNKNOWN not in names and names,
+                      timeout=10.0, what=f'the node names of the publishers of {topic}')
 
 
 @pytest.fixture
@@ -99,7 +109,7 @@ def test_published_bytes_arrive_unchanged_from_the_outlets_hidden_node(peer, out
     assert _class_ids(got) == list(range(20))
     from rclpy.serialization import deserialize_message
     assert deserialize_message(got[-1], InferenceResult).label == 'class 19'
-    assert _publisher_nodes(peer, '/outlet_test/a') == {outlet.node_name}
+    assert _named_publisher_nodes(peer, '/outlet_test/a') == {outlet.node_name}
     assert outlet.node_name.startswith('_delen_outlet_')   # hidden: ros2 node list leaves it out
 
 
@@ -199,7 +209,7 @@ def test_the_node_publishes_through_the_outlet_unless_told_not_to(tmp_path: path
         try:
             wait_until(lambda: all(c.messages() for c in collectors), timeout=60.0,
                        what=lambda: f'results on both topics\n{node.log()[-3000:]}')
-            publishers = _publisher_nodes(peer, '/delen/cam0/result')
+            publishers = _named_publisher_nodes(peer, '/delen/cam0/result')
             by = wait_until(lambda: next((v for a in diagnostics.messages()
                                           if (v := _diagnostics_value(a, 'results_published_by'))), None),
                             timeout=15.0, what='results_published_by in /diagnostics')
@@ -295,7 +305,8 @@ def test_a_node_whose_outlet_keeps_dying_publishes_its_results_itself(tmp_path: 
             wait_until(lambda: collectors[0].messages(since_ns=since), timeout=20.0,
                        what=lambda: f'results after the fall-back\n{node.log()[-3000:]}')
             # the node's own publisher now (the killed outlets' linger in the graph until their DDS lease ends)
-            assert 'delen' in _publisher_nodes(peer, '/delen/cam0/result')
+            wait_until(lambda: 'delen' in _publisher_nodes(peer, '/delen/cam0/result'), timeout=10.0,
+                       what="the node's own publisher in the graph")
             assert 'the node publishes the results itself' in node.log()
             assert _outlet_pid(node.proc.pid) is None
         finally:
