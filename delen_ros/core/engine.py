@@ -887,7 +887,7 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         if self.worker_nice is not None:
             why_not = set_own_nice(self.worker_nice)
             if why_not:
-                _log.warning('the engine worker keeps the process\'s priority: %s', why_not)
+                _log.warning("the engine worker keeps the process's priority: %s", why_not)
             else:
                 _log.info('the engine worker runs at nice %d', self.worker_nice)
         device = getattr(self._runner, 'device', torch.device('cpu'))

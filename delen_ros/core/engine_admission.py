@@ -246,8 +246,8 @@ class AdmissionMixin:
         confirmed, unconfirmed = ([], {}) if quiet else self._confirm(states, tasks, outside, cost, now)
         misfit.update(unconfirmed)
         # whom serving last would help: every misfit as before session 44 (an A/B), else only those short of
-        # device time with the parts outside it no worse than admission priced them
-        demotable = set(misfit) if self.demote_on_host_tails else on_device & set(misfit)
+        # device time with the parts outside it no worse than admission priced them (misfits all)
+        demotable = set(misfit) if self.demote_on_host_tails else on_device
         with self._cond:
             # session 43, an H200 host that stole CPU: with only the 10 ms apps (the misfits) missing, six to
             # eight of them demoted met 17.7-62 % of their frames, 92.3-98.7 % where none was

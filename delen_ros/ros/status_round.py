@@ -36,7 +36,6 @@ from delen_ros.core.thread_names import name_os_thread
 __all__ = ['DIAGNOSTICS_APART', 'STATUS_ON_EXECUTOR', 'STATUS_PARTS', 'StatusRound', 'Ticker']
 
 
-
 def _status_parts(text: str, default: int = 8) -> int:
     """``DELEN_STATUS_PARTS`` (an A/B, 1 = the period whole): a count >= 1, else the default, said once."""
     try:
