@@ -86,10 +86,11 @@ def main() -> None:
     a.axhline(99, color='r', linestyle=':')
     a.set_ylabel('worst admitted app within its bounds, %')
     b.set_yscale('log')
-    b.set_ylabel('frames the admitted apps missed, of ~4 800 (0 drawn at 0.5)')
+    b.set_ylabel('frames missed, of ~4 800 (0 at 0.5)')
     for ax in (a, b):
         ax.set_xlabel('host CPU stolen by the hypervisor over the run, %')
         ax.set_xscale('symlog', linthresh=0.1)
+        ax.set_xlim(left=0)
     for arm, colour in colours.items():
         a.scatter([], [], color=colour, label=arm)
     a.scatter([], [], color='w', edgecolors='k', label='black edge: an app demoted')
