@@ -3,7 +3,9 @@ eight 33 ms accuracy cascades): ``benchmarks/h200/recheck_session25/plot.py`` an
 ``benchmarks/h200/riders_session26/plot.py`` import it.
 
 ``strip``: per setting, each run's worst kept app (its share of frames within bound, from ``e2e.json``);
-``latency_panels``: node-side latency of the 10 ms apps over time, one panel per run, drawn by the caller."""
+``latency_panels``: node-side latency of the 10 ms apps over time, one panel per run, drawn by the caller;
+``admitted_run``: one run of ``scripts/device/mixed_runs.sh`` in a row, and ``steal_panels``: such runs against the
+CPU their host's hypervisor stole (``session44/plot.py``, ``session45/plot.py``)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +17,54 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 TITLE = 'H200, cifar10_lite0, 16 cameras x 30 Hz: 8 apps at 10 ms, 8 at 33 ms + accuracy >= 0.9306'
+
+
+def admitted_run(path: pathlib.Path) -> dict:
+    """One run's ``e2e.json`` in a row: the worst admitted app (one that got results) within all its bounds at
+    the recorder, the admitted apps' frames missed, the apps the node demoted at some time in the window, the
+    CPU the hypervisor stole, the node's CPU per frame sent."""
+    c = next(iter(json.loads(path.read_text())['configs'].values()))
+    t = c['total']
+    admitted = {k: a for k, a in c['apps'].items() if a['answered']}
+    worst = min(admitted, key=lambda k: admitted[k]['attainment'])
+    return {'admitted': len(admitted),
+            'demoted': sorted(k for k, a in admitted.items() if (a.get('node_demoted_share') or 0) > 0),
+            'worst_app': worst, 'worst_within': round(admitted[worst]['attainment'], 4),
+            'every_admitted_app_99': admitted[worst]['attainment'] >= 0.99,
+            'missed_frames': sum(round((1 - a['attainment']) * a['sent']) for a in admitted.values()),
+            'host_cpu_steal_share': round(t.get('host_cpu_steal_share') or 0.0, 5),
+            'node_saw_stolen_worst_core_pct_max': (t.get('node_host_cpu_stolen_pct') or {}).get('worst_core_max'),
+            'node_cpu_ms_per_frame': round(t['resources']['cpu_ms_per_frame'], 2)}
+
+
+def steal_panels(runs: Sequence[dict], colours: dict[str, str], out: pathlib.Path, *, edge_label: str,
+                 marker: Callable[[dict], str] = lambda run: 'o', log_x: bool = False) -> None:
+    """Rows of :func:`admitted_run` (with their ``arm``, a key of ``colours``) against the host CPU stolen: the worst
+    admitted app within its bounds (left) and the frames missed (right); a black edge where an app was demoted."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
+    for r in runs:
+        x = 100 * r['host_cpu_steal_share']
+        style = dict(color=colours[r['arm']], marker=marker(r), s=45,
+                     edgecolors='k' if r['demoted'] else 'none', linewidths=1.5)
+        a.scatter(x, 100 * r['worst_within'], **style)
+        b.scatter(x, max(r['missed_frames'], 0.5), **style)
+    a.axhline(99, color='r', linestyle=':')
+    a.set_ylabel('worst admitted app within its bounds, %')
+    b.set_yscale('log')
+    b.set_ylabel('frames missed, of ~4 800 (0 at 0.5)')
+    for ax in (a, b):
+        ax.set_xlabel('host CPU stolen by the hypervisor over the run, %')
+        if log_x:
+            ax.set_xscale('symlog', linthresh=0.1)
+            ax.set_xlim(left=0)
+    for arm, colour in colours.items():
+        a.scatter([], [], color=colour, label=arm)
+    a.scatter([], [], color='w', edgecolors='k', label=edge_label)
+    fig.legend(*a.get_legend_handles_labels(), fontsize=8, loc='lower center', ncol=len(colours) + 1)
+    fig.suptitle('16 cameras × 30 Hz, 8 × 10 ms + 8 × 33 ms @ 0.9415, apps at configure (S: through ~/set_bounds)',
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))   # the legend below the panels: no point under it
+    fig.savefig(out, dpi=110)
 
 
 def worst_kept(path: pathlib.Path) -> float:

@@ -8,8 +8,11 @@ warm machine, three runs through ``~/set_bounds`` (S) and one traced default run
 import json
 import pathlib
 import statistics
+import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))   # benchmarks/
+from mixed_plots import admitted_run, steal_panels  # noqa: E402
 ARMS = {'N': 'default (demote apps short of device time)', 'R': 'default (demote apps short of device time)',
         'T': 'demote on host tails too (session 43 rule)', 'S': 'through ~/set_bounds (default)'}
 ORDER = ('N1 T1 N2 T2 N3 T3 N4 T4 N5 T5 N6 T6 N7 T7',                  # call 1
@@ -23,18 +26,8 @@ def mixed_runs() -> list[dict]:
     out = []
     for call, names in zip((1, 3, 4), ORDER):
         for name in names.split():
-            c = next(iter(json.loads((HERE / 'mixed' / name / 'e2e.json').read_text())['configs'].values()))
-            t = c['total']
-            admitted = {k: a for k, a in c['apps'].items() if a['answered']}
-            worst = min(admitted, key=lambda k: admitted[k]['attainment'])
-            out.append({'call': call, 'run': name, 'arm': ARMS[name[0]], 'admitted': len(admitted),
-                        'demoted': sorted(k for k, a in admitted.items() if (a.get('node_demoted_share') or 0) > 0),
-                        'worst_app': worst, 'worst_within': round(admitted[worst]['attainment'], 4),
-                        'every_admitted_app_99': admitted[worst]['attainment'] >= 0.99,
-                        'missed_frames': sum(round((1 - a['attainment']) * a['sent']) for a in admitted.values()),
-                        'host_cpu_steal_share': round(t.get('host_cpu_steal_share') or 0.0, 5),
-                        'node_saw_stolen_worst_core_pct_max': (t.get('node_host_cpu_stolen_pct') or {}).get('worst_core_max'),
-                        'node_cpu_ms_per_frame': round(t['resources']['cpu_ms_per_frame'], 2)})
+            row = admitted_run(HERE / 'mixed' / name / 'e2e.json')
+            out.append({'call': call, 'run': name, 'arm': ARMS[name[0]]} | row)
     return out
 
 
@@ -72,34 +65,8 @@ def main() -> None:
     runs = mixed_runs()
     summary = {'mixed_set': runs, 'arms': arms(runs), 'e2e_committee': e2e_committee()}
     (HERE / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
-    colours = {ARMS['N']: 'C0', ARMS['T']: 'C3', ARMS['S']: 'C2'}
-    for r in runs:
-        x = 100 * r['host_cpu_steal_share']
-        style = dict(color=colours[r['arm']], marker='o', s=45,
-                     edgecolors='k' if r['demoted'] else 'none', linewidths=1.5)
-        a.scatter(x, 100 * r['worst_within'], **style)
-        b.scatter(x, max(r['missed_frames'], 0.5), **style)
-    a.axhline(99, color='r', linestyle=':')
-    a.set_ylabel('worst admitted app within its bounds, %')
-    b.set_yscale('log')
-    b.set_ylabel('frames missed, of ~4 800 (0 at 0.5)')
-    for ax in (a, b):
-        ax.set_xlabel('host CPU stolen by the hypervisor over the run, %')
-        ax.set_xscale('symlog', linthresh=0.1)
-        ax.set_xlim(left=0)
-    for arm, colour in colours.items():
-        a.scatter([], [], color=colour, label=arm)
-    a.scatter([], [], color='w', edgecolors='k', label='black edge: an app demoted')
-    fig.legend(*a.get_legend_handles_labels(), fontsize=8, loc='lower center', ncol=4)
-    fig.suptitle('16 cameras × 30 Hz, 8 × 10 ms + 8 × 33 ms @ 0.9415, apps at configure (S: through ~/set_bounds)',
-                 fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(HERE / 'session45.png', dpi=110)
-
+    steal_panels(runs, {ARMS['N']: 'C0', ARMS['T']: 'C3', ARMS['S']: 'C2'}, HERE / 'session45.png',
+                 edge_label='black edge: an app demoted', log_x=True)
 
 if __name__ == '__main__':
     main()
