@@ -1,10 +1,11 @@
 # Sourced (not run) by the A/B device scripts (e2e_ingress_ab.sh, e2e_data_path_ab.sh), from their
 # repository root, with OUT set: offline set-up, the ROS environment, the CIFAR-10 frames, a log of
 # everything in $WORK/ab.log, and left() (seconds of TOTAL_S, default 570, left since the start).
+# MODEL: the model served, default cifar10_committee (the node's; session 44 meant it and ran cifar10_lite0, the old default).
 t0=$(date +%s)
 WORK=/tmp/delen_ab; rm -rf "$WORK"; mkdir -p "$WORK"
 exec > >(tee "$WORK/ab.log") 2>&1
-export PYTHONUNBUFFERED=1 DELEN_CIFAR10="$PWD/.devdata/cifar10_test.npz" MODEL="${MODEL:-cifar10_lite0}" SOURCE=cifar10
+export PYTHONUNBUFFERED=1 DELEN_CIFAR10="$PWD/.devdata/cifar10_test.npz" MODEL="${MODEL:-cifar10_committee}" SOURCE=cifar10
 bash scripts/device/setup_offline.sh || exit 1
 if [ ! -f .devdata/cifar10_test.npz ] && [ -f .devdata/cifar10_test.packed.npz ]; then
   # only the packed test photos were carried (a third of the bytes): restored outside the checkout
