@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from delen_ros.core.flight_recorder import FlightRecorder
-from delen_ros.tools.trace_report import late_report, load, step_times, turn_cycle
+from delen_ros.tools.trace_report import front_end, late_report, load, step_times, turn_cycle
 from fakes import synthetic_profile
 
 MS = 1_000_000
@@ -163,3 +163,20 @@ def test_the_turn_cycle_splits_the_time_between_turns_into_publishing_and_the_re
     assert abs(parts['between']['mean'] - 0.399) < 1e-9
     # the parts add up to the time from one turn's launch to the next's
     assert abs(cycle['cycle_ms'] - (0.2 + 2.0 + 0.1 + 1.0)) < 1e-9
+
+
+def test_the_front_end_splits_each_frames_way_in_into_the_wait_for_the_reader_and_its_submit(tmp_path):
+    recorder = FlightRecorder(str(tmp_path / 'trace.jsonl'))
+    for i in range(10):   # frame i arrives at 10 i ms, waits (1 + i / 10) ms for the reader, submits in 0.3 ms
+        arrival = 10 * i * MS
+        start = arrival + MS + i * MS // 10
+        recorder.add('handover', arrival + MS // 2, start, topic='/cam')
+        recorder.add('submit', start, start + 3 * MS // 10, apps=1, ahead=True, queued=1, arrival_ns=arrival)
+    recorder.write()
+    spans = load(str(tmp_path / 'trace.jsonl'))
+    front = front_end(spans)
+    assert front['frames'] == 10
+    assert front['arrival_to_submit_ms'] == {'p50': 1.5, 'p90': 1.9, 'p99': 1.9, 'max': 1.9}
+    assert front['submit_ms']['p50'] == 0.3 and front['arrival_to_queued_ms']['max'] == 2.2
+    assert front['handover_ms']['p50'] == 1.0
+    assert front_end([s for s in spans if s['kind'] != 'submit']) == {}   # a trace from before session 39

@@ -18,6 +18,10 @@ With ``--profile PROFILE.json`` it also prints how long the worker's runs took a
 ``turn_cycle`` (always printed) is where the worker's time goes, turn by turn rather than result by
 result: each part of a turn, then the time to the next turn split into publishing the results and the
 rest; at saturation the sum is the worker's cycle, and the device's share of it is what the GPU works.
+
+``front_end`` (always printed) is the way in, over every frame: from its arrival (the stamp, with the
+node's default ``latency_from``) to the frame reader's submit and to the engine's queue, the submit itself,
+and the hand-over from a receiver process (its take from DDS -> the reader), p50 / p90 / p99 / max in ms.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ import statistics
 import sys
 from typing import Any, Iterable
 
-__all__ = ['load', 'late_report', 'step_times', 'turn_cycle', 'main']
+__all__ = ['load', 'late_report', 'step_times', 'turn_cycle', 'front_end', 'main']
 
 
 def load(path: str) -> list[dict[str, Any]]:
@@ -181,6 +185,30 @@ def turn_cycle(spans: list[dict[str, Any]], *, skip: float = 0.2) -> dict[str, A
                          for k, v in parts.items()}}
 
 
+def _quantiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]   # noqa: E731
+    return {'p50': round(at(0.5), 3), 'p90': round(at(0.9), 3), 'p99': round(at(0.99), 3),
+            'max': round(ordered[-1], 3)}
+
+
+def front_end(spans: list[dict[str, Any]]) -> dict[str, Any]:
+    """The frames' way into the engine (see the module's text): ``arrival_to_submit_ms`` (waiting for the frame
+    reader: DDS, the receiver, the hand-over, the frames handed over before it), ``submit_ms``, ``arrival_to_queued_ms``
+    (both), ``handover_ms``; ``{}`` for a trace without submits that carry their arrival (before session 39)."""
+    submits = [s for s in spans if s['kind'] == 'submit' and 'arrival_ns' in s]
+    if not submits:
+        return {}
+    out = {'frames': len(submits),
+           'arrival_to_submit_ms': _quantiles([(s['start_ns'] - s['arrival_ns']) / 1e6 for s in submits]),
+           'submit_ms': _quantiles([(s['end_ns'] - s['start_ns']) / 1e6 for s in submits]),
+           'arrival_to_queued_ms': _quantiles([(s['end_ns'] - s['arrival_ns']) / 1e6 for s in submits])}
+    handovers = [(s['end_ns'] - s['start_ns']) / 1e6 for s in spans if s['kind'] == 'handover']
+    if handovers:
+        out['handover_ms'] = _quantiles(handovers)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('trace')
@@ -192,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     spans = load(args.trace)
     report = late_report(spans, margin_ms=args.margin_ms, period_s=args.period_s)
     report['turn_cycle'] = turn_cycle(spans)
+    report['front_end'] = front_end(spans)
     if args.profile:
         from ..core.profile import Profile
         report['step_times'] = step_times(spans, Profile.load(args.profile))
