@@ -612,10 +612,15 @@ class UploadRecorder:
         self.info = info
         self.ahead: list[int] = []    # class ids of the frames uploaded on arrival
         self.by_worker: list[int] = []
+        self.bursts: list[int] = []   # upload_many's calls: how many frames each
 
     def upload(self, image):
         self.ahead.append(int(image[0, 0]))
         return torch.from_numpy(image.copy())
+
+    def upload_many(self, images):
+        self.bursts.append(len(images))
+        return [self.upload(image) for image in images]
 
     def __call__(self, images):
         from delen_ros.core.preprocess import preprocess
@@ -658,6 +663,34 @@ def test_every_frame_is_uploaded_ahead_when_asked():
     for i in range(4):
         engine.submit(['a'], fake_image(i))
     assert recorder.ahead == [0, 1, 2, 3]
+
+
+def test_held_submits_queue_nothing_until_the_burst_ends_then_upload_it_together():
+    """Engine.held_submits (the frame reader's read, DELEN_BATCH_UPLOADS=1): frames submitted within it are
+    checked at once but queued when it ends, the ones to upload ahead in one upload_many, in order;
+    an exception in the burst still queues what was held."""
+    c = Collector()
+    engine, _ = make_engine(c, queue_depth=4)
+    engine._device_pre = recorder = UploadRecorder(engine.info)
+    engine.set_app('a', Bounds())
+    engine.set_app('b', Bounds())
+    with engine.held_submits():
+        assert engine.submit(['a', 'b', 'unknown'], fake_image(1)) == 2
+        assert engine.submit(['a'], fake_image(2)) == 1
+        with pytest.raises(ValueError):
+            engine.submit(['a'], np.zeros((4, 4, 3), np.float32))   # a malformed frame is refused at once
+        assert not engine._scheduler.pending() and recorder.ahead == []
+    assert recorder.bursts == [2] and recorder.ahead == [1, 2]
+    assert engine._scheduler.pending()
+    with pytest.raises(RuntimeError), engine.held_submits():
+        engine.submit(['b'], fake_image(3))
+        raise RuntimeError('the reader failed mid-burst')
+    assert recorder.bursts == [2, 1]
+    engine.submit(['b'], fake_image(0))   # outside: uploaded and queued by itself
+    assert recorder.bursts == [2, 1] and recorder.ahead == [1, 2, 3, 0]
+    with engine:
+        results = c.wait(5)
+    assert sorted((r.app_id, r.class_id) for r in results) == [('a', 1), ('a', 2), ('b', 0), ('b', 1), ('b', 3)]
 
 
 def test_arrival_lookahead_expects_the_next_frame_of_a_regular_camera():

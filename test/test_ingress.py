@@ -214,25 +214,41 @@ def test_each_ring_is_pinned_while_mapped_and_unpinned_before_it_goes(monkeypatc
             ring.close(unlink=True)
 
 
-def test_the_reader_outlives_a_log_that_fails():
-    """A warning whose logging raised (rclpy once refused it) killed the frame reader: the node then
-    served nothing. The reader must go on with the next note."""
-    import threading
+def _reader_alone(log):
+    """An IngressPool's frame reader without receiver processes, and the pipe its notes come on."""
     from multiprocessing import Pipe
     from types import SimpleNamespace
 
-    from delen_ros.ros.ingress import _FRAME, IngressPool, NoteBuffer
-    pool = object.__new__(IngressPool)   # the reader alone: no receiver processes
+    from delen_ros.ros.ingress import IngressPool, NoteBuffer
+    pool = object.__new__(IngressPool)
     frames_r, frames_w = Pipe(duplex=False)
     pool._processes = [SimpleNamespace(frames=frames_r, dead=False, notes=NoteBuffer())]
     pool.read_many = True
     pool._wake_r, pool._wake_w = os.pipe()
     pool._closing, pool.ring_full, pool._warned = False, 0, 0.0
     pool._rings, pool._cameras = {}, {}
+    pool._log = log
+    return pool, frames_w
+
+
+def _stop_reader(pool, reader) -> None:
+    pool._closing = True
+    os.write(pool._wake_w, b'x')
+    reader.join(timeout=5.0)
+    os.close(pool._wake_r)
+    os.close(pool._wake_w)
+
+
+def test_the_reader_outlives_a_log_that_fails():
+    """A warning whose logging raised (rclpy once refused it) killed the frame reader: the node then
+    served nothing. The reader must go on with the next note."""
+    import threading
+
+    from delen_ros.ros.ingress import _FRAME
 
     def failing_log(level, text):
         raise ValueError('Logger severity cannot be changed between calls.')
-    pool._log = failing_log
+    pool, frames_w = _reader_alone(failing_log)
     reader = threading.Thread(target=pool._read, daemon=True)
     reader.start()
     for _ in range(3):   # every slot busy: counted, and a warning that fails to log
@@ -245,11 +261,32 @@ def test_the_reader_outlives_a_log_that_fails():
     frames_w.close()                                  # the receiver "died", and restarting it fails
     time.sleep(0.2)
     assert reader.is_alive(), 'a failed restart must not end the reader'
-    pool._closing = True
-    os.write(pool._wake_w, b'x')
-    reader.join(timeout=5.0)
-    os.close(pool._wake_r)
-    os.close(pool._wake_w)
+    _stop_reader(pool, reader)
+
+
+def test_the_notes_of_one_read_are_handled_within_around_notes():
+    """DELEN_BATCH_UPLOADS=1: the node's Engine.held_submits wraps each read's notes, so that a burst's
+    frames are uploaded together when the read's notes are done."""
+    import contextlib
+    import threading
+
+    from delen_ros.ros.ingress import _FRAME
+    pool, frames_w = _reader_alone(lambda level, text: None)
+    reads = []
+
+    @contextlib.contextmanager
+    def around():
+        before = pool.ring_full
+        yield
+        reads.append((before, pool.ring_full))
+    pool.around_notes = around
+    for _ in range(3):   # three notes in the pipe before the reader looks: one read
+        frames_w.send_bytes(_FRAME.pack(b'F', 0, -1, 100, 0))
+    reader = threading.Thread(target=pool._read, daemon=True)
+    reader.start()
+    wait_until(lambda: reads, timeout=5.0, what='a read')
+    assert reads == [(0, 3)], 'the three notes handled inside one around_notes'
+    _stop_reader(pool, reader)
 
 
 def test_one_logger_takes_every_severity_in_turn():

@@ -1,4 +1,6 @@
 """preprocess(): any-size RGB/grey uint8 images -> normalised N x C x H x W float32 batches."""
+import contextlib
+
 import cv2
 import numpy as np
 import pytest
@@ -176,18 +178,31 @@ def test_uploaded_frames_match_staged_ones_and_free_the_callers_buffer():
         pre.upload(np.zeros((4, 4, 3), np.float32))
 
 
-@needs_cuda
-def test_frames_in_a_registered_ring_upload_in_place_and_free_their_slot_when_done():
+@contextlib.contextmanager
+def _registered_ring(slots: int, nbytes: int):
+    """A frame ring (writer, reader) in /dev/shm where it has room, as the receivers' rings, its reader's mapping
+    registered with CUDA; skips where it is not on a tmpfs. Unregistered and removed after."""
     from delen_ros.core.frame_ring import FrameRing
     from delen_ros.core.host_memory import HOST_MEMORY, pinnable
-    from delen_ros.core.preprocess import DevicePreprocessor
-    smooth = cv2.GaussianBlur(_rng_image((480, 640, 3)), (0, 0), 8)
-    writer = FrameRing.create(2, smooth.nbytes)       # in /dev/shm where it has room, as the receivers' rings
+    writer = FrameRing.create(slots, nbytes)
     reader = FrameRing.attach(writer.path)
     if not pinnable(writer.path):
         pytest.skip(f'{writer.path} is not on a tmpfs')
     assert HOST_MEMORY.register(reader.address, reader.map_bytes), 'the driver pins a mapped ring'
     try:
+        yield writer, reader
+    finally:
+        HOST_MEMORY.unregister(reader.address)
+    assert len(HOST_MEMORY) == 0
+    reader.close()
+    writer.close(unlink=True)
+
+
+@needs_cuda
+def test_frames_in_a_registered_ring_upload_in_place_and_free_their_slot_when_done():
+    from delen_ros.core.preprocess import DevicePreprocessor
+    smooth = cv2.GaussianBlur(_rng_image((480, 640, 3)), (0, 0), 8)
+    with _registered_ring(2, smooth.nbytes) as (writer, reader):
         pre = DevicePreprocessor(RGB, torch.device('cuda'))
         slot = writer.write(smooth.tobytes())
         frame = np.frombuffer(reader.view(slot, smooth.nbytes), np.uint8).reshape(smooth.shape)
@@ -211,11 +226,28 @@ def test_frames_in_a_registered_ring_upload_in_place_and_free_their_slot_when_do
         torch.cuda.synchronize()
         pre.upload(smooth.copy())
         assert not pre._in_place and reader.busy() == 0
-    finally:
-        HOST_MEMORY.unregister(reader.address)
-    assert len(HOST_MEMORY) == 0
-    reader.close()
-    writer.close(unlink=True)
+
+
+@needs_cuda
+def test_a_burst_of_ring_frames_uploads_as_one_copy_and_the_others_one_at_a_time():
+    """upload_many (the frame reader's burst, DELEN_BATCH_UPLOADS=1): same-shaped frames in a registered ring
+    go as rows of one device tensor behind one event; a frame outside the ring is staged alone; the
+    answers are upload()'s."""
+    from delen_ros.core.preprocess import DevicePreprocessor
+    frames = [cv2.GaussianBlur(_rng_image((480, 640, 3)), (0, 0), 8 + i) for i in range(3)]
+    with _registered_ring(4, frames[0].nbytes) as (writer, reader):
+        pre = DevicePreprocessor(RGB, torch.device('cuda'))
+        views = [np.frombuffer(reader.view(writer.write(f.tobytes()), f.nbytes), np.uint8).reshape(f.shape)
+                 for f in frames[:2]]
+        uploaded = pre.upload_many([views[0], frames[2].copy(), views[1]])
+        assert uploaded[0].data_ptr() + frames[0].nbytes == uploaded[2].data_ptr(), 'rows of one tensor'
+        assert len(pre._in_place) == 2 and len({id(done) for _, done in pre._in_place}) == 1, 'one event'
+        del views
+        x = pre(uploaded)
+        torch.testing.assert_close(x.cpu(), preprocess([frames[0], frames[2], frames[1]], RGB), atol=0.05, rtol=0)
+        torch.cuda.synchronize()
+        pre.upload(frames[0].copy())   # drains finished copies: the slots go back
+        assert not pre._in_place and reader.busy() == 0
 
 
 @needs_cuda

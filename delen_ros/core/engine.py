@@ -52,13 +52,14 @@ the window's wall time, gaps between steps included, so it *includes idle power*
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
 import threading
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -495,6 +496,7 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         # Raw frames go up as uint8 and are resized there: 4x fewer bytes than a float batch, and
         # the CPU (and the GIL) stays free for the node's callbacks.
         self._upload_ahead = upload_ahead
+        self._held = threading.local()   # held_submits(): the frames a thread's submits hold
         self._ahead_when_behind = ahead_when_behind
         self.uploads_left_to_worker = 0   # frames of apps it was behind, not uploaded on arrival (load shed)
         if pipeline not in ('off', 'behind', 'always'):
@@ -666,15 +668,52 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         """
         t_submit = time.perf_counter_ns()
         image = check_image(image)
-        shape = tuple(image.shape)
         ahead = self._upload_ahead and self._device_pre is not None and self._uploads_ahead(app_ids)
+        if ahead is None:
+            self.uploads_left_to_worker += 1
+        held = getattr(self._held, 'frames', None)
+        if held is not None:   # within held_submits(): uploaded and queued with the others when it ends
+            held.append((app_ids, image, ahead, arrival_ns, tag, t_submit))
+            return sum(app_id in self._apps for app_id in dict.fromkeys(app_ids))
         if ahead:
             try:   # start its upload now, off the worker; the caller's buffer is free on return
                 image = self._device_pre.upload(image)
             except RuntimeError:   # e.g. out of device memory: the worker stages it, as before
                 _log.warning('frame upload failed; the worker copies it instead', exc_info=True)
-        elif ahead is None:
-            self.uploads_left_to_worker += 1
+        return self._enqueue(app_ids, image, arrival_ns=arrival_ns, tag=tag, t_submit=t_submit, ahead=ahead)
+
+    @contextlib.contextmanager
+    def held_submits(self) -> Iterator[None]:
+        """Within it, this thread's :meth:`submit` calls hold their frames; when it ends they are uploaded
+        together and queued. A frame reader's burst of same-shaped frames from the receivers' rings is
+        then one upload (one device allocation, one event) instead of one per frame: on an H200 the
+        reader's submit took 0.32 ms a frame with its upload against 0.07 on a CPU without one
+        (session 45). The frames wait for the others of the burst meanwhile: keep it around one read."""
+        held: list[tuple] = []
+        self._held.frames = held
+        try:
+            yield
+        finally:
+            self._held.frames = None
+            if held:
+                self._submit_held(held)
+
+    def _submit_held(self, held: list[tuple]) -> None:
+        images = [image for _, image, *_ in held]
+        ahead = [i for i, (_, _, up, *_) in enumerate(held) if up]
+        if ahead:
+            try:
+                for i, frame in zip(ahead, self._device_pre.upload_many([images[i] for i in ahead])):
+                    images[i] = frame
+            except RuntimeError:   # e.g. out of device memory: the worker stages them, as before
+                _log.warning('frame uploads failed; the worker copies them instead', exc_info=True)
+        for (app_ids, _, up, arrival_ns, tag, t_submit), image in zip(held, images):
+            self._enqueue(app_ids, image, arrival_ns=arrival_ns, tag=tag, t_submit=t_submit, ahead=up)
+
+    def _enqueue(self, app_ids: Sequence[str], image: np.ndarray | torch.Tensor, *, arrival_ns: int | None,
+                 tag: object, t_submit: int, ahead: bool | None) -> int:
+        """Queue a checked (and maybe uploaded) frame for every registered app in ``app_ids``; how many."""
+        shape = tuple(image.shape)
         frame = _Frame(image)
         queued = 0
         with self._cond:

@@ -243,6 +243,25 @@ class DevicePreprocessor:
             ring.append((buffer, done))
         return frame
 
+    def upload_many(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """:meth:`upload` for several frames at once (a frame reader's burst): same-shaped frames in
+        registered host memory go as one device tensor, copied from where they are behind one event, and
+        each is a row of it; the others go one at a time."""
+        images = [check_image(image) for image in images]
+        out: list[torch.Tensor | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            if self._registered(image):
+                groups.setdefault(image.shape, []).append(i)
+        for shape, rows in groups.items():
+            if len(rows) > 1:
+                stack = [images[i] for i in rows]
+                batch = HOST_MEMORY.copy_all_from(stack, lambda: self._upload_in_place(stack, (len(stack), *shape)))
+                if batch is not None:   # else one of them was unregistered meanwhile: one at a time below
+                    for row, i in enumerate(rows):
+                        out[i] = batch[row]
+        return [frame if frame is not None else self.upload(images[i]) for i, frame in enumerate(out)]
+
     def _from_registered(self, image: np.ndarray) -> torch.Tensor | None:
         """``image``'s upload started from where it is, if it lies in registered host memory; else None."""
         if not (image.flags.c_contiguous and image.flags.writeable):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -250,6 +251,10 @@ class IngressPool:
     is unmapped, so that frames are uploaded from their slots without a staging copy.
     """
 
+    #: a context the notes of one read are handled within (the node's ``Engine.held_submits``: the frames of a
+    #: burst uploaded together; DELEN_BATCH_UPLOADS=1, an A/B), or None
+    around_notes: Callable[[], contextlib.AbstractContextManager] | None = None
+
     def __init__(self, processes: int, *, on_frame: Callable[[memoryview, Any, int], None],
                  log: Callable[[str, str], None], qos_name: str, depth: int, slots: int = RING_SLOTS):
         if processes < 1:
@@ -361,11 +366,13 @@ class IngressPool:
                 if not self._closing:
                     self._restart(proc)
                 continue
-            for note in notes:
-                try:
-                    self._handle(note)
-                except Exception as exc:  # noqa: BLE001 - one bad note must not stop the reader
-                    self._report(exc)
+            around = self.around_notes
+            with around() if around is not None else contextlib.nullcontext():
+                for note in notes:
+                    try:
+                        self._handle(note)
+                    except Exception as exc:  # noqa: BLE001 - one bad note must not stop the reader
+                        self._report(exc)
 
     @staticmethod
     def _drain_one_by_one(conn: Connection) -> list[bytes]:

@@ -104,6 +104,8 @@ class DelenNode(StatusMixin, LifecycleNode):
                                                after_results=self._flush_results)
         if self._ingress is not None and served.device.startswith('cuda') and os.environ.get('DELEN_PIN_RINGS') != '0':
             self._ingress.host_memory = HOST_MEMORY   # frames uploaded from their rings, no staging copy
+            if os.environ.get('DELEN_BATCH_UPLOADS') == '1':   # an A/B: a read's frames uploaded together
+                self._ingress.around_notes = served.engine.held_submits
         profile = served.profile
         initial = parse_apps_param(p.apps, figure=self._profile_figure, num_exits=profile.num_exits)
         registry = Registry(max_apps=p.max_apps, allow_takeover=p.allow_takeover, reserved_topics=[
