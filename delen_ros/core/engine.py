@@ -59,7 +59,7 @@ import math
 import threading
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -110,6 +110,16 @@ class _Frame:
         """Its preprocessed ``1 x C x H x W`` input, or ``None`` before preprocessing. A view sliced
         when asked: a turn whose frames are preprocessed together takes their batch as it is."""
         return None if self.batch is None else self.batch[self.row:self.row + 1]
+
+
+class _Held(NamedTuple):
+    """A frame :meth:`Engine.submit` checked within :meth:`Engine.held_submits`, uploaded and queued at its end."""
+    app_ids: Sequence[str]
+    image: np.ndarray
+    ahead: bool | None       # Engine._uploads_ahead's answer at submit
+    arrival_ns: int | None
+    tag: object
+    t_submit: int
 
 
 @dataclasses.dataclass(eq=False)
@@ -673,7 +683,7 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
             self.uploads_left_to_worker += 1
         held = getattr(self._held, 'frames', None)
         if held is not None:   # within held_submits(): uploaded and queued with the others when it ends
-            held.append((app_ids, image, ahead, arrival_ns, tag, t_submit))
+            held.append(_Held(app_ids, image, ahead, arrival_ns, tag, t_submit))
             return sum(app_id in self._apps for app_id in dict.fromkeys(app_ids))
         if ahead:
             try:   # start its upload now, off the worker; the caller's buffer is free on return
@@ -689,7 +699,7 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         then one upload (one device allocation, one event) instead of one per frame: on an H200 the
         reader's submit took 0.32 ms a frame with its upload against 0.07 on a CPU without one
         (session 45). The frames wait for the others of the burst meanwhile: keep it around one read."""
-        held: list[tuple] = []
+        held: list[_Held] = []
         self._held.frames = held
         try:
             yield
@@ -698,17 +708,17 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
             if held:
                 self._submit_held(held)
 
-    def _submit_held(self, held: list[tuple]) -> None:
-        images = [image for _, image, *_ in held]
-        ahead = [i for i, (_, _, up, *_) in enumerate(held) if up]
+    def _submit_held(self, held: list[_Held]) -> None:
+        images = [h.image for h in held]
+        ahead = [i for i, h in enumerate(held) if h.ahead]
         if ahead:
             try:
                 for i, frame in zip(ahead, self._device_pre.upload_many([images[i] for i in ahead])):
                     images[i] = frame
             except RuntimeError:   # e.g. out of device memory: the worker stages them, as before
                 _log.warning('frame uploads failed; the worker copies them instead', exc_info=True)
-        for (app_ids, _, up, arrival_ns, tag, t_submit), image in zip(held, images):
-            self._enqueue(app_ids, image, arrival_ns=arrival_ns, tag=tag, t_submit=t_submit, ahead=up)
+        for h, image in zip(held, images):
+            self._enqueue(h.app_ids, image, arrival_ns=h.arrival_ns, tag=h.tag, t_submit=h.t_submit, ahead=h.ahead)
 
     def _enqueue(self, app_ids: Sequence[str], image: np.ndarray | torch.Tensor, *, arrival_ns: int | None,
                  tag: object, t_submit: int, ahead: bool | None) -> int:

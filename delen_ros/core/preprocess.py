@@ -253,13 +253,12 @@ class DevicePreprocessor:
         for i, image in enumerate(images):
             if self._registered(image):
                 groups.setdefault(image.shape, []).append(i)
-        for shape, rows in groups.items():
+        for rows in groups.values():
             if len(rows) > 1:
-                stack = [images[i] for i in rows]
-                batch = HOST_MEMORY.copy_all_from(stack, lambda: self._upload_in_place(stack, (len(stack), *shape)))
-                if batch is not None:   # else one of them was unregistered meanwhile: one at a time below
+                launched = self._stack_in_place([images[i] for i in rows])
+                if launched is not None:   # else one of them was unregistered meanwhile: one at a time below
                     for row, i in enumerate(rows):
-                        out[i] = batch[row]
+                        out[i] = launched[0][row]
         return [frame if frame is not None else self.upload(images[i]) for i, frame in enumerate(out)]
 
     def _from_registered(self, image: np.ndarray) -> torch.Tensor | None:
@@ -335,14 +334,20 @@ class DevicePreprocessor:
             frame.record_stream(current)
         return stack[0].unsqueeze(0) if len(stack) == 1 else torch.stack(list(stack))
 
-    def _batch_in_place(self, stack: Sequence[np.ndarray]) -> torch.Tensor | None:
-        """Same-shaped host frames in registered memory as one batch on the current stream, copied
-        from where they are; ``None`` (nothing copied) if one of them is no longer registered."""
+    def _stack_in_place(self, stack: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.cuda.Event] | None:
+        """Same-shaped frames in registered memory copied from where they are into one new device tensor on
+        the upload stream: the tensor and the copies' event, or ``None`` (nothing copied) if one of them is
+        no longer registered."""
         def launch():
             batch, done = self._upload_in_place(stack, (len(stack), *stack[0].shape))
             return (batch, done), done
 
-        launched = HOST_MEMORY.copy_all_from(stack, launch)
+        return HOST_MEMORY.copy_all_from(stack, launch)
+
+    def _batch_in_place(self, stack: Sequence[np.ndarray]) -> torch.Tensor | None:
+        """Same-shaped host frames in registered memory as one batch on the current stream, copied
+        from where they are; ``None`` (nothing copied) if one of them is no longer registered."""
+        launched = self._stack_in_place(stack)
         if launched is None:
             return None
         batch, done = launched
