@@ -126,12 +126,22 @@ def test_normalise_in_one_pass_matches_the_float_path_then_cast(dtype):
 @pytest.mark.parametrize('info', [GREY, RGB], ids=['grey-model', 'rgb-model'])
 def test_device_preprocessing_matches_the_cpu_path(info):
     from delen_ros.core.preprocess import DevicePreprocessor
-    smooth = cv2.GaussianBlur(_rng_image((480, 640, 3)), (0, 0), 8)   # area vs INTER_AREA differ on noise
-    images = [smooth, smooth[:, :, 0].copy(), smooth[::2, ::2].copy()]  # mixed shapes, grey and colour
+    noise = _rng_image((480, 640, 3))
+    # mixed shapes, grey and colour, shrunk and grown (by an integer factor and not)
+    images = [noise, noise[:, :, 0].copy(), noise[::2, ::2].copy(), _rng_image((16, 24, 3), 1), _rng_image((20, 30), 2)]
     pre = DevicePreprocessor(info, torch.device('cuda'))
     x = pre(images)
-    assert x.device.type == 'cuda' and x.shape == (3, info.in_channels, *info.input_size)
-    torch.testing.assert_close(x.cpu(), preprocess(images, info), atol=0.05, rtol=0)
+    assert x.device.type == 'cuda' and x.shape == (5, info.in_channels, *info.input_size)
+    one_level = 1.0 / min(info.std) + 1e-5   # cv2's fixed-point rounding of a tie, at most
+    torch.testing.assert_close(x.cpu(), preprocess(images, info), atol=one_level, rtol=0)
+
+
+@needs_cuda
+def test_device_preprocessing_grows_a_photo_as_the_cpu_path_does():
+    from delen_ros.core.preprocess import DevicePreprocessor
+    photo = _rng_image((16, 24, 3), 3)   # 2x to the model's 32 x 48: cv2.INTER_AREA replicates pixels
+    x = DevicePreprocessor(RGB, torch.device('cuda'))([photo])
+    torch.testing.assert_close(x.cpu(), preprocess([photo], RGB), atol=1e-6, rtol=0)
 
 
 @needs_cuda

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from .area_resize import area_resize
 from .host_memory import HOST_MEMORY, raw_copy_api
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class DevicePreprocessor:
 
     Frames of one shape are staged in a reused pinned host buffer (the one CPU copy, straight from
     the message's bytes), uploaded with a ``non_blocking`` copy on a stream of their own, then
-    converted, resized (``area`` when shrinking, as ``cv2.INTER_AREA``; bilinear when growing),
+    converted, resized (:func:`~delen_ros.core.area_resize.area_resize`: the CPU path's ``cv2.INTER_AREA``),
     normalised and cast on the current stream, which waits for the upload by a CUDA event: no
     device-wide synchronisation. The result is in ``dtype`` and ``memory_format``, ready for the
     runner. A staging buffer is reused only after its previous upload's event has completed.
@@ -191,12 +192,8 @@ class DevicePreprocessor:
         x = x.permute(0, 3, 1, 2)
         c = self.info.in_channels
         if c == 1 and x.shape[1] == 3:
-            x = (x.float() * self._luma).sum(dim=1, keepdim=True)
-        h, w = self.info.input_size
-        if tuple(x.shape[2:]) != (h, w):
-            shrink = x.shape[2] >= h and x.shape[3] >= w
-            x = torch.nn.functional.interpolate(x.float(), size=(h, w), mode='area' if shrink else 'bilinear',
-                                                **({} if shrink else {'align_corners': False}))
+            x = (x.float() * self._luma).sum(dim=1, keepdim=True).round_()   # cvtColor gives whole levels
+        x = area_resize(x, self.info.input_size)
         if c == 3 and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return normalise(x, self._inv_std, self._shift, dtype=self.dtype, memory_format=self.memory_format)
