@@ -44,6 +44,7 @@ def _timed(fn: Callable[[], object], sync: Callable[[], None], reps: int) -> flo
     return round(statistics.median(times) / 1e3, 2)
 
 
+@torch.inference_mode()   # the runner's graphs hold inference tensors: copying into them needs it too
 def parts(model_name: str, device: str, reps: int) -> dict:
     model = zoo.load_model(model_name, device=device)
     cuda = device.startswith('cuda')

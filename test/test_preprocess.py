@@ -249,9 +249,12 @@ def test_a_burst_of_ring_frames_uploads_as_one_copy_and_the_others_one_at_a_time
         pre = DevicePreprocessor(RGB, torch.device('cuda'))
         views = [np.frombuffer(reader.view(writer.write(f.tobytes()), f.nbytes), np.uint8).reshape(f.shape)
                  for f in frames[:2]]
+        copies, in_place = [], pre._upload_in_place
+        pre._upload_in_place = lambda images, shape: copies.append(len(images)) or in_place(images, shape)
         uploaded = pre.upload_many([views[0], frames[2].copy(), views[1]])
         assert uploaded[0].data_ptr() + frames[0].nbytes == uploaded[2].data_ptr(), 'rows of one tensor'
-        assert len(pre._in_place) == 2 and len({id(done) for _, done in pre._in_place}) == 1, 'one event'
+        # one launch behind one event (upload() of the other frame may already have let them go: an H200 is quick)
+        assert copies == [2]
         del views
         x = pre(uploaded)
         torch.testing.assert_close(x.cpu(), preprocess([frames[0], frames[2], frames[1]], RGB), atol=0.05, rtol=0)
