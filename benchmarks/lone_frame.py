@@ -8,7 +8,7 @@ Frames go one at a time, ``--gap-ms`` after the previous result (the worker idle
 (the first exit) and ``always_final`` (one fused run to the final exit). Per run, the median of each
 phase over the frames after a fifth of warm-up:
 
-* ``submit``: arrival -> ``Engine.submit`` returns (its upload ahead on CUDA);
+* ``submit``: arrival -> ``Engine.submit`` returns (its upload ahead on CUDA: ``upload``, a part of it);
 * ``wake``: -> the worker starts the launch (wake-up, lock, the scheduler's choice);
 * ``plan``, ``input`` (preprocessing and the batch's input), ``launch`` (queueing the steps);
 * ``wait``: -> the device's results are on the host; ``decide``: the policy's decisions;
@@ -69,6 +69,7 @@ def _phases(spans: list[tuple], t_arrivals: list[int]) -> list[dict[str, float]]
         first = _fields(runs[0])
         rows.append({
             'submit': (sub[3] - arrival) * ms,
+            'upload': _fields(sub).get('upload_ns', 0) * ms,   # of it, the upload ahead (not in PARTS' sum)
             'wake': (runs[0][2] - sub[3]) * ms,
             'plan': first['plan_ns'] * ms,
             'input': (first['run_ns'] - runs[0][2] - first['plan_ns']) * ms,
@@ -116,7 +117,7 @@ def _run(model, profile: Profile, runner, images, *, policy: str, count: int, ga
     finally:
         engine.stop()
     rows = _phases(list(recorder.spans), arrivals)[count // 5:]
-    out = {p: round(statistics.median(r[p] for r in rows), 4) for p in PHASES}
+    out = {p: round(statistics.median(r[p] for r in rows), 4) for p in (*PHASES, 'upload')}
     out['total_p90'] = round(sorted(r['total'] for r in rows)[int(0.9 * len(rows))], 4)
     out['turns'] = statistics.median(r['turns'] for r in rows)
     out['frames'] = len(rows)

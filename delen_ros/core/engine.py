@@ -685,12 +685,16 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         if held is not None:   # within held_submits(): uploaded and queued with the others when it ends
             held.append(_Held(app_ids, image, ahead, arrival_ns, tag, t_submit))
             return sum(app_id in self._apps for app_id in dict.fromkeys(app_ids))
+        upload_ns = 0
         if ahead:
             try:   # start its upload now, off the worker; the caller's buffer is free on return
+                t_upload = time.perf_counter_ns()
                 image = self._device_pre.upload(image)
+                upload_ns = time.perf_counter_ns() - t_upload
             except RuntimeError:   # e.g. out of device memory: the worker stages it, as before
                 _log.warning('frame upload failed; the worker copies it instead', exc_info=True)
-        return self._enqueue(app_ids, image, arrival_ns=arrival_ns, tag=tag, t_submit=t_submit, ahead=ahead)
+        return self._enqueue(app_ids, image, arrival_ns=arrival_ns, tag=tag, t_submit=t_submit, ahead=ahead,
+                             upload_ns=upload_ns)
 
     @contextlib.contextmanager
     def held_submits(self) -> Iterator[None]:
@@ -721,8 +725,9 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
             self._enqueue(h.app_ids, image, arrival_ns=h.arrival_ns, tag=h.tag, t_submit=h.t_submit, ahead=h.ahead)
 
     def _enqueue(self, app_ids: Sequence[str], image: np.ndarray | torch.Tensor, *, arrival_ns: int | None,
-                 tag: object, t_submit: int, ahead: bool | None) -> int:
-        """Queue a checked (and maybe uploaded) frame for every registered app in ``app_ids``; how many."""
+                 tag: object, t_submit: int, ahead: bool | None, upload_ns: int = 0) -> int:
+        """Queue a checked (and maybe uploaded) frame for every registered app in ``app_ids``; how many.
+        ``upload_ns``: the part of the submit its upload took (the flight recorder's ``submit`` span)."""
         shape = tuple(image.shape)
         frame = _Frame(image)
         queued = 0
@@ -758,7 +763,7 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
                 self._cond.notify()
         if RECORDER is not None:
             RECORDER.add('submit', t_submit, time.perf_counter_ns(), apps=len(app_ids), ahead=ahead, queued=queued,
-                         arrival_ns=arrival)   # the frame's results carry it: how long after it was it queued
+                         arrival_ns=arrival, upload_ns=upload_ns)   # results carry arrival_ns: how long after it was it queued
         return queued
 
     def _uploads_ahead(self, app_ids: Sequence[str]) -> bool | None:
