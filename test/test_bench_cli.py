@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from delen_ros.core.cpu_threads import auto_intra_op_threads
 
 
@@ -37,3 +39,24 @@ def test_the_overload_scenario_can_bound_its_apps_as_the_nodes_saturation_runs_d
     assert over['bound_ms'] == 33.0 and over['policy'] == 'delen'
     assert 0 < over['batched']['within_bound_hz'] <= over['batched']['served_hz'] * 1.0001
     assert 'within 33 ms' in run.stdout
+
+
+def _app(p50_ms: float, accuracy: float, energy_mj: float) -> dict:
+    return {'bounds': {'max_latency_ms': 7.0, 'min_accuracy': 0.94}, 'latency_attainment': 1.0, 'latency_p50_ms': p50_ms,
+            'accuracy': accuracy, 'accuracy_stderr': 0.013, 'expected_accuracy': accuracy,
+            'estimated_energy_per_frame_mj': energy_mj}
+
+
+def test_the_targets_give_the_accuracy_bound_apps_median_latency_against_always_final_per_scenario():
+    from delen_ros.tools.bench import _targets
+    runs = {'steady': {'always_final': {'apps': {'arm': _app(2.5, 0.95, 34.9)}},
+                       'delen': {'apps': {'arm': _app(1.5, 0.947, 5.0)}, 'worker': dict.fromkeys(
+                           ('decision_us_mean', 'decision_us_p50', 'decision_us_p99'), 100.0)}},
+            'bursty': {'always_final': {'apps': {'arm': _app(2.0, 0.95, 34.9)}},
+                       'delen': {'apps': {'arm': _app(1.5, 0.94, 5.0)}}}}
+    targets = _targets({'scenarios': runs})
+    assert targets['median_latency']['steady']['lower_by'] == pytest.approx(0.4)
+    assert targets['median_latency']['bursty']['lower_by'] == pytest.approx(0.25)
+    assert targets['median_latency_target_lower_by'] == 0.4
+    assert targets['energy_app']['accuracy_stderr_delen'] == 0.013
+    assert targets['energy_ratio_vs_always_final'] == pytest.approx(5.0 / 34.9)
