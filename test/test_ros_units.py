@@ -161,9 +161,14 @@ def test_a_photo_scaled_up_by_whole_factors_comes_back_whole():
     assert torch.equal(back[0].permute(1, 2, 0).round().to(torch.uint8), torch.from_numpy(photo))
     bilinear = cv2.resize(photo, (640, 480), interpolation=cv2.INTER_LINEAR)
     assert not np.array_equal(cv2.resize(bilinear, (32, 32), interpolation=cv2.INTER_AREA), photo)
-    # other growth stays bilinear (smooth), shrinking averages
-    odd = scale_frame(photo, (50, 40))
-    assert np.array_equal(odd, cv2.resize(photo, (50, 40), interpolation=cv2.INTER_LINEAR))
+    # other growth replicates too, blending the boundary pixels: the node's downscale gets close to the photo,
+    # bilinear growth does not (the demo's 320 x 240 is 7.5x tall)
+    odd = scale_frame(photo, (320, 240))
+    assert np.array_equal(odd, cv2.resize(photo, (320, 240), interpolation=cv2.INTER_AREA))
+    bilinear = cv2.resize(photo, (320, 240), interpolation=cv2.INTER_LINEAR)
+    error = {name: np.abs(cv2.resize(big, (32, 32), interpolation=cv2.INTER_AREA).astype(int) - photo).mean()
+             for name, big in (('area', odd), ('bilinear', bilinear))}
+    assert error['area'] < 0.5 * error['bilinear'], error
     assert np.array_equal(scale_frame(frame, (32, 32)), photo) and scale_frame(photo, None) is photo
 
 
