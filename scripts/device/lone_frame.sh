@@ -6,13 +6,8 @@
 # Variants: default (as shipped), spin (DELEN_BLOCKING_SYNC=0), no_upload (DELEN_UPLOAD_AHEAD=0), or NAME=ENV=VALUE.
 set -u
 OUT="$1"; mkdir -p "$OUT"
-bash scripts/device/setup_offline.sh > "$OUT/setup.log" 2>&1 || { tail "$OUT/setup.log"; exit 1; }
-# shellcheck disable=SC1091
-source .whl/env.sh
-WORK=$(mktemp -d)
-python3 -c "import sys; from delen_ros.tools.cifar_pack import unpack_jpeg_npz as u; u(*sys.argv[1:])" \
-  .devdata/cifar10_test.packed.npz "$WORK/cifar10_test.npz"
-export DELEN_CIFAR10="$WORK/cifar10_test.npz" PYTHONUNBUFFERED=1
+# shellcheck source=scripts/device/photos_env.sh
+source scripts/device/photos_env.sh
 for model in ${MODELS:-cifar10_committee cifar10_lite0}; do
   for v in ${VARIANTS:-default spin}; do
     case "$v" in

@@ -10,13 +10,8 @@
 #     bash scripts/device/resize_ab.sh "$OUT"
 set -u
 OUT="$1"; mkdir -p "$OUT"
-bash scripts/device/setup_offline.sh > "$OUT/setup.log" 2>&1 || { tail "$OUT/setup.log"; exit 1; }
-# shellcheck disable=SC1091
-source .whl/env.sh
-WORK=$(mktemp -d)
-python3 -c "import sys; from delen_ros.tools.cifar_pack import unpack_jpeg_npz as u; u(*sys.argv[1:])" \
-  .devdata/cifar10_test.packed.npz "$WORK/cifar10_test.npz"
-export DELEN_CIFAR10="$WORK/cifar10_test.npz" PYTHONUNBUFFERED=1
+# shellcheck source=scripts/device/photos_env.sh
+source scripts/device/photos_env.sh
 MODEL="${MODEL:-cifar10_committee}"
 if [ -d .devdata/pytest ]; then
   python3 -m pip install -q --no-index --no-deps --target "$WORK/pt" .devdata/pytest/*.whl
