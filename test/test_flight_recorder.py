@@ -171,10 +171,12 @@ def test_the_front_end_splits_each_frames_way_in_into_the_wait_for_the_reader_an
         arrival = 10 * i * MS
         start = arrival + MS + i * MS // 10
         recorder.add('handover', arrival + MS // 2, start, topic='/cam')
-        recorder.add('submit', start, start + 3 * MS // 10, apps=1, ahead=True, queued=1, arrival_ns=arrival)
+        recorder.add('submit', start, start + 3 * MS // 10, apps=1, ahead=True, queued=1, arrival_ns=arrival,
+                     upload_ns=2 * MS // 10)
     recorder.write()
     spans = load(str(tmp_path / 'trace.jsonl'))
     front = front_end(spans)
+    assert front['submit_upload_ms']['p50'] == 0.2   # the part of the submit that started the upload
     assert front['frames'] == 10
     assert front['arrival_to_submit_ms'] == {'p50': 1.5, 'p90': 1.9, 'p99': 1.9, 'max': 1.9}
     assert front['submit_ms']['p50'] == 0.3 and front['arrival_to_queued_ms']['max'] == 2.2

@@ -194,8 +194,8 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 def front_end(spans: list[dict[str, Any]]) -> dict[str, Any]:
     """The frames' way into the engine (see the module's text): ``arrival_to_submit_ms`` (waiting for the frame
-    reader: DDS, the receiver, the hand-over, the frames handed over before it), ``submit_ms``, ``arrival_to_queued_ms``
-    (both), ``handover_ms``; ``{}`` for a trace without submits that carry their arrival (before session 39)."""
+    reader: DDS, the receiver, the hand-over, the frames handed over before it), ``submit_ms`` (of it ``submit_upload_ms``, the
+    upload ahead, where frames were uploaded), ``arrival_to_queued_ms`` (both), ``handover_ms``; ``{}`` for a trace without submits that carry their arrival (before session 39)."""
     submits = [s for s in spans if s['kind'] == 'submit' and 'arrival_ns' in s]
     if not submits:
         return {}
@@ -203,6 +203,9 @@ def front_end(spans: list[dict[str, Any]]) -> dict[str, Any]:
            'arrival_to_submit_ms': _quantiles([(s['start_ns'] - s['arrival_ns']) / 1e6 for s in submits]),
            'submit_ms': _quantiles([(s['end_ns'] - s['start_ns']) / 1e6 for s in submits]),
            'arrival_to_queued_ms': _quantiles([(s['end_ns'] - s['arrival_ns']) / 1e6 for s in submits])}
+    uploads = [s['upload_ns'] / 1e6 for s in submits if s.get('upload_ns')]
+    if uploads:   # the part of a submit that started the frame's upload (since session 46)
+        out['submit_upload_ms'] = _quantiles(uploads)
     handovers = [(s['end_ns'] - s['start_ns']) / 1e6 for s in spans if s['kind'] == 'handover']
     if handovers:
         out['handover_ms'] = _quantiles(handovers)
