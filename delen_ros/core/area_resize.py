@@ -78,7 +78,8 @@ def area_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ``cv2.INTER_AREA`` does; float32 whole pixel values, or ``x`` itself at its size.
 
     Integer factors: one kernel (an average pool when shrinking, replication when growing); other
-    factors: two matrix products in float32 (TF32 would blur the rounding), then the rounding.
+    factors: two matrix products in float32, then the rounding (where TF32 matrix products are allowed,
+    which torch's default is not, a pixel may come out a level off).
     """
     (src_h, src_w), (h, w) = x.shape[-2:], size
     if (src_h, src_w) == (h, w):
