@@ -45,6 +45,7 @@ from ..core.policies import available_policies
 from ..core.preprocess import preprocess
 from ..core.profile import Profile, device_slug, find_profile, profile_filename
 from ..core.runner import PRECISIONS, dtype_name, resolve_precision
+from .e2e_analysis import accuracy_se
 
 __all__ = ['main', 'AppSpec', 'Frames', 'quick_bench_profile', 'default_apps', 'arrival_schedule', 'run_once',
            'served_exit_latencies']
@@ -382,7 +383,7 @@ def run_once(model, profile: Profile, apps: Sequence[AppSpec], frames: Frames, r
             'energy_measured_fraction': float(np.mean([r.energy_measured for r in mine])) if mine else math.nan,
             'accuracy': float(np.mean(correct)) if correct else math.nan,
             # 300 frames pin an accuracy down to about a point: say so beside it
-            'accuracy_stderr': float(np.std(correct) / math.sqrt(len(correct))) if correct else math.nan,
+            'accuracy_stderr': accuracy_se(float(np.mean(correct)), len(correct)) if correct else math.nan,
             'expected_accuracy': float(np.mean([r.expected_accuracy for r in mine])) if mine else math.nan,
             'throughput_hz': len(mine) / elapsed_s, 'exit_counts': exits,
         }

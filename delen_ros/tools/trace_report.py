@@ -194,8 +194,9 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 def front_end(spans: list[dict[str, Any]]) -> dict[str, Any]:
     """The frames' way into the engine (see the module's text): ``arrival_to_submit_ms`` (waiting for the frame
-    reader: DDS, the receiver, the hand-over, the frames handed over before it), ``submit_ms`` (of it ``submit_upload_ms``, the
-    upload ahead, where frames were uploaded), ``arrival_to_queued_ms`` (both), ``handover_ms``; ``{}`` for a trace without submits that carry their arrival (before session 39)."""
+    reader: DDS, the receiver, the hand-over, the frames handed over before it), ``submit_ms`` (of it
+    ``submit_upload_ms``, the upload ahead, where frames were uploaded), ``arrival_to_queued_ms`` (both),
+    ``handover_ms``; ``{}`` for a trace without submits that carry their arrival (before session 39)."""
     submits = [s for s in spans if s['kind'] == 'submit' and 'arrival_ns' in s]
     if not submits:
         return {}
