@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from delen_ros.core.area_resize import area_resize, area_weights
+from delen_ros.core.area_resize import area_resize, area_weights, growth_factors
 
 # (source h, w) -> (target h, w): integer and fractional factors, shrinking, growing and mixed
 SIZES = [((32, 32), (160, 160)), ((480, 640), (160, 160)), ((480, 640), (32, 48)), ((32, 32), (100, 70)),
@@ -60,3 +60,23 @@ def test_the_same_size_is_left_alone_and_batches_resize_frame_by_frame():
 def test_rejects_empty_sizes(src, dst):
     with pytest.raises(ValueError, match='>= 1'):
         area_weights(src, dst, box=True)
+
+
+@pytest.mark.parametrize('src, dst, factors', [((32, 32), (160, 160), (5, 5)), ((1, 1), (28, 28), (28, 28)),
+                                               ((8, 16), (16, 16), (2, 1)), ((32, 32), (32, 32), None),
+                                               ((480, 640), (160, 160), None), ((30, 32), (160, 160), None),
+                                               ((32, 32), (100, 70), None)])
+def test_growth_factors_are_whole_growth_only(src, dst, factors):
+    assert growth_factors(src, dst) == factors
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_normalise_grows_in_its_one_kernel_as_the_resize_would(memory_format, dtype):
+    from delen_ros.core.preprocess import normalise
+    frames = torch.from_numpy(_noise((2, 8, 6, 3))).permute(0, 3, 1, 2)   # a camera's layout, viewed as N x C x H x W
+    inv_std, shift = torch.tensor([0.5, 2.0, 1.0]).view(1, 3, 1, 1), torch.tensor([-1.0, 0.0, 3.0]).view(1, 3, 1, 1)
+    grown = normalise(frames, inv_std, shift, dtype=dtype, memory_format=memory_format, grow=(4, 5))
+    resized = normalise(area_resize(frames, (32, 30)), inv_std, shift, dtype=dtype, memory_format=memory_format)
+    assert grown.shape == (2, 3, 32, 30) and grown.dtype == dtype and grown.is_contiguous(memory_format=memory_format)
+    assert torch.equal(grown, resized)

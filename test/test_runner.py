@@ -1,6 +1,8 @@
 """StageRunner: device resolution, staged execution equal to the model's, CUDA graphs where a GPU exists."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -318,3 +320,99 @@ def _eager_chain(model, x):
             x = model.stages[k](x)
             out.append(model.heads[k](x))
     return out
+
+
+# --- exit graphs: stage, head and look in one replay ---------------------------------------------------------
+def test_exit_look_is_each_rows_top_probability_and_class():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [5.0, -1.0, 0.0]], dtype=torch.float16)
+    look = runner_module.exit_look(logits)
+    probs = torch.softmax(logits.float(), dim=1)
+    assert look.dtype == torch.float32 and look.shape == (2, 2)
+    assert look[:, 1].tolist() == [1.0, 0.0]
+    torch.testing.assert_close(look[:, 0], probs.max(dim=1).values)
+
+
+def test_a_stage_exit_module_gives_the_stage_and_its_look():
+    model = conv_model(seed=3)
+    x = torch.randn(2, 3, 16, 16)
+    features, look = runner_module._StageExit(model.stages[0], model.heads[0])(x)
+    torch.testing.assert_close(features, model.stages[0](x))
+    torch.testing.assert_close(look, runner_module.exit_look(model.heads[0](model.stages[0](x))))
+
+
+def test_no_exit_step_without_cuda_graphs():
+    runner = StageRunner(conv_model(), device='cpu', cuda_graphs=True)
+    runner.warmup()
+    assert not runner.exit_graphs and runner.exit_step(0, runner.to_input(torch.zeros(1, 3, 16, 16))) is None
+
+
+class _EagerExitSteps(StageRunner):
+    """A CPU runner that answers exit_step eagerly, as the exit graphs do on CUDA: the engine's other path."""
+    calls = 0
+
+    def exit_step(self, k, x, *, keep_features=True):
+        if x.shape[0] != 1:
+            return None
+        type(self).calls += 1
+        features, look = runner_module._StageExit(self.model.stages[k], self.model.heads[k])(x)
+        return (features if keep_features else None), look
+
+
+def test_the_engine_answers_the_same_through_exit_steps():
+    import numpy as np
+
+    from delen_ros.core.bounds import Bounds
+    from delen_ros.core.engine import Engine
+    from fakes import synthetic_profile
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(13)]
+    served = {}
+    for name, runner in (('plain', None), ('exit_steps', _EagerExitSteps(conv_model(seed=2), device='cpu'))):
+        results = []
+        engine = Engine(conv_model(seed=2), synthetic_profile(3), device='cpu', policy='always_final',
+                        max_batch=8, queue_depth=16, runner=runner, on_result=results.append)
+        engine.set_app('a', Bounds())
+        with engine:
+            for i, frame in enumerate(frames):   # one at a time: batch 1, where exit steps serve
+                engine.submit(['a'], frame, tag=i)
+                while len(results) <= i:
+                    time.sleep(0.002)
+        served[name] = sorted((r.tag, r.class_id, round(r.confidence, 5), r.exit_index) for r in results)
+    assert _EagerExitSteps.calls == len(frames)
+    assert served['exit_steps'] == served['plain'] and len(served['plain']) == len(frames)
+
+
+@needs_cuda
+@pytest.mark.parametrize('half', [False, True])
+def test_exit_graphs_replay_the_stage_and_its_head(half, monkeypatch):
+    monkeypatch.delenv('DELEN_EXIT_GRAPHS', raising=False)
+    runner = StageRunner(conv_model(seed=4), device='cuda', half=half, cuda_graphs=True, max_batch=4)
+    runner.warmup()
+    x = runner.to_input(torch.randn(1, 3, 16, 16))
+    for k in range(3):
+        features, look = runner.exit_step(k, x)
+        kept = look.clone()
+        expected = runner.stage(k, x)
+        torch.testing.assert_close(features, expected)
+        torch.testing.assert_close(kept, runner_module.exit_look(runner.head(k, expected)))
+        assert runner.exit_step(k, x, keep_features=False)[0] is None
+        x = expected
+    assert runner.exit_step(0, runner.to_input(torch.randn(2, 3, 16, 16))) is None   # above the smallest size
+    monkeypatch.setenv('DELEN_EXIT_GRAPHS', '0')
+    off = StageRunner(conv_model(seed=4), device='cuda', half=half, cuda_graphs=True, max_batch=4)
+    off.warmup()
+    assert off.exit_step(0, off.to_input(torch.randn(1, 3, 16, 16))) is None
+
+
+@needs_cuda
+def test_the_cuda_engine_answers_the_same_without_exit_graphs(monkeypatch):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(13)]
+    options = {'half': False, 'cuda_graphs': True, 'graph_sizes': (1, 8)}
+    with_graphs = _serve('cuda', frames, options)
+    monkeypatch.setenv('DELEN_EXIT_GRAPHS', '0')
+    without = _serve('cuda', frames, options)
+    assert [(t, c) for t, c, _ in with_graphs] == [(t, c) for t, c, _ in without]
+    for (_, _, a), (_, _, b) in zip(with_graphs, without):
+        assert a == pytest.approx(b, abs=1e-5)

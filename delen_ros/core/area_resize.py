@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ['area_weights', 'area_resize']
+__all__ = ['area_weights', 'area_resize', 'growth_factors']
 
 
 def area_weights(src: int, dst: int, *, box: bool) -> np.ndarray:
@@ -71,6 +71,15 @@ def area_weights(src: int, dst: int, *, box: bool) -> np.ndarray:
 @functools.lru_cache(maxsize=32)   # bounded, whatever sizes cameras send
 def _axis_weights(src: int, dst: int, box: bool, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(area_weights(src, dst, box=box)).to(device=device, dtype=torch.float32)
+
+
+def growth_factors(src: tuple[int, int], dst: tuple[int, int]) -> tuple[int, int] | None:
+    """``(fy, fx)`` where ``INTER_AREA`` takes ``src`` ``(h, w)`` to ``dst`` by replicating each pixel
+    ``fy x fx`` times (grown by whole factors, at least one of them above 1), else ``None``."""
+    (src_h, src_w), (h, w) = src, dst
+    if h % src_h or w % src_w or (h, w) == (src_h, src_w):
+        return None
+    return h // src_h, w // src_w
 
 
 def area_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -78,7 +78,7 @@ from .flight_recorder import RECORDER
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy
 from .preprocess import DevicePreprocessor, check_image, preprocess
 from .results import AppStats, Result, WorkerStats
-from .runner import StageRunner, to_pinned
+from .runner import StageRunner, exit_look, to_pinned
 from .scheduler import Batch, Expected, Request, Scheduler
 from .thread_names import name_os_thread
 from .thread_priority import NICE_RANGE, set_own_nice
@@ -167,9 +167,8 @@ class _Run:
     plan_ns: int
     pre_ns: int
     padded: int
-    features: torch.Tensor
-    confidence: torch.Tensor
-    class_id: torch.Tensor
+    features: torch.Tensor | None   # None after the final exit: nothing goes on from there
+    look: torch.Tensor              # N x 2: each frame's confidence and class id (runner.exit_look)
     pipelined: bool = False       # the worker goes on to the next batch before looking at this one
     done: Any = None              # pipelined on CUDA: event after its results' copies to pinned memory
     free_at: int = 0              # engine clock when the device is predicted to be done with it
@@ -1207,13 +1206,12 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
             x = _pad(x, padded)
         t_run = time.perf_counter_ns()
         features = x
-        for k in steps:   # back to back: no sync, and no head for exits nobody looks at
+        for k in steps[:-1]:   # back to back: no sync, and no head for exits nobody looks at
             features = self._runner.stage(k, features)
-        logits = self._runner.head(last_step, features)
-        confidence, class_id = torch.softmax(logits[:n].float(), dim=1).max(dim=1)
+        features, look = self._exit_step(last_step, features, n, keep_features=last_step != self.profile.final_exit)
         done = None
-        if pipelined and confidence.device.type == 'cuda':
-            confidence, class_id = to_pinned(confidence), to_pinned(class_id)
+        if pipelined and look.device.type == 'cuda':
+            look = to_pinned(look)
             # a blocking event where the runner sleeps in its waits (the default; DELEN_BLOCKING_SYNC=0 spins)
             done = torch.cuda.Event(blocking=getattr(self._runner, 'blocking_sync', False))
             done.record()
@@ -1224,8 +1222,21 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         predicted_ns = int((sum(self._predict_ms(k, len(requests), turn=False) for k in steps)
                             + self._turn_ms()) * _NS_PER_MS) if pipelined else 0
         return _Run(batch, decision_ns, slot, n, steps, t_start, t_run, start_clock, plan_ns, pre_ns, padded,
-                    features, confidence, class_id, pipelined=pipelined, done=done,
+                    features, look, pipelined=pipelined, done=done,
                     free_at=begins + predicted_ns if pipelined else 0, predicted_ns=predicted_ns)
+
+    def _exit_step(self, k: int, x: torch.Tensor, n: int, *, keep_features: bool
+                   ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Stage ``k``'s features (``None`` unless ``keep_features``) and exit ``k``'s look at the first ``n``
+        rows: one graph replay where the runner has one for it (``StageRunner.exit_step``), else the
+        stage, the head and the look apart."""
+        fused = getattr(self._runner, 'exit_step', None)
+        out = fused(k, x, keep_features=keep_features) if fused is not None else None
+        if out is not None:
+            features, look = out
+            return features, look[:n]
+        features = self._runner.stage(k, x)
+        return (features if keep_features else None), exit_look(self._runner.head(k, features)[:n])
 
     def _complete(self, run: _Run) -> None:
         """Wait for a launched batch, then decide per request: deliver its result, or put it back in
@@ -1235,14 +1246,15 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         t_wait = time.perf_counter_ns()
         if run.done is not None:
             run.done.synchronize()
-            confidence, class_id = run.confidence.tolist(), run.class_id.tolist()
+            rows = run.look.tolist()
         else:
-            confidence, class_id = run.confidence, run.class_id
+            look = run.look
             to_host = getattr(self._runner, 'to_host', None)
-            if to_host is not None:   # a StageRunner: with blocking_sync the copies wait in synchronize
-                confidence, class_id = to_host(confidence), to_host(class_id)
+            if to_host is not None:   # a StageRunner: with blocking_sync the copy waits in synchronize
+                look = to_host(look)
             self._runner.synchronize()
-            confidence, class_id = confidence.cpu().tolist(), class_id.cpu().tolist()
+            rows = look.cpu().tolist()
+        confidence, class_id = [row[0] for row in rows], [int(row[1]) for row in rows]
         t_end = time.perf_counter_ns()
         run.ended_clock = self.clock()
         # A batch launched while the one before it still ran started on the device when that one
@@ -1250,7 +1262,7 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         began = max(run.t_start, self._last_end_ns)
         ran = max(run.t_run, began)
         self._last_end_ns = t_end
-        features = run.features[:n] if run.padded > n else run.features
+        features = run.features[:n] if run.features is not None and run.padded > n else run.features
         step_energy_mj = sum(self.profile.step_energy_mj(k, n) for k in steps) * n
         if self._energy is not None:
             self._energy.add(step_energy_mj)

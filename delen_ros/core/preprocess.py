@@ -11,6 +11,7 @@ resize runs per image (see ``_resize``).
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from typing import TYPE_CHECKING, Sequence
 
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from .area_resize import area_resize
+from .area_resize import area_resize, growth_factors
 from .host_memory import HOST_MEMORY, raw_copy_api
 
 if TYPE_CHECKING:
@@ -108,14 +109,27 @@ def normalisation(info: ModelInfo, device: torch.device | str) -> tuple[torch.Te
 
 
 def normalise(x: torch.Tensor, inv_std: torch.Tensor, shift: torch.Tensor, *, dtype: torch.dtype,
-              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+              memory_format: torch.memory_format = torch.contiguous_format,
+              grow: tuple[int, int] = (1, 1)) -> torch.Tensor:
     """``(x - mean) * inv_std`` of ``N x C x H x W`` pixels (uint8, or float from a resize) as
     ``x * inv_std + shift`` (``shift = -mean * inv_std``), written straight into a new ``dtype``
     tensor of ``memory_format``: one kernel where a float copy, two arithmetic passes and a cast were
     four eager launches. Computed in float32, rounded once. (On an H200 at batch 1 the saving was
-    within the run-to-run spread: ``benchmarks/h200/cifar10_committee/session27/lone_ab.txt``.)"""
-    out = torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=memory_format)
-    return torch.addcmul(shift, x, inv_std, out=out)
+    within the run-to-run spread: ``benchmarks/h200/cifar10_committee/session27/lone_ab.txt``.)
+
+    ``grow``: integer factors ``(fy, fx)`` by which each pixel is replicated on the way
+    (:func:`~delen_ros.core.area_resize.growth_factors`: ``INTER_AREA``'s growth at whole factors), in the
+    same kernel: the output, seen as ``N x C x H x fy x W x fx``, takes the input broadcast over ``fy``
+    and ``fx``. A float copy and a resize kernel fewer for a small camera's frames."""
+    n, c, h, w = x.shape
+    fy, fx = grow
+    out = torch.empty((n, c, h * fy, w * fx), dtype=dtype, device=x.device, memory_format=memory_format)
+    if (fy, fx) == (1, 1):
+        return torch.addcmul(shift, x, inv_std, out=out)
+    per_channel = (1, c, 1, 1, 1, 1)
+    torch.addcmul(shift.view(per_channel), x[:, :, :, None, :, None].expand(n, c, h, fy, w, fx),
+                  inv_std.view(per_channel), out=out.view(n, c, h, fy, w, fx))
+    return out
 
 
 _MAX_STAGING_SHAPES = 8
@@ -137,6 +151,10 @@ class DevicePreprocessor:
     worker then only converts frames already on the device, and the camera's buffer is free again
     as soon as its bytes are staged.
     """
+
+    #: grow by whole factors inside the normalising kernel (``normalise``'s ``grow``); false: a resize
+    #: kernel first, as before session 47 (DELEN_FOLD_GROWTH=0, an A/B)
+    fold_growth = os.environ.get('DELEN_FOLD_GROWTH', '1') != '0'
 
     def __init__(self, info: 'ModelInfo', device: torch.device, *, dtype: torch.dtype = torch.float32,
                  memory_format: torch.memory_format = torch.contiguous_format):
@@ -193,10 +211,13 @@ class DevicePreprocessor:
         c = self.info.in_channels
         if c == 1 and x.shape[1] == 3:
             x = (x.float() * self._luma).sum(dim=1, keepdim=True).round_()   # cvtColor gives whole levels
-        x = area_resize(x, self.info.input_size)
+        grow = growth_factors(tuple(x.shape[-2:]), self.info.input_size) if self.fold_growth else None
+        if grow is None:
+            x = area_resize(x, self.info.input_size)
         if c == 3 and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        return normalise(x, self._inv_std, self._shift, dtype=self.dtype, memory_format=self.memory_format)
+        return normalise(x, self._inv_std, self._shift, dtype=self.dtype, memory_format=self.memory_format,
+                         grow=grow or (1, 1))
 
     def upload(self, image: np.ndarray) -> torch.Tensor:
         """Start copying one frame to the device; returns its uint8 tensor there, for ``__call__``.

@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = ['StageRunner', 'CaptureState', 'conv_backend', 'faster_backend', 'resolve_device', 'resolve_precision',
            'dtype_name', 'PRECISIONS', 'warm_cuda_libraries', 'graph_batch_sizes', 'padded_graph_sizes',
-           'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped', 'to_pinned']
+           'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped', 'to_pinned', 'exit_look']
 
 _log = logging.getLogger(__name__)
 _DEVICE = re.compile(r'auto|cpu|cuda(:\d+)?')
@@ -407,6 +407,26 @@ class _Graph:
         return start.elapsed_time(end) / reps
 
 
+def exit_look(logits: Tensor) -> Tensor:
+    """An exit's look at its logits: an ``N x 2`` float32 tensor, each row the top softmax probability
+    and its class id (exact in float32 for any class count a head has). One tensor, so that the host
+    copies and reads one, not two."""
+    confidence, class_id = torch.softmax(logits.float(), dim=1).max(dim=1)
+    return torch.stack((confidence, class_id.to(confidence.dtype)), dim=1)
+
+
+class _StageExit(nn.Module):
+    """Stage ``k``, its head and the exit's look as one module, to be captured as one graph."""
+
+    def __init__(self, stage: nn.Module, head: nn.Module):
+        super().__init__()
+        self.stage, self.head = stage, head
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.stage(x)
+        return features, exit_look(self.head(features))
+
+
 def to_pinned(tensor: Tensor) -> Tensor:
     """An asynchronous copy of a device tensor into pinned host memory, valid once its stream gets there."""
     return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor, non_blocking=True)
@@ -505,6 +525,10 @@ class StageRunner:
         # pairs in session 13: the worker thread's CPU per frame 10-42 % lower, no result later;
         # DELEN_BLOCKING_SYNC=0 spins (CUDA's default with one context on a many-core host).
         self.blocking_sync = os.environ.get('DELEN_BLOCKING_SYNC', '1') != '0'
+        # Exit graphs (exit_step): stage, head and look in one replay at the smallest size, where a lone
+        # frame's every CUDA call costs ~50-100 us on a host just woken; DELEN_EXIT_GRAPHS=0, an A/B.
+        self.exit_graphs = self.cuda_graphs and os.environ.get('DELEN_EXIT_GRAPHS', '1') != '0'
+        self._exit_graphs: dict[int, _Graph] = {}   # exit -> its graph at the smallest size
         self.model = model.prepare(self.device, dtype=self.dtype, channels_last=self.channels_last)
         self.num_exits = model.num_exits
         # Read by the serving thread while the background thread adds to it: a graph is put in only
@@ -561,6 +585,28 @@ class StageRunner:
         """Exit ``k``'s logits (N x num_classes, float32) from stage ``k``'s features."""
         self._check(k)
         return self._call('head', k, self.model.heads[k], features, as_float=True)
+
+    def exit_step(self, k: int, x: Tensor, *, keep_features: bool = True) -> tuple[Tensor | None, Tensor] | None:
+        """Stage ``k`` and exit ``k``'s look (:func:`exit_look`) as one graph replay, where one serves ``x``:
+        ``(features, look)``, the features ``None`` unless ``keep_features``, the look a view of the graph's
+        output, valid until the next call for this exit (copy it to the host before). ``None`` where no
+        exit graph serves ``x`` (on CPU, without graphs, above the smallest size): call :meth:`stage` and
+        :meth:`head`.
+
+        A lone frame on a host just woken paid ~50-100 us for each CUDA call (session 29's
+        ``host_ops.py``); stage and head as two graphs cost six (a copy in, a replay and a copy out each)
+        and the softmax and max two more, where this costs a copy in, a replay and the features' copy out.
+        """
+        graph = self._exit_graphs.get(k) if x.shape[0] <= self.graph_sizes[0] else None
+        if graph is None or x.device != self.device or graph.static_in.shape[1:] != x.shape[1:] \
+                or graph.static_in.dtype != x.dtype:
+            return None
+        with torch.inference_mode():
+            n = x.shape[0]
+            graph.static_in[:n].copy_(x)
+            graph.graph.replay()
+            features, look = graph.static_out
+            return (features[:n].clone() if keep_features else None), look[:n]
 
     def synchronize(self) -> None:
         """Wait for the work queued on this thread's current stream (no-op on CPU).
@@ -621,6 +667,8 @@ class StageRunner:
         for b in sizes:
             x = self._zero_batch(b)
             for k in range(self.num_exits):
+                if self.exit_graphs and b == self.graph_sizes[0]:
+                    self._capture_exit(k, x)
                 x = self.stage(k, x)
                 self.head(k, x)
         self.synchronize()
@@ -810,6 +858,18 @@ class StageRunner:
         stream = torch.cuda.Stream(device=self.device)
         with torch.cuda.stream(stream):
             yield torch.cuda.Stream(device=self.device), stream.synchronize
+
+    def _capture_exit(self, k: int, x: Tensor) -> None:
+        """Capture exit ``k``'s graph for :meth:`exit_step` at the smallest size, from stage ``k``'s
+        example input ``x``, on the kernels the stage's graphs are captured with now (the smallest size
+        stays native unless ``trial_smallest``; this one does not follow a trial). Into the serving
+        thread's pool: its output is a live tensor, never handed to another graph."""
+        if k in self._exit_graphs:
+            return
+        module = _StageExit(self.model.stages[k], self.model.heads[k])
+        with _CAPTURE_LOCK, torch.inference_mode():
+            self._exit_graphs[k] = _Graph(module, x, self.graph_sizes[0], pool=self._pool, as_float=False,
+                                          cudnn=not self._capture_native)
 
     def _new_pool(self):
         return torch.cuda.graph_pool_handle()
