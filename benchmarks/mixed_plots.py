@@ -4,12 +4,13 @@ eight 33 ms accuracy cascades): ``benchmarks/h200/recheck_session25/plot.py`` an
 
 ``strip``: per setting, each run's worst kept app (its share of frames within bound, from ``e2e.json``);
 ``latency_panels``: node-side latency of the 10 ms apps over time, one panel per run, drawn by the caller;
-``admitted_run``: one run of ``scripts/device/mixed_runs.sh`` in a row, and ``steal_panels``: such runs against the
+``admitted_run``: one run of ``scripts/device/mixed_runs.sh`` in a row, ``arm_summary``: such rows per arm, and ``steal_panels``: such runs against the
 CPU their host's hypervisor stole (``session44/plot.py``, ``session45/plot.py``)."""
 from __future__ import annotations
 
 import json
 import pathlib
+import statistics
 from typing import Callable, Iterator, Sequence
 
 import matplotlib
@@ -35,6 +36,22 @@ def admitted_run(path: pathlib.Path) -> dict:
             'host_cpu_steal_share': round(t.get('host_cpu_steal_share') or 0.0, 5),
             'node_saw_stolen_worst_core_pct_max': (t.get('node_host_cpu_stolen_pct') or {}).get('worst_core_max'),
             'node_cpu_ms_per_frame': round(t['resources']['cpu_ms_per_frame'], 2)}
+
+
+def arm_summary(runs: Sequence[dict]) -> dict:
+    """Rows of :func:`admitted_run` (with their ``arm``) per arm: runs, those where every admitted app met 99 %, and
+    each run's frames missed, worst app, CPU stolen and node CPU per frame."""
+    out = {}
+    for arm in sorted({r['arm'] for r in runs}):
+        rows = [r for r in runs if r['arm'] == arm]
+        out[arm] = {'runs': len(rows), 'every_admitted_app_99': sum(r['every_admitted_app_99'] for r in rows),
+                    'missed_frames': [r['missed_frames'] for r in rows],
+                    'missed_frames_median': statistics.median(r['missed_frames'] for r in rows),
+                    'worst_within': [r['worst_within'] for r in rows],
+                    'host_cpu_steal_pct': [round(100 * r['host_cpu_steal_share'], 2) for r in rows],
+                    'node_cpu_ms_per_frame': [round(r['node_cpu_ms_per_frame'], 2) for r in rows],
+                    'node_cpu_ms_per_frame_median': statistics.median(r['node_cpu_ms_per_frame'] for r in rows)}
+    return out
 
 
 def steal_panels(runs: Sequence[dict], colours: dict[str, str], out: pathlib.Path, *, edge_label: str,

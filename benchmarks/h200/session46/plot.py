@@ -7,7 +7,6 @@ against one upload a frame (N, shipped; R1 traced).
 """
 import json
 import pathlib
-import statistics
 import sys
 
 import matplotlib
@@ -16,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))   # benchmarks/
-from mixed_plots import admitted_run  # noqa: E402
+from mixed_plots import admitted_run, arm_summary  # noqa: E402
 
 BENCH_RUNS = ('new_1', 'before_1', 'before_2', 'new_2')   # in the order run: call 1, then call 3
 MIXED = 'N1 B1 N2 B2 N3 B3 N4 B4 N5 B5 R1'.split()          # call 2, in this order
@@ -45,21 +44,9 @@ def mixed_runs() -> list[dict]:
     return [{'run': name, 'arm': ARMS[name[0]]} | admitted_run(HERE / 'mixed' / name / 'e2e.json') for name in MIXED]
 
 
-def arms(runs: list[dict]) -> dict:
-    out = {}
-    for arm in sorted({r['arm'] for r in runs}):
-        rows = [r for r in runs if r['arm'] == arm]
-        out[arm] = {'runs': len(rows), 'every_admitted_app_99': sum(r['every_admitted_app_99'] for r in rows),
-                    'missed_frames': [r['missed_frames'] for r in rows],
-                    'missed_frames_median': statistics.median(r['missed_frames'] for r in rows),
-                    'host_cpu_steal_pct': [round(100 * r['host_cpu_steal_share'], 2) for r in rows],
-                    'node_cpu_ms_per_frame': [round(r['node_cpu_ms_per_frame'], 2) for r in rows]}
-    return out
-
-
 def main() -> None:
     bench, runs = engine_bench(), mixed_runs()
-    summary = {'engine_bench': bench, 'mixed_set': runs, 'arms': arms(runs)}
+    summary = {'engine_bench': bench, 'mixed_set': runs, 'arms': arm_summary(runs)}
     (HERE / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, row in enumerate(bench):

@@ -7,7 +7,6 @@ and issue 10's mixed set with the exit graphs on (N) and off (X).
 """
 import json
 import pathlib
-import statistics
 import sys
 
 import matplotlib
@@ -16,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))   # benchmarks/
-from mixed_plots import admitted_run  # noqa: E402
+from mixed_plots import admitted_run, arm_summary  # noqa: E402
 
 # (folder, arm) in the order run: calls 1-2 on one host (call 2 "before" first), call 5 on a second host
 BENCH_RUNS = (('call1', 'new'), ('call1', 'before'), ('call2', 'before'), ('call2', 'new'),
@@ -63,22 +62,9 @@ def mixed_runs() -> list[dict]:
     return [{'run': name, 'arm': ARMS[name[0]]} | admitted_run(HERE / 'mixed' / name / 'e2e.json') for name in MIXED]
 
 
-def arms(runs: list[dict]) -> dict:
-    out = {}
-    for arm in sorted({r['arm'] for r in runs}):
-        rows = [r for r in runs if r['arm'] == arm]
-        out[arm] = {'runs': len(rows), 'every_admitted_app_99': sum(r['every_admitted_app_99'] for r in rows),
-                    'missed_frames': [r['missed_frames'] for r in rows],
-                    'worst_within': [r['worst_within'] for r in rows],
-                    'host_cpu_steal_pct': [round(100 * r['host_cpu_steal_share'], 2) for r in rows],
-                    'node_cpu_ms_per_frame': [round(r['node_cpu_ms_per_frame'], 2) for r in rows],
-                    'node_cpu_ms_per_frame_median': statistics.median(r['node_cpu_ms_per_frame'] for r in rows)}
-    return out
-
-
 def main() -> None:
     bench, lone, runs = engine_bench(), lone_frames(), mixed_runs()
-    summary = {'engine_bench': bench, 'lone_frame': lone, 'mixed_set': runs, 'arms': arms(runs)}
+    summary = {'engine_bench': bench, 'lone_frame': lone, 'mixed_set': runs, 'arms': arm_summary(runs)}
     (HERE / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
     fig, (left, mid, right) = plt.subplots(1, 3, figsize=(15, 4.2))
     for i, row in enumerate(bench):
