@@ -373,6 +373,7 @@ def test_the_engine_answers_the_same_through_exit_steps():
                         max_batch=8, queue_depth=16, runner=runner, on_result=results.append)
         engine.set_app('a', Bounds())
         with engine:
+            _EagerExitSteps.calls = 0   # the warm-up's timings take exit steps too (below): count the frames'
             for i, frame in enumerate(frames):   # one at a time: batch 1, where exit steps serve
                 engine.submit(['a'], frame, tag=i)
                 end = time.monotonic() + 30
@@ -381,6 +382,16 @@ def test_the_engine_answers_the_same_through_exit_steps():
         served[name] = sorted((r.tag, r.class_id, round(r.confidence, 5), r.exit_index) for r in results)
     assert _EagerExitSteps.calls == len(frames)
     assert served['exit_steps'] == served['plain'] and len(served['plain']) == len(frames)
+
+
+def test_the_warm_up_times_the_step_the_worker_takes():
+    from delen_ros.core.policies import LatencyCorrector
+    from delen_ros.core.warmup import warm_up
+    from fakes import synthetic_profile
+    runner = _EagerExitSteps(conv_model(seed=2), device='cpu')
+    _EagerExitSteps.calls = 0
+    warm_up(runner, runner.model.info, synthetic_profile(3), LatencyCorrector(), max_batch=8, reps=2)
+    assert _EagerExitSteps.calls == 2 * 3   # every exit, every rep, through exit_step
 
 
 @needs_cuda

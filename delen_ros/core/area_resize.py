@@ -97,7 +97,7 @@ def area_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if box and src_h % h == 0 and src_w % w == 0:
         factors = (src_h // h, src_w // w)
         return torch.nn.functional.avg_pool2d(x.float(), factors, factors).round_()
-    if not box and h % src_h == 0 and w % src_w == 0:
+    if growth_factors((src_h, src_w), (h, w)) is not None:
         return torch.nn.functional.interpolate(x.float(), size=(h, w), mode='nearest')
     wy = _axis_weights(src_h, h, box, x.device)
     wx = _axis_weights(src_w, w, box, x.device)

@@ -78,7 +78,7 @@ from .flight_recorder import RECORDER
 from .policies import DEFAULT_POLICY, Decision, ExitContext, LatencyCorrector, Policy, get_policy
 from .preprocess import DevicePreprocessor, check_image, preprocess
 from .results import AppStats, Result, WorkerStats
-from .runner import StageRunner, exit_look, to_pinned
+from .runner import StageRunner, step_with_look, to_pinned
 from .scheduler import Batch, Expected, Request, Scheduler
 from .thread_names import name_os_thread
 from .thread_priority import NICE_RANGE, set_own_nice
@@ -1208,7 +1208,9 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         features = x
         for k in steps[:-1]:   # back to back: no sync, and no head for exits nobody looks at
             features = self._runner.stage(k, features)
-        features, look = self._exit_step(last_step, features, n, keep_features=last_step != self.profile.final_exit)
+        features, look = step_with_look(self._runner, last_step, features,
+                                        keep_features=last_step != self.profile.final_exit)
+        look = look[:n]
         done = None
         if pipelined and look.device.type == 'cuda':
             look = to_pinned(look)
@@ -1224,19 +1226,6 @@ class Engine(AdmissionMixin, DepthMixin, StatsMixin):
         return _Run(batch, decision_ns, slot, n, steps, t_start, t_run, start_clock, plan_ns, pre_ns, padded,
                     features, look, pipelined=pipelined, done=done,
                     free_at=begins + predicted_ns if pipelined else 0, predicted_ns=predicted_ns)
-
-    def _exit_step(self, k: int, x: torch.Tensor, n: int, *, keep_features: bool
-                   ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Stage ``k``'s features (``None`` unless ``keep_features``) and exit ``k``'s look at the first ``n``
-        rows: one graph replay where the runner has one for it (``StageRunner.exit_step``), else the
-        stage, the head and the look apart."""
-        fused = getattr(self._runner, 'exit_step', None)
-        out = fused(k, x, keep_features=keep_features) if fused is not None else None
-        if out is not None:
-            features, look = out
-            return features, look[:n]
-        features = self._runner.stage(k, x)
-        return (features if keep_features else None), exit_look(self._runner.head(k, features)[:n])
 
     def _complete(self, run: _Run) -> None:
         """Wait for a launched batch, then decide per request: deliver its result, or put it back in

@@ -73,7 +73,8 @@ if TYPE_CHECKING:
 
 __all__ = ['StageRunner', 'CaptureState', 'conv_backend', 'faster_backend', 'resolve_device', 'resolve_precision',
            'dtype_name', 'PRECISIONS', 'warm_cuda_libraries', 'graph_batch_sizes', 'padded_graph_sizes',
-           'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped', 'to_pinned', 'exit_look']
+           'split_capture_sizes', 'capture_order', 'replay_plan', 'run_until_stopped', 'to_pinned', 'exit_look',
+           'step_with_look']
 
 _log = logging.getLogger(__name__)
 _DEVICE = re.compile(r'auto|cpu|cuda(:\d+)?')
@@ -413,6 +414,20 @@ def exit_look(logits: Tensor) -> Tensor:
     copies and reads one, not two."""
     confidence, class_id = torch.softmax(logits.float(), dim=1).max(dim=1)
     return torch.stack((confidence, class_id.to(confidence.dtype)), dim=1)
+
+
+def step_with_look(runner: 'StageRunner', k: int, x: Tensor, *, keep_features: bool = True
+                   ) -> tuple[Tensor | None, Tensor]:
+    """Stage ``k``'s features (``None`` unless ``keep_features``) and exit ``k``'s look (:func:`exit_look`) at
+    every row of ``x``: one graph replay where the runner has an exit graph for ``x``
+    (:meth:`StageRunner.exit_step`), else the stage, the head and the look apart. The engine's step, and the
+    warm-up's timing of it (any runner with ``stage`` and ``head``)."""
+    fused = getattr(runner, 'exit_step', None)
+    out = fused(k, x, keep_features=keep_features) if fused is not None else None
+    if out is not None:
+        return out
+    features = runner.stage(k, x)
+    return (features if keep_features else None), exit_look(runner.head(k, features))
 
 
 class _StageExit(nn.Module):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .preprocess import preprocess
+from .runner import step_with_look
 
 if TYPE_CHECKING:
     from .multi_exit import ModelInfo
@@ -33,8 +34,8 @@ def warm_up(runner: 'StageRunner', info: 'ModelInfo', profile: 'Profile', correc
     thread started at the end, once batch 1 is timed; the engine serves meanwhile, a batch of
     a size not captured yet running as several replays of those that are. ``background_capture=False``:
     every size is captured here, before serving (the old behaviour, for benchmarks of steady state).
-    The fastest of the later reps, timed as the worker times a step (softmax and transfer
-    included), seeds ``corrector``, so that the first real frames are predicted from this device
+    The fastest of the later reps, timed as the worker times a step (``step_with_look``: the
+    exit graph where there is one, softmax and transfer included), seeds ``corrector``, so that the first real frames are predicted from this device
     rather than from the profile alone -- the fastest, because a stall here must not lock tight
     apps out.
     """
@@ -65,9 +66,8 @@ def _warm_up(runner: 'StageRunner', info: 'ModelInfo', profile: 'Profile', corre
         x = runner.to_input(x0)
         for k in range(profile.num_exits):
             t0 = time.perf_counter_ns()
-            x = runner.stage(k, x)
-            logits = runner.head(k, x)
-            torch.softmax(logits.float(), dim=1).max(dim=1)[0].cpu()
+            x, look = step_with_look(runner, k, x)
+            look.cpu()
             runner.synchronize()
             if rep > 0 or reps == 1:
                 best[k] = min(best[k], (time.perf_counter_ns() - t0) / 1e6)
